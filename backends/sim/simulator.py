@@ -1,0 +1,229 @@
+"""snn2hw's bit-accurate simulator: Lava ``fixed_pt`` semantics, batched over samples, vectorised.
+
+Every integer operation is one of ``snn2hw.hw.loihi2``'s functions; this module only schedules them.
+
+Step mapping: simulator step t (0-based) is Lava time step t + 1. Input column t is what Lava's
+RingBuffer sends at step t + 1. A projection delivers spikes of step t at step t + 1 + delay (Lava's
+Dense sends the previous step's accumulation), so nothing arrives at step 0.
+
+Speed: synaptic accumulation ``W @ s`` is done as a floating-point matrix product when it is provably
+exact (every partial sum is an integer of magnitude below 2**24 for float32, 2**53 for float64; the
+bound is the largest row sum of |W| times the largest input magnitude) and in int64 otherwise. For
+graphs without cycles the accumulation of a whole layer is one product over all steps and samples;
+only the element-wise neuron update loops over time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import numpy as np
+import torch
+
+from snn2hw.artefact import Artefact
+from snn2hw.backends.base import BackendError, RunResult, check_inputs, resolve_records
+from snn2hw.hw import loihi2 as hw
+from snn2hw.ir import Graph, LoihiDense
+
+EVENT_KINDS = ("activation_int32_wrap", "u_wrap", "v_saturation")
+
+
+class ArithmeticLimitError(BackendError):
+    """Strict mode: a value hit a hardware width limit (names population, neuron and step)."""
+
+
+@dataclass
+class _Synapse:
+    proj: LoihiDense
+    weight_t: torch.Tensor  # (src, dst), in the accumulation dtype
+    graded: bool
+
+
+def _accumulation_dtype(weight: torch.Tensor, max_input: int) -> torch.dtype:
+    bound = int(weight.abs().sum(dim=1).max().item()) * max_input if weight.numel() else 0
+    if bound < 2**24:
+        return torch.float32
+    if bound < 2**53:
+        return torch.float64
+    return torch.int64
+
+
+def _prepare_synapses(graph: Graph, device: torch.device) -> list[_Synapse]:
+    graded_inputs = {i.name: i.num_message_bits for i in graph.inputs if i.num_message_bits > 0}
+    synapses = []
+    for p in graph.projections:
+        w = hw.prepare_weights(torch.as_tensor(np.asarray(p.weight), device=device), hw.SignMode(p.sign_mode), p.num_weight_bits)
+        graded = p.num_message_bits > 0
+        max_input = 1
+        if graded:
+            bits = graded_inputs.get(p.src, p.num_message_bits)
+            max_input = 1 << max(bits - 1, 0)
+        dtype = _accumulation_dtype(w, max_input)
+        synapses.append(_Synapse(p, w.t().contiguous().to(dtype), graded))
+    return synapses
+
+
+def _accumulate(syn: _Synapse, s: torch.Tensor) -> torch.Tensor:
+    """Exact ``W @ s`` over the last axis, returned as int64."""
+    if syn.weight_t.dtype == torch.int64:
+        return s.to(torch.int64) @ syn.weight_t
+    return torch.round(s.to(syn.weight_t.dtype) @ syn.weight_t).to(torch.int64)
+
+
+class _Neurons:
+    """Integer parameters of one population as tensors on the device."""
+
+    def __init__(self, graph: Graph, name: str, device: torch.device):
+        pop = graph.population(name)
+        n = pop.neuron
+        self.name = name
+        self.size = pop.size
+        self.du, self.dv = int(n.du), int(n.dv)
+        self.vth_eff = hw.effective_threshold(int(n.vth))
+        self.bias_eff = hw.effective_bias(
+            torch.as_tensor(np.asarray(n.bias_mant), device=device, dtype=torch.int64),
+            torch.as_tensor(np.asarray(n.bias_exp), device=device, dtype=torch.int64),
+        )
+
+
+class _EventLog:
+    def __init__(self, strict: bool):
+        self.strict = strict
+        self.counts: dict[str, dict[str, int]] = {}
+
+    def observe(self, neurons: _Neurons, u, v, a_in, step: int) -> None:
+        flags = hw.lif_step_events(u, v, a_in, neurons.du, neurons.dv, neurons.bias_eff)
+        counts = self.counts.setdefault(neurons.name, dict.fromkeys(EVENT_KINDS, 0))
+        for kind in EVENT_KINDS:
+            hits = flags[kind]
+            n = int(hits.sum().item())
+            if n and self.strict:
+                sample, neuron = (int(i) for i in torch.nonzero(hits)[0].tolist())
+                raise ArithmeticLimitError(
+                    f"{kind.replace('_', ' ')} in population {neurons.name!r}, neuron {neuron}, "
+                    f"step {step}, sample {sample}"
+                )
+            counts[kind] += n
+
+
+def run(
+    graph: Graph | Artefact,
+    inputs: Mapping[str, np.ndarray] | np.ndarray,
+    record: Iterable[str] = (),
+    record_state: Iterable[str] = (),
+    *,
+    strict: bool = False,
+    count_events: bool = True,
+    device: str | torch.device | None = None,
+) -> RunResult:
+    """Run an integer graph on a batch of inputs shaped (batch, steps, size).
+
+    ``strict=True`` raises ``ArithmeticLimitError`` at the first int32 wrap of a synaptic
+    activation, 24-bit wrap of u or saturation of v; otherwise those events are counted in
+    ``RunResult.events`` (``count_events=False`` skips the accounting for speed).
+    """
+    if isinstance(graph, Artefact):
+        graph = graph.graph
+    if not graph.is_quantized:
+        raise BackendError("the simulator runs quantized graphs; quantize/compile the network first")
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    x = check_inputs(graph, inputs)
+    spike_names, state_names = resolve_records(graph, record, record_state)
+    batch, steps = next(iter(x.values())).shape[:2]
+    events = _EventLog(strict) if (strict or count_events) else None
+
+    synapses = _prepare_synapses(graph, dev)
+    neurons = {p.name: _Neurons(graph, p.name, dev) for p in graph.populations}
+    spikes: dict[str, torch.Tensor] = {k: torch.as_tensor(v, device=dev) for k, v in x.items()}
+    u_rec: dict[str, torch.Tensor] = {}
+    v_rec: dict[str, torch.Tensor] = {}
+
+    order = graph.feedforward_order()
+    if order is not None:
+        for name in order:
+            a_in = _layer_input(name, synapses, spikes, batch, steps, dev)
+            spikes[name], u_rec[name], v_rec[name] = _scan_lif(
+                neurons[name], a_in, events, keep_state=name in state_names
+            )
+    else:
+        _run_stepwise(graph, synapses, neurons, spikes, u_rec, v_rec, state_names, batch, steps, dev, events)
+
+    def to_np(t: torch.Tensor) -> np.ndarray:
+        return t.detach().cpu().numpy()
+
+    return RunResult(
+        spikes={k: to_np(spikes[k]).astype(np.uint8) for k in spike_names},
+        u={k: to_np(u_rec[k]) for k in state_names},
+        v={k: to_np(v_rec[k]) for k in state_names},
+        events=events.counts if events else {},
+        backend="sim",
+    )
+
+
+def _delayed(a: torch.Tensor, lag: int) -> torch.Tensor:
+    """Shift (batch, steps, n) forward in time by ``lag`` steps, filling with zeros."""
+    out = torch.zeros_like(a)
+    if lag < a.shape[1]:
+        out[:, lag:] = a[:, : a.shape[1] - lag]
+    return out
+
+
+def _layer_input(name, synapses, spikes, batch, steps, dev) -> torch.Tensor:
+    parts = []
+    for syn in synapses:
+        if syn.proj.dst != name:
+            continue
+        acc = _accumulate(syn, spikes[syn.proj.src])
+        out = hw.synaptic_output(acc, syn.proj.weight_exp, syn.graded)
+        parts.append(_delayed(out, 1 + syn.proj.delay))
+    if not parts:
+        raise BackendError(f"population {name!r} has no incoming projection")
+    return hw.sum_activations(parts) if len(parts) > 1 else parts[0]
+
+
+def _scan_lif(neurons: _Neurons, a_in: torch.Tensor, events: _EventLog | None, keep_state: bool):
+    batch, steps, size = a_in.shape
+    u = torch.zeros(batch, size, dtype=torch.int64, device=a_in.device)
+    v = torch.zeros_like(u)
+    s_all = torch.zeros(batch, steps, size, dtype=torch.bool, device=a_in.device)
+    u_all = torch.zeros(batch, steps, size, dtype=torch.int64, device=a_in.device) if keep_state else None
+    v_all = torch.zeros_like(u_all) if keep_state else None
+    for t in range(steps):
+        if events is not None:
+            events.observe(neurons, u, v, a_in[:, t], t)
+        u, v, s = hw.lif_step(u, v, a_in[:, t], neurons.du, neurons.dv, neurons.vth_eff, neurons.bias_eff)
+        s_all[:, t] = s
+        if keep_state:
+            u_all[:, t], v_all[:, t] = u, v
+    return s_all, u_all, v_all
+
+
+def _run_stepwise(graph, synapses, neurons, spikes, u_rec, v_rec, state_names, batch, steps, dev, events):
+    """General schedule for graphs with cycles: one step at a time, projections as delay lines."""
+    pops = [p.name for p in graph.populations]
+    for name in pops:
+        spikes[name] = torch.zeros(batch, steps, neurons[name].size, dtype=torch.bool, device=dev)
+        if name in state_names:
+            u_rec[name] = torch.zeros(batch, steps, neurons[name].size, dtype=torch.int64, device=dev)
+            v_rec[name] = torch.zeros_like(u_rec[name])
+    u = {n: torch.zeros(batch, neurons[n].size, dtype=torch.int64, device=dev) for n in pops}
+    v = {n: torch.zeros_like(u[n]) for n in pops}
+    for t in range(steps):
+        new_spikes = {}
+        for name in pops:
+            parts = []
+            for syn in synapses:
+                src_t = t - 1 - syn.proj.delay
+                if syn.proj.dst != name or src_t < 0:
+                    continue
+                acc = _accumulate(syn, spikes[syn.proj.src][:, src_t])
+                parts.append(hw.synaptic_output(acc, syn.proj.weight_exp, syn.graded))
+            a_in = hw.sum_activations(parts) if parts else torch.zeros_like(u[name])
+            nrn = neurons[name]
+            if events is not None:
+                events.observe(nrn, u[name], v[name], a_in, t)
+            u[name], v[name], new_spikes[name] = hw.lif_step(u[name], v[name], a_in, nrn.du, nrn.dv, nrn.vth_eff, nrn.bias_eff)
+            if name in state_names:
+                u_rec[name][:, t], v_rec[name][:, t] = u[name], v[name]
+        for name, s in new_spikes.items():
+            spikes[name][:, t] = s

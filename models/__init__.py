@@ -1,0 +1,1 @@
+"""The model zoo (installed as ``snn2hw.models``): reference networks, their tasks and training recipes."""

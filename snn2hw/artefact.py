@@ -1,0 +1,136 @@
+"""Compiled artefacts on disk: one ``.npz`` file holding an integer graph, a format version and provenance.
+
+The file is a plain numpy archive read with ``allow_pickle=False``: a JSON header (``__meta__``) names
+every node and parameter, arrays are stored under keys the header points to. Nothing in it is ever
+executed or unpickled, so artefacts from others are safe to open. Writes are atomic.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from snn2hw.ir import Graph, GraphError, Input, LoihiDense, LoihiLIF, Population
+
+FORMAT = "snn2hw-artefact"
+FORMAT_VERSION = 1
+
+
+class ArtefactError(ValueError):
+    """An artefact file is missing, not an artefact, of an unsupported version, or corrupt."""
+
+
+@dataclass(frozen=True)
+class Artefact:
+    """A compiled network: the integer graph plus what the compiler found out about it."""
+
+    graph: Graph
+    resources: dict = field(default_factory=dict)  # neurons, synapses, cores, ...
+    provenance: dict = field(default_factory=dict)  # source file, snn2hw version, quantizer report
+
+
+def atomic_write_bytes(path: str | os.PathLike, write) -> None:
+    """Call ``write(fileobj)`` on a temporary file next to ``path`` and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save(artefact: Artefact, path: str | os.PathLike) -> None:
+    g = artefact.graph
+    if not g.is_quantized:
+        raise ArtefactError("only quantized (integer) graphs can be saved as artefacts")
+    arrays: dict[str, np.ndarray] = {}
+    pops = []
+    for p in g.populations:
+        n = p.neuron
+        arrays[f"pop/{p.name}/bias_mant"] = np.asarray(n.bias_mant, dtype=np.int64)
+        arrays[f"pop/{p.name}/bias_exp"] = np.asarray(n.bias_exp, dtype=np.int64)
+        pops.append({"name": p.name, "size": p.size, "du": int(n.du), "dv": int(n.dv), "vth": int(n.vth)})
+    projs = []
+    for p in g.projections:
+        arrays[f"proj/{p.name}/weight"] = np.asarray(p.weight, dtype=np.int64)
+        projs.append(
+            {
+                "name": p.name, "src": p.src, "dst": p.dst, "kind": "dense",
+                "weight_exp": int(p.weight_exp), "num_weight_bits": int(p.num_weight_bits),
+                "sign_mode": int(p.sign_mode), "num_message_bits": int(p.num_message_bits),
+                "delay": int(p.delay),
+            }
+        )
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "dt": g.dt,
+        "inputs": [{"name": i.name, "size": i.size, "num_message_bits": i.num_message_bits} for i in g.inputs],
+        "populations": pops,
+        "projections": projs,
+        "outputs": list(g.outputs),
+        "metadata": g.metadata,
+        "resources": artefact.resources,
+        "provenance": artefact.provenance,
+    }
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    atomic_write_bytes(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+def load(path: str | os.PathLike) -> Artefact:
+    path = Path(path)
+    if not path.is_file():
+        raise ArtefactError(f"{path}: no such artefact file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise ArtefactError(f"{path}: not an snn2hw artefact (unreadable archive: {exc})") from None
+    if "__meta__" not in arrays:
+        raise ArtefactError(f"{path}: not an snn2hw artefact (no header)")
+    try:
+        meta = json.loads(arrays["__meta__"].tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtefactError(f"{path}: corrupt artefact header ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise ArtefactError(f"{path}: not an snn2hw artefact (format {meta.get('format')!r})")
+    if meta.get("version") != FORMAT_VERSION:
+        raise ArtefactError(
+            f"{path}: artefact format version {meta.get('version')} is not supported (this snn2hw reads {FORMAT_VERSION})"
+        )
+    try:
+        inputs = tuple(Input(d["name"], int(d["size"]), int(d["num_message_bits"])) for d in meta["inputs"])
+        pops = tuple(
+            Population(
+                d["name"], int(d["size"]),
+                LoihiLIF(int(d["du"]), int(d["dv"]), int(d["vth"]),
+                         arrays[f"pop/{d['name']}/bias_mant"], arrays[f"pop/{d['name']}/bias_exp"]),
+            )
+            for d in meta["populations"]
+        )
+        projs = []
+        for d in meta["projections"]:
+            if d["kind"] != "dense":
+                raise ArtefactError(f"{path}: projection {d['name']!r} has unsupported kind {d['kind']!r}")
+            projs.append(
+                LoihiDense(d["name"], d["src"], d["dst"], arrays[f"proj/{d['name']}/weight"],
+                           int(d["weight_exp"]), int(d["num_weight_bits"]), int(d["sign_mode"]),
+                           int(d["num_message_bits"]), int(d["delay"]))
+            )
+        graph = Graph(inputs, pops, tuple(projs), tuple(meta["outputs"]), float(meta["dt"]), meta.get("metadata", {}))
+        graph.validate()
+    except (KeyError, TypeError) as exc:
+        raise ArtefactError(f"{path}: corrupt artefact (missing field {exc})") from None
+    except GraphError as exc:
+        raise ArtefactError(f"{path}: corrupt artefact ({exc})") from None
+    return Artefact(graph, meta.get("resources", {}), meta.get("provenance", {}))

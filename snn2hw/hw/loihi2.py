@@ -1,0 +1,218 @@
+"""Loihi-2 fixed-point arithmetic, exactly as Lava 0.10.0's bit-accurate process models compute it.
+
+This module is the single definition of the integer neuron and synapse in snn2hw. The bit-accurate
+simulator, training-time fake quantization and the quantizer all call these functions; nothing else
+in the code base re-derives this arithmetic. It imports nothing of snn2hw.
+
+All functions are pure and work on ``torch.int64`` tensors (CPU or CUDA), so the same code serves the
+simulator and training. Integer state is kept in int64 and the narrower hardware/Lava widths are
+applied explicitly (``wrap_int32``, ``wrap_u24_once``, ``saturate_v24``), which makes every wrap a
+visible, testable step rather than an accident of a dtype.
+
+Reference: ``lava/proc/lif/models.py`` (``AbstractPyLifModelFixed``, ``PyLifModelBitAcc``),
+``lava/proc/dense/models.py`` (``AbstractPyDenseModelBitAcc``), ``lava/utils/weightutils.py``, and the
+message channels, which carry every synaptic activation and spike payload as int32.
+"""
+from __future__ import annotations
+
+from enum import IntEnum
+
+import torch
+
+# --- constants (names follow the meaning; Lava's own names in comments) -------------------------------
+DECAY_SHIFT = 12  # decay_shift
+DECAY_UNITY = 1 << DECAY_SHIFT  # decay_unity = 4096
+U_DECAY_OFFSET = 1  # ds_offset: du = 0 still decays u by 1/4096; du = -1 is "no decay"
+V_DECAY_OFFSET = 0  # dm_offset
+STATE_BITS = 24  # uv_bitwidth
+STATE_HALF = 1 << (STATE_BITS - 1)  # max_uv_val = 2**23
+V_MAX = STATE_HALF - 1  # v saturates to [-(2**23 - 1), 2**23 - 1]
+ACTIVATION_SHIFT = 6  # act_shift: synaptic input is MSB-aligned with u
+THRESHOLD_SHIFT = 6  # vth_shift
+
+DU_MIN, DU_MAX = -1, (1 << 12) - 1
+DV_MIN, DV_MAX = 0, (1 << 12) - 1
+VTH_MIN, VTH_MAX = 0, (1 << 17) - 1
+BIAS_MANT_MIN, BIAS_MANT_MAX = -(1 << 12), (1 << 12) - 1  # 13-bit signed (Lava does not enforce it)
+BIAS_EXP_MIN, BIAS_EXP_MAX = -7, 7  # negative exponents shift right (Lava allows it)
+WEIGHT_BITS_MAX = 8
+WEIGHT_EXP_MIN, WEIGHT_EXP_MAX = -8, 7
+MESSAGE_BITS_MAX = 24  # graded spike payloads in Lava's CPU models
+MAX_DELAY = 63  # DelayDense: 6-bit synaptic delay
+
+_INT32_SPAN = 1 << 32
+_INT32_HALF = 1 << 31
+
+
+class SignMode(IntEnum):
+    """Weight sign modes; the values equal ``lava.utils.weightutils.SignMode``."""
+
+    NULL = 0
+    MIXED = 1
+    EXCITATORY = 2
+    INHIBITORY = 3
+
+
+# --- integer helpers ----------------------------------------------------------------------------------
+def wrap_int32(x: torch.Tensor) -> torch.Tensor:
+    """Two's-complement wrap into int32, as numpy does when Lava stores into an int32 array/channel."""
+    return torch.remainder(x + _INT32_HALF, _INT32_SPAN) - _INT32_HALF
+
+
+def shift(x: torch.Tensor, exponent: torch.Tensor | int) -> torch.Tensor:
+    """``x << e`` for e >= 0, arithmetic ``x >> -e`` (rounds toward -inf) for e < 0."""
+    if isinstance(exponent, int):
+        return x << exponent if exponent >= 0 else x >> -exponent
+    exponent = exponent.to(torch.int64)
+    return torch.where(exponent >= 0, x << exponent.clamp(min=0), x >> (-exponent).clamp(min=0))
+
+
+def decay(x: torch.Tensor, keep: torch.Tensor | int) -> torch.Tensor:
+    """``sign(x * keep) * (|x * keep| >> 12)``: multiply by keep/4096, rounding toward zero."""
+    p = x * keep
+    return torch.sign(p) * (p.abs() >> DECAY_SHIFT)
+
+
+def u_keep(du: torch.Tensor | int) -> torch.Tensor | int:
+    """Integer factor (of 4096) that u keeps each step."""
+    return DECAY_UNITY - (du + U_DECAY_OFFSET)
+
+
+def v_keep(dv: torch.Tensor | int) -> torch.Tensor | int:
+    """Integer factor (of 4096) that v keeps each step."""
+    return DECAY_UNITY - (dv + V_DECAY_OFFSET)
+
+
+def wrap_u24_once(x: torch.Tensor) -> torch.Tensor:
+    """Lava's single 24-bit wrap of u: subtract 2**24 if x > 2**23, add 2**24 if x <= -2**23.
+
+    The bounds are asymmetric (2**23 itself is kept, -2**23 becomes +2**23) and only one wrap is
+    applied, exactly as ``AbstractPyLifModelFixed.subthr_dynamics`` does.
+    """
+    span = 2 * STATE_HALF
+    first = torch.where(x > STATE_HALF, x - span, x)
+    return torch.where(first <= -STATE_HALF, x + span, first)
+
+
+def saturate_v24(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp(-V_MAX, V_MAX)
+
+
+def effective_bias(bias_mant: torch.Tensor, bias_exp: torch.Tensor | int) -> torch.Tensor:
+    """``bias_mant << bias_exp`` (right shift for a negative exponent), in int32 as Lava computes it."""
+    return wrap_int32(shift(bias_mant.to(torch.int64), bias_exp))
+
+
+def effective_threshold(vth: torch.Tensor | int) -> torch.Tensor | int:
+    return vth << THRESHOLD_SHIFT
+
+
+# --- synapses -----------------------------------------------------------------------------------------
+def determine_sign_mode(weights: torch.Tensor) -> SignMode:
+    if weights.numel() == 0 or weights.min() >= 0:
+        return SignMode.EXCITATORY
+    if weights.max() <= 0:
+        return SignMode.INHIBITORY
+    return SignMode.MIXED
+
+
+def weight_range(sign_mode: SignMode) -> tuple[int, int]:
+    """Representable 8-bit weight range of a sign mode (before truncation of low bits)."""
+    if sign_mode == SignMode.MIXED:
+        return -(1 << WEIGHT_BITS_MAX), (1 << WEIGHT_BITS_MAX) - 1
+    if sign_mode == SignMode.INHIBITORY:
+        return -((1 << WEIGHT_BITS_MAX) - 1), 0
+    return 0, (1 << WEIGHT_BITS_MAX) - 1
+
+
+def weight_step(sign_mode: SignMode, num_weight_bits: int) -> int:
+    """Spacing of representable weights: the low ``8 - bits + mixed`` bits are dropped."""
+    return 1 << (WEIGHT_BITS_MAX - num_weight_bits + int(sign_mode == SignMode.MIXED))
+
+
+def prepare_weights(weights: torch.Tensor, sign_mode: SignMode, num_weight_bits: int) -> torch.Tensor:
+    """Clip then truncate integer weights as Lava's Dense does once before its first step.
+
+    Inhibitory weights are negated, processed as excitatory, and negated back (so -3 stays -3 at
+    8 bits, while mixed-sign -1 becomes -2).
+    """
+    w = weights.to(torch.int64)
+    sign = -1 if sign_mode == SignMode.INHIBITORY else 1
+    w = w * sign
+    mixed = sign_mode == SignMode.MIXED
+    lo = -(1 << WEIGHT_BITS_MAX) if mixed else 0
+    hi = (1 << WEIGHT_BITS_MAX) - 1
+    w = w.clamp(lo, hi)
+    drop = WEIGHT_BITS_MAX - num_weight_bits + int(mixed)
+    w = (w >> drop) << drop
+    return w * sign
+
+
+def synaptic_output(accumulated: torch.Tensor, weight_exp: int, graded: bool) -> torch.Tensor:
+    """What a Dense process sends, given its exact accumulation ``W @ s`` (int64).
+
+    Binary spikes: Lava sums in int64, shifts by ``weight_exp``, and the int32 channel wraps.
+    Graded spikes: ``weights.dot(s)`` is computed in int32 (wraps), then shifted in int32 (wraps).
+    """
+    if graded:
+        return wrap_int32(shift(wrap_int32(accumulated), weight_exp))
+    return wrap_int32(shift(accumulated, weight_exp))
+
+
+def sum_activations(activations: list[torch.Tensor]) -> torch.Tensor:
+    """An InPort adds the int32 messages of all its connected ports in int32."""
+    total = activations[0]
+    for a in activations[1:]:
+        total = wrap_int32(total + a)
+    return total
+
+
+# --- the CUBA-LIF neuron ------------------------------------------------------------------------------
+def lif_step(
+    u: torch.Tensor,
+    v: torch.Tensor,
+    a_in: torch.Tensor,
+    du: torch.Tensor | int,
+    dv: torch.Tensor | int,
+    vth_eff: torch.Tensor | int,
+    bias_eff: torch.Tensor | int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of Lava's ``PyLifModelBitAcc``. Returns ``(u, v, spikes)``; v is already reset.
+
+    ``a_in`` is the int32 sum of this step's synaptic messages; ``vth_eff = vth << 6`` and
+    ``bias_eff = effective_bias(...)`` are precomputed because Lava scales them outside the update.
+    """
+    u_decayed = decay(u, u_keep(du))
+    u_new = wrap_u24_once(wrap_int32(u_decayed + wrap_int32(a_in << ACTIVATION_SHIFT)))
+    v_decayed = decay(v, v_keep(dv))
+    v_new = saturate_v24(wrap_int32(v_decayed + u_new + bias_eff))
+    spikes = v_new > vth_eff
+    v_new = torch.where(spikes, torch.zeros_like(v_new), v_new)
+    return u_new, v_new, spikes
+
+
+def lif_step_events(u: torch.Tensor, v: torch.Tensor, a_in: torch.Tensor, du, dv, bias_eff) -> dict:
+    """Which neurons hit a width limit in this step (same inputs as ``lif_step``).
+
+    Used by the simulator's overflow accounting: int32 wrap of the shifted activation, 24-bit wrap of
+    u, and saturation of v.
+    """
+    shifted = a_in << ACTIVATION_SHIFT
+    u_pre = decay(u, u_keep(du)) + wrap_int32(shifted)
+    u_wrapped = wrap_u24_once(wrap_int32(u_pre))
+    v_pre = decay(v, v_keep(dv)) + u_wrapped + bias_eff
+    return {
+        "activation_int32_wrap": shifted != wrap_int32(shifted),
+        "u_wrap": (u_pre > STATE_HALF) | (u_pre <= -STATE_HALF),
+        "v_saturation": (v_pre > V_MAX) | (v_pre < -V_MAX),
+    }
+
+
+# --- float relaxation (what training uses outside quantization-aware mode) -----------------------------
+def u_keep_fraction(du: float) -> float:
+    """Fraction of u kept per step for a 12-bit du: (4096 - du - 1) / 4096."""
+    return u_keep(du) / DECAY_UNITY
+
+
+def v_keep_fraction(dv: float) -> float:
+    return v_keep(dv) / DECAY_UNITY
