@@ -34,19 +34,30 @@ class Artefact:
     provenance: dict = field(default_factory=dict)  # source file, snn2hw version, quantizer report
 
 
-def atomic_write_bytes(path: str | os.PathLike, write) -> None:
-    """Call ``write(fileobj)`` on a temporary file next to ``path`` and rename it into place."""
+def atomic_write_path(path: str | os.PathLike, write) -> None:
+    """Call ``write(tmp_path)`` for a temporary file next to ``path``, then rename it into place, so
+    readers never see a half-written file and a failure leaves nothing behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, write) -> None:
+    """Like ``atomic_write_path`` for writers that take a binary file object."""
+
+    def _write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            write(f)
+
+    atomic_write_path(path, _write)
 
 
 def save(artefact: Artefact, path: str | os.PathLike) -> None:

@@ -1,0 +1,164 @@
+"""Quantization pass: a float IR graph -> an integer (Loihi 2) IR graph, plus a report.
+
+Mapping, per destination population with scale ``k`` (integer state = k * float state):
+
+    vth            = round(k * v_th / 64)                    (threshold is compared as vth << 6)
+    W_int[p]       = round_to_step(k * W[p] / (64 * 2**e_p))  (synaptic input is shifted << 6 into u)
+    bias_mant << bias_exp = round(k * bias)
+    du             = round(4096 * du_float) - 1              (hardware decays u by (du + 1) / 4096)
+    dv             = round(4096 * dv_float)
+
+``k`` puts the threshold at ``threshold_target`` integer units (default 1024: ~10 bits of threshold
+resolution and 2**23 / 2**16 = 128x headroom for v). Each incoming projection gets the smallest
+``weight_exp`` e_p for which its largest weight fits the 8-bit mantissa, i.e. the most precise one.
+Weights are rounded to the representable grid (even values for 8-bit mixed sign), so Lava's own
+truncation leaves them unchanged.
+
+The element-wise functions take torch tensors so that quantization-aware training can call the very
+same code (with straight-through gradients around it).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from snn2hw.hw import loihi2 as hw
+from snn2hw.ir import LIF, Dense, Graph, GraphError, LoihiDense, LoihiLIF, Population
+
+
+class QuantizationError(ValueError):
+    """A parameter cannot be represented in Loihi 2 fixed point (names layer, parameter and limit)."""
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    num_weight_bits: int = 8
+    threshold_target: int = 1024  # integer vth the scale aims for
+    weight_exp_range: tuple[int, int] = (hw.WEIGHT_EXP_MIN, hw.WEIGHT_EXP_MAX)
+
+
+@dataclass(frozen=True)
+class LayerQuant:
+    """How one population and its incoming projections were scaled."""
+
+    population: str
+    scale: float  # k: integer units per float unit of u and v
+    vth: int
+    weight_exps: dict = field(default_factory=dict)  # projection name -> weight_exp
+    max_weight_error: dict = field(default_factory=dict)  # projection -> max |W_deq - W| / max|W|
+
+
+# --- element-wise pieces (torch; shared with quantization-aware training) ------------------------------
+def decay_u_int(du: float | torch.Tensor) -> int | torch.Tensor:
+    """12-bit du for a float decay fraction (-1 means no decay at all)."""
+    if isinstance(du, torch.Tensor):
+        return (torch.round(du * hw.DECAY_UNITY) - hw.U_DECAY_OFFSET).clamp(hw.DU_MIN, hw.DU_MAX)
+    return int(min(max(round(du * hw.DECAY_UNITY) - hw.U_DECAY_OFFSET, hw.DU_MIN), hw.DU_MAX))
+
+
+def decay_v_int(dv: float | torch.Tensor) -> int | torch.Tensor:
+    if isinstance(dv, torch.Tensor):
+        return (torch.round(dv * hw.DECAY_UNITY) - hw.V_DECAY_OFFSET).clamp(hw.DV_MIN, hw.DV_MAX)
+    return int(min(max(round(dv * hw.DECAY_UNITY) - hw.V_DECAY_OFFSET, hw.DV_MIN), hw.DV_MAX))
+
+
+def scale_for_threshold(v_th: float, threshold_target: int) -> float:
+    if not v_th > 0:
+        raise QuantizationError(f"threshold must be positive, got {v_th}")
+    return threshold_target * (1 << hw.THRESHOLD_SHIFT) / v_th
+
+
+def weight_exponent(max_abs_weight: float, scale: float, sign_mode: hw.SignMode, num_weight_bits: int,
+                    exp_range: tuple[int, int]) -> int:
+    """Smallest weight_exp whose 8-bit mantissa holds the largest scaled weight."""
+    lo, hi = hw.weight_range(sign_mode)
+    w_max = min(abs(lo), hi) if sign_mode == hw.SignMode.MIXED else max(abs(lo), hi)
+    w_max -= w_max % hw.weight_step(sign_mode, num_weight_bits)
+    if max_abs_weight == 0:
+        return 0
+    needed = scale * max_abs_weight / (1 << hw.ACTIVATION_SHIFT) / w_max
+    e = max(exp_range[0], math.ceil(math.log2(needed)) if needed > 0 else exp_range[0])
+    # guard against log2 rounding at exact powers of two
+    while e > exp_range[0] and scale * max_abs_weight / (1 << hw.ACTIVATION_SHIFT) / 2.0 ** (e - 1) <= w_max:
+        e -= 1
+    return e
+
+
+def quantize_weights(weight: torch.Tensor, scale: float, weight_exp: int, sign_mode: hw.SignMode,
+                     num_weight_bits: int) -> torch.Tensor:
+    """Integer weights on the representable grid (Lava's clip/truncate leave them unchanged)."""
+    step = hw.weight_step(sign_mode, num_weight_bits)
+    lo, hi = hw.weight_range(sign_mode)
+    scaled = weight * (scale / (1 << hw.ACTIVATION_SHIFT) / 2.0**weight_exp)
+    q = torch.round(scaled / step) * step
+    return q.clamp(lo + (-lo) % step, hi - hi % step)
+
+
+def dequantize_weights(weight_int: torch.Tensor, scale: float, weight_exp: int) -> torch.Tensor:
+    return weight_int * ((1 << hw.ACTIVATION_SHIFT) * 2.0**weight_exp / scale)
+
+
+def quantize_bias(bias: np.ndarray, scale: float, population: str = "?") -> tuple[np.ndarray, np.ndarray]:
+    """(bias_mant, bias_exp) with one exponent per population, the smallest that fits 13 bits."""
+    target = np.round(np.asarray(bias, dtype=np.float64) * scale)
+    exp = 0
+    while np.abs(np.round(target / 2**exp)).max(initial=0) > hw.BIAS_MANT_MAX and exp < hw.BIAS_EXP_MAX:
+        exp += 1
+    mant = np.round(target / 2**exp).astype(np.int64)
+    if np.abs(mant).max(initial=0) > hw.BIAS_MANT_MAX:
+        raise QuantizationError(
+            f"population {population!r}: bias up to {np.abs(np.asarray(bias)).max():.4g} needs "
+            f"{int(np.abs(target).max())} integer units, more than a 13-bit mantissa with exponent "
+            f"<= {hw.BIAS_EXP_MAX} holds"
+        )
+    return mant, np.full(mant.shape, exp, dtype=np.int64)
+
+
+# --- the pass -----------------------------------------------------------------------------------------
+def quantize_graph(graph: Graph, config: QuantConfig = QuantConfig()) -> tuple[Graph, list[LayerQuant]]:
+    """Quantize every population and projection of a float graph. Returns (integer graph, report)."""
+    graph.validate()
+    if graph.is_quantized:
+        return graph, []
+    pops: list[Population] = []
+    projs: dict[str, LoihiDense] = {}
+    report: list[LayerQuant] = []
+    for pop in graph.populations:
+        n = pop.neuron
+        if not isinstance(n, LIF):
+            raise QuantizationError(f"population {pop.name!r}: expected float LIF parameters, got {type(n).__name__}")
+        if not 0.0 <= n.du <= 1.0 or not 0.0 <= n.dv <= 1.0:
+            raise QuantizationError(f"population {pop.name!r}: decays must lie in [0, 1] (du={n.du}, dv={n.dv})")
+        scale = scale_for_threshold(float(n.v_th), config.threshold_target)
+        vth = int(round(scale * n.v_th / (1 << hw.THRESHOLD_SHIFT)))
+        if vth > hw.VTH_MAX:
+            raise QuantizationError(f"population {pop.name!r}: vth {vth} exceeds {hw.VTH_MAX}")
+        bias_mant, bias_exp = quantize_bias(n.bias, scale, pop.name)
+        pops.append(Population(pop.name, pop.size, LoihiLIF(decay_u_int(n.du), decay_v_int(n.dv), vth, bias_mant, bias_exp)))
+        exps, errors = {}, {}
+        for proj in graph.incoming(pop.name):
+            if not isinstance(proj, Dense):
+                raise QuantizationError(f"projection {proj.name!r}: expected a float Dense projection")
+            w = torch.as_tensor(np.asarray(proj.weight, dtype=np.float64))
+            sign_mode = hw.determine_sign_mode(w)
+            max_abs = float(w.abs().max()) if w.numel() else 0.0
+            e = weight_exponent(max_abs, scale, sign_mode, config.num_weight_bits, config.weight_exp_range)
+            w_int = quantize_weights(w, scale, e, sign_mode, config.num_weight_bits)
+            err = float((dequantize_weights(w_int, scale, e) - w).abs().max() / max_abs) if max_abs else 0.0
+            src = graph.node(proj.src)
+            projs[proj.name] = LoihiDense(
+                proj.name, proj.src, proj.dst, w_int.to(torch.int64).numpy(), e, config.num_weight_bits,
+                int(sign_mode), getattr(src, "num_message_bits", 0), proj.delay,
+            )
+            exps[proj.name], errors[proj.name] = e, err
+        report.append(LayerQuant(pop.name, scale, vth, exps, errors))
+    qgraph = Graph(graph.inputs, tuple(pops), tuple(projs[p.name] for p in graph.projections), graph.outputs,
+                   graph.dt, dict(graph.metadata))
+    try:
+        qgraph.validate()
+    except GraphError as exc:
+        raise QuantizationError(str(exc)) from None
+    return qgraph, report
