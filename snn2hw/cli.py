@@ -42,9 +42,15 @@ def _load_inputs(path: Path, graph) -> dict[str, np.ndarray] | np.ndarray:
         raise InputFileError(f"{path}: not a .npy/.npz array file ({exc})") from None
     if isinstance(data, np.lib.npyio.NpzFile):
         with data:
-            arrays = {k: data[k] for k in data.files}
+            try:
+                arrays = {k: data[k] for k in data.files}
+            except (ValueError, OSError, EOFError) as exc:
+                raise InputFileError(f"{path}: not a .npy/.npz array file ({exc})") from None
         if len(arrays) == 1 and len(graph.inputs) == 1:
             return next(iter(arrays.values()))
+        names = sorted(i.name for i in graph.inputs)
+        if set(arrays) != set(names):
+            raise InputFileError(f"{path}: holds arrays {sorted(arrays)[:8]}, expected one per input {names}")
         return arrays
     return data
 

@@ -121,6 +121,10 @@ def quantize_bias(bias: np.ndarray, scale: float, population: str = "?") -> tupl
 def quantize_graph(graph: Graph, config: QuantConfig = QuantConfig()) -> tuple[Graph, list[LayerQuant]]:
     """Quantize every population and projection of a float graph. Returns (integer graph, report)."""
     graph.validate()
+    if not 1 <= config.num_weight_bits <= hw.WEIGHT_BITS_MAX:
+        raise QuantizationError(f"num_weight_bits {config.num_weight_bits} outside [1, {hw.WEIGHT_BITS_MAX}]")
+    if not 1 <= config.threshold_target <= hw.VTH_MAX:
+        raise QuantizationError(f"threshold_target {config.threshold_target} outside [1, {hw.VTH_MAX}]")
     if graph.is_quantized:
         return graph, []
     pops: list[Population] = []

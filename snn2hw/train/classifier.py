@@ -52,7 +52,7 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
             n += len(idx)
         sched.step()
         row = {"epoch": epoch, "loss": total / n}
