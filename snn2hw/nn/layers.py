@@ -1,0 +1,107 @@
+"""Spiking layers for training, each describing itself in IR terms (``to_ir``).
+
+``LIFDense`` is one Loihi hop plus its target population: a Dense projection (with the hardware's
+one-step delay) into a CUBA-LIF population. ``SpikingSequential`` stacks them into a feed-forward
+network whose IR graph runs unchanged on the simulator and on Lava.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from snn2hw.ir import LIF, Dense, Graph, Input, Population
+from snn2hw.nn import functional as F
+from snn2hw.nn.surrogate import get_surrogate
+
+
+def hop_delay(a: torch.Tensor, steps: int = 1) -> torch.Tensor:
+    """Delay a (batch, T, n) sequence by ``steps``: what the hardware's Dense hop does."""
+    if steps == 0:
+        return a
+    return torch.nn.functional.pad(a, (0, 0, steps, 0))[:, : a.shape[1]]
+
+
+class LIFDense(nn.Module):
+    """Dense projection (one-step hop) into a CUBA-LIF population.
+
+    ``du``/``dv`` are the per-step decay fractions of current and voltage (see ``snn2hw.ir``);
+    they and the bias are trainable when ``train_decays``/``bias`` say so. The threshold is fixed.
+    """
+
+    def __init__(self, in_features: int, out_features: int, du: float = 0.2, dv: float = 0.1,
+                 v_th: float = 1.0, bias: bool = False, train_decays: bool = False,
+                 surrogate: str = "fast_sigmoid", surrogate_scale: float = 10.0, weight_gain: float = 1.0,
+                 detach_reset: bool = True):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.v_th = float(v_th)
+        self.surrogate_name, self.surrogate_scale = surrogate, float(surrogate_scale)
+        self.surrogate = get_surrogate(surrogate, scale=surrogate_scale)
+        self.detach_reset = detach_reset
+        bound = weight_gain * v_th / math.sqrt(in_features)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        du_t, dv_t = torch.tensor(float(du)), torch.tensor(float(dv))
+        if train_decays:
+            self.du, self.dv = nn.Parameter(du_t), nn.Parameter(dv_t)
+        else:
+            self.register_buffer("du", du_t)
+            self.register_buffer("dv", dv_t)
+
+    def config(self) -> dict:
+        return {
+            "in_features": self.in_features, "out_features": self.out_features,
+            "du": float(self.du), "dv": float(self.dv), "v_th": self.v_th, "bias": self.bias is not None,
+            "train_decays": isinstance(self.du, nn.Parameter), "surrogate": self.surrogate_name,
+            "surrogate_scale": self.surrogate_scale, "detach_reset": self.detach_reset,
+        }
+
+    def forward(self, s_in: torch.Tensor) -> torch.Tensor:
+        a = hop_delay(s_in @ self.weight.t())
+        du, dv = self.du.clamp(0.0, 1.0), self.dv.clamp(0.0, 1.0)
+        bias = self.bias if self.bias is not None else torch.zeros((), device=a.device, dtype=a.dtype)
+        return F.cuba_lif_sequence(a, 1.0 - du, 1.0 - dv, torch.tensor(self.v_th, device=a.device, dtype=a.dtype),
+                                   bias, self.surrogate, detach_reset=self.detach_reset)
+
+    def population(self, name: str) -> Population:
+        bias = self.bias.detach().cpu().double().numpy() if self.bias is not None else np.zeros(self.out_features)
+        return Population(name, self.out_features, LIF(float(self.du.clamp(0, 1)), float(self.dv.clamp(0, 1)), self.v_th, bias))
+
+
+class SpikingSequential(nn.Module):
+    """A feed-forward stack of ``LIFDense`` layers; input spikes (batch, T, n_in) -> output spikes."""
+
+    def __init__(self, layers: list[LIFDense]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    @classmethod
+    def build(cls, sizes: list[int], **layer_kwargs) -> "SpikingSequential":
+        return cls([LIFDense(a, b, **layer_kwargs) for a, b in zip(sizes[:-1], sizes[1:])])
+
+    @classmethod
+    def from_config(cls, config: dict) -> "SpikingSequential":
+        return cls([LIFDense(**c) for c in config["layers"]])
+
+    def config(self) -> dict:
+        return {"kind": "SpikingSequential", "layers": [l.config() for l in self.layers]}
+
+    def forward(self, x: torch.Tensor, return_all: bool = False):
+        outs = []
+        for layer in self.layers:
+            x = layer(x)
+            outs.append(x)
+        return outs if return_all else x
+
+    def to_ir(self, dt: float = 1e-3) -> Graph:
+        """The float IR graph of this network: input ``in``, populations ``lif1..``, projections ``fc1..``."""
+        inputs = (Input("in", self.layers[0].in_features),)
+        pops, projs, prev = [], [], "in"
+        for i, layer in enumerate(self.layers, start=1):
+            pops.append(layer.population(f"lif{i}"))
+            projs.append(Dense(f"fc{i}", prev, f"lif{i}", layer.weight.detach().cpu().double().numpy()))
+            prev = f"lif{i}"
+        return Graph(inputs, tuple(pops), tuple(projs), (prev,), dt).validate()
