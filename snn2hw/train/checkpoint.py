@@ -64,3 +64,47 @@ def load_checkpoint(path: str | os.PathLike) -> torch.nn.Module:
     except (KeyError, TypeError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: checkpoint does not match its model config ({str(exc).splitlines()[0][:200]})") from None
     return model
+
+
+# --- training-state checkpoints (resumable runs) ---------------------------------------------------------
+TRAINING_STATE_KEY = "training_state"
+
+
+def save_training_checkpoint(model: torch.nn.Module, path: str | os.PathLike, training_state: dict) -> None:
+    """A checkpoint that can resume a run: the model as ``save_checkpoint`` writes it, plus
+    ``training_state`` (optimizer, scheduler, RNG states, epoch, position...) under ``extra``.
+
+    ``training_state`` must hold only tensors and plain containers of numbers/strings/None, because it
+    is read back with ``weights_only=True``; CUDA tensors are moved to the CPU here. A model without a
+    ``config()`` is stored with ``config=None``: such a checkpoint resumes training but
+    ``load_checkpoint`` cannot rebuild the model from it.
+    """
+    config = model.config() if callable(getattr(model, "config", None)) else None
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "config": config,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": {TRAINING_STATE_KEY: _to_cpu(training_state)},
+    }
+    atomic_write_bytes(path, lambda f: torch.save(payload, f))
+
+
+def read_training_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
+    """(model state_dict, training_state) of a checkpoint written by ``save_training_checkpoint``."""
+    payload = read_checkpoint(path)
+    extra = payload.get("extra")
+    state = extra.get(TRAINING_STATE_KEY) if isinstance(extra, dict) else None
+    if not isinstance(state, dict) or not isinstance(payload.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: checkpoint holds no training state (written by save_checkpoint?)")
+    return payload["state_dict"], state
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj

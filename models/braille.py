@@ -1,0 +1,231 @@
+"""Braille letters read by a 12-taxel tactile fingertip, as a 27-class spiking task.
+
+Data: ``tutorial5_braille_spiking_data.pkl.gz`` from the SpyTorch tutorials (CC BY 4.0), recorded by
+Müller-Cleve et al., "Braille letter reading: a benchmark for spatio-temporal pattern recognition on
+neuromorphic hardware" (Frontiers in Neuroscience, 2022). 1,350 recordings: 27 letters (A-Z, Space)
+x 50 repetitions, each 76-77 samples x 12 taxel readings (0-255). The file is not shipped with
+snn2hw; ``find_data`` looks for it (explicit path, ``$SNN2HW_BRAILLE``, ``../shared/data/braille``
+next to the repository).
+
+Safety: the file is a pickle, so it is read with a restricted unpickler that can build numpy arrays
+and nothing else (``pickle.load`` would run whatever code the file names), from a size-limited
+gzip stream, and its structure is checked before use.
+
+Fixed split: per letter, the 50 repetitions are shuffled with ``SPLIT_SEED`` and 40 go to training,
+10 to test: 1,080 / 270 samples, stratified, as in SpyTorch's tutorial.
+
+Encoding: each recording is resampled linearly to ``STEPS`` steps (recordings differ by one sample
+and the network needs several steps per sensor sample to integrate), then sigma-delta modulated per
+taxel with threshold ``THRESHOLD`` (in raw sensor units) into ON (reading rose) and OFF (reading
+fell; the taxels read 255 at rest and drop under pressure) channels: 24 binary input channels (``snn2hw.encode.sigma_delta``, ``output="split"``).
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from snn2hw.encode import resample, sigma_delta
+from snn2hw.nn import layers as L
+from snn2hw.nn.layers import LIFDense, SpikingSequential
+from snn2hw.train.trainer import TrainerConfig
+
+FILENAME = "tutorial5_braille_spiking_data.pkl.gz"
+ENV_VAR = "SNN2HW_BRAILLE"
+LETTERS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ") + ("Space",)
+TAXELS = 12
+STEPS = 256  # the NIR paper's length
+THRESHOLD = 1.0
+SPLIT_SEED = 0
+TRAIN_FRACTION = 0.8
+HIDDEN = 128
+# The decompressed file is ~10 MB; anything far larger is not this data set (or is a gzip bomb).
+MAX_DECOMPRESSED_BYTES = 64 << 20
+_ALLOWED_GLOBALS = frozenset({("numpy.core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype")})
+
+
+class BrailleDataError(ValueError):
+    """The Braille file is missing, too large, or not the expected structure."""
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays; refuses every other global.
+
+    An array's pickle names exactly three globals (``_reconstruct``, ``ndarray``, ``dtype``); allowing
+    only those means the file cannot make us import or call anything else."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name} from the Braille file")
+
+
+def find_data(path: str | os.PathLike | None = None) -> Path:
+    """The data file: ``path`` (the file or its folder), else ``$SNN2HW_BRAILLE``, else
+    ``../shared/data/braille`` beside the repository. Raises ``FileNotFoundError`` naming where it looked."""
+    candidates: list[Path] = []
+    if path is not None:
+        candidates.append(Path(path))
+    elif os.environ.get(ENV_VAR):
+        candidates.append(Path(os.environ[ENV_VAR]))
+    else:
+        repo = Path(__file__).resolve().parent.parent
+        candidates.append(repo.parent / "shared" / "data" / "braille")
+    for c in candidates:
+        f = c / FILENAME if c.is_dir() else c
+        if f.is_file():
+            return f
+    raise FileNotFoundError(
+        f"Braille data not found (looked at {', '.join(str(c) for c in candidates)}); download {FILENAME} from "
+        f"the SpyTorch tutorials (github.com/fzenke/spytorch, notebooks/data/) and pass its path or set ${ENV_VAR}")
+
+
+def read_recordings(path: str | os.PathLike | None = None) -> list[dict]:
+    """The validated list of recordings: dicts with ``letter`` (str), ``repetition`` (int) and
+    ``taxel_data`` (float64 array, steps x 12)."""
+    f = find_data(path)
+    with gzip.open(f, "rb") as gz:
+        raw = gz.read(MAX_DECOMPRESSED_BYTES + 1)
+    if len(raw) > MAX_DECOMPRESSED_BYTES:
+        raise BrailleDataError(f"{f}: decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes; not the Braille data")
+    try:
+        data = _NumpyOnlyUnpickler(io.BytesIO(raw)).load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError, IndexError) as exc:
+        raise BrailleDataError(f"{f}: cannot read ({type(exc).__name__}: {exc})") from None
+    return _validate(data, f)
+
+
+def _validate(data, f) -> list[dict]:
+    if not isinstance(data, list) or not data:
+        raise BrailleDataError(f"{f}: expected a non-empty list of recordings, got {type(data).__name__}")
+    out = []
+    for i, rec in enumerate(data):
+        if not isinstance(rec, dict) or "letter" not in rec or "taxel_data" not in rec:
+            raise BrailleDataError(f"{f}: recording {i} is not a dict with 'letter' and 'taxel_data'")
+        letter, taxels = rec["letter"], rec["taxel_data"]
+        if letter not in LETTERS:
+            raise BrailleDataError(f"{f}: recording {i} has unknown letter {letter!r}")
+        if (not isinstance(taxels, np.ndarray) or taxels.ndim != 2 or taxels.shape[1] != TAXELS
+                or taxels.shape[0] < 2 or taxels.dtype.kind not in "fiu" or not np.isfinite(taxels).all()):
+            raise BrailleDataError(f"{f}: recording {i} taxel_data is not a finite numeric (steps, {TAXELS}) array")
+        rep = rec.get("repetition", i)
+        if not isinstance(rep, (int, np.integer)):
+            raise BrailleDataError(f"{f}: recording {i} has a non-integer repetition")
+        out.append({"letter": letter, "repetition": int(rep), "taxel_data": taxels.astype(np.float64)})
+    return out
+
+
+def split_indices(records: list[dict], seed: int = SPLIT_SEED,
+                  train_fraction: float = TRAIN_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) record indices: per letter, its recordings (ordered by repetition) are shuffled with
+    ``seed`` and the first ``round(train_fraction * n)`` train."""
+    rng = np.random.RandomState(seed)
+    train, test = [], []
+    for letter in LETTERS:
+        idx = sorted((i for i, r in enumerate(records) if r["letter"] == letter), key=lambda i: records[i]["repetition"])
+        if not idx:
+            continue
+        perm = [idx[j] for j in rng.permutation(len(idx))]
+        k = int(round(train_fraction * len(idx)))
+        train += perm[:k]
+        test += perm[k:]
+    return np.array(sorted(train)), np.array(sorted(test))
+
+
+def encode(records: list[dict], steps: int = STEPS, threshold: float = THRESHOLD) -> torch.Tensor:
+    """Spike trains (samples, steps, 24): ON events in channels 0-11, OFF events in 12-23."""
+    series = torch.stack([resample(torch.from_numpy(r["taxel_data"]).float().unsqueeze(0), steps)[0] for r in records])
+    return sigma_delta(series, threshold, output="split", max_events=1)
+
+
+def labels(records: list[dict]) -> torch.Tensor:
+    return torch.tensor([LETTERS.index(r["letter"]) for r in records], dtype=torch.long)
+
+
+def load(path: str | os.PathLike | None = None, steps: int = STEPS,
+         threshold: float = THRESHOLD) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_train, y_train, x_test, y_test): spike trains (samples, steps, 24) float32 and letter indices."""
+    records = read_recordings(path)
+    tr, te = split_indices(records)
+    rec_tr, rec_te = [records[i] for i in tr], [records[i] for i in te]
+    return encode(rec_tr, steps, threshold), labels(rec_tr), encode(rec_te, steps, threshold), labels(rec_te)
+
+
+def build_model(seed: int = 0, hidden: int = HIDDEN, recurrent: bool = False) -> SpikingSequential:
+    """24 inputs -> ``hidden`` CUBA-LIF -> 27 CUBA-LIF outputs (the class is the most active output).
+
+    ``recurrent=True`` asks for a recurrent hidden layer (the published 96.7% network); it needs a
+    recurrent layer in ``snn2hw.nn.layers`` (looked up as ``RecurrentLIFDense``) and raises until
+    one exists. The hidden layer is built in ``_hidden_layer`` so that is the one place to change.
+    """
+    torch.manual_seed(seed)
+    return SpikingSequential([_hidden_layer(2 * TAXELS, hidden, recurrent),
+                              LIFDense(hidden, len(LETTERS), du=0.2, dv=0.05, v_th=1.0, weight_gain=3.0)])
+
+
+def _hidden_layer(n_in: int, n_out: int, recurrent: bool):
+    # Slow current and voltage decays (time constants ~10 and ~20 steps) let the hidden layer
+    # integrate events over a few sensor samples: letters differ in the timing of taxel contacts.
+    kwargs = dict(du=0.1, dv=0.05, v_th=1.0, weight_gain=4.0)
+    if not recurrent:
+        return LIFDense(n_in, n_out, **kwargs)
+    layer_cls = getattr(L, "RecurrentLIFDense", None)
+    if layer_cls is None:
+        raise NotImplementedError("no recurrent layer in snn2hw.nn.layers yet; use recurrent=False")
+    return layer_cls(n_in, n_out, **kwargs)
+
+
+def train_config(epochs: int = 60, seed: int = 0, **overrides) -> TrainerConfig:
+    """The training recipe (Adamax as in SpyTorch's Braille tutorial, cosine schedule)."""
+    cfg = dict(epochs=epochs, batch_size=64, optimizer="adamax", lr=1e-2, scheduler="cosine", seed=seed)
+    cfg.update(overrides)
+    return TrainerConfig(**cfg)
+
+
+def loss_fn(output, y):
+    """Cross-entropy on output spike counts; counts over 256 steps are large, so they are scaled down."""
+    from snn2hw.train.losses import count_cross_entropy
+
+    return count_cross_entropy(output, y, scale=0.2)
+
+
+def train(epochs: int = 60, seed: int = 0, data: str | None = None, checkpoint_dir: str | None = None,
+          log_dir: str | None = None, progress: bool = True, resume: bool = False) -> tuple[SpikingSequential, list[dict]]:
+    """Train ``build_model`` on the fixed split; returns the model and the history (``val_*`` = test set)."""
+    from snn2hw.train.trainer import Trainer
+
+    x_tr, y_tr, x_te, y_te = load(data)
+    model = build_model(seed)
+    cfg = train_config(epochs, seed, checkpoint_dir=checkpoint_dir, log_dir=log_dir, progress=progress)
+    history = Trainer(model, cfg, loss_fn=loss_fn).fit((x_tr, y_tr), (x_te, y_te), resume=resume)
+    return model, history
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description="train the Braille classifier on the fixed 1080/270 split")
+    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", default=None, help=f"path to {FILENAME} or its folder")
+    ap.add_argument("--out", default=None, help="checkpoints and metrics.csv go here")
+    ap.add_argument("--resume", action="store_true")
+    a = ap.parse_args(argv)
+    ckpt = None if a.out is None else str(Path(a.out) / "ckpt")
+    logs = None if a.out is None else str(Path(a.out) / "logs")
+    _, history = train(a.epochs, a.seed, a.data, ckpt, logs, progress=True, resume=a.resume)
+    last = history[-1]
+    best = max(r["val_accuracy"] for r in history)
+    print(json.dumps({"test_accuracy_final": last["val_accuracy"], "test_accuracy_best_epoch": best,
+                      "train_accuracy_final": last.get("accuracy")}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""The Braille loader: restricted unpickling, validation, lookup, split, encoding (data tests skip without data)."""
+import gzip
+import io
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from snn2hw.models import braille as B
+
+
+def _write(path, obj):
+    with gzip.open(path, "wb") as f:
+        pickle.dump(obj, f)
+    return path
+
+
+def _records(n_per_letter=5, steps=20):
+    rng = np.random.default_rng(0)
+    return [{"letter": letter, "repetition": r, "experiment_name": "x",
+             "taxel_data": rng.uniform(60, 255, size=(steps, 12))}
+            for letter in B.LETTERS for r in range(n_per_letter)]
+
+
+class _Boom:
+    """Unpickling this calls os.system: what plain pickle.load would run from a hostile file."""
+
+    def __reduce__(self):
+        return (os.system, ("touch BOOM_SHOULD_NOT_EXIST",))
+
+
+def test_refuses_foreign_globals(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path / "evil.pkl.gz", [{"letter": "A", "taxel_data": _Boom()}])
+    with pytest.raises(B.BrailleDataError, match="refusing to load global"):
+        B.read_recordings(path)
+    assert not (tmp_path / "BOOM_SHOULD_NOT_EXIST").exists()
+    # the allowed globals are exactly what numpy arrays need
+    raw = pickle.dumps(np.zeros((2, 12)))
+    assert B._NumpyOnlyUnpickler(io.BytesIO(raw)).load().shape == (2, 12)
+    with pytest.raises(pickle.UnpicklingError):
+        B._NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(torch.zeros(2)))).load()
+
+
+def test_validates_structure_and_size(tmp_path, monkeypatch):
+    good = _records(1)
+    assert len(B.read_recordings(_write(tmp_path / "ok.pkl.gz", good))) == 27
+    bad = [
+        ({"not": "a list"}, "list"),
+        ([{"letter": "A"}], "taxel_data"),
+        ([{"letter": "?", "taxel_data": np.zeros((5, 12))}], "letter"),
+        ([{"letter": "A", "taxel_data": np.zeros((5, 11))}], "taxel_data"),
+        ([{"letter": "A", "taxel_data": np.full((5, 12), np.nan)}], "taxel_data"),
+    ]
+    for i, (obj, msg) in enumerate(bad):
+        with pytest.raises(B.BrailleDataError, match=msg):
+            B.read_recordings(_write(tmp_path / f"bad{i}.pkl.gz", obj))
+    monkeypatch.setattr(B, "MAX_DECOMPRESSED_BYTES", 1000)
+    with pytest.raises(B.BrailleDataError, match="decompresses"):
+        B.read_recordings(tmp_path / "ok.pkl.gz")
+
+
+def test_lookup_order_and_clear_error(tmp_path, monkeypatch):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    f = _write(folder / B.FILENAME, _records(1))
+    assert B.find_data(folder) == f and B.find_data(f) == f
+    monkeypatch.setenv(B.ENV_VAR, str(folder))
+    assert B.find_data() == f
+    monkeypatch.setenv(B.ENV_VAR, str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        B.find_data()
+
+
+def test_split_and_encoding_on_synthetic_records():
+    recs = _records(10)
+    tr, te = B.split_indices(recs)
+    assert len(tr) == 27 * 8 and len(te) == 27 * 2 and not set(tr) & set(te)
+    assert all(sum(recs[i]["letter"] == letter for i in te) == 2 for letter in B.LETTERS)
+    tr2, _ = B.split_indices(recs)
+    assert np.array_equal(tr, tr2)
+    x = B.encode(recs[:3], steps=40, threshold=2.0)
+    assert x.shape == (3, 40, 24) and set(x.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_recurrent_model_is_a_clear_error_until_the_layer_exists():
+    from snn2hw.nn import layers
+
+    if hasattr(layers, "RecurrentLIFDense"):
+        pytest.skip("a recurrent layer exists")
+    with pytest.raises(NotImplementedError):
+        B.build_model(recurrent=True)
+
+
+@pytest.fixture(scope="module")
+def real():
+    try:
+        path = B.find_data()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    return B.read_recordings(path)
+
+
+def test_real_data_split(real):
+    assert len(real) == 1350
+    tr, te = B.split_indices(real)
+    assert len(tr) == 1080 and len(te) == 270
+    for letter in B.LETTERS:
+        assert sum(real[i]["letter"] == letter for i in te) == 10
+    # repetitions are disjoint per letter
+    keys = lambda idx: {(real[i]["letter"], real[i]["repetition"]) for i in idx}  # noqa: E731
+    assert not keys(tr) & keys(te)
+
+
+def test_real_data_encodes_and_learns(real):
+    from snn2hw.train.trainer import Trainer
+
+    tr, te = B.split_indices(real)
+    sub = [real[i] for i in tr if real[i]["letter"] in ("A", "B", "C", "D")]
+    x, y = B.encode(sub, steps=64), B.labels(sub)
+    assert x.shape == (160, 64, 24) and 0.01 < x.mean() < 0.2
+    model = B.build_model(hidden=32)
+    cfg = B.train_config(epochs=3, progress=False, batch_size=32)
+    h = Trainer(model, cfg, loss_fn=B.loss_fn).fit((x, y))
+    assert h[-1]["loss"] < h[0]["loss"]
