@@ -118,6 +118,40 @@ def quantize_bias(bias: np.ndarray, scale: float, population: str = "?") -> tupl
 
 
 # --- the pass -----------------------------------------------------------------------------------------
+def quantize_population(pop: Population, incoming: tuple[Dense, ...], config: QuantConfig = QuantConfig(),
+                        message_bits: list[int] | None = None) -> tuple[Population, list[LoihiDense], LayerQuant]:
+    """Quantize one population and its incoming projections (one scale ``k`` for all of them).
+
+    This is the unit both ``quantize_graph`` and quantization-aware training call, so a network
+    fine-tuned with QAT compiles to exactly the integers it was trained with.
+    """
+    n = pop.neuron
+    if not isinstance(n, LIF):
+        raise QuantizationError(f"population {pop.name!r}: expected float LIF parameters, got {type(n).__name__}")
+    if not 0.0 <= n.du <= 1.0 or not 0.0 <= n.dv <= 1.0:
+        raise QuantizationError(f"population {pop.name!r}: decays must lie in [0, 1] (du={n.du}, dv={n.dv})")
+    scale = scale_for_threshold(float(n.v_th), config.threshold_target)
+    vth = int(round(scale * n.v_th / (1 << hw.THRESHOLD_SHIFT)))
+    if vth > hw.VTH_MAX:
+        raise QuantizationError(f"population {pop.name!r}: vth {vth} exceeds {hw.VTH_MAX}")
+    bias_mant, bias_exp = quantize_bias(n.bias, scale, pop.name)
+    qpop = Population(pop.name, pop.size, LoihiLIF(decay_u_int(n.du), decay_v_int(n.dv), vth, bias_mant, bias_exp))
+    qprojs, exps, errors = [], {}, {}
+    for proj, bits in zip(incoming, message_bits or [0] * len(incoming)):
+        if not isinstance(proj, Dense):
+            raise QuantizationError(f"projection {proj.name!r}: expected a float Dense projection")
+        w = torch.as_tensor(np.asarray(proj.weight, dtype=np.float64))
+        sign_mode = hw.determine_sign_mode(w)
+        max_abs = float(w.abs().max()) if w.numel() else 0.0
+        e = weight_exponent(max_abs, scale, sign_mode, config.num_weight_bits, config.weight_exp_range)
+        w_int = quantize_weights(w, scale, e, sign_mode, config.num_weight_bits)
+        errors[proj.name] = float((dequantize_weights(w_int, scale, e) - w).abs().max() / max_abs) if max_abs else 0.0
+        exps[proj.name] = e
+        qprojs.append(LoihiDense(proj.name, proj.src, proj.dst, w_int.to(torch.int64).numpy(), e,
+                                 config.num_weight_bits, int(sign_mode), bits, proj.delay))
+    return qpop, qprojs, LayerQuant(pop.name, scale, vth, exps, errors)
+
+
 def quantize_graph(graph: Graph, config: QuantConfig = QuantConfig()) -> tuple[Graph, list[LayerQuant]]:
     """Quantize every population and projection of a float graph. Returns (integer graph, report)."""
     graph.validate()
@@ -131,34 +165,11 @@ def quantize_graph(graph: Graph, config: QuantConfig = QuantConfig()) -> tuple[G
     projs: dict[str, LoihiDense] = {}
     report: list[LayerQuant] = []
     for pop in graph.populations:
-        n = pop.neuron
-        if not isinstance(n, LIF):
-            raise QuantizationError(f"population {pop.name!r}: expected float LIF parameters, got {type(n).__name__}")
-        if not 0.0 <= n.du <= 1.0 or not 0.0 <= n.dv <= 1.0:
-            raise QuantizationError(f"population {pop.name!r}: decays must lie in [0, 1] (du={n.du}, dv={n.dv})")
-        scale = scale_for_threshold(float(n.v_th), config.threshold_target)
-        vth = int(round(scale * n.v_th / (1 << hw.THRESHOLD_SHIFT)))
-        if vth > hw.VTH_MAX:
-            raise QuantizationError(f"population {pop.name!r}: vth {vth} exceeds {hw.VTH_MAX}")
-        bias_mant, bias_exp = quantize_bias(n.bias, scale, pop.name)
-        pops.append(Population(pop.name, pop.size, LoihiLIF(decay_u_int(n.du), decay_v_int(n.dv), vth, bias_mant, bias_exp)))
-        exps, errors = {}, {}
-        for proj in graph.incoming(pop.name):
-            if not isinstance(proj, Dense):
-                raise QuantizationError(f"projection {proj.name!r}: expected a float Dense projection")
-            w = torch.as_tensor(np.asarray(proj.weight, dtype=np.float64))
-            sign_mode = hw.determine_sign_mode(w)
-            max_abs = float(w.abs().max()) if w.numel() else 0.0
-            e = weight_exponent(max_abs, scale, sign_mode, config.num_weight_bits, config.weight_exp_range)
-            w_int = quantize_weights(w, scale, e, sign_mode, config.num_weight_bits)
-            err = float((dequantize_weights(w_int, scale, e) - w).abs().max() / max_abs) if max_abs else 0.0
-            src = graph.node(proj.src)
-            projs[proj.name] = LoihiDense(
-                proj.name, proj.src, proj.dst, w_int.to(torch.int64).numpy(), e, config.num_weight_bits,
-                int(sign_mode), getattr(src, "num_message_bits", 0), proj.delay,
-            )
-            exps[proj.name], errors[proj.name] = e, err
-        report.append(LayerQuant(pop.name, scale, vth, exps, errors))
+        message_bits = [getattr(graph.node(p.src), "num_message_bits", 0) for p in graph.incoming(pop.name)]
+        qpop, qprojs, layer = quantize_population(pop, graph.incoming(pop.name), config, message_bits)
+        pops.append(qpop)
+        projs.update({p.name: p for p in qprojs})
+        report.append(layer)
     qgraph = Graph(graph.inputs, tuple(pops), tuple(projs[p.name] for p in graph.projections), graph.outputs,
                    graph.dt, dict(graph.metadata))
     try:

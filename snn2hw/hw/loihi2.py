@@ -148,15 +148,31 @@ def prepare_weights(weights: torch.Tensor, sign_mode: SignMode, num_weight_bits:
     return w * sign
 
 
-def synaptic_output(accumulated: torch.Tensor, weight_exp: int, graded: bool) -> torch.Tensor:
+def synaptic_output(accumulated: torch.Tensor, weight_exp: int, graded: bool, delayed: bool = False) -> torch.Tensor:
     """What a Dense process sends, given its exact accumulation ``W @ s`` (int64).
 
-    Binary spikes: Lava sums in int64, shifts by ``weight_exp``, and the int32 channel wraps.
+    Binary spikes: Lava sums in int64, shifts by ``weight_exp``, and the int32 channel wraps. (A binary
+    Dense takes any non-zero payload as a spike: ``s`` must be 0/1.)
     Graded spikes: ``weights.dot(s)`` is computed in int32 (wraps), then shifted in int32 (wraps).
+    Graded spikes through a ``DelayDense`` (``delayed``): the products ``w * s`` are int32, but they are
+    summed in int64 and the sum is shifted before it wraps into the int32 ``a_buff``; pass the exact
+    sum of the int32-wrapped products (see ``delay_dense_product_wraps``).
     """
-    if graded:
+    if graded and not delayed:
         return wrap_int32(shift(wrap_int32(accumulated), weight_exp))
     return wrap_int32(shift(accumulated, weight_exp))
+
+
+def delay_dense_product_wraps(weights_t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """How much int32 wrapping of the products changes a ``DelayDense``'s graded accumulation (int64).
+
+    ``DelayDense`` multiplies weights (int32) by graded payloads (int32) element-wise before summing.
+    With prepared weights in [-256, 255] and payloads of at most 24 bits, the only product outside int32
+    is (-256) * (-2**23) = 2**31, which wraps to -2**31: each such pair lowers the sum by 2**32.
+    ``weights_t`` is (src, dst), ``s`` is (..., src); returns (..., dst).
+    """
+    hits = (s == -(1 << 23)).to(torch.float64) @ (weights_t == -(1 << WEIGHT_BITS_MAX)).to(torch.float64)
+    return -torch.round(hits).to(torch.int64) * _INT32_SPAN
 
 
 def sum_activations(activations: list[torch.Tensor]) -> torch.Tensor:
@@ -216,3 +232,48 @@ def u_keep_fraction(du: float) -> float:
 
 def v_keep_fraction(dv: float) -> float:
     return v_keep(dv) / DECAY_UNITY
+
+
+# --- whole-sequence helpers (shared by the simulator and quantization-aware training) -------------------
+def accumulation_dtype(weight: torch.Tensor, max_input: int) -> torch.dtype:
+    """Narrowest dtype in which ``s @ weight.T`` is exact for |s| <= max_input.
+
+    A float matrix product of integers is exact while every partial sum stays below 2**24 (float32)
+    or 2**53 (float64); the largest row sum of |W| times max_input bounds every partial sum.
+    """
+    bound = int(weight.abs().sum(dim=1).max().item()) * max_input if weight.numel() else 0
+    if bound < 2**24:
+        return torch.float32
+    if bound < 2**53:
+        return torch.float64
+    return torch.int64
+
+
+def accumulate_exact(s: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
+    """Exact ``s @ weight_t`` as int64; ``weight_t`` (src, dst) is already in ``accumulation_dtype``."""
+    if weight_t.dtype == torch.int64:
+        return s.to(torch.int64) @ weight_t
+    return torch.round(s.to(weight_t.dtype) @ weight_t).to(torch.int64)
+
+
+def lif_scan(a_in: torch.Tensor, du: int, dv: int, vth_eff: int, bias_eff: torch.Tensor,
+             keep_state: bool = False, on_step=None):
+    """Run ``lif_step`` over a whole input sequence ``a_in`` (batch, steps, n) from zero state.
+
+    Returns ``(spikes bool, u, v)``, the last two (batch, steps, n) when ``keep_state`` else None.
+    ``on_step(t, u, v, a_t)`` is called before each step (the simulator's overflow accounting).
+    """
+    batch, steps, size = a_in.shape
+    u = torch.zeros(batch, size, dtype=torch.int64, device=a_in.device)
+    v = torch.zeros_like(u)
+    s_all = torch.zeros(batch, steps, size, dtype=torch.bool, device=a_in.device)
+    u_all = torch.zeros(batch, steps, size, dtype=torch.int64, device=a_in.device) if keep_state else None
+    v_all = torch.zeros_like(u_all) if keep_state else None
+    for t in range(steps):
+        if on_step is not None:
+            on_step(t, u, v, a_in[:, t])
+        u, v, s = lif_step(u, v, a_in[:, t], du, dv, vth_eff, bias_eff)
+        s_all[:, t] = s
+        if keep_state:
+            u_all[:, t], v_all[:, t] = u, v
+    return s_all, u_all, v_all

@@ -12,9 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from snn2hw.hw import loihi2 as hw
 from snn2hw.ir import LIF, Dense, Graph, Input, Population
 from snn2hw.nn import functional as F
 from snn2hw.nn.surrogate import get_surrogate
+from snn2hw.quantize import QuantConfig, dequantize_weights, quantize_population
 
 
 def hop_delay(a: torch.Tensor, steps: int = 1) -> torch.Tensor:
@@ -29,7 +31,16 @@ class LIFDense(nn.Module):
 
     ``du``/``dv`` are the per-step decay fractions of current and voltage (see ``snn2hw.ir``);
     they and the bias are trainable when ``train_decays``/``bias`` say so. The threshold is fixed.
+
+    Quantization-aware mode (``qat`` set to a ``QuantConfig``): the forward pass quantizes the layer
+    with the compiler's own ``quantize_population`` and runs the integer arithmetic of
+    ``snn2hw.hw.loihi2``, so its spikes are exactly the deployed network's; gradients flow straight
+    through the rounding to the float parameters, along the float relaxation driven by the same
+    (hardware) input spikes.
     """
+
+    qat: QuantConfig | None = None
+    record_int_state: bool = False  # QAT: keep the integer (u, v) traces in ``last_int_state``
 
     def __init__(self, in_features: int, out_features: int, du: float = 0.2, dv: float = 0.1,
                  v_th: float = 1.0, bias: bool = False, train_decays: bool = False,
@@ -60,11 +71,48 @@ class LIFDense(nn.Module):
         }
 
     def forward(self, s_in: torch.Tensor) -> torch.Tensor:
+        if self.qat is not None:
+            return self._forward_qat(s_in)
         a = hop_delay(s_in @ self.weight.t())
         du, dv = self.du.clamp(0.0, 1.0), self.dv.clamp(0.0, 1.0)
         bias = self.bias if self.bias is not None else torch.zeros((), device=a.device, dtype=a.dtype)
         return F.cuba_lif_sequence(a, 1.0 - du, 1.0 - dv, torch.tensor(self.v_th, device=a.device, dtype=a.dtype),
                                    bias, self.surrogate, detach_reset=self.detach_reset)
+
+    def quantize(self, config: QuantConfig = QuantConfig()):
+        """(integer population, integer projection, report) exactly as the compiler would make them."""
+        pop = self.population("lif")
+        proj = Dense("fc", "in", "lif", self.weight.detach().cpu().double().numpy())
+        qpop, (qproj,), report = quantize_population(pop, (proj,), config)
+        return qpop, qproj, report
+
+    def _forward_qat(self, s_in: torch.Tensor) -> torch.Tensor:
+        qpop, qproj, report = self.quantize(self.qat)
+        n, dev, dtype = qpop.neuron, s_in.device, s_in.dtype
+        # exact integer path: what the simulator and Lava compute for this layer
+        with torch.no_grad():
+            w = hw.prepare_weights(torch.as_tensor(qproj.weight, device=dev), hw.SignMode(qproj.sign_mode),
+                                   qproj.num_weight_bits)
+            acc = hw.accumulate_exact(s_in.detach(), w.t().to(hw.accumulation_dtype(w, 1)))
+            a_int = hop_delay(hw.synaptic_output(acc, qproj.weight_exp, graded=False))
+            bias_eff = hw.effective_bias(torch.as_tensor(n.bias_mant, device=dev), torch.as_tensor(n.bias_exp, device=dev))
+            s_int, u_int, v_int = hw.lif_scan(a_int, n.du, n.dv, hw.effective_threshold(n.vth), bias_eff,
+                                              keep_state=self.record_int_state)
+            self.last_int_state = (u_int, v_int) if self.record_int_state else None
+        # gradient path: the float relaxation with straight-through (dequantized) parameters
+        k = report.scale
+        w_deq = dequantize_weights(torch.as_tensor(qproj.weight, device=dev, dtype=dtype), k, qproj.weight_exp)
+        w_ste = self.weight + (w_deq - self.weight).detach()
+        alpha = 1.0 - self.du.clamp(0.0, 1.0)
+        beta = 1.0 - self.dv.clamp(0.0, 1.0)
+        alpha = alpha + (hw.u_keep_fraction(n.du) - alpha).detach()
+        beta = beta + (hw.v_keep_fraction(n.dv) - beta).detach()
+        bias_deq = bias_eff.to(dtype) / k
+        bias = bias_deq if self.bias is None else self.bias + (bias_deq - self.bias).detach()
+        s_float = F.cuba_lif_sequence(hop_delay(s_in @ w_ste.t()), alpha, beta,
+                                      torch.tensor(n.vth * (1 << hw.THRESHOLD_SHIFT) / k, device=dev, dtype=dtype),
+                                      bias, self.surrogate, detach_reset=self.detach_reset)
+        return s_float + (s_int.to(dtype) - s_float).detach()
 
     def population(self, name: str) -> Population:
         bias = self.bias.detach().cpu().double().numpy() if self.bias is not None else np.zeros(self.out_features)
@@ -88,6 +136,12 @@ class SpikingSequential(nn.Module):
 
     def config(self) -> dict:
         return {"kind": "SpikingSequential", "layers": [l.config() for l in self.layers]}
+
+    def set_qat(self, config: QuantConfig | None = QuantConfig()) -> "SpikingSequential":
+        """Switch quantization-aware mode on (a ``QuantConfig``) or off (``None``) for every layer."""
+        for layer in self.layers:
+            layer.qat = config
+        return self
 
     def forward(self, x: torch.Tensor, return_all: bool = False):
         outs = []
