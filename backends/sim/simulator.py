@@ -64,10 +64,17 @@ def _prepare_synapses(graph: Graph, device: torch.device) -> list[_Synapse]:
 
 
 def _accumulate(syn: _Synapse, s: torch.Tensor) -> torch.Tensor:
-    """Exact ``W @ s`` over the last axis, returned as int64."""
+    """Exact ``W @ s`` over the last axis, returned as int64 (as Lava's Dense/DelayDense accumulate)."""
+    if not syn.graded:
+        # Lava's binary Dense takes any non-zero payload (e.g. from a graded input) as a spike.
+        s = s != 0
     if syn.weight_t.dtype == torch.int64:
-        return s.to(torch.int64) @ syn.weight_t
-    return torch.round(s.to(syn.weight_t.dtype) @ syn.weight_t).to(torch.int64)
+        acc = s.to(torch.int64) @ syn.weight_t
+    else:
+        acc = torch.round(s.to(syn.weight_t.dtype) @ syn.weight_t).to(torch.int64)
+    if syn.graded and syn.proj is not None and syn.proj.delay > 0:
+        acc = acc + hw.delay_dense_product_wraps(syn.weight_t, s)
+    return acc
 
 
 class _Neurons:
@@ -141,7 +148,7 @@ def run(
     order = graph.feedforward_order()
     if order is not None:
         for name in order:
-            a_in = _layer_input(name, synapses, spikes, batch, steps, dev)
+            a_in = _layer_input(name, synapses, spikes, batch, steps, dev, neurons[name].size)
             spikes[name], u_rec[name], v_rec[name] = _scan_lif(
                 neurons[name], a_in, events, keep_state=name in state_names
             )
@@ -168,16 +175,17 @@ def _delayed(a: torch.Tensor, lag: int) -> torch.Tensor:
     return out
 
 
-def _layer_input(name, synapses, spikes, batch, steps, dev) -> torch.Tensor:
+def _layer_input(name, synapses, spikes, batch, steps, dev, size: int = 0) -> torch.Tensor:
     parts = []
     for syn in synapses:
         if syn.proj.dst != name:
             continue
         acc = _accumulate(syn, spikes[syn.proj.src])
-        out = hw.synaptic_output(acc, syn.proj.weight_exp, syn.graded)
+        out = hw.synaptic_output(acc, syn.proj.weight_exp, syn.graded, syn.proj.delay > 0)
         parts.append(_delayed(out, 1 + syn.proj.delay))
     if not parts:
-        raise BackendError(f"population {name!r} has no incoming projection")
+        # Driven by its bias alone: Lava's LIF receives zeros on an unconnected a_in (as _run_stepwise does).
+        return torch.zeros(batch, steps, size, dtype=torch.int64, device=dev)
     return hw.sum_activations(parts) if len(parts) > 1 else parts[0]
 
 
@@ -217,7 +225,7 @@ def _run_stepwise(graph, synapses, neurons, spikes, u_rec, v_rec, state_names, b
                 if syn.proj.dst != name or src_t < 0:
                     continue
                 acc = _accumulate(syn, spikes[syn.proj.src][:, src_t])
-                parts.append(hw.synaptic_output(acc, syn.proj.weight_exp, syn.graded))
+                parts.append(hw.synaptic_output(acc, syn.proj.weight_exp, syn.graded, syn.proj.delay > 0))
             a_in = hw.sum_activations(parts) if parts else torch.zeros_like(u[name])
             nrn = neurons[name]
             if events is not None:
