@@ -39,12 +39,31 @@ class LoweringError(BackendError):
 
 
 def require_lava() -> None:
+    import multiprocessing
+
+    # Lava's message infrastructure calls multiprocessing.set_start_method('fork') unconditionally at
+    # import time, which raises "context has already been set" if anything in this process already
+    # used multiprocessing (tqdm's lock does, during training). 'fork' is the default on Linux, so
+    # during Lava's import, setting the method that is already in force is made a no-op.
+    current = multiprocessing.get_start_method(allow_none=True)
+    if current not in (None, "fork"):
+        raise LavaUnavailableError(f"Lava needs the 'fork' multiprocessing start method, this process uses {current!r}")
+    original = multiprocessing.set_start_method
+
+    def tolerant(method, force=False):
+        if not force and multiprocessing.get_start_method(allow_none=True) == method:
+            return
+        original(method, force=force)
+
+    multiprocessing.set_start_method = tolerant
     try:
         import lava.proc.lif.process  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise LavaUnavailableError(
             f"the Lava backend needs lava-nc 0.10.0 (Python 3.10 only): {exc}"
         ) from None
+    finally:
+        multiprocessing.set_start_method = original
 
 
 @dataclass
