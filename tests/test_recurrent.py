@@ -115,3 +115,104 @@ def test_masks():
     assert 0.1 < r.mean() < 0.3 and not r.diagonal().any()
     with pytest.raises(ValueError):
         R.recurrent_cuba_lif_sequence(_input(), torch.zeros(3, 3), 0.5, 0.5, 1.0)
+
+
+# --- the layer: IR, config/checkpoint, QAT bit-exact with the simulator -----------------------------------
+def _rec_model(seed=0, masked=False, bias=True):
+    from snn2hw.nn.layers import LIFDense, RecurrentLIFDense, SpikingSequential
+
+    torch.manual_seed(seed)
+    mask = R.random_sparse_mask(20, 0.5, seed=seed) if masked else None
+    m = SpikingSequential([
+        RecurrentLIFDense(12, 20, du=0.3, dv=0.15, v_th=1.0, weight_gain=4.0, rec_gain=2.0, bias=bias, rec_mask=mask),
+        LIFDense(20, 7, du=0.3, dv=0.15, v_th=1.0, weight_gain=4.0, bias=bias),
+    ])
+    if bias:
+        for layer in m.layers:
+            torch.nn.init.uniform_(layer.bias, -0.05, 0.1)
+    return m
+
+
+def _spikes_in(seed, batch=5, steps=40):
+    return (torch.rand(batch, steps, 12, generator=torch.Generator().manual_seed(seed)) < 0.3).float()
+
+
+def test_layer_ir_has_a_self_projection_and_float_forward_uses_it():
+    import numpy as np
+
+    m = _rec_model(masked=True)
+    g = m.to_ir()
+    assert [p.name for p in g.projections] == ["fc1", "rec1", "fc2"]
+    rec = g.projections[1]
+    assert rec.src == rec.dst == "lif1" and g.feedforward_order() is None
+    layer = m.layers[0]
+    np.testing.assert_array_equal(rec.weight, (layer.rec_weight * layer.rec_mask).detach().double().numpy())
+    x = _spikes_in(1)
+    out = m(x)
+    with torch.no_grad():
+        layer.rec_weight.zero_()
+    assert not torch.equal(m(x), out)  # the recurrent path matters
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_qat_equals_simulator_spikes_and_state(masked):
+    import numpy as np
+
+    from snn2hw.backends import sim
+    from snn2hw.compiler import compile_graph
+    from snn2hw.quantize import QuantConfig
+
+    m = _rec_model(masked=masked).set_qat(QuantConfig())
+    for layer in m.layers:
+        layer.record_int_state = True
+    x = _spikes_in(2)
+    outs = m(x, return_all=True)
+    res = sim.run(compile_graph(m.to_ir()), x.numpy().astype(np.int64), record=["lif1"], record_state=["lif1", "lif2"])
+    for i, layer in enumerate(m.layers, start=1):
+        np.testing.assert_array_equal(outs[i - 1].detach().numpy().astype(np.uint8), res.spikes[f"lif{i}"])
+        u, v = layer.last_int_state
+        np.testing.assert_array_equal(u.numpy(), res.u[f"lif{i}"])
+        np.testing.assert_array_equal(v.numpy(), res.v[f"lif{i}"])
+        assert res.spikes[f"lif{i}"].sum() > 20
+
+
+def test_qat_gradients_and_training_keep_equality():
+    import numpy as np
+
+    from snn2hw.backends import sim
+    from snn2hw.compiler import compile_graph
+    from snn2hw.quantize import QuantConfig
+
+    m = _rec_model(1, masked=True).set_qat(QuantConfig())
+    x, y = _spikes_in(3, batch=8, steps=30), torch.arange(8) % 7
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    for _ in range(3):
+        loss = torch.nn.functional.cross_entropy(m(x).sum(dim=1) * 0.5, y)
+        opt.zero_grad()
+        loss.backward()
+        for name, p in m.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        opt.step()
+    layer = m.layers[0]
+    assert (layer.rec_weight.grad[layer.rec_mask == 0] == 0).all()
+    out = m(x).detach().numpy().astype(np.uint8)
+    np.testing.assert_array_equal(out, sim.run(compile_graph(m.to_ir()), x.numpy().astype(np.int64)).spikes["lif2"])
+
+
+def test_config_and_checkpoint_round_trip(tmp_path):
+    from snn2hw.nn.layers import RecurrentLIFDense, SpikingSequential
+    from snn2hw.train.checkpoint import load_checkpoint, save_checkpoint
+
+    m = _rec_model(masked=True)
+    cfg = m.config()
+    assert cfg["layers"][0]["layer"] == "RecurrentLIFDense" and "layer" not in cfg["layers"][1]
+    save_checkpoint(m, tmp_path / "m.pt")
+    m2 = load_checkpoint(tmp_path / "m.pt")
+    assert isinstance(m2.layers[0], RecurrentLIFDense)
+    assert torch.equal(m2.layers[0].rec_mask, m.layers[0].rec_mask)
+    x = _spikes_in(4)
+    assert torch.equal(m2(x), m(x))
+    m3 = SpikingSequential.from_config(_rec_model(masked=False).config())
+    assert m3.layers[0].rec_mask is None
+    with pytest.raises(ValueError, match="unknown layer kind"):
+        SpikingSequential.from_config({"layers": [{"layer": "Nope"}]})

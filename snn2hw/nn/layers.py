@@ -1,8 +1,9 @@
 """Spiking layers for training, each describing itself in IR terms (``to_ir``).
 
 ``LIFDense`` is one Loihi hop plus its target population: a Dense projection (with the hardware's
-one-step delay) into a CUBA-LIF population. ``SpikingSequential`` stacks them into a feed-forward
-network whose IR graph runs unchanged on the simulator and on Lava.
+one-step delay) into a CUBA-LIF population. ``RecurrentLIFDense`` adds a recurrent projection from the
+population to itself (also a one-step Dense hop on the chip). ``SpikingSequential`` stacks them into a
+network whose IR graph runs unchanged on the simulator (and, without recurrent layers, on Lava).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torch import nn
 from snn2hw.hw import loihi2 as hw
 from snn2hw.ir import LIF, Dense, Graph, Input, Population
 from snn2hw.nn import functional as F
+from snn2hw.nn.recurrent import recurrent_cuba_lif_sequence
 from snn2hw.nn.surrogate import get_surrogate
 from snn2hw.quantize import QuantConfig, dequantize_weights, quantize_population
 
@@ -120,7 +122,12 @@ class LIFDense(nn.Module):
 
 
 class SpikingSequential(nn.Module):
-    """A feed-forward stack of ``LIFDense`` layers; input spikes (batch, T, n_in) -> output spikes."""
+    """A stack of ``LIFDense`` / ``RecurrentLIFDense`` layers; input spikes (batch, T, n_in) -> output spikes.
+
+    Its ``config()`` lists each layer's config; a recurrent layer's carries ``"layer": "RecurrentLIFDense"``
+    (a config without a ``layer`` key is a ``LIFDense``), which is how ``from_config`` and
+    ``snn2hw.train.checkpoint.load_checkpoint`` rebuild the right layer.
+    """
 
     def __init__(self, layers: list[LIFDense]):
         super().__init__()
@@ -132,7 +139,14 @@ class SpikingSequential(nn.Module):
 
     @classmethod
     def from_config(cls, config: dict) -> "SpikingSequential":
-        return cls([LIFDense(**c) for c in config["layers"]])
+        layers = []
+        for c in config["layers"]:
+            c = dict(c)
+            kind = c.pop("layer", "LIFDense")
+            if kind not in LAYER_KINDS:
+                raise ValueError(f"unknown layer kind {kind!r}; known: {', '.join(sorted(LAYER_KINDS))}")
+            layers.append(LAYER_KINDS[kind](**c))
+        return cls(layers)
 
     def config(self) -> dict:
         return {"kind": "SpikingSequential", "layers": [l.config() for l in self.layers]}
@@ -151,11 +165,134 @@ class SpikingSequential(nn.Module):
         return outs if return_all else x
 
     def to_ir(self, dt: float = 1e-3) -> Graph:
-        """The float IR graph of this network: input ``in``, populations ``lif1..``, projections ``fc1..``."""
+        """The float IR graph of this network: input ``in``, populations ``lif1..``, projections ``fc1..``
+        (and ``rec<i>`` from ``lif<i>`` to itself for a recurrent layer ``i``)."""
         inputs = (Input("in", self.layers[0].in_features),)
         pops, projs, prev = [], [], "in"
         for i, layer in enumerate(self.layers, start=1):
             pops.append(layer.population(f"lif{i}"))
             projs.append(Dense(f"fc{i}", prev, f"lif{i}", layer.weight.detach().cpu().double().numpy()))
+            if isinstance(layer, RecurrentLIFDense):
+                projs.append(layer.recurrent_projection(f"rec{i}", f"lif{i}"))
             prev = f"lif{i}"
         return Graph(inputs, tuple(pops), tuple(projs), (prev,), dt).validate()
+
+
+class RecurrentLIFDense(LIFDense):
+    """Dense input hop + recurrent projection (population to itself) into a CUBA-LIF population.
+
+    ``a[t] = W s_in[t-1] + V s[t-1]``: both projections are one-step Dense hops, as on the chip, so the IR
+    holds two ``Dense`` projections into the population (``fc`` from the previous layer, ``rec`` from the
+    population to itself) and the quantizer gives both one population scale. ``rec_weight`` is V (n, n),
+    ``rec_weight[i, j]`` from neuron j to neuron i; ``rec_mask`` (optional 0/1 (n, n) buffer: block or
+    sparse connectivity) fixes which entries exist (``True``: a placeholder filled by ``load_state_dict``).
+    ``rec_gain`` scales V's initialisation like ``weight_gain`` scales W's.
+
+    Quantization-aware mode quantizes ``fc`` and ``rec`` together with ``quantize_population`` and runs the
+    integer step (``snn2hw.hw.loihi2``) one step at a time, feeding back the integer spikes, so its spikes
+    (and ``last_int_state``) equal the simulator's; gradients as in ``LIFDense``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, du: float = 0.2, dv: float = 0.1,
+                 v_th: float = 1.0, bias: bool = False, train_decays: bool = False,
+                 surrogate: str = "fast_sigmoid", surrogate_scale: float = 10.0, weight_gain: float = 1.0,
+                 detach_reset: bool = True, rec_gain: float = 0.5,
+                 rec_mask: "torch.Tensor | bool | None" = None):
+        super().__init__(in_features, out_features, du=du, dv=dv, v_th=v_th, bias=bias,
+                         train_decays=train_decays, surrogate=surrogate, surrogate_scale=surrogate_scale,
+                         weight_gain=weight_gain, detach_reset=detach_reset)
+        self.rec_gain = float(rec_gain)
+        bound = self.rec_gain * self.v_th / math.sqrt(out_features)
+        self.rec_weight = nn.Parameter(torch.empty(out_features, out_features).uniform_(-bound, bound))
+        if rec_mask is None or rec_mask is False:
+            self.rec_mask = None
+        else:
+            mask = torch.ones(out_features, out_features) if rec_mask is True else torch.as_tensor(rec_mask).float()
+            if tuple(mask.shape) != (out_features, out_features) or not ((mask == 0) | (mask == 1)).all():
+                raise ValueError(f"rec_mask must be a 0/1 tensor of shape ({out_features}, {out_features})")
+            self.register_buffer("rec_mask", mask.clone())
+            with torch.no_grad():
+                self.rec_weight.mul_(self.rec_mask)
+
+    def config(self) -> dict:
+        return {"layer": "RecurrentLIFDense", **super().config(), "rec_gain": self.rec_gain,
+                "rec_mask": self.rec_mask is not None}
+
+    def effective_rec_weight(self) -> torch.Tensor:
+        """V with the mask applied: the recurrent weights the network uses (and the IR holds)."""
+        return self.rec_weight if self.rec_mask is None else self.rec_weight * self.rec_mask
+
+    def recurrent_projection(self, name: str, population: str) -> Dense:
+        return Dense(name, population, population, self.effective_rec_weight().detach().cpu().double().numpy())
+
+    def _neuron_args(self, a: torch.Tensor):
+        du, dv = self.du.clamp(0.0, 1.0), self.dv.clamp(0.0, 1.0)
+        bias = self.bias if self.bias is not None else torch.zeros((), device=a.device, dtype=a.dtype)
+        return 1.0 - du, 1.0 - dv, torch.tensor(self.v_th, device=a.device, dtype=a.dtype), bias
+
+    def forward(self, s_in: torch.Tensor) -> torch.Tensor:
+        if self.qat is not None:
+            return self._forward_qat(s_in)
+        a = hop_delay(s_in @ self.weight.t())
+        alpha, beta, v_th, bias = self._neuron_args(a)
+        return recurrent_cuba_lif_sequence(a, self.rec_weight, alpha, beta, v_th, bias, mask=self.rec_mask,
+                                           surrogate=self.surrogate, detach_reset=self.detach_reset)
+
+    def quantize(self, config: QuantConfig = QuantConfig()):
+        """(integer population, [fc, rec] integer projections, report) exactly as the compiler makes them."""
+        pop = self.population("lif")
+        fc = Dense("fc", "in", "lif", self.weight.detach().cpu().double().numpy())
+        qpop, qprojs, report = quantize_population(pop, (fc, self.recurrent_projection("rec", "lif")), config)
+        return qpop, qprojs, report
+
+    def _forward_qat(self, s_in: torch.Tensor) -> torch.Tensor:
+        qpop, (qfc, qrec), report = self.quantize(self.qat)
+        n, dev, dtype = qpop.neuron, s_in.device, s_in.dtype
+        batch, steps, size = s_in.shape[0], s_in.shape[1], self.out_features
+        with torch.no_grad():
+            # feed-forward hop for all steps at once, then the recurrent hop step by step
+            w = hw.prepare_weights(torch.as_tensor(qfc.weight, device=dev), hw.SignMode(qfc.sign_mode), qfc.num_weight_bits)
+            acc = hw.accumulate_exact(s_in.detach(), w.t().to(hw.accumulation_dtype(w, 1)))
+            a_ff = hop_delay(hw.synaptic_output(acc, qfc.weight_exp, graded=False))
+            v_w = hw.prepare_weights(torch.as_tensor(qrec.weight, device=dev), hw.SignMode(qrec.sign_mode),
+                                     qrec.num_weight_bits)
+            v_t = v_w.t().to(hw.accumulation_dtype(v_w, 1))
+            bias_eff = hw.effective_bias(torch.as_tensor(n.bias_mant, device=dev), torch.as_tensor(n.bias_exp, device=dev))
+            vth_eff = hw.effective_threshold(n.vth)
+            u = torch.zeros(batch, size, dtype=torch.int64, device=dev)
+            v = torch.zeros_like(u)
+            s = torch.zeros(batch, size, dtype=torch.bool, device=dev)
+            s_int = torch.zeros(batch, steps, size, dtype=torch.bool, device=dev)
+            keep = self.record_int_state
+            u_all = torch.zeros(batch, steps, size, dtype=torch.int64, device=dev) if keep else None
+            v_all = torch.zeros_like(u_all) if keep else None
+            for t in range(steps):
+                a_t = a_ff[:, t]
+                if t > 0:  # nothing has crossed the recurrent hop at step 0
+                    a_rec = hw.synaptic_output(hw.accumulate_exact(s, v_t), qrec.weight_exp, graded=False)
+                    a_t = hw.sum_activations([a_t, a_rec])
+                u, v, s = hw.lif_step(u, v, a_t, n.du, n.dv, vth_eff, bias_eff)
+                s_int[:, t] = s
+                if keep:
+                    u_all[:, t], v_all[:, t] = u, v
+            self.last_int_state = (u_all, v_all) if keep else None
+        # gradient path: the float relaxation with straight-through (dequantized) parameters
+        k = report.scale
+        w_deq = dequantize_weights(torch.as_tensor(qfc.weight, device=dev, dtype=dtype), k, qfc.weight_exp)
+        w_ste = self.weight + (w_deq - self.weight).detach()
+        v_deq = dequantize_weights(torch.as_tensor(qrec.weight, device=dev, dtype=dtype), k, qrec.weight_exp)
+        v_eff = self.effective_rec_weight()
+        v_ste = v_eff + (v_deq - v_eff).detach()
+        alpha = 1.0 - self.du.clamp(0.0, 1.0)
+        beta = 1.0 - self.dv.clamp(0.0, 1.0)
+        alpha = alpha + (hw.u_keep_fraction(n.du) - alpha).detach()
+        beta = beta + (hw.v_keep_fraction(n.dv) - beta).detach()
+        bias_deq = bias_eff.to(dtype) / k
+        bias = bias_deq if self.bias is None else self.bias + (bias_deq - self.bias).detach()
+        v_th = torch.tensor(n.vth * (1 << hw.THRESHOLD_SHIFT) / k, device=dev, dtype=dtype)
+        s_float = recurrent_cuba_lif_sequence(hop_delay(s_in @ w_ste.t()), v_ste, alpha, beta, v_th, bias,
+                                              surrogate=self.surrogate, detach_reset=self.detach_reset)
+        return s_float + (s_int.to(dtype) - s_float).detach()
+
+
+LAYER_KINDS = {"LIFDense": LIFDense, "RecurrentLIFDense": RecurrentLIFDense}
