@@ -15,10 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from snn2hw.ir import Graph, GraphError, Input, LoihiDense, LoihiLIF, Population
+from snn2hw.ir import Graph, GraphError, Input, LoihiConv2d, LoihiDense, LoihiLIF, Population
 
 FORMAT = "snn2hw-artefact"
 FORMAT_VERSION = 1
+# Projection kinds in the header: "dense" (all version-1 files), "sparse" (a LoihiDense with sparse=True,
+# weight stored dense) and "conv2d" (LoihiConv2d; geometry in the header). Adding kinds keeps version 1:
+# every older file still loads, and an older reader names the kind it does not know.
+PROJECTION_KINDS = ("dense", "sparse", "conv2d")
 
 
 class ArtefactError(ValueError):
@@ -74,14 +78,18 @@ def save(artefact: Artefact, path: str | os.PathLike) -> None:
     projs = []
     for p in g.projections:
         arrays[f"proj/{p.name}/weight"] = np.asarray(p.weight, dtype=np.int64)
-        projs.append(
-            {
-                "name": p.name, "src": p.src, "dst": p.dst, "kind": "dense",
-                "weight_exp": int(p.weight_exp), "num_weight_bits": int(p.num_weight_bits),
-                "sign_mode": int(p.sign_mode), "num_message_bits": int(p.num_message_bits),
-                "delay": int(p.delay),
-            }
-        )
+        d = {
+            "name": p.name, "src": p.src, "dst": p.dst, "kind": "dense",
+            "weight_exp": int(p.weight_exp), "num_weight_bits": int(p.num_weight_bits),
+            "sign_mode": int(p.sign_mode), "num_message_bits": int(p.num_message_bits),
+            "delay": int(p.delay),
+        }
+        if isinstance(p, LoihiConv2d):
+            d.update(kind="conv2d", in_shape=list(p.in_shape), out_shape=list(p.out_shape), stride=list(p.stride),
+                     padding=list(p.padding), dilation=list(p.dilation), groups=int(p.groups))
+        elif p.sparse:
+            d["kind"] = "sparse"
+        projs.append(d)
     meta = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -131,12 +139,21 @@ def load(path: str | os.PathLike) -> Artefact:
         )
         projs = []
         for d in meta["projections"]:
-            if d["kind"] != "dense":
+            if d["kind"] not in PROJECTION_KINDS:
                 raise ArtefactError(f"{path}: projection {d['name']!r} has unsupported kind {d['kind']!r}")
+            weight = arrays[f"proj/{d['name']}/weight"]
+            if d["kind"] == "conv2d":
+                projs.append(
+                    LoihiConv2d(d["name"], d["src"], d["dst"], weight, tuple(d["in_shape"]), tuple(d["out_shape"]),
+                                tuple(d["stride"]), tuple(d["padding"]), tuple(d["dilation"]), int(d["groups"]),
+                                int(d["weight_exp"]), int(d["num_weight_bits"]), int(d["sign_mode"]),
+                                int(d["num_message_bits"]), int(d["delay"]))
+                )
+                continue
             projs.append(
-                LoihiDense(d["name"], d["src"], d["dst"], arrays[f"proj/{d['name']}/weight"],
+                LoihiDense(d["name"], d["src"], d["dst"], weight,
                            int(d["weight_exp"]), int(d["num_weight_bits"]), int(d["sign_mode"]),
-                           int(d["num_message_bits"]), int(d["delay"]))
+                           int(d["num_message_bits"]), int(d["delay"]), d["kind"] == "sparse")
             )
         graph = Graph(inputs, pops, tuple(projs), tuple(meta["outputs"]), float(meta["dt"]), meta.get("metadata", {}))
         graph.validate()

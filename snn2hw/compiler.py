@@ -15,7 +15,7 @@ import numpy as np
 import snn2hw
 from snn2hw.artefact import Artefact
 from snn2hw.hw import loihi2 as hw
-from snn2hw.ir import Graph, LoihiDense, LoihiLIF
+from snn2hw.ir import Graph, LoihiConv2d, LoihiDense, LoihiLIF, synapse_count
 from snn2hw.quantize import QuantConfig, quantize_graph
 
 
@@ -63,10 +63,16 @@ def design_rule_violations(graph: Graph) -> list[str]:
               f"population {p.name!r}: bias_mant outside 13-bit range [{hw.BIAS_MANT_MIN}, {hw.BIAS_MANT_MAX}]")
         check(be.size == 0 or (be.min() >= hw.BIAS_EXP_MIN and be.max() <= hw.BIAS_EXP_MAX),
               f"population {p.name!r}: bias_exp outside [{hw.BIAS_EXP_MIN}, {hw.BIAS_EXP_MAX}]")
+    graded_inputs = {i.name: i.num_message_bits for i in graph.inputs if i.num_message_bits > 0}
     for p in graph.projections:
-        if not isinstance(p, LoihiDense):
+        if not isinstance(p, (LoihiDense, LoihiConv2d)):
             v.append(f"projection {p.name!r}: not quantized")
             continue
+        if isinstance(p, LoihiConv2d):
+            v.extend(_conv_violations(p, graded_inputs))
+        elif p.sparse:
+            check(p.delay == 0, f"projection {p.name!r}: sparse projection with delay {p.delay}: snn2hw lowers sparse "
+                                f"connectivity to Lava's Sparse, which has no delay (use a dense projection)")
         check(1 <= p.num_weight_bits <= hw.WEIGHT_BITS_MAX,
               f"projection {p.name!r}: num_weight_bits {p.num_weight_bits} outside [1, {hw.WEIGHT_BITS_MAX}]")
         check(hw.WEIGHT_EXP_MIN <= p.weight_exp <= hw.WEIGHT_EXP_MAX,
@@ -86,6 +92,45 @@ def design_rule_violations(graph: Graph) -> list[str]:
     return v
 
 
+def _conv_violations(p: LoihiConv2d, graded_inputs: dict[str, int]) -> list[str]:
+    """What Lava's Conv cannot express (it ignores weight_exp/num_weight_bits, has no delay, stores the
+    geometry in int8 and casts a float64 sum to int32)."""
+    v = []
+    where = f"projection {p.name!r} (conv)"
+    if p.weight_exp != 0:
+        v.append(f"{where}: weight_exp {p.weight_exp} != 0: Lava's Conv ignores weight_exp")
+    if p.delay != 0:
+        v.append(f"{where}: delay {p.delay} != 0: Lava's Conv has no synaptic delay")
+    geometry = {"kernel_size": p.kernel_size, "stride": p.stride, "padding": p.padding, "dilation": p.dilation,
+                "groups": (p.groups,)}
+    for what, values in geometry.items():
+        if max(values) > 127:
+            v.append(f"{where}: {what} {values} exceeds 127: Lava's Conv stores it as int8")
+    try:
+        mode = hw.SignMode(p.sign_mode)
+        bits_ok = 1 <= p.num_weight_bits <= hw.WEIGHT_BITS_MAX
+    except ValueError:
+        return v  # reported by the generic checks
+    w = np.asarray(p.weight, dtype=np.int64)
+    if bits_ok and w.size:
+        import torch
+
+        prepared = hw.prepare_weights(torch.as_tensor(w), mode, p.num_weight_bits).numpy()
+        if not np.array_equal(prepared, w):
+            k = int(np.flatnonzero(prepared.ravel() != w.ravel())[0])
+            v.append(f"{where}: weight {int(w.ravel()[k])} is not representable with {p.num_weight_bits} bits, "
+                     f"sign mode {mode.name} (Lava's Conv does not clip or truncate weights; Loihi would make it "
+                     f"{int(prepared.ravel()[k])})")
+    max_input = 1
+    if p.num_message_bits > 0:
+        max_input = 1 << max(graded_inputs.get(p.src, p.num_message_bits) - 1, 0)
+    bound = int(np.abs(w).reshape(w.shape[0], -1).sum(axis=1).max(initial=0)) * max_input if w.size else 0
+    if bound >= hw.CONV_ACC_LIMIT:
+        v.append(f"{where}: worst-case accumulation {bound} reaches 2**31: Lava's Conv casts its float64 sum to "
+                 f"int32, which is not a wrap (platform-dependent); reduce weights or num_message_bits")
+    return v
+
+
 def allocate(graph: Graph, limits: CoreLimits = CoreLimits()) -> dict:
     """Greedy mapping of populations onto cores: each core holds at most ``neurons_per_core`` neurons
     of one population and the incoming synapses (1 byte weight + 2 byte index each, an estimate) of
@@ -93,7 +138,7 @@ def allocate(graph: Graph, limits: CoreLimits = CoreLimits()) -> dict:
     exceeded."""
     per_pop = {}
     for p in graph.populations:
-        fan_in = sum(int(np.count_nonzero(pr.weight)) for pr in graph.incoming(p.name))
+        fan_in = sum(synapse_count(pr) for pr in graph.incoming(p.name))
         bytes_per_neuron = 3 * fan_in / max(p.size, 1)
         by_memory = max(1, int(limits.synapse_bytes_per_core // max(bytes_per_neuron, 1e-9)))
         per_core = min(limits.neurons_per_core, by_memory)

@@ -2,7 +2,19 @@
 
 One IR serves every stage. A float graph (from training or NIR) holds ``LIF`` neurons and float
 weights; the quantizer turns it into an integer graph holding ``LoihiLIF`` neurons and
-``LoihiDense`` projections, which is what compiled artefacts store and backends run.
+``LoihiDense`` / ``LoihiConv2d`` projections, which is what compiled artefacts store and backends run.
+
+Projection kinds:
+
+- ``Dense`` / ``LoihiDense``: a (dst.size, src.size) weight matrix. ``sparse=True`` marks the same
+  matrix as sparse connectivity (zeros are absent synapses): it lowers to Lava's ``Sparse`` process,
+  whose arithmetic is Dense's. The IR keeps the dense array (zeros and all), which keeps one code path.
+- ``Conv2d`` / ``LoihiConv2d``: a 2-D convolution in PyTorch/NIR orientation (cross-correlation,
+  weight (out_ch, in_ch/groups, kh, kw), images (C, H, W)). A population's flat index is the C-order
+  index of its (C, H, W) image: ``c * H * W + y * W + x``.
+- Sum pooling has no class of its own: ``sum_pool2d`` builds a ``Conv2d``/``LoihiConv2d`` with
+  groups = C and an all-equal kernel (every channel pooled on its own). Lava has no pooling process;
+  on Lava it is a Conv like any other.
 
 Timing convention (the hardware's): a population's spikes at step t reach a target population at
 step ``t + 1 + delay`` through a projection. Populations have no delay of their own. Inputs are
@@ -72,6 +84,7 @@ class Dense:
     dst: str
     weight: np.ndarray
     delay: int = 0
+    sparse: bool = False  # sparse connectivity (Lava ``Sparse``); zeros are absent synapses
 
 
 @dataclass(frozen=True)
@@ -87,9 +100,158 @@ class LoihiDense:
     sign_mode: int = 1  # snn2hw.hw.loihi2.SignMode
     num_message_bits: int = 0
     delay: int = 0
+    sparse: bool = False  # lowers to Lava's ``Sparse`` (same arithmetic as ``Dense``)
 
 
-Projection = Union[Dense, LoihiDense]
+def _pair(value, what: str) -> tuple[int, int]:
+    if isinstance(value, (int, np.integer)):
+        return int(value), int(value)
+    t = tuple(int(v) for v in value)
+    if len(t) != 2:
+        raise GraphError(f"{what} must be an int or a pair (h, w), got {value!r}")
+    return t
+
+
+def conv_output_hw(in_hw: tuple[int, int], kernel_hw: tuple[int, int], stride, padding, dilation) -> tuple[int, int]:
+    """(H_out, W_out) of a 2-D convolution (PyTorch's formula, which is also Lava's)."""
+    return tuple(
+        (in_hw[i] + 2 * padding[i] - dilation[i] * (kernel_hw[i] - 1) - 1) // stride[i] + 1 for i in range(2)
+    )
+
+
+class _ConvFields:
+    """Shared normalisation and geometry of ``Conv2d`` and ``LoihiConv2d`` (a mixin, no fields)."""
+
+    def __post_init__(self):
+        for f in ("stride", "padding", "dilation"):
+            object.__setattr__(self, f, _pair(getattr(self, f), f"{self.name}: {f}"))
+        object.__setattr__(self, "in_shape", tuple(int(d) for d in self.in_shape))
+        out = tuple(int(d) for d in self.out_shape) if self.out_shape is not None else self.expected_out_shape()
+        object.__setattr__(self, "out_shape", out)
+        object.__setattr__(self, "groups", int(self.groups))
+
+    @property
+    def kernel_size(self) -> tuple[int, int]:
+        return tuple(int(d) for d in np.shape(self.weight)[2:4])
+
+    def expected_out_shape(self) -> tuple[int, int, int]:
+        if len(self.in_shape) != 3 or np.ndim(self.weight) != 4:
+            return (0, 0, 0)
+        h, w = conv_output_hw(self.in_shape[1:], self.kernel_size, self.stride, self.padding, self.dilation)
+        return (int(np.shape(self.weight)[0]), h, w)
+
+    def geometry_errors(self) -> list[str]:
+        """Why this convolution is malformed (empty when fine)."""
+        errs = []
+        w = np.shape(self.weight)
+        if len(self.in_shape) != 3 or min(self.in_shape, default=0) < 1:
+            errs.append(f"in_shape {self.in_shape} must be (C, H, W) with positive sizes")
+            return errs
+        if len(w) != 4 or min(w) < 1:
+            errs.append(f"weight shape {w} must be (out_ch, in_ch/groups, kh, kw)")
+            return errs
+        if min(self.stride) < 1 or min(self.dilation) < 1 or min(self.padding) < 0:
+            errs.append(f"stride {self.stride} and dilation {self.dilation} must be >= 1, padding {self.padding} >= 0")
+            return errs
+        c = self.in_shape[0]
+        if self.groups < 1 or c % self.groups or w[0] % self.groups:
+            errs.append(f"groups {self.groups} must divide in channels {c} and out channels {w[0]}")
+        elif w[1] != c // self.groups:
+            errs.append(f"weight shape {w}: dim 1 must be in_ch/groups = {c // self.groups}")
+        expected = self.expected_out_shape()
+        if min(expected) < 1:
+            errs.append(f"kernel {self.kernel_size} (dilation {self.dilation}) does not fit the padded input {self.in_shape}")
+        elif tuple(self.out_shape) != expected:
+            errs.append(f"out_shape {self.out_shape} != {expected} computed from the geometry")
+        return errs
+
+
+@dataclass(frozen=True)
+class Conv2d(_ConvFields):
+    """Float 2-D convolution (PyTorch/NIR cross-correlation) from a (C,H,W) image to one.
+
+    ``weight`` (out_ch, in_ch/groups, kh, kw); ``stride``/``padding``/``dilation`` as (h, w) or an int;
+    ``out_shape`` None computes it. Source and target populations are the flat C-order images.
+    """
+
+    name: str
+    src: str
+    dst: str
+    weight: np.ndarray
+    in_shape: tuple
+    out_shape: tuple | None = None
+    stride: tuple = (1, 1)
+    padding: tuple = (0, 0)
+    dilation: tuple = (1, 1)
+    groups: int = 1
+    delay: int = 0
+
+
+@dataclass(frozen=True)
+class LoihiConv2d(_ConvFields):
+    """Integer 2-D convolution (same geometry and orientation as ``Conv2d``).
+
+    Lava's ``Conv`` ignores ``weight_exp`` and ``num_weight_bits`` (it neither shifts nor clips nor
+    truncates) and wraps its output to 24 bits; the quantizer therefore emits ``weight_exp = 0`` and
+    weights already on the ``num_weight_bits``/``sign_mode`` grid, and the design rules check both
+    (see docs/fixed-point.md, "Convolution, pooling and sparse connectivity").
+    """
+
+    name: str
+    src: str
+    dst: str
+    weight: np.ndarray  # int
+    in_shape: tuple
+    out_shape: tuple | None = None
+    stride: tuple = (1, 1)
+    padding: tuple = (0, 0)
+    dilation: tuple = (1, 1)
+    groups: int = 1
+    weight_exp: int = 0
+    num_weight_bits: int = 8
+    sign_mode: int = 1  # snn2hw.hw.loihi2.SignMode (Lava's Conv ignores it; the design rules use it)
+    num_message_bits: int = 0
+    delay: int = 0
+
+
+def sum_pool2d(name: str, src: str, dst: str, in_shape: tuple, kernel_size, stride=None, padding=0,
+               weight: float | int = 1, integer: bool | None = None) -> "Conv2d | LoihiConv2d":
+    """Sum pooling as a depthwise convolution: groups = C, kernel all ``weight`` (PyTorch's
+    ``avg_pool2d`` times kh*kw when weight is 1). ``stride`` defaults to the kernel size.
+    ``integer`` (default: ``weight`` is an int) picks ``LoihiConv2d`` over ``Conv2d``."""
+    kh, kw = _pair(kernel_size, f"{name}: kernel_size")
+    stride = (kh, kw) if stride is None else stride
+    c = int(in_shape[0])
+    integer = isinstance(weight, (int, np.integer)) if integer is None else integer
+    kernel = np.full((c, 1, kh, kw), weight, dtype=np.int64 if integer else np.float64)
+    cls = LoihiConv2d if integer else Conv2d
+    return cls(name, src, dst, kernel, tuple(in_shape), None, stride, padding, 1, c)
+
+
+def synapse_count(proj: "Projection") -> int:
+    """Synapses of a projection: non-zero entries of its (dst, src) connectivity matrix.
+
+    Dense/sparse: non-zero weights. Conv: for every non-zero kernel entry, the number of output
+    positions at which it lands inside the (unpadded) input, i.e. non-zero kernel entries times their
+    valid positions -- the synapse count of the equivalent dense matrix (weights are shared on
+    hardware, so this overstates weight memory; it is the fan-in count).
+    """
+    if not isinstance(proj, (Conv2d, LoihiConv2d)):
+        return int(np.count_nonzero(proj.weight))
+    w = np.asarray(proj.weight)
+    if w.size == 0:
+        return 0
+    counts = []
+    for axis in range(2):
+        n_in, n_out = proj.in_shape[1 + axis], proj.out_shape[1 + axis]
+        k = proj.kernel_size[axis]
+        pos = np.arange(n_out)[:, None] * proj.stride[axis] - proj.padding[axis] + np.arange(k)[None, :] * proj.dilation[axis]
+        counts.append(((pos >= 0) & (pos < n_in)).sum(axis=0))  # (k,) valid output positions per tap
+    valid = counts[0][:, None] * counts[1][None, :]  # (kh, kw)
+    return int(((w != 0) * valid[None, None]).sum())
+
+
+Projection = Union[Dense, LoihiDense, Conv2d, LoihiConv2d]
 Node = Union[Input, Population]
 
 
@@ -121,7 +283,7 @@ class Graph:
     @property
     def is_quantized(self) -> bool:
         return all(isinstance(p.neuron, LoihiLIF) for p in self.populations) and all(
-            isinstance(p, LoihiDense) for p in self.projections
+            isinstance(p, (LoihiDense, LoihiConv2d)) for p in self.projections
         )
 
     def feedforward_order(self) -> list[str] | None:
@@ -153,7 +315,17 @@ class Graph:
             src, dst = self.node(p.src), self.node(p.dst)
             if isinstance(dst, Input):
                 raise GraphError(f"projection {p.name!r} targets input {p.dst!r}")
-            if tuple(p.weight.shape) != (dst.size, src.size):
+            if isinstance(p, (Conv2d, LoihiConv2d)):
+                errs = p.geometry_errors()
+                if errs:
+                    raise GraphError(f"projection {p.name!r}: " + "; ".join(errs))
+                if int(np.prod(p.in_shape)) != src.size or int(np.prod(p.out_shape)) != dst.size:
+                    raise GraphError(
+                        f"projection {p.name!r}: in_shape {p.in_shape} / out_shape {p.out_shape} do not match "
+                        f"({p.src} size {src.size}, {p.dst} size {dst.size}); population size must equal "
+                        f"prod(shape)"
+                    )
+            elif tuple(p.weight.shape) != (dst.size, src.size):
                 raise GraphError(
                     f"projection {p.name!r}: weight shape {tuple(p.weight.shape)} does not match "
                     f"({p.dst} size {dst.size}, {p.src} size {src.size})"
@@ -171,11 +343,12 @@ class Graph:
         return self
 
     def summary(self) -> dict:
-        """Resource figures: neurons and synapses (non-zero weights)."""
+        """Resource figures: neurons and synapses (``synapse_count``: non-zero weights of the equivalent
+        dense connectivity; for a convolution, non-zero kernel entries times their valid positions)."""
         return {
             "inputs": sum(i.size for i in self.inputs),
             "neurons": sum(p.size for p in self.populations),
-            "synapses": int(sum(int(np.count_nonzero(p.weight)) for p in self.projections)),
+            "synapses": int(sum(synapse_count(p) for p in self.projections)),
             "populations": len(self.populations),
             "projections": len(self.projections),
         }

@@ -11,6 +11,13 @@ Mapping, per destination population with scale ``k`` (integer state = k * float 
 ``k`` puts the threshold at ``threshold_target`` integer units (default 1024: ~10 bits of threshold
 resolution and 2**23 / 2**16 = 128x headroom for v). Each incoming projection gets the smallest
 ``weight_exp`` e_p for which its largest weight fits the 8-bit mantissa, i.e. the most precise one.
+
+Convolutions (``Conv2d``, sum pooling included) and sparse projections share the destination's scale
+like any Dense. Lava's ``Conv`` ignores ``weight_exp``, so a convolution always gets ``e_p = 0``: the
+exponent is not folded anywhere (a positive one would have to scale the whole population, changing
+its other projections). If the largest conv weight does not fit the mantissa at ``e_p = 0`` the pass
+raises ``QuantizationError`` naming the projection (lower ``threshold_target`` or the weights); a
+negative exponent would only have added precision, which the report's ``max_weight_error`` shows lost.
 Weights are rounded to the representable grid (even values for 8-bit mixed sign), so Lava's own
 truncation leaves them unchanged.
 
@@ -26,7 +33,7 @@ import numpy as np
 import torch
 
 from snn2hw.hw import loihi2 as hw
-from snn2hw.ir import LIF, Dense, Graph, GraphError, LoihiDense, LoihiLIF, Population
+from snn2hw.ir import LIF, Conv2d, Dense, Graph, GraphError, LoihiConv2d, LoihiDense, LoihiLIF, Population
 
 
 class QuantizationError(ValueError):
@@ -118,8 +125,9 @@ def quantize_bias(bias: np.ndarray, scale: float, population: str = "?") -> tupl
 
 
 # --- the pass -----------------------------------------------------------------------------------------
-def quantize_population(pop: Population, incoming: tuple[Dense, ...], config: QuantConfig = QuantConfig(),
-                        message_bits: list[int] | None = None) -> tuple[Population, list[LoihiDense], LayerQuant]:
+def quantize_population(pop: Population, incoming: tuple[Dense | Conv2d, ...], config: QuantConfig = QuantConfig(),
+                        message_bits: list[int] | None = None
+                        ) -> tuple[Population, list[LoihiDense | LoihiConv2d], LayerQuant]:
     """Quantize one population and its incoming projections (one scale ``k`` for all of them).
 
     This is the unit both ``quantize_graph`` and quantization-aware training call, so a network
@@ -138,17 +146,32 @@ def quantize_population(pop: Population, incoming: tuple[Dense, ...], config: Qu
     qpop = Population(pop.name, pop.size, LoihiLIF(decay_u_int(n.du), decay_v_int(n.dv), vth, bias_mant, bias_exp))
     qprojs, exps, errors = [], {}, {}
     for proj, bits in zip(incoming, message_bits or [0] * len(incoming)):
-        if not isinstance(proj, Dense):
-            raise QuantizationError(f"projection {proj.name!r}: expected a float Dense projection")
+        if not isinstance(proj, (Dense, Conv2d)):
+            raise QuantizationError(f"projection {proj.name!r}: expected a float Dense or Conv2d projection")
         w = torch.as_tensor(np.asarray(proj.weight, dtype=np.float64))
         sign_mode = hw.determine_sign_mode(w)
         max_abs = float(w.abs().max()) if w.numel() else 0.0
         e = weight_exponent(max_abs, scale, sign_mode, config.num_weight_bits, config.weight_exp_range)
+        if isinstance(proj, Conv2d):
+            # Lava's Conv ignores weight_exp: the weights must fit the mantissa at exponent 0
+            if e > 0:
+                raise QuantizationError(
+                    f"projection {proj.name!r}: Lava's Conv ignores weight_exp, so conv weights must fit the "
+                    f"8-bit mantissa with weight_exp 0, but the largest (|w| = {max_abs:.4g} at scale {scale:.4g}) "
+                    f"needs weight_exp {e}; lower threshold_target or the weights"
+                )
+            e = 0
         w_int = quantize_weights(w, scale, e, sign_mode, config.num_weight_bits)
         errors[proj.name] = float((dequantize_weights(w_int, scale, e) - w).abs().max() / max_abs) if max_abs else 0.0
         exps[proj.name] = e
-        qprojs.append(LoihiDense(proj.name, proj.src, proj.dst, w_int.to(torch.int64).numpy(), e,
-                                 config.num_weight_bits, int(sign_mode), bits, proj.delay))
+        w_np = w_int.to(torch.int64).numpy()
+        if isinstance(proj, Conv2d):
+            qprojs.append(LoihiConv2d(proj.name, proj.src, proj.dst, w_np, proj.in_shape, proj.out_shape, proj.stride,
+                                      proj.padding, proj.dilation, proj.groups, e, config.num_weight_bits,
+                                      int(sign_mode), bits, proj.delay))
+        else:
+            qprojs.append(LoihiDense(proj.name, proj.src, proj.dst, w_np, e, config.num_weight_bits, int(sign_mode),
+                                     bits, proj.delay, proj.sparse))
     return qpop, qprojs, LayerQuant(pop.name, scale, vth, exps, errors)
 
 
@@ -162,7 +185,7 @@ def quantize_graph(graph: Graph, config: QuantConfig = QuantConfig()) -> tuple[G
     if graph.is_quantized:
         return graph, []
     pops: list[Population] = []
-    projs: dict[str, LoihiDense] = {}
+    projs: dict[str, LoihiDense | LoihiConv2d] = {}
     report: list[LayerQuant] = []
     for pop in graph.populations:
         message_bits = [getattr(graph.node(p.src), "num_message_bits", 0) for p in graph.incoming(pop.name)]

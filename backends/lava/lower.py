@@ -12,7 +12,16 @@ IR                          Lava
 ``Population(LoihiLIF)``    ``lava.proc.lif.process.LIF`` (``LIFReset`` when a reset is given)
 ``LoihiDense`` (delay 0)    ``lava.proc.dense.process.Dense``
 ``LoihiDense`` (delay > 0)  ``lava.proc.dense.process.DelayDense`` with one delay for all synapses
+``LoihiDense`` (sparse)     ``lava.proc.sparse.process.Sparse`` (scipy csr weights; delay 0 only)
+``LoihiConv2d``             ``lava.proc.conv.process.Conv`` (sum pooling included; delay 0 only)
 ==========================  ==================================================================
+
+Convolution layout: snn2hw images are (C, H, W) and a population's flat index is their C-order index;
+Lava's Conv takes (X, Y, C) = (W, H, C) images and weights (out, kx, ky, in/groups), and computes a
+true convolution. So the kernel is flipped and transposed (``lava_conv_weight``), stride, padding and
+dilation are given as (w, h), and the flat spike port is reshaped to (C, H, W) and transposed to
+(W, H, C) on the way in (``port.reshape(...).transpose((2, 1, 0))``, Lava virtual ports), and the
+output transposed back and flattened on the way out. The populations stay flat LIFs.
 
 Lava is imported lazily so that ``snn2hw.backends.lava`` can be imported (and report a clear error)
 where lava-nc is missing.
@@ -27,7 +36,7 @@ import numpy as np
 from snn2hw.artefact import Artefact
 from snn2hw.backends.base import BackendError
 from snn2hw.hw import loihi2 as hw
-from snn2hw.ir import Graph, Input, LoihiDense, LoihiLIF
+from snn2hw.ir import Graph, Input, LoihiConv2d, LoihiDense, LoihiLIF
 
 
 class LavaUnavailableError(BackendError):
@@ -87,7 +96,7 @@ class LavaNetwork:
         if name not in self.input_ports:
             raise LoweringError(f"{name!r} is not an input of this network")
         for port in self.input_ports[name]:
-            out_port.connect(port)
+            connect_spikes(out_port, port)
 
     @property
     def processes(self) -> list:
@@ -100,6 +109,34 @@ class LavaNetwork:
             if runtime is not None:
                 proc.stop()
                 return
+
+
+def connect_spikes(out_port, in_port) -> None:
+    """Connect a flat spike ``OutPort`` (C*H*W,) to a synapse's ``s_in``; a Conv's (W, H, C) port gets
+    the flat (C, H, W) C-order image reshaped and transposed into Lava's layout."""
+    if len(in_port.shape) == 3:
+        out_port.reshape(tuple(reversed(in_port.shape))).transpose((2, 1, 0)).connect(in_port)
+    else:
+        out_port.connect(in_port)
+
+
+def connect_activations(proj_proc, in_port) -> None:
+    """Connect a synapse's ``a_out`` to a flat LIF ``a_in``; a Conv's (Wo, Ho, Co) output is transposed to
+    (Co, Ho, Wo) and flattened, giving snn2hw's C-order index."""
+    out = proj_proc.a_out
+    if len(out.shape) == 3:
+        out.transpose((2, 1, 0)).reshape((in_port.shape[0],)).connect(in_port)
+    else:
+        out.connect(in_port)
+
+
+def lava_conv_weight(weight: np.ndarray) -> np.ndarray:
+    """PyTorch cross-correlation kernel (O, C/g, kh, kw) -> Lava Conv kernel (O, kx, ky, C/g).
+
+    Lava's ``conv_scipy`` runs ``scipy.signal.convolve2d`` (a true convolution, the kernel flipped in both
+    spatial axes) over (X, Y) = (W, H) images, so the kernel is flipped and its axes reordered.
+    """
+    return np.ascontiguousarray(np.asarray(weight)[:, :, ::-1, ::-1].transpose(0, 3, 2, 1))
 
 
 # --- validation ---------------------------------------------------------------------------------------
@@ -147,6 +184,34 @@ def check_lowerable(graph: Graph) -> None:
         _check_range(f"{where}: num_weight_bits", p.num_weight_bits, 1, hw.WEIGHT_BITS_MAX)
         _check_range(f"{where}: sign_mode", p.sign_mode, int(min(hw.SignMode)), int(max(hw.SignMode)))
         _check_range(f"{where}: num_message_bits", p.num_message_bits, 0, hw.MESSAGE_BITS_MAX)
+        if isinstance(p, LoihiConv2d):
+            _check_conv(graph, p, where)
+        elif p.sparse and p.delay:
+            raise LoweringError(f"{where}: sparse projection with delay {p.delay}: lowered to Lava's Sparse, which has "
+                                f"no delay (DelaySparse is not used by snn2hw)")
+
+
+def _check_conv(graph: Graph, p: LoihiConv2d, where: str) -> None:
+    """What Lava's Conv cannot run as snn2hw defines it (its ignoring of weight_exp/num_weight_bits is part
+    of that definition, so those pass; the design rules reject them for hardware)."""
+    if p.delay:
+        raise LoweringError(f"{where}: conv with delay {p.delay}: Lava's Conv has no synaptic delay")
+    for what, values in {"kernel_size": p.kernel_size, "stride": p.stride, "padding": p.padding,
+                         "dilation": p.dilation, "groups": (p.groups,)}.items():
+        if max(values) > 127:
+            raise LoweringError(f"{where}: {what} {values} exceeds 127 (Lava's Conv stores it as int8)")
+    w = np.asarray(p.weight, dtype=np.int64)
+    max_input = 1
+    if p.num_message_bits > 0:
+        src = graph.node(p.src)
+        bits = src.num_message_bits if isinstance(src, Input) and src.num_message_bits > 0 else p.num_message_bits
+        max_input = 1 << max(bits - 1, 0)
+    bound = int(np.abs(w).reshape(w.shape[0], -1).sum(axis=1).max(initial=0)) * max_input if w.size else 0
+    if bound >= hw.CONV_ACC_LIMIT:
+        raise LoweringError(
+            f"{where}: worst-case conv accumulation {bound} reaches 2**31; Lava casts the float64 sum to int32, "
+            f"which is platform-dependent outside int32"
+        )
 
 
 # --- lowering -----------------------------------------------------------------------------------------
@@ -192,6 +257,47 @@ def _dense(proj: LoihiDense):
     return DelayDense(delays=delays, max_delay=int(proj.delay), **kwargs)
 
 
+def _conv(proj: LoihiConv2d):
+    from lava.proc.conv.process import Conv
+
+    c, h, w = proj.in_shape
+    return Conv(
+        weight=lava_conv_weight(np.asarray(proj.weight, dtype=np.int64)).astype(np.int32),
+        weight_exp=0,  # ignored by Lava's models anyway
+        input_shape=(w, h, c),
+        padding=tuple(reversed(proj.padding)),
+        stride=tuple(reversed(proj.stride)),
+        dilation=tuple(reversed(proj.dilation)),
+        groups=int(proj.groups),
+        num_weight_bits=int(proj.num_weight_bits),
+        num_message_bits=int(proj.num_message_bits),
+        name=proj.name,
+    )
+
+
+def _sparse(proj: LoihiDense):
+    from lava.proc.sparse.process import Sparse
+    from lava.utils.weightutils import SignMode
+    from scipy.sparse import csr_matrix
+
+    return Sparse(
+        weights=csr_matrix(np.asarray(proj.weight, dtype=np.int64).astype(np.int32)),
+        weight_exp=int(proj.weight_exp),
+        num_weight_bits=int(proj.num_weight_bits),
+        sign_mode=SignMode(int(proj.sign_mode)),  # enum member: see _dense
+        num_message_bits=int(proj.num_message_bits),
+        name=proj.name,
+    )
+
+
+def _projection(proj):
+    if isinstance(proj, LoihiConv2d):
+        return _conv(proj)
+    if proj.sparse:
+        return _sparse(proj)
+    return _dense(proj)
+
+
 def _source_data(graph: Graph, name: str, data) -> np.ndarray:
     node = graph.node(name)
     assert isinstance(node, Input)
@@ -234,18 +340,18 @@ def lower(
             raise LoweringError(f"population {name!r}: reset interval must be >= 1 and offset >= 0")
 
     pops = {p.name: _lif(p, reset.get(p.name)) for p in graph.populations}
-    projs = {p.name: _dense(p) for p in graph.projections}
+    projs = {p.name: _projection(p) for p in graph.projections}
     input_names = {i.name for i in graph.inputs}
     input_ports: dict[str, list] = {i.name: [] for i in graph.inputs}
     for p in graph.projections:
         dense = projs[p.name]
         # Several projections into one population all connect to its a_in: Lava's InPort adds their
         # int32 messages, which is snn2hw.hw.loihi2.sum_activations.
-        dense.a_out.connect(pops[p.dst].a_in)
+        connect_activations(dense, pops[p.dst].a_in)
         if p.src in input_names:
             input_ports[p.src].append(dense.s_in)
         else:
-            pops[p.src].s_out.connect(dense.s_in)
+            connect_spikes(pops[p.src].s_out, dense.s_in)
 
     net = LavaNetwork(graph, pops, projs, {}, input_ports)
     if inputs is not None:

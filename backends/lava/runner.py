@@ -150,7 +150,8 @@ def _run_windows(
         for name, lif in net.populations.items():
             zeroed += [ref(name, lif.u), ref(name, lif.v)]
         for name, dense in net.projections.items():
-            zeroed.append(ref(name, dense.a_buff))
+            # Dense/DelayDense/Sparse buffer their output in a_buff, Conv in a_buf (shaped (Wo, Ho, Co))
+            zeroed.append(ref(name, dense.a_buff if hasattr(dense, "a_buff") else dense.a_buf))
 
     harness = Harness(
         num_steps=total,

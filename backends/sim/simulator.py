@@ -14,6 +14,7 @@ only the element-wise neuron update loops over time.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -23,7 +24,7 @@ import torch
 from snn2hw.artefact import Artefact
 from snn2hw.backends.base import BackendError, RunResult, check_inputs, resolve_records
 from snn2hw.hw import loihi2 as hw
-from snn2hw.ir import Graph, LoihiDense
+from snn2hw.ir import Graph, LoihiConv2d, LoihiDense
 
 EVENT_KINDS = ("activation_int32_wrap", "u_wrap", "v_saturation")
 
@@ -34,9 +35,11 @@ class ArithmeticLimitError(BackendError):
 
 @dataclass
 class _Synapse:
-    proj: LoihiDense
-    weight_t: torch.Tensor  # (src, dst), in the accumulation dtype
+    proj: LoihiDense | LoihiConv2d
+    weight_t: torch.Tensor  # (src, dst), in the accumulation dtype; a conv's int64 kernel (O, C/g, kh, kw)
     graded: bool
+    max_input: int = 1  # largest input magnitude (conv: picks the exact accumulation path)
+    conv: LoihiConv2d | None = None
 
 
 def _accumulation_dtype(weight: torch.Tensor, max_input: int) -> torch.dtype:
@@ -52,6 +55,10 @@ def _prepare_synapses(graph: Graph, device: torch.device) -> list[_Synapse]:
     graded_inputs = {i.name: i.num_message_bits for i in graph.inputs if i.num_message_bits > 0}
     synapses = []
     for p in graph.projections:
+        if isinstance(p, LoihiConv2d):
+            synapses.append(_conv_synapse(p, graded_inputs, device))
+            continue
+        # sparse LoihiDense: Lava's Sparse computes exactly what Dense does (clip/truncate, sum, shift)
         w = hw.prepare_weights(torch.as_tensor(np.asarray(p.weight), device=device), hw.SignMode(p.sign_mode), p.num_weight_bits)
         graded = p.num_message_bits > 0
         max_input = 1
@@ -63,8 +70,34 @@ def _prepare_synapses(graph: Graph, device: torch.device) -> list[_Synapse]:
     return synapses
 
 
+def _conv_synapse(p: LoihiConv2d, graded_inputs: dict, device: torch.device) -> _Synapse:
+    """A convolution as Lava's Conv runs it: weights as given (no clip/truncate), weight_exp ignored.
+
+    The synapse's ``proj`` carries ``weight_exp = 0`` so that the shared ``synaptic_output`` (a shift by
+    0 and an int32 wrap) leaves the already 24-bit-wrapped ``conv_output`` unchanged.
+    """
+    graded = p.num_message_bits > 0
+    max_input = 1 << max(graded_inputs.get(p.src, p.num_message_bits) - 1, 0) if graded else 1
+    kernel = torch.as_tensor(np.asarray(p.weight, dtype=np.int64), device=device)
+    return _Synapse(dataclasses.replace(p, weight_exp=0), kernel, graded, max_input, p)
+
+
+def _conv_accumulate(syn: _Synapse, s: torch.Tensor) -> torch.Tensor:
+    """Lava Conv's output for spikes ``s`` (..., C*H*W): exact correlation, int32 cast, 24-bit wrap."""
+    c = syn.conv
+    lead = s.shape[:-1]
+    if not syn.graded:
+        s = s != 0  # Lava's binary Conv takes any non-zero payload as a spike
+    img = s.reshape(-1, *c.in_shape)  # batch and steps folded into the conv batch
+    acc = hw.conv_accumulate_exact(img, syn.weight_t, c.stride, c.padding, c.dilation, c.groups, syn.max_input)
+    return hw.conv_output(acc).reshape(*lead, -1)
+
+
 def _accumulate(syn: _Synapse, s: torch.Tensor) -> torch.Tensor:
-    """Exact ``W @ s`` over the last axis, returned as int64 (as Lava's Dense/DelayDense accumulate)."""
+    """Exact ``W @ s`` over the last axis, returned as int64 (as Lava's Dense/DelayDense accumulate).
+    A convolution returns Lava Conv's (24-bit wrapped) output."""
+    if syn.conv is not None:
+        return _conv_accumulate(syn, s)
     if not syn.graded:
         # Lava's binary Dense takes any non-zero payload (e.g. from a graded input) as a spike.
         s = s != 0

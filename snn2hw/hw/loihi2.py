@@ -277,3 +277,57 @@ def lif_scan(a_in: torch.Tensor, du: int, dv: int, vth_eff: int, bias_eff: torch
         if keep_state:
             u_all[:, t], v_all[:, t] = u, v
     return s_all, u_all, v_all
+
+
+# --- convolution (lava/proc/conv: PyConvModelFixed, utils.conv_scipy, utils.signed_clamp) ---------------
+# Lava's fixed-point Conv neither clips nor truncates its weights and ignores weight_exp and
+# num_weight_bits. Each step it sends the previous step's result, then computes the convolution of this
+# step's input (binary: s != 0; graded: the int32 payload) with scipy in float64 (exact for the sums snn2hw
+# allows), casts it to int32 (``astype``: a float outside int32 becomes INT32_MIN on x86, with numpy's
+# "invalid value encountered in cast" warning) and wraps that to 24 bits. snn2hw's design rules keep
+# every possible sum inside int32 (``CONV_ACC_LIMIT``), so the cast is exact on any platform.
+CONV_OUTPUT_BITS = 24
+CONV_ACC_LIMIT = 1 << 31  # |accumulation| must stay below this for the float64 -> int32 cast to be exact
+
+
+def wrap_int24(x: torch.Tensor) -> torch.Tensor:
+    """Lava's ``signed_clamp(x, bits=24)``: ``(x + 2**23) mod 2**24 - 2**23`` (a wrap, not a clamp)."""
+    return ((x + (1 << (CONV_OUTPUT_BITS - 1))) & ((1 << CONV_OUTPUT_BITS) - 1)) - (1 << (CONV_OUTPUT_BITS - 1))
+
+
+def conv_output(accumulated: torch.Tensor) -> torch.Tensor:
+    """What a Conv process sends, given its exact accumulation (int64).
+
+    The float64 -> int32 cast of an out-of-range sum is modelled as x86 does it (INT32_MIN, which the
+    24-bit wrap turns into 0); the design rules reject graphs where that can happen.
+    """
+    cast = torch.where((accumulated >= -_INT32_HALF) & (accumulated < _INT32_HALF), accumulated,
+                       torch.full_like(accumulated, -_INT32_HALF))
+    return wrap_int24(cast)
+
+
+def conv_accumulate_exact(s: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, groups: int,
+                          max_input: int) -> torch.Tensor:
+    """Exact integer cross-correlation (PyTorch orientation) of images ``s`` (N, C, H, W) with integer
+    ``weight`` (O, C/groups, kh, kw), as int64 (N, O, Ho, Wo).
+
+    float64 ``conv2d`` when the largest per-output-channel sum of |w| times ``max_input`` is below 2**53
+    (every partial sum is then an exactly represented integer); otherwise an im2col product in int64.
+    """
+    w = weight.to(torch.int64)
+    bound = int(w.abs().flatten(1).sum(dim=1).max().item()) * max_input if w.numel() else 0
+    if bound < 2**53:
+        out = torch.nn.functional.conv2d(s.to(torch.float64), w.to(torch.float64), stride=stride, padding=padding,
+                                         dilation=dilation, groups=groups)
+        return torch.round(out).to(torch.int64)
+    n, c, h, wd = s.shape
+    o, cg, kh, kw = w.shape
+    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    # unfold copies values (no arithmetic), exact for inputs below 2**53; the products are int64
+    cols = torch.nn.functional.unfold(s.to(torch.float64), (kh, kw), dilation=dilation, padding=padding,
+                                      stride=stride).to(torch.int64)  # (N, C*kh*kw, L)
+    cols = cols.view(n, groups, cg * kh * kw, ho * wo)
+    wg = w.view(groups, o // groups, cg * kh * kw)
+    out = torch.stack([wg[g] @ cols[:, g] for g in range(groups)], dim=1)  # (N, G, O/G, L), int64
+    return out.reshape(n, o, ho, wo)
