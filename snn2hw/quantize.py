@@ -13,11 +13,12 @@ resolution and 2**23 / 2**16 = 128x headroom for v). Each incoming projection ge
 ``weight_exp`` e_p for which its largest weight fits the 8-bit mantissa, i.e. the most precise one.
 
 Convolutions (``Conv2d``, sum pooling included) and sparse projections share the destination's scale
-like any Dense. Lava's ``Conv`` ignores ``weight_exp``, so a convolution always gets ``e_p = 0``: the
-exponent is not folded anywhere (a positive one would have to scale the whole population, changing
-its other projections). If the largest conv weight does not fit the mantissa at ``e_p = 0`` the pass
-raises ``QuantizationError`` naming the projection (lower ``threshold_target`` or the weights); a
-negative exponent would only have added precision, which the report's ``max_weight_error`` shows lost.
+like any Dense. Lava's ``Conv`` ignores ``weight_exp``, so a convolution always gets ``e_p = 0``. When
+its largest weight would need ``e > 0``, the exponent is folded into the population: ``k`` is divided
+by ``2**e`` (the threshold then sits at ``threshold_target / 2**e`` units, and every other projection
+and the bias follow the smaller scale), so the conv fits the mantissa at exponent 0. A negative
+exponent would only have added precision; the report's ``max_weight_error`` shows what is lost. If
+even that leaves the threshold below one unit, ``QuantizationError`` names the projection.
 Weights are rounded to the representable grid (even values for 8-bit mixed sign), so Lava's own
 truncation leaves them unchanged.
 
@@ -139,6 +140,20 @@ def quantize_population(pop: Population, incoming: tuple[Dense | Conv2d, ...], c
     if not 0.0 <= n.du <= 1.0 or not 0.0 <= n.dv <= 1.0:
         raise QuantizationError(f"population {pop.name!r}: decays must lie in [0, 1] (du={n.du}, dv={n.dv})")
     scale = scale_for_threshold(float(n.v_th), config.threshold_target)
+    # Lava's Conv ignores weight_exp: fold a convolution's positive exponent into the population's scale
+    for proj in incoming:
+        if isinstance(proj, Conv2d) and np.size(proj.weight):
+            w = torch.as_tensor(np.asarray(proj.weight, dtype=np.float64))
+            e = weight_exponent(float(w.abs().max()), scale, hw.determine_sign_mode(w), config.num_weight_bits,
+                                (0, 62))
+            if e > 0:
+                scale /= 2.0**e
+                if round(scale * n.v_th / (1 << hw.THRESHOLD_SHIFT)) < 1:
+                    raise QuantizationError(
+                        f"projection {proj.name!r}: Lava's Conv ignores weight_exp, so its weights must fit the "
+                        f"8-bit mantissa at weight_exp 0; folding the needed 2**{e} into population {pop.name!r} "
+                        f"leaves its threshold below one integer unit (weights too large relative to v_th)"
+                    )
     vth = int(round(scale * n.v_th / (1 << hw.THRESHOLD_SHIFT)))
     if vth > hw.VTH_MAX:
         raise QuantizationError(f"population {pop.name!r}: vth {vth} exceeds {hw.VTH_MAX}")
@@ -153,14 +168,8 @@ def quantize_population(pop: Population, incoming: tuple[Dense | Conv2d, ...], c
         max_abs = float(w.abs().max()) if w.numel() else 0.0
         e = weight_exponent(max_abs, scale, sign_mode, config.num_weight_bits, config.weight_exp_range)
         if isinstance(proj, Conv2d):
-            # Lava's Conv ignores weight_exp: the weights must fit the mantissa at exponent 0
-            if e > 0:
-                raise QuantizationError(
-                    f"projection {proj.name!r}: Lava's Conv ignores weight_exp, so conv weights must fit the "
-                    f"8-bit mantissa with weight_exp 0, but the largest (|w| = {max_abs:.4g} at scale {scale:.4g}) "
-                    f"needs weight_exp {e}; lower threshold_target or the weights"
-                )
-            e = 0
+            assert e <= 0, "folded into the scale above"
+            e = 0  # Lava's Conv ignores weight_exp
         w_int = quantize_weights(w, scale, e, sign_mode, config.num_weight_bits)
         errors[proj.name] = float((dequantize_weights(w_int, scale, e) - w).abs().max() / max_abs) if max_abs else 0.0
         exps[proj.name] = e
