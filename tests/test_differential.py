@@ -202,7 +202,7 @@ def bundles(draw, n_graphs: int = 3, **net_kwargs):
     return graphs, xs
 
 
-CI_SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+CI_SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 # No shrinking in the soak: every shrink step is a Lava run; a failure is reported (and logged) as found.
 SOAK_SETTINGS = settings(max_examples=int(os.environ.get("SNN2HW_SOAK_EXAMPLES", "400")), deadline=None,
                          suppress_health_check=list(HealthCheck),

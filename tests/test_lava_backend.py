@@ -284,6 +284,20 @@ def test_random_state_reset_streaming(graph, steps, seed):
     _check(graph, x, batch_mode="state_reset")
 
 
+def test_auto_mode_choice(monkeypatch):
+    from snn2hw.backends.lava import runner
+
+    chosen = []
+    monkeypatch.setattr(runner, "_run_windows", lambda *args: chosen.append(args[-1]))
+    x = np.zeros((2, 5, 3), dtype=np.int64)
+    lava_backend.run(chain(depth=2, delays=(0, 0), skip=False), x)  # gap 2: LIFReset streaming
+    lava_backend.run(chain(depth=2, delays=(0, 10), skip=False), x)  # gap 12: state writes
+    lava_backend.run(chain(depth=2, delays=(0, 0), bias=2), x)  # bias: state writes
+    lava_backend.run(chain(depth=2, delays=(0, 0), skip=False), x[:1])  # one sample: no reset at all
+    assert [p.gap if p is not None else None for p in chosen] == [2, None, None, None]
+    assert runner.AUTO_MAX_GAP == 4
+
+
 def test_lif_reset_mode_refuses_what_it_cannot_separate():
     x = np.zeros((2, 5, 3), dtype=np.int64)
     with pytest.raises(StreamPlanError, match="non-zero bias"):

@@ -27,6 +27,9 @@ from snn2hw.ir import Graph
 
 BatchMode = Literal["auto", "lif_reset", "state_reset", "separate"]
 BATCH_MODES = ("auto", "lif_reset", "state_reset", "separate")
+# "auto" streams with LIFReset only while its silent gap is at most this many steps per sample: the
+# state writes of "state_reset" cost about 2-3 steps' worth per sample (measured on 2 cores, docs/lava.md).
+AUTO_MAX_GAP = 4
 
 
 class LavaRunError(BackendError):
@@ -53,7 +56,8 @@ def run(
     - ``"state_reset"``: after each window the harness process writes zeros into every LIF's u and v
       and every Dense's ``a_buff`` through RefPorts (no gap; any graph).
     - ``"separate"``: one Lava run per sample (start-up cost per sample; for cross-checking).
-    - ``"auto"`` (default): ``lif_reset`` when its preconditions hold, else ``state_reset``.
+    - ``"auto"`` (default): ``lif_reset`` when its preconditions hold and its gap is at most
+      ``AUTO_MAX_GAP`` steps, else ``state_reset``.
     """
     if isinstance(graph, Artefact):
         graph = graph.graph
@@ -94,6 +98,8 @@ def run(
         except StreamPlanError:
             if batch_mode == "lif_reset":
                 raise
+        if batch_mode == "auto" and plan is not None and plan.gap > AUTO_MAX_GAP:
+            plan = None  # a long gap (deep or delayed graphs) costs more than the state writes
     return _run_windows(g, x, spike_names, state_names, sizes, steps, batch, plan)
 
 
