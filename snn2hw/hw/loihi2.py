@@ -2,12 +2,20 @@
 
 This module is the single definition of the integer neuron and synapse in snn2hw. The bit-accurate
 simulator, training-time fake quantization and the quantizer all call these functions; nothing else
-in the code base re-derives this arithmetic. It imports nothing of snn2hw.
+in the code base re-derives this arithmetic. It imports nothing of snn2hw outside ``snn2hw.hw``.
 
 All functions are pure and work on ``torch.int64`` tensors (CPU or CUDA), so the same code serves the
-simulator and training. Integer state is kept in int64 and the narrower hardware/Lava widths are
-applied explicitly (``wrap_int32``, ``wrap_u24_once``, ``saturate_v24``), which makes every wrap a
-visible, testable step rather than an accident of a dtype.
+simulator and training.
+
+The per-neuron formulas (listed in ``FORMULAS``) use nothing but Python operators, the module's integer
+constants, each other, and four primitives looked up as module globals (``_sign``, ``_abs``, ``_where``,
+``_clamp``, bound to torch functions here). ``snn2hw.hw.compiled`` re-creates these very functions from
+their code objects with numba scalar primitives and compiles them, so the simulator's fast path runs
+this code, not a second copy of it (see docs/fixed-point.md, "How the simulator stays exact and fast").
+
+Integer state is kept in int64 and the narrower hardware/Lava widths are applied explicitly
+(``wrap_int32``, ``wrap_u24_once``, ``saturate_v24``), which makes every wrap a visible, testable step
+rather than an accident of a dtype.
 
 Reference: ``lava/proc/lif/models.py`` (``AbstractPyLifModelFixed``, ``PyLifModelBitAcc``),
 ``lava/proc/dense/models.py`` (``AbstractPyDenseModelBitAcc``), ``lava/utils/weightutils.py``, and the
@@ -42,6 +50,18 @@ MAX_DELAY = 63  # DelayDense: 6-bit synaptic delay
 
 _INT32_SPAN = 1 << 32
 _INT32_HALF = 1 << 31
+_INT32_MASK = _INT32_SPAN - 1
+
+# Primitives of the formulas below. They are module globals on purpose: snn2hw.hw.compiled rebinds
+# these four names (and nothing else) to numba scalar functions. torch.where/torch.clamp accept
+# Python scalars for the value arguments, so the formulas may pass literals such as 0.
+_sign = torch.sign
+_abs = torch.abs
+_where = torch.where
+_clamp = torch.clamp
+
+# Which limit events lif_step_flags reports, in its order (the simulator's event names).
+LIMIT_EVENTS = ("activation_int32_wrap", "u_wrap", "v_saturation")
 
 
 class SignMode(IntEnum):
@@ -55,14 +75,23 @@ class SignMode(IntEnum):
 
 # --- integer helpers ----------------------------------------------------------------------------------
 def wrap_int32(x: torch.Tensor) -> torch.Tensor:
-    """Two's-complement wrap into int32, as numpy does when Lava stores into an int32 array/channel."""
-    return torch.remainder(x + _INT32_HALF, _INT32_SPAN) - _INT32_HALF
+    """Two's-complement wrap into int32, as numpy does when Lava stores into an int32 array/channel.
+
+    Keeping the low 32 bits of ``x + 2**31`` is ``(x + 2**31) mod 2**32`` (floor modulo) for any int64 in
+    two's complement, and a mask is one cheap operator in both torch and numba.
+    """
+    return ((x + _INT32_HALF) & _INT32_MASK) - _INT32_HALF
+
+
+def shift_by(x: torch.Tensor, exponent: int) -> torch.Tensor:
+    """``x << e`` for e >= 0, arithmetic ``x >> -e`` (rounds toward -inf) for e < 0; ``e`` an integer."""
+    return x << exponent if exponent >= 0 else x >> -exponent
 
 
 def shift(x: torch.Tensor, exponent: torch.Tensor | int) -> torch.Tensor:
-    """``x << e`` for e >= 0, arithmetic ``x >> -e`` (rounds toward -inf) for e < 0."""
+    """``shift_by`` for an integer or a tensor of exponents (one per element)."""
     if isinstance(exponent, int):
-        return x << exponent if exponent >= 0 else x >> -exponent
+        return shift_by(x, exponent)
     exponent = exponent.to(torch.int64)
     return torch.where(exponent >= 0, x << exponent.clamp(min=0), x >> (-exponent).clamp(min=0))
 
@@ -70,7 +99,7 @@ def shift(x: torch.Tensor, exponent: torch.Tensor | int) -> torch.Tensor:
 def decay(x: torch.Tensor, keep: torch.Tensor | int) -> torch.Tensor:
     """``sign(x * keep) * (|x * keep| >> 12)``: multiply by keep/4096, rounding toward zero."""
     p = x * keep
-    return torch.sign(p) * (p.abs() >> DECAY_SHIFT)
+    return _sign(p) * (_abs(p) >> DECAY_SHIFT)
 
 
 def u_keep(du: torch.Tensor | int) -> torch.Tensor | int:
@@ -90,12 +119,12 @@ def wrap_u24_once(x: torch.Tensor) -> torch.Tensor:
     applied, exactly as ``AbstractPyLifModelFixed.subthr_dynamics`` does.
     """
     span = 2 * STATE_HALF
-    first = torch.where(x > STATE_HALF, x - span, x)
-    return torch.where(first <= -STATE_HALF, x + span, first)
+    first = _where(x > STATE_HALF, x - span, x)
+    return _where(first <= -STATE_HALF, x + span, first)
 
 
 def saturate_v24(x: torch.Tensor) -> torch.Tensor:
-    return x.clamp(-V_MAX, V_MAX)
+    return _clamp(x, -V_MAX, V_MAX)
 
 
 def effective_bias(bias_mant: torch.Tensor, bias_exp: torch.Tensor | int) -> torch.Tensor:
@@ -159,8 +188,8 @@ def synaptic_output(accumulated: torch.Tensor, weight_exp: int, graded: bool, de
     sum of the int32-wrapped products (see ``delay_dense_product_wraps``).
     """
     if graded and not delayed:
-        return wrap_int32(shift(wrap_int32(accumulated), weight_exp))
-    return wrap_int32(shift(accumulated, weight_exp))
+        return wrap_int32(shift_by(wrap_int32(accumulated), weight_exp))
+    return wrap_int32(shift_by(accumulated, weight_exp))
 
 
 def delay_dense_product_wraps(weights_t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -179,8 +208,13 @@ def sum_activations(activations: list[torch.Tensor]) -> torch.Tensor:
     """An InPort adds the int32 messages of all its connected ports in int32."""
     total = activations[0]
     for a in activations[1:]:
-        total = wrap_int32(total + a)
+        total = add_messages(total, a)
     return total
+
+
+def add_messages(total: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """One addition of ``sum_activations``: int32 plus int32, wrapped to int32."""
+    return wrap_int32(total + a)
 
 
 # --- the CUBA-LIF neuron ------------------------------------------------------------------------------
@@ -203,25 +237,36 @@ def lif_step(
     v_decayed = decay(v, v_keep(dv))
     v_new = saturate_v24(wrap_int32(v_decayed + u_new + bias_eff))
     spikes = v_new > vth_eff
-    v_new = torch.where(spikes, torch.zeros_like(v_new), v_new)
+    v_new = _where(spikes, 0, v_new)
     return u_new, v_new, spikes
 
 
-def lif_step_events(u: torch.Tensor, v: torch.Tensor, a_in: torch.Tensor, du, dv, bias_eff) -> dict:
-    """Which neurons hit a width limit in this step (same inputs as ``lif_step``).
-
-    Used by the simulator's overflow accounting: int32 wrap of the shifted activation, 24-bit wrap of
-    u, and saturation of v.
+def lif_step_flags(u, v, a_in, du, dv, bias_eff):
+    """Which neurons hit a width limit in this step (same inputs as ``lif_step``), as a tuple in
+    ``LIMIT_EVENTS`` order: int32 wrap of the shifted activation, 24-bit wrap of u, saturation of v.
     """
     shifted = a_in << ACTIVATION_SHIFT
     u_pre = decay(u, u_keep(du)) + wrap_int32(shifted)
     u_wrapped = wrap_u24_once(wrap_int32(u_pre))
     v_pre = decay(v, v_keep(dv)) + u_wrapped + bias_eff
-    return {
-        "activation_int32_wrap": shifted != wrap_int32(shifted),
-        "u_wrap": (u_pre > STATE_HALF) | (u_pre <= -STATE_HALF),
-        "v_saturation": (v_pre > V_MAX) | (v_pre < -V_MAX),
-    }
+    return (
+        shifted != wrap_int32(shifted),
+        (u_pre > STATE_HALF) | (u_pre <= -STATE_HALF),
+        (v_pre > V_MAX) | (v_pre < -V_MAX),
+    )
+
+
+def lif_step_events(u: torch.Tensor, v: torch.Tensor, a_in: torch.Tensor, du, dv, bias_eff) -> dict:
+    """``lif_step_flags`` as a dict keyed by ``LIMIT_EVENTS`` (the simulator's overflow accounting)."""
+    return dict(zip(LIMIT_EVENTS, lif_step_flags(u, v, a_in, du, dv, bias_eff)))
+
+
+# The per-neuron formulas that snn2hw.hw.compiled compiles (leaves first). Each may use only Python
+# operators, the integer constants above, the primitives above and the functions listed here.
+FORMULAS = (
+    wrap_int32, shift_by, synaptic_output, add_messages,
+    decay, u_keep, v_keep, wrap_u24_once, saturate_v24, lif_step, lif_step_flags,
+)
 
 
 # --- float relaxation (what training uses outside quantization-aware mode) -----------------------------
@@ -262,7 +307,22 @@ def lif_scan(a_in: torch.Tensor, du: int, dv: int, vth_eff: int, bias_eff: torch
 
     Returns ``(spikes bool, u, v)``, the last two (batch, steps, n) when ``keep_state`` else None.
     ``on_step(t, u, v, a_t)`` is called before each step (the simulator's overflow accounting).
+
+    On CPU tensors (without ``on_step``) this runs ``snn2hw.hw.compiled``'s kernel when numba is
+    available: the same ``lif_step`` compiled, with identical results; otherwise the loop below.
     """
+    if on_step is None and a_in.device.type == "cpu":
+        from snn2hw.hw import compiled  # imported here: compiled imports this module
+
+        if compiled.available():
+            s_all, u_all, v_all = compiled.lif_scan(a_in, du, dv, vth_eff, bias_eff, keep_state)[:3]
+            return s_all, u_all, v_all
+    return lif_scan_torch(a_in, du, dv, vth_eff, bias_eff, keep_state, on_step)
+
+
+def lif_scan_torch(a_in: torch.Tensor, du: int, dv: int, vth_eff: int, bias_eff: torch.Tensor,
+                   keep_state: bool = False, on_step=None):
+    """``lif_scan`` as a loop of tensor ``lif_step`` calls (any device; the reference for the kernel)."""
     batch, steps, size = a_in.shape
     u = torch.zeros(batch, size, dtype=torch.int64, device=a_in.device)
     v = torch.zeros_like(u)

@@ -1,0 +1,330 @@
+"""numba-compiled instances of ``snn2hw.hw.loihi2``'s formulas and a whole-sequence CUBA-LIF scan.
+
+Nothing here defines arithmetic. ``loihi2.FORMULAS`` are ordinary Python functions written with Python
+operators and four primitives that they look up as module globals (``_sign``, ``_abs``, ``_where``,
+``_clamp``). This module re-creates each of those functions from its own code object with a globals
+dict in which the primitives are numba scalar functions and the other formulas are their compiled
+twins, then compiles it with ``numba.njit``. The bytecode that runs is the bytecode of loihi2.py, so
+the torch path and the compiled path cannot drift apart (tests/test_hw_compiled.py also checks that
+they agree, bit for bit, on random inputs over the full integer ranges and on every wrap edge).
+
+The scan kernel only schedules: for each (sample, block of neurons) it loops over time, forms each
+step's input from the projections' exact accumulations with the compiled ``synaptic_output`` and
+``add_messages`` (or takes a ready input), and calls the compiled ``lif_step`` and ``lif_step_flags``
+per neuron, counting limit events into an array (one count per job, summed afterwards) instead of
+synchronising every step. Parallelism is over samples and neuron blocks, which are independent within
+a population. Kernels are cached on disk by numba (see ``formulas_fingerprint`` for why that is safe).
+
+numba is optional: ``available()`` says whether the fast path can be used (``SNN2HW_NO_NUMBA=1``
+switches it off); callers fall back to the torch functions, which also serve CUDA tensors.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import types
+
+import numpy as np
+import torch
+
+from snn2hw.hw import loihi2
+
+try:  # the fast path is an accelerator, never a requirement
+    import numba
+except ImportError:  # pragma: no cover - exercised only where numba is missing
+    numba = None
+
+# Below this many neuron updates per job a thread is not worth starting; blocks also stay a multiple
+# of the vector width so the inner loop vectorises.
+_MIN_JOB_UPDATES = 1 << 16
+_BLOCK_ALIGN = 64
+
+_formulas: dict | None = None
+_kernels: dict = {}
+_fingerprint: str | None = None
+# The kernels call these as module globals (set by formulas()); keeping them out of the kernels'
+# closures keeps the closure, which numba hashes into its on-disk cache key, small and deterministic.
+_lif_step = None
+_lif_step_flags = None
+_synaptic_output = None
+_add_messages = None
+
+
+def available() -> bool:
+    """Whether the numba fast path can run (numba imported, not switched off, formulas built)."""
+    if numba is None or os.environ.get("SNN2HW_NO_NUMBA", "") not in ("", "0"):
+        return False
+    try:
+        formulas()
+    except Exception:  # pragma: no cover - a numba that cannot compile is treated as absent
+        return False
+    return True
+
+
+def _scalar_primitives() -> dict:
+    """numba scalar counterparts of loihi2's torch primitives (same names, same meaning)."""
+
+    @numba.njit
+    def _sign(x):
+        if x > 0:
+            return 1
+        if x < 0:
+            return -1
+        return 0
+
+    @numba.njit
+    def _abs(x):
+        return -x if x < 0 else x
+
+    @numba.njit
+    def _where(cond, a, b):
+        return a if cond else b
+
+    @numba.njit
+    def _clamp(x, lo, hi):
+        return lo if x < lo else (hi if x > hi else x)
+
+    return {"_sign": _sign, "_abs": _abs, "_where": _where, "_clamp": _clamp}
+
+
+def _namespace() -> tuple[dict, set]:
+    """Globals for the re-created formulas: loihi2's integer constants plus the numba primitives."""
+    ns = {k: v for k, v in vars(loihi2).items() if type(v) is int}  # IntEnums and bools excluded
+    ns.update(_scalar_primitives())
+    allowed = set(ns) | {f.__name__ for f in loihi2.FORMULAS}
+    return ns, allowed
+
+
+def check_formula(fn, allowed: set) -> None:
+    """Refuse a formula that uses anything but operators and the ``allowed`` global names.
+
+    ``co_names`` holds every global AND attribute name the bytecode uses, so a method call such as
+    ``x.abs()`` or a ``torch.*`` call shows up here: a formula that would only work on tensors is
+    refused loudly instead of compiling into something else.
+    """
+    code = fn.__code__
+    stray = sorted(set(code.co_names) - allowed) + list(code.co_freevars)
+    if stray or any(isinstance(c, types.CodeType) for c in code.co_consts):
+        raise RuntimeError(
+            f"loihi2.{fn.__name__} uses {stray or 'a nested function'}: formulas may use only operators, "
+            "loihi2's integer constants, the primitives (_sign, _abs, _where, _clamp) and other FORMULAS"
+        )
+
+
+def formulas() -> dict:
+    """{name: numba dispatcher} for every function in ``loihi2.FORMULAS`` (built once, lazily)."""
+    global _formulas, _fingerprint, _lif_step, _lif_step_flags, _synaptic_output, _add_messages
+    if _formulas is not None:
+        return _formulas
+    if numba is None:
+        raise RuntimeError("numba is not installed; the compiled fast path is unavailable")
+    ns, allowed = _namespace()
+    compiled = {}
+    for fn in loihi2.FORMULAS:
+        check_formula(fn, allowed)
+        clone = types.FunctionType(fn.__code__, ns, fn.__name__, fn.__defaults__)
+        clone.__doc__ = fn.__doc__
+        # Every compiled formula shares ``ns``, so calls between formulas resolve to compiled twins.
+        ns[fn.__name__] = compiled[fn.__name__] = numba.njit(clone)
+    _fingerprint = formulas_fingerprint()
+    _lif_step, _lif_step_flags = compiled["lif_step"], compiled["lif_step_flags"]
+    _synaptic_output, _add_messages = compiled["synaptic_output"], compiled["add_messages"]
+    _formulas = compiled
+    return compiled
+
+
+def formulas_fingerprint() -> str:
+    """Hash of everything in loihi2 that the compiled code depends on: each formula's bytecode,
+    literals and names, and the values of the integer constants.
+
+    numba's on-disk cache revalidates a kernel only against its own file (compiled.py), not against
+    the functions it calls; the kernels carry this fingerprint in their closure, which numba hashes
+    into the cache key, so editing a formula in loihi2.py can never load a stale kernel.
+    """
+    h = hashlib.sha256()
+    for fn in loihi2.FORMULAS:
+        code = fn.__code__
+        h.update(repr((fn.__name__, code.co_code, code.co_consts, code.co_names, code.co_varnames)).encode())
+    h.update(repr(sorted((k, v) for k, v in vars(loihi2).items() if type(v) is int)).encode())
+    return h.hexdigest()
+
+
+# How the kernel reads its input array: "raw" takes it as the summed int32 input of each step (what
+# loihi2.lif_scan receives); "float"/"int" take exact accumulations ``W @ s`` (float32/float64 holding
+# integers, or int64) of one or more projections and form the input with synaptic_output, the hop
+# delay and add_messages, as the simulator's tensor path does with whole arrays.
+_MODES = ("raw", "float", "int")
+
+
+def _kernel(mode: str, count_events: bool, record: bool, parallel: bool):
+    """The scan kernel for one combination of options. The options are closure constants, so each
+    variant is compiled without branches on them in the per-neuron loops."""
+    key = (mode, count_events, record, parallel)
+    if key in _kernels:
+        return _kernels[key]
+    formulas()
+    fingerprint = _fingerprint
+    raw = mode == "raw"
+    is_float = mode == "float"
+
+    # cache=True: compiling a variant takes seconds; the closure (options + fingerprint) is part of
+    # numba's cache key, so every variant and every version of the formulas has its own entry.
+    @numba.njit(parallel=parallel, nogil=True, boundscheck=False, cache=True)
+    def scan(acc, exps, graded, delayed, lags, u, v, du, dv, vth_eff, bias, block, spikes, u_rec, v_rec, counts):
+        _key = (fingerprint, parallel)  # noqa: F841 - only here to put both into the closure
+        parts = acc.shape[0]
+        batch, steps, size = spikes.shape
+        blocks = (size + block - 1) // block
+        for job in numba.prange(batch * blocks):
+            b = job // blocks
+            lo = (job % blocks) * block
+            hi = min(lo + block, size)
+            width = hi - lo
+            # 1-D views: with plain 1-D unit-stride indexing LLVM vectorises the neuron loops
+            # (indexing the multi-dimensional arrays over lo..hi measured 2-3x slower).
+            ub = u[b, lo:hi]
+            vb = v[b, lo:hi]
+            bb = bias[lo:hi]
+            a_t = np.empty(width, dtype=np.int64)  # this step's summed synaptic input
+            c0 = 0
+            c1 = 0
+            c2 = 0
+            for t in range(steps):
+                if raw:
+                    a_t[:] = acc[0, b, t, lo:hi]
+                else:
+                    for k in range(parts):
+                        tk = t - lags[k]  # the hop (and synaptic) delay of projection k
+                        if tk >= 0:
+                            src = acc[k, b, tk, lo:hi]
+                            for n in range(width):
+                                # exact integer in a float (the accumulation bound guarantees it);
+                                # rint as loihi2.accumulate_exact does
+                                x = np.int64(np.rint(src[n])) if is_float else src[n]
+                                m = _synaptic_output(x, exps[k], graded[k], delayed[k])
+                                a_t[n] = m if k == 0 else _add_messages(a_t[n], m)
+                        else:  # nothing has arrived yet: the message is 0
+                            for n in range(width):
+                                a_t[n] = 0 if k == 0 else _add_messages(a_t[n], 0)
+                sb = spikes[b, t, lo:hi]
+                for n in range(width):
+                    uu = ub[n]
+                    vv = vb[n]
+                    a = a_t[n]
+                    if count_events:
+                        f0, f1, f2 = _lif_step_flags(uu, vv, a, du, dv, bb[n])
+                        c0 += f0
+                        c1 += f1
+                        c2 += f2
+                    uu, vv, sp = _lif_step(uu, vv, a, du, dv, vth_eff, bb[n])
+                    ub[n] = uu
+                    vb[n] = vv
+                    sb[n] = sp
+                if record:
+                    u_rec[b, t, lo:hi] = ub
+                    v_rec[b, t, lo:hi] = vb
+            if count_events:
+                counts[job, 0] = c0
+                counts[job, 1] = c1
+                counts[job, 2] = c2
+
+    _kernels[key] = scan
+    return scan
+
+
+def _threads() -> int:
+    return max(1, min(numba.config.NUMBA_NUM_THREADS, torch.get_num_threads()))
+
+
+def _run(mode, acc, exps, graded, delayed, lags, steps, du, dv, vth_eff, bias_eff, keep_state, u0, v0,
+         count_events):
+    """Allocate outputs, split the work into jobs and call the kernel variant. ``acc`` is
+    (parts, batch, steps_in, n), contiguous, in the dtype the mode expects."""
+    _, batch, _, size = acc.shape
+    bias = torch.broadcast_to(torch.as_tensor(bias_eff, dtype=torch.int64), (size,)).contiguous()
+    u = torch.zeros(batch, size, dtype=torch.int64) if u0 is None else u0.to(torch.int64).clone().contiguous()
+    v = torch.zeros(batch, size, dtype=torch.int64) if v0 is None else v0.to(torch.int64).clone().contiguous()
+    spikes = torch.empty(batch, steps, size, dtype=torch.bool)
+    if keep_state:
+        u_rec = torch.empty(batch, steps, size, dtype=torch.int64)
+        v_rec = torch.empty(batch, steps, size, dtype=torch.int64)
+    else:  # never touched by the record=False kernel; empty arrays keep one signature
+        u_rec = v_rec = torch.empty(0, 0, 0, dtype=torch.int64)
+
+    threads = _threads()
+    parallel = threads > 1 and batch * steps * size >= 2 * _MIN_JOB_UPDATES
+    block = max(size, 1)
+    if parallel and batch < 2 * threads:
+        # few samples: split the neurons too, in aligned blocks, so every thread has a share
+        want = -(-2 * threads // max(batch, 1))
+        per = -(-size // want)
+        block = max(_BLOCK_ALIGN, -(-per // _BLOCK_ALIGN) * _BLOCK_ALIGN)
+    jobs = batch * max(1, -(-size // block))
+    counts = torch.zeros(jobs, len(loihi2.LIMIT_EVENTS), dtype=torch.int64)
+
+    kernel = _kernel(mode, count_events, keep_state, parallel)
+    if parallel:
+        numba.set_num_threads(threads)
+    kernel(acc.numpy(), exps, graded, delayed, lags, u.numpy(), v.numpy(), int(du), int(dv), int(vth_eff),
+           bias.numpy(), block, spikes.numpy(), u_rec.numpy(), v_rec.numpy(), counts.numpy())
+    return (spikes, u_rec if keep_state else None, v_rec if keep_state else None,
+            counts.sum(dim=0) if count_events else None, u, v)
+
+
+def _check_cpu(*tensors) -> None:
+    for t in tensors:
+        if t is not None and t.device.type != "cpu":
+            raise ValueError("the compiled scan runs on CPU tensors; use loihi2's functions on other devices")
+
+
+def lif_scan(a_in: torch.Tensor, du: int, dv: int, vth_eff: int, bias_eff: torch.Tensor | int,
+             keep_state: bool = False, u0: torch.Tensor | None = None, v0: torch.Tensor | None = None,
+             count_events: bool = False):
+    """``loihi2.lif_scan`` compiled: ``a_in`` (batch, steps, n) is each step's summed int32 input.
+
+    Returns ``(spikes bool, u_rec, v_rec, counts, u, v)``: the records are (batch, steps, n) when
+    ``keep_state`` else None; ``counts`` is an int64 tensor of ``loihi2.LIMIT_EVENTS`` counts when
+    ``count_events`` else None; ``u``/``v`` are the final state. ``u0``/``v0`` (batch, n) continue from
+    a given state (zero when None), so a caller may scan a sequence piecewise.
+    """
+    _check_cpu(a_in, u0, v0)
+    acc = a_in.to(torch.int64).contiguous()[None]
+    zero = np.zeros(1, dtype=np.int64)
+    flag = np.zeros(1, dtype=np.bool_)
+    return _run("raw", acc, zero, flag, flag, zero, acc.shape[2], du, dv, vth_eff, bias_eff, keep_state,
+                u0, v0, count_events)
+
+
+def layer_scan(parts, steps: int, du: int, dv: int, vth_eff: int, bias_eff: torch.Tensor | int,
+               keep_state: bool = False, u0: torch.Tensor | None = None, v0: torch.Tensor | None = None,
+               count_events: bool = False):
+    """A population driven by projections, from their exact accumulations to its spikes in one pass.
+
+    ``parts``: non-empty list of ``(acc, weight_exp, graded, delayed, lag)``, one per incoming
+    projection, where ``acc`` (batch, steps_in, n) is the exact ``W @ s`` of the source's spikes at each
+    step (float32/float64 holding integers, or int64) and ``lag`` is the number of steps until it
+    arrives. Step t's input is ``sum_activations`` of ``synaptic_output(acc[t - lag], ...)`` (0 before
+    the first arrival), exactly the tensor path's ``_delayed``/``sum_activations`` over whole arrays;
+    the int64 input array is never materialised. Returns what ``lif_scan`` returns.
+    """
+    if not parts:
+        raise ValueError("layer_scan needs at least one incoming projection")
+    _check_cpu(*(p[0] for p in parts), u0, v0)
+    dtypes = {p[0].dtype for p in parts}
+    if dtypes <= {torch.float32}:
+        dtype, mode = torch.float32, "float"
+    elif dtypes <= {torch.float32, torch.float64}:
+        dtype, mode = torch.float64, "float"  # float32 integers are exact in float64
+    else:
+        dtype, mode = torch.int64, "int"
+    if len(parts) == 1:
+        acc = parts[0][0].to(dtype).contiguous()[None]
+    else:
+        shape = torch.broadcast_shapes(*(p[0].shape for p in parts))
+        acc = torch.stack([p[0].to(dtype).expand(shape) for p in parts]).contiguous()
+    exps = np.array([int(p[1]) for p in parts], dtype=np.int64)
+    graded = np.array([bool(p[2]) for p in parts], dtype=np.bool_)
+    delayed = np.array([bool(p[3]) for p in parts], dtype=np.bool_)
+    lags = np.array([int(p[4]) for p in parts], dtype=np.int64)
+    return _run(mode, acc, exps, graded, delayed, lags, steps, du, dv, vth_eff, bias_eff, keep_state,
+                u0, v0, count_events)
