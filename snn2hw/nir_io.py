@@ -30,7 +30,7 @@ import nir
 import numpy as np
 
 from snn2hw.artefact import atomic_write_path
-from snn2hw.ir import LIF, Dense, Graph, GraphError, Input, Population
+from snn2hw.ir import LIF, Conv2d, Dense, Graph, GraphError, Input, Population
 
 DT_METADATA_KEY = "snn2hw_dt"
 _NEURONS = (nir.CubaLIF, nir.LIF, nir.IF)
@@ -69,6 +69,9 @@ def to_nir(graph: Graph) -> nir.NIRGraph:
             w_in=ones / n.du,
         )
     for pr in graph.projections:
+        if isinstance(pr, Conv2d):  # nir.Conv2d export is not implemented yet; never write it as a Linear
+            raise NIRError(f"projection {pr.name!r}: Conv2d export to NIR is not supported yet")
+        # a sparse Dense is written as a Linear with its zeros (NIR has no sparse connectivity)
         nodes[pr.name] = nir.Linear(weight=np.asarray(pr.weight, dtype=np.float64))
         edges.append((pr.src, pr.name))
         if pr.delay:

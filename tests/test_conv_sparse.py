@@ -139,3 +139,10 @@ def test_design_rules_reject_what_lava_conv_cannot_express():
     g2 = Graph((Input("in", 9),), (_pop("o", 4),), (sp,), ("o",)).validate()
     with pytest.raises(DesignRuleError, match="'s'.*sparse"):
         compile_graph(g2)
+
+
+def test_nir_export_refuses_conv_instead_of_writing_a_linear():
+    from snn2hw.nir_io import NIRError, to_nir
+
+    with pytest.raises(NIRError, match="'c'.*Conv2d"):
+        to_nir(_float_conv_graph())
