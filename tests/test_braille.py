@@ -125,3 +125,24 @@ def test_real_data_encodes_and_learns(real):
     cfg = B.train_config(epochs=3, progress=False, batch_size=32)
     h = Trainer(model, cfg, loss_fn=B.loss_fn).fit((x, y))
     assert h[-1]["loss"] < h[0]["loss"]
+
+
+def test_real_data_float_qat_deploy_chain_is_exact(real):
+    """Recurrent network: float training, QAT fine-tuning, compile + simulator: QAT == deployed predictions."""
+    torch.set_num_threads(2)
+    tr, te = B.split_indices(real)
+    letters = ("A", "B", "C", "D", "E")
+    pick = lambda idx: [real[i] for i in idx if real[i]["letter"] in letters]  # noqa: E731
+    rec_tr, rec_te = pick(tr), pick(te)
+    x_tr, y_tr = B.encode(rec_tr, steps=64), B.labels(rec_tr)
+    x_te, y_te = B.encode(rec_te, steps=64), B.labels(rec_te)
+    model = B.build_model(hidden=32)
+    from snn2hw.nn.layers import RecurrentLIFDense
+    from snn2hw.train.trainer import Trainer
+
+    assert isinstance(model.layers[0], RecurrentLIFDense)
+    Trainer(model, B.train_config(epochs=2, progress=False), loss_fn=B.loss_fn).fit((x_tr, y_tr))
+    res = B.float_qat_deploy(model, (x_tr, y_tr), (x_te, y_te), qat_epochs=1)
+    assert res["qat_deployed_prediction_mismatches"] == 0
+    assert res["qat_accuracy"] == res["deployed_accuracy"]
+    assert torch.equal(B.predict(model, x_te), B.deployed_predict(model, x_te))

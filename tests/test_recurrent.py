@@ -124,7 +124,8 @@ def _rec_model(seed=0, masked=False, bias=True):
     torch.manual_seed(seed)
     mask = R.random_sparse_mask(20, 0.5, seed=seed) if masked else None
     m = SpikingSequential([
-        RecurrentLIFDense(12, 20, du=0.3, dv=0.15, v_th=1.0, weight_gain=4.0, rec_gain=2.0, bias=bias, rec_mask=mask),
+        RecurrentLIFDense(12, 20, du=0.3, dv=0.15, v_th=1.0, weight_gain=4.0, rec_gain=2.0, bias=bias, rec_mask=mask,
+                          rec_weight_scale=0.5 if masked else 1.0),
         LIFDense(20, 7, du=0.3, dv=0.15, v_th=1.0, weight_gain=4.0, bias=bias),
     ])
     if bias:
@@ -146,7 +147,7 @@ def test_layer_ir_has_a_self_projection_and_float_forward_uses_it():
     rec = g.projections[1]
     assert rec.src == rec.dst == "lif1" and g.feedforward_order() is None
     layer = m.layers[0]
-    np.testing.assert_array_equal(rec.weight, (layer.rec_weight * layer.rec_mask).detach().double().numpy())
+    np.testing.assert_array_equal(rec.weight, (0.5 * layer.rec_weight * layer.rec_mask).detach().double().numpy())
     x = _spikes_in(1)
     out = m(x)
     with torch.no_grad():

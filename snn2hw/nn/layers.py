@@ -186,7 +186,10 @@ class RecurrentLIFDense(LIFDense):
     population to itself) and the quantizer gives both one population scale. ``rec_weight`` is V (n, n),
     ``rec_weight[i, j]`` from neuron j to neuron i; ``rec_mask`` (optional 0/1 (n, n) buffer: block or
     sparse connectivity) fixes which entries exist (``True``: a placeholder filled by ``load_state_dict``).
-    ``rec_gain`` scales V's initialisation like ``weight_gain`` scales W's.
+    ``rec_gain`` scales V's initialisation like ``weight_gain`` scales W's. ``rec_weight_scale`` (c)
+    reparameterises V = c * ``rec_weight``: with Adam-type optimizers V then moves c times slower than W
+    (all n**2 recurrent weights receive correlated gradients, and at the feed-forward learning rate they
+    drive the population into runaway excitation within an epoch; c = 0.05 trains well on Braille).
 
     Quantization-aware mode quantizes ``fc`` and ``rec`` together with ``quantize_population`` and runs the
     integer step (``snn2hw.hw.loihi2``) one step at a time, feeding back the integer spikes, so its spikes
@@ -197,12 +200,15 @@ class RecurrentLIFDense(LIFDense):
                  v_th: float = 1.0, bias: bool = False, train_decays: bool = False,
                  surrogate: str = "fast_sigmoid", surrogate_scale: float = 10.0, weight_gain: float = 1.0,
                  detach_reset: bool = True, rec_gain: float = 0.5,
-                 rec_mask: "torch.Tensor | bool | None" = None):
+                 rec_mask: "torch.Tensor | bool | None" = None, rec_weight_scale: float = 1.0):
         super().__init__(in_features, out_features, du=du, dv=dv, v_th=v_th, bias=bias,
                          train_decays=train_decays, surrogate=surrogate, surrogate_scale=surrogate_scale,
                          weight_gain=weight_gain, detach_reset=detach_reset)
         self.rec_gain = float(rec_gain)
-        bound = self.rec_gain * self.v_th / math.sqrt(out_features)
+        self.rec_weight_scale = float(rec_weight_scale)
+        if not self.rec_weight_scale > 0:
+            raise ValueError(f"rec_weight_scale must be positive, got {rec_weight_scale}")
+        bound = self.rec_gain * self.v_th / math.sqrt(out_features) / self.rec_weight_scale
         self.rec_weight = nn.Parameter(torch.empty(out_features, out_features).uniform_(-bound, bound))
         if rec_mask is None or rec_mask is False:
             self.rec_mask = None
@@ -216,11 +222,12 @@ class RecurrentLIFDense(LIFDense):
 
     def config(self) -> dict:
         return {"layer": "RecurrentLIFDense", **super().config(), "rec_gain": self.rec_gain,
-                "rec_mask": self.rec_mask is not None}
+                "rec_mask": self.rec_mask is not None, "rec_weight_scale": self.rec_weight_scale}
 
     def effective_rec_weight(self) -> torch.Tensor:
-        """V with the mask applied: the recurrent weights the network uses (and the IR holds)."""
-        return self.rec_weight if self.rec_mask is None else self.rec_weight * self.rec_mask
+        """V = rec_weight_scale * rec_weight, masked: the recurrent weights the network uses (and the IR holds)."""
+        v = self.rec_weight if self.rec_weight_scale == 1.0 else self.rec_weight * self.rec_weight_scale
+        return v if self.rec_mask is None else v * self.rec_mask
 
     def recurrent_projection(self, name: str, population: str) -> Dense:
         return Dense(name, population, population, self.effective_rec_weight().detach().cpu().double().numpy())
@@ -235,7 +242,8 @@ class RecurrentLIFDense(LIFDense):
             return self._forward_qat(s_in)
         a = hop_delay(s_in @ self.weight.t())
         alpha, beta, v_th, bias = self._neuron_args(a)
-        return recurrent_cuba_lif_sequence(a, self.rec_weight, alpha, beta, v_th, bias, mask=self.rec_mask,
+        v = self.rec_weight if self.rec_weight_scale == 1.0 else self.rec_weight * self.rec_weight_scale
+        return recurrent_cuba_lif_sequence(a, v, alpha, beta, v_th, bias, mask=self.rec_mask,
                                            surrogate=self.surrogate, detach_reset=self.detach_reset)
 
     def quantize(self, config: QuantConfig = QuantConfig()):
