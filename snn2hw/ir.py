@@ -49,12 +49,19 @@ class Input:
 
 @dataclass(frozen=True)
 class LIF:
-    """Float CUBA-LIF parameters (per-step fractions, not time constants)."""
+    """Float CUBA-LIF parameters (per-step fractions, not time constants).
+
+    ``spiking=False`` marks a non-spiking leaky read-out (the same neuron without threshold and reset,
+    whose v is read). ``v_th`` then only sets the quantizer's scale: the v magnitude that gets
+    ``threshold_target`` integer units. On hardware it is a LIF with the maximum threshold
+    (``vth = 2**17 - 1``), which never fires while |v| < 128 * v_th at the default target.
+    """
 
     du: float
     dv: float
     v_th: float
     bias: np.ndarray  # (size,) float
+    spiking: bool = True
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,8 @@ def to_nir(graph: Graph) -> nir.NIRGraph:
         nodes[i.name] = nir.Input(input_type={"input": np.array([i.size])})
     for p in graph.populations:
         n = p.neuron
+        if not getattr(n, "spiking", True):
+            raise NIRError(f"population {p.name!r}: non-spiking read-out export to NIR is not supported yet")
         if not (0.0 < n.du <= 1.0 and 0.0 < n.dv <= 1.0):
             raise NIRError(
                 f"population {p.name!r}: du={n.du}, dv={n.dv}; NIR needs finite time constants (0 < du, dv <= 1)"

@@ -19,6 +19,9 @@ by ``2**e`` (the threshold then sits at ``threshold_target / 2**e`` units, and e
 and the bias follow the smaller scale), so the conv fits the mantissa at exponent 0. A negative
 exponent would only have added precision; the report's ``max_weight_error`` shows what is lost. If
 even that leaves the threshold below one unit, ``QuantizationError`` names the projection.
+A non-spiking read-out population (``LIF(spiking=False)``) gets its scale from ``v_th`` like any other
+and ``vth = 2**17 - 1`` (the largest threshold), so it never fires while v stays below 128x its
+``v_th`` (at the default target); read its v with ``record_state``.
 Weights are rounded to the representable grid (even values for 8-bit mixed sign), so Lava's own
 truncation leaves them unchanged.
 
@@ -155,6 +158,8 @@ def quantize_population(pop: Population, incoming: tuple[Dense | Conv2d, ...], c
                         f"leaves its threshold below one integer unit (weights too large relative to v_th)"
                     )
     vth = int(round(scale * n.v_th / (1 << hw.THRESHOLD_SHIFT)))
+    if not getattr(n, "spiking", True):
+        vth = hw.VTH_MAX  # non-spiking read-out: the scale still comes from v_th, the threshold is the maximum
     if vth > hw.VTH_MAX:
         raise QuantizationError(f"population {pop.name!r}: vth {vth} exceeds {hw.VTH_MAX}")
     bias_mant, bias_exp = quantize_bias(n.bias, scale, pop.name)

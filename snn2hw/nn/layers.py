@@ -122,10 +122,15 @@ class LIFDense(nn.Module):
 
 
 class SpikingSequential(nn.Module):
-    """A stack of ``LIFDense`` / ``RecurrentLIFDense`` layers; input spikes (batch, T, n_in) -> output spikes.
+    """A stack of layers; input spikes (batch, T, n_in) -> output spikes (or v of a final ``LeakyReadout``).
 
-    Its ``config()`` lists each layer's config; a recurrent layer's carries ``"layer": "RecurrentLIFDense"``
-    (a config without a ``layer`` key is a ``LIFDense``), which is how ``from_config`` and
+    Layer kinds (``LAYER_KINDS``): ``LIFDense``, ``RecurrentLIFDense`` and, from ``snn2hw.nn.conv``,
+    ``ConvLIF``, ``SumPoolLIF``, ``Flatten``, ``Dropout``, ``LeakyReadout``. Spikes between layers are
+    flat (batch, T, n) tensors; a conv layer's n is the C-order flattening of its (C, H, W) image, the
+    IR population's own index (``snn2hw.nn.conv`` documents the convention).
+
+    Its ``config()`` lists each layer's config; every layer but ``LIFDense`` carries its kind under
+    ``"layer"`` (a config without a ``layer`` key is a ``LIFDense``), which is how ``from_config`` and
     ``snn2hw.train.checkpoint.load_checkpoint`` rebuild the right layer.
     """
 
@@ -165,13 +170,25 @@ class SpikingSequential(nn.Module):
         return outs if return_all else x
 
     def to_ir(self, dt: float = 1e-3) -> Graph:
-        """The float IR graph of this network: input ``in``, populations ``lif1..``, projections ``fc1..``
-        (and ``rec<i>`` from ``lif<i>`` to itself for a recurrent layer ``i``)."""
-        inputs = (Input("in", self.layers[0].in_features),)
+        """The float IR graph of this network: input ``in``, populations ``lif1..`` numbered in order over
+        the layers that have one (``Flatten`` and ``Dropout`` add no IR node), each fed by ``fc<i>``
+        (Dense: ``LIFDense``, ``RecurrentLIFDense``, ``LeakyReadout``), ``conv<i>`` (``ConvLIF``) or
+        ``pool<i>`` (``SumPoolLIF``), plus ``rec<i>`` from ``lif<i>`` to itself for a recurrent layer.
+        A ``LeakyReadout`` (non-spiking) must be the last such layer; read its v with ``record_state``."""
+        pop_layers = [layer for layer in self.layers if not isinstance(layer, (_conv.Flatten, _conv.Dropout))]
+        if not pop_layers:
+            raise ValueError("the network has no layer with a population")
+        if any(isinstance(layer, _conv.LeakyReadout) for layer in pop_layers[:-1]):
+            raise ValueError("a LeakyReadout (non-spiking) must be the network's last layer")
+        inputs = (Input("in", pop_layers[0].in_features),)
         pops, projs, prev = [], [], "in"
-        for i, layer in enumerate(self.layers, start=1):
+        prefixes = {_conv.ConvLIF: "conv", _conv.SumPoolLIF: "pool"}
+        for i, layer in enumerate(pop_layers, start=1):
             pops.append(layer.population(f"lif{i}"))
-            projs.append(Dense(f"fc{i}", prev, f"lif{i}", layer.weight.detach().cpu().double().numpy()))
+            if isinstance(layer, _conv.HopLIF):
+                projs.append(layer.projection(f"{prefixes.get(type(layer), 'fc')}{i}", prev, f"lif{i}"))
+            else:
+                projs.append(Dense(f"fc{i}", prev, f"lif{i}", layer.weight.detach().cpu().double().numpy()))
             if isinstance(layer, RecurrentLIFDense):
                 projs.append(layer.recurrent_projection(f"rec{i}", f"lif{i}"))
             prev = f"lif{i}"
@@ -304,3 +321,9 @@ class RecurrentLIFDense(LIFDense):
 
 
 LAYER_KINDS = {"LIFDense": LIFDense, "RecurrentLIFDense": RecurrentLIFDense}
+
+# snn2hw.nn.conv imports this module only inside functions, so importing it here (last) has no cycle.
+from snn2hw.nn import conv as _conv  # noqa: E402
+
+LAYER_KINDS.update({k.__name__: k for k in (_conv.ConvLIF, _conv.SumPoolLIF, _conv.Flatten, _conv.Dropout,
+                                            _conv.LeakyReadout)})
