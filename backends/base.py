@@ -69,9 +69,10 @@ def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray] | np.ndarray) ->
             raise BackendError(
                 f"input {node.name!r}: expected shape (batch, steps, {node.size}), got {np.shape(inputs[node.name])}"
             )
-        if not np.all(np.isfinite(x)) or np.any(x != np.round(x)):
+        # integer and bool arrays are integers by type: the checks below would only cost passes
+        if x.dtype.kind not in "biu" and (not np.all(np.isfinite(x)) or np.any(x != np.round(x))):
             raise BackendError(f"input {node.name!r}: values must be integers")
-        x = x.astype(np.int64)
+        x = x.astype(np.int64, copy=False)  # no copy for int64 input (the backends only read it)
         if node.num_message_bits == 0 and (x.min(initial=0) < 0 or x.max(initial=0) > 1):
             raise BackendError(f"input {node.name!r} is binary (num_message_bits=0) but holds values outside {{0, 1}}")
         if node.num_message_bits > 0:

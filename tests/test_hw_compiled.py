@@ -78,6 +78,24 @@ def test_synaptic_output(acc, e, graded, delayed):
 
 
 @settings(deadline=None)  # the first call of each compiled formula compiles it
+@given(edgy(-I32, I32 - 1, (256, 255)), st.sampled_from(list(hw.SignMode)), st.integers(1, hw.WEIGHT_BITS_MAX))
+def test_prepared_weight(w, mode, bits):
+    args = hw.weight_preparation(mode, bits)
+    same(hw.prepared_weight(T(w), *args), F["prepared_weight"](w, *args))
+
+
+@settings(deadline=None, max_examples=30)
+@given(st.integers(0, 2**32 - 1), st.sampled_from(list(hw.SignMode)), st.integers(1, hw.WEIGHT_BITS_MAX),
+       st.sampled_from([3, 300, I32 - 1]))
+def test_prepare_weights_matrix(seed, mode, bits, scale):
+    w = np.random.default_rng(seed).integers(-scale, scale + 1, (13, 70))
+    ref = hw.prepare_weights(torch.as_tensor(w), mode, bits)
+    out, bound = compiled.prepare_weights(w, int(mode), bits)
+    assert out.dtype == torch.float32 and torch.equal(out.to(torch.int64), ref)
+    assert bound == int(ref.abs().sum(dim=1).max())
+
+
+@settings(deadline=None)  # the first call of each compiled formula compiles it
 @given(ACT, ACT)
 def test_add_messages(a, b):
     same(hw.add_messages(T(a), T(b)), F["add_messages"](a, b))
@@ -96,11 +114,23 @@ def test_wraps_and_saturation(x):
     same(hw.saturate_v24(T(x)), F["saturate_v24"](x))
 
 
+@settings(deadline=None)
+@given(edgy(-(1 << 40), 1 << 40, (1 << 23, 1 << 31)))
+def test_conv_output(x):
+    same(hw.wrap_int24(T(x)), F["wrap_int24"](x))
+    same(hw.conv_output(T(x)), F["conv_output"](x))
+
+
 @settings(max_examples=400, deadline=None)
 @given(STATE, STATE, ACT, DU, DV, VTH, BIAS)
 def test_lif_step(u, v, a, du, dv, vth, bias):
-    same(hw.lif_step(T(u), T(v), T(a), du, dv, vth, T(bias)), F["lif_step"](u, v, a, du, dv, vth, bias))
-    same(hw.lif_step_flags(T(u), T(v), T(a), du, dv, T(bias)), F["lif_step_flags"](u, v, a, du, dv, bias))
+    step = hw.lif_step(T(u), T(v), T(a), du, dv, vth, T(bias))
+    flags = hw.lif_step_flags(T(u), T(v), T(a), du, dv, T(bias))
+    same(step, F["lif_step"](u, v, a, du, dv, vth, bias))
+    same(flags, F["lif_step_flags"](u, v, a, du, dv, bias))
+    # the kernel's single evaluation is exactly the two
+    same(step + flags, hw.lif_step_counted(T(u), T(v), T(a), du, dv, vth, T(bias)))
+    same(step + flags, F["lif_step_counted"](u, v, a, du, dv, vth, bias))
 
 
 def test_lif_step_on_every_edge_combination():
@@ -354,3 +384,22 @@ def test_kernel_cache_key_follows_the_formulas(monkeypatch):
     changed = tuple(decay if f is hw.decay else f for f in hw.FORMULAS)
     monkeypatch.setattr(hw, "FORMULAS", changed)
     assert compiled.formulas_fingerprint() != before
+
+
+def test_kernel_threads_leave_the_multiprocessing_start_method_unset():
+    # Lava sets the start method when first imported and fails if it is already fixed; numba's thread
+    # pool start fixes it. A fresh process: the parallel kernel runs, then Lava must still import.
+    import subprocess
+    import sys
+
+    code = (
+        "import multiprocessing as mp, torch\n"
+        "from snn2hw.hw import compiled\n"
+        "compiled._MIN_JOB_UPDATES = 1\n"
+        "compiled._threads = lambda: 2\n"
+        "compiled.lif_scan(torch.zeros(4, 3, 70, dtype=torch.int64), 0, 0, 64, 0)\n"
+        "compiled.prepare_weights([[1, 2], [3, 4]], 1, 8)\n"
+        "assert mp.get_start_method(allow_none=True) is None, mp.get_start_method()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr

@@ -65,12 +65,19 @@ def _prepare_synapses(graph: Graph, device: torch.device) -> list[_Synapse]:
             synapses.append(_conv_synapse(p, graded_inputs, device))
             continue
         # sparse LoihiDense: Lava's Sparse computes exactly what Dense does (clip/truncate, sum, shift)
-        w = hw.prepare_weights(torch.as_tensor(np.asarray(p.weight), device=device), hw.SignMode(p.sign_mode), p.num_weight_bits)
         graded = p.num_message_bits > 0
         max_input = 1
         if graded:
             bits = graded_inputs.get(p.src, p.num_message_bits)
             max_input = 1 << max(bits - 1, 0)
+        if _use_kernel(device):
+            # one compiled pass straight to float32; kept (dst, src): the product takes the transposed
+            # view without a copy. Exact while the bound holds, else the general path below.
+            w32, row_abs = compiled.prepare_weights(p.weight, p.sign_mode, p.num_weight_bits)
+            if row_abs * max_input < 2**24:
+                synapses.append(_Synapse(p, w32.t(), graded))
+                continue
+        w = hw.prepare_weights(torch.as_tensor(np.asarray(p.weight), device=device), hw.SignMode(p.sign_mode), p.num_weight_bits)
         dtype = _accumulation_dtype(w, max_input)
         synapses.append(_Synapse(p, w.t().contiguous().to(dtype), graded))
     return synapses
@@ -90,13 +97,22 @@ def _conv_synapse(p: LoihiConv2d, graded_inputs: dict, device: torch.device) -> 
 
 def _conv_accumulate(syn: _Synapse, s: torch.Tensor) -> torch.Tensor:
     """Lava Conv's output for spikes ``s`` (..., C*H*W): exact correlation, int32 cast, 24-bit wrap."""
+    acc = _conv_accumulate_native(syn, s)
+    if acc.dtype != torch.int64:
+        acc = torch.round(acc).to(torch.int64)
+    return hw.conv_output(acc)
+
+
+def _conv_accumulate_native(syn: _Synapse, s: torch.Tensor) -> torch.Tensor:
+    """The exact correlation alone (float64 holding integers, or int64), shaped (..., Co*Ho*Wo): the
+    compiled path applies ``conv_output`` element by element."""
     c = syn.conv
     lead = s.shape[:-1]
     if not syn.graded:
         s = s != 0  # Lava's binary Conv takes any non-zero payload as a spike
     img = s.reshape(-1, *c.in_shape)  # batch and steps folded into the conv batch
-    acc = hw.conv_accumulate_exact(img, syn.weight_t, c.stride, c.padding, c.dilation, c.groups, syn.max_input)
-    return hw.conv_output(acc).reshape(*lead, -1)
+    acc = hw.conv_accumulate(img, syn.weight_t, c.stride, c.padding, c.dilation, c.groups, syn.max_input)
+    return acc.reshape(*lead, -1)
 
 
 def _accumulate(syn: _Synapse, s: torch.Tensor) -> torch.Tensor:
@@ -114,7 +130,8 @@ def _accumulate_native(syn: _Synapse, s: torch.Tensor) -> torch.Tensor:
     """
     if syn.conv is not None:
         return _conv_accumulate(syn, s)
-    if not syn.graded and s.dtype != torch.bool:
+    # float32 spikes are the compiled path's own 0/1 output (graded inputs are int64)
+    if not syn.graded and s.dtype not in (torch.bool, torch.float32):
         # Lava's binary Dense takes any non-zero payload (e.g. from a graded input) as a spike.
         s = s != 0
     if syn.weight_t.dtype == torch.int64:
@@ -240,9 +257,14 @@ def run(
                 keep = name in state_names
                 incoming = [syn for syn in synapses if syn.proj.dst == name]
                 if _use_kernel(dev) and incoming:
+                    outgoing = [syn for syn in synapses if syn.proj.src == name]
+                    # spikes straight in the dtype the next products take, when that is float32
+                    as_float = bool(outgoing) and all(
+                        syn.conv is None and syn.weight_t.dtype == torch.float32 for syn in outgoing)
                     spikes[name], u_rec[name], v_rec[name] = _scan_layer_compiled(
                         neurons[name], incoming, spikes, steps, events, keep,
                         lambda name=name: _layer_input(name, synapses, spikes, n, steps, dev, neurons[name].size),
+                        torch.float32 if as_float else torch.bool,
                     )
                     continue
                 a_in = _layer_input(name, synapses, spikes, n, steps, dev, neurons[name].size)
@@ -302,20 +324,23 @@ def _layer_input(name, synapses, spikes, batch, steps, dev, size: int = 0) -> to
 
 
 def _scan_layer_compiled(neurons: _Neurons, incoming: list[_Synapse], spikes, steps: int,
-                         events: _EventLog | None, keep_state: bool, layer_input):
+                         events: _EventLog | None, keep_state: bool, layer_input, spike_dtype=torch.bool):
     """Feed-forward population on the CPU: accumulations in, spikes out, in one compiled pass.
 
     ``layer_input()`` builds the int64 input array the tensor path uses; it is only needed to replay
     the population when strict mode must name an event.
     """
-    parts = [
-        (_accumulate_native(syn, spikes[syn.proj.src]), syn.proj.weight_exp, syn.graded, syn.proj.delay > 0,
-         1 + syn.proj.delay)
-        for syn in incoming
-    ]
+    parts = []
+    for syn in incoming:
+        s = spikes[syn.proj.src]
+        if syn.conv is not None:  # the Conv's int32 cast and 24-bit wrap happen in the kernel
+            acc, conv = _conv_accumulate_native(syn, s), True
+        else:
+            acc, conv = _accumulate_native(syn, s), False
+        parts.append((acc, syn.proj.weight_exp, syn.graded, syn.proj.delay > 0, 1 + syn.proj.delay, conv))
     s_all, u_all, v_all, counts, _, _ = compiled.layer_scan(
         parts, steps, neurons.du, neurons.dv, neurons.vth_eff, neurons.bias_eff, keep_state,
-        count_events=events is not None,
+        count_events=events is not None, spike_dtype=spike_dtype,
     )
     if events is not None:
         _check_strict(events, neurons, counts, lambda: _scan_lif_torch(neurons, layer_input(), events, keep_state))

@@ -21,6 +21,7 @@ switches it off); callers fall back to the torch functions, which also serve CUD
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import types
 
@@ -45,9 +46,11 @@ _fingerprint: str | None = None
 # The kernels call these as module globals (set by formulas()); keeping them out of the kernels'
 # closures keeps the closure, which numba hashes into its on-disk cache key, small and deterministic.
 _lif_step = None
-_lif_step_flags = None
+_lif_step_counted = None
 _synaptic_output = None
 _add_messages = None
+_prepared_weight = None
+_conv_output = None
 
 
 def available() -> bool:
@@ -113,7 +116,8 @@ def check_formula(fn, allowed: set) -> None:
 
 def formulas() -> dict:
     """{name: numba dispatcher} for every function in ``loihi2.FORMULAS`` (built once, lazily)."""
-    global _formulas, _fingerprint, _lif_step, _lif_step_flags, _synaptic_output, _add_messages
+    global _formulas, _fingerprint, _lif_step, _lif_step_counted
+    global _synaptic_output, _add_messages, _prepared_weight, _conv_output
     if _formulas is not None:
         return _formulas
     if numba is None:
@@ -127,8 +131,9 @@ def formulas() -> dict:
         # Every compiled formula shares ``ns``, so calls between formulas resolve to compiled twins.
         ns[fn.__name__] = compiled[fn.__name__] = numba.njit(clone)
     _fingerprint = formulas_fingerprint()
-    _lif_step, _lif_step_flags = compiled["lif_step"], compiled["lif_step_flags"]
+    _lif_step, _lif_step_counted = compiled["lif_step"], compiled["lif_step_counted"]
     _synaptic_output, _add_messages = compiled["synaptic_output"], compiled["add_messages"]
+    _prepared_weight, _conv_output = compiled["prepared_weight"], compiled["conv_output"]
     _formulas = compiled
     return compiled
 
@@ -170,7 +175,8 @@ def _kernel(mode: str, count_events: bool, record: bool, parallel: bool):
     # cache=True: compiling a variant takes seconds; the closure (options + fingerprint) is part of
     # numba's cache key, so every variant and every version of the formulas has its own entry.
     @numba.njit(parallel=parallel, nogil=True, boundscheck=False, cache=True)
-    def scan(acc, exps, graded, delayed, lags, u, v, du, dv, vth_eff, bias, block, spikes, u_rec, v_rec, counts):
+    def scan(acc, exps, graded, delayed, conv, lags, u, v, du, dv, vth_eff, bias, block, spikes, u_rec, v_rec,
+             counts):
         _key = (fingerprint, parallel)  # noqa: F841 - only here to put both into the closure
         parts = acc.shape[0]
         batch, steps, size = spikes.shape
@@ -180,49 +186,58 @@ def _kernel(mode: str, count_events: bool, record: bool, parallel: bool):
             lo = (job % blocks) * block
             hi = min(lo + block, size)
             width = hi - lo
-            # 1-D views: with plain 1-D unit-stride indexing LLVM vectorises the neuron loops
-            # (indexing the multi-dimensional arrays over lo..hi measured 2-3x slower).
+            # 1-D views and plain loops over them: LLVM vectorises these (indexing the
+            # multi-dimensional arrays over lo..hi, or slice assignment, measured 2-4x slower)
             ub = u[b, lo:hi]
             vb = v[b, lo:hi]
             bb = bias[lo:hi]
-            a_t = np.empty(width, dtype=np.int64)  # this step's summed synaptic input
+            a_t = np.zeros(width, dtype=np.int64)  # this step's summed synaptic input
             c0 = 0
             c1 = 0
             c2 = 0
             for t in range(steps):
                 if raw:
-                    a_t[:] = acc[0, b, t, lo:hi]
+                    src = acc[0, b, t, lo:hi]
+                    for n in range(width):
+                        a_t[n] = src[n]
                 else:
                     for k in range(parts):
                         tk = t - lags[k]  # the hop (and synaptic) delay of projection k
+                        e = exps[k]
+                        g = graded[k]
+                        d = delayed[k]
+                        cv = conv[k]
                         if tk >= 0:
                             src = acc[k, b, tk, lo:hi]
                             for n in range(width):
-                                # exact integer in a float (the accumulation bound guarantees it);
+                                # an exact integer in a float (the accumulation bound guarantees it);
                                 # rint as loihi2.accumulate_exact does
                                 x = np.int64(np.rint(src[n])) if is_float else src[n]
-                                m = _synaptic_output(x, exps[k], graded[k], delayed[k])
+                                if cv:  # a Conv's own output stage comes first
+                                    x = _conv_output(x)
+                                m = _synaptic_output(x, e, g, d)
                                 a_t[n] = m if k == 0 else _add_messages(a_t[n], m)
                         else:  # nothing has arrived yet: the message is 0
                             for n in range(width):
                                 a_t[n] = 0 if k == 0 else _add_messages(a_t[n], 0)
                 sb = spikes[b, t, lo:hi]
                 for n in range(width):
-                    uu = ub[n]
-                    vv = vb[n]
-                    a = a_t[n]
                     if count_events:
-                        f0, f1, f2 = _lif_step_flags(uu, vv, a, du, dv, bb[n])
+                        uu, vv, sp, f0, f1, f2 = _lif_step_counted(ub[n], vb[n], a_t[n], du, dv, vth_eff, bb[n])
                         c0 += f0
                         c1 += f1
                         c2 += f2
-                    uu, vv, sp = _lif_step(uu, vv, a, du, dv, vth_eff, bb[n])
+                    else:
+                        uu, vv, sp = _lif_step(ub[n], vb[n], a_t[n], du, dv, vth_eff, bb[n])
                     ub[n] = uu
                     vb[n] = vv
                     sb[n] = sp
                 if record:
-                    u_rec[b, t, lo:hi] = ub
-                    v_rec[b, t, lo:hi] = vb
+                    ur = u_rec[b, t, lo:hi]
+                    vr = v_rec[b, t, lo:hi]
+                    for n in range(width):
+                        ur[n] = ub[n]
+                        vr[n] = vb[n]
             if count_events:
                 counts[job, 0] = c0
                 counts[job, 1] = c1
@@ -236,15 +251,31 @@ def _threads() -> int:
     return max(1, min(numba.config.NUMBA_NUM_THREADS, torch.get_num_threads()))
 
 
-def _run(mode, acc, exps, graded, delayed, lags, steps, du, dv, vth_eff, bias_eff, keep_state, u0, v0,
-         count_events):
+def _set_threads(n: int) -> None:
+    """``numba.set_num_threads`` without its process-wide side effect.
+
+    numba starts its thread pool on first use and asks ``multiprocessing.get_start_method()`` while
+    doing so, which fixes the default start method. Lava calls ``set_start_method('fork')`` when it is
+    first imported and fails if a method is already fixed, so a simulator run before the first use of
+    the Lava backend would break it. An unset method is put back as it was.
+    """
+    before = multiprocessing.get_start_method(allow_none=True)
+    numba.set_num_threads(n)
+    if before is None and multiprocessing.get_start_method(allow_none=True) is not None:
+        multiprocessing.set_start_method(None, force=True)
+
+
+def _run(mode, acc, exps, graded, delayed, conv, lags, steps, du, dv, vth_eff, bias_eff, keep_state, u0, v0,
+         count_events, spike_dtype=torch.bool):
     """Allocate outputs, split the work into jobs and call the kernel variant. ``acc`` is
     (parts, batch, steps_in, n), contiguous, in the dtype the mode expects."""
+    if spike_dtype not in (torch.bool, torch.float32):
+        raise ValueError(f"spikes are written as bool or float32, not {spike_dtype}")
     _, batch, _, size = acc.shape
     bias = torch.broadcast_to(torch.as_tensor(bias_eff, dtype=torch.int64), (size,)).contiguous()
     u = torch.zeros(batch, size, dtype=torch.int64) if u0 is None else u0.to(torch.int64).clone().contiguous()
     v = torch.zeros(batch, size, dtype=torch.int64) if v0 is None else v0.to(torch.int64).clone().contiguous()
-    spikes = torch.empty(batch, steps, size, dtype=torch.bool)
+    spikes = torch.empty(batch, steps, size, dtype=spike_dtype)
     if keep_state:
         u_rec = torch.empty(batch, steps, size, dtype=torch.int64)
         v_rec = torch.empty(batch, steps, size, dtype=torch.int64)
@@ -264,8 +295,8 @@ def _run(mode, acc, exps, graded, delayed, lags, steps, du, dv, vth_eff, bias_ef
 
     kernel = _kernel(mode, count_events, keep_state, parallel)
     if parallel:
-        numba.set_num_threads(threads)
-    kernel(acc.numpy(), exps, graded, delayed, lags, u.numpy(), v.numpy(), int(du), int(dv), int(vth_eff),
+        _set_threads(threads)
+    kernel(acc.numpy(), exps, graded, delayed, conv, lags, u.numpy(), v.numpy(), int(du), int(dv), int(vth_eff),
            bias.numpy(), block, spikes.numpy(), u_rec.numpy(), v_rec.numpy(), counts.numpy())
     return (spikes, u_rec if keep_state else None, v_rec if keep_state else None,
             counts.sum(dim=0) if count_events else None, u, v)
@@ -291,21 +322,22 @@ def lif_scan(a_in: torch.Tensor, du: int, dv: int, vth_eff: int, bias_eff: torch
     acc = a_in.to(torch.int64).contiguous()[None]
     zero = np.zeros(1, dtype=np.int64)
     flag = np.zeros(1, dtype=np.bool_)
-    return _run("raw", acc, zero, flag, flag, zero, acc.shape[2], du, dv, vth_eff, bias_eff, keep_state,
+    return _run("raw", acc, zero, flag, flag, flag, zero, acc.shape[2], du, dv, vth_eff, bias_eff, keep_state,
                 u0, v0, count_events)
 
 
 def layer_scan(parts, steps: int, du: int, dv: int, vth_eff: int, bias_eff: torch.Tensor | int,
                keep_state: bool = False, u0: torch.Tensor | None = None, v0: torch.Tensor | None = None,
-               count_events: bool = False):
+               count_events: bool = False, spike_dtype: torch.dtype = torch.bool):
     """A population driven by projections, from their exact accumulations to its spikes in one pass.
 
-    ``parts``: non-empty list of ``(acc, weight_exp, graded, delayed, lag)``, one per incoming
+    ``parts``: non-empty list of ``(acc, weight_exp, graded, delayed, lag[, conv])``, one per incoming
     projection, where ``acc`` (batch, steps_in, n) is the exact ``W @ s`` of the source's spikes at each
     step (float32/float64 holding integers, or int64) and ``lag`` is the number of steps until it
     arrives. Step t's input is ``sum_activations`` of ``synaptic_output(acc[t - lag], ...)`` (0 before
-    the first arrival), exactly the tensor path's ``_delayed``/``sum_activations`` over whole arrays;
-    the int64 input array is never materialised. Returns what ``lif_scan`` returns.
+    the first arrival; with ``conv`` true, of ``synaptic_output(conv_output(acc[t - lag]), ...)``), exactly the tensor path's ``_delayed``/``sum_activations`` over whole arrays;
+    the int64 input array is never materialised. Returns what ``lif_scan`` returns; the spikes as
+    0/1 in ``spike_dtype`` (bool, or float32 for a next layer's float32 product, saving a conversion).
     """
     if not parts:
         raise ValueError("layer_scan needs at least one incoming projection")
@@ -325,6 +357,48 @@ def layer_scan(parts, steps: int, du: int, dv: int, vth_eff: int, bias_eff: torc
     exps = np.array([int(p[1]) for p in parts], dtype=np.int64)
     graded = np.array([bool(p[2]) for p in parts], dtype=np.bool_)
     delayed = np.array([bool(p[3]) for p in parts], dtype=np.bool_)
+    conv = np.array([bool(p[5]) if len(p) > 5 else False for p in parts], dtype=np.bool_)
     lags = np.array([int(p[4]) for p in parts], dtype=np.int64)
-    return _run(mode, acc, exps, graded, delayed, lags, steps, du, dv, vth_eff, bias_eff, keep_state,
-                u0, v0, count_events)
+    return _run(mode, acc, exps, graded, delayed, conv, lags, steps, du, dv, vth_eff, bias_eff, keep_state,
+                u0, v0, count_events, spike_dtype)
+
+
+def _weights_kernel():
+    if "weights" in _kernels:
+        return _kernels["weights"]
+    formulas()
+    fingerprint = _fingerprint
+
+    @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
+    def prepare(w, sign, lo, hi, drop, out, row_abs):
+        _key = fingerprint  # noqa: F841 - puts the formulas' fingerprint into the cache key
+        rows, cols = w.shape
+        for r in numba.prange(rows):
+            total = 0
+            for c in range(cols):
+                x = _prepared_weight(w[r, c], sign, lo, hi, drop)
+                out[r, c] = x
+                total += abs(x)
+            row_abs[r] = total
+
+    _kernels["weights"] = prepare
+    return prepare
+
+
+def prepare_weights(weight, sign_mode, num_weight_bits: int) -> tuple[torch.Tensor, int]:
+    """``loihi2.prepare_weights`` of a (dst, src) integer matrix in one compiled pass, as float32.
+
+    Returns the prepared weights (float32 holds every prepared weight, |w| <= 256, exactly) and the
+    largest row sum of their magnitudes, the bound the caller needs to decide whether a float32
+    product is exact (``loihi2.accumulation_dtype``). The tensor path takes about ten passes over int64
+    arrays for the same, which dominated one-sample runs of wide layers.
+    """
+    w = np.ascontiguousarray(np.asarray(weight), dtype=np.int64)
+    if w.ndim != 2:
+        raise ValueError(f"expected a (dst, src) weight matrix, got shape {w.shape}")
+    out = torch.empty(w.shape, dtype=torch.float32)
+    row_abs = np.zeros(w.shape[0], dtype=np.int64)
+    sign, lo, hi, drop = loihi2.weight_preparation(loihi2.SignMode(sign_mode), num_weight_bits)
+    _set_threads(_threads())
+    _weights_kernel()(w, sign, lo, hi, drop, out.numpy(), row_abs)
+    return out, int(row_abs.max()) if row_abs.size else 0

@@ -165,16 +165,22 @@ def prepare_weights(weights: torch.Tensor, sign_mode: SignMode, num_weight_bits:
     Inhibitory weights are negated, processed as excitatory, and negated back (so -3 stays -3 at
     8 bits, while mixed-sign -1 becomes -2).
     """
-    w = weights.to(torch.int64)
+    return prepared_weight(weights.to(torch.int64), *weight_preparation(sign_mode, num_weight_bits))
+
+
+def weight_preparation(sign_mode: SignMode, num_weight_bits: int) -> tuple[int, int, int, int]:
+    """``(sign, lo, hi, drop)`` of ``prepared_weight`` for a sign mode and weight width."""
     sign = -1 if sign_mode == SignMode.INHIBITORY else 1
-    w = w * sign
     mixed = sign_mode == SignMode.MIXED
     lo = -(1 << WEIGHT_BITS_MAX) if mixed else 0
     hi = (1 << WEIGHT_BITS_MAX) - 1
-    w = w.clamp(lo, hi)
     drop = WEIGHT_BITS_MAX - num_weight_bits + int(mixed)
-    w = (w >> drop) << drop
-    return w * sign
+    return sign, lo, hi, drop
+
+
+def prepared_weight(w: torch.Tensor, sign: int, lo: int, hi: int, drop: int) -> torch.Tensor:
+    """One weight as ``prepare_weights`` leaves it: sign-normalised, clipped, low bits dropped."""
+    return ((_clamp(w * sign, lo, hi) >> drop) << drop) * sign
 
 
 def synaptic_output(accumulated: torch.Tensor, weight_exp: int, graded: bool, delayed: bool = False) -> torch.Tensor:
@@ -218,6 +224,39 @@ def add_messages(total: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
 
 
 # --- the CUBA-LIF neuron ------------------------------------------------------------------------------
+def u_update(u, a_in, du):
+    """The current's update: ``(a_in << 6, u before its 24-bit wrap, new u)``.
+
+    ``a << 6`` is wrapped to int32 before it is added, the sum is wrapped to int32, then u wraps once
+    at 24 bits (``wrap_u24_once``).
+    """
+    shifted = a_in << ACTIVATION_SHIFT
+    u_pre = decay(u, u_keep(du)) + wrap_int32(shifted)
+    return shifted, u_pre, wrap_u24_once(wrap_int32(u_pre))
+
+
+def v_update(v, u_new, dv, bias_eff):
+    """The voltage's update: ``(v before it is wrapped and saturated, new v before the spike reset)``."""
+    v_pre = decay(v, v_keep(dv)) + u_new + bias_eff
+    return v_pre, saturate_v24(wrap_int32(v_pre))
+
+
+def spike_reset(v_new, vth_eff):
+    """``(v with spiking neurons set to 0, spikes)``: a spike where v > vth << 6, strictly."""
+    spikes = v_new > vth_eff
+    return _where(spikes, 0, v_new), spikes
+
+
+def limit_flags(shifted, u_pre, v_pre):
+    """The width-limit events of one step, in ``LIMIT_EVENTS`` order: the shifted activation leaves
+    int32, u leaves its 24-bit range (and wraps), v leaves +-(2**23 - 1) (and saturates)."""
+    return (
+        shifted != wrap_int32(shifted),
+        (u_pre > STATE_HALF) | (u_pre <= -STATE_HALF),
+        (v_pre > V_MAX) | (v_pre < -V_MAX),
+    )
+
+
 def lif_step(
     u: torch.Tensor,
     v: torch.Tensor,
@@ -232,12 +271,9 @@ def lif_step(
     ``a_in`` is the int32 sum of this step's synaptic messages; ``vth_eff = vth << 6`` and
     ``bias_eff = effective_bias(...)`` are precomputed because Lava scales them outside the update.
     """
-    u_decayed = decay(u, u_keep(du))
-    u_new = wrap_u24_once(wrap_int32(u_decayed + wrap_int32(a_in << ACTIVATION_SHIFT)))
-    v_decayed = decay(v, v_keep(dv))
-    v_new = saturate_v24(wrap_int32(v_decayed + u_new + bias_eff))
-    spikes = v_new > vth_eff
-    v_new = _where(spikes, 0, v_new)
+    _, _, u_new = u_update(u, a_in, du)
+    _, v_new = v_update(v, u_new, dv, bias_eff)
+    v_new, spikes = spike_reset(v_new, vth_eff)
     return u_new, v_new, spikes
 
 
@@ -245,28 +281,26 @@ def lif_step_flags(u, v, a_in, du, dv, bias_eff):
     """Which neurons hit a width limit in this step (same inputs as ``lif_step``), as a tuple in
     ``LIMIT_EVENTS`` order: int32 wrap of the shifted activation, 24-bit wrap of u, saturation of v.
     """
-    shifted = a_in << ACTIVATION_SHIFT
-    u_pre = decay(u, u_keep(du)) + wrap_int32(shifted)
-    u_wrapped = wrap_u24_once(wrap_int32(u_pre))
-    v_pre = decay(v, v_keep(dv)) + u_wrapped + bias_eff
-    return (
-        shifted != wrap_int32(shifted),
-        (u_pre > STATE_HALF) | (u_pre <= -STATE_HALF),
-        (v_pre > V_MAX) | (v_pre < -V_MAX),
-    )
+    shifted, u_pre, u_new = u_update(u, a_in, du)
+    v_pre, _ = v_update(v, u_new, dv, bias_eff)
+    return limit_flags(shifted, u_pre, v_pre)
+
+
+def lif_step_counted(u, v, a_in, du, dv, vth_eff, bias_eff):
+    """``lif_step`` and ``lif_step_flags`` from one evaluation: ``(u, v, spikes, *flags)``.
+
+    What the compiled scan calls when it counts events (computing the update once, not twice).
+    """
+    shifted, u_pre, u_new = u_update(u, a_in, du)
+    v_pre, v_new = v_update(v, u_new, dv, bias_eff)
+    v_new, spikes = spike_reset(v_new, vth_eff)
+    f_act, f_u, f_v = limit_flags(shifted, u_pre, v_pre)
+    return u_new, v_new, spikes, f_act, f_u, f_v
 
 
 def lif_step_events(u: torch.Tensor, v: torch.Tensor, a_in: torch.Tensor, du, dv, bias_eff) -> dict:
     """``lif_step_flags`` as a dict keyed by ``LIMIT_EVENTS`` (the simulator's overflow accounting)."""
     return dict(zip(LIMIT_EVENTS, lif_step_flags(u, v, a_in, du, dv, bias_eff)))
-
-
-# The per-neuron formulas that snn2hw.hw.compiled compiles (leaves first). Each may use only Python
-# operators, the integer constants above, the primitives above and the functions listed here.
-FORMULAS = (
-    wrap_int32, shift_by, synaptic_output, add_messages,
-    decay, u_keep, v_keep, wrap_u24_once, saturate_v24, lif_step, lif_step_flags,
-)
 
 
 # --- float relaxation (what training uses outside quantization-aware mode) -----------------------------
@@ -361,8 +395,7 @@ def conv_output(accumulated: torch.Tensor) -> torch.Tensor:
     The float64 -> int32 cast of an out-of-range sum is modelled as x86 does it (INT32_MIN, which the
     24-bit wrap turns into 0); the design rules reject graphs where that can happen.
     """
-    cast = torch.where((accumulated >= -_INT32_HALF) & (accumulated < _INT32_HALF), accumulated,
-                       torch.full_like(accumulated, -_INT32_HALF))
+    cast = _where((accumulated >= -_INT32_HALF) & (accumulated < _INT32_HALF), accumulated, -_INT32_HALF)
     return wrap_int24(cast)
 
 
@@ -374,12 +407,19 @@ def conv_accumulate_exact(s: torch.Tensor, weight: torch.Tensor, stride, padding
     float64 ``conv2d`` when the largest per-output-channel sum of |w| times ``max_input`` is below 2**53
     (every partial sum is then an exactly represented integer); otherwise an im2col product in int64.
     """
+    out = conv_accumulate(s, weight, stride, padding, dilation, groups, max_input)
+    return out if out.dtype == torch.int64 else torch.round(out).to(torch.int64)
+
+
+def conv_accumulate(s: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, groups: int,
+                    max_input: int) -> torch.Tensor:
+    """``conv_accumulate_exact`` before its conversion to int64: float64 holding exact integers, or int64
+    (the simulator's compiled path converts element by element, saving passes over the arrays)."""
     w = weight.to(torch.int64)
     bound = int(w.abs().flatten(1).sum(dim=1).max().item()) * max_input if w.numel() else 0
     if bound < 2**53:
-        out = torch.nn.functional.conv2d(s.to(torch.float64), w.to(torch.float64), stride=stride, padding=padding,
-                                         dilation=dilation, groups=groups)
-        return torch.round(out).to(torch.int64)
+        return torch.nn.functional.conv2d(s.to(torch.float64), w.to(torch.float64), stride=stride, padding=padding,
+                                          dilation=dilation, groups=groups)
     n, c, h, wd = s.shape
     o, cg, kh, kw = w.shape
     ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
@@ -391,3 +431,15 @@ def conv_accumulate_exact(s: torch.Tensor, weight: torch.Tensor, stride, padding
     wg = w.view(groups, o // groups, cg * kh * kw)
     out = torch.stack([wg[g] @ cols[:, g] for g in range(groups)], dim=1)  # (N, G, O/G, L), int64
     return out.reshape(n, o, ho, wo)
+
+
+# --- what snn2hw.hw.compiled compiles -------------------------------------------------------------------
+# The per-neuron formulas (leaves first). Each may use only Python operators, the integer constants
+# above, the primitives (_sign, _abs, _where, _clamp) and the functions listed here; compiled.py
+# refuses anything else.
+FORMULAS = (
+    wrap_int32, shift_by, synaptic_output, add_messages, prepared_weight,
+    decay, u_keep, v_keep, wrap_u24_once, saturate_v24,
+    u_update, v_update, spike_reset, limit_flags, lif_step, lif_step_flags, lif_step_counted,
+    wrap_int24, conv_output,
+)
