@@ -110,6 +110,26 @@ def _block_steps(batch: int, n: int, steps: int) -> int:
 
 
 # --- the spiking CUBA-LIF sequence ---------------------------------------------------------------------
+def _current_step_(u_prev: torch.Tensor, a_t: torch.Tensor, alpha: torch.Tensor, u_t: torch.Tensor) -> torch.Tensor:
+    """u[t] = alpha u[t-1] + a[t], written into ``u_t`` (each op rounded once, like the reference)."""
+    torch.mul(u_prev, alpha, out=u_t)
+    return u_t.add_(a_t)
+
+
+def _voltage_step_(v_prev, u_t, beta, bias, v_th, vp_t, s_t, v_t) -> torch.Tensor:
+    """One voltage update in place; shared by the feed-forward and recurrent operators.
+
+    v_pre[t] = (beta v[t-1] + u[t]) + bias into ``vp_t``; s[t] = v_pre > v_th into ``s_t``;
+    v[t] = v_pre - v_pre * s into ``v_t`` (exactly v_pre or 0, because s is exactly 0 or 1).
+    """
+    torch.mul(v_prev, beta, out=vp_t)
+    vp_t.add_(u_t)
+    if bias is not None:
+        vp_t.add_(bias)
+    torch.gt(vp_t, v_th, out=s_t)
+    return torch.addcmul(vp_t, vp_t, s_t, value=-1.0, out=v_t)
+
+
 class _CubaLIFSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, alpha, beta, v_th, bias, surrogate, detach_reset, return_state, alpha_is_zero):
@@ -133,22 +153,10 @@ class _CubaLIFSequence(torch.autograd.Function):
             if alpha_is_zero:
                 u_t = a_steps[t]
             else:
-                u_t = u_steps[t] if u_steps is not None else u_state
-                torch.mul(u_prev, alpha, out=u_t)
-                u_t.add_(a_steps[t])
+                u_t = _current_step_(u_prev, a_steps[t], alpha, u_steps[t] if u_steps is not None else u_state)
                 u_prev = u_t
-            # v_pre[t] = (beta v[t-1] + u[t]) + bias, each op rounded once like the reference.
-            vp_t = vp_steps[t]
-            torch.mul(v_prev, beta, out=vp_t)
-            vp_t.add_(u_t)
-            if bias is not None:
-                vp_t.add_(bias)
-            s_t = s_steps[t]
-            torch.gt(vp_t, v_th, out=s_t)
-            # v[t] = v_pre - v_pre * s: exactly v_pre or 0 because s is exactly 0 or 1.
-            v_t = v_steps[t] if v_steps is not None else v_state
-            torch.addcmul(vp_t, vp_t, s_t, value=-1.0, out=v_t)
-            v_prev = v_t
+            v_prev = _voltage_step_(v_prev, u_t, beta, bias, v_th, vp_steps[t], s_steps[t],
+                                    v_steps[t] if v_steps is not None else v_state)
         if alpha_is_zero and u_all is not None:
             u_all.copy_(a)
         ctx.surrogate = surrogate

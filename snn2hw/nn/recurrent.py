@@ -40,7 +40,8 @@ from typing import Union
 
 import torch
 
-from snn2hw.nn.functional import Param, _as_param, _check_input, _is_constant_zero, _reduce_to
+from snn2hw.nn.functional import (Param, _as_param, _check_input, _current_step_, _is_constant_zero, _reduce_to,
+                                  _voltage_step_)
 from snn2hw.nn.surrogate import Surrogate, get_surrogate
 
 __all__ = [
@@ -82,19 +83,10 @@ class _RecurrentCubaLIF(torch.autograd.Function):
             if alpha_is_zero:
                 u_t.copy_(a_t)
             else:
-                torch.mul(u_prev, alpha, out=u_t)
-                u_t.add_(a_t)
+                _current_step_(u_prev, a_t, alpha, u_t)
             u_prev = u_t
-            vp_t = vp_steps[t]
-            torch.mul(v_prev, beta, out=vp_t)
-            vp_t.add_(u_t)
-            if bias is not None:
-                vp_t.add_(bias)
-            s_t = s_steps[t]
-            torch.gt(vp_t, v_th, out=s_t)
-            v_t = v_steps[t] if v_steps is not None else v_state
-            torch.addcmul(vp_t, vp_t, s_t, value=-1.0, out=v_t)
-            v_prev = v_t
+            v_prev = _voltage_step_(v_prev, u_t, beta, bias, v_th, vp_steps[t], s_steps[t],
+                                    v_steps[t] if v_steps is not None else v_state)
         ctx.surrogate = surrogate
         ctx.detach_reset = detach_reset
         ctx.alpha_is_zero = alpha_is_zero
