@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from snn2hw.artefact import load, save, Artefact
+from snn2hw.artefact import load, save
 from snn2hw.backends import sim
 from snn2hw.compiler import DesignRuleError, compile_graph, design_rule_violations
 from snn2hw.hw import loihi2 as hw

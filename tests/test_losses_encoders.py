@@ -1,7 +1,6 @@
 """Encoders and losses against hand computations."""
 import math
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings

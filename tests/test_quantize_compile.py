@@ -1,6 +1,5 @@
 """Quantization, design rules, allocation and the artefact file."""
 import dataclasses
-import zipfile
 
 import numpy as np
 import pytest
@@ -9,8 +8,8 @@ import torch
 from snn2hw import artefact
 from snn2hw.compiler import CoreLimits, DesignRuleError, compile_graph, design_rule_violations
 from snn2hw.hw import loihi2 as hw
-from snn2hw.ir import LoihiLIF, Population
-from snn2hw.quantize import (QuantConfig, QuantizationError, decay_u_int, decay_v_int, dequantize_weights,
+from snn2hw.ir import LoihiLIF
+from snn2hw.quantize import (QuantizationError, decay_u_int, decay_v_int, dequantize_weights,
                              quantize_graph, quantize_weights, weight_exponent)
 
 
