@@ -56,3 +56,23 @@ def test_qat_off_restores_float_forward():
     ref = m(x)
     m.set_qat(QuantConfig()).set_qat(None)
     assert torch.equal(m(x), ref)
+
+
+def test_trainable_threshold_learns_and_stays_deployable():
+    torch.manual_seed(4)
+    m = SpikingSequential.build([12, 20, 7], du=0.3, dv=0.15, v_th=1.0, weight_gain=4.0, train_threshold=True)
+    x = (torch.rand(6, 30, 12, generator=torch.Generator().manual_seed(5)) < 0.3).float()
+    y = torch.arange(6) % 7
+    opt = torch.optim.Adam(m.parameters(), lr=5e-2)
+    for qat in (None, QuantConfig()):
+        m.set_qat(qat)
+        before = [layer.v_th for layer in m.layers]
+        loss = torch.nn.functional.cross_entropy(m(x).sum(dim=1) * 0.5, y)
+        opt.zero_grad()
+        loss.backward()
+        assert all(layer.threshold.grad is not None and layer.threshold.grad.abs() > 0 for layer in m.layers)
+        opt.step()
+        assert [layer.v_th for layer in m.layers] != before
+    assert [p.neuron.v_th for p in m.to_ir().populations] == [layer.v_th for layer in m.layers]
+    out = m(x).detach().numpy().astype(np.uint8)
+    np.testing.assert_array_equal(out, sim.run(compile_graph(m.to_ir()), x.numpy().astype(np.int64)).spikes["lif2"])

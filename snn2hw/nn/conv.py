@@ -31,6 +31,7 @@ from torch import nn
 from snn2hw.hw import loihi2 as hw
 from snn2hw.ir import LIF, Conv2d, Dense, Population, _pair, conv_output_hw, sum_pool2d
 from snn2hw.nn import functional as F
+from snn2hw.nn.neuron import float_neuron_args, init_threshold, qat_neuron_args
 from snn2hw.nn.surrogate import get_surrogate
 from snn2hw.quantize import QuantConfig, dequantize_weights, quantize_population
 
@@ -64,9 +65,10 @@ class HopLIF(nn.Module):
     spiking: bool = True
 
     def _init_neuron(self, size: int, n_bias: int, du: float, dv: float, v_th: float, bias: bool,
-                     train_decays: bool, surrogate: str, surrogate_scale: float, detach_reset: bool):
+                     train_decays: bool, surrogate: str, surrogate_scale: float, detach_reset: bool,
+                     train_threshold: bool = False):
         self.out_features = int(size)
-        self.v_th = float(v_th)
+        init_threshold(self, v_th, train_threshold)
         self.surrogate_name, self.surrogate_scale = surrogate, float(surrogate_scale)
         self.surrogate = get_surrogate(surrogate, scale=surrogate_scale)
         self.detach_reset = detach_reset
@@ -81,7 +83,12 @@ class HopLIF(nn.Module):
     def _neuron_config(self) -> dict:
         return {"du": float(self.du.detach()), "dv": float(self.dv.detach()), "v_th": self.v_th, "bias": self.bias is not None,
                 "train_decays": isinstance(self.du, nn.Parameter), "surrogate": self.surrogate_name,
-                "surrogate_scale": self.surrogate_scale, "detach_reset": self.detach_reset}
+                "surrogate_scale": self.surrogate_scale, "detach_reset": self.detach_reset,
+                "train_threshold": isinstance(self.threshold, nn.Parameter)}
+
+    @property
+    def v_th(self) -> float:
+        return float(self.threshold.detach())
 
     # -- per-neuron bias (a conv layer trains one bias per channel) ----------------------------------------
     def neuron_bias(self) -> torch.Tensor | None:
@@ -111,11 +118,11 @@ class HopLIF(nn.Module):
         if self.qat is not None:
             return self._forward_qat(s_in)
         a = _hop_delay(self._current(s_in, self._hop_weight()))
-        alpha, beta = 1.0 - self.du.clamp(0.0, 1.0), 1.0 - self.dv.clamp(0.0, 1.0)
+        alpha, beta, v_th = float_neuron_args(self, a)
         bias = self.neuron_bias()
         if bias is None:
             bias = torch.zeros((), device=a.device, dtype=a.dtype)
-        return self._neuron_float(a, alpha, beta, torch.tensor(self.v_th, device=a.device, dtype=a.dtype), bias)
+        return self._neuron_float(a, alpha, beta, v_th, bias)
 
     def _forward_qat(self, s_in: torch.Tensor) -> torch.Tensor:
         qpop, qproj, report = self.quantize(self.qat)
@@ -135,14 +142,7 @@ class HopLIF(nn.Module):
         w = self._hop_weight()
         w_deq = dequantize_weights(torch.as_tensor(qproj.weight, device=dev, dtype=dtype), k, qproj.weight_exp)
         w_ste = w + (w_deq.reshape(w.shape) - w).detach()
-        alpha = 1.0 - self.du.clamp(0.0, 1.0)
-        beta = 1.0 - self.dv.clamp(0.0, 1.0)
-        alpha = alpha + (hw.u_keep_fraction(n.du) - alpha).detach()
-        beta = beta + (hw.v_keep_fraction(n.dv) - beta).detach()
-        bias_deq = bias_eff.to(dtype) / k
-        nb = self.neuron_bias()
-        bias = bias_deq if nb is None else nb + (bias_deq - nb).detach()
-        v_th = torch.tensor(n.vth * (1 << hw.THRESHOLD_SHIFT) / k, device=dev, dtype=dtype)
+        alpha, beta, v_th, bias = qat_neuron_args(self, n, bias_eff, k, self.neuron_bias(), w_ste)
         out_float = self._neuron_float(_hop_delay(self._current(s_in, w_ste)), alpha, beta, v_th, bias)
         out_int = s_int.to(dtype) if self.spiking else v_int.to(dtype) / k
         return out_float + (out_int - out_float).detach()
@@ -200,10 +200,12 @@ class ConvLIF(_ConvHop):
     def __init__(self, in_shape, out_channels: int, kernel_size, stride=1, padding=0, dilation=1, groups: int = 1,
                  du: float = 0.2, dv: float = 0.1, v_th: float = 1.0, bias: bool = False, train_decays: bool = False,
                  surrogate: str = "fast_sigmoid", surrogate_scale: float = 10.0, weight_gain: float = 1.0,
-                 detach_reset: bool = True):
+                 detach_reset: bool = True,
+                 train_threshold: bool = False):
         super().__init__()
         size = self._init_geometry(in_shape, out_channels, kernel_size, stride, padding, dilation, groups)
-        self._init_neuron(size, out_channels, du, dv, v_th, bias, train_decays, surrogate, surrogate_scale, detach_reset)
+        self._init_neuron(size, out_channels, du, dv, v_th, bias, train_decays, surrogate, surrogate_scale, detach_reset,
+                          train_threshold)
         fan_in = self.in_shape[0] // self.groups * self.kernel_size[0] * self.kernel_size[1]
         bound = weight_gain * v_th / math.sqrt(fan_in)
         self.weight = nn.Parameter(torch.empty(out_channels, self.in_shape[0] // self.groups,
@@ -236,12 +238,14 @@ class SumPoolLIF(_ConvHop):
 
     def __init__(self, in_shape, kernel_size, stride=None, padding=0, du: float = 0.2, dv: float = 0.1,
                  v_th: float = 1.0, bias: bool = False, train_decays: bool = False, surrogate: str = "fast_sigmoid",
-                 surrogate_scale: float = 10.0, detach_reset: bool = True):
+                 surrogate_scale: float = 10.0, detach_reset: bool = True,
+                 train_threshold: bool = False):
         super().__init__()
         kernel = _pair(kernel_size, "kernel_size")
         c = int(in_shape[0])
         size = self._init_geometry(in_shape, c, kernel, kernel if stride is None else stride, padding, 1, c)
-        self._init_neuron(size, c, du, dv, v_th, bias, train_decays, surrogate, surrogate_scale, detach_reset)
+        self._init_neuron(size, c, du, dv, v_th, bias, train_decays, surrogate, surrogate_scale, detach_reset,
+                          train_threshold)
         self.register_buffer("weight", torch.ones(c, 1, *kernel), persistent=False)
 
     def config(self) -> dict:

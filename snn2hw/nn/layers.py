@@ -17,6 +17,7 @@ from snn2hw.hw import loihi2 as hw
 from snn2hw.ir import LIF, Dense, Graph, Input, Population
 from snn2hw.nn import functional as F
 from snn2hw.nn.recurrent import recurrent_cuba_lif_sequence
+from snn2hw.nn.neuron import float_neuron_args, init_threshold, qat_neuron_args
 from snn2hw.nn.surrogate import get_surrogate
 from snn2hw.quantize import QuantConfig, dequantize_weights, quantize_population
 
@@ -32,7 +33,7 @@ class LIFDense(nn.Module):
     """Dense projection (one-step hop) into a CUBA-LIF population.
 
     ``du``/``dv`` are the per-step decay fractions of current and voltage (see ``snn2hw.ir``);
-    they and the bias are trainable when ``train_decays``/``bias`` say so. The threshold is fixed.
+    they, the bias and the threshold are trainable when ``train_decays``/``bias``/``train_threshold`` say so.
 
     Quantization-aware mode (``qat`` set to a ``QuantConfig``): the forward pass quantizes the layer
     with the compiler's own ``quantize_population`` and runs the integer arithmetic of
@@ -47,10 +48,10 @@ class LIFDense(nn.Module):
     def __init__(self, in_features: int, out_features: int, du: float = 0.2, dv: float = 0.1,
                  v_th: float = 1.0, bias: bool = False, train_decays: bool = False,
                  surrogate: str = "fast_sigmoid", surrogate_scale: float = 10.0, weight_gain: float = 1.0,
-                 detach_reset: bool = True):
+                 detach_reset: bool = True, train_threshold: bool = False):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.v_th = float(v_th)
+        init_threshold(self, v_th, train_threshold)
         self.surrogate_name, self.surrogate_scale = surrogate, float(surrogate_scale)
         self.surrogate = get_surrogate(surrogate, scale=surrogate_scale)
         self.detach_reset = detach_reset
@@ -70,16 +71,20 @@ class LIFDense(nn.Module):
             "du": float(self.du), "dv": float(self.dv), "v_th": self.v_th, "bias": self.bias is not None,
             "train_decays": isinstance(self.du, nn.Parameter), "surrogate": self.surrogate_name,
             "surrogate_scale": self.surrogate_scale, "detach_reset": self.detach_reset,
+            "train_threshold": isinstance(self.threshold, nn.Parameter),
         }
+
+    @property
+    def v_th(self) -> float:
+        return float(self.threshold.detach())
 
     def forward(self, s_in: torch.Tensor) -> torch.Tensor:
         if self.qat is not None:
             return self._forward_qat(s_in)
         a = hop_delay(s_in @ self.weight.t())
-        du, dv = self.du.clamp(0.0, 1.0), self.dv.clamp(0.0, 1.0)
+        alpha, beta, v_th = float_neuron_args(self, a)
         bias = self.bias if self.bias is not None else torch.zeros((), device=a.device, dtype=a.dtype)
-        return F.cuba_lif_sequence(a, 1.0 - du, 1.0 - dv, torch.tensor(self.v_th, device=a.device, dtype=a.dtype),
-                                   bias, self.surrogate, detach_reset=self.detach_reset)
+        return F.cuba_lif_sequence(a, alpha, beta, v_th, bias, self.surrogate, detach_reset=self.detach_reset)
 
     def quantize(self, config: QuantConfig = QuantConfig()):
         """(integer population, integer projection, report) exactly as the compiler would make them."""
@@ -105,15 +110,9 @@ class LIFDense(nn.Module):
         k = report.scale
         w_deq = dequantize_weights(torch.as_tensor(qproj.weight, device=dev, dtype=dtype), k, qproj.weight_exp)
         w_ste = self.weight + (w_deq - self.weight).detach()
-        alpha = 1.0 - self.du.clamp(0.0, 1.0)
-        beta = 1.0 - self.dv.clamp(0.0, 1.0)
-        alpha = alpha + (hw.u_keep_fraction(n.du) - alpha).detach()
-        beta = beta + (hw.v_keep_fraction(n.dv) - beta).detach()
-        bias_deq = bias_eff.to(dtype) / k
-        bias = bias_deq if self.bias is None else self.bias + (bias_deq - self.bias).detach()
-        s_float = F.cuba_lif_sequence(hop_delay(s_in @ w_ste.t()), alpha, beta,
-                                      torch.tensor(n.vth * (1 << hw.THRESHOLD_SHIFT) / k, device=dev, dtype=dtype),
-                                      bias, self.surrogate, detach_reset=self.detach_reset)
+        alpha, beta, v_th, bias = qat_neuron_args(self, n, bias_eff, k, self.bias, w_ste)
+        s_float = F.cuba_lif_sequence(hop_delay(s_in @ w_ste.t()), alpha, beta, v_th, bias, self.surrogate,
+                                      detach_reset=self.detach_reset)
         return s_float + (s_int.to(dtype) - s_float).detach()
 
     def population(self, name: str) -> Population:
@@ -217,10 +216,11 @@ class RecurrentLIFDense(LIFDense):
                  v_th: float = 1.0, bias: bool = False, train_decays: bool = False,
                  surrogate: str = "fast_sigmoid", surrogate_scale: float = 10.0, weight_gain: float = 1.0,
                  detach_reset: bool = True, rec_gain: float = 0.5,
-                 rec_mask: "torch.Tensor | bool | None" = None, rec_weight_scale: float = 1.0):
+                 rec_mask: "torch.Tensor | bool | None" = None, rec_weight_scale: float = 1.0,
+                 train_threshold: bool = False):
         super().__init__(in_features, out_features, du=du, dv=dv, v_th=v_th, bias=bias,
                          train_decays=train_decays, surrogate=surrogate, surrogate_scale=surrogate_scale,
-                         weight_gain=weight_gain, detach_reset=detach_reset)
+                         weight_gain=weight_gain, detach_reset=detach_reset, train_threshold=train_threshold)
         self.rec_gain = float(rec_gain)
         self.rec_weight_scale = float(rec_weight_scale)
         if not self.rec_weight_scale > 0:
@@ -250,9 +250,8 @@ class RecurrentLIFDense(LIFDense):
         return Dense(name, population, population, self.effective_rec_weight().detach().cpu().double().numpy())
 
     def _neuron_args(self, a: torch.Tensor):
-        du, dv = self.du.clamp(0.0, 1.0), self.dv.clamp(0.0, 1.0)
         bias = self.bias if self.bias is not None else torch.zeros((), device=a.device, dtype=a.dtype)
-        return 1.0 - du, 1.0 - dv, torch.tensor(self.v_th, device=a.device, dtype=a.dtype), bias
+        return (*float_neuron_args(self, a), bias)
 
     def forward(self, s_in: torch.Tensor) -> torch.Tensor:
         if self.qat is not None:
@@ -308,13 +307,7 @@ class RecurrentLIFDense(LIFDense):
         v_deq = dequantize_weights(torch.as_tensor(qrec.weight, device=dev, dtype=dtype), k, qrec.weight_exp)
         v_eff = self.effective_rec_weight()
         v_ste = v_eff + (v_deq - v_eff).detach()
-        alpha = 1.0 - self.du.clamp(0.0, 1.0)
-        beta = 1.0 - self.dv.clamp(0.0, 1.0)
-        alpha = alpha + (hw.u_keep_fraction(n.du) - alpha).detach()
-        beta = beta + (hw.v_keep_fraction(n.dv) - beta).detach()
-        bias_deq = bias_eff.to(dtype) / k
-        bias = bias_deq if self.bias is None else self.bias + (bias_deq - self.bias).detach()
-        v_th = torch.tensor(n.vth * (1 << hw.THRESHOLD_SHIFT) / k, device=dev, dtype=dtype)
+        alpha, beta, v_th, bias = qat_neuron_args(self, n, bias_eff, k, self.bias, w_ste)
         s_float = recurrent_cuba_lif_sequence(hop_delay(s_in @ w_ste.t()), v_ste, alpha, beta, v_th, bias,
                                               surrogate=self.surrogate, detach_reset=self.detach_reset)
         return s_float + (s_int.to(dtype) - s_float).detach()
