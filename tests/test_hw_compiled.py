@@ -172,7 +172,8 @@ def test_lif_scan_matches_tensor_loop(seed, batch, steps, size, scale, du, dv, v
     vth_eff = hw.effective_threshold(vth)
     totals, on_step = _torch_counts(du, dv, bias)
     s_ref, u_ref, v_ref = hw.lif_scan_torch(a, du, dv, vth_eff, bias, keep, on_step=on_step)
-    s, u_rec, v_rec, counts, _, _ = compiled.lif_scan(a, du, dv, vth_eff, bias, keep, count_events=True)
+    s, u_rec, v_rec, counts, _, _, fired = compiled.lif_scan(a, du, dv, vth_eff, bias, keep, count_events=True)
+    assert fired == int(s.sum())
     assert torch.equal(s, s_ref)
     assert torch.equal(counts, totals)
     if keep:
@@ -185,8 +186,8 @@ def test_lif_scan_matches_tensor_loop(seed, batch, steps, size, scale, du, dv, v
 def test_lif_scan_continues_from_a_given_state():
     a, bias = _random_inputs(7, 3, 40, 130, 5000)
     s_ref, u_ref, v_ref = hw.lif_scan_torch(a, 300, 200, 3200, bias, keep_state=True)
-    s1, _, _, _, u1, v1 = compiled.lif_scan(a[:, :17], 300, 200, 3200, bias)
-    s2, u_rec, v_rec, _, u2, v2 = compiled.lif_scan(a[:, 17:], 300, 200, 3200, bias, True, u0=u1, v0=v1)
+    s1, _, _, _, u1, v1, _ = compiled.lif_scan(a[:, :17], 300, 200, 3200, bias)
+    s2, u_rec, v_rec, _, u2, v2, _ = compiled.lif_scan(a[:, 17:], 300, 200, 3200, bias, True, u0=u1, v0=v1)
     assert torch.equal(torch.cat([s1, s2], 1), s_ref)
     assert torch.equal(u_rec, u_ref[:, 17:]) and torch.equal(v_rec, v_ref[:, 17:])
     assert torch.equal(u2, u_ref[:, -1]) and torch.equal(v2, v_ref[:, -1])
@@ -199,7 +200,8 @@ def test_parallel_split_over_neurons_matches(monkeypatch):
     a, bias = _random_inputs(3, 1, 30, 517, 1 << 20)
     totals, on_step = _torch_counts(100, 100, bias)
     s_ref, u_ref, v_ref = hw.lif_scan_torch(a, 100, 100, 640, bias, True, on_step=on_step)
-    s, u, v, counts, _, _ = compiled.lif_scan(a, 100, 100, 640, bias, True, count_events=True)
+    s, u, v, counts, _, _, fired = compiled.lif_scan(a, 100, 100, 640, bias, True, count_events=True)
+    assert fired == int(s.sum())
     assert torch.equal(s, s_ref) and torch.equal(u, u_ref) and torch.equal(v, v_ref)
     assert torch.equal(counts, totals)
 
@@ -232,9 +234,26 @@ def test_layer_scan_matches_tensor_composition(seed, parts_n, batch, dtype, scal
     bias = torch.randint(-1000, 1000, (size,), generator=g)
     totals, on_step = _torch_counts(50, 3000, bias)
     s_ref, u_ref, v_ref = hw.lif_scan_torch(a_in, 50, 3000, 6400, bias, True, on_step=on_step)
-    s, u, v, counts, _, _ = compiled.layer_scan(parts, steps, 50, 3000, 6400, bias, True, count_events=True)
+    s, u, v, counts, _, _, fired = compiled.layer_scan(parts, steps, 50, 3000, 6400, bias, True, count_events=True)
+    assert fired == int(s.sum())
     assert torch.equal(s, s_ref) and torch.equal(u, u_ref) and torch.equal(v, v_ref)
     assert torch.equal(counts, totals)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 2**32 - 1), st.integers(1, 150), st.integers(1, 40), st.integers(1, 70),
+       st.sampled_from([torch.float32, torch.float64, torch.int64]), st.sampled_from([torch.bool, torch.float32]),
+       st.floats(0.0, 1.0))
+def test_event_accumulation_is_exact(monkeypatch, seed, rows, n_in, n_out, dtype, sdtype, density):
+    monkeypatch.setattr(compiled, "_MIN_COLS", 16)  # several column blocks even for small layers
+    monkeypatch.setattr(compiled, "_TILE_BYTES", 1 << 10)
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randint(-256, 256, (n_in, n_out), generator=g)
+    s = torch.rand(rows, n_in, generator=g) < density
+    ref = s.to(torch.int64) @ w
+    out = compiled.accumulate_events(s.to(sdtype).reshape(1, rows, n_in), w.to(dtype))
+    assert out.dtype == dtype and out.shape == (1, rows, n_out)
+    assert torch.equal(out[0].to(torch.int64), ref)
 
 
 # --- the simulator: kernel path vs tensor path ----------------------------------------------------------
@@ -321,6 +340,21 @@ def test_strict_errors_are_the_same_on_both_paths(monkeypatch, recurrent):
     with pytest.raises(sim.ArithmeticLimitError) as slow:
         sim.run(g, x, strict=True)
     assert str(fast.value) == str(slow.value)
+
+
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_event_driven_and_dense_accumulation_agree(monkeypatch, recurrent):
+    g, x = _net(8, recurrent, delay=1)
+    monkeypatch.setattr(simulator, "_EVENT_DENSITY", 0.0)  # never
+    dense = sim.run(g, x, record=["h"], record_state=["h", "o"])
+    monkeypatch.setattr(simulator, "_EVENT_DENSITY", 1.1)  # always
+    events = sim.run(g, x, record=["h"], record_state=["h", "o"])
+    for k in dense.spikes:
+        np.testing.assert_array_equal(events.spikes[k], dense.spikes[k])
+    for k in dense.u:
+        np.testing.assert_array_equal(events.u[k], dense.u[k])
+        np.testing.assert_array_equal(events.v[k], dense.v[k])
+    assert events.events == dense.events
 
 
 def test_batch_slices_are_invisible(monkeypatch):
