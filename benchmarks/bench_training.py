@@ -21,18 +21,24 @@ Implementations:
 
 Peers that are not installed are skipped and reported as such.
 
-Method. Each (implementation, N) runs in two fresh subprocesses with ``torch.set_num_threads``
-(default 2) and the OpenMP/MKL thread variables set alike:
+Method. Workers are fresh subprocesses with ``torch.set_num_threads`` (default 2) and the
+OpenMP/MKL thread variables set alike:
 
-* time: one warm-up run, then ``--reps`` timed forward + backward passes; the median is reported
-  (``time.perf_counter``; on CUDA with ``torch.cuda.synchronize``).
-* peak memory: after the model and input exist and a 4-step warm-up has initialised lazy state, the
+* time: one process per N builds every implementation and runs one warm-up pass of each, then
+  ``--reps`` rounds in which each implementation does one timed forward + backward pass (interleaved,
+  so that load from other processes on a shared machine affects all alike); the median is reported,
+  and the minimum alongside (``time.perf_counter``; on CUDA with ``torch.cuda.synchronize``).
+* peak memory: one process per (implementation, N); after the model and input exist and a 4-step warm-up has initialised lazy state, the
   kernel's peak-RSS counter is reset (``/proc/self/clear_refs``), one full forward + backward runs, and
   the reported figure is ``VmHWM - VmRSS(before)``: the extra resident memory the pass needed beyond
   its inputs and weights. glibc is told to serve every allocation of 1 MiB or more with mmap
   (``MALLOC_MMAP_THRESHOLD_``) so that freed tensors leave RSS at once and the figure tracks live
   tensors, not allocator caching. Where ``clear_refs`` is not writable, ``ru_maxrss`` is used instead.
   On CUDA the figure is ``torch.cuda.max_memory_allocated`` above the allocation before the pass.
+
+On a shared machine set ``OMP_WAIT_POLICY=PASSIVE`` (the workers inherit it; the JSON records it and
+the load average): spinning OpenMP workers otherwise starve the thread that issues the many small
+per-step ops, which distorts every ratio to the floor.
 
 Usage::
 
@@ -79,7 +85,6 @@ def build(framework: str, n: int, steps: int, batch: int, device):
             w.grad = None
             a = x @ w.t()
             a.backward(grad_out)
-            return None
 
         return run, torch.__version__
 
@@ -179,7 +184,9 @@ def _status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def worker(args) -> dict:
+def memory_worker(args) -> dict:
+    import gc
+
     import torch
 
     torch.set_num_threads(args.threads)
@@ -187,50 +194,65 @@ def worker(args) -> dict:
     device = torch.device(args.device)
     try:
         run, version = build(args.worker, args.n, args.steps, args.batch, device)
-        if args.mode == "memory":
-            # Initialise lazy state (thread pools, kernels, imports inside libraries) with a short run.
-            small, _ = build(args.worker, args.n, 4, args.batch, device)
-            small()
-            del small
-        else:
-            run()  # warm-up
+        # Initialise lazy state (thread pools, kernels, imports inside libraries) with a short run.
+        small, _ = build(args.worker, args.n, 4, args.batch, device)
+        small()
+        del small
     except ImportError as exc:
         return {"skipped": f"not installed ({exc})"}
     _sync(device)
-
-    if args.mode == "memory":
-        import gc
-
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-            rate = run()
-            _sync(device)
-            peak = torch.cuda.max_memory_allocated(device) - base
-            return {"peak_mb": peak / 2**20, "memory_method": "cuda max_memory_allocated delta", "spike_rate": rate,
-                    "version": version}
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # resets VmHWM to the current RSS
-            method = "VmHWM - VmRSS after clear_refs"
-        except OSError:
-            method = "ru_maxrss - VmRSS (peak counter could not be reset)"
-        base_kib = _status_kib("VmRSS")
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
         rate = run()
-        peak_kib = _status_kib("VmHWM") if method.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return {"peak_mb": max(0, peak_kib - base_kib) / 1024, "memory_method": method, "spike_rate": rate,
+        _sync(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+        return {"peak_mb": peak / 2**20, "memory_method": "cuda max_memory_allocated delta", "spike_rate": rate,
                 "version": version}
-
-    times = []
-    for _ in range(args.reps):
-        _sync(device)
-        t0 = time.perf_counter()
-        rate = run()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return {"times_ms": [t * 1e3 for t in times], "time_ms": statistics.median(times) * 1e3, "spike_rate": rate,
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+        method = "VmHWM - VmRSS after clear_refs"
+    except OSError:
+        method = "ru_maxrss - VmRSS (peak counter could not be reset)"
+    base_kib = _status_kib("VmRSS")
+    rate = run()
+    peak_kib = _status_kib("VmHWM") if method.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_mb": max(0, peak_kib - base_kib) / 1024, "memory_method": method, "spike_rate": rate,
             "version": version}
+
+
+def time_worker(args) -> dict:
+    """Times every requested implementation at one N, interleaving their repetitions so that a
+    shared, noisy machine slows them alike."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    device = torch.device(args.device)
+    runs, out = {}, {}
+    for fw in args.worker.split(","):
+        try:
+            run, version = build(fw, args.n, args.steps, args.batch, device)
+            run()  # warm-up
+            runs[fw] = run
+            out[fw] = {"version": version, "times_ms": []}
+        except ImportError as exc:
+            out[fw] = {"skipped": f"not installed ({exc})"}
+        except Exception as exc:  # noqa: BLE001 - a peer that breaks on this torch version is reported, not fatal
+            out[fw] = {"skipped": f"failed: {type(exc).__name__}: {exc}"}
+    for _ in range(args.reps):
+        for fw, run in runs.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            out[fw]["spike_rate"] = run()
+            _sync(device)
+            out[fw]["times_ms"].append((time.perf_counter() - t0) * 1e3)
+    for fw in runs:
+        times = out[fw]["times_ms"]
+        out[fw].update(time_ms=statistics.median(times), time_ms_min=min(times))
+    return out
 
 
 # --- the driver ------------------------------------------------------------------------------------------
@@ -245,7 +267,7 @@ def run_worker(framework: str, n: int, mode: str, args) -> dict:
            "--steps", str(args.steps), "--batch", str(args.batch), "--reps", str(args.reps),
            "--threads", threads, "--device", args.device]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout, check=False)
     except subprocess.TimeoutExpired:
         return {"skipped": f"timed out after {args.timeout} s"}
     lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
@@ -278,7 +300,7 @@ def summarise(results: list[dict], sizes: list[int]) -> dict:
 
 
 def print_table(results: list[dict], summary: dict, sizes: list[int]) -> None:
-    head = f"{'N':>5}  {'implementation':<13} {'time ms':>9} {'peak MB':>9} {'rate':>6} {'x fastest peer':>15} {'x floor':>8}"
+    head = f"{'N':>5}  {'implementation':<13} {'time ms':>9} {'(min)':>9} {'peak MB':>9} {'rate':>6} {'x fastest peer':>15} {'x floor':>8}"
     print(head)
     print("-" * len(head))
     for n in sizes:
@@ -292,7 +314,7 @@ def print_table(results: list[dict], summary: dict, sizes: list[int]) -> None:
             floor_ratio = r["time_ms"] / floor["time_ms"] if floor else float("nan")
             peak = r.get("peak_mb")
             rate = r.get("spike_rate")
-            print(f"{n:>5}  {r['framework']:<13} {r['time_ms']:>9.1f} {peak if peak is not None else float('nan'):>9.1f} "
+            print(f"{n:>5}  {r['framework']:<13} {r['time_ms']:>9.1f} {r['time_ms_min']:>9.1f} {peak if peak is not None else float('nan'):>9.1f} "
                   f"{rate if rate is not None else float('nan'):>6.3f} {peer_ratio:>15.2f} {floor_ratio:>8.2f}")
         if s:
             extras = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in s.items())
@@ -322,16 +344,20 @@ def main(argv=None) -> int:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
 
     if args.worker:
-        print(json.dumps(worker(args)))
+        print(json.dumps(memory_worker(args) if args.mode == "memory" else time_worker(args)))
         return 0
 
     import torch
 
-    results = []
+    results, load = [], {}
     for n in args.sizes:
+        load_before = os.getloadavg()[0]
+        timed = run_worker(",".join(args.frameworks), n, "time", args)
+        # Other processes on a shared machine distort timings; the 1-minute load average says how much.
+        load[str(n)] = {"before": load_before, "after": os.getloadavg()[0]}
         for fw in args.frameworks:
             r = {"framework": fw, "n": n}
-            r.update(run_worker(fw, n, "time", args))
+            r.update(timed.get(fw, timed) if "skipped" not in timed else timed)
             if "skipped" not in r and not args.no_memory:
                 mem = run_worker(fw, n, "memory", args)
                 r.update({k: v for k, v in mem.items() if k in ("peak_mb", "memory_method")})
@@ -342,12 +368,16 @@ def main(argv=None) -> int:
             print(f"  N={n} {fw}: {status}", file=sys.stderr, flush=True)
     summary = summarise(results, args.sizes)
     print_table(results, summary, args.sizes)
+    loads = ", ".join(f"N={n} {v['before']:.1f}->{v['after']:.1f}" for n, v in load.items())
+    print(f"1-min load average during timing (cpu count {os.cpu_count()}): {loads}")
     meta = {
         "workload": "Linear(N, N, bias=False) -> LIF, loss = sum(spikes), forward + backward",
         "batch": args.batch, "steps": args.steps, "reps": args.reps, "threads": args.threads,
         "device": args.device, "torch": torch.__version__, "python": platform.python_version(),
         "machine": platform.machine(), "processor": platform.processor(), "statistic": "median",
         "memory_method": "peak RSS delta of one forward+backward in a fresh process (see module docstring)",
+        "cpu_count": os.cpu_count(), "load_average_1min": load,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -41,25 +41,26 @@ The operators follow the input's device and dtype and contain no device-specific
 """
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 
 from snn2hw.nn.surrogate import Surrogate, get_surrogate
 
 __all__ = [
-    "cuba_lif_sequence",
-    "leaky_readout_sequence",
     "cuba_lif_reference",
+    "cuba_lif_sequence",
     "leaky_readout_reference",
+    "leaky_readout_sequence",
 ]
 
-Param = Union[float, torch.Tensor]
+Param = float | torch.Tensor
 
-# Temporaries of the backward pass cover blocks of about this many elements: small enough to stay in
-# cache between the whole-block ops and the per-step recursion over the same block, large enough that
-# the per-block op overhead is negligible.
-_BLOCK_ELEMENTS = 1 << 17
+# The backward pass works on blocks of steps of at most this many elements. It equals PyTorch's
+# parallelisation grain (at::internal::GRAIN_SIZE), so each block op runs on the calling thread:
+# hundreds of small OpenMP parallel regions gain little on an idle machine but cost up to a scheduler
+# time slice each when other processes compete for the cores (measured on 2 shared cores, N = 2048:
+# a median backward 15x longer with 4x larger blocks). Blocks this small also stay in cache between
+# the block ops and the per-step recursion over the same block.
+_BLOCK_ELEMENTS = 1 << 15
 
 
 # --- argument handling ---------------------------------------------------------------------------------
@@ -276,7 +277,7 @@ def cuba_lif_sequence(
     beta: Param,
     v_th: Param,
     bias: Param | None = None,
-    surrogate: Union[str, Surrogate] = "fast_sigmoid",
+    surrogate: str | Surrogate = "fast_sigmoid",
     detach_reset: bool = True,
     return_state: bool = False,
 ):
@@ -409,7 +410,7 @@ def cuba_lif_reference(
     beta: Param,
     v_th: Param,
     bias: Param | None = None,
-    surrogate: Union[str, Surrogate] = "fast_sigmoid",
+    surrogate: str | Surrogate = "fast_sigmoid",
     detach_reset: bool = True,
     return_state: bool = False,
 ):

@@ -33,24 +33,25 @@ surrogate as its gradient under autograd (used by unrolled reference models and 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 
 __all__ = [
-    "Surrogate",
-    "FastSigmoid",
-    "Sigmoid",
     "Arctan",
-    "Triangle",
-    "Exponential",
-    "Gaussian",
     "Boxcar",
-    "get_surrogate",
-    "register_surrogate",
+    "Exponential",
+    "FastSigmoid",
+    "Gaussian",
+    "Sigmoid",
+    "Surrogate",
+    "Triangle",
     "available_surrogates",
+    "get_surrogate",
     "heaviside",
+    "register_surrogate",
 ]
 
 
@@ -206,7 +207,7 @@ def available_surrogates() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_surrogate(name: "str | Surrogate", scale: float | None = None) -> Surrogate:
+def get_surrogate(name: str | Surrogate, scale: float | None = None) -> Surrogate:
     """A surrogate by registry name (``"fast_sigmoid"``, ``"arctan"``...); ``scale=None`` keeps its default.
 
     A ``Surrogate`` instance is returned unchanged (or with ``scale`` replaced when one is given), so
