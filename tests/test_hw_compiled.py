@@ -348,6 +348,7 @@ def test_event_driven_and_dense_accumulation_agree(monkeypatch, recurrent):
     monkeypatch.setattr(simulator, "_EVENT_DENSITY", 0.0)  # never
     dense = sim.run(g, x, record=["h"], record_state=["h", "o"])
     monkeypatch.setattr(simulator, "_EVENT_DENSITY", 1.1)  # always
+    monkeypatch.setattr(simulator, "_EVENT_MIN_OUTPUTS", 0)
     events = sim.run(g, x, record=["h"], record_state=["h", "o"])
     for k in dense.spikes:
         np.testing.assert_array_equal(events.spikes[k], dense.spikes[k])

@@ -152,15 +152,18 @@ def _accumulate_native(syn: _Synapse, s: torch.Tensor, density: float | None = N
 
 
 # Event-driven accumulation (adding the weight rows of the spiking sources) beats a dense product
-# below about this spike density, while the weights stay cache-sized (measured on 100..1000-wide
-# layers: 1.4-1.9x at density 0.1; 4000-wide layers stream their weights from memory and lose).
-_EVENT_DENSITY = 0.15
+# below about this spike density, for layers wide enough to fill vector registers and with weights that
+# stay cache-sized (measured on 100..1000-wide layers: 1.4-2.3x at density 0.1, 1.3-1.7x at 0.2; narrow
+# outputs (<= 64) lose to the product, and 4000-wide layers stream their weights from memory and lose).
+_EVENT_DENSITY = 0.2
+_EVENT_MIN_OUTPUTS = 128
 _EVENT_WEIGHT_BYTES = 8 << 20
 
 
 def _event_driven(syn: _Synapse, s: torch.Tensor, density: float | None = None) -> bool:
     w = syn.weight_t
-    if not _use_kernel(s.device) or s.numel() == 0 or w.numel() * w.element_size() > _EVENT_WEIGHT_BYTES:
+    if (not _use_kernel(s.device) or s.numel() == 0 or w.shape[1] < _EVENT_MIN_OUTPUTS
+            or w.numel() * w.element_size() > _EVENT_WEIGHT_BYTES):
         return False
     if density is None:
         density = int(torch.count_nonzero(s)) / s.numel()
