@@ -266,6 +266,7 @@ def run(
     # Samples are independent, so a large batch runs in slices: memory stays bounded and each layer's
     # arrays stay small enough to be reused from cache by the next pass over them.
     chunk = _batch_chunk(graph, batch, steps, dev, order is not None)
+    network = _network_spec(graph, synapses, neurons) if order is None and _use_kernel(dev) else None
     for lo in range(0, max(batch, 1), chunk):  # once even for an empty batch: same events keys
         hi = min(lo + chunk, batch)
         if events is not None:
@@ -295,6 +296,9 @@ def run(
                     continue
                 a_in = _layer_input(name, synapses, spikes, n, steps, dev, neurons[name].size)
                 spikes[name], u_rec[name], v_rec[name] = _scan_lif(neurons[name], a_in, events, keep_state=keep)
+        elif network is not None:
+            _run_network_compiled(graph, network, synapses, neurons, spikes, u_rec, v_rec, state_names, n, steps,
+                                  dev, events)
         else:
             _run_stepwise(graph, synapses, neurons, spikes, u_rec, v_rec, state_names, n, steps, dev, events)
 
@@ -408,8 +412,83 @@ def _scan_lif_torch(neurons: _Neurons, a_in: torch.Tensor, events: _EventLog | N
                              on_step=observe if events is not None else None)
 
 
-def _run_stepwise(graph, synapses, neurons, spikes, u_rec, v_rec, state_names, batch, steps, dev, events):
-    """General schedule for graphs with cycles: one step at a time, projections as delay lines."""
+def _network_spec(graph: Graph, synapses: list[_Synapse], neurons: dict) -> compiled.NetworkSpec | None:
+    """The graph flattened for ``compiled.network_scan``, or None if it has a projection that the
+    compiled network kernel does not take (convolutions; graded projections with a delay)."""
+    if any(syn.conv is not None or (syn.graded and syn.proj.delay > 0) for syn in synapses):
+        return None
+    pops = [p.name for p in graph.populations]
+    pop_index = {name: i for i, name in enumerate(pops)}
+    pop_off = np.cumsum([0] + [neurons[n].size for n in pops]).astype(np.int64)
+    in_off, total = {}, 0
+    for node in graph.inputs:
+        in_off[node.name], total = total, total + node.size
+
+    def per_neuron(value) -> np.ndarray:
+        return np.concatenate([np.broadcast_to(np.asarray(value(neurons[n]), dtype=np.int64), (neurons[n].size,))
+                               for n in pops]).astype(np.int64) if pops else np.zeros(0, dtype=np.int64)
+
+    rows, k_fields = [], {f: [] for f in ("src_kind", "src_off", "src_n", "dst_pop", "w_off", "exp", "graded",
+                                          "delayed", "lags")}
+    offset = 0
+    for syn in synapses:
+        p = syn.proj
+        w = syn.weight_t.to(torch.int64).contiguous().cpu().numpy().reshape(-1)  # (src, dst), exact integers
+        is_input = p.src in in_off
+        src_n = syn.weight_t.shape[0]
+        k_fields["src_kind"].append(0 if is_input else 1)
+        k_fields["src_off"].append(in_off[p.src] if is_input else pop_off[pop_index[p.src]])
+        k_fields["src_n"].append(src_n)
+        k_fields["dst_pop"].append(pop_index[p.dst])
+        k_fields["w_off"].append(offset)
+        k_fields["exp"].append(p.weight_exp)
+        k_fields["graded"].append(syn.graded)
+        k_fields["delayed"].append(p.delay > 0)
+        k_fields["lags"].append(1 + p.delay)
+        rows.append(w)
+        offset += w.size
+    ints = {f: np.asarray(k_fields[f], dtype=np.int64) for f in ("src_kind", "src_off", "src_n", "dst_pop", "w_off",
+                                                                 "exp", "lags")}
+    return compiled.NetworkSpec(
+        pop_off=pop_off,
+        du=per_neuron(lambda n: n.du), dv=per_neuron(lambda n: n.dv), vth_eff=per_neuron(lambda n: n.vth_eff),
+        bias_eff=per_neuron(lambda n: n.bias_eff.cpu().numpy()),
+        src_kind=ints["src_kind"], src_off=ints["src_off"], src_n=ints["src_n"], dst_pop=ints["dst_pop"],
+        w_off=ints["w_off"], weights=np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64),
+        weight_exp=ints["exp"], graded=np.asarray(k_fields["graded"], dtype=np.bool_),
+        delayed=np.asarray(k_fields["delayed"], dtype=np.bool_), lags=ints["lags"],
+    )
+
+
+def _run_network_compiled(graph, network, synapses, neurons, spikes, u_rec, v_rec, state_names, batch, steps, dev,
+                          events):
+    """Graphs with cycles on the CPU: the whole network over all steps in one compiled call."""
+    inputs = [i.name for i in graph.inputs]
+    x_in = (torch.cat([spikes[k].to(torch.int64) for k in inputs], dim=2) if inputs
+            else torch.zeros(batch, steps, 0, dtype=torch.int64))
+    spk, u_all, v_all, counts = compiled.network_scan(network, x_in, steps, keep_state=bool(state_names),
+                                                      count_events=events is not None)
+    totals = counts.sum(dim=0)
+    if events is not None and events.strict and int(totals[:, :3].sum()):
+        # the kernel counts events but does not stop at one: the tensor schedule names the first and raises
+        replay = {k: spikes[k] for k in inputs}
+        _run_stepwise(graph, synapses, neurons, replay, {}, {}, [], batch, steps, dev, events, kernel=False)
+        raise AssertionError("compiled and tensor networks disagree on limit events")
+    for i, p in enumerate(graph.populations):
+        lo, hi = int(network.pop_off[i]), int(network.pop_off[i + 1])
+        spikes[p.name] = spk[:, :, lo:hi]
+        if p.name in state_names:
+            u_rec[p.name], v_rec[p.name] = u_all[:, :, lo:hi], v_all[:, :, lo:hi]
+        if events is not None:
+            events.add(p.name, totals[i, :3])
+
+
+def _run_stepwise(graph, synapses, neurons, spikes, u_rec, v_rec, state_names, batch, steps, dev, events,
+                  kernel: bool | None = None):
+    """General schedule for graphs with cycles: one step at a time, projections as delay lines.
+
+    Each step runs on the compiled scan (``kernel``, default: on the CPU with numba) or the tensor
+    formulas."""
     pops = [p.name for p in graph.populations]
     for name in pops:
         spikes[name] = torch.zeros(batch, steps, neurons[name].size, dtype=torch.bool, device=dev)
@@ -418,7 +497,7 @@ def _run_stepwise(graph, synapses, neurons, spikes, u_rec, v_rec, state_names, b
             v_rec[name] = torch.zeros_like(u_rec[name])
     u = {n: torch.zeros(batch, neurons[n].size, dtype=torch.int64, device=dev) for n in pops}
     v = {n: torch.zeros_like(u[n]) for n in pops}
-    kernel = _use_kernel(dev)
+    kernel = _use_kernel(dev) if kernel is None else kernel
     for t in range(steps):
         new_spikes = {}
         for name in pops:

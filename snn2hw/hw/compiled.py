@@ -512,3 +512,144 @@ def accumulate_events(s: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
     _set_threads(_threads())
     _events_kernel()(s2.numpy(), w.numpy(), out.numpy(), col_block)
     return out.reshape(*lead, w.shape[1])
+
+
+# --- whole networks with cycles --------------------------------------------------------------------------
+def _network_kernel(count_events: bool, record: bool):
+    key = ("network", count_events, record)
+    if key in _kernels:
+        return _kernels[key]
+    formulas()
+    fingerprint = _fingerprint
+
+    @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
+    def network(x_in, pop_off, du, dv, vth, bias, src_kind, src_off, src_n, dst_pop, w_off, wflat, exps, graded,
+                delayed, lags, spk, u_rec, v_rec, counts):
+        _key = fingerprint  # noqa: F841 - puts the formulas' fingerprint into the cache key
+        batch, steps, n_pop = spk.shape
+        pops = pop_off.shape[0] - 1
+        projs = lags.shape[0]
+        widest = 1
+        for p in range(pops):
+            widest = max(widest, pop_off[p + 1] - pop_off[p])
+        for b in numba.prange(batch):
+            u = np.zeros(n_pop, dtype=np.int64)
+            v = np.zeros(n_pop, dtype=np.int64)
+            a = np.zeros(n_pop, dtype=np.int64)  # this step's summed input of every neuron
+            acc = np.zeros(widest, dtype=np.int64)
+            has = np.zeros(pops, dtype=np.bool_)
+            for t in range(steps):
+                for p in range(pops):
+                    has[p] = False
+                for k in range(projs):  # graph order: the order in which the InPort adds messages
+                    tk = t - lags[k]  # the hop (and synaptic) delay
+                    if tk < 0:
+                        continue
+                    p = dst_pop[k]
+                    d0 = pop_off[p]
+                    nd = pop_off[p + 1] - d0
+                    for j in range(nd):
+                        acc[j] = 0
+                    # exact W @ s in int64, adding the weight rows of non-zero sources (a binary
+                    # projection takes any non-zero payload as a spike, as Lava's Dense does)
+                    for i in range(src_n[k]):
+                        if src_kind[k] == 0:
+                            sv = x_in[b, tk, src_off[k] + i]
+                        else:
+                            sv = np.int64(spk[b, tk, src_off[k] + i])
+                        if sv != 0:
+                            mult = sv if graded[k] else 1
+                            row = wflat[w_off[k] + i * nd:w_off[k] + (i + 1) * nd]
+                            for j in range(nd):
+                                acc[j] += mult * row[j]
+                    first = not has[p]
+                    for j in range(nd):
+                        m = _synaptic_output(acc[j], exps[k], graded[k], delayed[k])
+                        a[d0 + j] = m if first else _add_messages(a[d0 + j], m)
+                    has[p] = True
+                for p in range(pops):
+                    p0 = pop_off[p]
+                    p1 = pop_off[p + 1]
+                    if not has[p]:  # nothing arrives: Lava's LIF receives zeros
+                        for n in range(p0, p1):
+                            a[n] = 0
+                    packed = 0
+                    fired = 0
+                    for n in range(p0, p1):
+                        if count_events:
+                            uu, vv, sp, f0, f1, f2 = _lif_step_counted(u[n], v[n], a[n], du[n], dv[n], vth[n],
+                                                                       bias[n])
+                            packed += np.int64(f0) | (np.int64(f1) << 21) | (np.int64(f2) << 42)
+                        else:
+                            uu, vv, sp = _lif_step(u[n], v[n], a[n], du[n], dv[n], vth[n], bias[n])
+                        u[n] = uu
+                        v[n] = vv
+                        spk[b, t, n] = sp
+                        fired += sp
+                    if count_events:
+                        counts[b, p, 0] += packed & 0x1FFFFF
+                        counts[b, p, 1] += (packed >> 21) & 0x1FFFFF
+                        counts[b, p, 2] += packed >> 42
+                    counts[b, p, 3] += fired
+                if record:
+                    for n in range(n_pop):
+                        u_rec[b, t, n] = u[n]
+                        v_rec[b, t, n] = v[n]
+
+    _kernels[key] = network
+    return network
+
+
+class NetworkSpec(NamedTuple):
+    """A graph flattened for ``network_scan``: populations side by side in one neuron axis, inputs side
+    by side in another, projections as index ranges into them and one flat weight array."""
+
+    pop_off: np.ndarray  # (P + 1,) first neuron of each population
+    du: np.ndarray  # (N,) per neuron (a population's value repeated)
+    dv: np.ndarray
+    vth_eff: np.ndarray
+    bias_eff: np.ndarray
+    src_kind: np.ndarray  # (K,) 0: an input, 1: a population
+    src_off: np.ndarray  # first source index in the input or population axis
+    src_n: np.ndarray
+    dst_pop: np.ndarray  # target population index
+    w_off: np.ndarray  # offset of the (src, dst) weights in ``weights``
+    weights: np.ndarray  # int64, every projection's prepared (src, dst) weights, row-major, concatenated
+    weight_exp: np.ndarray
+    graded: np.ndarray
+    delayed: np.ndarray
+    lags: np.ndarray  # 1 + delay
+
+
+def network_scan(spec: NetworkSpec, x_in: torch.Tensor, steps: int, keep_state: bool = False,
+                 count_events: bool = False):
+    """Run a whole graph (cycles allowed) step by step in one compiled call, every sample in parallel.
+
+    ``x_in`` (batch, steps, inputs) int64 holds the input payloads. Each step forms every population's
+    input from the sources' spikes (or payloads) of earlier steps with an exact int64 ``W @ s`` over
+    the non-zero sources, then the compiled ``synaptic_output``/``add_messages`` in projection order, and
+    updates every neuron with the compiled ``lif_step``. Graded projections with a delay (whose int32
+    products wrap one by one in Lava) and convolutions are not supported here: the caller runs those
+    graphs on its general path.
+
+    Returns ``(spikes (batch, steps, N) bool, u_rec, v_rec or None, counts (batch, P, 4))`` where
+    ``counts[..., :3]`` are ``loihi2.LIMIT_EVENTS`` (when ``count_events``) and ``counts[..., 3]`` the
+    spikes.
+    """
+    _check_cpu(x_in)
+    x = x_in.to(torch.int64).contiguous()
+    batch = x.shape[0]
+    n_pop = int(spec.pop_off[-1])
+    spk = torch.empty(batch, steps, n_pop, dtype=torch.bool)
+    if keep_state:
+        u_rec = torch.empty(batch, steps, n_pop, dtype=torch.int64)
+        v_rec = torch.empty(batch, steps, n_pop, dtype=torch.int64)
+    else:
+        u_rec = v_rec = torch.empty(0, 0, 0, dtype=torch.int64)
+    counts = torch.zeros(batch, len(spec.pop_off) - 1, 4, dtype=torch.int64)
+    _set_threads(_threads())
+    _network_kernel(count_events, keep_state)(
+        x.numpy(), spec.pop_off, spec.du, spec.dv, spec.vth_eff, spec.bias_eff, spec.src_kind, spec.src_off,
+        spec.src_n, spec.dst_pop, spec.w_off, spec.weights, spec.weight_exp, spec.graded, spec.delayed, spec.lags,
+        spk.numpy(), u_rec.numpy(), v_rec.numpy(), counts.numpy())
+    return spk, (u_rec if keep_state else None), (v_rec if keep_state else None), counts
