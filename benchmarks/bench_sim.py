@@ -5,6 +5,8 @@ that every layer fires at about 10% of steps):
 
 * ``100-200-10``, ``9x200`` (input 200 + nine LIF layers of 200), ``1000-1000-10``, ``4000-4000-10``:
   dense layers;
+* ``100-200r-10``: 100-200-10 with a recurrent 200x200 projection on the hidden layer (a graph with a
+  cycle: the simulator's network kernel instead of its layer-by-layer schedule);
 * ``conv``: input 1x16x16 -> Conv 3x3 (8 ch, pad 1) -> Conv 3x3 (16 ch, stride 2, pad 1) -> Dense 10.
 
 For each network, in the same process and run:
@@ -66,6 +68,7 @@ NETWORKS = {
     "9x200": ([200] * 10, 500, 2000, 200),
     "1000-1000-10": ([1000, 1000, 10], 300, 1000, 100),
     "4000-4000-10": ([4000, 4000, 10], 150, 1000, 20),
+    "100-200r-10": ("recurrent", 1000, 4000, 400),
     "conv": ("conv", 300, 2000, 100),
 }
 
@@ -86,6 +89,10 @@ def build(name: str, seed: int = 0) -> Graph:
     """The network with every threshold at 1 (``calibrate`` sets them)."""
     rng = np.random.default_rng(seed)
     spec = NETWORKS[name][0]
+    if spec == "recurrent":
+        g = build("100-200-10", seed)
+        rec = LoihiDense("rec", "l1", "l1", _weights(rng, (200, 200), 200) // 4 * 2)
+        return dataclasses.replace(g, projections=g.projections + (rec,)).validate()
     if spec == "conv":
         c1 = LoihiConv2d("conv1", "in", "c1", _weights(rng, (8, 1, 3, 3), 9), (1, 16, 16), padding=(1, 1))
         c2 = LoihiConv2d("conv2", "c1", "c2", _weights(rng, (16, 8, 3, 3), 72), (8, 16, 16), stride=(2, 2),

@@ -166,6 +166,8 @@ _MODES = ("raw", "float", "int")
 def _kernel(mode: str, count_events: bool, record: bool, parallel: bool):
     """The scan kernel for one combination of options. The options are closure constants, so each
     variant is compiled without branches on them in the per-neuron loops."""
+    if mode not in _MODES:
+        raise ValueError(f"unknown scan mode {mode!r}")
     key = (mode, count_events, record, parallel)
     if key in _kernels:
         return _kernels[key]
