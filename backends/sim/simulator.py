@@ -290,7 +290,8 @@ def run(
                         syn.conv is None and syn.weight_t.dtype == torch.float32 for syn in outgoing)
                     spikes[name], u_rec[name], v_rec[name] = _scan_layer_compiled(
                         neurons[name], incoming, spikes, steps, events, keep,
-                        lambda name=name: _layer_input(name, synapses, spikes, n, steps, dev, neurons[name].size),
+                        lambda name=name, spikes=spikes, n=n: _layer_input(name, synapses, spikes, n, steps, dev,
+                                                                          neurons[name].size),
                         torch.float32 if as_float else torch.bool, density,
                     )
                     continue
@@ -503,7 +504,7 @@ def _run_stepwise(graph, synapses, neurons, spikes, u_rec, v_rec, state_names, b
         for name in pops:
             arriving = [syn for syn in synapses if syn.proj.dst == name and t - 1 - syn.proj.delay >= 0]
 
-            def step_input(name=name, arriving=arriving):
+            def step_input(name=name, arriving=arriving, t=t):
                 parts = []
                 for syn in arriving:
                     acc = _accumulate(syn, spikes[syn.proj.src][:, t - 1 - syn.proj.delay])
@@ -527,15 +528,16 @@ def _run_stepwise(graph, synapses, neurons, spikes, u_rec, v_rec, state_names, b
                                             nrn.bias_eff, u0=u[name], v0=v[name], count_events=count)
                 s, _, _, counts, u_new, v_new, _ = out
                 if events is not None:
-                    _check_strict(events, nrn, counts,
-                                  lambda: events.observe(nrn, u[name], v[name], step_input(), t))
+                    _check_strict(events, nrn, counts, lambda nrn=nrn, name=name, t=t, step_input=step_input:
+                                  events.observe(nrn, u[name], v[name], step_input(), t))
                     events.add(name, counts)
                 u[name], v[name], new_spikes[name] = u_new, v_new, s[:, 0]
             else:
                 a_in = step_input()
                 if events is not None:
                     events.observe(nrn, u[name], v[name], a_in, t)
-                u[name], v[name], new_spikes[name] = hw.lif_step(u[name], v[name], a_in, nrn.du, nrn.dv, nrn.vth_eff, nrn.bias_eff)
+                u[name], v[name], new_spikes[name] = hw.lif_step(u[name], v[name], a_in, nrn.du, nrn.dv, nrn.vth_eff,
+                                                                 nrn.bias_eff)
             if name in state_names:
                 u_rec[name][:, t], v_rec[name][:, t] = u[name], v[name]
         for name, s in new_spikes.items():

@@ -181,7 +181,7 @@ def _kernel(mode: str, count_events: bool, record: bool, parallel: bool):
     @numba.njit(parallel=parallel, nogil=True, boundscheck=False, cache=True)
     def scan(acc, exps, graded, delayed, conv, lags, u, v, du, dv, vth_eff, bias, block, spikes, u_rec, v_rec,
              counts):
-        _key = (fingerprint, parallel)  # noqa: F841 - only here to put both into the closure
+        _key = (fingerprint, parallel)  # only here to put both into the closure
         parts = acc.shape[0]
         batch, steps, size = spikes.shape
         blocks = (size + block - 1) // block
@@ -342,8 +342,9 @@ def lif_scan(a_in: torch.Tensor, du: int, dv: int, vth_eff: int, bias_eff: torch
 
     Returns a ``ScanResult`` ``(spikes bool, u_rec, v_rec, counts, u, v, n_spikes)``: the records are
     (batch, steps, n) when ``keep_state`` else None; ``counts`` is an int64 tensor of
-    ``loihi2.LIMIT_EVENTS`` counts when ``count_events`` else None; ``u``/``v`` are the final state. ``u0``/``v0`` (batch, n) continue from
-    a given state (zero when None), so a caller may scan a sequence piecewise.
+    ``loihi2.LIMIT_EVENTS`` counts when ``count_events`` else None; ``u``/``v`` are the final state.
+    ``u0``/``v0`` (batch, n) continue from a given state (zero when None), so a caller may scan a
+    sequence piecewise.
     """
     _check_cpu(a_in, u0, v0)
     acc = a_in.to(torch.int64).contiguous()[None]
@@ -362,8 +363,9 @@ def layer_scan(parts, steps: int, du: int, dv: int, vth_eff: int, bias_eff: torc
     projection, where ``acc`` (batch, steps_in, n) is the exact ``W @ s`` of the source's spikes at each
     step (float32/float64 holding integers, or int64) and ``lag`` is the number of steps until it
     arrives. Step t's input is ``sum_activations`` of ``synaptic_output(acc[t - lag], ...)`` (0 before
-    the first arrival; with ``conv`` true, of ``synaptic_output(conv_output(acc[t - lag]), ...)``), exactly the tensor path's ``_delayed``/``sum_activations`` over whole arrays;
-    the int64 input array is never materialised. Returns what ``lif_scan`` returns; the spikes as
+    the first arrival; with ``conv`` true, of ``synaptic_output(conv_output(acc[t - lag]), ...)``),
+    exactly the tensor path's ``_delayed``/``sum_activations`` over whole arrays; the int64 input array
+    is never materialised. Returns what ``lif_scan`` returns; the spikes as
     0/1 in ``spike_dtype`` (bool, or float32 for a next layer's float32 product, saving a conversion).
     """
     if not parts:
@@ -398,7 +400,7 @@ def _weights_kernel():
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
     def prepare(w, sign, lo, hi, drop, out, row_abs):
-        _key = fingerprint  # noqa: F841 - puts the formulas' fingerprint into the cache key
+        _key = fingerprint  # puts the formulas' fingerprint into the cache key
         rows, cols = w.shape
         for r in numba.prange(rows):
             total = 0
@@ -527,7 +529,7 @@ def _network_kernel(count_events: bool, record: bool):
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
     def network(x_in, pop_off, du, dv, vth, bias, src_kind, src_off, src_n, dst_pop, w_off, wflat, exps, graded,
                 delayed, lags, spk, u_rec, v_rec, counts):
-        _key = fingerprint  # noqa: F841 - puts the formulas' fingerprint into the cache key
+        _key = fingerprint  # puts the formulas' fingerprint into the cache key
         batch, steps, n_pop = spk.shape
         pops = pop_off.shape[0] - 1
         projs = lags.shape[0]
