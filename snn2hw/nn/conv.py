@@ -31,7 +31,7 @@ from torch import nn
 from snn2hw.hw import loihi2 as hw
 from snn2hw.ir import LIF, Conv2d, Dense, Population, _pair, conv_output_hw, sum_pool2d
 from snn2hw.nn import functional as F
-from snn2hw.nn.neuron import float_neuron_args, init_threshold, qat_neuron_args
+from snn2hw.nn.neuron import float_neuron_args, init_decays, init_threshold, qat_neuron_args
 from snn2hw.nn.surrogate import get_surrogate
 from snn2hw.quantize import QuantConfig, dequantize_weights, quantize_population
 
@@ -73,12 +73,7 @@ class HopLIF(nn.Module):
         self.surrogate = get_surrogate(surrogate, scale=surrogate_scale)
         self.detach_reset = detach_reset
         self.bias = nn.Parameter(torch.zeros(n_bias)) if bias else None
-        du_t, dv_t = torch.tensor(float(du)), torch.tensor(float(dv))
-        if train_decays:
-            self.du, self.dv = nn.Parameter(du_t), nn.Parameter(dv_t)
-        else:
-            self.register_buffer("du", du_t)
-            self.register_buffer("dv", dv_t)
+        init_decays(self, du, dv, train_decays)
 
     def _neuron_config(self) -> dict:
         return {"du": float(self.du.detach()), "dv": float(self.dv.detach()), "v_th": self.v_th, "bias": self.bias is not None,

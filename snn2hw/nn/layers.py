@@ -17,7 +17,7 @@ from snn2hw.hw import loihi2 as hw
 from snn2hw.ir import LIF, Dense, Graph, Input, Population
 from snn2hw.nn import functional as F
 from snn2hw.nn.recurrent import recurrent_cuba_lif_sequence
-from snn2hw.nn.neuron import float_neuron_args, init_threshold, qat_neuron_args
+from snn2hw.nn.neuron import float_neuron_args, init_decays, init_threshold, qat_neuron_args
 from snn2hw.nn.surrogate import get_surrogate
 from snn2hw.quantize import QuantConfig, dequantize_weights, quantize_population
 
@@ -58,12 +58,7 @@ class LIFDense(nn.Module):
         bound = weight_gain * v_th / math.sqrt(in_features)
         self.weight = nn.Parameter(torch.empty(out_features, in_features).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        du_t, dv_t = torch.tensor(float(du)), torch.tensor(float(dv))
-        if train_decays:
-            self.du, self.dv = nn.Parameter(du_t), nn.Parameter(dv_t)
-        else:
-            self.register_buffer("du", du_t)
-            self.register_buffer("dv", dv_t)
+        init_decays(self, du, dv, train_decays)
 
     def config(self) -> dict:
         return {

@@ -12,6 +12,16 @@ from torch import nn
 from snn2hw.hw import loihi2 as hw
 
 
+def init_decays(layer: nn.Module, du: float, dv: float, trainable: bool) -> None:
+    """Give ``layer`` its ``du``/``dv`` decay fractions: parameters when trainable, else buffers."""
+    du_t, dv_t = torch.tensor(float(du)), torch.tensor(float(dv))
+    if trainable:
+        layer.du, layer.dv = nn.Parameter(du_t), nn.Parameter(dv_t)
+    else:
+        layer.register_buffer("du", du_t)
+        layer.register_buffer("dv", dv_t)
+
+
 def init_threshold(layer: nn.Module, v_th: float, trainable: bool) -> None:
     """Give ``layer`` a ``threshold`` tensor: a parameter when trainable, else a buffer."""
     if not v_th > 0:
