@@ -176,11 +176,12 @@ def networks(draw, max_pops: int = 4, max_size: int = 12, allow_bias: bool = Tru
     return Graph(tuple(inputs), tuple(pops), tuple(projs), outputs).validate()
 
 
-def random_inputs(graph: Graph, batch: int, steps: int, seed: int) -> dict[str, np.ndarray]:
+def random_inputs(graph: Graph, batch: int, steps: int, seed: int,
+                  densities: tuple[float, ...] = (0.1, 0.4, 0.9)) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     out = {}
     for i in graph.inputs:
-        active = rng.random((batch, steps, i.size)) < rng.choice([0.1, 0.4, 0.9])
+        active = rng.random((batch, steps, i.size)) < rng.choice(list(densities))
         if i.num_message_bits == 0:
             out[i.name] = active.astype(np.int64)
         else:

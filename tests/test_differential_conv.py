@@ -19,7 +19,7 @@ pytest.importorskip("lava")
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from test_differential import assert_same, merge, report_count  # noqa: E402
+from test_differential import assert_same, merge, random_inputs, report_count  # noqa: E402
 
 from snn2hw.backends import lava as lava_backend  # noqa: E402
 from snn2hw.backends import sim  # noqa: E402
@@ -157,18 +157,7 @@ def conv_networks(draw):
 
 
 def conv_inputs(graph: Graph, batch: int, steps: int, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = {}
-    for i in graph.inputs:
-        active = rng.random((batch, steps, i.size)) < rng.choice([0.2, 0.5, 0.9])
-        if i.num_message_bits == 0:
-            out[i.name] = active.astype(np.int64)
-        else:
-            lim = 1 << (i.num_message_bits - 1)
-            vals = rng.integers(-lim, lim, (batch, steps, i.size))
-            vals = np.where(rng.random(vals.shape) < 0.1, rng.choice([-lim, lim - 1], vals.shape), vals)
-            out[i.name] = np.where(active, vals, 0)
-    return out
+    return random_inputs(graph, batch, steps, seed, densities=(0.2, 0.5, 0.9))
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
