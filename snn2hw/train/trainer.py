@@ -1,7 +1,8 @@
 """A general trainer for spiking networks: optimizers, schedules, logging, exact resume, data parallelism.
 
 ``Trainer(model, config, loss_fn=...).fit((x, y), val=(x_val, y_val))`` trains ``model`` on in-memory
-tensors (or any map-style ``torch.utils.data.Dataset``) with surrogate-gradient BPTT.
+tensors (or any map-style ``torch.utils.data.Dataset``) with a learning rule from ``snn2hw.learning``
+(surrogate-gradient BPTT by default; ``Trainer(..., rule="hm2bp")`` or ``TrainerConfig(rule=...)``).
 
 Exact resume. A checkpoint (``checkpoint_dir/last.pt``) is written at the end of every epoch and,
 with ``checkpoint_every_steps``, every N optimizer steps. It holds everything the rest of the run
@@ -27,7 +28,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -37,6 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from snn2hw.artefact import atomic_write_bytes
+from snn2hw.learning import LearningRule, make_rule
 from snn2hw.train import distributed as D
 from snn2hw.train.checkpoint import (CheckpointError, read_training_checkpoint, save_checkpoint,
                                      save_training_checkpoint)
@@ -76,6 +78,8 @@ class TrainerConfig:
     progress: bool = True
     device: str | None = None  # None: the model's device
     eval_batch_size: int = 256
+    rule: str = "bptt"  # learning rule by name (snn2hw.learning.available_rules()); see Trainer(rule=...)
+    rule_options: dict = field(default_factory=dict)  # keyword options of that rule
 
 
 def final_output(output: Any) -> torch.Tensor:
@@ -183,10 +187,13 @@ class Trainer:
     def __init__(self, model: nn.Module, config: TrainerConfig | None = None,
                  loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
                  predict_fn: Callable[[Any], torch.Tensor] | None | bool = None,
-                 forward_kwargs: dict | None = None, callbacks: Sequence[Callback] = ()):
+                 forward_kwargs: dict | None = None, callbacks: Sequence[Callback] = (),
+                 rule: LearningRule | str | None = None):
         self.model = model
         self.config = config or TrainerConfig()
         c = self.config
+        # The learning rule computes each batch's gradients; the trainer does everything around it.
+        self.rule = make_rule(rule) if rule is not None else make_rule(c.rule, **dict(c.rule_options))
         if c.optimizer.lower() not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {c.optimizer!r}; use one of {OPTIMIZERS}")
         if c.scheduler.lower() not in SCHEDULERS:
@@ -245,7 +252,7 @@ class Trainer:
         c = self.config
         return {"n_train": int(n_train), "batch_size": c.batch_size, "world_size": world_size, "seed": c.seed,
                 "shuffle": c.shuffle, "drop_last": c.drop_last, "optimizer": c.optimizer.lower(),
-                "scheduler": c.scheduler.lower()}
+                "scheduler": c.scheduler.lower(), "rule": self.rule.name}
 
     def training_state(self, n_train: int, rng_per_rank: list) -> dict:
         """The resumable state as tensors and plain containers (what ``last.pt`` stores)."""
@@ -260,6 +267,7 @@ class Trainer:
             "generator": self._generator.get_state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "rule": self.rule.state_dict(),
             "rng": rng_per_rank,
             "history": [dict(r) for r in self.history],
             "best": self.best,
@@ -283,6 +291,7 @@ class Trainer:
             if self.scheduler is not None:
                 self.scheduler.load_state_dict(st["scheduler"])
             self._generator.set_state(st["generator"])
+            self.rule.load_state_dict(st.get("rule") or {})
             rng = st["rng"]
             _restore_rng(rng[rank] if rank < len(rng) else rng[0])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
@@ -407,6 +416,9 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
         try:
+            # The rule builds its own state (feedback matrices, tables) from its own seed, before a
+            # resumed checkpoint overwrites that state with the saved one.
+            self.rule.setup(self.model)
             if resume_path is not None:
                 self._load_training_state(resume_path, len(data), device)
             else:
@@ -460,13 +472,12 @@ class Trainer:
                 stats = [0.0, 0.0, 0.0, 0.0]
                 if len(local) > 0:
                     x, y, *_ = data.get(local, device)
-                    out = self.model(x, **self.forward_kwargs)
-                    loss = self.loss_fn(out, y)
                     # A rank's mean loss weighted by its share of the global batch: the summed
                     # gradients are then the global batch's mean gradient.
                     scale = len(local) / len(idx)
-                    (loss * scale if scale != 1.0 else loss).backward()
-                    stats[0], stats[2] = float(loss.detach()) * len(local), float(len(local))
+                    result = self.rule.compute_gradients(self.model, x, y, self.loss_fn, self.forward_kwargs, scale)
+                    out, loss = result.output, result.loss
+                    stats[0], stats[2] = float(loss) * len(local), float(len(local))
                     if self._has_labels(y):
                         with torch.no_grad():
                             stats[1] = float((self.predict_fn(out) == y).sum())

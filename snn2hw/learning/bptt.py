@@ -1,0 +1,22 @@
+"""Back-propagation through time with surrogate spike derivatives (the layers' own autograd operators)."""
+from __future__ import annotations
+
+from snn2hw.learning.base import BatchResult, LearningRule, register_rule
+
+
+@register_rule
+class BPTT(LearningRule):
+    """Forward the whole sequence, then ``loss.backward()``.
+
+    The surrogate derivative, reset detaching and every other choice of the backward pass belong to the
+    layers (``snn2hw.nn``); this rule adds nothing to them, so it is exactly what the trainer did before
+    rules became pluggable.
+    """
+
+    name = "bptt"
+
+    def compute_gradients(self, model, x, y, loss_fn, forward_kwargs, scale=1.0) -> BatchResult:
+        out = model(x, **forward_kwargs)
+        loss = loss_fn(out, y)
+        (loss * scale if scale != 1.0 else loss).backward()
+        return BatchResult(loss.detach(), out)
