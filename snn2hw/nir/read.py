@@ -53,6 +53,10 @@ MATERIALIZE_LIMIT = 1 << 24  # largest dense matrix (entries) a composed route m
 V_SCALE_KEY = "snn2hw_v_scale"  # metadata: read-out populations' quantization scale (snn2hw exports)
 
 
+def _size(x) -> int:
+    return int(np.asarray(x).size)  # np.size on a torch tensor (Norse writes them) is a bound method
+
+
 class _Pass:
     """A subgraph's Input or Output node after flattening: passes its input on unchanged."""
 
@@ -189,8 +193,8 @@ def _conv_geometry(node, name: str, in_shape: tuple) -> dict:
 def _neuron_shape(node) -> tuple[int, ...] | None:
     for attr in ("v_threshold", "threshold", "tau_mem", "tau", "r"):
         v = getattr(node, attr, None)
-        if v is not None and np.size(v) > 1:
-            return tuple(np.shape(v))
+        if v is not None and _size(v) > 1:
+            return tuple(np.asarray(v).shape)
     return None
 
 
@@ -351,9 +355,9 @@ def stateless_op(node, name: str, in_shape: tuple, out_shape: tuple, dt: float) 
             raise NIRError(f"node {name!r}: weight shape {w.shape} does not take its input of {n_in} values {in_shape}")
         if isinstance(node, nir.Affine) and node.bias is not None:
             bias = np.broadcast_to(np.asarray(node.bias, dtype=np.float64).ravel(), (n_out,)).copy() \
-                if np.size(node.bias) in (1, n_out) else None
+                if _size(node.bias) in (1, n_out) else None
             if bias is None:
-                raise NIRError(f"node {name!r}: bias has {np.size(node.bias)} values, expected {n_out}")
+                raise NIRError(f"node {name!r}: bias has {_size(node.bias)} values, expected {n_out}")
         return _Op("dense", name, n_in, n_out, weight=w), 0, bias
     if isinstance(node, (nir.Conv1d, nir.Conv2d, nir.SumPool2d, nir.AvgPool2d)):
         g = _conv_geometry(node, name, in_shape)

@@ -64,18 +64,21 @@ def _pool_kind(p: Conv2d) -> type | None:
 
 def _neuron_node(pop, shape: tuple, dt: float) -> nir.NIRNode:
     n = pop.neuron
-    du, dv = float(n.du), float(n.dv)
+    # per-neuron arrays (a float model's wide graph) or one value per population
+    du = np.broadcast_to(np.asarray(n.du, dtype=np.float64).reshape(-1), (pop.size,)).reshape(shape)
+    dv = np.broadcast_to(np.asarray(n.dv, dtype=np.float64).reshape(-1), (pop.size,)).reshape(shape)
     ones = np.ones(shape)
     bias = np.asarray(n.bias, dtype=np.float64).reshape(shape)
-    if not (0.0 < dv <= 1.0 and 0.0 < du <= 1.0):
-        raise NIRError(f"population {pop.name!r}: du={du}, dv={dv}; NIR needs finite time constants (0 < du, dv <= 1)")
+    if not (np.all(dv > 0) and np.all(dv <= 1) and np.all(du > 0) and np.all(du <= 1)):
+        raise NIRError(f"population {pop.name!r}: du={du.min():.4g}..{du.max():.4g}, dv={dv.min():.4g}..{dv.max():.4g}; "
+                       "NIR needs finite time constants (0 < du, dv <= 1)")
     common = dict(r=ones / dv, v_leak=bias / dv)
     if not getattr(n, "spiking", True):
-        if du == 1.0:
+        if np.all(du == 1.0):
             return nir.LI(tau=ones * dt / dv, **common)
         return nir.CubaLI(tau_syn=ones * dt / du, tau_mem=ones * dt / dv, w_in=ones / du, **common)
     spiking = dict(v_threshold=ones * float(n.v_th), v_reset=np.zeros(shape))
-    if du == 1.0:
+    if np.all(du == 1.0):
         return nir.LIF(tau=ones * dt / dv, **common, **spiking)
     return nir.CubaLIF(tau_syn=ones * dt / du, tau_mem=ones * dt / dv, w_in=ones / du, **common, **spiking)
 
