@@ -296,9 +296,11 @@ def neuron_parameters(node, name: str, shape: tuple, conv: Convention, dt: float
         du, dv, c, bias = ones, ones, ones, zeros
     spiking = not isinstance(node, (nir.CubaLI, nir.LI, nir.I))
     if spiking:
-        v_th = arr("threshold") if isinstance(node, nir.Threshold) else arr("v_threshold")
+        th_name = "threshold" if isinstance(node, nir.Threshold) else "v_threshold"
+        v_th = arr(th_name)
         if not problems and not (np.all(np.isfinite(v_th)) and np.all(v_th > 0)):
-            problems.append(f"node {name!r}: v_threshold must be positive and finite (min {np.nanmin(v_th):.4g})")
+            problems.append(f"node {name!r}: {th_name} must be positive and finite (Loihi 2 fires above a positive "
+                            f"threshold; min {np.nanmin(v_th):.4g})")
         if getattr(node, "v_reset", None) is not None and not problems and np.any(arr("v_reset") != 0):
             problems.append(f"node {name!r}: v_reset != 0 is not supported (Loihi 2 resets v to 0)")
     else:
