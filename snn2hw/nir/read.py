@@ -627,13 +627,40 @@ def _build(ng: nir.NIRGraph, dt: float, conv: Convention, approximate: bool, md:
             if hops > len(nodes):
                 raise NIRError(f"output {o!r}: cycle of pass-through nodes")
         out_pops.append(cur)
+    latency = _added_latency(projections, [i for i in inputs], tuple(dict.fromkeys(out_pops)))
+    if conv.timing == "same_step" and latency:
+        notes.append(f"deployed, the outputs answer {latency} step(s) later than in the producer's timing "
+                     "(Loihi delays each hop by one step)")
     meta = {"source_convention": conv.name, "dt": dt, "timing": conv.timing, "threshold": conv.threshold,
+            "added_latency_steps": latency if conv.timing == "same_step" else 0,
             "reset": "zero", "notes": notes,
             "shapes": {n: list(shape[n]) for n in [*inputs, *neurons]},
             "producer_metadata": {k: v for k, v in md.items() if isinstance(v, (str, int, float, bool))}}
     graph = Graph(tuple(Input(n, int(np.prod(shape[n]))) for n in inputs), tuple(populations), tuple(projections),
                   tuple(dict.fromkeys(out_pops)), dt, {"nir": meta})
     return graph.validate()
+
+
+def _added_latency(projections, inputs: list[str], outputs: tuple[str, ...]) -> int:
+    """Hops on the longest loop-free path from an input to an output: the steps a chip adds to a
+    producer that runs feed-forward edges within one step."""
+    succ: dict[str, set] = {}
+    for p in projections:
+        if p.src != p.dst:
+            succ.setdefault(p.src, set()).add(p.dst)
+    best: dict[str, int] = {}
+
+    def visit(node: str, depth: int, path: frozenset):
+        if best.get(node, -1) >= depth:
+            return
+        best[node] = depth
+        for nxt in succ.get(node, ()):
+            if nxt not in path:
+                visit(nxt, depth + 1, path | {nxt})
+
+    for i in inputs:
+        visit(i, 0, frozenset({i}))
+    return max((best.get(o, 0) for o in outputs), default=0)
 
 
 # --- 6. one decay per population ------------------------------------------------------------------------------
