@@ -42,12 +42,14 @@ class FloatNetwork(nn.Module):
     """
 
     def __init__(self, graph: Graph, timing: str = "same_step", threshold: str = ">",
-                 surrogate: str = "fast_sigmoid", dtype: torch.dtype = torch.float32):
+                 surrogate: str = "fast_sigmoid", dtype: torch.dtype = torch.float32, reset: str = "zero"):
         super().__init__()
         if timing not in ("same_step", "next_step"):
             raise ValueError(f"timing must be 'same_step' or 'next_step', got {timing!r}")
         self.graph_template = graph
-        self.timing, self.threshold_mode = timing, threshold
+        if reset not in ("zero", "subtract"):
+            raise ValueError(f"reset must be 'zero' or 'subtract', got {reset!r}")
+        self.timing, self.threshold_mode, self.reset = timing, threshold, reset
         self.surrogate = get_surrogate(surrogate)
         self.inputs = [i.name for i in graph.inputs]
         self.sizes = {n.name: n.size for n in (*graph.inputs, *graph.populations)}
@@ -115,7 +117,7 @@ class FloatNetwork(nn.Module):
         missing = set(self.inputs) - set(state)
         if missing:
             raise ValueError(f"no input given for {sorted(missing)}")
-        if not self.whole_sequence:
+        if not self.whole_sequence or self.reset == "subtract":
             state = self._forward_steps(state)
         else:
             state = self._forward_sequence(state)
@@ -158,7 +160,10 @@ class FloatNetwork(nn.Module):
                     hist[name].append(v_pre)
                     continue
                 s = self.surrogate(v_pre - self._v_th(pop, v_pre))
-                v[name] = v_pre * (1.0 - s.detach())
+                if self.reset == "subtract":  # the producer's reset, which Loihi cannot do (see docs/nir.md)
+                    v[name] = v_pre - s.detach() * float(pop.neuron.v_th)
+                else:
+                    v[name] = v_pre * (1.0 - s.detach())
                 hist[name].append(s)
         return {k: torch.stack(h, 1) for k, h in hist.items()}
 
@@ -219,12 +224,17 @@ def float_model(source, dt: float | None = None, convention=None, timing: str | 
     """Float model of a NIR graph or ``.nir`` file under a producer's ``convention``.
 
     ``timing`` defaults to the convention's (``same_step`` for producers, ``next_step`` for snn2hw's
-    own files); pass ``"next_step"`` for the deployed network's timing.
+    own files); pass ``"next_step"`` for the deployed network's timing. A subtract reset (the
+    convention's) is simulated as the producer does it (immediately after the spike, by the
+    threshold); ``approximate=True`` gives the deployed network's reset to zero instead, so the two
+    models measure what the approximation costs.
     """
     if isinstance(source, (str, os.PathLike)):
         ng, name = read_nir_graph(source), str(source)
     else:
         ng, name = source, "<graph>"
-    wide = from_nir(ng, dt, source=name, convention=convention, approximate=approximate, split=False)
+    # the float model runs a subtract reset as the producer does: no approximation needed here
+    wide = from_nir(ng, dt, source=name, convention=convention, approximate=True, split=False)
     meta = wide.metadata["nir"]
-    return FloatNetwork(wide, timing or meta["timing"], meta["threshold"], dtype=dtype)
+    reset = "zero" if approximate else meta["producer_reset"]
+    return FloatNetwork(wide, timing or meta["timing"], meta["threshold"], dtype=dtype, reset=reset)

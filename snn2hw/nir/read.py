@@ -633,7 +633,7 @@ def _build(ng: nir.NIRGraph, dt: float, conv: Convention, approximate: bool, md:
                      "(Loihi delays each hop by one step)")
     meta = {"source_convention": conv.name, "dt": dt, "timing": conv.timing, "threshold": conv.threshold,
             "added_latency_steps": latency if conv.timing == "same_step" else 0,
-            "reset": "zero", "notes": notes,
+            "reset": "zero", "producer_reset": conv.reset, "notes": notes,
             "shapes": {n: list(shape[n]) for n in [*inputs, *neurons]},
             "producer_metadata": {k: v for k, v in md.items() if isinstance(v, (str, int, float, bool))}}
     graph = Graph(tuple(Input(n, int(np.prod(shape[n]))) for n in inputs), tuple(populations), tuple(projections),
