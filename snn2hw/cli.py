@@ -126,12 +126,6 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _conventions() -> list[str]:
-    from snn2hw.nir.conventions import CONVENTIONS
-
-    return list(CONVENTIONS)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="snn2hw", description="Train spiking networks and deploy them bit-exactly to Loihi 2.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -156,8 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dt", type=float, default=None,
                    help="seconds per time step used to read time constants (default: recorded by snn2hw, else the "
                         "convention's)")
-    c.add_argument("--convention", default=None, choices=sorted(_conventions()),
-                   help="producer conventions of the NIR file (default: snn2hw if it wrote the file, else nir)")
+    c.add_argument("--convention", default=None, metavar="NAME",
+                   help="producer conventions of the NIR file: nir, snn2hw, snntorch, norse, sinabs, spikingjelly, "
+                        "rockpool, spyx (default: snn2hw if it wrote the file, else nir; see docs/nir.md)")
     c.add_argument("--approximate", action="store_true",
                    help="accept what has no exact Loihi mapping (a subtract reset becomes reset to zero)")
     c.add_argument("--weight-bits", type=int, default=8, help="weight mantissa bits, 1..8 (default 8)")

@@ -150,3 +150,4 @@ def test_nir_export_writes_conv_as_conv2d_not_a_linear():
     assert isinstance(ng.nodes["c"], nir.Conv2d) and ng.nodes["h"].v_threshold.shape == (2, 5, 5)
     back = from_nir(ng)
     assert isinstance(back.projections[0], Conv2d) and back.projections[0].padding == (1, 1)
+    assert back.projections[1].sparse  # recorded in the metadata: NIR has no sparse matrix

@@ -364,3 +364,11 @@ def test_float_model_trains_and_exports_again(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(again(x)["lif2"], model(x)["lif2"])
     snir.to_nir(model.to_graph())  # the wide graph (per-neuron arrays) exports as it is
+
+
+def test_cli_names_unknown_convention_and_help_lists_every_preset(tmp_path, float_graph, capsys):
+    snir.write(float_graph, tmp_path / "g.nir")
+    assert cli.main(["compile", str(tmp_path / "g.nir"), "-o", str(tmp_path / "o.npz"), "--convention", "brian"]) == 2
+    assert "unknown convention 'brian'" in capsys.readouterr().err
+    helptext = cli.build_parser()._subparsers._group_actions[0].choices["compile"].format_help()
+    assert all(name in helptext for name in snir.CONVENTIONS)

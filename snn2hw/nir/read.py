@@ -51,6 +51,7 @@ STATELESS = (nir.Linear, nir.Affine, nir.Scale, nir.Conv1d, nir.Conv2d, nir.SumP
 ALWAYS_ON = "snn2hw.always_on"  # population that fires at every step: the source of constant inputs
 MATERIALIZE_LIMIT = 1 << 24  # largest dense matrix (entries) a composed route may become
 V_SCALE_KEY = "snn2hw_v_scale"  # metadata: read-out populations' quantization scale (snn2hw exports)
+SPARSE_KEY = "snn2hw_sparse"  # metadata: projections that are sparse connectivity (snn2hw exports)
 
 
 def _size(x) -> int:
@@ -589,7 +590,10 @@ def _build(ng: nir.NIRGraph, dt: float, conv: Convention, approximate: bool, md:
     for r in routes:
         core = [op.node for op in r.ops if op.kind in ("dense", "conv")]
         base = "+".join(core) if core else f"{r.src}->{r.dst}"
-        projections.append(_projection(unique(base), r, int(np.prod(shape[r.src])), post[r.dst]))
+        proj = _projection(unique(base), r, int(np.prod(shape[r.src])), post[r.dst])
+        if isinstance(proj, Dense) and md.get(f"{SPARSE_KEY}.{proj.name}"):
+            proj = Dense(proj.name, proj.src, proj.dst, proj.weight, proj.delay, sparse=True)
+        projections.append(proj)
 
     populations = []
     need_always_on = False

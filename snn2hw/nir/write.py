@@ -34,7 +34,7 @@ from snn2hw.artefact import atomic_write_path
 from snn2hw.ir import Conv2d, Graph
 from snn2hw.nir.conventions import DT_METADATA_KEY
 from snn2hw.nir.errors import NIRError
-from snn2hw.nir.read import V_SCALE_KEY
+from snn2hw.nir.read import SPARSE_KEY, V_SCALE_KEY
 
 
 def population_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
@@ -141,6 +141,9 @@ def to_nir(graph: Graph) -> nir.NIRGraph:
     for p in graph.populations:
         if not getattr(p.neuron, "spiking", True):
             meta[f"{V_SCALE_KEY}.{p.name}"] = float(p.neuron.v_th)
+    for pr in graph.projections:
+        if getattr(pr, "sparse", False):  # NIR has no sparse matrix: the zeros are written, the flag here
+            meta[f"{SPARSE_KEY}.{pr.name}"] = 1
     try:
         return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
     except Exception as exc:  # nir's own type check: a bug here, but report it as an export error
