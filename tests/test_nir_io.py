@@ -372,3 +372,25 @@ def test_cli_names_unknown_convention_and_help_lists_every_preset(tmp_path, floa
     assert "unknown convention 'brian'" in capsys.readouterr().err
     helptext = cli.build_parser()._subparsers._group_actions[0].choices["compile"].format_help()
     assert all(name in helptext for name in snir.CONVENTIONS)
+
+
+def test_imported_chain_becomes_training_layers_for_qat(tmp_path):
+    torch.manual_seed(1)
+    net = SpikingSequential([ConvLIF((1, 8, 8), 4, 3, padding=1, bias=True, weight_gain=3.0),
+                             SumPoolLIF((4, 8, 8), 2, v_th=2.0), LIFDense(64, 10, bias=True, weight_gain=3.0),
+                             RecurrentLIFDense(10, 6, weight_gain=3.0), LeakyReadout(6, 3, v_scale=2.0)]).eval()
+    snir.write(net.to_ir(1e-3), tmp_path / "n.nir")
+    seq = snir.to_sequential(snir.read(tmp_path / "n.nir")).eval()
+    x = torch.as_tensor(_spikes((2, 12, 64)), dtype=torch.float32)
+    with torch.no_grad():
+        torch.testing.assert_close(seq(x), net(x))
+        seq.set_qat()  # quantization-aware mode: exactly the deployed network
+        qat = seq(x)
+    r = sim.run(compile_graph(snir.read(tmp_path / "n.nir")), x.numpy().astype(np.int64), record_state=["lif5"])
+    scale = seq.layers[-1].quantize()[2].scale
+    np.testing.assert_allclose(qat.numpy(), r.v["lif5"] / scale, rtol=1e-6, atol=1e-6)
+    with pytest.raises(snir.NIRError, match="not one link of a chain"):
+        snir.to_sequential(snir.from_nir(_graph(extra=nir.Linear(np.ones((2, 2))),
+                                                edges=[("input", "fc"), ("fc", "lif"), ("input", "extra"),
+                                                       ("extra", "lif"), ("lif", "output")]), 1e-3,
+                                         convention="nir"))

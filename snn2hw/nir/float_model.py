@@ -238,3 +238,66 @@ def float_model(source, dt: float | None = None, convention=None, timing: str | 
     meta = wide.metadata["nir"]
     reset = "zero" if approximate else meta["producer_reset"]
     return FloatNetwork(wide, timing or meta["timing"], meta["threshold"], dtype=dtype, reset=reset)
+
+
+def to_sequential(graph: Graph):
+    """The training engine's own layers for an imported chain (``snn2hw.nn.layers.SpikingSequential``),
+    in Loihi timing (one step per hop, as those layers run): for quantization-aware fine-tuning
+    (``set_qat``), checkpoints and ``snn2hw export``.
+
+    ``graph`` is a float IR graph (``snir.read``, or ``FloatNetwork.to_graph()``) that is a chain: one
+    input, each population fed by one undelayed projection from the previous one (plus, for a dense
+    layer, one from itself), one decay per population, a channel-uniform bias for a convolution, a
+    non-spiking read-out only at the end. Anything else is a ``NIRError`` naming the population.
+    """
+    from snn2hw.ir import Conv2d as IRConv2d
+    from snn2hw.nir.errors import NIRError
+    from snn2hw.nn.conv import ConvLIF, LeakyReadout
+    from snn2hw.nn.layers import LIFDense, RecurrentLIFDense, SpikingSequential
+
+    if len(graph.inputs) != 1:
+        raise NIRError(f"to_sequential: a chain has one input, the graph has {len(graph.inputs)}")
+    layers, prev = [], graph.inputs[0].name
+    order = graph.feedforward_order() or [p.name for p in graph.populations]
+    for i, name in enumerate(order):
+        pop = graph.population(name)
+        n = pop.neuron
+        incoming = graph.incoming(name)
+        ff = [p for p in incoming if p.src != name]
+        rec = [p for p in incoming if p.src == name]
+        du, dv = (np.unique(np.asarray(x, dtype=np.float64)) for x in (n.du, n.dv))
+        where = f"to_sequential: population {name!r}"
+        if len(ff) != 1 or ff[0].src != prev or ff[0].delay or len(rec) > 1 or (rec and rec[0].delay):
+            raise NIRError(f"{where} is not one link of a chain (fed by {[p.name for p in incoming]}, previous "
+                           f"{prev!r}); use FloatNetwork for this graph")
+        if du.size != 1 or dv.size != 1:
+            raise NIRError(f"{where} has per-neuron decays; snir.split_by_decay splits them (no longer a chain)")
+        proj, bias = ff[0], np.asarray(n.bias, dtype=np.float64)
+        common = dict(du=float(du[0]), dv=float(dv[0]), bias=bool(np.any(bias != 0)))
+        if not n.spiking:
+            if i != len(order) - 1 or isinstance(proj, IRConv2d) or rec:
+                raise NIRError(f"{where}: a read-out must be the last, dense, non-recurrent layer")
+            layer = LeakyReadout(proj.weight.shape[1], pop.size, v_scale=float(n.v_th), **common)
+        elif isinstance(proj, IRConv2d):
+            if rec:
+                raise NIRError(f"{where}: a recurrent convolutional layer has no snn2hw layer")
+            per_channel = bias.reshape(proj.out_shape[0], -1)
+            if np.any(per_channel != per_channel[:, :1]):
+                raise NIRError(f"{where}: bias differs within a channel; ConvLIF has one per channel")
+            layer = ConvLIF(proj.in_shape, proj.out_shape[0], proj.kernel_size, proj.stride, proj.padding,
+                            proj.dilation, proj.groups, v_th=float(n.v_th), **common)
+            bias = per_channel[:, 0]
+        else:
+            cls = RecurrentLIFDense if rec else LIFDense
+            layer = cls(proj.weight.shape[1], pop.size, v_th=float(n.v_th), **common)
+        with torch.no_grad():
+            layer.weight.copy_(torch.as_tensor(np.asarray(proj.weight, dtype=np.float64)))
+            if layer.bias is not None:
+                layer.bias.copy_(torch.as_tensor(bias))
+            if rec:
+                layer.rec_weight.copy_(torch.as_tensor(np.asarray(rec[0].weight, dtype=np.float64)))
+        layers.append(layer)
+        prev = name
+    if tuple(graph.outputs) != (prev,):
+        raise NIRError(f"to_sequential: the chain's output is {prev!r}, the graph's {list(graph.outputs)}")
+    return SpikingSequential(layers)
