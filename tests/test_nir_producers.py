@@ -49,11 +49,20 @@ def _step_sequential(layers, x, neuron_types, state_fn=None):
 
 
 # --- snnTorch ---------------------------------------------------------------------------------------------
+def _snntorch_run(layers, x, neuron_types):
+    """(NIR graph, x, spikes of every neuron layer) of an snnTorch ``Sequential`` with ``init_hidden``."""
+    import snntorch.utils
+    from snntorch.export_nir import export_to_nir
+
+    snntorch.utils.reset(layers)
+    ref = _step_sequential(layers, x, neuron_types)
+    snntorch.utils.reset(layers)
+    return export_to_nir(layers, x[:, 0], ignore_dims=[0]), x, ref
+
+
 def snntorch_mlp():
     """Leaky with per-neuron beta, then Synaptic after a biased Linear (a constant input into a current)."""
     import snntorch as snn
-    import snntorch.utils
-    from snntorch.export_nir import export_to_nir
 
     torch.manual_seed(0)
     layers = torch.nn.Sequential(
@@ -67,17 +76,11 @@ def snntorch_mlp():
         layers[2].weight.mul_(1.5)
         layers[2].bias.fill_(0.05)
     x = _input((12,))
-    snntorch.utils.reset(layers)
-    ref = _step_sequential(layers, x, (snn.Leaky, snn.Synaptic))
-    snntorch.utils.reset(layers)
-    ng = export_to_nir(layers, x[:, 0], ignore_dims=[0])
-    return ng, x, ref, "snntorch"
+    return (*_snntorch_run(layers, x, (snn.Leaky, snn.Synaptic)), "snntorch")
 
 
 def snntorch_recurrent():
     import snntorch as snn
-    import snntorch.utils
-    from snntorch.export_nir import export_to_nir
 
     torch.manual_seed(1)
     layers = torch.nn.Sequential(
@@ -91,18 +94,13 @@ def snntorch_recurrent():
         layers[1].recurrent.weight.mul_(0.8)
         layers[2].weight.mul_(2.0)
     x = _input((10,))
-    snntorch.utils.reset(layers)
-    ref = _step_sequential(layers, x, (snn.RLeaky, snn.Leaky))
-    snntorch.utils.reset(layers)
-    ng = export_to_nir(layers, x[:, 0], ignore_dims=[0])
+    ng, x, ref = _snntorch_run(layers, x, (snn.RLeaky, snn.Leaky))
     ref["1.lif"] = ref.pop("1")  # the exporter writes RLeaky as a subgraph
     return ng, x, ref, "snntorch"
 
 
 def snntorch_conv():
     import snntorch as snn
-    import snntorch.utils
-    from snntorch.export_nir import export_to_nir
 
     torch.manual_seed(2)
     layers = torch.nn.Sequential(
@@ -118,11 +116,7 @@ def snntorch_conv():
         layers[0].bias.zero_()
         layers[4].weight.mul_(3.0)
     x = _input((1, 8, 8))
-    snntorch.utils.reset(layers)
-    ref = _step_sequential(layers, x, (snn.Leaky,))
-    snntorch.utils.reset(layers)
-    ng = export_to_nir(layers, x[:, 0], ignore_dims=[0])
-    return ng, x, ref, "snntorch"
+    return (*_snntorch_run(layers, x, (snn.Leaky,)), "snntorch")
 
 
 # --- Norse ------------------------------------------------------------------------------------------------

@@ -265,8 +265,7 @@ class NeuronParams:
         return int(np.prod(self.shape))
 
 
-def neuron_parameters(node, name: str, shape: tuple, conv: Convention, dt: float, approximate: bool,
-                      notes: list[str]) -> NeuronParams:
+def neuron_parameters(node, name: str, shape: tuple, conv: Convention, dt: float) -> NeuronParams:
     n = int(np.prod(shape))
     problems = []
 
@@ -524,7 +523,7 @@ def _build(ng: nir.NIRGraph, dt: float, conv: Convention, approximate: bool, md:
     params, problems = {}, []
     for n in neurons:
         try:
-            params[n] = neuron_parameters(nodes[n], n, shape[n], conv, dt, approximate, notes)
+            params[n] = neuron_parameters(nodes[n], n, shape[n], conv, dt)
         except NIRError as exc:
             problems += exc.problems
     if problems:
@@ -631,7 +630,7 @@ def _build(ng: nir.NIRGraph, dt: float, conv: Convention, approximate: bool, md:
             if hops > len(nodes):
                 raise NIRError(f"output {o!r}: cycle of pass-through nodes")
         out_pops.append(cur)
-    latency = _added_latency(projections, [i for i in inputs], tuple(dict.fromkeys(out_pops)))
+    latency = _added_latency(projections, inputs, tuple(dict.fromkeys(out_pops)))
     if conv.timing == "same_step" and latency:
         notes.append(f"deployed, the outputs answer {latency} step(s) later than in the producer's timing "
                      "(Loihi delays each hop by one step)")
