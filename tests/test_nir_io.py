@@ -394,3 +394,19 @@ def test_imported_chain_becomes_training_layers_for_qat(tmp_path):
                                                 edges=[("input", "fc"), ("fc", "lif"), ("input", "extra"),
                                                        ("extra", "lif"), ("lif", "output")]), 1e-3,
                                          convention="nir"))
+
+
+def test_compile_report_says_how_populations_were_split(tmp_path, capsys):
+    n = 6
+    tau = np.where(np.arange(n) < 3, 2e-3, 6e-3)
+    ng = nir.NIRGraph(nodes={"x": nir.Input({"input": np.array([4])}), "fc": nir.Linear(np.ones((n, 4))),
+                             "lif": nir.LIF(tau=tau, r=tau / 1e-3, v_leak=np.zeros(n), v_threshold=np.ones(n),
+                                            v_reset=np.zeros(n)),
+                             "o": nir.Output({"output": np.array([n])})},
+                      edges=[("x", "fc"), ("fc", "lif"), ("lif", "o")])
+    nir.write(tmp_path / "p.nir", ng)
+    assert cli.main(["compile", str(tmp_path / "p.nir"), "-o", str(tmp_path / "p.npz"), "--convention", "snntorch",
+                     "--dt", "1e-3"]) == 0
+    assert "note: population 'lif': per-neuron time constants split into 2 populations" in capsys.readouterr().out
+    assert cli.main(["info", str(tmp_path / "p.npz")]) == 0
+    assert "split into 2" in capsys.readouterr().out
