@@ -100,10 +100,10 @@ def resolve_dt(conv: Convention, dt: float | None, metadata: dict | None, source
     """The step to read with: given > written by snn2hw > the producer's default."""
     recorded = (metadata or {}).get(DT_METADATA_KEY)
     if dt is None:
-        dt = float(recorded) if recorded is not None else conv.dt
+        dt = recorded if recorded is not None else conv.dt
     if dt is None:
         raise NIRError(f"{source}: no dt given and none recorded in the file; pass dt (--dt) or a --convention "
                        "whose producer fixes it")
-    if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
+    if isinstance(dt, bool) or not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
         raise NIRError(f"{source}: dt must be a positive number, got {dt!r}")
     return float(dt)

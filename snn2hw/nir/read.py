@@ -157,8 +157,9 @@ def _conv_geometry(node, name: str, in_shape: tuple) -> dict:
         kh, kw = _pair(node.kernel_size, "kernel_size", name)
         c = in_shape[0]
         value = 1.0 if isinstance(node, nir.SumPool2d) else 1.0 / (kh * kw)
-        return dict(weight=np.full((c, 1, kh, kw), value), stride=_pair(node.stride, "stride", name),
-                    padding=_pair(node.padding, "padding", name), dilation=(1, 1), groups=c, in_shape=in_shape)
+        return _checked_geometry(dict(weight=np.full((c, 1, kh, kw), value), stride=_pair(node.stride, "stride", name),
+                                      padding=_pair(node.padding, "padding", name), dilation=(1, 1), groups=c,
+                                      in_shape=in_shape), name)
     w = np.asarray(node.weight, dtype=np.float64)
     one_d = isinstance(node, nir.Conv1d)
     if w.ndim != (3 if one_d else 4):
@@ -187,8 +188,16 @@ def _conv_geometry(node, name: str, in_shape: tuple) -> dict:
         padding = (0, int(np.ravel(pad)[0]))
     else:
         padding = _pair(pad, "padding", name)
-    return dict(weight=w, stride=stride, padding=padding, dilation=dilation, groups=int(node.groups),
-                in_shape=in_shape)
+    geometry = dict(weight=w, stride=stride, padding=padding, dilation=dilation, groups=int(node.groups),
+                    in_shape=in_shape)
+    return _checked_geometry(geometry, name)
+
+
+def _checked_geometry(g: dict, name: str) -> dict:
+    if min(g["stride"]) < 1 or min(g["dilation"]) < 1 or min(g["padding"]) < 0 or min(g["weight"].shape) < 1:
+        raise NIRError(f"node {name!r}: stride {g['stride']} and dilation {g['dilation']} must be >= 1, padding "
+                       f"{g['padding']} >= 0 and the kernel {g['weight'].shape} non-empty")
+    return g
 
 
 def _neuron_shape(node) -> tuple[int, ...] | None:
@@ -476,7 +485,7 @@ def from_nir(ng: nir.NIRGraph, dt: float | None = None, source: str = "<graph>",
     conv = get_convention(convention, md)
     dt = resolve_dt(conv, dt, md, source)
     recorded = md.get(DT_METADATA_KEY)
-    if recorded is not None and not np.isclose(float(recorded), dt):
+    if recorded is not None and not np.isclose(dt, resolve_dt(conv, None, md, source)):
         warnings.warn(f"{source}: written with dt={recorded}, read with dt={dt}; time constants rescale", stacklevel=2)
     try:
         graph = _build(ng, dt, conv, approximate, md)
@@ -484,7 +493,7 @@ def from_nir(ng: nir.NIRGraph, dt: float | None = None, source: str = "<graph>",
         raise NIRError([f"{source}: {p}" for p in exc.problems]) from None
     except GraphError as exc:
         raise NIRError(f"{source}: {exc}") from None
-    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:  # malformed arrays and the like
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, RuntimeError, ArithmeticError) as exc:
         raise NIRError(f"{source}: malformed graph ({type(exc).__name__}: {str(exc)[:200]})") from None
     return split_by_decay(graph) if split else graph
 
