@@ -410,3 +410,37 @@ def test_compile_report_says_how_populations_were_split(tmp_path, capsys):
     assert "note: population 'lif': per-neuron time constants split into 2 populations" in capsys.readouterr().out
     assert cli.main(["info", str(tmp_path / "p.npz")]) == 0
     assert "split into 2" in capsys.readouterr().out
+
+
+def test_mutated_exports_raise_typed_errors_only():
+    """Edges dropped or added, nodes removed, parameters replaced by junk: a NIRError or a graph."""
+    import copy
+    import random
+
+    base = snir.to_nir(_conv_net().to_ir(1e-3))
+    rng = random.Random(0)
+    junk = [np.array([]), np.zeros((3, 3)), np.full(5, np.nan), -1, "same", None, np.ones((2, 2, 2, 2)), 0, (0, 0)]
+    for _ in range(150):
+        g = copy.deepcopy(base)
+        nodes, edges = dict(g.nodes), list(g.edges)
+        for _ in range(rng.randint(1, 3)):
+            op = rng.random()
+            if op < 0.25 and edges:
+                edges.pop(rng.randrange(len(edges)))
+            elif op < 0.45:
+                edges.append((rng.choice(list(nodes)), rng.choice(list(nodes))))
+            elif op < 0.55:
+                nodes.pop(rng.choice(list(nodes)))
+            else:
+                node = nodes[rng.choice(list(nodes))]
+                attrs = [a for a in vars(node) if a != "metadata"]
+                if attrs:
+                    setattr(node, rng.choice(attrs), junk[rng.randrange(len(junk))])
+        try:
+            mutated = nir.NIRGraph(nodes=nodes, edges=edges, metadata=g.metadata, type_check=False)
+        except Exception:  # nir itself refuses to build it: nothing reaches snn2hw
+            continue
+        try:
+            snir.from_nir(mutated)
+        except snir.NIRError:
+            pass
