@@ -2,7 +2,12 @@
 
 The file is a plain numpy archive read with ``allow_pickle=False``: a JSON header (``__meta__``) names
 every node and parameter, arrays are stored under keys the header points to. Nothing in it is ever
-executed or unpickled, so artefacts from others are safe to open. Writes are atomic.
+executed or unpickled, so artefacts from others are safe to open. Writes are atomic and durable (the
+file and its directory are fsync'ed before and after the rename).
+
+``load`` trusts nothing: besides the structure it re-checks every value against the design rules
+(``snn2hw.compiler.rules``), so a hand-edited artefact with, say, a 13-bit weight or a delay of 99 is
+refused with the rule it breaks instead of running silently on the simulator.
 """
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,11 +53,31 @@ def atomic_write_path(path: str | os.PathLike, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        _fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_path(path.parent, directory=True)
+
+
+def _fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
+    """Flush a file's (or a directory's entries') data to disk; directories that cannot be opened for
+    syncing (some platforms) are skipped."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    except OSError:
+        if directory:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:
+            raise
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike, write) -> None:
@@ -113,20 +139,28 @@ def load(path: str | os.PathLike) -> Artefact:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise ArtefactError(f"{path}: not an snn2hw artefact (unreadable archive: {exc})") from None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error, RuntimeError) as exc:
+        raise ArtefactError(f"{path}: not an snn2hw artefact or corrupt (unreadable archive: "
+                            f"{type(exc).__name__}: {str(exc)[:200]})") from None
     if "__meta__" not in arrays:
         raise ArtefactError(f"{path}: not an snn2hw artefact (no header)")
     try:
         meta = json.loads(arrays["__meta__"].tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ArtefactError(f"{path}: corrupt artefact header ({exc})") from None
-    if meta.get("format") != FORMAT:
-        raise ArtefactError(f"{path}: not an snn2hw artefact (format {meta.get('format')!r})")
-    if meta.get("version") != FORMAT_VERSION:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ArtefactError(f"{path}: not an snn2hw artefact (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+    version = meta.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise ArtefactError(f"{path}: artefact format version {version} was written by a newer snn2hw; this snn2hw "
+                            f"reads version {FORMAT_VERSION} (upgrade snn2hw)")
+    if version != FORMAT_VERSION:
         raise ArtefactError(
-            f"{path}: artefact format version {meta.get('version')} is not supported (this snn2hw reads {FORMAT_VERSION})"
+            f"{path}: artefact format version {version!r} is not supported (this snn2hw reads {FORMAT_VERSION})"
         )
+    for key, arr in arrays.items():
+        if key != "__meta__" and arr.dtype.kind not in "iub":
+            raise ArtefactError(f"{path}: corrupt artefact (array {key!r} has dtype {arr.dtype}, expected integers)")
     try:
         inputs = tuple(Input(d["name"], int(d["size"]), int(d["num_message_bits"])) for d in meta["inputs"])
         pops = tuple(
@@ -157,8 +191,21 @@ def load(path: str | os.PathLike) -> Artefact:
             )
         graph = Graph(inputs, pops, tuple(projs), tuple(meta["outputs"]), float(meta["dt"]), meta.get("metadata", {}))
         graph.validate()
-    except (KeyError, TypeError) as exc:
-        raise ArtefactError(f"{path}: corrupt artefact (missing field {exc})") from None
+    except ArtefactError:
+        raise
     except GraphError as exc:
         raise ArtefactError(f"{path}: corrupt artefact ({exc})") from None
-    return Artefact(graph, meta.get("resources", {}), meta.get("provenance", {}))
+    except KeyError as exc:
+        raise ArtefactError(f"{path}: corrupt artefact (missing field {exc})") from None
+    except (TypeError, ValueError, OverflowError, AttributeError) as exc:
+        raise ArtefactError(f"{path}: corrupt artefact (malformed field: {str(exc)[:200]})") from None
+    resources, provenance = meta.get("resources", {}), meta.get("provenance", {})
+    if not isinstance(resources, dict) or not isinstance(provenance, dict):
+        raise ArtefactError(f"{path}: corrupt artefact (resources and provenance must be objects)")
+    from snn2hw.compiler.rules import design_rule_violations  # lazy: the compiler imports this module
+
+    violations = design_rule_violations(graph)
+    if violations:
+        raise ArtefactError(f"{path}: artefact breaks {len(violations)} design rule(s): "
+                            + "; ".join(str(v) for v in violations[:10]))
+    return Artefact(graph, resources, provenance)

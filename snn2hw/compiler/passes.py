@@ -29,6 +29,7 @@ from snn2hw.compiler.calibrate import Calibration
 from snn2hw.compiler.ptq import PTQConfig, plan_quantization
 from snn2hw.compiler.resources import CoreLimits
 from snn2hw.compiler.rules import DesignRuleError, Violation, design_rule_violations
+from snn2hw.hw import loihi2 as hw
 from snn2hw.ir import LIF, Graph, LoihiLIF
 from snn2hw.quantize import QuantizationError, quantize_graph
 
@@ -90,10 +91,15 @@ def quantize(state: CompileState) -> CompileState:
     plan = plan_quantization(g, state.ptq, state.calibration)
     qgraph, report = quantize_graph(plan.graph, _quant_config(state.ptq), plan.per_population, plan.weight_exps)
     records = []
+    qprojs = {p.name: p for p in qgraph.projections}
     for r in report:
         rec = plan.records[r.population]
         for name, pr in rec["projections"].items():
-            pr["max_weight_error"] = r.max_weight_error.get(name, 0.0)
+            w = np.asarray(qprojs[name].weight)
+            lo, hi = hw.weight_range(hw.SignMode(qprojs[name].sign_mode))
+            pr.update(max_weight_error=r.max_weight_error.get(name, 0.0),
+                      clipped_fraction=r.clipped_fraction.get(name, 0.0),
+                      used_range=float(np.abs(w).max(initial=0) / max(abs(lo), hi)))
         records.append({"population": r.population, "scale": r.scale, "vth": r.vth, "weight_exps": r.weight_exps,
                         "max_weight_error": r.max_weight_error, **rec})
     rows = design_rule_violations(qgraph, state.limits)

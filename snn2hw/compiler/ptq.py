@@ -16,7 +16,8 @@ What is chosen, per layer (a population and its incoming projections share one s
   keep a read-out that grows far beyond its threshold out of saturation.
 - **bias correction**: with calibration inputs, the mean input error that quantized weights cause
   (``(W_q - W) @ rates``) is removed through the bias, ``bias -= error / du`` (u's steady state), the
-  first-order correction of Nagel et al. 2019 ("Data-free quantization", bias correction).
+  first-order correction of Nagel et al. 2019 ("Data-free quantization", bias correction). Only
+  searched exponents are corrected (an override may clip as much as its author wants).
 
 Per-layer ``overrides`` (population -> ``threshold_target``/``num_weight_bits``, projection ->
 ``weight_exp``) win over the search. ``plan_quantization`` returns the float graph to quantize (biases
@@ -54,7 +55,7 @@ class PTQConfig:
     bit_error_tolerance: float = 0.1
     threshold_target: int = 1024
     max_threshold_target: int = 1 << 13
-    headroom: float = 4.0
+    headroom: float = 2.0
     bias_correction: bool = True
     overrides: dict = field(default_factory=dict)  # layer name -> {"threshold_target"|"num_weight_bits"|"weight_exp": int}
 
@@ -182,17 +183,11 @@ def plan_quantization(graph: Graph, config: PTQConfig = PTQConfig(), calib: Cali
                 elif config.search and w.numel():
                     e, how = _search_exponent(w, scale, mode, bits, e0, config, rates), "search"
                 layer_exps[proj.name] = e
-            w_q = quantize_weights(w, scale, e, mode, bits)
-            lo, hi = hw.weight_range(mode)
-            proj_records[proj.name] = {
-                "weight_exp": e, "chosen_by": how, "num_weight_bits": bits, "sign_mode": mode.name,
-                "clipped_fraction": clipped_fraction(w, scale, e, mode, bits),
-                "used_range": float(w_q.abs().max() / max(abs(lo), hi)) if w.numel() else 0.0,
-                "rms_weight_error": math.sqrt(_weight_error(w, scale, e, mode, bits, None) / max(w.numel(), 1)),
-            }
-            if (config.search and config.bias_correction and calib is not None and rates is not None
-                    and not isinstance(proj, Conv2d) and n.du > 0):
-                err = (dequantize_weights(w_q, scale, e) - w).numpy()
+            proj_records[proj.name] = {"weight_exp": e, "chosen_by": how, "num_weight_bits": bits,
+                                       "sign_mode": mode.name}
+            if (how == "search" and config.bias_correction and calib is not None and rates is not None
+                    and n.du > 0):
+                err = (dequantize_weights(quantize_weights(w, scale, e, mode, bits), scale, e) - w).numpy()
                 bias_shift -= err @ np.asarray(rates, dtype=np.float64) / n.du
         new_n = n
         if np.any(bias_shift):

@@ -26,6 +26,10 @@ from dataclasses import dataclass
 from snn2hw.hw import loihi2 as hw
 
 
+class LimitError(ValueError):
+    """A resource limit is malformed (not an integer, below its minimum, or unknown)."""
+
+
 @dataclass(frozen=True)
 class CoreLimits:
     """Limits the design rules and the allocator use (Loihi 2 defaults; every field overridable)."""
@@ -48,10 +52,10 @@ class CoreLimits:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if isinstance(v, bool) or not isinstance(v, int):
-                raise ValueError(f"CoreLimits.{f.name} must be an integer, got {v!r}")
+                raise LimitError(f"limit {f.name} must be an integer, got {v!r}")
             low = 0 if f.name == "max_delay" else 1
             if v < low:
-                raise ValueError(f"CoreLimits.{f.name} must be >= {low}, got {v}")
+                raise LimitError(f"limit {f.name} must be >= {low}, got {v}")
 
     @property
     def max_chips(self) -> int:
@@ -60,7 +64,7 @@ class CoreLimits:
     def replace(self, **overrides) -> "CoreLimits":
         unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
         if unknown:
-            raise ValueError(f"unknown limit(s) {sorted(unknown)}; known: {sorted(LIMIT_SOURCES)}")
+            raise LimitError(f"unknown limit(s) {sorted(unknown)}; known: {sorted(LIMIT_SOURCES)}")
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict:
