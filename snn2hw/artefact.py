@@ -98,12 +98,12 @@ def save(artefact: Artefact, path: str | os.PathLike) -> None:
     pops = []
     for p in g.populations:
         n = p.neuron
-        arrays[f"pop/{p.name}/bias_mant"] = np.asarray(n.bias_mant, dtype=np.int64)
-        arrays[f"pop/{p.name}/bias_exp"] = np.asarray(n.bias_exp, dtype=np.int64)
+        arrays[f"pop/{p.name}/bias_mant"] = _narrow(n.bias_mant)
+        arrays[f"pop/{p.name}/bias_exp"] = _narrow(n.bias_exp)
         pops.append({"name": p.name, "size": p.size, "du": int(n.du), "dv": int(n.dv), "vth": int(n.vth)})
     projs = []
     for p in g.projections:
-        arrays[f"proj/{p.name}/weight"] = np.asarray(p.weight, dtype=np.int64)
+        arrays[f"proj/{p.name}/weight"] = _narrow(p.weight)
         d = {
             "name": p.name, "src": p.src, "dst": p.dst, "kind": "dense",
             "weight_exp": int(p.weight_exp), "num_weight_bits": int(p.num_weight_bits),
@@ -129,7 +129,17 @@ def save(artefact: Artefact, path: str | os.PathLike) -> None:
         "provenance": artefact.provenance,
     }
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    atomic_write_bytes(path, lambda f: np.savez_compressed(f, **arrays))
+    atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
+
+
+def _narrow(a) -> np.ndarray:
+    """Integers stored as int16 when they fit (every legal weight and bias does), else int64: a quarter
+    of the bytes, and uncompressed (``np.savez``) writing is then I/O-bound rather than zlib-bound.
+    ``load`` widens everything back to int64."""
+    a = np.asarray(a)
+    if a.size == 0 or (a.min() >= np.iinfo(np.int16).min and a.max() <= np.iinfo(np.int16).max):
+        return a.astype(np.int16)
+    return a.astype(np.int64)
 
 
 def load(path: str | os.PathLike) -> Artefact:
@@ -139,6 +149,8 @@ def load(path: str | os.PathLike) -> Artefact:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
+        arrays = {k: (v if k == "__meta__" or v.dtype == np.int64 or v.dtype.kind not in "iu" else v.astype(np.int64))
+                  for k, v in arrays.items()}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error, RuntimeError) as exc:
         raise ArtefactError(f"{path}: not an snn2hw artefact or corrupt (unreadable archive: "
                             f"{type(exc).__name__}: {str(exc)[:200]})") from None

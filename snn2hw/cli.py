@@ -122,8 +122,8 @@ def cmd_check(args) -> int:
         print(f"{args.input}: {len(violations)} design-rule violation(s)", file=sys.stderr)
         print(format_table(violations), file=sys.stderr)
         return EXIT_USAGE
-    placement = run_passes(graph, limits, ptq, until="allocate").placement
-    s = graph.summary()
+    state = run_passes(graph, limits, ptq, until="allocate")
+    s, placement = state.graph.summary(), state.placement
     print(f"{args.input} ({kind}): passes the design rules: {s['neurons']} neurons, {s['synapses']} synapses, "
           f"{len(placement.cores)} cores on {placement.chips} chip(s)")
     return 0

@@ -202,7 +202,9 @@ def quantize_population(pop: Population, incoming: tuple[Dense | Conv2d, ...], c
             if not config.weight_exp_range[0] <= e <= config.weight_exp_range[1]:
                 raise QuantizationError(f"projection {proj.name!r}: weight_exp {e} outside {config.weight_exp_range}")
         w_int = quantize_weights(w, scale, e, sign_mode, config.num_weight_bits)
-        clipped[proj.name] = clipped_fraction(w, scale, e, sign_mode, config.num_weight_bits)
+        # the no-clipping exponent clips nothing by construction; a chosen one may
+        chosen = weight_exps is not None and proj.name in weight_exps and not isinstance(proj, Conv2d)
+        clipped[proj.name] = clipped_fraction(w, scale, e, sign_mode, config.num_weight_bits) if chosen else 0.0
         errors[proj.name] = float((dequantize_weights(w_int, scale, e) - w).abs().max() / max_abs) if max_abs else 0.0
         exps[proj.name] = e
         w_np = w_int.to(torch.int64).numpy()

@@ -182,7 +182,8 @@ def plan_quantization(graph: Graph, config: PTQConfig = PTQConfig(), calib: Cali
                     e, how = int(config.overrides[proj.name]["weight_exp"]), "override"
                 elif config.search and w.numel():
                     e, how = _search_exponent(w, scale, mode, bits, e0, config, rates), "search"
-                layer_exps[proj.name] = e
+                if how != "no clipping":  # quantize_population finds the no-clipping one itself
+                    layer_exps[proj.name] = e
             proj_records[proj.name] = {"weight_exp": e, "chosen_by": how, "num_weight_bits": bits,
                                        "sign_mode": mode.name}
             if (how == "search" and config.bias_correction and calib is not None and rates is not None
