@@ -237,10 +237,17 @@ def allocate(graph: Graph, limits: CoreLimits = CoreLimits(), weight_bits: int =
         parts, violations = {}, []
         for name in order:
             slices, too_big = _partition(sizes[name], incoming[name], limits, cap[name])
-            parts[name] = slices
             if too_big:
-                s = _evaluate(incoming[name], too_big[0], too_big[0] + 1)
-                violations.extend(_single_neuron_violations(name, too_big, s, limits))
+                singles = [_evaluate(incoming[name], i, i + 1) for i in too_big]
+                worst = max(singles, key=lambda s: (s.memory_bits, s.input_axons))
+                violations.extend(_single_neuron_violations(name, too_big, worst, limits))
+                # keep counting as if a core could hold one such neuron, so the core and chip figures
+                # show what the rest of the network needs instead of one core per offending neuron
+                relaxed = limits.replace(
+                    synaptic_memory_bits_per_core=max(limits.synaptic_memory_bits_per_core, *(s.memory_bits for s in singles)),
+                    input_axons_per_core=max(limits.input_axons_per_core, *(s.input_axons for s in singles)))
+                slices, _ = _partition(sizes[name], incoming[name], relaxed, cap[name])
+            parts[name] = slices
         routes, traffic = _routes(graph, parts, incoming)
         over = {name: max(r) for name, r in routes.items() if r and max(r) > limits.output_routes_per_core}
         if not over:
