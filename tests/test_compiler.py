@@ -247,3 +247,33 @@ def test_cli_compile_checkpoint_and_check(files, capsys):
     assert cli.main(["check", str(config), "--limit", "input_axons_per_core=4", "--limit", "neurons_per_core=2"]) == 2
     err = capsys.readouterr().err
     assert "fan-in (input axons)" in err and "lif1" in err and "suggested fix" in err
+
+
+def test_cli_compiles_a_conv_checkpoint_and_runs_it_on_the_simulator(tmp_path, capsys):
+    from snn2hw.backends import sim
+    from snn2hw.nn.conv import ConvLIF, Flatten, SumPoolLIF
+    from snn2hw.nn.layers import LIFDense
+
+    torch.manual_seed(0)
+    m = SpikingSequential([ConvLIF((1, 8, 8), 4, 3, padding=1, weight_gain=3.0), SumPoolLIF((4, 8, 8), 2),
+                           Flatten(), LIFDense(64, 10, weight_gain=4.0)])
+    save_checkpoint(m, tmp_path / "conv.ckpt")
+    assert cli.main(["compile", str(tmp_path / "conv.ckpt"), "-o", str(tmp_path / "conv.npz")]) == 0
+    art = artefact.load(tmp_path / "conv.npz")
+    per = art.resources["placement"]["per_population"]
+    assert set(per) == {"lif1", "lif2", "lif3"} and art.resources["cores"] == 3
+    x = (np.random.default_rng(0).random((2, 6, 64)) < 0.5).astype(np.int64)
+    direct = sim.run(compile_graph(m.to_ir()), x)  # placement is metadata: same spikes as an in-memory compile
+    assert np.array_equal(sim.run(art, x).spikes["lif3"], direct.spikes["lif3"])
+
+
+def test_cli_compile_prints_the_table_and_writes_nothing(tmp_path, float_graph, capsys):
+    w = float_graph.projections[0].weight.copy()
+    w[1, 2] = np.nan
+    bad = dataclasses.replace(float_graph, projections=(dataclasses.replace(float_graph.projections[0], weight=w),
+                                                        float_graph.projections[1]))
+    nir_io.write(bad, tmp_path / "bad.nir")
+    assert cli.main(["compile", str(tmp_path / "bad.nir"), "--dt", "1e-3", "-o", str(tmp_path / "o.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "design-rule violation" in err and "non-finite weight" in err and "1 NaN" in err and "fc1" in err
+    assert not (tmp_path / "o.npz").exists()
