@@ -20,13 +20,15 @@ def _errors() -> tuple[type[BaseException], ...]:
     from snn2hw.artefact import ArtefactError
     from snn2hw.backends.base import BackendError
     from snn2hw.compiler import DesignRuleError
+    from snn2hw.compiler.resources import LimitError
+    from snn2hw.compiler.sources import SourceError
     from snn2hw.ir import GraphError
     from snn2hw.nir_io import NIRError
     from snn2hw.quantize import QuantizationError
     from snn2hw.train.checkpoint import CheckpointError
 
     return (ArtefactError, BackendError, DesignRuleError, GraphError, NIRError, QuantizationError,
-            CheckpointError, InputFileError)
+            CheckpointError, InputFileError, LimitError, SourceError)
 
 
 class InputFileError(ValueError):
@@ -72,25 +74,82 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_compile(args) -> int:
-    from snn2hw import artefact, nir_io
-    from snn2hw.compiler import CoreLimits, compile_graph
-    from snn2hw.quantize import QuantConfig
+def _compile_inputs(args):
+    """(graph, kind, limits, ptq config, calibration inputs) from the shared compile/check options."""
+    from snn2hw.compiler import CoreLimits, PTQConfig, load_config
+    from snn2hw.compiler.resources import LimitError
+    from snn2hw.compiler.sources import load_graph
 
-    graph = nir_io.read(args.nir, dt=args.dt, convention=args.convention, approximate=args.approximate)
+    overrides = {}
+    for item in args.limit:
+        name, sep, value = item.partition("=")
+        try:
+            overrides[name.strip()] = int(value)
+        except ValueError:
+            raise LimitError(f"--limit {item!r}: expected NAME=INTEGER (e.g. neurons_per_core=4096)") from None
+    if args.neurons_per_core is not None:
+        overrides["neurons_per_core"] = args.neurons_per_core
+    limits = CoreLimits().replace(**overrides)
+    graph, kind = load_graph(args.input, args.dt, convention=getattr(args, "convention", None),
+                             approximate=getattr(args, "approximate", False))
+    ptq = PTQConfig(weight_bits=args.weight_bits, threshold_target=args.threshold_target) if args.ptq else \
+        PTQConfig(search=False, bias_correction=False, weight_bits=args.weight_bits, threshold_target=args.threshold_target)
+    if args.quant_config:
+        ptq = load_config(args.quant_config, ptq)
+    calibration = _load_inputs(Path(args.calibrate), graph) if getattr(args, "calibrate", None) else None
+    return graph, kind, limits, ptq, calibration
+
+
+def cmd_compile(args) -> int:
+    from snn2hw import artefact
+    from snn2hw.compiler import compile_graph
+
+    graph, kind, limits, ptq, calibration = _compile_inputs(args)
     nir_notes = graph.metadata.get("nir", {})
-    art = compile_graph(
-        graph, QuantConfig(num_weight_bits=args.weight_bits, threshold_target=args.threshold_target),
-        CoreLimits(neurons_per_core=args.neurons_per_core),
-        provenance={"source": str(args.nir), "dt": graph.dt, "nir_convention": nir_notes.get("source_convention"),
-                    "nir_notes": nir_notes.get("notes", [])},
-    )
+    provenance = {"source": str(args.input), "source_kind": kind, "dt": graph.dt}
+    if kind == "nir":
+        provenance.update(nir_convention=nir_notes.get("source_convention"), nir_notes=nir_notes.get("notes", []))
+    art = compile_graph(graph, limits=limits, ptq=ptq, calibration_inputs=calibration, provenance=provenance)
     for note in nir_notes.get("notes", []):
         print(f"note: {note}")
     artefact.save(art, args.output)
     r = art.resources
-    print(f"wrote {args.output}: {r['neurons']} neurons, {r['synapses']} synapses, {r['cores']} cores")
+    print(f"wrote {args.output}: {r['neurons']} neurons, {r['synapses']} synapses, {r['cores']} cores on "
+          f"{r['chips']} chip(s)")
     return 0
+
+
+def cmd_check(args) -> int:
+    from snn2hw.compiler import check, format_table, run_passes
+
+    graph, kind, limits, ptq, _ = _compile_inputs(args)
+    violations = check(graph, limits, ptq)
+    if violations:
+        print(f"{args.input}: {len(violations)} design-rule violation(s)", file=sys.stderr)
+        print(format_table(violations), file=sys.stderr)
+        return EXIT_USAGE
+    state = run_passes(graph, limits, ptq, until="allocate")
+    s, placement = state.graph.summary(), state.placement
+    print(f"{args.input} ({kind}): passes the design rules: {s['neurons']} neurons, {s['synapses']} synapses, "
+          f"{len(placement.cores)} cores on {placement.chips} chip(s)")
+    return 0
+
+
+def _add_compile_options(c: argparse.ArgumentParser) -> None:
+    c.add_argument("input", help="NIR file, snn2hw checkpoint, artefact, or JSON model/training config (recognised by content)")
+    c.add_argument("--dt", type=float, default=None, help="seconds per time step (required for NIR files; models default to 1e-3)")
+    c.add_argument("--weight-bits", type=int, default=8, help="weight mantissa bits, 1..8 (default 8)")
+    c.add_argument("--threshold-target", type=int, default=1024, help="integer threshold the scaling aims for (default 1024)")
+    c.add_argument("--neurons-per-core", type=int, default=None, help="shorthand for --limit neurons_per_core=N")
+    c.add_argument("--limit", action="append", default=[], metavar="NAME=N",
+                   help="override a resource limit (see docs/compiler.md), e.g. --limit boards=2")
+    c.add_argument("--ptq", action="store_true", help="post-training quantization search (exponents, clipping, calibration)")
+    c.add_argument("--quant-config", metavar="JSON", help="quantizer settings and per-layer overrides (implies the settings given in it)")
+    c.add_argument("--convention", default=None, metavar="NAME",
+                   help="producer conventions of a NIR input: nir, snn2hw, snntorch, norse, sinabs, spikingjelly, "
+                        "rockpool, spyx (default: snn2hw if it wrote the file, else nir; see docs/nir.md)")
+    c.add_argument("--approximate", action="store_true",
+                   help="accept what has no exact Loihi mapping in a NIR input (a subtract reset becomes reset to zero)")
 
 
 def cmd_run(args) -> int:
@@ -144,21 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dt", type=float, required=True, help="seconds per time step (NIR stores no dt)")
     e.set_defaults(func=cmd_export)
 
-    c = sub.add_parser("compile", help="NIR file -> quantized, design-rule-checked artefact")
-    c.add_argument("nir", help="input .nir file")
+    c = sub.add_parser("compile", help="NIR file or checkpoint -> quantized, design-rule-checked, placed artefact")
+    _add_compile_options(c)
     c.add_argument("-o", "--output", required=True, help="output artefact (.npz)")
-    c.add_argument("--dt", type=float, default=None,
-                   help="seconds per time step used to read time constants (default: recorded by snn2hw, else the "
-                        "convention's)")
-    c.add_argument("--convention", default=None, metavar="NAME",
-                   help="producer conventions of the NIR file: nir, snn2hw, snntorch, norse, sinabs, spikingjelly, "
-                        "rockpool, spyx (default: snn2hw if it wrote the file, else nir; see docs/nir.md)")
-    c.add_argument("--approximate", action="store_true",
-                   help="accept what has no exact Loihi mapping (a subtract reset becomes reset to zero)")
-    c.add_argument("--weight-bits", type=int, default=8, help="weight mantissa bits, 1..8 (default 8)")
-    c.add_argument("--threshold-target", type=int, default=1024, help="integer threshold the scaling aims for (default 1024)")
-    c.add_argument("--neurons-per-core", type=int, default=8192, help="per-core neuron limit used for mapping")
+    c.add_argument("--calibrate", metavar="INPUTS", help="sample inputs (.npy/.npz as for run) for --ptq calibration")
     c.set_defaults(func=cmd_compile)
+
+    k = sub.add_parser("check", help="design and resource rules only: every violation in one table (exit 2 if any)")
+    _add_compile_options(k)
+    k.set_defaults(func=cmd_check)
 
     r = sub.add_parser("run", help="run an artefact on input spikes")
     r.add_argument("artefact", help="compiled artefact (.npz)")
@@ -180,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except _errors() as exc:
+        from snn2hw.compiler import DesignRuleError
+
+        if isinstance(exc, DesignRuleError):
+            print(f"snn2hw: error: {len(exc.violations)} design-rule violation(s):", file=sys.stderr)
+            print(exc.table(), file=sys.stderr)
+            return EXIT_USAGE
         print(f"snn2hw: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
