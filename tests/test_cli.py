@@ -49,7 +49,6 @@ def test_export_compile_run_chain(files, capsys):
         (["export", "{d}/missing.ckpt", "-o", "{d}/o.nir", "--dt", "1e-3"], "no such checkpoint"),
         (["export", "{x}", "-o", "{d}/o.nir", "--dt", "1e-3"], "not an snn2hw checkpoint"),
         (["compile", "{x}", "-o", "{d}/o.npz", "--dt", "1e-3"], "not a NIR file"),
-        (["compile", "{nir}", "-o", "{d}/o.npz"], "needs --dt"),
         (["compile", "{ckpt}", "-o", "{d}/o.npz", "--neurons-per-core", "0"], "neurons_per_core must be >= 1"),
         (["compile", "{ckpt}", "-o", "{d}/o.npz", "--neurons-per-core", "-5"], "neurons_per_core must be >= 1"),
         (["compile", "{ckpt}", "-o", "{d}/o.npz", "--limit", "cores=3"], "unknown limit"),
