@@ -1,0 +1,93 @@
+"""Open any file snn2hw reads -- checkpoint, NIR file, compiled artefact -- by its content, not its name.
+
+``open_source(path, dt)`` returns a ``Source``: the kind, the float graph where the file has one
+(checkpoint, NIR) and the artefact where it is one. Everything goes through the project's own loaders
+(``torch.load(weights_only=True)``, h5py, ``np.load(allow_pickle=False)``), so untrusted files stay data.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from snn2hw.ir import Graph
+
+KINDS = ("checkpoint", "nir", "artefact")
+
+
+class SourceError(ValueError):
+    """A file is missing or is none of the kinds snn2hw reads."""
+
+
+@dataclass(frozen=True)
+class Source:
+    path: str
+    kind: str  # one of KINDS
+    graph: Graph | None = None  # float graph (checkpoint, NIR) or the artefact's integer graph
+    artefact: object | None = None  # snn2hw.artefact.Artefact for kind "artefact"
+    model: object | None = None  # the rebuilt torch model for kind "checkpoint"
+    checkpoint_extra: dict | None = None
+
+
+def sniff(path: str | os.PathLike) -> str:
+    """The kind of file at ``path`` from its first bytes and archive listing."""
+    path = Path(path)
+    if not path.is_file():
+        raise SourceError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "nir"
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise SourceError(f"{path}: unreadable zip archive ({exc})") from None
+        if "__meta__.npy" in names:
+            return "artefact"
+        if any(n.endswith("data.pkl") for n in names):
+            return "checkpoint"
+    raise SourceError(f"{path}: not a checkpoint, NIR file or snn2hw artefact")
+
+
+def _recorded_dt(path) -> float:
+    """The time step snn2hw recorded when it wrote a NIR file (metadata ``snn2hw_dt``), else an error."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            value = f["node"]["metadata"].get("snn2hw_dt") if "node" in f and "metadata" in f["node"] else None
+            value = None if value is None else float(value[()])
+    except (OSError, KeyError, TypeError, ValueError):
+        value = None
+    if value is None or not value > 0 or value == float("inf"):
+        raise SourceError(f"{path}: a NIR file stores no time step and this one records none; pass --dt")
+    return value
+
+
+def open_source(path: str | os.PathLike, dt: float | None = None) -> Source:
+    """Load ``path`` as whatever it is. ``dt`` (seconds per step) is needed for NIR files, which store
+    none; for checkpoints it defaults to 1e-3 (time constants are only written, not read)."""
+    kind = sniff(path)
+    if kind == "artefact":
+        from snn2hw import artefact
+
+        art = artefact.load(path)
+        return Source(str(path), kind, art.graph, artefact=art)
+    if kind == "nir":
+        from snn2hw import nir_io
+
+        if dt is None:
+            dt = _recorded_dt(path)
+        return Source(str(path), kind, nir_io.read(path, dt=dt))
+    from snn2hw.train.checkpoint import load_checkpoint, read_checkpoint
+
+    model = load_checkpoint(path)
+    extra = read_checkpoint(path).get("extra") or {}
+    try:
+        graph = model.to_ir(dt if dt is not None else 1e-3)
+    except ValueError as exc:
+        raise SourceError(f"{path}: the checkpoint's model has no IR graph ({exc})") from None
+    return Source(str(path), kind, graph, model=model, checkpoint_extra=extra if isinstance(extra, dict) else {})
