@@ -25,6 +25,9 @@ FORMAT_VERSION = 1
 PROJECTION_KINDS = ("dense", "sparse", "conv2d")
 
 
+MAX_ARTEFACT_BYTES = 1 << 33  # uncompressed archive members read in total (8 GiB)
+
+
 class ArtefactError(ValueError):
     """An artefact file is missing, not an artefact, of an unsupported version, or corrupt."""
 
@@ -111,10 +114,16 @@ def load(path: str | os.PathLike) -> Artefact:
     if not path.is_file():
         raise ArtefactError(f"{path}: no such artefact file")
     try:
+        with zipfile.ZipFile(path) as zf:  # refuse archives that would decompress to more than we read
+            declared = sum(i.file_size for i in zf.infolist())
+        if declared > MAX_ARTEFACT_BYTES:
+            raise ArtefactError(f"{path}: archive declares {declared} bytes, more than the {MAX_ARTEFACT_BYTES} snn2hw reads")
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise ArtefactError(f"{path}: not an snn2hw artefact (unreadable archive: {exc})") from None
+    except ArtefactError:
+        raise
+    except Exception as exc:  # BadZipFile, zlib.error, ValueError, OSError, EOFError... from a corrupt file
+        raise ArtefactError(f"{path}: not an snn2hw artefact (unreadable archive: {type(exc).__name__}: {exc})") from None
     if "__meta__" not in arrays:
         raise ArtefactError(f"{path}: not an snn2hw artefact (no header)")
     try:
@@ -158,7 +167,11 @@ def load(path: str | os.PathLike) -> Artefact:
         graph = Graph(inputs, pops, tuple(projs), tuple(meta["outputs"]), float(meta["dt"]), meta.get("metadata", {}))
         graph.validate()
     except (KeyError, TypeError) as exc:
-        raise ArtefactError(f"{path}: corrupt artefact (missing field {exc})") from None
+        raise ArtefactError(f"{path}: corrupt artefact (missing or mistyped field {exc})") from None
+    except ArtefactError:
+        raise
     except GraphError as exc:
         raise ArtefactError(f"{path}: corrupt artefact ({exc})") from None
+    except (ValueError, AttributeError, IndexError, OverflowError) as exc:  # e.g. int("x"), a header of the wrong shape
+        raise ArtefactError(f"{path}: corrupt artefact ({type(exc).__name__}: {exc})") from None
     return Artefact(graph, meta.get("resources", {}), meta.get("provenance", {}))

@@ -104,11 +104,40 @@ def read(path: str | os.PathLike, dt: float) -> Graph:
         raise NIRError(f"{path}: no such file")
     if not h5py.is_hdf5(path):
         raise NIRError(f"{path}: not a NIR file (not HDF5)")
+    _check_dataset_sizes(path)
     try:
         ng = nir.read(path)
     except Exception as exc:  # nir raises many kinds on malformed files; report them as one type
         raise NIRError(f"{path}: corrupt or unsupported NIR file ({type(exc).__name__}: {exc})") from None
-    return from_nir(ng, dt, source=str(path))
+    try:
+        return from_nir(ng, dt, source=str(path))
+    except NIRError:
+        raise
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError, OverflowError, ZeroDivisionError) as exc:
+        # a node whose arrays are not what its type promises (strings, wrong rank, None...)
+        raise NIRError(f"{path}: malformed NIR node data ({type(exc).__name__}: {exc})") from None
+
+
+MAX_NIR_BYTES = 1 << 32  # datasets a NIR file may declare in total (4 GiB): larger is refused before reading
+
+
+def _check_dataset_sizes(path: Path) -> None:
+    """Refuse files whose datasets declare more than ``MAX_NIR_BYTES`` (HDF5 can declare huge datasets in a
+    tiny file, which reading would allocate)."""
+    total = 0
+
+    def visit(_name, obj):
+        nonlocal total
+        if isinstance(obj, h5py.Dataset):
+            total += int(np.prod(obj.shape, dtype=np.float64)) * max(int(obj.dtype.itemsize), 1)
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(visit)
+    except Exception as exc:  # h5py raises OSError, KeyError, RuntimeError... on corrupt files
+        raise NIRError(f"{path}: corrupt NIR file ({type(exc).__name__}: {exc})") from None
+    if total > MAX_NIR_BYTES:
+        raise NIRError(f"{path}: datasets declare {total} bytes, more than the {MAX_NIR_BYTES} snn2hw reads")
 
 
 def _uniform(values, what: str, node: str) -> float:

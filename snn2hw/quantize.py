@@ -91,6 +91,9 @@ def weight_exponent(max_abs_weight: float, scale: float, sign_mode: hw.SignMode,
     if max_abs_weight == 0:
         return 0
     needed = scale * max_abs_weight / (1 << hw.ACTIVATION_SHIFT) / w_max
+    if not math.isfinite(needed):
+        raise QuantizationError(f"largest weight {max_abs_weight:.4g} at scale {scale:.4g} overflows a float; "
+                                f"no weight exponent can hold it (weights or 1/threshold too large)")
     e = max(exp_range[0], math.ceil(math.log2(needed)) if needed > 0 else exp_range[0])
     # guard against log2 rounding at exact powers of two
     while e > exp_range[0] and scale * max_abs_weight / (1 << hw.ACTIVATION_SHIFT) / 2.0 ** (e - 1) <= w_max:

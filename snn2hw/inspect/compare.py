@@ -58,6 +58,23 @@ class Comparison:
         best = min(rows, key=lambda r: (r["first_divergence"]["step"], self.populations.index(r["population"])))
         return {"population": best["population"], "run": best["run"], **best["first_divergence"]}
 
+    def backend_agreement(self) -> dict | None:
+        """Simulator vs Lava (both integer, expected equal bit for bit): the first population and step
+        where spikes, u or v differ, or ``identical``."""
+        if "sim" not in self.runs or "lava" not in self.runs:
+            return None
+        a, b = self.runs["sim"], self.runs["lava"]
+        first = None
+        for pop in self.populations:
+            for var in ("spikes", "u", "v"):
+                x, y = getattr(a, var).get(pop), getattr(b, var).get(pop)
+                if x is None or y is None:
+                    continue
+                fd = _first_divergence(np.asarray(x), np.asarray(y))
+                if fd and (first is None or fd["step"] < first["step"]):
+                    first = {"population": pop, "variable": var, **fd}
+        return {"identical": first is None, "first_difference": first}
+
     def to_dict(self) -> dict:
         return {
             "reference": self.reference,
@@ -68,6 +85,7 @@ class Comparison:
             "first_divergence": {r: self.first_divergence(r) for r in self.runs if r != self.reference},
             "layers": self.rows,
             "events": {k: r.events for k, r in self.runs.items() if r.events},
+            "backend_agreement": self.backend_agreement(),
             "notes": self.notes,
         }
 
@@ -99,6 +117,11 @@ class Comparison:
                              f"{run} spike={fd['spike']}; v there: {fd['ref_v']} vs {fd['v']} LSB)")
             else:
                 lines.append(f"{run} vs {self.reference}: identical spikes in every recorded population")
+        agree = self.backend_agreement()
+        if agree is not None:
+            lines.append("")
+            lines.append("sim vs lava: identical spikes, u and v in every population, every step" if agree["identical"] else
+                         f"sim vs lava: DIFFER first at {agree['first_difference']}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 

@@ -90,11 +90,15 @@ def _rasters(plt, cmp):
 
 def _divergence(plt, cmp):
     fig, ax = plt.subplots(figsize=(7, 3.6))
+    colors = {p: f"C{i % 10}" for i, p in enumerate(cmp.populations)}
+    others = [r for r in cmp.runs if r != cmp.reference]
+    styles = {r: ("-", "--", ":", "-.")[i % 4] for i, r in enumerate(others)}
     for r in cmp.rows:
         if r["run"] == cmp.reference:
             continue
         y = 100 * np.asarray(r["mismatch_per_step"])
-        line, = ax.plot(np.arange(len(y)), y, marker=".", lw=1.2, label=f"{r['population']} ({r['run']} vs {cmp.reference})")
+        line, = ax.plot(np.arange(len(y)), y, marker="." if styles[r["run"]] == "-" else "x", ls=styles[r["run"]],
+                        color=colors[r["population"]], lw=1.2, label=f"{r['population']} ({r['run']} vs {cmp.reference})")
         if r["first_divergence"]:
             ax.axvline(r["first_divergence"]["step"], color=line.get_color(), ls=":", lw=0.8)
     ax.set_xlabel("step")
