@@ -79,7 +79,10 @@ def decay_v_int(dv: float | torch.Tensor) -> int | torch.Tensor:
 def scale_for_threshold(v_th: float, threshold_target: int) -> float:
     if not v_th > 0:
         raise QuantizationError(f"threshold must be positive, got {v_th}")
-    return threshold_target * (1 << hw.THRESHOLD_SHIFT) / v_th
+    scale = threshold_target * (1 << hw.THRESHOLD_SHIFT) / v_th
+    if not math.isfinite(scale):
+        raise QuantizationError(f"threshold {v_th} is too small to scale to {threshold_target} integer units")
+    return scale
 
 
 def weight_exponent(max_abs_weight: float, scale: float, sign_mode: hw.SignMode, num_weight_bits: int,
