@@ -174,4 +174,26 @@ def load(path: str | os.PathLike) -> Artefact:
         raise ArtefactError(f"{path}: corrupt artefact ({exc})") from None
     except (ValueError, AttributeError, IndexError, OverflowError) as exc:  # e.g. int("x"), a header of the wrong shape
         raise ArtefactError(f"{path}: corrupt artefact ({type(exc).__name__}: {exc})") from None
+    problems = _value_problems(graph)
+    if problems:
+        raise ArtefactError(f"{path}: corrupt artefact, values outside what Loihi 2 holds (edited by hand?): "
+                            + "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else ""))
     return Artefact(graph, meta.get("resources", {}), meta.get("provenance", {}))
+
+
+def _value_problems(graph: Graph) -> list[str]:
+    """Array types and shapes, then every design rule: an artefact is untrusted input to the backends."""
+    problems = []
+    for p in graph.populations:
+        for what, arr in (("bias_mant", p.neuron.bias_mant), ("bias_exp", p.neuron.bias_exp)):
+            arr = np.asarray(arr)
+            if arr.dtype.kind not in "iu" or arr.shape != (p.size,):
+                problems.append(f"population {p.name!r}: {what} must be {p.size} integers, got {arr.dtype} {arr.shape}")
+    for p in graph.projections:
+        if np.asarray(p.weight).dtype.kind not in "iu":
+            problems.append(f"projection {p.name!r}: weights must be integers, got {np.asarray(p.weight).dtype}")
+    if problems:
+        return problems
+    from snn2hw.compiler import design_rule_violations  # imported here: the compiler imports this module
+
+    return design_rule_violations(graph)

@@ -93,6 +93,9 @@ def weight_exponent(max_abs_weight: float, scale: float, sign_mode: hw.SignMode,
     w_max -= w_max % hw.weight_step(sign_mode, num_weight_bits)
     if max_abs_weight == 0:
         return 0
+    if w_max <= 0:
+        raise QuantizationError(f"{num_weight_bits} weight bit(s) hold no non-zero weight in sign mode {sign_mode.name} "
+                                f"(mixed-sign weights need at least 2 bits)")
     needed = scale * max_abs_weight / (1 << hw.ACTIVATION_SHIFT) / w_max
     if not math.isfinite(needed):
         raise QuantizationError(f"largest weight {max_abs_weight:.4g} at scale {scale:.4g} overflows a float; "

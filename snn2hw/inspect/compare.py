@@ -11,7 +11,7 @@ first backend). Per population and pair of runs:
   and neuron (lowest index) where it happens -- downstream populations usually diverge one hop later,
   so the first layer to diverge is where to look;
 * u and v error in LSBs (integer units of the hardware state; float state times the layer's scale),
-  over the whole run and up to the first divergent step;
+  over the whole run and up to (and including) the first divergent step;
 * overflow/saturation events (the simulator's counts; for the float run, how often the scaled state
   leaves the 24-bit range) and the range used (largest |v| and |u| against 2**23).
 """
@@ -172,13 +172,13 @@ def _pair_row(pop: str, ref: Run, run: Run) -> dict:
     for var in ("u", "v"):
         x, y = getattr(ref, var).get(pop), getattr(run, var).get(pop)
         if x is None or y is None:
-            row[f"{var}_err_lsb_max"] = row[f"{var}_err_lsb_mean"] = row[f"{var}_err_lsb_max_before_divergence"] = None
+            row[f"{var}_err_lsb_max"] = row[f"{var}_err_lsb_mean"] = row[f"{var}_err_lsb_max_to_divergence"] = None
             continue
         err = np.abs(x - y)
         row[f"{var}_err_lsb_max"] = float(err.max(initial=0))
         row[f"{var}_err_lsb_mean"] = float(err.mean()) if err.size else 0.0
-        cut = fd["step"] if fd else err.shape[1]
-        row[f"{var}_err_lsb_max_before_divergence"] = float(err[:, :cut].max(initial=0))
+        cut = fd["step"] + 1 if fd else err.shape[1]  # up to and including the divergent step
+        row[f"{var}_err_lsb_max_to_divergence"] = float(err[:, :cut].max(initial=0))
     if fd:
         t, s, n = fd["step"], fd["sample"], fd["neuron"]
         fd.update(ref_spike=int(a[s, t, n]), spike=int(b[s, t, n]),
