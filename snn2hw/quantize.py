@@ -127,13 +127,15 @@ def quantize_bias(bias: np.ndarray, scale: float, population: str = "?") -> tupl
     exp = 0
     while np.abs(np.round(target / 2**exp)).max(initial=0) > hw.BIAS_MANT_MAX and exp < hw.BIAS_EXP_MAX:
         exp += 1
-    mant = np.round(target / 2**exp).astype(np.int64)
-    if np.abs(mant).max(initial=0) > hw.BIAS_MANT_MAX:
+    mant = np.round(target / 2**exp)
+    # checked in float: an overflowing bias (inf after scaling) must not reach the int64 cast
+    if not np.all(np.isfinite(mant)) or np.abs(mant).max(initial=0) > hw.BIAS_MANT_MAX:
         raise QuantizationError(
             f"population {population!r}: bias up to {np.abs(np.asarray(bias)).max():.4g} needs "
-            f"{int(np.abs(target).max())} integer units, more than a 13-bit mantissa with exponent "
+            f"{np.abs(target).max():.4g} integer units, more than a 13-bit mantissa with exponent "
             f"<= {hw.BIAS_EXP_MAX} holds"
         )
+    mant = mant.astype(np.int64)
     return mant, np.full(mant.shape, exp, dtype=np.int64)
 
 
