@@ -174,6 +174,9 @@ def load(path: str | os.PathLike) -> Artefact:
         raise ArtefactError(f"{path}: corrupt artefact ({exc})") from None
     except (ValueError, AttributeError, IndexError, OverflowError) as exc:  # e.g. int("x"), a header of the wrong shape
         raise ArtefactError(f"{path}: corrupt artefact ({type(exc).__name__}: {exc})") from None
+    for key in ("resources", "provenance", "metadata"):
+        if not isinstance(meta.get(key, {}), dict):
+            raise ArtefactError(f"{path}: corrupt artefact header ({key!r} is a {type(meta[key]).__name__}, not an object)")
     problems = _value_problems(graph)
     if problems:
         raise ArtefactError(f"{path}: corrupt artefact, values outside what Loihi 2 holds (edited by hand?): "

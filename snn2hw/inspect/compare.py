@@ -130,7 +130,8 @@ def layer_scales(graph: Graph, float_graph: Graph | None, provenance: dict | Non
     """Integer units per float unit of u and v, per population: the compiler's recorded scale, else
     derived from the threshold (vth << 6 = scale * v_th)."""
     scales = {}
-    for q in (provenance or {}).get("quantization", []) or []:
+    quant_list = (provenance or {}).get("quantization", []) if isinstance(provenance, dict) else []
+    for q in quant_list if isinstance(quant_list, list) else []:
         if isinstance(q, dict) and "population" in q and isinstance(q.get("scale"), (int, float)):
             scales[q["population"]] = float(q["scale"])
     if float_graph is not None:

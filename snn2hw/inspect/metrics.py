@@ -83,11 +83,12 @@ def _weight_bits(p) -> int:
 
 def layer_structure(graph: Graph, resources: dict | None = None, provenance: dict | None = None) -> list[dict]:
     """One row per population: neurons, synapses in, fan-in/out, memory, exponents, scale, cores."""
-    resources = resources or {}
+    resources = resources if isinstance(resources, dict) else {}
     per_pop = resources.get("per_population", {}) if isinstance(resources.get("per_population"), dict) else {}
     quant = {}
-    for q in (provenance or {}).get("quantization", []) or []:
-        if isinstance(q, dict) and "population" in q:
+    quant_list = (provenance or {}).get("quantization", []) if isinstance(provenance, dict) else []
+    for q in quant_list if isinstance(quant_list, list) else []:
+        if isinstance(q, dict) and isinstance(q.get("population"), str):
             quant[q["population"]] = q
     fan_out: dict[str, np.ndarray] = {n.name: np.zeros(n.size) for n in (*graph.inputs, *graph.populations)}
     fan_in: dict[str, np.ndarray] = {p.name: np.zeros(p.size) for p in graph.populations}
@@ -126,7 +127,7 @@ def layer_structure(graph: Graph, resources: dict | None = None, provenance: dic
             "weight_memory_bits": int(sum(d["weight_memory_bits"] for d in incoming)),
             "cores": pr_cores,
             "du": getattr(n, "du", None), "dv": getattr(n, "dv", None), "vth": getattr(n, "vth", None),
-            "scale": q.get("scale"),
+            "scale": q.get("scale") if isinstance(q.get("scale"), (int, float)) else None,
             "weight_exps": {d["name"]: d["weight_exp"] for d in incoming},
             "max_weight_error": q.get("max_weight_error"),
             "projections": incoming,
@@ -174,7 +175,8 @@ def activity(graph: Graph, inputs: dict[str, np.ndarray], spikes: dict[str, np.n
         else:
             ac += ops
     total_act = nonzero = 0
-    per_pop_cores = (resources or {}).get("per_population", {}) or {}
+    per_pop_cores = (resources or {}).get("per_population", {}) if isinstance(resources, dict) else {}
+    per_pop_cores = per_pop_cores if isinstance(per_pop_cores, dict) else {}
     step_ns = 0.0
     for p in graph.populations:
         s = spikes[p.name]
@@ -183,7 +185,7 @@ def activity(graph: Graph, inputs: dict[str, np.ndarray], spikes: dict[str, np.n
         total_act += s.size
         nonzero += int(np.count_nonzero(s))
         cores = per_pop_cores.get(p.name, {}).get("cores") if isinstance(per_pop_cores.get(p.name), dict) else None
-        cores = int(cores) if cores else 1
+        cores = cores if isinstance(cores, int) and not isinstance(cores, bool) and cores > 0 else 1
         core_ns = (per_pop[p.name]["synops_in_per_sample"] / steps / cores) * energy.synop_ns \
             + math.ceil(p.size / cores) * energy.neuron_update_ns
         per_pop[p.name]["busiest_core_ns_per_step"] = core_ns
