@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 
 FENCE = re.compile(r"^```([A-Za-z0-9_+-]*)[^\n]*\n(.*?)^```[ \t]*$", re.S | re.M)
-BLOCK_SECONDS = int(os.environ.get("SNN2HW_DOCS_BLOCK_SECONDS", "120"))
+BLOCK_SECONDS = int(os.environ.get("SNN2HW_DOCS_BLOCK_SECONDS", "600"))  # a hang guard, not a speed test
 
 
 def blocks(text: str):

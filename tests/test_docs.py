@@ -63,5 +63,4 @@ def test_doc_blocks_run(page, demo_dir, tmp_path):
         pytest.fail(f"{rel}:{f['line']}: {f['lang']} block failed:\n{f['error']}", pytrace=False)
     assert r.returncode == 0, f"{rel}: runner exited {r.returncode}: {r.stderr[-2000:]}"
     assert len(results) == sum(1 for _ in blocks(page.read_text()))
-    slow = [f"{rel}:{x['line']} took {x['seconds']} s" for x in results if x["seconds"] > 60]
-    assert not slow, "blocks must stay quick: " + "; ".join(slow)
+    # seconds per block are in the runner's output (not asserted: timings on a shared machine vary)
