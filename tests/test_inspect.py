@@ -280,3 +280,14 @@ def test_compare_sim_equals_lava(net):
     _, _, graph, good, x = net
     c = compare(good, x[:2], float_graph=graph, backends=("sim", "lava"))
     assert c.backend_agreement()["identical"]
+
+
+def test_demo_table_says_why_lava_did_not_run():
+    from snn2hw.pipeline import format_table
+
+    row = {"task": "t", "float_accuracy": 0.9, "sim_accuracy": 0.9, "float_to_deployed_drop_pp": 0.0, "lava": None,
+           "lava_not_run": "--no-lava", "resources": {"neurons": 1, "synapses": 1, "cores": 1, "inputs": 1},
+           "sim_events": {"lif1": {"v_saturation": 3}}, "wall_time_s": {"sim": 1.0}}
+    text = format_table(row)
+    assert "not run (--no-lava)" in text and "Python 3.10" not in text
+    assert "v_saturation" in text and "compare" in text  # the saturation count comes with what it means
