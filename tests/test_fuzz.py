@@ -43,6 +43,13 @@ SOAK = os.environ.get("SNN2HW_SOAK") == "1"
 CASES = 240  # CI
 SOAK_CASES = int(os.environ.get("SNN2HW_FUZZ_CASES", "12000"))
 SOAK_GRAPHS = int(os.environ.get("SNN2HW_FUZZ_GRAPHS", "3000"))
+SOAK_LOG = os.environ.get("SNN2HW_SOAK_LOG")  # append progress lines here (the soak takes long on a busy machine)
+
+
+def _log(line: str) -> None:
+    if SOAK_LOG:
+        with open(SOAK_LOG, "a") as f:
+            f.write(line + "\n")
 CASE_SECONDS = 60  # generous: the machine is shared; a hang runs forever
 MAX_RSS_GROWTH = 1 << 30  # bytes
 TYPED = cli._errors()
@@ -265,7 +272,7 @@ def _cli(argv) -> None:
 
 
 def _fuzz_files(seeds: Path, tmp: Path, cases: int, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
+
     kinds = ["dense.ckpt", "conv.ckpt", "net.nir", "net.npz"]
     raw = {k: (seeds / k).read_bytes() for k in kinds}
     counts: dict[str, int] = {}
@@ -296,7 +303,8 @@ def _fuzz_files(seeds: Path, tmp: Path, cases: int, seed: int = 0) -> dict:
         outcome = _check_case(label, fn)
         counts[outcome] = counts.get(outcome, 0) + 1
         counts[kind] = counts.get(kind, 0) + 1
-        rng.random()
+        if (i + 1) % 100 == 0:
+            _log(f"files seed {seed}: {i + 1} cases, {counts}")
     return counts
 
 
@@ -420,7 +428,13 @@ def _compile_roundtrip(tmp_path_factory, graph):
         for a, b in zip(art.graph.projections, back.graph.projections):
             np.testing.assert_array_equal(a.weight, b.weight)
 
-    _check_case(f"graph {graph}", fn)
+    outcome = _check_case(f"graph {graph}", fn)
+    _GRAPH_COUNTS[outcome] = _GRAPH_COUNTS.get(outcome, 0) + 1
+    if sum(_GRAPH_COUNTS.values()) % 100 == 0:
+        _log(f"graphs: {sum(_GRAPH_COUNTS.values())} cases, {_GRAPH_COUNTS}")
+
+
+_GRAPH_COUNTS: dict[str, int] = {}
 
 
 @settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
