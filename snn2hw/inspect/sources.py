@@ -43,8 +43,8 @@ def sniff(path: str | os.PathLike) -> str:
         try:
             with zipfile.ZipFile(path) as z:
                 names = z.namelist()
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
-            raise SourceError(f"{path}: unreadable zip archive ({exc})") from None
+        except Exception as exc:  # BadZipFile, NotImplementedError (unknown zip version), OSError...
+            raise SourceError(f"{path}: unreadable zip archive ({type(exc).__name__}: {exc})") from None
         if "__meta__.npy" in names:
             return "artefact"
         if any(n.endswith("data.pkl") for n in names):
