@@ -127,11 +127,16 @@ def cmd_compile(args) -> int:
     from snn2hw.compiler import CoreLimits, compile_graph
     from snn2hw.quantize import QuantConfig
 
-    graph = nir_io.read(args.nir, dt=args.dt)
+    graph = nir_io.read(args.nir, dt=args.dt, convention=args.convention, approximate=args.approximate)
+    nir_notes = graph.metadata.get("nir", {})
     art = compile_graph(
         graph, QuantConfig(num_weight_bits=args.weight_bits, threshold_target=args.threshold_target),
-        CoreLimits(neurons_per_core=args.neurons_per_core), provenance={"source": str(args.nir), "dt": args.dt},
+        CoreLimits(neurons_per_core=args.neurons_per_core),
+        provenance={"source": str(args.nir), "dt": graph.dt, "nir_convention": nir_notes.get("source_convention"),
+                    "nir_notes": nir_notes.get("notes", [])},
     )
+    for note in nir_notes.get("notes", []):
+        print(f"note: {note}")
     artefact.save(art, args.output)
     r = art.resources
     print(f"wrote {args.output}: {r['neurons']} neurons, {r['synapses']} synapses, {r['cores']} cores")
@@ -263,7 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="NIR file -> quantized, design-rule-checked artefact")
     c.add_argument("nir", help="input .nir file")
     c.add_argument("-o", "--output", required=True, help="output artefact (.npz)")
-    c.add_argument("--dt", type=_positive_float, required=True, help="seconds per time step used to read time constants")
+    c.add_argument("--dt", type=_positive_float, default=None,
+                   help="seconds per time step used to read time constants (default: recorded by snn2hw, else the "
+                        "convention's)")
+    c.add_argument("--convention", default=None, metavar="NAME",
+                   help="producer conventions of the NIR file: nir, snn2hw, snntorch, norse, sinabs, spikingjelly, "
+                        "rockpool, spyx (default: snn2hw if it wrote the file, else nir; see docs/nir.md)")
+    c.add_argument("--approximate", action="store_true",
+                   help="accept what has no exact Loihi mapping (a subtract reset becomes reset to zero)")
     c.add_argument("--weight-bits", type=int, default=8, help="weight mantissa bits, 1..8 (default 8)")
     c.add_argument("--threshold-target", type=int, default=1024, help="integer threshold the scaling aims for (default 1024)")
     c.add_argument("--neurons-per-core", type=_positive_int, default=8192, help="per-core neuron limit used for mapping")

@@ -449,3 +449,12 @@ def test_compiler_on_adversarial_graphs(tmp_path_factory, graph):
 @given(adversarial_graph())
 def test_soak_compiler_on_adversarial_graphs(tmp_path_factory, graph):
     _compile_roundtrip(tmp_path_factory, graph)
+
+
+def test_nir_declaring_a_huge_dataset_is_refused_before_reading(tmp_path):
+    path = tmp_path / "huge.nir"
+    with h5py.File(path, "w") as f:  # a 2**33-element dataset with no data written: a tiny file
+        f.create_dataset("node/nodes/x/weight", shape=(2**33,), dtype="f8", chunks=(1024,))
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(nir_io.NIRError, match="declare"):
+        nir_io.read(path, dt=1e-3)

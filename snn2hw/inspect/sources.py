@@ -52,24 +52,9 @@ def sniff(path: str | os.PathLike) -> str:
     raise SourceError(f"{path}: not a checkpoint, NIR file or snn2hw artefact")
 
 
-def _recorded_dt(path) -> float:
-    """The time step snn2hw recorded when it wrote a NIR file (metadata ``snn2hw_dt``), else an error."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            value = f["node"]["metadata"].get("snn2hw_dt") if "node" in f and "metadata" in f["node"] else None
-            value = None if value is None else float(value[()])
-    except (OSError, KeyError, TypeError, ValueError):
-        value = None
-    if value is None or not value > 0 or value == float("inf"):
-        raise SourceError(f"{path}: a NIR file stores no time step and this one records none; pass --dt")
-    return value
-
-
 def open_source(path: str | os.PathLike, dt: float | None = None) -> Source:
-    """Load ``path`` as whatever it is. ``dt`` (seconds per step) is needed for NIR files, which store
-    none; for checkpoints it defaults to 1e-3 (time constants are only written, not read)."""
+    """Load ``path`` as whatever it is. ``dt`` (seconds per step) reads a NIR file's time constants (None:
+    the dt snn2hw recorded in it, else the NIR reader's default); for checkpoints it defaults to 1e-3."""
     kind = sniff(path)
     if kind == "artefact":
         from snn2hw import artefact
@@ -79,8 +64,7 @@ def open_source(path: str | os.PathLike, dt: float | None = None) -> Source:
     if kind == "nir":
         from snn2hw import nir_io
 
-        if dt is None:
-            dt = _recorded_dt(path)
+        # dt None: the reader uses the dt snn2hw recorded in the file, else its convention's default
         return Source(str(path), kind, nir_io.read(path, dt=dt))
     from snn2hw.train.checkpoint import load_checkpoint, read_checkpoint
 
