@@ -114,10 +114,15 @@ def cmd_demo(args) -> int:
 
 def cmd_export(args) -> int:
     from snn2hw import nir_io
-    from snn2hw.train.checkpoint import load_checkpoint
+    from snn2hw.train.checkpoint import CheckpointError, load_checkpoint
 
     model = load_checkpoint(args.checkpoint)
-    nir_io.write(model.to_ir(args.dt), args.output)
+    try:
+        graph = model.to_ir(args.dt)
+    except (ValueError, TypeError, IndexError, OverflowError, ZeroDivisionError) as exc:  # a config no IR fits
+        raise CheckpointError(f"{args.checkpoint}: the checkpoint's model has no valid IR graph "
+                              f"({type(exc).__name__}: {exc})") from None
+    nir_io.write(graph, args.output)
     _emit(args, {"wrote": str(args.output), "dt": args.dt}, f"wrote {args.output} (dt = {args.dt} s)")
     return 0
 

@@ -72,6 +72,6 @@ def open_source(path: str | os.PathLike, dt: float | None = None) -> Source:
     extra = read_checkpoint(path).get("extra") or {}
     try:
         graph = model.to_ir(dt if dt is not None else 1e-3)
-    except ValueError as exc:
-        raise SourceError(f"{path}: the checkpoint's model has no IR graph ({exc})") from None
+    except (ValueError, TypeError, IndexError, OverflowError, ZeroDivisionError) as exc:
+        raise SourceError(f"{path}: the checkpoint's model has no valid IR graph ({type(exc).__name__}: {exc})") from None
     return Source(str(path), kind, graph, model=model, checkpoint_extra=extra if isinstance(extra, dict) else {})
