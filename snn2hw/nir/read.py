@@ -756,6 +756,28 @@ def merge_split(spikes: dict[str, np.ndarray], graph: Graph) -> dict[str, np.nda
 
 
 # --- files ----------------------------------------------------------------------------------------------------
+MAX_NIR_BYTES = 1 << 32  # datasets a NIR file may declare in total (4 GiB): larger is refused before reading
+
+
+def _check_dataset_sizes(path: Path) -> None:
+    """Refuse files whose datasets declare more than ``MAX_NIR_BYTES``: HDF5 can declare a huge dataset
+    in a tiny file (unwritten chunks), which reading would allocate."""
+    total = 0
+
+    def visit(_name, obj):
+        nonlocal total
+        if isinstance(obj, h5py.Dataset):
+            total += int(np.prod(obj.shape, dtype=np.float64)) * max(int(obj.dtype.itemsize), 1)
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(visit)
+    except Exception as exc:  # h5py raises OSError, KeyError, RuntimeError... on corrupt files
+        raise NIRError(f"{path}: corrupt NIR file ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if total > MAX_NIR_BYTES:
+        raise NIRError(f"{path}: datasets declare {total} bytes, more than the {MAX_NIR_BYTES} snn2hw reads")
+
+
 def read_nir_graph(path: str | os.PathLike) -> nir.NIRGraph:
     """The NIR graph in a ``.nir`` file (typed errors for a missing, non-HDF5 or corrupt file)."""
     path = Path(path)
@@ -763,6 +785,7 @@ def read_nir_graph(path: str | os.PathLike) -> nir.NIRGraph:
         raise NIRError(f"{path}: no such file")
     if not h5py.is_hdf5(path):
         raise NIRError(f"{path}: not a NIR file (not HDF5)")
+    _check_dataset_sizes(path)
     try:
         ng = nir.read(path)
     except Exception as exc:  # nir raises many kinds on malformed files; report them as one type
