@@ -195,7 +195,7 @@ def _add_compile_options(c: argparse.ArgumentParser) -> None:
                         "models default to 1e-3)")
     c.add_argument("--weight-bits", type=int, default=8, help="weight mantissa bits, 1..8 (default 8)")
     c.add_argument("--threshold-target", type=int, default=1024, help="integer threshold the scaling aims for (default 1024)")
-    c.add_argument("--neurons-per-core", type=_positive_int, default=None, help="shorthand for --limit neurons_per_core=N")
+    c.add_argument("--neurons-per-core", type=int, default=None, help="shorthand for --limit neurons_per_core=N")
     c.add_argument("--limit", action="append", default=[], metavar="NAME=N",
                    help="override a resource limit (see docs/compiler.md), e.g. --limit boards=2")
     c.add_argument("--ptq", action="store_true", help="post-training quantization search (exponents, clipping, calibration)")

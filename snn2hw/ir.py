@@ -332,7 +332,9 @@ class Graph:
                 remaining.remove(n)
         return order
 
-    def validate(self) -> "Graph":
+    def validate(self, finite: bool = True) -> "Graph":
+        """The graph itself if its structure is sound, else ``GraphError``. ``finite=False`` leaves NaN and
+        infinite parameters to the caller (the compiler lists them with every other design-rule violation)."""
         names = [n.name for n in (*self.inputs, *self.populations)]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -366,7 +368,8 @@ class Graph:
             bias = pop.neuron.bias if isinstance(pop.neuron, LIF) else pop.neuron.bias_mant
             if np.shape(bias) != (pop.size,):
                 raise GraphError(f"population {pop.name!r}: bias shape {np.shape(bias)} != ({pop.size},)")
-        _check_finite(self)
+        if finite:
+            _check_finite(self)
         for o in self.outputs:
             self.population(o)
         if not self.outputs:
