@@ -26,7 +26,14 @@ def _errors() -> tuple[type[BaseException], ...]:
     from snn2hw.train.checkpoint import CheckpointError
 
     return (ArtefactError, BackendError, DesignRuleError, GraphError, NIRError, QuantizationError,
-            CheckpointError, InputFileError)
+            CheckpointError, InputFileError, *_onnx_errors())
+
+
+def _onnx_errors() -> tuple[type[BaseException], ...]:
+    from snn2hw.onnx import OnnxExportError
+    from snn2hw.onnx.convert import ConversionError
+
+    return (OnnxExportError, ConversionError)
 
 
 class InputFileError(ValueError):
@@ -121,6 +128,18 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_export_onnx(args) -> int:
+    from snn2hw.onnx import cli as onnx_cli
+
+    return onnx_cli.export_onnx(args)
+
+
+def cmd_convert(args) -> int:
+    from snn2hw.onnx import cli as onnx_cli
+
+    return onnx_cli.convert(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="snn2hw", description="Train spiking networks and deploy them bit-exactly to Loihi 2.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -156,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--record", action="append", default=[], metavar="POP", help="also record spikes of POP")
     r.add_argument("--record-state", action="append", default=[], metavar="POP", help="record u and v of POP")
     r.set_defaults(func=cmd_run)
+
+    from snn2hw.onnx.cli import add_parsers as add_onnx_parsers
+
+    add_onnx_parsers(sub, cmd_export_onnx, cmd_convert)
 
     i = sub.add_parser("info", help="print an artefact's resources and provenance")
     i.add_argument("artefact")

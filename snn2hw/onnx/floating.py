@@ -16,6 +16,7 @@ import numpy as np
 
 from snn2hw.ir import LIF, Conv2d, Dense, Graph, Population
 from snn2hw.onnx.builder import DOUBLE, FLOAT, GraphBuilder
+from snn2hw.onnx.integer import conv_accumulate
 from snn2hw.onnx.schedule import OnnxExportError
 
 
@@ -36,6 +37,8 @@ class FloatArithmetic:
         w = np.asarray(p.weight, dtype=self.dtype)
         if isinstance(p, Dense):
             return b.op("MatMul", src, b.const(w.T.copy(), dtype=self.dtype, name=b.fresh(f"weight/{p.name}")))
+        if self.dtype == np.float64:  # onnxruntime has no float64 Conv: gather the taps, one MatMul (exact sums)
+            return conv_accumulate(b, p, src, w, self.dtype)
         img = b.op("Reshape", src, b.const([0, *p.in_shape]))
         out = b.op("Conv", img, b.const(w, dtype=self.dtype, name=b.fresh(f"weight/{p.name}")),
                    kernel_shape=list(p.kernel_size), strides=list(p.stride), dilations=list(p.dilation),
