@@ -37,7 +37,10 @@ class UnsupportedOperatorError(ConversionError):
     def __init__(self, source: str, nodes: list[tuple[str, str]]):
         self.nodes = nodes
         listing = ", ".join(f"{name or '<unnamed>'} ({op})" for name, op in nodes)
-        super().__init__(f"{source}: {len(nodes)} unsupported ONNX node(s): {listing}; supported operators: "
+        why = ("; MaxPool maps only where it is the identity (1x1, stride 1): the maximum of spike counts is not a "
+               "sum of spikes, so rate-coded CUBA-LIF neurons cannot compute it -- retrain with AveragePool"
+               if any(op == "MaxPool" for _, op in nodes) else "")
+        super().__init__(f"{source}: {len(nodes)} unsupported ONNX node(s): {listing}{why}; supported operators: "
                          f"{', '.join(sorted(SUPPORTED - {'Constant'}))}")
 
 
@@ -101,6 +104,15 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
+def _mappable(node: onnx.NodeProto) -> bool:
+    """MaxPool converts only where it is the identity."""
+    if node.op_type != "MaxPool":
+        return True
+    a = _attrs(node)
+    k = a.get("kernel_shape", [])
+    return all(v == 1 for v in k) and all(v == 1 for v in a.get("strides", [1] * len(k))) and not any(a.get("pads", []))
+
+
 def _pool_out(size: int, k: int, s: int, p: int, d: int = 1) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
@@ -129,7 +141,8 @@ def parse(source: str | os.PathLike | onnx.ModelProto) -> AnnChain:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         raise ConversionError(f"{where}: invalid ONNX model ({str(exc).splitlines()[0][:300]})") from None
-    unsupported = [(n.name, n.op_type) for n in g.node if n.op_type not in SUPPORTED or n.domain not in ("", "ai.onnx")]
+    unsupported = [(n.name, n.op_type) for n in g.node
+                   if n.op_type not in SUPPORTED or n.domain not in ("", "ai.onnx") or not _mappable(n)]
     if unsupported:
         raise UnsupportedOperatorError(where, unsupported)
 
@@ -265,11 +278,8 @@ def parse(source: str | os.PathLike | onnx.ModelProto) -> AnnChain:
             out = (shape[0], _pool_out(shape[1], k[0], s[0], p[0]), _pool_out(shape[2], k[1], s[1], p[1]))
             stages.append(AvgPool(node.name or f"pool{len(stages)}", tuple(k), tuple(s), tuple(p), shape, out))
             shape, relu_pending_ok = out, False
-        elif op == "MaxPool":
-            k, s = tuple(a.get("kernel_shape", [])), tuple(a.get("strides", [1] * len(a.get("kernel_shape", []))))
-            if not (all(v == 1 for v in k) and all(v == 1 for v in s) and not any(a.get("pads", []))):
-                fail(node, f"max pooling (kernel {k}, stride {s}) has no rate-coded equivalent on Loihi 2's CUBA-LIF "
-                           f"(a spike count's maximum is not a sum of spikes); retrain with AveragePool")
+        elif op == "MaxPool":  # the identity (_mappable refused every other one)
+            pass
         elif op in ("Flatten", "Reshape"):
             if op == "Flatten" and a.get("axis", 1) != 1:
                 fail(node, f"Flatten axis {a.get('axis')} is not supported (use axis 1)")
