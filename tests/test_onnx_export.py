@@ -145,3 +145,30 @@ def test_float_export_equals_pytorch_forward():
         want32 = _float_model()(x.float())
     got32 = run_sequence(m32, x.numpy().astype(np.float32)).v[pops[-1]]
     assert np.mean(np.abs(got32 - want32.numpy()) <= 1e-4 * (1 + np.abs(want32.numpy()))) > 0.99
+
+
+# --- CLI ------------------------------------------------------------------------------------------------
+def test_cli_export_onnx_writes_checked_models(tmp_path):
+    from snn2hw.cli import main
+    from snn2hw.models import digits
+    from snn2hw.train.checkpoint import save_checkpoint
+
+    model = digits.build_model(0)
+    art = compile_graph(model.to_ir())
+    artefact.save(art, tmp_path / "d.s2h.npz")
+    save_checkpoint(model, tmp_path / "d.ckpt")
+    assert main(["export-onnx", str(tmp_path / "d.s2h.npz"), "-o", str(tmp_path / "d.onnx")]) == 0
+    seq, step = onnx.load(str(tmp_path / "d.onnx")), onnx.load(str(tmp_path / "d.step.onnx"))
+    for m in (seq, step):
+        onnx.checker.check_model(m, full_check=True)
+    x = (np.random.default_rng(0).random((3, 10, 64)) < 0.3).astype(np.int64)
+    want = sim.run(art, x).spikes["lif2"]
+    np.testing.assert_array_equal(run_sequence(seq, x).spikes["lif2"], want)
+    np.testing.assert_array_equal(run_steps(step, x).spikes["lif2"], want)
+    assert main(["export-onnx", "--float", str(tmp_path / "d.ckpt"), "-o", str(tmp_path / "f.onnx"),
+                 "--step-output", "none"]) == 0
+    assert metadata(onnx.load(str(tmp_path / "f.onnx")))["snn2hw.arithmetic"] == "float32"
+    assert not (tmp_path / "f.step.onnx").exists()
+    # a checkpoint is not an artefact: one error line, exit 2, nothing written
+    assert main(["export-onnx", str(tmp_path / "d.ckpt"), "-o", str(tmp_path / "bad.onnx")]) == 2
+    assert not (tmp_path / "bad.onnx").exists()
