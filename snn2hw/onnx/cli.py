@@ -48,7 +48,8 @@ def export_onnx(args) -> int:
         from snn2hw.train.checkpoint import load_checkpoint
 
         network = load_checkpoint(args.source)
-        make = lambda kind, rec: export_float(network, kind=kind, record_state=rec, dtype=args.dtype)  # noqa: E731
+        make = lambda kind, rec: export_float(network, kind=kind, record_state=rec or None,  # noqa: E731
+                                              dtype=args.dtype)
     else:
         from snn2hw import artefact
 

@@ -66,13 +66,16 @@ def export_integer(network: Artefact | Graph, kind: str = "sequence", record_sta
     return _build(graph, IntegerArithmetic(graph), "loihi2-integer", kind, record_state, None)
 
 
-def export_float(network, kind: str = "sequence", record_state: bool = False, dtype=np.float32,
+def export_float(network, kind: str = "sequence", record_state: bool | None = None, dtype=np.float32,
                  dt: float = 1e-3) -> onnx.ModelProto:
     """The float dynamics of a trained network (a ``SpikingSequential`` or any float IR ``Graph``).
 
-    A ``LeakyReadout``'s output is its v: export with ``record_state=True`` and read ``v/<pop>``."""
+    A ``LeakyReadout``'s output is its v (``v/<pop>``): ``record_state`` defaults to True when the graph has
+    a non-spiking population, else False."""
     graph = network if isinstance(network, Graph) else network.to_ir(dt)
     graph.validate()
+    if record_state is None:
+        record_state = any(not getattr(p.neuron, "spiking", True) for p in graph.populations)
     arith = FloatArithmetic(graph, dtype)
     return _build(graph, arith, arith.dtype.name, kind, record_state, None)
 
