@@ -119,7 +119,8 @@ def _float_model():
     conv = ConvLIF((2, 6, 6), 4, 3, padding=1, stride=1, du=0.3, dv=0.05, v_th=0.6, bias=True, weight_gain=3.0)
     pool = SumPoolLIF(conv.out_shape, 2, du=0.5, dv=0.1, v_th=1.5)
     layers = [conv, pool, Flatten(), LIFDense(36, 20, du=0.2, dv=0.1, bias=True, weight_gain=4.0),
-              RecurrentLIFDense(20, 12, du=0.25, dv=0.1, weight_gain=4.0, bias=True), LeakyReadout(12, 5, du=0.2, dv=0.1)]
+              RecurrentLIFDense(20, 12, du=0.25, dv=0.1, weight_gain=4.0, bias=True),
+              LeakyReadout(12, 5, du=0.2, dv=0.1)]
     return SpikingSequential(layers).eval()
 
 

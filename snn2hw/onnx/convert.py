@@ -71,7 +71,8 @@ def ann_module(chain: AnnChain) -> torch.nn.Sequential:
             m.weight.data, m.bias.data = torch.as_tensor(s.weight), torch.as_tensor(s.bias)
             mods.append(m)
         elif isinstance(s, Conv):
-            m = torch.nn.Conv2d(s.weight.shape[1] * s.groups, s.weight.shape[0], s.weight.shape[2:], s.stride, s.padding,
+            m = torch.nn.Conv2d(s.weight.shape[1] * s.groups, s.weight.shape[0], s.weight.shape[2:], s.stride,
+                                s.padding,
                                 s.dilation, s.groups).double()
             m.weight.data, m.bias.data = torch.as_tensor(s.weight), torch.as_tensor(s.bias)
             mods.append(m)
@@ -177,7 +178,8 @@ def convert(source: str | os.PathLike | onnx.ModelProto | AnnChain, calibration:
                 layer = ConvLIF(s.in_shape, s.weight.shape[0], s.weight.shape[2:], s.stride, s.padding, s.dilation,
                                 s.groups, du=1.0, dv=0.0, v_th=1.0, bias=True)
             with torch.no_grad():
-                layer.weight.copy_(torch.as_tensor(s.weight * prev_lam / lam, dtype=torch.float32).reshape(layer.weight.shape))
+                w = torch.as_tensor(s.weight * prev_lam / lam, dtype=torch.float32)
+                layer.weight.copy_(w.reshape(layer.weight.shape))
                 layer.bias.copy_(torch.as_tensor(s.bias / lam, dtype=torch.float32))
         else:  # the read-out: v sums the logit estimates of every step
             peak = float(a.abs().max()) if a.numel() else 1.0

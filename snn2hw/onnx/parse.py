@@ -136,7 +136,8 @@ def parse(source: str | os.PathLike | onnx.ModelProto) -> AnnChain:
     for t in g.initializer:
         if t.data_location == onnx.TensorProto.EXTERNAL:
             raise ConversionError(f"{where}: initializer {t.name!r} keeps its data in an external file; "
-                                  f"save the model with its weights inside (onnx.save(..., save_as_external_data=False))")
+                                  f"save the model with its weights inside "
+                                  f"(onnx.save(..., save_as_external_data=False))")
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
@@ -236,12 +237,14 @@ def parse(source: str | os.PathLike | onnx.ModelProto) -> AnnChain:
             pads = list(a.get("pads", [0, 0, 0, 0])) if auto_pad == "NOTSET" else [0, 0, 0, 0]
             if pads[0] != pads[2] or pads[1] != pads[3]:
                 fail(node, f"asymmetric pads {pads} are not supported")
-            stride, dil, groups = tuple(a.get("strides", [1, 1])), tuple(a.get("dilations", [1, 1])), int(a.get("group", 1))
+            stride, dil = tuple(a.get("strides", [1, 1])), tuple(a.get("dilations", [1, 1]))
+            groups = int(a.get("group", 1))
             if w.shape[1] * groups != shape[0]:
                 fail(node, f"weight {w.shape} with group {groups} does not take {shape[0]} channels")
             out = (w.shape[0], _pool_out(shape[1], w.shape[2], stride[0], pads[0], dil[0]),
                    _pool_out(shape[2], w.shape[3], stride[1], pads[1], dil[1]))
-            stages.append(Conv(node.name or f"conv{len(stages)}", w, bias, shape, out, stride, (pads[0], pads[1]), dil, groups))
+            stages.append(Conv(node.name or f"conv{len(stages)}", w, bias, shape, out, stride, (pads[0], pads[1]), dil,
+                               groups))
             shape, relu_pending_ok = out, True
         elif op == "BatchNormalization":
             if not (relu_pending_ok and isinstance(last, (Linear, Conv)) and not last.relu):
