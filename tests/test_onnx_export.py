@@ -70,6 +70,9 @@ def test_models_are_integer_only_and_checked(tmp_path):
             assert not any(n.op_type in ("Conv", "Cast") and any(a.name == "to" and a.i in float_types
                                                                  for a in n.attribute) for n in gr.node)
         assert metadata(m)["snn2hw.arithmetic"] == "loihi2-integer"
+        names = [{v.name for v in (*gr.input, *gr.output, *gr.initializer)} | {o for n in gr.node for o in n.output}
+                 for gr in graphs]
+        assert all(not (names[0] & inner) for inner in names[1:]), "a Scan body name shadows an outer name"
 
 
 # --- random networks (the differential tests' generators) ----------------------------------------------

@@ -59,25 +59,26 @@ class Layout:
         return out
 
 
-def _step_nodes(b: GraphBuilder, graph: Graph, layout: Layout, arith, x: dict[str, str]) -> tuple[dict, dict, dict]:
-    """Emit one step into ``b``; ``x`` maps input names to this step's (batch, n) values. Returns
-    (spikes, next state by state-input name, u/v by population)."""
+def _step_nodes(b: GraphBuilder, graph: Graph, layout: Layout, arith, io) -> tuple[dict, dict, dict]:
+    """Emit one step into ``b``; ``io(name)`` is the tensor name of input/state ``name`` in ``b``.
+    Returns (spikes, next state by state-input name, u/v by population)."""
     # population spikes are 0/1 by construction; inputs go through the synapse's own "payload != 0" test,
     # as Lava's binary synapses treat any non-zero payload as a spike
     binary_nodes = {p.name for p in graph.populations}
     incoming: dict[str, list[str]] = {p.name: [] for p in graph.populations}
     for p in graph.projections:
-        src = b.op("Gather", f"hist/{p.src}", b.const(int(p.delay)), axis=1)  # (batch, n_src) of step t-1-delay
+        src = b.op("Gather", io(f"hist/{p.src}"), b.const(int(p.delay)), axis=1)  # (batch, n_src) of step t-1-delay
         incoming[p.dst].append(arith.projection(b, p, src, p.src in binary_nodes))
     spikes, nxt, state = {}, {}, {}
     for pop in graph.populations:
-        s, u, v = arith.neuron(b, pop, incoming[pop.name], f"u/{pop.name}", f"v/{pop.name}")
+        s, u, v = arith.neuron(b, pop, incoming[pop.name], io(f"u/{pop.name}"), io(f"v/{pop.name}"))
         spikes[pop.name], state[pop.name] = s, (u, v)
         nxt[f"u/{pop.name}"], nxt[f"v/{pop.name}"] = u, v
+    inputs = {n for n, _ in layout.inputs}
     for name, depth, _ in layout.history:
-        new = b.op("Unsqueeze", x[name] if name in x else spikes[name], b.const([1]))
+        new = b.op("Unsqueeze", io(f"in/{name}") if name in inputs else spikes[name], b.const([1]))
         if depth > 1:
-            kept = b.op("Slice", f"hist/{name}", b.const([0]), b.const([depth - 1]), b.const([1]))
+            kept = b.op("Slice", io(f"hist/{name}"), b.const([0]), b.const([depth - 1]), b.const([1]))
             new = b.op("Concat", new, kept, axis=1)
         nxt[f"hist/{name}"] = new
     return spikes, nxt, state
@@ -86,28 +87,29 @@ def _step_nodes(b: GraphBuilder, graph: Graph, layout: Layout, arith, x: dict[st
 def build_step(graph: Graph, arith, name: str = "snn2hw_step", for_scan: bool = False,
                record_state: bool = True) -> GraphBuilder:
     """The step graph. ``for_scan`` orders inputs/outputs as a Scan body (state first) and adds per-step
-    copies of the spikes (and of u and v with ``record_state``) as scan outputs."""
+    copies of the spikes (and of u and v with ``record_state``) as scan outputs. A Scan body's names all
+    carry the prefix ``step:``, so none shadows a name of the outer graph."""
     layout = Layout.of(graph)
-    b = GraphBuilder(name, prefix="step:" if for_scan else "")
+    pfx = "step:" if for_scan else ""
+    io = lambda n: pfx + n  # noqa: E731
+    b = GraphBuilder(name, prefix=pfx)
     st, vt = arith.state_type, arith.value_type
-    x = {i.name: f"in/{i.name}" for i in graph.inputs}
     state = layout.state()
     input_specs = [(f"in/{n}", vt, ["batch", s]) for n, s in layout.inputs]
     state_specs = [(i, vt if i.startswith("hist/") else st, shape) for i, _, shape in state]
     for n, t, shape in (state_specs + input_specs if for_scan else input_specs + state_specs):
-        b.add_input(n, t, shape)
-    spikes, nxt, states = _step_nodes(b, graph, layout, arith, x)
+        b.add_input(io(n), t, shape)
+    spikes, nxt, states = _step_nodes(b, graph, layout, arith, io)
     outs = []
     for (inp, out, shape), (_, t, _) in zip(state, state_specs):
-        outs.append((b.op("Identity", nxt[inp], out=out), t, shape))
+        outs.append((b.op("Identity", nxt[inp], out=io(out)), t, shape))
     traces = []
     for pop, size in layout.populations:
-        s_name = f"spikes/{pop}" if not for_scan else f"step_spikes/{pop}"
-        traces.append((b.op("Cast", spikes[pop], to=UINT8, out=s_name), UINT8, ["batch", size]))
+        traces.append((b.op("Cast", spikes[pop], to=UINT8, out=io(f"spikes/{pop}")), UINT8, ["batch", size]))
         if for_scan and record_state:
             u, v = states[pop]
-            traces.append((b.op("Identity", u, out=f"step_u/{pop}"), st, ["batch", size]))
-            traces.append((b.op("Identity", v, out=f"step_v/{pop}"), st, ["batch", size]))
+            traces.append((b.op("Identity", u, out=io(f"trace_u/{pop}")), st, ["batch", size]))
+            traces.append((b.op("Identity", v, out=io(f"trace_v/{pop}")), st, ["batch", size]))
     for n, t, shape in (outs + traces if for_scan else traces + outs):
         b.add_output(n, t, shape)
     return b
