@@ -3,7 +3,8 @@ of every population at every step -- for every construct of the golden traces (d
 recurrent, delays, conv, pool, sparse, fan-in/skip, overflow edges), for random networks (the
 differential tests' generators: cycles, delays up to 63, graded payloads up to 24 bits, every sign mode
 and weight width; random conv geometries) and for the demo network on digits. The float export equals
-the PyTorch forward. Every model passes ``onnx.checker`` with full checking (``make_model`` runs it)."""
+the PyTorch forward. Every model passes ``onnx.checker`` with full checking (``make_model`` runs it).
+The random networks are in ``test_onnx_random.py`` (their generators live with the Lava differential tests)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,9 +15,6 @@ import pytest
 import torch
 
 pytest.importorskip("onnxruntime")
-
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 from snn2hw import artefact  # noqa: E402
 from snn2hw.backends import sim  # noqa: E402
@@ -73,26 +71,6 @@ def test_models_are_integer_only_and_checked(tmp_path):
         names = [{v.name for v in (*gr.input, *gr.output, *gr.initializer)} | {o for n in gr.node for o in n.output}
                  for gr in graphs]
         assert all(not (names[0] & inner) for inner in names[1:]), "a Scan body name shadows an outer name"
-
-
-# --- random networks (the differential tests' generators) ----------------------------------------------
-from test_differential import networks, random_inputs  # noqa: E402
-from test_differential_conv import conv_networks  # noqa: E402
-
-
-@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-@given(networks(), st.integers(1, 40), st.integers(1, 3), st.integers(0, 2**31))
-def test_random_networks_equal_simulator(graph, steps, batch, seed):
-    x = random_inputs(graph, batch, steps, seed)
-    assert_equal_runs(graph, x, run_sequence(export_integer(graph, record_state=True), x), "random network")
-
-
-@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-@given(conv_networks(), st.integers(1, 12), st.integers(0, 2**31))
-def test_random_conv_networks_equal_simulator(graph_and_more, steps, seed):
-    graph = graph_and_more[0] if isinstance(graph_and_more, tuple) else graph_and_more
-    x = random_inputs(graph, 2, steps, seed)
-    assert_equal_runs(graph, x, run_sequence(export_integer(graph, record_state=True), x), "random conv network")
 
 
 def test_demo_network_equals_simulator():
