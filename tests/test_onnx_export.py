@@ -1,10 +1,9 @@
 """ONNX export: onnxruntime on the exported integer model equals snn2hw's simulator on every spike, u and v
 of every population at every step -- for every construct of the golden traces (dense, graded dense,
-recurrent, delays, conv, pool, sparse, fan-in/skip, overflow edges), for random networks (the
-differential tests' generators: cycles, delays up to 63, graded payloads up to 24 bits, every sign mode
-and weight width; random conv geometries) and for the demo network on digits. The float export equals
-the PyTorch forward. Every model passes ``onnx.checker`` with full checking (``make_model`` runs it).
-The random networks are in ``test_onnx_random.py`` (their generators live with the Lava differential tests)."""
+recurrent, delays, conv, pool, sparse, fan-in/skip, overflow edges) and for the demo network on digits
+(random networks: ``test_onnx_random.py``, next to the generators of the Lava differential tests). The
+float export equals the PyTorch forward. Every model passes ``onnx.checker`` with full checking
+(``make_model`` runs it)."""
 from __future__ import annotations
 
 from pathlib import Path
