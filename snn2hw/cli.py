@@ -32,7 +32,14 @@ def _errors() -> tuple[type[BaseException], ...]:
     from snn2hw.train.checkpoint import CheckpointError
 
     return (ArtefactError, BackendError, DesignRuleError, GraphError, NIRError, QuantizationError,
-            CheckpointError, InputFileError, LimitError, SourceError, OptionError)
+            CheckpointError, InputFileError, LimitError, SourceError, OptionError, *_onnx_errors())
+
+
+def _onnx_errors() -> tuple[type[BaseException], ...]:
+    from snn2hw.onnx import OnnxExportError
+    from snn2hw.onnx.convert import ConversionError
+
+    return (OnnxExportError, ConversionError)
 
 
 class InputFileError(ValueError):
@@ -306,6 +313,18 @@ def cmd_compare(args) -> int:
     return EXIT_DIVERGENCE if (args.fail_on_divergence and diverged) else 0
 
 
+def cmd_export_onnx(args) -> int:
+    from snn2hw.onnx import cli as onnx_cli
+
+    return onnx_cli.export_onnx(args)
+
+
+def cmd_convert(args) -> int:
+    from snn2hw.onnx import cli as onnx_cli
+
+    return onnx_cli.convert(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     import snn2hw
 
@@ -347,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--record", action="append", default=[], metavar="POP", help="also record spikes of POP")
     r.add_argument("--record-state", action="append", default=[], metavar="POP", help="record u and v of POP")
     r.set_defaults(func=cmd_run)
+
+    from snn2hw.onnx.cli import add_parsers as add_onnx_parsers
+
+    add_onnx_parsers(sub, cmd_export_onnx, cmd_convert)
 
     i = sub.add_parser("info", help="describe a checkpoint, NIR file or artefact (kind found from the content)")
     i.add_argument("file", help="checkpoint (.ckpt), NIR file (.nir) or artefact (.npz)")
