@@ -179,8 +179,12 @@ def _rewrite(path, edit):
 def test_load_revalidates_values_and_names_newer_and_corrupt_files(tmp_path, float_graph):
     path = tmp_path / "a.npz"
     artefact.save(compile_graph(float_graph), path)
-    _rewrite(path, lambda m, a: a.__setitem__("proj/fc1/weight", a["proj/fc1/weight"] * 1000))
-    with pytest.raises(artefact.ArtefactError, match="design rule.*'fc1'.*weights in"):
+    _rewrite(path, lambda m, a: a.__setitem__("pop/h/bias_mant", a["pop/h/bias_mant"] * 0 + 50_000))
+    with pytest.raises(artefact.ArtefactError, match="design rule.*'h'.*bias_mant"):
+        artefact.load(path)
+    artefact.save(compile_graph(float_graph), path)
+    _rewrite(path, lambda m, a: m["populations"][1].update(du=5000))
+    with pytest.raises(artefact.ArtefactError, match="du 5000"):
         artefact.load(path)
     artefact.save(compile_graph(float_graph), path)
     _rewrite(path, lambda m, a: m["projections"][1].update(delay=99))
