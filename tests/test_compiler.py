@@ -245,6 +245,11 @@ def test_cli_compile_checkpoint_and_check(files, capsys):
     assert cli.main(["compile", str(ckpt), "-o", str(d / "c.npz"), "--ptq"]) == 0
     art = artefact.load(d / "c.npz")
     assert art.provenance["source_kind"] == "checkpoint" and art.resources["chips"] == 1
+    np.save(d / "x.npy", (np.random.default_rng(0).random((8, 20, 6)) < 0.4).astype(np.int64))
+    assert cli.main(["compile", str(ckpt), "-o", str(d / "cal.npz"), "--ptq", "--calibrate", str(d / "x.npy")]) == 0
+    recs = artefact.load(d / "cal.npz").provenance["quantization"]
+    assert all(r["calibration"]["samples"] == 8 and r["threshold_chosen_by"] == "calibration" for r in recs)
+    assert cli.main(["check", str(d / "cal.npz")]) == 0  # an artefact: re-validated, then re-placed
     assert cli.main(["check", str(nir_path), "--dt", "1e-3"]) == 0
     assert cli.main(["check", str(config)]) == 0
     assert "passes the design rules" in capsys.readouterr().out
