@@ -82,7 +82,10 @@ def decay_v_int(dv: float | torch.Tensor) -> int | torch.Tensor:
 def scale_for_threshold(v_th: float, threshold_target: int) -> float:
     if not v_th > 0:
         raise QuantizationError(f"threshold must be positive, got {v_th}")
-    return threshold_target * (1 << hw.THRESHOLD_SHIFT) / v_th
+    scale = threshold_target * (1 << hw.THRESHOLD_SHIFT) / v_th
+    if not math.isfinite(scale):
+        raise QuantizationError(f"threshold {v_th} is too small to scale to {threshold_target} integer units")
+    return scale
 
 
 def weight_exponent(max_abs_weight: float, scale: float, sign_mode: hw.SignMode, num_weight_bits: int,
@@ -93,7 +96,13 @@ def weight_exponent(max_abs_weight: float, scale: float, sign_mode: hw.SignMode,
     w_max -= w_max % hw.weight_step(sign_mode, num_weight_bits)
     if max_abs_weight == 0:
         return 0
+    if w_max <= 0:
+        raise QuantizationError(f"{num_weight_bits} weight bit(s) hold no non-zero weight in sign mode {sign_mode.name} "
+                                f"(mixed-sign weights need at least 2 bits)")
     needed = scale * max_abs_weight / (1 << hw.ACTIVATION_SHIFT) / w_max
+    if not math.isfinite(needed):
+        raise QuantizationError(f"largest weight {max_abs_weight:.4g} at scale {scale:.4g} overflows a float; "
+                                f"no weight exponent can hold it (weights or 1/threshold too large)")
     e = max(exp_range[0], math.ceil(math.log2(needed)) if needed > 0 else exp_range[0])
     # guard against log2 rounding at exact powers of two
     while e > exp_range[0] and scale * max_abs_weight / (1 << hw.ACTIVATION_SHIFT) / 2.0 ** (e - 1) <= w_max:
@@ -132,13 +141,15 @@ def quantize_bias(bias: np.ndarray, scale: float, population: str = "?") -> tupl
     exp = 0
     while np.abs(np.round(target / 2**exp)).max(initial=0) > hw.BIAS_MANT_MAX and exp < hw.BIAS_EXP_MAX:
         exp += 1
-    mant = np.round(target / 2**exp).astype(np.int64)
-    if np.abs(mant).max(initial=0) > hw.BIAS_MANT_MAX:
+    mant = np.round(target / 2**exp)
+    # checked in float: an overflowing bias (inf after scaling) must not reach the int64 cast
+    if not np.all(np.isfinite(mant)) or np.abs(mant).max(initial=0) > hw.BIAS_MANT_MAX:
         raise QuantizationError(
             f"population {population!r}: bias up to {np.abs(np.asarray(bias)).max():.4g} needs "
-            f"{int(np.abs(target).max())} integer units, more than a 13-bit mantissa with exponent "
+            f"{np.abs(target).max():.4g} integer units, more than a 13-bit mantissa with exponent "
             f"<= {hw.BIAS_EXP_MAX} holds"
         )
+    mant = mant.astype(np.int64)
     return mant, np.full(mant.shape, exp, dtype=np.int64)
 
 

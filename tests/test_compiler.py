@@ -180,7 +180,7 @@ def test_load_revalidates_values_and_names_newer_and_corrupt_files(tmp_path, flo
     path = tmp_path / "a.npz"
     artefact.save(compile_graph(float_graph), path)
     _rewrite(path, lambda m, a: a.__setitem__("pop/h/bias_mant", a["pop/h/bias_mant"] * 0 + 50_000))
-    with pytest.raises(artefact.ArtefactError, match="design rule.*'h'.*bias_mant"):
+    with pytest.raises(artefact.ArtefactError, match="outside what Loihi 2 holds.*'h'.*bias_mant"):
         artefact.load(path)
     artefact.save(compile_graph(float_graph), path)
     _rewrite(path, lambda m, a: m["populations"][1].update(du=5000))

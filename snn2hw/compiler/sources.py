@@ -53,18 +53,18 @@ def kind_of(path: str | os.PathLike) -> str:
                       f"(recognised by content)")
 
 
-def load_graph(path: str | os.PathLike, dt: float | None = None) -> tuple[Graph, str]:
-    """(graph, kind) for any file ``kind_of`` recognises. ``dt`` (seconds per step) is required for NIR
-    files, whose time constants are in seconds; models default to 1 ms."""
+def load_graph(path: str | os.PathLike, dt: float | None = None, convention: str | None = None,
+               approximate: bool = False) -> tuple[Graph, str]:
+    """(graph, kind) for any file ``kind_of`` recognises. For NIR files, ``dt`` (seconds per step),
+    ``convention`` (the producer's preset) and ``approximate`` go to ``snn2hw.nir.read`` (which takes dt from
+    the file's metadata or the convention when not given, see docs/nir.md); models default to 1 ms."""
     from snn2hw import artefact, nir_io
 
     kind = kind_of(path)
     if dt is not None and not (dt > 0 and dt < float("inf")):
         raise SourceError(f"--dt must be a positive number of seconds, got {dt}")
     if kind == "nir":
-        if dt is None:
-            raise SourceError(f"{path}: a NIR file needs --dt (seconds per step) to read its time constants")
-        return nir_io.read(path, dt=dt), kind
+        return nir_io.read(path, dt=dt, convention=convention, approximate=approximate), kind
     if kind == "artefact":
         return artefact.load(path).graph, kind
     if kind == "checkpoint":
