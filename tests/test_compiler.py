@@ -3,6 +3,7 @@ artefact re-validation, content-detected sources and the compile/check CLI."""
 import dataclasses
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -196,7 +197,7 @@ def test_load_revalidates_values_and_names_newer_and_corrupt_files(tmp_path, flo
         artefact.load(path)
     artefact.save(compile_graph(float_graph), path)
     _rewrite(path, lambda m, a: m["populations"][0].update(size="five"))
-    with pytest.raises(artefact.ArtefactError, match="malformed field"):
+    with pytest.raises(artefact.ArtefactError, match="corrupt artefact.*five"):
         artefact.load(path)
     artefact.save(compile_graph(float_graph), path)
     data = bytearray(path.read_bytes())
@@ -277,12 +278,12 @@ def test_cli_compiles_a_conv_checkpoint_and_runs_it_on_the_simulator(tmp_path, c
 
 
 def test_cli_compile_prints_the_table_and_writes_nothing(tmp_path, float_graph, capsys):
-    w = float_graph.projections[0].weight.copy()
-    w[1, 2] = np.nan
-    bad = dataclasses.replace(float_graph, projections=(dataclasses.replace(float_graph.projections[0], weight=w),
-                                                        float_graph.projections[1]))
-    nir_io.write(bad, tmp_path / "bad.nir")
-    assert cli.main(["compile", str(tmp_path / "bad.nir"), "--dt", "1e-3", "-o", str(tmp_path / "o.npz")]) == 2
+    nir_io.write(float_graph, tmp_path / "g.nir")
+    argv = ["compile", str(tmp_path / "g.nir"), "--dt", "1e-3", "-o", str(tmp_path / "o.npz"),
+            "--limit", "input_axons_per_core=4", "--limit", "neurons_per_core=1", "--limit", "cores_per_chip=2",
+            "--limit", "chips_per_board=1"]
+    assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert "design-rule violation" in err and "non-finite weight" in err and "1 NaN" in err and "fc1" in err
+    assert "3 design-rule violation(s)" in err and re.search(r"fan-in \(input axons\)\s+h\s+6\s+4\s", err)
+    assert re.search(r"fan-in \(input axons\)\s+o\s+5\s+4\s", err) and re.search(r"chips\s+<network>\s+4 chips", err)
     assert not (tmp_path / "o.npz").exists()
