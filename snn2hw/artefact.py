@@ -6,8 +6,10 @@ executed or unpickled, so artefacts from others are safe to open. Writes are ato
 file and its directory are fsync'ed before and after the rename).
 
 ``load`` trusts nothing: besides the structure it re-checks every value against the design rules
-(``snn2hw.compiler.rules``), so a hand-edited artefact with, say, a 13-bit weight or a delay of 99 is
-refused with the rule it breaks instead of running silently on the simulator.
+(``snn2hw.compiler.rules``, ``normal_form=False``), so a hand-edited artefact with, say, a 14-bit
+bias mantissa, a ``du`` of 5000 or a delay of 99 is refused with the rule it breaks instead of running
+silently on the simulator. Values Lava gives a defined meaning (dense weights beyond the sign mode's
+range, which Lava clips; convolution weights off the grid) load, as the simulator reproduces them.
 """
 from __future__ import annotations
 
@@ -245,4 +247,6 @@ def _value_problems(graph: Graph) -> list[str]:
         return problems
     from snn2hw.compiler.rules import design_rule_violations  # lazy: the compiler imports this module
 
-    return [str(v) for v in design_rule_violations(graph)]
+    # normal_form=False: values Lava gives a defined meaning (dense weights beyond the sign mode's range,
+    # off-grid conv weights) load, as the simulator reproduces them (tests/golden relies on it)
+    return [str(v) for v in design_rule_violations(graph, normal_form=False)]

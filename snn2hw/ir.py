@@ -333,8 +333,8 @@ class Graph:
         return order
 
     def validate(self, finite: bool = True) -> "Graph":
-        """The graph itself if its structure is sound, else ``GraphError``. ``finite=False`` leaves NaN and
-        infinite parameters to the caller (the compiler lists them with every other design-rule violation)."""
+        """Structure (names, shapes, geometry) and, unless ``finite=False``, finite parameter values
+        (the compiler's normalize pass leaves values to its design rules, which report them all at once)."""
         names = [n.name for n in (*self.inputs, *self.populations)]
         dup = {n for n in names if names.count(n) > 1}
         if dup:

@@ -3,6 +3,7 @@ artefact re-validation, content-detected sources and the compile/check CLI."""
 import dataclasses
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -12,9 +13,8 @@ from snn2hw import artefact, cli, nir_io
 from snn2hw.compiler import (LOIHI2, PASSES, CoreLimits, DesignRuleError, PTQConfig, allocate, calibrate, check,
                              compile_graph, format_table, load_config, run_passes)
 from snn2hw.compiler.resources import LIMIT_SOURCES, LimitError
-from snn2hw.ir import GraphError
 from snn2hw.compiler.sources import SourceError, kind_of, load_graph
-from snn2hw.ir import LIF, Conv2d, Dense, Graph, Input, Population
+from snn2hw.ir import LIF, Conv2d, Dense, Graph, GraphError, Input, Population
 from snn2hw.nn.layers import SpikingSequential
 from snn2hw.quantize import QuantizationError
 from snn2hw.train.checkpoint import save_checkpoint
@@ -180,8 +180,12 @@ def _rewrite(path, edit):
 def test_load_revalidates_values_and_names_newer_and_corrupt_files(tmp_path, float_graph):
     path = tmp_path / "a.npz"
     artefact.save(compile_graph(float_graph), path)
-    _rewrite(path, lambda m, a: a.__setitem__("proj/fc1/weight", a["proj/fc1/weight"] * 1000))
-    with pytest.raises(artefact.ArtefactError, match="design rule.*'fc1'.*weights in"):
+    _rewrite(path, lambda m, a: a.__setitem__("pop/h/bias_mant", a["pop/h/bias_mant"] * 0 + 50_000))
+    with pytest.raises(artefact.ArtefactError, match="outside what Loihi 2 holds.*'h'.*bias_mant"):
+        artefact.load(path)
+    artefact.save(compile_graph(float_graph), path)
+    _rewrite(path, lambda m, a: m["populations"][1].update(du=5000))
+    with pytest.raises(artefact.ArtefactError, match="du 5000"):
         artefact.load(path)
     artefact.save(compile_graph(float_graph), path)
     _rewrite(path, lambda m, a: m["projections"][1].update(delay=99))
@@ -193,7 +197,7 @@ def test_load_revalidates_values_and_names_newer_and_corrupt_files(tmp_path, flo
         artefact.load(path)
     artefact.save(compile_graph(float_graph), path)
     _rewrite(path, lambda m, a: m["populations"][0].update(size="five"))
-    with pytest.raises(artefact.ArtefactError, match="malformed field"):
+    with pytest.raises(artefact.ArtefactError, match="corrupt artefact.*five"):
         artefact.load(path)
     artefact.save(compile_graph(float_graph), path)
     data = bytearray(path.read_bytes())
@@ -242,6 +246,11 @@ def test_cli_compile_checkpoint_and_check(files, capsys):
     assert cli.main(["compile", str(ckpt), "-o", str(d / "c.npz"), "--ptq"]) == 0
     art = artefact.load(d / "c.npz")
     assert art.provenance["source_kind"] == "checkpoint" and art.resources["chips"] == 1
+    np.save(d / "x.npy", (np.random.default_rng(0).random((8, 20, 6)) < 0.4).astype(np.int64))
+    assert cli.main(["compile", str(ckpt), "-o", str(d / "cal.npz"), "--ptq", "--calibrate", str(d / "x.npy")]) == 0
+    recs = artefact.load(d / "cal.npz").provenance["quantization"]
+    assert all(r["calibration"]["samples"] == 8 and r["threshold_chosen_by"] == "calibration" for r in recs)
+    assert cli.main(["check", str(d / "cal.npz")]) == 0  # an artefact: re-validated, then re-placed
     assert cli.main(["check", str(nir_path), "--dt", "1e-3"]) == 0
     assert cli.main(["check", str(config)]) == 0
     assert "passes the design rules" in capsys.readouterr().out
@@ -269,6 +278,18 @@ def test_cli_compiles_a_conv_checkpoint_and_runs_it_on_the_simulator(tmp_path, c
 
 
 def test_cli_compile_prints_the_table_and_writes_nothing(tmp_path, float_graph, capsys):
+    nir_io.write(float_graph, tmp_path / "g.nir")
+    argv = ["compile", str(tmp_path / "g.nir"), "--dt", "1e-3", "-o", str(tmp_path / "o.npz"),
+            "--limit", "input_axons_per_core=4", "--limit", "neurons_per_core=1", "--limit", "cores_per_chip=2",
+            "--limit", "chips_per_board=1"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "3 design-rule violation(s)" in err and re.search(r"fan-in \(input axons\)\s+h\s+6\s+4\s", err)
+    assert re.search(r"fan-in \(input axons\)\s+o\s+5\s+4\s", err) and re.search(r"chips\s+<network>\s+4 chips", err)
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_cli_compile_names_a_nan_weight_of_a_nir_file(tmp_path, float_graph, capsys):
     w = float_graph.projections[0].weight.copy()
     w[1, 2] = np.nan
     bad = dataclasses.replace(float_graph, projections=(dataclasses.replace(float_graph.projections[0], weight=w),

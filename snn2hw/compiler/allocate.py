@@ -305,14 +305,19 @@ def _routes(graph: Graph, parts: dict, incoming: dict) -> tuple[dict, dict]:
                 if src_parts is None:
                     pairs += 1 if mask.any() else 0
                     continue
-                cum = np.concatenate([[0], np.cumsum(mask)])
-                for k, ss in enumerate(src_parts):
-                    n = int(cum[ss.stop] - cum[ss.start])
-                    if n:
-                        routes[p.src][k] += n
-                        pairs += 1
+                counts = _per_slice(mask, src_parts)
+                for k in np.flatnonzero(counts):
+                    routes[p.src][k] += int(counts[k])
+                pairs += int(np.count_nonzero(counts))
             traffic[p.name] = {"src": p.src, "dst": p.dst, "core_pairs": pairs, "routes": total}
     return routes, traffic
+
+
+def _per_slice(mask: np.ndarray, slices: list[_Slice]) -> np.ndarray:
+    """How many True entries of ``mask`` fall in each (contiguous, ordered) slice."""
+    if not slices:
+        return np.zeros(0, dtype=np.int64)
+    return np.add.reduceat(mask.astype(np.int64), [s.start for s in slices])
 
 
 def _place_on_chips(order: list[str], parts: dict, routes: dict, limits: CoreLimits) -> tuple[list[CoreSlice], list[int]]:
@@ -345,12 +350,10 @@ def _inter_chip(graph: Graph, parts: dict, chip_of_core: list[int], order: list[
             t["inter_chip_routes"] = 0
             if p.src not in parts:
                 continue
+            src_chips = np.asarray(chip_of_core[first_core[p.src]:first_core[p.src] + len(parts[p.src])])
             for di, s in enumerate(parts[name]):
-                cum = np.concatenate([[0], np.cumsum(s.masks[j])])
-                dchip = chip_of_core[first_core[name] + di]
-                for si, ss in enumerate(parts[p.src]):
-                    if chip_of_core[first_core[p.src] + si] != dchip:
-                        t["inter_chip_routes"] += int(cum[ss.stop] - cum[ss.start])
+                counts = _per_slice(s.masks[j], parts[p.src])
+                t["inter_chip_routes"] += int(counts[src_chips != chip_of_core[first_core[name] + di]].sum())
     return traffic
 
 

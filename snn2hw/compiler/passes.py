@@ -54,7 +54,7 @@ class CompileState:
 
 def normalize(state: CompileState) -> CompileState:
     t0 = time.perf_counter()
-    g = state.graph.validate(finite=False)  # legalize names NaN/inf values in its table
+    g = state.graph.validate(finite=False)  # non-finite values are legalize's to report, with the rest
     integer = g.is_quantized
     kind = np.int64 if integer else np.float64
     projs = tuple(dataclasses.replace(p, weight=np.asarray(p.weight, dtype=kind)) if np.asarray(p.weight).dtype != kind

@@ -61,6 +61,7 @@ def format_table(violations: list[Violation]) -> str:
 class _Collector:
     def __init__(self):
         self.items: list[Violation] = []
+        self.normal_form = True
 
     def add(self, rule, layer, measured, limit, fix, message=None) -> None:
         msg = message or f"{layer}: {rule} {measured} outside {limit}"
@@ -85,9 +86,18 @@ def _nonfinite(a) -> str | None:
     return ", ".join(parts) + f" (first at index {first if len(first) > 1 else first[0]})"
 
 
-def design_rule_violations(graph: Graph, limits: CoreLimits = CoreLimits()) -> list[Violation]:
-    """Every way ``graph`` (float or integer) breaks a value rule of Loihi 2 / Lava (empty when legal)."""
+def design_rule_violations(graph: Graph, limits: CoreLimits = CoreLimits(), normal_form: bool = True) -> list[Violation]:
+    """Every way ``graph`` (float or integer) breaks a value rule of Loihi 2 / Lava (empty when legal).
+
+    ``normal_form=False`` leaves out the rules that only say "the compiler would not have emitted this"
+    while Lava gives the value a defined meaning that the simulator reproduces: integer weights beyond
+    their sign mode's range (Lava's Dense clips them), convolution weights off the weight grid and a
+    convolution's ``weight_exp`` (Lava's Conv uses the weights as given and ignores the exponent).
+    ``artefact.load`` checks with ``normal_form=False``: it refuses what no backend can represent,
+    not hand-made test networks that exercise Lava's own clipping.
+    """
     c = _Collector()
+    c.normal_form = normal_form
     for i in graph.inputs:
         c.range("num_message_bits", i.name, "input", i.num_message_bits, 0, limits.message_bits,
                 "use fewer graded-spike bits")
@@ -175,7 +185,7 @@ def _projection(c: _Collector, p, graded_inputs: dict, limits: CoreLimits) -> No
             c.add("integer weight", p.name, str(w.dtype), "integers", "recompile", f"{where}: weights of dtype {w.dtype} are not integers")
         return
     lo, hi = hw.weight_range(mode)
-    if w.size and (w.min() < lo or w.max() > hi):
+    if c.normal_form and w.size and (w.min() < lo or w.max() > hi):
         c.add("weight range", p.name, f"[{w.min()}, {w.max()}]", f"[{lo}, {hi}] ({mode.name})", "recompile (raise weight_exp)",
               f"{where}: weights in [{w.min()}, {w.max()}] outside [{lo}, {hi}] for sign mode {mode.name}")
     if isinstance(p, LoihiConv2d):
@@ -194,10 +204,10 @@ def _conv_geometry(c: _Collector, p) -> None:
 def _conv_integer(c: _Collector, p: LoihiConv2d, mode: hw.SignMode, w: np.ndarray, graded_inputs: dict) -> None:
     """What Lava's Conv cannot express (it ignores weight_exp/num_weight_bits and casts a float64 sum to int32)."""
     where = f"projection {p.name!r} (conv)"
-    if p.weight_exp != 0:
+    if c.normal_form and p.weight_exp != 0:
         c.add("conv weight_exp", p.name, p.weight_exp, "0", "recompile (the quantizer folds it into the scale)",
               f"{where}: weight_exp {p.weight_exp} != 0: Lava's Conv ignores weight_exp")
-    if w.size and 1 <= p.num_weight_bits <= hw.WEIGHT_BITS_MAX:
+    if c.normal_form and w.size and 1 <= p.num_weight_bits <= hw.WEIGHT_BITS_MAX:
         import torch
 
         prepared = hw.prepare_weights(torch.as_tensor(w.astype(np.int64)), mode, p.num_weight_bits).numpy()

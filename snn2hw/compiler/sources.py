@@ -1,6 +1,6 @@
 """What the compiler and ``snn2hw check`` read, recognised by content (not by file name):
 
-- a NIR file (HDF5 signature ``\\x89HDF\\r\\n\\x1a\\n``) -> ``nir_io.read(path, dt)``;
+- a NIR file (HDF5 signature ``\\x89HDF\\r\\n\\x1a\\n``) -> ``nir_io.read(path, dt, convention)``;
 - an snn2hw checkpoint (a zip written by ``torch.save``) -> the trained model's ``to_ir(dt)``;
 - a compiled artefact (a zip holding ``__meta__.npy``) -> its integer graph (re-validated on load);
 - a JSON model config (``{"kind": "SpikingSequential", "layers": [...]}``, what a checkpoint stores)
