@@ -226,7 +226,7 @@ def load(path: str | os.PathLike) -> Artefact:
             raise ArtefactError(f"{path}: corrupt artefact header ({key!r} is a {type(meta[key]).__name__}, not an object)")
     problems = _value_problems(graph)
     if problems:
-        raise ArtefactError(f"{path}: artefact breaks {len(problems)} design rule(s), values Loihi 2 cannot hold "
+        raise ArtefactError(f"{path}: artefact breaks {len(problems)} design rule(s), values outside what Loihi 2 holds "
                             f"(edited by hand?): " + "; ".join(problems[:6])
                             + (f"; and {len(problems) - 6} more" if len(problems) > 6 else ""))
     return Artefact(graph, meta.get("resources", {}), meta.get("provenance", {}))
