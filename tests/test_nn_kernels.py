@@ -82,7 +82,7 @@ def test_without_numba_the_operator_falls_back(monkeypatch):
 # --- exact float32 convolution ---------------------------------------------------------------------------
 def _conv_int64(s, w, stride, padding, groups):
     """Reference correlation in int64 (the im2col path, forced by an enormous max_input bound)."""
-    out = hw.conv_accumulate(s, w, stride, padding, (1, 1), groups, max_input=2**40)
+    out = hw.conv_accumulate(s, w, stride, padding, (1, 1), groups, max_input=2**52)
     assert out.dtype == torch.int64
     return out
 
@@ -117,3 +117,18 @@ def test_conv_beyond_the_float32_bound_uses_float64():
     out = hw.conv_accumulate(s, w, (1, 1), (0, 0), (1, 1), 1, 1)
     assert out.dtype == torch.float64
     assert torch.equal(out.to(torch.int64), _conv_int64(s, w, (1, 1), (0, 0), 1))
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)), ((3, 2), (1, 2), (1, 0))])
+def test_sum_pooling_window_sums_equal_the_integer_conv(kernel, stride, padding):
+    from snn2hw.ir import sum_pool2d
+
+    p = sum_pool2d("pool", "a", "b", (3, 11, 10), kernel, stride, padding, weight=7)
+    w = torch.as_tensor(np.asarray(p.weight, dtype=np.int64))
+    w[1] *= -3  # per-channel values may differ
+    s = torch.as_tensor(np.random.default_rng(2).integers(0, 5, (4, 3, 11, 10)))
+    fast = hw.conv_accumulate(s, w, stride, padding, (1, 1), 3, max_input=4)
+    assert fast.dtype == torch.float32
+    assert torch.equal(fast.to(torch.int64), _conv_int64(s, w, stride, padding, 3))
+    w[2, 0, 0, 0] += 1  # no longer one value per channel: the general conv, still exact
+    assert torch.equal(hw.conv_accumulate_exact(s, w, stride, padding, (1, 1), 3, 4), _conv_int64(s, w, stride, padding, 3))

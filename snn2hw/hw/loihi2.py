@@ -430,6 +430,22 @@ def _float32_conv_exact(device: torch.device, max_weight: int, max_input: int) -
     return max_weight <= 2048 and max_input <= 2048
 
 
+def _sum_pool(s: torch.Tensor, w: torch.Tensor, stride, padding, dilation, groups: int) -> torch.Tensor | None:
+    """Sum pooling (``ir.sum_pool2d``: one channel per group, each channel's kernel one repeated value) as
+    a window sum times that value, in float32; None when ``w`` is not of that form. Exact under the
+    caller's bound: the window sum and its product by the weight are integers below 2**24."""
+    o, cg, kh, kw = w.shape
+    if not (cg == 1 and o == groups == s.shape[1] and tuple(dilation) == (1, 1)
+            and 2 * padding[0] <= kh and 2 * padding[1] <= kw):
+        return None
+    per_channel = w.reshape(o, -1)
+    if not bool((per_channel == per_channel[:, :1]).all()):
+        return None
+    window = torch.nn.functional.avg_pool2d(s.to(torch.float32), (kh, kw), stride, padding, ceil_mode=False,
+                                            count_include_pad=True, divisor_override=1)
+    return window.mul_(per_channel[:, 0].to(torch.float32).view(1, o, 1, 1))
+
+
 def conv_accumulate(s: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, groups: int,
                     max_input: int) -> torch.Tensor:
     """``conv_accumulate_exact`` before its conversion to int64: float32 or float64 holding exact integers,
@@ -442,6 +458,9 @@ def conv_accumulate(s: torch.Tensor, weight: torch.Tensor, stride, padding, dila
     w = weight.to(torch.int64)
     bound = int(w.abs().flatten(1).sum(dim=1).max().item()) * max_input if w.numel() else 0
     if bound < 2**24 and _float32_conv_exact(s.device, int(w.abs().max().item()) if w.numel() else 0, max_input):
+        pooled = _sum_pool(s, w, stride, padding, dilation, groups)
+        if pooled is not None:
+            return pooled
         return torch.nn.functional.conv2d(s.to(torch.float32), w.to(torch.float32), stride=stride, padding=padding,
                                           dilation=dilation, groups=groups)
     if bound < 2**53:
