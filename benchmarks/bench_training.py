@@ -538,10 +538,20 @@ def main(argv=None) -> int:
             results.append(r)
             status = f"{r['time_ms']:.1f} ms" if "time_ms" in r else r["skipped"]
             print(f"  N={n} {fw}: {status}", file=sys.stderr, flush=True)
+        # written after every N, so an interrupted run keeps the sizes it finished
+        _write(out, args, argv, load, results, summarise(results, [m for m in args.sizes if str(m) in load]), cpus)
     summary = summarise(results, args.sizes)
     print_table(results, summary, args.sizes, load, cpus)
     loads = ", ".join(f"N={n} {v['before']:.1f}->{v['after']:.1f}" for n, v in load.items())
     print(f"1-min load average during timing (cpu count {cpus}): {loads}")
+    _write(out, args, argv, load, results, summary, cpus)
+    print(f"wrote {out}")
+    return 0
+
+
+def _write(out: Path, args, argv, load: dict, results: list, summary: dict, cpus: int) -> None:
+    import torch
+
     meta = {
         "workload": "Linear(N, N, bias=False) -> LIF" + (" with recurrent N x N" if args.layer == "recurrent" else "")
                     + ", loss = sum(spikes), forward + backward",
@@ -555,9 +565,9 @@ def main(argv=None) -> int:
         "command": " ".join(["benchmarks/bench_training.py", *(argv if argv is not None else sys.argv[1:])]),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "results": results, "summary": summary}, indent=2) + "\n")
-    print(f"wrote {out}")
-    return 0
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"meta": meta, "results": results, "summary": summary}, indent=2) + "\n")
+    tmp.replace(out)
 
 
 if __name__ == "__main__":

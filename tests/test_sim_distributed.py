@@ -77,3 +77,17 @@ def test_two_gloo_processes_equal_one(tmp_path):
         assert np.array_equal(two["s_" + k], one.spikes[k]), k
     assert np.array_equal(two["u_out"], one.u["out"]) and np.array_equal(two["v_out"], one.v["out"])
     assert np.array_equal(two["events"], np.array([[c[k] for k in sorted(c)] for _, c in sorted(one.events.items())]))
+
+
+def test_cli_run_distributed_flag_in_a_world_of_one(tmp_path):
+    from snn2hw import cli
+    from snn2hw.artefact import Artefact, save
+
+    save(Artefact(small_graph()), tmp_path / "net.s2h.npz")
+    np.save(tmp_path / "x.npy", inputs(3, 8))
+    outs = []
+    for extra in ([], ["--distributed"]):
+        out = tmp_path / f"out{len(extra)}.npz"
+        assert cli.main(["run", str(tmp_path / "net.s2h.npz"), str(tmp_path / "x.npy"), "-o", str(out), *extra]) == 0
+        outs.append(np.load(out))
+    assert np.array_equal(outs[0]["spikes/out"], outs[1]["spikes/out"])
