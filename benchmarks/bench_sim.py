@@ -53,20 +53,10 @@ from __future__ import annotations
 import os
 import sys
 
+from bench_env import cpu_model, set_thread_env  # noqa: E402  (imports no torch)
 
-def _threads_from_argv(argv) -> str:
-    for i, a in enumerate(argv):
-        if a == "--threads" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--threads="):
-            return a.split("=", 1)[1]
-    return "2"
-
-
-_THREADS = _threads_from_argv(sys.argv)
 # Before torch and numba start their thread pools: they read these once.
-os.environ.update({"OMP_NUM_THREADS": _THREADS, "MKL_NUM_THREADS": _THREADS, "OPENBLAS_NUM_THREADS": _THREADS,
-                   "NUMBA_NUM_THREADS": _THREADS, "OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"})
+set_thread_env(sys.argv)
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
@@ -421,17 +411,6 @@ def conv_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer steps (about a quarter)")
@@ -472,7 +451,7 @@ def main(argv=None) -> int:
         lava_version = None
     result = {
         "command": " ".join(["benchmarks/bench_sim.py", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {"platform": platform.platform(), "cpu_model": _cpu_model(), "cpus": os.cpu_count(),
+        "machine": {"platform": platform.platform(), "cpu_model": cpu_model(), "cpus": os.cpu_count(),
                     "threads": args.threads, "thread_env": {k: os.environ.get(k) for k in (
                         "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_WAIT_POLICY",
                         "KMP_BLOCKTIME")},

@@ -63,23 +63,10 @@ import os
 import sys
 
 
-def _threads_from_argv(argv) -> str:
-    for i, a in enumerate(argv):
-        if a == "--threads" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--threads="):
-            return a.split("=", 1)[1]
-    return "2"
-
-
-def thread_env(threads: str) -> dict:
-    """The thread and wait-policy variables every process of this benchmark runs under."""
-    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
-            "NUMBA_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
-
+from bench_env import cpu_model, set_thread_env, thread_env  # noqa: E402  (imports no torch)
 
 # Before anything imports torch: OpenMP reads these once, at start-up.
-os.environ.update(thread_env(_threads_from_argv(sys.argv)))
+set_thread_env(sys.argv)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -471,17 +458,6 @@ def print_table(results: list[dict], summary: dict, sizes: list[int], load: dict
     print()
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
@@ -558,7 +534,7 @@ def _write(out: Path, args, argv, load: dict, results: list, summary: dict, cpus
         "layer": args.layer, "batch": args.batch, "steps": args.steps, "reps": args.reps,
         "threads": args.threads, "device": args.device, "torch": torch.__version__,
         "python": platform.python_version(), "peer_python": args.peer_python,
-        "peer_frameworks": args.peer_frameworks, "machine": platform.machine(), "cpu_model": _cpu_model(),
+        "peer_frameworks": args.peer_frameworks, "machine": platform.machine(), "cpu_model": cpu_model(),
         "platform": platform.platform(), "statistic": "median of interleaved repetitions (min, max kept)",
         "memory_method": "peak RSS delta of one forward+backward in a fresh process (see module docstring)",
         "cpu_count": cpus, "load_average_1min": load, "thread_env": thread_env(str(args.threads)),

@@ -75,6 +75,14 @@ def _block(batch: int, n: int, threads: int) -> int:
     return max(_BLOCK_ALIGN, -(-per // _BLOCK_ALIGN) * _BLOCK_ALIGN)
 
 
+if numba is not None:
+    @numba.njit(inline="always", cache=True)
+    def _job_span(job, blocks, block, n):
+        """Sample and neuron range [lo, hi) of one job of (sample, block of neurons)."""
+        lo = (job % blocks) * block
+        return job // blocks, lo, min(lo + block, n)
+
+
 def _forward_kernel(alpha_zero: bool, has_bias: bool, keep_u: bool, keep_v: bool):
     """The forward scan for one combination of options. The options are closure constants, so each
     variant compiles without branches on them in its inner loop (which then vectorises)."""
@@ -88,9 +96,7 @@ def _forward_kernel(alpha_zero: bool, has_bias: bool, keep_u: bool, keep_v: bool
         batch, steps, n = a.shape
         blocks = (n + block - 1) // block
         for job in numba.prange(batch * blocks):
-            b = job // blocks
-            lo = (job % blocks) * block
-            hi = min(lo + block, n)
+            b, lo, hi = _job_span(job, blocks, block, n)
             width = hi - lo
             al = alpha[lo:hi]
             be = beta[lo:hi]
@@ -146,9 +152,7 @@ def _backward_kernel(flags: tuple):
         batch, steps, n = v_pre.shape
         blocks = (n + block - 1) // block
         for job in numba.prange(batch * blocks):
-            b = job // blocks
-            lo = (job % blocks) * block
-            hi = min(lo + block, n)
+            b, lo, hi = _job_span(job, blocks, block, n)
             width = hi - lo
             al = alpha[lo:hi]
             be = beta[lo:hi]
