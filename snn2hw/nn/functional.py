@@ -189,9 +189,8 @@ class _CubaLIFSequence(torch.autograd.Function):
         batch, steps, n = v_pre.shape
         need_lam_u = need_a or need_alpha
         if kernels.usable(v_pre, g_s, g_u, g_v):
-            # one compiled pass over time; only the surrogate derivative is a tensor op (any surrogate)
-            sg = surrogate.derivative_(torch.sub(v_pre, v_th))
-            grad_a, sums = kernels.lif_backward(v_pre, sg, g_s, g_u, g_v, u_all, alpha, beta, v_th, detach_reset,
+            # one compiled pass over time (the surrogate derivative inside it, or one tensor op before it)
+            grad_a, sums = kernels.lif_backward(v_pre, surrogate, g_s, g_u, g_v, u_all, alpha, beta, v_th, detach_reset,
                                                 ctx.alpha_is_zero, (need_a, need_alpha, need_beta, need_vth, need_bias))
             sums = sums.to(v_pre.dtype)
             return (

@@ -138,17 +138,17 @@ def _forward_kernel(alpha_zero: bool, has_bias: bool, keep_u: bool, keep_v: bool
     return forward
 
 
-def _backward_kernel(flags: tuple):
+def _backward_kernel(flags: tuple, fast_sigmoid: bool):
     """The backward recursions for one combination of ``flags`` (closure constants, as above)."""
-    key = ("backward",) + flags
+    key = ("backward", fast_sigmoid) + flags
     if key in _kernels:
         return _kernels[key]
     has_gs, has_gu, has_gv, detach, alpha_zero, need_a, need_alpha, need_beta, need_vth, need_bias = flags
     need_lam_u = need_a or need_alpha
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-    def backward(v_pre, sg, g_s, g_u, g_v, u_all, alpha, beta, vth, unit, block, grad_a, acc):
-        _key = flags  # only here to put the options into the closure
+    def backward(v_pre, sg, g_s, g_u, g_v, u_all, alpha, beta, vth, unit, scale, block, grad_a, acc):
+        _key = (flags, fast_sigmoid)  # only here to put the options into the closure
         batch, steps, n = v_pre.shape
         blocks = (n + block - 1) // block
         for job in numba.prange(batch * blocks):
@@ -168,7 +168,7 @@ def _backward_kernel(flags: tuple):
             for t in range(steps - 1, -1, -1):
                 # 1-D views of this step: with these LLVM vectorises the loop over neurons
                 vp = v_pre[b, t, lo:hi]
-                sgt = sg[b, t, lo:hi]
+                sgt = vp if fast_sigmoid else sg[b, t, lo:hi]
                 gst = g_s[b, t, lo:hi] if has_gs else sgt
                 gut = g_u[b, t, lo:hi] if has_gu else sgt
                 gvt = g_v[b, t, lo:hi] if has_gv else sgt
@@ -177,7 +177,11 @@ def _backward_kernel(flags: tuple):
                 out = grad_a[b, t, lo:hi]
                 for i in range(width):
                     x = vp[i]
-                    d = sgt[i]
+                    if fast_sigmoid:  # FastSigmoid.derivative: 1 / (1 + scale |x - v_th|)^2
+                        q = one + scale[0] * abs(x - th[i])
+                        d = one / (q * q)
+                    else:
+                        d = sgt[i]
                     keep = one if x <= th[i] else zero  # 1 - s[t]
                     if not detach:
                         keep = keep - x * d
@@ -258,11 +262,14 @@ def lif_forward(a: torch.Tensor, alpha, beta, v_th, bias, alpha_is_zero: bool, k
     return v_pre, spikes, u_all, v_all
 
 
-def lif_backward(v_pre: torch.Tensor, sg: torch.Tensor, g_s, g_u, g_v, u_all, alpha, beta, v_th, detach_reset: bool,
+def lif_backward(v_pre: torch.Tensor, surrogate, g_s, g_u, g_v, u_all, alpha, beta, v_th, detach_reset: bool,
                  alpha_is_zero: bool, need: tuple[bool, bool, bool, bool, bool]):
-    """The adjoint recursions. ``sg`` is the surrogate derivative at ``v_pre - v_th`` (batch, T, n); it is
-    overwritten with dL/da when dL/da is wanted. ``need`` = (a, alpha, beta, v_th, bias). Returns
+    """The adjoint recursions. The surrogate derivative at ``v_pre - v_th`` is computed inside the kernel
+    for ``FastSigmoid`` (the default surrogate; saves five passes over the sequence) and with the
+    surrogate's own tensor op before it otherwise. ``need`` = (a, alpha, beta, v_th, bias). Returns
     ``(grad_a or None, per-neuron float64 sums (4, n): alpha, beta, v_th, bias)``."""
+    from snn2hw.nn.surrogate import FastSigmoid
+
     batch, steps, n = v_pre.shape
     need_a, need_alpha, need_beta, need_vth, need_bias = need
 
@@ -270,17 +277,25 @@ def lif_backward(v_pre: torch.Tensor, sg: torch.Tensor, g_s, g_u, g_v, u_all, al
         return t.detach().contiguous().numpy() if t is not None else _empty(v_pre)
 
     acc = torch.zeros(4, batch, n, dtype=torch.float64)
-    grad_a = sg if need_a else None
+    fused = type(surrogate) is FastSigmoid
+    if fused:
+        sg = None
+        grad_a = torch.empty_like(v_pre) if need_a else None
+    else:
+        sg = surrogate.derivative_(torch.sub(v_pre, v_th))
+        grad_a = sg if need_a else None  # dL/da overwrites sg, element by element after reading it
     if v_pre.numel():
         _set_threads()
         flags = tuple(bool(f) for f in (g_s is not None, g_u is not None, g_v is not None, detach_reset,
                                         alpha_is_zero, need_a, need_alpha, need_beta, need_vth, need_bias))
-        unit = np.ones(1, dtype=v_pre.numpy().dtype)
-        sg_np = sg.numpy()
-        _backward_kernel(flags)(
-            v_pre.numpy(), sg_np, arr(g_s), arr(g_u), arr(g_v), arr(u_all) if need_alpha else _empty(v_pre),
-            _per_neuron(alpha, n, v_pre), _per_neuron(beta, n, v_pre), _per_neuron(v_th, n, v_pre), unit,
-            _block(batch, n, _threads()), sg_np, acc.numpy())
+        dtype = v_pre.numpy().dtype
+        unit = np.ones(1, dtype=dtype)
+        scale = np.full(1, surrogate.scale if fused else 0.0, dtype=dtype)
+        _backward_kernel(flags, fused)(
+            v_pre.numpy(), sg.numpy() if sg is not None else _empty(v_pre), arr(g_s), arr(g_u), arr(g_v),
+            arr(u_all) if need_alpha else _empty(v_pre), _per_neuron(alpha, n, v_pre), _per_neuron(beta, n, v_pre),
+            _per_neuron(v_th, n, v_pre), unit, scale, _block(batch, n, _threads()),
+            grad_a.numpy() if grad_a is not None else _empty(v_pre), acc.numpy())
     elif need_a:
         grad_a = torch.zeros_like(v_pre)
     return grad_a, acc.sum(1)
