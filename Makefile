@@ -11,7 +11,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PYTHON) || "$$(tools/find-python310.sh)" -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e ".[lava,test]"
+	$(PYTHON) -m pip install --quiet -e ".[lava,test,nir-producers]"
 	@touch $(STAMP)
 
 demo: $(STAMP)

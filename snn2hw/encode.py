@@ -30,9 +30,10 @@ __all__ = [
 
 # --- static values -> spike trains -------------------------------------------------------------------
 def regular_rate(x: torch.Tensor, steps: int) -> torch.Tensor:
-    """Deterministic rate code: a value r in [0, 1] spikes at every step where floor((t+1) r) grows,
-    i.e. round(steps * r) evenly spaced spikes. Deterministic, so hardware and simulator runs of the
-    same sample see identical input."""
+    """Deterministic rate code: a value r in [0, 1] spikes at step t (0-based) where floor((t+1) r)
+    grows, i.e. floor(steps * r) evenly spaced spikes (a product within 1e-6 below an integer counts as
+    reaching it, so 0.1 * 10 gives 1 spike despite float rounding). Deterministic, so hardware and
+    simulator runs of the same sample see identical input."""
     r = x.clamp(0.0, 1.0).unsqueeze(1)
     t = torch.arange(1, steps + 1, device=x.device, dtype=x.dtype).view(1, steps, *([1] * (x.dim() - 1)))
     return (torch.floor(t * r + 1e-6) - torch.floor((t - 1) * r + 1e-6)).clamp(0, 1)

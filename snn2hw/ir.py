@@ -258,6 +258,29 @@ def synapse_count(proj: "Projection") -> int:
     return int(((w != 0) * valid[None, None]).sum())
 
 
+def _check_finite(graph: "Graph") -> None:
+    """NaN or infinite parameters are named (node, parameter, first index), not passed on to become
+    nonsense integers further down."""
+    def bad(what: str, values) -> None:
+        arr = np.asarray(values)
+        if arr.dtype.kind not in "fc":
+            return
+        finite = np.isfinite(arr)
+        if not finite.all():
+            idx = tuple(int(i) for i in np.argwhere(~finite)[0]) if arr.ndim else ()
+            val = arr[idx] if arr.ndim else arr
+            raise GraphError(f"{what} holds {val} at index {list(idx)}: parameters must be finite numbers")
+
+    for p in graph.projections:
+        bad(f"projection {p.name!r}: weight", p.weight)
+    for pop in graph.populations:
+        n = pop.neuron
+        if isinstance(n, LIF):
+            for field_name in ("du", "dv", "v_th", "bias"):
+                bad(f"population {pop.name!r}: {field_name}", np.asarray(getattr(n, field_name), dtype=np.float64)
+                    if np.asarray(getattr(n, field_name)).dtype.kind in "biuf" else getattr(n, field_name))
+
+
 Projection = Union[Dense, LoihiDense, Conv2d, LoihiConv2d]
 Node = Union[Input, Population]
 
@@ -343,6 +366,7 @@ class Graph:
             bias = pop.neuron.bias if isinstance(pop.neuron, LIF) else pop.neuron.bias_mant
             if np.shape(bias) != (pop.size,):
                 raise GraphError(f"population {pop.name!r}: bias shape {np.shape(bias)} != ({pop.size},)")
+        _check_finite(self)
         for o in self.outputs:
             self.population(o)
         if not self.outputs:

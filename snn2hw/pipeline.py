@@ -92,7 +92,10 @@ def run_demo(out_dir: str | Path = "out/demo", epochs: int = 40, use_lava: bool 
         "sim_events": sim_res.events,
         "resources": {k: art.resources[k] for k in ("inputs", "neurons", "synapses", "cores")},
         "lava": None,
+        "lava_not_run": None if use_lava else "--no-lava",
     }
+    if use_lava and not lava_available():
+        row["lava_not_run"] = "lava-nc does not import in this environment (it needs Python 3.10; see README)"
     if use_lava and lava_available():
         with stage("lava"):
             lava_res = get_backend("lava")(art, x_np)
@@ -120,10 +123,14 @@ def format_table(row: dict) -> str:
         add("output spikes equal, sim vs Lava", f"{ag['entries_equal_pct']:.2f} % of (sample, step, neuron)")
         add("samples with identical spike trains", f"{ag['samples_identical']} / {ag['samples']}")
     else:
-        add("Lava", "not run (lava-nc not importable: needs Python 3.10)")
+        add("Lava", f"not run ({row.get('lava_not_run') or 'lava-nc does not import'})")
     r = row["resources"]
     add("resources", f"{r['neurons']} neurons, {r['synapses']} synapses, {r['cores']} cores, {r['inputs']} inputs")
     ev = {k: sum(c.values()) for k, c in row["sim_events"].items()}
     add("overflow/saturation events (sim)", ", ".join(f"{k}: {v}" for k, v in ev.items()) or "none")
+    if any(ev.values()):
+        lines.append("    (v_saturation: a membrane potential clipped at the 24-bit limit, as Loihi and Lava both do, so "
+                     "sim and Lava still agree;\n     it changes behaviour only when it hits a neuron that would "
+                     "otherwise spike; snn2hw compare shows where. See docs/user-guide.md.)")
     add("wall time per stage", ", ".join(f"{k} {v:.1f}s" for k, v in row["wall_time_s"].items()))
     return "\n".join(lines)

@@ -48,7 +48,11 @@ def test_export_compile_run_chain(files, capsys):
     [
         (["export", "{d}/missing.ckpt", "-o", "{d}/o.nir", "--dt", "1e-3"], "no such checkpoint"),
         (["export", "{x}", "-o", "{d}/o.nir", "--dt", "1e-3"], "not an snn2hw checkpoint"),
-        (["compile", "{ckpt}", "-o", "{d}/o.npz", "--dt", "1e-3"], "not a NIR file"),
+        (["compile", "{x}", "-o", "{d}/o.npz", "--dt", "1e-3"], "not a NIR file"),
+        (["compile", "{ckpt}", "-o", "{d}/o.npz", "--neurons-per-core", "0"], "neurons_per_core must be >= 1"),
+        (["compile", "{ckpt}", "-o", "{d}/o.npz", "--neurons-per-core", "-5"], "neurons_per_core must be >= 1"),
+        (["compile", "{ckpt}", "-o", "{d}/o.npz", "--limit", "cores=3"], "unknown limit"),
+        (["check", "{ckpt}", "--limit", "boards"], "NAME=INTEGER"),
         (["compile", "{d}/nope.nir", "-o", "{d}/o.npz", "--dt", "1e-3"], "no such file"),
         (["run", "{nir}", "{x}", "-o", "{d}/o.npz"], "not an snn2hw artefact"),
         (["run", "{art}", "{d}/none.npy", "-o", "{d}/o.npz"], "no such input file"),
@@ -81,14 +85,14 @@ def test_console_script_help():
         assert cmd in out.stdout
 
 
-def test_compile_reports_unsupported_nir_node(tmp_path, capsys):
+def test_compile_reports_an_unmappable_nir_node(tmp_path, capsys):
     import nir
 
     g = nir.NIRGraph(
-        nodes={"input": nir.Input({"input": np.array([2])}), "thr": nir.Threshold(np.array([1.0, 1.0])),
+        nodes={"input": nir.Input({"input": np.array([2])}), "thr": nir.Threshold(np.array([1.0, -1.0])),
                "output": nir.Output({"output": np.array([2])})},
         edges=[("input", "thr"), ("thr", "output")], type_check=False)
     nir.write(tmp_path / "u.nir", g)
     assert run("compile", tmp_path / "u.nir", "-o", tmp_path / "o.npz", "--dt", "1e-3") == 2
     err = capsys.readouterr().err
-    assert "node 'thr' has unsupported type Threshold" in err and not (tmp_path / "o.npz").exists()
+    assert "node 'thr': threshold must be positive" in err and not (tmp_path / "o.npz").exists()

@@ -141,8 +141,13 @@ def test_design_rules_reject_what_lava_conv_cannot_express():
         compile_graph(g2)
 
 
-def test_nir_export_refuses_conv_instead_of_writing_a_linear():
-    from snn2hw.nir_io import NIRError, to_nir
+def test_nir_export_writes_conv_as_conv2d_not_a_linear():
+    import nir
 
-    with pytest.raises(NIRError, match="'c'.*Conv2d"):
-        to_nir(_float_conv_graph())
+    from snn2hw.nir import from_nir, to_nir
+
+    ng = to_nir(_float_conv_graph())
+    assert isinstance(ng.nodes["c"], nir.Conv2d) and ng.nodes["h"].v_threshold.shape == (2, 5, 5)
+    back = from_nir(ng)
+    assert isinstance(back.projections[0], Conv2d) and back.projections[0].padding == (1, 1)
+    assert back.projections[1].sparse  # recorded in the metadata: NIR has no sparse matrix

@@ -202,3 +202,12 @@ def test_reduction_validation():
         L.spike_count_mse(torch.zeros(1, 2), torch.tensor([0]), reduction="avg")
     with pytest.raises(ValueError):
         L.spike_counts(torch.zeros(3))
+
+
+def test_regular_rate_is_floor_of_steps_times_rate_as_documented():
+    steps = 10
+    x = torch.tensor([[0.0, 0.05, 0.15, 0.26, 0.5, 0.74, 0.99, 1.0, 0.3, 0.7]])
+    counts = E.regular_rate(x, steps).sum(1)[0]
+    expected = torch.floor(x[0] * steps + 1e-6)
+    assert counts.tolist() == expected.tolist()  # floor, not round: 0.74 * 10 -> 7, 0.99 * 10 -> 9
+    assert counts[5] == 7 and counts[6] == 9

@@ -58,8 +58,11 @@ def test_matches_unrolled_reference(device, detach_reset, per_neuron, return_sta
     kw = dict(detach_reset=detach_reset, return_state=return_state, mask=mask)
     outs, grads = _run(R.recurrent_cuba_lif_sequence, a, p, device, **kw)
     outs_ref, grads_ref = _run(R.recurrent_cuba_lif_reference, a, p, device, **kw)
-    for o, r in zip(outs, outs_ref):
-        assert torch.equal(o, r)
+    # Spikes must be identical; the float states may differ in the last bits, because the fused operator
+    # and the unrolled reference may order (and, per torch build, fuse) the same float64 sums differently.
+    assert torch.equal(outs[0], outs_ref[0])
+    for o, r in zip(outs[1:], outs_ref[1:]):
+        _close(o, r, "state", rtol=1e-12)
     spikes = outs[0]
     assert 0.05 < spikes.mean() < 0.8  # the test exercises both spiking and silent neurons
     for k in grads_ref:

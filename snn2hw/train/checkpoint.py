@@ -37,10 +37,23 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    # torch.save writes a zip archive; anything else would reach torch's legacy pickle reader, whose
+    # failures on arbitrary bytes are not typed (KeyError, IndexError, ...). Check the container first.
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError, NotImplementedError) as exc:
+        raise CheckpointError(f"{path}: not an snn2hw checkpoint (not a zip archive as torch.save writes: {exc})") from None
+    except Exception as exc:  # zlib.error and others from a corrupt member
+        raise CheckpointError(f"{path}: not an snn2hw checkpoint (corrupt archive: {type(exc).__name__}: {exc})") from None
+    if bad is not None:
+        raise CheckpointError(f"{path}: corrupt checkpoint (member {bad!r} fails its CRC check)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not an snn2hw checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    except Exception as exc:  # torch raises many kinds on malformed archives; never retry without weights_only
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        first = first.split(". ")[0][:160]
+        raise CheckpointError(f"{path}: not an snn2hw checkpoint ({type(exc).__name__}: {first})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an snn2hw checkpoint (missing format tag)")
     if payload.get("version") != CHECKPOINT_VERSION:
@@ -58,11 +71,30 @@ def load_checkpoint(path: str | os.PathLike) -> torch.nn.Module:
     kind = config.get("kind") if isinstance(config, dict) else None
     if kind not in builders:
         raise CheckpointError(f"{path}: unknown model kind {kind!r}")
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: checkpoint has no state_dict of tensors")
     try:
+        # build on the meta device first: a config asking for huge layers costs nothing there, and its
+        # shapes must match the tensors the file actually holds before anything is allocated
+        with torch.device("meta"):
+            skeleton = builders[kind](config)
+        expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in state.items()}
+        if expected != found:
+            diff = sorted(set(expected.items()) ^ set(found.items()))[:3]
+            raise CheckpointError(f"{path}: checkpoint does not match its model config (tensor names/shapes differ: {diff})")
         model = builders[kind](config)
-        model.load_state_dict(payload["state_dict"])
-    except (KeyError, TypeError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: checkpoint does not match its model config ({str(exc).splitlines()[0][:200]})") from None
+        model.load_state_dict(state)
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, RuntimeError, ValueError, AttributeError, OverflowError, ZeroDivisionError,
+            IndexError, NotImplementedError) as exc:
+        raise CheckpointError(f"{path}: checkpoint does not match its model config ({type(exc).__name__}: "
+                              f"{(str(exc).splitlines() or [''])[0][:200]})") from None
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: tensor {name!r} holds NaN or infinite values")
     return model
 
 
