@@ -6,98 +6,134 @@ reset to zero), loss = sum of the output spikes, one backward pass to the weight
 computes the input GEMM for all steps at once outside its time loop, and gets its input in its
 preferred layout (snn2hw: batch-first; snnTorch, Norse, SpikingJelly: time-first).
 
-Implementations:
+``--layer recurrent`` adds a recurrent N x N projection with a one-step delay to the LIF layer
+(snn2hw: ``recurrent_cuba_lif_sequence``; snnTorch: ``RLeaky(all_to_all=True, linear_features=N)``;
+the floor then also holds the 2T per-step (batch, N) x (N, N) products that any implementation of a
+recurrent layer must do: V s[t-1] forward and lam[t+1] V backward, plus the weight gradient of V).
 
-* ``floor``: only the two matrix products every implementation must do (``x @ W^T`` over all steps,
-  and the weight gradient ``g^T x`` from a precomputed output gradient).
+Implementations (each peer as its documentation uses it, in its fastest CPU configuration, and
+iterated without quadratic patterns: per-step inputs come from ``unbind``, never ``a[t]`` of a tensor
+that requires grad, whose every backward materialises a full-size zero gradient):
+
+* ``floor``: only the matrix products every implementation must do (``x @ W^T`` over all steps and
+  the weight gradient ``g^T x`` from a precomputed output gradient; recurrent: see above).
 * ``snn2hw``: ``snn2hw.nn.functional.cuba_lif_sequence`` with alpha = 0 (u[t] = a[t], so
   v = 0.9 v + a), fast-sigmoid surrogate, detached reset.
 * ``snntorch``: ``snntorch.Leaky(beta=0.9, reset_mechanism="zero")``, fast-sigmoid surrogate, stepped
-  in a Python loop, spikes stacked.
-* ``norse``: ``norse.torch.LIFBoxCell`` (LIF without synaptic current) stepped in a Python loop, spikes
-  stacked; dt * tau_mem_inv = 0.1 scales its input by 0.1, so its threshold is 0.1.
+  over ``a.unbind(0)``, spikes stacked (snnTorch has no multi-step layer; this is its tutorials' loop).
+* ``norse``: ``norse.torch.LIFBoxCell`` (LIF without synaptic current) stepped over ``a.unbind(0)``;
+  dt * tau_mem_inv = 0.1 scales its input by 0.1, so its threshold is 0.1. Norse's multi-step
+  modules index ``input[ts]`` in their loop (quadratic backward), so the cell loop is its best use.
+* ``norse-compile``: the same with the cell wrapped in ``torch.compile`` (Norse's documented speed-up).
 * ``spikingjelly``: ``activation_based.neuron.LIFNode(tau=10, decay_input=False, step_mode="m",
-  backend="torch", detach_reset=True)``.
+  detach_reset=True)`` (multi-step; version 2.x chooses its own kernel and has no ``backend`` option,
+  older versions get ``backend="torch"``, ``cupy`` being CUDA-only). SpikingJelly 2.x
+  needs Python >= 3.11: it runs in the interpreter given by ``--peer-python`` (default
+  ``.venv-peers/bin/python`` when it exists), see ``docs/training.md``.
 
-Peers that are not installed are skipped and reported as such.
+Method. Every worker is a fresh subprocess whose thread and wait-policy environment is set before
+torch is imported (``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``OPENBLAS_NUM_THREADS``/
+``NUMBA_NUM_THREADS`` = ``--threads``, ``OMP_WAIT_POLICY=PASSIVE``, ``KMP_BLOCKTIME=0``):
 
-Method. Workers are fresh subprocesses with ``torch.set_num_threads`` (default 2) and the
-OpenMP/MKL thread variables set alike:
+* time: per N, one worker process per interpreter builds its implementations and runs a warm-up pass
+  of each; then the driver asks for ``--reps`` rounds in which every implementation does one timed
+  forward + backward pass, one after the other (interleaved across processes: a worker waits blocked
+  on its pipe while another runs), so load from other processes on a shared machine affects all alike.
+  Reported: the median, the spread (min, max) and the ratio of medians to the floor and to the
+  fastest peer.
+* peak memory: one process per (implementation, N); after the model and input exist and a 4-step
+  warm-up has initialised lazy state, the kernel's peak-RSS counter is reset (``/proc/self/clear_refs``),
+  one full forward + backward runs, and the figure is ``VmHWM - VmRSS(before)``. glibc serves every
+  allocation of 1 MiB or more with mmap (``MALLOC_MMAP_THRESHOLD_``) so freed tensors leave RSS at once.
 
-* time: one process per N builds every implementation and runs one warm-up pass of each, then
-  ``--reps`` rounds in which each implementation does one timed forward + backward pass (interleaved,
-  so that load from other processes on a shared machine affects all alike); the median is reported,
-  and the minimum alongside (``time.perf_counter``; on CUDA with ``torch.cuda.synchronize``).
-* peak memory: one process per (implementation, N); after the model and input exist and a 4-step warm-up has initialised lazy state, the
-  kernel's peak-RSS counter is reset (``/proc/self/clear_refs``), one full forward + backward runs, and
-  the reported figure is ``VmHWM - VmRSS(before)``: the extra resident memory the pass needed beyond
-  its inputs and weights. glibc is told to serve every allocation of 1 MiB or more with mmap
-  (``MALLOC_MMAP_THRESHOLD_``) so that freed tensors leave RSS at once and the figure tracks live
-  tensors, not allocator caching. Where ``clear_refs`` is not writable, ``ru_maxrss`` is used instead.
-  On CUDA the figure is ``torch.cuda.max_memory_allocated`` above the allocation before the pass.
-
-On a shared machine set ``OMP_WAIT_POLICY=PASSIVE`` (the workers inherit it; the JSON records it and
-the load average): spinning OpenMP workers otherwise starve the thread that issues the many small
-per-step ops, which distorts every ratio to the floor.
+The JSON records the 1-min load average before and after each N, versions (per implementation),
+Python, CPU model and thread settings. A row measured while the load average exceeded the number of
+CPUs is marked ``*`` ("under load") in the table and ``under_load: true`` in the JSON.
 
 Usage::
 
-    python benchmarks/bench_training.py [--sizes 512 1024 2048] [--steps 500] [--batch 16]
-        [--reps 5] [--threads 2] [--frameworks floor snn2hw snntorch norse spikingjelly]
-        [--out benchmarks/results/training.json]
+    python benchmarks/bench_training.py [--sizes 256 512 1024 2048 4096] [--steps 500] [--batch 16]
+        [--reps 7] [--threads 2] [--layer dense|recurrent]
+        [--frameworks floor snn2hw snntorch norse norse-compile spikingjelly]
+        [--peer-python .venv-peers/bin/python] [--out benchmarks/results/training.json]
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
-import resource
-import statistics
-import subprocess
 import sys
-import time
-import warnings
-from pathlib import Path
 
-FRAMEWORKS = ["floor", "snn2hw", "snntorch", "norse", "spikingjelly"]
-PEERS = ["snntorch", "norse", "spikingjelly"]
+
+from bench_env import cpu_model, set_thread_env, thread_env  # noqa: E402  (imports no torch)
+
+# Before anything imports torch: OpenMP reads these once, at start-up.
+set_thread_env(sys.argv)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+FRAMEWORKS = ["floor", "snn2hw", "snntorch", "norse", "norse-compile", "spikingjelly"]
+PEERS = ["snntorch", "norse", "norse-compile", "spikingjelly"]
+RECURRENT_FRAMEWORKS = ["floor", "snn2hw", "snntorch"]
 BETA, V_TH, SURROGATE_SCALE, INPUT_RATE = 0.9, 1.0, 10.0, 0.1
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_PEER_PYTHON = REPO / ".venv-peers" / "bin" / "python"
 
 
 # --- the workloads (run inside a worker process) -------------------------------------------------------
-def build(framework: str, n: int, steps: int, batch: int, device):
+def build(framework: str, n: int, steps: int, batch: int, device, layer: str = "dense"):
     """Return ``(run, version)``; ``run()`` does one forward + backward and returns the spike rate."""
     import torch
 
     g = torch.Generator().manual_seed(0)
-    time_first = framework in ("snntorch", "norse", "spikingjelly")
+    time_first = framework not in ("floor", "snn2hw")
     shape = (steps, batch, n) if time_first else (batch, steps, n)
     x = (torch.rand(shape, generator=g) < INPUT_RATE).float().to(device)
     # Scaled so that a[t] has unit variance: the LIF layer spikes at a moderate rate.
     w = (torch.randn(n, n, generator=g) / (n * INPUT_RATE) ** 0.5).to(device).requires_grad_(True)
+    recurrent = layer == "recurrent"
+    # recurrent weights small enough that the layer keeps a moderate rate
+    v_rec = (torch.randn(n, n, generator=g) * 0.3 / (n * INPUT_RATE) ** 0.5).to(device).requires_grad_(True)
 
     if framework == "floor":
         grad_out = torch.randn(shape, generator=g).to(device)
+        s_prev = (torch.rand(steps, batch, n, generator=g) < INPUT_RATE).float().to(device)
+        lam = torch.randn(steps, batch, n, generator=g).to(device)
 
         def run():
             w.grad = None
             a = x @ w.t()
             a.backward(grad_out)
+            if recurrent:  # 2T per-step products and V's weight gradient, with no autograd
+                with torch.no_grad():
+                    vt = v_rec.t()
+                    for s_t, l_t in zip(s_prev.unbind(0), lam.unbind(0)):
+                        s_t @ vt
+                        l_t @ v_rec
+                    lam.reshape(-1, n).t() @ s_prev.reshape(-1, n)
 
         return run, torch.__version__
 
     if framework == "snn2hw":
         import snn2hw
         from snn2hw.nn.functional import cuba_lif_sequence
+        from snn2hw.nn.recurrent import recurrent_cuba_lif_sequence
         from snn2hw.nn.surrogate import FastSigmoid
 
         surrogate = FastSigmoid(SURROGATE_SCALE)
 
         def run():
-            w.grad = None
-            s = cuba_lif_sequence(x @ w.t(), 0.0, BETA, V_TH, None, surrogate, detach_reset=True)
+            w.grad = v_rec.grad = None
+            if recurrent:
+                s = recurrent_cuba_lif_sequence(x @ w.t(), v_rec, 0.0, BETA, V_TH, None, surrogate=surrogate)
+            else:
+                s = cuba_lif_sequence(x @ w.t(), 0.0, BETA, V_TH, None, surrogate, detach_reset=True)
             loss = s.sum()
             loss.backward()
             return loss.item() / s.numel()
@@ -108,16 +144,30 @@ def build(framework: str, n: int, steps: int, batch: int, device):
         import snntorch
         from snntorch import surrogate as snn_surrogate
 
-        lif = snntorch.Leaky(beta=BETA, threshold=V_TH, spike_grad=snn_surrogate.fast_sigmoid(slope=SURROGATE_SCALE),
-                             reset_mechanism="zero").to(device)
+        spike_grad = snn_surrogate.fast_sigmoid(slope=SURROGATE_SCALE)
+        if recurrent:
+            lif = snntorch.RLeaky(beta=BETA, threshold=V_TH, spike_grad=spike_grad, reset_mechanism="zero",
+                                  all_to_all=True, linear_features=n).to(device)
+            with torch.no_grad():
+                lif.recurrent.weight.copy_(v_rec)
+                lif.recurrent.bias.zero_()
+        else:
+            lif = snntorch.Leaky(beta=BETA, threshold=V_TH, spike_grad=spike_grad, reset_mechanism="zero").to(device)
 
         def run():
             w.grad = None
+            lif.zero_grad(set_to_none=True)
             a = x @ w.t()
-            mem = lif.init_leaky()
+            if recurrent:
+                spk, mem = lif.init_rleaky()
+            else:
+                mem = lif.init_leaky()
             spikes = []
-            for t in range(a.shape[0]):
-                spk, mem = lif(a[t], mem)
+            for a_t in a.unbind(0):
+                if recurrent:
+                    spk, mem = lif(a_t, spk, mem)
+                else:
+                    spk, mem = lif(a_t, mem)
                 spikes.append(spk)
             s = torch.stack(spikes)
             loss = s.sum()
@@ -126,21 +176,22 @@ def build(framework: str, n: int, steps: int, batch: int, device):
 
         return run, snntorch.__version__
 
-    if framework == "norse":
+    if framework in ("norse", "norse-compile"):
         import norse
         import norse.torch as norse_torch
 
         params = norse_torch.LIFBoxParameters(tau_mem_inv=torch.tensor(100.0, device=device),
                                               v_th=torch.tensor(0.1 * V_TH, device=device))
         lif = norse_torch.LIFBoxCell(p=params, dt=1e-3).to(device)
+        step = torch.compile(lif) if framework == "norse-compile" else lif
 
         def run():
             w.grad = None
             a = x @ w.t()
             state = None
             spikes = []
-            for t in range(a.shape[0]):
-                z, state = lif(a[t], state)
+            for a_t in a.unbind(0):
+                z, state = step(a_t, state)
                 spikes.append(z)
             s = torch.stack(spikes)
             loss = s.sum()
@@ -150,11 +201,18 @@ def build(framework: str, n: int, steps: int, batch: int, device):
         return run, getattr(norse, "__version__", "?")
 
     if framework == "spikingjelly":
-        import spikingjelly
+        import importlib.metadata
+
+        import inspect
+
         from spikingjelly.activation_based import neuron
 
+        options = {}
+        if "backend" in inspect.signature(neuron.LIFNode.__init__).parameters:
+            # 0.0.0.0.x: "torch" on CPU ("cupy" exists only on CUDA); 2.x picks its kernel itself
+            options["backend"] = "cupy" if device.type == "cuda" else "torch"
         lif = neuron.LIFNode(tau=1.0 / (1.0 - BETA), decay_input=False, v_threshold=V_TH, v_reset=0.0,
-                             detach_reset=True, step_mode="m", backend="torch").to(device)
+                             detach_reset=True, step_mode="m", **options).to(device)
 
         def run():
             w.grad = None
@@ -164,7 +222,7 @@ def build(framework: str, n: int, steps: int, batch: int, device):
             loss.backward()
             return loss.item() / s.numel()
 
-        return run, getattr(spikingjelly, "__version__", "0.0.0.0.14")
+        return run, importlib.metadata.version("spikingjelly")
 
     raise ValueError(f"unknown framework {framework!r}")
 
@@ -193,9 +251,9 @@ def memory_worker(args) -> dict:
     warnings.filterwarnings("ignore")
     device = torch.device(args.device)
     try:
-        run, version = build(args.worker, args.n, args.steps, args.batch, device)
+        run, version = build(args.worker, args.n, args.steps, args.batch, device, args.layer)
         # Initialise lazy state (thread pools, kernels, imports inside libraries) with a short run.
-        small, _ = build(args.worker, args.n, 4, args.batch, device)
+        small, _ = build(args.worker, args.n, 4, args.batch, device, args.layer)
         small()
         del small
     except ImportError as exc:
@@ -223,54 +281,129 @@ def memory_worker(args) -> dict:
             "version": version}
 
 
-def time_worker(args) -> dict:
-    """Times every requested implementation at one N, interleaving their repetitions so that a
-    shared, noisy machine slows them alike."""
+def serve_worker(args) -> int:
+    """Build the requested implementations, warm each up, then time one pass per request line.
+
+    Protocol (one JSON object per line on stdout): first ``{"ready": {fw: info}}``; then for every
+    framework name read from stdin, ``{"fw": name, "ms": time, "rate": spike rate}``; ``quit`` ends.
+    The worker blocks on stdin between requests, so it uses no CPU while another implementation runs.
+    """
     import torch
 
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     device = torch.device(args.device)
-    runs, out = {}, {}
+    runs, info = {}, {}
     for fw in args.worker.split(","):
         try:
-            run, version = build(fw, args.n, args.steps, args.batch, device)
-            run()  # warm-up
+            run, version = build(fw, args.n, args.steps, args.batch, device, args.layer)
+            run()  # warm-up (and compilation for the compiled variants)
             runs[fw] = run
-            out[fw] = {"version": version, "times_ms": []}
+            info[fw] = {"version": version, "torch": torch.__version__, "python": platform.python_version()}
         except ImportError as exc:
-            out[fw] = {"skipped": f"not installed ({exc})"}
+            info[fw] = {"skipped": f"not installed ({exc})"}
         except Exception as exc:  # noqa: BLE001 - a peer that breaks on this torch version is reported, not fatal
-            out[fw] = {"skipped": f"failed: {type(exc).__name__}: {exc}"}
-    for _ in range(args.reps):
-        for fw, run in runs.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            out[fw]["spike_rate"] = run()
-            _sync(device)
-            out[fw]["times_ms"].append((time.perf_counter() - t0) * 1e3)
-    for fw in runs:
-        times = out[fw]["times_ms"]
-        out[fw].update(time_ms=statistics.median(times), time_ms_min=min(times))
-    return out
+            info[fw] = {"skipped": f"failed: {type(exc).__name__}: {exc}"}
+    print(json.dumps({"ready": info}), flush=True)
+    for line in sys.stdin:
+        fw = line.strip()
+        if fw == "quit" or not fw:
+            break
+        _sync(device)
+        t0 = time.perf_counter()
+        rate = runs[fw]()
+        _sync(device)
+        print(json.dumps({"fw": fw, "ms": (time.perf_counter() - t0) * 1e3, "rate": rate}), flush=True)
+    return 0
 
 
 # --- the driver ------------------------------------------------------------------------------------------
-def run_worker(framework: str, n: int, mode: str, args) -> dict:
+def _worker_cmd(python: str, frameworks: str, n: int, mode: str, args) -> list[str]:
+    return [python, str(Path(__file__).resolve()), "--worker", frameworks, "--n", str(n), "--mode", mode,
+            "--steps", str(args.steps), "--batch", str(args.batch), "--threads", str(args.threads),
+            "--device", args.device, "--layer", args.layer]
+
+
+def _worker_env(mode: str, args) -> dict:
     env = dict(os.environ)
-    threads = str(args.threads)
-    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads)
+    env.update(thread_env(str(args.threads)))
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     if mode == "memory":
         env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", framework, "--n", str(n), "--mode", mode,
-           "--steps", str(args.steps), "--batch", str(args.batch), "--reps", str(args.reps),
-           "--threads", threads, "--device", args.device]
+    return env
+
+
+def interpreter_for(fw: str, args) -> str:
+    return args.peer_python if (fw in args.peer_frameworks and args.peer_python) else sys.executable
+
+
+def _read_json_line(proc) -> dict | None:
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            return None
+        if line.startswith("{"):
+            return json.loads(line)
+
+
+def time_interleaved(frameworks: list[str], n: int, args) -> dict:
+    """Timed passes of every implementation at one N, interleaved across worker processes."""
+    groups: dict[str, list[str]] = {}
+    for fw in frameworks:
+        groups.setdefault(interpreter_for(fw, args), []).append(fw)
+    procs, out = {}, {}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout, check=False)
+        for python, fws in groups.items():
+            proc = subprocess.Popen(_worker_cmd(python, ",".join(fws), n, "serve", args), stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                    env=_worker_env("serve", args))
+            ready = _read_json_line(proc)
+            if ready is None:
+                for fw in fws:
+                    out[fw] = {"skipped": f"worker {python} failed to start (exit {proc.wait()})"}
+                continue
+            for fw, info in ready["ready"].items():
+                out[fw] = dict(info)
+                if "skipped" not in info:
+                    out[fw]["times_ms"] = []
+                    procs[fw] = proc
+        order = [fw for fw in frameworks if fw in procs]
+        for rep in range(args.reps):
+            # rotate the order each round, so no implementation always runs right after the same one
+            for fw in order[rep % len(order):] + order[:rep % len(order)] if order else []:
+                proc = procs[fw]
+                proc.stdin.write(fw + "\n")
+                proc.stdin.flush()
+                reply = _read_json_line(proc)
+                if reply is None:
+                    out[fw] = {"skipped": "worker died during timing"}
+                    order.remove(fw)
+                    break
+                out[fw]["times_ms"].append(reply["ms"])
+                out[fw]["spike_rate"] = reply["rate"]
+    finally:
+        for proc in {id(p): p for p in procs.values()}.values():
+            try:
+                proc.stdin.write("quit\n")
+                proc.stdin.flush()
+            except OSError:
+                pass
+            proc.wait(timeout=60)
+    for fw, r in out.items():
+        times = r.get("times_ms")
+        if times:
+            r.update(time_ms=statistics.median(times), time_ms_min=min(times), time_ms_max=max(times))
+    return out
+
+
+def memory_run(fw: str, n: int, args) -> dict:
+    cmd = _worker_cmd(interpreter_for(fw, args), fw, n, "memory", args)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_worker_env("memory", args),
+                              timeout=args.timeout, check=False)
     except subprocess.TimeoutExpired:
         return {"skipped": f"timed out after {args.timeout} s"}
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         return {"skipped": f"failed (exit {proc.returncode}): {' | '.join(tail)}"}
@@ -293,50 +426,57 @@ def summarise(results: list[dict], sizes: list[int]) -> dict:
                 s["speedup_vs_fastest_peer"] = peers[fastest]["time_ms"] / ours["time_ms"]
             if "floor" in row:
                 s["time_vs_floor"] = ours["time_ms"] / row["floor"]["time_ms"]
-            if "snntorch" in row and row["snntorch"].get("peak_mb") and ours.get("peak_mb") is not None:
-                s["peak_memory_vs_snntorch"] = ours["peak_mb"] / row["snntorch"]["peak_mb"]
         summary[str(n)] = s
     return summary
 
 
-def print_table(results: list[dict], summary: dict, sizes: list[int]) -> None:
-    head = f"{'N':>5}  {'implementation':<13} {'time ms':>9} {'(min)':>9} {'peak MB':>9} {'rate':>6} {'x fastest peer':>15} {'x floor':>8}"
+def print_table(results: list[dict], summary: dict, sizes: list[int], load: dict, cpus: int) -> None:
+    head = (f"{'N':>5}  {'implementation':<14} {'median ms':>10} {'min..max ms':>17} {'peak MB':>8} {'rate':>6} "
+            f"{'x floor':>8} {'fastest peer / this':>20}")
     print(head)
     print("-" * len(head))
     for n in sizes:
         s = summary.get(str(n), {})
+        mark = " *" if load[str(n)]["under_load"] else ""
         floor = next((r for r in results if r["n"] == n and r["framework"] == "floor" and "time_ms" in r), None)
         for r in (r for r in results if r["n"] == n):
             if "time_ms" not in r:
-                print(f"{n:>5}  {r['framework']:<13} skipped: {r.get('skipped', '?')}")
+                print(f"{n:>5}  {r['framework']:<14} skipped: {r.get('skipped', '?')}")
                 continue
-            peer_ratio = r["time_ms"] / s["fastest_peer_ms"] if "fastest_peer_ms" in s else float("nan")
+            speedup = s["fastest_peer_ms"] / r["time_ms"] if "fastest_peer_ms" in s else float("nan")
             floor_ratio = r["time_ms"] / floor["time_ms"] if floor else float("nan")
             peak = r.get("peak_mb")
             rate = r.get("spike_rate")
-            print(f"{n:>5}  {r['framework']:<13} {r['time_ms']:>9.1f} {r['time_ms_min']:>9.1f} {peak if peak is not None else float('nan'):>9.1f} "
-                  f"{rate if rate is not None else float('nan'):>6.3f} {peer_ratio:>15.2f} {floor_ratio:>8.2f}")
+            spread = f"{r['time_ms_min']:.1f}..{r['time_ms_max']:.1f}"
+            print(f"{n:>5}  {r['framework']:<14} {r['time_ms']:>10.1f} {spread:>17} "
+                  f"{peak if peak is not None else float('nan'):>8.1f} "
+                  f"{rate if rate is not None else float('nan'):>6.3f} {floor_ratio:>8.2f} {speedup:>20.2f}{mark}")
         if s:
             extras = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in s.items())
             print(f"{'':>5}  summary: {extras}")
+    print(f"* = under load: the 1-min load average exceeded the {cpus} CPUs while this N was timed")
     print()
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
+    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--reps", type=int, default=7)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--layer", choices=["dense", "recurrent"], default="dense")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--frameworks", nargs="+", default=FRAMEWORKS, choices=FRAMEWORKS)
+    p.add_argument("--frameworks", nargs="+", default=None, choices=FRAMEWORKS)
+    p.add_argument("--peer-python", default=str(DEFAULT_PEER_PYTHON) if DEFAULT_PEER_PYTHON.exists() else None,
+                   help="interpreter for --peer-frameworks (SpikingJelly 2.x needs Python >= 3.11)")
+    p.add_argument("--peer-frameworks", nargs="+", default=["spikingjelly"])
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
-    p.add_argument("--timeout", type=int, default=1800, help="seconds per worker process")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "training.json"))
+    p.add_argument("--timeout", type=int, default=1800, help="seconds per memory worker process")
+    p.add_argument("--out", default=None, help="default benchmarks/results/training[_recurrent].json")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--mode", choices=["time", "memory"], help=argparse.SUPPRESS)
+    p.add_argument("--mode", choices=["serve", "memory"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.device is None:
         import torch
@@ -344,46 +484,66 @@ def main(argv=None) -> int:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
 
     if args.worker:
-        print(json.dumps(memory_worker(args) if args.mode == "memory" else time_worker(args)))
+        if args.mode == "serve":
+            return serve_worker(args)
+        print(json.dumps(memory_worker(args)))
         return 0
 
     import torch
 
+    frameworks = args.frameworks or (RECURRENT_FRAMEWORKS if args.layer == "recurrent" else FRAMEWORKS)
+    out = Path(args.out or REPO / "benchmarks" / "results" /
+               ("training.json" if args.layer == "dense" else "training_recurrent.json"))
+    cpus = os.cpu_count() or 1
     results, load = [], {}
     for n in args.sizes:
         load_before = os.getloadavg()[0]
-        timed = run_worker(",".join(args.frameworks), n, "time", args)
+        timed = time_interleaved(frameworks, n, args)
+        load_after = os.getloadavg()[0]
         # Other processes on a shared machine distort timings; the 1-minute load average says how much.
-        load[str(n)] = {"before": load_before, "after": os.getloadavg()[0]}
-        for fw in args.frameworks:
-            r = {"framework": fw, "n": n}
-            r.update(timed.get(fw, timed) if "skipped" not in timed else timed)
+        load[str(n)] = {"before": load_before, "after": load_after,
+                        "under_load": max(load_before, load_after) > cpus}
+        for fw in frameworks:
+            r = {"framework": fw, "n": n, "under_load": load[str(n)]["under_load"]}
+            r.update(timed.get(fw, {"skipped": "not run"}))
             if "skipped" not in r and not args.no_memory:
-                mem = run_worker(fw, n, "memory", args)
+                mem = memory_run(fw, n, args)
                 r.update({k: v for k, v in mem.items() if k in ("peak_mb", "memory_method")})
                 if "skipped" in mem:
                     r["memory_skipped"] = mem["skipped"]
             results.append(r)
             status = f"{r['time_ms']:.1f} ms" if "time_ms" in r else r["skipped"]
             print(f"  N={n} {fw}: {status}", file=sys.stderr, flush=True)
+        # written after every N, so an interrupted run keeps the sizes it finished
+        _write(out, args, argv, load, results, summarise(results, [m for m in args.sizes if str(m) in load]), cpus)
     summary = summarise(results, args.sizes)
-    print_table(results, summary, args.sizes)
+    print_table(results, summary, args.sizes, load, cpus)
     loads = ", ".join(f"N={n} {v['before']:.1f}->{v['after']:.1f}" for n, v in load.items())
-    print(f"1-min load average during timing (cpu count {os.cpu_count()}): {loads}")
-    meta = {
-        "workload": "Linear(N, N, bias=False) -> LIF, loss = sum(spikes), forward + backward",
-        "batch": args.batch, "steps": args.steps, "reps": args.reps, "threads": args.threads,
-        "device": args.device, "torch": torch.__version__, "python": platform.python_version(),
-        "machine": platform.machine(), "processor": platform.processor(), "statistic": "median",
-        "memory_method": "peak RSS delta of one forward+backward in a fresh process (see module docstring)",
-        "cpu_count": os.cpu_count(), "load_average_1min": load,
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "results": results, "summary": summary}, indent=2) + "\n")
+    print(f"1-min load average during timing (cpu count {cpus}): {loads}")
+    _write(out, args, argv, load, results, summary, cpus)
     print(f"wrote {out}")
     return 0
+
+
+def _write(out: Path, args, argv, load: dict, results: list, summary: dict, cpus: int) -> None:
+    import torch
+
+    meta = {
+        "workload": "Linear(N, N, bias=False) -> LIF" + (" with recurrent N x N" if args.layer == "recurrent" else "")
+                    + ", loss = sum(spikes), forward + backward",
+        "layer": args.layer, "batch": args.batch, "steps": args.steps, "reps": args.reps,
+        "threads": args.threads, "device": args.device, "torch": torch.__version__,
+        "python": platform.python_version(), "peer_python": args.peer_python,
+        "peer_frameworks": args.peer_frameworks, "machine": platform.machine(), "cpu_model": cpu_model(),
+        "platform": platform.platform(), "statistic": "median of interleaved repetitions (min, max kept)",
+        "memory_method": "peak RSS delta of one forward+backward in a fresh process (see module docstring)",
+        "cpu_count": cpus, "load_average_1min": load, "thread_env": thread_env(str(args.threads)),
+        "command": " ".join(["benchmarks/bench_training.py", *(argv if argv is not None else sys.argv[1:])]),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"meta": meta, "results": results, "summary": summary}, indent=2) + "\n")
+    tmp.replace(out)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -222,8 +223,17 @@ def cmd_run(args) -> int:
     art = artefact.load(args.artefact)
     inputs = _load_inputs(Path(args.inputs), art.graph)
     readouts = [o for o in art.graph.outputs if _is_readout(art, art.graph.population(o))]
-    result = get_backend(args.backend)(art, inputs, record=args.record,
-                                       record_state=list(dict.fromkeys([*args.record_state, *readouts])))
+    record_state = list(dict.fromkeys([*args.record_state, *readouts]))
+    if args.backend == "sim" and (args.distributed or int(os.environ.get("WORLD_SIZE", "1")) > 1):
+        # under torchrun: each rank simulates a shard of the batch; rank 0 alone writes the result
+        from snn2hw.backends.sim.distributed import run_distributed
+        from snn2hw.train.distributed import is_main_process
+
+        result = run_distributed(art, inputs, record=args.record, record_state=record_state)
+        if not is_main_process():
+            return 0
+    else:
+        result = get_backend(args.backend)(art, inputs, record=args.record, record_state=record_state)
     arrays = {f"spikes/{k}": v for k, v in result.spikes.items()}
     arrays.update({f"counts/{k}": v.sum(axis=1) for k, v in result.spikes.items()})
     arrays.update({f"u/{k}": v for k, v in result.u.items()})
@@ -365,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backend", choices=("sim", "lava"), default="sim")
     r.add_argument("--record", action="append", default=[], metavar="POP", help="also record spikes of POP")
     r.add_argument("--record-state", action="append", default=[], metavar="POP", help="record u and v of POP")
+    r.add_argument("--distributed", action="store_true",
+                   help="shard the batch over torchrun's processes (sim backend; automatic when WORLD_SIZE > 1)")
     r.set_defaults(func=cmd_run)
 
     from snn2hw.onnx.cli import add_parsers as add_onnx_parsers

@@ -404,19 +404,65 @@ def conv_accumulate_exact(s: torch.Tensor, weight: torch.Tensor, stride, padding
     """Exact integer cross-correlation (PyTorch orientation) of images ``s`` (N, C, H, W) with integer
     ``weight`` (O, C/groups, kh, kw), as int64 (N, O, Ho, Wo).
 
-    float64 ``conv2d`` when the largest per-output-channel sum of |w| times ``max_input`` is below 2**53
-    (every partial sum is then an exactly represented integer); otherwise an im2col product in int64.
+    float32 ``conv2d`` when the largest per-output-channel sum of |w| times ``max_input`` is below 2**24,
+    float64 below 2**53 (every partial sum is then an exactly represented integer); otherwise an im2col
+    product in int64.
     """
     out = conv_accumulate(s, weight, stride, padding, dilation, groups, max_input)
     return out if out.dtype == torch.int64 else torch.round(out).to(torch.int64)
 
 
+def _float32_conv_exact(device: torch.device, max_weight: int, max_input: int) -> bool:
+    """Whether a float32 ``conv2d`` multiplies integers up to these magnitudes exactly on ``device``.
+
+    Sums are exact below 2**24 whatever the order; the products are exact unless the backend rounds its
+    inputs: oneDNN on the CPU when its float32 precision is lowered (TF32/BF16 modes), and TF32 on CUDA
+    (on by default for convolutions), which keeps 11 significant bits, so integers up to 2048 survive.
+    """
+    if device.type == "cpu":
+        try:
+            if torch._C._get_onednn_allow_tf32():
+                return False
+            precision = torch._C._get_fp32_precision_getter("mkldnn", "conv")
+        except (AttributeError, RuntimeError, TypeError):  # older torch: no reduced-precision modes
+            return True
+        return precision in ("none", "ieee")
+    return max_weight <= 2048 and max_input <= 2048
+
+
+def _sum_pool(s: torch.Tensor, w: torch.Tensor, stride, padding, dilation, groups: int) -> torch.Tensor | None:
+    """Sum pooling (``ir.sum_pool2d``: one channel per group, each channel's kernel one repeated value) as
+    a window sum times that value, in float32; None when ``w`` is not of that form. Exact under the
+    caller's bound: the window sum and its product by the weight are integers below 2**24."""
+    o, cg, kh, kw = w.shape
+    if not (cg == 1 and o == groups == s.shape[1] and tuple(dilation) == (1, 1)
+            and 2 * padding[0] <= kh and 2 * padding[1] <= kw):
+        return None
+    per_channel = w.reshape(o, -1)
+    if not bool((per_channel == per_channel[:, :1]).all()):
+        return None
+    window = torch.nn.functional.avg_pool2d(s.to(torch.float32), (kh, kw), stride, padding, ceil_mode=False,
+                                            count_include_pad=True, divisor_override=1)
+    return window.mul_(per_channel[:, 0].to(torch.float32).view(1, o, 1, 1))
+
+
 def conv_accumulate(s: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, groups: int,
                     max_input: int) -> torch.Tensor:
-    """``conv_accumulate_exact`` before its conversion to int64: float64 holding exact integers, or int64
-    (the simulator's compiled path converts element by element, saving passes over the arrays)."""
+    """``conv_accumulate_exact`` before its conversion to int64: float32 or float64 holding exact integers,
+    or int64 (the simulator's compiled path converts element by element, saving passes over the arrays).
+
+    The bound B = (largest per-output-channel sum of |w|) * max_input bounds every partial sum of every
+    output, in any summation order. float32 ``conv2d`` is exact when B < 2**24 and the backend multiplies
+    in full float32 (``_float32_conv_exact``); float64 when B < 2**53; else int64 im2col products.
+    """
     w = weight.to(torch.int64)
     bound = int(w.abs().flatten(1).sum(dim=1).max().item()) * max_input if w.numel() else 0
+    if bound < 2**24 and _float32_conv_exact(s.device, int(w.abs().max().item()) if w.numel() else 0, max_input):
+        pooled = _sum_pool(s, w, stride, padding, dilation, groups)
+        if pooled is not None:
+            return pooled
+        return torch.nn.functional.conv2d(s.to(torch.float32), w.to(torch.float32), stride=stride, padding=padding,
+                                          dilation=dilation, groups=groups)
     if bound < 2**53:
         return torch.nn.functional.conv2d(s.to(torch.float64), w.to(torch.float64), stride=stride, padding=padding,
                                           dilation=dilation, groups=groups)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import torch
 
+from snn2hw.nn import kernels
 from snn2hw.nn.surrogate import Surrogate, get_surrogate
 
 __all__ = [
@@ -137,6 +138,17 @@ class _CubaLIFSequence(torch.autograd.Function):
         batch, steps, n = a.shape
         need_alpha_grad = ctx.needs_input_grad[1]
         keep_u = return_state or need_alpha_grad
+        ctx.surrogate = surrogate
+        ctx.detach_reset = detach_reset
+        ctx.alpha_is_zero = alpha_is_zero
+        ctx.bias_is_scalar = bias is not None and bias.dim() == 0
+        ctx.set_materialize_grads(False)
+        if kernels.usable(a, alpha, beta, v_th, bias):
+            # the whole loop in one compiled call (same arithmetic, same order: bit-identical)
+            v_pre, spikes, u_all, v_all = kernels.lif_forward(a, alpha, beta, v_th, bias, alpha_is_zero, keep_u,
+                                                              return_state)
+            ctx.save_for_backward(v_pre, u_all if need_alpha_grad else None, alpha, beta, v_th)
+            return (spikes, u_all, v_all) if return_state else spikes
         v_pre = a.new_empty(batch, steps, n)
         spikes = a.new_empty(batch, steps, n)
         u_all = a.new_empty(batch, steps, n) if keep_u else None
@@ -160,11 +172,6 @@ class _CubaLIFSequence(torch.autograd.Function):
                                     v_steps[t] if v_steps is not None else v_state)
         if alpha_is_zero and u_all is not None:
             u_all.copy_(a)
-        ctx.surrogate = surrogate
-        ctx.detach_reset = detach_reset
-        ctx.alpha_is_zero = alpha_is_zero
-        ctx.bias_is_scalar = bias is not None and bias.dim() == 0
-        ctx.set_materialize_grads(False)
         ctx.save_for_backward(v_pre, u_all if need_alpha_grad else None, alpha, beta, v_th)
         if return_state:
             return spikes, u_all, v_all
@@ -181,6 +188,19 @@ class _CubaLIFSequence(torch.autograd.Function):
         detach_reset = ctx.detach_reset
         batch, steps, n = v_pre.shape
         need_lam_u = need_a or need_alpha
+        if kernels.usable(v_pre, g_s, g_u, g_v):
+            # one compiled pass over time (the surrogate derivative inside it, or one tensor op before it)
+            grad_a, sums = kernels.lif_backward(v_pre, surrogate, g_s, g_u, g_v, u_all, alpha, beta, v_th, detach_reset,
+                                                ctx.alpha_is_zero, (need_a, need_alpha, need_beta, need_vth, need_bias))
+            sums = sums.to(v_pre.dtype)
+            return (
+                grad_a,
+                _reduce_to(sums[0], alpha.dim() == 0) if need_alpha else None,
+                _reduce_to(sums[1], beta.dim() == 0) if need_beta else None,
+                _reduce_to(sums[2], v_th.dim() == 0) if need_vth else None,
+                _reduce_to(sums[3], ctx.bias_is_scalar) if need_bias else None,
+                None, None, None, None,
+            )
 
         grad_a = v_pre.new_empty(batch, steps, n) if need_a else None
         acc_alpha = v_pre.new_zeros(n) if need_alpha else None
