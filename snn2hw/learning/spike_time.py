@@ -31,13 +31,14 @@ cross-entropy ``CE(softmax(-t / tau0))``. A silent output neuron gets ``t = wind
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 
 from snn2hw.learning.base import BatchResult, LearningRule, LearningRuleError, register_rule
 
-__all__ = ["SpikeTimeGradient", "first_spike_steps", "layer_first_spike_times", "network_first_spike_times",
+__all__ = ["SpikeTimeGradient", "single_spike", "first_spike_steps", "layer_first_spike_times", "network_first_spike_times",
            "predict_first_spike", "first_spike_cross_entropy"]
 
 
@@ -126,12 +127,19 @@ def layer_first_spike_times(t_in: torch.Tensor, weight: torch.Tensor, alpha: flo
     return t_out, v_peak
 
 
+def _is_self_inhibition(layer) -> bool:
+    """A ``RecurrentLIFDense`` whose recurrent weights are a non-positive diagonal (``single_spike``)."""
+    v = layer.effective_rec_weight().detach()
+    return bool((v - torch.diag(torch.diagonal(v))).abs().max() == 0 and (torch.diagonal(v) <= 0).all())
+
+
 def _layer_args(layer) -> tuple[float, float, float]:
     from snn2hw.nn.layers import LIFDense, RecurrentLIFDense
 
-    if type(layer) is not LIFDense:
-        kind = "recurrent" if isinstance(layer, RecurrentLIFDense) else type(layer).__name__
-        raise LearningRuleError(f"rule 'spike-time' trains stacks of LIFDense layers; got a {kind} layer")
+    ok = type(layer) is LIFDense or (type(layer) is RecurrentLIFDense and _is_self_inhibition(layer))
+    if not ok:
+        raise LearningRuleError(f"rule 'spike-time' trains stacks of LIFDense layers (or RecurrentLIFDense with only "
+                                f"self-inhibition, see single_spike); got {type(layer).__name__}")
     alpha, beta = 1.0 - float(layer.du.clamp(0, 1)), 1.0 - float(layer.dv.clamp(0, 1))
     if not (0.0 < alpha < 1.0 and 0.0 < beta <= 1.0) or abs(alpha - beta) < 1e-6:
         raise LearningRuleError(f"rule 'spike-time': layer needs 0 < du < 1, 0 <= dv < 1 and du != dv "
@@ -139,17 +147,26 @@ def _layer_args(layer) -> tuple[float, float, float]:
     return alpha, beta, layer.v_th
 
 
-def network_first_spike_times(model, x: torch.Tensor, window: float | None = None, grid: int = 4):
+def network_first_spike_times(model, x: torch.Tensor, window: float | None = None, grid: int = 4,
+                              snap: bool = True):
     """Per layer of ``model`` (a ``SpikingSequential`` of ``LIFDense``): (first spike times, peak V)
-    of the TTFS relaxation for input spikes ``x`` (batch, T, n_in); the window defaults to T."""
+    of the TTFS relaxation for input spikes ``x`` (batch, T, n_in); the window defaults to T.
+
+    ``snap=True``: a hidden layer passes on the step at which the discrete network fires,
+    ``ceil(t)``, with the derivative of the continuous time ``t`` (straight through the rounding), so
+    the next layer sees exactly the spikes the deployed network sends and the output times are the
+    deployed network's up to the last layer's own rounding. ``snap=False``: the continuous relaxation
+    throughout (whose derivatives are exact; what the finite-difference tests check)."""
     layers = list(getattr(model, "layers", [model]))
     window = float(x.shape[1] if window is None else window)
     t = first_spike_steps(x.to(layers[0].weight.dtype))
     out = []
-    for layer in layers:
+    for i, layer in enumerate(layers):
         alpha, beta, v_th = _layer_args(layer)
         t, v_peak = layer_first_spike_times(t, layer.weight, alpha, beta, v_th, layer.bias, window, grid)
         out.append((t, v_peak))
+        if snap and i < len(layers) - 1:
+            t = t + (torch.ceil(t.detach()) - t.detach()).nan_to_num(0.0)
     return out
 
 
@@ -214,3 +231,36 @@ class SpikeTimeGradient(LearningRule):
     def describe(self) -> dict:
         return {"name": self.name, "tau0": self.tau0, "window": self.window, "grid": self.grid, "early": self.early,
                 "silent_slope": self.silent_slope}
+
+
+def single_spike(model, inhibition: float | None = None):
+    """A deployable copy of ``model`` (``SpikingSequential`` of ``LIFDense``) whose hidden neurons fire once.
+
+    The TTFS relaxation counts only first spikes, but a CUBA-LIF keeps integrating after its reset and
+    may fire again, which moves the next layer's spikes earlier. Each hidden layer becomes a
+    ``RecurrentLIFDense`` with a diagonal, inhibitory recurrent weight ``-inhibition`` (a one-step
+    Dense hop of the neuron onto itself, which Loihi 2 runs like any projection): after its first spike
+    a neuron receives a current that keeps it below threshold for the rest of the sample. The default
+    strength is 20 times the largest summed positive input weight of the layer. First spikes (and so the
+    relaxation and its gradients) are unchanged; the output layer stays as it is (only its first spike
+    is read)."""
+    from snn2hw.nn.layers import LIFDense, RecurrentLIFDense, SpikingSequential
+
+    layers = []
+    for i, layer in enumerate(model.layers):
+        _layer_args(layer)
+        if i == len(model.layers) - 1 or type(layer) is not LIFDense:
+            layers.append(copy.deepcopy(layer))
+            continue
+        cfg = layer.config()
+        n = layer.out_features
+        strength = inhibition if inhibition is not None else 20.0 * float(layer.weight.detach().clamp(min=0).sum(1).max())
+        rec = RecurrentLIFDense(cfg["in_features"], n, du=cfg["du"], dv=cfg["dv"], v_th=cfg["v_th"], bias=cfg["bias"],
+                                rec_mask=torch.eye(n))
+        with torch.no_grad():
+            rec.weight.copy_(layer.weight)
+            if layer.bias is not None:
+                rec.bias.copy_(layer.bias)
+            rec.rec_weight.copy_(-strength * torch.eye(n))
+        layers.append(rec.to(layer.weight.device, layer.weight.dtype))
+    return SpikingSequential(layers)
