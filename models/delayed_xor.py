@@ -23,10 +23,10 @@ __all__ = ["make", "steps_needed", "masked_mse", "accuracy", "predict"]
 CHANNELS = ("up", "down", "go")
 
 
-def steps_needed(pulse: int = 10, onset: tuple[int, int] = (5, 15), delay: tuple[int, int] = (25, 40),
-                 response: int = 20) -> int:
-    """The trial length that fits the latest go cue and its whole response window."""
-    return onset[1] - 1 + 2 * (delay[1] - 1) + max(pulse, 5) + response
+def steps_needed(onset: tuple[int, int] = (5, 15), delay: tuple[int, int] = (25, 40), response: int = 20,
+                 go: int = 5) -> int:
+    """The trial length that fits the latest go cue and its whole response window (``make``'s default T)."""
+    return onset[1] - 1 + 2 * (delay[1] - 1) + max(go, response)
 
 
 def make(n: int, seed: int = 0, pulse: int = 10, onset: tuple[int, int] = (5, 15),
@@ -37,7 +37,7 @@ def make(n: int, seed: int = 0, pulse: int = 10, onset: tuple[int, int] = (5, 15
             and pulse <= delay[0] < delay[1]):
         raise ValueError(f"bad delayed-XOR parameters: n={n}, pulse={pulse}, onset={onset}, delay={delay}, "
                          f"response={response}, go={go} (need a pulse shorter than the smallest delay)")
-    need = onset[1] - 1 + 2 * (delay[1] - 1) + go + response
+    need = steps_needed(onset, delay, response, go)
     steps = need if steps is None else int(steps)
     if steps < need:
         raise ValueError(f"steps={steps} is shorter than the latest trial ({need} steps)")
