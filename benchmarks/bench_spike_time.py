@@ -20,6 +20,7 @@ Run one process per seed (they are independent), then merge::
 
     python benchmarks/bench_spike_time.py --seed 0 --out /tmp/st0.json   # ... and seeds 1, 2
     python benchmarks/bench_spike_time.py --merge /tmp/st0.json /tmp/st1.json /tmp/st2.json
+    python benchmarks/bench_spike_time.py --timing --out benchmarks/results/spike_time_timing.json
 """
 from __future__ import annotations
 
@@ -117,6 +118,32 @@ def run_rule(rule: str, seed: int, args, data) -> dict:
     return row
 
 
+def timing(args) -> dict:
+    """One epoch of each rule on the first ``--timing-points`` training points, interleaved ``--timing-reps``
+    times (load from other processes then affects both alike); median and min seconds, and the ratio."""
+    from snn2hw.learning.spike_time import first_spike_cross_entropy, predict_first_spike
+    from snn2hw.models import yinyang as Y
+    from snn2hw.train.trainer import Trainer, TrainerConfig
+
+    x, y = Y.load("train", size=args.timing_points)
+    times = {"spike-time": [], "bptt": []}
+    for _ in range(args.timing_reps):
+        for rule in times:
+            model = build(args.hidden, 0, rule)
+            kw = {} if rule == "bptt" else {"loss_fn": first_spike_cross_entropy, "predict_fn": predict_first_spike}
+            cfg = TrainerConfig(epochs=1, batch_size=32, lr=1e-3, progress=False, tensorboard=False, rule=rule)
+            t0 = time.perf_counter()
+            Trainer(model, cfg, **kw).fit((x, y))
+            times[rule].append(time.perf_counter() - t0)
+    out = {r: {"median_s": statistics.median(v), "min_s": min(v), "all_s": v} for r, v in times.items()}
+    out["ratio_spike_time_to_bptt_median"] = out["spike-time"]["median_s"] / out["bptt"]["median_s"]
+    out["points"], out["env"] = args.timing_points, _env()
+    print(f"epoch of {args.timing_points} points: spike-time {out['spike-time']['median_s']:.2f} s, "
+          f"bptt {out['bptt']['median_s']:.2f} s (median of {args.timing_reps}, interleaved); "
+          f"ratio {out['ratio_spike_time_to_bptt_median']:.2f}")
+    return out
+
+
 def table(rows: list) -> str:
     lines = ["rule        seeds  float test acc (mean +- sd)  deployed (sim) test acc  s/epoch (median)"]
     for rule in ("spike-time", "bptt"):
@@ -141,10 +168,18 @@ def main(argv=None) -> dict:
     p.add_argument("--lr-spike", type=float, default=3e-3)
     p.add_argument("--lr-bptt", type=float, default=5e-3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--timing", action="store_true", help="only the interleaved time-per-epoch comparison")
+    p.add_argument("--timing-points", type=int, default=500)
+    p.add_argument("--timing-reps", type=int, default=3)
     p.add_argument("--merge", nargs="+", help="combine per-seed JSON files into --out and print the table")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "spike_time.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.timing:
+        result = timing(args)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        return result
     if args.merge:
         parts = [json.loads(Path(f).read_text()) for f in args.merge]
         result = {**{k: v for k, v in parts[0].items() if k != "runs"}, "runs": [r for q in parts for r in q["runs"]],

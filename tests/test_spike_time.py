@@ -111,6 +111,10 @@ def test_rule_checks_and_decoding():
     spikes[0, 2, 1] = spikes[0, 3, 0] = 1
     spikes[1, 1, 0] = spikes[1, 1, 2] = spikes[1, 2, 2] = 1  # tie at step 1 -> more spikes wins
     assert predict_first_spike(spikes).tolist() == [1, 2]
+    m = _model(hidden=8, dtype=torch.float32)
+    x, y = Y.load("val", size=16)
+    res = make_rule("spike-time", early=0.5).compute_gradients(m, x, y, first_spike_cross_entropy, {})
+    assert res.output.shape == (16, 3) and m.layers[0].weight.grad.abs().sum() > 0
     assert float(first_spike_cross_entropy(spikes, torch.tensor([1, 2]))) < float(
         first_spike_cross_entropy(spikes, torch.tensor([0, 0])))
 

@@ -25,9 +25,9 @@ spikes of a neuron do not enter the relaxation.
 Loss: the network's output is ``-t_out / tau0`` per output neuron (logits: earlier is larger), handed to
 the trainer's ``loss_fn``; snn2hw's default (``count_cross_entropy``) then is the usual TTFS
 cross-entropy ``CE(softmax(-t / tau0))``. A silent output neuron gets ``t = window + silent_slope
-(v_th - max_t V)``, which pulls its membrane up; ``early`` adds ``early * mean(exp(t_label / tau0))``
-(pushes the right neuron to fire early, as in Göltz et al. 2021). Decode deployed networks with
-``predict_first_spike``.
+(v_th - max_t V)``, which pulls its membrane up; ``early`` adds ``early * mean(t_label / window)``
+(pushes the right neuron to fire early; Göltz et al. 2021 use an exponential form of the same idea).
+Decode deployed networks with ``predict_first_spike``.
 """
 from __future__ import annotations
 
@@ -224,7 +224,8 @@ class SpikeTimeGradient(LearningRule):
         total = loss
         if self.early > 0:
             t_label = t.gather(1, y.long().view(-1, 1)).squeeze(1)
-            total = total + self.early * torch.exp(t_label / self.tau0 / max(1.0, x.shape[1] / 4)).mean()
+            window = float(x.shape[1] if self.window is None else self.window)
+            total = total + self.early * (t_label / window).mean()
         (total * scale if scale != 1.0 else total).backward()
         return BatchResult(loss.detach(), out.detach())
 
