@@ -164,7 +164,7 @@ def main(argv=None) -> dict:
     p.add_argument("--rules", nargs="+", default=["spike-time", "bptt"])
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--hidden", type=int, default=60)
-    p.add_argument("--train", type=int, default=1500)
+    p.add_argument("--train", type=int, default=2000)
     p.add_argument("--lr-spike", type=float, default=3e-3)
     p.add_argument("--lr-bptt", type=float, default=5e-3)
     p.add_argument("--threads", type=int, default=1)
