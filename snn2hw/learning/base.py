@@ -68,6 +68,8 @@ class LearningRule:
 # name -> module that defines (and registers) the rule; imported on first use.
 _BUILTIN: dict[str, str] = {
     "bptt": "snn2hw.learning.bptt",
+    "gated": "snn2hw.learning.gated",
+    "spike-time": "snn2hw.learning.spike_time",
 }
 _REGISTRY: dict[str, type[LearningRule]] = {}
 
