@@ -68,6 +68,11 @@ class LearningRule:
 # name -> module that defines (and registers) the rule; imported on first use.
 _BUILTIN: dict[str, str] = {
     "bptt": "snn2hw.learning.bptt",
+    "fa": "snn2hw.learning.feedback",
+    "dfa": "snn2hw.learning.feedback",
+    "eprop": "snn2hw.learning.eprop",
+    "decolle": "snn2hw.learning.eprop",
+    "superspike": "snn2hw.learning.superspike",
 }
 _REGISTRY: dict[str, type[LearningRule]] = {}
 
