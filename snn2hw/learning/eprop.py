@@ -150,12 +150,12 @@ class Decolle(_OnlineRule):
         local = []
         for i in range(last):  # each hidden layer's own loss on its fixed read-out
             _, (g,) = error_of([first.records[i]], y, loss_fn, False)
-            local.append(None if g is None else g @ self.matrices[i])
+            local.append(g)  # (batch, T, n_out): projected per step, so nothing (batch, T, n_l) is kept
         if err is None:
             raise LearningRuleError("rule 'decolle': the loss does not depend on the network's output")
 
         def signal(t, _outs):
-            return [None if g is None else g[:, t] for g in local] + [err[:, t]]
+            return [None if g is None else g[:, t] @ r for g, r in zip(local, self.matrices)] + [err[:, t]]
 
         res = run_online(layers, x, signal, reset_in_trace=self.reset_in_trace)
         accumulate_into_grads(layers, res.grads, scale)
