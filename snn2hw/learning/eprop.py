@@ -136,6 +136,18 @@ class Decolle(_OnlineRule):
     name = "decolle"
     matrices_name = "read-out matrices"
 
+    def __init__(self, seed: int = 0, reset_in_trace: bool = False, readout_scale: float = 1.0):
+        super().__init__(seed, reset_in_trace)
+        self.readout_scale = float(readout_scale)
+
+    def setup(self, model) -> None:
+        super().setup(model)
+        # the read-outs' size sets how hard each local loss saturates (Adam undoes any other scale)
+        self.matrices = [None if m is None else m * self.readout_scale for m in self.matrices]
+
+    def describe(self) -> dict:
+        return {**super().describe(), "readout_scale": self.readout_scale}
+
     def compute_gradients(self, model, x, y, loss_fn, forward_kwargs, scale=1.0) -> BatchResult:
         if check_forward_kwargs(self.name, forward_kwargs):
             raise LearningRuleError("rule 'decolle': the return_all forward option (losses on hidden spikes) is "
