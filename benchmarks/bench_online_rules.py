@@ -228,12 +228,17 @@ def main(argv=None) -> int:
     ap.add_argument("--memory-only", action="store_true")
     ap.add_argument("--steps-list", nargs="+", type=int, default=[64, 256, 1024])
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "online_rules.json"))
+    ap.add_argument("--markdown", nargs="+", metavar="JSON", help="print the results of these JSON files as a "
+                    "Markdown table (with the command behind each row) and exit")
     ap.add_argument("--memory-worker", nargs=2, metavar=("RULE", "STEPS"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     torch.set_num_threads(a.threads)
+    if a.markdown:
+        print(markdown(a.markdown))
+        return 0
     if a.memory_worker:
         print(json.dumps(memory_worker(a.memory_worker[0], int(a.memory_worker[1]), a.threads)))
         return 0
@@ -323,6 +328,38 @@ def format_table(result: dict) -> str:
         for rule in dict.fromkeys(m["rule"] for m in result["memory"]):
             vals = {m["steps"]: m["peak_extra_mib"] for m in result["memory"] if m["rule"] == rule}
             lines.append(f"  {rule:<58} " + " ".join(f"{vals.get(s, float('nan')):>8.1f}" for s in steps))
+    return "\n".join(lines)
+
+
+def markdown(paths: list) -> str:
+    """The rule x task table of docs/learning-rules-online.md, from result files."""
+    lines = ["| task | network | rule | lr (val) | seeds | epochs | float test % | deployed test % | s/epoch | x BPTT | load | command |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    mem = []
+    for path in paths:
+        result = json.loads(Path(path).read_text())
+        load = result["machine"].get("load_before", [float("nan")])[0]
+        for r in summary_rows(result):
+            entry = result["tasks"][r["task"]]
+            epochs = next(x["epochs"] for x in entry["runs"] if x["rule"] == r["rule"])
+            ratio = f"{r['epoch_vs_bptt']:.1f}" if r["epoch_vs_bptt"] else "-"
+            lines.append(f"| {r['task']} | {entry['network']}, T={entry['steps']} | {r['rule']} | {r['lr']:g} | "
+                         f"{r['seeds']} | {epochs} | {r['float'][0]:.2f} ± {r['float'][1]:.2f} | "
+                         f"{r['deployed'][0]:.2f} ± {r['deployed'][1]:.2f} | {r['epoch_s']:.1f} | {ratio} | "
+                         f"{load:.0f} | `{result['command']}` |")
+        for m in result.get("memory", []):
+            mem.append((result["command"], m))
+    if mem:
+        steps = sorted({m["steps"] for _, m in mem})
+        lines += ["", "Peak extra memory of one batch (MiB; batch 32, 24-128R-27, Braille-shaped input):", "",
+                  "| rule | " + " | ".join(f"T = {s}" for s in steps) + " | command |",
+                  "|---|" + "---|" * len(steps) + "---|"]
+        rows: dict = {}
+        for cmd, m in mem:
+            rows.setdefault((m["rule"], cmd), {})[m["steps"]] = m["peak_extra_mib"]
+        for (rule, cmd), vals in rows.items():
+            cells = " | ".join(f"{vals[s]:.1f}" if s in vals else "-" for s in steps)
+            lines.append(f"| {rule} | {cells} | `{cmd}` |")
     return "\n".join(lines)
 
 

@@ -2,7 +2,6 @@
 rule state through resume, clear errors, and learning on small tasks."""
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -15,16 +14,7 @@ from snn2hw.nn.conv import ConvLIF, LeakyReadout
 from snn2hw.nn.layers import LIFDense, RecurrentLIFDense, SpikingSequential, hop_delay
 from snn2hw.train.losses import count_cross_entropy, membrane_cross_entropy, van_rossum_distance
 from snn2hw.train.trainer import Trainer, TrainerConfig, final_output
-
-
-def _data(n=96, steps=16, n_in=10, classes=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, classes, (n,), generator=g)
-    rates = torch.full((n, n_in), 0.05)
-    for c in range(classes):
-        rates[y == c, c * 3:(c + 1) * 3] = 0.6
-    x = (torch.rand(n, steps, n_in, generator=g) < rates[:, None, :]).float()
-    return x, y
+from test_learning_base import _data  # noqa: E402  (tests/ is on sys.path, as for test_differential)
 
 
 def _net(kind="ff", readout=False, seed=0, hidden=(16, 12)):

@@ -22,7 +22,7 @@ from snn2hw.nn.neuron import float_neuron_args
 from snn2hw.nn.recurrent import recurrent_cuba_lif_sequence
 
 __all__ = ["dense_stack", "layer_forward", "hops_to_output", "random_matrix", "check_float_weights_only",
-           "load_matrices", "error_of"]
+           "load_matrices", "error_of", "check_forward_kwargs"]
 
 DENSE_KINDS = (LIFDense, RecurrentLIFDense, LeakyReadout)  # RecurrentLIFDense subclasses LIFDense
 
