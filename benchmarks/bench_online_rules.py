@@ -154,6 +154,55 @@ def train_once(task: dict, rule: str, lr: float, epochs: int, seed: int, train, 
     return out
 
 
+# --- the spike-raster task (SuperSpike's own) ------------------------------------------------------------
+def raster_task(rules: list, epochs: int, seeds: int, lr: float) -> list:
+    """Learn a generated target raster: 50 frozen Poisson inputs (rate 0.05/step), T = 100 steps, 50-hidden
+    LIF layer, 10 outputs that must each fire at 3 given, randomly drawn steps; 4 such (input, target) pairs.
+    BPTT minimises the same van Rossum distance (tau = 5 steps) with autograd. The deployed distance is
+    the compiled network's on the simulator."""
+    import numpy as np
+    import torch
+
+    from snn2hw.backends import sim
+    from snn2hw.compiler import compile_graph
+    from snn2hw.nn.layers import LIFDense, SpikingSequential
+    from snn2hw.train.losses import van_rossum_distance
+    from snn2hw.train.trainer import Trainer, TrainerConfig
+
+    tau, steps = 5.0, 100
+    g = torch.Generator().manual_seed(1234)
+    x = (torch.rand(4, steps, 50, generator=g) < 0.05).float()
+    target = torch.zeros(4, steps, 10)
+    for b in range(4):
+        for k in range(10):
+            target[b, torch.randperm(steps - 20, generator=g)[:3] + 10, k] = 1.0
+    rows = []
+    for seed in range(seeds):
+        for spec in rules:
+            rule, _, feedback = spec.partition(":")
+            torch.manual_seed(seed)
+            model = SpikingSequential([LIFDense(50, 50, du=0.3, dv=0.2, weight_gain=2.0),
+                                       LIFDense(50, 10, du=0.3, dv=0.2, weight_gain=1.0)])
+            opts = {"tau": tau, "feedback": feedback} if rule == "superspike" else {}
+            cfg = TrainerConfig(epochs=epochs, batch_size=4, lr=lr, optimizer="adam", seed=seed, progress=False,
+                                tensorboard=False, rule=rule, rule_options=opts)
+            with torch.no_grad():
+                start = float(van_rossum_distance(model(x), target, tau=tau))
+            t0 = time.perf_counter()
+            Trainer(model, cfg, loss_fn=lambda o, t: van_rossum_distance(o, t, tau=tau), predict_fn=False).fit((x, target))
+            train_s = time.perf_counter() - t0
+            with torch.no_grad():
+                final = float(van_rossum_distance(model(x), target, tau=tau))
+            art = compile_graph(model.to_ir())
+            out = sim.run(art, x.numpy().astype(np.int64), count_events=False).spikes[art.graph.outputs[0]]
+            deployed = float(van_rossum_distance(torch.from_numpy(out.astype(np.float32)), target, tau=tau))
+            rows.append({"rule": spec, "seed": seed, "epochs": epochs, "lr": lr, "start": start, "final": final,
+                         "deployed": deployed, "train_s": train_s})
+            print(f"[raster] seed {seed} {spec:<22} van Rossum D^2 {start:.2f} -> {final:.2f} (deployed {deployed:.2f})"
+                  f"  {train_s:.1f} s", flush=True)
+    return rows
+
+
 # --- memory worker --------------------------------------------------------------------------------------
 def _status_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -215,7 +264,7 @@ def _ms(values):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tasks", nargs="+", default=["digits", "braille", "mnist"])
+    ap.add_argument("--tasks", nargs="*", default=["digits", "braille", "mnist"])
     ap.add_argument("--rules", nargs="+", default=RULES)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=20)
@@ -228,6 +277,10 @@ def main(argv=None) -> int:
     ap.add_argument("--memory-only", action="store_true")
     ap.add_argument("--steps-list", nargs="+", type=int, default=[64, 256, 1024])
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "online_rules.json"))
+    ap.add_argument("--raster", nargs="+", metavar="RULE[:FEEDBACK]",
+                    help="run the spike-raster task for these rules (e.g. bptt superspike:symmetric superspike:random "
+                         "superspike:uniform) with --epochs and --seeds; use --tasks with nothing to skip the others")
+    ap.add_argument("--raster-lr", type=float, default=5e-3)
     ap.add_argument("--markdown", nargs="+", metavar="JSON", help="print the results of these JSON files as a "
                     "Markdown table (with the command behind each row) and exit")
     ap.add_argument("--memory-worker", nargs=2, metavar=("RULE", "STEPS"), help=argparse.SUPPRESS)
@@ -258,6 +311,9 @@ def main(argv=None) -> int:
     def save():
         out_path.write_text(json.dumps(result, indent=1) + "\n")
 
+    if a.raster:
+        result["raster"] = raster_task(a.raster, a.epochs, a.seeds, a.raster_lr)
+        save()
     if not a.memory_only:
         for name in a.tasks:
             task = load_task(name)
@@ -335,7 +391,7 @@ def markdown(paths: list) -> str:
     """The rule x task table of docs/learning-rules-online.md, from result files."""
     lines = ["| task | network | rule | lr (val) | seeds | epochs | float test % | deployed test % | s/epoch | x BPTT | load | command |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    mem = []
+    mem, raster = [], []
     for path in paths:
         result = json.loads(Path(path).read_text())
         load = result["machine"].get("load_before", [float("nan")])[0]
@@ -349,6 +405,17 @@ def markdown(paths: list) -> str:
                          f"{load:.0f} | `{result['command']}` |")
         for m in result.get("memory", []):
             mem.append((result["command"], m))
+        raster += [(result["command"], r) for r in result.get("raster", [])]
+    if raster:
+        lines += ["", "Spike-raster task (van Rossum D^2 to the target, lower is better; mean ± sd over seeds):", "",
+                  "| rule | seeds | epochs | D^2 at start | D^2 trained (float) | D^2 deployed (simulator) | command |",
+                  "|---|---|---|---|---|---|---|"]
+        groups: dict = {}
+        for cmd, r in raster:
+            groups.setdefault((r["rule"], cmd), []).append(r)
+        for (rule, cmd), rs in groups.items():
+            f = lambda k: "%.2f ± %.2f" % _ms([r[k] for r in rs])  # noqa: E731
+            lines.append(f"| {rule} | {len(rs)} | {rs[0]['epochs']} | {f('start')} | {f('final')} | {f('deployed')} | `{cmd}` |")
     if mem:
         steps = sorted({m["steps"] for _, m in mem})
         lines += ["", "Peak extra memory of one batch (MiB; batch 32, 24-128R-27, Braille-shaped input):", "",
