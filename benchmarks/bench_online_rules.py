@@ -203,6 +203,45 @@ def raster_task(rules: list, epochs: int, seeds: int, lr: float) -> list:
     return rows
 
 
+# --- interleaved timing ---------------------------------------------------------------------------------
+def timing(name: str, rules: list, rounds: int) -> list:
+    """Median time of one training batch (``compute_gradients`` + zeroing), rules interleaved round by round so
+    that load from other processes hits them alike; per epoch = per batch x batches per epoch."""
+    import math
+
+    import torch
+
+    from snn2hw.learning import make_rule
+
+    task = load_task(name)
+    x, y = task["full"]
+    xb, yb = x[:task["batch"]], y[:task["batch"]]
+    setups = []
+    for rule in rules:
+        model = task["build"](0)
+        r = make_rule(rule, **rule_options(rule, task))
+        r.setup(model)
+        r.compute_gradients(model, xb[:, :4], yb, task["loss"], {})  # warm-up
+        setups.append((rule, model, r, []))
+    for _ in range(rounds):
+        for rule, model, r, times in setups:
+            model.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            r.compute_gradients(model, xb, yb, task["loss"], {})
+            times.append(time.perf_counter() - t0)
+    batches = math.ceil(len(y) / task["batch"])
+    base = statistics.median(setups[0][3]) if setups[0][0] == "bptt" else None
+    rows = []
+    for rule, _, _, times in setups:
+        med = statistics.median(times)
+        rows.append({"task": name, "rule": rule, "batch_s_median": med, "batch_s_min": min(times),
+                     "batch_s_max": max(times), "epoch_s_est": med * batches, "vs_bptt": med / base if base else None,
+                     "rounds": rounds, "load": os.getloadavg()[0]})
+        print(f"[{name}] timing {rule:<10} {med:.3f} s/batch (min {min(times):.3f}, max {max(times):.3f})  "
+              f"~{med * batches:.1f} s/epoch" + (f"  {med / base:.2f}x bptt" if base else ""), flush=True)
+    return rows
+
+
 # --- memory worker --------------------------------------------------------------------------------------
 def _status_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -281,6 +320,8 @@ def main(argv=None) -> int:
                     help="run the spike-raster task for these rules (e.g. bptt superspike:symmetric superspike:random "
                          "superspike:uniform) with --epochs and --seeds; use --tasks with nothing to skip the others")
     ap.add_argument("--raster-lr", type=float, default=5e-3)
+    ap.add_argument("--timing", type=int, metavar="ROUNDS", default=0,
+                    help="only time one batch per rule, ROUNDS interleaved rounds per task (no training)")
     ap.add_argument("--markdown", nargs="+", metavar="JSON", help="print the results of these JSON files as a "
                     "Markdown table (with the command behind each row) and exit")
     ap.add_argument("--memory-worker", nargs=2, metavar=("RULE", "STEPS"), help=argparse.SUPPRESS)
@@ -311,6 +352,11 @@ def main(argv=None) -> int:
     def save():
         out_path.write_text(json.dumps(result, indent=1) + "\n")
 
+    if a.timing:
+        result["timing"] = [row for name in a.tasks for row in timing(name, a.rules, a.timing)]
+        save()
+        print(format_table(result))
+        return 0
     if a.raster:
         result["raster"] = raster_task(a.raster, a.epochs, a.seeds, a.raster_lr)
         save()
@@ -388,45 +434,60 @@ def format_table(result: dict) -> str:
 
 
 def markdown(paths: list) -> str:
-    """The rule x task table of docs/learning-rules-online.md, from result files."""
-    lines = ["| task | network | rule | lr (val) | seeds | epochs | float test % | deployed test % | s/epoch | x BPTT | load | command |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    mem, raster = [], []
+    """The tables of docs/learning-rules-online.md from result files; each row names its command by a key
+    ([A], [B], ...) listed under the tables."""
+    commands: dict = {}
+
+    def key(cmd: str) -> str:
+        return commands.setdefault(cmd, f"[{chr(ord('A') + len(commands))}]")
+
+    lines = ["| task | network | rule | lr (val) | seeds | epochs | float test % | deployed test % | s/epoch (loaded) | cmd |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    mem, raster, timing = [], [], []
     for path in paths:
         result = json.loads(Path(path).read_text())
-        load = result["machine"].get("load_before", [float("nan")])[0]
         for r in summary_rows(result):
             entry = result["tasks"][r["task"]]
             epochs = next(x["epochs"] for x in entry["runs"] if x["rule"] == r["rule"])
-            ratio = f"{r['epoch_vs_bptt']:.1f}" if r["epoch_vs_bptt"] else "-"
             lines.append(f"| {r['task']} | {entry['network']}, T={entry['steps']} | {r['rule']} | {r['lr']:g} | "
                          f"{r['seeds']} | {epochs} | {r['float'][0]:.2f} ± {r['float'][1]:.2f} | "
-                         f"{r['deployed'][0]:.2f} ± {r['deployed'][1]:.2f} | {r['epoch_s']:.1f} | {ratio} | "
-                         f"{load:.0f} | `{result['command']}` |")
-        for m in result.get("memory", []):
-            mem.append((result["command"], m))
+                         f"{r['deployed'][0]:.2f} ± {r['deployed'][1]:.2f} | {r['epoch_s']:.1f} | "
+                         f"{key(result['command'])} |")
+        mem += [(result["command"], m) for m in result.get("memory", [])]
         raster += [(result["command"], r) for r in result.get("raster", [])]
+        timing += [(result["command"], r) for r in result.get("timing", [])]
+    if timing:
+        lines += ["", "Time per training batch, rules interleaved (median over rounds; per epoch = per batch x batches):",
+                  "", "| task | rule | s/batch (median) | min - max | ~s/epoch | x BPTT | load | cmd |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for cmd, r in timing:
+            ratio = f"{r['vs_bptt']:.2f}" if r["vs_bptt"] else "-"
+            lines.append(f"| {r['task']} | {r['rule']} | {r['batch_s_median']:.3f} | {r['batch_s_min']:.3f} - "
+                         f"{r['batch_s_max']:.3f} | {r['epoch_s_est']:.1f} | {ratio} | {r['load']:.0f} | {key(cmd)} |")
     if raster:
         lines += ["", "Spike-raster task (van Rossum D^2 to the target, lower is better; mean ± sd over seeds):", "",
-                  "| rule | seeds | epochs | D^2 at start | D^2 trained (float) | D^2 deployed (simulator) | command |",
+                  "| rule | seeds | epochs | D^2 at start | D^2 trained (float) | D^2 deployed (simulator) | cmd |",
                   "|---|---|---|---|---|---|---|"]
         groups: dict = {}
         for cmd, r in raster:
             groups.setdefault((r["rule"], cmd), []).append(r)
         for (rule, cmd), rs in groups.items():
             f = lambda k: "%.2f ± %.2f" % _ms([r[k] for r in rs])  # noqa: E731
-            lines.append(f"| {rule} | {len(rs)} | {rs[0]['epochs']} | {f('start')} | {f('final')} | {f('deployed')} | `{cmd}` |")
+            lines.append(f"| {rule} | {len(rs)} | {rs[0]['epochs']} | {f('start')} | {f('final')} | {f('deployed')} "
+                         f"| {key(cmd)} |")
     if mem:
         steps = sorted({m["steps"] for _, m in mem})
         lines += ["", "Peak extra memory of one batch (MiB; batch 32, 24-128R-27, Braille-shaped input):", "",
-                  "| rule | " + " | ".join(f"T = {s}" for s in steps) + " | command |",
+                  "| rule | " + " | ".join(f"T = {s}" for s in steps) + " | cmd |",
                   "|---|" + "---|" * len(steps) + "---|"]
         rows: dict = {}
         for cmd, m in mem:
             rows.setdefault((m["rule"], cmd), {})[m["steps"]] = m["peak_extra_mib"]
         for (rule, cmd), vals in rows.items():
             cells = " | ".join(f"{vals[s]:.1f}" if s in vals else "-" for s in steps)
-            lines.append(f"| {rule} | {cells} | `{cmd}` |")
+            lines.append(f"| {rule} | {cells} | {key(cmd)} |")
+    lines += ["", "Commands (from the repository root, `OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE`, `python` = `.venv/bin/python`):", ""]
+    lines += [f"- {k} `python benchmarks/{cmd}`" for cmd, k in commands.items()]
     return "\n".join(lines)
 
 
