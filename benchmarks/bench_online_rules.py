@@ -134,16 +134,25 @@ def deployed_accuracy(model, x, y) -> float:
     return float((counts.argmax(1) == y).float().mean())
 
 
+EXTRA_OPTIONS: dict = {}  # rule -> options from --set
+
+
+def label(rule: str) -> str:
+    """A rule's name in the results, with the options --set gave it."""
+    extra = EXTRA_OPTIONS.get(rule)
+    return rule if not extra else rule + "{" + ",".join(f"{k}={v}" for k, v in extra.items()) + "}"
+
+
 def train_once(task: dict, rule: str, lr: float, epochs: int, seed: int, train, evals: dict, deploy: bool):
     from snn2hw.train.trainer import Trainer, TrainerConfig
 
     model = task["build"](seed)
     cfg = TrainerConfig(epochs=epochs, batch_size=task["batch"], lr=lr, optimizer="adam", scheduler="cosine",
                         seed=seed, progress=False, tensorboard=False, rule=rule,
-                        rule_options=rule_options(rule, task))
+                        rule_options={**rule_options(rule, task), **EXTRA_OPTIONS.get(rule, {})})
     t0 = time.perf_counter()
     hist = Trainer(model, cfg, loss_fn=task["loss"]).fit(train)
-    out = {"rule": rule, "lr": lr, "epochs": epochs, "seed": seed, "train_s": time.perf_counter() - t0,
+    out = {"rule": label(rule), "lr": lr, "epochs": epochs, "seed": seed, "train_s": time.perf_counter() - t0,
            "epoch_s": [r["time_s"] for r in hist], "loss": [r["loss"] for r in hist],
            "train_accuracy": hist[-1].get("accuracy"), "load_after": os.getloadavg()[0]}
     for name, (x, y) in evals.items():
@@ -320,6 +329,8 @@ def main(argv=None) -> int:
                     help="run the spike-raster task for these rules (e.g. bptt superspike:symmetric superspike:random "
                          "superspike:uniform) with --epochs and --seeds; use --tasks with nothing to skip the others")
     ap.add_argument("--raster-lr", type=float, default=5e-3)
+    ap.add_argument("--set", nargs=3, action="append", default=[], metavar=("RULE", "OPTION", "JSON"),
+                    help="a rule option, e.g. --set eprop reset_in_trace true")
     ap.add_argument("--timing", type=int, metavar="ROUNDS", default=0,
                     help="only time one batch per rule, ROUNDS interleaved rounds per task (no training)")
     ap.add_argument("--markdown", nargs="+", metavar="JSON", help="print the results of these JSON files as a "
@@ -330,6 +341,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(a.threads)
+    for rule, option, value in a.set:
+        EXTRA_OPTIONS.setdefault(rule, {})[option] = json.loads(value)
     if a.markdown:
         print(markdown(a.markdown))
         return 0
@@ -368,6 +381,9 @@ def main(argv=None) -> int:
             result["tasks"][name] = entry
             # 1. the learning rate per rule, on the validation split
             for rule in a.rules:
+                if len(a.lrs) == 1:  # nothing to choose: the rate is given (say where it came from)
+                    entry["hp"][label(rule)] = {"lr": a.lrs[0], "given": True}
+                    continue
                 scores = {}
                 for lr in a.lrs:
                     r = train_once(task, rule, lr, a.hp_epochs, 0, task["train"], {"val": task["val"]}, False)
@@ -375,12 +391,12 @@ def main(argv=None) -> int:
                     print(f"[{name}] hp {rule:<10} lr={lr:<7g} val {100 * r['val_accuracy']:.2f} %  "
                           f"{statistics.median(r['epoch_s']):.1f} s/epoch  load {r['load_after']:.1f}", flush=True)
                 best = max(scores, key=lambda k: scores[k])
-                entry["hp"][rule] = {"val_accuracy_by_lr": {str(k): v for k, v in scores.items()}, "lr": best}
+                entry["hp"][label(rule)] = {"val_accuracy_by_lr": {str(k): v for k, v in scores.items()}, "lr": best}
                 save()
             # 2. full runs on train + validation, interleaved by seed
             for seed in range(a.seeds):
                 for rule in a.rules:
-                    lr = entry["hp"][rule]["lr"]
+                    lr = entry["hp"][label(rule)]["lr"]
                     r = train_once(task, rule, lr, a.epochs, seed, task["full"], {"test": task["test"]}, True)
                     entry["runs"].append(r)
                     print(f"[{name}] seed {seed} {rule:<10} test {100 * r['test_accuracy']:.2f} %  deployed "
