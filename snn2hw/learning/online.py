@@ -156,7 +156,7 @@ class OnlineResult:
 
     records: dict = field(default_factory=dict)
     grads: list = field(default_factory=list)
-    traces: list = field(default_factory=list)  # the per-layer trace objects after the last step (tests)
+    states: list = field(default_factory=list)  # the per-layer states (traces included) after the last step
 
 
 @torch.no_grad()
