@@ -315,6 +315,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tasks", nargs="*", default=["digits", "braille", "mnist"])
     ap.add_argument("--rules", nargs="+", default=RULES)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seed-start", type=int, default=0, help="first seed (add seeds to an earlier run)")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--hp-epochs", type=int, default=5, help="epochs of each validation run")
     ap.add_argument("--lrs", nargs="+", type=float, default=[2e-3, 5e-3, 2e-2])
@@ -394,7 +395,7 @@ def main(argv=None) -> int:
                 entry["hp"][label(rule)] = {"val_accuracy_by_lr": {str(k): v for k, v in scores.items()}, "lr": best}
                 save()
             # 2. full runs on train + validation, interleaved by seed
-            for seed in range(a.seeds):
+            for seed in range(a.seed_start, a.seed_start + a.seeds):
                 for rule in a.rules:
                     lr = entry["hp"][label(rule)]["lr"]
                     r = train_once(task, rule, lr, a.epochs, seed, task["full"], {"test": task["test"]}, True)
