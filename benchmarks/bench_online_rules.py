@@ -461,18 +461,26 @@ def markdown(paths: list) -> str:
     lines = ["| task | network | rule | lr (val) | seeds | epochs | float test % | deployed test % | s/epoch (loaded) | cmd |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     mem, raster, timing = [], [], []
+    combined: dict = {}  # (task, rule) -> runs and commands, over all files (seeds added by later runs)
     for path in paths:
         result = json.loads(Path(path).read_text())
-        for r in summary_rows(result):
-            entry = result["tasks"][r["task"]]
-            epochs = next(x["epochs"] for x in entry["runs"] if x["rule"] == r["rule"])
-            lines.append(f"| {r['task']} | {entry['network']}, T={entry['steps']} | {r['rule']} | {r['lr']:g} | "
-                         f"{r['seeds']} | {epochs} | {r['float'][0]:.2f} ± {r['float'][1]:.2f} | "
-                         f"{r['deployed'][0]:.2f} ± {r['deployed'][1]:.2f} | {r['epoch_s']:.1f} | "
-                         f"{key(result['command'])} |")
+        for name, entry in result["tasks"].items():
+            for r in entry["runs"]:
+                c = combined.setdefault((name, r["rule"]), {"entry": entry, "runs": [], "cmds": []})
+                c["runs"].append(r)
+                if key(result["command"]) not in c["cmds"]:
+                    c["cmds"].append(key(result["command"]))
         mem += [(result["command"], m) for m in result.get("memory", [])]
         raster += [(result["command"], r) for r in result.get("raster", [])]
         timing += [(result["command"], r) for r in result.get("timing", [])]
+    for (name, rule), c in combined.items():
+        runs, entry = c["runs"], c["entry"]
+        epoch = statistics.median([statistics.median(r["epoch_s"]) for r in runs])
+        fl = _ms([100 * r["test_accuracy"] for r in runs])
+        dep = _ms([100 * r["deployed_accuracy"] for r in runs])
+        lines.append(f"| {name} | {entry['network']}, T={entry['steps']} | {rule} | {runs[0]['lr']:g} | "
+                     f"{len(runs)} | {runs[0]['epochs']} | {fl[0]:.2f} ± {fl[1]:.2f} | {dep[0]:.2f} ± {dep[1]:.2f} | "
+                     f"{epoch:.1f} | {' '.join(c['cmds'])} |")
     if timing:
         lines += ["", "Time per training batch, rules interleaved (median over rounds; per epoch = per batch x batches):",
                   "", "| task | rule | s/batch (median) | min - max | ~s/epoch | x BPTT | load | cmd |",
