@@ -70,6 +70,11 @@ _BUILTIN: dict[str, str] = {
     "bptt": "snn2hw.learning.bptt",
     "gated": "snn2hw.learning.gated",
     "spike-time": "snn2hw.learning.spike_time",
+    "fa": "snn2hw.learning.feedback",
+    "dfa": "snn2hw.learning.feedback",
+    "eprop": "snn2hw.learning.eprop",
+    "decolle": "snn2hw.learning.eprop",
+    "superspike": "snn2hw.learning.superspike",
 }
 _REGISTRY: dict[str, type[LearningRule]] = {}
 

@@ -1,0 +1,383 @@
+"""FA, DFA, DECOLLE, e-prop and SuperSpike: gradients against hand-built references and closed forms,
+rule state through resume, clear errors, and learning on small tasks."""
+from __future__ import annotations
+
+
+import pytest
+import torch
+
+from snn2hw.learning import LearningRuleError, make_rule
+from snn2hw.learning.online import run_online
+from snn2hw.learning.superspike import label_raster
+from snn2hw.nn import functional as F
+from snn2hw.nn.conv import ConvLIF, LeakyReadout
+from snn2hw.nn.layers import LIFDense, RecurrentLIFDense, SpikingSequential, hop_delay
+from snn2hw.train.losses import count_cross_entropy, membrane_cross_entropy, van_rossum_distance
+from snn2hw.train.trainer import Trainer, TrainerConfig, final_output
+from test_learning_base import _data  # noqa: E402  (tests/ is on sys.path, as for test_differential)
+
+
+def _net(kind="ff", readout=False, seed=0, hidden=(16, 12)):
+    torch.manual_seed(seed)
+    kw = dict(du=0.3, dv=0.2, v_th=1.0, weight_gain=3.0)
+    first = RecurrentLIFDense(10, hidden[0], bias=True, rec_gain=0.5, **kw) if kind == "rec" else LIFDense(10, hidden[0], bias=True, **kw)
+    layers = [first, LIFDense(hidden[0], hidden[1], **kw)]
+    layers.append(LeakyReadout(hidden[1], 3, du=0.3, dv=0.2, weight_gain=2.0) if readout else LIFDense(hidden[1], 3, **kw))
+    return SpikingSequential(layers)
+
+
+def _grads(model):
+    return [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+
+
+def _rule_grads(rule, model, x, y, loss_fn=lambda o, y: count_cross_entropy(final_output(o), y)):
+    model.zero_grad(set_to_none=True)
+    rule.setup(model)
+    res = rule.compute_gradients(model, x, y, loss_fn, {})
+    return _grads(model), res
+
+
+def _bptt_grads(model, x, y, loss_fn):
+    model.zero_grad(set_to_none=True)
+    loss_fn(model(x), y).backward()
+    return _grads(model)
+
+
+def _close(a, b, **kw):
+    assert len(a) == len(b)
+    for ga, gb in zip(a, b):
+        assert (ga is None) == (gb is None)
+        if ga is not None:
+            torch.testing.assert_close(ga, gb, **kw)
+
+
+# --- feedback alignment -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind,readout", [("ff", False), ("rec", True)])
+def test_fa_with_feedback_equal_to_the_weights_is_bptt(kind, readout):
+    x, y = _data(n=8)
+    model = _net(kind, readout)
+    loss_fn = (lambda o, y: membrane_cross_entropy(o, y)) if readout else (lambda o, y: count_cross_entropy(o, y))
+    ref = _bptt_grads(model, x, y, loss_fn)
+    rule = make_rule("fa")
+    rule.setup(model)
+    rule.feedback = [None] + [layer.weight.detach().clone() for layer in model.layers[1:]]
+    model.zero_grad(set_to_none=True)
+    rule.compute_gradients(model, x, y, loss_fn, {})
+    _close(_grads(model), ref, rtol=1e-5, atol=1e-7)
+
+
+def test_fa_random_feedback_against_a_hand_built_backward():
+    x, y = _data(n=8)
+    model = _net()
+    l1, l2, l3 = model.layers
+    rule = make_rule("fa", seed=3)
+    got, _ = _rule_grads(rule, model, x, y)
+    b2, b3 = rule.feedback[1], rule.feedback[2]
+    assert b2.shape == l2.weight.shape and not torch.allclose(b2, l2.weight)
+    # By hand: each layer's BPTT gives dL/da (its input current); FA sends dL/da[t+1] @ B down the hop.
+    model.zero_grad(set_to_none=True)
+
+    def neuron(layer, a):
+        return F.cuba_lif_sequence(a, 1 - layer.du, 1 - layer.dv, layer.threshold,
+                                   layer.bias if layer.bias is not None else 0.0, layer.surrogate)
+
+    h1 = l1(x)
+    h2 = l2(h1.detach())
+    a3 = hop_delay(h2.detach() @ l3.weight.t())
+    a3_leaf = a3.detach().requires_grad_(True)
+    loss = count_cross_entropy(neuron(l3, a3_leaf), y)
+    (g_a3,) = torch.autograd.grad(loss, a3_leaf)
+    a3.backward(g_a3)  # W3's gradient: exact
+    g_h2 = torch.nn.functional.pad(g_a3[:, 1:], (0, 0, 0, 1)) @ b3
+    a2 = hop_delay(h1.detach() @ l2.weight.t())
+    a2_leaf = a2.detach().requires_grad_(True)
+    (g_a2,) = torch.autograd.grad(neuron(l2, a2_leaf), a2_leaf, g_h2)
+    a2.backward(g_a2)
+    h1.backward(torch.nn.functional.pad(g_a2[:, 1:], (0, 0, 0, 1)) @ b2)
+    _close(got, _grads(model), rtol=1e-5, atol=1e-7)
+
+
+# --- direct feedback alignment ----------------------------------------------------------------------------
+def test_dfa_equals_bptt_with_feedback_equal_to_the_weights_and_a_memoryless_readout():
+    # One hidden layer, a read-out with no memory (du = dv = 1: v[t] = W s[t-1]): BPTT sends the error
+    # e[t+1] @ W to the hidden spikes at t, exactly what DFA does with B = W and delay alignment.
+    x, y = _data(n=8)
+    torch.manual_seed(1)
+    model = SpikingSequential([LIFDense(10, 16, du=0.3, dv=0.2, weight_gain=3.0),
+                               LeakyReadout(16, 3, du=1.0, dv=1.0)])
+    loss_fn = lambda o, y: membrane_cross_entropy(o, y, over_time="mean")  # noqa: E731
+    ref = _bptt_grads(model, x, y, loss_fn)
+    rule = make_rule("dfa")
+    rule.setup(model)
+    rule.feedback = [model.layers[1].weight.detach().clone(), None]
+    model.zero_grad(set_to_none=True)
+    rule.compute_gradients(model, x, y, loss_fn, {})
+    _close(_grads(model), ref, rtol=1e-5, atol=1e-7)
+    # without delay alignment the error lands one step early: a different update
+    rule.align_delays = False
+    model.zero_grad(set_to_none=True)
+    rule.compute_gradients(model, x, y, loss_fn, {})
+    assert not torch.allclose(model.layers[0].weight.grad, ref[0])
+
+
+# --- the eligibility engine -------------------------------------------------------------------------------
+def _closed_form_trace(x, alpha, beta, t):
+    """ev_j[t] = sum_{k<t} h[t-1-k] x_j[k], h[d] = (alpha^(d+1) - beta^(d+1)) / (alpha - beta)."""
+    out = torch.zeros(x.shape[0], x.shape[2], dtype=torch.float64)
+    for k in range(t):
+        d = t - 1 - k
+        h = (alpha ** (d + 1) - beta ** (d + 1)) / (alpha - beta)
+        out += h * x[:, k].double()
+    return out
+
+
+def test_presynaptic_traces_match_their_closed_form():
+    x, _ = _data(n=4, steps=12)
+    model = _net("rec")
+    layers = list(model.layers)
+    seen = []
+    run_online(layers, x, lambda t, outs: [None] * 3, inspect=lambda t, st: seen.append(
+        (st[0].ff.ev.clone(), st[0].rec.ev.clone(), st[0].eb.clone(), st[0].s.clone())))
+    alpha, beta = 1 - float(layers[0].du), 1 - float(layers[0].dv)
+    spikes = torch.stack([s for *_, s in seen], 1)
+    for t in (0, 1, 5, 11):
+        ev_ff, ev_rec, eb, _ = seen[t]
+        torch.testing.assert_close(ev_ff.double(), _closed_form_trace(x, alpha, beta, t), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ev_rec.double(), _closed_form_trace(spikes, alpha, beta, t), rtol=1e-5, atol=1e-6)
+        # the bias enters v directly: sum_{m<=t} beta^m
+        torch.testing.assert_close(eb.double(), torch.full_like(eb, (1 - beta ** (t + 1)) / (1 - beta)).double())
+
+
+def test_per_synapse_traces_are_the_derivatives_of_the_membrane_with_spikes_held():
+    """reset_in_trace=True: ev_ij[t] = d v_pre_i[t] / dW_ij (and / dV_ij) with the spikes (reset and
+    recurrent input) held fixed: forward-mode against reverse-mode autograd on an unrolled loop."""
+    x, _ = _data(n=2, steps=10)
+    model = _net("rec")
+    layer = model.layers[0]
+    seen = []
+    run_online([layer], x, lambda t, outs: [None], reset_in_trace=True,
+               inspect=lambda t, st: seen.append((st[0].ff.ev.clone(), st[0].rec.ev.clone())))
+    w = layer.weight.detach().double().requires_grad_(True)
+    v_rec = layer.effective_rec_weight().detach().double().requires_grad_(True)
+    alpha, beta, th = 1 - float(layer.du), 1 - float(layer.dv), layer.v_th
+    bias = layer.bias.detach().double()
+    xd = x.double()
+    u = torch.zeros(2, layer.out_features, dtype=torch.float64)
+    v, s = torch.zeros_like(u), torch.zeros_like(u)
+    for t in range(x.shape[1]):
+        a = (xd[:, t - 1] @ w.t() if t > 0 else torch.zeros_like(u)) + s @ v_rec.t()
+        u = alpha * u + a
+        v_pre = beta * v + u + bias
+        s = (v_pre > th).double().detach()
+        v = v_pre * (1 - s)
+        for b in range(2):
+            for i in (0, 5):
+                gw, gv = torch.autograd.grad(v_pre[b, i], (w, v_rec), retain_graph=True, allow_unused=True)
+                gw = torch.zeros_like(w) if gw is None else gw
+                gv = torch.zeros_like(v_rec) if gv is None else gv
+                torch.testing.assert_close(seen[t][0][b, i].double(), gw[i], rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(seen[t][1][b, i].double(), gv[i], rtol=1e-5, atol=1e-6)
+
+
+# --- a reference loop with the state detached every step ----------------------------------------------------
+def _detached_reference(model, x):
+    """Per layer, outputs whose only gradient path is psi[t] * (trace[t] . W): the spikes' dependence on W
+    through their own step, with every state and every input detached (DECOLLE's P-trace model), written
+    with autograd and explicit presynaptic traces instead of the engine's bookkeeping."""
+    outs, h = [], x
+    for layer in model.layers:
+        alpha, beta, th = 1 - float(layer.du), 1 - float(layer.dv), layer.v_th
+        rec = isinstance(layer, RecurrentLIFDense)
+        n, batch = layer.out_features, x.shape[0]
+        u, v, s = (torch.zeros(batch, n) for _ in range(3))
+        p_in = [torch.zeros(batch, layer.in_features) for _ in range(2)]
+        p_rec = [torch.zeros(batch, n) for _ in range(2)]
+        p_b = torch.zeros(batch, n)
+        seq = []
+        for t in range(x.shape[1]):
+            x_prev = h[:, t - 1] if t > 0 else torch.zeros_like(h[:, 0])
+            p_in[0] = alpha * p_in[0] + x_prev
+            p_in[1] = beta * p_in[1] + p_in[0]
+            p_rec[0] = alpha * p_rec[0] + s
+            p_rec[1] = beta * p_rec[1] + p_rec[0]
+            p_b = beta * p_b + 1
+            with torch.no_grad():
+                a = x_prev @ layer.weight.t()
+                if rec:
+                    a = a + s @ layer.effective_rec_weight().t()
+                u = alpha * u + a
+                v_pre = beta * v + u + (layer.bias if layer.bias is not None else 0)
+            lin = p_in[1] @ layer.weight.t()
+            if rec:
+                lin = lin + p_rec[1] @ layer.effective_rec_weight().t()
+            if layer.bias is not None:
+                lin = lin + p_b * layer.bias
+            if isinstance(layer, LeakyReadout):
+                out = v_pre + (lin - lin.detach())
+                v = v_pre
+            else:
+                psi = layer.surrogate.derivative(v_pre - th)
+                s = (v_pre > th).float()
+                out = s + psi * (lin - lin.detach())
+                v = v_pre * (1 - s)
+            seq.append(out)
+        h_seq = torch.stack(seq, 1)
+        outs.append(h_seq)
+        h = h_seq.detach()
+    return outs
+
+
+def test_decolle_updates_equal_a_reference_loop_with_state_detached_every_step():
+    x, y = _data(n=6)
+    model = _net("rec")
+    rule = make_rule("decolle", seed=5)
+    got, res = _rule_grads(rule, model, x, y)
+    model.zero_grad(set_to_none=True)
+    outs = _detached_reference(model, x)
+    loss = count_cross_entropy(outs[-1], y)
+    for i in range(2):  # each hidden layer: its own loss on its fixed random read-out
+        loss = loss + count_cross_entropy(outs[i] @ rule.matrices[i].t(), y)
+    loss.backward()
+    _close(got, _grads(model), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(res.output, outs[-1].detach())
+
+
+@pytest.mark.parametrize("feedback", ["random", "symmetric"])
+def test_eprop_updates_are_traces_times_the_broadcast_learning_signal(feedback):
+    x, y = _data(n=6)
+    model = _net("rec", readout=True)
+    loss_fn = lambda o, y: membrane_cross_entropy(o, y, over_time="mean")  # noqa: E731
+    rule = make_rule("eprop", feedback=feedback, seed=2)
+    got, _ = _rule_grads(rule, model, x, y, loss_fn)
+    model.zero_grad(set_to_none=True)
+    outs = _detached_reference(model, x)
+    out = outs[-1].detach().requires_grad_(True)
+    (err,) = torch.autograd.grad(loss_fn(out, y), out)  # dL/dy[t]
+    l1, l2, l3 = model.layers
+    if feedback == "symmetric":
+        fb = [(l3.weight @ l2.weight).detach(), l3.weight.detach()]
+    else:
+        fb = rule.matrices[:2]
+    total = (err * outs[-1]).sum()
+    for i, d in ((0, 2), (1, 1)):  # the error reaches layer i d hops later
+        signal = torch.nn.functional.pad(err[:, d:] @ fb[i], (0, 0, 0, d))
+        total = total + (signal * outs[i]).sum()
+    total.backward()
+    _close(got, _grads(model), rtol=1e-4, atol=1e-6)
+    # the read-out's trace is exact (no threshold, no reset): its gradient is BPTT's
+    ref = _bptt_grads(model, x, y, loss_fn)
+    torch.testing.assert_close(got[-1], ref[-1], rtol=1e-4, atol=1e-6)
+
+
+def test_superspike_update_is_the_van_rossum_gradient_through_the_eligibility():
+    """The online filtered traces lam = kappa * (psi ev) reorder the van Rossum gradient so that it is
+    available at every step: one LIF layer, against autograd of van_rossum_distance on the reference."""
+    x, _ = _data(n=4, steps=24)
+    torch.manual_seed(2)
+    model = SpikingSequential([LIFDense(10, 5, du=0.3, dv=0.2, weight_gain=3.0, bias=True)])
+    target = (torch.rand(4, 24, 5) < 0.1).float()
+    rule = make_rule("superspike", tau=6.0)
+    got, res = _rule_grads(rule, model, x, target)
+    model.zero_grad(set_to_none=True)
+    (out,) = _detached_reference(model, x)
+    loss = van_rossum_distance(out, target, tau=6.0)
+    loss.backward()
+    _close(got, _grads(model), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(res.loss, loss.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_superspike_hidden_feedback_kinds():
+    x, y = _data(n=6)
+    model = _net()
+    seen = {}
+    for fb in ("symmetric", "random", "uniform"):
+        got, _ = _rule_grads(make_rule("superspike", feedback=fb), model, x, y)
+        seen[fb] = got[0]
+        assert got[-1] is not None and float(got[-1].abs().sum()) > 0
+    assert not torch.allclose(seen["symmetric"], seen["random"])
+    assert not torch.allclose(seen["random"], seen["uniform"])
+    r = label_raster(torch.tensor([1, 0]), 10, 3, 4, 2)
+    assert r[0, :, 1].nonzero().flatten().tolist() == [2, 6] and r[0, :, [0, 2]].sum() == 0
+
+
+# --- state, resume, errors ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("rule,options", [("dfa", {}), ("superspike", {"rmsprop": True}), ("eprop", {})])
+def test_resume_is_exact_with_the_rule_state(tmp_path, rule, options):
+    x, y = _data(n=32)
+    base = dict(batch_size=16, lr=1e-2, progress=False, tensorboard=False, rule=rule, rule_options=options,
+                optimizer="sgd" if options.get("rmsprop") else "adam")
+    straight = _net("rec")
+    Trainer(straight, TrainerConfig(epochs=2, **base)).fit((x, y))
+    resumed = _net("rec")
+    Trainer(resumed, TrainerConfig(epochs=1, checkpoint_dir=str(tmp_path), **base)).fit((x, y))
+    t2 = Trainer(_net("rec", seed=9), TrainerConfig(epochs=2, checkpoint_dir=str(tmp_path), **base))
+    t2.fit((x, y), resume=True)
+    for a, b in zip(straight.parameters(), t2.model.parameters()):
+        assert torch.equal(a, b)
+    state = t2.rule.state_dict()
+    assert any(isinstance(m, torch.Tensor) for m in state.get("feedback", state.get("matrices", [])))
+    if options.get("rmsprop"):
+        assert state["rms"]
+
+
+def test_clear_errors():
+    x, y = _data(n=4)
+    conv = SpikingSequential([ConvLIF((1, 2, 5), 2, 3, padding=1), LIFDense(20, 3)])
+    with pytest.raises(LearningRuleError, match="layer 0 \\(ConvLIF\\) is not supported"):
+        make_rule("eprop").setup(conv)
+    trainable = SpikingSequential([LIFDense(10, 3, train_decays=True)])
+    with pytest.raises(LearningRuleError, match="layer 0 \\(LIFDense\\) has a trainable 'du'"):
+        make_rule("decolle").setup(trainable)
+    with pytest.raises(LearningRuleError, match="feedback must be one of"):
+        make_rule("superspike", feedback="mirror")
+    with pytest.raises(LearningRuleError, match="target raster shape"):
+        r = make_rule("superspike")
+        m = _net()
+        r.setup(m)
+        r.compute_gradients(m, x, torch.zeros(4, 3, 3), None, {})
+    rule = make_rule("dfa")
+    rule.setup(_net())
+    with pytest.raises(LearningRuleError, match="feedback matrices 0 has shape"):
+        rule.load_state_dict({"feedback": [torch.zeros(2, 2), None, None]})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("rule", ["fa", "dfa", "decolle", "eprop", "superspike"])
+def test_cuda_matches_cpu(rule):
+    x, y = _data(n=8)
+    cpu, _ = _rule_grads(make_rule(rule), _net("rec"), x, y)
+    gpu, _ = _rule_grads(make_rule(rule), _net("rec").cuda(), x.cuda(), y.cuda())
+    _close([None if g is None else g.cpu() for g in gpu], cpu, rtol=1e-3, atol=1e-5)
+
+
+# --- each rule learns -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("rule", ["fa", "dfa", "decolle", "eprop", "superspike"])
+def test_rule_learns_a_small_classification_task(rule):
+    x, y = _data(n=64, steps=12)
+    xv, yv = _data(n=64, steps=12, seed=1)
+    torch.manual_seed(0)
+    kw = dict(du=0.3, dv=0.2, weight_gain=3.0)
+    hidden = RecurrentLIFDense(10, 24, rec_gain=0.5, **kw) if rule == "eprop" else LIFDense(10, 24, **kw)
+    model = SpikingSequential([hidden, LIFDense(24, 3, du=0.3, dv=0.2, weight_gain=0.5)])
+    cfg = TrainerConfig(epochs=5, batch_size=16, lr=2e-2, progress=False, tensorboard=False, rule=rule)
+    trainer = Trainer(model, cfg)
+    before = trainer.evaluate((xv, yv))
+    hist = trainer.fit((x, y), (xv, yv))
+    assert hist[-1]["loss"] < 0.6 * hist[0]["loss"]
+    assert hist[-1]["val_accuracy"] >= 0.9 and hist[-1]["val_accuracy"] > before["accuracy"] + 0.2  # chance: 1/3
+
+
+def test_superspike_learns_a_target_spike_raster():
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(4, 30, 10, generator=g) < 0.2).float()
+    target = torch.zeros(4, 30, 3)
+    target[:, 8:30:8, :] = 1.0  # every output spikes at steps 8, 16, 24
+    torch.manual_seed(0)
+    model = SpikingSequential([LIFDense(10, 16, du=0.3, dv=0.2, weight_gain=2.0),
+                               LIFDense(16, 3, du=0.3, dv=0.2, weight_gain=0.5)])
+    cfg = TrainerConfig(epochs=40, batch_size=4, lr=2e-2, progress=False, tensorboard=False, rule="superspike",
+                        rule_options={"tau": 5.0})
+    hist = Trainer(model, cfg, predict_fn=False).fit((x, target))
+    with torch.no_grad():
+        final = float(van_rossum_distance(model(x), target, tau=5.0))
+    assert final < 0.5 * hist[0]["loss"]
