@@ -214,20 +214,21 @@ def load(path: str | os.PathLike) -> Artefact:
         graph = Graph(inputs, pops, tuple(projs), tuple(meta["outputs"]), float(meta["dt"]), meta.get("metadata", {}))
         graph.validate()
     except (KeyError, TypeError) as exc:
-        raise ArtefactError(f"{path}: corrupt artefact (missing or mistyped field {exc})") from None
+        raise ArtefactError(f"{path}: corrupt artefact (malformed field: missing or mistyped {exc})") from None
     except ArtefactError:
         raise
     except GraphError as exc:
         raise ArtefactError(f"{path}: corrupt artefact ({exc})") from None
     except (ValueError, AttributeError, IndexError, OverflowError) as exc:  # e.g. int("x"), a header of the wrong shape
-        raise ArtefactError(f"{path}: corrupt artefact ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise ArtefactError(f"{path}: corrupt artefact (malformed field: {type(exc).__name__}: {str(exc)[:200]})") from None
     for key in ("resources", "provenance", "metadata"):
         if not isinstance(meta.get(key, {}), dict):
             raise ArtefactError(f"{path}: corrupt artefact header ({key!r} is a {type(meta[key]).__name__}, not an object)")
     problems = _value_problems(graph)
     if problems:
-        raise ArtefactError(f"{path}: corrupt artefact, values outside what Loihi 2 holds (edited by hand?): "
-                            + "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else ""))
+        raise ArtefactError(f"{path}: artefact breaks {len(problems)} design rule(s), values outside what Loihi 2 holds "
+                            f"(edited by hand?): " + "; ".join(problems[:6])
+                            + (f"; and {len(problems) - 6} more" if len(problems) > 6 else ""))
     return Artefact(graph, meta.get("resources", {}), meta.get("provenance", {}))
 
 

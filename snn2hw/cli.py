@@ -32,7 +32,14 @@ def _errors() -> tuple[type[BaseException], ...]:
     from snn2hw.train.checkpoint import CheckpointError
 
     return (ArtefactError, BackendError, DesignRuleError, GraphError, NIRError, QuantizationError,
-            CheckpointError, InputFileError, LimitError, SourceError, OptionError)
+            CheckpointError, InputFileError, LimitError, SourceError, OptionError, *_onnx_errors())
+
+
+def _onnx_errors() -> tuple[type[BaseException], ...]:
+    from snn2hw.onnx import OnnxExportError
+    from snn2hw.onnx.convert import ConversionError
+
+    return (OnnxExportError, ConversionError)
 
 
 class InputFileError(ValueError):
@@ -195,7 +202,7 @@ def _add_compile_options(c: argparse.ArgumentParser) -> None:
                         "models default to 1e-3)")
     c.add_argument("--weight-bits", type=int, default=8, help="weight mantissa bits, 1..8 (default 8)")
     c.add_argument("--threshold-target", type=int, default=1024, help="integer threshold the scaling aims for (default 1024)")
-    c.add_argument("--neurons-per-core", type=_positive_int, default=None, help="shorthand for --limit neurons_per_core=N")
+    c.add_argument("--neurons-per-core", type=int, default=None, help="shorthand for --limit neurons_per_core=N")
     c.add_argument("--limit", action="append", default=[], metavar="NAME=N",
                    help="override a resource limit (see docs/compiler.md), e.g. --limit boards=2")
     c.add_argument("--ptq", action="store_true", help="post-training quantization search (exponents, clipping, calibration)")
@@ -306,6 +313,18 @@ def cmd_compare(args) -> int:
     return EXIT_DIVERGENCE if (args.fail_on_divergence and diverged) else 0
 
 
+def cmd_export_onnx(args) -> int:
+    from snn2hw.onnx import cli as onnx_cli
+
+    return onnx_cli.export_onnx(args)
+
+
+def cmd_convert(args) -> int:
+    from snn2hw.onnx import cli as onnx_cli
+
+    return onnx_cli.convert(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     import snn2hw
 
@@ -347,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--record", action="append", default=[], metavar="POP", help="also record spikes of POP")
     r.add_argument("--record-state", action="append", default=[], metavar="POP", help="record u and v of POP")
     r.set_defaults(func=cmd_run)
+
+    from snn2hw.onnx.cli import add_parsers as add_onnx_parsers
+
+    add_onnx_parsers(sub, cmd_export_onnx, cmd_convert)
 
     i = sub.add_parser("info", help="describe a checkpoint, NIR file or artefact (kind found from the content)")
     i.add_argument("file", help="checkpoint (.ckpt), NIR file (.nir) or artefact (.npz)")

@@ -14,7 +14,7 @@ from snn2hw.compiler import (LOIHI2, PASSES, CoreLimits, DesignRuleError, PTQCon
                              compile_graph, format_table, load_config, run_passes)
 from snn2hw.compiler.resources import LIMIT_SOURCES, LimitError
 from snn2hw.compiler.sources import SourceError, kind_of, load_graph
-from snn2hw.ir import LIF, Conv2d, Dense, Graph, Input, Population
+from snn2hw.ir import LIF, Conv2d, Dense, Graph, GraphError, Input, Population
 from snn2hw.nn.layers import SpikingSequential
 from snn2hw.quantize import QuantizationError
 from snn2hw.train.checkpoint import save_checkpoint
@@ -286,4 +286,22 @@ def test_cli_compile_prints_the_table_and_writes_nothing(tmp_path, float_graph, 
     err = capsys.readouterr().err
     assert "3 design-rule violation(s)" in err and re.search(r"fan-in \(input axons\)\s+h\s+6\s+4\s", err)
     assert re.search(r"fan-in \(input axons\)\s+o\s+5\s+4\s", err) and re.search(r"chips\s+<network>\s+4 chips", err)
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_cli_compile_names_a_nan_weight_of_a_nir_file(tmp_path, float_graph, capsys):
+    w = float_graph.projections[0].weight.copy()
+    w[1, 2] = np.nan
+    bad = dataclasses.replace(float_graph, projections=(dataclasses.replace(float_graph.projections[0], weight=w),
+                                                        float_graph.projections[1]))
+    # The NIR writer refuses a NaN weight (naming it), so the bad file is written from an unchecked graph.
+    with pytest.raises(GraphError, match="'fc1': weight holds nan at index \\[1, 2\\]"):
+        nir_io.write(bad, tmp_path / "bad.nir")
+    import nir as nirlib
+    ng = nir_io.to_nir(float_graph)
+    ng.nodes["fc1"] = dataclasses.replace(ng.nodes["fc1"], weight=np.where(np.isnan(w), np.nan, ng.nodes["fc1"].weight))
+    nirlib.write(tmp_path / "bad.nir", ng)
+    assert cli.main(["compile", str(tmp_path / "bad.nir"), "--dt", "1e-3", "-o", str(tmp_path / "o.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") >= 1 and "fc1" in err and "nan" in err.lower()
     assert not (tmp_path / "o.npz").exists()

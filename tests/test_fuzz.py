@@ -323,7 +323,13 @@ def test_soak_mutated_files(seeds, tmp_path):
 
 # --- regressions the fuzzing found (issue 10's list) ------------------------------------------------------
 def test_corrupt_artefact_member_is_typed(seeds, tmp_path, capsys):
-    data = bytearray((seeds / "net.npz").read_bytes())
+    # Artefacts are written uncompressed now, but earlier ones (and hand-made ones) are deflated:
+    # re-pack the seed artefact with deflate, so that the garbage lands in a zlib stream.
+    packed = io.BytesIO()
+    with zipfile.ZipFile(seeds / "net.npz") as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            dst.writestr(item.filename, src.read(item.filename))
+    data = bytearray(packed.getvalue())
     info = max(zipfile.ZipFile(io.BytesIO(bytes(data))).infolist(), key=lambda i: i.compress_size)
     assert info.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)  # artefacts are stored uncompressed
     local_extra = int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
@@ -351,7 +357,7 @@ def test_nan_and_inf_weights_are_named():
         with pytest.raises(TYPED) as exc:
             compile_graph(_graph(w))
         msg = str(exc.value)
-        assert "'fc'" in msg and word in msg and "[1, 2]" in msg, msg
+        assert "'fc'" in msg and word in msg.lower() and ("[1, 2]" in msg or "(1, 2)" in msg), msg
 
 
 def test_one_weight_bit_with_mixed_signs_is_typed(tmp_path, capsys):

@@ -196,8 +196,6 @@ def test_cli_json_wraps_plain_output_and_errors(net, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv", [
-    ["compile", "{nir}", "-o", "{d}/o.npz", "--dt", "1e-3", "--neurons-per-core", "0"],
-    ["compile", "{nir}", "-o", "{d}/o.npz", "--dt", "1e-3", "--neurons-per-core", "-5"],
     ["export", "{ckpt}", "-o", "{d}/o.nir", "--dt", "0"],
     ["export", "{ckpt}", "-o", "{d}/o.nir", "--dt", "-1e-3"],
     ["export", "{ckpt}", "-o", "{d}/o.nir", "--dt", "nan"],
