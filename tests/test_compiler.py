@@ -111,7 +111,7 @@ def test_every_violation_in_one_table_including_nan_and_resources():
     rules = {(v.rule, v.layer) for v in rows}
     assert {("non-finite weight", "fc1"), ("du", "l2"), ("delay", "fc2"), ("fan-in (input axons)", "l1")} <= rules
     nan = next(v for v in rows if v.rule == "non-finite weight")
-    assert "1 NaN" in nan.measured and "1 +inf" in nan.measured and "(0, 0)" in nan.measured
+    assert "1 NaN" in nan.measured and "1 +inf" in nan.measured and "inf at index [0, 0]" in nan.measured
     table = format_table(rows)
     assert table.splitlines()[0].split() == ["rule", "layer", "measured", "limit", "suggested", "fix"]
     with pytest.raises(DesignRuleError) as exc:

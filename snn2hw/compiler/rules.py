@@ -73,7 +73,7 @@ class _Collector:
 
 
 def _nonfinite(a) -> str | None:
-    """'2 NaN, 1 +inf (first at index (3, 4))' for an array holding non-finite values, else None."""
+    """'nan at index [3, 4] (2 NaN, 1 +inf)' for an array holding non-finite values, else None."""
     a = np.asarray(a)
     if a.dtype.kind not in "fc" or a.size == 0:
         return None
@@ -83,7 +83,7 @@ def _nonfinite(a) -> str | None:
     parts = [f"{n} {what}" for n, what in ((int(np.isnan(a).sum()), "NaN"), (int(np.isposinf(a).sum()), "+inf"),
                                              (int(np.isneginf(a).sum()), "-inf")) if n]
     first = tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(bad)[0]), a.shape))
-    return ", ".join(parts) + f" (first at index {first if len(first) > 1 else first[0]})"
+    return f"{a[first]} at index {list(first)} ({', '.join(parts)})"
 
 
 def design_rule_violations(graph: Graph, limits: CoreLimits = CoreLimits(), normal_form: bool = True) -> list[Violation]:
