@@ -80,13 +80,16 @@ def load_checkpoint(path: str | os.PathLike) -> torch.nn.Module:
         try:
             with torch.device("meta"):
                 skeleton = builders[kind](config)
-            expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
-        except (RuntimeError, NotImplementedError):  # a builder that reads values (conv shape inference)
-            expected = None
+        except (RuntimeError, NotImplementedError):
+            skeleton = None  # a layer that reads tensor values while it is built cannot be built on meta
         found = {k: tuple(v.shape) for k, v in state.items()}
-        if expected is not None and expected != found:
-            diff = sorted(set(expected.items()) ^ set(found.items()))[:3]
-            raise CheckpointError(f"{path}: checkpoint does not match its model config (tensor names/shapes differ: {diff})")
+        if skeleton is not None:
+            expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+            if expected != found:
+                diff = sorted(set(expected.items()) ^ set(found.items()))[:3]
+                raise CheckpointError(f"{path}: checkpoint does not match its model config (tensor names/shapes differ: {diff})")
+        else:
+            _check_config_sizes(path, config, sum(int(v.numel()) for v in state.values()))
         model = builders[kind](config)
         model.load_state_dict(state)
     except CheckpointError:
@@ -99,6 +102,26 @@ def load_checkpoint(path: str | os.PathLike) -> torch.nn.Module:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"{path}: tensor {name!r} holds NaN or infinite values")
     return model
+
+
+MAX_CONFIG_INT = 1 << 26
+
+
+def _check_config_sizes(path, config, stored: int) -> None:
+    """Without a meta build, refuse configs whose integers could ask for far more memory than the file
+    holds tensors for (a size beyond both 2**26 and the stored element count)."""
+    def walk(obj):
+        if isinstance(obj, dict):
+            for v in obj.values():
+                walk(v)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                walk(v)
+        elif isinstance(obj, int) and not isinstance(obj, bool) and abs(obj) > max(MAX_CONFIG_INT, stored):
+            raise CheckpointError(f"{path}: model config asks for a size of {obj}, far beyond the {stored} "
+                                  f"stored parameters")
+
+    walk(config)
 
 
 # --- training-state checkpoints (resumable runs) ---------------------------------------------------------
