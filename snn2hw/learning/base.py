@@ -68,6 +68,8 @@ class LearningRule:
 # name -> module that defines (and registers) the rule; imported on first use.
 _BUILTIN: dict[str, str] = {
     "bptt": "snn2hw.learning.bptt",
+    "hm2bp": "snn2hw.learning.hm2bp",
+    "strsbp": "snn2hw.learning.strsbp",
 }
 _REGISTRY: dict[str, type[LearningRule]] = {}
 

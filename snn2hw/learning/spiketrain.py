@@ -1,0 +1,217 @@
+"""The spike-train level backward pass shared by HM2-BP and ST-RSBP.
+
+One batch: run the network forward without autograd and keep every layer's input and output spike
+trains; compute the spike-count loss at the output; then, layer by layer from the top, turn the error
+on the layer's firing counts ``g = dE/do`` into
+
+* per-neuron coefficients ``c_w`` (what multiplies ``e_ij`` in ``dE/dw_ij``) and ``c_back`` (what
+  multiplies ``w_ij e_ij / o_j`` in the error handed to the layer below) -- the only part where the two
+  rules differ (``coefficients``);
+* the weight gradient ``sum_b c_w[b, i] e_bij`` and the input error
+  ``dE/do_j = sum_i c_back[b, i] w_ij e_bij / o_j``, both as one product through the layer's own hop
+  (``snn2hw.learning.spsp``): S-PSPs are never materialised for feed-forward synapses.
+
+Silent neurons (``o = 0``) would stop all learning through them: a silent neuron that receives an
+error is given evenly spaced virtual spikes for its S-PSP kernel (HM2-BP gives a silent output its
+target count, 35; hidden neurons get ``hidden_virtual_spikes``), and the per-spike S-PSP ``e_ij / o_j`` of a
+silent pre-synaptic neuron is the S-PSP one spike at a uniformly random step would add.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from snn2hw.learning.base import BatchResult, LearningRule, LearningRuleError
+from snn2hw.learning.spsp import (NeuronSpec, dense_spsp, evenly_spaced_spikes, layer_current, lif_sequence,
+                                  neuron_spec, spsp_adjoint, spsp_per_pre_spike)
+from snn2hw.nn import functional as F
+from snn2hw.nn.conv import ConvLIF, Dropout, Flatten, LeakyReadout, SumPoolLIF, _flat
+from snn2hw.nn.layers import LIFDense, RecurrentLIFDense, hop_delay
+from snn2hw.nn.recurrent import recurrent_cuba_lif_sequence
+
+__all__ = ["SpikeTrainRule", "LayerTrace"]
+
+_HOP_LAYERS = (LIFDense, ConvLIF, SumPoolLIF)  # RecurrentLIFDense is a LIFDense
+
+
+@dataclass
+class LayerTrace:
+    """One population layer's forward record."""
+
+    layer: nn.Module
+    s_in: torch.Tensor  # (B, T, N_in) input spikes
+    a_ff: torch.Tensor  # (B, T, N) hop-delayed feed-forward current
+    s_out: torch.Tensor  # (B, T, N) output spikes
+    spec: NeuronSpec
+    rec_weight: torch.Tensor | None  # effective recurrent weights V (N, N), or None
+
+
+def _layers(model: nn.Module) -> list:
+    layers = getattr(model, "layers", None)
+    if layers is None:
+        raise LearningRuleError(f"spike-train rules train SpikingSequential models, got {type(model).__name__}")
+    for i, layer in enumerate(layers):
+        if isinstance(layer, LeakyReadout):
+            raise LearningRuleError(f"layer {i} ({type(layer).__name__}): spike-train rules need a spiking output "
+                                    "(their loss is on spike counts); use LIFDense")
+        if not isinstance(layer, _HOP_LAYERS + (Flatten, Dropout)):
+            raise LearningRuleError(f"layer {i}: {type(layer).__name__} is not supported by spike-train rules")
+        if getattr(layer, "qat", None) is not None:
+            raise LearningRuleError(f"layer {i}: quantization-aware mode is on; spike-train rules train the float "
+                                    "network (fine-tune QAT with 'bptt')")
+    return list(layers)
+
+
+class SpikeTrainRule(LearningRule):
+    """Base of HM2-BP and ST-RSBP (see the module docstring); subclasses implement ``coefficients``.
+
+    Options: ``target_true``/``target_false`` (output target counts), ``margin`` (errors within it are
+    ignored), ``t_ref`` (refractory steps of the neuron the rule simulates: 0 is the deployable Loihi
+    neuron, 2 the rules' original one), ``hidden_virtual_spikes`` (virtual spikes of silent hidden
+    neurons that receive an error; 0: none).
+    """
+
+    def __init__(self, target_true: float = 35.0, target_false: float = 5.0, margin: float = 5.0, t_ref: int = 0,
+                 hidden_virtual_spikes: int = 1):
+        if not margin >= 0 or not target_true >= 0 or not target_false >= 0:
+            raise LearningRuleError(f"{self.name}: targets and margin must be >= 0")
+        if int(t_ref) != t_ref or t_ref < 0 or int(hidden_virtual_spikes) < 0:
+            raise LearningRuleError(f"{self.name}: t_ref and hidden_virtual_spikes must be integers >= 0")
+        self.target_true, self.target_false, self.margin = float(target_true), float(target_false), float(margin)
+        self.t_ref = int(t_ref)
+        self.hidden_virtual_spikes = int(hidden_virtual_spikes)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "target_true": self.target_true, "target_false": self.target_false,
+                "margin": self.margin, "t_ref": self.t_ref, "hidden_virtual_spikes": self.hidden_virtual_spikes}
+
+    # -- forward -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def forward(self, model: nn.Module, x: torch.Tensor) -> tuple[list, torch.Tensor]:
+        """(per-layer records, output spikes) of the neuron this rule trains (``t_ref`` included)."""
+        s = x
+        records: list = []
+        for layer in _layers(model):
+            if isinstance(layer, Flatten):
+                s = _flat(s)
+                records.append(None)
+                continue
+            if isinstance(layer, Dropout):
+                s = layer(s)
+                records.append(None)
+                continue
+            s = _flat(s) if not isinstance(layer, LIFDense) else s
+            spec = neuron_spec(layer, s, self.t_ref)
+            a_ff = hop_delay(layer_current(layer, s))
+            rec = layer.effective_rec_weight().detach() if isinstance(layer, RecurrentLIFDense) else None
+            if self.t_ref:
+                s_out = lif_sequence(a_ff, spec, rec)
+            else:  # the layers' own float operators: exactly what the trained network computes
+                bias = spec.bias if spec.bias is not None else a_ff.new_zeros(())
+                if rec is None:
+                    s_out = F.cuba_lif_sequence(a_ff, spec.alpha, spec.beta, spec.v_th, bias)
+                else:
+                    s_out = recurrent_cuba_lif_sequence(a_ff, rec, spec.alpha, spec.beta, spec.v_th, bias)
+            records.append(LayerTrace(layer, s, a_ff, s_out, spec, rec))
+            s = s_out
+        return records, s
+
+    def predict(self, model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Class predictions (most active output) of the neuron this rule simulates."""
+        return torch.cat([self.forward(model, x[i:i + batch_size])[1].sum(1).argmax(1)
+                          for i in range(0, len(x), batch_size)])
+
+    # -- loss ----------------------------------------------------------------------------------------------
+    def targets(self, counts: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        t = torch.full_like(counts, self.target_false)
+        t.scatter_(1, y.long().view(-1, 1), self.target_true)
+        return t
+
+    def count_error(self, counts: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-neuron error ``o - y`` outside the margin, per-sample loss ``1/2 sum err^2``)."""
+        err = counts - self.targets(counts, y)
+        err = err * (err.abs() > self.margin)
+        return err, 0.5 * err.square().sum(1)
+
+    # -- backward ------------------------------------------------------------------------------------------
+    def coefficients(self, trace: LayerTrace, g: torch.Tensor, lam_u: torch.Tensor, counts: torch.Tensor,
+                     e_rec: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(c_w, c_back), each (B, N), from the count error ``g`` (B, N) of the layer's neurons."""
+        raise NotImplementedError
+
+    def trains_recurrent(self) -> bool:
+        return False
+
+    def compute_gradients(self, model, x, y, loss_fn, forward_kwargs, scale=1.0) -> BatchResult:
+        records, out = self.forward(model, x)
+        counts = out.sum(1)
+        err, per_sample = self.count_error(counts, y)
+        g = err * (scale / x.shape[0])  # dE/do of the batch-mean loss
+        pops = [k for k, r in enumerate(records) if r is not None]
+        targets = self.targets(counts, y)
+        for k in reversed(pops):
+            need_input = k != pops[0]
+            g = self.layer_backward(records[k], g, targets if k == pops[-1] else None, need_input)
+        return BatchResult(per_sample.mean().detach(), out)
+
+    def layer_backward(self, tr: LayerTrace, g: torch.Tensor, targets: torch.Tensor | None,
+                       need_input: bool) -> torch.Tensor | None:
+        """Accumulate the layer's gradients from its count error ``g``; return the error of its inputs."""
+        layer, spec = tr.layer, tr.spec
+        s_post = tr.s_out
+        counts = s_post.sum(1)
+        silent = (counts == 0) & (g != 0)
+        if bool(silent.any()):
+            k = targets if targets is not None else torch.full_like(counts, float(self.hidden_virtual_spikes))
+            virtual = evenly_spaced_spikes(s_post.shape[1], torch.where(silent, k, torch.zeros_like(k)), spec.t_ref)
+            s_post = s_post + virtual.to(s_post.dtype)
+            counts = s_post.sum(1)
+        lam_u, lam_p = spsp_adjoint(s_post, spec.alpha, spec.beta, spec.t_ref)
+        e_rec = dense_spsp(lam_u, tr.s_out) if tr.rec_weight is not None else None
+        c_w, c_back = self.coefficients(tr, g, lam_u, counts, e_rec)
+
+        weight = layer.weight if isinstance(layer.weight, nn.Parameter) and layer.weight.requires_grad else None
+        w_leaf = layer.weight.detach().requires_grad_(weight is not None)
+        s_in = tr.s_in.detach().requires_grad_(need_input)
+        result = None
+        if weight is not None or need_input:
+            with torch.enable_grad():
+                a = hop_delay(layer_current(layer, s_in, w_leaf))
+                if weight is not None:
+                    (gw,) = torch.autograd.grad(a, w_leaf, c_w.unsqueeze(1) * lam_u, retain_graph=need_input)
+                    _accumulate(weight, gw)
+                if need_input:
+                    (gs,) = torch.autograd.grad(a, s_in, c_back.unsqueeze(1) * lam_u)
+            if need_input:
+                o_in = tr.s_in.sum(1)
+                per_spike = (gs * tr.s_in).sum(1) / o_in.clamp(min=1)
+                result = torch.where(o_in > 0, per_spike, gs.mean(1))
+        bias = getattr(layer, "bias", None)
+        if isinstance(bias, nn.Parameter) and bias.requires_grad:
+            gb = (c_w * lam_p.sum(1)).sum(0)
+            _accumulate(bias, gb.reshape(bias.numel(), -1).sum(1).reshape(bias.shape))
+        if tr.rec_weight is not None and self.trains_recurrent() and layer.rec_weight.requires_grad:
+            n = lam_u.shape[2]
+            gv = ((c_w.unsqueeze(1) * lam_u)[:, 1:].reshape(-1, n).t() @ tr.s_out[:, :-1].reshape(-1, n))
+            gv = gv * layer.rec_weight_scale
+            if layer.rec_mask is not None:
+                gv = gv * layer.rec_mask
+            _accumulate(layer.rec_weight, gv)
+        return result
+
+    @staticmethod
+    def per_spike_ratio(e: torch.Tensor, counts_pre: torch.Tensor, lam_u: torch.Tensor) -> torch.Tensor:
+        """``e_ij / o_j`` (B, N_post, N_pre); a silent pre neuron's is the S-PSP of one spike at a random step."""
+        random_spike = spsp_per_pre_spike(lam_u).unsqueeze(2)  # (B, N_post, 1)
+        o = counts_pre.unsqueeze(1)
+        return torch.where(o > 0, e / o.clamp(min=1), random_spike)
+
+
+def _accumulate(param: torch.Tensor, grad: torch.Tensor) -> None:
+    grad = grad.to(param.dtype).reshape(param.shape)
+    if param.grad is None:
+        param.grad = grad.clone()
+    else:
+        param.grad.add_(grad)
