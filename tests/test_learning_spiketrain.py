@@ -76,6 +76,9 @@ def _dense_net(rec=False, seed=0, n_in=6, hidden=5, n_out=3):
              LIFDense(n_in, hidden, du=0.3, dv=0.2))
     net = SpikingSequential([first, LIFDense(hidden, n_out, du=0.3, dv=0.2)]).double()
     with torch.no_grad():  # every neuron fires, so the reference needs no silent-neuron rules
+        for layer in net.layers:  # exact float64 decays (the float32 0.3 is not 0.3)
+            layer.du.fill_(0.3)
+            layer.dv.fill_(0.2)
         net.layers[0].weight.uniform_(0.3, 1.2)
         net.layers[1].weight.uniform_(-0.2, 0.9)
     return net
