@@ -173,21 +173,15 @@ class SpikeTrainRule(LearningRule):
         c_w, c_back = self.coefficients(tr, g, lam_u, counts, e_rec)
 
         weight = layer.weight if isinstance(layer.weight, nn.Parameter) and layer.weight.requires_grad else None
-        w_leaf = layer.weight.detach().requires_grad_(weight is not None)
-        s_in = tr.s_in.detach().requires_grad_(need_input)
+        gw, gs = self.hop_products(tr, c_w.unsqueeze(1) * lam_u if weight is not None else None,
+                                   c_back.unsqueeze(1) * lam_u if need_input else None)
+        if weight is not None:
+            _accumulate(weight, gw)
         result = None
-        if weight is not None or need_input:
-            with torch.enable_grad():
-                a = hop_delay(layer_current(layer, s_in, w_leaf))
-                if weight is not None:
-                    (gw,) = torch.autograd.grad(a, w_leaf, c_w.unsqueeze(1) * lam_u, retain_graph=need_input)
-                    _accumulate(weight, gw)
-                if need_input:
-                    (gs,) = torch.autograd.grad(a, s_in, c_back.unsqueeze(1) * lam_u)
-            if need_input:
-                o_in = tr.s_in.sum(1)
-                per_spike = (gs * tr.s_in).sum(1) / o_in.clamp(min=1)
-                result = torch.where(o_in > 0, per_spike, gs.mean(1))
+        if need_input:
+            o_in = tr.s_in.sum(1)
+            per_spike = (gs * tr.s_in).sum(1) / o_in.clamp(min=1)
+            result = torch.where(o_in > 0, per_spike, gs.sum(1) / gs.shape[1])
         bias = getattr(layer, "bias", None)
         if isinstance(bias, nn.Parameter) and bias.requires_grad:
             gb = (c_w * lam_p.sum(1)).sum(0)
@@ -200,6 +194,30 @@ class SpikeTrainRule(LearningRule):
                 gv = gv * layer.rec_mask
             _accumulate(layer.rec_weight, gv)
         return result
+
+    @staticmethod
+    def hop_products(tr: LayerTrace, g_w: torch.Tensor | None, g_in: torch.Tensor | None):
+        """Back through the hop ``a = delay(current(s_in, W))`` with output gradients ``g_w`` (for W) and
+        ``g_in`` (for s_in): ``sum_{b,t} g_w[b,t,i] da[b,t,i]/dW`` and ``sum_i g_in[b,t,i] da[b,t,i]/ds_in[b,g,j]``.
+        Dense layers: two GEMMs over (batch x time); conv and pool layers: their convolution's autograd."""
+        layer, s_in = tr.layer, tr.s_in
+        if isinstance(layer, LIFDense):
+            n_in = s_in.shape[2]
+            gw = gs = None
+            if g_w is not None:
+                n = g_w.shape[2]
+                gw = g_w[:, 1:].reshape(-1, n).t() @ s_in[:, :-1].reshape(-1, n_in)
+            if g_in is not None:
+                gs = s_in.new_zeros(s_in.shape)
+                gs[:, :-1] = g_in[:, 1:] @ layer.weight.detach()
+            return gw, gs
+        w_leaf = layer._hop_weight().detach().requires_grad_(g_w is not None)
+        x = s_in.detach().requires_grad_(g_in is not None)
+        with torch.enable_grad():
+            a = hop_delay(layer_current(layer, x, w_leaf))
+            gw = torch.autograd.grad(a, w_leaf, g_w, retain_graph=g_in is not None)[0] if g_w is not None else None
+            gs = torch.autograd.grad(a, x, g_in)[0] if g_in is not None else None
+        return gw, gs
 
     @staticmethod
     def per_spike_ratio(e: torch.Tensor, counts_pre: torch.Tensor, lam_u: torch.Tensor) -> torch.Tensor:
