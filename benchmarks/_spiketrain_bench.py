@@ -173,6 +173,25 @@ def main_runs(name: str, plan: list[dict], mem_plan: list[dict], out_json: Path,
     _write(out_json, name, env, rows, mem)
 
 
+def cli(name: str, plan: list[tuple], mem_plan: list[dict], description: str, argv=None) -> int:
+    """The benchmark scripts' command line: ``plan`` rows are (label, task, config, rule, epochs, seeds)."""
+    import math
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--seeds", type=int, default=None, help="seeds per row (default: the plan's)")
+    ap.add_argument("--epochs-scale", type=float, default=1.0)
+    ap.add_argument("--only", default=None, help="run only rows whose label contains this text")
+    ap.add_argument("--no-memory", action="store_true", help="skip the memory/speed-vs-T points")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / f"{name}.json"))
+    a = ap.parse_args(argv)
+    rows = [{"label": l, "task": t, "config": c, "rule": r, "epochs": max(1, math.ceil(e * a.epochs_scale)),
+             "seeds": list(range(a.seeds or n))}
+            for l, t, c, r, e, n in plan if a.only is None or a.only in l]
+    mem = [] if a.no_memory else [m for m in mem_plan if a.only is None or a.only in m["label"]]
+    main_runs(name, rows, mem, Path(a.out), ROOT / "out" / f"bench_{name}")
+    return 0
+
+
 def _write(path: Path, name: str, env: dict, rows, mem) -> None:
     import os as _os
 

@@ -11,11 +11,7 @@ validation accuracy. Rules are interleaved seed by seed. Prints a table and writ
 """
 from __future__ import annotations
 
-import argparse
-import math
-from pathlib import Path
-
-from _spiketrain_bench import ROOT, main_runs
+from _spiketrain_bench import cli
 
 PLAN = [  # label, task, config, rule, epochs, seeds (sized for a shared 2-core machine)
     ("braille 24-R128-27 T256", "braille", "braille_rec128.json", "strsbp", 10, 2),
@@ -27,20 +23,5 @@ MEM_PLAN = [{"label": "mnist10k 784-R100-10, batch 16", "task": "mnist10k", "con
              "rules": ["strsbp", "bptt"], "T": [50, 100, 200, 400]}]
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=None, help="seeds per row (default: the plan's)")
-    ap.add_argument("--epochs-scale", type=float, default=1.0)
-    ap.add_argument("--only", default=None, help="run only rows whose label contains this text")
-    ap.add_argument("--no-memory", action="store_true", help="skip the memory/speed-vs-T points")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "strsbp.json"))
-    a = ap.parse_args(argv)
-    plan = [{"label": l, "task": t, "config": c, "rule": r, "epochs": max(1, math.ceil(e * a.epochs_scale)),
-             "seeds": list(range(a.seeds or n))}
-            for l, t, c, r, e, n in PLAN if a.only is None or a.only in l]
-    main_runs("strsbp", plan, [] if a.no_memory else MEM_PLAN, Path(a.out), ROOT / "out" / "bench_strsbp")
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli("strsbp", PLAN, MEM_PLAN, __doc__.splitlines()[0]))
