@@ -70,11 +70,15 @@ def test_spsp_equals_per_synapse_resimulation_and_tpsp(t_ref):
             assert not (s[:, k:] * s[:, :-k]).any()
 
 
-def _dense_net(rec=False, seed=0, n_in=6, hidden=5, n_out=3):
+def _dense_net(rec=False, seed=0, n_in=6, hidden=5, n_out=3, lateral=False):
     torch.manual_seed(seed)
     first = (RecurrentLIFDense(n_in, hidden, du=0.3, dv=0.2, rec_gain=0.3) if rec else
              LIFDense(n_in, hidden, du=0.3, dv=0.2))
-    net = SpikingSequential([first, LIFDense(hidden, n_out, du=0.3, dv=0.2)]).double()
+    out = RecurrentLIFDense(hidden, n_out, du=0.3, dv=0.2) if lateral else LIFDense(hidden, n_out, du=0.3, dv=0.2)
+    net = SpikingSequential([first, out]).double()
+    if lateral:  # HM2-BP's lateral inhibition among the outputs (w0 (1 - I), scaled down to keep them firing)
+        with torch.no_grad():
+            out.rec_weight.copy_(-0.2 * (1 - torch.eye(n_out, dtype=D)))
     with torch.no_grad():  # every neuron fires, so the reference needs no silent-neuron rules
         for layer in net.layers:  # exact float64 decays (the float32 0.3 is not 0.3)
             layer.du.fill_(0.3)
@@ -130,8 +134,16 @@ def _per_sample_reference(net, x, y, rule_name, opts):
         w2, w1 = l2.weight.detach(), l1.weight.detach()
         if rule_name == "hm2bp":
             delta2 = err / 1.0
-            s_self = (w2 * e2).sum(1) / c_out
-            gw2 += (delta2 * (1 + s_self.clamp(0, 1)))[:, None] * e2
+            tpsp = (w2 * e2).sum(1)
+            lateral = 1.0
+            if isinstance(l2, RecurrentLIFDense):
+                v2 = l2.effective_rec_weight().detach()
+                e_lat = _slow_spsp(o, o, alpha, beta, 0)[0]
+                tpsp = tpsp + (v2 * e_lat).sum(1)
+                k = v2 * e_lat / c_out[None, :]
+                lateral = 1 / (1 - (k * k.t()).sum(1)).clamp(min=0.1)
+            s_self = tpsp / c_out
+            gw2 += (delta2 * (1 + s_self.clamp(0, 1)) * lateral)[:, None] * e2
             de_dh = (delta2[:, None] * w2 * e2 / c_hid[None, :]).sum(0)
             delta1 = de_dh / 1.0
             s_self1 = (w1 * e1).sum(1) / c_hid
@@ -159,9 +171,10 @@ def _per_sample_reference(net, x, y, rule_name, opts):
     return gw1 / n, gw2 / n, None if gv is None else gv / n
 
 
-@pytest.mark.parametrize("rule_name,rec", [("hm2bp", False), ("strsbp", False), ("strsbp", True)])
-def test_weight_update_equals_per_sample_reference(rule_name, rec):
-    net = _dense_net(rec)
+@pytest.mark.parametrize("rule_name,rec,lateral", [("hm2bp", False, False), ("hm2bp", False, True),
+                                                   ("strsbp", False, False), ("strsbp", True, False)])
+def test_weight_update_equals_per_sample_reference(rule_name, rec, lateral):
+    net = _dense_net(rec, lateral=lateral)
     x, y = _inputs()
     opts = {"target_true": 12.0, "target_false": 4.0, "margin": 0.0}
     extra = {"min_pivot": 1e-6} if rule_name == "strsbp" else {}
@@ -173,6 +186,8 @@ def test_weight_update_equals_per_sample_reference(rule_name, rec):
     torch.testing.assert_close(net.layers[0].weight.grad, gw1, rtol=1e-9, atol=1e-10)
     if rec:
         torch.testing.assert_close(net.layers[0].rec_weight.grad, gv, rtol=1e-9, atol=1e-10)
+    if lateral:  # HM2-BP keeps the lateral weights fixed
+        assert net.layers[1].rec_weight.grad is None
 
 
 def test_recurrent_solve_equals_explicit_inverse():
