@@ -295,3 +295,16 @@ def test_rule_learns(rule_name, rec, opts):
     assert hist[-1]["loss"] < 0.5 * hist[0]["loss"]
     acc = float((trainer.rule.predict(net, xv) == yv).float().mean())
     assert acc > 0.85, (acc, hist)  # chance: 0.25
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("rule_name", ["hm2bp", "strsbp"])
+def test_cuda_gradients_equal_cpu(rule_name):
+    x, y = _inputs()
+    grads = []
+    for device in ("cpu", "cuda"):
+        net = _dense_net(rule_name == "strsbp").to(device)
+        make_rule(rule_name, margin=0).compute_gradients(net, x.to(device), y.to(device), None, {})
+        grads.append([p.grad.cpu() for p in net.parameters() if p.grad is not None])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
