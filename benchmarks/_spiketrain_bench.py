@@ -150,7 +150,7 @@ def main_runs(name: str, plan: list[dict], mem_plan: list[dict], out_json: Path,
     for item in plan:
         row = {**item, "runs": []}
         rows.append(row)
-    for seed in range(max(len(p["seeds"]) for p in plan)):
+    for seed in range(max((len(p["seeds"]) for p in plan), default=0)):
         for row in rows:
             if seed >= len(row["seeds"]):
                 continue
@@ -182,8 +182,11 @@ def cli(name: str, plan: list[tuple], mem_plan: list[dict], description: str, ar
     ap.add_argument("--epochs-scale", type=float, default=1.0)
     ap.add_argument("--only", default=None, help="run only rows whose label contains this text")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory/speed-vs-T points")
+    ap.add_argument("--memory-only", action="store_true", help="only the memory/speed-vs-T points")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / f"{name}.json"))
     a = ap.parse_args(argv)
+    if a.memory_only:
+        plan = []
     rows = [{"label": l, "task": t, "config": c, "rule": r, "epochs": max(1, math.ceil(e * a.epochs_scale)),
              "seeds": list(range(a.seeds or n))}
             for l, t, c, r, e, n in plan if a.only is None or a.only in l]
