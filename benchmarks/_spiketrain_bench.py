@@ -73,7 +73,7 @@ def fmt(s, pct=True) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = "| task / network | rule | float test % | deployed test % | s/epoch (median-ish mean [min-max]) | peak MB | seeds | epochs |"
+    head = "| task / network | rule | float test % | deployed test % | s/epoch, mean [min-max] | peak MB | seeds | epochs |"
     lines = [head, "|" + "---|" * 8]
     for row in rows:
         s = row["summary"]
