@@ -204,8 +204,36 @@ def _write(path: Path, name: str, env: dict, rows, mem) -> None:
                                indent=1, default=str) + "\n")
 
 
+def report(paths: list[str]) -> str:
+    """Markdown tables (rule x task; time and memory vs T) from benchmark JSON files, with each row's command."""
+    lines = ["| task / network | rule | float test % | deployed test % | s/epoch | peak MB | seeds x epochs | command (seed 0) |",
+             "|" + "---|" * 8]
+    mem_lines = ["| network | T | rule | ms / sample (median) | peak MB |", "|" + "---|" * 5]
+    for p in paths:
+        data = json.loads(Path(p).read_text())
+        for row in data.get("rows") or []:
+            if not row.get("runs"):
+                continue
+            s = summarize(row["runs"])
+            extra = ""
+            if s.get("rule_neuron_test_accuracy"):
+                extra = f" (orig. neuron: {fmt(s['rule_neuron_test_accuracy'])})"
+            cmd = row["runs"][0]["command"].replace(" --quiet", "").replace(str(ROOT) + "/", "")
+            lines.append(f"| {row['label']} | {row['rule']} | {fmt(s['float_test_accuracy'])}{extra} | "
+                         f"{fmt(s['deployed_test_accuracy'])} | {fmt(s['time_per_epoch_s'], False)} | "
+                         f"{fmt(s['peak_memory_mb'], False)} | {len(row['runs'])} x {row['epochs']} | `{cmd}` |")
+        for plan in (data.get("memory_vs_T") or data.get("plans") or []):
+            for pt in plan["points"]:
+                mem_lines.append(f"| {plan['label']} | {pt['T']} | {pt['rule']} | {pt['ms_per_sample']:.2f} | "
+                                 f"{pt['peak_memory_mb']:.1f} |")
+    return "\n".join(lines) + "\n\n" + "\n".join(mem_lines)
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "step":
         print(json.dumps(step_profile(sys.argv[2:])))
+    elif len(sys.argv) > 1 and sys.argv[1] == "report":
+        print(report(sys.argv[2:]))
     else:
-        raise SystemExit("usage: python benchmarks/_spiketrain_bench.py step --rule R --T N [--config C]")
+        raise SystemExit("usage: python benchmarks/_spiketrain_bench.py step --rule R --T N [--config C] | "
+                         "report FILE.json...")
