@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from snn2hw.learning import LearningRuleError, available_rules, make_rule
+from snn2hw.learning.spiketrain import PostStats
 from snn2hw.learning.spsp import (NeuronSpec, dense_spsp, evenly_spaced_spikes, lif_sequence, mc_spsp_per_pre_spike,
-                                  reset_mask, spsp_adjoint)
+                                  reset_mask, spsp_adjoint, spsp_per_pre_spike)
 from snn2hw.learning.strsbp import make_fit, spsp_fit
 from snn2hw.nn.conv import ConvLIF, Flatten
 from snn2hw.nn.layers import LIFDense, RecurrentLIFDense, SpikingSequential, hop_delay
@@ -198,12 +199,12 @@ def test_recurrent_solve_equals_explicit_inverse():
     tr = recs[0]
     lam_u, _ = spsp_adjoint(tr.s_out, tr.spec.alpha, tr.spec.beta, 0)
     counts = tr.s_out.sum(1)
-    e_rec = dense_spsp(lam_u, tr.s_out)
+    stats = PostStats(counts, tr.s_in.sum(1), counts, spsp_per_pre_spike(lam_u), dense_spsp(lam_u, tr.s_out), None)
     g = torch.randn(counts.shape, dtype=D, generator=torch.Generator().manual_seed(0))
-    c_w, c_back = rule.coefficients(tr, g, lam_u, counts, e_rec)
-    m = rule.system(tr, lam_u, counts, e_rec)
+    c_w, c_back = rule.coefficients(tr, g, stats)
+    m = rule.system(tr, stats)
     e_ff = dense_spsp(lam_u, tr.s_in)
-    r = tr.layer.weight.detach() * rule.per_spike_ratio(e_ff, tr.s_in.sum(1), lam_u)
+    r = tr.layer.weight.detach() * rule.per_spike_ratio(e_ff, tr.s_in.sum(1), stats.random_spike)
     x_mat = torch.linalg.inv(m) @ r  # (B, N, N_in)
     torch.testing.assert_close((c_back.unsqueeze(1) @ r).squeeze(1), (g.unsqueeze(1) @ x_mat).squeeze(1),
                                rtol=1e-9, atol=1e-12)
@@ -308,3 +309,23 @@ def test_cuda_gradients_equal_cpu(rule_name):
         grads.append([p.grad.cpu() for p in net.parameters() if p.grad is not None])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("rule_name,rec,lateral,t_ref", [("hm2bp", False, True, 0), ("hm2bp", False, False, 2),
+                                                         ("strsbp", True, False, 0)])
+def test_low_memory_equals_default(rule_name, rec, lateral, t_ref):
+    """Bool spike trains and chunked (two-pass) backward: the same gradients, to rounding."""
+    x, y = _inputs(steps=45)
+    grads = []
+    for low in (False, True):
+        net = _dense_net(rec, lateral=lateral)
+        with torch.no_grad():
+            net.layers[1].weight[1].fill_(-1.0)  # a silent output: virtual spikes on both paths
+        rule = make_rule(rule_name, margin=0, target_true=10, target_false=3, t_ref=t_ref, low_memory=low, chunk=7)
+        records, out = rule.forward(net, x)
+        grads.append([out.double()] + [r.s_out.double() for r in records])
+        rule.compute_gradients(net, x, y, None, {})
+        grads[-1] += [p.grad for p in net.parameters() if p.grad is not None]
+    assert len(grads[0]) == len(grads[1])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -21,8 +21,7 @@ from __future__ import annotations
 import torch
 
 from snn2hw.learning.base import LearningRuleError, register_rule
-from snn2hw.learning.spiketrain import LayerTrace, SpikeTrainRule
-from snn2hw.nn.layers import hop_delay
+from snn2hw.learning.spiketrain import LayerTrace, PostStats, SpikeTrainRule
 
 __all__ = ["HM2BP"]
 
@@ -37,8 +36,9 @@ class HM2BP(SpikeTrainRule):
 
     def __init__(self, target_true: float = 35.0, target_false: float = 5.0, margin: float = 5.0, t_ref: int = 0,
                  hidden_virtual_spikes: int = 1, self_term: bool = True, self_term_max: float = 1.0,
-                 lateral_min: float = 0.1):
-        super().__init__(target_true, target_false, margin, t_ref, hidden_virtual_spikes)
+                 lateral_min: float = 0.1, low_memory: bool = False, chunk: int = 32):
+        super().__init__(target_true, target_false, margin, t_ref, hidden_virtual_spikes, low_memory, chunk)
+        self.needs_tpsp = bool(self_term)
         self.self_term, self.self_term_max, self.lateral_min = bool(self_term), float(self_term_max), float(lateral_min)
 
     def describe(self) -> dict:
@@ -54,19 +54,16 @@ class HM2BP(SpikeTrainRule):
                 raise LearningRuleError(f"hm2bp: population layer {i} is recurrent; HM2-BP trains feed-forward "
                                         "networks (recurrent outputs only as fixed lateral inhibition); use 'strsbp'")
 
-    def coefficients(self, tr: LayerTrace, g, lam_u, counts, e_rec):
+    def coefficients(self, tr: LayerTrace, g, stats: PostStats):
         nu = tr.spec.v_th
         delta = g / nu
         factor = torch.ones_like(delta)
-        if self.self_term:
-            a_total = tr.a_ff
-            if tr.rec_weight is not None:
-                a_total = a_total + hop_delay(tr.s_out @ tr.rec_weight.t())
-            tpsp = (lam_u * a_total).sum(1)  # a_i = sum_j w_ij e_ij (+ lateral)
-            s_i = torch.where(counts > 0, tpsp / (nu * counts.clamp(min=1)), torch.zeros_like(tpsp))
+        counts = stats.counts
+        if self.self_term:  # S_i = a_i / (nu o_i), a_i = sum_j w_ij e_ij (+ lateral)
+            s_i = torch.where(counts > 0, stats.tpsp / (nu * counts.clamp(min=1)), torch.zeros_like(stats.tpsp))
             factor = factor + s_i.clamp(0.0, self.self_term_max)
         if tr.rec_weight is not None:
-            k = (tr.rec_weight / nu) * self.per_spike_ratio(e_rec, tr.s_out.sum(1), lam_u)  # (B, N, N)
+            k = (tr.rec_weight / nu) * self.per_spike_ratio(stats.e_rec, stats.counts_rec, stats.random_spike)
             loop = (k * k.transpose(1, 2)).sum(2)
             factor = factor / (1.0 - loop).clamp(min=self.lateral_min)
         return delta * factor, delta

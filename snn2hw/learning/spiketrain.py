@@ -24,14 +24,15 @@ import torch
 from torch import nn
 
 from snn2hw.learning.base import BatchResult, LearningRule, LearningRuleError
-from snn2hw.learning.spsp import (NeuronSpec, dense_spsp, evenly_spaced_spikes, layer_current, lif_sequence,
-                                  neuron_spec, spsp_adjoint, spsp_per_pre_spike)
+from snn2hw.learning.spsp import (NeuronSpec, dense_spsp, evenly_spaced_spikes, hop_current_chunk, layer_current,
+                                  lif_sequence, lif_sequence_chunked, neuron_spec, reset_mask, spsp_adjoint,
+                                  spsp_per_pre_spike)
 from snn2hw.nn import functional as F
 from snn2hw.nn.conv import ConvLIF, Dropout, Flatten, LeakyReadout, SumPoolLIF, _flat
 from snn2hw.nn.layers import LIFDense, RecurrentLIFDense, hop_delay
 from snn2hw.nn.recurrent import recurrent_cuba_lif_sequence
 
-__all__ = ["SpikeTrainRule", "LayerTrace"]
+__all__ = ["SpikeTrainRule", "LayerTrace", "PostStats"]
 
 _HOP_LAYERS = (LIFDense, ConvLIF, SumPoolLIF)  # RecurrentLIFDense is a LIFDense
 
@@ -42,10 +43,22 @@ class LayerTrace:
 
     layer: nn.Module
     s_in: torch.Tensor  # (B, T, N_in) input spikes
-    a_ff: torch.Tensor  # (B, T, N) hop-delayed feed-forward current
+    a_ff: torch.Tensor | None  # (B, T, N) hop-delayed feed-forward current (None: low-memory trace)
     s_out: torch.Tensor  # (B, T, N) output spikes
     spec: NeuronSpec
     rec_weight: torch.Tensor | None  # effective recurrent weights V (N, N), or None
+
+
+@dataclass
+class PostStats:
+    """Per-sample reductions over time of one layer's S-PSP kernel: all the rules' coefficients need."""
+
+    counts: torch.Tensor  # (B, N) post counts, virtual spikes included
+    counts_in: torch.Tensor  # (B, N_in) pre-synaptic counts
+    counts_rec: torch.Tensor | None  # (B, N) real counts of the layer (the recurrent pre-synaptic neurons)
+    random_spike: torch.Tensor  # (B, N) S-PSP one pre spike at a uniformly random step adds
+    e_rec: torch.Tensor | None  # (B, N, N) recurrent S-PSPs
+    tpsp: torch.Tensor | None  # (B, N) T-PSP a_i (only for rules with ``needs_tpsp``)
 
 
 def _layers(model: nn.Module) -> list:
@@ -73,8 +86,13 @@ class SpikeTrainRule(LearningRule):
     neurons that receive an error; 0: none).
     """
 
+    needs_tpsp = False
+
     def __init__(self, target_true: float = 35.0, target_false: float = 5.0, margin: float = 5.0, t_ref: int = 0,
-                 hidden_virtual_spikes: int = 1):
+                 hidden_virtual_spikes: int = 1, low_memory: bool = False, chunk: int = 32):
+        if int(chunk) < 1:
+            raise LearningRuleError(f"{self.name}: chunk must be >= 1")
+        self.low_memory, self.chunk = bool(low_memory), int(chunk)
         if not margin >= 0 or not target_true >= 0 or not target_false >= 0:
             raise LearningRuleError(f"{self.name}: targets and margin must be >= 0")
         if int(t_ref) != t_ref or t_ref < 0 or int(hidden_virtual_spikes) < 0:
@@ -85,7 +103,8 @@ class SpikeTrainRule(LearningRule):
 
     def describe(self) -> dict:
         return {"name": self.name, "target_true": self.target_true, "target_false": self.target_false,
-                "margin": self.margin, "t_ref": self.t_ref, "hidden_virtual_spikes": self.hidden_virtual_spikes}
+                "margin": self.margin, "t_ref": self.t_ref, "hidden_virtual_spikes": self.hidden_virtual_spikes,
+                "low_memory": self.low_memory, "chunk": self.chunk}
 
     # -- forward -------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -103,9 +122,16 @@ class SpikeTrainRule(LearningRule):
                 records.append(None)
                 continue
             s = _flat(s) if not isinstance(layer, LIFDense) else s
-            spec = neuron_spec(layer, s, self.t_ref)
-            a_ff = hop_delay(layer_current(layer, s))
+            spec = neuron_spec(layer, x, self.t_ref)
             rec = layer.effective_rec_weight().detach() if isinstance(layer, RecurrentLIFDense) else None
+            if self.low_memory and isinstance(layer, LIFDense):  # one byte per spike, currents chunk by chunk
+                s_in = s
+                s = lif_sequence_chunked(lambda t0, t1: hop_current_chunk(layer, s_in, t0, t1, x.dtype), s.shape[0],
+                                         s.shape[1], layer.out_features, spec, rec, self.chunk, x, torch.bool)
+                records.append(LayerTrace(layer, s_in, None, s, spec, rec))
+                continue
+            s = s.to(x.dtype)
+            a_ff = hop_delay(layer_current(layer, s))
             if self.t_ref:
                 s_out = lif_sequence(a_ff, spec, rec)
             else:  # the layers' own float operators: exactly what the trained network computes
@@ -120,7 +146,7 @@ class SpikeTrainRule(LearningRule):
 
     def predict(self, model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Class predictions (most active output) of the neuron this rule simulates."""
-        return torch.cat([self.forward(model, x[i:i + batch_size])[1].sum(1).argmax(1)
+        return torch.cat([self.forward(model, x[i:i + batch_size])[1].to(x.dtype).sum(1).argmax(1)
                           for i in range(0, len(x), batch_size)])
 
     # -- loss ----------------------------------------------------------------------------------------------
@@ -136,8 +162,7 @@ class SpikeTrainRule(LearningRule):
         return err, 0.5 * err.square().sum(1)
 
     # -- backward ------------------------------------------------------------------------------------------
-    def coefficients(self, trace: LayerTrace, g: torch.Tensor, lam_u: torch.Tensor, counts: torch.Tensor,
-                     e_rec: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def coefficients(self, trace: LayerTrace, g: torch.Tensor, stats: PostStats) -> tuple[torch.Tensor, torch.Tensor]:
         """(c_w, c_back), each (B, N), from the count error ``g`` (B, N) of the layer's neurons."""
         raise NotImplementedError
 
@@ -146,6 +171,7 @@ class SpikeTrainRule(LearningRule):
 
     def compute_gradients(self, model, x, y, loss_fn, forward_kwargs, scale=1.0) -> BatchResult:
         records, out = self.forward(model, x)
+        out = out.to(x.dtype)
         counts = out.sum(1)
         err, per_sample = self.count_error(counts, y)
         g = err * (scale / x.shape[0])  # dE/do of the batch-mean loss
@@ -153,7 +179,8 @@ class SpikeTrainRule(LearningRule):
         targets = self.targets(counts, y)
         for k in reversed(pops):
             need_input = k != pops[0]
-            g = self.layer_backward(records[k], g, targets if k == pops[-1] else None, need_input)
+            backward = self.layer_backward if records[k].a_ff is not None else self.layer_backward_chunked
+            g = backward(records[k], g, targets if k == pops[-1] else None, need_input)
         return BatchResult(per_sample.mean().detach(), out)
 
     def layer_backward(self, tr: LayerTrace, g: torch.Tensor, targets: torch.Tensor | None,
@@ -170,7 +197,13 @@ class SpikeTrainRule(LearningRule):
             counts = s_post.sum(1)
         lam_u, lam_p = spsp_adjoint(s_post, spec.alpha, spec.beta, spec.t_ref)
         e_rec = dense_spsp(lam_u, tr.s_out) if tr.rec_weight is not None else None
-        c_w, c_back = self.coefficients(tr, g, lam_u, counts, e_rec)
+        tpsp = None
+        if self.needs_tpsp:
+            a_total = tr.a_ff if tr.rec_weight is None else tr.a_ff + hop_delay(tr.s_out @ tr.rec_weight.t())
+            tpsp = (lam_u * a_total).sum(1)
+        stats = PostStats(counts, tr.s_in.sum(1), tr.s_out.sum(1) if tr.rec_weight is not None else None,
+                          spsp_per_pre_spike(lam_u), e_rec, tpsp)
+        c_w, c_back = self.coefficients(tr, g, stats)
 
         weight = layer.weight if isinstance(layer.weight, nn.Parameter) and layer.weight.requires_grad else None
         gw, gs = self.hop_products(tr, c_w.unsqueeze(1) * lam_u if weight is not None else None,
@@ -220,11 +253,112 @@ class SpikeTrainRule(LearningRule):
         return gw, gs
 
     @staticmethod
-    def per_spike_ratio(e: torch.Tensor, counts_pre: torch.Tensor, lam_u: torch.Tensor) -> torch.Tensor:
-        """``e_ij / o_j`` (B, N_post, N_pre); a silent pre neuron's is the S-PSP of one spike at a random step."""
-        random_spike = spsp_per_pre_spike(lam_u).unsqueeze(2)  # (B, N_post, 1)
+    def per_spike_ratio(e: torch.Tensor, counts_pre: torch.Tensor, random_spike: torch.Tensor) -> torch.Tensor:
+        """``e_ij / o_j`` (B, N_post, N_pre); a silent pre neuron's is the S-PSP of one spike at a random step
+        (``random_spike``, (B, N_post))."""
         o = counts_pre.unsqueeze(1)
-        return torch.where(o > 0, e / o.clamp(min=1), random_spike)
+        return torch.where(o > 0, e / o.clamp(min=1), random_spike.unsqueeze(2))
+
+    # -- the low-memory backward: spike trains kept as bool, everything else chunk by chunk ----------------
+    def _scan_chunks(self, post: torch.Tensor, spec: NeuronSpec, dtype: torch.dtype):
+        """The reverse-time recursion of ``spsp_adjoint`` over ``chunk``-step blocks, last block first:
+        yields (t0, t1, lam_u[t0:t1], lam_p[t0:t1])."""
+        batch, steps, n = post.shape
+        lp = torch.zeros(batch, n, dtype=dtype, device=post.device)
+        lu = torch.zeros_like(lp)
+        for t1 in range(steps, 0, -self.chunk):
+            t0 = max(t1 - self.chunk, 0)
+            lo = max(t0 - spec.t_ref, 0)
+            window = post[:, lo:t1].to(dtype)
+            keep_beta = (1.0 - reset_mask(window, spec.t_ref)[:, t0 - lo:]) * spec.beta
+            sp = window[:, t0 - lo:]
+            lam_u = torch.empty_like(sp)
+            lam_p = torch.empty_like(sp)
+            for t in range(t1 - t0 - 1, -1, -1):
+                lp = sp[:, t] + keep_beta[:, t] * lp
+                lu = lp + spec.alpha * lu
+                lam_p[:, t] = lp
+                lam_u[:, t] = lu
+            yield t0, t1, lam_u, lam_p
+
+    def layer_backward_chunked(self, tr: LayerTrace, g: torch.Tensor, targets: torch.Tensor | None,
+                               need_input: bool) -> torch.Tensor | None:
+        """``layer_backward`` for a dense or recurrent layer whose trace holds bool spikes and no currents: two
+        reverse passes over time in chunks (reductions for the coefficients, then the products), so the
+        float temporaries are (B, chunk, N) and the stored trains one byte per neuron and step."""
+        layer, spec, dtype = tr.layer, tr.spec, g.dtype
+        batch, steps, n = tr.s_out.shape
+        post = tr.s_out
+        counts = post.sum(1).to(dtype)
+        silent = (counts == 0) & (g != 0)
+        if bool(silent.any()):
+            k = targets if targets is not None else torch.full_like(counts, float(self.hidden_virtual_spikes))
+            post = post | evenly_spaced_spikes(steps, torch.where(silent, k, torch.zeros_like(k)), spec.t_ref,
+                                               dtype=torch.bool)
+            counts = post.sum(1).to(dtype)
+        rec = tr.rec_weight
+        w = layer.weight.detach()
+
+        def inputs(t0, t1):  # (pre steps paired with lam[t0':t1]) as float, and the offset t0' - t0
+            first = 1 if t0 == 0 else 0
+            return tr.s_in[:, t0 + first - 1:t1 - 1].to(dtype), first
+
+        def rec_inputs(t0, t1):
+            first = 1 if t0 == 0 else 0
+            return tr.s_out[:, t0 + first - 1:t1 - 1].to(dtype), first
+
+        # pass 1: per-sample reductions
+        lam_u_sum = torch.zeros(batch, n, dtype=dtype, device=g.device)
+        lam_p_sum = torch.zeros_like(lam_u_sum)
+        e_rec = torch.zeros(batch, n, n, dtype=dtype, device=g.device) if rec is not None else None
+        tpsp = torch.zeros_like(lam_u_sum) if self.needs_tpsp else None
+        for t0, t1, lam_u, lam_p in self._scan_chunks(post, spec, dtype):
+            first = 1 if t0 == 0 else 0
+            lam_u_sum += lam_u[:, first:].sum(1)
+            lam_p_sum += lam_p.sum(1)
+            if rec is not None:
+                s_prev, f = rec_inputs(t0, t1)
+                e_rec += lam_u[:, f:].transpose(1, 2) @ s_prev
+            if tpsp is not None:
+                a = hop_current_chunk(layer, tr.s_in, t0, t1, dtype)
+                if rec is not None:
+                    a = a + torch.nn.functional.pad(rec_inputs(t0, t1)[0] @ rec.t(), (0, 0, first, 0))
+                tpsp += (lam_u * a).sum(1)
+        stats = PostStats(counts, tr.s_in.sum(1).to(dtype), tr.s_out.sum(1).to(dtype) if rec is not None else None,
+                          lam_u_sum / steps, e_rec, tpsp)
+        c_w, c_back = self.coefficients(tr, g, stats)
+
+        # pass 2: weight gradients and the input error
+        weight = layer.weight if layer.weight.requires_grad else None
+        train_rec = rec is not None and self.trains_recurrent() and layer.rec_weight.requires_grad
+        gw = torch.zeros_like(w) if weight is not None else None
+        gv = torch.zeros(n, n, dtype=dtype, device=g.device) if train_rec else None
+        n_in = tr.s_in.shape[2]
+        per_spike = torch.zeros(batch, n_in, dtype=dtype, device=g.device) if need_input else None
+        total = torch.zeros_like(per_spike) if need_input else None
+        for t0, t1, lam_u, _ in self._scan_chunks(post, spec, dtype):
+            s_prev, f = inputs(t0, t1)
+            if gw is not None:
+                gw += (c_w.unsqueeze(1) * lam_u[:, f:]).reshape(-1, n).t() @ s_prev.reshape(-1, n_in)
+            if need_input:
+                gs = (c_back.unsqueeze(1) * lam_u[:, f:]) @ w
+                per_spike += (gs * s_prev).sum(1)
+                total += gs.sum(1)
+            if gv is not None:
+                r_prev, f = rec_inputs(t0, t1)
+                gv += (c_w.unsqueeze(1) * lam_u[:, f:]).reshape(-1, n).t() @ r_prev.reshape(-1, n)
+        if weight is not None:
+            _accumulate(weight, gw)
+        bias = getattr(layer, "bias", None)
+        if isinstance(bias, nn.Parameter) and bias.requires_grad:
+            _accumulate(bias, (c_w * lam_p_sum).sum(0))
+        if gv is not None:
+            gv = gv * layer.rec_weight_scale
+            _accumulate(layer.rec_weight, gv * layer.rec_mask if layer.rec_mask is not None else gv)
+        if not need_input:
+            return None
+        o_in = stats.counts_in
+        return torch.where(o_in > 0, per_spike / o_in.clamp(min=1), total / steps)
 
 
 def _accumulate(param: torch.Tensor, grad: torch.Tensor) -> None:

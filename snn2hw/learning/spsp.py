@@ -78,29 +78,53 @@ def lif_sequence(a_ff: torch.Tensor, spec: NeuronSpec, rec_weight: torch.Tensor 
     With ``t_ref = 0`` it evaluates exactly the operations of ``snn2hw.nn.functional`` in the same order,
     so its spikes equal the layers' own forward bit for bit."""
     batch, steps, n = a_ff.shape
-    u = a_ff.new_zeros(batch, n)
-    v = a_ff.new_zeros(batch, n)
-    s = a_ff.new_zeros(batch, n)
-    ref = a_ff.new_zeros(batch, n)
-    out = a_ff.new_empty(batch, steps, n)
+    return lif_sequence_chunked(lambda t0, t1: a_ff[:, t0:t1], batch, steps, n, spec, rec_weight, steps,
+                                a_ff, a_ff.dtype)
+
+
+def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSpec,
+                         rec_weight: torch.Tensor | None, chunk: int, like: torch.Tensor,
+                         out_dtype: torch.dtype) -> torch.Tensor:
+    """``lif_sequence`` with the input current made ``chunk`` steps at a time by ``current(t0, t1)`` (hop-delayed,
+    (B, t1 - t0, N)), so that no (B, T, N) float tensor exists; spikes are returned in ``out_dtype``
+    (``torch.bool`` keeps a layer's trains in one byte per neuron and step)."""
+    u = like.new_zeros(batch, n)
+    v = like.new_zeros(batch, n)
+    s = like.new_zeros(batch, n)
+    ref = like.new_zeros(batch, n)
+    out = torch.empty(batch, steps, n, dtype=out_dtype, device=like.device)
     w_t = None if rec_weight is None else rec_weight.t()
-    for t in range(steps):
-        a = a_ff[:, t] if (w_t is None or t == 0) else a_ff[:, t] + s @ w_t
-        u = u * spec.alpha + a
-        v = v * spec.beta + u
-        if spec.bias is not None:
-            v = v + spec.bias
-        if spec.t_ref:
-            refractory = ref > 0
-            v = v.masked_fill(refractory, 0.0)
-            ref = (ref - 1).clamp_(min=0)
-            s = ((v > spec.v_th) & ~refractory).to(a_ff.dtype)
-            ref = torch.where(s > 0, torch.full_like(ref, float(spec.t_ref)), ref)
-        else:
-            s = (v > spec.v_th).to(a_ff.dtype)
-        v = v - v * s
-        out[:, t] = s
+    for t0 in range(0, steps, chunk):
+        t1 = min(t0 + chunk, steps)
+        a_chunk = current(t0, t1)
+        for t in range(t0, t1):
+            a_t = a_chunk[:, t - t0]
+            a = a_t if (w_t is None or t == 0) else a_t + s @ w_t
+            u = u * spec.alpha + a
+            v = v * spec.beta + u
+            if spec.bias is not None:
+                v = v + spec.bias
+            if spec.t_ref:
+                refractory = ref > 0
+                v = v.masked_fill(refractory, 0.0)
+                ref = (ref - 1).clamp_(min=0)
+                s = ((v > spec.v_th) & ~refractory).to(like.dtype)
+                ref = torch.where(s > 0, torch.full_like(ref, float(spec.t_ref)), ref)
+            else:
+                s = (v > spec.v_th).to(like.dtype)
+            v = v - v * s
+            out[:, t] = s
     return out
+
+
+def hop_current_chunk(layer: nn.Module, s_in: torch.Tensor, t0: int, t1: int, dtype: torch.dtype) -> torch.Tensor:
+    """The hop-delayed feed-forward current of steps [t0, t1): the layer's current of input steps
+    [t0 - 1, t1 - 1), zero at step 0."""
+    lo = max(t0 - 1, 0)
+    a = layer_current(layer, s_in[:, lo:t1 - 1].to(dtype))
+    if t0 == 0:
+        a = torch.nn.functional.pad(a, (0, 0, 1, 0))
+    return a
 
 
 def reset_mask(spikes: torch.Tensor, t_ref: int = 0) -> torch.Tensor:
@@ -134,18 +158,19 @@ def dense_spsp(lam_u: torch.Tensor, s_pre: torch.Tensor) -> torch.Tensor:
     return lam_u[:, 1:].transpose(1, 2) @ s_pre[:, :-1]
 
 
-def evenly_spaced_spikes(steps: int, counts: torch.Tensor, t_ref: int = 0) -> torch.Tensor:
+def evenly_spaced_spikes(steps: int, counts: torch.Tensor, t_ref: int = 0,
+                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(B, T, N) trains with ``counts[b, i]`` evenly spaced spikes, the last at step T-1 (HM2-BP's artificial
     spikes for silent neurons); counts are capped at what the refractory period allows."""
     cap = steps // (1 + int(t_ref))
     k = counts.round().clamp(0, cap).to(torch.long)  # (B, N)
-    out = torch.zeros(*counts.shape[:-1], steps, counts.shape[-1], dtype=torch.float32, device=counts.device)
+    out = torch.zeros(*counts.shape[:-1], steps, counts.shape[-1], dtype=dtype, device=counts.device)
     kmax = int(k.max()) if k.numel() else 0
     for m in range(kmax):
         active = k > m
         pos = ((m + 1) * steps) // k.clamp(min=1) - 1  # (B, N)
         b, i = active.nonzero(as_tuple=True)
-        out[b, pos[b, i], i] = 1.0
+        out[b, pos[b, i], i] = 1
     return out
 
 

@@ -33,7 +33,7 @@ from importlib import resources
 import torch
 
 from snn2hw.learning.base import LearningRuleError, register_rule
-from snn2hw.learning.spiketrain import LayerTrace, SpikeTrainRule
+from snn2hw.learning.spiketrain import LayerTrace, PostStats, SpikeTrainRule
 from snn2hw.learning.spsp import count_grid, fit_polynomial, layer_current, mc_spsp_per_pre_spike, polyval_derivative
 
 __all__ = ["STRSBP", "spsp_fit", "FIT_FILE", "FIT_SAMPLES", "FIT_SEED"]
@@ -85,8 +85,9 @@ class STRSBP(SpikeTrainRule):
     name = "strsbp"
 
     def __init__(self, target_true: float = 35.0, target_false: float = 5.0, margin: float = 5.0, t_ref: int = 0,
-                 hidden_virtual_spikes: int = 1, min_pivot: float = 0.1, self_term: bool = True):
-        super().__init__(target_true, target_false, margin, t_ref, hidden_virtual_spikes)
+                 hidden_virtual_spikes: int = 1, min_pivot: float = 0.1, self_term: bool = True,
+                 low_memory: bool = False, chunk: int = 32):
+        super().__init__(target_true, target_false, margin, t_ref, hidden_virtual_spikes, low_memory, chunk)
         if not min_pivot > 0:
             raise LearningRuleError("strsbp: min_pivot must be > 0")
         self.min_pivot, self.self_term = float(min_pivot), bool(self_term)
@@ -106,30 +107,30 @@ class STRSBP(SpikeTrainRule):
         x = counts / max(fit["top"], 1)
         return polyval_derivative(fit["coeffs"], x.double()).to(counts.dtype) / max(fit["top"], 1)
 
-    def pivots(self, tr: LayerTrace, counts: torch.Tensor) -> torch.Tensor:
+    def pivots(self, tr: LayerTrace, stats: PostStats) -> torch.Tensor:
         """``1 - S_i`` (B, N), kept at least ``min_pivot`` away from 0 (sign preserved)."""
+        counts = stats.counts
         if not self.self_term:
             return torch.ones_like(counts)
-        o_in = tr.s_in.sum(1)
-        drive = layer_current(tr.layer, o_in.unsqueeze(1)).squeeze(1).detach()
+        drive = layer_current(tr.layer, stats.counts_in.unsqueeze(1)).squeeze(1).detach()
         if tr.rec_weight is not None:
             drive = drive + counts @ tr.rec_weight.t()
         d = 1.0 - self.slope(tr, counts) * drive / tr.spec.v_th
         sign = torch.where(d >= 0, torch.ones_like(d), -torch.ones_like(d))
         return sign * d.abs().clamp(min=self.min_pivot)
 
-    def system(self, tr: LayerTrace, lam_u: torch.Tensor, counts: torch.Tensor, e_rec: torch.Tensor | None):
+    def system(self, tr: LayerTrace, stats: PostStats):
         """The per-sample matrix M (B, N, N) of the module docstring (diagonal for feed-forward layers)."""
-        m = torch.diag_embed(self.pivots(tr, counts))
+        m = torch.diag_embed(self.pivots(tr, stats))
         if tr.rec_weight is not None:
-            m = m - (tr.rec_weight / tr.spec.v_th) * self.per_spike_ratio(e_rec, tr.s_out.sum(1), lam_u)
+            m = m - (tr.rec_weight / tr.spec.v_th) * self.per_spike_ratio(stats.e_rec, stats.counts_rec,
+                                                                           stats.random_spike)
         return m
 
-    def coefficients(self, tr: LayerTrace, g, lam_u, counts, e_rec):
+    def coefficients(self, tr: LayerTrace, g, stats: PostStats):
         if tr.rec_weight is None:
-            z = g / self.pivots(tr, counts)
+            z = g / self.pivots(tr, stats)
         else:
-            m = self.system(tr, lam_u, counts, e_rec)
-            z = torch.linalg.solve(m.transpose(1, 2), g.unsqueeze(2)).squeeze(2)
+            z = torch.linalg.solve(self.system(tr, stats).transpose(1, 2), g.unsqueeze(2)).squeeze(2)
         c = z / tr.spec.v_th
         return c, c
