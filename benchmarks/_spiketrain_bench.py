@@ -20,7 +20,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "benchmarks" / "configs"
-ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONHASHSEED": "0"}
+# glibc returns blocks >= 64 KiB to the system on free (fixed mmap threshold), so that the resident set
+# follows live tensors rather than the allocator's high-water mark.
+ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONHASHSEED": "0",
+       "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
 def environment() -> dict:
@@ -103,8 +106,11 @@ def step_profile(argv=None) -> dict:
     task = get_task(a.task)
     cfg = read_config(CONFIGS / a.config) if a.config else {}
     model = build_model(task, cfg.get("model"), 0)
-    opts = {**default_rule_options(a.rule, a.T), **(cfg.get("rule_options") or {})}
-    rule = make_rule(a.rule, **opts)
+    name, _, variant = a.rule.partition("+")  # "hm2bp+lowmem": the rule with low_memory=True
+    opts = {**default_rule_options(name, a.T), **(cfg.get("rule_options") or {})}
+    if variant == "lowmem":
+        opts["low_memory"] = True
+    rule = make_rule(name, **opts)
     rule.setup(model)
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(a.batch, a.T, task.inputs, generator=g) < 0.1).float()
@@ -137,7 +143,7 @@ def memory_vs_t(rules, ts, config, task, batch=16) -> list[dict]:
     for T in ts:
         for rule in rules:  # interleaved
             r = run_step(rule, T, config, task, batch)
-            print(f"  T={T:4d} {rule:7s} {r['ms_per_sample']:8.2f} ms/sample  peak {r['peak_memory_mb']:8.1f} MB"
+            print(f"  T={T:4d} {rule:13s} {r['ms_per_sample']:8.2f} ms/sample  peak {r['peak_memory_mb']:8.1f} MB"
                   f"  (load {r['loadavg']:.1f})", flush=True)
             out.append(r)
     return out
