@@ -187,6 +187,7 @@ def cli(name: str, plan: list[tuple], mem_plan: list[dict], description: str, ar
 
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--seeds", type=int, default=None, help="seeds per row (default: the plan's)")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ...")
     ap.add_argument("--epochs-scale", type=float, default=1.0)
     ap.add_argument("--only", default=None, help="run only rows whose label contains this text")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory/speed-vs-T points")
@@ -196,7 +197,7 @@ def cli(name: str, plan: list[tuple], mem_plan: list[dict], description: str, ar
     if a.memory_only:
         plan = []
     rows = [{"label": l, "task": t, "config": c, "rule": r, "epochs": max(1, math.ceil(e * a.epochs_scale)),
-             "seeds": list(range(a.seeds or n))}
+             "seeds": list(range(a.first_seed, a.first_seed + (a.seeds or n)))}
             for l, t, c, r, e, n in plan if a.only is None or a.only in l]
     mem = [] if a.no_memory else [m for m in mem_plan if a.only is None or a.only in m["label"]]
     main_runs(name, rows, mem, Path(a.out), ROOT / "out" / f"bench_{name}")
@@ -217,11 +218,15 @@ def report(paths: list[str]) -> str:
     lines = ["| task / network | rule | float test % | deployed test % | s/epoch | peak MB | seeds x epochs | command (seed 0) |",
              "|" + "---|" * 8]
     mem_lines = ["| network | T | rule | ms / sample (median) | peak MB |", "|" + "---|" * 5]
+    merged: dict = {}  # rows of the same (label, rule, epochs) from several files (e.g. seeds run apart)
     for p in paths:
         data = json.loads(Path(p).read_text())
         for row in data.get("rows") or []:
-            if not row.get("runs"):
-                continue
+            key = (row["label"], row["rule"], row["epochs"])
+            merged.setdefault(key, {**row, "runs": []})["runs"] += row.get("runs") or []
+    for row in merged.values():
+        if row["runs"]:
+            row["runs"].sort(key=lambda r: r["seed"])
             s = summarize(row["runs"])
             extra = ""
             if s.get("rule_neuron_test_accuracy"):
@@ -230,6 +235,8 @@ def report(paths: list[str]) -> str:
             lines.append(f"| {row['label']} | {row['rule']} | {fmt(s['float_test_accuracy'])}{extra} | "
                          f"{fmt(s['deployed_test_accuracy'])} | {fmt(s['time_per_epoch_s'], False)} | "
                          f"{fmt(s['peak_memory_mb'], False)} | {len(row['runs'])} x {row['epochs']} | `{cmd}` |")
+    for p in paths:
+        data = json.loads(Path(p).read_text())
         for plan in (data.get("memory_vs_T") or data.get("plans") or []):
             for pt in plan["points"]:
                 mem_lines.append(f"| {plan['label']} | {pt['T']} | {pt['rule']} | {pt['ms_per_sample']:.2f} | "
