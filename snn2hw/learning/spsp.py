@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from snn2hw.nn.layers import LIFDense, RecurrentLIFDense, hop_delay
+from snn2hw.nn.layers import LIFDense
 from snn2hw.nn.neuron import float_neuron_args
 
 __all__ = [
