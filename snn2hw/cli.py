@@ -335,6 +335,29 @@ def cmd_convert(args) -> int:
     return onnx_cli.convert(args)
 
 
+def cmd_train(args) -> int:
+    import torch
+
+    from snn2hw.learning import LearningRuleError
+    from snn2hw.learning.experiment import ExperimentConfigError, read_config, train_task
+    from snn2hw.models.tasks import TaskConfigError
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        r = train_task(args.task, args.rule, read_config(args.config), epochs=args.epochs, seed=args.seed, out=args.out,
+                       device=args.device, deploy=not args.no_deploy, progress=not args.quiet)
+    except (LearningRuleError, ExperimentConfigError, TaskConfigError) as exc:
+        where = f"{args.config}: " if args.config and not str(exc).startswith(str(args.config)) else ""
+        print(f"snn2hw: error: {where}{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    shown = {k: r[k] for k in ("float_val_accuracy", "float_test_accuracy", "deployed_test_accuracy",
+                               "rule_neuron_test_accuracy", "time_per_epoch_s", "peak_memory_mb") if k in r}
+    print(json.dumps({"task": r["task"], "rule": r["rule"]["name"], "seed": r["seed"], **shown}))
+    print(f"wrote {args.out}/results.json and {r['checkpoint']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     import snn2hw
 
@@ -378,6 +401,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--distributed", action="store_true",
                    help="shard the batch over torchrun's processes (sim backend; automatic when WORLD_SIZE > 1)")
     r.set_defaults(func=cmd_run)
+
+    t = sub.add_parser("train", help="train a model-zoo task with a learning rule, then deploy it on the simulator")
+    t.add_argument("--task", required=True, help="digits | braille | mnist10k (snn2hw.models.tasks)")
+    t.add_argument("--rule", default="bptt", help="a learning rule of snn2hw.learning (bptt, hm2bp, strsbp, ...)")
+    t.add_argument("--config", default=None, help="JSON: {model, data, trainer, rule_options}")
+    t.add_argument("--epochs", type=int, default=None, help="override the task's/config's epochs")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, ...")
+    t.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    t.add_argument("--no-deploy", action="store_true", help="skip compiling and the simulator run")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--out", required=True, help="folder for model.ckpt, results.json, ckpt/ and logs/")
+    t.set_defaults(func=cmd_train)
 
     from snn2hw.onnx.cli import add_parsers as add_onnx_parsers
 

@@ -75,6 +75,8 @@ _BUILTIN: dict[str, str] = {
     "eprop": "snn2hw.learning.eprop",
     "decolle": "snn2hw.learning.eprop",
     "superspike": "snn2hw.learning.superspike",
+    "hm2bp": "snn2hw.learning.hm2bp",
+    "strsbp": "snn2hw.learning.strsbp",
 }
 _REGISTRY: dict[str, type[LearningRule]] = {}
 

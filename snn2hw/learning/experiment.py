@@ -1,0 +1,230 @@
+"""One training run of a zoo task with a learning rule, chosen on validation and deployed on the simulator.
+
+``train_task`` is what ``snn2hw train`` runs: it builds the task's model from a model spec, trains it
+with the rule through ``Trainer`` (best epoch by validation accuracy, never by test), writes the
+checkpoint (the trainer's format: ``snn2hw export`` and ``compile`` take it), compiles the network and
+classifies the test split on the bit-accurate simulator, and writes ``results.json``.
+
+A config file (JSON) may hold ``model`` (the spec, ``snn2hw.models.tasks``), ``data`` (task data
+options, e.g. ``steps``), ``trainer`` (``TrainerConfig`` fields) and ``rule_options``; anything else
+is an error naming the file and the key.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from snn2hw.artefact import atomic_write_bytes
+
+__all__ = ["ExperimentConfigError", "read_config", "train_task", "deployed_accuracy", "PeakMemory"]
+
+CONFIG_KEYS = {"model", "data", "trainer", "rule_options"}
+_RESERVED_TRAINER = {"rule", "rule_options", "checkpoint_dir", "log_dir", "save_best"}
+
+
+class ExperimentConfigError(ValueError):
+    """A config file that is missing, not JSON, or holds unknown keys or values."""
+
+
+def read_config(path: str | os.PathLike | None) -> dict:
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ExperimentConfigError(f"{p}: no such config file")
+    try:
+        cfg = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ExperimentConfigError(f"{p}: not a JSON file ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise ExperimentConfigError(f"{p}: the config must be a JSON object with keys {sorted(CONFIG_KEYS)}")
+    unknown = set(cfg) - CONFIG_KEYS
+    if unknown:
+        raise ExperimentConfigError(f"{p}: unknown key(s) {sorted(unknown)}; known: {sorted(CONFIG_KEYS)}")
+    for k in CONFIG_KEYS & set(cfg):
+        if not isinstance(cfg[k], dict):
+            raise ExperimentConfigError(f"{p}: '{k}' must be a JSON object")
+    from snn2hw.train.trainer import TrainerConfig
+
+    known = {f.name for f in fields(TrainerConfig)} - _RESERVED_TRAINER
+    bad = set(cfg.get("trainer", {})) - known
+    if bad:
+        raise ExperimentConfigError(f"{p}: 'trainer': unknown or reserved field(s) {sorted(bad)}; known: {sorted(known)}")
+    cfg["_path"] = str(p)
+    return cfg
+
+
+class PeakMemory:
+    """Peak memory of a block: CUDA's max allocated bytes on a GPU; on the CPU the peak resident set
+    above the level at entry, sampled from /proc/self/statm every ``interval`` seconds (Linux)."""
+
+    def __init__(self, device: torch.device, interval: float = 0.005):
+        self.device, self.interval = device, interval
+        self.peak_bytes = 0
+        self.kind = "cuda_max_allocated" if device.type == "cuda" else "cpu_rss_above_start"
+
+    @staticmethod
+    def _rss() -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+        else:
+            self._base = self._rss()
+            self._stop = threading.Event()
+            self._peak = self._base
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(self.interval):
+            self._peak = max(self._peak, self._rss())
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device) - self._base)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self._peak = max(self._peak, self._rss())
+            self.peak_bytes = int(self._peak - self._base)
+        return False
+
+
+class _EpochTimer:
+    """Training time per epoch without the validation pass: from the epoch's start to its last step."""
+
+    def __init__(self):
+        self.train_s: list[float] = []
+
+    def on_fit_start(self, trainer):
+        self._t0 = self._last = time.perf_counter()
+
+    def on_step_end(self, trainer, info):
+        self._last = time.perf_counter()
+
+    def on_epoch_end(self, trainer, row):
+        self.train_s.append(self._last - self._t0)
+        self._t0 = time.perf_counter()
+
+
+def _batches(x, lo, hi):
+    return x.spikes(lo, hi) if hasattr(x, "spikes") else x[lo:hi]
+
+
+def _float_accuracy(model, x, y, batch=256, device=None) -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for lo in range(0, len(y), batch):
+            xb = _batches(x, lo, min(lo + batch, len(y))).to(device)
+            correct += int((model(xb).sum(1).argmax(1).cpu() == y[lo:lo + batch]).sum())
+    return correct / len(y)
+
+
+def deployed_accuracy(model, x, y, batch: int = 250) -> float:
+    """Compile ``model`` (quantize, design rules, mapping) and classify on the bit-accurate simulator."""
+    from snn2hw.backends import sim
+    from snn2hw.compiler import compile_graph
+
+    art = compile_graph(model.to_ir())
+    out = art.graph.outputs[0]
+    correct = 0
+    for lo in range(0, len(y), batch):
+        xb = _batches(x, lo, min(lo + batch, len(y))).numpy().astype(np.int64)
+        res = sim.run(art, xb, count_events=False)
+        correct += int((res.spikes[out].sum(axis=1).argmax(axis=1) == y[lo:lo + batch].numpy()).sum())
+    return correct / len(y)
+
+
+def train_task(task: str, rule: str = "bptt", config: dict | None = None, epochs: int | None = None,
+               seed: int = 0, out: str | os.PathLike = "out/train", device: str | None = None,
+               deploy: bool = True, progress: bool = False) -> dict:
+    """Train, choose on validation, checkpoint, deploy on the simulator; returns (and writes) the results."""
+    from snn2hw.learning import make_rule
+    from snn2hw.models.tasks import build_model, default_rule_options, get_task
+    from snn2hw.train.checkpoint import load_checkpoint, save_checkpoint
+    from snn2hw.train.trainer import Trainer, TrainerConfig
+
+    config = dict(config or {})
+    t = get_task(task)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = t.load(config.get("data"))
+    steps = t.steps(config.get("data"))
+    rule_options = {**default_rule_options(rule, steps), **config.get("rule_options", {})}
+    rule_obj = make_rule(rule, **rule_options)
+    model = build_model(t, config.get("model"), seed)
+    dev = torch.device(device) if device else torch.device("cpu")
+    model.to(dev)
+    tcfg = {**t.trainer_defaults, **config.get("trainer", {})}
+    if epochs is not None:
+        tcfg["epochs"] = int(epochs)
+    cfg = TrainerConfig(**tcfg, seed=seed, rule=rule, rule_options=rule_options, checkpoint_dir=str(out / "ckpt"),
+                        log_dir=str(out / "logs"), save_best="val_accuracy", progress=progress, device=str(dev))
+    timer = _EpochTimer()
+    trainer = Trainer(model, cfg, loss_fn=t.loss_fn, callbacks=[timer], rule=rule_obj)
+    with PeakMemory(dev) as mem:
+        history = trainer.fit(data["train"], data["val"])
+    best = out / "ckpt" / "best.pt"
+    if best.is_file():  # the epoch with the best validation accuracy
+        model = load_checkpoint(best).to(dev)
+    x_val, y_val = _split_xy(data["val"])
+    x_te, y_te = _split_xy(data["test"])
+    results = {
+        "task": task, "rule": rule_obj.describe(), "seed": seed, "epochs": cfg.epochs, "steps": steps,
+        "model": model.config(), "model_spec": config.get("model") or t.model_defaults,
+        "trainer": {k: v for k, v in tcfg.items()},
+        "float_val_accuracy": _float_accuracy(model, x_val, y_val, device=dev),
+        "float_test_accuracy": _float_accuracy(model, x_te, y_te, device=dev),
+        "best_epoch": max(range(len(history)), key=lambda i: history[i].get("val_accuracy", 0.0)) if history else None,
+        "time_per_epoch_s": float(np.mean(timer.train_s)) if timer.train_s else None,
+        "train_samples": len(_split_xy(data["train"])[1]),
+        "peak_memory_mb": mem.peak_bytes / 2**20, "peak_memory_kind": mem.kind,
+        "history": history,
+    }
+    if getattr(rule_obj, "t_ref", 0):  # the rule trained its original neuron: what it scores there
+        results["rule_neuron_test_accuracy"] = _rule_accuracy(rule_obj, model, x_te, y_te, dev)
+    ckpt = out / "model.ckpt"
+    save_checkpoint(model.cpu(), ckpt, extra={"task": task, "rule": rule, "steps": steps, "seed": seed})
+    if deploy:
+        t0 = time.perf_counter()
+        results["deployed_test_accuracy"] = deployed_accuracy(model.cpu(), x_te, y_te)
+        results["deploy_time_s"] = time.perf_counter() - t0
+    results["checkpoint"] = str(ckpt)
+    results["environment"] = {"torch": torch.__version__, "python": platform.python_version(),
+                              "device": str(dev), "threads": torch.get_num_threads(),
+                              "loadavg": list(os.getloadavg()), "argv": sys.argv}
+    atomic_write_bytes(out / "results.json", lambda f: f.write(json.dumps(results, indent=2, default=str).encode()))
+    return results
+
+
+def _split_xy(d):
+    if isinstance(d, tuple):
+        return d
+    return d, d.y
+
+
+def _rule_accuracy(rule, model, x, y, device, batch=256) -> float:
+    correct = 0
+    for lo in range(0, len(y), batch):
+        xb = _batches(x, lo, min(lo + batch, len(y))).to(device)
+        correct += int((rule.predict(model, xb).cpu() == y[lo:lo + batch]).sum())
+    return correct / len(y)
+

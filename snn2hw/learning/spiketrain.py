@@ -1,0 +1,369 @@
+"""The spike-train level backward pass shared by HM2-BP and ST-RSBP.
+
+One batch: run the network forward without autograd and keep every layer's input and output spike
+trains; compute the spike-count loss at the output; then, layer by layer from the top, turn the error
+on the layer's firing counts ``g = dE/do`` into
+
+* per-neuron coefficients ``c_w`` (what multiplies ``e_ij`` in ``dE/dw_ij``) and ``c_back`` (what
+  multiplies ``w_ij e_ij / o_j`` in the error handed to the layer below) -- the only part where the two
+  rules differ (``coefficients``);
+* the weight gradient ``sum_b c_w[b, i] e_bij`` and the input error
+  ``dE/do_j = sum_i c_back[b, i] w_ij e_bij / o_j``, both as one product through the layer's own hop
+  (``snn2hw.learning.spsp``): S-PSPs are never materialised for feed-forward synapses.
+
+Silent neurons (``o = 0``) would stop all learning through them: a silent neuron that receives an
+error is given evenly spaced virtual spikes for its S-PSP kernel (HM2-BP gives a silent output its
+target count, 35; hidden neurons get ``hidden_virtual_spikes``), and the per-spike S-PSP ``e_ij / o_j`` of a
+silent pre-synaptic neuron is the S-PSP one spike at a uniformly random step would add.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from snn2hw.learning.base import BatchResult, LearningRule, LearningRuleError
+from snn2hw.learning.spsp import (NeuronSpec, dense_spsp, evenly_spaced_spikes, hop_current_chunk, layer_current,
+                                  lif_sequence, lif_sequence_chunked, neuron_spec, reset_mask, spsp_adjoint,
+                                  spsp_per_pre_spike)
+from snn2hw.nn import functional as F
+from snn2hw.nn.conv import ConvLIF, Dropout, Flatten, LeakyReadout, SumPoolLIF, _flat
+from snn2hw.nn.layers import LIFDense, RecurrentLIFDense, hop_delay
+from snn2hw.nn.recurrent import recurrent_cuba_lif_sequence
+
+__all__ = ["SpikeTrainRule", "LayerTrace", "PostStats"]
+
+_HOP_LAYERS = (LIFDense, ConvLIF, SumPoolLIF)  # RecurrentLIFDense is a LIFDense
+
+
+@dataclass
+class LayerTrace:
+    """One population layer's forward record."""
+
+    layer: nn.Module
+    s_in: torch.Tensor  # (B, T, N_in) input spikes
+    a_ff: torch.Tensor | None  # (B, T, N) hop-delayed feed-forward current (None: low-memory trace)
+    s_out: torch.Tensor  # (B, T, N) output spikes
+    spec: NeuronSpec
+    rec_weight: torch.Tensor | None  # effective recurrent weights V (N, N), or None
+
+
+@dataclass
+class PostStats:
+    """Per-sample reductions over time of one layer's S-PSP kernel: all the rules' coefficients need."""
+
+    counts: torch.Tensor  # (B, N) post counts, virtual spikes included
+    counts_in: torch.Tensor  # (B, N_in) pre-synaptic counts
+    counts_rec: torch.Tensor | None  # (B, N) real counts of the layer (the recurrent pre-synaptic neurons)
+    random_spike: torch.Tensor  # (B, N) S-PSP one pre spike at a uniformly random step adds
+    e_rec: torch.Tensor | None  # (B, N, N) recurrent S-PSPs
+    tpsp: torch.Tensor | None  # (B, N) T-PSP a_i (only for rules with ``needs_tpsp``)
+
+
+def _layers(model: nn.Module) -> list:
+    layers = getattr(model, "layers", None)
+    if layers is None:
+        raise LearningRuleError(f"spike-train rules train SpikingSequential models, got {type(model).__name__}")
+    for i, layer in enumerate(layers):
+        if isinstance(layer, LeakyReadout):
+            raise LearningRuleError(f"layer {i} ({type(layer).__name__}): spike-train rules need a spiking output "
+                                    "(their loss is on spike counts); use LIFDense")
+        if not isinstance(layer, _HOP_LAYERS + (Flatten, Dropout)):
+            raise LearningRuleError(f"layer {i}: {type(layer).__name__} is not supported by spike-train rules")
+        if getattr(layer, "qat", None) is not None:
+            raise LearningRuleError(f"layer {i}: quantization-aware mode is on; spike-train rules train the float "
+                                    "network (fine-tune QAT with 'bptt')")
+    return list(layers)
+
+
+class SpikeTrainRule(LearningRule):
+    """Base of HM2-BP and ST-RSBP (see the module docstring); subclasses implement ``coefficients``.
+
+    Options: ``target_true``/``target_false`` (output target counts), ``margin`` (errors within it are
+    ignored), ``t_ref`` (refractory steps of the neuron the rule simulates: 0 is the deployable Loihi
+    neuron, 2 the rules' original one), ``hidden_virtual_spikes`` (virtual spikes of silent hidden
+    neurons that receive an error; 0: none).
+    """
+
+    needs_tpsp = False
+
+    def __init__(self, target_true: float = 35.0, target_false: float = 5.0, margin: float = 5.0, t_ref: int = 0,
+                 hidden_virtual_spikes: int = 1, low_memory: bool = False, chunk: int = 32):
+        if int(chunk) < 1:
+            raise LearningRuleError(f"{self.name}: chunk must be >= 1")
+        self.low_memory, self.chunk = bool(low_memory), int(chunk)
+        if not margin >= 0 or not target_true >= 0 or not target_false >= 0:
+            raise LearningRuleError(f"{self.name}: targets and margin must be >= 0")
+        if int(t_ref) != t_ref or t_ref < 0 or int(hidden_virtual_spikes) < 0:
+            raise LearningRuleError(f"{self.name}: t_ref and hidden_virtual_spikes must be integers >= 0")
+        self.target_true, self.target_false, self.margin = float(target_true), float(target_false), float(margin)
+        self.t_ref = int(t_ref)
+        self.hidden_virtual_spikes = int(hidden_virtual_spikes)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "target_true": self.target_true, "target_false": self.target_false,
+                "margin": self.margin, "t_ref": self.t_ref, "hidden_virtual_spikes": self.hidden_virtual_spikes,
+                "low_memory": self.low_memory, "chunk": self.chunk}
+
+    # -- forward -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def forward(self, model: nn.Module, x: torch.Tensor) -> tuple[list, torch.Tensor]:
+        """(per-layer records, output spikes) of the neuron this rule trains (``t_ref`` included)."""
+        s = x
+        records: list = []
+        for layer in _layers(model):
+            if isinstance(layer, Flatten):
+                s = _flat(s)
+                records.append(None)
+                continue
+            if isinstance(layer, Dropout):
+                s = layer(s)
+                records.append(None)
+                continue
+            s = _flat(s) if not isinstance(layer, LIFDense) else s
+            spec = neuron_spec(layer, x, self.t_ref)
+            rec = layer.effective_rec_weight().detach() if isinstance(layer, RecurrentLIFDense) else None
+            if self.low_memory and isinstance(layer, LIFDense):  # one byte per spike, currents chunk by chunk
+                s_in = s
+                s = lif_sequence_chunked(lambda t0, t1: hop_current_chunk(layer, s_in, t0, t1, x.dtype), s.shape[0],
+                                         s.shape[1], layer.out_features, spec, rec, self.chunk, x, torch.bool)
+                records.append(LayerTrace(layer, s_in, None, s, spec, rec))
+                continue
+            s = s.to(x.dtype)
+            a_ff = hop_delay(layer_current(layer, s))
+            if self.t_ref:
+                s_out = lif_sequence(a_ff, spec, rec)
+            else:  # the layers' own float operators: exactly what the trained network computes
+                bias = spec.bias if spec.bias is not None else a_ff.new_zeros(())
+                if rec is None:
+                    s_out = F.cuba_lif_sequence(a_ff, spec.alpha, spec.beta, spec.v_th, bias)
+                else:
+                    s_out = recurrent_cuba_lif_sequence(a_ff, rec, spec.alpha, spec.beta, spec.v_th, bias)
+            records.append(LayerTrace(layer, s, a_ff, s_out, spec, rec))
+            s = s_out
+        return records, s
+
+    def predict(self, model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Class predictions (most active output) of the neuron this rule simulates."""
+        return torch.cat([self.forward(model, x[i:i + batch_size])[1].to(x.dtype).sum(1).argmax(1)
+                          for i in range(0, len(x), batch_size)])
+
+    # -- loss ----------------------------------------------------------------------------------------------
+    def targets(self, counts: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        t = torch.full_like(counts, self.target_false)
+        t.scatter_(1, y.long().view(-1, 1), self.target_true)
+        return t
+
+    def count_error(self, counts: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-neuron error ``o - y`` outside the margin, per-sample loss ``1/2 sum err^2``)."""
+        err = counts - self.targets(counts, y)
+        err = err * (err.abs() > self.margin)
+        return err, 0.5 * err.square().sum(1)
+
+    # -- backward ------------------------------------------------------------------------------------------
+    def coefficients(self, trace: LayerTrace, g: torch.Tensor, stats: PostStats) -> tuple[torch.Tensor, torch.Tensor]:
+        """(c_w, c_back), each (B, N), from the count error ``g`` (B, N) of the layer's neurons."""
+        raise NotImplementedError
+
+    def trains_recurrent(self) -> bool:
+        return False
+
+    def compute_gradients(self, model, x, y, loss_fn, forward_kwargs, scale=1.0) -> BatchResult:
+        records, out = self.forward(model, x)
+        out = out.to(x.dtype)
+        counts = out.sum(1)
+        err, per_sample = self.count_error(counts, y)
+        g = err * (scale / x.shape[0])  # dE/do of the batch-mean loss
+        pops = [k for k, r in enumerate(records) if r is not None]
+        targets = self.targets(counts, y)
+        for k in reversed(pops):
+            need_input = k != pops[0]
+            backward = self.layer_backward if records[k].a_ff is not None else self.layer_backward_chunked
+            g = backward(records[k], g, targets if k == pops[-1] else None, need_input)
+        return BatchResult(per_sample.mean().detach(), out)
+
+    def layer_backward(self, tr: LayerTrace, g: torch.Tensor, targets: torch.Tensor | None,
+                       need_input: bool) -> torch.Tensor | None:
+        """Accumulate the layer's gradients from its count error ``g``; return the error of its inputs."""
+        layer, spec = tr.layer, tr.spec
+        s_post = tr.s_out
+        counts = s_post.sum(1)
+        silent = (counts == 0) & (g != 0)
+        if bool(silent.any()):
+            k = targets if targets is not None else torch.full_like(counts, float(self.hidden_virtual_spikes))
+            virtual = evenly_spaced_spikes(s_post.shape[1], torch.where(silent, k, torch.zeros_like(k)), spec.t_ref)
+            s_post = s_post + virtual.to(s_post.dtype)
+            counts = s_post.sum(1)
+        lam_u, lam_p = spsp_adjoint(s_post, spec.alpha, spec.beta, spec.t_ref)
+        e_rec = dense_spsp(lam_u, tr.s_out) if tr.rec_weight is not None else None
+        tpsp = None
+        if self.needs_tpsp:
+            a_total = tr.a_ff if tr.rec_weight is None else tr.a_ff + hop_delay(tr.s_out @ tr.rec_weight.t())
+            tpsp = (lam_u * a_total).sum(1)
+        stats = PostStats(counts, tr.s_in.sum(1), tr.s_out.sum(1) if tr.rec_weight is not None else None,
+                          spsp_per_pre_spike(lam_u), e_rec, tpsp)
+        c_w, c_back = self.coefficients(tr, g, stats)
+
+        weight = layer.weight if isinstance(layer.weight, nn.Parameter) and layer.weight.requires_grad else None
+        gw, gs = self.hop_products(tr, c_w.unsqueeze(1) * lam_u if weight is not None else None,
+                                   c_back.unsqueeze(1) * lam_u if need_input else None)
+        if weight is not None:
+            _accumulate(weight, gw)
+        result = None
+        if need_input:
+            o_in = tr.s_in.sum(1)
+            per_spike = (gs * tr.s_in).sum(1) / o_in.clamp(min=1)
+            result = torch.where(o_in > 0, per_spike, gs.sum(1) / gs.shape[1])
+        bias = getattr(layer, "bias", None)
+        if isinstance(bias, nn.Parameter) and bias.requires_grad:
+            gb = (c_w * lam_p.sum(1)).sum(0)
+            _accumulate(bias, gb.reshape(bias.numel(), -1).sum(1).reshape(bias.shape))
+        if tr.rec_weight is not None and self.trains_recurrent() and layer.rec_weight.requires_grad:
+            n = lam_u.shape[2]
+            gv = ((c_w.unsqueeze(1) * lam_u)[:, 1:].reshape(-1, n).t() @ tr.s_out[:, :-1].reshape(-1, n))
+            gv = gv * layer.rec_weight_scale
+            if layer.rec_mask is not None:
+                gv = gv * layer.rec_mask
+            _accumulate(layer.rec_weight, gv)
+        return result
+
+    @staticmethod
+    def hop_products(tr: LayerTrace, g_w: torch.Tensor | None, g_in: torch.Tensor | None):
+        """Back through the hop ``a = delay(current(s_in, W))`` with output gradients ``g_w`` (for W) and
+        ``g_in`` (for s_in): ``sum_{b,t} g_w[b,t,i] da[b,t,i]/dW`` and ``sum_i g_in[b,t,i] da[b,t,i]/ds_in[b,g,j]``.
+        Dense layers: two GEMMs over (batch x time); conv and pool layers: their convolution's autograd."""
+        layer, s_in = tr.layer, tr.s_in
+        if isinstance(layer, LIFDense):
+            n_in = s_in.shape[2]
+            gw = gs = None
+            if g_w is not None:
+                n = g_w.shape[2]
+                gw = g_w[:, 1:].reshape(-1, n).t() @ s_in[:, :-1].reshape(-1, n_in)
+            if g_in is not None:
+                gs = s_in.new_zeros(s_in.shape)
+                gs[:, :-1] = g_in[:, 1:] @ layer.weight.detach()
+            return gw, gs
+        w_leaf = layer._hop_weight().detach().requires_grad_(g_w is not None)
+        x = s_in.detach().requires_grad_(g_in is not None)
+        with torch.enable_grad():
+            a = hop_delay(layer_current(layer, x, w_leaf))
+            gw = torch.autograd.grad(a, w_leaf, g_w, retain_graph=g_in is not None)[0] if g_w is not None else None
+            gs = torch.autograd.grad(a, x, g_in)[0] if g_in is not None else None
+        return gw, gs
+
+    @staticmethod
+    def per_spike_ratio(e: torch.Tensor, counts_pre: torch.Tensor, random_spike: torch.Tensor) -> torch.Tensor:
+        """``e_ij / o_j`` (B, N_post, N_pre); a silent pre neuron's is the S-PSP of one spike at a random step
+        (``random_spike``, (B, N_post))."""
+        o = counts_pre.unsqueeze(1)
+        return torch.where(o > 0, e / o.clamp(min=1), random_spike.unsqueeze(2))
+
+    # -- the low-memory backward: spike trains kept as bool, everything else chunk by chunk ----------------
+    def _scan_chunks(self, post: torch.Tensor, spec: NeuronSpec, dtype: torch.dtype):
+        """The reverse-time recursion of ``spsp_adjoint`` over ``chunk``-step blocks, last block first:
+        yields (t0, t1, lam_u[t0:t1], lam_p[t0:t1])."""
+        batch, steps, n = post.shape
+        lp = torch.zeros(batch, n, dtype=dtype, device=post.device)
+        lu = torch.zeros_like(lp)
+        for t1 in range(steps, 0, -self.chunk):
+            t0 = max(t1 - self.chunk, 0)
+            lo = max(t0 - spec.t_ref, 0)
+            window = post[:, lo:t1].to(dtype)
+            keep_beta = (1.0 - reset_mask(window, spec.t_ref)[:, t0 - lo:]) * spec.beta
+            sp = window[:, t0 - lo:]
+            lam_u = torch.empty_like(sp)
+            lam_p = torch.empty_like(sp)
+            for t in range(t1 - t0 - 1, -1, -1):
+                lp = sp[:, t] + keep_beta[:, t] * lp
+                lu = lp + spec.alpha * lu
+                lam_p[:, t] = lp
+                lam_u[:, t] = lu
+            yield t0, t1, lam_u, lam_p
+
+    def layer_backward_chunked(self, tr: LayerTrace, g: torch.Tensor, targets: torch.Tensor | None,
+                               need_input: bool) -> torch.Tensor | None:
+        """``layer_backward`` for a dense or recurrent layer whose trace holds bool spikes and no currents: two
+        reverse passes over time in chunks (reductions for the coefficients, then the products), so the
+        float temporaries are (B, chunk, N) and the stored trains one byte per neuron and step."""
+        layer, spec, dtype = tr.layer, tr.spec, g.dtype
+        batch, steps, n = tr.s_out.shape
+        post = tr.s_out
+        counts = post.sum(1).to(dtype)
+        silent = (counts == 0) & (g != 0)
+        if bool(silent.any()):
+            k = targets if targets is not None else torch.full_like(counts, float(self.hidden_virtual_spikes))
+            post = post | evenly_spaced_spikes(steps, torch.where(silent, k, torch.zeros_like(k)), spec.t_ref,
+                                               dtype=torch.bool)
+            counts = post.sum(1).to(dtype)
+        rec = tr.rec_weight
+        w = layer.weight.detach()
+
+        def inputs(t0, t1):  # (pre steps paired with lam[t0':t1]) as float, and the offset t0' - t0
+            first = 1 if t0 == 0 else 0
+            return tr.s_in[:, t0 + first - 1:t1 - 1].to(dtype), first
+
+        def rec_inputs(t0, t1):
+            first = 1 if t0 == 0 else 0
+            return tr.s_out[:, t0 + first - 1:t1 - 1].to(dtype), first
+
+        # pass 1: per-sample reductions
+        lam_u_sum = torch.zeros(batch, n, dtype=dtype, device=g.device)
+        lam_p_sum = torch.zeros_like(lam_u_sum)
+        e_rec = torch.zeros(batch, n, n, dtype=dtype, device=g.device) if rec is not None else None
+        tpsp = torch.zeros_like(lam_u_sum) if self.needs_tpsp else None
+        for t0, t1, lam_u, lam_p in self._scan_chunks(post, spec, dtype):
+            first = 1 if t0 == 0 else 0
+            lam_u_sum += lam_u[:, first:].sum(1)
+            lam_p_sum += lam_p.sum(1)
+            if rec is not None:
+                s_prev, f = rec_inputs(t0, t1)
+                e_rec += lam_u[:, f:].transpose(1, 2) @ s_prev
+            if tpsp is not None:
+                a = hop_current_chunk(layer, tr.s_in, t0, t1, dtype)
+                if rec is not None:
+                    a = a + torch.nn.functional.pad(rec_inputs(t0, t1)[0] @ rec.t(), (0, 0, first, 0))
+                tpsp += (lam_u * a).sum(1)
+        stats = PostStats(counts, tr.s_in.sum(1).to(dtype), tr.s_out.sum(1).to(dtype) if rec is not None else None,
+                          lam_u_sum / steps, e_rec, tpsp)
+        c_w, c_back = self.coefficients(tr, g, stats)
+
+        # pass 2: weight gradients and the input error
+        weight = layer.weight if layer.weight.requires_grad else None
+        train_rec = rec is not None and self.trains_recurrent() and layer.rec_weight.requires_grad
+        gw = torch.zeros_like(w) if weight is not None else None
+        gv = torch.zeros(n, n, dtype=dtype, device=g.device) if train_rec else None
+        n_in = tr.s_in.shape[2]
+        per_spike = torch.zeros(batch, n_in, dtype=dtype, device=g.device) if need_input else None
+        total = torch.zeros_like(per_spike) if need_input else None
+        for t0, t1, lam_u, _ in self._scan_chunks(post, spec, dtype):
+            s_prev, f = inputs(t0, t1)
+            if gw is not None:
+                gw += (c_w.unsqueeze(1) * lam_u[:, f:]).reshape(-1, n).t() @ s_prev.reshape(-1, n_in)
+            if need_input:
+                gs = (c_back.unsqueeze(1) * lam_u[:, f:]) @ w
+                per_spike += (gs * s_prev).sum(1)
+                total += gs.sum(1)
+            if gv is not None:
+                r_prev, f = rec_inputs(t0, t1)
+                gv += (c_w.unsqueeze(1) * lam_u[:, f:]).reshape(-1, n).t() @ r_prev.reshape(-1, n)
+        if weight is not None:
+            _accumulate(weight, gw)
+        bias = getattr(layer, "bias", None)
+        if isinstance(bias, nn.Parameter) and bias.requires_grad:
+            _accumulate(bias, (c_w * lam_p_sum).sum(0))
+        if gv is not None:
+            gv = gv * layer.rec_weight_scale
+            _accumulate(layer.rec_weight, gv * layer.rec_mask if layer.rec_mask is not None else gv)
+        if not need_input:
+            return None
+        o_in = stats.counts_in
+        return torch.where(o_in > 0, per_spike / o_in.clamp(min=1), total / steps)
+
+
+def _accumulate(param: torch.Tensor, grad: torch.Tensor) -> None:
+    grad = grad.to(param.dtype).reshape(param.shape)
+    if param.grad is None:
+        param.grad = grad.clone()
+    else:
+        param.grad.add_(grad)

@@ -1,0 +1,235 @@
+"""Spike-train level post-synaptic potentials (S-PSPs): the shared machinery of HM2-BP and ST-RSBP.
+
+Neuron. Both rules train snn2hw's CUBA-LIF (``snn2hw.nn.functional``), optionally with a refractory
+period of ``t_ref`` steps (the rules' original neuron; Loihi 2 has none, ``t_ref = 0``)::
+
+    u[t] = alpha u[t-1] + a[t]           a[t] = W s_in[t-1] (+ V s[t-1])   (the one-step hop)
+    v[t] = beta v[t-1] + u[t] + bias
+    v[t] = 0                             while refractory (t_ref steps after a spike)
+    s[t] = v[t] > v_th, then v[t] = 0    (u is not reset)
+
+The HM2-BP/ST-RSBP neuron (tau_m, tau_s, T_REF = 2) is this one with ``du = 1/tau_s``,
+``dv = 1/tau_m``, ``t_ref = 2`` and its weights divided by tau_s (its ``v += c/tau_s``).
+
+S-PSP. Between two firings a neuron's membrane is a linear function of its input spikes, because
+``v`` restarts from 0 at every reset ("cut": the spike step and the refractory steps after it) while
+``u`` carries on. The S-PSP ``e_ij`` is the summed contribution of pre-synaptic neuron j's spikes to
+post-synaptic neuron i's pre-reset membrane at each of i's spikes, per unit weight::
+
+    e_ij = sum_{f: s_i[t_f] = 1} sum_g s_j[g] K_i(t_f, g)
+    K_i(t, g) = sum_{k = max(r + 1, g + 1)}^{t} beta^(t-k) alpha^(k-g-1),    r = i's last cut before t
+
+so ``sum_j w_ij e_ij + (bias part) = sum_f v_i[t_f]`` exactly (the T-PSP). For each post neuron the
+kernel ``M_i[g] = sum_f K_i(t_f, g)`` is the reverse-time recursion (the adjoint of the neuron with its
+resets held fixed)::
+
+    lam_p[t] = s[t] + (1 - cut[t]) beta lam_p[t+1]      lam_u[t] = lam_p[t] + alpha lam_u[t+1]
+
+and ``M_i[g] = lam_u[g+1, i]``. A layer's S-PSPs are then one batched product over time,
+``e = lam_u[:, 1:]^T @ s_in[:, :-1]`` ((B, N_out, T) x (B, T, N_in)), and every quantity the rules need
+(weight gradients ``sum_b c_bi e_bij``, errors ``sum_i c_bi w_ij e_bij``) is a GEMM through the layer's own
+hop (dense or conv) without ever forming e: ``rule_products`` below. The reverse scan is O(T N) per
+sample, negligible next to the products.
+"""
+from __future__ import annotations
+
+
+import torch
+from torch import nn
+
+from snn2hw.nn.layers import LIFDense
+from snn2hw.nn.neuron import float_neuron_args
+
+__all__ = [
+    "NeuronSpec", "neuron_spec", "lif_sequence", "reset_mask", "spsp_adjoint", "dense_spsp", "evenly_spaced_spikes",
+    "layer_current", "spsp_per_pre_spike", "mc_spsp_per_pre_spike",
+]
+
+
+class NeuronSpec:
+    """A layer's neuron as the rules see it: per-neuron (or scalar) alpha, beta, v_th, bias and ``t_ref``."""
+
+    def __init__(self, alpha, beta, v_th, bias, t_ref: int):
+        self.alpha, self.beta, self.v_th, self.bias, self.t_ref = alpha, beta, v_th, bias, int(t_ref)
+
+
+def neuron_spec(layer: nn.Module, like: torch.Tensor, t_ref: int = 0) -> NeuronSpec:
+    """The float neuron parameters of a dense, recurrent or conv layer, detached."""
+    alpha, beta, v_th = (p.detach() for p in float_neuron_args(layer, like))
+    bias = layer.neuron_bias() if hasattr(layer, "neuron_bias") else layer.bias
+    bias = None if bias is None else bias.detach().to(like.dtype)
+    return NeuronSpec(alpha, beta, v_th, bias, t_ref)
+
+
+def layer_current(layer: nn.Module, s: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The synaptic input ``W s`` of a layer's feed-forward hop for every step, (B, T, N), without the
+    hop delay (dense: ``s @ W^T``; conv and pool: the layer's own convolution). Differentiable in ``s``
+    and ``weight``."""
+    if isinstance(layer, LIFDense):
+        return s @ (layer.weight if weight is None else weight).t()
+    if hasattr(layer, "_current") and hasattr(layer, "_hop_weight"):
+        return layer._current(s, layer._hop_weight() if weight is None else weight)
+    raise TypeError(f"{type(layer).__name__} has no feed-forward hop")
+
+
+def lif_sequence(a_ff: torch.Tensor, spec: NeuronSpec, rec_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Spikes (B, T, N) of the neuron above for input currents ``a_ff`` (already hop-delayed), with an
+    optional recurrent projection ``rec_weight`` (N, N, from column to row) and refractory period.
+    With ``t_ref = 0`` it evaluates exactly the operations of ``snn2hw.nn.functional`` in the same order,
+    so its spikes equal the layers' own forward bit for bit."""
+    batch, steps, n = a_ff.shape
+    return lif_sequence_chunked(lambda t0, t1: a_ff[:, t0:t1], batch, steps, n, spec, rec_weight, steps,
+                                a_ff, a_ff.dtype)
+
+
+def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSpec,
+                         rec_weight: torch.Tensor | None, chunk: int, like: torch.Tensor,
+                         out_dtype: torch.dtype) -> torch.Tensor:
+    """``lif_sequence`` with the input current made ``chunk`` steps at a time by ``current(t0, t1)`` (hop-delayed,
+    (B, t1 - t0, N)), so that no (B, T, N) float tensor exists; spikes are returned in ``out_dtype``
+    (``torch.bool`` keeps a layer's trains in one byte per neuron and step)."""
+    u = like.new_zeros(batch, n)
+    v = like.new_zeros(batch, n)
+    s = like.new_zeros(batch, n)
+    ref = like.new_zeros(batch, n)
+    out = torch.empty(batch, steps, n, dtype=out_dtype, device=like.device)
+    w_t = None if rec_weight is None else rec_weight.t()
+    for t0 in range(0, steps, chunk):
+        t1 = min(t0 + chunk, steps)
+        a_chunk = current(t0, t1)
+        for t in range(t0, t1):
+            a_t = a_chunk[:, t - t0]
+            a = a_t if (w_t is None or t == 0) else a_t + s @ w_t
+            u = u * spec.alpha + a
+            v = v * spec.beta + u
+            if spec.bias is not None:
+                v = v + spec.bias
+            if spec.t_ref:
+                refractory = ref > 0
+                v = v.masked_fill(refractory, 0.0)
+                ref = (ref - 1).clamp_(min=0)
+                s = ((v > spec.v_th) & ~refractory).to(like.dtype)
+                ref = torch.where(s > 0, torch.full_like(ref, float(spec.t_ref)), ref)
+            else:
+                s = (v > spec.v_th).to(like.dtype)
+            v = v - v * s
+            out[:, t] = s
+    return out
+
+
+def hop_current_chunk(layer: nn.Module, s_in: torch.Tensor, t0: int, t1: int, dtype: torch.dtype) -> torch.Tensor:
+    """The hop-delayed feed-forward current of steps [t0, t1): the layer's current of input steps
+    [t0 - 1, t1 - 1), zero at step 0."""
+    lo = max(t0 - 1, 0)
+    a = layer_current(layer, s_in[:, lo:t1 - 1].to(dtype))
+    if t0 == 0:
+        a = torch.nn.functional.pad(a, (0, 0, 1, 0))
+    return a
+
+
+def reset_mask(spikes: torch.Tensor, t_ref: int = 0) -> torch.Tensor:
+    """1 where v restarts from 0 after the step: a spike step and the ``t_ref`` steps after it."""
+    cut = spikes.clone()
+    for k in range(1, int(t_ref) + 1):
+        cut[:, k:] = torch.maximum(cut[:, k:], spikes[:, :-k])
+    return cut
+
+
+def spsp_adjoint(spikes: torch.Tensor, alpha, beta, t_ref: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lam_u, lam_p), each (B, T, N): ``lam_u[b, t, i]`` is the S-PSP kernel of post neuron i for a current
+    entering at step t (``M_i[g] = lam_u[g+1]`` for a pre spike at g); ``lam_p`` the same for a current
+    entering v directly (the bias). ``spikes`` are the post-synaptic trains (real or virtual)."""
+    batch, steps, n = spikes.shape
+    keep_beta = (1.0 - reset_mask(spikes, t_ref)) * beta
+    lam_u = torch.empty_like(spikes)
+    lam_p = torch.empty_like(spikes)
+    lp = spikes.new_zeros(batch, n)
+    lu = spikes.new_zeros(batch, n)
+    for t in range(steps - 1, -1, -1):
+        lp = spikes[:, t] + keep_beta[:, t] * lp
+        lu = lp + alpha * lu
+        lam_p[:, t] = lp
+        lam_u[:, t] = lu
+    return lam_u, lam_p
+
+
+def dense_spsp(lam_u: torch.Tensor, s_pre: torch.Tensor) -> torch.Tensor:
+    """S-PSPs (B, N_post, N_pre) of a one-step-delay dense projection: ``e = lam_u[:, 1:]^T @ s_pre[:, :-1]``."""
+    return lam_u[:, 1:].transpose(1, 2) @ s_pre[:, :-1]
+
+
+def evenly_spaced_spikes(steps: int, counts: torch.Tensor, t_ref: int = 0,
+                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(B, T, N) trains with ``counts[b, i]`` evenly spaced spikes, the last at step T-1 (HM2-BP's artificial
+    spikes for silent neurons); counts are capped at what the refractory period allows."""
+    cap = steps // (1 + int(t_ref))
+    k = counts.round().clamp(0, cap).to(torch.long)  # (B, N)
+    out = torch.zeros(*counts.shape[:-1], steps, counts.shape[-1], dtype=dtype, device=counts.device)
+    kmax = int(k.max()) if k.numel() else 0
+    for m in range(kmax):
+        active = k > m
+        pos = ((m + 1) * steps) // k.clamp(min=1) - 1  # (B, N)
+        b, i = active.nonzero(as_tuple=True)
+        out[b, pos[b, i], i] = 1
+    return out
+
+
+# --- the mean S-PSP of random trains (ST-RSBP's fitted d e / d o_post) ----------------------------------
+def spsp_per_pre_spike(lam_u: torch.Tensor) -> torch.Tensor:
+    """Mean over the pre-spike time g of ``M[g] = lam_u[g+1]``: the S-PSP one pre spike at a uniformly random
+    step adds, (B, N)."""
+    steps = lam_u.shape[1]
+    return lam_u[:, 1:].sum(1) / steps
+
+
+def random_trains(samples: int, steps: int, count: int, t_ref: int, generator: torch.Generator) -> torch.Tensor:
+    """(samples, T) binary trains with exactly ``count`` spikes at uniformly random steps, at least
+    ``t_ref + 1`` apart (choose positions among ``T - count t_ref`` slots, then spread them)."""
+    slots = steps - count * t_ref
+    out = torch.zeros(samples, steps)
+    if count <= 0:
+        return out
+    pos = torch.rand(samples, slots, generator=generator).argsort(dim=1)[:, :count].sort(dim=1).values
+    pos = pos + torch.arange(count) * t_ref
+    out.scatter_(1, pos, 1.0)
+    return out
+
+
+def mc_spsp_per_pre_spike(alpha: float, beta: float, steps: int, t_ref: int, counts, samples: int = 512,
+                          seed: int = 0) -> torch.Tensor:
+    """Monte-Carlo mean S-PSP per pre-synaptic spike, ``h(o_post)``, for post trains of each count in ``counts``.
+
+    Pre and post trains are independent with uniformly random spike times; the S-PSP is linear in the
+    pre spikes, so the mean S-PSP of a pair is ``o_pre * h(o_post)`` and ST-RSBP's
+    ``d e_ij / d o_i = o_j h'(o_i)`` needs only this one-dimensional function."""
+    g = torch.Generator().manual_seed(seed)
+    counts = [int(c) for c in counts]
+    trains = torch.stack([random_trains(samples, steps, c, t_ref, g) for c in counts], dim=2).double()
+    lam_u, _ = spsp_adjoint(trains, torch.tensor(alpha, dtype=torch.float64), torch.tensor(beta, dtype=torch.float64),
+                            t_ref)
+    return spsp_per_pre_spike(lam_u).mean(0)
+
+
+def count_grid(steps: int, t_ref: int, points: int = 41) -> list[int]:
+    """Post counts at which the Monte-Carlo table is taken: 0 .. the most the neuron can fire."""
+    top = steps // (1 + t_ref)
+    return sorted({int(round(top * k / (points - 1))) for k in range(points)})
+
+
+def fit_polynomial(counts, h, top: int, degree: int = 6) -> list[float]:
+    """Least-squares polynomial coefficients (highest power first) of ``h`` in ``x = count / top``."""
+    import numpy as np
+
+    x = np.asarray(counts, dtype=np.float64) / max(top, 1)
+    return [float(c) for c in np.polyfit(x, np.asarray(h, dtype=np.float64), min(degree, len(x) - 1))]
+
+
+def polyval_derivative(coeffs, x: torch.Tensor) -> torch.Tensor:
+    """d/dx of the polynomial ``coeffs`` (highest power first) at ``x``."""
+    deg = len(coeffs) - 1
+    out = torch.zeros_like(x)
+    for k, c in enumerate(coeffs[:-1]):
+        out = out * x + c * (deg - k)
+    return out
+
+

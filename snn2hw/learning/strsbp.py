@@ -1,0 +1,136 @@
+"""ST-RSBP: spike-train level recurrent SNN backpropagation (Zhang & Li, NeurIPS 2019), batched.
+
+Rate model of a (possibly recurrent) layer: ``o_i = a_i / nu`` with the total PSP
+``a_i = sum_j w_ij e_ij + sum_p V_ip e_ip`` over feed-forward inputs j and recurrent inputs p (the layer's
+own neurons, one-step hop). Decoupled derivatives of the S-PSPs::
+
+    d e_ij / d o_j ~= e_ij / o_j                 (per-spike S-PSP, from the recorded trains)
+    d e_ij / d o_i ~= o_j h'(o_i)                (fitted: h(o) is the mean S-PSP per pre-synaptic spike
+                                                  for a post train of o random spikes; ``spsp_fit``)
+
+Differentiating the rate model of all N neurons of a layer at once gives the linear system
+``M do = (1/nu) R dw-terms`` with::
+
+    M_ii = 1 - S_i,   S_i = (h'(o_i) / nu) (sum_j w_ij o_j + sum_p V_ip o_p)     (|1 - S_i| >= min_pivot)
+    M_ip = -(V_ip / nu) e_ip / o_p                                              (recurrent layers only)
+
+so with ``g = dE/do`` of the layer's neurons, one N x N solve per sample, ``M^T z = g``
+(``torch.linalg.solve``, batched; no unrolling in time), gives every gradient::
+
+    dE/dw_ij = z_i e_ij / nu         dE/dV_ip = z_i e_ip / nu
+    dE/do_j  = sum_i (z_i / nu) w_ij e_ij / o_j                   (error of the layer below)
+
+This is the paper's ``X = nu d o_rec / d o_in = M^{-1} R``, ``dE/do_in = (g / nu)^T X`` solved from the
+other side (N unknowns instead of N x N_in), and for a feed-forward layer (M diagonal) it is the
+paper's ``dE/dw = delta_i e_ij / (1 - S_i)``.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+
+import torch
+
+from snn2hw.learning.base import LearningRuleError, register_rule
+from snn2hw.learning.spiketrain import LayerTrace, PostStats, SpikeTrainRule
+from snn2hw.learning.spsp import count_grid, fit_polynomial, layer_current, mc_spsp_per_pre_spike, polyval_derivative
+
+__all__ = ["STRSBP", "spsp_fit", "FIT_FILE", "FIT_SAMPLES", "FIT_SEED"]
+
+FIT_FILE = "strsbp_spsp_fit.json"  # in snn2hw/learning/data/, written by scripts/fit_strsbp_spsp.py
+FIT_SAMPLES = 512
+FIT_SEED = 0
+FIT_DEGREE = 6
+
+
+def _key(alpha: float, beta: float, steps: int, t_ref: int) -> tuple:
+    return (round(float(alpha), 6), round(float(beta), 6), int(steps), int(t_ref))
+
+
+@lru_cache(maxsize=1)
+def _stored() -> dict:
+    try:
+        text = resources.files("snn2hw.learning").joinpath("data", FIT_FILE).read_text()
+    except (FileNotFoundError, OSError):
+        return {}
+    data = json.loads(text)
+    return {_key(e["alpha"], e["beta"], e["steps"], e["t_ref"]): e for e in data.get("entries", [])}
+
+
+def make_fit(alpha: float, beta: float, steps: int, t_ref: int) -> dict:
+    """Monte-Carlo table of ``h(o_post)`` on ``count_grid`` and its polynomial fit (what the data file stores)."""
+    counts = count_grid(steps, t_ref)
+    h = mc_spsp_per_pre_spike(alpha, beta, steps, t_ref, counts, samples=FIT_SAMPLES, seed=FIT_SEED).tolist()
+    top = steps // (1 + t_ref)
+    return {"alpha": float(alpha), "beta": float(beta), "steps": int(steps), "t_ref": int(t_ref), "top": top,
+            "counts": counts, "h": h, "coeffs": fit_polynomial(counts, h, top, FIT_DEGREE),
+            "samples": FIT_SAMPLES, "seed": FIT_SEED}
+
+
+@lru_cache(maxsize=64)
+def spsp_fit(alpha: float, beta: float, steps: int, t_ref: int) -> dict:
+    """The fit for a neuron and window: from the stored file when it holds this configuration, else made now
+    by the same (seeded, deterministic) Monte-Carlo run, which takes milliseconds."""
+    key = _key(alpha, beta, steps, t_ref)
+    return _stored().get(key) or make_fit(*key)
+
+
+@register_rule
+class STRSBP(SpikeTrainRule):
+    """ST-RSBP (see the module docstring). Options of ``SpikeTrainRule`` plus ``min_pivot`` (lower bound of
+    ``|1 - S_i|``; the paper's 1e-4 lets a few neurons near the singular point scale their error by up to
+    1e4, so the default is larger) and ``self_term`` (False: S = 0)."""
+
+    name = "strsbp"
+
+    def __init__(self, target_true: float = 35.0, target_false: float = 5.0, margin: float = 5.0, t_ref: int = 0,
+                 hidden_virtual_spikes: int = 1, min_pivot: float = 0.1, self_term: bool = True,
+                 low_memory: bool = False, chunk: int = 32):
+        super().__init__(target_true, target_false, margin, t_ref, hidden_virtual_spikes, low_memory, chunk)
+        if not min_pivot > 0:
+            raise LearningRuleError("strsbp: min_pivot must be > 0")
+        self.min_pivot, self.self_term = float(min_pivot), bool(self_term)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "min_pivot": self.min_pivot, "self_term": self.self_term}
+
+    def trains_recurrent(self) -> bool:
+        return True
+
+    def slope(self, tr: LayerTrace, counts: torch.Tensor) -> torch.Tensor:
+        """``h'(o)`` per neuron, from the fit for this layer's neuron and window."""
+        alpha, beta = tr.spec.alpha, tr.spec.beta
+        if alpha.numel() > 1 or beta.numel() > 1:  # per-neuron decays: the layer's mean neuron
+            alpha, beta = alpha.mean(), beta.mean()
+        fit = spsp_fit(float(alpha), float(beta), tr.s_out.shape[1], tr.spec.t_ref)
+        x = counts / max(fit["top"], 1)
+        return polyval_derivative(fit["coeffs"], x.double()).to(counts.dtype) / max(fit["top"], 1)
+
+    def pivots(self, tr: LayerTrace, stats: PostStats) -> torch.Tensor:
+        """``1 - S_i`` (B, N), kept at least ``min_pivot`` away from 0 (sign preserved)."""
+        counts = stats.counts
+        if not self.self_term:
+            return torch.ones_like(counts)
+        drive = layer_current(tr.layer, stats.counts_in.unsqueeze(1)).squeeze(1).detach()
+        if tr.rec_weight is not None:
+            drive = drive + counts @ tr.rec_weight.t()
+        d = 1.0 - self.slope(tr, counts) * drive / tr.spec.v_th
+        sign = torch.where(d >= 0, torch.ones_like(d), -torch.ones_like(d))
+        return sign * d.abs().clamp(min=self.min_pivot)
+
+    def system(self, tr: LayerTrace, stats: PostStats):
+        """The per-sample matrix M (B, N, N) of the module docstring (diagonal for feed-forward layers)."""
+        m = torch.diag_embed(self.pivots(tr, stats))
+        if tr.rec_weight is not None:
+            m = m - (tr.rec_weight / tr.spec.v_th) * self.per_spike_ratio(stats.e_rec, stats.counts_rec,
+                                                                           stats.random_spike)
+        return m
+
+    def coefficients(self, tr: LayerTrace, g, stats: PostStats):
+        if tr.rec_weight is None:
+            z = g / self.pivots(tr, stats)
+        else:
+            z = torch.linalg.solve(self.system(tr, stats).transpose(1, 2), g.unsqueeze(2)).squeeze(2)
+        c = z / tr.spec.v_th
+        return c, c

@@ -1,0 +1,331 @@
+"""HM2-BP and ST-RSBP: S-PSPs against per-synapse re-simulation, the recurrent solve against explicit
+inversion, whole weight updates against per-sample references of the equations, and learning."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from snn2hw.learning import LearningRuleError, available_rules, make_rule
+from snn2hw.learning.spiketrain import PostStats
+from snn2hw.learning.spsp import (NeuronSpec, dense_spsp, evenly_spaced_spikes, lif_sequence, mc_spsp_per_pre_spike,
+                                  reset_mask, spsp_adjoint, spsp_per_pre_spike)
+from snn2hw.learning.strsbp import make_fit, spsp_fit
+from snn2hw.nn.conv import ConvLIF, Flatten
+from snn2hw.nn.layers import LIFDense, RecurrentLIFDense, SpikingSequential, hop_delay
+from snn2hw.train.trainer import Trainer, TrainerConfig
+
+D = torch.float64
+
+
+def _spec(alpha=0.8, beta=0.9, v_th=1.0, t_ref=0):
+    return NeuronSpec(torch.tensor(alpha, dtype=D), torch.tensor(beta, dtype=D), torch.tensor(v_th, dtype=D), None,
+                      t_ref)
+
+
+def _slow_spsp(s_in, s_out, alpha, beta, t_ref):
+    """Per synapse: a synaptic trace p and membrane trace q driven by the pre train alone (one-step hop),
+    q restarts at every reset of the post neuron; e adds q at each post spike."""
+    batch, steps, n_in = s_in.shape
+    n_out = s_out.shape[2]
+    cut = reset_mask(s_out, t_ref)
+    e = torch.zeros(batch, n_out, n_in, dtype=D)
+    for b in range(batch):
+        for i in range(n_out):
+            for j in range(n_in):
+                p = q = 0.0
+                for t in range(steps):
+                    p = alpha * p + (float(s_in[b, t - 1, j]) if t >= 1 else 0.0)
+                    q = beta * q + p
+                    if s_out[b, t, i]:
+                        e[b, i, j] += q
+                    if cut[b, t, i]:
+                        q = 0.0
+    return e
+
+
+@pytest.mark.parametrize("t_ref", [0, 2])
+def test_spsp_equals_per_synapse_resimulation_and_tpsp(t_ref):
+    g = torch.Generator().manual_seed(t_ref)
+    s_in = (torch.rand(3, 40, 5, generator=g) < 0.3).to(D)
+    w = torch.randn(4, 5, generator=g, dtype=D)
+    spec = _spec(t_ref=t_ref)
+    a = hop_delay(s_in @ w.t())
+    s_out = lif_sequence(a, spec)
+    assert s_out.sum() > 10
+    lam_u, _ = spsp_adjoint(s_out, spec.alpha, spec.beta, t_ref)
+    e = dense_spsp(lam_u, s_in)
+    torch.testing.assert_close(e, _slow_spsp(s_in, s_out, 0.8, 0.9, t_ref), rtol=1e-12, atol=1e-12)
+    # T-PSP: sum_j w_ij e_ij is exactly the sum of the membrane values at the post spikes
+    v_at_spikes = torch.zeros(3, 4, dtype=D)
+    u = v = torch.zeros(3, 4, dtype=D)
+    cut = reset_mask(s_out, t_ref)
+    for t in range(40):
+        u = 0.8 * u + a[:, t]
+        v = 0.9 * v + u
+        v_at_spikes += v * s_out[:, t]
+        v = v * (1 - cut[:, t])
+    torch.testing.assert_close((w * e).sum(2), v_at_spikes, rtol=1e-12, atol=1e-12)
+    if t_ref:  # no spike within t_ref steps of another
+        s = s_out.transpose(1, 2).reshape(-1, 40)
+        for k in range(1, t_ref + 1):
+            assert not (s[:, k:] * s[:, :-k]).any()
+
+
+def _dense_net(rec=False, seed=0, n_in=6, hidden=5, n_out=3, lateral=False):
+    torch.manual_seed(seed)
+    first = (RecurrentLIFDense(n_in, hidden, du=0.3, dv=0.2, rec_gain=0.3) if rec else
+             LIFDense(n_in, hidden, du=0.3, dv=0.2))
+    out = RecurrentLIFDense(hidden, n_out, du=0.3, dv=0.2) if lateral else LIFDense(hidden, n_out, du=0.3, dv=0.2)
+    net = SpikingSequential([first, out]).double()
+    if lateral:  # HM2-BP's lateral inhibition among the outputs (w0 (1 - I), scaled down to keep them firing)
+        with torch.no_grad():
+            out.rec_weight.copy_(-0.2 * (1 - torch.eye(n_out, dtype=D)))
+    with torch.no_grad():  # every neuron fires, so the reference needs no silent-neuron rules
+        for layer in net.layers:  # exact float64 decays (the float32 0.3 is not 0.3)
+            layer.du.fill_(0.3)
+            layer.dv.fill_(0.2)
+        net.layers[0].weight.uniform_(0.3, 1.2)
+        net.layers[1].weight.uniform_(-0.2, 0.9)
+    return net
+
+
+def _inputs(seed=0, batch=3, steps=40, n_in=6):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(batch, steps, n_in, generator=g) < 0.35).to(D), torch.tensor([0, 2, 1])
+
+
+def test_rule_forward_is_the_layers_forward():
+    x, _ = _inputs()
+    for net in (_dense_net(False), _dense_net(True)):
+        recs, out = make_rule("strsbp").forward(net, x)
+        ref = net(x, return_all=True)
+        for r, s in zip(recs, ref):
+            assert torch.equal(r.s_out, s)
+    torch.manual_seed(0)
+    conv = SpikingSequential([ConvLIF((1, 6, 6), 2, 3, du=0.3, dv=0.2, weight_gain=3.0), Flatten(),
+                              LIFDense(32, 3, du=0.3, dv=0.2, weight_gain=3.0)]).double()
+    xc = (torch.rand(2, 30, 36, generator=torch.Generator().manual_seed(1)) < 0.4).to(D)
+    assert torch.equal(make_rule("hm2bp").forward(conv, xc)[1], conv(xc))
+
+
+def _per_sample_reference(net, x, y, rule_name, opts):
+    """The rules' equations per sample, per synapse, with S-PSPs from the slow re-simulation and the
+    recurrent system inverted explicitly."""
+    l1, l2 = net.layers
+    alpha, beta = 0.7, 0.8
+    rec = isinstance(l1, RecurrentLIFDense)
+    s1 = net.layers[0](x)
+    s2 = net.layers[1](s1)
+    gw1, gw2 = torch.zeros_like(l1.weight), torch.zeros_like(l2.weight)
+    gv = torch.zeros_like(l1.rec_weight) if rec else None
+    fit = spsp_fit(alpha, beta, x.shape[1], 0)
+    top = fit["top"]
+    dh = lambda o: sum(c * (len(fit["coeffs"]) - 1 - k) * (o / top) ** (len(fit["coeffs"]) - 2 - k)  # noqa: E731
+                       for k, c in enumerate(fit["coeffs"][:-1])) / top
+    for b in range(x.shape[0]):
+        xin, h, o = x[b:b + 1], s1[b:b + 1], s2[b:b + 1]
+        e2 = _slow_spsp(h, o, alpha, beta, 0)[0]  # (n_out, hidden)
+        e1 = _slow_spsp(xin, h, alpha, beta, 0)[0]  # (hidden, n_in)
+        c_out, c_hid, c_in = o[0].sum(0), h[0].sum(0), xin[0].sum(0)
+        assert (c_out > 0).all() and (c_hid > 0).all() and (c_in > 0).all()
+        target = torch.full_like(c_out, opts["target_false"])
+        target[y[b]] = opts["target_true"]
+        err = c_out - target
+        err = err * (err.abs() > opts["margin"])
+        w2, w1 = l2.weight.detach(), l1.weight.detach()
+        if rule_name == "hm2bp":
+            delta2 = err / 1.0
+            tpsp = (w2 * e2).sum(1)
+            lateral = 1.0
+            if isinstance(l2, RecurrentLIFDense):
+                v2 = l2.effective_rec_weight().detach()
+                e_lat = _slow_spsp(o, o, alpha, beta, 0)[0]
+                tpsp = tpsp + (v2 * e_lat).sum(1)
+                k = v2 * e_lat / c_out[None, :]
+                lateral = 1 / (1 - (k * k.t()).sum(1)).clamp(min=0.1)
+            s_self = tpsp / c_out
+            gw2 += (delta2 * (1 + s_self.clamp(0, 1)) * lateral)[:, None] * e2
+            de_dh = (delta2[:, None] * w2 * e2 / c_hid[None, :]).sum(0)
+            delta1 = de_dh / 1.0
+            s_self1 = (w1 * e1).sum(1) / c_hid
+            gw1 += (delta1 * (1 + s_self1.clamp(0, 1)))[:, None] * e1
+        else:
+            piv2 = 1 - dh(c_out) * (w2 @ c_hid)
+            z2 = err / piv2
+            gw2 += z2[:, None] * e2
+            r = w2 * e2 / c_hid[None, :]
+            de_dh = z2 @ r  # = (err / nu)^T M^-1 R with M diagonal
+            if rec:
+                v = l1.effective_rec_weight().detach()
+                e_rec = _slow_spsp(h, h, alpha, beta, 0)[0]
+                m = torch.diag(1 - dh(c_hid) * (w1 @ c_in + v @ c_hid)) - v * e_rec / c_hid[None, :]
+                x_mat = torch.linalg.inv(m) @ (w1 * e1 / c_in[None, :])  # X = nu d o_rec / d o_in
+                z1 = torch.linalg.inv(m).t() @ de_dh
+                gw1 += z1[:, None] * e1
+                gv += z1[:, None] * e_rec * l1.rec_weight_scale
+                ref_in = de_dh @ x_mat
+                assert torch.allclose(z1 @ (w1 * e1 / c_in[None, :]), ref_in, rtol=1e-10, atol=1e-12)
+            else:
+                piv1 = 1 - dh(c_hid) * (w1 @ c_in)
+                gw1 += (de_dh / piv1)[:, None] * e1
+    n = x.shape[0]
+    return gw1 / n, gw2 / n, None if gv is None else gv / n
+
+
+@pytest.mark.parametrize("rule_name,rec,lateral", [("hm2bp", False, False), ("hm2bp", False, True),
+                                                   ("strsbp", False, False), ("strsbp", True, False)])
+def test_weight_update_equals_per_sample_reference(rule_name, rec, lateral):
+    net = _dense_net(rec, lateral=lateral)
+    x, y = _inputs()
+    opts = {"target_true": 12.0, "target_false": 4.0, "margin": 0.0}
+    extra = {"min_pivot": 1e-6} if rule_name == "strsbp" else {}
+    rule = make_rule(rule_name, **opts, **extra)
+    rule.compute_gradients(net, x, y, None, {}, 1.0)
+    with torch.no_grad():
+        gw1, gw2, gv = _per_sample_reference(net, x, y, rule_name, opts)
+    torch.testing.assert_close(net.layers[1].weight.grad, gw2, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(net.layers[0].weight.grad, gw1, rtol=1e-9, atol=1e-10)
+    if rec:
+        torch.testing.assert_close(net.layers[0].rec_weight.grad, gv, rtol=1e-9, atol=1e-10)
+    if lateral:  # HM2-BP keeps the lateral weights fixed
+        assert net.layers[1].rec_weight.grad is None
+
+
+def test_recurrent_solve_equals_explicit_inverse():
+    net = _dense_net(True, seed=3, hidden=8)
+    x, y = _inputs(seed=3)
+    rule = make_rule("strsbp")
+    recs, _ = rule.forward(net, x)
+    tr = recs[0]
+    lam_u, _ = spsp_adjoint(tr.s_out, tr.spec.alpha, tr.spec.beta, 0)
+    counts = tr.s_out.sum(1)
+    stats = PostStats(counts, tr.s_in.sum(1), counts, spsp_per_pre_spike(lam_u), dense_spsp(lam_u, tr.s_out), None)
+    g = torch.randn(counts.shape, dtype=D, generator=torch.Generator().manual_seed(0))
+    c_w, c_back = rule.coefficients(tr, g, stats)
+    m = rule.system(tr, stats)
+    e_ff = dense_spsp(lam_u, tr.s_in)
+    r = tr.layer.weight.detach() * rule.per_spike_ratio(e_ff, tr.s_in.sum(1), stats.random_spike)
+    x_mat = torch.linalg.inv(m) @ r  # (B, N, N_in)
+    torch.testing.assert_close((c_back.unsqueeze(1) @ r).squeeze(1), (g.unsqueeze(1) @ x_mat).squeeze(1),
+                               rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(c_w, (torch.linalg.inv(m).transpose(1, 2) @ g.unsqueeze(2)).squeeze(2),
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_conv_gradient_equals_equivalent_dense_layer():
+    torch.manual_seed(0)
+    conv = ConvLIF((1, 5, 5), 2, 3, du=0.3, dv=0.2, weight_gain=3.0).double()
+    kernel = conv.weight.detach().clone().requires_grad_(True)
+    eye = torch.eye(25, dtype=D).reshape(25, 1, 5, 5)
+    dense_w = torch.nn.functional.conv2d(eye, kernel).reshape(25, -1).t()  # (18, 25): the conv as a matrix
+    dense = LIFDense(25, 18, du=0.3, dv=0.2).double()
+    with torch.no_grad():
+        dense.weight.copy_(dense_w)
+    out_c, out_d = LIFDense(18, 3, du=0.3, dv=0.2).double(), LIFDense(18, 3, du=0.3, dv=0.2).double()
+    with torch.no_grad():
+        out_d.weight.copy_(out_c.weight.uniform_(0.0, 1.0))
+    x = (torch.rand(4, 30, 25, generator=torch.Generator().manual_seed(2)) < 0.5).to(D)
+    y = torch.tensor([0, 1, 2, 0])
+    rule = make_rule("hm2bp", target_true=10, target_false=2, margin=0)
+    rule.compute_gradients(SpikingSequential([conv, out_c]), x, y, None, {})
+    rule.compute_gradients(SpikingSequential([dense, out_d]), x, y, None, {})
+    torch.testing.assert_close(out_c.weight.grad, out_d.weight.grad)
+    (expected,) = torch.autograd.grad(dense_w, kernel, dense.weight.grad)
+    torch.testing.assert_close(conv.weight.grad, expected)
+
+
+def test_silent_target_neuron_is_pushed_up():
+    net = _dense_net()
+    with torch.no_grad():
+        net.layers[1].weight[1].fill_(-1.0)  # output 1 never fires
+    x, _ = _inputs()
+    y = torch.tensor([1, 1, 1])
+    make_rule("hm2bp", margin=0).compute_gradients(net, x, y, None, {})
+    assert (net.layers[1].weight.grad[1] < 0).all()  # gradient descent raises its weights
+
+
+def test_fit_file_and_monte_carlo():
+    fit = spsp_fit(0.8, 0.9, 100, 2)
+    assert fit == make_fit(0.8, 0.9, 100, 2)  # the fit is deterministic; stored or made, the same
+    h = torch.tensor(fit["h"])
+    assert h[0] == 0 and (h[1:] > 0).all()
+    # mean S-PSP per pre spike for one post spike at a random step: the closed form average
+    one = float(mc_spsp_per_pre_spike(0.5, 0.5, 4, 0, [4], samples=8)[0])
+    lam_u, _ = spsp_adjoint(torch.ones(1, 4, 1, dtype=D), torch.tensor(0.5, dtype=D), torch.tensor(0.5, dtype=D))
+    assert one == pytest.approx(float(lam_u[0, 1:, 0].sum() / 4))
+    spikes = evenly_spaced_spikes(10, torch.tensor([[0.0, 3.0, 10.0]]))
+    assert spikes.sum(1).tolist() == [[0, 3, 10]] and spikes[0, -1, 1] == 1
+
+
+def test_registry_and_errors():
+    assert {"hm2bp", "strsbp"} <= set(available_rules())
+    with pytest.raises(LearningRuleError, match="bad options"):
+        make_rule("hm2bp", nope=1)
+    with pytest.raises(LearningRuleError, match="t_ref"):
+        make_rule("strsbp", t_ref=-1)
+    with pytest.raises(LearningRuleError, match="recurrent"):
+        make_rule("hm2bp").setup(SpikingSequential([RecurrentLIFDense(4, 4), LIFDense(4, 2)]))
+
+
+def _task(n=192, steps=40, n_in=16, classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, classes, (n,), generator=g)
+    rates = torch.full((n, n_in), 0.05)
+    for c in range(classes):
+        rates[y == c, c * 4:(c + 1) * 4] = 0.4
+    return (torch.rand(n, steps, n_in, generator=g) < rates[:, None, :]).float(), y
+
+
+@pytest.mark.parametrize("rule_name,rec,opts", [
+    ("hm2bp", False, {}),
+    ("hm2bp", False, {"t_ref": 2}),
+    ("strsbp", True, {}),
+])
+def test_rule_learns(rule_name, rec, opts):
+    torch.set_num_threads(1)
+    x, y = _task()
+    xv, yv = _task(seed=1)
+    torch.manual_seed(0)
+    hidden = (RecurrentLIFDense(16, 24, du=0.3, dv=0.2, weight_gain=3.0, rec_gain=0.2) if rec else
+              LIFDense(16, 24, du=0.3, dv=0.2, weight_gain=3.0))
+    net = SpikingSequential([hidden, LIFDense(24, 4, du=0.3, dv=0.2, weight_gain=1.0)])
+    cfg = TrainerConfig(epochs=6, batch_size=32, lr=1e-2, progress=False, tensorboard=False, rule=rule_name,
+                        rule_options={"target_true": 12, "target_false": 2, "margin": 2, **opts})
+    trainer = Trainer(net, cfg)
+    hist = trainer.fit((x, y), (xv, yv))
+    assert hist[-1]["loss"] < 0.5 * hist[0]["loss"]
+    acc = float((trainer.rule.predict(net, xv) == yv).float().mean())
+    assert acc > 0.85, (acc, hist)  # chance: 0.25
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("rule_name", ["hm2bp", "strsbp"])
+def test_cuda_gradients_equal_cpu(rule_name):
+    x, y = _inputs()
+    grads = []
+    for device in ("cpu", "cuda"):
+        net = _dense_net(rule_name == "strsbp").to(device)
+        make_rule(rule_name, margin=0).compute_gradients(net, x.to(device), y.to(device), None, {})
+        grads.append([p.grad.cpu() for p in net.parameters() if p.grad is not None])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("rule_name,rec,lateral,t_ref", [("hm2bp", False, True, 0), ("hm2bp", False, False, 2),
+                                                         ("strsbp", True, False, 0)])
+def test_low_memory_equals_default(rule_name, rec, lateral, t_ref):
+    """Bool spike trains and chunked (two-pass) backward: the same gradients, to rounding."""
+    x, y = _inputs(steps=45)
+    grads = []
+    for low in (False, True):
+        net = _dense_net(rec, lateral=lateral)
+        with torch.no_grad():
+            net.layers[1].weight[1].fill_(-1.0)  # a silent output: virtual spikes on both paths
+        rule = make_rule(rule_name, margin=0, target_true=10, target_false=3, t_ref=t_ref, low_memory=low, chunk=7)
+        records, out = rule.forward(net, x)
+        grads.append([out.double()] + [r.s_out.double() for r in records])
+        rule.compute_gradients(net, x, y, None, {})
+        grads[-1] += [p.grad for p in net.parameters() if p.grad is not None]
+    assert len(grads[0]) == len(grads[1])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
