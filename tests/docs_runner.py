@@ -2,7 +2,7 @@
 
 Used by ``tests/test_docs.py`` in a subprocess: ``python tests/docs_runner.py FILE.md WORKDIR``.
 Python blocks of a file share one namespace (a page builds on its earlier blocks); ``sh`` blocks run
-in bash (``set -e``) in the same working directory. Prints one JSON line per block:
+in bash (``set -e``) in the same working directory. Prints one line per block, ``MARK`` followed by JSON:
 {"line": N, "lang": ..., "ok": bool, "seconds": s, "error": text}. Stops at the first failure, because
 later blocks usually depend on earlier ones.
 """
@@ -19,6 +19,7 @@ import traceback
 from pathlib import Path
 
 FENCE = re.compile(r"^```([A-Za-z0-9_+-]*)[^\n]*\n(.*?)^```[ \t]*$", re.S | re.M)
+MARK = "@@snn2hw-doc-block@@ "  # result lines; a block's own output may print anything
 BLOCK_SECONDS = int(os.environ.get("SNN2HW_DOCS_BLOCK_SECONDS", "600"))  # a hang guard, not a speed test
 
 
@@ -60,7 +61,7 @@ def main(md: str, workdir: str) -> int:
                 ok, err = r.returncode == 0, (r.stdout[-1500:] + r.stderr[-2500:]) if r.returncode else ""
             except subprocess.TimeoutExpired:
                 ok, err = False, f"block ran past {BLOCK_SECONDS} s"
-        print(json.dumps({"line": line, "lang": lang, "ok": ok, "seconds": round(time.perf_counter() - t0, 2),
+        print(MARK + json.dumps({"line": line, "lang": lang, "ok": ok, "seconds": round(time.perf_counter() - t0, 2),
                           "error": err}), flush=True)
         if not ok:
             return 1

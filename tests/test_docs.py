@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RUNNER = Path(__file__).resolve().parent / "docs_runner.py"
 sys.path.insert(0, str(RUNNER.parent))
-from docs_runner import blocks  # noqa: E402
+from docs_runner import MARK, blocks  # noqa: E402
 
 pytestmark = pytest.mark.slow  # minutes of subprocesses; CI (make test) runs it
 
@@ -55,7 +55,7 @@ def test_doc_blocks_run(page, demo_dir, tmp_path):
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["MPLBACKEND"] = "Agg"
     r = subprocess.run([sys.executable, str(RUNNER), str(page), str(root)], capture_output=True, text=True, env=env)
-    results = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    results = [json.loads(line[len(MARK):]) for line in r.stdout.splitlines() if line.startswith(MARK)]
     failed = [x for x in results if not x["ok"]]
     rel = page.relative_to(ROOT)
     if failed:
