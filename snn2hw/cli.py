@@ -227,10 +227,14 @@ def cmd_run(args) -> int:
     if args.backend == "sim" and (args.distributed or int(os.environ.get("WORLD_SIZE", "1")) > 1):
         # under torchrun: each rank simulates a shard of the batch; rank 0 alone writes the result
         from snn2hw.backends.sim.distributed import run_distributed
-        from snn2hw.train.distributed import is_main_process
+        from snn2hw.train.distributed import is_main_process, teardown
 
         result = run_distributed(art, inputs, record=args.record, record_state=record_state)
-        if not is_main_process():
+        main_rank = is_main_process()
+        # leave the group before exiting: a process that exits with gloo's threads alive aborts
+        # ("terminate called without an active exception") and torchrun reports the run as failed
+        teardown()
+        if not main_rank:
             return 0
     else:
         result = get_backend(args.backend)(art, inputs, record=args.record, record_state=record_state)

@@ -40,10 +40,12 @@ import sys, numpy as np
 sys.path.insert(0, {tests!r})
 from test_sim_distributed import small_graph, inputs
 from snn2hw.backends.sim.distributed import run_distributed
-from snn2hw.train.distributed import world, is_main_process
+from snn2hw.train.distributed import world, is_main_process, teardown
 r = run_distributed(small_graph(), inputs(), record=["c"], record_state=["out"])
-if is_main_process():
-    np.savez({out!r}, world=world()[1], **{{"s_" + k: v for k, v in r.spikes.items()}},
+n_ranks, main_rank = world()[1], is_main_process()
+teardown()  # as `snn2hw run --distributed` does: exiting with gloo's threads alive can abort
+if main_rank:
+    np.savez({out!r}, world=n_ranks, **{{"s_" + k: v for k, v in r.spikes.items()}},
              **{{"u_" + k: v for k, v in r.u.items()}}, **{{"v_" + k: v for k, v in r.v.items()}},
              events=np.array([[c[k] for k in sorted(c)] for _, c in sorted(r.events.items())]))
 """
