@@ -464,3 +464,20 @@ def test_nir_declaring_a_huge_dataset_is_refused_before_reading(tmp_path):
     assert path.stat().st_size < 1 << 20
     with pytest.raises(nir_io.NIRError, match="declare"):
         nir_io.read(path, dt=1e-3)
+
+
+def test_corrupt_vlen_string_length_is_refused_before_reading(seeds, tmp_path):
+    # The soak's seed 5, case 8018: random bytes over a scalar string's descriptor declared a 1.7 GB element,
+    # which libhdf5 allocated before failing. The reader must refuse it from the descriptor alone.
+    import h5py
+
+    data = bytearray((seeds / "net.nir").read_bytes())
+    with h5py.File(seeds / "net.nir", "r") as f:
+        offset = f["node/type"].id.get_offset()
+    data[offset:offset + 4] = (0x676E73D8).to_bytes(4, "little")
+    bad = tmp_path / "bad.nir"
+    bad.write_bytes(bytes(data))
+    before = _rss()
+    with pytest.raises(nir_io.NIRError, match="node/type.*1735291864-byte element"):
+        nir_io.read(bad, dt=1e-3)
+    assert _rss() - before < 64 * 2**20

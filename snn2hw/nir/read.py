@@ -759,21 +759,55 @@ def merge_split(spikes: dict[str, np.ndarray], graph: Graph) -> dict[str, np.nda
 MAX_NIR_BYTES = 1 << 32  # datasets a NIR file may declare in total (4 GiB): larger is refused before reading
 
 
+def _vlen_lengths(f: h5py.File, obj: h5py.Dataset, raw: bytes) -> list[int]:
+    """Byte lengths declared by the variable-length elements of a contiguous dataset, read from the file's
+    own bytes: each element is a (uint32 length, heap address, uint32 index) descriptor, and HDF5 allocates
+    ``length`` before it finds that the heap object is not there."""
+    offset = obj.id.get_offset()
+    if offset is None:  # chunked (or not yet written): no raw descriptors to inspect here
+        return []
+    sizeof_addr = f.id.get_create_plist().get_sizes()[0]
+    step = 4 + sizeof_addr + 4
+    n = int(np.prod(obj.shape, dtype=np.int64))
+    block = raw[offset:offset + n * step]
+    if len(block) < n * step:
+        raise NIRError(f"dataset {obj.name!r} lies past the end of the file")
+    tid = obj.id.get_type()
+    unit = 1 if tid.get_class() == h5py.h5t.STRING else max(int(tid.get_super().get_size()), 1)
+    return [int.from_bytes(block[k * step:k * step + 4], "little") * unit for k in range(n)]
+
+
 def _check_dataset_sizes(path: Path) -> None:
-    """Refuse files whose datasets declare more than ``MAX_NIR_BYTES``: HDF5 can declare a huge dataset
-    in a tiny file (unwritten chunks), which reading would allocate."""
+    """Refuse files whose datasets declare more than ``MAX_NIR_BYTES``, or a variable-length element longer
+    than the file: HDF5 can declare a huge dataset in a tiny file (unwritten chunks), and a corrupt
+    variable-length descriptor makes libhdf5 allocate its declared length, both before any error."""
     total = 0
+    raw = path.read_bytes() if path.stat().st_size <= MAX_NIR_BYTES else b""
+    problems: list[str] = []
 
     def visit(_name, obj):
         nonlocal total
-        if isinstance(obj, h5py.Dataset):
-            total += int(np.prod(obj.shape, dtype=np.float64)) * max(int(obj.dtype.itemsize), 1)
+        if not isinstance(obj, h5py.Dataset):
+            return
+        total += int(np.prod(obj.shape, dtype=np.float64)) * max(int(obj.dtype.itemsize), 1)
+        tid = obj.id.get_type()
+        if tid.get_class() == h5py.h5t.VLEN or (tid.get_class() == h5py.h5t.STRING and tid.is_variable_str()):
+            for length in _vlen_lengths(obj.file, obj, raw):
+                total += length
+                if length > len(raw):
+                    problems.append(f"dataset {obj.name!r} declares a {length}-byte element in a "
+                                    f"{len(raw)}-byte file")
+                    return
 
     try:
         with h5py.File(path, "r") as f:
             f.visititems(visit)
+    except NIRError as exc:
+        raise NIRError(f"{path}: corrupt NIR file ({exc})") from None
     except Exception as exc:  # h5py raises OSError, KeyError, RuntimeError... on corrupt files
         raise NIRError(f"{path}: corrupt NIR file ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if problems:
+        raise NIRError(f"{path}: corrupt NIR file ({problems[0]})")
     if total > MAX_NIR_BYTES:
         raise NIRError(f"{path}: datasets declare {total} bytes, more than the {MAX_NIR_BYTES} snn2hw reads")
 
