@@ -142,3 +142,12 @@ def test_converted_network_fine_tunes(digits_mlp):
                             TrainConfig(epochs=1, batch_size=64, lr=1e-3, count_scale=1.0 / 16**2, progress=False))
     assert np.isfinite(hist[-1]["loss"])
     assert not torch.equal(before, snn.layers[0].weight.detach())
+
+
+def test_compile_of_an_onnx_model_points_to_convert(tmp_path, digits_mlp, capsys):
+    path = tmp_path / "ann.onnx"
+    onnx.save(digits_mlp[0], path)
+    assert main(["compile", str(path), "-o", str(tmp_path / "o.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "an ONNX model" in err and "snn2hw convert" in err and err.count("\n") == 1
+    assert not (tmp_path / "o.npz").exists()

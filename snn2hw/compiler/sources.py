@@ -49,6 +49,9 @@ def kind_of(path: str | os.PathLike) -> str:
         return "checkpoint"
     if head.lstrip()[:1] == b"{":
         return "config"
+    if head[:1] == b"\x08" and path.suffix.lower() == ".onnx":  # protobuf field 1 (ir_version) of an ONNX model
+        raise SourceError(f"{path}: an ONNX model; the compiler reads spiking networks, so convert it first: "
+                          f"snn2hw convert {path} --calibration X.npy -o MODEL.ckpt (see docs/onnx.md)")
     raise SourceError(f"{path}: not a NIR file, an snn2hw checkpoint, an artefact or a JSON model/training config "
                       f"(recognised by content)")
 
