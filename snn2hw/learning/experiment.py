@@ -213,7 +213,7 @@ def train_task(task: str, rule: str = "bptt", config: dict | None = None, epochs
     if deploy:
         t0 = time.perf_counter()
         if setup:
-            scores, deployed_net = setup.deploy(model.cpu(), x_te, y_te)
+            scores, deployed_net = setup.deploy(model.cpu(), x_te, y_te, _split_xy(data["train"]))
             results.update(scores)
             if deployed_net is not None:  # the network that ran on the simulator, for export/compile/run
                 results["deployed_checkpoint"] = str(out / "deployed.ckpt")
