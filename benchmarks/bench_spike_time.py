@@ -16,6 +16,13 @@ published training split; the epoch with the best validation accuracy (published
 (1000 points): float accuracy (PyTorch), and deployed accuracy (compiled, run on the bit-accurate
 simulator). Learning rates and initialisation were picked on the validation split in exploratory runs.
 
+``--recipe`` runs the ``snn2hw train --task yinyang`` recipe instead (``snn2hw.models.sequence_tasks``: the
+same networks, losses and decoders; best epoch on validation; deployed on the simulator), for every rule
+and seed in one process, interleaving rules per seed, and records time per epoch and peak memory::
+
+    python benchmarks/bench_spike_time.py --recipe --seeds 0 1 2 --train 2000 --epochs 15 \
+        --out benchmarks/results/spike_time_recipe.json
+
 Run one process per seed (they are independent), then merge::
 
     python benchmarks/bench_spike_time.py --seed 0 --out /tmp/st0.json   # ... and seeds 1, 2
@@ -158,9 +165,34 @@ def table(rows: list) -> str:
     return "\n".join(lines)
 
 
+def recipe(args) -> dict:
+    """The ``snn2hw train --task yinyang`` recipe for each seed and rule (rules interleaved per seed)."""
+    from snn2hw.learning.experiment import train_task
+
+    runs = []
+    for seed in args.seeds:
+        for rule in args.rules:
+            r = train_task("yinyang", rule, {"data": {"train": args.train}, "model": {"hidden": args.hidden}},
+                           epochs=args.epochs, seed=seed, out=Path(args.recipe_out) / f"{rule}-s{seed}")
+            row = {"rule": rule, "seed": seed, "best_epoch": r["best_epoch"], "val_accuracy": r["float_val_accuracy"],
+                   "test_float_accuracy": r["float_test_accuracy"], "test_deployed_accuracy": r["deployed_test_accuracy"],
+                   "time_per_epoch_s": r["time_per_epoch_s"], "peak_memory_mb": r["peak_memory_mb"],
+                   "loadavg": r["environment"]["loadavg"], "history": r["history"]}
+            runs.append(row)
+            print(f"  {rule:10s} seed {seed}: float {100 * row['test_float_accuracy']:.2f}%  deployed "
+                  f"{100 * row['test_deployed_accuracy']:.2f}%  (epoch {row['best_epoch']}, {row['time_per_epoch_s']:.1f} s/epoch, "
+                  f"{row['peak_memory_mb']:.0f} MB)", flush=True)
+    return {"task": f"Yin-Yang, snn2hw train recipe: first {args.train} of the 5000 training points, 1000 validation, "
+                    "1000 test; 64 steps", "network": f"5-{args.hidden}-3 CUBA-LIF, du={DU}, dv={DV}, v_th=1",
+            "argv": sys.argv[1:], "runs": runs, "env": _env()}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="--recipe: seeds")
+    p.add_argument("--recipe", action="store_true", help="run the snn2hw train recipe (see above)")
+    p.add_argument("--recipe-out", default="out/bench_spike_time", help="--recipe: run folders")
     p.add_argument("--rules", nargs="+", default=["spike-time", "bptt"])
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--hidden", type=int, default=60)
@@ -180,7 +212,9 @@ def main(argv=None) -> dict:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2))
         return result
-    if args.merge:
+    if args.recipe:
+        result = recipe(args)
+    elif args.merge:
         parts = [json.loads(Path(f).read_text()) for f in args.merge]
         result = {**{k: v for k, v in parts[0].items() if k != "runs"}, "runs": [r for q in parts for r in q["runs"]],
                   "envs": [q["env"] for q in parts], "argvs": [q["argv"] for q in parts]}

@@ -85,3 +85,22 @@ def test_sequence_task_errors():
         get_task("pc_ae").load({"steps": 10, "warmup": 20})
     assert cli.main(["train", "--task", "delayed_xor", "--rule", "gated", "--config", "/nonexistent.json",
                      "--out", "/tmp/unused"]) == 2
+
+
+def test_refit_readout_recovers_a_linear_readout_of_the_hidden_spikes():
+    from snn2hw.nn.gated_deploy import refit_readout
+
+    torch.manual_seed(0)
+    net = GatedQIF(3, 12, 2, input_gain=3.0, i0=0.05).to_lif_network()
+    with torch.no_grad():
+        net.layers[-1].weight.normal_(0.0, 0.5)
+        net.layers[-1].bias.copy_(torch.tensor([0.3, -0.2]))
+    x = (torch.rand(16, 40, 3) < 0.3).float()
+    with torch.no_grad():
+        target = net(x)
+        refit = refit_readout(net, x, target)
+        assert torch.allclose(refit(x), target, atol=1e-4)
+        active = net.layers[0](x).sum(dim=(0, 1)) > 0  # silent neurons get the minimum-norm weight, 0
+        assert 4 <= int(active.sum()) < 12
+        assert torch.allclose(refit.layers[-1].weight[:, active], net.layers[-1].weight[:, active], atol=1e-3)
+    assert refit.layers[-1].v_scale >= float(refit.layers[-1].weight.abs().sum(1).max())
