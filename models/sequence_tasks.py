@@ -132,7 +132,7 @@ def _deploy_gated(score: Callable[[torch.Tensor, torch.Tensor], dict]):
                                                     for lo in range(0, len(x), 256)])).float()
 
         mapped = model.to_lif_network()
-        refit = refit_readout(mapped, *train)
+        refit = refit_readout(mapped, *train, on="sim")
         out = {}
         for prefix, net in (("deployed_mapping_test", mapped), ("deployed_test", refit)):
             out.update({f"{prefix}_{k}": v for k, v in score(on_sim(net), y).items()})

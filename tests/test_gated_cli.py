@@ -88,7 +88,7 @@ def test_sequence_task_errors():
 
 
 def test_refit_readout_recovers_a_linear_readout_of_the_hidden_spikes():
-    from snn2hw.nn.gated_deploy import refit_readout
+    from snn2hw.nn.gated_deploy import deployed_readout, refit_readout
 
     torch.manual_seed(0)
     net = GatedQIF(3, 12, 2, input_gain=3.0, i0=0.05).to_lif_network()
@@ -103,4 +103,12 @@ def test_refit_readout_recovers_a_linear_readout_of_the_hidden_spikes():
         active = net.layers[0](x).sum(dim=(0, 1)) > 0  # silent neurons get the minimum-norm weight, 0
         assert 4 <= int(active.sum()) < 12
         assert torch.allclose(refit.layers[-1].weight[:, active], net.layers[-1].weight[:, active], atol=1e-3)
-    assert refit.layers[-1].v_scale >= float(refit.layers[-1].weight.abs().sum(1).max())
+    assert refit.layers[-1].v_scale >= float(refit.layers[-1].weight.detach().abs().sum(1).max())
+    # on="sim": fitted to the spikes the compiled hidden layer sends, so the deployed read-out of the refit
+    # network reproduces the deployed read-out it was fitted to (up to the read-out's own fixed point)
+    deployed = torch.from_numpy(deployed_readout(net, x)).float()
+    sim_refit = refit_readout(net, x, deployed, on="sim")
+    again = torch.from_numpy(deployed_readout(sim_refit, x)).float()
+    assert (again - deployed).abs().max() < 0.02 * deployed.abs().max()
+    with pytest.raises(ValueError, match="on must be"):
+        refit_readout(net, x, target, on="lava")
