@@ -13,6 +13,12 @@ Sections (``--sections``, default all):
   bytes autograd saved for backward (``saved_tensors_hooks``).
 * ``control`` (not in the default set): the same BPTT fine-tuning from the LIF mapping of an *untrained*
   ``GatedQIF`` (written with ``--out`` to a separate file).
+* ``pc_ae`` / ``delayed_xor`` (not in the default set): the ``snn2hw train`` recipe of that task
+  (``snn2hw.models.sequence_tasks``; what ``snn2hw train --task T --rule gated --seed S`` runs) for each
+  seed, with float and deployed (LIF mapping) scores, time per epoch and peak memory; for ``pc_ae`` also
+  the baselines: predicting zero (NMSE 1), predicting the training mean, and the best linear read-out
+  of the synaptically filtered input spikes (no spiking bottleneck). Control per seed: the same
+  deployment (LIF mapping, read-out refitted) of the seed's *untrained* network. Written to ``--out``.
 * ``deploy``: each trained network mapped onto snn2hw's CUBA-LIF layers (``GatedQIF.to_lif_network``),
   accuracy of the float LIF network and of the compiled network on the bit-accurate simulator; then the
   LIF network fine-tuned with surrogate-gradient BPTT (``--finetune-epochs``) and deployed again.
@@ -142,6 +148,43 @@ def section_memory(args) -> list:
     return rows
 
 
+# --- the snn2hw train recipes, over seeds -------------------------------------------------------------
+def section_task(task: str, args) -> dict:
+    from snn2hw.learning.experiment import train_task
+    from snn2hw.models import pc_autoencoder as P
+    from snn2hw.models.sequence_tasks import get_task
+
+    runs = []
+    for seed in args.seeds:
+        r = train_task(task, "gated", {}, epochs=args.task_epochs, seed=seed, out=Path(args.task_out) / f"{task}_s{seed}")
+        row = {k: v for k, v in r.items() if k not in ("model", "history")} | {"history": r["history"]}
+        # control: the same deployment (LIF mapping + read-out refit) of the *untrained* network of this seed
+        t = get_task(task)
+        data = t.load()
+        untrained = t.setup("gated", {}, seed).model
+        scores, _ = t.setup("gated", {}, seed).deploy(untrained, *data["test"], data["train"])
+        row["control_untrained"] = {k: v for k, v in scores.items() if k != "deployment"}
+        runs.append(row)
+        print(f"  {task} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in r.items()
+                                                   if k.startswith(("float_test", "deployed_test", "mapped_float"))
+                                                   and isinstance(v, float)), flush=True)
+        print(f"    control (untrained network, same deployment): {row['control_untrained']}", flush=True)
+    out = {"task": task, "runs": runs}
+    if task == "pc_ae":
+        d = get_task("pc_ae").load()
+        (xtr, ytr), (xte, yte) = d["train"], d["test"]
+        mean = torch.nanmean(ytr.reshape(-1, ytr.shape[-1]), dim=0)
+        out["baselines_test_nmse"] = {"zero": P.nmse(torch.zeros_like(yte), yte),
+                                      "training_mean": P.nmse(mean.expand_as(yte), yte),
+                                      "linear_readout_of_input_spikes": P.linear_baseline(xtr, ytr, xte, yte, 5.0)}
+        print(f"  baselines (test NMSE): {out['baselines_test_nmse']}")
+    keys = sorted({k for r in runs for k, v in r.items() if isinstance(v, float) and k.startswith(("float_", "deployed_", "mapped_", "time_per", "peak_"))})
+    out["summary"] = {k: {"mean": statistics.mean(r[k] for r in runs),
+                          "sd": statistics.stdev(r[k] for r in runs) if len(runs) > 1 else 0.0,
+                          "values": [r[k] for r in runs]} for k in keys}
+    return out
+
+
 # --- deployment -----------------------------------------------------------------------------------------
 def section_deploy(args, runs, data) -> list:
     from snn2hw.models import delayed_xor as X
@@ -210,6 +253,8 @@ def main(argv=None) -> dict:
     p.add_argument("--finetune-epochs", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "gated.json"))
+    p.add_argument("--task-epochs", type=int, default=None, help="pc_ae/delayed_xor sections: override the recipe's epochs")
+    p.add_argument("--task-out", default="out/bench_gated", help="pc_ae/delayed_xor sections: run folders")
     p.add_argument("--memory-worker", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -217,6 +262,14 @@ def main(argv=None) -> dict:
         mode, steps, hidden, batch = args.memory_worker
         print(json.dumps(memory_worker(mode, int(steps), int(hidden), int(batch))))
         return {}
+    tasks = [t for t in ("pc_ae", "delayed_xor") if t in args.sections]
+    if tasks:  # the snn2hw train recipes only
+        result = {"env_start": _env(), "argv": sys.argv[1:], **{t: section_task(t, args) for t in tasks},
+                  "env_end": _env()}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+        print(f"\nwrote {args.out}")
+        return result
     from snn2hw.models import delayed_xor as X
 
     data = (X.make(args.train, seed=100), X.make(args.val, seed=101), X.make(args.test, seed=102))

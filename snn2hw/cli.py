@@ -356,8 +356,11 @@ def cmd_train(args) -> int:
         print(f"snn2hw: error: {where}{exc}", file=sys.stderr)
         return EXIT_USAGE
     shown = {k: r[k] for k in ("float_val_accuracy", "float_test_accuracy", "deployed_test_accuracy",
-                               "rule_neuron_test_accuracy", "time_per_epoch_s", "peak_memory_mb") if k in r}
+                               "rule_neuron_test_accuracy", "float_test_nmse", "deployed_test_nmse",
+                               "time_per_epoch_s", "peak_memory_mb") if k in r}
     print(json.dumps({"task": r["task"], "rule": r["rule"]["name"], "seed": r["seed"], **shown}))
+    if r.get("deployment", {}).get("exact") is False:
+        print(f"note: {r['deployment']['note']}; that network is {r['deployed_checkpoint']}")
     print(f"wrote {args.out}/results.json and {r['checkpoint']}")
     return 0
 
@@ -407,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     t = sub.add_parser("train", help="train a model-zoo task with a learning rule, then deploy it on the simulator")
-    t.add_argument("--task", required=True, help="digits | braille | mnist10k (snn2hw.models.tasks)")
+    t.add_argument("--task", required=True, help="digits | braille | mnist10k (snn2hw.models.tasks) | delayed_xor | "
+                   "pc_ae | yinyang (snn2hw.models.sequence_tasks)")
     t.add_argument("--rule", default="bptt", help="a learning rule of snn2hw.learning (bptt, hm2bp, strsbp, ...)")
     t.add_argument("--config", default=None, help="JSON: {model, data, trainer, rule_options}")
     t.add_argument("--epochs", type=int, default=None, help="override the task's/config's epochs")

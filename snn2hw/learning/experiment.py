@@ -158,7 +158,8 @@ def train_task(task: str, rule: str = "bptt", config: dict | None = None, epochs
                deploy: bool = True, progress: bool = False) -> dict:
     """Train, choose on validation, checkpoint, deploy on the simulator; returns (and writes) the results."""
     from snn2hw.learning import make_rule
-    from snn2hw.models.tasks import build_model, default_rule_options, get_task
+    from snn2hw.models.sequence_tasks import get_task
+    from snn2hw.models.tasks import build_model, default_rule_options
     from snn2hw.train.checkpoint import load_checkpoint, save_checkpoint
     from snn2hw.train.trainer import Trainer, TrainerConfig
 
@@ -168,18 +169,23 @@ def train_task(task: str, rule: str = "bptt", config: dict | None = None, epochs
     out.mkdir(parents=True, exist_ok=True)
     data = t.load(config.get("data"))
     steps = t.steps(config.get("data"))
-    rule_options = {**default_rule_options(rule, steps), **config.get("rule_options", {})}
+    # a task with its own recipe (snn2hw.models.sequence_tasks) builds its model, loss and scores
+    setup = t.setup(rule, config.get("model"), seed, config.get("data")) if hasattr(t, "setup") else None
+    rule_options = {**default_rule_options(rule, steps), **(setup.rule_options if setup else {}),
+                    **config.get("rule_options", {})}
     rule_obj = make_rule(rule, **rule_options)
-    model = build_model(t, config.get("model"), seed)
+    model = setup.model if setup else build_model(t, config.get("model"), seed)
     dev = torch.device(device) if device else torch.device("cpu")
     model.to(dev)
-    tcfg = {**t.trainer_defaults, **config.get("trainer", {})}
+    tcfg = {**t.trainer_defaults, **(setup.trainer if setup else {}), **config.get("trainer", {})}
     if epochs is not None:
         tcfg["epochs"] = int(epochs)
     cfg = TrainerConfig(**tcfg, seed=seed, rule=rule, rule_options=rule_options, checkpoint_dir=str(out / "ckpt"),
-                        log_dir=str(out / "logs"), save_best="val_accuracy", progress=progress, device=str(dev))
+                        log_dir=str(out / "logs"), save_best=setup.save_best if setup else "val_accuracy",
+                        progress=progress, device=str(dev))
     timer = _EpochTimer()
-    trainer = Trainer(model, cfg, loss_fn=t.loss_fn, callbacks=[timer], rule=rule_obj)
+    hooks = {"loss_fn": setup.loss_fn, "predict_fn": setup.predict_fn} if setup else {"loss_fn": t.loss_fn}
+    trainer = Trainer(model, cfg, callbacks=[timer], rule=rule_obj, **hooks)
     with PeakMemory(dev) as mem:
         history = trainer.fit(data["train"], data["val"])
     best = out / "ckpt" / "best.pt"
@@ -191,9 +197,10 @@ def train_task(task: str, rule: str = "bptt", config: dict | None = None, epochs
         "task": task, "rule": rule_obj.describe(), "seed": seed, "epochs": cfg.epochs, "steps": steps,
         "model": model.config(), "model_spec": config.get("model") or t.model_defaults,
         "trainer": {k: v for k, v in tcfg.items()},
-        "float_val_accuracy": _float_accuracy(model, x_val, y_val, device=dev),
-        "float_test_accuracy": _float_accuracy(model, x_te, y_te, device=dev),
-        "best_epoch": max(range(len(history)), key=lambda i: history[i].get("val_accuracy", 0.0)) if history else None,
+        **(_scores(setup, model, (x_val, y_val), (x_te, y_te), dev) if setup else {
+            "float_val_accuracy": _float_accuracy(model, x_val, y_val, device=dev),
+            "float_test_accuracy": _float_accuracy(model, x_te, y_te, device=dev)}),
+        "best_epoch": _best_epoch(history, cfg.save_best),
         "time_per_epoch_s": float(np.mean(timer.train_s)) if timer.train_s else None,
         "train_samples": len(_split_xy(data["train"])[1]),
         "peak_memory_mb": mem.peak_bytes / 2**20, "peak_memory_kind": mem.kind,
@@ -205,7 +212,14 @@ def train_task(task: str, rule: str = "bptt", config: dict | None = None, epochs
     save_checkpoint(model.cpu(), ckpt, extra={"task": task, "rule": rule, "steps": steps, "seed": seed})
     if deploy:
         t0 = time.perf_counter()
-        results["deployed_test_accuracy"] = deployed_accuracy(model.cpu(), x_te, y_te)
+        if setup:
+            scores, deployed_net = setup.deploy(model.cpu(), x_te, y_te, _split_xy(data["train"]))
+            results.update(scores)
+            if deployed_net is not None:  # the network that ran on the simulator, for export/compile/run
+                results["deployed_checkpoint"] = str(out / "deployed.ckpt")
+                save_checkpoint(deployed_net.cpu(), out / "deployed.ckpt", extra={"task": task, "mapped_from": str(ckpt)})
+        else:
+            results["deployed_test_accuracy"] = deployed_accuracy(model.cpu(), x_te, y_te)
         results["deploy_time_s"] = time.perf_counter() - t0
     results["checkpoint"] = str(ckpt)
     results["environment"] = {"torch": torch.__version__, "python": platform.python_version(),
@@ -213,6 +227,20 @@ def train_task(task: str, rule: str = "bptt", config: dict | None = None, epochs
                               "loadavg": list(os.getloadavg()), "argv": sys.argv}
     atomic_write_bytes(out / "results.json", lambda f: f.write(json.dumps(results, indent=2, default=str).encode()))
     return results
+
+
+def _scores(setup, model, val, test, device) -> dict:
+    model = model.to(device)
+    return {**setup.evaluate(model, val[0].to(device), val[1].to(device), "val"),
+            **setup.evaluate(model, test[0].to(device), test[1].to(device), "test")}
+
+
+def _best_epoch(history: list, column: str | None):
+    rows = [i for i in range(len(history)) if column and history[i].get(column) is not None]
+    if not rows:
+        return None
+    sign = 1.0 if column.endswith("loss") else -1.0
+    return min(rows, key=lambda i: sign * history[i][column])
 
 
 def _split_xy(d):

@@ -135,10 +135,28 @@ class GatedQIF(nn.Module):
 
     def config(self) -> dict:
         g_in, g_rec, g_out, i0 = self.gains
-        return {"layer": "GatedQIF", "in_features": self.in_features, "hidden": self.hidden,
+        return {"kind": "GatedQIF", "layer": "GatedQIF", "in_features": self.in_features, "hidden": self.hidden,
                 "out_features": self.out_features, "tau_v": self.tau_v, "tau_s": self.tau_s, "delta": self.delta,
                 "i0": i0, "input_gain": g_in, "rec_gain": g_rec, "out_gain": g_out, "mode": self.mode,
                 "checkpoints": self.checkpoints}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "GatedQIF":
+        """Rebuild from ``config()`` (what checkpoints store; unknown keys are an error)."""
+        c = {k: v for k, v in config.items() if k not in ("kind", "layer")}
+        known = {"in_features", "hidden", "out_features", "tau_v", "tau_s", "delta", "i0", "input_gain", "rec_gain",
+                 "out_gain", "mode", "checkpoints"}
+        if set(c) - known:
+            raise ValueError(f"GatedQIF config: unknown key(s) {sorted(set(c) - known)}; known: {sorted(known)}")
+        return cls(**c)
+
+    def to_ir(self, dt: float = 1e-3):
+        """Refused: Loihi 2's CUBA-LIF (and so snn2hw's IR and NIR) has no QIF neuron or graded gate."""
+        from snn2hw.ir import GraphError
+
+        raise GraphError("GatedQIF (Huh & Sejnowski's QIF phase neuron with a gated synapse) has no exact Loihi-2 "
+                         "mapping and no IR/NIR form; deploy its closest LIF network instead: "
+                         "GatedQIF.to_lif_network() (see docs/learning-rules-gated.md)")
 
     # --- dynamics --------------------------------------------------------------------------------------
     def initial_state(self, batch: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

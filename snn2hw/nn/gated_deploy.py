@@ -32,7 +32,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["lif_rate", "qif_rate", "fit_lif_rate", "to_lif_network"]
+__all__ = ["lif_rate", "qif_rate", "fit_lif_rate", "to_lif_network", "deployed_readout", "refit_readout"]
 
 
 def qif_rate(current: np.ndarray, tau_v: float) -> np.ndarray:
@@ -106,3 +106,59 @@ def deployed_readout(network, x: np.ndarray | torch.Tensor, dt: float = 1e-3) ->
     x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x).astype(np.int64)
     res = get_backend("sim")(art, x, record_state=[out])
     return res.v[out].astype(np.float64) / scale
+
+
+def refit_readout(network, x: torch.Tensor, y: torch.Tensor, on: str = "float") -> "torch.nn.Module":
+    """A copy of ``network`` (``to_lif_network``'s ``SpikingSequential``) whose ``LeakyReadout`` weights and bias
+    are the least-squares fit of the targets ``y`` (n, T, out) on the LIF network's own hidden spikes for
+    inputs ``x``, filtered by the read-out's kernel; steps where ``y`` is 0 (delayed XOR) or NaN are not
+    scored. Closed form, no gradient: it keeps the mapped hidden network and re-learns only the linear
+    read-out the mapping gets wrong (the hidden LIF spikes are not the QIF's).
+
+    ``on="float"``: the hidden spikes of the float network; ``on="sim"``: those of the compiled network on
+    the bit-accurate simulator, i.e. exactly the spikes the deployed read-out receives (the hidden layers'
+    fixed-point weights change some spikes, and a read-out fitted to the float spikes does not transfer)."""
+    if on not in ("float", "sim"):
+        raise ValueError(f"refit_readout: on must be 'float' or 'sim', got {on!r}")
+    import copy
+
+    from snn2hw.nn.conv import LeakyReadout
+    from snn2hw.nn.layers import SpikingSequential
+
+    net = copy.deepcopy(network).cpu().eval()
+    hidden_layers, old = net.layers[:-1], net.layers[-1]
+    n_hidden = old.in_features
+    probe = LeakyReadout(n_hidden, n_hidden, du=float(old.du), dv=float(old.dv), bias=False)
+    with torch.no_grad():
+        probe.weight.copy_(torch.eye(n_hidden))
+        h = _sim_hidden_spikes(net, x) if on == "sim" else x.float()
+        for layer in (hidden_layers if on == "float" else []):
+            h = layer(h)
+        feats = probe(h).double()  # (n, T, hidden): each hidden neuron's filtered spikes, as the read-out sees them
+    y = y if y.dim() == 3 else y[..., None]
+    mask = torch.isfinite(y).all(-1) & (y != 0).any(-1)
+    a = torch.cat([feats[mask], torch.ones(int(mask.sum()), 1, dtype=torch.float64)], dim=1)
+    sol = torch.linalg.lstsq(a, y[mask].double()).solution  # (hidden + 1, out)
+    weight, bias = sol[:-1].t().float(), sol[-1].float()
+    scale = float(weight.abs().sum(dim=1).max()) + float(bias.abs().max())
+    new = LeakyReadout(n_hidden, old.out_features, du=float(old.du), dv=float(old.dv), v_scale=max(scale, 1e-3), bias=True)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        new.bias.copy_(bias)
+    return SpikingSequential([*hidden_layers, new])
+
+
+def _sim_hidden_spikes(network, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """Spikes (n, T, hidden) of the population that feeds ``network``'s read-out, on the simulator."""
+    from snn2hw.backends import get_backend
+    from snn2hw.compiler import compile_graph
+
+    art = compile_graph(network.to_ir())
+    out = art.graph.outputs[0]
+    feeding = [p.src for p in art.graph.projections if p.dst == out and p.src != out]
+    if len(feeding) != 1:
+        raise ValueError(f"refit_readout(on='sim'): the read-out {out!r} must be fed by one population, got {feeding}")
+    run = get_backend("sim")
+    parts = [run(art, np.asarray(x[lo:lo + batch].cpu()).astype(np.int64), record=feeding, count_events=False).spikes[feeding[0]]
+             for lo in range(0, len(x), batch)]
+    return torch.from_numpy(np.concatenate(parts)).float()

@@ -63,11 +63,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 
 def load_checkpoint(path: str | os.PathLike) -> torch.nn.Module:
     """Rebuild the model a checkpoint describes and load its weights."""
+    from snn2hw.nn.gated import GatedQIF
     from snn2hw.nn.layers import SpikingSequential
 
     payload = read_checkpoint(path)
     config = payload["config"]
-    builders = {"SpikingSequential": SpikingSequential.from_config}
+    builders = {"SpikingSequential": SpikingSequential.from_config, "GatedQIF": GatedQIF.from_config}
     kind = config.get("kind") if isinstance(config, dict) else None
     if kind not in builders:
         raise CheckpointError(f"{path}: unknown model kind {kind!r}")
