@@ -37,7 +37,9 @@ time::
 ``leaky_readout_sequence`` is the same neuron without threshold and reset (a leaky integrator read-out,
 returns v), with its own two-recursion backward.
 
-The operators follow the input's device and dtype and contain no device-specific code.
+The operators follow the input's device and dtype. Each runs its loop in a compiled kernel where one
+applies (``_compiled``): numba on CPU (``snn2hw.nn.kernels``), Triton on CUDA
+(``snn2hw.nn.triton_kernels``), with the same arithmetic; otherwise in the tensor loop below.
 """
 from __future__ import annotations
 
@@ -107,6 +109,11 @@ def _reduce_to(per_neuron: torch.Tensor, scalar: bool) -> torch.Tensor:
     return per_neuron.sum() if scalar else per_neuron
 
 
+def _compiled(*tensors):
+    """The compiled-kernel module for these tensors (numba on CPU, Triton on CUDA), or None."""
+    return kernels if kernels.usable(*tensors) else kernels.triton_for(*tensors)
+
+
 def _block_steps(batch: int, n: int, steps: int) -> int:
     return max(1, min(steps, _BLOCK_ELEMENTS // max(1, batch * n)))
 
@@ -143,9 +150,10 @@ class _CubaLIFSequence(torch.autograd.Function):
         ctx.alpha_is_zero = alpha_is_zero
         ctx.bias_is_scalar = bias is not None and bias.dim() == 0
         ctx.set_materialize_grads(False)
-        if kernels.usable(a, alpha, beta, v_th, bias):
+        backend = _compiled(a, alpha, beta, v_th, bias)
+        if backend is not None:
             # the whole loop in one compiled call (same arithmetic, same order: bit-identical)
-            v_pre, spikes, u_all, v_all = kernels.lif_forward(a, alpha, beta, v_th, bias, alpha_is_zero, keep_u,
+            v_pre, spikes, u_all, v_all = backend.lif_forward(a, alpha, beta, v_th, bias, alpha_is_zero, keep_u,
                                                               return_state)
             ctx.save_for_backward(v_pre, u_all if need_alpha_grad else None, alpha, beta, v_th)
             return (spikes, u_all, v_all) if return_state else spikes
@@ -188,9 +196,10 @@ class _CubaLIFSequence(torch.autograd.Function):
         detach_reset = ctx.detach_reset
         batch, steps, n = v_pre.shape
         need_lam_u = need_a or need_alpha
-        if kernels.usable(v_pre, g_s, g_u, g_v):
+        backend = _compiled(v_pre, g_s, g_u, g_v)
+        if backend is not None:
             # one compiled pass over time (the surrogate derivative inside it, or one tensor op before it)
-            grad_a, sums = kernels.lif_backward(v_pre, surrogate, g_s, g_u, g_v, u_all, alpha, beta, v_th, detach_reset,
+            grad_a, sums = backend.lif_backward(v_pre, surrogate, g_s, g_u, g_v, u_all, alpha, beta, v_th, detach_reset,
                                                 ctx.alpha_is_zero, (need_a, need_alpha, need_beta, need_vth, need_bias))
             sums = sums.to(v_pre.dtype)
             return (

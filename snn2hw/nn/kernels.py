@@ -34,7 +34,7 @@ try:  # an accelerator, never a requirement
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     numba = None
 
-__all__ = ["available", "usable", "lif_forward", "lif_backward"]
+__all__ = ["available", "usable", "triton_for", "lif_forward", "lif_backward"]
 
 _BLOCK_ALIGN = 64
 _kernels: dict = {}
@@ -60,6 +60,17 @@ def usable(*tensors) -> bool:
         elif t.dtype != dtype:
             return False
     return True
+
+
+def triton_for(*tensors):
+    """``snn2hw.nn.triton_kernels`` when these tensors can use it (CUDA, or CPU under Triton's interpreter,
+    ``TRITON_INTERPRET=1``), else None. Triton is imported only then, so CPU-only use never pays for it."""
+    if os.environ.get("TRITON_INTERPRET", "") != "1" and not any(t is not None and t.device.type == "cuda"
+                                                                 for t in tensors):
+        return None
+    from snn2hw.nn import triton_kernels
+
+    return triton_kernels if triton_kernels.usable(*tensors) else None
 
 
 def _threads() -> int:

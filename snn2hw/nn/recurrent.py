@@ -48,7 +48,14 @@ import torch
 
 from snn2hw.nn.functional import (Param, _as_param, _check_input, _current_step_, _is_constant_zero, _reduce_to,
                                   _voltage_step_)
-from snn2hw.nn import recurrent_kernels as kernels
+
+
+def _compiled(*tensors):
+    """The compiled kernels for these tensors: numba on CPU (event-driven forward), Triton on CUDA, or None."""
+    return recurrent_kernels if recurrent_kernels.usable(*tensors) else triton_for(*tensors)
+
+from snn2hw.nn import recurrent_kernels
+from snn2hw.nn.kernels import triton_for
 from snn2hw.nn.surrogate import FastSigmoid, Surrogate, get_surrogate
 
 __all__ = [
@@ -70,9 +77,11 @@ class _RecurrentCubaLIF(torch.autograd.Function):
         ctx.alpha_is_zero = alpha_is_zero
         ctx.bias_is_scalar = bias is not None and bias.dim() == 0
         ctx.set_materialize_grads(False)
-        if kernels.usable(a_ff, weight, alpha, beta, v_th, bias):
-            # the whole loop in one compiled call, event-driven recurrent input (bit-identical to the reference)
-            v_pre, spikes, u_all, v_all = kernels.recurrent_forward(a_ff, weight, alpha, beta, v_th, bias,
+        backend = _compiled(a_ff, weight, alpha, beta, v_th, bias)
+        if backend is not None:
+            # CPU: the whole loop in one compiled call, event-driven (bit-identical to the reference);
+            # CUDA: one product and one fused elementwise launch per step
+            v_pre, spikes, u_all, v_all = backend.recurrent_forward(a_ff, weight, alpha, beta, v_th, bias,
                                                                     alpha_is_zero, keep_u, return_state)
             ctx.save_for_backward(v_pre, u_all if need_alpha_grad else None, weight, alpha, beta, v_th)
             return (spikes, u_all, v_all) if return_state else spikes
@@ -119,9 +128,10 @@ class _RecurrentCubaLIF(torch.autograd.Function):
         need_a, need_w, need_alpha, need_beta, need_vth, need_bias = ctx.needs_input_grad[:6]
         surrogate: Surrogate = ctx.surrogate
         batch, steps, n = v_pre.shape
-        if kernels.usable(v_pre, weight, g_s, g_u, g_v):
+        backend = _compiled(v_pre, weight, g_s, g_u, g_v)
+        if backend is not None:
             fused = type(surrogate) is FastSigmoid  # its derivative is computed inside the kernel
-            lam_a, sums = kernels.recurrent_backward(v_pre, weight, surrogate, g_s, g_u, g_v, u_all, alpha, beta, v_th,
+            lam_a, sums = backend.recurrent_backward(v_pre, weight, surrogate, g_s, g_u, g_v, u_all, alpha, beta, v_th,
                                                      ctx.detach_reset, ctx.alpha_is_zero,
                                                      (need_alpha, need_beta, need_vth, need_bias, fused))
             sums = sums.to(v_pre.dtype)
