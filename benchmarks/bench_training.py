@@ -8,8 +8,21 @@ preferred layout (snn2hw: batch-first; snnTorch, Norse, SpikingJelly: time-first
 
 ``--layer recurrent`` adds a recurrent N x N projection with a one-step delay to the LIF layer
 (snn2hw: ``recurrent_cuba_lif_sequence``; snnTorch: ``RLeaky(all_to_all=True, linear_features=N)``;
-the floor then also holds the 2T per-step (batch, N) x (N, N) products that any implementation of a
-recurrent layer must do: V s[t-1] forward and lam[t+1] V backward, plus the weight gradient of V).
+Norse: ``LIFRecurrentCell`` with input weights W and recurrent weights V, fed the input spikes, stepped
+over ``unbind``; SpikingJelly: ``LinearRecurrentContainer`` around a single-step ``LIFNode``, its Linear
+over [x[t], y[t-1]] holding [W, V], fed the input spikes and stepped over ``unbind`` (its multi-step
+mode indexes ``x[t]``). The floor then also holds the 2T per-step (batch, N) x (N, N) products of a
+dense recurrent layer: V s[t-1] forward and lam[t+1] V backward, plus the weight gradient of V.
+snn2hw's forward is event-driven (spikes x N additions per step), so it can go below this floor.)
+
+``--layer conv`` times a conv network instead (``CONV_NET``: 2x34x34 input, conv 12c5, sum-pool 2,
+conv 32c4, sum-pool 2, dense 10, a LIF population after every hop; T = 50 by default) in snn2hw
+(``SpikingSequential`` of ``ConvLIF`` / ``SumPoolLIF`` / ``LIFDense``), snnTorch and SpikingJelly, each
+applying every conv / pool / linear to all T x batch images in one call; its floor is those linear ops
+and their backward without neurons.
+
+``--device cuda`` runs everything on the GPU (snn2hw: its Triton kernels; SpikingJelly chooses its own
+CUDA kernel; Norse also under ``torch.compile``), by default at N = 4096, 8192, 16384.
 
 Implementations (each peer as its documentation uses it, in its fastest CPU configuration, and
 iterated without quadratic patterns: per-step inputs come from ``unbind``, never ``a[t]`` of a tensor
@@ -53,7 +66,7 @@ CPUs is marked ``*`` ("under load") in the table and ``under_load: true`` in the
 Usage::
 
     python benchmarks/bench_training.py [--sizes 256 512 1024 2048 4096] [--steps 500] [--batch 16]
-        [--reps 7] [--threads 2] [--layer dense|recurrent]
+        [--reps 7] [--reps-large 3] [--threads 2] [--layer dense|recurrent|conv] [--device cpu|cuda]
         [--frameworks floor snn2hw snntorch norse norse-compile spikingjelly]
         [--peer-python .venv-peers/bin/python] [--out benchmarks/results/training.json]
 """
@@ -185,50 +198,34 @@ def build(framework: str, n: int, steps: int, batch: int, device, layer: str = "
 
         return run, snntorch.__version__
 
-    if framework in ("norse", "norse-compile") and recurrent:
-        import norse
-        import norse.torch as norse_torch
-
-        # Norse's recurrent LIF cell applies its input and recurrent weights inside the step (its documented
-        # use), so it gets the input spikes; tau_syn_inv * dt = 1 lets its synaptic current decay fully each
-        # step (no synaptic memory, as the other implementations). Threshold 0.1: dt * tau_mem_inv = 0.1.
-        params = norse_torch.LIFParameters(tau_syn_inv=torch.tensor(1000.0), tau_mem_inv=torch.tensor(100.0),
-                                           v_th=torch.tensor(0.1 * V_TH))
-        cell = norse_torch.LIFRecurrentCell(n, n, p=params, dt=1e-3, autapses=True,
-                                            input_weights=w.detach().clone(),
-                                            recurrent_weights=v_rec.detach().clone()).to(device)
-        step = torch.compile(cell) if framework == "norse-compile" else cell
-
-        def run():
-            cell.zero_grad(set_to_none=True)
-            state = None
-            spikes = []
-            for x_t in x.unbind(0):
-                z, state = step(x_t, state)
-                spikes.append(z)
-            s = torch.stack(spikes)
-            loss = s.sum()
-            loss.backward()
-            return loss.item() / s.numel()
-
-        return run, getattr(norse, "__version__", "?")
-
     if framework in ("norse", "norse-compile"):
         import norse
         import norse.torch as norse_torch
 
-        params = norse_torch.LIFBoxParameters(tau_mem_inv=torch.tensor(100.0, device=device),
-                                              v_th=torch.tensor(0.1 * V_TH, device=device))
-        lif = norse_torch.LIFBoxCell(p=params, dt=1e-3).to(device)
-        step = torch.compile(lif) if framework == "norse-compile" else lif
+        if recurrent:
+            # Norse's recurrent LIF cell applies its input and recurrent weights inside the step (its
+            # documented use), so it gets the input spikes; tau_syn_inv * dt = 1 lets its synaptic current
+            # decay fully each step (no synaptic memory, as the other implementations).
+            params = norse_torch.LIFParameters(tau_syn_inv=torch.tensor(1000.0, device=device),
+                                               tau_mem_inv=torch.tensor(100.0, device=device),
+                                               v_th=torch.tensor(0.1 * V_TH, device=device))
+            cell = norse_torch.LIFRecurrentCell(n, n, p=params, dt=1e-3, autapses=True,
+                                                input_weights=w.detach().clone(),
+                                                recurrent_weights=v_rec.detach().clone()).to(device)
+        else:
+            # LIF without synaptic current; dt * tau_mem_inv = 0.1 scales its input by 0.1, hence v_th 0.1
+            params = norse_torch.LIFBoxParameters(tau_mem_inv=torch.tensor(100.0, device=device),
+                                                  v_th=torch.tensor(0.1 * V_TH, device=device))
+            cell = norse_torch.LIFBoxCell(p=params, dt=1e-3).to(device)
+        step = torch.compile(cell) if framework == "norse-compile" else cell
 
         def run():
             w.grad = None
-            a = x @ w.t()
+            cell.zero_grad(set_to_none=True)
             state = None
             spikes = []
-            for a_t in a.unbind(0):
-                z, state = step(a_t, state)
+            for in_t in (x if recurrent else x @ w.t()).unbind(0):
+                z, state = step(in_t, state)
                 spikes.append(z)
             s = torch.stack(spikes)
             loss = s.sum()
