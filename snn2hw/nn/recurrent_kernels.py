@@ -27,14 +27,16 @@ __all__ = ["available", "usable", "recurrent_forward", "recurrent_backward"]
 _kernels: dict = {}
 
 
-def _forward_kernel(alpha_zero: bool, has_bias: bool, keep_u: bool, keep_v: bool):
-    key = ("forward", alpha_zero, has_bias, keep_u, keep_v)
+def _forward_kernel(alpha_zero: bool, has_bias: bool):
+    """The forward scan; the options that shape its inner loop are closure constants (one compiled variant
+    each), the others run-time arguments (fewer variants to compile)."""
+    key = ("forward", alpha_zero, has_bias)
     if key in _kernels:
         return _kernels[key]
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-    def forward(a, wt, alpha, beta, vth, bias, unit, v_pre, spikes, u_all, v_all):
-        _key = (alpha_zero, has_bias, keep_u, keep_v)  # only here to put the options into the closure
+    def forward(a, wt, alpha, beta, vth, bias, unit, v_pre, spikes, keep_u, u_all, keep_v, v_all):
+        _key = (alpha_zero, has_bias)  # only here to put the options into the closure
         batch, steps, n = a.shape
         for b in numba.prange(batch):
             one = unit[0]  # every product and sum stays in the input's dtype
@@ -92,10 +94,12 @@ def _backward_step_kernel(flags: tuple, fast_sigmoid: bool):
     key = ("backward", fast_sigmoid) + flags
     if key in _kernels:
         return _kernels[key]
-    has_gs, has_gu, has_gv, detach, alpha_zero, need_alpha, need_beta, need_vth, need_bias = flags
+    has_gs, detach, alpha_zero = flags
 
     @numba.njit(nogil=True, boundscheck=False, cache=True)
-    def step(t, v_pre, sg, g_s, g_u, g_v, u_all, rec, alpha, beta, vth, unit, scale, lp_next, lam_a, acc):
+    def step(t, v_pre, sg, g_s, has_gu, g_u, has_gv, g_v, u_all, rec, alpha, beta, vth, unit, scale, lp_next, lam_a,
+             acc, need):
+        need_alpha, need_beta, need_vth, need_bias = need[0], need[1], need[2], need[3]
         _key = (flags, fast_sigmoid)  # only here to put the options into the closure
         batch, steps, n = v_pre.shape
         one = unit[0]
@@ -168,10 +172,10 @@ def recurrent_forward(a_ff: torch.Tensor, weight: torch.Tensor, alpha, beta, v_t
     v_all = torch.empty_like(a) if keep_v else None
     if a.numel():
         _set_threads()
-        _forward_kernel(bool(alpha_is_zero), bias is not None, bool(keep_u), bool(keep_v))(
+        _forward_kernel(bool(alpha_is_zero), bias is not None)(
             a.numpy(), wt.numpy(), _per_neuron(alpha, n, a), _per_neuron(beta, n, a), _per_neuron(v_th, n, a),
             _per_neuron(bias, n, a), np.ones(1, dtype=a.numpy().dtype), v_pre.numpy(), spikes.numpy(),
-            u_all.numpy() if keep_u else _empty(a), v_all.numpy() if keep_v else _empty(a))
+            bool(keep_u), u_all.numpy() if keep_u else _empty(a), bool(keep_v), v_all.numpy() if keep_v else _empty(a))
     return v_pre, spikes, u_all, v_all
 
 
@@ -196,14 +200,14 @@ def recurrent_backward(v_pre: torch.Tensor, weight: torch.Tensor, surrogate, g_s
     sg = None if fused else surrogate.derivative_(torch.sub(v_pre, v_th))
     rec = torch.zeros(batch, n, dtype=v_pre.dtype)
     lp_next = np.zeros((batch, n), dtype=v_pre.numpy().dtype)
-    flags = tuple(bool(f) for f in (g_s is not None, g_u is not None, g_v is not None, detach_reset, alpha_is_zero,
-                                    need_alpha, need_beta, need_vth, need_bias))
+    flags = (g_s is not None, bool(detach_reset), bool(alpha_is_zero))
     dtype = v_pre.numpy().dtype
     step = _backward_step_kernel(flags, fused)
-    args = (v_pre.numpy(), sg.numpy() if sg is not None else _empty(v_pre), arr(g_s), arr(g_u), arr(g_v),
-            arr(u_all) if need_alpha else _empty(v_pre), rec.numpy(), _per_neuron(alpha, n, v_pre),
-            _per_neuron(beta, n, v_pre), _per_neuron(v_th, n, v_pre), np.ones(1, dtype=dtype),
-            np.full(1, surrogate.scale if fused else 0.0, dtype=dtype), lp_next, lam_a.numpy(), acc)
+    args = (v_pre.numpy(), sg.numpy() if sg is not None else _empty(v_pre), arr(g_s), g_u is not None, arr(g_u),
+            g_v is not None, arr(g_v), arr(u_all) if need_alpha else _empty(v_pre), rec.numpy(),
+            _per_neuron(alpha, n, v_pre), _per_neuron(beta, n, v_pre), _per_neuron(v_th, n, v_pre),
+            np.ones(1, dtype=dtype), np.full(1, surrogate.scale if fused else 0.0, dtype=dtype), lp_next,
+            lam_a.numpy(), acc, np.array([need_alpha, need_beta, need_vth, need_bias]))
     for t in range(steps - 1, -1, -1):
         if t < steps - 1:
             torch.mm(lam_a[:, t + 1], weight, out=rec)  # lam_a[t+1] V: what s[t] fed into a[t+1]
