@@ -209,9 +209,10 @@ def build(framework: str, n: int, steps: int, batch: int, device, layer: str = "
             params = norse_torch.LIFParameters(tau_syn_inv=torch.tensor(1000.0, device=device),
                                                tau_mem_inv=torch.tensor(100.0, device=device),
                                                v_th=torch.tensor(0.1 * V_TH, device=device))
+            # Norse stores given weights as they are: Parameters, so that they are trained (get gradients)
             cell = norse_torch.LIFRecurrentCell(n, n, p=params, dt=1e-3, autapses=True,
-                                                input_weights=w.detach().clone(),
-                                                recurrent_weights=v_rec.detach().clone()).to(device)
+                                                input_weights=torch.nn.Parameter(w.detach().clone()),
+                                                recurrent_weights=torch.nn.Parameter(v_rec.detach().clone())).to(device)
         else:
             # LIF without synaptic current; dt * tau_mem_inv = 0.1 scales its input by 0.1, hence v_th 0.1
             params = norse_torch.LIFBoxParameters(tau_mem_inv=torch.tensor(100.0, device=device),
