@@ -20,7 +20,7 @@ already the simulator's dependency. ``torch.compile`` of the 500-step loop unrol
 minutes. See docs/training.md for the figures.
 
 numba is optional: ``available()`` is False without it or with ``SNN2HW_NO_NUMBA=1``; the operators
-then use their tensor loop, which also serves CUDA tensors.
+then use their tensor loop. CUDA tensors use ``snn2hw.nn.triton_kernels`` (see ``triton_for``).
 """
 from __future__ import annotations
 
