@@ -106,6 +106,13 @@ DEFAULT_PEER_PYTHON = REPO / ".venv-peers" / "bin" / "python"
 
 
 # --- the workloads (run inside a worker process) -------------------------------------------------------
+def _backward_rate(s) -> float:
+    """Loss = sum of the output spikes: backward, and return the spike rate."""
+    loss = s.sum()
+    loss.backward()
+    return loss.item() / s.numel()
+
+
 def build(framework: str, n: int, steps: int, batch: int, device, layer: str = "dense"):
     """Return ``(run, version)``; ``run()`` does one forward + backward and returns the spike rate."""
     import torch
@@ -156,9 +163,7 @@ def build(framework: str, n: int, steps: int, batch: int, device, layer: str = "
                 s = recurrent_cuba_lif_sequence(x @ w.t(), v_rec, 0.0, BETA, V_TH, None, surrogate=surrogate)
             else:
                 s = cuba_lif_sequence(x @ w.t(), 0.0, BETA, V_TH, None, surrogate, detach_reset=True)
-            loss = s.sum()
-            loss.backward()
-            return loss.item() / s.numel()
+            return _backward_rate(s)
 
         return run, snn2hw.__version__
 
@@ -192,9 +197,7 @@ def build(framework: str, n: int, steps: int, batch: int, device, layer: str = "
                     spk, mem = lif(a_t, mem)
                 spikes.append(spk)
             s = torch.stack(spikes)
-            loss = s.sum()
-            loss.backward()
-            return loss.item() / s.numel()
+            return _backward_rate(s)
 
         return run, snntorch.__version__
 
@@ -229,9 +232,7 @@ def build(framework: str, n: int, steps: int, batch: int, device, layer: str = "
                 z, state = step(in_t, state)
                 spikes.append(z)
             s = torch.stack(spikes)
-            loss = s.sum()
-            loss.backward()
-            return loss.item() / s.numel()
+            return _backward_rate(s)
 
         return run, getattr(norse, "__version__", "?")
 
@@ -255,9 +256,7 @@ def build(framework: str, n: int, steps: int, batch: int, device, layer: str = "
             rnn.reset()
             lif.reset()
             s = torch.stack([rnn(x_t) for x_t in x.unbind(0)])
-            loss = s.sum()
-            loss.backward()
-            return loss.item() / s.numel()
+            return _backward_rate(s)
 
         return run, importlib.metadata.version("spikingjelly")
 
@@ -279,9 +278,7 @@ def build(framework: str, n: int, steps: int, batch: int, device, layer: str = "
             w.grad = None
             lif.reset()
             s = lif(x @ w.t())
-            loss = s.sum()
-            loss.backward()
-            return loss.item() / s.numel()
+            return _backward_rate(s)
 
         return run, importlib.metadata.version("spikingjelly")
 
@@ -358,9 +355,7 @@ def build_conv(framework: str, steps: int, batch: int, device):
         def run():
             net.zero_grad(set_to_none=True)
             s = net(x)
-            loss = s.sum()
-            loss.backward()
-            return loss.item() / s.numel()
+            return _backward_rate(s)
 
         return run, snn2hw.__version__
 
@@ -384,9 +379,7 @@ def build_conv(framework: str, steps: int, batch: int, device):
         def run():
             zero_grads()
             s = hops(x.flatten(0, 1), neuron)
-            loss = s.sum()
-            loss.backward()
-            return loss.item() / s.numel()
+            return _backward_rate(s)
 
         return run, snntorch.__version__
 
@@ -407,9 +400,7 @@ def build_conv(framework: str, steps: int, batch: int, device):
             for lif in lifs:
                 sj_functional.reset_net(lif)
             s = hops(x.flatten(0, 1), neuron)
-            loss = s.sum()
-            loss.backward()
-            return loss.item() / s.numel()
+            return _backward_rate(s)
 
         return run, importlib.metadata.version("spikingjelly")
 
