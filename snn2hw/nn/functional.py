@@ -291,6 +291,9 @@ class _CubaLIFSequence(torch.autograd.Function):
                         u_prev = u_all[:, t0 + first - 1 : t1 - 1]
                         acc_alpha.add_((lam[:, first:] * u_prev).sum((0, 1)))
 
+        if ctx.delay and grad_a is not None:  # step t read a[t - delay] (only if the gradients came on another
+            d = ctx.delay                      # device or dtype than the forward's compiled kernel)
+            grad_a = torch.cat([grad_a[:, d:], grad_a.new_zeros(batch, min(d, steps), n)], dim=1)
         return (
             grad_a,
             _reduce_to(acc_alpha, alpha.dim() == 0) if need_alpha else None,
