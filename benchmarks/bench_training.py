@@ -8,8 +8,21 @@ preferred layout (snn2hw: batch-first; snnTorch, Norse, SpikingJelly: time-first
 
 ``--layer recurrent`` adds a recurrent N x N projection with a one-step delay to the LIF layer
 (snn2hw: ``recurrent_cuba_lif_sequence``; snnTorch: ``RLeaky(all_to_all=True, linear_features=N)``;
-the floor then also holds the 2T per-step (batch, N) x (N, N) products that any implementation of a
-recurrent layer must do: V s[t-1] forward and lam[t+1] V backward, plus the weight gradient of V).
+Norse: ``LIFRecurrentCell`` with input weights W and recurrent weights V, fed the input spikes, stepped
+over ``unbind``; SpikingJelly: ``LinearRecurrentContainer`` around a single-step ``LIFNode``, its Linear
+over [x[t], y[t-1]] holding [W, V], fed the input spikes and stepped over ``unbind`` (its multi-step
+mode indexes ``x[t]``). The floor then also holds the 2T per-step (batch, N) x (N, N) products of a
+dense recurrent layer: V s[t-1] forward and lam[t+1] V backward, plus the weight gradient of V.
+snn2hw's forward is event-driven (spikes x N additions per step), so it can go below this floor.)
+
+``--layer conv`` times a conv network instead (``CONV_NET``: 2x34x34 input, conv 12c5, sum-pool 2,
+conv 32c4, sum-pool 2, dense 10, a LIF population after every hop; T = 50 by default) in snn2hw
+(``SpikingSequential`` of ``ConvLIF`` / ``SumPoolLIF`` / ``LIFDense``), snnTorch and SpikingJelly, each
+applying every conv / pool / linear to all T x batch images in one call; its floor is those linear ops
+and their backward without neurons.
+
+``--device cuda`` runs everything on the GPU (snn2hw: its Triton kernels; SpikingJelly chooses its own
+CUDA kernel; Norse also under ``torch.compile``), by default at N = 4096, 8192, 16384.
 
 Implementations (each peer as its documentation uses it, in its fastest CPU configuration, and
 iterated without quadratic patterns: per-step inputs come from ``unbind``, never ``a[t]`` of a tensor
@@ -53,7 +66,7 @@ CPUs is marked ``*`` ("under load") in the table and ``under_load: true`` in the
 Usage::
 
     python benchmarks/bench_training.py [--sizes 256 512 1024 2048 4096] [--steps 500] [--batch 16]
-        [--reps 7] [--threads 2] [--layer dense|recurrent]
+        [--reps 7] [--reps-large 3] [--threads 2] [--layer dense|recurrent|conv] [--device cpu|cuda]
         [--frameworks floor snn2hw snntorch norse norse-compile spikingjelly]
         [--peer-python .venv-peers/bin/python] [--out benchmarks/results/training.json]
 """
@@ -80,16 +93,32 @@ from pathlib import Path  # noqa: E402
 
 FRAMEWORKS = ["floor", "snn2hw", "snntorch", "norse", "norse-compile", "spikingjelly"]
 PEERS = ["snntorch", "norse", "norse-compile", "spikingjelly"]
-RECURRENT_FRAMEWORKS = ["floor", "snn2hw", "snntorch"]
+RECURRENT_FRAMEWORKS = ["floor", "snn2hw", "snntorch", "norse", "spikingjelly"]
+CONV_FRAMEWORKS = ["floor", "snn2hw", "snntorch", "spikingjelly"]
+# The conv network (--layer conv): 2x34x34 input (N-MNIST-sized), conv 12c5 -> sum-pool 2 -> conv 32c4 ->
+# sum-pool 2 -> dense 10, a LIF population after every hop (snn2hw's SumPoolLIF is a pool hop into LIF
+# neurons, so the peers get the same). (in_shape, out_channels or None for a pool, kernel).
+CONV_NET = [((2, 34, 34), 12, 5), ((12, 30, 30), None, 2), ((12, 15, 15), 32, 4), ((32, 12, 12), None, 2)]
+CONV_OUT = 10
 BETA, V_TH, SURROGATE_SCALE, INPUT_RATE = 0.9, 1.0, 10.0, 0.1
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PEER_PYTHON = REPO / ".venv-peers" / "bin" / "python"
 
 
 # --- the workloads (run inside a worker process) -------------------------------------------------------
+def _backward_rate(s) -> float:
+    """Loss = sum of the output spikes: backward, and return the spike rate."""
+    loss = s.sum()
+    loss.backward()
+    return loss.item() / s.numel()
+
+
 def build(framework: str, n: int, steps: int, batch: int, device, layer: str = "dense"):
     """Return ``(run, version)``; ``run()`` does one forward + backward and returns the spike rate."""
     import torch
+
+    if layer == "conv":
+        return build_conv(framework, steps, batch, device)
 
     g = torch.Generator().manual_seed(0)
     time_first = framework not in ("floor", "snn2hw")
@@ -134,9 +163,7 @@ def build(framework: str, n: int, steps: int, batch: int, device, layer: str = "
                 s = recurrent_cuba_lif_sequence(x @ w.t(), v_rec, 0.0, BETA, V_TH, None, surrogate=surrogate)
             else:
                 s = cuba_lif_sequence(x @ w.t(), 0.0, BETA, V_TH, None, surrogate, detach_reset=True)
-            loss = s.sum()
-            loss.backward()
-            return loss.item() / s.numel()
+            return _backward_rate(s)
 
         return run, snn2hw.__version__
 
@@ -170,9 +197,7 @@ def build(framework: str, n: int, steps: int, batch: int, device, layer: str = "
                     spk, mem = lif(a_t, mem)
                 spikes.append(spk)
             s = torch.stack(spikes)
-            loss = s.sum()
-            loss.backward()
-            return loss.item() / s.numel()
+            return _backward_rate(s)
 
         return run, snntorch.__version__
 
@@ -180,25 +205,60 @@ def build(framework: str, n: int, steps: int, batch: int, device, layer: str = "
         import norse
         import norse.torch as norse_torch
 
-        params = norse_torch.LIFBoxParameters(tau_mem_inv=torch.tensor(100.0, device=device),
-                                              v_th=torch.tensor(0.1 * V_TH, device=device))
-        lif = norse_torch.LIFBoxCell(p=params, dt=1e-3).to(device)
-        step = torch.compile(lif) if framework == "norse-compile" else lif
+        if recurrent:
+            # Norse's recurrent LIF cell applies its input and recurrent weights inside the step (its
+            # documented use), so it gets the input spikes; tau_syn_inv * dt = 1 lets its synaptic current
+            # decay fully each step (no synaptic memory, as the other implementations).
+            params = norse_torch.LIFParameters(tau_syn_inv=torch.tensor(1000.0, device=device),
+                                               tau_mem_inv=torch.tensor(100.0, device=device),
+                                               v_th=torch.tensor(0.1 * V_TH, device=device))
+            # Norse stores given weights as they are: Parameters, so that they are trained (get gradients)
+            cell = norse_torch.LIFRecurrentCell(n, n, p=params, dt=1e-3, autapses=True,
+                                                input_weights=torch.nn.Parameter(w.detach().clone()),
+                                                recurrent_weights=torch.nn.Parameter(v_rec.detach().clone())).to(device)
+        else:
+            # LIF without synaptic current; dt * tau_mem_inv = 0.1 scales its input by 0.1, hence v_th 0.1
+            params = norse_torch.LIFBoxParameters(tau_mem_inv=torch.tensor(100.0, device=device),
+                                                  v_th=torch.tensor(0.1 * V_TH, device=device))
+            cell = norse_torch.LIFBoxCell(p=params, dt=1e-3).to(device)
+        step = torch.compile(cell) if framework == "norse-compile" else cell
 
         def run():
             w.grad = None
-            a = x @ w.t()
+            cell.zero_grad(set_to_none=True)
             state = None
             spikes = []
-            for a_t in a.unbind(0):
-                z, state = step(a_t, state)
+            for in_t in (x if recurrent else x @ w.t()).unbind(0):
+                z, state = step(in_t, state)
                 spikes.append(z)
             s = torch.stack(spikes)
-            loss = s.sum()
-            loss.backward()
-            return loss.item() / s.numel()
+            return _backward_rate(s)
 
         return run, getattr(norse, "__version__", "?")
+
+    if framework == "spikingjelly" and recurrent:
+        import importlib.metadata
+
+        from spikingjelly.activation_based import layer as sj_layer
+        from spikingjelly.activation_based import neuron
+
+        # SpikingJelly's recurrent layer is LinearRecurrentContainer: one Linear over [x[t], y[t-1]] per step.
+        # Given the input spikes and weight [W, V] it is this workload. Its multi-step mode indexes x[t] in
+        # its loop, so it runs single-step over x.unbind(0) (the loop of its own docstring, minus indexing).
+        lif = neuron.LIFNode(tau=1.0 / (1.0 - BETA), decay_input=False, v_threshold=V_TH, v_reset=0.0,
+                             detach_reset=True, step_mode="s")
+        rnn = sj_layer.LinearRecurrentContainer(lif, in_features=n, out_features=n, bias=False, step_mode="s").to(device)
+        with torch.no_grad():
+            rnn.rc.weight.copy_(torch.cat([w, v_rec], dim=1))
+
+        def run():
+            rnn.zero_grad(set_to_none=True)
+            rnn.reset()
+            lif.reset()
+            s = torch.stack([rnn(x_t) for x_t in x.unbind(0)])
+            return _backward_rate(s)
+
+        return run, importlib.metadata.version("spikingjelly")
 
     if framework == "spikingjelly":
         import importlib.metadata
@@ -218,13 +278,133 @@ def build(framework: str, n: int, steps: int, batch: int, device, layer: str = "
             w.grad = None
             lif.reset()
             s = lif(x @ w.t())
-            loss = s.sum()
-            loss.backward()
-            return loss.item() / s.numel()
+            return _backward_rate(s)
 
         return run, importlib.metadata.version("spikingjelly")
 
     raise ValueError(f"unknown framework {framework!r}")
+
+
+def build_conv(framework: str, steps: int, batch: int, device):
+    """The conv network of ``CONV_NET`` in one implementation; ``run()`` as in ``build``.
+
+    Every implementation applies each conv / pool / linear to all T x batch images in one call (the
+    peers' best: SpikingJelly's multi-step layers do this, snnTorch's tutorials call the conv per step
+    inside the loop, which is slower) and runs its neuron over the whole sequence (snnTorch: ``Leaky``
+    stepped over ``unbind``; SpikingJelly: multi-step ``LIFNode``). Sum pooling is ``avg_pool2d`` with
+    ``divisor_override=1``, which is what snn2hw's ``SumPoolLIF`` computes.
+    """
+    import torch
+    import torch.nn.functional as tf
+
+    g = torch.Generator().manual_seed(0)
+    c0, h0, w0 = CONV_NET[0][0]
+    time_first = framework not in ("floor", "snn2hw")
+    shape = (steps, batch, c0, h0, w0) if time_first else (batch, steps, c0 * h0 * w0)
+    x = (torch.rand(shape, generator=g) < INPUT_RATE).float().to(device)
+    weights = []
+    for (c, _, _), out_ch, k in CONV_NET:
+        if out_ch is not None:  # scaled so that the input current has about unit variance at rate 0.1
+            weights.append(torch.randn(out_ch, c, k, k, generator=g) / (c * k * k * INPUT_RATE) ** 0.5)
+    last_c, last_h, last_w = CONV_NET[-1][0]
+    flat = last_c * (last_h // CONV_NET[-1][2]) * (last_w // CONV_NET[-1][2])
+    weights.append(torch.randn(CONV_OUT, flat, generator=g) / (flat * INPUT_RATE) ** 0.5)
+    weights = [wt.to(device).requires_grad_(True) for wt in weights]
+
+    def hops(a_img, neuron):
+        """Apply the network to images (T*batch or batch*T first); ``neuron(a, stage)`` maps currents to spikes."""
+        wi, stage = 0, 0
+        for (_, out_ch, k) in CONV_NET:
+            if out_ch is None:
+                a_img = tf.avg_pool2d(a_img, k, divisor_override=1)
+            else:
+                a_img = tf.conv2d(a_img, weights[wi])
+                wi += 1
+            a_img = neuron(a_img, stage)
+            stage += 1
+        return neuron(a_img.flatten(1) @ weights[-1].t(), stage)
+
+    def zero_grads():
+        for wt in weights:
+            wt.grad = None
+
+    if framework == "floor":
+        # only the linear ops every implementation must do (convs, pools, the dense product, and their backward)
+        def run():
+            zero_grads()
+            out = hops(x.reshape(batch * steps, c0, h0, w0), lambda a, stage: a)
+            out.backward(torch.ones_like(out))
+
+        return run, torch.__version__
+
+    if framework == "snn2hw":
+        import snn2hw
+        from snn2hw.nn.conv import ConvLIF, SumPoolLIF
+        from snn2hw.nn.layers import LIFDense, SpikingSequential
+
+        kw = dict(du=1.0, dv=1.0 - BETA, v_th=V_TH, surrogate_scale=SURROGATE_SCALE)
+        layers = []
+        for in_shape, out_ch, k in CONV_NET:
+            layers.append(SumPoolLIF(in_shape, k, **kw) if out_ch is None else ConvLIF(in_shape, out_ch, k, **kw))
+        layers.append(LIFDense(flat, CONV_OUT, **kw))
+        net = SpikingSequential(layers).to(device)
+        with torch.no_grad():
+            for layer, wt in zip([l for l in layers if isinstance(l.weight, torch.nn.Parameter)], weights):
+                layer.weight.copy_(wt)
+
+        def run():
+            net.zero_grad(set_to_none=True)
+            s = net(x)
+            return _backward_rate(s)
+
+        return run, snn2hw.__version__
+
+    if framework == "snntorch":
+        import snntorch
+        from snntorch import surrogate as snn_surrogate
+
+        spike_grad = snn_surrogate.fast_sigmoid(slope=SURROGATE_SCALE)
+        lifs = [snntorch.Leaky(beta=BETA, threshold=V_TH, spike_grad=spike_grad, reset_mechanism="zero").to(device)
+                for _ in range(len(CONV_NET) + 1)]
+
+        def neuron(a, stage):
+            a = a.reshape(steps, batch, *a.shape[1:])
+            mem = lifs[stage].init_leaky()
+            out = []
+            for a_t in a.unbind(0):
+                spk, mem = lifs[stage](a_t, mem)
+                out.append(spk)
+            return torch.stack(out).flatten(0, 1)
+
+        def run():
+            zero_grads()
+            s = hops(x.flatten(0, 1), neuron)
+            return _backward_rate(s)
+
+        return run, snntorch.__version__
+
+    if framework == "spikingjelly":
+        import importlib.metadata
+
+        from spikingjelly.activation_based import functional as sj_functional
+        from spikingjelly.activation_based import neuron as sj_neuron
+
+        lifs = [sj_neuron.LIFNode(tau=1.0 / (1.0 - BETA), decay_input=False, v_threshold=V_TH, v_reset=0.0,
+                                  detach_reset=True, step_mode="m").to(device) for _ in range(len(CONV_NET) + 1)]
+
+        def neuron(a, stage):  # multi-step LIFNode over [T, batch, ...]
+            return lifs[stage](a.reshape(steps, batch, *a.shape[1:])).flatten(0, 1)
+
+        def run():
+            zero_grads()
+            for lif in lifs:
+                sj_functional.reset_net(lif)
+            s = hops(x.flatten(0, 1), neuron)
+            return _backward_rate(s)
+
+        return run, importlib.metadata.version("spikingjelly")
+
+    raise ValueError(f"{framework!r} has no conv implementation here (choose from {CONV_FRAMEWORKS})")
 
 
 def _sync(device) -> None:
@@ -368,7 +548,7 @@ def time_interleaved(frameworks: list[str], n: int, args) -> dict:
                     out[fw]["times_ms"] = []
                     procs[fw] = proc
         order = [fw for fw in frameworks if fw in procs]
-        for rep in range(args.reps):
+        for rep in range(args.reps if n < 2048 else min(args.reps, args.reps_large)):
             # rotate the order each round, so no implementation always runs right after the same one
             for fw in order[rep % len(order):] + order[:rep % len(order)] if order else []:
                 proc = procs[fw]
@@ -460,12 +640,15 @@ def print_table(results: list[dict], summary: dict, sizes: list[int], load: dict
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
-    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--sizes", type=int, nargs="+", default=None,
+                   help="N (default 256..4096 on CPU, 4096 8192 16384 on CUDA; ignored for --layer conv)")
+    p.add_argument("--steps", type=int, default=None, help="T (default 500; 50 for --layer conv)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--reps-large", type=int, default=3,
+                   help="repetitions at N >= 2048 (a pass there takes seconds; keeps the run to minutes)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--layer", choices=["dense", "recurrent"], default="dense")
+    p.add_argument("--layer", choices=["dense", "recurrent", "conv"], default="dense")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--frameworks", nargs="+", default=None, choices=FRAMEWORKS)
     p.add_argument("--peer-python", default=str(DEFAULT_PEER_PYTHON) if DEFAULT_PEER_PYTHON.exists() else None,
@@ -482,6 +665,12 @@ def main(argv=None) -> int:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.steps is None:
+        args.steps = 50 if args.layer == "conv" else 500
+    if args.layer == "conv":
+        args.sizes = [0]  # one network; the table's N column says "conv"
+    elif args.sizes is None:
+        args.sizes = [4096, 8192, 16384] if args.device.startswith("cuda") else [256, 512, 1024, 2048, 4096]
 
     if args.worker:
         if args.mode == "serve":
@@ -491,9 +680,11 @@ def main(argv=None) -> int:
 
     import torch
 
-    frameworks = args.frameworks or (RECURRENT_FRAMEWORKS if args.layer == "recurrent" else FRAMEWORKS)
+    frameworks = args.frameworks or {"dense": FRAMEWORKS, "recurrent": RECURRENT_FRAMEWORKS,
+                                      "conv": CONV_FRAMEWORKS}[args.layer]
     out = Path(args.out or REPO / "benchmarks" / "results" /
-               ("training.json" if args.layer == "dense" else "training_recurrent.json"))
+               {"dense": "training.json", "recurrent": "training_recurrent.json",
+                "conv": "training_conv.json"}[args.layer])
     cpus = os.cpu_count() or 1
     results, load = [], {}
     for n in args.sizes:
@@ -525,13 +716,22 @@ def main(argv=None) -> int:
     return 0
 
 
+def _workload(layer: str) -> str:
+    if layer == "conv":
+        parts = [f"{'sumpool' if c is None else f'conv{c}c'}{k}" for _, c, k in CONV_NET]
+        return (f"{CONV_NET[0][0]} input -> " + " -> ".join(parts) + f" -> dense {CONV_OUT}, LIF after every hop, "
+                "loss = sum(output spikes), forward + backward")
+    return ("Linear(N, N, bias=False) -> LIF" + (" with recurrent N x N" if layer == "recurrent" else "")
+            + ", loss = sum(spikes), forward + backward")
+
+
 def _write(out: Path, args, argv, load: dict, results: list, summary: dict, cpus: int) -> None:
     import torch
 
     meta = {
-        "workload": "Linear(N, N, bias=False) -> LIF" + (" with recurrent N x N" if args.layer == "recurrent" else "")
-                    + ", loss = sum(spikes), forward + backward",
+        "workload": _workload(args.layer),
         "layer": args.layer, "batch": args.batch, "steps": args.steps, "reps": args.reps,
+        "reps_at_n_2048_and_above": min(args.reps, args.reps_large),
         "threads": args.threads, "device": args.device, "torch": torch.__version__,
         "python": platform.python_version(), "peer_python": args.peer_python,
         "peer_frameworks": args.peer_frameworks, "machine": platform.machine(), "cpu_model": cpu_model(),

@@ -133,3 +133,30 @@ def test_sum_pooling_window_sums_equal_the_integer_conv(kernel, stride, padding)
     assert torch.equal(fast.to(torch.int64), _conv_int64(s, w, stride, padding, 3))
     w[2, 0, 0, 0] += 1  # no longer one value per channel: the general conv, still exact
     assert torch.equal(hw.conv_accumulate_exact(s, w, stride, padding, (1, 1), 3, 4), _conv_int64(s, w, stride, padding, 3))
+
+
+@needs_numba
+@pytest.mark.parametrize("surrogate", ["fast_sigmoid", "arctan"])
+def test_delay_in_the_kernel_equals_a_shifted_input(monkeypatch, surrogate):
+    # the layers' hop delay is read in place by the kernel; it must equal the shifted copy exactly
+    from snn2hw.nn.layers import hop_delay
+
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(3, 33, 70, generator=g) * 0.9 + 0.2
+    beta = (torch.rand(70, generator=g) * 0.8 + 0.15)
+    w = [torch.randn(3, 33, 70, generator=g) for _ in range(3)]
+    res = []
+    for delay in (2, 0):
+        x = a.clone().requires_grad_(True)
+        b = beta.clone().requires_grad_(True)
+        inp = x if delay else hop_delay(x, 2)
+        outs = F.cuba_lif_sequence(inp, 0.3, b, 0.9, 0.05, surrogate, return_state=True, delay=delay)
+        sum((o * wi).sum() for o, wi in zip(outs, w)).backward()
+        res.append((outs, x.grad, b.grad))
+    for o, r in zip(res[0][0], res[1][0]):
+        assert torch.equal(o, r)
+    assert torch.equal(res[0][1][:, -2:], torch.zeros(3, 2, 70))
+    assert torch.allclose(res[0][1], res[1][1], rtol=1e-5, atol=1e-6)
+    assert torch.allclose(res[0][2], res[1][2], rtol=1e-4)
+    with pytest.raises(ValueError, match="delay"):
+        F.cuba_lif_sequence(a, 0.3, beta, 0.9, delay=-1)

@@ -105,19 +105,20 @@ class HopLIF(nn.Module):
         return qpop, qproj, report
 
     # -- forward ------------------------------------------------------------------------------------------
-    def _neuron_float(self, a: torch.Tensor, alpha, beta, v_th, bias) -> torch.Tensor:
-        return F.cuba_lif_sequence(a, alpha, beta, v_th, bias, self.surrogate, detach_reset=self.detach_reset)
+    def _neuron_float(self, a: torch.Tensor, alpha, beta, v_th, bias, delay: int = 0) -> torch.Tensor:
+        return F.cuba_lif_sequence(a, alpha, beta, v_th, bias, self.surrogate, detach_reset=self.detach_reset,
+                                   delay=delay)
 
     def forward(self, s_in: torch.Tensor) -> torch.Tensor:
         s_in = _flat(s_in)
         if self.qat is not None:
             return self._forward_qat(s_in)
-        a = _hop_delay(self._current(s_in, self._hop_weight()))
+        a = self._current(s_in, self._hop_weight())  # the one-step hop delay: applied by the neuron operator
         alpha, beta, v_th = float_neuron_args(self, a)
         bias = self.neuron_bias()
         if bias is None:
             bias = torch.zeros((), device=a.device, dtype=a.dtype)
-        return self._neuron_float(a, alpha, beta, v_th, bias)
+        return self._neuron_float(a, alpha, beta, v_th, bias, delay=1)
 
     def _forward_qat(self, s_in: torch.Tensor) -> torch.Tensor:
         qpop, qproj, report = self.quantize(self.qat)
@@ -338,5 +339,5 @@ class LeakyReadout(HopLIF):
                                qproj.num_weight_bits)
         return hw.accumulate_exact(s_in, w.t().to(hw.accumulation_dtype(w, 1)))
 
-    def _neuron_float(self, a: torch.Tensor, alpha, beta, v_th, bias) -> torch.Tensor:
-        return F.leaky_readout_sequence(a, alpha, beta, bias)
+    def _neuron_float(self, a: torch.Tensor, alpha, beta, v_th, bias, delay: int = 0) -> torch.Tensor:
+        return F.leaky_readout_sequence(_hop_delay(a, delay), alpha, beta, bias)

@@ -37,7 +37,9 @@ time::
 ``leaky_readout_sequence`` is the same neuron without threshold and reset (a leaky integrator read-out,
 returns v), with its own two-recursion backward.
 
-The operators follow the input's device and dtype and contain no device-specific code.
+The operators follow the input's device and dtype. Each runs its loop in a compiled kernel where one
+applies (``_compiled``): numba on CPU (``snn2hw.nn.kernels``), Triton on CUDA
+(``snn2hw.nn.triton_kernels``), with the same arithmetic; otherwise in the tensor loop below.
 """
 from __future__ import annotations
 
@@ -107,6 +109,11 @@ def _reduce_to(per_neuron: torch.Tensor, scalar: bool) -> torch.Tensor:
     return per_neuron.sum() if scalar else per_neuron
 
 
+def _compiled(*tensors):
+    """The compiled-kernel module for these tensors (numba on CPU, Triton on CUDA), or None."""
+    return kernels if kernels.usable(*tensors) else kernels.triton_for(*tensors)
+
+
 def _block_steps(batch: int, n: int, steps: int) -> int:
     return max(1, min(steps, _BLOCK_ELEMENTS // max(1, batch * n)))
 
@@ -134,7 +141,7 @@ def _voltage_step_(v_prev, u_t, beta, bias, v_th, vp_t, s_t, v_t) -> torch.Tenso
 
 class _CubaLIFSequence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a, alpha, beta, v_th, bias, surrogate, detach_reset, return_state, alpha_is_zero):
+    def forward(ctx, a, alpha, beta, v_th, bias, surrogate, detach_reset, return_state, alpha_is_zero, delay):
         batch, steps, n = a.shape
         need_alpha_grad = ctx.needs_input_grad[1]
         keep_u = return_state or need_alpha_grad
@@ -142,11 +149,15 @@ class _CubaLIFSequence(torch.autograd.Function):
         ctx.detach_reset = detach_reset
         ctx.alpha_is_zero = alpha_is_zero
         ctx.bias_is_scalar = bias is not None and bias.dim() == 0
+        ctx.delay = delay
         ctx.set_materialize_grads(False)
-        if kernels.usable(a, alpha, beta, v_th, bias):
+        backend = _compiled(a, alpha, beta, v_th, bias)
+        if delay:  # only the numba kernels take a delay; cuba_lif_sequence shifted the input for the others
+            assert backend is kernels
+        if backend is not None:
             # the whole loop in one compiled call (same arithmetic, same order: bit-identical)
-            v_pre, spikes, u_all, v_all = kernels.lif_forward(a, alpha, beta, v_th, bias, alpha_is_zero, keep_u,
-                                                              return_state)
+            v_pre, spikes, u_all, v_all = backend.lif_forward(a, alpha, beta, v_th, bias, alpha_is_zero, keep_u,
+                                                              return_state, **({"delay": delay} if delay else {}))
             ctx.save_for_backward(v_pre, u_all if need_alpha_grad else None, alpha, beta, v_th)
             return (spikes, u_all, v_all) if return_state else spikes
         v_pre = a.new_empty(batch, steps, n)
@@ -181,17 +192,19 @@ class _CubaLIFSequence(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_s, g_u=None, g_v=None):
         if g_s is None and g_u is None and g_v is None:
-            return (None,) * 9
+            return (None,) * 10
         v_pre, u_all, alpha, beta, v_th = ctx.saved_tensors
         need_a, need_alpha, need_beta, need_vth, need_bias = ctx.needs_input_grad[:5]
         surrogate: Surrogate = ctx.surrogate
         detach_reset = ctx.detach_reset
         batch, steps, n = v_pre.shape
         need_lam_u = need_a or need_alpha
-        if kernels.usable(v_pre, g_s, g_u, g_v):
+        backend = _compiled(v_pre, g_s, g_u, g_v)
+        if backend is not None:
             # one compiled pass over time (the surrogate derivative inside it, or one tensor op before it)
-            grad_a, sums = kernels.lif_backward(v_pre, surrogate, g_s, g_u, g_v, u_all, alpha, beta, v_th, detach_reset,
-                                                ctx.alpha_is_zero, (need_a, need_alpha, need_beta, need_vth, need_bias))
+            grad_a, sums = backend.lif_backward(v_pre, surrogate, g_s, g_u, g_v, u_all, alpha, beta, v_th, detach_reset,
+                                                ctx.alpha_is_zero, (need_a, need_alpha, need_beta, need_vth, need_bias),
+                                                **({"delay": ctx.delay} if ctx.delay else {}))
             sums = sums.to(v_pre.dtype)
             return (
                 grad_a,
@@ -199,7 +212,7 @@ class _CubaLIFSequence(torch.autograd.Function):
                 _reduce_to(sums[1], beta.dim() == 0) if need_beta else None,
                 _reduce_to(sums[2], v_th.dim() == 0) if need_vth else None,
                 _reduce_to(sums[3], ctx.bias_is_scalar) if need_bias else None,
-                None, None, None, None,
+                None, None, None, None, None,
             )
 
         grad_a = v_pre.new_empty(batch, steps, n) if need_a else None
@@ -278,12 +291,16 @@ class _CubaLIFSequence(torch.autograd.Function):
                         u_prev = u_all[:, t0 + first - 1 : t1 - 1]
                         acc_alpha.add_((lam[:, first:] * u_prev).sum((0, 1)))
 
+        if ctx.delay and grad_a is not None:  # step t read a[t - delay] (only if the gradients came on another
+            d = ctx.delay                      # device or dtype than the forward's compiled kernel)
+            grad_a = torch.cat([grad_a[:, d:], grad_a.new_zeros(batch, min(d, steps), n)], dim=1)
         return (
             grad_a,
             _reduce_to(acc_alpha, alpha.dim() == 0) if need_alpha else None,
             _reduce_to(acc_beta, beta.dim() == 0) if need_beta else None,
             _reduce_to(acc_vth, v_th.dim() == 0) if need_vth else None,
             _reduce_to(acc_bias, ctx.bias_is_scalar) if need_bias else None,
+            None,
             None,
             None,
             None,
@@ -300,6 +317,7 @@ def cuba_lif_sequence(
     surrogate: str | Surrogate = "fast_sigmoid",
     detach_reset: bool = True,
     return_state: bool = False,
+    delay: int = 0,
 ):
     """Spikes of a CUBA-LIF population driven by input currents ``a`` of shape (batch, T, n).
 
@@ -311,8 +329,15 @@ def cuba_lif_sequence(
 
     Returns spikes (batch, T, n), exactly 0 or 1 in a's dtype; with ``return_state=True`` returns
     ``(spikes, u, v)``, the traces of u and of v after reset, all differentiable.
+
+    ``delay`` (steps, >= 0): the neurons see ``a[t - delay]`` at step t (zero before), the hardware's hop
+    delay. The same as passing ``a`` shifted, but the compiled CPU kernel reads the shifted steps in
+    place, which saves a full copy of ``a`` forward and of its gradient backward.
     """
     _check_input(a)
+    if int(delay) != delay or delay < 0:
+        raise ValueError(f"delay must be a non-negative integer number of steps, got {delay!r}")
+    delay = int(delay)
     n = a.shape[2]
     surrogate = get_surrogate(surrogate)
     alpha_is_zero = _is_constant_zero(alpha)
@@ -321,8 +346,10 @@ def cuba_lif_sequence(
     beta_t = _as_param(beta, "beta", n, a)
     vth_t = _as_param(v_th, "v_th", n, a)
     bias_t = None if skip_bias else _as_param(bias, "bias", n, a)
+    if delay and not kernels.usable(a, alpha_t, beta_t, vth_t, bias_t):
+        a, delay = torch.nn.functional.pad(a, (0, 0, delay, 0))[:, : a.shape[1]], 0  # shifted copy
     return _CubaLIFSequence.apply(
-        a, alpha_t, beta_t, vth_t, bias_t, surrogate, bool(detach_reset), bool(return_state), alpha_is_zero
+        a, alpha_t, beta_t, vth_t, bias_t, surrogate, bool(detach_reset), bool(return_state), alpha_is_zero, delay
     )
 
 

@@ -20,7 +20,7 @@ already the simulator's dependency. ``torch.compile`` of the 500-step loop unrol
 minutes. See docs/training.md for the figures.
 
 numba is optional: ``available()`` is False without it or with ``SNN2HW_NO_NUMBA=1``; the operators
-then use their tensor loop, which also serves CUDA tensors.
+then use their tensor loop. CUDA tensors use ``snn2hw.nn.triton_kernels`` (see ``triton_for``).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ try:  # an accelerator, never a requirement
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     numba = None
 
-__all__ = ["available", "usable", "lif_forward", "lif_backward"]
+__all__ = ["available", "usable", "triton_for", "lif_forward", "lif_backward"]
 
 _BLOCK_ALIGN = 64
 _kernels: dict = {}
@@ -60,6 +60,17 @@ def usable(*tensors) -> bool:
         elif t.dtype != dtype:
             return False
     return True
+
+
+def triton_for(*tensors):
+    """``snn2hw.nn.triton_kernels`` when these tensors can use it (CUDA, or CPU under Triton's interpreter,
+    ``TRITON_INTERPRET=1``), else None. Triton is imported only then, so CPU-only use never pays for it."""
+    if os.environ.get("TRITON_INTERPRET", "") != "1" and not any(t is not None and t.device.type == "cuda"
+                                                                 for t in tensors):
+        return None
+    from snn2hw.nn import triton_kernels
+
+    return triton_kernels if triton_kernels.usable(*tensors) else None
 
 
 def _threads() -> int:
@@ -91,7 +102,7 @@ def _forward_kernel(alpha_zero: bool, has_bias: bool, keep_u: bool, keep_v: bool
         return _kernels[key]
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-    def forward(a, alpha, beta, vth, bias, unit, block, v_pre, spikes, u_all, v_all):
+    def forward(a, alpha, beta, vth, bias, unit, block, delay, v_pre, spikes, u_all, v_all):
         _key = (alpha_zero, has_bias, keep_u, keep_v)  # only here to put the options into the closure
         batch, steps, n = a.shape
         blocks = (n + block - 1) // block
@@ -106,8 +117,9 @@ def _forward_kernel(alpha_zero: bool, has_bias: bool, keep_u: bool, keep_v: bool
             zero = one - one
             u = np.zeros(width, dtype=a.dtype)
             v = np.zeros(width, dtype=a.dtype)
+            silent = np.zeros(width, dtype=a.dtype)  # the input before the first delayed step arrives
             for t in range(steps):
-                at = a[b, t, lo:hi]
+                at = a[b, t - delay, lo:hi] if t >= delay else silent
                 vp = v_pre[b, t, lo:hi]
                 sp = spikes[b, t, lo:hi]
                 for i in range(width):
@@ -147,7 +159,7 @@ def _backward_kernel(flags: tuple, fast_sigmoid: bool):
     need_lam_u = need_a or need_alpha
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-    def backward(v_pre, sg, g_s, g_u, g_v, u_all, alpha, beta, vth, unit, scale, block, grad_a, acc):
+    def backward(v_pre, sg, g_s, g_u, g_v, u_all, alpha, beta, vth, unit, scale, block, delay, grad_a, acc):
         _key = (flags, fast_sigmoid)  # only here to put the options into the closure
         batch, steps, n = v_pre.shape
         blocks = (n + block - 1) // block
@@ -174,7 +186,8 @@ def _backward_kernel(flags: tuple, fast_sigmoid: bool):
                 gvt = g_v[b, t, lo:hi] if has_gv else sgt
                 vq = v_pre[b, max(t - 1, 0), lo:hi]  # v_pre[t-1] (unused at t = 0)
                 uq = u_all[b, max(t - 1, 0), lo:hi] if need_alpha else sgt
-                out = grad_a[b, t, lo:hi]
+                write = need_a and t >= delay  # dL/da[t - delay]; the last `delay` inputs reach no step
+                out = grad_a[b, t - delay, lo:hi] if write else sgt
                 for i in range(width):
                     x = vp[i]
                     if fast_sigmoid:  # FastSigmoid.derivative: 1 / (1 + scale |x - v_th|)^2
@@ -212,8 +225,13 @@ def _backward_kernel(flags: tuple, fast_sigmoid: bool):
                         if need_alpha and t > 0:
                             a_alpha[i] += lu * uq[i]
                         lu_next[i] = lu
-                        if need_a:
+                        if write:
                             out[i] = lu
+            if need_a:
+                for t in range(max(steps - delay, 0), steps):
+                    out = grad_a[b, t, lo:hi]
+                    for i in range(width):
+                        out[i] = zero
             for i in range(width):
                 acc[0, b, lo + i] = a_alpha[i]
                 acc[1, b, lo + i] = a_beta[i]
@@ -241,9 +259,11 @@ def _set_threads() -> None:
     set_threads(_threads())
 
 
-def lif_forward(a: torch.Tensor, alpha, beta, v_th, bias, alpha_is_zero: bool, keep_u: bool, keep_v: bool):
+def lif_forward(a: torch.Tensor, alpha, beta, v_th, bias, alpha_is_zero: bool, keep_u: bool, keep_v: bool,
+                delay: int = 0):
     """The forward scan over a contiguous CPU ``a`` (batch, T, n): ``(v_pre, spikes, u_all, v_all)``, the last
-    two None unless asked for. Parameters are 0-dim or (n,) tensors in ``a``'s dtype (bias may be None)."""
+    two None unless asked for. Parameters are 0-dim or (n,) tensors in ``a``'s dtype (bias may be None).
+    ``delay``: step t reads ``a[t - delay]`` (nothing before), the hop delay without a shifted copy."""
     batch, steps, n = a.shape
     a = a.detach().contiguous()
     v_pre = torch.empty_like(a)
@@ -255,15 +275,13 @@ def lif_forward(a: torch.Tensor, alpha, beta, v_th, bias, alpha_is_zero: bool, k
         unit = np.ones(1, dtype=a.numpy().dtype)
         _forward_kernel(bool(alpha_is_zero), bias is not None, bool(keep_u), bool(keep_v))(
             a.numpy(), _per_neuron(alpha, n, a), _per_neuron(beta, n, a), _per_neuron(v_th, n, a),
-            _per_neuron(bias, n, a), unit, _block(batch, n, _threads()), v_pre.numpy(), spikes.numpy(),
+            _per_neuron(bias, n, a), unit, _block(batch, n, _threads()), int(delay), v_pre.numpy(), spikes.numpy(),
             u_all.numpy() if keep_u else _empty(a), v_all.numpy() if keep_v else _empty(a))
-    elif keep_u and alpha_is_zero:
-        u_all.copy_(a)
     return v_pre, spikes, u_all, v_all
 
 
 def lif_backward(v_pre: torch.Tensor, surrogate, g_s, g_u, g_v, u_all, alpha, beta, v_th, detach_reset: bool,
-                 alpha_is_zero: bool, need: tuple[bool, bool, bool, bool, bool]):
+                 alpha_is_zero: bool, need: tuple[bool, bool, bool, bool, bool], delay: int = 0):
     """The adjoint recursions. The surrogate derivative at ``v_pre - v_th`` is computed inside the kernel
     for ``FastSigmoid`` (the default surrogate; saves five passes over the sequence) and with the
     surrogate's own tensor op before it otherwise. ``need`` = (a, alpha, beta, v_th, bias). Returns
@@ -283,7 +301,8 @@ def lif_backward(v_pre: torch.Tensor, surrogate, g_s, g_u, g_v, u_all, alpha, be
         grad_a = torch.empty_like(v_pre) if need_a else None
     else:
         sg = surrogate.derivative_(torch.sub(v_pre, v_th))
-        grad_a = sg if need_a else None  # dL/da overwrites sg, element by element after reading it
+        # dL/da overwrites sg, element by element after reading it (not with a delay: it writes earlier steps)
+        grad_a = (sg if delay == 0 else torch.empty_like(v_pre)) if need_a else None
     if v_pre.numel():
         _set_threads()
         flags = tuple(bool(f) for f in (g_s is not None, g_u is not None, g_v is not None, detach_reset,
@@ -294,7 +313,7 @@ def lif_backward(v_pre: torch.Tensor, surrogate, g_s, g_u, g_v, u_all, alpha, be
         _backward_kernel(flags, fused)(
             v_pre.numpy(), sg.numpy() if sg is not None else _empty(v_pre), arr(g_s), arr(g_u), arr(g_v),
             arr(u_all) if need_alpha else _empty(v_pre), _per_neuron(alpha, n, v_pre), _per_neuron(beta, n, v_pre),
-            _per_neuron(v_th, n, v_pre), unit, scale, _block(batch, n, _threads()),
+            _per_neuron(v_th, n, v_pre), unit, scale, _block(batch, n, _threads()), int(delay),
             grad_a.numpy() if grad_a is not None else _empty(v_pre), acc.numpy())
     elif need_a:
         grad_a = torch.zeros_like(v_pre)

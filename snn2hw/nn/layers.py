@@ -76,10 +76,10 @@ class LIFDense(nn.Module):
     def forward(self, s_in: torch.Tensor) -> torch.Tensor:
         if self.qat is not None:
             return self._forward_qat(s_in)
-        a = hop_delay(s_in @ self.weight.t())
+        a = s_in @ self.weight.t()  # the hop's one-step delay is applied by the operator (no shifted copy)
         alpha, beta, v_th = float_neuron_args(self, a)
         bias = self.bias if self.bias is not None else torch.zeros((), device=a.device, dtype=a.dtype)
-        return F.cuba_lif_sequence(a, alpha, beta, v_th, bias, self.surrogate, detach_reset=self.detach_reset)
+        return F.cuba_lif_sequence(a, alpha, beta, v_th, bias, self.surrogate, detach_reset=self.detach_reset, delay=1)
 
     def quantize(self, config: QuantConfig = QuantConfig()):
         """(integer population, integer projection, report) exactly as the compiler would make them."""

@@ -10,12 +10,18 @@ the IR's (dst, src) layout) with the hardware's one-step hop delay::
     s[t] = v[t] > v_th ;  v[t] = 0 where s[t]
 
 On Loihi 2 this is a Dense projection from the population to itself: a Dense sends the previous
-step's accumulation, which is exactly ``V s[t-1]``. ``V`` may be restricted to a fixed 0/1 ``mask``
+step's accumulation, which is exactly ``V s[t-1]``. Its float value is defined as the chip forms it,
+event by event: ``(V s[t-1])_i`` is the sum of ``V[i, j]`` over the neurons ``j`` that spiked at
+``t - 1``, added in ascending ``j`` starting from zero, each addition rounded once in the input's dtype.
+The compiled CPU kernel (``snn2hw.nn.recurrent_kernels``) and the unrolled reference both add in that
+order, so their spikes and states are bit-identical; the tensor path (CUDA, or CPU without numba)
+uses one GEMM per step, whose summation order is the BLAS's, and agrees to float rounding. ``V`` may be restricted to a fixed 0/1 ``mask``
 (block-diagonal, sparse...); the operator then uses ``V * mask`` and ``V`` receives masked gradients.
 
-``recurrent_cuba_lif_sequence`` runs the whole sequence as one autograd node. The forward is a time loop
-without an autograd graph (one (batch, n) x (n, n) product and a few in-place elementwise ops per step,
-evaluated in the same order as the unrolled reference). It keeps the pre-reset membrane ``v_pre`` (and
+``recurrent_cuba_lif_sequence`` runs the whole sequence as one autograd node. On CPU the forward is one
+compiled, event-driven call and the backward one compiled call per step next to a (batch, n) x (n, n)
+product (``recurrent_kernels``); elsewhere the forward is a time loop without an autograd graph (one
+(batch, n) x (n, n) product and a few in-place elementwise ops per step). It keeps the pre-reset membrane ``v_pre`` (and
 ``u`` when alpha is trained). The backward pass is written by hand; with ``sg[t]`` the surrogate
 derivative at ``v_pre[t] - v_th``, ``keep[t] = dv[t]/dv_pre[t]`` (``1 - s[t]``, minus ``v_pre[t] sg[t]``
 when the reset is not detached) and ``g_s``, ``g_u``, ``g_v`` the incoming gradients::
@@ -42,7 +48,15 @@ import torch
 
 from snn2hw.nn.functional import (Param, _as_param, _check_input, _current_step_, _is_constant_zero, _reduce_to,
                                   _voltage_step_)
-from snn2hw.nn.surrogate import Surrogate, get_surrogate
+
+
+def _compiled(*tensors):
+    """The compiled kernels for these tensors: numba on CPU (event-driven forward), Triton on CUDA, or None."""
+    return recurrent_kernels if recurrent_kernels.usable(*tensors) else triton_for(*tensors)
+
+from snn2hw.nn import recurrent_kernels
+from snn2hw.nn.kernels import triton_for
+from snn2hw.nn.surrogate import FastSigmoid, Surrogate, get_surrogate
 
 __all__ = [
     "recurrent_cuba_lif_sequence",
@@ -58,6 +72,19 @@ class _RecurrentCubaLIF(torch.autograd.Function):
         batch, steps, n = a_ff.shape
         need_alpha_grad = ctx.needs_input_grad[2]
         keep_u = return_state or need_alpha_grad
+        ctx.surrogate = surrogate
+        ctx.detach_reset = detach_reset
+        ctx.alpha_is_zero = alpha_is_zero
+        ctx.bias_is_scalar = bias is not None and bias.dim() == 0
+        ctx.set_materialize_grads(False)
+        backend = _compiled(a_ff, weight, alpha, beta, v_th, bias)
+        if backend is not None:
+            # CPU: the whole loop in one compiled call, event-driven (bit-identical to the reference);
+            # CUDA: one product and one fused elementwise launch per step
+            v_pre, spikes, u_all, v_all = backend.recurrent_forward(a_ff, weight, alpha, beta, v_th, bias,
+                                                                    alpha_is_zero, keep_u, return_state)
+            ctx.save_for_backward(v_pre, u_all if need_alpha_grad else None, weight, alpha, beta, v_th)
+            return (spikes, u_all, v_all) if return_state else spikes
         w_t = weight.t()  # (src, dst): the recurrent input is s[t-1] @ w_t
         v_pre = a_ff.new_empty(batch, steps, n)
         spikes = a_ff.new_empty(batch, steps, n)
@@ -87,11 +114,6 @@ class _RecurrentCubaLIF(torch.autograd.Function):
             u_prev = u_t
             v_prev = _voltage_step_(v_prev, u_t, beta, bias, v_th, vp_steps[t], s_steps[t],
                                     v_steps[t] if v_steps is not None else v_state)
-        ctx.surrogate = surrogate
-        ctx.detach_reset = detach_reset
-        ctx.alpha_is_zero = alpha_is_zero
-        ctx.bias_is_scalar = bias is not None and bias.dim() == 0
-        ctx.set_materialize_grads(False)
         ctx.save_for_backward(v_pre, u_all if need_alpha_grad else None, weight, alpha, beta, v_th)
         if return_state:
             return spikes, u_all, v_all
@@ -106,6 +128,23 @@ class _RecurrentCubaLIF(torch.autograd.Function):
         need_a, need_w, need_alpha, need_beta, need_vth, need_bias = ctx.needs_input_grad[:6]
         surrogate: Surrogate = ctx.surrogate
         batch, steps, n = v_pre.shape
+        backend = _compiled(v_pre, weight, g_s, g_u, g_v)
+        if backend is not None:
+            fused = type(surrogate) is FastSigmoid  # its derivative is computed inside the kernel
+            lam_a, sums = backend.recurrent_backward(v_pre, weight, surrogate, g_s, g_u, g_v, u_all, alpha, beta, v_th,
+                                                     ctx.detach_reset, ctx.alpha_is_zero,
+                                                     (need_alpha, need_beta, need_vth, need_bias, fused))
+            sums = sums.to(v_pre.dtype)
+            grad_w = None
+            if need_w:  # one GEMM over all (batch, step) rows
+                s_prev = (v_pre[:, :-1] > v_th).to(v_pre.dtype).reshape(-1, n)
+                grad_w = lam_a[:, 1:].reshape(-1, n).t() @ s_prev
+            return (lam_a if need_a else None, grad_w,
+                    _reduce_to(sums[0], alpha.dim() == 0) if need_alpha else None,
+                    _reduce_to(sums[1], beta.dim() == 0) if need_beta else None,
+                    _reduce_to(sums[2], v_th.dim() == 0) if need_vth else None,
+                    _reduce_to(sums[3], ctx.bias_is_scalar) if need_bias else None,
+                    None, None, None, None)
 
         # Whole-sequence terms that do not depend on the adjoints.
         sg = surrogate.derivative_(v_pre - v_th)  # (batch, T, n)
@@ -233,12 +272,21 @@ def recurrent_cuba_lif_reference(
     w = _weight(weight, mask, n, a_ff)
     alpha, beta, v_th = (_as_param(p, k, n, a_ff) for p, k in ((alpha, "alpha"), (beta, "beta"), (v_th, "v_th")))
     bias = _as_param(bias, "bias", n, a_ff)
+    w_t = w.t()  # row j: what a spike of neuron j adds
     u = a_ff.new_zeros(batch, n)
     v = a_ff.new_zeros(batch, n)
     s = a_ff.new_zeros(batch, n)
     spikes, us, vs = [], [], []
     for t in range(steps):
-        a = a_ff[:, t] if t == 0 else a_ff[:, t] + s @ w.t()
+        if t == 0:
+            a = a_ff[:, 0]
+        else:
+            # V s[t-1], added in ascending source order (the operator's definition; s is exactly 0 or 1,
+            # so an absent spike adds an exact zero)
+            r = a_ff.new_zeros(batch, n)
+            for j in range(n):
+                r = r + s[:, j : j + 1] * w_t[j]
+            a = a_ff[:, t] + r
         u = alpha * u + a
         v = beta * v + u
         if bias is not None:
