@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from snn2hw.learning import spsp_kernels
 from snn2hw.learning.base import BatchResult, LearningRule, LearningRuleError
 from snn2hw.learning.spsp import (NeuronSpec, dense_spsp, evenly_spaced_spikes, hop_current_chunk, layer_current,
                                   lif_sequence, lif_sequence_chunked, neuron_spec, reset_mask, spsp_adjoint,
@@ -47,6 +48,7 @@ class LayerTrace:
     s_out: torch.Tensor  # (B, T, N) output spikes
     spec: NeuronSpec
     rec_weight: torch.Tensor | None  # effective recurrent weights V (N, N), or None
+    vsum: torch.Tensor | None = None  # (B, N) pre-reset membrane summed over the spikes (chunked trace only)
 
 
 @dataclass
@@ -87,6 +89,10 @@ class SpikeTrainRule(LearningRule):
     """
 
     needs_tpsp = False
+    # Dense and recurrent layers run chunk by chunk with bool spike trains (``layer_backward_chunked``);
+    # True keeps their float currents for the whole window (``layer_backward``, the path conv layers
+    # take), a slower, larger and more direct computation kept to cross-check the chunked one.
+    full_trace = False
 
     def __init__(self, target_true: float = 35.0, target_false: float = 5.0, margin: float = 5.0, t_ref: int = 0,
                  hidden_virtual_spikes: int = 1, low_memory: bool = False, chunk: int = 32):
@@ -124,11 +130,12 @@ class SpikeTrainRule(LearningRule):
             s = _flat(s) if not isinstance(layer, LIFDense) else s
             spec = neuron_spec(layer, x, self.t_ref)
             rec = layer.effective_rec_weight().detach() if isinstance(layer, RecurrentLIFDense) else None
-            if self.low_memory and isinstance(layer, LIFDense):  # one byte per spike, currents chunk by chunk
+            if isinstance(layer, LIFDense) and not self.full_trace:  # one byte per spike, currents chunk by chunk
                 s_in = s
+                vsum = torch.zeros(s.shape[0], layer.out_features, dtype=torch.float64, device=x.device)
                 s = lif_sequence_chunked(lambda t0, t1: hop_current_chunk(layer, s_in, t0, t1, x.dtype), s.shape[0],
-                                         s.shape[1], layer.out_features, spec, rec, self.chunk, x, torch.bool)
-                records.append(LayerTrace(layer, s_in, None, s, spec, rec))
+                                         s.shape[1], layer.out_features, spec, rec, self.chunk, x, torch.bool, vsum)
+                records.append(LayerTrace(layer, s_in, None, s, spec, rec, vsum))
                 continue
             s = s.to(x.dtype)
             a_ff = hop_delay(layer_current(layer, s))
@@ -259,11 +266,19 @@ class SpikeTrainRule(LearningRule):
         o = counts_pre.unsqueeze(1)
         return torch.where(o > 0, e / o.clamp(min=1), random_spike.unsqueeze(2))
 
-    # -- the low-memory backward: spike trains kept as bool, everything else chunk by chunk ----------------
-    def _scan_chunks(self, post: torch.Tensor, spec: NeuronSpec, dtype: torch.dtype):
+    # -- the chunked backward: spike trains kept as bool, everything else chunk by chunk --------------------
+    def _scan_chunks(self, post: torch.Tensor, spec: NeuronSpec, dtype: torch.dtype, sums: torch.Tensor):
         """The reverse-time recursion of ``spsp_adjoint`` over ``chunk``-step blocks, last block first:
-        yields (t0, t1, lam_u[t0:t1], lam_p[t0:t1])."""
+        yields (t0, t1, lam_u[t0:t1]) and adds the per-neuron sums of lam_u (steps >= 1) and lam_p over the
+        window to ``sums[0]`` and ``sums[1]`` ((2, B, N), float64)."""
         batch, steps, n = post.shape
+        if spsp_kernels.usable(spec.alpha.to(dtype), spec.beta.to(dtype)) and post.device.type == "cpu":
+            state: dict = {}
+            for t1 in range(steps, 0, -self.chunk):
+                t0 = max(t1 - self.chunk, 0)
+                lam_u, _ = spsp_kernels.adjoint_scan_chunk(post, t0, t1, spec, dtype, state, sums[0], sums[1])
+                yield t0, t1, lam_u
+            return
         lp = torch.zeros(batch, n, dtype=dtype, device=post.device)
         lu = torch.zeros_like(lp)
         for t1 in range(steps, 0, -self.chunk):
@@ -279,51 +294,68 @@ class SpikeTrainRule(LearningRule):
                 lu = lp + spec.alpha * lu
                 lam_p[:, t] = lp
                 lam_u[:, t] = lu
-            yield t0, t1, lam_u, lam_p
+            first = 1 if t0 == 0 else 0
+            sums[0] += lam_u[:, first:].sum(1).to(sums.dtype)
+            sums[1] += lam_p.sum(1).to(sums.dtype)
+            yield t0, t1, lam_u
 
     def layer_backward_chunked(self, tr: LayerTrace, g: torch.Tensor, targets: torch.Tensor | None,
                                need_input: bool) -> torch.Tensor | None:
         """``layer_backward`` for a dense or recurrent layer whose trace holds bool spikes and no currents: two
         reverse passes over time in chunks (reductions for the coefficients, then the products), so the
-        float temporaries are (B, chunk, N) and the stored trains one byte per neuron and step."""
+        float temporaries are (B, chunk, N) and the stored trains one byte per neuron and step.
+
+        The T-PSP (HM2-BP's self term) is the membrane summed at the spikes, recorded by the forward
+        (``vsum``), less the bias part; only neurons given virtual spikes (silent ones; their membrane was
+        never reset there) have their current re-made, for those columns alone."""
         layer, spec, dtype = tr.layer, tr.spec, g.dtype
         batch, steps, n = tr.s_out.shape
         post = tr.s_out
         counts = post.sum(1).to(dtype)
         silent = (counts == 0) & (g != 0)
+        virtual_cols = None
         if bool(silent.any()):
             k = targets if targets is not None else torch.full_like(counts, float(self.hidden_virtual_spikes))
             post = post | evenly_spaced_spikes(steps, torch.where(silent, k, torch.zeros_like(k)), spec.t_ref,
                                                dtype=torch.bool)
             counts = post.sum(1).to(dtype)
+            virtual_cols = (counts > 0).logical_and_(silent).any(0).nonzero().squeeze(1)
         rec = tr.rec_weight
         w = layer.weight.detach()
 
-        def inputs(t0, t1):  # (pre steps paired with lam[t0':t1]) as float, and the offset t0' - t0
+        def pre(s_pre, t0, t1):  # pre steps paired with lam[t0':t1], as float, and the offset t0' - t0
             first = 1 if t0 == 0 else 0
-            return tr.s_in[:, t0 + first - 1:t1 - 1].to(dtype), first
-
-        def rec_inputs(t0, t1):
-            first = 1 if t0 == 0 else 0
-            return tr.s_out[:, t0 + first - 1:t1 - 1].to(dtype), first
+            return s_pre[:, t0 + first - 1:t1 - 1].to(dtype), first
 
         # pass 1: per-sample reductions
-        lam_u_sum = torch.zeros(batch, n, dtype=dtype, device=g.device)
-        lam_p_sum = torch.zeros_like(lam_u_sum)
+        sums = torch.zeros(2, batch, n, dtype=torch.float64, device=g.device)  # lam_u (steps >= 1), lam_p
         e_rec = torch.zeros(batch, n, n, dtype=dtype, device=g.device) if rec is not None else None
-        tpsp = torch.zeros_like(lam_u_sum) if self.needs_tpsp else None
-        for t0, t1, lam_u, lam_p in self._scan_chunks(post, spec, dtype):
-            first = 1 if t0 == 0 else 0
-            lam_u_sum += lam_u[:, first:].sum(1)
-            lam_p_sum += lam_p.sum(1)
-            if rec is not None:
-                s_prev, f = rec_inputs(t0, t1)
-                e_rec += lam_u[:, f:].transpose(1, 2) @ s_prev
-            if tpsp is not None:
-                a = hop_current_chunk(layer, tr.s_in, t0, t1, dtype)
+        tpsp_v = None
+        if self.needs_tpsp and virtual_cols is not None and virtual_cols.numel():
+            tpsp_v = torch.zeros(batch, virtual_cols.numel(), dtype=dtype, device=g.device)
+            w_v = w[virtual_cols]
+        if e_rec is not None or tpsp_v is not None:
+            for t0, t1, lam_u in self._scan_chunks(post, spec, dtype, sums):
                 if rec is not None:
-                    a = a + torch.nn.functional.pad(rec_inputs(t0, t1)[0] @ rec.t(), (0, 0, first, 0))
-                tpsp += (lam_u * a).sum(1)
+                    s_prev, f = pre(tr.s_out, t0, t1)
+                    e_rec += lam_u[:, f:].transpose(1, 2) @ s_prev
+                if tpsp_v is not None:
+                    s_prev, f = pre(tr.s_in, t0, t1)
+                    a = s_prev @ w_v.t()
+                    if rec is not None:
+                        a = a + pre(tr.s_out, t0, t1)[0] @ rec[virtual_cols].t()
+                    tpsp_v += (lam_u[:, f:, virtual_cols] * a).sum(1)
+        else:
+            for _ in self._scan_chunks(post, spec, dtype, sums):
+                pass
+        lam_u_sum, lam_p_sum = sums[0].to(dtype), sums[1].to(dtype)
+        tpsp = None
+        if self.needs_tpsp:
+            tpsp = tr.vsum.to(dtype, copy=True)
+            if spec.bias is not None:
+                tpsp = tpsp - spec.bias * lam_p_sum
+            if tpsp_v is not None:
+                tpsp[:, virtual_cols] = tpsp_v
         stats = PostStats(counts, tr.s_in.sum(1).to(dtype), tr.s_out.sum(1).to(dtype) if rec is not None else None,
                           lam_u_sum / steps, e_rec, tpsp)
         c_w, c_back = self.coefficients(tr, g, stats)
@@ -335,18 +367,17 @@ class SpikeTrainRule(LearningRule):
         gv = torch.zeros(n, n, dtype=dtype, device=g.device) if train_rec else None
         n_in = tr.s_in.shape[2]
         per_spike = torch.zeros(batch, n_in, dtype=dtype, device=g.device) if need_input else None
-        total = torch.zeros_like(per_spike) if need_input else None
-        for t0, t1, lam_u, _ in self._scan_chunks(post, spec, dtype):
-            s_prev, f = inputs(t0, t1)
-            if gw is not None:
-                gw += (c_w.unsqueeze(1) * lam_u[:, f:]).reshape(-1, n).t() @ s_prev.reshape(-1, n_in)
-            if need_input:
-                gs = (c_back.unsqueeze(1) * lam_u[:, f:]) @ w
-                per_spike += (gs * s_prev).sum(1)
-                total += gs.sum(1)
-            if gv is not None:
-                r_prev, f = rec_inputs(t0, t1)
-                gv += (c_w.unsqueeze(1) * lam_u[:, f:]).reshape(-1, n).t() @ r_prev.reshape(-1, n)
+        if gw is not None or gv is not None or need_input:
+            for t0, t1, lam_u in self._scan_chunks(post, spec, dtype, torch.zeros_like(sums)):
+                s_prev, f = pre(tr.s_in, t0, t1)
+                if gw is not None or gv is not None:
+                    g_lam = (c_w.unsqueeze(1) * lam_u[:, f:]).reshape(-1, n).t()
+                    if gw is not None:
+                        gw += g_lam @ s_prev.reshape(-1, n_in)
+                    if gv is not None:
+                        gv += g_lam @ pre(tr.s_out, t0, t1)[0].reshape(-1, n)
+                if need_input:
+                    per_spike += ((c_back.unsqueeze(1) * lam_u[:, f:]) @ w * s_prev).sum(1)
         if weight is not None:
             _accumulate(weight, gw)
         bias = getattr(layer, "bias", None)
@@ -358,6 +389,7 @@ class SpikeTrainRule(LearningRule):
         if not need_input:
             return None
         o_in = stats.counts_in
+        total = (c_back * lam_u_sum) @ w  # sum over the window of the error per input step
         return torch.where(o_in > 0, per_spike / o_in.clamp(min=1), total / steps)
 
 

@@ -1,0 +1,152 @@
+"""Compiled CPU kernels of the spike-train rules' two time scans (numba; optional).
+
+HM2-BP and ST-RSBP need two scans over time per layer, both elementwise per (sample, neuron):
+
+* the forward LIF scan of ``spsp.lif_sequence`` (refractory period included), run ``chunk`` steps at a
+  time with its state carried between calls, writing the spikes as ``bool`` and accumulating the
+  pre-reset membrane at each spike (``vsum``: the T-PSP plus the bias part, which HM2-BP's self term
+  needs, so the currents are never kept);
+* the reverse-time recursion of ``spsp.spsp_adjoint`` (the S-PSP kernel ``lam_u``), also chunk by chunk
+  with its state carried backwards, with the per-neuron sums of ``lam_u`` and ``lam_p`` on the way.
+
+As a per-step loop of tensor ops these cost microseconds of dispatch per step (most of a step's time at
+batch 16); here each is one call per chunk. Every product and sum is the one of the tensor code, in the
+same order and rounded once in the input's dtype (numba does not fuse ``x * y + z`` without
+``fastmath``), so spikes and kernels are bit-identical to ``spsp.lif_sequence`` / ``spsp.spsp_adjoint``
+and, with ``t_ref = 0``, to the layers' own forward (tests/test_learning_spiketrain.py checks both).
+The sums are accumulated in float64. Without numba (or on CUDA) the callers use their tensor loops.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from snn2hw.nn.kernels import available
+
+try:  # an accelerator, never a requirement
+    import numba
+except ImportError:  # pragma: no cover - exercised only where numba is missing
+    numba = None
+
+__all__ = ["usable", "lif_scan_chunk", "adjoint_scan_chunk"]
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """True when numba is available and every tensor is a CPU float32/float64 tensor of one dtype."""
+    if not available():
+        return False
+    dtypes = {t.dtype for t in tensors}
+    return all(t.device.type == "cpu" for t in tensors) and len(dtypes) == 1 and dtypes <= {torch.float32,
+                                                                                            torch.float64}
+
+
+def _set_threads() -> None:
+    from snn2hw.hw.compiled import _set_threads as set_threads  # one place that knows numba's pitfalls
+
+    set_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, torch.get_num_threads())))
+
+
+def _per_neuron(p, n: int, dtype: torch.dtype) -> np.ndarray:
+    """A 0-dim or (n,) parameter (None: zeros) as a contiguous (n,) array of ``dtype``."""
+    if p is None:
+        return np.zeros(n, dtype=torch.empty(0, dtype=dtype).numpy().dtype)
+    return torch.broadcast_to(torch.as_tensor(p).detach().to(dtype), (n,)).contiguous().numpy()
+
+
+def _unit(dtype: torch.dtype) -> np.ndarray:
+    return torch.ones(1, dtype=dtype).numpy()
+
+
+if numba is not None:
+    @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
+    def _lif_scan(a, alpha, beta, vth, bias, has_bias, t_ref, unit, u, v, ref, spikes, vsum):
+        batch, steps, n = a.shape
+        for b in numba.prange(batch):
+            zero = unit[0] - unit[0]  # 0 in the input's dtype
+            for t in range(steps):
+                for i in range(n):
+                    uu = u[b, i] * alpha[i] + a[b, t, i]  # u[t] = alpha u[t-1] + a[t]
+                    u[b, i] = uu
+                    x = v[b, i] * beta[i] + uu  # v_pre = (beta v[t-1] + u[t]) + bias
+                    if has_bias:
+                        x = x + bias[i]
+                    fire = False
+                    if t_ref > 0 and ref[b, i] > 0:  # refractory: v held at 0, no spike
+                        x = zero
+                        ref[b, i] -= 1
+                    elif x > vth[i]:
+                        fire = True
+                        ref[b, i] = t_ref
+                    spikes[b, t, i] = fire
+                    if fire:
+                        vsum[b, i] += x
+                        v[b, i] = zero
+                    else:
+                        v[b, i] = x
+
+    @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
+    def _adjoint_scan(post, t0, t1, t_ref, alpha, beta, unit, lp, lu, lam_u, lam_p, keep_p, lu_sum, lp_sum):
+        batch, steps, n = post.shape
+        for b in numba.prange(batch):
+            one = unit[0]
+            zero = one - one
+            for t in range(t1 - 1, t0 - 1, -1):
+                k = t - t0
+                for i in range(n):
+                    s = post[b, t, i]
+                    cut = s
+                    for d in range(1, t_ref + 1):  # v restarts after a spike and its refractory steps
+                        if t - d >= 0 and post[b, t - d, i]:
+                            cut = True
+                    # lam_p[t] = s[t] + ((1 - cut[t]) beta) lam_p[t+1];  lam_u[t] = lam_p[t] + alpha lam_u[t+1]
+                    p = (one if s else zero) + (zero if cut else beta[i]) * lp[b, i]
+                    q = p + alpha[i] * lu[b, i]
+                    lp[b, i] = p
+                    lu[b, i] = q
+                    lam_u[b, k, i] = q
+                    if keep_p:
+                        lam_p[b, k, i] = p
+                    lp_sum[b, i] += p
+                    if t >= 1:
+                        lu_sum[b, i] += q
+
+
+def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsum: torch.Tensor) -> None:
+    """Advance the neuron of ``spec`` (a ``spsp.NeuronSpec``) over the hop-delayed currents ``a`` (B, C, N),
+    writing ``spikes`` (a (B, C, N) bool view) and adding the pre-reset membrane at each spike to ``vsum``
+    (B, N, float64). ``state`` ({} at the first chunk) carries u, v and the refractory counters."""
+    batch, steps, n = a.shape
+    a = a.detach().contiguous()
+    if not state:
+        state.update(u=torch.zeros(batch, n, dtype=a.dtype), v=torch.zeros(batch, n, dtype=a.dtype),
+                     ref=torch.zeros(batch, n, dtype=torch.int64))
+    if a.numel():
+        _set_threads()
+        _lif_scan(a.numpy(), _per_neuron(spec.alpha, n, a.dtype), _per_neuron(spec.beta, n, a.dtype),
+                  _per_neuron(spec.v_th, n, a.dtype), _per_neuron(spec.bias, n, a.dtype), spec.bias is not None,
+                  int(spec.t_ref), _unit(a.dtype), state["u"].numpy(), state["v"].numpy(), state["ref"].numpy(),
+                  spikes.numpy(), vsum.numpy())
+
+
+def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.dtype, state: dict,
+                       lu_sum: torch.Tensor, lp_sum: torch.Tensor, want_lam_p: bool = False):
+    """Steps [t0, t1) of the reverse recursion of ``spsp.spsp_adjoint`` over the post trains ``post`` (B, T, N,
+    bool or 0/1 float; the whole window, for the refractory look-back), chunks called last first with one
+    ``state`` ({} at the first call). Returns ``(lam_u, lam_p or None)``, each (B, t1 - t0, N) in ``dtype``,
+    and adds their sums over the chunk (lam_u's without step 0) to ``lu_sum`` / ``lp_sum`` (B, N, float64)."""
+    batch, steps, n = post.shape
+    post = post.detach()
+    if post.dtype != torch.bool:
+        post = post != 0
+    if not post.is_contiguous():
+        post = post.contiguous()
+    if not state:
+        state.update(lp=torch.zeros(batch, n, dtype=dtype), lu=torch.zeros(batch, n, dtype=dtype))
+    lam_u = torch.empty(batch, t1 - t0, n, dtype=dtype)
+    lam_p = torch.empty(batch, t1 - t0, n, dtype=dtype) if want_lam_p else torch.empty(0, 0, 0, dtype=dtype)
+    if lam_u.numel():
+        _set_threads()
+        _adjoint_scan(post.numpy(), int(t0), int(t1), int(spec.t_ref), _per_neuron(spec.alpha, n, dtype),
+                      _per_neuron(spec.beta, n, dtype), _unit(dtype), state["lp"].numpy(), state["lu"].numpy(), lam_u.numpy(),
+                      lam_p.numpy(), bool(want_lam_p), lu_sum.numpy(), lp_sum.numpy())
+    return lam_u, (lam_p if want_lam_p else None)
