@@ -58,8 +58,7 @@ def _unit(dtype: torch.dtype) -> np.ndarray:
 
 
 if numba is not None:
-    @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-    def _lif_scan(a, alpha, beta, vth, bias, has_bias, t_ref, unit, u, v, ref, spikes, vsum):
+    def _lif_scan_py(a, alpha, beta, vth, bias, has_bias, t_ref, unit, u, v, ref, spikes, vsum):
         batch, steps, n = a.shape
         for b in numba.prange(batch):
             zero = unit[0] - unit[0]  # 0 in the input's dtype
@@ -84,8 +83,7 @@ if numba is not None:
                     else:
                         v[b, i] = x
 
-    @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-    def _adjoint_scan(post, t0, t1, t_ref, alpha, beta, unit, lp, lu, lam_u, lam_p, keep_p, lu_sum, lp_sum):
+    def _adjoint_scan_py(post, t0, t1, t_ref, alpha, beta, unit, lp, lu, lam_u, lam_p, keep_p, lu_sum, lp_sum):
         batch, steps, n = post.shape
         for b in numba.prange(batch):
             one = unit[0]
@@ -111,6 +109,21 @@ if numba is not None:
                         lu_sum[b, i] += q
 
 
+if numba is not None:
+    # each scan compiled twice: parallel over the batch, and serial for one thread (a parallel kernel hands
+    # its work to the thread pool even with one thread, and on a loaded machine waking it costs
+    # milliseconds per call)
+    _SCANS = {(name, par): numba.njit(parallel=par, nogil=True, boundscheck=False, cache=True)(fn)
+              for name, fn in (("lif", _lif_scan_py), ("adjoint", _adjoint_scan_py)) for par in (False, True)}
+
+
+def _scan(name: str):
+    threads = max(1, min(numba.config.NUMBA_NUM_THREADS, torch.get_num_threads()))
+    if threads > 1:
+        _set_threads()
+    return _SCANS[(name, threads > 1)]
+
+
 def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsum: torch.Tensor) -> None:
     """Advance the neuron of ``spec`` (a ``spsp.NeuronSpec``) over the hop-delayed currents ``a`` (B, C, N),
     writing ``spikes`` (a (B, C, N) bool view) and adding the pre-reset membrane at each spike to ``vsum``
@@ -121,8 +134,7 @@ def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsu
         state.update(u=torch.zeros(batch, n, dtype=a.dtype), v=torch.zeros(batch, n, dtype=a.dtype),
                      ref=torch.zeros(batch, n, dtype=torch.int64))
     if a.numel():
-        _set_threads()
-        _lif_scan(a.numpy(), _per_neuron(spec.alpha, n, a.dtype), _per_neuron(spec.beta, n, a.dtype),
+        _scan("lif")(a.numpy(), _per_neuron(spec.alpha, n, a.dtype), _per_neuron(spec.beta, n, a.dtype),
                   _per_neuron(spec.v_th, n, a.dtype), _per_neuron(spec.bias, n, a.dtype), spec.bias is not None,
                   int(spec.t_ref), _unit(a.dtype), state["u"].numpy(), state["v"].numpy(), state["ref"].numpy(),
                   spikes.numpy(), vsum.numpy())
@@ -145,8 +157,7 @@ def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.
     lam_u = torch.empty(batch, t1 - t0, n, dtype=dtype)
     lam_p = torch.empty(batch, t1 - t0, n, dtype=dtype) if want_lam_p else torch.empty(0, 0, 0, dtype=dtype)
     if lam_u.numel():
-        _set_threads()
-        _adjoint_scan(post.numpy(), int(t0), int(t1), int(spec.t_ref), _per_neuron(spec.alpha, n, dtype),
+        _scan("adjoint")(post.numpy(), int(t0), int(t1), int(spec.t_ref), _per_neuron(spec.alpha, n, dtype),
                       _per_neuron(spec.beta, n, dtype), _unit(dtype), state["lp"].numpy(), state["lu"].numpy(), lam_u.numpy(),
                       lam_p.numpy(), bool(want_lam_p), lu_sum.numpy(), lp_sum.numpy())
     return lam_u, (lam_p if want_lam_p else None)
