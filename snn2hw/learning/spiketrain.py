@@ -267,6 +267,14 @@ class SpikeTrainRule(LearningRule):
         return torch.where(o > 0, e / o.clamp(min=1), random_spike.unsqueeze(2))
 
     # -- the chunked backward: spike trains kept as bool, everything else chunk by chunk --------------------
+    def _time_sum(self, s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Per-neuron sums over time (B, N) of a (B, T, N) train, ``chunk`` steps at a time (a bool tensor's
+        ``sum`` converts the whole tensor to int64 first)."""
+        out = torch.zeros(s.shape[0], s.shape[2], dtype=dtype, device=s.device)
+        for t0 in range(0, s.shape[1], self.chunk):
+            out += s[:, t0:t0 + self.chunk].sum(1).to(dtype)
+        return out
+
     def _scan_chunks(self, post: torch.Tensor, spec: NeuronSpec, dtype: torch.dtype, sums: torch.Tensor):
         """The reverse-time recursion of ``spsp_adjoint`` over ``chunk``-step blocks, last block first:
         yields (t0, t1, lam_u[t0:t1]) and adds the per-neuron sums of lam_u (steps >= 1) and lam_p over the
@@ -311,14 +319,16 @@ class SpikeTrainRule(LearningRule):
         layer, spec, dtype = tr.layer, tr.spec, g.dtype
         batch, steps, n = tr.s_out.shape
         post = tr.s_out
-        counts = post.sum(1).to(dtype)
+        counts_rec = self._time_sum(tr.s_out, dtype)
+        counts = counts_rec
         silent = (counts == 0) & (g != 0)
         virtual_cols = None
         if bool(silent.any()):
             k = targets if targets is not None else torch.full_like(counts, float(self.hidden_virtual_spikes))
-            post = post | evenly_spaced_spikes(steps, torch.where(silent, k, torch.zeros_like(k)), spec.t_ref,
-                                               dtype=torch.bool)
-            counts = post.sum(1).to(dtype)
+            virtual = evenly_spaced_spikes(steps, torch.where(silent, k, torch.zeros_like(k)), spec.t_ref,
+                                           dtype=torch.bool)
+            post = post | virtual
+            counts = counts + self._time_sum(virtual, dtype)  # silent neurons: their real count is 0
             virtual_cols = (counts > 0).logical_and_(silent).any(0).nonzero().squeeze(1)
         rec = tr.rec_weight
         w = layer.weight.detach()
@@ -341,7 +351,7 @@ class SpikeTrainRule(LearningRule):
                     e_rec += lam_u[:, f:].transpose(1, 2) @ s_prev
                 if tpsp_v is not None:
                     s_prev, f = pre(tr.s_in, t0, t1)
-                    a = s_prev @ w_v.t()
+                    a = (s_prev.reshape(-1, s_prev.shape[2]) @ w_v.t()).view(*s_prev.shape[:2], -1)
                     if rec is not None:
                         a = a + pre(tr.s_out, t0, t1)[0] @ rec[virtual_cols].t()
                     tpsp_v += (lam_u[:, f:, virtual_cols] * a).sum(1)
@@ -356,7 +366,7 @@ class SpikeTrainRule(LearningRule):
                 tpsp = tpsp - spec.bias * lam_p_sum
             if tpsp_v is not None:
                 tpsp[:, virtual_cols] = tpsp_v
-        stats = PostStats(counts, tr.s_in.sum(1).to(dtype), tr.s_out.sum(1).to(dtype) if rec is not None else None,
+        stats = PostStats(counts, self._time_sum(tr.s_in, dtype), counts_rec if rec is not None else None,
                           lam_u_sum / steps, e_rec, tpsp)
         c_w, c_back = self.coefficients(tr, g, stats)
 
@@ -376,8 +386,9 @@ class SpikeTrainRule(LearningRule):
                         gw += g_lam @ s_prev.reshape(-1, n_in)
                     if gv is not None:
                         gv += g_lam @ pre(tr.s_out, t0, t1)[0].reshape(-1, n)
-                if need_input:
-                    per_spike += ((c_back.unsqueeze(1) * lam_u[:, f:]) @ w * s_prev).sum(1)
+                if need_input:  # (B * steps, N) @ (N, N_in): one GEMM, not a batched one
+                    gs = ((c_back.unsqueeze(1) * lam_u[:, f:]).reshape(-1, n) @ w).view(s_prev.shape)
+                    per_spike += (gs.mul_(s_prev)).sum(1)
         if weight is not None:
             _accumulate(weight, gw)
         bias = getattr(layer, "bias", None)
