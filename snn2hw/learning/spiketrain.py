@@ -36,6 +36,7 @@ from snn2hw.nn.recurrent import recurrent_cuba_lif_sequence
 __all__ = ["SpikeTrainRule", "LayerTrace", "PostStats"]
 
 _HOP_LAYERS = (LIFDense, ConvLIF, SumPoolLIF)  # RecurrentLIFDense is a LIFDense
+EVENT_DENSITY = 0.2  # spike trains at most this dense go through the event-driven kernels (see _event_driven)
 
 
 @dataclass
@@ -267,6 +268,19 @@ class SpikeTrainRule(LearningRule):
         return torch.where(o > 0, e / o.clamp(min=1), random_spike.unsqueeze(2))
 
     # -- the chunked backward: spike trains kept as bool, everything else chunk by chunk --------------------
+    @staticmethod
+    def _event_driven(s: torch.Tensor, like: torch.Tensor, nonzeros: float | None = None) -> bool:
+        """Whether products with the (B, T, M) train ``s`` run event-driven (``spsp_kernels.scatter_rows`` /
+        ``spike_dots``, cost per non-zero) rather than as GEMMs: on the CPU with numba, when at most
+        ``EVENT_DENSITY`` of ``s`` is non-zero (about where a GEMM's higher throughput wins). ``nonzeros``:
+        the count, when known (a bool train's spike count)."""
+        if s.device.type != "cpu" or not spsp_kernels.usable(like) or s.numel() == 0:
+            return False
+        if s.dtype != torch.bool and s.dtype != like.dtype:
+            return False
+        nnz = float(torch.count_nonzero(s)) if nonzeros is None else float(nonzeros)
+        return nnz <= EVENT_DENSITY * s.numel()
+
     def _time_sum(self, s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Per-neuron sums over time (B, N) of a (B, T, N) train, ``chunk`` steps at a time (a bool tensor's
         ``sum`` converts the whole tensor to int64 first)."""
@@ -333,9 +347,10 @@ class SpikeTrainRule(LearningRule):
         rec = tr.rec_weight
         w = layer.weight.detach()
 
-        def pre(s_pre, t0, t1):  # pre steps paired with lam[t0':t1], as float, and the offset t0' - t0
+        def pre(s_pre, t0, t1, raw=False):  # pre steps paired with lam[t0':t1] (float unless raw), offset t0' - t0
             first = 1 if t0 == 0 else 0
-            return s_pre[:, t0 + first - 1:t1 - 1].to(dtype), first
+            s = s_pre[:, t0 + first - 1:t1 - 1]
+            return (s if raw else s.to(dtype)), first
 
         # pass 1: per-sample reductions
         sums = torch.zeros(2, batch, n, dtype=torch.float64, device=g.device)  # lam_u (steps >= 1), lam_p
@@ -344,11 +359,16 @@ class SpikeTrainRule(LearningRule):
         if self.needs_tpsp and virtual_cols is not None and virtual_cols.numel():
             tpsp_v = torch.zeros(batch, virtual_cols.numel(), dtype=dtype, device=g.device)
             w_v = w[virtual_cols]
+        sparse_rec = rec is not None and self._event_driven(tr.s_out, g, counts_rec.sum())
         if e_rec is not None or tpsp_v is not None:
             for t0, t1, lam_u in self._scan_chunks(post, spec, dtype, sums):
                 if rec is not None:
-                    s_prev, f = pre(tr.s_out, t0, t1)
-                    e_rec += lam_u[:, f:].transpose(1, 2) @ s_prev
+                    s_prev, f = pre(tr.s_out, t0, t1, raw=True)
+                    if sparse_rec:  # e_rec^T[b, p, :] += lam_u[b, t, :] at p's spikes
+                        e_rec_t = e_rec.transpose(1, 2)
+                        spsp_kernels.scatter_rows(lam_u[:, f:], s_prev, e_rec_t, per_sample=True)
+                    else:
+                        e_rec += lam_u[:, f:].transpose(1, 2) @ s_prev.to(dtype)
                 if tpsp_v is not None:
                     s_prev, f = pre(tr.s_in, t0, t1)
                     a = (s_prev.reshape(-1, s_prev.shape[2]) @ w_v.t()).view(*s_prev.shape[:2], -1)
@@ -377,18 +397,38 @@ class SpikeTrainRule(LearningRule):
         gv = torch.zeros(n, n, dtype=dtype, device=g.device) if train_rec else None
         n_in = tr.s_in.shape[2]
         per_spike = torch.zeros(batch, n_in, dtype=dtype, device=g.device) if need_input else None
+        # event-driven products (sparse trains): accumulated transposed, (1, N_in, N) and (1, N, N)
+        gw_t = torch.zeros(1, n_in, n, dtype=dtype) if gw is not None else None
+        gv_t = torch.zeros(1, n, n, dtype=dtype) if gv is not None else None
+        w_t = w.t().contiguous() if need_input else None
         if gw is not None or gv is not None or need_input:
+            sparse = self._event_driven(tr.s_in, g, stats.counts_in.sum() if tr.s_in.dtype == torch.bool else None)
             for t0, t1, lam_u in self._scan_chunks(post, spec, dtype, torch.zeros_like(sums)):
-                s_prev, f = pre(tr.s_in, t0, t1)
+                raw, f = pre(tr.s_in, t0, t1, raw=True)
+                s_prev = None if sparse else raw.to(dtype)
                 if gw is not None or gv is not None:
-                    g_lam = (c_w.unsqueeze(1) * lam_u[:, f:]).reshape(-1, n).t()
-                    if gw is not None:
-                        gw += g_lam @ s_prev.reshape(-1, n_in)
+                    g_lam = c_w.unsqueeze(1) * lam_u[:, f:]
+                    if gw is not None and sparse:
+                        spsp_kernels.scatter_rows(g_lam, raw, gw_t, per_sample=False)
+                    elif gw is not None:
+                        gw += g_lam.reshape(-1, n).t() @ s_prev.reshape(-1, n_in)
                     if gv is not None:
-                        gv += g_lam @ pre(tr.s_out, t0, t1)[0].reshape(-1, n)
-                if need_input:  # (B * steps, N) @ (N, N_in): one GEMM, not a batched one
-                    gs = ((c_back.unsqueeze(1) * lam_u[:, f:]).reshape(-1, n) @ w).view(s_prev.shape)
-                    per_spike += (gs.mul_(s_prev)).sum(1)
+                        r_raw = pre(tr.s_out, t0, t1, raw=True)[0]
+                        if sparse_rec:
+                            spsp_kernels.scatter_rows(g_lam, r_raw, gv_t, per_sample=False)
+                        else:
+                            gv += g_lam.reshape(-1, n).t() @ r_raw.to(dtype).reshape(-1, n)
+                if need_input:
+                    g_back = c_back.unsqueeze(1) * lam_u[:, f:]
+                    if sparse:  # the error at each input spike, one dot product per spike
+                        spsp_kernels.spike_dots(g_back, raw, w_t, per_spike)
+                    else:  # (B * steps, N) @ (N, N_in): one GEMM, not a batched one
+                        gs = (g_back.reshape(-1, n) @ w).view(s_prev.shape)
+                        per_spike += (gs.mul_(s_prev)).sum(1)
+        if gw_t is not None:
+            gw += gw_t[0].t()
+        if gv_t is not None:
+            gv += gv_t[0].t()
         if weight is not None:
             _accumulate(weight, gw)
         bias = getattr(layer, "bias", None)

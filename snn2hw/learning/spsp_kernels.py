@@ -28,6 +28,8 @@ try:  # an accelerator, never a requirement
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     numba = None
 
+_L2_BYTES = 256 * 1024
+
 __all__ = ["usable", "lif_scan_chunk", "adjoint_scan_chunk"]
 
 
@@ -109,19 +111,92 @@ if numba is not None:
                         lu_sum[b, i] += q
 
 
+    def _scatter_rows_py(g, s, out, per_sample, binary, blocks):
+        """``out[o, j, :] += s[b, t, j] g[b, t, :]`` over the non-zero ``s`` (o = b, or 0 when shared)."""
+        batch, steps, n = g.shape
+        m = s.shape[2]
+        for blk in numba.prange(blocks):  # each task owns a range of rows j of ``out``: no write races
+            lo = blk * m // blocks
+            hi = (blk + 1) * m // blocks
+            for b in range(batch):
+                o = b if per_sample else 0
+                for t in range(steps):
+                    for j in range(lo, hi):
+                        x = s[b, t, j]
+                        if x != 0:
+                            row = out[o, j]
+                            if binary:
+                                for i in range(n):
+                                    row[i] += g[b, t, i]
+                            else:
+                                for i in range(n):
+                                    row[i] += x * g[b, t, i]
+
+    def _spike_dots_py(g, s, wt, out, binary):
+        """``out[b, j] += sum_t s[b, t, j] (g[b, t, :] . wt[j, :])`` over the non-zero ``s``."""
+        batch, steps, n = g.shape
+        m = s.shape[2]
+        for b in numba.prange(batch):
+            for t in range(steps):
+                for j in range(m):
+                    x = s[b, t, j]
+                    if x != 0:
+                        acc = g[b, t, 0] - g[b, t, 0]  # 0 in the dtype of g
+                        for i in range(n):
+                            acc += g[b, t, i] * wt[j, i]
+                        out[b, j] += acc if binary else x * acc
+
+
 if numba is not None:
     # each scan compiled twice: parallel over the batch, and serial for one thread (a parallel kernel hands
     # its work to the thread pool even with one thread, and on a loaded machine waking it costs
     # milliseconds per call)
     _SCANS = {(name, par): numba.njit(parallel=par, nogil=True, boundscheck=False, cache=True)(fn)
-              for name, fn in (("lif", _lif_scan_py), ("adjoint", _adjoint_scan_py)) for par in (False, True)}
+              for name, fn in (("lif", _lif_scan_py), ("adjoint", _adjoint_scan_py), ("scatter", _scatter_rows_py))
+              for par in (False, True)}
+    # the dot products may be reassociated (vectorised): nothing here has to equal another computation
+    _SCANS.update({("dots", par): numba.njit(parallel=par, nogil=True, boundscheck=False, cache=True,
+                                             fastmath={"reassoc", "contract"})(_spike_dots_py)
+                   for par in (False, True)})
+
+
+def _threads() -> int:
+    return max(1, min(numba.config.NUMBA_NUM_THREADS, torch.get_num_threads()))
 
 
 def _scan(name: str):
-    threads = max(1, min(numba.config.NUMBA_NUM_THREADS, torch.get_num_threads()))
+    threads = _threads()
     if threads > 1:
         _set_threads()
     return _SCANS[(name, threads > 1)]
+
+
+def _np(s: torch.Tensor) -> np.ndarray:
+    """A tensor's numpy view (bool trains as they are; float inputs may be strided views of the caller's)."""
+    return s.detach().numpy()
+
+
+def scatter_rows(g: torch.Tensor, s: torch.Tensor, out: torch.Tensor, per_sample: bool) -> None:
+    """Event-driven ``out += s^T g``: ``out[o, j, :] += sum_t s[b, t, j] g[b, t, :]`` with ``o = b`` when
+    ``per_sample`` (out (B, M, N)) and ``o = 0`` otherwise (out (1, M, N)); g (B, C, N), s (B, C, M) bool
+    or float. Costs (non-zeros of s) x N instead of the GEMM's B C M N."""
+    if g.numel() == 0 or s.numel() == 0:
+        return
+    binary = s.dtype == torch.bool
+    g = g.detach().contiguous()
+    # row blocks: one per thread, and small enough that a block of ``out`` stays in a core's L2 cache
+    # while all of g streams past it (each non-zero then updates a cached row)
+    rows = out.shape[0] * out.shape[1] if per_sample else out.shape[1]
+    blocks = max(_threads(), min(out.shape[1], -(-rows * out.shape[2] * out.element_size() // _L2_BYTES)))
+    _scan("scatter")(g.numpy(), _np(s), out.numpy(), bool(per_sample), binary, blocks)
+
+
+def spike_dots(g: torch.Tensor, s: torch.Tensor, wt: torch.Tensor, out: torch.Tensor) -> None:
+    """Event-driven ``out[b, j] += sum_t s[b, t, j] (g[b, t] . wt[j])``: the error reaching each input at its
+    spikes; g (B, C, N), s (B, C, M), wt (M, N) contiguous, out (B, M)."""
+    if g.numel() == 0 or s.numel() == 0:
+        return
+    _scan("dots")(g.detach().contiguous().numpy(), _np(s), wt.numpy(), out.numpy(), s.dtype == torch.bool)
 
 
 def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsum: torch.Tensor) -> None:
