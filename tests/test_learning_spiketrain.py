@@ -314,9 +314,12 @@ def test_cuda_gradients_equal_cpu(rule_name):
 
 @pytest.mark.parametrize("rule_name,rec,lateral,t_ref", [("hm2bp", False, True, 0), ("hm2bp", False, False, 2),
                                                          ("strsbp", True, False, 0)])
-def test_chunked_equals_full_trace(rule_name, rec, lateral, t_ref):
+def test_chunked_equals_full_trace(monkeypatch, rule_name, rec, lateral, t_ref):
     """Bool spike trains and chunked (two-pass) backward, the default for dense layers, against the
     full-window float path: the same gradients, to rounding."""
+    from snn2hw.learning import spiketrain
+
+    monkeypatch.setattr(spiketrain, "CHUNK_BYTES", 0)  # blocks of exactly ``chunk`` steps
     x, y = _inputs(steps=45)
     grads = []
     for full in (True, False):

@@ -89,6 +89,7 @@ def test_event_driven_gradients_equal_gemm_gradients(monkeypatch, rule_name, rec
     x = (torch.rand(4, 37, 12, generator=g) < 0.15).double()
     y = torch.tensor([0, 1, 2, 1])
     grads = []
+    monkeypatch.setattr(spiketrain, "CHUNK_BYTES", 0)  # blocks of exactly ``chunk`` steps
     for density in (1.0, 0.0):
         monkeypatch.setattr(spiketrain, "EVENT_DENSITY", density)
         torch.manual_seed(0)

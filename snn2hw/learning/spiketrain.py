@@ -36,7 +36,14 @@ from snn2hw.nn.recurrent import recurrent_cuba_lif_sequence
 __all__ = ["SpikeTrainRule", "LayerTrace", "PostStats"]
 
 _HOP_LAYERS = (LIFDense, ConvLIF, SumPoolLIF)  # RecurrentLIFDense is a LIFDense
-EVENT_DENSITY = 0.2  # spike trains at most this dense go through the event-driven kernels (see _event_driven)
+# Spike trains at most this dense go through the event-driven kernels (see _event_driven). Measured on
+# 784-100 and 784-800 layers (batch 16, one thread): at 10 % density the kernels and a GEMM take about
+# the same time, below that the kernels win in proportion.
+EVENT_DENSITY = 0.05
+# Float temporaries of the chunked path (per chunk: currents, inputs as float, kernels) are kept near this
+# size by taking more than ``chunk`` steps per block when the layer is narrow (fewer, larger GEMMs and
+# kernel calls); the memory stays bounded in T.
+CHUNK_BYTES = 4 << 20
 
 
 @dataclass
@@ -135,7 +142,9 @@ class SpikeTrainRule(LearningRule):
                 s_in = s
                 vsum = torch.zeros(s.shape[0], layer.out_features, dtype=torch.float64, device=x.device)
                 s = lif_sequence_chunked(lambda t0, t1: hop_current_chunk(layer, s_in, t0, t1, x.dtype), s.shape[0],
-                                         s.shape[1], layer.out_features, spec, rec, self.chunk, x, torch.bool, vsum)
+                                         s.shape[1], layer.out_features, spec, rec,
+                                         self._block(s.shape[0], max(s.shape[2], layer.out_features)), x, torch.bool,
+                                         vsum)
                 records.append(LayerTrace(layer, s_in, None, s, spec, rec, vsum))
                 continue
             s = s.to(x.dtype)
@@ -278,33 +287,42 @@ class SpikeTrainRule(LearningRule):
             return False
         if s.dtype != torch.bool and s.dtype != like.dtype:
             return False
-        nnz = float(torch.count_nonzero(s)) if nonzeros is None else float(nonzeros)
-        return nnz <= EVENT_DENSITY * s.numel()
+        if nonzeros is None:  # a float input: estimated from its first steps (a heuristic only)
+            head = s[:, :16]
+            return float(torch.count_nonzero(head)) <= EVENT_DENSITY * head.numel()
+        return float(nonzeros) <= EVENT_DENSITY * s.numel()
 
     def _time_sum(self, s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Per-neuron sums over time (B, N) of a (B, T, N) train, ``chunk`` steps at a time (a bool tensor's
         ``sum`` converts the whole tensor to int64 first)."""
         out = torch.zeros(s.shape[0], s.shape[2], dtype=dtype, device=s.device)
-        for t0 in range(0, s.shape[1], self.chunk):
-            out += s[:, t0:t0 + self.chunk].sum(1).to(dtype)
+        block = self._block(s.shape[0], 2 * s.shape[2])  # a bool chunk's sum makes an int64 copy
+        for t0 in range(0, s.shape[1], block):
+            out += s[:, t0:t0 + block].sum(1).to(dtype)
         return out
 
-    def _scan_chunks(self, post: torch.Tensor, spec: NeuronSpec, dtype: torch.dtype, sums: torch.Tensor):
-        """The reverse-time recursion of ``spsp_adjoint`` over ``chunk``-step blocks, last block first:
+    def _block(self, batch: int, width: int) -> int:
+        """Steps per block of the chunked path for float temporaries (batch, steps, width): ``chunk``, or more
+        while they stay under ``CHUNK_BYTES``."""
+        return max(self.chunk, CHUNK_BYTES // (4 * max(batch * width, 1)))
+
+    def _scan_chunks(self, post: torch.Tensor, spec: NeuronSpec, dtype: torch.dtype, sums: torch.Tensor,
+                     block: int):
+        """The reverse-time recursion of ``spsp_adjoint`` over ``block``-step blocks, last block first:
         yields (t0, t1, lam_u[t0:t1]) and adds the per-neuron sums of lam_u (steps >= 1) and lam_p over the
         window to ``sums[0]`` and ``sums[1]`` ((2, B, N), float64)."""
         batch, steps, n = post.shape
         if spsp_kernels.usable(spec.alpha.to(dtype), spec.beta.to(dtype)) and post.device.type == "cpu":
             state: dict = {}
-            for t1 in range(steps, 0, -self.chunk):
-                t0 = max(t1 - self.chunk, 0)
+            for t1 in range(steps, 0, -block):
+                t0 = max(t1 - block, 0)
                 lam_u, _ = spsp_kernels.adjoint_scan_chunk(post, t0, t1, spec, dtype, state, sums[0], sums[1])
                 yield t0, t1, lam_u
             return
         lp = torch.zeros(batch, n, dtype=dtype, device=post.device)
         lu = torch.zeros_like(lp)
-        for t1 in range(steps, 0, -self.chunk):
-            t0 = max(t1 - self.chunk, 0)
+        for t1 in range(steps, 0, -block):
+            t0 = max(t1 - block, 0)
             lo = max(t0 - spec.t_ref, 0)
             window = post[:, lo:t1].to(dtype)
             keep_beta = (1.0 - reset_mask(window, spec.t_ref)[:, t0 - lo:]) * spec.beta
@@ -346,6 +364,7 @@ class SpikeTrainRule(LearningRule):
             virtual_cols = (counts > 0).logical_and_(silent).any(0).nonzero().squeeze(1)
         rec = tr.rec_weight
         w = layer.weight.detach()
+        block = self._block(batch, max(tr.s_in.shape[2], n))
 
         def pre(s_pre, t0, t1, raw=False):  # pre steps paired with lam[t0':t1] (float unless raw), offset t0' - t0
             first = 1 if t0 == 0 else 0
@@ -361,7 +380,7 @@ class SpikeTrainRule(LearningRule):
             w_v = w[virtual_cols]
         sparse_rec = rec is not None and self._event_driven(tr.s_out, g, counts_rec.sum())
         if e_rec is not None or tpsp_v is not None:
-            for t0, t1, lam_u in self._scan_chunks(post, spec, dtype, sums):
+            for t0, t1, lam_u in self._scan_chunks(post, spec, dtype, sums, block):
                 if rec is not None:
                     s_prev, f = pre(tr.s_out, t0, t1, raw=True)
                     if sparse_rec:  # e_rec^T[b, p, :] += lam_u[b, t, :] at p's spikes
@@ -376,7 +395,7 @@ class SpikeTrainRule(LearningRule):
                         a = a + pre(tr.s_out, t0, t1)[0] @ rec[virtual_cols].t()
                     tpsp_v += (lam_u[:, f:, virtual_cols] * a).sum(1)
         else:
-            for _ in self._scan_chunks(post, spec, dtype, sums):
+            for _ in self._scan_chunks(post, spec, dtype, sums, block):
                 pass
         lam_u_sum, lam_p_sum = sums[0].to(dtype), sums[1].to(dtype)
         tpsp = None
@@ -403,7 +422,7 @@ class SpikeTrainRule(LearningRule):
         w_t = w.t().contiguous() if need_input else None
         if gw is not None or gv is not None or need_input:
             sparse = self._event_driven(tr.s_in, g, stats.counts_in.sum() if tr.s_in.dtype == torch.bool else None)
-            for t0, t1, lam_u in self._scan_chunks(post, spec, dtype, torch.zeros_like(sums)):
+            for t0, t1, lam_u in self._scan_chunks(post, spec, dtype, torch.zeros_like(sums), block):
                 raw, f = pre(tr.s_in, t0, t1, raw=True)
                 s_prev = None if sparse else raw.to(dtype)
                 if gw is not None or gv is not None:

@@ -188,12 +188,15 @@ def evenly_spaced_spikes(steps: int, counts: torch.Tensor, t_ref: int = 0,
     cap = steps // (1 + int(t_ref))
     k = counts.round().clamp(0, cap).to(torch.long)  # (B, N)
     out = torch.zeros(*counts.shape[:-1], steps, counts.shape[-1], dtype=dtype, device=counts.device)
-    kmax = int(k.max()) if k.numel() else 0
-    for m in range(kmax):
-        active = k > m
-        pos = ((m + 1) * steps) // k.clamp(min=1) - 1  # (B, N)
-        b, i = active.nonzero(as_tuple=True)
-        out[b, pos[b, i], i] = 1
+    b, i = k.nonzero(as_tuple=True)  # the neurons that get spikes, then all their spikes at once
+    if b.numel() == 0:
+        return out
+    kk = k[b, i]
+    m = torch.arange(int(kk.max()), device=k.device)
+    take = m.unsqueeze(0) < kk.unsqueeze(1)  # (neurons, kmax)
+    pos = ((m.unsqueeze(0) + 1) * steps) // kk.unsqueeze(1) - 1  # spike m of a neuron with k spikes
+    rows = take.nonzero(as_tuple=True)[0]
+    out[b[rows], pos[take], i[rows]] = 1
     return out
 
 
