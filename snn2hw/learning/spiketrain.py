@@ -15,6 +15,17 @@ Silent neurons (``o = 0``) would stop all learning through them: a silent neuron
 error is given evenly spaced virtual spikes for its S-PSP kernel (HM2-BP gives a silent output its
 target count, 35; hidden neurons get ``hidden_virtual_spikes``), and the per-spike S-PSP ``e_ij / o_j`` of a
 silent pre-synaptic neuron is the S-PSP one spike at a uniformly random step would add.
+
+Speed and memory. Dense and recurrent layers (the default; ``full_trace`` below is the cross-check)
+keep only their spike trains, as ``bool``, and make everything else in blocks of steps: the forward
+makes a block's currents by one GEMM and runs the compiled LIF scan over it (``spsp_kernels``;
+recurrent layers a per-step loop around the operator's own ``mm``), recording each neuron's membrane
+summed at its spikes, which is HM2-BP's T-PSP without keeping any current; the backward runs the
+compiled reverse S-PSP recursion twice per layer (reductions for the coefficients, then the
+products). Products with sparse trains (at most ``EVENT_DENSITY`` non-zero) are event-driven (cost per
+spike), denser ones GEMMs. Float temporaries are bounded by ``CHUNK_BYTES``, not by T. The ``low_memory``
+option of earlier versions is accepted and has no further effect. Conv and pool layers keep the
+full-window float path (their hop runs through the convolution's autograd).
 """
 from __future__ import annotations
 
