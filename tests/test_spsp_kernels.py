@@ -102,3 +102,15 @@ def test_event_driven_gradients_equal_gemm_gradients(monkeypatch, rule_name, rec
     assert len(grads[0]) == len(grads[1]) >= 2 and any(bool(t.abs().sum() > 0) for t in grads[0])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_recurrent_forward_scan_equals_layer_forward_float32():
+    """The compiled recurrent scan (event-driven V s[t-1]) gives the layer's own float32 spikes."""
+    torch.manual_seed(5)
+    net = SpikingSequential([RecurrentLIFDense(24, 96, du=0.25, dv=0.1, weight_gain=3.0, rec_gain=0.5),
+                             LIFDense(96, 5, du=0.25, dv=0.1, weight_gain=2.0)])
+    x = (torch.rand(4, 120, 24, generator=torch.Generator().manual_seed(6)) < 0.2).float()
+    records, out = make_rule("strsbp", chunk=16).forward(net, x)
+    ref = net(x, return_all=True)
+    assert records[0].s_out.sum() > 100
+    assert torch.equal(records[0].s_out, ref[0].bool()) and torch.equal(out, ref[1].bool())

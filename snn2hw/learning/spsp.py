@@ -91,16 +91,18 @@ def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSp
     (``torch.bool`` keeps a layer's trains in one byte per neuron and step). ``vsum`` (B, N), if given,
     receives the sum of the pre-reset membrane at each spike (the T-PSP plus the bias part).
 
-    Feed-forward layers on the CPU run the compiled scan of ``spsp_kernels`` (bit-identical); recurrent
-    layers and other devices a per-step tensor loop (the recurrent product is the operator's own ``mm``)."""
+    On the CPU this is the compiled scan of ``spsp_kernels`` (bit-identical to the loop below, recurrent
+    input included as long as the BLAS sums a spike vector's terms in order); other devices run the
+    per-step tensor loop (the recurrent product is the operator's own ``mm``)."""
     out = torch.empty(batch, steps, n, dtype=out_dtype, device=like.device)
-    if rec_weight is None and spsp_kernels.usable(like):
+    if spsp_kernels.usable(like, *(() if rec_weight is None else (rec_weight,))):
         spikes = out if out_dtype == torch.bool else torch.empty(batch, steps, n, dtype=torch.bool)
         acc = torch.zeros(batch, n, dtype=torch.float64)
         state: dict = {}
         for t0 in range(0, steps, chunk):
             t1 = min(t0 + chunk, steps)
-            spsp_kernels.lif_scan_chunk(current(t0, t1).to(like.dtype), spec, state, spikes[:, t0:t1], acc)
+            spsp_kernels.lif_scan_chunk(current(t0, t1).to(like.dtype), spec, state, spikes[:, t0:t1], acc,
+                                        rec_weight)
         if vsum is not None:
             vsum += acc.to(vsum.dtype)
         if spikes is not out:

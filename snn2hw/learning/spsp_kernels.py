@@ -60,13 +60,24 @@ def _unit(dtype: torch.dtype) -> np.ndarray:
 
 
 if numba is not None:
-    def _lif_scan_py(a, alpha, beta, vth, bias, has_bias, t_ref, unit, u, v, ref, spikes, vsum):
+    def _lif_scan_py(a, alpha, beta, vth, bias, has_bias, t_ref, unit, u, v, ref, spikes, vsum, rec_t, has_rec,
+                     s_prev, first):
         batch, steps, n = a.shape
         for b in numba.prange(batch):
             zero = unit[0] - unit[0]  # 0 in the input's dtype
+            r = np.zeros(n, dtype=a.dtype)
             for t in range(steps):
+                add_rec = has_rec and not (first and t == 0)
+                if add_rec:  # r = V s[t-1], summed over the spiking sources in ascending order
+                    for i in range(n):
+                        r[i] = zero
+                    for j in range(n):
+                        if s_prev[b, j]:
+                            for i in range(n):
+                                r[i] += rec_t[j, i]
                 for i in range(n):
-                    uu = u[b, i] * alpha[i] + a[b, t, i]  # u[t] = alpha u[t-1] + a[t]
+                    ai = a[b, t, i] + r[i] if add_rec else a[b, t, i]  # a[t] = a_ff[t] + V s[t-1]
+                    uu = u[b, i] * alpha[i] + ai  # u[t] = alpha u[t-1] + a[t]
                     u[b, i] = uu
                     x = v[b, i] * beta[i] + uu  # v_pre = (beta v[t-1] + u[t]) + bias
                     if has_bias:
@@ -79,6 +90,8 @@ if numba is not None:
                         fire = True
                         ref[b, i] = t_ref
                     spikes[b, t, i] = fire
+                    if has_rec:
+                        s_prev[b, i] = fire
                     if fire:
                         vsum[b, i] += x
                         v[b, i] = zero
@@ -199,20 +212,28 @@ def spike_dots(g: torch.Tensor, s: torch.Tensor, wt: torch.Tensor, out: torch.Te
     _scan("dots")(g.detach().contiguous().numpy(), _np(s), wt.numpy(), out.numpy(), s.dtype == torch.bool)
 
 
-def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsum: torch.Tensor) -> None:
+def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsum: torch.Tensor,
+                   rec_weight: torch.Tensor | None = None) -> None:
     """Advance the neuron of ``spec`` (a ``spsp.NeuronSpec``) over the hop-delayed currents ``a`` (B, C, N),
     writing ``spikes`` (a (B, C, N) bool view) and adding the pre-reset membrane at each spike to ``vsum``
-    (B, N, float64). ``state`` ({} at the first chunk) carries u, v and the refractory counters."""
+    (B, N, float64). ``state`` ({} at the first chunk) carries u, v, the refractory counters and the last
+    spikes. ``rec_weight`` (N, N), V[i, j] from j to i: the recurrent input ``V s[t-1]``, summed over the
+    spiking sources j in ascending order, which is the order (and so the rounding) of the recurrent
+    operator's ``mm`` with 0/1 spikes."""
     batch, steps, n = a.shape
     a = a.detach().contiguous()
-    if not state:
+    first = not state
+    if first:
         state.update(u=torch.zeros(batch, n, dtype=a.dtype), v=torch.zeros(batch, n, dtype=a.dtype),
-                     ref=torch.zeros(batch, n, dtype=torch.int64))
+                     ref=torch.zeros(batch, n, dtype=torch.int64), s=torch.zeros(batch, n, dtype=torch.bool),
+                     rec_t=(rec_weight.detach().t().to(a.dtype).contiguous() if rec_weight is not None
+                            else torch.zeros(1, 1, dtype=a.dtype)))
     if a.numel():
         _scan("lif")(a.numpy(), _per_neuron(spec.alpha, n, a.dtype), _per_neuron(spec.beta, n, a.dtype),
                   _per_neuron(spec.v_th, n, a.dtype), _per_neuron(spec.bias, n, a.dtype), spec.bias is not None,
                   int(spec.t_ref), _unit(a.dtype), state["u"].numpy(), state["v"].numpy(), state["ref"].numpy(),
-                  spikes.numpy(), vsum.numpy())
+                  spikes.numpy(), vsum.numpy(), state["rec_t"].numpy(), rec_weight is not None, state["s"].numpy(),
+                  first)
 
 
 def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.dtype, state: dict,
