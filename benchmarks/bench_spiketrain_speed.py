@@ -1,16 +1,16 @@
 """Speed and memory of HM2-BP and ST-RSBP against BPTT on the same networks, per training step, against T.
 
 Each point is ``python benchmarks/_spiketrain_bench.py step`` in a fresh process (one thread, passive
-OpenMP wait, glibc returning large blocks at free so that the resident set follows live tensors): one
-warm-up step, then ``--steps`` timed training steps (forward + gradients, batch 16, random input
+OpenMP wait): one warm-up step, then ``--steps`` timed training steps (forward + gradients, batch 16, random input
 spikes of density 0.1, the network and rule options of the config). Rules are interleaved point by point
 and the whole sweep is repeated ``--rounds`` times; the table gives, per (network, T, rule), the median
 over rounds of the per-step median wall time per sample, its spread over rounds, the process CPU time
 per sample (less sensitive to a loaded machine), the rule/BPTT ratios of both, and the peak resident
-memory above the level before the first timed step (median over rounds). Every point records the load
+memory of two more steps above the level before them, taken after switching glibc to return blocks of
+64 KiB and more at free, so that the resident set follows live tensors (median over rounds). Every point records the load
 average; the table marks points taken with a load average above 1.5.
 
-    python benchmarks/bench_spiketrain_speed.py              # the plan below, 3 rounds
+    python benchmarks/bench_spiketrain_speed.py              # the plan below, 3 rounds (about 30 min idle)
     python benchmarks/bench_spiketrain_speed.py --rounds 1 --T 200 400 --only 784-100
 
 Writes ``benchmarks/results/spiketrain_speed.json``.
@@ -25,19 +25,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _spiketrain_bench import ENV, ROOT, environment
+from _spiketrain_bench import ROOT, STEP_ENV, environment
 
-NETWORKS = [  # label, task, config, rules (the baseline last)
-    ("mnist10k 784-100-10", "mnist10k", "mnist10k_mlp100.json", ["hm2bp", "bptt"]),
-    ("mnist10k 784-800-10", "mnist10k", "mnist10k_mlp800.json", ["hm2bp", "bptt"]),
-    ("braille 24-R128-27", "braille", "braille_rec128.json", ["strsbp", "bptt"]),
+NETWORKS = [  # label, task, config, rules (the baseline last), windows T (None: --T)
+    ("mnist10k 784-100-10", "mnist10k", "mnist10k_mlp100.json", ["hm2bp", "bptt"], None),
+    ("mnist10k 784-800-10", "mnist10k", "mnist10k_mlp800.json", ["hm2bp", "bptt"], None),
+    ("braille 24-R128-27", "braille", "braille_rec128.json", ["strsbp", "bptt"], None),
+    # the paper's CNN shape: conv layers keep the full-window float path, so shorter windows only
+    ("mnist10k 15c5-p2-40c5-p2-300-10", "mnist10k", "mnist10k_cnn.json", ["hm2bp", "bptt"], [50, 100]),
 ]
 
 
 def run_point(rule: str, T: int, task: str, config: str, steps: int, batch: int) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve().parent / "_spiketrain_bench.py"), "step", "--rule", rule,
            "--T", str(T), "--task", task, "--config", config, "--steps", str(steps), "--batch", str(batch)]
-    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **ENV}, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **STEP_ENV}, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -82,21 +84,23 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--T", type=int, nargs="+", default=[100, 200, 400, 800])
+    ap.add_argument("--T", type=int, nargs="+", default=None, help="windows (default 100 200 400 800)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=5, help="timed steps per point (after one warm-up step)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--only", default=None, help="networks whose label contains this text")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "spiketrain_speed.json"))
     a = ap.parse_args(argv)
+    a.T_given = a.T is not None
+    a.T = a.T or [100, 200, 400, 800]
     nets = [n for n in NETWORKS if a.only is None or a.only in n[0]]
     env = environment()
     points: list[dict] = []
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for rnd in range(a.rounds):
-        for label, task, config, rules in nets:
-            for T in a.T:
+        for label, task, config, rules, windows in nets:
+            for T in (windows if windows and not a.T_given else a.T):
                 for rule in rules:  # interleaved: each rule's point next to its baseline's
                     p = run_point(rule, T, task, config, a.steps, a.batch)
                     p.update(network=label, round=rnd)
