@@ -197,9 +197,10 @@ def test_recurrent_solve_equals_explicit_inverse():
     rule = make_rule("strsbp")
     recs, _ = rule.forward(net, x)
     tr = recs[0]
-    lam_u, _ = spsp_adjoint(tr.s_out, tr.spec.alpha, tr.spec.beta, 0)
-    counts = tr.s_out.sum(1)
-    stats = PostStats(counts, tr.s_in.sum(1), counts, spsp_per_pre_spike(lam_u), dense_spsp(lam_u, tr.s_out), None)
+    s_out = tr.s_out.to(D)  # the rule keeps trains as bool
+    lam_u, _ = spsp_adjoint(s_out, tr.spec.alpha, tr.spec.beta, 0)
+    counts = s_out.sum(1)
+    stats = PostStats(counts, tr.s_in.sum(1), counts, spsp_per_pre_spike(lam_u), dense_spsp(lam_u, s_out), None)
     g = torch.randn(counts.shape, dtype=D, generator=torch.Generator().manual_seed(0))
     c_w, c_back = rule.coefficients(tr, g, stats)
     m = rule.system(tr, stats)
@@ -313,15 +314,20 @@ def test_cuda_gradients_equal_cpu(rule_name):
 
 @pytest.mark.parametrize("rule_name,rec,lateral,t_ref", [("hm2bp", False, True, 0), ("hm2bp", False, False, 2),
                                                          ("strsbp", True, False, 0)])
-def test_low_memory_equals_default(rule_name, rec, lateral, t_ref):
-    """Bool spike trains and chunked (two-pass) backward: the same gradients, to rounding."""
+def test_chunked_equals_full_trace(monkeypatch, rule_name, rec, lateral, t_ref):
+    """Bool spike trains and chunked (two-pass) backward, the default for dense layers, against the
+    full-window float path: the same gradients, to rounding."""
+    from snn2hw.learning import spiketrain
+
+    monkeypatch.setattr(spiketrain, "CHUNK_BYTES", 0)  # blocks of exactly ``chunk`` steps
     x, y = _inputs(steps=45)
     grads = []
-    for low in (False, True):
+    for full in (True, False):
         net = _dense_net(rec, lateral=lateral)
         with torch.no_grad():
             net.layers[1].weight[1].fill_(-1.0)  # a silent output: virtual spikes on both paths
-        rule = make_rule(rule_name, margin=0, target_true=10, target_false=3, t_ref=t_ref, low_memory=low, chunk=7)
+        rule = make_rule(rule_name, margin=0, target_true=10, target_false=3, t_ref=t_ref, chunk=7)
+        rule.full_trace = full
         records, out = rule.forward(net, x)
         grads.append([out.double()] + [r.s_out.double() for r in records])
         rule.compute_gradients(net, x, y, None, {})

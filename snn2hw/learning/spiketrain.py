@@ -15,6 +15,17 @@ Silent neurons (``o = 0``) would stop all learning through them: a silent neuron
 error is given evenly spaced virtual spikes for its S-PSP kernel (HM2-BP gives a silent output its
 target count, 35; hidden neurons get ``hidden_virtual_spikes``), and the per-spike S-PSP ``e_ij / o_j`` of a
 silent pre-synaptic neuron is the S-PSP one spike at a uniformly random step would add.
+
+Speed and memory. Dense and recurrent layers (the default; ``full_trace`` below is the cross-check)
+keep only their spike trains, as ``bool``, and make everything else in blocks of steps: the forward
+makes a block's currents by one GEMM and runs the compiled LIF scan over it (``spsp_kernels``;
+recurrent layers a per-step loop around the operator's own ``mm``), recording each neuron's membrane
+summed at its spikes, which is HM2-BP's T-PSP without keeping any current; the backward runs the
+compiled reverse S-PSP recursion twice per layer (reductions for the coefficients, then the
+products). Products with sparse trains (at most ``EVENT_DENSITY`` non-zero) are event-driven (cost per
+spike), denser ones GEMMs. Float temporaries are bounded by ``CHUNK_BYTES``, not by T. The ``low_memory``
+option of earlier versions is accepted and has no further effect. Conv and pool layers keep the
+full-window float path (their hop runs through the convolution's autograd).
 """
 from __future__ import annotations
 
@@ -23,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from snn2hw.learning import spsp_kernels
 from snn2hw.learning.base import BatchResult, LearningRule, LearningRuleError
 from snn2hw.learning.spsp import (NeuronSpec, dense_spsp, evenly_spaced_spikes, hop_current_chunk, layer_current,
                                   lif_sequence, lif_sequence_chunked, neuron_spec, reset_mask, spsp_adjoint,
@@ -35,6 +47,14 @@ from snn2hw.nn.recurrent import recurrent_cuba_lif_sequence
 __all__ = ["SpikeTrainRule", "LayerTrace", "PostStats"]
 
 _HOP_LAYERS = (LIFDense, ConvLIF, SumPoolLIF)  # RecurrentLIFDense is a LIFDense
+# Spike trains at most this dense go through the event-driven kernels (see _event_driven). Measured on
+# 784-100 and 784-800 layers (batch 16, one thread): at 10 % density the kernels and a GEMM take about
+# the same time, below that the kernels win in proportion.
+EVENT_DENSITY = 0.05
+# Float temporaries of the chunked path (per chunk: currents, inputs as float, kernels) are kept near this
+# size by taking more than ``chunk`` steps per block when the layer is narrow (fewer, larger GEMMs and
+# kernel calls); the memory stays bounded in T.
+CHUNK_BYTES = 4 << 20
 
 
 @dataclass
@@ -47,6 +67,7 @@ class LayerTrace:
     s_out: torch.Tensor  # (B, T, N) output spikes
     spec: NeuronSpec
     rec_weight: torch.Tensor | None  # effective recurrent weights V (N, N), or None
+    vsum: torch.Tensor | None = None  # (B, N) pre-reset membrane summed over the spikes (chunked trace only)
 
 
 @dataclass
@@ -87,6 +108,10 @@ class SpikeTrainRule(LearningRule):
     """
 
     needs_tpsp = False
+    # Dense and recurrent layers run chunk by chunk with bool spike trains (``layer_backward_chunked``);
+    # True keeps their float currents for the whole window (``layer_backward``, the path conv layers
+    # take), a slower, larger and more direct computation kept to cross-check the chunked one.
+    full_trace = False
 
     def __init__(self, target_true: float = 35.0, target_false: float = 5.0, margin: float = 5.0, t_ref: int = 0,
                  hidden_virtual_spikes: int = 1, low_memory: bool = False, chunk: int = 32):
@@ -124,11 +149,14 @@ class SpikeTrainRule(LearningRule):
             s = _flat(s) if not isinstance(layer, LIFDense) else s
             spec = neuron_spec(layer, x, self.t_ref)
             rec = layer.effective_rec_weight().detach() if isinstance(layer, RecurrentLIFDense) else None
-            if self.low_memory and isinstance(layer, LIFDense):  # one byte per spike, currents chunk by chunk
+            if isinstance(layer, LIFDense) and not self.full_trace:  # one byte per spike, currents chunk by chunk
                 s_in = s
+                vsum = torch.zeros(s.shape[0], layer.out_features, dtype=torch.float64, device=x.device)
                 s = lif_sequence_chunked(lambda t0, t1: hop_current_chunk(layer, s_in, t0, t1, x.dtype), s.shape[0],
-                                         s.shape[1], layer.out_features, spec, rec, self.chunk, x, torch.bool)
-                records.append(LayerTrace(layer, s_in, None, s, spec, rec))
+                                         s.shape[1], layer.out_features, spec, rec,
+                                         self._block(s.shape[0], max(s.shape[2], layer.out_features)), x, torch.bool,
+                                         vsum)
+                records.append(LayerTrace(layer, s_in, None, s, spec, rec, vsum))
                 continue
             s = s.to(x.dtype)
             a_ff = hop_delay(layer_current(layer, s))
@@ -259,15 +287,53 @@ class SpikeTrainRule(LearningRule):
         o = counts_pre.unsqueeze(1)
         return torch.where(o > 0, e / o.clamp(min=1), random_spike.unsqueeze(2))
 
-    # -- the low-memory backward: spike trains kept as bool, everything else chunk by chunk ----------------
-    def _scan_chunks(self, post: torch.Tensor, spec: NeuronSpec, dtype: torch.dtype):
-        """The reverse-time recursion of ``spsp_adjoint`` over ``chunk``-step blocks, last block first:
-        yields (t0, t1, lam_u[t0:t1], lam_p[t0:t1])."""
+    # -- the chunked backward: spike trains kept as bool, everything else chunk by chunk --------------------
+    @staticmethod
+    def _event_driven(s: torch.Tensor, like: torch.Tensor, nonzeros: float | None = None) -> bool:
+        """Whether products with the (B, T, M) train ``s`` run event-driven (``spsp_kernels.scatter_rows`` /
+        ``spike_dots``, cost per non-zero) rather than as GEMMs: on the CPU with numba, when at most
+        ``EVENT_DENSITY`` of ``s`` is non-zero (about where a GEMM's higher throughput wins). ``nonzeros``:
+        the count, when known (a bool train's spike count)."""
+        if s.device.type != "cpu" or not spsp_kernels.usable(like) or s.numel() == 0:
+            return False
+        if s.dtype != torch.bool and s.dtype != like.dtype:
+            return False
+        if nonzeros is None:  # a float input: estimated from its first steps (a heuristic only)
+            head = s[:, :16]
+            return float(torch.count_nonzero(head)) <= EVENT_DENSITY * head.numel()
+        return float(nonzeros) <= EVENT_DENSITY * s.numel()
+
+    def _time_sum(self, s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Per-neuron sums over time (B, N) of a (B, T, N) train, ``chunk`` steps at a time (a bool tensor's
+        ``sum`` converts the whole tensor to int64 first)."""
+        out = torch.zeros(s.shape[0], s.shape[2], dtype=dtype, device=s.device)
+        block = self._block(s.shape[0], 2 * s.shape[2])  # a bool chunk's sum makes an int64 copy
+        for t0 in range(0, s.shape[1], block):
+            out += s[:, t0:t0 + block].sum(1).to(dtype)
+        return out
+
+    def _block(self, batch: int, width: int) -> int:
+        """Steps per block of the chunked path for float temporaries (batch, steps, width): ``chunk``, or more
+        while they stay under ``CHUNK_BYTES``."""
+        return max(self.chunk, CHUNK_BYTES // (4 * max(batch * width, 1)))
+
+    def _scan_chunks(self, post: torch.Tensor, spec: NeuronSpec, dtype: torch.dtype, sums: torch.Tensor,
+                     block: int):
+        """The reverse-time recursion of ``spsp_adjoint`` over ``block``-step blocks, last block first:
+        yields (t0, t1, lam_u[t0:t1]) and adds the per-neuron sums of lam_u (steps >= 1) and lam_p over the
+        window to ``sums[0]`` and ``sums[1]`` ((2, B, N), float64)."""
         batch, steps, n = post.shape
+        if spsp_kernels.usable(spec.alpha.to(dtype), spec.beta.to(dtype)) and post.device.type == "cpu":
+            state: dict = {}
+            for t1 in range(steps, 0, -block):
+                t0 = max(t1 - block, 0)
+                lam_u, _ = spsp_kernels.adjoint_scan_chunk(post, t0, t1, spec, dtype, state, sums[0], sums[1])
+                yield t0, t1, lam_u
+            return
         lp = torch.zeros(batch, n, dtype=dtype, device=post.device)
         lu = torch.zeros_like(lp)
-        for t1 in range(steps, 0, -self.chunk):
-            t0 = max(t1 - self.chunk, 0)
+        for t1 in range(steps, 0, -block):
+            t0 = max(t1 - block, 0)
             lo = max(t0 - spec.t_ref, 0)
             window = post[:, lo:t1].to(dtype)
             keep_beta = (1.0 - reset_mask(window, spec.t_ref)[:, t0 - lo:]) * spec.beta
@@ -279,52 +345,78 @@ class SpikeTrainRule(LearningRule):
                 lu = lp + spec.alpha * lu
                 lam_p[:, t] = lp
                 lam_u[:, t] = lu
-            yield t0, t1, lam_u, lam_p
+            first = 1 if t0 == 0 else 0
+            sums[0] += lam_u[:, first:].sum(1).to(sums.dtype)
+            sums[1] += lam_p.sum(1).to(sums.dtype)
+            yield t0, t1, lam_u
 
     def layer_backward_chunked(self, tr: LayerTrace, g: torch.Tensor, targets: torch.Tensor | None,
                                need_input: bool) -> torch.Tensor | None:
         """``layer_backward`` for a dense or recurrent layer whose trace holds bool spikes and no currents: two
         reverse passes over time in chunks (reductions for the coefficients, then the products), so the
-        float temporaries are (B, chunk, N) and the stored trains one byte per neuron and step."""
+        float temporaries are (B, chunk, N) and the stored trains one byte per neuron and step.
+
+        The T-PSP (HM2-BP's self term) is the membrane summed at the spikes, recorded by the forward
+        (``vsum``), less the bias part; only neurons given virtual spikes (silent ones; their membrane was
+        never reset there) have their current re-made, for those columns alone."""
         layer, spec, dtype = tr.layer, tr.spec, g.dtype
         batch, steps, n = tr.s_out.shape
         post = tr.s_out
-        counts = post.sum(1).to(dtype)
+        counts_rec = self._time_sum(tr.s_out, dtype)
+        counts = counts_rec
         silent = (counts == 0) & (g != 0)
+        virtual_cols = None
         if bool(silent.any()):
             k = targets if targets is not None else torch.full_like(counts, float(self.hidden_virtual_spikes))
-            post = post | evenly_spaced_spikes(steps, torch.where(silent, k, torch.zeros_like(k)), spec.t_ref,
-                                               dtype=torch.bool)
-            counts = post.sum(1).to(dtype)
+            virtual = evenly_spaced_spikes(steps, torch.where(silent, k, torch.zeros_like(k)), spec.t_ref,
+                                           dtype=torch.bool)
+            post = post | virtual
+            counts = counts + self._time_sum(virtual, dtype)  # silent neurons: their real count is 0
+            virtual_cols = (counts > 0).logical_and_(silent).any(0).nonzero().squeeze(1)
         rec = tr.rec_weight
         w = layer.weight.detach()
+        block = self._block(batch, max(tr.s_in.shape[2], n))
 
-        def inputs(t0, t1):  # (pre steps paired with lam[t0':t1]) as float, and the offset t0' - t0
+        def pre(s_pre, t0, t1, raw=False):  # pre steps paired with lam[t0':t1] (float unless raw), offset t0' - t0
             first = 1 if t0 == 0 else 0
-            return tr.s_in[:, t0 + first - 1:t1 - 1].to(dtype), first
-
-        def rec_inputs(t0, t1):
-            first = 1 if t0 == 0 else 0
-            return tr.s_out[:, t0 + first - 1:t1 - 1].to(dtype), first
+            s = s_pre[:, t0 + first - 1:t1 - 1]
+            return (s if raw else s.to(dtype)), first
 
         # pass 1: per-sample reductions
-        lam_u_sum = torch.zeros(batch, n, dtype=dtype, device=g.device)
-        lam_p_sum = torch.zeros_like(lam_u_sum)
+        sums = torch.zeros(2, batch, n, dtype=torch.float64, device=g.device)  # lam_u (steps >= 1), lam_p
         e_rec = torch.zeros(batch, n, n, dtype=dtype, device=g.device) if rec is not None else None
-        tpsp = torch.zeros_like(lam_u_sum) if self.needs_tpsp else None
-        for t0, t1, lam_u, lam_p in self._scan_chunks(post, spec, dtype):
-            first = 1 if t0 == 0 else 0
-            lam_u_sum += lam_u[:, first:].sum(1)
-            lam_p_sum += lam_p.sum(1)
-            if rec is not None:
-                s_prev, f = rec_inputs(t0, t1)
-                e_rec += lam_u[:, f:].transpose(1, 2) @ s_prev
-            if tpsp is not None:
-                a = hop_current_chunk(layer, tr.s_in, t0, t1, dtype)
+        tpsp_v = None
+        if self.needs_tpsp and virtual_cols is not None and virtual_cols.numel():
+            tpsp_v = torch.zeros(batch, virtual_cols.numel(), dtype=dtype, device=g.device)
+            w_v = w[virtual_cols]
+        sparse_rec = rec is not None and self._event_driven(tr.s_out, g, counts_rec.sum())
+        if e_rec is not None or tpsp_v is not None:
+            for t0, t1, lam_u in self._scan_chunks(post, spec, dtype, sums, block):
                 if rec is not None:
-                    a = a + torch.nn.functional.pad(rec_inputs(t0, t1)[0] @ rec.t(), (0, 0, first, 0))
-                tpsp += (lam_u * a).sum(1)
-        stats = PostStats(counts, tr.s_in.sum(1).to(dtype), tr.s_out.sum(1).to(dtype) if rec is not None else None,
+                    s_prev, f = pre(tr.s_out, t0, t1, raw=True)
+                    if sparse_rec:  # e_rec^T[b, p, :] += lam_u[b, t, :] at p's spikes
+                        e_rec_t = e_rec.transpose(1, 2)
+                        spsp_kernels.scatter_rows(lam_u[:, f:], s_prev, e_rec_t, per_sample=True)
+                    else:
+                        e_rec += lam_u[:, f:].transpose(1, 2) @ s_prev.to(dtype)
+                if tpsp_v is not None:
+                    s_prev, f = pre(tr.s_in, t0, t1)
+                    a = (s_prev.reshape(-1, s_prev.shape[2]) @ w_v.t()).view(*s_prev.shape[:2], -1)
+                    if rec is not None:
+                        a = a + pre(tr.s_out, t0, t1)[0] @ rec[virtual_cols].t()
+                    tpsp_v += (lam_u[:, f:, virtual_cols] * a).sum(1)
+        else:
+            for _ in self._scan_chunks(post, spec, dtype, sums, block):
+                pass
+        lam_u_sum, lam_p_sum = sums[0].to(dtype), sums[1].to(dtype)
+        tpsp = None
+        if self.needs_tpsp:
+            tpsp = tr.vsum.to(dtype, copy=True)
+            if spec.bias is not None:
+                tpsp = tpsp - spec.bias * lam_p_sum
+            if tpsp_v is not None:
+                tpsp[:, virtual_cols] = tpsp_v
+        stats = PostStats(counts, self._time_sum(tr.s_in, dtype), counts_rec if rec is not None else None,
                           lam_u_sum / steps, e_rec, tpsp)
         c_w, c_back = self.coefficients(tr, g, stats)
 
@@ -335,18 +427,38 @@ class SpikeTrainRule(LearningRule):
         gv = torch.zeros(n, n, dtype=dtype, device=g.device) if train_rec else None
         n_in = tr.s_in.shape[2]
         per_spike = torch.zeros(batch, n_in, dtype=dtype, device=g.device) if need_input else None
-        total = torch.zeros_like(per_spike) if need_input else None
-        for t0, t1, lam_u, _ in self._scan_chunks(post, spec, dtype):
-            s_prev, f = inputs(t0, t1)
-            if gw is not None:
-                gw += (c_w.unsqueeze(1) * lam_u[:, f:]).reshape(-1, n).t() @ s_prev.reshape(-1, n_in)
-            if need_input:
-                gs = (c_back.unsqueeze(1) * lam_u[:, f:]) @ w
-                per_spike += (gs * s_prev).sum(1)
-                total += gs.sum(1)
-            if gv is not None:
-                r_prev, f = rec_inputs(t0, t1)
-                gv += (c_w.unsqueeze(1) * lam_u[:, f:]).reshape(-1, n).t() @ r_prev.reshape(-1, n)
+        # event-driven products (sparse trains): accumulated transposed, (1, N_in, N) and (1, N, N)
+        gw_t = torch.zeros(1, n_in, n, dtype=dtype) if gw is not None else None
+        gv_t = torch.zeros(1, n, n, dtype=dtype) if gv is not None else None
+        w_t = w.t().contiguous() if need_input else None
+        if gw is not None or gv is not None or need_input:
+            sparse = self._event_driven(tr.s_in, g, stats.counts_in.sum() if tr.s_in.dtype == torch.bool else None)
+            for t0, t1, lam_u in self._scan_chunks(post, spec, dtype, torch.zeros_like(sums), block):
+                raw, f = pre(tr.s_in, t0, t1, raw=True)
+                s_prev = None if sparse else raw.to(dtype)
+                if gw is not None or gv is not None:
+                    g_lam = c_w.unsqueeze(1) * lam_u[:, f:]
+                    if gw is not None and sparse:
+                        spsp_kernels.scatter_rows(g_lam, raw, gw_t, per_sample=False)
+                    elif gw is not None:
+                        gw += g_lam.reshape(-1, n).t() @ s_prev.reshape(-1, n_in)
+                    if gv is not None:
+                        r_raw = pre(tr.s_out, t0, t1, raw=True)[0]
+                        if sparse_rec:
+                            spsp_kernels.scatter_rows(g_lam, r_raw, gv_t, per_sample=False)
+                        else:
+                            gv += g_lam.reshape(-1, n).t() @ r_raw.to(dtype).reshape(-1, n)
+                if need_input:
+                    g_back = c_back.unsqueeze(1) * lam_u[:, f:]
+                    if sparse:  # the error at each input spike, one dot product per spike
+                        spsp_kernels.spike_dots(g_back, raw, w_t, per_spike)
+                    else:  # (B * steps, N) @ (N, N_in): one GEMM, not a batched one
+                        gs = (g_back.reshape(-1, n) @ w).view(s_prev.shape)
+                        per_spike += (gs.mul_(s_prev)).sum(1)
+        if gw_t is not None:
+            gw += gw_t[0].t()
+        if gv_t is not None:
+            gv += gv_t[0].t()
         if weight is not None:
             _accumulate(weight, gw)
         bias = getattr(layer, "bias", None)
@@ -358,6 +470,7 @@ class SpikeTrainRule(LearningRule):
         if not need_input:
             return None
         o_in = stats.counts_in
+        total = (c_back * lam_u_sum) @ w  # sum over the window of the error per input step
         return torch.where(o_in > 0, per_spike / o_in.clamp(min=1), total / steps)
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from snn2hw.learning import spsp_kernels
 from snn2hw.nn.layers import LIFDense
 from snn2hw.nn.neuron import float_neuron_args
 
@@ -84,15 +85,33 @@ def lif_sequence(a_ff: torch.Tensor, spec: NeuronSpec, rec_weight: torch.Tensor 
 
 def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSpec,
                          rec_weight: torch.Tensor | None, chunk: int, like: torch.Tensor,
-                         out_dtype: torch.dtype) -> torch.Tensor:
+                         out_dtype: torch.dtype, vsum: torch.Tensor | None = None) -> torch.Tensor:
     """``lif_sequence`` with the input current made ``chunk`` steps at a time by ``current(t0, t1)`` (hop-delayed,
     (B, t1 - t0, N)), so that no (B, T, N) float tensor exists; spikes are returned in ``out_dtype``
-    (``torch.bool`` keeps a layer's trains in one byte per neuron and step)."""
+    (``torch.bool`` keeps a layer's trains in one byte per neuron and step). ``vsum`` (B, N), if given,
+    receives the sum of the pre-reset membrane at each spike (the T-PSP plus the bias part).
+
+    On the CPU this is the compiled scan of ``spsp_kernels`` (bit-identical to the loop below, recurrent
+    input included as long as the BLAS sums a spike vector's terms in order); other devices run the
+    per-step tensor loop (the recurrent product is the operator's own ``mm``)."""
+    out = torch.empty(batch, steps, n, dtype=out_dtype, device=like.device)
+    if spsp_kernels.usable(like, *(() if rec_weight is None else (rec_weight,))):
+        spikes = out if out_dtype == torch.bool else torch.empty(batch, steps, n, dtype=torch.bool)
+        acc = torch.zeros(batch, n, dtype=torch.float64)
+        state: dict = {}
+        for t0 in range(0, steps, chunk):
+            t1 = min(t0 + chunk, steps)
+            spsp_kernels.lif_scan_chunk(current(t0, t1).to(like.dtype), spec, state, spikes[:, t0:t1], acc,
+                                        rec_weight)
+        if vsum is not None:
+            vsum += acc.to(vsum.dtype)
+        if spikes is not out:
+            out.copy_(spikes)
+        return out
     u = like.new_zeros(batch, n)
     v = like.new_zeros(batch, n)
     s = like.new_zeros(batch, n)
     ref = like.new_zeros(batch, n)
-    out = torch.empty(batch, steps, n, dtype=out_dtype, device=like.device)
     w_t = None if rec_weight is None else rec_weight.t()
     for t0 in range(0, steps, chunk):
         t1 = min(t0 + chunk, steps)
@@ -112,6 +131,8 @@ def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSp
                 ref = torch.where(s > 0, torch.full_like(ref, float(spec.t_ref)), ref)
             else:
                 s = (v > spec.v_th).to(like.dtype)
+            if vsum is not None:
+                vsum += (v * s).to(vsum.dtype)
             v = v - v * s
             out[:, t] = s
     return out
@@ -140,6 +161,10 @@ def spsp_adjoint(spikes: torch.Tensor, alpha, beta, t_ref: int = 0) -> tuple[tor
     entering at step t (``M_i[g] = lam_u[g+1]`` for a pre spike at g); ``lam_p`` the same for a current
     entering v directly (the bias). ``spikes`` are the post-synaptic trains (real or virtual)."""
     batch, steps, n = spikes.shape
+    if spsp_kernels.usable(spikes, *(p for p in (alpha, beta) if isinstance(p, torch.Tensor))):
+        sums = torch.zeros(2, batch, n, dtype=torch.float64)
+        return spsp_kernels.adjoint_scan_chunk(spikes, 0, steps, NeuronSpec(alpha, beta, None, None, t_ref),
+                                               spikes.dtype, {}, sums[0], sums[1], want_lam_p=True)
     keep_beta = (1.0 - reset_mask(spikes, t_ref)) * beta
     lam_u = torch.empty_like(spikes)
     lam_p = torch.empty_like(spikes)
@@ -165,12 +190,15 @@ def evenly_spaced_spikes(steps: int, counts: torch.Tensor, t_ref: int = 0,
     cap = steps // (1 + int(t_ref))
     k = counts.round().clamp(0, cap).to(torch.long)  # (B, N)
     out = torch.zeros(*counts.shape[:-1], steps, counts.shape[-1], dtype=dtype, device=counts.device)
-    kmax = int(k.max()) if k.numel() else 0
-    for m in range(kmax):
-        active = k > m
-        pos = ((m + 1) * steps) // k.clamp(min=1) - 1  # (B, N)
-        b, i = active.nonzero(as_tuple=True)
-        out[b, pos[b, i], i] = 1
+    b, i = k.nonzero(as_tuple=True)  # the neurons that get spikes, then all their spikes at once
+    if b.numel() == 0:
+        return out
+    kk = k[b, i]
+    m = torch.arange(int(kk.max()), device=k.device)
+    take = m.unsqueeze(0) < kk.unsqueeze(1)  # (neurons, kmax)
+    pos = ((m.unsqueeze(0) + 1) * steps) // kk.unsqueeze(1) - 1  # spike m of a neuron with k spikes
+    rows = take.nonzero(as_tuple=True)[0]
+    out[b[rows], pos[take], i[rows]] = 1
     return out
 
 

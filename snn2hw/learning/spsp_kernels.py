@@ -1,0 +1,259 @@
+"""Compiled CPU kernels of the spike-train rules' two time scans (numba; optional).
+
+HM2-BP and ST-RSBP need two scans over time per layer, both elementwise per (sample, neuron):
+
+* the forward LIF scan of ``spsp.lif_sequence`` (refractory period included), run ``chunk`` steps at a
+  time with its state carried between calls, writing the spikes as ``bool`` and accumulating the
+  pre-reset membrane at each spike (``vsum``: the T-PSP plus the bias part, which HM2-BP's self term
+  needs, so the currents are never kept);
+* the reverse-time recursion of ``spsp.spsp_adjoint`` (the S-PSP kernel ``lam_u``), also chunk by chunk
+  with its state carried backwards, with the per-neuron sums of ``lam_u`` and ``lam_p`` on the way.
+
+As a per-step loop of tensor ops these cost microseconds of dispatch per step (most of a step's time at
+batch 16); here each is one call per chunk. Every product and sum is the one of the tensor code, in the
+same order and rounded once in the input's dtype (numba does not fuse ``x * y + z`` without
+``fastmath``), so spikes and kernels are bit-identical to ``spsp.lif_sequence`` / ``spsp.spsp_adjoint``
+and, with ``t_ref = 0``, to the layers' own forward (tests/test_learning_spiketrain.py checks both).
+The sums are accumulated in float64. Without numba (or on CUDA) the callers use their tensor loops.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from snn2hw.nn.kernels import available
+
+try:  # an accelerator, never a requirement
+    import numba
+except ImportError:  # pragma: no cover - exercised only where numba is missing
+    numba = None
+
+_L2_BYTES = 256 * 1024
+
+__all__ = ["usable", "lif_scan_chunk", "adjoint_scan_chunk"]
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """True when numba is available and every tensor is a CPU float32/float64 tensor of one dtype."""
+    if not available():
+        return False
+    dtypes = {t.dtype for t in tensors}
+    return all(t.device.type == "cpu" for t in tensors) and len(dtypes) == 1 and dtypes <= {torch.float32,
+                                                                                            torch.float64}
+
+
+def _set_threads() -> None:
+    from snn2hw.hw.compiled import _set_threads as set_threads  # one place that knows numba's pitfalls
+
+    set_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, torch.get_num_threads())))
+
+
+def _per_neuron(p, n: int, dtype: torch.dtype) -> np.ndarray:
+    """A 0-dim or (n,) parameter (None: zeros) as a contiguous (n,) array of ``dtype``."""
+    if p is None:
+        return np.zeros(n, dtype=torch.empty(0, dtype=dtype).numpy().dtype)
+    return torch.broadcast_to(torch.as_tensor(p).detach().to(dtype), (n,)).contiguous().numpy()
+
+
+def _unit(dtype: torch.dtype) -> np.ndarray:
+    return torch.ones(1, dtype=dtype).numpy()
+
+
+if numba is not None:
+    def _lif_scan_py(a, alpha, beta, vth, bias, has_bias, t_ref, unit, u, v, ref, spikes, vsum, rec_t, has_rec,
+                     s_prev, first):
+        batch, steps, n = a.shape
+        for b in numba.prange(batch):
+            zero = unit[0] - unit[0]  # 0 in the input's dtype
+            r = np.zeros(n, dtype=a.dtype)
+            for t in range(steps):
+                add_rec = has_rec and not (first and t == 0)
+                if add_rec:  # r = V s[t-1], summed over the spiking sources in ascending order
+                    for i in range(n):
+                        r[i] = zero
+                    for j in range(n):
+                        if s_prev[b, j]:
+                            for i in range(n):
+                                r[i] += rec_t[j, i]
+                for i in range(n):
+                    ai = a[b, t, i] + r[i] if add_rec else a[b, t, i]  # a[t] = a_ff[t] + V s[t-1]
+                    uu = u[b, i] * alpha[i] + ai  # u[t] = alpha u[t-1] + a[t]
+                    u[b, i] = uu
+                    x = v[b, i] * beta[i] + uu  # v_pre = (beta v[t-1] + u[t]) + bias
+                    if has_bias:
+                        x = x + bias[i]
+                    fire = False
+                    if t_ref > 0 and ref[b, i] > 0:  # refractory: v held at 0, no spike
+                        x = zero
+                        ref[b, i] -= 1
+                    elif x > vth[i]:
+                        fire = True
+                        ref[b, i] = t_ref
+                    spikes[b, t, i] = fire
+                    if has_rec:
+                        s_prev[b, i] = fire
+                    if fire:
+                        vsum[b, i] += x
+                        v[b, i] = zero
+                    else:
+                        v[b, i] = x
+
+    def _adjoint_scan_py(post, t0, t1, t_ref, alpha, beta, unit, lp, lu, lam_u, lam_p, keep_p, lu_sum, lp_sum):
+        batch, steps, n = post.shape
+        for b in numba.prange(batch):
+            one = unit[0]
+            zero = one - one
+            for t in range(t1 - 1, t0 - 1, -1):
+                k = t - t0
+                for i in range(n):
+                    s = post[b, t, i]
+                    cut = s
+                    for d in range(1, t_ref + 1):  # v restarts after a spike and its refractory steps
+                        if t - d >= 0 and post[b, t - d, i]:
+                            cut = True
+                    # lam_p[t] = s[t] + ((1 - cut[t]) beta) lam_p[t+1];  lam_u[t] = lam_p[t] + alpha lam_u[t+1]
+                    p = (one if s else zero) + (zero if cut else beta[i]) * lp[b, i]
+                    q = p + alpha[i] * lu[b, i]
+                    lp[b, i] = p
+                    lu[b, i] = q
+                    lam_u[b, k, i] = q
+                    if keep_p:
+                        lam_p[b, k, i] = p
+                    lp_sum[b, i] += p
+                    if t >= 1:
+                        lu_sum[b, i] += q
+
+
+    def _scatter_rows_py(g, s, out, per_sample, binary, blocks):
+        """``out[o, j, :] += s[b, t, j] g[b, t, :]`` over the non-zero ``s`` (o = b, or 0 when shared)."""
+        batch, steps, n = g.shape
+        m = s.shape[2]
+        for blk in numba.prange(blocks):  # each task owns a range of rows j of ``out``: no write races
+            lo = blk * m // blocks
+            hi = (blk + 1) * m // blocks
+            for b in range(batch):
+                o = b if per_sample else 0
+                for t in range(steps):
+                    for j in range(lo, hi):
+                        x = s[b, t, j]
+                        if x != 0:
+                            row = out[o, j]
+                            if binary:
+                                for i in range(n):
+                                    row[i] += g[b, t, i]
+                            else:
+                                for i in range(n):
+                                    row[i] += x * g[b, t, i]
+
+    def _spike_dots_py(g, s, wt, out, binary):
+        """``out[b, j] += sum_t s[b, t, j] (g[b, t, :] . wt[j, :])`` over the non-zero ``s``."""
+        batch, steps, n = g.shape
+        m = s.shape[2]
+        for b in numba.prange(batch):
+            for t in range(steps):
+                for j in range(m):
+                    x = s[b, t, j]
+                    if x != 0:
+                        acc = g[b, t, 0] - g[b, t, 0]  # 0 in the dtype of g
+                        for i in range(n):
+                            acc += g[b, t, i] * wt[j, i]
+                        out[b, j] += acc if binary else x * acc
+
+
+if numba is not None:
+    # each scan compiled twice: parallel over the batch, and serial for one thread (a parallel kernel hands
+    # its work to the thread pool even with one thread, and on a loaded machine waking it costs
+    # milliseconds per call)
+    _SCANS = {(name, par): numba.njit(parallel=par, nogil=True, boundscheck=False, cache=True)(fn)
+              for name, fn in (("lif", _lif_scan_py), ("adjoint", _adjoint_scan_py), ("scatter", _scatter_rows_py))
+              for par in (False, True)}
+    # the dot products may be reassociated (vectorised): nothing here has to equal another computation
+    _SCANS.update({("dots", par): numba.njit(parallel=par, nogil=True, boundscheck=False, cache=True,
+                                             fastmath={"reassoc", "contract"})(_spike_dots_py)
+                   for par in (False, True)})
+
+
+def _threads() -> int:
+    return max(1, min(numba.config.NUMBA_NUM_THREADS, torch.get_num_threads()))
+
+
+def _scan(name: str):
+    threads = _threads()
+    if threads > 1:
+        _set_threads()
+    return _SCANS[(name, threads > 1)]
+
+
+def _np(s: torch.Tensor) -> np.ndarray:
+    """A tensor's numpy view (bool trains as they are; float inputs may be strided views of the caller's)."""
+    return s.detach().numpy()
+
+
+def scatter_rows(g: torch.Tensor, s: torch.Tensor, out: torch.Tensor, per_sample: bool) -> None:
+    """Event-driven ``out += s^T g``: ``out[o, j, :] += sum_t s[b, t, j] g[b, t, :]`` with ``o = b`` when
+    ``per_sample`` (out (B, M, N)) and ``o = 0`` otherwise (out (1, M, N)); g (B, C, N), s (B, C, M) bool
+    or float. Costs (non-zeros of s) x N instead of the GEMM's B C M N."""
+    if g.numel() == 0 or s.numel() == 0:
+        return
+    binary = s.dtype == torch.bool
+    g = g.detach().contiguous()
+    # row blocks: one per thread, and small enough that a block of ``out`` stays in a core's L2 cache
+    # while all of g streams past it (each non-zero then updates a cached row)
+    rows = out.shape[0] * out.shape[1] if per_sample else out.shape[1]
+    blocks = max(_threads(), min(out.shape[1], -(-rows * out.shape[2] * out.element_size() // _L2_BYTES)))
+    _scan("scatter")(g.numpy(), _np(s), out.numpy(), bool(per_sample), binary, blocks)
+
+
+def spike_dots(g: torch.Tensor, s: torch.Tensor, wt: torch.Tensor, out: torch.Tensor) -> None:
+    """Event-driven ``out[b, j] += sum_t s[b, t, j] (g[b, t] . wt[j])``: the error reaching each input at its
+    spikes; g (B, C, N), s (B, C, M), wt (M, N) contiguous, out (B, M)."""
+    if g.numel() == 0 or s.numel() == 0:
+        return
+    _scan("dots")(g.detach().contiguous().numpy(), _np(s), wt.numpy(), out.numpy(), s.dtype == torch.bool)
+
+
+def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsum: torch.Tensor,
+                   rec_weight: torch.Tensor | None = None) -> None:
+    """Advance the neuron of ``spec`` (a ``spsp.NeuronSpec``) over the hop-delayed currents ``a`` (B, C, N),
+    writing ``spikes`` (a (B, C, N) bool view) and adding the pre-reset membrane at each spike to ``vsum``
+    (B, N, float64). ``state`` ({} at the first chunk) carries u, v, the refractory counters and the last
+    spikes. ``rec_weight`` (N, N), V[i, j] from j to i: the recurrent input ``V s[t-1]``, summed over the
+    spiking sources j in ascending order, which is the order (and so the rounding) of the recurrent
+    operator's ``mm`` with 0/1 spikes."""
+    batch, steps, n = a.shape
+    a = a.detach().contiguous()
+    first = not state
+    if first:
+        state.update(u=torch.zeros(batch, n, dtype=a.dtype), v=torch.zeros(batch, n, dtype=a.dtype),
+                     ref=torch.zeros(batch, n, dtype=torch.int64), s=torch.zeros(batch, n, dtype=torch.bool),
+                     rec_t=(rec_weight.detach().t().to(a.dtype).contiguous() if rec_weight is not None
+                            else torch.zeros(1, 1, dtype=a.dtype)))
+    if a.numel():
+        _scan("lif")(a.numpy(), _per_neuron(spec.alpha, n, a.dtype), _per_neuron(spec.beta, n, a.dtype),
+                  _per_neuron(spec.v_th, n, a.dtype), _per_neuron(spec.bias, n, a.dtype), spec.bias is not None,
+                  int(spec.t_ref), _unit(a.dtype), state["u"].numpy(), state["v"].numpy(), state["ref"].numpy(),
+                  spikes.numpy(), vsum.numpy(), state["rec_t"].numpy(), rec_weight is not None, state["s"].numpy(),
+                  first)
+
+
+def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.dtype, state: dict,
+                       lu_sum: torch.Tensor, lp_sum: torch.Tensor, want_lam_p: bool = False):
+    """Steps [t0, t1) of the reverse recursion of ``spsp.spsp_adjoint`` over the post trains ``post`` (B, T, N,
+    bool or 0/1 float; the whole window, for the refractory look-back), chunks called last first with one
+    ``state`` ({} at the first call). Returns ``(lam_u, lam_p or None)``, each (B, t1 - t0, N) in ``dtype``,
+    and adds their sums over the chunk (lam_u's without step 0) to ``lu_sum`` / ``lp_sum`` (B, N, float64)."""
+    batch, steps, n = post.shape
+    post = post.detach()
+    if post.dtype != torch.bool:
+        post = post != 0
+    if not post.is_contiguous():
+        post = post.contiguous()
+    if not state:
+        state.update(lp=torch.zeros(batch, n, dtype=dtype), lu=torch.zeros(batch, n, dtype=dtype))
+    lam_u = torch.empty(batch, t1 - t0, n, dtype=dtype)
+    lam_p = torch.empty(batch, t1 - t0, n, dtype=dtype) if want_lam_p else torch.empty(0, 0, 0, dtype=dtype)
+    if lam_u.numel():
+        _scan("adjoint")(post.numpy(), int(t0), int(t1), int(spec.t_ref), _per_neuron(spec.alpha, n, dtype),
+                      _per_neuron(spec.beta, n, dtype), _unit(dtype), state["lp"].numpy(), state["lu"].numpy(), lam_u.numpy(),
+                      lam_p.numpy(), bool(want_lam_p), lu_sum.numpy(), lp_sum.numpy())
+    return lam_u, (lam_p if want_lam_p else None)

@@ -1,0 +1,116 @@
+"""The spike-train rules' compiled kernels (snn2hw/learning/spsp_kernels.py) against the tensor code they
+replace: the forward and adjoint scans bit for bit, the event-driven products to rounding, and the
+rules' gradients with every product event-driven against every product a GEMM."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from snn2hw.learning import make_rule, spiketrain, spsp, spsp_kernels
+from snn2hw.learning.spsp import NeuronSpec, lif_sequence_chunked, spsp_adjoint
+from snn2hw.nn.layers import LIFDense, RecurrentLIFDense, SpikingSequential
+
+pytestmark = pytest.mark.skipif(not spsp_kernels.usable(torch.zeros(1)), reason="numba is not installed")
+
+
+def _spec(dtype, t_ref, bias=True, per_neuron=False, n=7):
+    g = torch.Generator().manual_seed(t_ref)
+    alpha = torch.rand(n, generator=g, dtype=dtype) * 0.5 + 0.4 if per_neuron else torch.tensor(0.8, dtype=dtype)
+    beta = torch.tensor(0.9, dtype=dtype)
+    b = (torch.rand(n, generator=g, dtype=dtype) * 0.1) if bias else None
+    return NeuronSpec(alpha, beta, torch.tensor(1.0, dtype=dtype), b, t_ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("t_ref,bias,per_neuron", [(0, False, False), (0, True, True), (2, True, False)])
+def test_forward_scan_equals_tensor_loop(monkeypatch, dtype, t_ref, bias, per_neuron):
+    g = torch.Generator().manual_seed(1)
+    a = (torch.rand(3, 53, 7, generator=g, dtype=dtype) * 1.2).contiguous()
+    spec = _spec(dtype, t_ref, bias, per_neuron)
+    out, vsum = [], []
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(spsp.spsp_kernels, "usable", lambda *t: False)
+        acc = torch.zeros(3, 7, dtype=torch.float64)
+        out.append(lif_sequence_chunked(lambda t0, t1: a[:, t0:t1], 3, 53, 7, spec, None, 8, a, torch.bool, acc))
+        vsum.append(acc)
+    assert out[0].sum() > 20
+    assert torch.equal(out[0], out[1])  # bit for bit, across chunk boundaries
+    torch.testing.assert_close(vsum[0], vsum[1], rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-6)
+    assert bool((vsum[0] > 0).any())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("t_ref", [0, 2])
+def test_adjoint_scan_equals_tensor_loop_and_chunks(monkeypatch, dtype, t_ref):
+    g = torch.Generator().manual_seed(2)
+    spikes = (torch.rand(2, 41, 6, generator=g) < 0.3).to(dtype)
+    alpha, beta = torch.tensor(0.7, dtype=dtype), torch.tensor(0.85, dtype=dtype)
+    lam_u, lam_p = spsp_adjoint(spikes, alpha, beta, t_ref)
+    # chunks of 9, last first, with the state carried: the same kernel, the same numbers
+    state: dict = {}
+    sums = torch.zeros(2, 2, 6, dtype=torch.float64)
+    parts = {}
+    spec = NeuronSpec(alpha, beta, None, None, t_ref)
+    for t1 in range(41, 0, -9):
+        t0 = max(t1 - 9, 0)
+        parts[t0] = spsp_kernels.adjoint_scan_chunk(spikes.bool(), t0, t1, spec, dtype, state, sums[0], sums[1])[0]
+    assert torch.equal(torch.cat([parts[k] for k in sorted(parts)], 1), lam_u)
+    torch.testing.assert_close(sums[0].to(dtype), lam_u[:, 1:].sum(1))
+    torch.testing.assert_close(sums[1].to(dtype), lam_p.sum(1))
+    monkeypatch.setattr(spsp.spsp_kernels, "usable", lambda *t: False)
+    ref_u, ref_p = spsp_adjoint(spikes, alpha, beta, t_ref)
+    assert torch.equal(lam_u, ref_u) and torch.equal(lam_p, ref_p)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_event_driven_products_equal_dense(binary):
+    g = torch.Generator().manual_seed(3)
+    grad = torch.randn(3, 11, 5, generator=g, dtype=torch.float64)
+    s = torch.rand(3, 11, 9, generator=g) < 0.2
+    s = s if binary else s * torch.rand(3, 11, 9, generator=g, dtype=torch.float64)
+    sf = s.to(torch.float64)
+    shared = torch.zeros(1, 9, 5, dtype=torch.float64)
+    spsp_kernels.scatter_rows(grad, s, shared, per_sample=False)
+    torch.testing.assert_close(shared[0], sf.reshape(-1, 9).t() @ grad.reshape(-1, 5), rtol=1e-12, atol=1e-12)
+    per = torch.zeros(3, 9, 5, dtype=torch.float64)
+    spsp_kernels.scatter_rows(grad, s, per, per_sample=True)
+    torch.testing.assert_close(per, sf.transpose(1, 2) @ grad, rtol=1e-12, atol=1e-12)
+    w_t = torch.randn(9, 5, generator=g, dtype=torch.float64)
+    dots = torch.zeros(3, 9, dtype=torch.float64)
+    spsp_kernels.spike_dots(grad, s, w_t, dots)
+    torch.testing.assert_close(dots, ((grad @ w_t.t()) * sf).sum(1), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("rule_name,rec,t_ref", [("hm2bp", False, 0), ("hm2bp", False, 2), ("strsbp", True, 0)])
+def test_event_driven_gradients_equal_gemm_gradients(monkeypatch, rule_name, rec, t_ref):
+    """The chunked backward with every product event-driven against every product a GEMM."""
+    g = torch.Generator().manual_seed(4)
+    x = (torch.rand(4, 37, 12, generator=g) < 0.15).double()
+    y = torch.tensor([0, 1, 2, 1])
+    grads = []
+    monkeypatch.setattr(spiketrain, "CHUNK_BYTES", 0)  # blocks of exactly ``chunk`` steps
+    for density in (1.0, 0.0):
+        monkeypatch.setattr(spiketrain, "EVENT_DENSITY", density)
+        torch.manual_seed(0)
+        hidden = (RecurrentLIFDense(12, 9, du=0.3, dv=0.2, weight_gain=3.0, rec_gain=0.3) if rec else
+                  LIFDense(12, 9, du=0.3, dv=0.2, weight_gain=3.0))
+        net = SpikingSequential([hidden, LIFDense(9, 3, du=0.3, dv=0.2, weight_gain=2.0)]).double()
+        rule = make_rule(rule_name, margin=0, target_true=8, target_false=2, t_ref=t_ref, chunk=10)
+        rule.compute_gradients(net, x, y, None, {})
+        grads.append([p.grad.clone() for p in net.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) >= 2 and any(bool(t.abs().sum() > 0) for t in grads[0])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_recurrent_forward_scan_equals_layer_forward_float32():
+    """The compiled recurrent scan (event-driven V s[t-1]) gives the layer's own float32 spikes."""
+    torch.manual_seed(5)
+    net = SpikingSequential([RecurrentLIFDense(24, 96, du=0.25, dv=0.1, weight_gain=3.0, rec_gain=0.5),
+                             LIFDense(96, 5, du=0.25, dv=0.1, weight_gain=2.0)])
+    x = (torch.rand(4, 120, 24, generator=torch.Generator().manual_seed(6)) < 0.2).float()
+    records, out = make_rule("strsbp", chunk=16).forward(net, x)
+    ref = net(x, return_all=True)
+    assert records[0].s_out.sum() > 100
+    assert torch.equal(records[0].s_out, ref[0].bool()) and torch.equal(out, ref[1].bool())
