@@ -46,9 +46,12 @@ class _OnlineRule(LearningRule):
 
     matrices_name = "feedback matrices"
 
-    def __init__(self, seed: int = 0, reset_in_trace: bool = False, kind: str = "random"):
+    def __init__(self, seed: int = 0, reset_in_trace: "bool | str" = False, kind: str = "random"):
         self.seed = int(seed)
-        self.reset_in_trace = bool(reset_in_trace)
+        if reset_in_trace not in (True, False, "output"):
+            raise LearningRuleError(f"rule {self.name!r}: reset_in_trace must be true, false or \"output\", "
+                                    f"got {reset_in_trace!r}")
+        self.reset_in_trace = reset_in_trace
         self.kind = kind
         self.matrices: list | None = None
 
@@ -58,6 +61,13 @@ class _OnlineRule(LearningRule):
         g = torch.Generator().manual_seed(self.seed)
         like, n_out = layers[-1].weight.detach(), layers[-1].out_features
         self.matrices = [random_matrix(n_out, l.out_features, g, like, self.kind) for l in layers[:-1]] + [None]
+
+    def _reset_flags(self, layers) -> "bool | list":
+        """Per layer: keep the reset in the trace? ``"output"``: the output layer only (its per-synapse trace is
+        (batch, n_out, n_in), cheap; the wide hidden layers keep the shared presynaptic trace)."""
+        if self.reset_in_trace == "output":
+            return [False] * (len(layers) - 1) + [True]
+        return bool(self.reset_in_trace)
 
     def _layers(self, model) -> list:
         layers = dense_stack(model, self.name)
@@ -85,16 +95,39 @@ class _OnlineRule(LearningRule):
 class EProp(_OnlineRule):
     name = "eprop"
 
-    def __init__(self, feedback: str = "random", seed: int = 0, reset_in_trace: bool = False,
-                 align_delays: bool = True):
+    def __init__(self, feedback: str = "random", seed: int = 0, reset_in_trace: "bool | str" = False,
+                 align_delays: bool = True, rate_target: float | None = None, rate_cost: float = 1.0):
         if feedback not in ("random", "symmetric"):
             raise LearningRuleError(f"rule 'eprop': feedback must be 'random' or 'symmetric', got {feedback!r}")
+        if rate_target is not None and not 0.0 <= float(rate_target) <= 1.0:
+            raise LearningRuleError(f"rule 'eprop': rate_target must be a spike probability per step in [0, 1], "
+                                    f"got {rate_target!r}")
+        if not float(rate_cost) >= 0.0:
+            raise LearningRuleError(f"rule 'eprop': rate_cost must be >= 0, got {rate_cost!r}")
         super().__init__(seed, reset_in_trace)
         self.feedback = feedback
         self.align_delays = bool(align_delays)
+        self.rate_target = None if rate_target is None else float(rate_target)
+        self.rate_cost = float(rate_cost)
 
     def describe(self) -> dict:
-        return {**super().describe(), "feedback": self.feedback, "align_delays": self.align_delays}
+        return {**super().describe(), "feedback": self.feedback, "align_delays": self.align_delays,
+                "rate_target": self.rate_target, "rate_cost": self.rate_cost}
+
+    def _rate_signals(self, states, batch: int, steps: int) -> list:
+        """Bellec et al.'s firing-rate regulariser ``(rate_cost * T / 2) sum_j (f_j - f_target)^2`` (f_j: neuron
+        j's spikes per step over the batch): per step, the learning signal ``rate_cost (f_j - f_target) / batch``
+        for every spiking layer (None for a read-out, or when ``rate_target`` is None)."""
+        if self.rate_target is None:
+            return [None] * len(states)
+        out = []
+        for st in states:
+            if st.count is None:
+                out.append(None)
+                continue
+            rate = st.count.mean(0) / steps
+            out.append(((rate - self.rate_target) * (self.rate_cost / batch)).expand(batch, -1))
+        return out
 
     def compute_gradients(self, model, x, y, loss_fn, forward_kwargs, scale=1.0) -> BatchResult:
         collect_all = check_forward_kwargs(self.name, forward_kwargs)
@@ -114,6 +147,7 @@ class EProp(_OnlineRule):
         feedback = [symmetric_feedback(layers, i) if self.feedback == "symmetric" else self.matrices[i]
                     for i in range(last)]
         shifts = [hops_to_output(layers, i) if self.align_delays else 0 for i in range(last)]
+        reg = self._rate_signals(first.states, x.shape[0], steps)
 
         def signal(t, _outs):
             sig = []
@@ -122,11 +156,13 @@ class EProp(_OnlineRule):
                 s = err[:, tt] @ feedback[i] if tt < steps else None
                 if errs[i] is not None:
                     s = errs[i][:, t] if s is None else s + errs[i][:, t]
+                if reg[i] is not None:
+                    s = reg[i] if s is None else s + reg[i]
                 sig.append(s)
-            sig.append(err[:, t])
+            sig.append(err[:, t] if reg[last] is None else err[:, t] + reg[last])
             return sig
 
-        res = run_online(layers, x, signal, reset_in_trace=self.reset_in_trace)
+        res = run_online(layers, x, signal, reset_in_trace=self._reset_flags(layers))
         accumulate_into_grads(layers, res.grads, scale)
         return BatchResult(loss, output)
 
@@ -169,6 +205,6 @@ class Decolle(_OnlineRule):
         def signal(t, _outs):
             return [None if g is None else g[:, t] @ r for g, r in zip(local, self.matrices)] + [err[:, t]]
 
-        res = run_online(layers, x, signal, reset_in_trace=self.reset_in_trace)
+        res = run_online(layers, x, signal, reset_in_trace=self._reset_flags(layers))
         accumulate_into_grads(layers, res.grads, scale)
         return BatchResult(loss, out)
