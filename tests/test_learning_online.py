@@ -302,6 +302,22 @@ def test_eprop_rate_regulariser_is_the_gradient_of_the_rate_cost():
     _close(got, ref, rtol=1e-4, atol=1e-6)
 
 
+def test_dfa_rate_regulariser_is_the_gradient_of_each_layers_rate_cost():
+    """DFA cuts the layers apart, so with a zero task loss its update is, per layer, BPTT's gradient of that
+    layer's (rate_cost * T / 2) sum_j (f_j - f_target)^2 with the layer's input detached."""
+    x, y = _data(n=8, steps=16)
+    model = _net("rec")
+    target, cost, steps = 0.2, 1.5, x.shape[1]
+    got, _ = _rule_grads(make_rule("dfa", rate_target=target, rate_cost=cost), model, x, y, lambda o, y: 0.0 * o.sum())
+    model.zero_grad(set_to_none=True)
+    h, total = x, 0.0
+    for layer in model.layers:
+        h = layer(h.detach())
+        total = total + cost * steps / 2 * (h.mean((0, 1)) - target).square().sum()
+    total.backward()
+    _close(got, _grads(model), rtol=1e-4, atol=1e-6)
+
+
 def test_superspike_update_is_the_van_rossum_gradient_through_the_eligibility():
     """The online filtered traces lam = kappa * (psi ev) reorder the van Rossum gradient so that it is
     available at every step: one LIF layer, against autograd of van_rossum_distance on the reference."""

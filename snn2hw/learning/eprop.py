@@ -27,8 +27,8 @@ import torch
 
 from snn2hw.learning.base import BatchResult, LearningRule, LearningRuleError, register_rule
 from snn2hw.learning.online import accumulate_into_grads, run_online
-from snn2hw.learning.stack import (check_float_weights_only, check_forward_kwargs, dense_stack, error_of,
-                                   hops_to_output, load_matrices, random_matrix)
+from snn2hw.learning.stack import (check_float_weights_only, check_forward_kwargs, check_rate_options, dense_stack,
+                                   error_of, hops_to_output, load_matrices, random_matrix, rate_error)
 
 __all__ = ["EProp", "Decolle", "symmetric_feedback"]
 
@@ -99,35 +99,22 @@ class EProp(_OnlineRule):
                  align_delays: bool = True, rate_target: float | None = None, rate_cost: float = 1.0):
         if feedback not in ("random", "symmetric"):
             raise LearningRuleError(f"rule 'eprop': feedback must be 'random' or 'symmetric', got {feedback!r}")
-        if rate_target is not None and not 0.0 <= float(rate_target) <= 1.0:
-            raise LearningRuleError(f"rule 'eprop': rate_target must be a spike probability per step in [0, 1], "
-                                    f"got {rate_target!r}")
-        if not float(rate_cost) >= 0.0:
-            raise LearningRuleError(f"rule 'eprop': rate_cost must be >= 0, got {rate_cost!r}")
         super().__init__(seed, reset_in_trace)
         self.feedback = feedback
         self.align_delays = bool(align_delays)
-        self.rate_target = None if rate_target is None else float(rate_target)
-        self.rate_cost = float(rate_cost)
+        self.rate_target, self.rate_cost = check_rate_options(self.name, rate_target, rate_cost)
 
     def describe(self) -> dict:
         return {**super().describe(), "feedback": self.feedback, "align_delays": self.align_delays,
                 "rate_target": self.rate_target, "rate_cost": self.rate_cost}
 
-    def _rate_signals(self, states, batch: int, steps: int) -> list:
-        """Bellec et al.'s firing-rate regulariser ``(rate_cost * T / 2) sum_j (f_j - f_target)^2`` (f_j: neuron
-        j's spikes per step over the batch): per step, the learning signal ``rate_cost (f_j - f_target) / batch``
-        for every spiking layer (None for a read-out, or when ``rate_target`` is None)."""
+    def _rate_signals(self, states, steps: int) -> list:
+        """The firing-rate regulariser's per-step learning signal of every spiking layer (``rate_error``; None
+        for a read-out, or when ``rate_target`` is None), from the spike counts of the first pass."""
         if self.rate_target is None:
             return [None] * len(states)
-        out = []
-        for st in states:
-            if st.count is None:
-                out.append(None)
-                continue
-            rate = st.count.mean(0) / steps
-            out.append(((rate - self.rate_target) * (self.rate_cost / batch)).expand(batch, -1))
-        return out
+        return [None if st.count is None else rate_error(st.count, steps, self.rate_target, self.rate_cost)
+                for st in states]
 
     def compute_gradients(self, model, x, y, loss_fn, forward_kwargs, scale=1.0) -> BatchResult:
         collect_all = check_forward_kwargs(self.name, forward_kwargs)
@@ -147,7 +134,7 @@ class EProp(_OnlineRule):
         feedback = [symmetric_feedback(layers, i) if self.feedback == "symmetric" else self.matrices[i]
                     for i in range(last)]
         shifts = [hops_to_output(layers, i) if self.align_delays else 0 for i in range(last)]
-        reg = self._rate_signals(first.states, x.shape[0], steps)
+        reg = self._rate_signals(first.states, steps)
 
         def signal(t, _outs):
             sig = []
