@@ -421,7 +421,7 @@ def main(argv=None) -> int:
 
 
 RECIPE_CMD = ("python -m snn2hw.models.braille --epochs {epochs} --qat-epochs 0 --rule {rule}{opts} --threads 1 "
-              "--seed {seed} --out out/braille_{rule}_s{seed}")
+              "--seed {seed} --out {out}")
 
 
 def collect_recipe(paths: list) -> dict:
@@ -433,7 +433,7 @@ def collect_recipe(paths: list) -> dict:
         r = json.loads(Path(path).read_text())
         opts = r.get("rule_options") or {}
         cmd = RECIPE_CMD.format(epochs=r["epochs"], rule=r.get("rule", "bptt"), seed=r["seed"],
-                                opts=f" --rule-options '{json.dumps(opts)}'" if opts else "")
+                                opts=f" --rule-options '{json.dumps(opts)}'" if opts else "", out=Path(path).parent)
         runs.append({"rule": r.get("rule", "bptt"), "rule_options": opts, "seed": r["seed"], "epochs": r["epochs"],
                      "float_test_accuracy": r["float_accuracy"], "deployed_test_accuracy": r["deployed_accuracy"],
                      "train_accuracy_final": r.get("train_accuracy_final"),
