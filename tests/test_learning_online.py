@@ -289,14 +289,15 @@ def test_eprop_spiking_output_trace_with_its_reset_is_bptts_output_gradient():
         assert (a is None and b is None) or torch.allclose(a, b)
 
 
-def test_eprop_rate_regulariser_is_the_gradient_of_the_rate_cost():
+@pytest.mark.parametrize("name", ["eprop", "decolle"])
+def test_online_rate_regulariser_is_the_gradient_of_the_rate_cost(name):
     """One LIF layer (exact trace): the update of the regulariser alone (zero task loss) equals BPTT's gradient
     of (rate_cost * T / 2) * sum_j (f_j - f_target)^2, f_j the mean spikes per step over batch and time."""
     x, y = _data(n=8, steps=16)
     torch.manual_seed(0)
     model = SpikingSequential([LIFDense(10, 5, du=0.3, dv=0.2, weight_gain=3.0, bias=True)])
     target, cost, steps = 0.3, 2.0, x.shape[1]
-    rule = make_rule("eprop", reset_in_trace=True, rate_target=target, rate_cost=cost)
+    rule = make_rule(name, reset_in_trace=True, rate_target=target, rate_cost=cost)
     got, _ = _rule_grads(rule, model, x, y, lambda o, y: 0.0 * o.sum())
     ref = _bptt_grads(model, x, y, lambda o, y: cost * steps / 2 * (o.mean((0, 1)) - target).square().sum())
     _close(got, ref, rtol=1e-4, atol=1e-6)

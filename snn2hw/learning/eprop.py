@@ -52,6 +52,7 @@ class _OnlineRule(LearningRule):
             raise LearningRuleError(f"rule {self.name!r}: reset_in_trace must be true, false or \"output\", "
                                     f"got {reset_in_trace!r}")
         self.reset_in_trace = reset_in_trace
+        self.rate_target, self.rate_cost = None, 1.0  # the firing-rate regulariser (e-prop, DECOLLE): off
         self.kind = kind
         self.matrices: list | None = None
 
@@ -61,6 +62,14 @@ class _OnlineRule(LearningRule):
         g = torch.Generator().manual_seed(self.seed)
         like, n_out = layers[-1].weight.detach(), layers[-1].out_features
         self.matrices = [random_matrix(n_out, l.out_features, g, like, self.kind) for l in layers[:-1]] + [None]
+
+    def _rate_signals(self, states, steps: int) -> list:
+        """The firing-rate regulariser's per-step learning signal of every spiking layer (``rate_error``; None
+        for a read-out, or when ``rate_target`` is None), from the spike counts of the first pass."""
+        if self.rate_target is None:
+            return [None] * len(states)
+        return [None if st.count is None else rate_error(st.count, steps, self.rate_target, self.rate_cost)
+                for st in states]
 
     def _reset_flags(self, layers) -> "bool | list":
         """Per layer: keep the reset in the trace? ``"output"``: the output layer only (its per-synapse trace is
@@ -108,14 +117,6 @@ class EProp(_OnlineRule):
         return {**super().describe(), "feedback": self.feedback, "align_delays": self.align_delays,
                 "rate_target": self.rate_target, "rate_cost": self.rate_cost}
 
-    def _rate_signals(self, states, steps: int) -> list:
-        """The firing-rate regulariser's per-step learning signal of every spiking layer (``rate_error``; None
-        for a read-out, or when ``rate_target`` is None), from the spike counts of the first pass."""
-        if self.rate_target is None:
-            return [None] * len(states)
-        return [None if st.count is None else rate_error(st.count, steps, self.rate_target, self.rate_cost)
-                for st in states]
-
     def compute_gradients(self, model, x, y, loss_fn, forward_kwargs, scale=1.0) -> BatchResult:
         collect_all = check_forward_kwargs(self.name, forward_kwargs)
         layers = self._layers(model)
@@ -159,9 +160,11 @@ class Decolle(_OnlineRule):
     name = "decolle"
     matrices_name = "read-out matrices"
 
-    def __init__(self, seed: int = 0, reset_in_trace: bool = False, readout_scale: float = 1.0):
+    def __init__(self, seed: int = 0, reset_in_trace: "bool | str" = False, readout_scale: float = 1.0,
+                 rate_target: float | None = None, rate_cost: float = 1.0):
         super().__init__(seed, reset_in_trace)
         self.readout_scale = float(readout_scale)
+        self.rate_target, self.rate_cost = check_rate_options(self.name, rate_target, rate_cost)
 
     def setup(self, model) -> None:
         super().setup(model)
@@ -169,7 +172,8 @@ class Decolle(_OnlineRule):
         self.matrices = [None if m is None else m * self.readout_scale for m in self.matrices]
 
     def describe(self) -> dict:
-        return {**super().describe(), "readout_scale": self.readout_scale}
+        return {**super().describe(), "readout_scale": self.readout_scale, "rate_target": self.rate_target,
+                "rate_cost": self.rate_cost}
 
     def compute_gradients(self, model, x, y, loss_fn, forward_kwargs, scale=1.0) -> BatchResult:
         if check_forward_kwargs(self.name, forward_kwargs):
@@ -189,8 +193,11 @@ class Decolle(_OnlineRule):
         if err is None:
             raise LearningRuleError("rule 'decolle': the loss does not depend on the network's output")
 
+        reg = self._rate_signals(first.states, x.shape[1])
+
         def signal(t, _outs):
-            return [None if g is None else g[:, t] @ r for g, r in zip(local, self.matrices)] + [err[:, t]]
+            sig = [None if g is None else g[:, t] @ r for g, r in zip(local, self.matrices)] + [err[:, t]]
+            return [s if r is None else (r if s is None else s + r) for s, r in zip(sig, reg)]
 
         res = run_online(layers, x, signal, reset_in_trace=self._reset_flags(layers))
         accumulate_into_grads(layers, res.grads, scale)
