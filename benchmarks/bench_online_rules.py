@@ -336,6 +336,9 @@ def main(argv=None) -> int:
                     help="only time one batch per rule, ROUNDS interleaved rounds per task (no training)")
     ap.add_argument("--markdown", nargs="+", metavar="JSON", help="print the results of these JSON files as a "
                     "Markdown table (with the command behind each row) and exit")
+    ap.add_argument("--collect-recipe", nargs="+", metavar="RESULTS_JSON",
+                    help="combine results.json files of `python -m snn2hw.models.braille --rule ...` runs (the module's "
+                         "full recipe) into --out and print their table")
     ap.add_argument("--memory-worker", nargs=2, metavar=("RULE", "STEPS"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -346,6 +349,11 @@ def main(argv=None) -> int:
         EXTRA_OPTIONS.setdefault(rule, {})[option] = json.loads(value)
     if a.markdown:
         print(markdown(a.markdown))
+        return 0
+    if a.collect_recipe:
+        out = collect_recipe(a.collect_recipe)
+        Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+        print(recipe_table(out))
         return 0
     if a.memory_worker:
         print(json.dumps(memory_worker(a.memory_worker[0], int(a.memory_worker[1]), a.threads)))
@@ -410,6 +418,45 @@ def main(argv=None) -> int:
     save()
     print(format_table(result))
     return 0
+
+
+RECIPE_CMD = ("python -m snn2hw.models.braille --epochs {epochs} --qat-epochs 0 --rule {rule}{opts} --threads 1 "
+              "--seed {seed} --out {out}")
+
+
+def collect_recipe(paths: list) -> dict:
+    """Runs of the Braille module's own recipe (1,080 training / 270 test recordings, Adam 5e-3, cosine, batch 32;
+    the final epoch's network, nothing chosen on test) with a rule: float and deployed (straight quantization,
+    no QAT) test accuracy, s/epoch and the load at the end, with the command behind each."""
+    runs = []
+    for path in paths:
+        r = json.loads(Path(path).read_text())
+        opts = r.get("rule_options") or {}
+        cmd = RECIPE_CMD.format(epochs=r["epochs"], rule=r.get("rule", "bptt"), seed=r["seed"],
+                                opts=f" --rule-options '{json.dumps(opts)}'" if opts else "", out=Path(path).parent)
+        runs.append({"rule": r.get("rule", "bptt"), "rule_options": opts, "seed": r["seed"], "epochs": r["epochs"],
+                     "float_test_accuracy": r["float_accuracy"], "deployed_test_accuracy": r["deployed_accuracy"],
+                     "train_accuracy_final": r.get("train_accuracy_final"),
+                     "epoch_s_median": statistics.median(r["epoch_time_s"]) if r.get("epoch_time_s") else None,
+                     "loadavg_end": r.get("loadavg_end"), "command": cmd, "source": str(path)})
+    return {"task": "braille (module recipe)", "network": "24-128R-27, T=256", "runs": runs,
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}
+
+
+def recipe_table(result: dict) -> str:
+    lines = ["| rule | options | seeds | epochs | float test % | deployed test % | s/epoch (loaded) | command |",
+             "|---|---|---|---|---|---|---|---|"]
+    groups: dict = {}
+    for r in result["runs"]:
+        groups.setdefault((r["rule"], json.dumps(r["rule_options"], sort_keys=True), r["epochs"]), []).append(r)
+    for (rule, opts, epochs), rs in groups.items():
+        fl = _ms([100 * r["float_test_accuracy"] for r in rs])
+        dep = _ms([100 * r["deployed_test_accuracy"] for r in rs])
+        ep = [r["epoch_s_median"] for r in rs if r["epoch_s_median"]]
+        lines.append(f"| {rule} | {opts if opts != '{}' else '-'} | {len(rs)} | {epochs} | {fl[0]:.2f} ± {fl[1]:.2f} | "
+                     f"{dep[0]:.2f} ± {dep[1]:.2f} | {statistics.median(ep) if ep else float('nan'):.1f} | "
+                     f"`{rs[0]['command']}` |")
+    return "\n".join(lines)
 
 
 def summary_rows(result: dict) -> list[dict]:

@@ -146,3 +146,19 @@ def test_real_data_float_qat_deploy_chain_is_exact(real):
     assert res["qat_deployed_prediction_mismatches"] == 0
     assert res["qat_accuracy"] == res["deployed_accuracy"]
     assert torch.equal(B.predict(model, x_te), B.deployed_predict(model, x_te))
+
+
+def test_module_trains_with_another_rule_and_deploys(tmp_path, monkeypatch):
+    """`python -m snn2hw.models.braille --rule eprop --rule-options ...`: the module's recipe with an online
+    rule, deployed on the simulator; synthetic recordings stand in for the data file."""
+    import json
+
+    recs = _records(n_per_letter=2, steps=12)
+    x, y = B.encode(recs, steps=16), B.labels(recs)
+    monkeypatch.setattr(B, "load", lambda *a, **k: (x, y, x[:27], y[:27]))
+    out = tmp_path / "run"
+    assert B.main(["--epochs", "1", "--qat-epochs", "0", "--hidden", "8", "--threads", "1", "--rule", "eprop",
+                   "--rule-options", '{"rate_target": 0.05}', "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["rule"] == "eprop" and res["rule_options"] == {"rate_target": 0.05}
+    assert 0.0 <= res["deployed_accuracy"] <= 1.0 and len(res["epoch_time_s"]) == 1

@@ -269,6 +269,56 @@ def test_eprop_updates_are_traces_times_the_broadcast_learning_signal(feedback):
     torch.testing.assert_close(got[-1], ref[-1], rtol=1e-4, atol=1e-6)
 
 
+def test_eprop_spiking_output_trace_with_its_reset_is_bptts_output_gradient():
+    """Braille's collapse: with the reset dropped from the trace, a spiking output layer's e-prop update
+    over-counts inputs from before its own spikes (on Braille 1.7x BPTT's largest entry) and drove the
+    outputs silent. ``reset_in_trace="output"`` keeps the reset for the output layer only: its update
+    is then exactly BPTT's output-layer gradient (the hidden layers keep the cheap presynaptic trace)."""
+    x, y = _data(n=8, steps=16)
+    model = _net("rec")
+    loss_fn = lambda o, y: count_cross_entropy(o, y)  # noqa: E731
+    with torch.no_grad():
+        assert float(model(x).sum()) > 0  # the output spikes, so the reset matters
+    ref = _bptt_grads(model, x, y, loss_fn)
+    exact, _ = _rule_grads(make_rule("eprop", reset_in_trace="output"), model, x, y, loss_fn)
+    torch.testing.assert_close(exact[-1], ref[-1], rtol=1e-4, atol=1e-6)
+    dropped, _ = _rule_grads(make_rule("eprop"), model, x, y, loss_fn)
+    assert not torch.allclose(dropped[-1], ref[-1], rtol=1e-2, atol=1e-4)
+    # the hidden layers' updates do not depend on the output layer's trace
+    for a, b in zip(exact[:-1], dropped[:-1]):
+        assert (a is None and b is None) or torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("name", ["eprop", "decolle"])
+def test_online_rate_regulariser_is_the_gradient_of_the_rate_cost(name):
+    """One LIF layer (exact trace): the update of the regulariser alone (zero task loss) equals BPTT's gradient
+    of (rate_cost * T / 2) * sum_j (f_j - f_target)^2, f_j the mean spikes per step over batch and time."""
+    x, y = _data(n=8, steps=16)
+    torch.manual_seed(0)
+    model = SpikingSequential([LIFDense(10, 5, du=0.3, dv=0.2, weight_gain=3.0, bias=True)])
+    target, cost, steps = 0.3, 2.0, x.shape[1]
+    rule = make_rule(name, reset_in_trace=True, rate_target=target, rate_cost=cost)
+    got, _ = _rule_grads(rule, model, x, y, lambda o, y: 0.0 * o.sum())
+    ref = _bptt_grads(model, x, y, lambda o, y: cost * steps / 2 * (o.mean((0, 1)) - target).square().sum())
+    _close(got, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_dfa_rate_regulariser_is_the_gradient_of_each_layers_rate_cost():
+    """DFA cuts the layers apart, so with a zero task loss its update is, per layer, BPTT's gradient of that
+    layer's (rate_cost * T / 2) sum_j (f_j - f_target)^2 with the layer's input detached."""
+    x, y = _data(n=8, steps=16)
+    model = _net("rec")
+    target, cost, steps = 0.2, 1.5, x.shape[1]
+    got, _ = _rule_grads(make_rule("dfa", rate_target=target, rate_cost=cost), model, x, y, lambda o, y: 0.0 * o.sum())
+    model.zero_grad(set_to_none=True)
+    h, total = x, 0.0
+    for layer in model.layers:
+        h = layer(h.detach())
+        total = total + cost * steps / 2 * (h.mean((0, 1)) - target).square().sum()
+    total.backward()
+    _close(got, _grads(model), rtol=1e-4, atol=1e-6)
+
+
 def test_superspike_update_is_the_van_rossum_gradient_through_the_eligibility():
     """The online filtered traces lam = kappa * (psi ev) reorder the van Rossum gradient so that it is
     available at every step: one LIF layer, against autograd of van_rossum_distance on the reference."""

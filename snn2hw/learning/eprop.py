@@ -27,8 +27,8 @@ import torch
 
 from snn2hw.learning.base import BatchResult, LearningRule, LearningRuleError, register_rule
 from snn2hw.learning.online import accumulate_into_grads, run_online
-from snn2hw.learning.stack import (check_float_weights_only, check_forward_kwargs, dense_stack, error_of,
-                                   hops_to_output, load_matrices, random_matrix)
+from snn2hw.learning.stack import (check_float_weights_only, check_forward_kwargs, check_rate_options, dense_stack,
+                                   error_of, hops_to_output, load_matrices, random_matrix, rate_error)
 
 __all__ = ["EProp", "Decolle", "symmetric_feedback"]
 
@@ -46,9 +46,13 @@ class _OnlineRule(LearningRule):
 
     matrices_name = "feedback matrices"
 
-    def __init__(self, seed: int = 0, reset_in_trace: bool = False, kind: str = "random"):
+    def __init__(self, seed: int = 0, reset_in_trace: "bool | str" = False, kind: str = "random"):
         self.seed = int(seed)
-        self.reset_in_trace = bool(reset_in_trace)
+        if reset_in_trace not in (True, False, "output"):
+            raise LearningRuleError(f"rule {self.name!r}: reset_in_trace must be true, false or \"output\", "
+                                    f"got {reset_in_trace!r}")
+        self.reset_in_trace = reset_in_trace
+        self.rate_target, self.rate_cost = None, 1.0  # the firing-rate regulariser (e-prop, DECOLLE): off
         self.kind = kind
         self.matrices: list | None = None
 
@@ -58,6 +62,21 @@ class _OnlineRule(LearningRule):
         g = torch.Generator().manual_seed(self.seed)
         like, n_out = layers[-1].weight.detach(), layers[-1].out_features
         self.matrices = [random_matrix(n_out, l.out_features, g, like, self.kind) for l in layers[:-1]] + [None]
+
+    def _rate_signals(self, states, steps: int) -> list:
+        """The firing-rate regulariser's per-step learning signal of every spiking layer (``rate_error``; None
+        for a read-out, or when ``rate_target`` is None), from the spike counts of the first pass."""
+        if self.rate_target is None:
+            return [None] * len(states)
+        return [None if st.count is None else rate_error(st.count, steps, self.rate_target, self.rate_cost)
+                for st in states]
+
+    def _reset_flags(self, layers) -> "bool | list":
+        """Per layer: keep the reset in the trace? ``"output"``: the output layer only (its per-synapse trace is
+        (batch, n_out, n_in), cheap; the wide hidden layers keep the shared presynaptic trace)."""
+        if self.reset_in_trace == "output":
+            return [False] * (len(layers) - 1) + [True]
+        return bool(self.reset_in_trace)
 
     def _layers(self, model) -> list:
         layers = dense_stack(model, self.name)
@@ -85,16 +104,18 @@ class _OnlineRule(LearningRule):
 class EProp(_OnlineRule):
     name = "eprop"
 
-    def __init__(self, feedback: str = "random", seed: int = 0, reset_in_trace: bool = False,
-                 align_delays: bool = True):
+    def __init__(self, feedback: str = "random", seed: int = 0, reset_in_trace: "bool | str" = False,
+                 align_delays: bool = True, rate_target: float | None = None, rate_cost: float = 1.0):
         if feedback not in ("random", "symmetric"):
             raise LearningRuleError(f"rule 'eprop': feedback must be 'random' or 'symmetric', got {feedback!r}")
         super().__init__(seed, reset_in_trace)
         self.feedback = feedback
         self.align_delays = bool(align_delays)
+        self.rate_target, self.rate_cost = check_rate_options(self.name, rate_target, rate_cost)
 
     def describe(self) -> dict:
-        return {**super().describe(), "feedback": self.feedback, "align_delays": self.align_delays}
+        return {**super().describe(), "feedback": self.feedback, "align_delays": self.align_delays,
+                "rate_target": self.rate_target, "rate_cost": self.rate_cost}
 
     def compute_gradients(self, model, x, y, loss_fn, forward_kwargs, scale=1.0) -> BatchResult:
         collect_all = check_forward_kwargs(self.name, forward_kwargs)
@@ -114,6 +135,7 @@ class EProp(_OnlineRule):
         feedback = [symmetric_feedback(layers, i) if self.feedback == "symmetric" else self.matrices[i]
                     for i in range(last)]
         shifts = [hops_to_output(layers, i) if self.align_delays else 0 for i in range(last)]
+        reg = self._rate_signals(first.states, steps)
 
         def signal(t, _outs):
             sig = []
@@ -122,11 +144,13 @@ class EProp(_OnlineRule):
                 s = err[:, tt] @ feedback[i] if tt < steps else None
                 if errs[i] is not None:
                     s = errs[i][:, t] if s is None else s + errs[i][:, t]
+                if reg[i] is not None:
+                    s = reg[i] if s is None else s + reg[i]
                 sig.append(s)
-            sig.append(err[:, t])
+            sig.append(err[:, t] if reg[last] is None else err[:, t] + reg[last])
             return sig
 
-        res = run_online(layers, x, signal, reset_in_trace=self.reset_in_trace)
+        res = run_online(layers, x, signal, reset_in_trace=self._reset_flags(layers))
         accumulate_into_grads(layers, res.grads, scale)
         return BatchResult(loss, output)
 
@@ -136,9 +160,11 @@ class Decolle(_OnlineRule):
     name = "decolle"
     matrices_name = "read-out matrices"
 
-    def __init__(self, seed: int = 0, reset_in_trace: bool = False, readout_scale: float = 1.0):
+    def __init__(self, seed: int = 0, reset_in_trace: "bool | str" = False, readout_scale: float = 1.0,
+                 rate_target: float | None = None, rate_cost: float = 1.0):
         super().__init__(seed, reset_in_trace)
         self.readout_scale = float(readout_scale)
+        self.rate_target, self.rate_cost = check_rate_options(self.name, rate_target, rate_cost)
 
     def setup(self, model) -> None:
         super().setup(model)
@@ -146,7 +172,8 @@ class Decolle(_OnlineRule):
         self.matrices = [None if m is None else m * self.readout_scale for m in self.matrices]
 
     def describe(self) -> dict:
-        return {**super().describe(), "readout_scale": self.readout_scale}
+        return {**super().describe(), "readout_scale": self.readout_scale, "rate_target": self.rate_target,
+                "rate_cost": self.rate_cost}
 
     def compute_gradients(self, model, x, y, loss_fn, forward_kwargs, scale=1.0) -> BatchResult:
         if check_forward_kwargs(self.name, forward_kwargs):
@@ -166,9 +193,12 @@ class Decolle(_OnlineRule):
         if err is None:
             raise LearningRuleError("rule 'decolle': the loss does not depend on the network's output")
 
-        def signal(t, _outs):
-            return [None if g is None else g[:, t] @ r for g, r in zip(local, self.matrices)] + [err[:, t]]
+        reg = self._rate_signals(first.states, x.shape[1])
 
-        res = run_online(layers, x, signal, reset_in_trace=self.reset_in_trace)
+        def signal(t, _outs):
+            sig = [None if g is None else g[:, t] @ r for g, r in zip(local, self.matrices)] + [err[:, t]]
+            return [s if r is None else (r if s is None else s + r) for s, r in zip(sig, reg)]
+
+        res = run_online(layers, x, signal, reset_in_trace=self._reset_flags(layers))
         accumulate_into_grads(layers, res.grads, scale)
         return BatchResult(loss, out)

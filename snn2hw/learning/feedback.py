@@ -19,8 +19,9 @@ from __future__ import annotations
 import torch
 
 from snn2hw.learning.base import BatchResult, LearningRule, LearningRuleError, register_rule
-from snn2hw.learning.stack import (check_forward_kwargs, dense_stack, error_of, hops_to_output, layer_forward,
-                                   load_matrices, random_matrix)
+from snn2hw.learning.stack import (check_forward_kwargs, check_rate_options, dense_stack, error_of, hops_to_output,
+                                   layer_forward, load_matrices, random_matrix, rate_error)
+from snn2hw.nn.conv import LeakyReadout
 
 __all__ = ["FeedbackAlignment", "DirectFeedbackAlignment", "feedback_projection"]
 
@@ -119,16 +120,19 @@ class DirectFeedbackAlignment(_SeededFeedback):
 
     name = "dfa"
 
-    def __init__(self, seed: int = 0, align_delays: bool = True):
+    def __init__(self, seed: int = 0, align_delays: bool = True, rate_target: float | None = None,
+                 rate_cost: float = 1.0):
         super().__init__(seed)
         self.align_delays = bool(align_delays)
+        self.rate_target, self.rate_cost = check_rate_options(self.name, rate_target, rate_cost)
 
     def _shapes(self, layers):
         n_out = layers[-1].out_features
         return [(n_out, layer.out_features) for layer in layers[:-1]] + [None]
 
     def describe(self) -> dict:
-        return {**super().describe(), "align_delays": self.align_delays}
+        return {**super().describe(), "align_delays": self.align_delays, "rate_target": self.rate_target,
+                "rate_cost": self.rate_cost}
 
     def compute_gradients(self, model, x, y, loss_fn, forward_kwargs, scale=1.0) -> BatchResult:
         collect_all = check_forward_kwargs(self.name, forward_kwargs)
@@ -151,6 +155,10 @@ class DirectFeedbackAlignment(_SeededFeedback):
                 if shift:
                     proj = torch.nn.functional.pad(proj, (0, 0, 0, shift))
                 g = proj if g is None else g + proj
+            if self.rate_target is not None and not isinstance(layers[k], LeakyReadout):
+                o = outs[i].detach()
+                r = rate_error(o.sum(1), o.shape[1], self.rate_target, self.rate_cost).unsqueeze(1).expand_as(o)
+                g = r if g is None else g + r
             if g is not None:
                 tensors.append(outs[i])
                 grads.append(g * scale if scale != 1.0 else g)

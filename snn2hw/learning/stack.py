@@ -22,7 +22,7 @@ from snn2hw.nn.neuron import float_neuron_args
 from snn2hw.nn.recurrent import recurrent_cuba_lif_sequence
 
 __all__ = ["dense_stack", "layer_forward", "hops_to_output", "random_matrix", "check_float_weights_only",
-           "load_matrices", "error_of", "check_forward_kwargs"]
+           "load_matrices", "error_of", "check_forward_kwargs", "check_rate_options", "rate_error"]
 
 DENSE_KINDS = (LIFDense, RecurrentLIFDense, LeakyReadout)  # RecurrentLIFDense subclasses LIFDense
 
@@ -139,3 +139,23 @@ def check_forward_kwargs(rule: str, forward_kwargs: dict) -> bool:
     if extra:
         raise LearningRuleError(f"rule {rule!r}: unsupported forward options {extra} (only return_all)")
     return bool(forward_kwargs.get("return_all", False))
+
+
+def check_rate_options(rule: str, rate_target, rate_cost) -> tuple[float | None, float]:
+    """Validated options of the firing-rate regulariser (``rate_target`` None: off)."""
+    if rate_target is not None and not 0.0 <= float(rate_target) <= 1.0:
+        raise LearningRuleError(f"rule {rule!r}: rate_target must be a spike probability per step in [0, 1], "
+                                f"got {rate_target!r}")
+    if not float(rate_cost) >= 0.0:
+        raise LearningRuleError(f"rule {rule!r}: rate_cost must be >= 0, got {rate_cost!r}")
+    return (None if rate_target is None else float(rate_target)), float(rate_cost)
+
+
+def rate_error(spike_count: torch.Tensor, steps: int, rate_target: float, rate_cost: float) -> torch.Tensor:
+    """Per-step error (batch, n) of Bellec et al.'s firing-rate regulariser
+    ``(rate_cost * T / 2) sum_j (f_j - f_target)^2`` on a layer with spike counts ``spike_count`` (batch, n):
+    ``f_j`` is neuron j's spikes per step over the batch and the T steps, and the derivative of the
+    regulariser with respect to each spike s_bj[t] is ``rate_cost (f_j - f_target) / batch``."""
+    batch = spike_count.shape[0]
+    rate = spike_count.mean(0) / steps
+    return ((rate - rate_target) * (rate_cost / batch)).expand(batch, -1)

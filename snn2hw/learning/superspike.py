@@ -115,7 +115,7 @@ class SuperSpike(_OnlineRule):
             err = diff * coef
             return [err @ b for b in feedback] + [err]
 
-        res = run_online(layers, x, signal, filter_decay=kappa, reset_in_trace=self.reset_in_trace, record=[last])
+        res = run_online(layers, x, signal, filter_decay=kappa, reset_in_trace=self._reset_flags(layers), record=[last])
         grads = self._normalise(res.grads) if self.rmsprop else res.grads
         accumulate_into_grads(layers, grads, scale)
         return BatchResult((sq / self.tau).mean(), res.records[last])
