@@ -244,6 +244,32 @@ def test_silent_target_neuron_is_pushed_up():
     assert (net.layers[1].weight.grad[1] < 0).all()  # gradient descent raises its weights
 
 
+@pytest.mark.parametrize("rule_name,rec", [("hm2bp", False), ("strsbp", True)])
+def test_task_loss_error_is_the_count_cross_entropy_gradient(rule_name, rec):
+    """``loss="task"``: the output error is the trainer loss's gradient per output count (here the zoo's count
+    cross-entropy, ``scale (softmax(scale o) - onehot)`` per sample), and everything below it is the rule's."""
+    from snn2hw.train.losses import count_cross_entropy
+
+    x, y = _inputs()
+    scale = 0.1
+    net = _dense_net(rec)
+    rule = make_rule(rule_name, loss="task")
+    res = rule.compute_gradients(net, x, y, lambda out, yy: count_cross_entropy(out, yy, scale=scale), {})
+    got = [p.grad.clone() for p in net.parameters()]
+    counts = res.output.sum(1)
+    assert float(res.loss) == pytest.approx(float(count_cross_entropy(res.output, y, scale=scale)))
+    expected_err = scale * (torch.softmax(scale * counts, 1) - torch.nn.functional.one_hot(y, 3).to(D))
+    ref = make_rule(rule_name, margin=0)  # the same rule with the error swapped for the analytic one
+    ref.count_error = lambda c, yy: (expected_err, 0.5 * expected_err.square().sum(1))
+    net_ref = _dense_net(rec)
+    ref.compute_gradients(net_ref, x, y, None, {})
+    for a, b in zip(got, [p.grad for p in net_ref.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert any(float(g.abs().sum()) > 0 for g in got)
+    with pytest.raises(LearningRuleError, match="unknown loss"):
+        make_rule(rule_name, loss="nope")
+
+
 def test_fit_file_and_monte_carlo():
     fit = spsp_fit(0.8, 0.9, 100, 2)
     assert fit == make_fit(0.8, 0.9, 100, 2)  # the fit is deterministic; stored or made, the same
@@ -280,6 +306,7 @@ def _task(n=192, steps=40, n_in=16, classes=4, seed=0):
     ("hm2bp", False, {}),
     ("hm2bp", False, {"t_ref": 2}),
     ("strsbp", True, {}),
+    ("strsbp", True, {"loss": "task"}),
 ])
 def test_rule_learns(rule_name, rec, opts):
     torch.set_num_threads(1)
