@@ -270,6 +270,35 @@ def test_task_loss_error_is_the_count_cross_entropy_gradient(rule_name, rec):
         make_rule(rule_name, loss="nope")
 
 
+def test_count_bounds_drop_errors_past_the_count_range():
+    rule = make_rule("hm2bp", count_bounds=True)
+    s = torch.zeros(2, 10, 3)
+    s[0, 2:, 0] = 1  # fires at every step from the layer's first reachable step (2): cannot fire more
+    s[1, 5, 1] = 1  # one spike: free both ways
+    g = torch.tensor([[-1.0, -1.0, 1.0], [-1.0, 1.0, 1.0]])  # gradient descent raises counts where g < 0
+    assert rule.bound_error(g, s).tolist() == [[0.0, -1.0, 0.0], [-1.0, 1.0, 0.0]]
+    s2 = torch.zeros(1, 10, 2)
+    s2[0, [2, 5, 8], 0] = 1  # every third step from step 2: the most a neuron with t_ref = 2 can fire
+    s2[0, [2, 3], 1] = 1
+    up = -torch.ones(1, 2)
+    assert make_rule("strsbp", t_ref=2, count_bounds=True).bound_error(up, s2).tolist() == [[0.0, -1.0]]
+    assert make_rule("strsbp", count_bounds=True).bound_error(up, s2).tolist() == [[-1.0, -1.0]]
+    # in a network, under the count cross-entropy (every output gets an error): a silent output's weights
+    # are pushed further down without the bounds and left alone with them
+    from snn2hw.train.losses import count_cross_entropy
+
+    x, y = _inputs()
+    grads = []
+    for bounds in (False, True):
+        net = _dense_net()
+        with torch.no_grad():
+            net.layers[1].weight[2].fill_(-1.0)  # output 2 never fires; no label is 2 below
+        make_rule("hm2bp", loss="task", count_bounds=bounds).compute_gradients(
+            net, x, torch.tensor([0, 1, 0]), count_cross_entropy, {})
+        grads.append(net.layers[1].weight.grad)
+    assert float(grads[0][2].abs().sum()) > 0 and float(grads[1][2].abs().sum()) == 0
+
+
 def test_fit_file_and_monte_carlo():
     fit = spsp_fit(0.8, 0.9, 100, 2)
     assert fit == make_fit(0.8, 0.9, 100, 2)  # the fit is deterministic; stored or made, the same

@@ -87,14 +87,17 @@ class SpikeTrainRule(LearningRule):
     ``"mse"``, the papers' ``1/2 sum (o - y)^2`` on counts with the targets and margin above; ``"task"``,
     the trainer's ``loss_fn`` -- the loss BPTT minimises -- evaluated on the output spike trains, whose
     gradient by autograd, averaged over time, is ``dE/do``: exact for any loss of the spike counts, such
-    as the zoo's count cross-entropy).
+    as the zoo's count cross-entropy), ``count_bounds`` (drop errors that push a silent neuron down or a
+    neuron firing at every step up; see ``bound_error``).
     """
 
     needs_tpsp = False
     LOSSES = ("mse", "task")
 
     def __init__(self, target_true: float = 35.0, target_false: float = 5.0, margin: float = 5.0, t_ref: int = 0,
-                 hidden_virtual_spikes: int = 1, low_memory: bool = False, chunk: int = 32, loss: str = "mse"):
+                 hidden_virtual_spikes: int = 1, low_memory: bool = False, chunk: int = 32, loss: str = "mse",
+                 count_bounds: bool = False):
+        self.count_bounds = bool(count_bounds)
         if loss not in self.LOSSES:
             raise LearningRuleError(f"{self.name}: unknown loss {loss!r}; known: {', '.join(self.LOSSES)}")
         self.loss = loss
@@ -112,7 +115,8 @@ class SpikeTrainRule(LearningRule):
     def describe(self) -> dict:
         return {"name": self.name, "target_true": self.target_true, "target_false": self.target_false,
                 "margin": self.margin, "t_ref": self.t_ref, "hidden_virtual_spikes": self.hidden_virtual_spikes,
-                "low_memory": self.low_memory, "chunk": self.chunk, "loss": self.loss}
+                "low_memory": self.low_memory, "chunk": self.chunk, "loss": self.loss,
+                "count_bounds": self.count_bounds}
 
     # -- forward -------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -169,6 +173,18 @@ class SpikeTrainRule(LearningRule):
         err = err * (err.abs() > self.margin)
         return err, 0.5 * err.square().sum(1)
 
+    def bound_error(self, g: torch.Tensor, s_out: torch.Tensor) -> torch.Tensor:
+        """``g`` without the components that push a count out of its range: a silent neuron cannot fire less
+        and one that fires at every step it can (every ``1 + t_ref`` steps from the first step an input reaches
+        it) cannot fire more. The rate model ``o = a / v_th`` has no such bounds, so without this a neuron
+        asked to go further keeps its error, and layers drift into silence or saturation (``count_bounds``)."""
+        counts = s_out.sum(1).to(g.dtype).reshape(g.shape)
+        fired = s_out.flatten(2).any(2).any(0)  # (T,): steps at which any neuron of the layer fired
+        first = int(fired.nonzero()[0]) if bool(fired.any()) else 0  # the layer's first reachable step (hops)
+        top = (s_out.shape[1] - 1 - first) // (1 + self.t_ref) + 1
+        blocked = ((counts <= 0) & (g > 0)) | ((counts >= top) & (g < 0))
+        return torch.where(blocked, torch.zeros_like(g), g)
+
     def output_error(self, out: torch.Tensor, y: torch.Tensor, loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-sample ``dE/do`` of the output counts (B, N), the batch's mean loss) for the rule's ``loss``."""
         if self.loss == "mse":
@@ -201,6 +217,8 @@ class SpikeTrainRule(LearningRule):
         for k in reversed(pops):
             need_input = k != pops[0]
             backward = self.layer_backward if records[k].a_ff is not None else self.layer_backward_chunked
+            if self.count_bounds:
+                g = self.bound_error(g, records[k].s_out)
             g = backward(records[k], g, targets if k == pops[-1] else None, need_input)
         return BatchResult(mean_loss.detach(), out)
 
