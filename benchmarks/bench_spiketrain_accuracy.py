@@ -29,16 +29,20 @@ from _spiketrain_bench import ENV, ROOT, _write, command, environment, summarize
 
 # (task, rule, config under benchmarks/configs/, epochs): seed 0, compared on validation accuracy
 TUNE = [
-    ("digits", "hm2bp", "digits_mlp128.json", 8),
     ("digits", "hm2bp", "tune/digits_mlp128_t24.json", 8),
     ("digits", "hm2bp", "tune/digits_mlp128_slow.json", 8),
     ("digits", "hm2bp", "tune/digits_mlp128_taskloss.json", 8),
-    ("digits", "bptt", "digits_mlp128.json", 8),
+    ("digits", "hm2bp", "tune/digits_mlp128_taskloss_bounds.json", 8),
+    ("braille", "strsbp", "tune/braille_rec128_taskloss.json", 4),
+    ("braille", "strsbp", "tune/braille_rec128_taskloss_bounds.json", 4),
+    ("braille", "bptt", "braille_rec128.json", 4),
 ]
 # label, task, config, rule, epochs, seeds
 FINAL = [
-    ("digits 64-128-10 T60", "digits", "digits_mlp128_hm2bp.json", "hm2bp", 15, 3),
+    ("digits 64-128-10 T60, tuned options", "digits", "digits_mlp128_hm2bp.json", "hm2bp", 15, 3),
     ("digits 64-128-10 T60", "digits", "digits_mlp128.json", "bptt", 15, 3),
+    ("braille 24-R128-27 T256, tuned options", "braille", "braille_rec128_strsbp.json", "strsbp", 4, 3),
+    ("braille 24-R128-27 T256", "braille", "braille_rec128.json", "bptt", 4, 3),
 ]
 KEEP = ("seed", "float_val_accuracy", "float_test_accuracy", "deployed_test_accuracy", "rule_neuron_test_accuracy",
         "time_per_epoch_s", "peak_memory_mb", "best_epoch")
