@@ -15,6 +15,7 @@ stored with every run; a run whose ``results.json`` already exists is read back,
 
     python benchmarks/bench_spiketrain_accuracy.py tune
     python benchmarks/bench_spiketrain_accuracy.py final [--only braille] [--seeds 3]
+    python benchmarks/bench_spiketrain_accuracy.py final --collect   # tabulate stored runs, run nothing
 """
 from __future__ import annotations
 
@@ -48,11 +49,15 @@ KEEP = ("seed", "float_val_accuracy", "float_test_accuracy", "deployed_test_accu
         "time_per_epoch_s", "peak_memory_mb", "best_epoch")
 
 
-def run(task: str, rule: str, config: str, epochs: int, seed: int, rerun: bool = False) -> dict:
-    """One ``snn2hw train`` run (or its stored results) under ``out/bench_accuracy/``."""
+def run(task: str, rule: str, config: str, epochs: int, seed: int, rerun: bool = False,
+        collect: bool = False) -> dict | None:
+    """One ``snn2hw train`` run (or its stored results) under ``out/bench_accuracy/``; with ``collect``, only
+    stored results (None when there are none)."""
     out = ROOT / "out" / "bench_accuracy" / f"{task}-{Path(config).stem}-{rule}-e{epochs}-s{seed}"
     cmd = command(task, rule, config, epochs, seed, str(out.relative_to(ROOT)))
     load = os.getloadavg()[0]
+    if collect and not (out / "results.json").is_file():
+        return None
     if rerun or not (out / "results.json").is_file():
         proc = subprocess.run([sys.executable, "-m", "snn2hw.cli", *cmd[1:]], cwd=ROOT, env={**os.environ, **ENV},
                               capture_output=True, text=True)
@@ -84,7 +89,7 @@ def tune(rerun: bool) -> None:
             print(f"  {r['rule']:6s} {r['config']:40s} val {100 * r['runs'][0]['float_val_accuracy']:.2f}")
 
 
-def final(only: str | None, seeds: int | None, rerun: bool) -> None:
+def final(only: str | None, seeds: int | None, rerun: bool, collect: bool = False) -> None:
     env = environment()
     plan = [{"label": l, "task": t, "config": c, "rule": r, "epochs": e, "seeds": list(range(seeds or n)), "runs": []}
             for l, t, c, r, e, n in FINAL if only is None or only in l]
@@ -92,13 +97,15 @@ def final(only: str | None, seeds: int | None, rerun: bool) -> None:
     for seed in range(max((len(p["seeds"]) for p in plan), default=0)):
         for row in plan:  # rules interleaved seed by seed
             if seed < len(row["seeds"]):
-                r = run(row["task"], row["rule"], row["config"], row["epochs"], seed, rerun)
+                r = run(row["task"], row["rule"], row["config"], row["epochs"], seed, rerun, collect)
+                if r is None:
+                    continue
                 row["runs"].append(r)
                 row["summary"] = summarize(row["runs"])
                 print(f"{row['label']:28s} {row['rule']:7s} seed {seed}: float {100 * r['float_test_accuracy']:.2f} "
                       f"deployed {100 * (r['deployed_test_accuracy'] or float('nan')):.2f}", flush=True)
                 _write(path, "spiketrain_accuracy", env, plan, None)
-    print(table(plan))
+    print(table([row for row in plan if row["runs"]]))
 
 
 def main(argv=None) -> int:
@@ -107,11 +114,12 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=None, help="final: rows whose label contains this text")
     ap.add_argument("--seeds", type=int, default=None, help="final: seeds per row (default: the plan's)")
     ap.add_argument("--rerun", action="store_true", help="re-run runs whose results.json exists")
+    ap.add_argument("--collect", action="store_true", help="final: run nothing, tabulate the stored runs")
     a = ap.parse_args(argv)
     if a.stage == "tune":
         tune(a.rerun)
     else:
-        final(a.only, a.seeds, a.rerun)
+        final(a.only, a.seeds, a.rerun, a.collect)
     return 0
 
 
