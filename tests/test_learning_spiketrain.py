@@ -268,6 +268,8 @@ def test_task_loss_error_is_the_count_cross_entropy_gradient(rule_name, rec):
     assert any(float(g.abs().sum()) > 0 for g in got)
     with pytest.raises(LearningRuleError, match="unknown loss"):
         make_rule(rule_name, loss="nope")
+    with pytest.raises(LearningRuleError, match="needs the trainer's loss_fn"):
+        make_rule(rule_name, loss="task").compute_gradients(_dense_net(rec), x, y, None, {})
 
 
 def test_count_bounds_drop_errors_past_the_count_range():

@@ -190,6 +190,8 @@ class SpikeTrainRule(LearningRule):
         if self.loss == "mse":
             err, per_sample = self.count_error(out.sum(1), y)
             return err, per_sample.mean()
+        if loss_fn is None:
+            raise LearningRuleError(f"{self.name}: loss='task' needs the trainer's loss_fn, got None")
         leaf = out.detach().requires_grad_(True)
         with torch.enable_grad():
             mean_loss = loss_fn(leaf, y)
