@@ -34,6 +34,7 @@ TUNE = [
     ("digits", "hm2bp", "tune/digits_mlp128_slow.json", 8),
     ("digits", "hm2bp", "tune/digits_mlp128_taskloss.json", 8),
     ("digits", "hm2bp", "tune/digits_mlp128_taskloss_bounds.json", 8),
+    ("braille", "strsbp", "braille_rec128.json", 4),
     ("braille", "strsbp", "tune/braille_rec128_taskloss.json", 4),
     ("braille", "strsbp", "tune/braille_rec128_taskloss_bounds.json", 4),
     ("braille", "bptt", "braille_rec128.json", 4),
