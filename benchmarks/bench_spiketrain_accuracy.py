@@ -45,6 +45,8 @@ FINAL = [
     ("digits 64-128-10 T60", "digits", "digits_mlp128.json", "bptt", 15, 3),
     ("braille 24-R128-27 T256, tuned options", "braille", "braille_rec128_strsbp.json", "strsbp", 4, 3),
     ("braille 24-R128-27 T256", "braille", "braille_rec128.json", "bptt", 4, 3),
+    ("braille 24-R128-27 T256, tuned options", "braille", "braille_rec128_strsbp.json", "strsbp", 10, 3),
+    ("braille 24-R128-27 T256", "braille", "braille_rec128.json", "bptt", 10, 3),
 ]
 KEEP = ("seed", "float_val_accuracy", "float_test_accuracy", "deployed_test_accuracy", "rule_neuron_test_accuracy",
         "time_per_epoch_s", "peak_memory_mb", "best_epoch")
