@@ -245,6 +245,63 @@ def test_silent_target_neuron_is_pushed_up():
     assert (net.layers[1].weight.grad[1] < 0).all()  # gradient descent raises its weights
 
 
+@pytest.mark.parametrize("rule_name,rec", [("hm2bp", False), ("strsbp", True)])
+def test_task_loss_error_is_the_count_cross_entropy_gradient(rule_name, rec):
+    """``loss="task"``: the output error is the trainer loss's gradient per output count (here the zoo's count
+    cross-entropy, ``scale (softmax(scale o) - onehot)`` per sample), and everything below it is the rule's."""
+    from snn2hw.train.losses import count_cross_entropy
+
+    x, y = _inputs()
+    scale = 0.1
+    net = _dense_net(rec)
+    rule = make_rule(rule_name, loss="task")
+    res = rule.compute_gradients(net, x, y, lambda out, yy: count_cross_entropy(out, yy, scale=scale), {})
+    got = [p.grad.clone() for p in net.parameters()]
+    counts = res.output.sum(1)
+    assert float(res.loss) == pytest.approx(float(count_cross_entropy(res.output, y, scale=scale)))
+    expected_err = scale * (torch.softmax(scale * counts, 1) - torch.nn.functional.one_hot(y, 3).to(D))
+    ref = make_rule(rule_name, margin=0)  # the same rule with the error swapped for the analytic one
+    ref.count_error = lambda c, yy: (expected_err, 0.5 * expected_err.square().sum(1))
+    net_ref = _dense_net(rec)
+    ref.compute_gradients(net_ref, x, y, None, {})
+    for a, b in zip(got, [p.grad for p in net_ref.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert any(float(g.abs().sum()) > 0 for g in got)
+    with pytest.raises(LearningRuleError, match="unknown loss"):
+        make_rule(rule_name, loss="nope")
+    with pytest.raises(LearningRuleError, match="needs the trainer's loss_fn"):
+        make_rule(rule_name, loss="task").compute_gradients(_dense_net(rec), x, y, None, {})
+
+
+def test_count_bounds_drop_errors_past_the_count_range():
+    rule = make_rule("hm2bp", count_bounds=True)
+    s = torch.zeros(2, 10, 3)
+    s[0, 2:, 0] = 1  # fires at every step from the layer's first reachable step (2): cannot fire more
+    s[1, 5, 1] = 1  # one spike: free both ways
+    g = torch.tensor([[-1.0, -1.0, 1.0], [-1.0, 1.0, 1.0]])  # gradient descent raises counts where g < 0
+    assert rule.bound_error(g, s).tolist() == [[0.0, -1.0, 0.0], [-1.0, 1.0, 0.0]]
+    s2 = torch.zeros(1, 10, 2)
+    s2[0, [2, 5, 8], 0] = 1  # every third step from step 2: the most a neuron with t_ref = 2 can fire
+    s2[0, [2, 3], 1] = 1
+    up = -torch.ones(1, 2)
+    assert make_rule("strsbp", t_ref=2, count_bounds=True).bound_error(up, s2).tolist() == [[0.0, -1.0]]
+    assert make_rule("strsbp", count_bounds=True).bound_error(up, s2).tolist() == [[-1.0, -1.0]]
+    # in a network, under the count cross-entropy (every output gets an error): a silent output's weights
+    # are pushed further down without the bounds and left alone with them
+    from snn2hw.train.losses import count_cross_entropy
+
+    x, y = _inputs()
+    grads = []
+    for bounds in (False, True):
+        net = _dense_net()
+        with torch.no_grad():
+            net.layers[1].weight[2].fill_(-1.0)  # output 2 never fires; no label is 2 below
+        make_rule("hm2bp", loss="task", count_bounds=bounds).compute_gradients(
+            net, x, torch.tensor([0, 1, 0]), count_cross_entropy, {})
+        grads.append(net.layers[1].weight.grad)
+    assert float(grads[0][2].abs().sum()) > 0 and float(grads[1][2].abs().sum()) == 0
+
+
 def test_fit_file_and_monte_carlo():
     fit = spsp_fit(0.8, 0.9, 100, 2)
     assert fit == make_fit(0.8, 0.9, 100, 2)  # the fit is deterministic; stored or made, the same
@@ -281,6 +338,7 @@ def _task(n=192, steps=40, n_in=16, classes=4, seed=0):
     ("hm2bp", False, {}),
     ("hm2bp", False, {"t_ref": 2}),
     ("strsbp", True, {}),
+    ("strsbp", True, {"loss": "task"}),
 ])
 def test_rule_learns(rule_name, rec, opts):
     torch.set_num_threads(1)

@@ -104,7 +104,12 @@ class SpikeTrainRule(LearningRule):
     Options: ``target_true``/``target_false`` (output target counts), ``margin`` (errors within it are
     ignored), ``t_ref`` (refractory steps of the neuron the rule simulates: 0 is the deployable Loihi
     neuron, 2 the rules' original one), ``hidden_virtual_spikes`` (virtual spikes of silent hidden
-    neurons that receive an error; 0: none).
+    neurons that receive an error; 0: none), ``loss`` (what the output error ``dE/do`` comes from:
+    ``"mse"``, the papers' ``1/2 sum (o - y)^2`` on counts with the targets and margin above; ``"task"``,
+    the trainer's ``loss_fn`` -- the loss BPTT minimises -- evaluated on the output spike trains, whose
+    gradient by autograd, averaged over time, is ``dE/do``: exact for any loss of the spike counts, such
+    as the zoo's count cross-entropy), ``count_bounds`` (drop errors that push a silent neuron down or a
+    neuron firing at every step up; see ``bound_error``).
     """
 
     needs_tpsp = False
@@ -112,9 +117,15 @@ class SpikeTrainRule(LearningRule):
     # True keeps their float currents for the whole window (``layer_backward``, the path conv layers
     # take), a slower, larger and more direct computation kept to cross-check the chunked one.
     full_trace = False
+    LOSSES = ("mse", "task")
 
     def __init__(self, target_true: float = 35.0, target_false: float = 5.0, margin: float = 5.0, t_ref: int = 0,
-                 hidden_virtual_spikes: int = 1, low_memory: bool = False, chunk: int = 32):
+                 hidden_virtual_spikes: int = 1, low_memory: bool = False, chunk: int = 32, loss: str = "mse",
+                 count_bounds: bool = False):
+        self.count_bounds = bool(count_bounds)
+        if loss not in self.LOSSES:
+            raise LearningRuleError(f"{self.name}: unknown loss {loss!r}; known: {', '.join(self.LOSSES)}")
+        self.loss = loss
         if int(chunk) < 1:
             raise LearningRuleError(f"{self.name}: chunk must be >= 1")
         self.low_memory, self.chunk = bool(low_memory), int(chunk)
@@ -129,7 +140,8 @@ class SpikeTrainRule(LearningRule):
     def describe(self) -> dict:
         return {"name": self.name, "target_true": self.target_true, "target_false": self.target_false,
                 "margin": self.margin, "t_ref": self.t_ref, "hidden_virtual_spikes": self.hidden_virtual_spikes,
-                "low_memory": self.low_memory, "chunk": self.chunk}
+                "low_memory": self.low_memory, "chunk": self.chunk, "loss": self.loss,
+                "count_bounds": self.count_bounds}
 
     # -- forward -------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -189,6 +201,33 @@ class SpikeTrainRule(LearningRule):
         err = err * (err.abs() > self.margin)
         return err, 0.5 * err.square().sum(1)
 
+    def bound_error(self, g: torch.Tensor, s_out: torch.Tensor) -> torch.Tensor:
+        """``g`` without the components that push a count out of its range: a silent neuron cannot fire less
+        and one that fires at every step it can (every ``1 + t_ref`` steps from the first step an input reaches
+        it) cannot fire more. The rate model ``o = a / v_th`` has no such bounds, so without this a neuron
+        asked to go further keeps its error, and layers drift into silence or saturation (``count_bounds``)."""
+        counts = s_out.sum(1).to(g.dtype).reshape(g.shape)
+        fired = s_out.flatten(2).any(2).any(0)  # (T,): steps at which any neuron of the layer fired
+        first = int(fired.nonzero()[0]) if bool(fired.any()) else 0  # the layer's first reachable step (hops)
+        top = (s_out.shape[1] - 1 - first) // (1 + self.t_ref) + 1
+        blocked = ((counts <= 0) & (g > 0)) | ((counts >= top) & (g < 0))
+        return torch.where(blocked, torch.zeros_like(g), g)
+
+    def output_error(self, out: torch.Tensor, y: torch.Tensor, loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-sample ``dE/do`` of the output counts (B, N), the batch's mean loss) for the rule's ``loss``."""
+        if self.loss == "mse":
+            err, per_sample = self.count_error(out.sum(1), y)
+            return err, per_sample.mean()
+        if loss_fn is None:
+            raise LearningRuleError(f"{self.name}: loss='task' needs the trainer's loss_fn, got None")
+        leaf = out.detach().requires_grad_(True)
+        with torch.enable_grad():
+            mean_loss = loss_fn(leaf, y)
+            (grad,) = torch.autograd.grad(mean_loss, leaf)
+        # the loss is the batch mean, so a sample's own dE/do is B times its share; a loss of the counts has
+        # the same gradient at every step, and for any other loss the mean over time is its count component
+        return grad.mean(1) * out.shape[0], mean_loss.detach()
+
     # -- backward ------------------------------------------------------------------------------------------
     def coefficients(self, trace: LayerTrace, g: torch.Tensor, stats: PostStats) -> tuple[torch.Tensor, torch.Tensor]:
         """(c_w, c_back), each (B, N), from the count error ``g`` (B, N) of the layer's neurons."""
@@ -201,15 +240,17 @@ class SpikeTrainRule(LearningRule):
         records, out = self.forward(model, x)
         out = out.to(x.dtype)
         counts = out.sum(1)
-        err, per_sample = self.count_error(counts, y)
+        err, mean_loss = self.output_error(out, y, loss_fn)
         g = err * (scale / x.shape[0])  # dE/do of the batch-mean loss
         pops = [k for k, r in enumerate(records) if r is not None]
         targets = self.targets(counts, y)
         for k in reversed(pops):
             need_input = k != pops[0]
             backward = self.layer_backward if records[k].a_ff is not None else self.layer_backward_chunked
+            if self.count_bounds:
+                g = self.bound_error(g, records[k].s_out)
             g = backward(records[k], g, targets if k == pops[-1] else None, need_input)
-        return BatchResult(per_sample.mean().detach(), out)
+        return BatchResult(mean_loss.detach(), out)
 
     def layer_backward(self, tr: LayerTrace, g: torch.Tensor, targets: torch.Tensor | None,
                        need_input: bool) -> torch.Tensor | None:

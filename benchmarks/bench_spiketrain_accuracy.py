@@ -1,0 +1,130 @@
+"""Accuracy of HM2-BP and ST-RSBP against BPTT on the same network and task, with the rules' options
+chosen on the validation split (never the test split), then several seeds of the chosen configuration.
+
+Two stages, each a list of ``snn2hw train`` runs in fresh single-threaded processes (the command is
+stored with every run; a run whose ``results.json`` already exists is read back, not re-run, unless
+``--rerun``):
+
+* ``tune``: short seed-0 runs of candidate configs (``benchmarks/configs/tune/``); the table is ranked
+  by **validation** accuracy, which is what chose the configs of the final stage. Writes
+  ``benchmarks/results/spiketrain_tuning.json``.
+* ``final``: the chosen config of each rule and BPTT on the same network, several seeds, rules
+  interleaved seed by seed. Writes ``benchmarks/results/spiketrain_accuracy.json``; the rule x task
+  table of ``docs/learning-rules.md`` is
+  ``python benchmarks/_spiketrain_bench.py report benchmarks/results/spiketrain_accuracy.json``.
+
+    python benchmarks/bench_spiketrain_accuracy.py tune
+    python benchmarks/bench_spiketrain_accuracy.py final [--only braille] [--seeds 3]
+    python benchmarks/bench_spiketrain_accuracy.py final --collect   # tabulate stored runs, run nothing
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from _spiketrain_bench import ENV, ROOT, _write, command, environment, summarize, table
+
+# (task, rule, config under benchmarks/configs/, epochs): seed 0, compared on validation accuracy
+TUNE = [
+    ("digits", "hm2bp", "tune/digits_mlp128_t24.json", 8),
+    ("digits", "hm2bp", "tune/digits_mlp128_slow.json", 8),
+    ("digits", "hm2bp", "tune/digits_mlp128_taskloss.json", 8),
+    ("digits", "hm2bp", "tune/digits_mlp128_taskloss_bounds.json", 8),
+    ("braille", "strsbp", "braille_rec128.json", 4),
+    ("braille", "strsbp", "tune/braille_rec128_taskloss.json", 4),
+    ("braille", "strsbp", "tune/braille_rec128_taskloss_bounds.json", 4),
+    ("braille", "bptt", "braille_rec128.json", 4),
+]
+# label, task, config, rule, epochs, seeds
+FINAL = [
+    ("digits 64-128-10 T60, tuned options", "digits", "digits_mlp128_hm2bp.json", "hm2bp", 15, 3),
+    ("digits 64-128-10 T60", "digits", "digits_mlp128.json", "bptt", 15, 3),
+    ("braille 24-R128-27 T256, tuned options", "braille", "braille_rec128_strsbp.json", "strsbp", 4, 3),
+    ("braille 24-R128-27 T256", "braille", "braille_rec128.json", "bptt", 4, 3),
+    ("braille 24-R128-27 T256, tuned options", "braille", "braille_rec128_strsbp.json", "strsbp", 10, 3),
+    ("braille 24-R128-27 T256", "braille", "braille_rec128.json", "bptt", 10, 3),
+]
+KEEP = ("seed", "float_val_accuracy", "float_test_accuracy", "deployed_test_accuracy", "rule_neuron_test_accuracy",
+        "time_per_epoch_s", "peak_memory_mb", "best_epoch")
+
+
+def run(task: str, rule: str, config: str, epochs: int, seed: int, rerun: bool = False,
+        collect: bool = False) -> dict | None:
+    """One ``snn2hw train`` run (or its stored results) under ``out/bench_accuracy/``; with ``collect``, only
+    stored results (None when there are none)."""
+    out = ROOT / "out" / "bench_accuracy" / f"{task}-{Path(config).stem}-{rule}-e{epochs}-s{seed}"
+    cmd = command(task, rule, config, epochs, seed, str(out.relative_to(ROOT)))
+    load = os.getloadavg()[0]
+    if collect and not (out / "results.json").is_file():
+        return None
+    if rerun or not (out / "results.json").is_file():
+        proc = subprocess.run([sys.executable, "-m", "snn2hw.cli", *cmd[1:]], cwd=ROOT, env={**os.environ, **ENV},
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    r = json.loads((out / "results.json").read_text())
+    keep = {k: r.get(k) for k in KEEP}
+    start = (r.get("environment") or {}).get("loadavg", [load])[0]
+    keep.update(command=" ".join(cmd), loadavg_at_end=start, under_load=start > 1.5,
+                rule_options=r.get("rule"), train_accuracy_last=(r.get("history") or [{}])[-1].get("accuracy"),
+                val_history=[h.get("val_accuracy") for h in r.get("history") or []])
+    return keep
+
+
+def tune(rerun: bool) -> None:
+    env = environment()
+    rows = []
+    for task, rule, config, epochs in TUNE:
+        r = run(task, rule, config, epochs, 0, rerun)
+        rows.append({"label": f"{task} {Path(config).stem}", "task": task, "config": config, "rule": rule,
+                     "epochs": epochs, "seeds": [0], "runs": [r], "summary": summarize([r])})
+        print(f"{task:8s} {rule:6s} {config:40s} val {100 * r['float_val_accuracy']:.2f}  "
+              f"train(last epoch) {100 * (r['train_accuracy_last'] or 0):.1f}", flush=True)
+        _write(ROOT / "benchmarks" / "results" / "spiketrain_tuning.json", "spiketrain_tuning", env, rows, None)
+    for task in dict.fromkeys(t for t, *_ in TUNE):
+        ranked = sorted((r for r in rows if r["task"] == task), key=lambda r: -r["runs"][0]["float_val_accuracy"])
+        print(f"\n{task}, ranked by validation accuracy (seed 0):")
+        for r in ranked:
+            print(f"  {r['rule']:6s} {r['config']:40s} val {100 * r['runs'][0]['float_val_accuracy']:.2f}")
+
+
+def final(only: str | None, seeds: int | None, rerun: bool, collect: bool = False) -> None:
+    env = environment()
+    plan = [{"label": l, "task": t, "config": c, "rule": r, "epochs": e, "seeds": list(range(seeds or n)), "runs": []}
+            for l, t, c, r, e, n in FINAL if only is None or only in l]
+    path = ROOT / "benchmarks" / "results" / "spiketrain_accuracy.json"
+    for seed in range(max((len(p["seeds"]) for p in plan), default=0)):
+        for row in plan:  # rules interleaved seed by seed
+            if seed < len(row["seeds"]):
+                r = run(row["task"], row["rule"], row["config"], row["epochs"], seed, rerun, collect)
+                if r is None:
+                    continue
+                row["runs"].append(r)
+                row["summary"] = summarize(row["runs"])
+                print(f"{row['label']:28s} {row['rule']:7s} seed {seed}: float {100 * r['float_test_accuracy']:.2f} "
+                      f"deployed {100 * (r['deployed_test_accuracy'] or float('nan')):.2f}", flush=True)
+                _write(path, "spiketrain_accuracy", env, plan, None)
+    print(table([row for row in plan if row["runs"]]))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("stage", choices=["tune", "final"])
+    ap.add_argument("--only", default=None, help="final: rows whose label contains this text")
+    ap.add_argument("--seeds", type=int, default=None, help="final: seeds per row (default: the plan's)")
+    ap.add_argument("--rerun", action="store_true", help="re-run runs whose results.json exists")
+    ap.add_argument("--collect", action="store_true", help="final: run nothing, tabulate the stored runs")
+    a = ap.parse_args(argv)
+    if a.stage == "tune":
+        tune(a.rerun)
+    else:
+        final(a.only, a.seeds, a.rerun, a.collect)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
