@@ -44,7 +44,7 @@ class _Synapse:
     proj: LoihiDense | LoihiConv2d
     weight_t: torch.Tensor  # (src, dst), in the accumulation dtype; a conv's int64 kernel (O, C/g, kh, kw)
     graded: bool
-    max_input: int = 1  # largest input magnitude (conv: picks the exact accumulation path)
+    max_input: int = 1  # largest input magnitude (bounds the accumulation; picks the exact path)
     conv: LoihiConv2d | None = None
     rows: torch.Tensor | None = None  # weight_t made contiguous, for event-driven accumulation (lazily)
 
@@ -76,11 +76,11 @@ def _prepare_synapses(graph: Graph, device: torch.device) -> list[_Synapse]:
             # view without a copy. Exact while the bound holds, else the general path below.
             w32, row_abs = compiled.prepare_weights(p.weight, p.sign_mode, p.num_weight_bits)
             if row_abs * max_input < 2**24:
-                synapses.append(_Synapse(p, w32.t(), graded))
+                synapses.append(_Synapse(p, w32.t(), graded, max_input))
                 continue
         w = hw.prepare_weights(torch.as_tensor(np.asarray(p.weight), device=device), hw.SignMode(p.sign_mode), p.num_weight_bits)
         dtype = _accumulation_dtype(w, max_input)
-        synapses.append(_Synapse(p, w.t().contiguous().to(dtype), graded))
+        synapses.append(_Synapse(p, w.t().contiguous().to(dtype), graded, max_input))
     return synapses
 
 
@@ -265,8 +265,13 @@ def run(
 
     # Samples are independent, so a large batch runs in slices: memory stays bounded and each layer's
     # arrays stay small enough to be reused from cache by the next pass over them.
-    chunk = _batch_chunk(graph, batch, steps, dev, order is not None)
-    network = _network_spec(graph, synapses, neurons) if order is None and _use_kernel(dev) else None
+    # The whole-network kernel (every step of every population in one compiled call, event-driven) for
+    # graphs with cycles, and for feed-forward graphs at small batches, where the layer-by-layer
+    # schedule's per-layer calls and whole-sequence arrays cost more than they save.
+    network = None
+    if _use_kernel(dev) and (order is None or batch <= _NETWORK_MAX_BATCH):
+        network = _network_spec(graph, synapses, neurons)
+    chunk = _batch_chunk(graph, batch, steps, dev, order is not None and network is None)
     for lo in range(0, max(batch, 1), chunk):  # once even for an empty batch: same events keys
         hi = min(lo + chunk, batch)
         if events is not None:
@@ -279,7 +284,10 @@ def run(
         v_rec: dict[str, torch.Tensor] = {}
         density: dict[str, float] = {}  # filled by the compiled layers (they count their spikes)
         n = hi - lo
-        if order is not None:
+        if network is not None:
+            _run_network_compiled(graph, network, synapses, neurons, spikes, u_rec, v_rec, state_names, n, steps,
+                                  dev, events)
+        elif order is not None:
             for name in order:
                 keep = name in state_names
                 incoming = [syn for syn in synapses if syn.proj.dst == name]
@@ -297,9 +305,6 @@ def run(
                     continue
                 a_in = _layer_input(name, synapses, spikes, n, steps, dev, neurons[name].size)
                 spikes[name], u_rec[name], v_rec[name] = _scan_lif(neurons[name], a_in, events, keep_state=keep)
-        elif network is not None:
-            _run_network_compiled(graph, network, synapses, neurons, spikes, u_rec, v_rec, state_names, n, steps,
-                                  dev, events)
         else:
             _run_stepwise(graph, synapses, neurons, spikes, u_rec, v_rec, state_names, n, steps, dev, events)
 
@@ -316,6 +321,11 @@ def run(
         events=events.counts if events else {},
         backend="sim",
     )
+
+
+# Feed-forward graphs take the whole-network kernel up to this batch size (measured: see
+# docs/performance.md), the layer-by-layer schedule above it.
+_NETWORK_MAX_BATCH = 1 << 30
 
 
 # Elements (samples x steps x widest layer) per slice of the batch on the compiled path: about 8 MB of
@@ -413,10 +423,51 @@ def _scan_lif_torch(neurons: _Neurons, a_in: torch.Tensor, events: _EventLog | N
                              on_step=observe if events is not None else None)
 
 
+# A convolution joins the network kernel as per-source (target, weight) lists while it has at most
+# this many synapses (output size x kernel size); larger ones run on the layer-by-layer path.
+_CSR_MAX_SYNAPSES = 1 << 22
+
+
+def _conv_rows(c: LoihiConv2d, kernel: np.ndarray):
+    """``(ptr, targets, weights)``: for each input neuron (flat C-order index), the outputs it feeds and
+    the kernel entry it is multiplied by there, zero weights left out. None when too large."""
+    o_n, cg, kh, kw = kernel.shape
+    ch, h, w = c.in_shape
+    _, ho, wo = c.out_shape
+    if o_n * ho * wo * cg * kh * kw > _CSR_MAX_SYNAPSES:
+        return None
+    (sy, sx), (py, px), (dy, dx) = c.stride, c.padding, c.dilation
+    o = np.arange(o_n).reshape(-1, 1, 1, 1, 1, 1)
+    y = np.arange(ho).reshape(1, -1, 1, 1, 1, 1)
+    x = np.arange(wo).reshape(1, 1, -1, 1, 1, 1)
+    ci = np.arange(cg).reshape(1, 1, 1, -1, 1, 1)
+    ky = np.arange(kh).reshape(1, 1, 1, 1, -1, 1)
+    kx = np.arange(kw).reshape(1, 1, 1, 1, 1, -1)
+    iy = y * sy - py + ky * dy
+    ix = x * sx - px + kx * dx
+    chan = (o // (o_n // c.groups)) * cg + ci
+    shape = (o_n, ho, wo, cg, kh, kw)
+    weights = np.broadcast_to(kernel[o, ci, ky, kx], shape)
+    keep = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w) & (weights != 0)
+    src = np.broadcast_to(chan * (h * w) + iy * w + ix, shape)[keep]
+    dst = np.broadcast_to(o * (ho * wo) + y * wo + x, shape)[keep]
+    order = np.argsort(src, kind="stable")
+    ptr = np.zeros(ch * h * w + 1, dtype=np.int64)
+    np.cumsum(np.bincount(src, minlength=ch * h * w), out=ptr[1:])
+    return ptr, dst[order].astype(np.int64), weights[keep][order].astype(np.int64)
+
+
+def _prepared_range(p: LoihiDense) -> tuple[int, int, int]:
+    """``(lo, hi, drop)``: the range of ``p``'s prepared weights and the low bits they all have clear."""
+    sign, lo, hi, drop = hw.weight_preparation(hw.SignMode(p.sign_mode), p.num_weight_bits)
+    lo, hi = (lo >> drop) << drop, (hi >> drop) << drop
+    return (-hi, -lo, drop) if sign < 0 else (lo, hi, drop)
+
+
 def _network_spec(graph: Graph, synapses: list[_Synapse], neurons: dict) -> compiled.NetworkSpec | None:
     """The graph flattened for ``compiled.network_scan``, or None if it has a projection that the
-    compiled network kernel does not take (convolutions; graded projections with a delay)."""
-    if any(syn.conv is not None or (syn.graded and syn.proj.delay > 0) for syn in synapses):
+    compiled network kernel does not take (graded dense projections with a delay; huge convolutions)."""
+    if any(syn.conv is None and syn.graded and syn.proj.delay > 0 for syn in synapses):
         return None
     pops = [p.name for p in graph.populations]
     pop_index = {name: i for i, name in enumerate(pops)}
@@ -429,36 +480,30 @@ def _network_spec(graph: Graph, synapses: list[_Synapse], neurons: dict) -> comp
         return np.concatenate([np.broadcast_to(np.asarray(value(neurons[n]), dtype=np.int64), (neurons[n].size,))
                                for n in pops]).astype(np.int64) if pops else np.zeros(0, dtype=np.int64)
 
-    rows, k_fields = [], {f: [] for f in ("src_kind", "src_off", "src_n", "dst_pop", "w_off", "exp", "graded",
-                                          "delayed", "lags")}
-    offset = 0
+    projections = []
     for syn in synapses:
         p = syn.proj
-        w = syn.weight_t.to(torch.int64).contiguous().cpu().numpy().reshape(-1)  # (src, dst), exact integers
         is_input = p.src in in_off
-        src_n = syn.weight_t.shape[0]
-        k_fields["src_kind"].append(0 if is_input else 1)
-        k_fields["src_off"].append(in_off[p.src] if is_input else pop_off[pop_index[p.src]])
-        k_fields["src_n"].append(src_n)
-        k_fields["dst_pop"].append(pop_index[p.dst])
-        k_fields["w_off"].append(offset)
-        k_fields["exp"].append(p.weight_exp)
-        k_fields["graded"].append(syn.graded)
-        k_fields["delayed"].append(p.delay > 0)
-        k_fields["lags"].append(1 + p.delay)
-        rows.append(w)
-        offset += w.size
-    ints = {f: np.asarray(k_fields[f], dtype=np.int64) for f in ("src_kind", "src_off", "src_n", "dst_pop", "w_off",
-                                                                 "exp", "lags")}
-    return compiled.NetworkSpec(
-        pop_off=pop_off,
-        du=per_neuron(lambda n: n.du), dv=per_neuron(lambda n: n.dv), vth_eff=per_neuron(lambda n: n.vth_eff),
-        bias_eff=per_neuron(lambda n: n.bias_eff.cpu().numpy()),
-        src_kind=ints["src_kind"], src_off=ints["src_off"], src_n=ints["src_n"], dst_pop=ints["dst_pop"],
-        w_off=ints["w_off"], weights=np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64),
-        weight_exp=ints["exp"], graded=np.asarray(k_fields["graded"], dtype=np.bool_),
-        delayed=np.asarray(k_fields["delayed"], dtype=np.bool_), lags=ints["lags"],
-    )
+        common = dict(src_kind=0 if is_input else 1, src_off=int(in_off[p.src] if is_input else pop_off[pop_index[p.src]]),
+                      dst_pop=pop_index[p.dst], weight_exp=int(p.weight_exp), graded=syn.graded,
+                      delayed=p.delay > 0, conv=syn.conv is not None, lag=1 + int(p.delay))
+        if syn.conv is not None:
+            kernel = syn.weight_t.cpu().numpy()
+            csr = _conv_rows(syn.conv, kernel)
+            if csr is None:
+                return None
+            bound = int(np.abs(kernel).reshape(kernel.shape[0], -1).sum(axis=1).max(initial=0)) * syn.max_input
+            projections.append(compiled.Projection(src_n=int(np.prod(syn.conv.in_shape)), bound=bound, csr=csr,
+                                                   **common))
+        else:
+            lo, hi, drop = _prepared_range(p)
+            src_n = int(syn.weight_t.shape[0])
+            projections.append(compiled.Projection(
+                src_n=src_n, bound=src_n * max(-lo, hi) * syn.max_input, weight=syn.weight_t.t().cpu(),
+                shift=drop, lo=lo, hi=hi, **common))
+    return compiled.network_spec(
+        pop_off, per_neuron(lambda n: n.du), per_neuron(lambda n: n.dv), per_neuron(lambda n: n.vth_eff),
+        per_neuron(lambda n: n.bias_eff.cpu().numpy()), projections)
 
 
 def _run_network_compiled(graph, network, synapses, neurons, spikes, u_rec, v_rec, state_names, batch, steps, dev,

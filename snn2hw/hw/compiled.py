@@ -518,29 +518,42 @@ def accumulate_events(s: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
     return out.reshape(*lead, w.shape[1])
 
 
-# --- whole networks with cycles --------------------------------------------------------------------------
-def _network_kernel(count_events: bool, record: bool):
-    key = ("network", count_events, record)
+# --- whole networks, step by step ----------------------------------------------------------------------
+# Dense projections keep their prepared weights as (src, dst) rows of the narrowest integer type that
+# holds them after dividing out their common power of two (Loihi's 8-bit weights on the mixed-sign grid
+# are even: 1 byte each), so an event-driven step reads an eighth of what int64 rows cost. Each row is a
+# sum of a subset of one output's weights, so accumulating in int32 is exact whenever the largest sum of
+# |w| times the largest input is below 2**31 (else int64). A convolution (or any projection given as
+# ``sparse_rows``) keeps, per source, the list of (target, weight) pairs it feeds: an event adds exactly
+# the weights Lava's Conv would multiply by that input, so the sum is the same integer.
+_UNROLL = 4  # rows added per pass over a dense segment of the accumulator
+
+
+def _network_kernel(count_events: bool, record: bool, parallel: bool):
+    key = ("network", count_events, record, parallel)
     if key in _kernels:
         return _kernels[key]
     formulas()
     fingerprint = _fingerprint
 
-    @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-    def network(x_in, pop_off, du, dv, vth, bias, src_kind, src_off, src_n, dst_pop, w_off, wflat, exps, graded,
-                delayed, lags, spk, u_rec, v_rec, counts):
-        _key = fingerprint  # puts the formulas' fingerprint into the cache key
+    @numba.njit(parallel=parallel, nogil=True, boundscheck=False, cache=True)
+    def network(x_in, pop_off, du, dv, vth, bias, src_kind, src_off, src_n, dst_pop, w_off, wflat, w_shift,
+                row_ptr, row_idx, is_sparse, exps, graded, delayed, conv, lags, acc_buf, spk, u_rec, v_rec,
+                counts):
+        _key = (fingerprint, parallel)  # puts the formulas' fingerprint into the cache key
         batch, steps, n_pop = spk.shape
         pops = pop_off.shape[0] - 1
         projs = lags.shape[0]
-        widest = 1
-        for p in range(pops):
-            widest = max(widest, pop_off[p + 1] - pop_off[p])
+        widest_src = 1
+        for k in range(projs):
+            widest_src = max(widest_src, src_n[k])
         for b in numba.prange(batch):
             u = np.zeros(n_pop, dtype=np.int64)
             v = np.zeros(n_pop, dtype=np.int64)
             a = np.zeros(n_pop, dtype=np.int64)  # this step's summed input of every neuron
-            acc = np.zeros(widest, dtype=np.int64)
+            acc = acc_buf[b]  # int32 or int64, chosen by the caller's bound
+            active = np.empty(widest_src, dtype=np.int64)
+            payload = np.empty(widest_src, dtype=np.int64)
             has = np.zeros(pops, dtype=np.bool_)
             for t in range(steps):
                 for p in range(pops):
@@ -554,22 +567,60 @@ def _network_kernel(count_events: bool, record: bool):
                     nd = pop_off[p + 1] - d0
                     for j in range(nd):
                         acc[j] = 0
-                    # exact W @ s in int64, adding the weight rows of non-zero sources (a binary
-                    # projection takes any non-zero payload as a spike, as Lava's Dense does)
-                    for i in range(src_n[k]):
-                        if src_kind[k] == 0:
-                            sv = x_in[b, tk, src_off[k] + i]
-                        else:
-                            sv = np.int64(spk[b, tk, src_off[k] + i])
-                        if sv != 0:
-                            mult = sv if graded[k] else 1
-                            row = wflat[w_off[k] + i * nd:w_off[k] + (i + 1) * nd]
+                    # the non-zero sources of step tk (a binary projection takes any non-zero payload
+                    # as a spike, as Lava's Dense does); branch-free, as in accumulate_events
+                    m = 0
+                    if src_kind[k] == 0:
+                        xs = x_in[b, tk, src_off[k]:src_off[k] + src_n[k]]
+                        for i in range(src_n[k]):
+                            active[m] = i
+                            payload[m] = xs[i]
+                            m += xs[i] != 0
+                    else:
+                        ss = spk[b, tk, src_off[k]:src_off[k] + src_n[k]]
+                        for i in range(src_n[k]):
+                            active[m] = i
+                            payload[m] = 1
+                            m += ss[i]
+                    g = graded[k]
+                    base = w_off[k]
+                    if is_sparse[k]:
+                        r0 = row_ptr[k]
+                        t0 = row_idx[r0]  # where this projection's targets begin in row_idx
+                        for q in range(m):
+                            i = active[q]
+                            mult = payload[q] if g else 1
+                            for e in range(row_idx[r0 + i], row_idx[r0 + i + 1]):
+                                acc[row_idx[e]] += mult * wflat[base + e - t0]
+                    elif g:
+                        for q in range(m):
+                            row = wflat[base + active[q] * nd:base + (active[q] + 1) * nd]
+                            mult = payload[q]
                             for j in range(nd):
                                 acc[j] += mult * row[j]
+                    else:
+                        q = 0
+                        while q + _UNROLL <= m:  # bound by loads/stores of acc: four rows per pass
+                            w0 = wflat[base + active[q] * nd:base + (active[q] + 1) * nd]
+                            w1 = wflat[base + active[q + 1] * nd:base + (active[q + 1] + 1) * nd]
+                            w2 = wflat[base + active[q + 2] * nd:base + (active[q + 2] + 1) * nd]
+                            w3 = wflat[base + active[q + 3] * nd:base + (active[q + 3] + 1) * nd]
+                            for j in range(nd):
+                                acc[j] += (w0[j] + w1[j]) + (w2[j] + w3[j])
+                            q += _UNROLL
+                        while q < m:
+                            row = wflat[base + active[q] * nd:base + (active[q] + 1) * nd]
+                            for j in range(nd):
+                                acc[j] += row[j]
+                            q += 1
                     first = not has[p]
+                    sh = w_shift[k]
                     for j in range(nd):
-                        m = _synaptic_output(acc[j], exps[k], graded[k], delayed[k])
-                        a[d0 + j] = m if first else _add_messages(a[d0 + j], m)
+                        x = np.int64(acc[j]) << sh
+                        if conv[k]:  # a Conv's own output stage comes first
+                            x = _conv_output(x)
+                        msg = _synaptic_output(x, exps[k], g, delayed[k])
+                        a[d0 + j] = msg if first else _add_messages(a[d0 + j], msg)
                     has[p] = True
                 for p in range(pops):
                     p0 = pop_off[p]
@@ -579,6 +630,7 @@ def _network_kernel(count_events: bool, record: bool):
                             a[n] = 0
                     packed = 0
                     fired = 0
+                    sb = spk[b, t, p0:p1]
                     for n in range(p0, p1):
                         if count_events:
                             uu, vv, sp, f0, f1, f2 = _lif_step_counted(u[n], v[n], a[n], du[n], dv[n], vth[n],
@@ -588,9 +640,9 @@ def _network_kernel(count_events: bool, record: bool):
                             uu, vv, sp = _lif_step(u[n], v[n], a[n], du[n], dv[n], vth[n], bias[n])
                         u[n] = uu
                         v[n] = vv
-                        spk[b, t, n] = sp
+                        sb[n - p0] = sp
                         fired += sp
-                    if count_events:
+                    if count_events:  # unpacked every step: no 21-bit field can overflow
                         counts[b, p, 0] += packed & 0x1FFFFF
                         counts[b, p, 1] += (packed >> 21) & 0x1FFFFF
                         counts[b, p, 2] += packed >> 42
@@ -617,23 +669,155 @@ class NetworkSpec(NamedTuple):
     src_off: np.ndarray  # first source index in the input or population axis
     src_n: np.ndarray
     dst_pop: np.ndarray  # target population index
-    w_off: np.ndarray  # offset of the (src, dst) weights in ``weights``
-    weights: np.ndarray  # int64, every projection's prepared (src, dst) weights, row-major, concatenated
+    w_off: np.ndarray  # offset of projection k's weights in ``weights``
+    weights: np.ndarray  # every projection's weights >> w_shift, concatenated, in the narrowest int type
+    w_shift: np.ndarray  # (K,) the power of two divided out of projection k's weights
+    row_ptr: np.ndarray  # (K,) sparse projection k: its (src_n + 1) row starts are row_idx[row_ptr[k]:]
+    row_idx: np.ndarray  # row starts (relative to w_off) then target indices of the sparse projections
+    is_sparse: np.ndarray  # (K,) bool
     weight_exp: np.ndarray
     graded: np.ndarray
     delayed: np.ndarray
+    conv: np.ndarray  # (K,) bool: apply Lava Conv's output stage (int32 cast, 24-bit wrap) first
     lags: np.ndarray  # 1 + delay
+    acc_dtype: np.dtype  # int32 where every bound allows it, else int64
+
+    @property
+    def weight_bytes(self) -> int:
+        return int(self.weights.nbytes + self.row_idx.nbytes)
+
+
+def _narrowest_int(lo: int, hi: int) -> np.dtype:
+    for dt in (np.int8, np.int16, np.int32):
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(dt)
+    return np.dtype(np.int64)
+
+
+def common_shift(w: np.ndarray) -> int:
+    """The largest k with every entry of integer ``w`` a multiple of 2**k (0 for an all-zero ``w``)."""
+    nz = w[w != 0]
+    if nz.size == 0:
+        return 0
+    low = int(np.bitwise_or.reduce(np.bitwise_and(nz, -nz)))
+    return (low & -low).bit_length() - 1
+
+
+class Projection(NamedTuple):
+    """One projection as ``network_spec`` takes it.
+
+    Dense: ``weight`` (dst, src) holding integers (any int or float dtype; the prepared weights), all
+    multiples of ``2**shift``, within ``[lo, hi]``. Sparse: ``csr = (ptr, targets, weights)``, the
+    (target, weight) pairs of each source in ``targets[ptr[i]:ptr[i + 1]]``. ``bound``: the largest sum
+    of |w| into one target times the largest input magnitude (every partial sum is below it)."""
+
+    src_kind: int  # 0: an input, 1: a population
+    src_off: int
+    src_n: int
+    dst_pop: int
+    weight_exp: int
+    graded: bool
+    delayed: bool
+    conv: bool
+    lag: int
+    bound: int
+    weight: object = None
+    shift: int = 0
+    lo: int = 0
+    hi: int = 0
+    csr: tuple | None = None
+
+
+def _pack_kernel():
+    if "pack" in _kernels:
+        return _kernels["pack"]
+
+    @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
+    def pack(w, shift, out):
+        """out (src, dst) = w (dst, src) transposed, >> shift, in out's dtype; 64x64 tiles."""
+        nd, ns = w.shape
+        tiles_d = (nd + 63) // 64
+        for tile in numba.prange(((ns + 63) // 64) * tiles_d):
+            i0 = (tile // tiles_d) * 64
+            j0 = (tile % tiles_d) * 64
+            for i in range(i0, min(i0 + 64, ns)):
+                o = out[i]
+                for j in range(j0, min(j0 + 64, nd)):
+                    o[j] = np.int64(w[j, i]) >> shift
+
+    _kernels["pack"] = pack
+    return pack
+
+
+def network_spec(pop_off, du, dv, vth_eff, bias_eff, projections: list[Projection]) -> NetworkSpec:
+    """Pack projections (and per-neuron parameters) into a ``NetworkSpec``: one pass over each weight."""
+    sizes, shifts, ranges, csrs = [], [], [], []
+    for pr in projections:
+        if pr.csr is not None:
+            ptr, targets, w = (np.asarray(a, dtype=np.int64) for a in pr.csr)
+            sh = common_shift(w)
+            w = w >> sh
+            csrs.append((ptr, targets, w))
+            ranges += [int(w.min()) if w.size else 0, int(w.max()) if w.size else 0]
+            sizes.append(w.size)
+        else:
+            sh = pr.shift
+            csrs.append(None)
+            ranges += [pr.lo >> sh, pr.hi >> sh]
+            sizes.append(pr.src_n * (int(pop_off[pr.dst_pop + 1]) - int(pop_off[pr.dst_pop])))
+        shifts.append(sh)
+    dtype = _narrowest_int(min(ranges + [0]), max(ranges + [0]))
+    w_off = np.cumsum([0] + sizes).astype(np.int64)
+    weights = np.empty(int(w_off[-1]), dtype=dtype)
+    idx_parts, ptrs, idx_len = [], [], 0
+    for k, (pr, csr) in enumerate(zip(projections, csrs)):
+        seg = weights[w_off[k]:w_off[k + 1]]
+        if csr is None:
+            ptrs.append(0)
+            w = pr.weight.numpy() if isinstance(pr.weight, torch.Tensor) else np.asarray(pr.weight)
+            if seg.size:
+                _set_threads(_threads())
+                _pack_kernel()(w, pr.shift, seg.reshape(pr.src_n, -1))
+        else:
+            ptr, targets, w = csr
+            seg[:] = w
+            ptrs.append(idx_len)
+            # row starts as absolute positions in row_idx, where this projection's targets follow them
+            idx_parts += [ptr + idx_len + ptr.size, targets]
+            idx_len += ptr.size + targets.size
+    row_idx = np.concatenate(idx_parts).astype(np.int64) if idx_parts else np.zeros(1, dtype=np.int64)
+    # payloads of graded inputs are not bounded by the kernel's caller: their sums take int64
+    wide = any(pr.graded for pr in projections) or max([pr.bound for pr in projections] + [0]) >= 2**31
+    acc_dtype = np.dtype(np.int64) if wide else np.dtype(np.int32)
+
+    def ints(f):
+        return np.asarray([f(pr) for pr in projections], dtype=np.int64)
+
+    def flags(f):
+        return np.asarray([bool(f(pr)) for pr in projections], dtype=np.bool_)
+
+    return NetworkSpec(
+        pop_off=np.asarray(pop_off, dtype=np.int64), du=du, dv=dv, vth_eff=vth_eff, bias_eff=bias_eff,
+        src_kind=ints(lambda p: p.src_kind), src_off=ints(lambda p: p.src_off), src_n=ints(lambda p: p.src_n),
+        dst_pop=ints(lambda p: p.dst_pop), w_off=w_off[:-1].copy(), weights=weights,
+        w_shift=np.asarray(shifts, dtype=np.int64), row_ptr=np.asarray(ptrs, dtype=np.int64), row_idx=row_idx,
+        is_sparse=flags(lambda p: p.csr is not None), weight_exp=ints(lambda p: p.weight_exp),
+        graded=flags(lambda p: p.graded), delayed=flags(lambda p: p.delayed), conv=flags(lambda p: p.conv),
+        lags=ints(lambda p: p.lag), acc_dtype=acc_dtype,
+    )
 
 
 def network_scan(spec: NetworkSpec, x_in: torch.Tensor, steps: int, keep_state: bool = False,
                  count_events: bool = False):
-    """Run a whole graph (cycles allowed) step by step in one compiled call, every sample in parallel.
+    """Run a whole graph (cycles allowed) step by step in one compiled call, samples in parallel.
 
     ``x_in`` (batch, steps, inputs) int64 holds the input payloads. Each step forms every population's
-    input from the sources' spikes (or payloads) of earlier steps with an exact int64 ``W @ s`` over
-    the non-zero sources, then the compiled ``synaptic_output``/``add_messages`` in projection order, and
-    updates every neuron with the compiled ``lif_step``. Graded projections with a delay (whose int32
-    products wrap one by one in Lava) and convolutions are not supported here: the caller runs those
+    input from the sources' spikes (or payloads) of earlier steps with an exact integer ``W @ s`` over
+    the non-zero sources only (the weight rows of the sources that fired, or their CSR lists), then the
+    compiled ``conv_output`` (convolutions), ``synaptic_output`` and ``add_messages`` in projection
+    order, and updates every neuron with the compiled ``lif_step``. Graded dense projections with a
+    delay (whose int32 products wrap one by one in Lava) are not supported here: the caller runs those
     graphs on its general path.
 
     Returns ``(spikes (batch, steps, N) bool, u_rec, v_rec or None, counts (batch, P, 4))`` where
@@ -651,9 +835,15 @@ def network_scan(spec: NetworkSpec, x_in: torch.Tensor, steps: int, keep_state: 
     else:
         u_rec = v_rec = torch.empty(0, 0, 0, dtype=torch.int64)
     counts = torch.zeros(batch, len(spec.pop_off) - 1, 4, dtype=torch.int64)
-    _set_threads(_threads())
-    _network_kernel(count_events, keep_state)(
+    widest = max(1, int(np.max(np.diff(spec.pop_off))) if len(spec.pop_off) > 1 else 1)
+    acc_buf = np.zeros((batch, widest), dtype=spec.acc_dtype)
+    threads = _threads()
+    parallel = threads > 1 and batch > 1  # one sample runs on one thread: no synchronisation per step
+    if parallel:
+        _set_threads(threads)
+    _network_kernel(count_events, keep_state, parallel)(
         x.numpy(), spec.pop_off, spec.du, spec.dv, spec.vth_eff, spec.bias_eff, spec.src_kind, spec.src_off,
-        spec.src_n, spec.dst_pop, spec.w_off, spec.weights, spec.weight_exp, spec.graded, spec.delayed, spec.lags,
+        spec.src_n, spec.dst_pop, spec.w_off, spec.weights, spec.w_shift, spec.row_ptr, spec.row_idx,
+        spec.is_sparse, spec.weight_exp, spec.graded, spec.delayed, spec.conv, spec.lags, acc_buf,
         spk.numpy(), u_rec.numpy(), v_rec.numpy(), counts.numpy())
     return spk, (u_rec if keep_state else None), (v_rec if keep_state else None), counts
