@@ -92,7 +92,7 @@ def _conv_synapse(p: LoihiConv2d, graded_inputs: dict, device: torch.device) -> 
     """
     graded = p.num_message_bits > 0
     max_input = 1 << max(graded_inputs.get(p.src, p.num_message_bits) - 1, 0) if graded else 1
-    kernel = torch.as_tensor(np.asarray(p.weight, dtype=np.int64), device=device)
+    kernel = torch.as_tensor(np.array(p.weight, dtype=np.int64), device=device)  # a copy: Prepared keeps it
     return _Synapse(dataclasses.replace(p, weight_exp=0), kernel, graded, max_input, p)
 
 
@@ -228,8 +228,41 @@ def _use_kernel(dev: torch.device) -> bool:
     return dev.type == "cpu" and compiled.available()
 
 
+class Prepared:
+    """A graph made ready to run once: weights prepared (Lava's clip/truncate, in the accumulation dtype),
+    neuron parameters as tensors and, when a run first needs it, the whole-network kernel's packed
+    weights. ``run`` accepts it in place of the graph, so evaluating many batches pays this once (as
+    Lava compiles a network once and then runs it). It keeps its own copies: changing the graph's arrays
+    afterwards does not change a ``Prepared``.
+    """
+
+    def __init__(self, graph: Graph | Artefact, device: str | torch.device | None = None):
+        if isinstance(graph, Artefact):
+            graph = graph.graph
+        if not graph.is_quantized:
+            raise BackendError("the simulator runs quantized graphs; quantize/compile the network first")
+        self.graph = graph
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.synapses = _prepare_synapses(graph, self.device)
+        self.neurons = {p.name: _Neurons(graph, p.name, self.device) for p in graph.populations}
+        self._network = None
+        self._network_built = False
+
+    def network(self) -> compiled.NetworkSpec | None:
+        """The whole-network kernel's spec (built on first use), or None where it does not apply."""
+        if not self._network_built:
+            self._network = _network_spec(self.graph, self.synapses, self.neurons) if _use_kernel(self.device) else None
+            self._network_built = True
+        return self._network
+
+
+def prepare(graph: Graph | Artefact, device: str | torch.device | None = None) -> Prepared:
+    """``Prepared(graph, device)``: do the per-graph work of ``run`` once, for many runs."""
+    return Prepared(graph, device)
+
+
 def run(
-    graph: Graph | Artefact,
+    graph: Graph | Artefact | Prepared,
     inputs: Mapping[str, np.ndarray] | np.ndarray,
     record: Iterable[str] = (),
     record_state: Iterable[str] = (),
@@ -238,24 +271,25 @@ def run(
     count_events: bool = True,
     device: str | torch.device | None = None,
 ) -> RunResult:
-    """Run an integer graph on a batch of inputs shaped (batch, steps, size).
+    """Run an integer graph (or a ``Prepared`` one) on a batch of inputs shaped (batch, steps, size).
 
     ``strict=True`` raises ``ArithmeticLimitError`` at the first int32 wrap of a synaptic
     activation, 24-bit wrap of u or saturation of v; otherwise those events are counted in
     ``RunResult.events`` (``count_events=False`` skips the accounting for speed).
     """
-    if isinstance(graph, Artefact):
-        graph = graph.graph
-    if not graph.is_quantized:
-        raise BackendError("the simulator runs quantized graphs; quantize/compile the network first")
-    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if isinstance(graph, Prepared):
+        prepared = graph
+        if device is not None and torch.device(device) != prepared.device:
+            raise BackendError(f"the graph was prepared for {prepared.device}, not for {torch.device(device)}")
+    else:
+        prepared = Prepared(graph, device)
+    graph, dev = prepared.graph, prepared.device
     x = check_inputs(graph, inputs)
     spike_names, state_names = resolve_records(graph, record, record_state)
     batch, steps = next(iter(x.values())).shape[:2]
     events = _EventLog(strict) if (strict or count_events) else None
 
-    synapses = _prepare_synapses(graph, dev)
-    neurons = {p.name: _Neurons(graph, p.name, dev) for p in graph.populations}
+    synapses, neurons = prepared.synapses, prepared.neurons
     order = graph.feedforward_order()
     binary_inputs = {i.name for i in graph.inputs if i.num_message_bits == 0}
     sizes = {p.name: p.size for p in graph.populations}
@@ -268,9 +302,7 @@ def run(
     # The whole-network kernel (every step of every population in one compiled call, event-driven) for
     # graphs with cycles, and for feed-forward graphs at small batches, where the layer-by-layer
     # schedule's per-layer calls and whole-sequence arrays cost more than they save.
-    network = None
-    if _use_kernel(dev) and (order is None or batch <= _NETWORK_MAX_BATCH):
-        network = _network_spec(graph, synapses, neurons)
+    network = prepared.network() if order is None or _FEEDFORWARD_NETWORK_KERNEL else None
     chunk = _batch_chunk(graph, batch, steps, dev, order is not None and network is None)
     for lo in range(0, max(batch, 1), chunk):  # once even for an empty batch: same events keys
         hi = min(lo + chunk, batch)
@@ -323,9 +355,11 @@ def run(
     )
 
 
-# Feed-forward graphs take the whole-network kernel up to this batch size (measured: see
-# docs/performance.md), the layer-by-layer schedule above it.
-_NETWORK_MAX_BATCH = 1 << 30
+# Feed-forward graphs take the whole-network kernel too: measured at batch 1, 16 and 256 on the seven
+# networks of benchmarks/bench_sim.py it was as fast as the layer-by-layer schedule or faster (up to 2x)
+# on all but one (1000-1000-10 at batch 256: within 5 %). The layer schedule remains for what the
+# kernel does not take (see _network_spec), and tests switch this off to exercise it.
+_FEEDFORWARD_NETWORK_KERNEL = True
 
 
 # Elements (samples x steps x widest layer) per slice of the batch on the compiled path: about 8 MB of
@@ -501,17 +535,22 @@ def _network_spec(graph: Graph, synapses: list[_Synapse], neurons: dict) -> comp
             projections.append(compiled.Projection(
                 src_n=src_n, bound=src_n * max(-lo, hi) * syn.max_input, weight=syn.weight_t.t().cpu(),
                 shift=drop, lo=lo, hi=hi, **common))
-    return compiled.network_spec(
-        pop_off, per_neuron(lambda n: n.du), per_neuron(lambda n: n.dv), per_neuron(lambda n: n.vth_eff),
-        per_neuron(lambda n: n.bias_eff.cpu().numpy()), projections)
+    def per_pop(value) -> np.ndarray:
+        return np.asarray([value(neurons[n]) for n in pops], dtype=np.int64)
+
+    return compiled.network_spec(pop_off, per_pop(lambda n: n.du), per_pop(lambda n: n.dv),
+                                 per_pop(lambda n: n.vth_eff), per_neuron(lambda n: n.bias_eff.cpu().numpy()),
+                                 projections)
 
 
 def _run_network_compiled(graph, network, synapses, neurons, spikes, u_rec, v_rec, state_names, batch, steps, dev,
                           events):
-    """Graphs with cycles on the CPU: the whole network over all steps in one compiled call."""
+    """The whole network over all steps in one compiled call (``compiled.network_scan``)."""
     inputs = [i.name for i in graph.inputs]
-    x_in = (torch.cat([spikes[k].to(torch.int64) for k in inputs], dim=2) if inputs
-            else torch.zeros(batch, steps, 0, dtype=torch.int64))
+    # binary inputs stay bool (an eighth of int64's memory traffic); graded payloads need int64
+    dtype = torch.bool if all(spikes[k].dtype == torch.bool for k in inputs) else torch.int64
+    x_in = (torch.cat([spikes[k].to(dtype) for k in inputs], dim=2) if inputs
+            else torch.zeros(batch, steps, 0, dtype=dtype))
     spk, u_all, v_all, counts = compiled.network_scan(network, x_in, steps, keep_state=bool(state_names),
                                                       count_events=events is not None)
     totals = counts.sum(dim=0)

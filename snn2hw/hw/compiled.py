@@ -495,14 +495,15 @@ def _events_kernel():
     return accumulate
 
 
-def accumulate_events(s: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
+def accumulate_events(s: torch.Tensor, weight_t: torch.Tensor, out: np.ndarray | None = None) -> torch.Tensor:
     """Exact ``s @ weight_t`` for binary ``s`` (..., src) by adding the weight rows of active sources.
 
     ``weight_t`` (src, dst) holds integers in float32, float64 or int64; the result has its dtype. Every
     partial sum of a row is a sum of a subset of that row's weights, so the bound that makes a float
     product exact (``loihi2.accumulation_dtype``) makes this exact too, in any order. The work is
     proportional to the number of spikes, as in Lava's Dense (which sums the active columns), instead of
-    to the size of the matrix.
+    to the size of the matrix. ``out`` (rows, dst), of any integer or float dtype that the caller's bound
+    makes exact (e.g. int32 sums of int8 rows), receives the result instead; it is then returned as is.
     """
     _check_cpu(s, weight_t)
     lead = s.shape[:-1]
@@ -511,11 +512,15 @@ def accumulate_events(s: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
         s2 = s2 != 0
     s2 = s2.contiguous()
     w = weight_t.contiguous()
-    out = torch.empty(s2.shape[0], w.shape[1], dtype=w.dtype)
+    # columns per tile: the tile (sources x columns) stays in L2 while every row of a block adds to it
     col_block = max(_MIN_COLS, min(w.shape[1], _TILE_BYTES // max(1, w.shape[0] * w.element_size()) // 16 * 16))
     _set_threads(_threads())
-    _events_kernel()(s2.numpy(), w.numpy(), out.numpy(), col_block)
-    return out.reshape(*lead, w.shape[1])
+    if out is not None:
+        _events_kernel()(s2.numpy(), w.numpy(), out, col_block)
+        return out
+    result = torch.empty(s2.shape[0], w.shape[1], dtype=w.dtype)
+    _events_kernel()(s2.numpy(), w.numpy(), result.numpy(), col_block)
+    return result.reshape(*lead, w.shape[1])
 
 
 # --- whole networks, step by step ----------------------------------------------------------------------
@@ -527,6 +532,51 @@ def accumulate_events(s: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
 # ``sparse_rows``) keeps, per source, the list of (target, weight) pairs it feeds: an event adds exactly
 # the weights Lava's Conv would multiply by that input, so the sum is the same integer.
 _UNROLL = 4  # rows added per pass over a dense segment of the accumulator
+_PRECOMPUTE_MIN_SYNAPSES = 1 << 18
+
+
+def _input_kernel():
+    if "input" in _kernels:
+        return _kernels["input"]
+
+    @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
+    def input_acc(s, w, out, blocks):
+        """out[b, t] = s[b, t] @ w for binary s (batch, steps, src): the rows of w of the active sources
+        added up, step by step, as the network kernel does; the columns split into ``blocks`` jobs."""
+        batch, steps, n_in = s.shape
+        nd = w.shape[1]
+        for job in numba.prange(batch * blocks):
+            b = job // blocks
+            c0 = (job % blocks) * nd // blocks
+            c1 = (job % blocks + 1) * nd // blocks
+            width = c1 - c0
+            active = np.empty(n_in, dtype=np.int64)
+            for t in range(steps):
+                sr = s[b, t]
+                m = 0
+                for i in range(n_in):
+                    active[m] = i
+                    m += sr[i]
+                o = out[b, t, c0:c1]
+                for c in range(width):
+                    o[c] = 0
+                q = 0
+                while q + _UNROLL <= m:
+                    w0 = w[active[q], c0:c1]
+                    w1 = w[active[q + 1], c0:c1]
+                    w2 = w[active[q + 2], c0:c1]
+                    w3 = w[active[q + 3], c0:c1]
+                    for c in range(width):
+                        o[c] += (w0[c] + w1[c]) + (w2[c] + w3[c])
+                    q += _UNROLL
+                while q < m:
+                    wr = w[active[q], c0:c1]
+                    for c in range(width):
+                        o[c] += wr[c]
+                    q += 1
+
+    _kernels["input"] = input_acc
+    return input_acc
 
 
 def _network_kernel(count_events: bool, record: bool, parallel: bool):
@@ -538,8 +588,8 @@ def _network_kernel(count_events: bool, record: bool, parallel: bool):
 
     @numba.njit(parallel=parallel, nogil=True, boundscheck=False, cache=True)
     def network(x_in, pop_off, du, dv, vth, bias, src_kind, src_off, src_n, dst_pop, w_off, wflat, w_shift,
-                row_ptr, row_idx, is_sparse, exps, graded, delayed, conv, lags, acc_buf, spk, u_rec, v_rec,
-                counts):
+                row_ptr, row_idx, is_sparse, exps, graded, delayed, conv, lags, ready, pre_off, pre, acc_buf, spk,
+                u_rec, v_rec, counts):
         _key = (fingerprint, parallel)  # puts the formulas' fingerprint into the cache key
         batch, steps, n_pop = spk.shape
         pops = pop_off.shape[0] - 1
@@ -570,7 +620,11 @@ def _network_kernel(count_events: bool, record: bool, parallel: bool):
                     # the non-zero sources of step tk (a binary projection takes any non-zero payload
                     # as a spike, as Lava's Dense does); branch-free, as in accumulate_events
                     m = 0
-                    if src_kind[k] == 0:
+                    if ready[k]:  # accumulated for every step before the run (an input's projection)
+                        pr = pre[b, tk, pre_off[k]:pre_off[k] + nd]
+                        for j in range(nd):
+                            acc[j] = pr[j]
+                    elif src_kind[k] == 0:
                         xs = x_in[b, tk, src_off[k]:src_off[k] + src_n[k]]
                         for i in range(src_n[k]):
                             active[m] = i
@@ -613,14 +667,20 @@ def _network_kernel(count_events: bool, record: bool, parallel: bool):
                             for j in range(nd):
                                 acc[j] += row[j]
                             q += 1
+                    # loop invariants in locals: numba's arrays may alias, so LLVM cannot hoist
+                    # array reads out of a loop that stores, and then does not vectorise it
                     first = not has[p]
                     sh = w_shift[k]
+                    cv = conv[k]
+                    e = exps[k]
+                    dl = delayed[k]
+                    ad = a[d0:d0 + nd]
                     for j in range(nd):
                         x = np.int64(acc[j]) << sh
-                        if conv[k]:  # a Conv's own output stage comes first
+                        if cv:  # a Conv's own output stage comes first
                             x = _conv_output(x)
-                        msg = _synaptic_output(x, exps[k], g, delayed[k])
-                        a[d0 + j] = msg if first else _add_messages(a[d0 + j], msg)
+                        msg = _synaptic_output(x, e, g, dl)
+                        ad[j] = msg if first else _add_messages(ad[j], msg)
                     has[p] = True
                 for p in range(pops):
                     p0 = pop_off[p]
@@ -631,16 +691,22 @@ def _network_kernel(count_events: bool, record: bool, parallel: bool):
                     packed = 0
                     fired = 0
                     sb = spk[b, t, p0:p1]
-                    for n in range(p0, p1):
+                    up = u[p0:p1]
+                    vp = v[p0:p1]
+                    ap = a[p0:p1]
+                    bp = bias[p0:p1]
+                    pdu = du[p]
+                    pdv = dv[p]
+                    pvth = vth[p]
+                    for n in range(p1 - p0):
                         if count_events:
-                            uu, vv, sp, f0, f1, f2 = _lif_step_counted(u[n], v[n], a[n], du[n], dv[n], vth[n],
-                                                                       bias[n])
+                            uu, vv, sp, f0, f1, f2 = _lif_step_counted(up[n], vp[n], ap[n], pdu, pdv, pvth, bp[n])
                             packed += np.int64(f0) | (np.int64(f1) << 21) | (np.int64(f2) << 42)
                         else:
-                            uu, vv, sp = _lif_step(u[n], v[n], a[n], du[n], dv[n], vth[n], bias[n])
-                        u[n] = uu
-                        v[n] = vv
-                        sb[n - p0] = sp
+                            uu, vv, sp = _lif_step(up[n], vp[n], ap[n], pdu, pdv, pvth, bp[n])
+                        up[n] = uu
+                        vp[n] = vv
+                        sb[n] = sp
                         fired += sp
                     if count_events:  # unpacked every step: no 21-bit field can overflow
                         counts[b, p, 0] += packed & 0x1FFFFF
@@ -661,10 +727,10 @@ class NetworkSpec(NamedTuple):
     by side in another, projections as index ranges into them and one flat weight array."""
 
     pop_off: np.ndarray  # (P + 1,) first neuron of each population
-    du: np.ndarray  # (N,) per neuron (a population's value repeated)
+    du: np.ndarray  # (P,) per population
     dv: np.ndarray
     vth_eff: np.ndarray
-    bias_eff: np.ndarray
+    bias_eff: np.ndarray  # (N,) per neuron
     src_kind: np.ndarray  # (K,) 0: an input, 1: a population
     src_off: np.ndarray  # first source index in the input or population axis
     src_n: np.ndarray
@@ -681,6 +747,8 @@ class NetworkSpec(NamedTuple):
     conv: np.ndarray  # (K,) bool: apply Lava Conv's output stage (int32 cast, 24-bit wrap) first
     lags: np.ndarray  # 1 + delay
     acc_dtype: np.dtype  # int32 where every bound allows it, else int64
+    ready: np.ndarray  # (K,) bool: a binary input's projection, accumulated for all steps before the scan
+    pre_off: np.ndarray  # (K,) its first column in those accumulations
 
     @property
     def weight_bytes(self) -> int:
@@ -790,6 +858,13 @@ def network_spec(pop_off, du, dv, vth_eff, bias_eff, projections: list[Projectio
     # payloads of graded inputs are not bounded by the kernel's caller: their sums take int64
     wide = any(pr.graded for pr in projections) or max([pr.bound for pr in projections] + [0]) >= 2**31
     acc_dtype = np.dtype(np.int64) if wide else np.dtype(np.int32)
+    # A binary input's wide dense projection is accumulated for all steps at once, before the scan: its
+    # sources are known in advance, so both threads share it and each weight tile is read once from
+    # memory for all steps, even for a single sample
+    ready = [pr.src_kind == 0 and not pr.graded and pr.csr is None and size >= _PRECOMPUTE_MIN_SYNAPSES
+             for pr, size in zip(projections, sizes)]
+    pre_off = np.cumsum([0] + [int(pop_off[pr.dst_pop + 1] - pop_off[pr.dst_pop]) if r else 0
+                               for pr, r in zip(projections, ready)]).astype(np.int64)
 
     def ints(f):
         return np.asarray([f(pr) for pr in projections], dtype=np.int64)
@@ -804,7 +879,8 @@ def network_spec(pop_off, du, dv, vth_eff, bias_eff, projections: list[Projectio
         w_shift=np.asarray(shifts, dtype=np.int64), row_ptr=np.asarray(ptrs, dtype=np.int64), row_idx=row_idx,
         is_sparse=flags(lambda p: p.csr is not None), weight_exp=ints(lambda p: p.weight_exp),
         graded=flags(lambda p: p.graded), delayed=flags(lambda p: p.delayed), conv=flags(lambda p: p.conv),
-        lags=ints(lambda p: p.lag), acc_dtype=acc_dtype,
+        lags=ints(lambda p: p.lag), acc_dtype=acc_dtype, ready=np.asarray(ready, dtype=np.bool_),
+        pre_off=pre_off,
     )
 
 
@@ -812,7 +888,7 @@ def network_scan(spec: NetworkSpec, x_in: torch.Tensor, steps: int, keep_state: 
                  count_events: bool = False):
     """Run a whole graph (cycles allowed) step by step in one compiled call, samples in parallel.
 
-    ``x_in`` (batch, steps, inputs) int64 holds the input payloads. Each step forms every population's
+    ``x_in`` (batch, steps, inputs) holds the input payloads (int64, or bool where all are binary). Each step forms every population's
     input from the sources' spikes (or payloads) of earlier steps with an exact integer ``W @ s`` over
     the non-zero sources only (the weight rows of the sources that fired, or their CSR lists), then the
     compiled ``conv_output`` (convolutions), ``synaptic_output`` and ``add_messages`` in projection
@@ -825,7 +901,7 @@ def network_scan(spec: NetworkSpec, x_in: torch.Tensor, steps: int, keep_state: 
     spikes.
     """
     _check_cpu(x_in)
-    x = x_in.to(torch.int64).contiguous()
+    x = (x_in if x_in.dtype == torch.bool else x_in.to(torch.int64)).contiguous()
     batch = x.shape[0]
     n_pop = int(spec.pop_off[-1])
     spk = torch.empty(batch, steps, n_pop, dtype=torch.bool)
@@ -838,12 +914,22 @@ def network_scan(spec: NetworkSpec, x_in: torch.Tensor, steps: int, keep_state: 
     widest = max(1, int(np.max(np.diff(spec.pop_off))) if len(spec.pop_off) > 1 else 1)
     acc_buf = np.zeros((batch, widest), dtype=spec.acc_dtype)
     threads = _threads()
+    pre = np.zeros((batch, steps, int(spec.pre_off[-1])), dtype=spec.acc_dtype)
+    for k in np.flatnonzero(spec.ready):
+        off, n = int(spec.src_off[k]), int(spec.src_n[k])
+        nd = int(spec.pop_off[spec.dst_pop[k] + 1] - spec.pop_off[spec.dst_pop[k]])
+        rows = spec.weights[spec.w_off[k]:spec.w_off[k] + n * nd].reshape(n, nd)
+        blocks = max(1, min(threads // max(batch, 1), nd // 64))  # few samples: split the columns
+        _set_threads(threads)
+        _input_kernel()((x[:, :, off:off + n] != 0).contiguous().numpy(), rows,
+                        pre[:, :, spec.pre_off[k]:spec.pre_off[k] + nd], blocks)
     parallel = threads > 1 and batch > 1  # one sample runs on one thread: no synchronisation per step
     if parallel:
         _set_threads(threads)
     _network_kernel(count_events, keep_state, parallel)(
         x.numpy(), spec.pop_off, spec.du, spec.dv, spec.vth_eff, spec.bias_eff, spec.src_kind, spec.src_off,
         spec.src_n, spec.dst_pop, spec.w_off, spec.weights, spec.w_shift, spec.row_ptr, spec.row_idx,
-        spec.is_sparse, spec.weight_exp, spec.graded, spec.delayed, spec.conv, spec.lags, acc_buf,
+        spec.is_sparse, spec.weight_exp, spec.graded, spec.delayed, spec.conv, spec.lags, spec.ready, spec.pre_off,
+        pre, acc_buf,
         spk.numpy(), u_rec.numpy(), v_rec.numpy(), counts.numpy())
     return spk, (u_rec if keep_state else None), (v_rec if keep_state else None), counts
