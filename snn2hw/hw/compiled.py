@@ -53,6 +53,7 @@ _synaptic_output = None
 _add_messages = None
 _prepared_weight = None
 _conv_output = None
+_add_rows = None  # set by _row_adder()
 
 
 def available() -> bool:
@@ -441,9 +442,42 @@ _MIN_COLS = 256  # below this the per-segment overhead dominates (wide layers: t
 _ROW_BLOCK = 64
 
 
+def _row_adder():
+    """``add_rows(o, w, idx, j, end, c0, c1)``: ``o[:] = sum of w[idx[q], c0:c1] for q in j..end-1``.
+
+    Four rows per pass over ``o``: the loop is bound by loads and stores of ``o``, so this does four times
+    the adds per store. 1-D slices, not offsets into flat arrays: with these LLVM knows the segments and
+    vectorises (computed flat offsets measured 3-4x slower). Integer rows into a wider ``o`` are summed
+    in ``o``'s type (numba computes in int64 and LLVM narrows the vector adds back)."""
+    global _add_rows
+    if _add_rows is None:
+        @numba.njit(nogil=True, boundscheck=False, cache=True)
+        def add_rows(o, w, idx, j, end, c0, c1):
+            width = c1 - c0
+            for c in range(width):
+                o[c] = 0
+            while j + 4 <= end:
+                w0 = w[idx[j], c0:c1]
+                w1 = w[idx[j + 1], c0:c1]
+                w2 = w[idx[j + 2], c0:c1]
+                w3 = w[idx[j + 3], c0:c1]
+                for c in range(width):
+                    o[c] += (w0[c] + w1[c]) + (w2[c] + w3[c])
+                j += 4
+            while j < end:
+                wr = w[idx[j], c0:c1]
+                for c in range(width):
+                    o[c] += wr[c]
+                j += 1
+
+        _add_rows = add_rows
+    return _add_rows
+
+
 def _events_kernel():
     if "events" in _kernels:
         return _kernels["events"]
+    _row_adder()
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
     def accumulate(s, w, out, col_block):
@@ -466,30 +500,8 @@ def _events_kernel():
                 ptr[r - r0 + 1] = m
             for c0 in range(0, n_out, col_block):
                 c1 = min(c0 + col_block, n_out)
-                width = c1 - c0
                 for r in range(r0, r1):
-                    # 1-D slices, not offsets into flat arrays: with these LLVM knows the segments and
-                    # vectorises (computed flat offsets measured 3-4x slower)
-                    o = out[r, c0:c1]
-                    for c in range(width):
-                        o[c] = 0
-                    j = ptr[r - r0]
-                    end = ptr[r - r0 + 1]
-                    # four sources per pass over the output segment: the loop is bound by loads and
-                    # stores of ``o``, so this does four times the adds per store
-                    while j + 4 <= end:
-                        w0 = w[idx[j], c0:c1]
-                        w1 = w[idx[j + 1], c0:c1]
-                        w2 = w[idx[j + 2], c0:c1]
-                        w3 = w[idx[j + 3], c0:c1]
-                        for c in range(width):
-                            o[c] += (w0[c] + w1[c]) + (w2[c] + w3[c])
-                        j += 4
-                    while j < end:
-                        wr = w[idx[j], c0:c1]
-                        for c in range(width):
-                            o[c] += wr[c]
-                        j += 1
+                    _add_rows(out[r, c0:c1], w, idx, ptr[r - r0], ptr[r - r0 + 1], c0, c1)
 
     _kernels["events"] = accumulate
     return accumulate
@@ -538,6 +550,7 @@ _PRECOMPUTE_MIN_SYNAPSES = 1 << 18
 def _input_kernel():
     if "input" in _kernels:
         return _kernels["input"]
+    _row_adder()
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
     def input_acc(s, w, out, blocks):
@@ -549,7 +562,6 @@ def _input_kernel():
             b = job // blocks
             c0 = (job % blocks) * nd // blocks
             c1 = (job % blocks + 1) * nd // blocks
-            width = c1 - c0
             active = np.empty(n_in, dtype=np.int64)
             for t in range(steps):
                 sr = s[b, t]
@@ -557,23 +569,7 @@ def _input_kernel():
                 for i in range(n_in):
                     active[m] = i
                     m += sr[i]
-                o = out[b, t, c0:c1]
-                for c in range(width):
-                    o[c] = 0
-                q = 0
-                while q + _UNROLL <= m:
-                    w0 = w[active[q], c0:c1]
-                    w1 = w[active[q + 1], c0:c1]
-                    w2 = w[active[q + 2], c0:c1]
-                    w3 = w[active[q + 3], c0:c1]
-                    for c in range(width):
-                        o[c] += (w0[c] + w1[c]) + (w2[c] + w3[c])
-                    q += _UNROLL
-                while q < m:
-                    wr = w[active[q], c0:c1]
-                    for c in range(width):
-                        o[c] += wr[c]
-                    q += 1
+                _add_rows(out[b, t, c0:c1], w, active, 0, m, c0, c1)
 
     _kernels["input"] = input_acc
     return input_acc
@@ -739,7 +735,7 @@ class NetworkSpec(NamedTuple):
     weights: np.ndarray  # every projection's weights >> w_shift, concatenated, in the narrowest int type
     w_shift: np.ndarray  # (K,) the power of two divided out of projection k's weights
     row_ptr: np.ndarray  # (K,) sparse projection k: its (src_n + 1) row starts are row_idx[row_ptr[k]:]
-    row_idx: np.ndarray  # row starts (relative to w_off) then target indices of the sparse projections
+    row_idx: np.ndarray  # per sparse projection: its row starts (positions in row_idx), then its targets
     is_sparse: np.ndarray  # (K,) bool
     weight_exp: np.ndarray
     graded: np.ndarray
@@ -854,7 +850,9 @@ def network_spec(pop_off, du, dv, vth_eff, bias_eff, projections: list[Projectio
             # row starts as absolute positions in row_idx, where this projection's targets follow them
             idx_parts += [ptr + idx_len + ptr.size, targets]
             idx_len += ptr.size + targets.size
-    row_idx = np.concatenate(idx_parts).astype(np.int64) if idx_parts else np.zeros(1, dtype=np.int64)
+    # int32 indices (half the bytes an event reads beside its weight) while every position fits
+    idx_type = np.int32 if idx_len < 2**31 else np.int64
+    row_idx = np.concatenate(idx_parts).astype(idx_type) if idx_parts else np.zeros(1, dtype=idx_type)
     # payloads of graded inputs are not bounded by the kernel's caller: their sums take int64
     wide = any(pr.graded for pr in projections) or max([pr.bound for pr in projections] + [0]) >= 2**31
     acc_dtype = np.dtype(np.int64) if wide else np.dtype(np.int32)
