@@ -29,8 +29,9 @@ For each network, in the same process and run:
   fan-out; a conv's output size x kernel size): the dense-equivalent figure. ``performed ops``: what
   the simulator's path actually does. On the whole-network kernel (every network here): an
   event-driven pass adds, for each source that spiked, its row of narrow integer weights (int8 for
-  8-bit mixed-sign weights) or, for a convolution, its list of (target, weight) pairs: source spikes x
-  fan-out additions, reading that many weights (and a 4-byte target index per conv entry). The limit
+  8-bit mixed-sign weights) or, for a convolution, one segment per kernel tap (the tap's weights over
+  the output channels, added to channels-last sums): source spikes x fan-out additions, reading that
+  many weights (and two 4-byte indices per conv segment). The limit
   of each projection has a compute side, its additions at the event-add peak (the same
   4-row int8 -> int32 inner loop on L1-resident rows, all threads, measured in the run), and a memory
   side, its bytes read at the read bandwidth measured in the run for the working set those reads cycle through: the
@@ -46,7 +47,7 @@ For each network, in the same process and run:
   ``x Lava at limit`` is the speed-up a run at the limit would reach (it bounds the batched speed-up).
   The limit leaves out forming messages and scanning for spikes, so the fraction understates.
 * ``conv_accumulation``: the exact conv of the first conv projection alone, three ways, interleaved:
-  the network kernel's event lists (as a one-projection graph: the target's neuron updates are
+  the network kernel's event segments (as a one-projection graph: the target's neuron updates are
   included), the float32 ``conv2d`` of the layer schedule, and the float64 ``conv2d`` before it; in
   dense-equivalent MAC/s and as a fraction of the GEMM peak, for batch 1 and batch 256.
 
@@ -194,10 +195,15 @@ def projection_work(graph: Graph, prepared, rates: dict[str, float]) -> list[dic
             density = rates.get(p.src, INPUT_RATE)
             src_n, n_dst = int(spec.src_n[k]), sizes[p.dst]
             entries = int(ends[k] - spec.w_off[k])
-            if spec.is_sparse[k]:  # per-source (target, weight) lists: a weight and a target index each
-                per_add = item + spec.row_idx.itemsize
-                path, ops = f"event lists (conv), int{8 * item}", src_n * density * entries / src_n
-                nbytes = entries * per_add
+            if spec.is_sparse[k]:  # per-source segments: a tap's weights over the output channels
+                r0 = int(spec.row_ptr[k])
+                segments = (int(spec.row_idx[r0 + src_n]) - int(spec.row_idx[r0])) // 2
+                length = int(spec.seg_len[k])
+                ops = src_n * density * segments / src_n * length
+                path = f"event segments (conv, {length} channels), int{8 * item}"
+                # per addition a weight; per segment two indices
+                per_add = item + 2 * spec.row_idx.itemsize / length
+                nbytes = entries * item + (2 * segments + src_n + 1 + n_dst) * spec.row_idx.itemsize
             else:
                 path, per_add, ops = f"event rows, int{8 * item}", item, src_n * density * n_dst
                 nbytes = entries * item
@@ -399,7 +405,7 @@ def time_lava(graph: Graph, x: np.ndarray, warm: int) -> dict:
 
 def conv_accumulation(graph: Graph, prepared, steps: int, batch: int, reps: int, peak_macs: float) -> dict:
     """The simulator's exact conv (first conv projection) three ways, interleaved: the network kernel's
-    per-source event lists (what the simulator runs; timed as a one-projection graph, so the target's
+    per-source event segments (what the simulator runs; timed as a one-projection graph, so the target's
     neuron updates are included), the float32 ``conv2d`` of the layer schedule, and the float64 ``conv2d``
     that came before it. Dense-equivalent MAC/s and the fraction of the GEMM peak for each."""
     p = next(q for q in graph.projections if isinstance(q, LoihiConv2d))
@@ -431,7 +437,7 @@ def conv_accumulation(graph: Graph, prepared, steps: int, batch: int, reps: int,
     fig = {k: {"seconds": m, "dense_macs_per_s": macs / m, "fraction_of_gemm_peak": macs / m / peak_macs}
            for k, m in med.items()}
     return {"projection": p.name, "images": batch * steps, "dense_macs": macs,
-            "event_lists_with_neurons": fig["events"], "float32_conv2d": fig["float32"],
+            "event_segments_with_neurons": fig["events"], "float32_conv2d": fig["float32"],
             "float64_conv2d_before": fig["float64"], "speedup_events_vs_float32": med["float32"] / med["events"]}
 
 
@@ -565,12 +571,12 @@ def table(rows: list[dict]) -> str:
 
 def conv_table(rows: list[dict]) -> str:
     head = ("network", "batch", "images", "float64 conv2d MAC/s", "% peak", "float32 conv2d MAC/s", "% peak",
-            "event lists + neurons, dense-eq MAC/s", "% peak")
+            "event segments + neurons, dense-eq MAC/s", "% peak")
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
         for key, c in r.get("conv_accumulation", {}).items():
             cells = [r["network"], key[1:], str(c["images"])]
-            for k in ("float64_conv2d_before", "float32_conv2d", "event_lists_with_neurons"):
+            for k in ("float64_conv2d_before", "float32_conv2d", "event_segments_with_neurons"):
                 cells += [_fmt(c[k]["dense_macs_per_s"]), f"{100 * c[k]['fraction_of_gemm_peak']:.0f}"]
             lines.append(" | ".join(cells))
     return "\n".join(lines)

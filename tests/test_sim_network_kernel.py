@@ -113,19 +113,23 @@ def test_common_shift():
     assert compiled.common_shift(np.array([3, -256])) == 0
 
 
-def test_conv_rows_reproduce_the_convolution():
+@pytest.mark.parametrize("geometry", [dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2),
+                                      dict(stride=(1, 3), padding=(0, 1), dilation=(2, 1), groups=1),
+                                      dict(stride=(2, 2), padding=(0, 0), dilation=(1, 1), groups=4)])
+def test_conv_segments_reproduce_the_convolution(geometry):
     rng = np.random.default_rng(3)
-    c = LoihiConv2d("c", "in", "o", rng.integers(-50, 50, (4, 2, 3, 2)), (4, 7, 6), stride=(2, 1), padding=(1, 2),
-                    dilation=(1, 2), groups=2)
-    ptr, targets, w = simulator._conv_rows(c, np.asarray(c.weight))
+    c = LoihiConv2d("c", "in", "o", rng.integers(-50, 50, (4, 4 // geometry["groups"], 3, 2)), (4, 7, 6),
+                    **geometry)
+    ptr, seg_acc, seg_w, table, length, perm = simulator._conv_rows(c, np.asarray(c.weight))
     s = (rng.random((5, 4 * 7 * 6)) < 0.4).astype(np.int64)
-    out = np.zeros((5, int(np.prod(c.out_shape))), dtype=np.int64)
+    acc = np.zeros((5, int(np.prod(c.out_shape))), dtype=np.int64)
     for i in range(s.shape[1]):
-        out[:, targets[ptr[i]:ptr[i + 1]]] += s[:, i:i + 1] * w[ptr[i]:ptr[i + 1]]
+        for q in range(ptr[i], ptr[i + 1]):
+            acc[:, seg_acc[q]:seg_acc[q] + length] += s[:, i:i + 1] * table[seg_w[q]:seg_w[q] + length]
     ref = torch.nn.functional.conv2d(torch.as_tensor(s, dtype=torch.float64).reshape(5, 4, 7, 6),
                                      torch.as_tensor(np.asarray(c.weight), dtype=torch.float64), stride=c.stride,
                                      padding=c.padding, dilation=c.dilation, groups=c.groups)
-    np.testing.assert_array_equal(out, ref.reshape(5, -1).numpy().astype(np.int64))
+    np.testing.assert_array_equal(acc[:, perm], ref.reshape(5, -1).numpy().astype(np.int64))
 
 
 def test_prepared_graph_runs_the_same_and_keeps_its_own_weights():

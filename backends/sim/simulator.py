@@ -457,38 +457,46 @@ def _scan_lif_torch(neurons: _Neurons, a_in: torch.Tensor, events: _EventLog | N
                              on_step=observe if events is not None else None)
 
 
-# A convolution joins the network kernel as per-source (target, weight) lists while it has at most
-# this many synapses (output size x kernel size); larger ones run on the layer-by-layer path.
-_CSR_MAX_SYNAPSES = 1 << 22
+# A convolution joins the network kernel as per-source segments while it has at most this many
+# (input neurons x kernel taps); larger ones run on the layer-by-layer schedule.
+_CONV_MAX_SEGMENTS = 1 << 22
 
 
 def _conv_rows(c: LoihiConv2d, kernel: np.ndarray):
-    """``(ptr, targets, weights)``: for each input neuron (flat C-order index), the outputs it feeds and
-    the kernel entry it is multiplied by there, zero weights left out. None when too large."""
+    """A convolution as ``compiled.Projection.csr``: ``(ptr, seg_acc, seg_w, table, length, perm)``.
+
+    The sums are kept channels-last within each group, (group, y, x, out channel), so that an input
+    spike adds, for each kernel tap that lands on an output, one contiguous vector: the tap's weights
+    over the group's output channels (``table`` holds them as (in channel, ky, kx, out channel)).
+    Exactly the kernel entries Lava's Conv multiplies that input by, so the sums are the same integers.
+    None when too large."""
     o_n, cg, kh, kw = kernel.shape
     ch, h, w = c.in_shape
     _, ho, wo = c.out_shape
-    if o_n * ho * wo * cg * kh * kw > _CSR_MAX_SYNAPSES:
+    groups = c.groups
+    og = o_n // groups
+    if ch * h * w * kh * kw > _CONV_MAX_SEGMENTS:
         return None
     (sy, sx), (py, px), (dy, dx) = c.stride, c.padding, c.dilation
-    o = np.arange(o_n).reshape(-1, 1, 1, 1, 1, 1)
-    y = np.arange(ho).reshape(1, -1, 1, 1, 1, 1)
-    x = np.arange(wo).reshape(1, 1, -1, 1, 1, 1)
-    ci = np.arange(cg).reshape(1, 1, 1, -1, 1, 1)
-    ky = np.arange(kh).reshape(1, 1, 1, 1, -1, 1)
-    kx = np.arange(kw).reshape(1, 1, 1, 1, 1, -1)
-    iy = y * sy - py + ky * dy
-    ix = x * sx - px + kx * dx
-    chan = (o // (o_n // c.groups)) * cg + ci
-    shape = (o_n, ho, wo, cg, kh, kw)
-    weights = np.broadcast_to(kernel[o, ci, ky, kx], shape)
-    keep = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w) & (weights != 0)
-    src = np.broadcast_to(chan * (h * w) + iy * w + ix, shape)[keep]
-    dst = np.broadcast_to(o * (ho * wo) + y * wo + x, shape)[keep]
-    order = np.argsort(src, kind="stable")
+    table = kernel.reshape(groups, og, cg, kh, kw).transpose(0, 2, 3, 4, 1).reshape(-1)  # (C, kh, kw, og)
+    ci = np.arange(ch).reshape(-1, 1, 1, 1, 1)
+    iy = np.arange(h).reshape(1, -1, 1, 1, 1)
+    ix = np.arange(w).reshape(1, 1, -1, 1, 1)
+    ky = np.arange(kh).reshape(1, 1, 1, -1, 1)
+    kx = np.arange(kw).reshape(1, 1, 1, 1, -1)
+    ny, nx = iy + py - ky * dy, ix + px - kx * dx  # output position times the stride
+    y, x = ny // sy, nx // sx
+    shape = (ch, h, w, kh, kw)
+    keep = np.broadcast_to((ny % sy == 0) & (y >= 0) & (y < ho) & (nx % sx == 0) & (x >= 0) & (x < wo), shape)
+    seg_acc = np.broadcast_to((((ci // cg) * ho + y) * wo + x) * og, shape)[keep]
+    seg_w = np.broadcast_to(((ci * kh + ky) * kw + kx) * og, shape)[keep]
+    counts = keep.reshape(ch * h * w, -1).sum(axis=1)  # C-order: segments come out sorted by source
     ptr = np.zeros(ch * h * w + 1, dtype=np.int64)
-    np.cumsum(np.bincount(src, minlength=ch * h * w), out=ptr[1:])
-    return ptr, dst[order].astype(np.int64), weights[keep][order].astype(np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    o = np.arange(o_n).reshape(-1, 1, 1)
+    perm = ((((o // og) * ho + np.arange(ho).reshape(1, -1, 1)) * wo + np.arange(wo).reshape(1, 1, -1)) * og
+            + o % og).reshape(-1)
+    return ptr, seg_acc, seg_w, table, og, perm
 
 
 def _prepared_range(p: LoihiDense) -> tuple[int, int, int]:

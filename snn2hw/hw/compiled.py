@@ -584,7 +584,8 @@ def _network_kernel(count_events: bool, record: bool, parallel: bool):
 
     @numba.njit(parallel=parallel, nogil=True, boundscheck=False, cache=True)
     def network(x_in, pop_off, du, dv, vth, bias, src_kind, src_off, src_n, dst_pop, w_off, wflat, w_shift,
-                row_ptr, row_idx, is_sparse, exps, graded, delayed, conv, lags, ready, pre_off, pre, acc_buf, spk,
+                row_ptr, row_idx, is_sparse, seg_len, perm_off, exps, graded, delayed, conv, lags, ready, pre_off, pre,
+                acc_buf, spk,
                 u_rec, v_rec, counts):
         _key = (fingerprint, parallel)  # puts the formulas' fingerprint into the cache key
         batch, steps, n_pop = spk.shape
@@ -635,13 +636,27 @@ def _network_kernel(count_events: bool, record: bool, parallel: bool):
                     g = graded[k]
                     base = w_off[k]
                     if is_sparse[k]:
+                        # per-source segments: (accumulator start, table start) pairs, each adding
+                        # ``ln`` contiguous weights (a kernel tap's output channels) to contiguous sums
                         r0 = row_ptr[k]
-                        t0 = row_idx[r0]  # where this projection's targets begin in row_idx
+                        ln = seg_len[k]
                         for q in range(m):
                             i = active[q]
-                            mult = payload[q] if g else 1
-                            for e in range(row_idx[r0 + i], row_idx[r0 + i + 1]):
-                                acc[row_idx[e]] += mult * wflat[base + e - t0]
+                            mult = payload[q]
+                            if ln == 1:  # depthwise (sum pooling): one weight per segment, no slices
+                                for e in range(row_idx[r0 + i], row_idx[r0 + i + 1], 2):
+                                    acc[row_idx[e]] += mult * wflat[base + row_idx[e + 1]] if g else \
+                                        wflat[base + row_idx[e + 1]]
+                                continue
+                            for e in range(row_idx[r0 + i], row_idx[r0 + i + 1], 2):
+                                ac = acc[row_idx[e]:row_idx[e] + ln]
+                                ws = wflat[base + row_idx[e + 1]:base + row_idx[e + 1] + ln]
+                                if g:
+                                    for c in range(ln):
+                                        ac[c] += mult * ws[c]
+                                else:
+                                    for c in range(ln):
+                                        ac[c] += ws[c]
                     elif g:
                         for q in range(m):
                             row = wflat[base + active[q] * nd:base + (active[q] + 1) * nd]
@@ -671,8 +686,11 @@ def _network_kernel(count_events: bool, record: bool, parallel: bool):
                     e = exps[k]
                     dl = delayed[k]
                     ad = a[d0:d0 + nd]
+                    sp = is_sparse[k]
+                    po = perm_off[k]
                     for j in range(nd):
-                        x = np.int64(acc[j]) << sh
+                        # a segmented projection's sums are channels-last: neuron j's is at perm[j]
+                        x = np.int64(acc[row_idx[po + j]] if sp else acc[j]) << sh
                         if cv:  # a Conv's own output stage comes first
                             x = _conv_output(x)
                         msg = _synaptic_output(x, e, g, dl)
@@ -734,9 +752,12 @@ class NetworkSpec(NamedTuple):
     w_off: np.ndarray  # offset of projection k's weights in ``weights``
     weights: np.ndarray  # every projection's weights >> w_shift, concatenated, in the narrowest int type
     w_shift: np.ndarray  # (K,) the power of two divided out of projection k's weights
-    row_ptr: np.ndarray  # (K,) sparse projection k: its (src_n + 1) row starts are row_idx[row_ptr[k]:]
-    row_idx: np.ndarray  # per sparse projection: its row starts (positions in row_idx), then its targets
-    is_sparse: np.ndarray  # (K,) bool
+    row_ptr: np.ndarray  # (K,) segmented projection k: its (src_n + 1) segment starts are row_idx[row_ptr[k]:]
+    row_idx: np.ndarray  # per segmented projection: segment starts (positions in row_idx), the segments as
+    #                      (accumulator start, table start) pairs, then perm: where neuron j's sum is
+    is_sparse: np.ndarray  # (K,) bool: segmented (a convolution)
+    seg_len: np.ndarray  # (K,) weights per segment
+    perm_off: np.ndarray  # (K,) where projection k's perm starts in row_idx
     weight_exp: np.ndarray
     graded: np.ndarray
     delayed: np.ndarray
@@ -772,8 +793,10 @@ class Projection(NamedTuple):
     """One projection as ``network_spec`` takes it.
 
     Dense: ``weight`` (dst, src) holding integers (any int or float dtype; the prepared weights), all
-    multiples of ``2**shift``, within ``[lo, hi]``. Sparse: ``csr = (ptr, targets, weights)``, the
-    (target, weight) pairs of each source in ``targets[ptr[i]:ptr[i + 1]]``. ``bound``: the largest sum
+    multiples of ``2**shift``, within ``[lo, hi]``. Segmented (a convolution):
+    ``csr = (ptr, seg_acc, seg_w, table, length, perm)``: source i adds, for each segment q in
+    ``ptr[i]:ptr[i + 1]``, ``table[seg_w[q]:seg_w[q] + length]`` to the sums at ``seg_acc[q]:...+length``;
+    neuron j's sum is at ``perm[j]``. ``bound``: the largest sum
     of |w| into one target times the largest input magnitude (every partial sum is below it)."""
 
     src_kind: int  # 0: an input, 1: a population
@@ -819,12 +842,14 @@ def network_spec(pop_off, du, dv, vth_eff, bias_eff, projections: list[Projectio
     sizes, shifts, ranges, csrs = [], [], [], []
     for pr in projections:
         if pr.csr is not None:
-            ptr, targets, w = (np.asarray(a, dtype=np.int64) for a in pr.csr)
-            sh = common_shift(w)
-            w = w >> sh
-            csrs.append((ptr, targets, w))
-            ranges += [int(w.min()) if w.size else 0, int(w.max()) if w.size else 0]
-            sizes.append(w.size)
+            ptr, seg_acc, seg_w, table, length, perm = pr.csr
+            table = np.asarray(table, dtype=np.int64)
+            sh = common_shift(table)
+            table = table >> sh
+            csrs.append((np.asarray(ptr, dtype=np.int64), np.asarray(seg_acc, dtype=np.int64),
+                         np.asarray(seg_w, dtype=np.int64), table, int(length), np.asarray(perm, dtype=np.int64)))
+            ranges += [int(table.min()) if table.size else 0, int(table.max()) if table.size else 0]
+            sizes.append(table.size)
         else:
             sh = pr.shift
             csrs.append(None)
@@ -834,23 +859,28 @@ def network_spec(pop_off, du, dv, vth_eff, bias_eff, projections: list[Projectio
     dtype = _narrowest_int(min(ranges + [0]), max(ranges + [0]))
     w_off = np.cumsum([0] + sizes).astype(np.int64)
     weights = np.empty(int(w_off[-1]), dtype=dtype)
-    idx_parts, ptrs, idx_len = [], [], 0
+    idx_parts, ptrs, perm_offs, lens, idx_len = [], [], [], [], 0
     for k, (pr, csr) in enumerate(zip(projections, csrs)):
         seg = weights[w_off[k]:w_off[k + 1]]
         if csr is None:
             ptrs.append(0)
+            perm_offs.append(0)
+            lens.append(0)
             w = pr.weight.numpy() if isinstance(pr.weight, torch.Tensor) else np.asarray(pr.weight)
             if seg.size:
                 _set_threads(_threads())
                 _pack_kernel()(w, pr.shift, seg.reshape(pr.src_n, -1))
         else:
-            ptr, targets, w = csr
-            seg[:] = w
+            ptr, seg_acc, seg_w, table, length, perm = csr
+            seg[:] = table
             ptrs.append(idx_len)
-            # row starts as absolute positions in row_idx, where this projection's targets follow them
-            idx_parts += [ptr + idx_len + ptr.size, targets]
-            idx_len += ptr.size + targets.size
-    # int32 indices (half the bytes an event reads beside its weight) while every position fits
+            lens.append(length)
+            pairs = np.stack([seg_acc, seg_w], axis=1).reshape(-1)
+            # segment starts as absolute positions in row_idx, where this projection's pairs follow them
+            idx_parts += [2 * ptr + idx_len + ptr.size, pairs, perm]
+            perm_offs.append(idx_len + ptr.size + pairs.size)
+            idx_len += ptr.size + pairs.size + perm.size
+    # int32 indices (half the bytes an event reads beside its weights) while every position fits
     idx_type = np.int32 if idx_len < 2**31 else np.int64
     row_idx = np.concatenate(idx_parts).astype(idx_type) if idx_parts else np.zeros(1, dtype=idx_type)
     # payloads of graded inputs are not bounded by the kernel's caller: their sums take int64
@@ -875,7 +905,8 @@ def network_spec(pop_off, du, dv, vth_eff, bias_eff, projections: list[Projectio
         src_kind=ints(lambda p: p.src_kind), src_off=ints(lambda p: p.src_off), src_n=ints(lambda p: p.src_n),
         dst_pop=ints(lambda p: p.dst_pop), w_off=w_off[:-1].copy(), weights=weights,
         w_shift=np.asarray(shifts, dtype=np.int64), row_ptr=np.asarray(ptrs, dtype=np.int64), row_idx=row_idx,
-        is_sparse=flags(lambda p: p.csr is not None), weight_exp=ints(lambda p: p.weight_exp),
+        is_sparse=flags(lambda p: p.csr is not None), seg_len=np.asarray(lens, dtype=np.int64),
+        perm_off=np.asarray(perm_offs, dtype=np.int64), weight_exp=ints(lambda p: p.weight_exp),
         graded=flags(lambda p: p.graded), delayed=flags(lambda p: p.delayed), conv=flags(lambda p: p.conv),
         lags=ints(lambda p: p.lag), acc_dtype=acc_dtype, ready=np.asarray(ready, dtype=np.bool_),
         pre_off=pre_off,
@@ -927,7 +958,7 @@ def network_scan(spec: NetworkSpec, x_in: torch.Tensor, steps: int, keep_state: 
     _network_kernel(count_events, keep_state, parallel)(
         x.numpy(), spec.pop_off, spec.du, spec.dv, spec.vth_eff, spec.bias_eff, spec.src_kind, spec.src_off,
         spec.src_n, spec.dst_pop, spec.w_off, spec.weights, spec.w_shift, spec.row_ptr, spec.row_idx,
-        spec.is_sparse, spec.weight_exp, spec.graded, spec.delayed, spec.conv, spec.lags, spec.ready, spec.pre_off,
+        spec.is_sparse, spec.seg_len, spec.perm_off, spec.weight_exp, spec.graded, spec.delayed, spec.conv, spec.lags, spec.ready, spec.pre_off,
         pre, acc_buf,
         spk.numpy(), u_rec.numpy(), v_rec.numpy(), counts.numpy())
     return spk, (u_rec if keep_state else None), (v_rec if keep_state else None), counts
