@@ -540,9 +540,10 @@ def accumulate_events(s: torch.Tensor, weight_t: torch.Tensor, out: np.ndarray |
 # holds them after dividing out their common power of two (Loihi's 8-bit weights on the mixed-sign grid
 # are even: 1 byte each), so an event-driven step reads an eighth of what int64 rows cost. Each row is a
 # sum of a subset of one output's weights, so accumulating in int32 is exact whenever the largest sum of
-# |w| times the largest input is below 2**31 (else int64). A convolution (or any projection given as
-# ``sparse_rows``) keeps, per source, the list of (target, weight) pairs it feeds: an event adds exactly
-# the weights Lava's Conv would multiply by that input, so the sum is the same integer.
+# |w| times the largest input is below 2**31 (else int64). A convolution keeps, per source, segments:
+# for each kernel tap, the tap's weights over the output channels, added to channels-last sums (see
+# Projection); an event adds exactly the weights Lava's Conv would multiply by that input, so the sum is
+# the same integer.
 _UNROLL = 4  # rows added per pass over a dense segment of the accumulator
 _PRECOMPUTE_MIN_SYNAPSES = 1 << 18
 
@@ -919,7 +920,7 @@ def network_scan(spec: NetworkSpec, x_in: torch.Tensor, steps: int, keep_state: 
 
     ``x_in`` (batch, steps, inputs) holds the input payloads (int64, or bool where all are binary). Each step forms every population's
     input from the sources' spikes (or payloads) of earlier steps with an exact integer ``W @ s`` over
-    the non-zero sources only (the weight rows of the sources that fired, or their CSR lists), then the
+    the non-zero sources only (the weight rows of the sources that fired, or their conv segments), then the
     compiled ``conv_output`` (convolutions), ``synaptic_output`` and ``add_messages`` in projection
     order, and updates every neuron with the compiled ``lif_step``. Graded dense projections with a
     delay (whose int32 products wrap one by one in Lava) are not supported here: the caller runs those
