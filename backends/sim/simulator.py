@@ -355,9 +355,9 @@ def run(
     )
 
 
-# Feed-forward graphs take the whole-network kernel too: measured at batch 1, 16 and 256 on the seven
-# networks of benchmarks/bench_sim.py it was as fast as the layer-by-layer schedule or faster (up to 2x)
-# on all but one (1000-1000-10 at batch 256: within 5 %). The layer schedule remains for what the
+# Feed-forward graphs take the whole-network kernel too: measured at batch 1, 16 and 256 on the six
+# feed-forward networks of benchmarks/bench_sim.py it was as fast as the layer-by-layer schedule or
+# faster (up to 2x) on all but one (1000-1000-10 at batch 256: within 5 %). The layer schedule remains for what the
 # kernel does not take (see _network_spec), and tests switch this off to exercise it.
 _FEEDFORWARD_NETWORK_KERNEL = True
 
