@@ -19,24 +19,37 @@ For each network, in the same process and run:
   runs with compile and start-up ("incl. startup"). The sink's spikes are checked against the simulator
   (bit-exact, as the differential tests require). Lava runs between the first and the second half of
   the simulator's repetitions (interleaved), so a change of load affects both.
-* Simulator (``snn2hw.backends.sim.run``, default options, so limit events are counted): batch 1 and
-  batch 256, ``--reps`` timed runs of each, alternating, after a warm-up run (which also loads or
-  compiles the numba kernels). Reported: the median and the spread (min, max) of sample-steps/s, and
+* Simulator (``snn2hw.backends.sim.run`` on a ``sim.prepare``-d graph, default options, so limit events
+  are counted): batch 1 and batch 256, ``--reps`` timed runs of each, alternating, after a warm-up run
+  (which also loads or compiles the numba kernels). The graph is prepared once, as Lava compiles once:
+  both sides are timed in their steady state; the preparation is timed on its own and the speed-up
+  including it is reported too. Reported: the median and the spread (min, max) of sample-steps/s, and
   the ratio of the median to Lava's steady steps/s.
 * Work and limit, per sample-step. ``dense_macs``: every synapse evaluated every step (fan-in x
   fan-out; a conv's output size x kernel size): the dense-equivalent figure. ``performed ops``: what
-  the simulator's chosen path actually does: a dense product (matrix or ``conv2d``) performs the dense
-  MACs; an event-driven pass (adding the weight rows of the spiking sources, which the simulator picks
-  by spike density and weight size, and always in the kernel for graphs with cycles) performs
-  source spikes x fan-out additions and reads that many weights. The limit of each projection is a
-  roofline: the larger of its performed operations at the float32 GEMM peak (``torch.mm`` of two
-  2048x2048 matrices, best of 5, measured before and after the networks; one addition counts as one
-  MAC) and the bytes of the weight rows it must read at the read bandwidth measured in the same run
-  for a working set of that projection's weight size (a compiled streaming sum, the best of several).
-  The network's limit is the sum over projections; ``fraction of limit`` = limit time / measured time.
-  Neuron updates are not in the limit (it bounds the synaptic work only), so the fraction understates.
-* ``conv_accumulation``: the exact conv of the simulator alone, float32 (now) against the float64
-  ``conv2d`` it replaced, in MAC/s and as a fraction of the GEMM peak, for batch 1 and batch 256.
+  the simulator's path actually does. On the whole-network kernel (every network here): an
+  event-driven pass adds, for each source that spiked, its row of narrow integer weights (int8 for
+  8-bit mixed-sign weights) or, for a convolution, one segment per kernel tap (the tap's weights over
+  the output channels, added to channels-last sums): source spikes x fan-out additions, reading that
+  many weights (and two 4-byte indices per conv segment). The limit
+  of each projection has a compute side, its additions at the event-add peak (the same
+  4-row int8 -> int32 inner loop on L1-resident rows, all threads, measured in the run), and a memory
+  side, its bytes read at the read bandwidth measured in the run for the working set those reads cycle through: the
+  projection's own weights for an input's projection (accumulated for all steps before the scan), all
+  scanned projections' weights together for the others (each step touches every one of them). The
+  bandwidth is measured at 16 KiB, 256 KiB, 8 MiB and 256 MiB per run (L1, L2, L3, memory of the
+  benchmark machine), and a working set is charged at the largest measured size not above it: a
+  level at least as fast as the one it can come from, so the limit is a bound (a dense product, on the
+  layer schedule, is charged at the float32 GEMM peak). Neuron updates are charged at the
+  neuron-update peak (the simulator's own compiled update on L1-resident state, all threads). The
+  network's limit is the larger of the compute time (all operations and updates at their peaks) and
+  the memory time (all bytes at their bandwidths); ``fraction of limit`` = limit time / measured time;
+  ``x Lava at limit`` is the speed-up a run at the limit would reach (it bounds the batched speed-up).
+  The limit leaves out forming messages and scanning for spikes, so the fraction understates.
+* ``conv_accumulation``: the exact conv of the first conv projection alone, three ways, interleaved:
+  the network kernel's event segments (as a one-projection graph: the target's neuron updates are
+  included), the float32 ``conv2d`` of the layer schedule, and the float64 ``conv2d`` before it; in
+  dense-equivalent MAC/s and as a fraction of the GEMM peak, for batch 1 and batch 256.
 
 Every figure is taken on a shared machine unless the load average says otherwise: the JSON records
 the load average before and after every network, versions and CPU, the thread environment (set by
@@ -167,31 +180,58 @@ def dense_macs(graph: Graph) -> int:
     return sum(_synapses(p) for p in graph.projections)
 
 
-def projection_work(graph: Graph, rates: dict[str, float]) -> list[dict]:
+def projection_work(graph: Graph, prepared, rates: dict[str, float]) -> list[dict]:
     """Per projection and sample-step: the dense MACs, the path the simulator takes, the operations that
-    path performs and the weight bytes it reads (see the module docstring)."""
+    path performs, the bytes of weights (and target indices) it must read, and the working set those
+    reads cycle through (which decides the cache level they can come from; see the module docstring)."""
     sizes = {n.name: n.size for n in (*graph.inputs, *graph.populations)}
-    cyclic = graph.feedforward_order() is None
+    spec = prepared.network()
     out = []
-    for p in graph.projections:
+    if spec is not None:  # the whole-network kernel: event-driven, narrow integer rows
+        item = spec.weights.itemsize
+        ends = list(spec.w_off[1:]) + [spec.weights.size]
+        per_step_set = 0  # the projections the scan reads every step cycle through together
+        for k, p in enumerate(graph.projections):
+            density = rates.get(p.src, INPUT_RATE)
+            src_n, n_dst = int(spec.src_n[k]), sizes[p.dst]
+            entries = int(ends[k] - spec.w_off[k])
+            if spec.is_sparse[k]:  # per-source segments: a tap's weights over the output channels
+                r0 = int(spec.row_ptr[k])
+                segments = (int(spec.row_idx[r0 + src_n]) - int(spec.row_idx[r0])) // 2
+                length = int(spec.seg_len[k])
+                ops = src_n * density * segments / src_n * length
+                path = f"event segments (conv, {length} channels), int{8 * item}"
+                # per addition a weight; per segment two indices
+                per_add = item + 2 * spec.row_idx.itemsize / length
+                nbytes = entries * item + (2 * segments + src_n + 1 + n_dst) * spec.row_idx.itemsize
+            else:
+                path, per_add, ops = f"event rows, int{8 * item}", item, src_n * density * n_dst
+                nbytes = entries * item
+            if spec.ready[k]:
+                path += ", all steps before the scan"
+            else:
+                per_step_set += nbytes
+            out.append({"projection": p.name, "path": path, "dense_macs": _synapses(p), "performed_ops": ops,
+                        "row_bytes_read": ops * per_add, "weight_bytes": nbytes, "working_set_bytes": nbytes})
+        for k, w in enumerate(out):
+            if not spec.ready[k]:
+                w["working_set_bytes"] = per_step_set
+        return out
+    for p in graph.projections:  # the layer-by-layer schedule (graphs the kernel does not take)
         syn = _synapses(p)
         density = rates.get(p.src, INPUT_RATE)
         n_dst = sizes[p.dst]
         if isinstance(p, LoihiConv2d):
             path, ops, weight_bytes, rows = "conv2d float32", syn, 4 * int(np.prod(np.shape(p.weight))), 0
-        elif cyclic:  # the network kernel adds the int64 weight rows of non-zero sources
-            path, weight_bytes = "event (network kernel, int64)", 8 * syn
-            ops = rows = syn * density
         else:
             wbytes = 4 * syn
-            event = (compiled.available() and n_dst >= sim_impl._EVENT_MIN_OUTPUTS
-                     and wbytes <= sim_impl._EVENT_WEIGHT_BYTES and density < sim_impl._EVENT_DENSITY)
+            event = (n_dst >= sim_impl._EVENT_MIN_OUTPUTS and wbytes <= sim_impl._EVENT_WEIGHT_BYTES
+                     and density < sim_impl._EVENT_DENSITY)
             path = "event (float32 rows)" if event else "dense matmul float32"
             ops = syn * density if event else syn
             rows, weight_bytes = (ops, wbytes) if event else (0, wbytes)
-        bytes_per_weight = 8 if cyclic and not isinstance(p, LoihiConv2d) else 4
         out.append({"projection": p.name, "path": path, "dense_macs": syn, "performed_ops": ops,
-                    "row_bytes_read": rows * bytes_per_weight, "weight_bytes": weight_bytes})
+                    "row_bytes_read": rows * 4, "weight_bytes": weight_bytes, "working_set_bytes": weight_bytes})
     return out
 
 
@@ -208,7 +248,8 @@ _read_kernel = None
 
 def read_bandwidth(nbytes: int, trials: int = 5) -> float:
     """Bytes/s of streaming reads over a working set of ``nbytes`` (the best of ``trials``): a compiled,
-    parallel, vectorised integer sum over the buffer, repeated until about 256 MB were read."""
+    parallel, vectorised sum over int64 words (each thread its own slice), repeated until about 256 MB
+    were read. (An int32 version of this loop did not vectorise: it measured 13 GB/s at every size.)"""
     global _read_kernel
     import numba
 
@@ -218,23 +259,115 @@ def read_bandwidth(nbytes: int, trials: int = 5) -> float:
             n = x.shape[0]
             total = np.zeros(chunks, dtype=np.int64)
             for c in numba.prange(chunks):
-                lo = n * c // chunks
-                hi = n * (c + 1) // chunks
-                acc = 0
+                xs = x[n * c // chunks:n * (c + 1) // chunks]
+                acc = np.int64(0)
                 for r in range(reps):
-                    for i in range(lo, hi):
-                        acc += x[i] ^ r  # depends on r: the pass cannot be hoisted out of the loop
+                    rr = np.int64(r)
+                    for i in range(xs.shape[0]):
+                        acc += xs[i] ^ rr  # depends on r: the pass cannot be hoisted out of the loop
                 total[c] = acc
             return total.sum()
 
         _read_kernel = kernel
-    words = max(1024, nbytes // 4)
-    x = np.arange(words, dtype=np.int32)
-    reps = max(1, (256 << 20) // (4 * words))
+    words = max(512, nbytes // 8)
+    x = np.arange(words, dtype=np.int64)
+    reps = max(1, (256 << 20) // (8 * words))
     threads = int(os.environ.get("NUMBA_NUM_THREADS", "1"))
     _read_kernel(x, 1, threads)  # compile / load
     best = min(_timed(lambda: _read_kernel(x, reps, threads)) for _ in range(trials))
-    return 4 * words * reps / best
+    return 8 * words * reps / best
+
+
+# Working sets at which the read bandwidth is measured: inside L1, L2 and L3 of the benchmark machine
+# (per thread; the CPU model is in the JSON) and far beyond them. A projection is charged at the
+# bandwidth of the largest measured set not above its working set: a level at least as fast as the
+# one its rows can come from, so the limit stays a bound.
+BANDWIDTH_SETS = (16 << 10, 256 << 10, 8 << 20, 256 << 20)
+
+
+def bandwidth_ladder(trials: int = 3) -> dict[int, float]:
+    return {n: read_bandwidth(n, trials) for n in BANDWIDTH_SETS}
+
+
+def charged_bandwidth(ladder: dict[int, float], working_set: float) -> float:
+    fits = [n for n in ladder if n <= working_set]
+    return ladder[max(fits)] if fits else ladder[min(ladder)]
+
+
+_add_kernel = None
+_neuron_kernel = None
+
+
+def neuron_update_peak(trials: int = 5) -> float:
+    """Neuron updates/s of the simulator's own compiled update (``loihi2.lif_step_counted``, with the
+    event counts packed as the kernel does) on L1-resident state, one independent copy per thread (the
+    best of ``trials``): no scan can update its neurons faster."""
+    global _neuron_kernel
+    import numba
+
+    if _neuron_kernel is None:
+        step = compiled.formulas()["lif_step_counted"]
+
+        @numba.njit(parallel=True, nogil=True)
+        def kernel(u, v, a, bias, reps):
+            threads, n = u.shape
+            out = np.zeros(threads, dtype=np.int64)
+            for th in numba.prange(threads):
+                uu, vv, aa, bb = u[th], v[th], a[th], bias[th]
+                total = 0
+                for r in range(reps):
+                    packed = 0
+                    for i in range(n):
+                        x, y, sp, f0, f1, f2 = step(uu[i], vv[i], aa[i], 410, 410, 5000, bb[i])
+                        uu[i] = x
+                        vv[i] = y
+                        packed += np.int64(sp) + (np.int64(f0) | (np.int64(f1) << 21) | (np.int64(f2) << 42))
+                    total += packed
+                out[th] = total
+            return out.sum()
+
+        _neuron_kernel = kernel
+    threads = int(os.environ.get("NUMBA_NUM_THREADS", "1"))
+    rng = np.random.default_rng(0)
+    n = 512
+    u, v = np.zeros((threads, n), dtype=np.int64), np.zeros((threads, n), dtype=np.int64)
+    a = rng.integers(-3000, 3000, (threads, n)).astype(np.int64)
+    bias = rng.integers(-50, 50, (threads, n)).astype(np.int64)
+    reps = 2000
+    _neuron_kernel(u, v, a, bias, 1)
+    best = min(_timed(lambda: _neuron_kernel(u, v, a, bias, reps)) for _ in range(trials))
+    return threads * n * reps / best
+
+
+def event_add_peak(trials: int = 5) -> float:
+    """Additions/s of the event-driven inner loop at its best: int8 weight rows added four at a time
+    into an int32 accumulator, all in L1, one independent copy per thread (the best of ``trials``).
+    No event-driven pass can add faster, so it bounds the compute side of the limit."""
+    global _add_kernel
+    import numba
+
+    if _add_kernel is None:
+        @numba.njit(parallel=True, nogil=True, cache=True)
+        def kernel(w, acc, reps):
+            threads, rows, cols = w.shape
+            for th in numba.prange(threads):
+                a = acc[th]
+                for r in range(reps):
+                    for q in range(0, rows - 3, 4):
+                        w0, w1, w2, w3 = w[th, q], w[th, q + 1], w[th, q + 2], w[th, q + 3]
+                        for c in range(cols):
+                            a[c] += (w0[c] + w1[c]) + (w2[c] + w3[c])
+                    a[r % cols] += 1  # depends on r: the passes cannot be merged
+            return acc.sum()
+
+        _add_kernel = kernel
+    threads = int(os.environ.get("NUMBA_NUM_THREADS", "1"))
+    w = np.random.default_rng(0).integers(-100, 100, (threads, 32, 256)).astype(np.int8)
+    acc = np.zeros((threads, 256), dtype=np.int32)
+    reps = 20000
+    _add_kernel(w, acc, 1)
+    best = min(_timed(lambda: _add_kernel(w, acc, reps)) for _ in range(trials))
+    return threads * 32 * 256 * reps / best
 
 
 def _timed(fn) -> float:
@@ -270,13 +403,22 @@ def time_lava(graph: Graph, x: np.ndarray, warm: int) -> dict:
             "steps_per_s_incl_startup": total / (t_start + t_steady), "spikes": spikes}
 
 
-def conv_accumulation(graph: Graph, steps: int, batch: int, reps: int, peak_macs: float) -> dict:
-    """The simulator's exact conv alone (first conv projection), float32 against the float64 it replaced."""
+def conv_accumulation(graph: Graph, prepared, steps: int, batch: int, reps: int, peak_macs: float) -> dict:
+    """The simulator's exact conv (first conv projection) three ways, interleaved: the network kernel's
+    per-source event segments (what the simulator runs; timed as a one-projection graph, so the target's
+    neuron updates are included), the float32 ``conv2d`` of the layer schedule, and the float64 ``conv2d``
+    that came before it. Dense-equivalent MAC/s and the fraction of the GEMM peak for each."""
     p = next(q for q in graph.projections if isinstance(q, LoihiConv2d))
-    x = torch.as_tensor(spikes_in(graph, batch, steps, seed=6) != 0).reshape(batch * steps, *p.in_shape)
+    x_np = spikes_in(graph, batch, steps, seed=6)
+    x = torch.as_tensor(x_np != 0).reshape(batch * steps, *p.in_shape)
     w = torch.as_tensor(np.asarray(p.weight, dtype=np.int64))
     macs = batch * steps * _synapses(p)
     args = (p.stride, p.padding, p.dilation, p.groups)
+    dst = graph.population(p.dst)
+    alone = sim.prepare(Graph(graph.inputs, (dst,), (p,), (dst.name,)).validate())
+
+    def events():
+        return sim.run(alone, x_np, count_events=False)
 
     def f32():
         return hw.conv_accumulate(x, w, *args, 1)
@@ -286,16 +428,17 @@ def conv_accumulation(graph: Graph, steps: int, batch: int, reps: int, peak_macs
                                           padding=p.padding, dilation=p.dilation, groups=p.groups)
 
     assert f32().dtype == torch.float32 and torch.equal(f32().to(torch.float64), f64())
-    t32, t64 = [], []
+    events()
+    times = {"events": [], "float32": [], "float64": []}
     for _ in range(reps):  # interleaved
-        t32.append(_timed(f32))
-        t64.append(_timed(f64))
-    m32, m64 = statistics.median(t32), statistics.median(t64)
-    return {"projection": p.name, "images": batch * steps, "macs": macs,
-            "float32": {"seconds": m32, "macs_per_s": macs / m32, "fraction_of_gemm_peak": macs / m32 / peak_macs},
-            "float64_before": {"seconds": m64, "macs_per_s": macs / m64,
-                               "fraction_of_gemm_peak": macs / m64 / peak_macs},
-            "speedup": m64 / m32}
+        for key, fn in (("events", events), ("float32", f32), ("float64", f64)):
+            times[key].append(_timed(fn))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    fig = {k: {"seconds": m, "dense_macs_per_s": macs / m, "fraction_of_gemm_peak": macs / m / peak_macs}
+           for k, m in med.items()}
+    return {"projection": p.name, "images": batch * steps, "dense_macs": macs,
+            "event_segments_with_neurons": fig["events"], "float32_conv2d": fig["float32"],
+            "float64_conv2d_before": fig["float64"], "speedup_events_vs_float32": med["float32"] / med["events"]}
 
 
 def bench_network(name: str, args, peak_macs: float) -> dict:
@@ -311,31 +454,39 @@ def bench_network(name: str, args, peak_macs: float) -> dict:
     x_rate = spikes_in(graph, 8, 300, seed=2)
     rec = sim.run(graph, x_rate, record=[p.name for p in graph.populations])
     rates = {k: float(v.mean()) for k, v in rec.spikes.items()}
-    work = projection_work(graph, rates)
-    for w in work:  # the read bandwidth at this projection's working set, in this run
-        w["read_bandwidth_bytes_per_s"] = read_bandwidth(w["weight_bytes"])
+    # Prepared once, as Lava compiles once: the timed runs below are the steady state of both; the
+    # preparation is timed on its own (and reported, with steps/s including it)
+    prep_times = []
+    for _ in range(max(1, args.reps // 2)):
+        t0 = time.perf_counter()
+        prepared = sim.prepare(graph)
+        prepared.network()
+        prep_times.append(time.perf_counter() - t0)
+    work = projection_work(graph, prepared, rates)
     performed = sum(w["performed_ops"] for w in work)
 
     row = {"network": name, "dense_macs_per_step": macs, "performed_ops_per_step": performed, "projections": work,
+           "neurons": sum(p.size for p in graph.populations),
            "firing_rate": {"mean": float(np.mean(list(rates.values()))), **rates},
-           "events": rec.events}
+           "events": rec.events, "prepare_seconds": statistics.median(prep_times),
+           "path": "network kernel" if prepared.network() is not None else "layer schedule"}
     runs = {}
     for batch, steps in ((1, steps_b1), (256, steps_b256)):
         x = spikes_in(graph, batch, steps, seed=3)
-        sim.run(graph, x)  # warm-up: loads (or compiles) the kernels, touches the memory
+        sim.run(prepared, x)  # warm-up: loads (or compiles) the kernels, touches the memory
         runs[batch] = (x, steps, [])
 
     def sim_reps(count):
         for _ in range(count):
             for batch, (x, _, times) in runs.items():
-                times.append(_timed(lambda: sim.run(graph, x)))
+                times.append(_timed(lambda: sim.run(prepared, x)))
 
     sim_reps((args.reps + 1) // 2)
     if not args.no_lava:  # between the two halves of the simulator's repetitions
         warm = max(5, lava_steps // 10)
         x = spikes_in(graph, 1, warm + lava_steps, seed=4)[0]
         lava = time_lava(graph, x, warm)
-        ref = sim.run(graph, x).spikes[graph.outputs[0]][0]
+        ref = sim.run(prepared, x).spikes[graph.outputs[0]][0]
         lava_spikes = lava.pop("spikes")
         lava["matches_simulator"] = bool(np.array_equal(lava_spikes, ref))
         row["lava_b1"] = lava
@@ -346,15 +497,17 @@ def bench_network(name: str, args, peak_macs: float) -> dict:
         r = {"batch": batch, "steps": steps, "seconds_median": med, "seconds_min": min(times),
              "seconds_max": max(times), "sample_steps_per_s": sps,
              "sample_steps_per_s_range": [batch * steps / max(times), batch * steps / min(times)],
-             "dense_macs_per_s": sps * macs, "performed_ops_per_s": sps * performed}
+             "dense_macs_per_s": sps * macs, "performed_ops_per_s": sps * performed,
+             "sample_steps_per_s_incl_prepare": batch * steps / (med + row["prepare_seconds"])}
         if "lava_b1" in row:
             r["speedup_vs_lava"] = sps / row["lava_b1"]["steps_per_s"]
+            r["speedup_vs_lava_incl_prepare"] = r["sample_steps_per_s_incl_prepare"] / row["lava_b1"]["steps_per_s"]
         row[f"sim_b{batch}"] = r
     # the fixed cost of a call (input checks, weight preparation), included in every figure above
     x1 = spikes_in(graph, 1, 1, seed=5)
-    row["sim_call_overhead_seconds"] = statistics.median(_timed(lambda: sim.run(graph, x1)) for _ in range(args.reps))
+    row["sim_call_overhead_seconds"] = statistics.median(_timed(lambda: sim.run(prepared, x1)) for _ in range(args.reps))
     if any(isinstance(p, LoihiConv2d) for p in graph.projections):
-        row["conv_accumulation"] = {f"b{b}": conv_accumulation(graph, st, b, args.reps, peak_macs)
+        row["conv_accumulation"] = {f"b{b}": conv_accumulation(graph, prepared, st, b, args.reps, peak_macs)
                                     for b, st in ((1, steps_b1), (256, steps_b256))}
     load_after = os.getloadavg()
     row["load_average"] = {"before": load_before, "after": load_after,
@@ -362,16 +515,30 @@ def bench_network(name: str, args, peak_macs: float) -> dict:
     return row
 
 
-def apply_limit(row: dict, peak_macs: float) -> None:
-    """The roofline limit of every projection and the network's fraction of it (module docstring)."""
+def apply_limit(row: dict, machine: dict) -> None:
+    """The limit of the network and its fraction (module docstring): the larger of the compute time (the
+    projections' operations at their peak rates plus the neuron updates at theirs) and the memory time
+    (every projection's bytes at the bandwidth charged for its working set)."""
+    compute = row["neurons"] / machine["neuron_update_peak"]
+    memory = 0.0
     for w in row["projections"]:
-        w["limit_seconds_per_step"] = max(w["performed_ops"] / peak_macs,
-                                          w["row_bytes_read"] / w["read_bandwidth_bytes_per_s"])
-    limit = sum(w["limit_seconds_per_step"] for w in row["projections"])
+        dense = w["path"].startswith(("dense", "conv2d"))
+        rate = machine["gemm_peak_macs"] if dense else machine["event_add_peak"]
+        bw = charged_bandwidth(machine["read_bandwidth"], w["working_set_bytes"])
+        w["read_bandwidth_bytes_per_s"] = bw
+        w["compute_seconds_per_step"] = w["performed_ops"] / rate
+        w["memory_seconds_per_step"] = w["row_bytes_read"] / bw
+        compute += w["compute_seconds_per_step"]
+        memory += w["memory_seconds_per_step"]
+    limit = max(compute, memory)
     row["limit_seconds_per_sample_step"] = limit
+    row["limit_terms"] = {"compute_seconds": compute, "memory_seconds": memory,
+                          "neuron_seconds": row["neurons"] / machine["neuron_update_peak"]}
+    if "lava_b1" in row:  # the speed-up over Lava that a run at the limit would reach
+        row["speedup_vs_lava_at_limit"] = 1 / limit / row["lava_b1"]["steps_per_s"] if limit else None
     for b in ("sim_b1", "sim_b256"):
         row[b]["fraction_of_limit"] = limit * row[b]["sample_steps_per_s"]
-        row[b]["fraction_of_gemm_peak_dense_equivalent"] = row[b]["dense_macs_per_s"] / peak_macs
+        row[b]["fraction_of_gemm_peak_dense_equivalent"] = row[b]["dense_macs_per_s"] / machine["gemm_peak_macs"]
 
 
 def _fmt(v: float) -> str:
@@ -380,7 +547,8 @@ def _fmt(v: float) -> str:
 
 def table(rows: list[dict]) -> str:
     head = ("network", "rate", "Lava st/s (excl/incl start)", "batch", "sim st/s (min..max)", "x Lava",
-            "dense-eq MAC/s", "performed op/s", "% of limit", "exact", "load")
+            "x Lava incl. prepare", "dense-eq MAC/s", "performed op/s", "% of limit", "x Lava at limit", "exact",
+            "load")
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
         lava = r.get("lava_b1")
@@ -392,7 +560,9 @@ def table(rows: list[dict]) -> str:
                 f"{lava['steps_per_s']:.0f} / {lava['steps_per_s_incl_startup']:.0f}" if lava else "-",
                 str(x["batch"]), f"{_fmt(x['sample_steps_per_s'])} ({_fmt(lo)}..{_fmt(hi)})",
                 f"{x['speedup_vs_lava']:.0f}" if lava else "-",
+                f"{x['speedup_vs_lava_incl_prepare']:.0f}" if lava else "-",
                 _fmt(x["dense_macs_per_s"]), _fmt(x["performed_ops_per_s"]), f"{100 * x['fraction_of_limit']:.0f}",
+                f"{r['speedup_vs_lava_at_limit']:.0f}" if r.get("speedup_vs_lava_at_limit") else "-",
                 ("yes" if lava["matches_simulator"] else "NO") if lava else "-",
                 f"{r['load_average']['before'][0]:.1f}{' *' if r['load_average']['under_load'] else ''}",
             ]))
@@ -400,14 +570,15 @@ def table(rows: list[dict]) -> str:
 
 
 def conv_table(rows: list[dict]) -> str:
-    head = ("network", "batch", "images", "float64 before MAC/s", "% peak", "float32 now MAC/s", "% peak", "speed-up")
+    head = ("network", "batch", "images", "float64 conv2d MAC/s", "% peak", "float32 conv2d MAC/s", "% peak",
+            "event segments + neurons, dense-eq MAC/s", "% peak")
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
         for key, c in r.get("conv_accumulation", {}).items():
-            lines.append(" | ".join([
-                r["network"], key[1:], str(c["images"]), _fmt(c["float64_before"]["macs_per_s"]),
-                f"{100 * c['float64_before']['fraction_of_gemm_peak']:.0f}", _fmt(c["float32"]["macs_per_s"]),
-                f"{100 * c['float32']['fraction_of_gemm_peak']:.0f}", f"{c['speedup']:.1f}"]))
+            cells = [r["network"], key[1:], str(c["images"])]
+            for k in ("float64_conv2d_before", "float32_conv2d", "event_segments_with_neurons"):
+                cells += [_fmt(c[k]["dense_macs_per_s"]), f"{100 * c[k]['fraction_of_gemm_peak']:.0f}"]
+            lines.append(" | ".join(cells))
     return "\n".join(lines)
 
 
@@ -421,20 +592,28 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sim.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    # start numba's thread pool the way the simulator does (compiled._set_threads leaves the
+    # multiprocessing start method unset, which Lava must set when it is imported); the machine
+    # measurements below launch parallel kernels of their own
+    compiled._set_threads(args.threads)
 
     load_before = os.getloadavg()
     peak = matmul_peak_flops()
+    adds, updates, ladder = event_add_peak(), neuron_update_peak(), bandwidth_ladder()
     rows = []
     for name in args.nets:
         t0 = time.perf_counter()
         rows.append(bench_network(name, args, peak / 2))
         print(f"[{name}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)
     peak_after = matmul_peak_flops()
+    adds_after, updates_after, ladder_after = event_add_peak(), neuron_update_peak(), bandwidth_ladder()
     # the larger of the two measurements: load only ever lowers a measured peak, and a higher
     # peak makes a shorter limit, which understates (never flatters) the simulator's fraction
-    peak_macs = max(peak, peak_after) / 2
+    machine = {"gemm_peak_macs": max(peak, peak_after) / 2, "event_add_peak": max(adds, adds_after),
+               "neuron_update_peak": max(updates, updates_after),
+               "read_bandwidth": {n: max(ladder[n], ladder_after[n]) for n in ladder}}
     for r in rows:
-        apply_limit(r, peak_macs)
+        apply_limit(r, machine)
 
     print(table(rows))
     if any("conv_accumulation" in r for r in rows):
@@ -443,6 +622,9 @@ def main(argv=None) -> int:
     print(f"\nfloat32 matmul peak: {peak / 1e9:.0f} GFLOP/s before, {peak_after / 1e9:.0f} after "
           f"({args.threads} threads); load average {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs; * = timed under load (load average above the CPU count)")
+    print(f"event-add peak {machine['event_add_peak'] / 1e9:.1f} G/s; neuron-update peak "
+          f"{machine['neuron_update_peak'] / 1e9:.2f} G/s; read bandwidth " + ", ".join(
+        f"{n >> 10} KiB: {bw / 1e9:.0f} GB/s" for n, bw in machine["read_bandwidth"].items()))
     try:
         import lava
 
@@ -461,8 +643,14 @@ def main(argv=None) -> int:
                      "numba": getattr(compiled.numba, "__version__", None), "lava": lava_version},
         "simulator_path": "numba kernel" if compiled.available() else "torch",
         "matmul_peak_flops": {"before": peak, "after": peak_after},
-        "limit": "per projection max(performed ops / GEMM peak MAC rate, weight-row bytes read / read bandwidth "
-                 "at that working set), summed over projections; fraction_of_limit = limit time / measured time",
+        "event_add_peak_per_s": {"before": adds, "after": adds_after},
+        "neuron_update_peak_per_s": {"before": updates, "after": updates_after},
+        "read_bandwidth_bytes_per_s": {"before": ladder, "after": ladder_after},
+        "limit": "max(compute, memory) per sample-step: compute = sum over projections of performed ops / peak "
+                 "rate (event-add peak for event-driven passes, GEMM peak for dense products) + neurons / "
+                 "neuron-update peak; memory = sum over projections of bytes of weights and indices read / read "
+                 "bandwidth of the largest measured working set not above the projection's; "
+                 "fraction_of_limit = limit time / measured time",
         "input_rate": INPUT_RATE, "target_rate": TARGET_RATE, "quick": args.quick, "reps": args.reps,
         "statistic": "median of interleaved repetitions (min, max kept)",
         "networks": rows,

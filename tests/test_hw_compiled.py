@@ -282,11 +282,15 @@ def _net(seed, recurrent=False, delay=0, graded_input=False):
     return g, x
 
 
+@pytest.mark.parametrize("network_kernel", [True, False])
 @pytest.mark.parametrize("recurrent", [False, True])
 @pytest.mark.parametrize("delay", [0, 2])
 @pytest.mark.parametrize("graded_input", [False, True])
-def test_simulator_paths_agree(monkeypatch, recurrent, delay, graded_input):
+def test_simulator_paths_agree(monkeypatch, recurrent, delay, graded_input, network_kernel):
+    if recurrent and not network_kernel:
+        pytest.skip("graphs with cycles always take the network kernel")
     g, x = _net(11 + delay, recurrent, delay, graded_input)
+    monkeypatch.setattr(simulator, "_FEEDFORWARD_NETWORK_KERNEL", network_kernel)
     fast = sim.run(g, x, record=["h"], record_state=["h", "o"])
     monkeypatch.setattr(simulator, "_use_kernel", lambda dev: False)
     slow = sim.run(g, x, record=["h"], record_state=["h", "o"])
@@ -378,6 +382,7 @@ def test_strict_errors_are_the_same_on_both_paths(monkeypatch, recurrent):
 @pytest.mark.parametrize("recurrent", [False, True])
 def test_event_driven_and_dense_accumulation_agree(monkeypatch, recurrent):
     g, x = _net(8, recurrent, delay=1)
+    monkeypatch.setattr(simulator, "_FEEDFORWARD_NETWORK_KERNEL", False)  # the layer schedule's choice
     monkeypatch.setattr(simulator, "_EVENT_DENSITY", 0.0)  # never
     dense = sim.run(g, x, record=["h"], record_state=["h", "o"])
     monkeypatch.setattr(simulator, "_EVENT_DENSITY", 1.1)  # always
@@ -393,6 +398,7 @@ def test_event_driven_and_dense_accumulation_agree(monkeypatch, recurrent):
 
 def test_batch_slices_are_invisible(monkeypatch):
     g, x = _net(3)
+    monkeypatch.setattr(simulator, "_FEEDFORWARD_NETWORK_KERNEL", False)  # slices: the layer schedule
     x = np.concatenate([x] * 3)  # 9 samples
     whole = sim.run(g, x, record=["h"], record_state=["h"])
     monkeypatch.setattr(simulator, "_CHUNK_ELEMENTS", 2 * x.shape[1] * 23)  # two samples per slice

@@ -53,6 +53,7 @@ _synaptic_output = None
 _add_messages = None
 _prepared_weight = None
 _conv_output = None
+_add_rows = None  # set by _row_adder()
 
 
 def available() -> bool:
@@ -441,9 +442,42 @@ _MIN_COLS = 256  # below this the per-segment overhead dominates (wide layers: t
 _ROW_BLOCK = 64
 
 
+def _row_adder():
+    """``add_rows(o, w, idx, j, end, c0, c1)``: ``o[:] = sum of w[idx[q], c0:c1] for q in j..end-1``.
+
+    Four rows per pass over ``o``: the loop is bound by loads and stores of ``o``, so this does four times
+    the adds per store. 1-D slices, not offsets into flat arrays: with these LLVM knows the segments and
+    vectorises (computed flat offsets measured 3-4x slower). Integer rows into a wider ``o`` are summed
+    in ``o``'s type (numba computes in int64 and LLVM narrows the vector adds back)."""
+    global _add_rows
+    if _add_rows is None:
+        @numba.njit(nogil=True, boundscheck=False, cache=True)
+        def add_rows(o, w, idx, j, end, c0, c1):
+            width = c1 - c0
+            for c in range(width):
+                o[c] = 0
+            while j + 4 <= end:
+                w0 = w[idx[j], c0:c1]
+                w1 = w[idx[j + 1], c0:c1]
+                w2 = w[idx[j + 2], c0:c1]
+                w3 = w[idx[j + 3], c0:c1]
+                for c in range(width):
+                    o[c] += (w0[c] + w1[c]) + (w2[c] + w3[c])
+                j += 4
+            while j < end:
+                wr = w[idx[j], c0:c1]
+                for c in range(width):
+                    o[c] += wr[c]
+                j += 1
+
+        _add_rows = add_rows
+    return _add_rows
+
+
 def _events_kernel():
     if "events" in _kernels:
         return _kernels["events"]
+    _row_adder()
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
     def accumulate(s, w, out, col_block):
@@ -466,43 +500,22 @@ def _events_kernel():
                 ptr[r - r0 + 1] = m
             for c0 in range(0, n_out, col_block):
                 c1 = min(c0 + col_block, n_out)
-                width = c1 - c0
                 for r in range(r0, r1):
-                    # 1-D slices, not offsets into flat arrays: with these LLVM knows the segments and
-                    # vectorises (computed flat offsets measured 3-4x slower)
-                    o = out[r, c0:c1]
-                    for c in range(width):
-                        o[c] = 0
-                    j = ptr[r - r0]
-                    end = ptr[r - r0 + 1]
-                    # four sources per pass over the output segment: the loop is bound by loads and
-                    # stores of ``o``, so this does four times the adds per store
-                    while j + 4 <= end:
-                        w0 = w[idx[j], c0:c1]
-                        w1 = w[idx[j + 1], c0:c1]
-                        w2 = w[idx[j + 2], c0:c1]
-                        w3 = w[idx[j + 3], c0:c1]
-                        for c in range(width):
-                            o[c] += (w0[c] + w1[c]) + (w2[c] + w3[c])
-                        j += 4
-                    while j < end:
-                        wr = w[idx[j], c0:c1]
-                        for c in range(width):
-                            o[c] += wr[c]
-                        j += 1
+                    _add_rows(out[r, c0:c1], w, idx, ptr[r - r0], ptr[r - r0 + 1], c0, c1)
 
     _kernels["events"] = accumulate
     return accumulate
 
 
-def accumulate_events(s: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
+def accumulate_events(s: torch.Tensor, weight_t: torch.Tensor, out: np.ndarray | None = None) -> torch.Tensor:
     """Exact ``s @ weight_t`` for binary ``s`` (..., src) by adding the weight rows of active sources.
 
     ``weight_t`` (src, dst) holds integers in float32, float64 or int64; the result has its dtype. Every
     partial sum of a row is a sum of a subset of that row's weights, so the bound that makes a float
     product exact (``loihi2.accumulation_dtype``) makes this exact too, in any order. The work is
     proportional to the number of spikes, as in Lava's Dense (which sums the active columns), instead of
-    to the size of the matrix.
+    to the size of the matrix. ``out`` (rows, dst), of any integer or float dtype that the caller's bound
+    makes exact (e.g. int32 sums of int8 rows), receives the result instead; it is then returned as is.
     """
     _check_cpu(s, weight_t)
     lead = s.shape[:-1]
@@ -511,36 +524,84 @@ def accumulate_events(s: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
         s2 = s2 != 0
     s2 = s2.contiguous()
     w = weight_t.contiguous()
-    out = torch.empty(s2.shape[0], w.shape[1], dtype=w.dtype)
+    # columns per tile: the tile (sources x columns) stays in L2 while every row of a block adds to it
     col_block = max(_MIN_COLS, min(w.shape[1], _TILE_BYTES // max(1, w.shape[0] * w.element_size()) // 16 * 16))
     _set_threads(_threads())
-    _events_kernel()(s2.numpy(), w.numpy(), out.numpy(), col_block)
-    return out.reshape(*lead, w.shape[1])
+    if out is not None:
+        _events_kernel()(s2.numpy(), w.numpy(), out, col_block)
+        return out
+    result = torch.empty(s2.shape[0], w.shape[1], dtype=w.dtype)
+    _events_kernel()(s2.numpy(), w.numpy(), result.numpy(), col_block)
+    return result.reshape(*lead, w.shape[1])
 
 
-# --- whole networks with cycles --------------------------------------------------------------------------
-def _network_kernel(count_events: bool, record: bool):
-    key = ("network", count_events, record)
+# --- whole networks, step by step ----------------------------------------------------------------------
+# Dense projections keep their prepared weights as (src, dst) rows of the narrowest integer type that
+# holds them after dividing out their common power of two (Loihi's 8-bit weights on the mixed-sign grid
+# are even: 1 byte each), so an event-driven step reads an eighth of what int64 rows cost. Each row is a
+# sum of a subset of one output's weights, so accumulating in int32 is exact whenever the largest sum of
+# |w| times the largest input is below 2**31 (else int64). A convolution keeps, per source, segments:
+# for each kernel tap, the tap's weights over the output channels, added to channels-last sums (see
+# Projection); an event adds exactly the weights Lava's Conv would multiply by that input, so the sum is
+# the same integer.
+_UNROLL = 4  # rows added per pass over a dense segment of the accumulator
+_PRECOMPUTE_MIN_SYNAPSES = 1 << 18
+
+
+def _input_kernel():
+    if "input" in _kernels:
+        return _kernels["input"]
+    _row_adder()
+
+    @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
+    def input_acc(s, w, out, blocks):
+        """out[b, t] = s[b, t] @ w for binary s (batch, steps, src): the rows of w of the active sources
+        added up, step by step, as the network kernel does; the columns split into ``blocks`` jobs."""
+        batch, steps, n_in = s.shape
+        nd = w.shape[1]
+        for job in numba.prange(batch * blocks):
+            b = job // blocks
+            c0 = (job % blocks) * nd // blocks
+            c1 = (job % blocks + 1) * nd // blocks
+            active = np.empty(n_in, dtype=np.int64)
+            for t in range(steps):
+                sr = s[b, t]
+                m = 0
+                for i in range(n_in):
+                    active[m] = i
+                    m += sr[i]
+                _add_rows(out[b, t, c0:c1], w, active, 0, m, c0, c1)
+
+    _kernels["input"] = input_acc
+    return input_acc
+
+
+def _network_kernel(count_events: bool, record: bool, parallel: bool):
+    key = ("network", count_events, record, parallel)
     if key in _kernels:
         return _kernels[key]
     formulas()
     fingerprint = _fingerprint
 
-    @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-    def network(x_in, pop_off, du, dv, vth, bias, src_kind, src_off, src_n, dst_pop, w_off, wflat, exps, graded,
-                delayed, lags, spk, u_rec, v_rec, counts):
-        _key = fingerprint  # puts the formulas' fingerprint into the cache key
+    @numba.njit(parallel=parallel, nogil=True, boundscheck=False, cache=True)
+    def network(x_in, pop_off, du, dv, vth, bias, src_kind, src_off, src_n, dst_pop, w_off, wflat, w_shift,
+                row_ptr, row_idx, is_sparse, seg_len, perm_off, exps, graded, delayed, conv, lags, ready, pre_off, pre,
+                acc_buf, spk,
+                u_rec, v_rec, counts):
+        _key = (fingerprint, parallel)  # puts the formulas' fingerprint into the cache key
         batch, steps, n_pop = spk.shape
         pops = pop_off.shape[0] - 1
         projs = lags.shape[0]
-        widest = 1
-        for p in range(pops):
-            widest = max(widest, pop_off[p + 1] - pop_off[p])
+        widest_src = 1
+        for k in range(projs):
+            widest_src = max(widest_src, src_n[k])
         for b in numba.prange(batch):
             u = np.zeros(n_pop, dtype=np.int64)
             v = np.zeros(n_pop, dtype=np.int64)
             a = np.zeros(n_pop, dtype=np.int64)  # this step's summed input of every neuron
-            acc = np.zeros(widest, dtype=np.int64)
+            acc = acc_buf[b]  # int32 or int64, chosen by the caller's bound
+            active = np.empty(widest_src, dtype=np.int64)
+            payload = np.empty(widest_src, dtype=np.int64)
             has = np.zeros(pops, dtype=np.bool_)
             for t in range(steps):
                 for p in range(pops):
@@ -554,22 +615,87 @@ def _network_kernel(count_events: bool, record: bool):
                     nd = pop_off[p + 1] - d0
                     for j in range(nd):
                         acc[j] = 0
-                    # exact W @ s in int64, adding the weight rows of non-zero sources (a binary
-                    # projection takes any non-zero payload as a spike, as Lava's Dense does)
-                    for i in range(src_n[k]):
-                        if src_kind[k] == 0:
-                            sv = x_in[b, tk, src_off[k] + i]
-                        else:
-                            sv = np.int64(spk[b, tk, src_off[k] + i])
-                        if sv != 0:
-                            mult = sv if graded[k] else 1
-                            row = wflat[w_off[k] + i * nd:w_off[k] + (i + 1) * nd]
+                    # the non-zero sources of step tk (a binary projection takes any non-zero payload
+                    # as a spike, as Lava's Dense does); branch-free, as in accumulate_events
+                    m = 0
+                    if ready[k]:  # accumulated for every step before the run (an input's projection)
+                        pr = pre[b, tk, pre_off[k]:pre_off[k] + nd]
+                        for j in range(nd):
+                            acc[j] = pr[j]
+                    elif src_kind[k] == 0:
+                        xs = x_in[b, tk, src_off[k]:src_off[k] + src_n[k]]
+                        for i in range(src_n[k]):
+                            active[m] = i
+                            payload[m] = xs[i]
+                            m += xs[i] != 0
+                    else:
+                        ss = spk[b, tk, src_off[k]:src_off[k] + src_n[k]]
+                        for i in range(src_n[k]):
+                            active[m] = i
+                            payload[m] = 1
+                            m += ss[i]
+                    g = graded[k]
+                    base = w_off[k]
+                    if is_sparse[k]:
+                        # per-source segments: (accumulator start, table start) pairs, each adding
+                        # ``ln`` contiguous weights (a kernel tap's output channels) to contiguous sums
+                        r0 = row_ptr[k]
+                        ln = seg_len[k]
+                        for q in range(m):
+                            i = active[q]
+                            mult = payload[q]
+                            if ln == 1:  # depthwise (sum pooling): one weight per segment, no slices
+                                for e in range(row_idx[r0 + i], row_idx[r0 + i + 1], 2):
+                                    acc[row_idx[e]] += mult * wflat[base + row_idx[e + 1]] if g else \
+                                        wflat[base + row_idx[e + 1]]
+                                continue
+                            for e in range(row_idx[r0 + i], row_idx[r0 + i + 1], 2):
+                                ac = acc[row_idx[e]:row_idx[e] + ln]
+                                ws = wflat[base + row_idx[e + 1]:base + row_idx[e + 1] + ln]
+                                if g:
+                                    for c in range(ln):
+                                        ac[c] += mult * ws[c]
+                                else:
+                                    for c in range(ln):
+                                        ac[c] += ws[c]
+                    elif g:
+                        for q in range(m):
+                            row = wflat[base + active[q] * nd:base + (active[q] + 1) * nd]
+                            mult = payload[q]
                             for j in range(nd):
                                 acc[j] += mult * row[j]
+                    else:
+                        q = 0
+                        while q + _UNROLL <= m:  # bound by loads/stores of acc: four rows per pass
+                            w0 = wflat[base + active[q] * nd:base + (active[q] + 1) * nd]
+                            w1 = wflat[base + active[q + 1] * nd:base + (active[q + 1] + 1) * nd]
+                            w2 = wflat[base + active[q + 2] * nd:base + (active[q + 2] + 1) * nd]
+                            w3 = wflat[base + active[q + 3] * nd:base + (active[q + 3] + 1) * nd]
+                            for j in range(nd):
+                                acc[j] += (w0[j] + w1[j]) + (w2[j] + w3[j])
+                            q += _UNROLL
+                        while q < m:
+                            row = wflat[base + active[q] * nd:base + (active[q] + 1) * nd]
+                            for j in range(nd):
+                                acc[j] += row[j]
+                            q += 1
+                    # loop invariants in locals: numba's arrays may alias, so LLVM cannot hoist
+                    # array reads out of a loop that stores, and then does not vectorise it
                     first = not has[p]
+                    sh = w_shift[k]
+                    cv = conv[k]
+                    e = exps[k]
+                    dl = delayed[k]
+                    ad = a[d0:d0 + nd]
+                    sp = is_sparse[k]
+                    po = perm_off[k]
                     for j in range(nd):
-                        m = _synaptic_output(acc[j], exps[k], graded[k], delayed[k])
-                        a[d0 + j] = m if first else _add_messages(a[d0 + j], m)
+                        # a segmented projection's sums are channels-last: neuron j's is at perm[j]
+                        x = np.int64(acc[row_idx[po + j]] if sp else acc[j]) << sh
+                        if cv:  # a Conv's own output stage comes first
+                            x = _conv_output(x)
+                        msg = _synaptic_output(x, e, g, dl)
+                        ad[j] = msg if first else _add_messages(ad[j], msg)
                     has[p] = True
                 for p in range(pops):
                     p0 = pop_off[p]
@@ -579,18 +705,25 @@ def _network_kernel(count_events: bool, record: bool):
                             a[n] = 0
                     packed = 0
                     fired = 0
-                    for n in range(p0, p1):
+                    sb = spk[b, t, p0:p1]
+                    up = u[p0:p1]
+                    vp = v[p0:p1]
+                    ap = a[p0:p1]
+                    bp = bias[p0:p1]
+                    pdu = du[p]
+                    pdv = dv[p]
+                    pvth = vth[p]
+                    for n in range(p1 - p0):
                         if count_events:
-                            uu, vv, sp, f0, f1, f2 = _lif_step_counted(u[n], v[n], a[n], du[n], dv[n], vth[n],
-                                                                       bias[n])
+                            uu, vv, sp, f0, f1, f2 = _lif_step_counted(up[n], vp[n], ap[n], pdu, pdv, pvth, bp[n])
                             packed += np.int64(f0) | (np.int64(f1) << 21) | (np.int64(f2) << 42)
                         else:
-                            uu, vv, sp = _lif_step(u[n], v[n], a[n], du[n], dv[n], vth[n], bias[n])
-                        u[n] = uu
-                        v[n] = vv
-                        spk[b, t, n] = sp
+                            uu, vv, sp = _lif_step(up[n], vp[n], ap[n], pdu, pdv, pvth, bp[n])
+                        up[n] = uu
+                        vp[n] = vv
+                        sb[n] = sp
                         fired += sp
-                    if count_events:
+                    if count_events:  # unpacked every step: no 21-bit field can overflow
                         counts[b, p, 0] += packed & 0x1FFFFF
                         counts[b, p, 1] += (packed >> 21) & 0x1FFFFF
                         counts[b, p, 2] += packed >> 42
@@ -609,31 +742,188 @@ class NetworkSpec(NamedTuple):
     by side in another, projections as index ranges into them and one flat weight array."""
 
     pop_off: np.ndarray  # (P + 1,) first neuron of each population
-    du: np.ndarray  # (N,) per neuron (a population's value repeated)
+    du: np.ndarray  # (P,) per population
     dv: np.ndarray
     vth_eff: np.ndarray
-    bias_eff: np.ndarray
+    bias_eff: np.ndarray  # (N,) per neuron
     src_kind: np.ndarray  # (K,) 0: an input, 1: a population
     src_off: np.ndarray  # first source index in the input or population axis
     src_n: np.ndarray
     dst_pop: np.ndarray  # target population index
-    w_off: np.ndarray  # offset of the (src, dst) weights in ``weights``
-    weights: np.ndarray  # int64, every projection's prepared (src, dst) weights, row-major, concatenated
+    w_off: np.ndarray  # offset of projection k's weights in ``weights``
+    weights: np.ndarray  # every projection's weights >> w_shift, concatenated, in the narrowest int type
+    w_shift: np.ndarray  # (K,) the power of two divided out of projection k's weights
+    row_ptr: np.ndarray  # (K,) segmented projection k: its (src_n + 1) segment starts are row_idx[row_ptr[k]:]
+    row_idx: np.ndarray  # per segmented projection: segment starts (positions in row_idx), the segments as
+    #                      (accumulator start, table start) pairs, then perm: where neuron j's sum is
+    is_sparse: np.ndarray  # (K,) bool: segmented (a convolution)
+    seg_len: np.ndarray  # (K,) weights per segment
+    perm_off: np.ndarray  # (K,) where projection k's perm starts in row_idx
     weight_exp: np.ndarray
     graded: np.ndarray
     delayed: np.ndarray
+    conv: np.ndarray  # (K,) bool: apply Lava Conv's output stage (int32 cast, 24-bit wrap) first
     lags: np.ndarray  # 1 + delay
+    acc_dtype: np.dtype  # int32 where every bound allows it, else int64
+    ready: np.ndarray  # (K,) bool: a binary input's projection, accumulated for all steps before the scan
+    pre_off: np.ndarray  # (K,) its first column in those accumulations
+
+    @property
+    def weight_bytes(self) -> int:
+        return int(self.weights.nbytes + self.row_idx.nbytes)
+
+
+def _narrowest_int(lo: int, hi: int) -> np.dtype:
+    for dt in (np.int8, np.int16, np.int32):
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(dt)
+    return np.dtype(np.int64)
+
+
+def common_shift(w: np.ndarray) -> int:
+    """The largest k with every entry of integer ``w`` a multiple of 2**k (0 for an all-zero ``w``)."""
+    nz = w[w != 0]
+    if nz.size == 0:
+        return 0
+    low = int(np.bitwise_or.reduce(np.bitwise_and(nz, -nz)))
+    return (low & -low).bit_length() - 1
+
+
+class Projection(NamedTuple):
+    """One projection as ``network_spec`` takes it.
+
+    Dense: ``weight`` (dst, src) holding integers (any int or float dtype; the prepared weights), all
+    multiples of ``2**shift``, within ``[lo, hi]``. Segmented (a convolution):
+    ``csr = (ptr, seg_acc, seg_w, table, length, perm)``: source i adds, for each segment q in
+    ``ptr[i]:ptr[i + 1]``, ``table[seg_w[q]:seg_w[q] + length]`` to the sums at ``seg_acc[q]:...+length``;
+    neuron j's sum is at ``perm[j]``. ``bound``: the largest sum
+    of |w| into one target times the largest input magnitude (every partial sum is below it)."""
+
+    src_kind: int  # 0: an input, 1: a population
+    src_off: int
+    src_n: int
+    dst_pop: int
+    weight_exp: int
+    graded: bool
+    delayed: bool
+    conv: bool
+    lag: int
+    bound: int
+    weight: object = None
+    shift: int = 0
+    lo: int = 0
+    hi: int = 0
+    csr: tuple | None = None
+
+
+def _pack_kernel():
+    if "pack" in _kernels:
+        return _kernels["pack"]
+
+    @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
+    def pack(w, shift, out):
+        """out (src, dst) = w (dst, src) transposed, >> shift, in out's dtype; 64x64 tiles."""
+        nd, ns = w.shape
+        tiles_d = (nd + 63) // 64
+        for tile in numba.prange(((ns + 63) // 64) * tiles_d):
+            i0 = (tile // tiles_d) * 64
+            j0 = (tile % tiles_d) * 64
+            for i in range(i0, min(i0 + 64, ns)):
+                o = out[i]
+                for j in range(j0, min(j0 + 64, nd)):
+                    o[j] = np.int64(w[j, i]) >> shift
+
+    _kernels["pack"] = pack
+    return pack
+
+
+def network_spec(pop_off, du, dv, vth_eff, bias_eff, projections: list[Projection]) -> NetworkSpec:
+    """Pack projections (and per-neuron parameters) into a ``NetworkSpec``: one pass over each weight."""
+    sizes, shifts, ranges, csrs = [], [], [], []
+    for pr in projections:
+        if pr.csr is not None:
+            ptr, seg_acc, seg_w, table, length, perm = pr.csr
+            table = np.asarray(table, dtype=np.int64)
+            sh = common_shift(table)
+            table = table >> sh
+            csrs.append((np.asarray(ptr, dtype=np.int64), np.asarray(seg_acc, dtype=np.int64),
+                         np.asarray(seg_w, dtype=np.int64), table, int(length), np.asarray(perm, dtype=np.int64)))
+            ranges += [int(table.min()) if table.size else 0, int(table.max()) if table.size else 0]
+            sizes.append(table.size)
+        else:
+            sh = pr.shift
+            csrs.append(None)
+            ranges += [pr.lo >> sh, pr.hi >> sh]
+            sizes.append(pr.src_n * (int(pop_off[pr.dst_pop + 1]) - int(pop_off[pr.dst_pop])))
+        shifts.append(sh)
+    dtype = _narrowest_int(min(ranges + [0]), max(ranges + [0]))
+    w_off = np.cumsum([0] + sizes).astype(np.int64)
+    weights = np.empty(int(w_off[-1]), dtype=dtype)
+    idx_parts, ptrs, perm_offs, lens, idx_len = [], [], [], [], 0
+    for k, (pr, csr) in enumerate(zip(projections, csrs)):
+        seg = weights[w_off[k]:w_off[k + 1]]
+        if csr is None:
+            ptrs.append(0)
+            perm_offs.append(0)
+            lens.append(0)
+            w = pr.weight.numpy() if isinstance(pr.weight, torch.Tensor) else np.asarray(pr.weight)
+            if seg.size:
+                _set_threads(_threads())
+                _pack_kernel()(w, pr.shift, seg.reshape(pr.src_n, -1))
+        else:
+            ptr, seg_acc, seg_w, table, length, perm = csr
+            seg[:] = table
+            ptrs.append(idx_len)
+            lens.append(length)
+            pairs = np.stack([seg_acc, seg_w], axis=1).reshape(-1)
+            # segment starts as absolute positions in row_idx, where this projection's pairs follow them
+            idx_parts += [2 * ptr + idx_len + ptr.size, pairs, perm]
+            perm_offs.append(idx_len + ptr.size + pairs.size)
+            idx_len += ptr.size + pairs.size + perm.size
+    # int32 indices (half the bytes an event reads beside its weights) while every position fits
+    idx_type = np.int32 if idx_len < 2**31 else np.int64
+    row_idx = np.concatenate(idx_parts).astype(idx_type) if idx_parts else np.zeros(1, dtype=idx_type)
+    # payloads of graded inputs are not bounded by the kernel's caller: their sums take int64
+    wide = any(pr.graded for pr in projections) or max([pr.bound for pr in projections] + [0]) >= 2**31
+    acc_dtype = np.dtype(np.int64) if wide else np.dtype(np.int32)
+    # A binary input's wide dense projection is accumulated for all steps at once, before the scan: its
+    # sources are known in advance, so both threads share it and each weight tile is read once from
+    # memory for all steps, even for a single sample
+    ready = [pr.src_kind == 0 and not pr.graded and pr.csr is None and size >= _PRECOMPUTE_MIN_SYNAPSES
+             for pr, size in zip(projections, sizes)]
+    pre_off = np.cumsum([0] + [int(pop_off[pr.dst_pop + 1] - pop_off[pr.dst_pop]) if r else 0
+                               for pr, r in zip(projections, ready)]).astype(np.int64)
+
+    def ints(f):
+        return np.asarray([f(pr) for pr in projections], dtype=np.int64)
+
+    def flags(f):
+        return np.asarray([bool(f(pr)) for pr in projections], dtype=np.bool_)
+
+    return NetworkSpec(
+        pop_off=np.asarray(pop_off, dtype=np.int64), du=du, dv=dv, vth_eff=vth_eff, bias_eff=bias_eff,
+        src_kind=ints(lambda p: p.src_kind), src_off=ints(lambda p: p.src_off), src_n=ints(lambda p: p.src_n),
+        dst_pop=ints(lambda p: p.dst_pop), w_off=w_off[:-1].copy(), weights=weights,
+        w_shift=np.asarray(shifts, dtype=np.int64), row_ptr=np.asarray(ptrs, dtype=np.int64), row_idx=row_idx,
+        is_sparse=flags(lambda p: p.csr is not None), seg_len=np.asarray(lens, dtype=np.int64),
+        perm_off=np.asarray(perm_offs, dtype=np.int64), weight_exp=ints(lambda p: p.weight_exp),
+        graded=flags(lambda p: p.graded), delayed=flags(lambda p: p.delayed), conv=flags(lambda p: p.conv),
+        lags=ints(lambda p: p.lag), acc_dtype=acc_dtype, ready=np.asarray(ready, dtype=np.bool_),
+        pre_off=pre_off,
+    )
 
 
 def network_scan(spec: NetworkSpec, x_in: torch.Tensor, steps: int, keep_state: bool = False,
                  count_events: bool = False):
-    """Run a whole graph (cycles allowed) step by step in one compiled call, every sample in parallel.
+    """Run a whole graph (cycles allowed) step by step in one compiled call, samples in parallel.
 
-    ``x_in`` (batch, steps, inputs) int64 holds the input payloads. Each step forms every population's
-    input from the sources' spikes (or payloads) of earlier steps with an exact int64 ``W @ s`` over
-    the non-zero sources, then the compiled ``synaptic_output``/``add_messages`` in projection order, and
-    updates every neuron with the compiled ``lif_step``. Graded projections with a delay (whose int32
-    products wrap one by one in Lava) and convolutions are not supported here: the caller runs those
+    ``x_in`` (batch, steps, inputs) holds the input payloads (int64, or bool where all are binary). Each step forms every population's
+    input from the sources' spikes (or payloads) of earlier steps with an exact integer ``W @ s`` over
+    the non-zero sources only (the weight rows of the sources that fired, or their conv segments), then the
+    compiled ``conv_output`` (convolutions), ``synaptic_output`` and ``add_messages`` in projection
+    order, and updates every neuron with the compiled ``lif_step``. Graded dense projections with a
+    delay (whose int32 products wrap one by one in Lava) are not supported here: the caller runs those
     graphs on its general path.
 
     Returns ``(spikes (batch, steps, N) bool, u_rec, v_rec or None, counts (batch, P, 4))`` where
@@ -641,7 +931,7 @@ def network_scan(spec: NetworkSpec, x_in: torch.Tensor, steps: int, keep_state: 
     spikes.
     """
     _check_cpu(x_in)
-    x = x_in.to(torch.int64).contiguous()
+    x = (x_in if x_in.dtype == torch.bool else x_in.to(torch.int64)).contiguous()
     batch = x.shape[0]
     n_pop = int(spec.pop_off[-1])
     spk = torch.empty(batch, steps, n_pop, dtype=torch.bool)
@@ -651,9 +941,25 @@ def network_scan(spec: NetworkSpec, x_in: torch.Tensor, steps: int, keep_state: 
     else:
         u_rec = v_rec = torch.empty(0, 0, 0, dtype=torch.int64)
     counts = torch.zeros(batch, len(spec.pop_off) - 1, 4, dtype=torch.int64)
-    _set_threads(_threads())
-    _network_kernel(count_events, keep_state)(
+    widest = max(1, int(np.max(np.diff(spec.pop_off))) if len(spec.pop_off) > 1 else 1)
+    acc_buf = np.zeros((batch, widest), dtype=spec.acc_dtype)
+    threads = _threads()
+    pre = np.zeros((batch, steps, int(spec.pre_off[-1])), dtype=spec.acc_dtype)
+    for k in np.flatnonzero(spec.ready):
+        off, n = int(spec.src_off[k]), int(spec.src_n[k])
+        nd = int(spec.pop_off[spec.dst_pop[k] + 1] - spec.pop_off[spec.dst_pop[k]])
+        rows = spec.weights[spec.w_off[k]:spec.w_off[k] + n * nd].reshape(n, nd)
+        blocks = max(1, min(threads // max(batch, 1), nd // 64))  # few samples: split the columns
+        _set_threads(threads)
+        _input_kernel()((x[:, :, off:off + n] != 0).contiguous().numpy(), rows,
+                        pre[:, :, spec.pre_off[k]:spec.pre_off[k] + nd], blocks)
+    parallel = threads > 1 and batch > 1  # one sample runs on one thread: no synchronisation per step
+    if parallel:
+        _set_threads(threads)
+    _network_kernel(count_events, keep_state, parallel)(
         x.numpy(), spec.pop_off, spec.du, spec.dv, spec.vth_eff, spec.bias_eff, spec.src_kind, spec.src_off,
-        spec.src_n, spec.dst_pop, spec.w_off, spec.weights, spec.weight_exp, spec.graded, spec.delayed, spec.lags,
+        spec.src_n, spec.dst_pop, spec.w_off, spec.weights, spec.w_shift, spec.row_ptr, spec.row_idx,
+        spec.is_sparse, spec.seg_len, spec.perm_off, spec.weight_exp, spec.graded, spec.delayed, spec.conv, spec.lags, spec.ready, spec.pre_off,
+        pre, acc_buf,
         spk.numpy(), u_rec.numpy(), v_rec.numpy(), counts.numpy())
     return spk, (u_rec if keep_state else None), (v_rec if keep_state else None), counts

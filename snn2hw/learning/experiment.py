@@ -145,10 +145,11 @@ def deployed_accuracy(model, x, y, batch: int = 250) -> float:
 
     art = compile_graph(model.to_ir())
     out = art.graph.outputs[0]
+    prepared = sim.prepare(art)  # weights prepared once for all batches
     correct = 0
     for lo in range(0, len(y), batch):
         xb = _batches(x, lo, min(lo + batch, len(y))).numpy().astype(np.int64)
-        res = sim.run(art, xb, count_events=False)
+        res = sim.run(prepared, xb, count_events=False)
         correct += int((res.spikes[out].sum(axis=1).argmax(axis=1) == y[lo:lo + batch].numpy()).sum())
     return correct / len(y)
 
