@@ -121,11 +121,8 @@ def step_profile(argv=None) -> dict:
     task = get_task(a.task)
     cfg = read_config(CONFIGS / a.config) if a.config else {}
     model = build_model(task, cfg.get("model"), 0)
-    name, _, variant = a.rule.partition("+")  # "hm2bp+lowmem": the rule with low_memory=True
-    opts = {**default_rule_options(name, a.T), **(cfg.get("rule_options") or {})}
-    if variant == "lowmem":
-        opts["low_memory"] = True
-    rule = make_rule(name, **opts)
+    opts = {**default_rule_options(a.rule, a.T), **(cfg.get("rule_options") or {})}
+    rule = make_rule(a.rule, **opts)
     rule.setup(model)
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(a.batch, a.T, task.inputs, generator=g) < 0.1).float()

@@ -23,7 +23,7 @@ PLAN = [  # label, task, config, rule, epochs, seeds (sized for a shared 2-core 
     ("mnist10k 784-800-10 T100", "mnist10k", "mnist10k_mlp800.json", "bptt", 1, 1),
 ]
 MEM_PLAN = [{"label": "mnist10k 784-100-10, batch 16", "task": "mnist10k", "config": "mnist10k_mlp100.json",
-             "rules": ["hm2bp", "hm2bp+lowmem", "bptt"], "T": [50, 100, 200, 400]}]
+             "rules": ["hm2bp", "bptt"], "T": [50, 100, 200, 400]}]
 
 
 if __name__ == "__main__":

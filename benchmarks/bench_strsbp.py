@@ -20,7 +20,7 @@ PLAN = [  # label, task, config, rule, epochs, seeds (sized for a shared 2-core 
     ("mnist10k 784-R100-10 T100", "mnist10k", "mnist10k_rec100.json", "bptt", 2, 1),
 ]
 MEM_PLAN = [{"label": "mnist10k 784-R100-10, batch 16", "task": "mnist10k", "config": "mnist10k_rec100.json",
-             "rules": ["strsbp", "strsbp+lowmem", "bptt"], "T": [50, 100, 200, 400]}]
+             "rules": ["strsbp", "bptt"], "T": [50, 100, 200, 400]}]
 
 
 if __name__ == "__main__":
