@@ -759,17 +759,17 @@ def merge_split(spikes: dict[str, np.ndarray], graph: Graph) -> dict[str, np.nda
 MAX_NIR_BYTES = 1 << 32  # datasets a NIR file may declare in total (4 GiB): larger is refused before reading
 
 
-def _vlen_lengths(f: h5py.File, obj: h5py.Dataset, raw: bytes) -> list[int]:
+def _vlen_lengths(obj: h5py.Dataset, raw) -> list[int]:
     """Byte lengths declared by the variable-length elements of a contiguous dataset, read from the file's
-    own bytes: each element is a (uint32 length, heap address, uint32 index) descriptor, and HDF5 allocates
-    ``length`` before it finds that the heap object is not there."""
+    own bytes (``raw``, the file opened for binary reading): each element is a (uint32 length, heap address,
+    uint32 index) descriptor, and HDF5 allocates ``length`` before it finds that the heap object is not there."""
     offset = obj.id.get_offset()
     if offset is None:  # chunked (or not yet written): no raw descriptors to inspect here
         return []
-    sizeof_addr = f.id.get_create_plist().get_sizes()[0]
-    step = 4 + sizeof_addr + 4
+    step = 4 + obj.file.id.get_create_plist().get_sizes()[0] + 4
     n = int(np.prod(obj.shape, dtype=np.int64))
-    block = raw[offset:offset + n * step]
+    raw.seek(offset)
+    block = raw.read(n * step)
     if len(block) < n * step:
         raise NIRError(f"dataset {obj.name!r} lies past the end of the file")
     tid = obj.id.get_type()
@@ -782,7 +782,7 @@ def _check_dataset_sizes(path: Path) -> None:
     than the file: HDF5 can declare a huge dataset in a tiny file (unwritten chunks), and a corrupt
     variable-length descriptor makes libhdf5 allocate its declared length, both before any error."""
     total = 0
-    raw = path.read_bytes() if path.stat().st_size <= MAX_NIR_BYTES else b""
+    size = path.stat().st_size
     problems: list[str] = []
 
     def visit(_name, obj):
@@ -792,15 +792,14 @@ def _check_dataset_sizes(path: Path) -> None:
         total += int(np.prod(obj.shape, dtype=np.float64)) * max(int(obj.dtype.itemsize), 1)
         tid = obj.id.get_type()
         if tid.get_class() == h5py.h5t.VLEN or (tid.get_class() == h5py.h5t.STRING and tid.is_variable_str()):
-            for length in _vlen_lengths(obj.file, obj, raw):
+            for length in _vlen_lengths(obj, raw):
                 total += length
-                if length > len(raw):
-                    problems.append(f"dataset {obj.name!r} declares a {length}-byte element in a "
-                                    f"{len(raw)}-byte file")
+                if length > size:
+                    problems.append(f"dataset {obj.name!r} declares a {length}-byte element in a {size}-byte file")
                     return
 
     try:
-        with h5py.File(path, "r") as f:
+        with open(path, "rb") as raw, h5py.File(path, "r") as f:
             f.visititems(visit)
     except NIRError as exc:
         raise NIRError(f"{path}: corrupt NIR file ({exc})") from None
