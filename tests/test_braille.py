@@ -85,15 +85,6 @@ def test_split_and_encoding_on_synthetic_records():
     assert x.shape == (3, 40, 24) and set(x.unique().tolist()) <= {0.0, 1.0}
 
 
-def test_recurrent_model_is_a_clear_error_until_the_layer_exists():
-    from snn2hw.nn import layers
-
-    if hasattr(layers, "RecurrentLIFDense"):
-        pytest.skip("a recurrent layer exists")
-    with pytest.raises(NotImplementedError):
-        B.build_model(recurrent=True)
-
-
 @pytest.fixture(scope="module")
 def real():
     try:
