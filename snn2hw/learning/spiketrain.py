@@ -38,7 +38,7 @@ from snn2hw.learning import spsp_kernels
 from snn2hw.learning.base import BatchResult, LearningRule, LearningRuleError
 from snn2hw.learning.spsp import (NeuronSpec, dense_spsp, evenly_spaced_spikes, hop_current_chunk, layer_current,
                                   lif_sequence, lif_sequence_chunked, neuron_spec, reset_mask, spsp_adjoint,
-                                  spsp_per_pre_spike)
+                                  spsp_per_pre_spike, virtual_counts)
 from snn2hw.nn import functional as F
 from snn2hw.nn.conv import ConvLIF, Dropout, Flatten, LeakyReadout, SumPoolLIF, _flat
 from snn2hw.nn.layers import LIFDense, RecurrentLIFDense, hop_delay
@@ -171,10 +171,15 @@ class SpikeTrainRule(LearningRule):
                 counts_in = counts if counts is not None else self._time_sum(s_in, torch.float64)
                 vsum = torch.zeros(s.shape[0], layer.out_features, dtype=torch.float64, device=x.device)
                 counts = torch.zeros_like(vsum)
-                s = lif_sequence_chunked(lambda t0, t1: hop_current_chunk(layer, s_in, t0, t1, x.dtype), s.shape[0],
-                                         s.shape[1], layer.out_features, spec, rec,
-                                         self._block(s.shape[0], max(s.shape[2], layer.out_features)), x, torch.bool,
-                                         vsum, counts)
+                # float temporaries per step: the current, and the input as float when it is a bool train
+                group, block = self._window_groups(*s.shape[:2], layer.out_features + s.shape[2] * (s.dtype != x.dtype))
+                parts = []
+                for b0 in range(0, s.shape[0], group):  # the neurons of different samples are independent
+                    src, rows = s_in[b0:b0 + group], slice(b0, b0 + group)
+                    parts.append(lif_sequence_chunked(
+                        lambda t0, t1, src=src: hop_current_chunk(layer, src, t0, t1, x.dtype), src.shape[0],
+                        src.shape[1], layer.out_features, spec, rec, block, x, torch.bool, vsum[rows], counts[rows]))
+                s = parts[0] if len(parts) == 1 else torch.cat(parts)
                 records.append(LayerTrace(layer, s_in, None, s, spec, rec, vsum, counts, counts_in))
                 continue
             counts = None
@@ -363,6 +368,16 @@ class SpikeTrainRule(LearningRule):
             out += s[:, t0:t0 + block].sum(1).to(dtype)
         return out
 
+    def _window_groups(self, batch: int, steps: int, width: int) -> tuple[int, int]:
+        """(samples per group, steps per block) for float temporaries (group, block, width) near ``CHUNK_BYTES``:
+        groups of whole windows while one sample's window fits (their products then run over contiguous
+        (sample, step) rows of the stored trains, in one GEMM), else one sample in blocks of steps."""
+        per_sample = 4 * max(steps * width, 1)
+        if CHUNK_BYTES < per_sample:
+            return 1, min(steps, self._block(1, width))
+        groups = -(-batch // (CHUNK_BYTES // per_sample))
+        return -(-batch // groups), steps
+
     def _block(self, batch: int, width: int) -> int:
         """Steps per block of the chunked path for float temporaries (batch, steps, width): ``chunk``, or more
         while they stay under ``CHUNK_BYTES``."""
@@ -379,6 +394,7 @@ class SpikeTrainRule(LearningRule):
         yields (t0, t1, lam_u[t0:t1]) and adds the per-neuron sums of lam_u (steps >= 1) and lam_p over the
         window to ``sums[0]`` and ``sums[1]`` ((2, B, N), float64)."""
         batch, steps, n = post.shape
+        block = -(-steps // -(-steps // max(block, 1)))  # equal blocks (no short last one: a GEMM's K)
         if SpikeTrainRule._compiled_scan(post, spec, dtype):
             state: dict = {}
             for t1 in range(steps, 0, -block):
@@ -418,23 +434,20 @@ class SpikeTrainRule(LearningRule):
         return group, self._block(group, width)
 
     @staticmethod
-    def _add_spsp(e: torch.Tensor, lam: torch.Tensor, s_pre: torch.Tensor, sparse: bool) -> None:
-        """``e[b] += lam[b]^T @ s_pre[b]``: S-PSPs (G, N, M) of one block, ``lam`` (G, C, N) the kernel at the
-        steps after the pre-synaptic ones ``s_pre`` (G, C, M, bool or float). Sparse trains: event-driven into
-        ``e``'s transpose (then allocated contiguous, see ``_spsp_buffer``); else one batched GEMM per block,
-        K = C steps, over views of the stored trains (a float input is not copied)."""
+    def _add_spsp(e: torch.Tensor | None, lam: torch.Tensor, s_pre: torch.Tensor, sparse: bool) -> torch.Tensor:
+        """``e[b] + lam[b]^T @ s_pre[b]`` (e None: zeros): S-PSPs (G, N, M) of one block, ``lam`` (G, C, N) the
+        kernel at the steps after the pre-synaptic ones ``s_pre`` (G, C, M, bool or float), added in place.
+        Sparse trains: event-driven into ``e``'s transpose, a contiguous (G, M, N), so that each pre-synaptic
+        spike adds to one contiguous row; else one batched GEMM per block, K = C steps, over views of the
+        stored trains (a float input is not copied)."""
         if sparse:
+            if e is None:
+                e = lam.new_zeros(lam.shape[0], s_pre.shape[2], lam.shape[2]).transpose(1, 2)
             spsp_kernels.scatter_rows(lam, s_pre, e.transpose(1, 2), per_sample=True)
-        else:
-            e.baddbmm_(lam.transpose(1, 2), s_pre.to(lam.dtype))
-
-    @staticmethod
-    def _spsp_buffer(group: int, n: int, m: int, sparse: bool, like: torch.Tensor) -> torch.Tensor:
-        """Zeroed S-PSP matrices (G, N, M); for event-driven filling a transposed view of a contiguous (G, M, N),
-        so that each pre-synaptic spike adds to one contiguous row."""
-        if sparse:
-            return like.new_zeros(group, m, n).transpose(1, 2)
-        return like.new_zeros(group, n, m)
+            return e
+        if e is None:  # the first block writes e (no zero fill)
+            return torch.bmm(lam.transpose(1, 2), s_pre.to(lam.dtype))
+        return e.baddbmm_(lam.transpose(1, 2), s_pre.to(lam.dtype))
 
     def layer_backward_chunked(self, tr: LayerTrace, g: torch.Tensor, targets: torch.Tensor | None,
                                need_input: bool) -> torch.Tensor | None:
@@ -463,10 +476,9 @@ class SpikeTrainRule(LearningRule):
         virtual_cols = None
         if bool(silent.any()):
             k = targets if targets is not None else torch.full_like(counts, float(self.hidden_virtual_spikes))
-            virtual = evenly_spaced_spikes(steps, torch.where(silent, k, torch.zeros_like(k)), spec.t_ref,
-                                           dtype=torch.bool)
-            post = post | virtual
-            counts = counts + self._time_sum(virtual, dtype)  # silent neurons: their real count is 0
+            k = torch.where(silent, k, torch.zeros_like(k))
+            post = post | evenly_spaced_spikes(steps, k, spec.t_ref, dtype=torch.bool)
+            counts = counts + virtual_counts(steps, k, spec.t_ref).to(dtype)  # silent neurons: their real count is 0
             virtual_cols = (counts > 0).logical_and_(silent).any(0).nonzero().squeeze(1)
         rec = tr.rec_weight
         w = layer.weight.detach()
@@ -486,30 +498,31 @@ class SpikeTrainRule(LearningRule):
         sparse_in = want_e and self._event_driven(tr.s_in, g, counts_in.sum() if tr.s_in.dtype == torch.bool else None)
         sparse_rec = rec is not None and self._event_driven(tr.s_out, g, counts_rec.sum())
         compiled = self._compiled_scan(post, spec, dtype)
-        group, block = self._group_and_block(batch, n, n_in * want_e + n * (rec is not None), max(n_in, n), compiled)
+        # float temporaries per step: lam_u, and the trains the products read as float (bool trains are converted)
+        width = n + n_in * (want_e and tr.s_in.dtype != dtype) + n * (rec is not None)
+        group, block = self._group_and_block(batch, n, n_in * want_e + n * (rec is not None), width, compiled)
         for b0 in range(0, batch, group):
             b1 = min(b0 + group, batch)
             rows = slice(b0, b1)
             sums = torch.zeros(2, b1 - b0, n, dtype=torch.float64, device=g.device)  # lam_u (steps >= 1), lam_p
-            e = self._spsp_buffer(b1 - b0, n, n_in, sparse_in, g) if want_e else None
-            e_rec = self._spsp_buffer(b1 - b0, n, n, sparse_rec, g) if rec is not None else None
+            e = e_rec = None  # (G, N, N_in) and (G, N, N), made by the first block
             # T-PSP of neurons given virtual spikes: from e when it is made (sum_j w_ij e_ij), else re-made
-            tpsp_v = g.new_zeros(b1 - b0, virtual_cols.numel()) if want_tpsp_v and e is None else None
+            tpsp_v = g.new_zeros(b1 - b0, virtual_cols.numel()) if want_tpsp_v and not want_e else None
             for t0, t1, lam_u in self._scan_chunks(post[rows], spec, dtype, sums, block):
                 f = 1 if t0 == 0 else 0  # the kernel at step t pairs with the pre spikes of step t - 1
                 lam = lam_u[:, f:]
                 s_prev = tr.s_in[rows, t0 + f - 1:t1 - 1]
                 r_prev = tr.s_out[rows, t0 + f - 1:t1 - 1] if rec is not None else None
-                if e is not None:
-                    self._add_spsp(e, lam, s_prev, sparse_in)
-                if e_rec is not None:
-                    self._add_spsp(e_rec, lam, r_prev, sparse_rec)
+                if want_e:
+                    e = self._add_spsp(e, lam, s_prev, sparse_in)
+                if rec is not None:
+                    e_rec = self._add_spsp(e_rec, lam, r_prev, sparse_rec)
                 if tpsp_v is not None:
                     a = s_prev.to(dtype) @ w_v.t()
                     if rec is not None:
                         a = a + r_prev.to(dtype) @ rec_v.t()
                     tpsp_v += (lam[:, :, virtual_cols] * a).sum(1)
-            if want_tpsp_v and e is not None:
+            if want_tpsp_v and want_e:
                 tpsp_v = (e[:, virtual_cols] * w_v).sum(2)
                 if rec is not None:
                     tpsp_v += (e_rec[:, virtual_cols] * rec_v).sum(2)
