@@ -99,22 +99,32 @@ if numba is not None:
                     else:
                         v[b, i] = x
 
-    def _plain_lif_kernel(has_bias: bool, parallel: bool):
-        """``_lif_scan_py`` without refractory period or recurrent input (the deployable feed-forward layer),
-        branch-free in its inner loop so that it vectorises (about 3x faster): the same products and sums
-        in the same order, so the same spikes bit for bit; ``has_bias`` is a closure constant."""
+    def _plain_lif_kernel(has_bias: bool, has_rec: bool, parallel: bool):
+        """``_lif_scan_py`` without refractory period (the deployable neuron), branch-free in its inner loop so
+        that it vectorises (about 3x faster): the same products and sums in the same order, so the same
+        spikes bit for bit. ``has_bias`` and ``has_rec`` are closure constants."""
 
-        def scan(a, alpha, beta, vth, bias, unit, u, v, spikes, vsum, counts):
-            _const = has_bias  # noqa: F841 (puts the option into the closure)
+        def scan(a, alpha, beta, vth, bias, unit, u, v, spikes, vsum, counts, rec_t, s_prev, first):
+            _const = (has_bias, has_rec)  # noqa: F841 (puts the options into the closure)
             batch, steps, n = a.shape
             for b in numba.prange(batch):
                 zero = unit[0] - unit[0]
-                ub, vb, vs, cn = u[b], v[b], vsum[b], counts[b]
+                ub, vb, vs, cn, sb = u[b], v[b], vsum[b], counts[b], s_prev[b]
+                r = np.zeros(n, dtype=a.dtype)
                 for t in range(steps):
                     at = a[b, t]
                     sp = spikes[b, t]
+                    add_rec = has_rec and not (first and t == 0)
+                    if add_rec:  # r = V s[t-1], summed over the spiking sources in ascending order
+                        for i in range(n):
+                            r[i] = zero
+                        for j in range(n):
+                            if sb[j]:
+                                for i in range(n):
+                                    r[i] += rec_t[j, i]
                     for i in range(n):
-                        uu = ub[i] * alpha[i] + at[i]  # u[t] = alpha u[t-1] + a[t]
+                        ai = at[i] + r[i] if add_rec else at[i]  # a[t] = a_ff[t] + V s[t-1]
+                        uu = ub[i] * alpha[i] + ai  # u[t] = alpha u[t-1] + a[t]
                         ub[i] = uu
                         x = vb[i] * beta[i] + uu  # v_pre = (beta v[t-1] + u[t]) + bias
                         if has_bias:
@@ -124,6 +134,9 @@ if numba is not None:
                         vs[i] += x if fire else 0.0
                         cn[i] += 1.0 if fire else 0.0
                         vb[i] = zero if fire else x
+                    if has_rec:
+                        for i in range(n):
+                            sb[i] = sp[i]
 
         return numba.njit(parallel=parallel, nogil=True, boundscheck=False, cache=True)(scan)
 
@@ -196,8 +209,8 @@ if numba is not None:
     _SCANS = {(name, par): numba.njit(parallel=par, nogil=True, boundscheck=False, cache=True)(fn)
               for name, fn in (("lif", _lif_scan_py), ("adjoint", _adjoint_scan_py), ("scatter", _scatter_rows_py))
               for par in (False, True)}
-    _SCANS.update({("plain_lif", bias, par): _plain_lif_kernel(bias, par) for bias in (False, True)
-                   for par in (False, True)})
+    _SCANS.update({("plain_lif", bias, rec, par): _plain_lif_kernel(bias, rec, par) for bias in (False, True)
+                   for rec in (False, True) for par in (False, True)})
     # the dot products may be reassociated (vectorised): nothing here has to equal another computation
     _SCANS.update({("dots", par): numba.njit(parallel=par, nogil=True, boundscheck=False, cache=True,
                                              fastmath={"reassoc", "contract"})(_spike_dots_py)
@@ -264,10 +277,11 @@ def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsu
                          np.zeros((batch, n), a.numpy().dtype), np.zeros((batch, n), np.int64))
         state["rec"] = (rec_t.numpy(), rec_weight is not None, state["s"].numpy())
         state["counts"] = np.zeros((batch, n), np.float64)
-    if a.numel() and rec_weight is None and not spec.t_ref:
+    if a.numel() and not spec.t_ref:
         alpha, beta, vth, bias, has_bias, _, unit, u, v, _ = state["args"]
-        _scan("plain_lif", has_bias)(a.numpy(), alpha, beta, vth, bias, unit, u, v, spikes.numpy(), vsum.numpy(),
-                                     state["counts"] if counts is None else counts.numpy())
+        _scan("plain_lif", has_bias, rec_weight is not None)(
+            a.numpy(), alpha, beta, vth, bias, unit, u, v, spikes.numpy(), vsum.numpy(),
+            state["counts"] if counts is None else counts.numpy(), state["rec"][0], state["rec"][2], first)
     elif a.numel():
         _scan("lif")(a.numpy(), *state["args"], spikes.numpy(), vsum.numpy(),
                      state["counts"] if counts is None else counts.numpy(), *state["rec"], first)
