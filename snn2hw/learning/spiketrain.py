@@ -493,8 +493,8 @@ class SpikeTrainRule(LearningRule):
         result = torch.empty(batch, n_in, dtype=dtype, device=g.device) if need_input else None
         want_e = weight is not None or need_input
         want_tpsp_v = self.needs_tpsp and virtual_cols is not None and virtual_cols.numel() > 0
-        w_v = w[virtual_cols] if want_tpsp_v else None
-        rec_v = rec[virtual_cols] if want_tpsp_v and rec is not None else None
+        w_v = w[virtual_cols] if want_tpsp_v and not want_e else None
+        rec_v = rec[virtual_cols] if want_tpsp_v and not want_e and rec is not None else None
         sparse_in = want_e and self._event_driven(tr.s_in, g, counts_in.sum() if tr.s_in.dtype == torch.bool else None)
         sparse_rec = rec is not None and self._event_driven(tr.s_out, g, counts_rec.sum())
         compiled = self._compiled_scan(post, spec, dtype)
@@ -522,10 +522,10 @@ class SpikeTrainRule(LearningRule):
                     if rec is not None:
                         a = a + r_prev.to(dtype) @ rec_v.t()
                     tpsp_v += (lam[:, :, virtual_cols] * a).sum(1)
-            if want_tpsp_v and want_e:
-                tpsp_v = (e[:, virtual_cols] * w_v).sum(2)
+            if want_tpsp_v and want_e:  # for every neuron, then the columns: cheaper than gathering rows of e
+                tpsp_v = (e * w).sum(2)[:, virtual_cols]
                 if rec is not None:
-                    tpsp_v += (e_rec[:, virtual_cols] * rec_v).sum(2)
+                    tpsp_v += (e_rec * rec).sum(2)[:, virtual_cols]
             lam_u_sum, lam_p_sum = sums[0].to(dtype), sums[1].to(dtype)
             tpsp = None
             if self.needs_tpsp:
