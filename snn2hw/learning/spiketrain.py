@@ -17,15 +17,17 @@ target count, 35; hidden neurons get ``hidden_virtual_spikes``), and the per-spi
 silent pre-synaptic neuron is the S-PSP one spike at a uniformly random step would add.
 
 Speed and memory. Dense and recurrent layers (the default; ``full_trace`` below is the cross-check)
-keep only their spike trains, as ``bool``, and make everything else in blocks of steps: the forward
-makes a block's currents by one GEMM and runs the compiled LIF scan over it (``spsp_kernels``;
-recurrent layers a per-step loop around the operator's own ``mm``), recording each neuron's membrane
-summed at its spikes, which is HM2-BP's T-PSP without keeping any current; the backward runs the
-compiled reverse S-PSP recursion twice per layer (reductions for the coefficients, then the
-products). Products with sparse trains (at most ``EVENT_DENSITY`` non-zero) are event-driven (cost per
-spike), denser ones GEMMs. Float temporaries are bounded by ``CHUNK_BYTES``, not by T. The ``low_memory``
-option of earlier versions is accepted and has no further effect. Conv and pool layers keep the
-full-window float path (their hop runs through the convolution's autograd).
+keep only their spike trains, as ``bool``, and their counts, and make everything else per group of
+samples or block of steps: the forward makes a group's currents by one GEMM (over the stored rows when
+whole windows fit, else per sample in blocks of steps) and runs the compiled LIF scan over them
+(``spsp_kernels``; recurrent input inside the scan), recording each neuron's count and membrane summed
+at its spikes, which is HM2-BP's T-PSP without keeping any current; the backward runs the compiled
+reverse S-PSP recursion once per layer and group, making the group's S-PSP matrices by one batched
+GEMM per block, from which every gradient and the input error are elementwise
+(``layer_backward_chunked``). Products with sparse trains (at most ``EVENT_DENSITY`` non-zero) are
+event-driven (cost per spike), denser ones GEMMs. Float temporaries are bounded by ``CHUNK_BYTES``, not
+by T. The ``low_memory`` option of earlier versions is accepted and has no further effect. Conv and
+pool layers keep the full-window float path (their hop runs through the convolution's autograd).
 """
 from __future__ import annotations
 
