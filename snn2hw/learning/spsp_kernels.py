@@ -105,7 +105,6 @@ if numba is not None:
         spikes bit for bit. ``has_bias`` and ``has_rec`` are closure constants."""
 
         def scan(a, alpha, beta, vth, bias, unit, u, v, spikes, vsum, counts, rec_t, s_prev, first):
-            _const = (has_bias, has_rec)  # noqa: F841 (puts the options into the closure)
             batch, steps, n = a.shape
             for b in numba.prange(batch):
                 zero = unit[0] - unit[0]
