@@ -336,6 +336,27 @@ def test_superspike_update_is_the_van_rossum_gradient_through_the_eligibility():
     torch.testing.assert_close(res.loss, loss.detach(), rtol=1e-5, atol=1e-6)
 
 
+def test_superspike_rate_regulariser_is_the_gradient_of_the_rate_cost():
+    """With the target raster equal to the layer's own spikes the van Rossum error is zero, so the update is the
+    regulariser's alone; with kappa -> 0 (tau tiny) the filtered trace is the eligibility itself, and the
+    update must equal BPTT's gradient of (rate_cost * T / 2) sum_j (f_j - f_target)^2 (exact trace)."""
+    x, _ = _data(n=8, steps=16)
+    torch.manual_seed(0)
+    model = SpikingSequential([LIFDense(10, 5, du=0.3, dv=0.2, weight_gain=3.0, bias=True)])
+    with torch.no_grad():
+        own = model(x)
+    target, cost, steps = 0.3, 2.0, x.shape[1]
+    rule = make_rule("superspike", tau=1e-3, reset_in_trace=True, rate_target=target, rate_cost=cost)
+    got, res = _rule_grads(rule, model, x, own)
+    assert float(res.loss) == 0.0
+    ref = _bptt_grads(model, x, own, lambda o, y: cost * steps / 2 * (o.mean((0, 1)) - target).square().sum())
+    _close(got, ref, rtol=1e-4, atol=1e-6)
+    off, _ = _rule_grads(make_rule("superspike", tau=1e-3, reset_in_trace=True), model, x, own)
+    assert all(float(g.abs().max()) == 0.0 for g in off)
+    with pytest.raises(LearningRuleError, match="rate_target"):
+        make_rule("superspike", rate_target=1.5)
+
+
 def test_superspike_hidden_feedback_kinds():
     x, y = _data(n=6)
     model = _net()
