@@ -452,3 +452,36 @@ def test_superspike_learns_a_target_spike_raster():
     with torch.no_grad():
         final = float(van_rossum_distance(model(x), target, tau=5.0))
     assert final < 0.5 * hist[0]["loss"]
+
+
+def _bench_online_rules():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_online_rules.py"
+    spec = importlib.util.spec_from_file_location("bench_online_rules", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_alignment_probe_compares_each_rule_with_bptt_on_the_rules_own_loss():
+    """The benchmark's gap measurement: BPTT against itself is cosine 1; FA's output layer is BPTT's and its
+    hidden layer is not; SuperSpike's reference loss is exactly the D^2 the rule descends."""
+    bench = _bench_online_rules()
+    x, y = _data(n=16, steps=12)
+    model = SpikingSequential([LIFDense(10, 16, du=0.3, dv=0.2, weight_gain=3.0),
+                               LIFDense(16, 3, du=0.3, dv=0.2, weight_gain=1.0)])
+    loss = lambda o, t: count_cross_entropy(o, t, scale=0.5)  # noqa: E731
+    same = bench.alignment_probe(model, "bptt", {}, loss, x, y)
+    assert same["cosine_vs_bptt"] == pytest.approx([1.0, 1.0], abs=1e-5)
+    assert same["norm_vs_bptt"] == pytest.approx([1.0, 1.0], abs=1e-5)
+    fa = bench.alignment_probe(model, "fa", {"seed": 3}, loss, x, y)
+    assert fa["cosine_vs_bptt"][1] == pytest.approx(1.0, abs=1e-5) and fa["cosine_vs_bptt"][0] < 0.99
+    assert 0.0 <= fa["silent_fraction"][0] <= 1.0
+    opts = {"target_interval": 2, "target_offset": 1, "tau": 4.0}
+    vr = bench.reference_loss("superspike", {"loss": loss}, opts)
+    _, res = _rule_grads(make_rule("superspike", **opts), model, x, y)
+    with torch.no_grad():
+        torch.testing.assert_close(res.loss, vr(model(x), y), rtol=1e-5, atol=1e-6)
+    assert make_rule("superspike").target_interval == 1  # the default chosen on digits' validation split
