@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -155,7 +156,10 @@ def train_once(task: dict, rule: str, lr: float, epochs: int, seed: int, train, 
     hist = Trainer(model, cfg, loss_fn=task["loss"]).fit(train)
     out = {"rule": label(rule), "lr": lr, "epochs": epochs, "seed": seed, "train_s": time.perf_counter() - t0,
            "epoch_s": [r["time_s"] for r in hist], "loss": [r["loss"] for r in hist],
-           "train_accuracy": hist[-1].get("accuracy"), "load_after": os.getloadavg()[0]}
+           "train_accuracy": hist[-1].get("accuracy"), "load_after": os.getloadavg()[0],
+           # the whole process's peak so far (data, every earlier run): an upper bound, not this run's own;
+           # the per-batch memory against T is --memory
+           "process_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     for name, (x, y) in evals.items():
         out[f"{name}_accuracy"] = evaluate(model, x, y)
     if deploy:
