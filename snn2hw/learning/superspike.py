@@ -34,6 +34,8 @@ neurons fall silent for every input, where the surrogate derivative is too small
 regulariser holds each neuron's mean rate near the target's. Its constant signal goes through the same
 filtered eligibility as the error, times ``1 - kappa`` (so each step's eligibility is replaced by its
 normalised exponential average); with ``kappa -> 0`` it is e-prop's regulariser update exactly.
+Off by default: on digits it cost accuracy (58.9 % validation against 76.3 %, the hidden layer pushed
+silent too); the dense label raster above is what removed the silent outputs.
 """
 from __future__ import annotations
 
