@@ -20,7 +20,7 @@ The default, every step (``target_interval=1``), was chosen on digits' validatio
 95.1 % every 2nd step and 76.3 % every 3rd (``benchmarks/results/superspike_digits_diagnosis.json``). With
 sparse label targets the silent output is a deep minimum of D^2 (9 of 10 targets are silent): whole output
 neurons stop firing for every input, where the surrogate derivative cannot revive them, and BPTT on the
-same loss collapses the same way (11-27 % validation).
+same loss collapses the same way (11-44 % validation at every raster density tried).
 The trainer's ``loss_fn`` is not used: the rule's loss is D^2 (the logged loss).
 
 ``rmsprop=True``: the per-parameter rates of the paper, ``g / (sqrt(v) + eps)`` with
