@@ -20,6 +20,11 @@ recurrent hidden neurons, 27 outputs) as the number of steps T grows, one fresh 
 exist, and the figure is ``VmHWM - VmRSS(before)``; allocations of 1 MiB or more are served by mmap so
 that freed tensors leave RSS at once. BPTT's grows with T; the online rules' should not.
 
+Alignment (``--alignment RULE[:JSON] ...``): each rule trains ``--epochs`` epochs (seed 0) on the first task's
+training part; before and after, its weight update on a fixed batch is compared with BPTT's gradient of the
+same loss (SuperSpike: its van Rossum loss to the label raster): cosine and norm ratio per layer, silent
+neurons, rates. This is the measurement behind the "why each rule trails BPTT" section of the docs.
+
 The machine is shared: the JSON records the load average before and after every run, the thread count
 and versions; under load the times are inflated for every rule alike (rules of one task run
 interleaved by seed, so load hits them similarly), so compare ratios to BPTT in the same run.
@@ -29,6 +34,8 @@ Usage::
     python benchmarks/bench_online_rules.py [--tasks digits braille mnist] [--rules bptt fa dfa decolle eprop superspike]
         [--seeds 3] [--epochs 20] [--hp-epochs 5] [--lrs 0.002 0.005 0.02] [--threads 1]
         [--memory] [--steps-list 64 256 1024] [--out benchmarks/results/online_rules.json]
+    python benchmarks/bench_online_rules.py --memory-only --rules bptt eprop decolle superspike --steps-list 64 256 1024
+    python benchmarks/bench_online_rules.py --tasks digits --alignment bptt fa superspike --epochs 10 --lrs 0.005
 """
 from __future__ import annotations
 
