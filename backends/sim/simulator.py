@@ -284,14 +284,13 @@ def run(
     else:
         prepared = Prepared(graph, device)
     graph, dev = prepared.graph, prepared.device
-    x = check_inputs(graph, inputs)
+    x = check_inputs(graph, inputs, binary_as_bool=True)
     spike_names, state_names = resolve_records(graph, record, record_state)
     batch, steps = next(iter(x.values())).shape[:2]
     events = _EventLog(strict) if (strict or count_events) else None
 
     synapses, neurons = prepared.synapses, prepared.neurons
     order = graph.feedforward_order()
-    binary_inputs = {i.name for i in graph.inputs if i.num_message_bits == 0}
     sizes = {p.name: p.size for p in graph.populations}
     out_spikes = {k: np.empty((batch, steps, sizes[k]), dtype=np.uint8) for k in spike_names}
     out_u = {k: np.empty((batch, steps, sizes[k]), dtype=np.int64) for k in state_names}
@@ -308,10 +307,9 @@ def run(
         hi = min(lo + chunk, batch)
         if events is not None:
             events.sample_offset = lo
-        # binary inputs as bool: what a binary Dense sees (s != 0) at an eighth of int64's memory traffic
-        spikes: dict[str, torch.Tensor] = {
-            k: torch.as_tensor(v[lo:hi] != 0 if k in binary_inputs else v[lo:hi], device=dev) for k, v in x.items()
-        }
+        # binary inputs as bool (check_inputs made them so): what a binary Dense sees (s != 0) at an
+        # eighth of int64's memory traffic
+        spikes: dict[str, torch.Tensor] = {k: torch.as_tensor(v[lo:hi], device=dev) for k, v in x.items()}
         u_rec: dict[str, torch.Tensor] = {}
         v_rec: dict[str, torch.Tensor] = {}
         density: dict[str, float] = {}  # filled by the compiled layers (they count their spikes)
@@ -557,8 +555,11 @@ def _run_network_compiled(graph, network, synapses, neurons, spikes, u_rec, v_re
     inputs = [i.name for i in graph.inputs]
     # binary inputs stay bool (an eighth of int64's memory traffic); graded payloads need int64
     dtype = torch.bool if all(spikes[k].dtype == torch.bool for k in inputs) else torch.int64
-    x_in = (torch.cat([spikes[k].to(dtype) for k in inputs], dim=2) if inputs
-            else torch.zeros(batch, steps, 0, dtype=dtype))
+    if len(inputs) == 1:
+        x_in = spikes[inputs[0]].to(dtype)
+    else:
+        x_in = (torch.cat([spikes[k].to(dtype) for k in inputs], dim=2) if inputs
+                else torch.zeros(batch, steps, 0, dtype=dtype))
     spk, u_all, v_all, counts = compiled.network_scan(network, x_in, steps, keep_state=bool(state_names),
                                                       count_events=events is not None)
     totals = counts.sum(dim=0)
