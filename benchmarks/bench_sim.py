@@ -70,6 +70,8 @@ from bench_env import cpu_model, set_thread_env  # noqa: E402  (imports no torch
 
 # Before torch and numba start their thread pools: they read these once.
 set_thread_env(sys.argv)
+# Before this process does any work: the load the machine carried without the benchmark.
+LOAD_AT_START = os.getloadavg()
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
@@ -376,6 +378,61 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+# A network counts as timed under load when processes other than this benchmark (and the Lava
+# processes it starts) used more than this fraction of the machine's CPU time while it was timed.
+OTHER_LOAD_LIMIT = 0.1
+
+
+class OtherLoad:
+    """CPU time that *other* processes took over an interval, in CPUs (0 on an idle machine).
+
+    The 1-minute load average counts this benchmark's own threads (and Lava's runtime processes), so on
+    a 2-core machine the benchmark alone lifts it to about 2. Instead this takes the busy time of all
+    CPUs from /proc/stat and subtracts this process's own CPU time and that of its finished children
+    (Lava's runtime processes are children that end before the interval does), from /proc/self/stat.
+    ``None`` where /proc is missing."""
+
+    def __init__(self):
+        self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy(), self._own()
+
+    @staticmethod
+    def _busy():
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        return sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # all but idle and iowait
+
+    @staticmethod
+    def _own():
+        try:
+            with open("/proc/self/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime (clock ticks)
+
+    def result(self) -> dict:
+        wall = time.perf_counter() - self.t0
+        busy, own = self._busy(), self._own()
+        if None in (busy, own, self.busy0, self.own0) or wall <= 0:
+            return {"other_cpus": None, "own_cpus": None, "seconds": wall}
+        tick = os.sysconf("SC_CLK_TCK")
+        own_cpus = (own - self.own0) / tick / wall
+        other = max(0.0, (busy - self.busy0) / tick / wall - own_cpus)
+        return {"other_cpus": other, "own_cpus": own_cpus, "seconds": wall}
+
+
+def under_load(other: dict, load_at_start: float) -> bool:
+    """Other processes used more than ``OTHER_LOAD_LIMIT`` of the CPUs (or, without /proc, the load
+    average sampled before the benchmark started exceeded the CPU count)."""
+    cpus = os.cpu_count() or 1
+    if other["other_cpus"] is None:
+        return load_at_start > cpus
+    return other["other_cpus"] > OTHER_LOAD_LIMIT * cpus
+
+
 def time_lava(graph: Graph, x: np.ndarray, warm: int) -> dict:
     """One sample on Lava: (warm) steps with compile + start-up, then len(x) - warm timed steps."""
     from lava.magma.core.run_conditions import RunSteps
@@ -447,6 +504,7 @@ def bench_network(name: str, args, peak_macs: float) -> dict:
     if args.quick:
         lava_steps, steps_b1, steps_b256 = lava_steps // 3, steps_b1 // 4, max(10, steps_b256 // 4)
     load_before = os.getloadavg()
+    other_load = OtherLoad()
     graph = calibrate(build(name))
     macs = dense_macs(graph)
 
@@ -510,8 +568,9 @@ def bench_network(name: str, args, peak_macs: float) -> dict:
         row["conv_accumulation"] = {f"b{b}": conv_accumulation(graph, prepared, st, b, args.reps, peak_macs)
                                     for b, st in ((1, steps_b1), (256, steps_b256))}
     load_after = os.getloadavg()
-    row["load_average"] = {"before": load_before, "after": load_after,
-                           "under_load": max(load_before[0], load_after[0]) > (os.cpu_count() or 1)}
+    other = other_load.result()
+    row["load_average"] = {"before": load_before, "after": load_after, **other,
+                           "under_load": under_load(other, args.load_at_start)}
     return row
 
 
@@ -548,7 +607,7 @@ def _fmt(v: float) -> str:
 def table(rows: list[dict]) -> str:
     head = ("network", "rate", "Lava st/s (excl/incl start)", "batch", "sim st/s (min..max)", "x Lava",
             "x Lava incl. prepare", "dense-eq MAC/s", "performed op/s", "% of limit", "x Lava at limit", "exact",
-            "load")
+            "other CPUs")
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
         lava = r.get("lava_b1")
@@ -564,9 +623,20 @@ def table(rows: list[dict]) -> str:
                 _fmt(x["dense_macs_per_s"]), _fmt(x["performed_ops_per_s"]), f"{100 * x['fraction_of_limit']:.0f}",
                 f"{r['speedup_vs_lava_at_limit']:.0f}" if r.get("speedup_vs_lava_at_limit") else "-",
                 ("yes" if lava["matches_simulator"] else "NO") if lava else "-",
-                f"{r['load_average']['before'][0]:.1f}{' *' if r['load_average']['under_load'] else ''}",
+                _load_cell(r["load_average"]),
             ]))
     return "\n".join(lines)
+
+
+def _cpus(v) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def _load_cell(load: dict) -> str:
+    """The CPUs other processes used while the network was timed (load average where /proc is missing)."""
+    other = load.get("other_cpus")
+    cell = f"{other:.2f}" if other is not None else f"la {load['before'][0]:.1f}"
+    return cell + (" *" if load["under_load"] else "")
 
 
 def conv_table(rows: list[dict]) -> str:
@@ -591,6 +661,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-lava", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sim.json"))
     args = ap.parse_args(argv)
+    args.load_at_start = LOAD_AT_START[0]
     torch.set_num_threads(args.threads)
     # start numba's thread pool the way the simulator does (compiled._set_threads leaves the
     # multiprocessing start method unset, which Lava must set when it is imported); the machine
@@ -598,6 +669,7 @@ def main(argv=None) -> int:
     compiled._set_threads(args.threads)
 
     load_before = os.getloadavg()
+    whole_run = OtherLoad()
     peak = matmul_peak_flops()
     adds, updates, ladder = event_add_peak(), neuron_update_peak(), bandwidth_ladder()
     rows = []
@@ -614,14 +686,18 @@ def main(argv=None) -> int:
                "read_bandwidth": {n: max(ladder[n], ladder_after[n]) for n in ladder}}
     for r in rows:
         apply_limit(r, machine)
+    others = whole_run.result()
 
     print(table(rows))
     if any("conv_accumulation" in r for r in rows):
         print("\nexact conv accumulation alone (interleaved medians):")
         print(conv_table(rows))
     print(f"\nfloat32 matmul peak: {peak / 1e9:.0f} GFLOP/s before, {peak_after / 1e9:.0f} after "
-          f"({args.threads} threads); load average {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f} "
-          f"on {os.cpu_count()} CPUs; * = timed under load (load average above the CPU count)")
+          f"({args.threads} threads); {os.cpu_count()} CPUs; load average {LOAD_AT_START[0]:.1f} before the "
+          f"benchmark started, {os.getloadavg()[0]:.1f} at its end (its own threads included)")
+    print(f"other CPUs: CPU time other processes took while each network was timed (/proc/stat less this "
+          f"process and its Lava children), in CPUs; whole run {_cpus(others['other_cpus'])}; "
+          f"* = under load (other processes above {OTHER_LOAD_LIMIT:.0%} of the CPUs)")
     print(f"event-add peak {machine['event_add_peak'] / 1e9:.1f} G/s; neuron-update peak "
           f"{machine['neuron_update_peak'] / 1e9:.2f} G/s; read bandwidth " + ", ".join(
         f"{n >> 10} KiB: {bw / 1e9:.0f} GB/s" for n, bw in machine["read_bandwidth"].items()))
@@ -637,7 +713,10 @@ def main(argv=None) -> int:
                     "threads": args.threads, "thread_env": {k: os.environ.get(k) for k in (
                         "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_WAIT_POLICY",
                         "KMP_BLOCKTIME")},
-                    "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+                    "loadavg_at_start": LOAD_AT_START, "loadavg_before": load_before,
+                    "loadavg_after": os.getloadavg(), "other_processes": others,
+                    "under_load_rule": f"other processes' CPU time above {OTHER_LOAD_LIMIT:.0%} of the CPUs while a "
+                                       "network was timed (/proc/stat busy time less this process and its children)",
                     "under_load": any(r["load_average"]["under_load"] for r in rows)},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                      "numba": getattr(compiled.numba, "__version__", None), "lava": lava_version},
