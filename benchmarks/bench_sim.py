@@ -462,9 +462,11 @@ def time_lava(graph: Graph, x: np.ndarray, warm: int) -> dict:
 
 def conv_accumulation(graph: Graph, prepared, steps: int, batch: int, reps: int, peak_macs: float) -> dict:
     """The simulator's exact conv (first conv projection) three ways, interleaved: the network kernel's
-    per-source event segments (what the simulator runs; timed as a one-projection graph, so the target's
-    neuron updates are included), the float32 ``conv2d`` of the layer schedule, and the float64 ``conv2d``
-    that came before it. Dense-equivalent MAC/s and the fraction of the GEMM peak for each."""
+    per-source event segments (what the simulator runs on these networks; timed as a one-projection
+    graph, so the target's neuron updates are included), the compiled direct float32 convolution
+    (``compiled.conv_accumulate``: the layer schedule's path on the CPU, exact under the bound) and the
+    float32 ``conv2d`` (oneDNN) that the layer schedule ran before. Dense-equivalent MAC/s and the
+    fraction of the GEMM peak for each; ``apply_limit`` adds the fraction of the dense conv's limit."""
     p = next(q for q in graph.projections if isinstance(q, LoihiConv2d))
     x_np = spikes_in(graph, batch, steps, seed=6)
     x = torch.as_tensor(x_np != 0).reshape(batch * steps, *p.in_shape)
@@ -473,29 +475,33 @@ def conv_accumulation(graph: Graph, prepared, steps: int, batch: int, reps: int,
     args = (p.stride, p.padding, p.dilation, p.groups)
     dst = graph.population(p.dst)
     alone = sim.prepare(Graph(graph.inputs, (dst,), (p,), (dst.name,)).validate())
+    assert hw.conv_bound(w, 1) < 2**24  # float32 sums are exact: both float32 paths apply
 
     def events():
         return sim.run(alone, x_np, count_events=False)
 
-    def f32():
-        return hw.conv_accumulate(x, w, *args, 1)
+    def direct():
+        return compiled.conv_accumulate(x, w, *args)
 
-    def f64():  # the former path: float64 conv2d of the same images
-        return torch.nn.functional.conv2d(x.to(torch.float64), w.to(torch.float64), stride=p.stride,
+    def conv2d():  # the former path: oneDNN's float32 conv2d of the same images
+        return torch.nn.functional.conv2d(x.to(torch.float32), w.to(torch.float32), stride=p.stride,
                                           padding=p.padding, dilation=p.dilation, groups=p.groups)
 
-    assert f32().dtype == torch.float32 and torch.equal(f32().to(torch.float64), f64())
+    out = direct()
+    assert out.dtype == torch.float32 and torch.equal(out, conv2d())
     events()
-    times = {"events": [], "float32": [], "float64": []}
+    times = {"events": [], "direct": [], "conv2d": []}
     for _ in range(reps):  # interleaved
-        for key, fn in (("events", events), ("float32", f32), ("float64", f64)):
+        for key, fn in (("events", events), ("direct", direct), ("conv2d", conv2d)):
             times[key].append(_timed(fn))
     med = {k: statistics.median(v) for k, v in times.items()}
     fig = {k: {"seconds": m, "dense_macs_per_s": macs / m, "fraction_of_gemm_peak": macs / m / peak_macs}
            for k, m in med.items()}
     return {"projection": p.name, "images": batch * steps, "dense_macs": macs,
-            "event_segments_with_neurons": fig["events"], "float32_conv2d": fig["float32"],
-            "float64_conv2d_before": fig["float64"], "speedup_events_vs_float32": med["float32"] / med["events"]}
+            # what any dense conv must move at least: the binary images in, the float32 sums out
+            "min_bytes": int(x.numel() + 4 * out.numel()),
+            "event_segments_with_neurons": fig["events"], "direct_float32": fig["direct"],
+            "float32_conv2d_before": fig["conv2d"], "speedup_direct_vs_conv2d": med["conv2d"] / med["direct"]}
 
 
 def bench_network(name: str, args, peak_macs: float) -> dict:
@@ -595,6 +601,17 @@ def apply_limit(row: dict, machine: dict) -> None:
                           "neuron_seconds": row["neurons"] / machine["neuron_update_peak"]}
     if "lava_b1" in row:  # the speed-up over Lava that a run at the limit would reach
         row["speedup_vs_lava_at_limit"] = 1 / limit / row["lava_b1"]["steps_per_s"] if limit else None
+    for c in row.get("conv_accumulation", {}).values():
+        # a dense conv's limit: its MACs at the GEMM peak, or the least bytes it moves (binary images in,
+        # float32 sums out) at the bandwidth of a working set that large, whichever takes longer
+        gemm = c["dense_macs"] / machine["gemm_peak_macs"]
+        mem = c["min_bytes"] / charged_bandwidth(machine["read_bandwidth"], c["min_bytes"])
+        c["limit_seconds"], c["limit_side"] = max(gemm, mem), ("GEMM" if gemm >= mem else "memory")
+        for k in ("float32_conv2d_before", "direct_float32"):
+            c[k]["fraction_of_gemm_peak"] = c["dense_macs"] / c[k]["seconds"] / machine["gemm_peak_macs"]
+            c[k]["fraction_of_limit"] = c["limit_seconds"] / c[k]["seconds"]
+        c["event_segments_with_neurons"]["fraction_of_gemm_peak"] = (
+            c["dense_macs"] / c["event_segments_with_neurons"]["seconds"] / machine["gemm_peak_macs"])
     for b in ("sim_b1", "sim_b256"):
         row[b]["fraction_of_limit"] = limit * row[b]["sample_steps_per_s"]
         row[b]["fraction_of_gemm_peak_dense_equivalent"] = row[b]["dense_macs_per_s"] / machine["gemm_peak_macs"]
@@ -640,14 +657,16 @@ def _load_cell(load: dict) -> str:
 
 
 def conv_table(rows: list[dict]) -> str:
-    head = ("network", "batch", "images", "float64 conv2d MAC/s", "% peak", "float32 conv2d MAC/s", "% peak",
-            "event segments + neurons, dense-eq MAC/s", "% peak")
+    head = ("network", "batch", "images", "limit", "float32 conv2d (before) MAC/s", "% peak", "% limit",
+            "direct float32 MAC/s", "% peak", "% limit", "event segments + neurons, dense-eq MAC/s", "% peak")
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
         for key, c in r.get("conv_accumulation", {}).items():
-            cells = [r["network"], key[1:], str(c["images"])]
-            for k in ("float64_conv2d_before", "float32_conv2d", "event_segments_with_neurons"):
+            cells = [r["network"], key[1:], str(c["images"]), c.get("limit_side", "-")]
+            for k in ("float32_conv2d_before", "direct_float32", "event_segments_with_neurons"):
                 cells += [_fmt(c[k]["dense_macs_per_s"]), f"{100 * c[k]['fraction_of_gemm_peak']:.0f}"]
+                if "fraction_of_limit" in c[k]:
+                    cells.append(f"{100 * c[k]['fraction_of_limit']:.0f}")
             lines.append(" | ".join(cells))
     return "\n".join(lines)
 

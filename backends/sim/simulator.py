@@ -46,6 +46,7 @@ class _Synapse:
     graded: bool
     max_input: int = 1  # largest input magnitude (bounds the accumulation; picks the exact path)
     conv: LoihiConv2d | None = None
+    conv_f32: bool = False  # a conv for compiled.conv_accumulate: few taps, float32 sums exact
     rows: torch.Tensor | None = None  # weight_t made contiguous, for event-driven accumulation (lazily)
 
 
@@ -93,7 +94,14 @@ def _conv_synapse(p: LoihiConv2d, graded_inputs: dict, device: torch.device) -> 
     graded = p.num_message_bits > 0
     max_input = 1 << max(graded_inputs.get(p.src, p.num_message_bits) - 1, 0) if graded else 1
     kernel = torch.as_tensor(np.array(p.weight, dtype=np.int64), device=device)  # a copy: Prepared keeps it
-    return _Synapse(dataclasses.replace(p, weight_exp=0), kernel, graded, max_input, p)
+    # The compiled direct conv for kernels of few taps per output (one input channel or depthwise, as
+    # sum pooling): oneDNN's conv2d runs those at 1-8 % of the GEMM peak; with more input channels per
+    # group its im2col product was faster (2-4x on an 8-channel 3x3 conv, under load)
+    direct = int(np.prod(kernel.shape[1:])) <= _DIRECT_CONV_MAX_TAPS and hw.conv_bound(kernel, max_input) < 2**24
+    return _Synapse(dataclasses.replace(p, weight_exp=0), kernel, graded, max_input, p, conv_f32=direct)
+
+
+_DIRECT_CONV_MAX_TAPS = 9
 
 
 def _conv_accumulate(syn: _Synapse, s: torch.Tensor) -> torch.Tensor:
@@ -105,14 +113,19 @@ def _conv_accumulate(syn: _Synapse, s: torch.Tensor) -> torch.Tensor:
 
 
 def _conv_accumulate_native(syn: _Synapse, s: torch.Tensor) -> torch.Tensor:
-    """The exact correlation alone (float64 holding integers, or int64), shaped (..., Co*Ho*Wo): the
-    compiled path applies ``conv_output`` element by element."""
+    """The exact correlation alone (float32/float64 holding integers, or int64), shaped (..., Co*Ho*Wo):
+    the compiled path applies ``conv_output`` element by element. On the CPU with numba, a conv whose
+    bound makes float32 exact runs ``compiled.conv_accumulate`` (a direct convolution), else
+    ``loihi2.conv_accumulate``."""
     c = syn.conv
     lead = s.shape[:-1]
-    if not syn.graded:
+    if not syn.graded and s.dtype != torch.bool:
         s = s != 0  # Lava's binary Conv takes any non-zero payload as a spike
     img = s.reshape(-1, *c.in_shape)  # batch and steps folded into the conv batch
-    acc = hw.conv_accumulate(img, syn.weight_t, c.stride, c.padding, c.dilation, c.groups, syn.max_input)
+    if syn.conv_f32 and _use_kernel(img.device):
+        acc = compiled.conv_accumulate(img, syn.weight_t, c.stride, c.padding, c.dilation, c.groups)
+    else:
+        acc = hw.conv_accumulate(img, syn.weight_t, c.stride, c.padding, c.dilation, c.groups, syn.max_input)
     return acc.reshape(*lead, -1)
 
 

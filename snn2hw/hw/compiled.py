@@ -535,6 +535,85 @@ def accumulate_events(s: torch.Tensor, weight_t: torch.Tensor, out: np.ndarray |
     return result.reshape(*lead, w.shape[1])
 
 
+# --- exact direct convolution -----------------------------------------------------------------------------
+def _conv_kernel():
+    if "conv" in _kernels:
+        return _kernels["conv"]
+
+    @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
+    def conv(x, w, dy, dx, out):
+        """out[n, o] = the cross-correlation of image n with w[o], in w's dtype (float32 holding integers).
+
+        ``x`` (N, C, sy, sx, Hq, Wq): the padded images split into stride phases (phase (p, q) holds rows
+        p, p + sy, ... and columns q, q + sx, ...), so that each kernel tap adds one contiguous run of a
+        phase, flattened over rows, to the output image computed at the phase's width Wq (the columns
+        beyond the output's width are discarded). That inner loop is hundreds of elements long and
+        vectorises. One job per (image, output channel). Exact whenever the caller's bound holds: every
+        product and partial sum is then an integer below 2**24."""
+        n_img, ch, sy, sx, hq, wq = x.shape
+        o_n, cg, kh, kw = w.shape
+        _, _, ho, wo = out.shape
+        og = o_n // (ch // cg)
+        size = ho * wq
+        xf = x.reshape(n_img, ch, sy, sx, hq * wq)  # a view: each phase plane flattened over its rows
+        for job in numba.prange(n_img * o_n):
+            n = job // o_n
+            o = job % o_n
+            c0 = (o // og) * cg
+            acc = np.zeros(size, dtype=w.dtype)
+            for c in range(cg):
+                for ky in range(kh):
+                    ry = ky * dy
+                    for kx in range(kw):
+                        wv = w[o, c, ky, kx]
+                        if wv == 0:
+                            continue
+                        rx = kx * dx
+                        start = (ry // sy) * wq + rx // sx
+                        src = xf[n, c0 + c, ry % sy, rx % sx, start:start + size]
+                        for f in range(size):
+                            acc[f] += wv * src[f]
+            for y in range(ho):
+                o_row = out[n, o, y]
+                a_row = acc[y * wq:y * wq + wo]
+                for i in range(wo):
+                    o_row[i] = a_row[i]
+
+    _kernels["conv"] = conv
+    return conv
+
+
+def conv_accumulate(s: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, groups: int) -> torch.Tensor:
+    """Exact integer cross-correlation of images ``s`` (N, C, H, W; bool or integers) with integer
+    ``weight`` (O, C / groups, kh, kw), as float32 (N, O, Ho, Wo), by a compiled direct convolution.
+
+    The caller guarantees the bound of ``loihi2.conv_accumulate``'s float32 path: the largest
+    per-output-channel sum of |w| times the largest |input| is below 2**24, so every product and every
+    partial sum, in any order, is an exactly represented integer. oneDNN's ``conv2d`` runs such
+    small-channel convolutions (spiking layers' 1-16 channels) at a few percent of the GEMM peak.
+    """
+    _check_cpu(s, weight)
+    n, ch, h, wd = s.shape
+    o_n, cg, kh, kw = weight.shape
+    (sy, sx), (py, px), (dy, dx) = stride, padding, dilation
+    ho = (h + 2 * py - dy * (kh - 1) - 1) // sy + 1
+    wo = (wd + 2 * px - dx * (kw - 1) - 1) // sx + 1
+    out = torch.empty(n, o_n, max(ho, 0), max(wo, 0), dtype=torch.float32)
+    if out.numel() == 0:
+        return out.zero_()
+    # phase planes: wide enough for every tap's run (wo + its column offset), one spare row for the
+    # runs of the last output row that spill into the next, and room for the whole padded image
+    wq = max(wo + dx * (kw - 1) // sx, -(-(wd + px) // sx))
+    hq = max(ho + dy * (kh - 1) // sy + 1, -(-(h + py) // sy))
+    x = np.zeros((n, ch, hq * sy, wq * sx), dtype=np.float32)
+    x[:, :, py:py + h, px:px + wd] = s.numpy()
+    x = np.ascontiguousarray(x.reshape(n, ch, hq, sy, wq, sx).transpose(0, 1, 3, 5, 2, 4))
+    w = np.ascontiguousarray(weight.numpy(), dtype=np.float32)
+    _set_threads(_threads())
+    _conv_kernel()(x, w, dy, dx, out.numpy())
+    return out
+
+
 # --- binary inputs --------------------------------------------------------------------------------------
 def _binary_kernel():
     if "binary" in _kernels:
