@@ -48,13 +48,20 @@ For each network, in the same process and run:
   The limit leaves out forming messages and scanning for spikes, so the fraction understates.
 * ``conv_accumulation``: the exact conv of the first conv projection alone, three ways, interleaved:
   the network kernel's event segments (as a one-projection graph: the target's neuron updates are
-  included), the float32 ``conv2d`` of the layer schedule, and the float64 ``conv2d`` before it; in
-  dense-equivalent MAC/s and as a fraction of the GEMM peak, for batch 1 and batch 256.
+  included), the compiled direct float32 convolution (``compiled.conv_accumulate``, the layer
+  schedule's path for one-channel and depthwise convs), and oneDNN's float32 ``conv2d`` (the layer
+  schedule's path before); in dense-equivalent MAC/s, as a fraction of the GEMM peak, and, for the two
+  dense convs, as a fraction of a dense conv's limit: the larger of its MACs at the GEMM peak and the
+  least bytes it must move (binary images in, float32 sums out) at the bandwidth of that working set.
 
-Every figure is taken on a shared machine unless the load average says otherwise: the JSON records
-the load average before and after every network, versions and CPU, the thread environment (set by
-the script before torch is imported: ``OMP_NUM_THREADS`` etc. = ``--threads``,
-``OMP_WAIT_POLICY=PASSIVE``), and the table marks networks timed under load (load > CPUs) with ``*``.
+Load: the table's last column is the CPU time that *other* processes took while the network was timed,
+in CPUs (``/proc/stat``'s busy time less this process's and its finished children's, i.e. Lava's
+runtime processes), and ``*`` marks a network timed under load: other processes above 10 % of the
+CPUs. (The 1-minute load average counts the benchmark's own two threads and Lava's processes, so on a
+2-core machine the benchmark alone lifted it above 2 and marked every network.) The JSON also records
+the load average sampled before the benchmark started and before and after every network, versions
+and CPU, and the thread environment (set by the script before torch is imported:
+``OMP_NUM_THREADS`` etc. = ``--threads``, ``OMP_WAIT_POLICY=PASSIVE``).
 
 Usage::
 

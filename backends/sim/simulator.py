@@ -260,6 +260,7 @@ class Prepared:
         self.neurons = {p.name: _Neurons(graph, p.name, self.device) for p in graph.populations}
         self._network = None
         self._network_built = False
+        self.order = graph.feedforward_order()  # None for a graph with cycles
 
     def network(self) -> compiled.NetworkSpec | None:
         """The whole-network kernel's spec (built on first use), or None where it does not apply."""
@@ -303,7 +304,7 @@ def run(
     events = _EventLog(strict) if (strict or count_events) else None
 
     synapses, neurons = prepared.synapses, prepared.neurons
-    order = graph.feedforward_order()
+    order = prepared.order
     sizes = {p.name: p.size for p in graph.populations}
     out_spikes = {k: np.empty((batch, steps, sizes[k]), dtype=np.uint8) for k in spike_names}
     out_u = {k: np.empty((batch, steps, sizes[k]), dtype=np.int64) for k in state_names}
@@ -316,6 +317,9 @@ def run(
     # schedule's per-layer calls and whole-sequence arrays cost more than they save.
     network = prepared.network() if order is None or _FEEDFORWARD_NETWORK_KERNEL else None
     chunk = _batch_chunk(graph, batch, steps, dev, order is not None and network is None)
+    if network is not None:  # the inputs' messages for all steps stay within _MESSAGE_BYTES per slice
+        per_sample = steps * int(network.pre_off[-1]) * network.acc_dtype.itemsize
+        chunk = max(1, min(chunk, _MESSAGE_BYTES // max(1, per_sample)))
     for lo in range(0, max(batch, 1), chunk):  # once even for an empty batch: same events keys
         hi = min(lo + chunk, batch)
         if events is not None:
@@ -377,6 +381,8 @@ _FEEDFORWARD_NETWORK_KERNEL = True
 # float32 accumulations per layer, which measured 1.5x faster than whole batches of 256 and keeps
 # matrix products large enough to run near the machine's peak.
 _CHUNK_ELEMENTS = 1 << 21
+# Bytes of the inputs' ready messages (compiled.network_scan) per slice of the batch on the network kernel.
+_MESSAGE_BYTES = 1 << 28
 
 
 def _batch_chunk(graph: Graph, batch: int, steps: int, dev: torch.device, feedforward: bool) -> int:
