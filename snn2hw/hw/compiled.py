@@ -555,24 +555,51 @@ def _conv_kernel():
         _, _, ho, wo = out.shape
         og = o_n // (ch // cg)
         size = ho * wq
-        xf = x.reshape(n_img, ch, sy, sx, hq * wq)  # a view: each phase plane flattened over its rows
+        xf = x.reshape(n_img, ch * sy * sx, hq * wq)  # a view: each phase plane flattened over its rows
+        # the non-zero taps of every output channel: weight, phase plane, start of its run
+        taps = np.zeros(o_n, dtype=np.int64)
+        tw = np.empty((o_n, cg * kh * kw), dtype=w.dtype)
+        tplane = np.empty((o_n, cg * kh * kw), dtype=np.int64)
+        tstart = np.empty((o_n, cg * kh * kw), dtype=np.int64)
+        for o in range(o_n):
+            c0 = (o // og) * cg
+            for c in range(cg):
+                for ky in range(kh):
+                    for kx in range(kw):
+                        if w[o, c, ky, kx] != 0:
+                            ry = ky * dy
+                            rx = kx * dx
+                            m = taps[o]
+                            tw[o, m] = w[o, c, ky, kx]
+                            tplane[o, m] = ((c0 + c) * sy + ry % sy) * sx + rx % sx
+                            tstart[o, m] = (ry // sy) * wq + rx // sx
+                            taps[o] = m + 1
         for job in numba.prange(n_img * o_n):
             n = job // o_n
             o = job % o_n
-            c0 = (o // og) * cg
             acc = np.zeros(size, dtype=w.dtype)
-            for c in range(cg):
-                for ky in range(kh):
-                    ry = ky * dy
-                    for kx in range(kw):
-                        wv = w[o, c, ky, kx]
-                        if wv == 0:
-                            continue
-                        rx = kx * dx
-                        start = (ry // sy) * wq + rx // sx
-                        src = xf[n, c0 + c, ry % sy, rx % sx, start:start + size]
-                        for f in range(size):
-                            acc[f] += wv * src[f]
+            nt = taps[o]
+            q = 0
+            # four taps per pass over the sums (the loop is bound by their loads and stores); every
+            # partial sum is a sum of some of one output's products, so it stays below the bound
+            while q + 4 <= nt:
+                s0 = xf[n, tplane[o, q], tstart[o, q]:tstart[o, q] + size]
+                s1 = xf[n, tplane[o, q + 1], tstart[o, q + 1]:tstart[o, q + 1] + size]
+                s2 = xf[n, tplane[o, q + 2], tstart[o, q + 2]:tstart[o, q + 2] + size]
+                s3 = xf[n, tplane[o, q + 3], tstart[o, q + 3]:tstart[o, q + 3] + size]
+                w0 = tw[o, q]
+                w1 = tw[o, q + 1]
+                w2 = tw[o, q + 2]
+                w3 = tw[o, q + 3]
+                for f in range(size):
+                    acc[f] += (w0 * s0[f] + w1 * s1[f]) + (w2 * s2[f] + w3 * s3[f])
+                q += 4
+            while q < nt:
+                s0 = xf[n, tplane[o, q], tstart[o, q]:tstart[o, q] + size]
+                w0 = tw[o, q]
+                for f in range(size):
+                    acc[f] += w0 * s0[f]
+                q += 1
             for y in range(ho):
                 o_row = out[n, o, y]
                 a_row = acc[y * wq:y * wq + wo]
