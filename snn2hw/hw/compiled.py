@@ -632,7 +632,8 @@ def conv_accumulate(s: torch.Tensor, weight: torch.Tensor, stride, padding, dila
     # runs of the last output row that spill into the next, and room for the whole padded image
     wq = max(wo + dx * (kw - 1) // sx, -(-(wd + px) // sx))
     hq = max(ho + dy * (kh - 1) // sy + 1, -(-(h + py) // sy))
-    x = np.zeros((n, ch, hq * sy, wq * sx), dtype=np.float32)
+    # spikes stay one byte each (a quarter of float32's traffic in the padded copies), converted in the loop
+    x = np.zeros((n, ch, hq * sy, wq * sx), dtype=np.uint8 if s.dtype == torch.bool else np.float32)
     x[:, :, py:py + h, px:px + wd] = s.numpy()
     x = np.ascontiguousarray(x.reshape(n, ch, hq, sy, wq, sx).transpose(0, 1, 3, 5, 2, 4))
     w = np.ascontiguousarray(weight.numpy(), dtype=np.float32)
