@@ -698,7 +698,8 @@ _UNROLL = 4  # rows added per pass over a dense segment of the accumulator
 _PRECOMPUTE_MIN_SYNAPSES = 0
 
 
-def _input_kernel():
+def _input_kernels():
+    """The pre-pass kernels: (a binary input's dense projection, its convolution) to messages."""
     if "input" in _kernels:
         return _kernels["input"]
     formulas()
@@ -731,16 +732,6 @@ def _input_kernel():
                 _add_rows(o, w, active, 0, m, c0, c1)
                 for j in range(c1 - c0):
                     o[j] = _synaptic_output(np.int64(o[j]) << sh, e, False, dl)
-
-    _kernels["input"] = input_messages
-    return input_messages
-
-
-def _input_conv_kernel():
-    if "input_conv" in _kernels:
-        return _kernels["input_conv"]
-    formulas()
-    fingerprint = _fingerprint
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
     def input_conv_messages(s, table, row_idx, r0, ln, po, cv, sh, e, dl, out, scratch, step_blocks):
@@ -781,8 +772,8 @@ def _input_conv_kernel():
                         x = _conv_output(x)
                     o[j] = _synaptic_output(x, e, False, dl)
 
-    _kernels["input_conv"] = input_conv_messages
-    return input_conv_messages
+    _kernels["input"] = input_messages, input_conv_messages
+    return _kernels["input"]
 
 
 def _network_kernel(count_events: bool, record: bool, parallel: bool):
@@ -1148,7 +1139,7 @@ def _input_messages(spec: NetworkSpec, x: np.ndarray, pre: np.ndarray, threads: 
             r0 = int(spec.row_ptr[k])
             table = spec.weights[spec.w_off[k]:]
             scratch = np.empty((batch * step_blocks, nd), dtype=pre.dtype)
-            _input_conv_kernel()(s, table, spec.row_idx, r0, int(spec.seg_len[k]), int(spec.perm_off[k]),
+            _input_kernels()[1](s, table, spec.row_idx, r0, int(spec.seg_len[k]), int(spec.perm_off[k]),
                                  bool(spec.conv[k]), *args,
                                  out, scratch, step_blocks)
         else:
@@ -1156,7 +1147,7 @@ def _input_messages(spec: NetworkSpec, x: np.ndarray, pre: np.ndarray, threads: 
             col_blocks = 1
             if rows.nbytes >= _SPLIT_COLUMNS_BYTES:  # each core then reads its own share of the weights
                 col_blocks, step_blocks = max(1, min(share, nd // 64)), 1
-            _input_kernel()(s, rows, *args, out, col_blocks, step_blocks)
+            _input_kernels()[0](s, rows, *args, out, col_blocks, step_blocks)
 
 
 # A binary input's dense projection whose weights are at least this large splits its columns over the
