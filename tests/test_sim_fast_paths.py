@@ -3,7 +3,6 @@ inputs' projections formed into messages before the scan (dense and conv, split 
 the one-pass check of binary inputs, and the compiled direct float32 convolution at its bound."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
