@@ -14,6 +14,7 @@ stored with every run; a run whose ``results.json`` already exists is read back,
   ``python benchmarks/_spiketrain_bench.py report benchmarks/results/spiketrain_accuracy.json``.
 
     python benchmarks/bench_spiketrain_accuracy.py tune
+    python benchmarks/bench_spiketrain_accuracy.py tune-strsbp      # issue 8: ST-RSBP on Braille, 10 epochs
     python benchmarks/bench_spiketrain_accuracy.py final [--only braille] [--seeds 3]
     python benchmarks/bench_spiketrain_accuracy.py final --collect   # tabulate stored runs, run nothing
 """
@@ -38,6 +39,17 @@ TUNE = [
     ("braille", "strsbp", "tune/braille_rec128_taskloss.json", 4),
     ("braille", "strsbp", "tune/braille_rec128_taskloss_bounds.json", 4),
     ("braille", "bptt", "braille_rec128.json", 4),
+]
+# issue 8, ST-RSBP on Braille at the final rows' length (10 epochs), seed 0, compared on validation accuracy
+# (stage ``tune-strsbp``, ``benchmarks/results/strsbp_braille_tuning.json``); ``windows`` is snn2hw's
+# sub-window extension of the rule, 1 (absent) the paper's rule
+TUNE_STRSBP = [
+    ("braille", "strsbp", "braille_rec128.json", 10),
+    ("braille", "strsbp", "braille_rec128_strsbp.json", 10),
+    ("braille", "strsbp", "tune/braille_rec128_w8.json", 10),
+    ("braille", "strsbp", "tune/braille_rec128_taskloss_w8.json", 10),
+    ("braille", "strsbp", "tune/braille_rec128_taskloss_w32.json", 10),
+    ("braille", "strsbp", "tune/braille_rec128_taskloss_lr2e-3.json", 10),
 ]
 # label, task, config, rule, epochs, seeds
 FINAL = [
@@ -75,17 +87,19 @@ def run(task: str, rule: str, config: str, epochs: int, seed: int, rerun: bool =
     return keep
 
 
-def tune(rerun: bool) -> None:
+def tune(rerun: bool, plan: list = TUNE, name: str = "spiketrain_tuning", only: str | None = None) -> None:
     env = environment()
     rows = []
-    for task, rule, config, epochs in TUNE:
+    for task, rule, config, epochs in plan:
+        if only is not None and only not in config:
+            continue
         r = run(task, rule, config, epochs, 0, rerun)
         rows.append({"label": f"{task} {Path(config).stem}", "task": task, "config": config, "rule": rule,
                      "epochs": epochs, "seeds": [0], "runs": [r], "summary": summarize([r])})
         print(f"{task:8s} {rule:6s} {config:40s} val {100 * r['float_val_accuracy']:.2f}  "
               f"train(last epoch) {100 * (r['train_accuracy_last'] or 0):.1f}", flush=True)
-        _write(ROOT / "benchmarks" / "results" / "spiketrain_tuning.json", "spiketrain_tuning", env, rows, None)
-    for task in dict.fromkeys(t for t, *_ in TUNE):
+        _write(ROOT / "benchmarks" / "results" / f"{name}.json", name, env, rows, None)
+    for task in dict.fromkeys(r["task"] for r in rows):
         ranked = sorted((r for r in rows if r["task"] == task), key=lambda r: -r["runs"][0]["float_val_accuracy"])
         print(f"\n{task}, ranked by validation accuracy (seed 0):")
         for r in ranked:
@@ -113,14 +127,17 @@ def final(only: str | None, seeds: int | None, rerun: bool, collect: bool = Fals
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("stage", choices=["tune", "final"])
-    ap.add_argument("--only", default=None, help="final: rows whose label contains this text")
+    ap.add_argument("stage", choices=["tune", "tune-strsbp", "final"])
+    ap.add_argument("--only", default=None, help="final: rows whose label contains this text; tune stages: "
+                    "configs whose path contains it")
     ap.add_argument("--seeds", type=int, default=None, help="final: seeds per row (default: the plan's)")
     ap.add_argument("--rerun", action="store_true", help="re-run runs whose results.json exists")
     ap.add_argument("--collect", action="store_true", help="final: run nothing, tabulate the stored runs")
     a = ap.parse_args(argv)
     if a.stage == "tune":
-        tune(a.rerun)
+        tune(a.rerun, only=a.only)
+    elif a.stage == "tune-strsbp":
+        tune(a.rerun, TUNE_STRSBP, "strsbp_braille_tuning", a.only)
     else:
         final(a.only, a.seeds, a.rerun, a.collect)
     return 0

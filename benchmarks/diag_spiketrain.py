@@ -2,7 +2,8 @@
 
 * ``align TASK RULE [CKPT] [OPTIONS_JSON]``: cosine between the rule's update and BPTT's gradient of (a) the
   rule's own count loss and (b) the task's count cross-entropy, per parameter, on 128 training samples of
-  a fresh (or the given) network; also the output counts.
+  a fresh (or the given; "" for fresh) network; also the output counts. OPTIONS_JSON may be a list of
+  option sets, each compared with the same BPTT gradients.
 * ``activity TASK CKPT``: per layer, the mean spike count and the fractions of silent and saturated
   (> T/2 spikes) (sample, neuron) pairs, on 256 training samples.
 * ``probe BINS``: a linear classifier (logistic regression, standardised features, C = 0.1) on the Braille
@@ -33,7 +34,10 @@ def align(task_name: str, rule_name: str, ckpt: str | None = None, options: str 
     task = get_task(task_name)
     x, y = _train_slice(task, 128)
     model = load_checkpoint(ckpt) if ckpt else build_model(task, None, 0)
-    rule = make_rule(rule_name, **{**default_rule_options(rule_name, task.steps(None)), **json.loads(options or "{}")})
+    sets = json.loads(options or "{}")
+    sets = sets if isinstance(sets, list) else [sets]
+    rules = [make_rule(rule_name, **{**default_rule_options(rule_name, task.steps(None)), **o}) for o in sets]
+    rule = rules[0]
     rule.setup(model)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
@@ -47,13 +51,16 @@ def align(task_name: str, rule_name: str, ckpt: str | None = None, options: str 
         err, per_sample = rule.count_error(out.sum(1), yy)
         return per_sample.mean()
 
-    g_rule = grads(lambda: rule.compute_gradients(model, x, y, task.loss_fn, {}))
     g_mse = grads(lambda: mse_loss(model(x), y).backward())
     g_ce = grads(lambda: task.loss_fn(model(x), y).backward())
     cos = torch.nn.functional.cosine_similarity
-    for (name, _), a, b, c in zip(params, g_rule, g_mse, g_ce):
-        print(f"{name:24s} cos(rule, bptt count-MSE) {float(cos(a.flatten(), b.flatten(), 0)):+.3f}   "
-              f"cos(rule, bptt count-CE) {float(cos(a.flatten(), c.flatten(), 0)):+.3f}")
+    for o, r in zip(sets, rules):
+        print(f"options {json.dumps(o)}")
+        g_rule = grads(lambda: r.compute_gradients(model, x, y, task.loss_fn, {}))
+        for (name, _), a, b, c in zip(params, g_rule, g_mse, g_ce):
+            print(f"  {name:24s} cos(rule, bptt count-MSE) {float(cos(a.flatten(), b.flatten(), 0)):+.3f}   "
+                  f"cos(rule, bptt count-CE) {float(cos(a.flatten(), c.flatten(), 0)):+.3f}   "
+                  f"|rule| / |bptt CE| {float(a.norm() / c.norm().clamp(min=1e-30)):.3g}")
     with torch.no_grad():
         counts = model(x).sum(1)
     print(f"output counts: label {float(counts.gather(1, y.view(-1, 1)).mean()):.2f}, all {float(counts.mean()):.2f}")
