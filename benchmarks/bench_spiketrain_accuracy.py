@@ -50,6 +50,8 @@ TUNE_STRSBP = [
     ("braille", "strsbp", "tune/braille_rec128_taskloss_w8.json", 10),
     ("braille", "strsbp", "tune/braille_rec128_taskloss_w32.json", 10),
     ("braille", "strsbp", "tune/braille_rec128_taskloss_lr2e-3.json", 10),
+    ("braille", "strsbp", "tune/braille_rec128_taskloss_w8_lr1e-2.json", 10),
+    ("braille", "strsbp", "tune/braille_rec128_w8_lr1e-2.json", 10),
 ]
 # label, task, config, rule, epochs, seeds
 FINAL = [
