@@ -52,6 +52,8 @@ TUNE_STRSBP = [
     ("braille", "strsbp", "tune/braille_rec128_taskloss_w32.json", 10),
     ("braille", "strsbp", "tune/braille_rec128_taskloss_w8_lr1e-2.json", 10),
     ("braille", "strsbp", "tune/braille_rec128_w8_lr1e-2.json", 10),
+    ("braille", "strsbp", "tune/braille_rec128_w4.json", 10),
+    ("braille", "strsbp", "tune/braille_rec128_w16.json", 10),
 ]
 # label, task, config, rule, epochs, seeds
 FINAL = [

@@ -108,6 +108,10 @@ def solve(task_name: str, ckpt: str | None = None, options: str | None = None) -
               f"{float((counts == 0).float().mean()):.2f}")
 
 
+def _tag(opts: dict) -> str:
+    return "_".join(f"{k}{v}" for k, v in sorted(opts.items())) or "default"
+
+
 def hybrid(task_name: str, rule_params: str, epochs: str, options: str | None = None, seed: str = "0") -> None:
     """Train with BPTT's gradient for every parameter except those named in ``rule_params`` (comma-separated,
     e.g. ``layers.1.weight``), which take ST-RSBP's update (``options``: its rule options); prints the
@@ -139,7 +143,7 @@ def hybrid(task_name: str, rule_params: str, epochs: str, options: str | None = 
             return BatchResult(res.loss, res.output)
 
     r = train_task(task_name, "diag-hybrid", {"rule_options": {}}, int(epochs), int(seed),
-                   out=f"out/diag_hybrid/{task_name}-{rule_params or 'none'}-{seed}", deploy=False)
+                   out=f"out/diag_hybrid/{task_name}-{rule_params or 'none'}-{_tag(opts)}-{seed}", deploy=False)
     print(f"ST-RSBP for [{rule_params}] {json.dumps(opts)}: val per epoch "
           f"{[h.get('val_accuracy') for h in r['history']]}, best val {r['float_val_accuracy']:.4f}")
 
