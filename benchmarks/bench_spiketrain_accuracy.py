@@ -69,8 +69,10 @@ FINAL = [
 # at 10 epochs are the runs stored in ``spiketrain_accuracy.json`` (same command and code path), reused.
 FINAL_STRSBP = [
     ("braille 24-R128-27 T256, paper's rule and loss", "braille", "braille_rec128.json", "strsbp", 10, 3),
-    ("braille 24-R128-27 T256, windows 8 (snn2hw extension), chosen on validation", "braille",
-     "tune/braille_rec128_w8.json", "strsbp", 10, 3),
+    ("braille 24-R128-27 T256, windows 8 (snn2hw extension)", "braille", "tune/braille_rec128_w8.json", "strsbp",
+     10, 3),
+    ("braille 24-R128-27 T256, windows 4 (snn2hw extension), chosen on validation", "braille",
+     "tune/braille_rec128_w4.json", "strsbp", 10, 3),
     ("braille 24-R128-27 T256 (BPTT reference)", "braille", "braille_rec128.json", "bptt", 10, 3),
 ]
 REUSE_STRSBP = {("braille_rec128.json", "bptt", 10): ("spiketrain_accuracy.json", [0, 1])}
