@@ -14,6 +14,8 @@ stored with every run; a run whose ``results.json`` already exists is read back,
   ``python benchmarks/_spiketrain_bench.py report benchmarks/results/spiketrain_accuracy.json``.
 
     python benchmarks/bench_spiketrain_accuracy.py tune
+    python benchmarks/bench_spiketrain_accuracy.py tune-strsbp      # issue 8: ST-RSBP on Braille, 10 epochs
+    python benchmarks/bench_spiketrain_accuracy.py final-strsbp     # its rows, 3 seeds
     python benchmarks/bench_spiketrain_accuracy.py final [--only braille] [--seeds 3]
     python benchmarks/bench_spiketrain_accuracy.py final --collect   # tabulate stored runs, run nothing
 """
@@ -39,6 +41,20 @@ TUNE = [
     ("braille", "strsbp", "tune/braille_rec128_taskloss_bounds.json", 4),
     ("braille", "bptt", "braille_rec128.json", 4),
 ]
+# issue 8, ST-RSBP on Braille at the final rows' length (10 epochs), seed 0, compared on validation accuracy
+# (stage ``tune-strsbp``, ``benchmarks/results/strsbp_braille_tuning.json``); ``windows`` is snn2hw's
+# sub-window extension of the rule, 1 (absent) the paper's rule
+TUNE_STRSBP = [
+    ("braille", "strsbp", "braille_rec128.json", 10),
+    ("braille", "strsbp", "braille_rec128_strsbp.json", 10),
+    ("braille", "strsbp", "tune/braille_rec128_w8.json", 10),
+    ("braille", "strsbp", "tune/braille_rec128_taskloss_w8.json", 10),
+    ("braille", "strsbp", "tune/braille_rec128_taskloss_w32.json", 10),
+    ("braille", "strsbp", "tune/braille_rec128_taskloss_w8_lr1e-2.json", 10),
+    ("braille", "strsbp", "tune/braille_rec128_w8_lr1e-2.json", 10),
+    ("braille", "strsbp", "tune/braille_rec128_w4.json", 10),
+    ("braille", "strsbp", "tune/braille_rec128_w16.json", 10),
+]
 # label, task, config, rule, epochs, seeds
 FINAL = [
     ("digits 64-128-10 T60, tuned options", "digits", "digits_mlp128_hm2bp.json", "hm2bp", 15, 3),
@@ -48,6 +64,18 @@ FINAL = [
     ("braille 24-R128-27 T256, tuned options", "braille", "braille_rec128_strsbp.json", "strsbp", 10, 3),
     ("braille 24-R128-27 T256", "braille", "braille_rec128.json", "bptt", 10, 3),
 ]
+# issue 8, ST-RSBP on Braille: the paper's rule with the papers' loss, the chosen sub-window setting, and BPTT,
+# 10 epochs (stage ``final-strsbp``, ``benchmarks/results/strsbp_braille_accuracy.json``). BPTT's seeds 0-1
+# at 10 epochs are the runs stored in ``spiketrain_accuracy.json`` (same command and code path), reused.
+FINAL_STRSBP = [
+    ("braille 24-R128-27 T256, paper's rule and loss", "braille", "braille_rec128.json", "strsbp", 10, 3),
+    ("braille 24-R128-27 T256, windows 8 (snn2hw extension)", "braille", "tune/braille_rec128_w8.json", "strsbp",
+     10, 3),
+    ("braille 24-R128-27 T256, windows 4 (snn2hw extension), chosen on validation", "braille",
+     "tune/braille_rec128_w4.json", "strsbp", 10, 3),
+    ("braille 24-R128-27 T256 (BPTT reference)", "braille", "braille_rec128.json", "bptt", 10, 3),
+]
+REUSE_STRSBP = {("braille_rec128.json", "bptt", 10): ("spiketrain_accuracy.json", [0, 1])}
 KEEP = ("seed", "float_val_accuracy", "float_test_accuracy", "deployed_test_accuracy", "rule_neuron_test_accuracy",
         "time_per_epoch_s", "peak_memory_mb", "best_epoch")
 
@@ -75,31 +103,49 @@ def run(task: str, rule: str, config: str, epochs: int, seed: int, rerun: bool =
     return keep
 
 
-def tune(rerun: bool) -> None:
+def tune(rerun: bool, plan: list = TUNE, name: str = "spiketrain_tuning", only: str | None = None) -> None:
     env = environment()
     rows = []
-    for task, rule, config, epochs in TUNE:
+    for task, rule, config, epochs in plan:
+        if only is not None and only not in config:
+            continue
         r = run(task, rule, config, epochs, 0, rerun)
         rows.append({"label": f"{task} {Path(config).stem}", "task": task, "config": config, "rule": rule,
                      "epochs": epochs, "seeds": [0], "runs": [r], "summary": summarize([r])})
         print(f"{task:8s} {rule:6s} {config:40s} val {100 * r['float_val_accuracy']:.2f}  "
               f"train(last epoch) {100 * (r['train_accuracy_last'] or 0):.1f}", flush=True)
-        _write(ROOT / "benchmarks" / "results" / "spiketrain_tuning.json", "spiketrain_tuning", env, rows, None)
-    for task in dict.fromkeys(t for t, *_ in TUNE):
+        _write(ROOT / "benchmarks" / "results" / f"{name}.json", name, env, rows, None)
+    for task in dict.fromkeys(r["task"] for r in rows):
         ranked = sorted((r for r in rows if r["task"] == task), key=lambda r: -r["runs"][0]["float_val_accuracy"])
         print(f"\n{task}, ranked by validation accuracy (seed 0):")
         for r in ranked:
             print(f"  {r['rule']:6s} {r['config']:40s} val {100 * r['runs'][0]['float_val_accuracy']:.2f}")
 
 
-def final(only: str | None, seeds: int | None, rerun: bool, collect: bool = False) -> None:
+def _stored_runs(name: str, config: str, rule: str, epochs: int, seeds: list) -> list:
+    """Runs of ``config``/``rule``/``epochs`` for ``seeds`` stored in ``benchmarks/results/NAME``."""
+    data = json.loads((ROOT / "benchmarks" / "results" / name).read_text())
+    runs = [dict(r, reused_from=name) for row in data["rows"] if row["config"] == config and row["rule"] == rule
+            and row["epochs"] == epochs for r in row["runs"] if r["seed"] in seeds]
+    if sorted(r["seed"] for r in runs) != sorted(seeds):
+        raise RuntimeError(f"{name}: runs of {config} {rule} e{epochs} seeds {seeds} not all stored")
+    return runs
+
+
+def final(only: str | None, seeds: int | None, rerun: bool, collect: bool = False, plan_rows: list = FINAL,
+          name: str = "spiketrain_accuracy", reuse: dict | None = None) -> None:
     env = environment()
     plan = [{"label": l, "task": t, "config": c, "rule": r, "epochs": e, "seeds": list(range(seeds or n)), "runs": []}
-            for l, t, c, r, e, n in FINAL if only is None or only in l]
-    path = ROOT / "benchmarks" / "results" / "spiketrain_accuracy.json"
+            for l, t, c, r, e, n in plan_rows if only is None or only in l]
+    path = ROOT / "benchmarks" / "results" / f"{name}.json"
+    for row in plan:
+        stored = (reuse or {}).get((row["config"], row["rule"], row["epochs"]))
+        if stored:
+            row["runs"] = _stored_runs(stored[0], row["config"], row["rule"], row["epochs"],
+                                       [k for k in stored[1] if k in row["seeds"]])
     for seed in range(max((len(p["seeds"]) for p in plan), default=0)):
         for row in plan:  # rules interleaved seed by seed
-            if seed < len(row["seeds"]):
+            if seed < len(row["seeds"]) and all(r["seed"] != seed for r in row["runs"]):
                 r = run(row["task"], row["rule"], row["config"], row["epochs"], seed, rerun, collect)
                 if r is None:
                     continue
@@ -107,20 +153,29 @@ def final(only: str | None, seeds: int | None, rerun: bool, collect: bool = Fals
                 row["summary"] = summarize(row["runs"])
                 print(f"{row['label']:28s} {row['rule']:7s} seed {seed}: float {100 * r['float_test_accuracy']:.2f} "
                       f"deployed {100 * (r['deployed_test_accuracy'] or float('nan')):.2f}", flush=True)
-                _write(path, "spiketrain_accuracy", env, plan, None)
+                _write(path, name, env, plan, None)
+    for row in plan:
+        if row["runs"]:
+            row["summary"] = summarize(row["runs"])
+    _write(path, name, env, plan, None)
     print(table([row for row in plan if row["runs"]]))
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("stage", choices=["tune", "final"])
-    ap.add_argument("--only", default=None, help="final: rows whose label contains this text")
+    ap.add_argument("stage", choices=["tune", "tune-strsbp", "final", "final-strsbp"])
+    ap.add_argument("--only", default=None, help="final: rows whose label contains this text; tune stages: "
+                    "configs whose path contains it")
     ap.add_argument("--seeds", type=int, default=None, help="final: seeds per row (default: the plan's)")
     ap.add_argument("--rerun", action="store_true", help="re-run runs whose results.json exists")
     ap.add_argument("--collect", action="store_true", help="final: run nothing, tabulate the stored runs")
     a = ap.parse_args(argv)
     if a.stage == "tune":
-        tune(a.rerun)
+        tune(a.rerun, only=a.only)
+    elif a.stage == "tune-strsbp":
+        tune(a.rerun, TUNE_STRSBP, "strsbp_braille_tuning", a.only)
+    elif a.stage == "final-strsbp":
+        final(a.only, a.seeds, a.rerun, a.collect, FINAL_STRSBP, "strsbp_braille_accuracy", REUSE_STRSBP)
     else:
         final(a.only, a.seeds, a.rerun, a.collect)
     return 0

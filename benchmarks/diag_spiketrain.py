@@ -2,9 +2,14 @@
 
 * ``align TASK RULE [CKPT] [OPTIONS_JSON]``: cosine between the rule's update and BPTT's gradient of (a) the
   rule's own count loss and (b) the task's count cross-entropy, per parameter, on 128 training samples of
-  a fresh (or the given) network; also the output counts.
+  a fresh (or the given; "" for fresh) network; also the output counts. OPTIONS_JSON may be a list of
+  option sets, each compared with the same BPTT gradients.
 * ``activity TASK CKPT``: per layer, the mean spike count and the fractions of silent and saturated
   (> T/2 spikes) (sample, neuron) pairs, on 256 training samples.
+* ``solve TASK [CKPT] [OPTIONS_JSON]``: ST-RSBP's recurrent system M on 128 training samples: condition number,
+  pivots at ``min_pivot``, off-diagonal row sums, error amplification ``|z| / |g|`` of the solve.
+* ``hybrid TASK PARAMS EPOCHS [OPTIONS_JSON] [SEED]``: BPTT's gradient for every parameter but PARAMS
+  (comma-separated names), which get ST-RSBP's update: where the accuracy is lost.
 * ``probe BINS``: a linear classifier (logistic regression, standardised features, C = 0.1) on the Braille
   input events summed over ``BINS`` equal time bins: how much of the task the counts alone carry.
 
@@ -33,7 +38,10 @@ def align(task_name: str, rule_name: str, ckpt: str | None = None, options: str 
     task = get_task(task_name)
     x, y = _train_slice(task, 128)
     model = load_checkpoint(ckpt) if ckpt else build_model(task, None, 0)
-    rule = make_rule(rule_name, **{**default_rule_options(rule_name, task.steps(None)), **json.loads(options or "{}")})
+    sets = json.loads(options or "{}")
+    sets = sets if isinstance(sets, list) else [sets]
+    rules = [make_rule(rule_name, **{**default_rule_options(rule_name, task.steps(None)), **o}) for o in sets]
+    rule = rules[0]
     rule.setup(model)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
@@ -47,16 +55,97 @@ def align(task_name: str, rule_name: str, ckpt: str | None = None, options: str 
         err, per_sample = rule.count_error(out.sum(1), yy)
         return per_sample.mean()
 
-    g_rule = grads(lambda: rule.compute_gradients(model, x, y, task.loss_fn, {}))
     g_mse = grads(lambda: mse_loss(model(x), y).backward())
     g_ce = grads(lambda: task.loss_fn(model(x), y).backward())
     cos = torch.nn.functional.cosine_similarity
-    for (name, _), a, b, c in zip(params, g_rule, g_mse, g_ce):
-        print(f"{name:24s} cos(rule, bptt count-MSE) {float(cos(a.flatten(), b.flatten(), 0)):+.3f}   "
-              f"cos(rule, bptt count-CE) {float(cos(a.flatten(), c.flatten(), 0)):+.3f}")
+    for o, r in zip(sets, rules):
+        print(f"options {json.dumps(o)}")
+        g_rule = grads(lambda: r.compute_gradients(model, x, y, task.loss_fn, {}))
+        for (name, _), a, b, c in zip(params, g_rule, g_mse, g_ce):
+            print(f"  {name:24s} cos(rule, bptt count-MSE) {float(cos(a.flatten(), b.flatten(), 0)):+.3f}   "
+                  f"cos(rule, bptt count-CE) {float(cos(a.flatten(), c.flatten(), 0)):+.3f}   "
+                  f"|rule| / |bptt CE| {float(a.norm() / c.norm().clamp(min=1e-30)):.3g}")
     with torch.no_grad():
         counts = model(x).sum(1)
     print(f"output counts: label {float(counts.gather(1, y.view(-1, 1)).mean()):.2f}, all {float(counts.mean()):.2f}")
+
+
+def solve(task_name: str, ckpt: str | None = None, options: str | None = None) -> None:
+    """ST-RSBP's recurrent system on 128 training samples: condition number of M, how many pivots
+    ``1 - S_i`` sit at ``min_pivot``, the spread of the off-diagonal (recurrent) part, and how much the solve
+    amplifies the error (``|z| / |g|``)."""
+    from snn2hw.learning import make_rule
+    from snn2hw.models.tasks import build_model, default_rule_options, get_task
+    from snn2hw.train.checkpoint import load_checkpoint
+
+    task = get_task(task_name)
+    x, y = _train_slice(task, 128)
+    model = load_checkpoint(ckpt) if ckpt else build_model(task, None, 0)
+    rule = make_rule("strsbp", **{**default_rule_options("strsbp", task.steps(None)), **json.loads(options or "{}")})
+    rule.setup(model)
+    seen = []
+    system, coefficients = rule.system, rule.coefficients
+
+    def coeffs(tr, g, stats):
+        c = coefficients(tr, g, stats)
+        if tr.rec_weight is not None:
+            m = system(tr, stats)
+            seen.append((m, g, c[0] * tr.spec.v_th, stats.counts))
+        return c
+
+    rule.coefficients = coeffs
+    rule.compute_gradients(model, x, y, task.loss_fn, {})
+    for m, g, z, counts in seen:
+        diag = torch.diagonal(m, dim1=1, dim2=2)
+        off = m - torch.diag_embed(diag)
+        cond = torch.linalg.cond(m)
+        amp = z.norm(dim=1) / g.norm(dim=1).clamp(min=1e-30)
+        q = lambda t: " / ".join(f"{float(v):.3g}" for v in torch.quantile(t.flatten().float(),  # noqa: E731
+                                                                             torch.tensor([0.5, 0.9, 1.0])))
+        print(f"window of {m.shape[0]} samples: cond(M) median/p90/max {q(cond)};  |1 - S| at min_pivot "
+              f"{float((diag.abs() <= rule.min_pivot + 1e-9).float().mean()):.3f};  diag median/p90/max {q(diag.abs())};  "
+              f"row sum |off-diag| {q(off.abs().sum(2))};  |z|/|g| {q(amp)};  silent hidden "
+              f"{float((counts == 0).float().mean()):.2f}")
+
+
+def _tag(opts: dict) -> str:
+    return "_".join(f"{k}{v}" for k, v in sorted(opts.items())) or "default"
+
+
+def hybrid(task_name: str, rule_params: str, epochs: str, options: str | None = None, seed: str = "0") -> None:
+    """Train with BPTT's gradient for every parameter except those named in ``rule_params`` (comma-separated,
+    e.g. ``layers.1.weight``), which take ST-RSBP's update (``options``: its rule options); prints the
+    validation accuracy per epoch. Which layer's credit assignment costs the accuracy: the gap of a hybrid
+    to plain BPTT is what ST-RSBP's update of those parameters loses. Config: the task's defaults."""
+    from snn2hw.learning import make_rule
+    from snn2hw.learning.base import BatchResult, LearningRule, register_rule
+    from snn2hw.learning.experiment import train_task
+
+    names = [n for n in rule_params.split(",") if n]
+    opts = json.loads(options or "{}")
+
+    @register_rule
+    class Hybrid(LearningRule):
+        name = "diag-hybrid"
+
+        def __init__(self, **_):
+            self.bptt, self.rule = make_rule("bptt"), make_rule("strsbp", **opts)
+
+        def compute_gradients(self, model, x, y, loss_fn, forward_kwargs, scale=1.0):
+            params = dict(model.named_parameters())
+            self.rule.compute_gradients(model, x, y, loss_fn, forward_kwargs, scale)
+            keep = {n: params[n].grad.clone() for n in names}
+            for p in params.values():
+                p.grad = None
+            res = self.bptt.compute_gradients(model, x, y, loss_fn, forward_kwargs, scale)
+            for n, g in keep.items():
+                params[n].grad = g
+            return BatchResult(res.loss, res.output)
+
+    r = train_task(task_name, "diag-hybrid", {"rule_options": {}}, int(epochs), int(seed),
+                   out=f"out/diag_hybrid/{task_name}-{rule_params or 'none'}-{_tag(opts)}-{seed}", deploy=False)
+    print(f"ST-RSBP for [{rule_params}] {json.dumps(opts)}: val per epoch "
+          f"{[h.get('val_accuracy') for h in r['history']]}, best val {r['float_val_accuracy']:.4f}")
 
 
 def activity(task_name: str, ckpt: str) -> None:
@@ -98,6 +187,10 @@ if __name__ == "__main__":
     cmd, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
     if cmd == "align":
         align(*args)
+    elif cmd == "solve":
+        solve(*args)
+    elif cmd == "hybrid":
+        hybrid(*args)
     elif cmd == "activity":
         activity(*args)
     elif cmd == "probe":

@@ -108,14 +108,18 @@ def test_rule_forward_is_the_layers_forward():
     assert torch.equal(make_rule("hm2bp").forward(conv, xc)[1], conv(xc))
 
 
-def _per_sample_reference(net, x, y, rule_name, opts):
+def _per_sample_reference(net, x, y, rule_name, opts, steps=None):
     """The rules' equations per sample, per synapse, with S-PSPs from the slow re-simulation and the
-    recurrent system inverted explicitly."""
+    recurrent system inverted explicitly. ``steps = (t0, t1)``: the same equations on that sub-window of the
+    recorded trains alone, with the output error of the whole sample's counts (ST-RSBP's ``windows``)."""
     l1, l2 = net.layers
     alpha, beta = 0.7, 0.8
     rec = isinstance(l1, RecurrentLIFDense)
     s1 = net.layers[0](x)
     s2 = net.layers[1](s1)
+    c_out_whole = s2.sum(1)
+    if steps is not None:
+        x, s1, s2 = (t[:, steps[0]:steps[1]] for t in (x, s1, s2))
     gw1, gw2 = torch.zeros_like(l1.weight), torch.zeros_like(l2.weight)
     gv = torch.zeros_like(l1.rec_weight) if rec else None
     fit = spsp_fit(alpha, beta, x.shape[1], 0)
@@ -130,7 +134,7 @@ def _per_sample_reference(net, x, y, rule_name, opts):
         assert (c_out > 0).all() and (c_hid > 0).all() and (c_in > 0).all()
         target = torch.full_like(c_out, opts["target_false"])
         target[y[b]] = opts["target_true"]
-        err = c_out - target
+        err = c_out_whole[b] - target
         err = err * (err.abs() > opts["margin"])
         w2, w1 = l2.weight.detach(), l1.weight.detach()
         if rule_name == "hm2bp":
@@ -189,6 +193,27 @@ def test_weight_update_equals_per_sample_reference(rule_name, rec, lateral):
         torch.testing.assert_close(net.layers[0].rec_weight.grad, gv, rtol=1e-9, atol=1e-10)
     if lateral:  # HM2-BP keeps the lateral weights fixed
         assert net.layers[1].rec_weight.grad is None
+
+
+def test_strsbp_windows_equal_the_rule_on_each_window():
+    """``windows=K`` (snn2hw extension) is the paper's rule run on each sub-window of the recorded trains, with
+    the whole sample's output error, summed over the windows."""
+    net = _dense_net(True)
+    x, y = _inputs(steps=60)
+    opts = {"target_true": 30.0, "target_false": 10.0, "margin": 0.0}
+    rule = make_rule("strsbp", **opts, min_pivot=1e-6, windows=3)
+    rule.compute_gradients(net, x, y, None, {}, 1.0)
+    with torch.no_grad():
+        parts = [_per_sample_reference(net, x, y, "strsbp", opts, steps=w) for w in ((0, 20), (20, 40), (40, 60))]
+        whole = _per_sample_reference(net, x, y, "strsbp", opts)
+    for k, param in enumerate((net.layers[0].weight, net.layers[1].weight, net.layers[0].rec_weight)):
+        ref = sum(p[k] for p in parts)
+        torch.testing.assert_close(param.grad, ref, rtol=1e-9, atol=1e-10)
+        assert not torch.allclose(ref, whole[k], rtol=1e-3)  # the windows change the update
+    with pytest.raises(LearningRuleError, match="windows"):
+        make_rule("strsbp", windows=0)
+    with pytest.raises(LearningRuleError, match="at least 122 steps"):
+        make_rule("strsbp", windows=61).compute_gradients(net, x, y, None, {}, 1.0)
 
 
 def test_recurrent_solve_equals_explicit_inverse():

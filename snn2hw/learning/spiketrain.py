@@ -251,20 +251,26 @@ class SpikeTrainRule(LearningRule):
     def trains_recurrent(self) -> bool:
         return False
 
+    def segments(self, records: list, targets: torch.Tensor):
+        """The (records, output targets) the backward runs on: the whole sample (both papers' rules).
+        ST-RSBP's ``windows`` option yields one cropped copy per sub-window instead."""
+        yield records, targets
+
     def compute_gradients(self, model, x, y, loss_fn, forward_kwargs, scale=1.0) -> BatchResult:
         records, out = self.forward(model, x)
         out = out.to(x.dtype)
         counts = out.sum(1)
         err, mean_loss = self.output_error(out, y, loss_fn)
-        g = err * (scale / x.shape[0])  # dE/do of the batch-mean loss
+        g_out = err * (scale / x.shape[0])  # dE/do of the batch-mean loss
         pops = [k for k, r in enumerate(records) if r is not None]
-        targets = self.targets(counts, y)
-        for k in reversed(pops):
-            need_input = k != pops[0]
-            backward = self.layer_backward if records[k].a_ff is not None else self.layer_backward_chunked
-            if self.count_bounds:
-                g = self.bound_error(g, records[k].s_out)
-            g = backward(records[k], g, targets if k == pops[-1] else None, need_input)
+        for recs, targets in self.segments(records, self.targets(counts, y)):
+            g = g_out
+            for k in reversed(pops):
+                need_input = k != pops[0]
+                backward = self.layer_backward if recs[k].a_ff is not None else self.layer_backward_chunked
+                if self.count_bounds:
+                    g = self.bound_error(g, recs[k].s_out)
+                g = backward(recs[k], g, targets if k == pops[-1] else None, need_input)
         return BatchResult(mean_loss.detach(), out)
 
     def layer_backward(self, tr: LayerTrace, g: torch.Tensor, targets: torch.Tensor | None,

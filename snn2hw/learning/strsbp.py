@@ -80,22 +80,46 @@ def spsp_fit(alpha: float, beta: float, steps: int, t_ref: int) -> dict:
 class STRSBP(SpikeTrainRule):
     """ST-RSBP (see the module docstring). Options of ``SpikeTrainRule`` plus ``min_pivot`` (lower bound of
     ``|1 - S_i|``; the paper's 1e-4 lets a few neurons near the singular point scale their error by up to
-    1e4, so the default is larger) and ``self_term`` (False: S = 0)."""
+    1e4, so the default is larger), ``self_term`` (False: S = 0) and ``windows`` (an snn2hw extension, not
+    the paper's rule; 1, the default, is the paper's: see ``segments``)."""
 
     name = "strsbp"
 
     def __init__(self, target_true: float = 35.0, target_false: float = 5.0, margin: float = 5.0, t_ref: int = 0,
                  hidden_virtual_spikes: int = 1, min_pivot: float = 0.1, self_term: bool = True,
                  low_memory: bool = False, chunk: int = 32, loss: str = "mse",
-                 count_bounds: bool = False):
+                 count_bounds: bool = False, windows: int = 1):
         super().__init__(target_true, target_false, margin, t_ref, hidden_virtual_spikes, low_memory, chunk, loss=loss,
                          count_bounds=count_bounds)
         if not min_pivot > 0:
             raise LearningRuleError("strsbp: min_pivot must be > 0")
-        self.min_pivot, self.self_term = float(min_pivot), bool(self_term)
+        if isinstance(windows, bool) or int(windows) != windows or windows < 1:
+            raise LearningRuleError(f"strsbp: windows must be an integer >= 1, got {windows!r}")
+        self.min_pivot, self.self_term, self.windows = float(min_pivot), bool(self_term), int(windows)
 
     def describe(self) -> dict:
-        return {**super().describe(), "min_pivot": self.min_pivot, "self_term": self.self_term}
+        return {**super().describe(), "min_pivot": self.min_pivot, "self_term": self.self_term,
+                "windows": self.windows}
+
+    def segments(self, records: list, targets: torch.Tensor):
+        """``windows = K > 1`` (snn2hw extension): the recorded spike trains of the whole sample are cut into K
+        consecutive sub-windows of near-equal length, and the paper's rule runs on each as if it were a
+        sample of its own -- its own S-PSPs (pre-synaptic spikes before the window and the recurrent hop
+        across its start are left out), its own fitted ``h`` for the window's length, its own recurrent
+        solve -- with every window's output error the ``dE/do`` of the whole sample's counts (the output
+        count is the sum of the windows' counts). Weight gradients add up over the windows. A hidden
+        neuron's error is then resolved in time at the windows' granularity instead of once per sample.
+        Output targets (for silent outputs' virtual spikes) scale with the window's share of the steps."""
+        if self.windows == 1:
+            yield records, targets
+            return
+        steps = next(r.s_out.shape[1] for r in records if r is not None)
+        if steps < 2 * self.windows:
+            raise LearningRuleError(f"strsbp: windows={self.windows} needs at least {2 * self.windows} steps "
+                                    f"(2 per window), the sample has {steps}")
+        cuts = [round(k * steps / self.windows) for k in range(self.windows + 1)]
+        for t0, t1 in zip(cuts[:-1], cuts[1:]):
+            yield [None if r is None else _crop(r, t0, t1) for r in records], targets * ((t1 - t0) / steps)
 
     def trains_recurrent(self) -> bool:
         return True
@@ -136,3 +160,9 @@ class STRSBP(SpikeTrainRule):
             z = torch.linalg.solve(self.system(tr, stats).transpose(1, 2), g.unsqueeze(2)).squeeze(2)
         c = z / tr.spec.v_th
         return c, c
+
+
+def _crop(tr: LayerTrace, t0: int, t1: int) -> LayerTrace:
+    """The record of steps ``t0:t1`` of a layer (the T-PSP record ``vsum`` is whole-window only: dropped)."""
+    return LayerTrace(tr.layer, tr.s_in[:, t0:t1].contiguous(), None if tr.a_ff is None else tr.a_ff[:, t0:t1],
+                      tr.s_out[:, t0:t1].contiguous(), tr.spec, tr.rec_weight)
