@@ -164,5 +164,8 @@ class STRSBP(SpikeTrainRule):
 
 def _crop(tr: LayerTrace, t0: int, t1: int) -> LayerTrace:
     """The record of steps ``t0:t1`` of a layer (the T-PSP record ``vsum`` is whole-window only: dropped)."""
-    return LayerTrace(tr.layer, tr.s_in[:, t0:t1].contiguous(), None if tr.a_ff is None else tr.a_ff[:, t0:t1],
-                      tr.s_out[:, t0:t1].contiguous(), tr.spec, tr.rec_weight)
+    s_in, s_out = tr.s_in[:, t0:t1].contiguous(), tr.s_out[:, t0:t1].contiguous()
+    chunked = tr.counts is not None  # the chunked trace carries the window's counts; recount the crop's
+    return LayerTrace(tr.layer, s_in, None if tr.a_ff is None else tr.a_ff[:, t0:t1], s_out, tr.spec, tr.rec_weight,
+                      counts=s_out.sum(1, dtype=torch.float64) if chunked else None,
+                      counts_in=s_in.sum(1, dtype=torch.float64) if chunked else None)
