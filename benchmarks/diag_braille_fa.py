@@ -1,0 +1,98 @@
+"""Why feedback alignment (FA) trails BPTT on Braille: alignment and quantization of trained networks.
+
+For each float checkpoint of ``python -m snn2hw.models.braille --rule fa ... --out DIR`` (``DIR/float.pt``):
+
+* ``cos(B, W_out)``: the cosine between FA's fixed feedback matrix and the read-out weights it stands in for;
+* the cosine between FA's update of the hidden layer (input and recurrent weights) and BPTT's gradient of the
+  same loss on the same batches (how much of the true descent direction the hidden layer receives);
+* each weight matrix's range (max |w| / std), which sets how coarse 8-bit quantization is for the rest;
+* float and deployed (compiled, simulator) accuracy on the split the run was evaluated on (validation
+  with ``--validation``, else test), read from ``DIR/results.json``.
+
+Usage::
+
+    python benchmarks/diag_braille_fa.py out/diag/fa_lr5e-3_s0 [more run dirs] --out benchmarks/results/braille_fa_diag.json
+
+The FA matrix is rebuilt from the rule's seed (``fa``'s default 0, as in the runs) for the checkpoint's shapes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+
+
+def _hidden_grads(model, rule, x, y, loss_fn) -> list[torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    if rule is None:
+        loss_fn(model(x), y).backward()
+    else:
+        rule.compute_gradients(model, x, y, loss_fn, {})
+    hidden = model.layers[0]
+    return [hidden.weight.grad.clone(), hidden.rec_weight.grad.clone()]
+
+
+def analyse(run: Path, batches: int, batch_size: int, rule_seed: int) -> dict:
+    from snn2hw.learning import make_rule
+    from snn2hw.models import braille
+    from snn2hw.train.checkpoint import load_checkpoint
+
+    model = load_checkpoint(run / "float.pt")
+    res = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
+    rule = make_rule("fa", seed=rule_seed)
+    rule.setup(model)
+    out = {"run": str(run), "cos_feedback_readout": _cos(rule.feedback[1], model.layers[1].weight.detach())}
+    x, y, _, _ = braille.load()
+    tr, _ = braille.validation_split(y) if res.get("evaluated_on") == "validation" else (torch.arange(len(y)), None)
+    g = torch.Generator().manual_seed(0)
+    idx = tr[torch.randperm(len(tr), generator=g)[: batches * batch_size]]
+    cos_in, cos_rec = [], []
+    for b in range(batches):
+        sel = idx[b * batch_size:(b + 1) * batch_size]
+        fa = _hidden_grads(model, rule, x[sel], y[sel], braille.loss_fn)
+        bp = _hidden_grads(model, None, x[sel], y[sel], braille.loss_fn)
+        cos_in.append(_cos(fa[0], bp[0]))
+        cos_rec.append(_cos(fa[1], bp[1]))
+    out["cos_hidden_update_vs_bptt"] = {"input": cos_in, "recurrent": cos_rec}
+    out["weight_range_max_over_std"] = {
+        "input": float(model.layers[0].weight.abs().max() / model.layers[0].weight.std()),
+        "recurrent": float(model.layers[0].effective_rec_weight().abs().max() / model.layers[0].effective_rec_weight().std()),
+        "readout": float(model.layers[1].weight.abs().max() / model.layers[1].weight.std())}
+    for k in ("evaluated_on", "float_accuracy", "deployed_accuracy", "train_accuracy_final", "recipe_overrides",
+              "rule_options", "epochs", "seed"):
+        if k in res:
+            out[k] = res[k]
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", help="output folders of python -m snn2hw.models.braille --out")
+    ap.add_argument("--batches", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--rule-seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    rows = [analyse(Path(r), a.batches, a.batch_size, a.rule_seed) for r in a.runs]
+    for r in rows:
+        ci, cr = r["cos_hidden_update_vs_bptt"]["input"], r["cos_hidden_update_vs_bptt"]["recurrent"]
+        print(f"{r['run']}: cos(B, W_out) {r['cos_feedback_readout']:.3f}  cos(FA, BPTT) hidden input "
+              f"{sum(ci) / len(ci):.3f} recurrent {sum(cr) / len(cr):.3f}  range {r['weight_range_max_over_std']}  "
+              f"float {r.get('float_accuracy')} deployed {r.get('deployed_accuracy')}", file=sys.stderr)
+    if a.out:
+        Path(a.out).write_text(json.dumps({"command": "python benchmarks/diag_braille_fa.py " + " ".join(argv or sys.argv[1:]),
+                                           "runs": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
