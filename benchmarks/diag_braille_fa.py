@@ -2,6 +2,8 @@
 
 For each float checkpoint of ``python -m snn2hw.models.braille --rule fa ... --out DIR`` (``DIR/float.pt``):
 
+Both at the start of the run (the same seed's freshly built network) and at its end:
+
 * ``cos(B, W_out)``: the cosine between FA's fixed feedback matrix and the read-out weights it stands in for;
 * the cosine between FA's update of the hidden layer (input and recurrent weights) and BPTT's gradient of the
   same loss on the same batches (how much of the true descent direction the hidden layer receives);
@@ -44,27 +46,31 @@ def analyse(run: Path, batches: int, batch_size: int, rule_seed: int) -> dict:
     from snn2hw.models import braille
     from snn2hw.train.checkpoint import load_checkpoint
 
-    model = load_checkpoint(run / "float.pt")
     res = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
-    rule = make_rule("fa", seed=rule_seed)
-    rule.setup(model)
-    out = {"run": str(run), "cos_feedback_readout": _cos(rule.feedback[1], model.layers[1].weight.detach())}
     x, y, _, _ = braille.load()
     tr, _ = braille.validation_split(y) if res.get("evaluated_on") == "validation" else (torch.arange(len(y)), None)
     g = torch.Generator().manual_seed(0)
     idx = tr[torch.randperm(len(tr), generator=g)[: batches * batch_size]]
-    cos_in, cos_rec = [], []
-    for b in range(batches):
-        sel = idx[b * batch_size:(b + 1) * batch_size]
-        fa = _hidden_grads(model, rule, x[sel], y[sel], braille.loss_fn)
-        bp = _hidden_grads(model, None, x[sel], y[sel], braille.loss_fn)
-        cos_in.append(_cos(fa[0], bp[0]))
-        cos_rec.append(_cos(fa[1], bp[1]))
-    out["cos_hidden_update_vs_bptt"] = {"input": cos_in, "recurrent": cos_rec}
-    out["weight_range_max_over_std"] = {
-        "input": float(model.layers[0].weight.abs().max() / model.layers[0].weight.std()),
-        "recurrent": float(model.layers[0].effective_rec_weight().abs().max() / model.layers[0].effective_rec_weight().std()),
-        "readout": float(model.layers[1].weight.abs().max() / model.layers[1].weight.std())}
+    out = {"run": str(run)}
+    # the network as the run started (same seed, same builder) and as it ended
+    for when, model in (("init", braille.build_model(int(res.get("seed", 0)), int(res.get("hidden", braille.HIDDEN)))),
+                        ("trained", load_checkpoint(run / "float.pt"))):
+        rule = make_rule("fa", seed=rule_seed, **dict(res.get("rule_options") or {}))
+        rule.setup(model)
+        cos_in, cos_rec = [], []
+        for b in range(batches):
+            sel = idx[b * batch_size:(b + 1) * batch_size]
+            fa = _hidden_grads(model, rule, x[sel], y[sel], braille.loss_fn)
+            bp = _hidden_grads(model, None, x[sel], y[sel], braille.loss_fn)
+            cos_in.append(_cos(fa[0], bp[0]))
+            cos_rec.append(_cos(fa[1], bp[1]))
+        w_in, v, w_out = (t.detach() for t in (model.layers[0].weight, model.layers[0].effective_rec_weight(),
+                                                model.layers[1].weight))
+        out[when] = {"cos_feedback_readout": _cos(rule.feedback[1], w_out),
+                     "cos_hidden_update_vs_bptt": {"input": cos_in, "recurrent": cos_rec},
+                     "weight_range_max_over_std": {"input": float(w_in.abs().max() / w_in.std()),
+                                                   "recurrent": float(v.abs().max() / v.std()),
+                                                   "readout": float(w_out.abs().max() / w_out.std())}}
     for k in ("evaluated_on", "float_accuracy", "deployed_accuracy", "train_accuracy_final", "recipe_overrides",
               "rule_options", "epochs", "seed"):
         if k in res:
@@ -84,10 +90,14 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     rows = [analyse(Path(r), a.batches, a.batch_size, a.rule_seed) for r in a.runs]
     for r in rows:
-        ci, cr = r["cos_hidden_update_vs_bptt"]["input"], r["cos_hidden_update_vs_bptt"]["recurrent"]
-        print(f"{r['run']}: cos(B, W_out) {r['cos_feedback_readout']:.3f}  cos(FA, BPTT) hidden input "
-              f"{sum(ci) / len(ci):.3f} recurrent {sum(cr) / len(cr):.3f}  range {r['weight_range_max_over_std']}  "
-              f"float {r.get('float_accuracy')} deployed {r.get('deployed_accuracy')}", file=sys.stderr)
+        for when in ("init", "trained"):
+            d = r[when]
+            ci, cr = d["cos_hidden_update_vs_bptt"]["input"], d["cos_hidden_update_vs_bptt"]["recurrent"]
+            print(f"{r['run']} [{when}]: cos(B, W_out) {d['cos_feedback_readout']:.3f}  cos(FA, BPTT) hidden input "
+                  f"{sum(ci) / len(ci):.3f} recurrent {sum(cr) / len(cr):.3f}  range {d['weight_range_max_over_std']}",
+                  file=sys.stderr)
+        print(f"  float {r.get('float_accuracy')} deployed {r.get('deployed_accuracy')} on {r.get('evaluated_on')}",
+              file=sys.stderr)
     if a.out:
         Path(a.out).write_text(json.dumps({"command": "python benchmarks/diag_braille_fa.py " + " ".join(argv or sys.argv[1:]),
                                            "runs": rows}, indent=1) + "\n")

@@ -315,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="train on 864 of the 1,080 training recordings and report float and deployed accuracy on "
                          "the other 216 (choosing hyper-parameters); the test set is not read")
     ap.add_argument("--lr", type=float, default=None, help="learning rate of the float training (default: the recipe's 5e-3)")
-    ap.add_argument("--weight-decay", type=float, default=None, help="Adam's L2 weight decay (default 0)")
+    ap.add_argument("--weight-decay", type=float, default=None, help="weight decay (default 0)")
+    ap.add_argument("--optimizer", default=None, choices=("adam", "adamw", "adamax", "sgd"),
+                    help="optimizer of the float training (default: the recipe's adam; adamw decouples weight decay)")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     ap.add_argument("--data", default=None, help=f"path to {FILENAME} or its folder")
     ap.add_argument("--out", default=None, help="checkpoints, metrics.csv and results.json go here")
@@ -325,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = None if a.out is None else str(Path(a.out) / "ckpt")
     logs = None if a.out is None else str(Path(a.out) / "logs")
     t0 = time.perf_counter()
-    overrides = {k: v for k, v in (("lr", a.lr), ("weight_decay", a.weight_decay)) if v is not None}
+    overrides = {k: v for k, v in (("lr", a.lr), ("weight_decay", a.weight_decay), ("optimizer", a.optimizer))
+                 if v is not None}
     model, history = train(a.epochs, a.seed, a.data, ckpt, logs, progress=True, resume=a.resume, hidden=a.hidden,
                            recurrent=not a.feedforward, rule=a.rule, rule_options=json.loads(a.rule_options),
                            validation=a.validation, **overrides)
