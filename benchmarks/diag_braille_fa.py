@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -41,6 +42,51 @@ def _hidden_grads(model, rule, x, y, loss_fn) -> list[torch.Tensor]:
     return [hidden.weight.grad.clone(), hidden.rec_weight.grad.clone()]
 
 
+def command_of(res: dict, run: Path) -> str:
+    """The command line that produced a run's ``results.json``."""
+    opts = res.get("rule_options") or {}
+    over = res.get("recipe_overrides") or {}
+    flags = "".join(f" --{k.replace('_', '-')} {v}" for k, v in over.items())
+    return (f"python -m snn2hw.models.braille{' --validation' if res.get('evaluated_on') == 'validation' else ''} "
+            f"--epochs {res['epochs']} --qat-epochs {res['qat_epochs']} --rule {res['rule']}"
+            + (f" --rule-options '{json.dumps(opts)}'" if opts else "") + flags
+            + f" --threads 1 --seed {res['seed']} --out {run}")
+
+
+def summary(run: Path) -> dict:
+    """A run's figures from its ``results.json`` (and the peak RSS sampled beside it, when the run predates
+    ``peak_rss_mib``)."""
+
+    if not (run / "results.json").is_file():  # a run stopped early: its per-epoch log only
+        import csv
+
+        with open(run / "logs" / "metrics.csv") as f:
+            log = list(csv.DictReader(f))
+        return {"run": str(run), "stopped_after_epochs": len(log), "rule": "see command",
+                "validation_accuracy_by_epoch": [float(r["val_accuracy"]) for r in log],
+                "train_accuracy_by_epoch": [float(r["accuracy"]) for r in log],
+                "epoch_s_median": statistics.median(float(r["time_s"]) for r in log)}
+    res = json.loads((run / "results.json").read_text())
+    split = res.get("evaluated_on", "test")
+    hwm = run.parent / (run.name + ".hwm_kb")
+    peak = res.get("peak_rss_mib") or (int(hwm.read_text()) / 1024 if hwm.is_file() else None)
+    return {"run": str(run), "command": command_of(res, run), "rule": res["rule"],
+            "rule_options": res.get("rule_options") or {}, "recipe_overrides": res.get("recipe_overrides") or {},
+            "seed": res["seed"], "epochs": res["epochs"], "evaluated_on": split,
+            f"float_{split}_accuracy": res["float_accuracy"], f"deployed_{split}_accuracy": res["deployed_accuracy"],
+            "train_accuracy_final": res.get("train_accuracy_final"),
+            f"{split}_accuracy_by_epoch": res.get(f"{split}_accuracy_by_epoch"),
+            "epoch_s_median": statistics.median(res["epoch_time_s"]), "loadavg_end": res.get("loadavg_end"),
+            "peak_rss_mib_process": peak}
+
+
+def weight_ranges(model) -> dict:
+    """max |w| / std per weight matrix: how many quantization steps the bulk of the weights gets."""
+    w_in, v, w_out = (t.detach() for t in (model.layers[0].weight, model.layers[0].effective_rec_weight(),
+                                            model.layers[1].weight))
+    return {k: float(w.abs().max() / w.std()) for k, w in (("input", w_in), ("recurrent", v), ("readout", w_out))}
+
+
 def analyse(run: Path, batches: int, batch_size: int, rule_seed: int) -> dict:
     from snn2hw.learning import make_rule
     from snn2hw.models import braille
@@ -53,10 +99,10 @@ def analyse(run: Path, batches: int, batch_size: int, rule_seed: int) -> dict:
     idx = tr[torch.randperm(len(tr), generator=g)[: batches * batch_size]]
     out = {"run": str(run)}
     # the network as the run started (same seed, same builder) and as it ended
-    for when, model in (("init", braille.build_model(int(res.get("seed", 0)), int(res.get("hidden", braille.HIDDEN)))),
-                        ("trained", load_checkpoint(run / "float.pt"))):
-        rule = make_rule("fa", seed=rule_seed, **dict(res.get("rule_options") or {}))
-        rule.setup(model)
+    init = braille.build_model(int(res.get("seed", 0)), int(res.get("hidden", braille.HIDDEN)))
+    rule = make_rule("fa", seed=rule_seed, **dict(res.get("rule_options") or {}))
+    rule.setup(init)  # the matrices as the run drew them (B_V's scale is taken from V at the start)
+    for when, model in (("init", init), ("trained", load_checkpoint(run / "float.pt"))):
         cos_in, cos_rec = [], []
         for b in range(batches):
             sel = idx[b * batch_size:(b + 1) * batch_size]
@@ -64,13 +110,9 @@ def analyse(run: Path, batches: int, batch_size: int, rule_seed: int) -> dict:
             bp = _hidden_grads(model, None, x[sel], y[sel], braille.loss_fn)
             cos_in.append(_cos(fa[0], bp[0]))
             cos_rec.append(_cos(fa[1], bp[1]))
-        w_in, v, w_out = (t.detach() for t in (model.layers[0].weight, model.layers[0].effective_rec_weight(),
-                                                model.layers[1].weight))
-        out[when] = {"cos_feedback_readout": _cos(rule.feedback[1], w_out),
+        out[when] = {"cos_feedback_readout": _cos(rule.feedback[1], model.layers[1].weight.detach()),
                      "cos_hidden_update_vs_bptt": {"input": cos_in, "recurrent": cos_rec},
-                     "weight_range_max_over_std": {"input": float(w_in.abs().max() / w_in.std()),
-                                                   "recurrent": float(v.abs().max() / v.std()),
-                                                   "readout": float(w_out.abs().max() / w_out.std())}}
+                     "weight_range_max_over_std": weight_ranges(model)}
     for k in ("evaluated_on", "float_accuracy", "deployed_accuracy", "train_accuracy_final", "recipe_overrides",
               "rule_options", "epochs", "seed"):
         if k in res:
@@ -85,11 +127,30 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--rule-seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--summary-only", action="store_true", help="only collect the runs' figures (no alignment)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    rows = [analyse(Path(r), a.batches, a.batch_size, a.rule_seed) for r in a.runs]
+    rows = [summary(Path(r)) for r in a.runs]
+    stopped = [r for r in rows if "stopped_after_epochs" in r]
+    rows = [r for r in rows if "stopped_after_epochs" not in r]
+    for r in stopped:
+        print(f"{r['run']}: stopped after {r['stopped_after_epochs']} epochs, validation "
+              f"{[round(100 * v, 1) for v in r['validation_accuracy_by_epoch']]}", file=sys.stderr)
     for r in rows:
+        split = r["evaluated_on"]
+        print(f"{r['command']}\n  float {100 * r[f'float_{split}_accuracy']:.2f}  deployed "
+              f"{100 * r[f'deployed_{split}_accuracy']:.2f} ({split})  train {100 * r['train_accuracy_final']:.2f}  "
+              f"{r['epoch_s_median']:.1f} s/epoch (load {r['loadavg_end']})", file=sys.stderr)
+    from snn2hw.train.checkpoint import load_checkpoint
+
+    for row in rows:
+        row["weight_range_max_over_std"] = weight_ranges(load_checkpoint(Path(row["run"]) / "float.pt"))
+    if not a.summary_only:
+        for row in rows:
+            if row["rule"] == "fa":
+                row["alignment"] = analyse(Path(row["run"]), a.batches, a.batch_size, a.rule_seed)
+    for r in (row["alignment"] for row in rows if "alignment" in row):
         for when in ("init", "trained"):
             d = r[when]
             ci, cr = d["cos_hidden_update_vs_bptt"]["input"], d["cos_hidden_update_vs_bptt"]["recurrent"]
@@ -99,8 +160,15 @@ def main(argv=None) -> int:
         print(f"  float {r.get('float_accuracy')} deployed {r.get('deployed_accuracy')} on {r.get('evaluated_on')}",
               file=sys.stderr)
     if a.out:
-        Path(a.out).write_text(json.dumps({"command": "python benchmarks/diag_braille_fa.py " + " ".join(argv or sys.argv[1:]),
-                                           "runs": rows}, indent=1) + "\n")
+        import os
+        import platform
+
+        Path(a.out).write_text(json.dumps({
+            "command": "python benchmarks/diag_braille_fa.py " + " ".join(argv or sys.argv[1:]),
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                        "loadavg_at_collection": list(os.getloadavg()),
+                        "note": "shared 2-core machine under load: s/epoch inflated several-fold"},
+            "runs": rows, "stopped_runs": stopped}, indent=1) + "\n")
     return 0
 
 

@@ -349,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     result.update(float_qat_deploy(model, train_data, eval_data, a.qat_epochs, a.seed, progress=True,
                                    checkpoint_dir=None if a.out is None else str(Path(a.out) / "qat_ckpt")))
     result["total_time_s"] = time.perf_counter() - t0
+    import resource
+
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # whole process, data included
     if a.out is not None:
         from snn2hw.train.checkpoint import save_checkpoint
 
