@@ -80,6 +80,29 @@ def summary(run: Path) -> dict:
             "peak_rss_mib_process": peak}
 
 
+def deployed_accuracies(run: Path, evaluated_on: str, calibration_samples: int = 128) -> dict:
+    """Accuracy of the compiled network on the run's evaluation split with straight quantization and with
+    the PTQ search (uncalibrated, and calibrated on the first training samples: never the evaluated ones)."""
+    import numpy as np
+
+    from snn2hw.backends import sim
+    from snn2hw.compiler import PTQConfig, compile_graph
+    from snn2hw.models import braille
+    from snn2hw.train.checkpoint import load_checkpoint
+
+    (x_tr, _), (x_ev, y_ev) = braille._fit_split(braille.load(), evaluated_on == "validation")
+    graph = load_checkpoint(run / "float.pt").to_ir()
+    calib = x_tr[:calibration_samples].numpy()
+    out = {}
+    for name, ptq, cal in (("straight", None, None), ("ptq_search", PTQConfig(), None),
+                           ("ptq_search_calibrated", PTQConfig(), calib)):
+        art = compile_graph(graph) if ptq is None else compile_graph(graph, ptq=ptq, calibration_inputs=cal)
+        res = sim.run(art, x_ev.numpy().astype(np.int64), count_events=False)
+        counts = res.spikes[art.graph.outputs[0]].sum(axis=1)
+        out[name] = float(np.mean(counts.argmax(axis=1) == y_ev.numpy()))
+    return out
+
+
 def weight_ranges(model) -> dict:
     """max |w| / std per weight matrix: how many quantization steps the bulk of the weights gets."""
     w_in, v, w_out = (t.detach() for t in (model.layers[0].weight, model.layers[0].effective_rec_weight(),
@@ -127,6 +150,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--rule-seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ptq", action="store_true", help="also deploy with the PTQ search (compiler), on the same split")
     ap.add_argument("--summary-only", action="store_true", help="only collect the runs' figures (no alignment)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
@@ -146,6 +170,11 @@ def main(argv=None) -> int:
 
     for row in rows:
         row["weight_range_max_over_std"] = weight_ranges(load_checkpoint(Path(row["run"]) / "float.pt"))
+        if a.ptq:
+            row[f"deployed_{row['evaluated_on']}_accuracy_by_quantization"] = deployed_accuracies(
+                Path(row["run"]), row["evaluated_on"])
+            print(f"{row['run']}: deployed {row['deployed_' + row['evaluated_on'] + '_accuracy_by_quantization']}",
+                  file=sys.stderr)
     if not a.summary_only:
         for row in rows:
             if row["rule"] == "fa":
