@@ -103,6 +103,22 @@ def deployed_accuracies(run: Path, evaluated_on: str, calibration_samples: int =
     return out
 
 
+def count_margins(run: Path, evaluated_on: str) -> dict:
+    """Float output spike-count margins (winner minus runner-up) on the run's evaluation split: how far
+    the predictions sit from a tie, i.e. how many output spikes quantization must move to flip one."""
+    from snn2hw.models import braille
+    from snn2hw.train.checkpoint import load_checkpoint
+
+    _, (x_ev, _) = braille._fit_split(braille.load(), evaluated_on == "validation")
+    model = load_checkpoint(run / "float.pt").eval()
+    with torch.no_grad():
+        counts = torch.cat([model(x_ev[i:i + 128]).sum(1) for i in range(0, len(x_ev), 128)])
+    top = counts.topk(2, dim=1).values
+    m = top[:, 0] - top[:, 1]
+    return {"median": float(m.median()), "fraction_at_most_2": float((m <= 2).float().mean()),
+            "fraction_tied": float((m == 0).float().mean())}
+
+
 def weight_ranges(model) -> dict:
     """max |w| / std per weight matrix: how many quantization steps the bulk of the weights gets."""
     w_in, v, w_out = (t.detach() for t in (model.layers[0].weight, model.layers[0].effective_rec_weight(),
@@ -170,6 +186,8 @@ def main(argv=None) -> int:
 
     for row in rows:
         row["weight_range_max_over_std"] = weight_ranges(load_checkpoint(Path(row["run"]) / "float.pt"))
+        row["float_count_margin"] = count_margins(Path(row["run"]), row["evaluated_on"])
+        print(f"{row['run']}: float count margin {row['float_count_margin']}", file=sys.stderr)
         if a.ptq:
             row[f"deployed_{row['evaluated_on']}_accuracy_by_quantization"] = deployed_accuracies(
                 Path(row["run"]), row["evaluated_on"])

@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rule-options", default="{}", help="JSON object of the rule's options")
     ap.add_argument("--validation", action="store_true",
                     help="train on 864 of the 1,080 training recordings and report float and deployed accuracy on "
-                         "the other 216 (choosing hyper-parameters); the test set is not read")
+                         "the other 216 (choosing hyper-parameters); no test recording is evaluated")
     ap.add_argument("--lr", type=float, default=None, help="learning rate of the float training (default: the recipe's 5e-3)")
     ap.add_argument("--weight-decay", type=float, default=None, help="weight decay (default 0)")
     ap.add_argument("--optimizer", default=None, choices=("adam", "adamw", "adamax", "sgd"),
