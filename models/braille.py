@@ -148,7 +148,8 @@ def encode(records: list[dict], steps: int = STEPS, threshold: float = THRESHOLD
 
 def validation_split(y: torch.Tensor, fraction: float = 0.2, seed: int = SPLIT_SEED) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, validation) indices into the training split: per letter, a fixed ``fraction`` of its training
-    recordings is held out (864 / 216 of 1,080), so that hyper-parameters are chosen without the test set."""
+    recordings is held out (864 / 216 of 1,080), so that hyper-parameters are chosen without the test set.
+    Works for any class labels ``y`` (``benchmarks/bench_online_rules.py`` uses it for every task)."""
     g = torch.Generator().manual_seed(seed)
     tr, va = [], []
     for c in torch.unique(y):
