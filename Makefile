@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/snn2hw demo --out out/demo
 
+# One pytest worker per CPU (pytest-xdist): much of the suite is subprocesses (CLI, Lava, torchrun).
 test: $(STAMP)
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n auto --dist worksteal
 
 test-fast: $(STAMP)
 	$(PYTHON) -m pytest -q -m "not lava and not slow"

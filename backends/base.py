@@ -45,10 +45,12 @@ def get_backend(name: str) -> Callable[..., RunResult]:
     return module.run
 
 
-def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray] | np.ndarray,
+                 binary_as_bool: bool = False) -> dict[str, np.ndarray]:
     """Normalise inputs to {input name: int64 array (batch, steps, size)} and check them.
 
     A bare array is accepted for a graph with a single input; a 2-D array is one sample.
+    ``binary_as_bool``: binary inputs come back as bool arrays (checked and converted in one pass).
     """
     if not isinstance(inputs, Mapping):
         if len(graph.inputs) != 1:
@@ -72,9 +74,10 @@ def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray] | np.ndarray) ->
         # integer and bool arrays are integers by type: the checks below would only cost passes
         if x.dtype.kind not in "biu" and (not np.all(np.isfinite(x)) or np.any(x != np.round(x))):
             raise BackendError(f"input {node.name!r}: values must be integers")
-        x = x.astype(np.int64, copy=False)  # no copy for int64 input (the backends only read it)
-        if node.num_message_bits == 0 and (x.min(initial=0) < 0 or x.max(initial=0) > 1):
-            raise BackendError(f"input {node.name!r} is binary (num_message_bits=0) but holds values outside {{0, 1}}")
+        if node.num_message_bits == 0:
+            x = _binary(x, node.name, binary_as_bool)
+        else:
+            x = x.astype(np.int64, copy=False)  # no copy for int64 input (the backends only read it)
         if node.num_message_bits > 0:
             limit = 1 << (node.num_message_bits - 1)
             if x.min(initial=0) < -limit or x.max(initial=0) >= limit:
@@ -86,6 +89,19 @@ def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray] | np.ndarray) ->
         shape = x.shape[:2]
         out[node.name] = x
     return out
+
+
+def _binary(x: np.ndarray, name: str, as_bool: bool) -> np.ndarray:
+    """A binary input checked to hold only 0 and 1: as int64 (no copy for int64 input), or as bool."""
+    from snn2hw.hw import compiled  # the simulator's dependency (numba), not every backend's
+
+    if as_bool and compiled.available():
+        b = compiled.binary_spikes(x)
+        if b is not None:
+            return b
+    elif x.dtype == np.bool_ or not (x.min(initial=0) < 0 or x.max(initial=0) > 1):
+        return (x != 0) if as_bool else x.astype(np.int64, copy=False)
+    raise BackendError(f"input {name!r} is binary (num_message_bits=0) but holds values outside {{0, 1}}")
 
 
 def resolve_records(graph: Graph, record: Iterable[str], record_state: Iterable[str]) -> tuple[list[str], list[str]]:

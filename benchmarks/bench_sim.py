@@ -48,13 +48,20 @@ For each network, in the same process and run:
   The limit leaves out forming messages and scanning for spikes, so the fraction understates.
 * ``conv_accumulation``: the exact conv of the first conv projection alone, three ways, interleaved:
   the network kernel's event segments (as a one-projection graph: the target's neuron updates are
-  included), the float32 ``conv2d`` of the layer schedule, and the float64 ``conv2d`` before it; in
-  dense-equivalent MAC/s and as a fraction of the GEMM peak, for batch 1 and batch 256.
+  included), the compiled direct float32 convolution (``compiled.conv_accumulate``, the layer
+  schedule's path for one-channel and depthwise convs), and oneDNN's float32 ``conv2d`` (the layer
+  schedule's path before); in dense-equivalent MAC/s, as a fraction of the GEMM peak, and, for the two
+  dense convs, as a fraction of a dense conv's limit: the larger of its MACs at the GEMM peak and the
+  least bytes it must move (binary images in, float32 sums out) at the bandwidth of that working set.
 
-Every figure is taken on a shared machine unless the load average says otherwise: the JSON records
-the load average before and after every network, versions and CPU, the thread environment (set by
-the script before torch is imported: ``OMP_NUM_THREADS`` etc. = ``--threads``,
-``OMP_WAIT_POLICY=PASSIVE``), and the table marks networks timed under load (load > CPUs) with ``*``.
+Load: the table's last column is the CPU time that *other* processes took while the network was timed,
+in CPUs (``/proc/stat``'s busy time less this process's and its finished children's, i.e. Lava's
+runtime processes), and ``*`` marks a network timed under load: other processes above 10 % of the
+CPUs. (The 1-minute load average counts the benchmark's own two threads and Lava's processes, so on a
+2-core machine the benchmark alone lifted it above 2 and marked every network.) The JSON also records
+the load average sampled before the benchmark started and before and after every network, versions
+and CPU, and the thread environment (set by the script before torch is imported:
+``OMP_NUM_THREADS`` etc. = ``--threads``, ``OMP_WAIT_POLICY=PASSIVE``).
 
 Usage::
 
@@ -70,6 +77,8 @@ from bench_env import cpu_model, set_thread_env  # noqa: E402  (imports no torch
 
 # Before torch and numba start their thread pools: they read these once.
 set_thread_env(sys.argv)
+# Before this process does any work: the load the machine carried without the benchmark.
+LOAD_AT_START = os.getloadavg()
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
@@ -376,6 +385,61 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+# A network counts as timed under load when processes other than this benchmark (and the Lava
+# processes it starts) used more than this fraction of the machine's CPU time while it was timed.
+OTHER_LOAD_LIMIT = 0.1
+
+
+class OtherLoad:
+    """CPU time that *other* processes took over an interval, in CPUs (0 on an idle machine).
+
+    The 1-minute load average counts this benchmark's own threads (and Lava's runtime processes), so on
+    a 2-core machine the benchmark alone lifts it to about 2. Instead this takes the busy time of all
+    CPUs from /proc/stat and subtracts this process's own CPU time and that of its finished children
+    (Lava's runtime processes are children that end before the interval does), from /proc/self/stat.
+    ``None`` where /proc is missing."""
+
+    def __init__(self):
+        self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy(), self._own()
+
+    @staticmethod
+    def _busy():
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        return sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # all but idle and iowait
+
+    @staticmethod
+    def _own():
+        try:
+            with open("/proc/self/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime (clock ticks)
+
+    def result(self) -> dict:
+        wall = time.perf_counter() - self.t0
+        busy, own = self._busy(), self._own()
+        if None in (busy, own, self.busy0, self.own0) or wall <= 0:
+            return {"other_cpus": None, "own_cpus": None, "seconds": wall}
+        tick = os.sysconf("SC_CLK_TCK")
+        own_cpus = (own - self.own0) / tick / wall
+        other = max(0.0, (busy - self.busy0) / tick / wall - own_cpus)
+        return {"other_cpus": other, "own_cpus": own_cpus, "seconds": wall}
+
+
+def under_load(other: dict, load_at_start: float) -> bool:
+    """Other processes used more than ``OTHER_LOAD_LIMIT`` of the CPUs (or, without /proc, the load
+    average sampled before the benchmark started exceeded the CPU count)."""
+    cpus = os.cpu_count() or 1
+    if other["other_cpus"] is None:
+        return load_at_start > cpus
+    return other["other_cpus"] > OTHER_LOAD_LIMIT * cpus
+
+
 def time_lava(graph: Graph, x: np.ndarray, warm: int) -> dict:
     """One sample on Lava: (warm) steps with compile + start-up, then len(x) - warm timed steps."""
     from lava.magma.core.run_conditions import RunSteps
@@ -405,9 +469,11 @@ def time_lava(graph: Graph, x: np.ndarray, warm: int) -> dict:
 
 def conv_accumulation(graph: Graph, prepared, steps: int, batch: int, reps: int, peak_macs: float) -> dict:
     """The simulator's exact conv (first conv projection) three ways, interleaved: the network kernel's
-    per-source event segments (what the simulator runs; timed as a one-projection graph, so the target's
-    neuron updates are included), the float32 ``conv2d`` of the layer schedule, and the float64 ``conv2d``
-    that came before it. Dense-equivalent MAC/s and the fraction of the GEMM peak for each."""
+    per-source event segments (what the simulator runs on these networks; timed as a one-projection
+    graph, so the target's neuron updates are included), the compiled direct float32 convolution
+    (``compiled.conv_accumulate``: the layer schedule's path on the CPU, exact under the bound) and the
+    float32 ``conv2d`` (oneDNN) that the layer schedule ran before. Dense-equivalent MAC/s and the
+    fraction of the GEMM peak for each; ``apply_limit`` adds the fraction of the dense conv's limit."""
     p = next(q for q in graph.projections if isinstance(q, LoihiConv2d))
     x_np = spikes_in(graph, batch, steps, seed=6)
     x = torch.as_tensor(x_np != 0).reshape(batch * steps, *p.in_shape)
@@ -416,29 +482,33 @@ def conv_accumulation(graph: Graph, prepared, steps: int, batch: int, reps: int,
     args = (p.stride, p.padding, p.dilation, p.groups)
     dst = graph.population(p.dst)
     alone = sim.prepare(Graph(graph.inputs, (dst,), (p,), (dst.name,)).validate())
+    assert hw.conv_bound(w, 1) < 2**24  # float32 sums are exact: both float32 paths apply
 
     def events():
         return sim.run(alone, x_np, count_events=False)
 
-    def f32():
-        return hw.conv_accumulate(x, w, *args, 1)
+    def direct():
+        return compiled.conv_accumulate(x, w, *args)
 
-    def f64():  # the former path: float64 conv2d of the same images
-        return torch.nn.functional.conv2d(x.to(torch.float64), w.to(torch.float64), stride=p.stride,
+    def conv2d():  # the former path: oneDNN's float32 conv2d of the same images
+        return torch.nn.functional.conv2d(x.to(torch.float32), w.to(torch.float32), stride=p.stride,
                                           padding=p.padding, dilation=p.dilation, groups=p.groups)
 
-    assert f32().dtype == torch.float32 and torch.equal(f32().to(torch.float64), f64())
+    out = direct()
+    assert out.dtype == torch.float32 and torch.equal(out, conv2d())
     events()
-    times = {"events": [], "float32": [], "float64": []}
+    times = {"events": [], "direct": [], "conv2d": []}
     for _ in range(reps):  # interleaved
-        for key, fn in (("events", events), ("float32", f32), ("float64", f64)):
+        for key, fn in (("events", events), ("direct", direct), ("conv2d", conv2d)):
             times[key].append(_timed(fn))
     med = {k: statistics.median(v) for k, v in times.items()}
     fig = {k: {"seconds": m, "dense_macs_per_s": macs / m, "fraction_of_gemm_peak": macs / m / peak_macs}
            for k, m in med.items()}
     return {"projection": p.name, "images": batch * steps, "dense_macs": macs,
-            "event_segments_with_neurons": fig["events"], "float32_conv2d": fig["float32"],
-            "float64_conv2d_before": fig["float64"], "speedup_events_vs_float32": med["float32"] / med["events"]}
+            # what any dense conv must move at least: the binary images in, the float32 sums out
+            "min_bytes": int(x.numel() + 4 * out.numel()),
+            "event_segments_with_neurons": fig["events"], "direct_float32": fig["direct"],
+            "float32_conv2d_before": fig["conv2d"], "speedup_direct_vs_conv2d": med["conv2d"] / med["direct"]}
 
 
 def bench_network(name: str, args, peak_macs: float) -> dict:
@@ -447,6 +517,7 @@ def bench_network(name: str, args, peak_macs: float) -> dict:
     if args.quick:
         lava_steps, steps_b1, steps_b256 = lava_steps // 3, steps_b1 // 4, max(10, steps_b256 // 4)
     load_before = os.getloadavg()
+    other_load = OtherLoad()
     graph = calibrate(build(name))
     macs = dense_macs(graph)
 
@@ -510,8 +581,9 @@ def bench_network(name: str, args, peak_macs: float) -> dict:
         row["conv_accumulation"] = {f"b{b}": conv_accumulation(graph, prepared, st, b, args.reps, peak_macs)
                                     for b, st in ((1, steps_b1), (256, steps_b256))}
     load_after = os.getloadavg()
-    row["load_average"] = {"before": load_before, "after": load_after,
-                           "under_load": max(load_before[0], load_after[0]) > (os.cpu_count() or 1)}
+    other = other_load.result()
+    row["load_average"] = {"before": load_before, "after": load_after, **other,
+                           "under_load": under_load(other, args.load_at_start)}
     return row
 
 
@@ -536,6 +608,17 @@ def apply_limit(row: dict, machine: dict) -> None:
                           "neuron_seconds": row["neurons"] / machine["neuron_update_peak"]}
     if "lava_b1" in row:  # the speed-up over Lava that a run at the limit would reach
         row["speedup_vs_lava_at_limit"] = 1 / limit / row["lava_b1"]["steps_per_s"] if limit else None
+    for c in row.get("conv_accumulation", {}).values():
+        # a dense conv's limit: its MACs at the GEMM peak, or the least bytes it moves (binary images in,
+        # float32 sums out) at the bandwidth of a working set that large, whichever takes longer
+        gemm = c["dense_macs"] / machine["gemm_peak_macs"]
+        mem = c["min_bytes"] / charged_bandwidth(machine["read_bandwidth"], c["min_bytes"])
+        c["limit_seconds"], c["limit_side"] = max(gemm, mem), ("GEMM" if gemm >= mem else "memory")
+        for k in ("float32_conv2d_before", "direct_float32"):
+            c[k]["fraction_of_gemm_peak"] = c["dense_macs"] / c[k]["seconds"] / machine["gemm_peak_macs"]
+            c[k]["fraction_of_limit"] = c["limit_seconds"] / c[k]["seconds"]
+        c["event_segments_with_neurons"]["fraction_of_gemm_peak"] = (
+            c["dense_macs"] / c["event_segments_with_neurons"]["seconds"] / machine["gemm_peak_macs"])
     for b in ("sim_b1", "sim_b256"):
         row[b]["fraction_of_limit"] = limit * row[b]["sample_steps_per_s"]
         row[b]["fraction_of_gemm_peak_dense_equivalent"] = row[b]["dense_macs_per_s"] / machine["gemm_peak_macs"]
@@ -548,7 +631,7 @@ def _fmt(v: float) -> str:
 def table(rows: list[dict]) -> str:
     head = ("network", "rate", "Lava st/s (excl/incl start)", "batch", "sim st/s (min..max)", "x Lava",
             "x Lava incl. prepare", "dense-eq MAC/s", "performed op/s", "% of limit", "x Lava at limit", "exact",
-            "load")
+            "other CPUs")
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
         lava = r.get("lava_b1")
@@ -564,20 +647,33 @@ def table(rows: list[dict]) -> str:
                 _fmt(x["dense_macs_per_s"]), _fmt(x["performed_ops_per_s"]), f"{100 * x['fraction_of_limit']:.0f}",
                 f"{r['speedup_vs_lava_at_limit']:.0f}" if r.get("speedup_vs_lava_at_limit") else "-",
                 ("yes" if lava["matches_simulator"] else "NO") if lava else "-",
-                f"{r['load_average']['before'][0]:.1f}{' *' if r['load_average']['under_load'] else ''}",
+                _load_cell(r["load_average"]),
             ]))
     return "\n".join(lines)
 
 
+def _cpus(v) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def _load_cell(load: dict) -> str:
+    """The CPUs other processes used while the network was timed (load average where /proc is missing)."""
+    other = load.get("other_cpus")
+    cell = f"{other:.2f}" if other is not None else f"la {load['before'][0]:.1f}"
+    return cell + (" *" if load["under_load"] else "")
+
+
 def conv_table(rows: list[dict]) -> str:
-    head = ("network", "batch", "images", "float64 conv2d MAC/s", "% peak", "float32 conv2d MAC/s", "% peak",
-            "event segments + neurons, dense-eq MAC/s", "% peak")
+    head = ("network", "batch", "images", "limit", "float32 conv2d (before) MAC/s", "% peak", "% limit",
+            "direct float32 MAC/s", "% peak", "% limit", "event segments + neurons, dense-eq MAC/s", "% peak")
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
         for key, c in r.get("conv_accumulation", {}).items():
-            cells = [r["network"], key[1:], str(c["images"])]
-            for k in ("float64_conv2d_before", "float32_conv2d", "event_segments_with_neurons"):
+            cells = [r["network"], key[1:], str(c["images"]), c.get("limit_side", "-")]
+            for k in ("float32_conv2d_before", "direct_float32", "event_segments_with_neurons"):
                 cells += [_fmt(c[k]["dense_macs_per_s"]), f"{100 * c[k]['fraction_of_gemm_peak']:.0f}"]
+                if "fraction_of_limit" in c[k]:
+                    cells.append(f"{100 * c[k]['fraction_of_limit']:.0f}")
             lines.append(" | ".join(cells))
     return "\n".join(lines)
 
@@ -591,6 +687,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-lava", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sim.json"))
     args = ap.parse_args(argv)
+    args.load_at_start = LOAD_AT_START[0]
     torch.set_num_threads(args.threads)
     # start numba's thread pool the way the simulator does (compiled._set_threads leaves the
     # multiprocessing start method unset, which Lava must set when it is imported); the machine
@@ -598,6 +695,7 @@ def main(argv=None) -> int:
     compiled._set_threads(args.threads)
 
     load_before = os.getloadavg()
+    whole_run = OtherLoad()
     peak = matmul_peak_flops()
     adds, updates, ladder = event_add_peak(), neuron_update_peak(), bandwidth_ladder()
     rows = []
@@ -614,14 +712,18 @@ def main(argv=None) -> int:
                "read_bandwidth": {n: max(ladder[n], ladder_after[n]) for n in ladder}}
     for r in rows:
         apply_limit(r, machine)
+    others = whole_run.result()
 
     print(table(rows))
     if any("conv_accumulation" in r for r in rows):
         print("\nexact conv accumulation alone (interleaved medians):")
         print(conv_table(rows))
     print(f"\nfloat32 matmul peak: {peak / 1e9:.0f} GFLOP/s before, {peak_after / 1e9:.0f} after "
-          f"({args.threads} threads); load average {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f} "
-          f"on {os.cpu_count()} CPUs; * = timed under load (load average above the CPU count)")
+          f"({args.threads} threads); {os.cpu_count()} CPUs; load average {LOAD_AT_START[0]:.1f} before the "
+          f"benchmark started, {os.getloadavg()[0]:.1f} at its end (its own threads included)")
+    print(f"other CPUs: CPU time other processes took while each network was timed (/proc/stat less this "
+          f"process and its Lava children), in CPUs; whole run {_cpus(others['other_cpus'])}; "
+          f"* = under load (other processes above {OTHER_LOAD_LIMIT:.0%} of the CPUs)")
     print(f"event-add peak {machine['event_add_peak'] / 1e9:.1f} G/s; neuron-update peak "
           f"{machine['neuron_update_peak'] / 1e9:.2f} G/s; read bandwidth " + ", ".join(
         f"{n >> 10} KiB: {bw / 1e9:.0f} GB/s" for n, bw in machine["read_bandwidth"].items()))
@@ -637,7 +739,10 @@ def main(argv=None) -> int:
                     "threads": args.threads, "thread_env": {k: os.environ.get(k) for k in (
                         "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_WAIT_POLICY",
                         "KMP_BLOCKTIME")},
-                    "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+                    "loadavg_at_start": LOAD_AT_START, "loadavg_before": load_before,
+                    "loadavg_after": os.getloadavg(), "other_processes": others,
+                    "under_load_rule": f"other processes' CPU time above {OTHER_LOAD_LIMIT:.0%} of the CPUs while a "
+                                       "network was timed (/proc/stat busy time less this process and its children)",
                     "under_load": any(r["load_average"]["under_load"] for r in rows)},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                      "numba": getattr(compiled.numba, "__version__", None), "lava": lava_version},

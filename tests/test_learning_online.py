@@ -415,6 +415,27 @@ def test_superspike_update_is_the_van_rossum_gradient_through_the_eligibility():
     torch.testing.assert_close(res.loss, loss.detach(), rtol=1e-5, atol=1e-6)
 
 
+def test_superspike_rate_regulariser_is_the_gradient_of_the_rate_cost():
+    """With the target raster equal to the layer's own spikes the van Rossum error is zero, so the update is the
+    regulariser's alone; with kappa -> 0 (tau tiny) the filtered trace is the eligibility itself, and the
+    update must equal BPTT's gradient of (rate_cost * T / 2) sum_j (f_j - f_target)^2 (exact trace)."""
+    x, _ = _data(n=8, steps=16)
+    torch.manual_seed(0)
+    model = SpikingSequential([LIFDense(10, 5, du=0.3, dv=0.2, weight_gain=3.0, bias=True)])
+    with torch.no_grad():
+        own = model(x)
+    target, cost, steps = 0.3, 2.0, x.shape[1]
+    rule = make_rule("superspike", tau=1e-3, reset_in_trace=True, rate_target=target, rate_cost=cost)
+    got, res = _rule_grads(rule, model, x, own)
+    assert float(res.loss) == 0.0
+    ref = _bptt_grads(model, x, own, lambda o, y: cost * steps / 2 * (o.mean((0, 1)) - target).square().sum())
+    _close(got, ref, rtol=1e-4, atol=1e-6)
+    off, _ = _rule_grads(make_rule("superspike", tau=1e-3, reset_in_trace=True), model, x, own)
+    assert all(float(g.abs().max()) == 0.0 for g in off)
+    with pytest.raises(LearningRuleError, match="rate_target"):
+        make_rule("superspike", rate_target=1.5)
+
+
 def test_superspike_hidden_feedback_kinds():
     x, y = _data(n=6)
     model = _net()
@@ -510,3 +531,36 @@ def test_superspike_learns_a_target_spike_raster():
     with torch.no_grad():
         final = float(van_rossum_distance(model(x), target, tau=5.0))
     assert final < 0.5 * hist[0]["loss"]
+
+
+def _bench_online_rules():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_online_rules.py"
+    spec = importlib.util.spec_from_file_location("bench_online_rules", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_alignment_probe_compares_each_rule_with_bptt_on_the_rules_own_loss():
+    """The benchmark's gap measurement: BPTT against itself is cosine 1; FA's output layer is BPTT's and its
+    hidden layer is not; SuperSpike's reference loss is exactly the D^2 the rule descends."""
+    bench = _bench_online_rules()
+    x, y = _data(n=16, steps=12)
+    model = SpikingSequential([LIFDense(10, 16, du=0.3, dv=0.2, weight_gain=3.0),
+                               LIFDense(16, 3, du=0.3, dv=0.2, weight_gain=1.0)])
+    loss = lambda o, t: count_cross_entropy(o, t, scale=0.5)  # noqa: E731
+    same = bench.alignment_probe(model, "bptt", {}, loss, x, y)
+    assert same["cosine_vs_bptt"] == pytest.approx([1.0, 1.0], abs=1e-5)
+    assert same["norm_vs_bptt"] == pytest.approx([1.0, 1.0], abs=1e-5)
+    fa = bench.alignment_probe(model, "fa", {"seed": 3}, loss, x, y)
+    assert fa["cosine_vs_bptt"][1] == pytest.approx(1.0, abs=1e-5) and fa["cosine_vs_bptt"][0] < 0.99
+    assert 0.0 <= fa["silent_fraction"][0] <= 1.0
+    opts = {"target_interval": 2, "target_offset": 1, "tau": 4.0}
+    vr = bench.reference_loss("superspike", {"loss": loss}, opts)
+    _, res = _rule_grads(make_rule("superspike", **opts), model, x, y)
+    with torch.no_grad():
+        torch.testing.assert_close(res.loss, vr(model(x), y), rtol=1e-5, atol=1e-6)
+    assert make_rule("superspike").target_interval == 1  # the default chosen on digits' validation split

@@ -372,12 +372,15 @@ def test_cuda_gradients_equal_cpu(rule_name):
 
 @pytest.mark.parametrize("rule_name,rec,lateral,t_ref", [("hm2bp", False, True, 0), ("hm2bp", False, False, 2),
                                                          ("strsbp", True, False, 0)])
-def test_chunked_equals_full_trace(monkeypatch, rule_name, rec, lateral, t_ref):
-    """Bool spike trains and chunked (two-pass) backward, the default for dense layers, against the
-    full-window float path: the same gradients, to rounding."""
+@pytest.mark.parametrize("chunk_bytes", [0, 250, 2000])
+def test_chunked_equals_full_trace(monkeypatch, rule_name, rec, lateral, t_ref, chunk_bytes):
+    """Bool spike trains and the one-pass grouped backward, the default for dense layers, against the
+    full-window float path: the same gradients, to rounding. ``CHUNK_BYTES`` 0: groups of one sample and
+    blocks of exactly ``chunk`` steps; 250: backward groups of 2 of the 3 samples, in blocks; 2000: forward
+    groups of 2 whole windows (one GEMM over their rows), one backward group in two equal blocks."""
     from snn2hw.learning import spiketrain
 
-    monkeypatch.setattr(spiketrain, "CHUNK_BYTES", 0)  # blocks of exactly ``chunk`` steps
+    monkeypatch.setattr(spiketrain, "CHUNK_BYTES", chunk_bytes)
     x, y = _inputs(steps=45)
     grads = []
     for full in (True, False):

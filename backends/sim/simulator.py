@@ -46,6 +46,7 @@ class _Synapse:
     graded: bool
     max_input: int = 1  # largest input magnitude (bounds the accumulation; picks the exact path)
     conv: LoihiConv2d | None = None
+    conv_f32: bool = False  # a conv for compiled.conv_accumulate: few taps, float32 sums exact
     rows: torch.Tensor | None = None  # weight_t made contiguous, for event-driven accumulation (lazily)
 
 
@@ -93,7 +94,14 @@ def _conv_synapse(p: LoihiConv2d, graded_inputs: dict, device: torch.device) -> 
     graded = p.num_message_bits > 0
     max_input = 1 << max(graded_inputs.get(p.src, p.num_message_bits) - 1, 0) if graded else 1
     kernel = torch.as_tensor(np.array(p.weight, dtype=np.int64), device=device)  # a copy: Prepared keeps it
-    return _Synapse(dataclasses.replace(p, weight_exp=0), kernel, graded, max_input, p)
+    # The compiled direct conv for kernels of few taps per output (one input channel or depthwise, as
+    # sum pooling): oneDNN's conv2d runs those at 1-8 % of the GEMM peak; with more input channels per
+    # group its im2col product was faster (2-4x on an 8-channel 3x3 conv, under load)
+    direct = int(np.prod(kernel.shape[1:])) <= _DIRECT_CONV_MAX_TAPS and hw.conv_bound(kernel, max_input) < 2**24
+    return _Synapse(dataclasses.replace(p, weight_exp=0), kernel, graded, max_input, p, conv_f32=direct)
+
+
+_DIRECT_CONV_MAX_TAPS = 9
 
 
 def _conv_accumulate(syn: _Synapse, s: torch.Tensor) -> torch.Tensor:
@@ -105,14 +113,19 @@ def _conv_accumulate(syn: _Synapse, s: torch.Tensor) -> torch.Tensor:
 
 
 def _conv_accumulate_native(syn: _Synapse, s: torch.Tensor) -> torch.Tensor:
-    """The exact correlation alone (float64 holding integers, or int64), shaped (..., Co*Ho*Wo): the
-    compiled path applies ``conv_output`` element by element."""
+    """The exact correlation alone (float32/float64 holding integers, or int64), shaped (..., Co*Ho*Wo):
+    the compiled path applies ``conv_output`` element by element. On the CPU with numba, a conv whose
+    bound makes float32 exact runs ``compiled.conv_accumulate`` (a direct convolution), else
+    ``loihi2.conv_accumulate``."""
     c = syn.conv
     lead = s.shape[:-1]
-    if not syn.graded:
+    if not syn.graded and s.dtype != torch.bool:
         s = s != 0  # Lava's binary Conv takes any non-zero payload as a spike
     img = s.reshape(-1, *c.in_shape)  # batch and steps folded into the conv batch
-    acc = hw.conv_accumulate(img, syn.weight_t, c.stride, c.padding, c.dilation, c.groups, syn.max_input)
+    if syn.conv_f32 and _use_kernel(img.device):
+        acc = compiled.conv_accumulate(img, syn.weight_t, c.stride, c.padding, c.dilation, c.groups)
+    else:
+        acc = hw.conv_accumulate(img, syn.weight_t, c.stride, c.padding, c.dilation, c.groups, syn.max_input)
     return acc.reshape(*lead, -1)
 
 
@@ -247,6 +260,7 @@ class Prepared:
         self.neurons = {p.name: _Neurons(graph, p.name, self.device) for p in graph.populations}
         self._network = None
         self._network_built = False
+        self.order = graph.feedforward_order()  # None for a graph with cycles
 
     def network(self) -> compiled.NetworkSpec | None:
         """The whole-network kernel's spec (built on first use), or None where it does not apply."""
@@ -284,14 +298,13 @@ def run(
     else:
         prepared = Prepared(graph, device)
     graph, dev = prepared.graph, prepared.device
-    x = check_inputs(graph, inputs)
+    x = check_inputs(graph, inputs, binary_as_bool=True)
     spike_names, state_names = resolve_records(graph, record, record_state)
     batch, steps = next(iter(x.values())).shape[:2]
     events = _EventLog(strict) if (strict or count_events) else None
 
     synapses, neurons = prepared.synapses, prepared.neurons
-    order = graph.feedforward_order()
-    binary_inputs = {i.name for i in graph.inputs if i.num_message_bits == 0}
+    order = prepared.order
     sizes = {p.name: p.size for p in graph.populations}
     out_spikes = {k: np.empty((batch, steps, sizes[k]), dtype=np.uint8) for k in spike_names}
     out_u = {k: np.empty((batch, steps, sizes[k]), dtype=np.int64) for k in state_names}
@@ -304,14 +317,16 @@ def run(
     # schedule's per-layer calls and whole-sequence arrays cost more than they save.
     network = prepared.network() if order is None or _FEEDFORWARD_NETWORK_KERNEL else None
     chunk = _batch_chunk(graph, batch, steps, dev, order is not None and network is None)
+    if network is not None:  # the inputs' messages for all steps stay within _MESSAGE_BYTES per slice
+        per_sample = steps * int(network.pre_off[-1]) * network.acc_dtype.itemsize
+        chunk = max(1, min(chunk, _MESSAGE_BYTES // max(1, per_sample)))
     for lo in range(0, max(batch, 1), chunk):  # once even for an empty batch: same events keys
         hi = min(lo + chunk, batch)
         if events is not None:
             events.sample_offset = lo
-        # binary inputs as bool: what a binary Dense sees (s != 0) at an eighth of int64's memory traffic
-        spikes: dict[str, torch.Tensor] = {
-            k: torch.as_tensor(v[lo:hi] != 0 if k in binary_inputs else v[lo:hi], device=dev) for k, v in x.items()
-        }
+        # binary inputs as bool (check_inputs made them so): what a binary Dense sees (s != 0) at an
+        # eighth of int64's memory traffic
+        spikes: dict[str, torch.Tensor] = {k: torch.as_tensor(v[lo:hi], device=dev) for k, v in x.items()}
         u_rec: dict[str, torch.Tensor] = {}
         v_rec: dict[str, torch.Tensor] = {}
         density: dict[str, float] = {}  # filled by the compiled layers (they count their spikes)
@@ -366,6 +381,8 @@ _FEEDFORWARD_NETWORK_KERNEL = True
 # float32 accumulations per layer, which measured 1.5x faster than whole batches of 256 and keeps
 # matrix products large enough to run near the machine's peak.
 _CHUNK_ELEMENTS = 1 << 21
+# Bytes of the inputs' ready messages (compiled.network_scan) per slice of the batch on the network kernel.
+_MESSAGE_BYTES = 1 << 28
 
 
 def _batch_chunk(graph: Graph, batch: int, steps: int, dev: torch.device, feedforward: bool) -> int:
@@ -557,8 +574,11 @@ def _run_network_compiled(graph, network, synapses, neurons, spikes, u_rec, v_re
     inputs = [i.name for i in graph.inputs]
     # binary inputs stay bool (an eighth of int64's memory traffic); graded payloads need int64
     dtype = torch.bool if all(spikes[k].dtype == torch.bool for k in inputs) else torch.int64
-    x_in = (torch.cat([spikes[k].to(dtype) for k in inputs], dim=2) if inputs
-            else torch.zeros(batch, steps, 0, dtype=dtype))
+    if len(inputs) == 1:
+        x_in = spikes[inputs[0]].to(dtype)
+    else:
+        x_in = (torch.cat([spikes[k].to(dtype) for k in inputs], dim=2) if inputs
+                else torch.zeros(batch, steps, 0, dtype=dtype))
     spk, u_all, v_all, counts = compiled.network_scan(network, x_in, steps, keep_state=bool(state_names),
                                                       count_events=events is not None)
     totals = counts.sum(dim=0)

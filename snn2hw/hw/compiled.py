@@ -535,6 +535,156 @@ def accumulate_events(s: torch.Tensor, weight_t: torch.Tensor, out: np.ndarray |
     return result.reshape(*lead, w.shape[1])
 
 
+# --- exact direct convolution -----------------------------------------------------------------------------
+def _conv_kernel():
+    if "conv" in _kernels:
+        return _kernels["conv"]
+
+    @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
+    def conv(x, w, dy, dx, out):
+        """out[n, o] = the cross-correlation of image n with w[o], in w's dtype (float32 holding integers).
+
+        ``x`` (N, C, sy, sx, Hq, Wq): the padded images split into stride phases (phase (p, q) holds rows
+        p, p + sy, ... and columns q, q + sx, ...), so that each kernel tap adds one contiguous run of a
+        phase, flattened over rows, to the output image computed at the phase's width Wq (the columns
+        beyond the output's width are discarded). That inner loop is hundreds of elements long and
+        vectorises. One job per (image, output channel). Exact whenever the caller's bound holds: every
+        product and partial sum is then an integer below 2**24."""
+        n_img, ch, sy, sx, hq, wq = x.shape
+        o_n, cg, kh, kw = w.shape
+        _, _, ho, wo = out.shape
+        og = o_n // (ch // cg)
+        size = ho * wq
+        xf = x.reshape(n_img, ch * sy * sx, hq * wq)  # a view: each phase plane flattened over its rows
+        # the non-zero taps of every output channel: weight, phase plane, start of its run
+        taps = np.zeros(o_n, dtype=np.int64)
+        tw = np.empty((o_n, cg * kh * kw), dtype=w.dtype)
+        tplane = np.empty((o_n, cg * kh * kw), dtype=np.int64)
+        tstart = np.empty((o_n, cg * kh * kw), dtype=np.int64)
+        for o in range(o_n):
+            c0 = (o // og) * cg
+            for c in range(cg):
+                for ky in range(kh):
+                    for kx in range(kw):
+                        if w[o, c, ky, kx] != 0:
+                            ry = ky * dy
+                            rx = kx * dx
+                            m = taps[o]
+                            tw[o, m] = w[o, c, ky, kx]
+                            tplane[o, m] = ((c0 + c) * sy + ry % sy) * sx + rx % sx
+                            tstart[o, m] = (ry // sy) * wq + rx // sx
+                            taps[o] = m + 1
+        for job in numba.prange(n_img * o_n):
+            n = job // o_n
+            o = job % o_n
+            acc = np.zeros(size, dtype=w.dtype)
+            nt = taps[o]
+            q = 0
+            # four taps per pass over the sums (the loop is bound by their loads and stores); every
+            # partial sum is a sum of some of one output's products, so it stays below the bound
+            while q + 4 <= nt:
+                s0 = xf[n, tplane[o, q], tstart[o, q]:tstart[o, q] + size]
+                s1 = xf[n, tplane[o, q + 1], tstart[o, q + 1]:tstart[o, q + 1] + size]
+                s2 = xf[n, tplane[o, q + 2], tstart[o, q + 2]:tstart[o, q + 2] + size]
+                s3 = xf[n, tplane[o, q + 3], tstart[o, q + 3]:tstart[o, q + 3] + size]
+                w0 = tw[o, q]
+                w1 = tw[o, q + 1]
+                w2 = tw[o, q + 2]
+                w3 = tw[o, q + 3]
+                for f in range(size):
+                    acc[f] += (w0 * s0[f] + w1 * s1[f]) + (w2 * s2[f] + w3 * s3[f])
+                q += 4
+            while q < nt:
+                s0 = xf[n, tplane[o, q], tstart[o, q]:tstart[o, q] + size]
+                w0 = tw[o, q]
+                for f in range(size):
+                    acc[f] += w0 * s0[f]
+                q += 1
+            for y in range(ho):
+                o_row = out[n, o, y]
+                a_row = acc[y * wq:y * wq + wo]
+                for i in range(wo):
+                    o_row[i] = a_row[i]
+
+    _kernels["conv"] = conv
+    return conv
+
+
+def conv_accumulate(s: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, groups: int) -> torch.Tensor:
+    """Exact integer cross-correlation of images ``s`` (N, C, H, W; bool or integers) with integer
+    ``weight`` (O, C / groups, kh, kw), as float32 (N, O, Ho, Wo), by a compiled direct convolution.
+
+    The caller guarantees the bound of ``loihi2.conv_accumulate``'s float32 path: the largest
+    per-output-channel sum of |w| times the largest |input| is below 2**24, so every product and every
+    partial sum, in any order, is an exactly represented integer. oneDNN's ``conv2d`` runs such
+    small-channel convolutions (spiking layers' 1-16 channels) at a few percent of the GEMM peak.
+    """
+    _check_cpu(s, weight)
+    n, ch, h, wd = s.shape
+    o_n, cg, kh, kw = weight.shape
+    (sy, sx), (py, px), (dy, dx) = stride, padding, dilation
+    ho = (h + 2 * py - dy * (kh - 1) - 1) // sy + 1
+    wo = (wd + 2 * px - dx * (kw - 1) - 1) // sx + 1
+    out = torch.empty(n, o_n, max(ho, 0), max(wo, 0), dtype=torch.float32)
+    if out.numel() == 0:
+        return out.zero_()
+    # phase planes: wide enough for every tap's run (wo + its column offset), one spare row for the
+    # runs of the last output row that spill into the next, and room for the whole padded image
+    wq = max(wo + dx * (kw - 1) // sx, -(-(wd + px) // sx))
+    hq = max(ho + dy * (kh - 1) // sy + 1, -(-(h + py) // sy))
+    # spikes stay one byte each (a quarter of float32's traffic in the padded copies), converted in the loop
+    x = np.zeros((n, ch, hq * sy, wq * sx), dtype=np.uint8 if s.dtype == torch.bool else np.float32)
+    x[:, :, py:py + h, px:px + wd] = s.numpy()
+    x = np.ascontiguousarray(x.reshape(n, ch, hq, sy, wq, sx).transpose(0, 1, 3, 5, 2, 4))
+    w = np.ascontiguousarray(weight.numpy(), dtype=np.float32)
+    _set_threads(_threads())
+    _conv_kernel()(x, w, dy, dx, out.numpy())
+    return out
+
+
+# --- binary inputs --------------------------------------------------------------------------------------
+def _binary_kernel():
+    if "binary" in _kernels:
+        return _kernels["binary"]
+
+    @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
+    def to_binary(x, out, chunks):
+        """out = x != 0 over flat arrays, in one pass; returns how many entries lie outside {0, 1}."""
+        n = x.shape[0]
+        bad = np.zeros(chunks, dtype=np.int64)
+        for c in numba.prange(chunks):
+            lo = n * c // chunks
+            hi = n * (c + 1) // chunks
+            xs = x[lo:hi]
+            os_ = out[lo:hi]
+            nb = 0
+            for i in range(hi - lo):
+                v = xs[i]
+                os_[i] = v != 0
+                nb += (v < 0) | (v > 1)
+            bad[c] = nb
+        return bad.sum()
+
+    _kernels["binary"] = to_binary
+    return to_binary
+
+
+def binary_spikes(x: np.ndarray) -> np.ndarray | None:
+    """``x != 0`` as a bool array for an integer array ``x`` that should hold only 0 and 1, in one
+    compiled pass (checking and converting a long int64 input took three numpy passes), or None when an
+    entry lies outside {0, 1}."""
+    if x.dtype == np.bool_:
+        return x
+    flat = np.ascontiguousarray(x).reshape(-1)
+    out = np.empty(flat.shape, dtype=np.bool_)
+    threads = _threads() if flat.size >= 1 << 20 else 1
+    if threads > 1:
+        _set_threads(threads)
+    if _binary_kernel()(flat, out, threads):
+        return None
+    return out.reshape(x.shape)
+
+
 # --- whole networks, step by step ----------------------------------------------------------------------
 # Dense projections keep their prepared weights as (src, dst) rows of the narrowest integer type that
 # holds them after dividing out their common power of two (Loihi's 8-bit weights on the mixed-sign grid
@@ -545,35 +695,85 @@ def accumulate_events(s: torch.Tensor, weight_t: torch.Tensor, out: np.ndarray |
 # Projection); an event adds exactly the weights Lava's Conv would multiply by that input, so the sum is
 # the same integer.
 _UNROLL = 4  # rows added per pass over a dense segment of the accumulator
-_PRECOMPUTE_MIN_SYNAPSES = 1 << 18
+_PRECOMPUTE_MIN_SYNAPSES = 0
 
 
-def _input_kernel():
+def _input_kernels():
+    """The pre-pass kernels: (a binary input's dense projection, its convolution) to messages."""
     if "input" in _kernels:
         return _kernels["input"]
+    formulas()
+    fingerprint = _fingerprint
     _row_adder()
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-    def input_acc(s, w, out, blocks):
-        """out[b, t] = s[b, t] @ w for binary s (batch, steps, src): the rows of w of the active sources
-        added up, step by step, as the network kernel does; the columns split into ``blocks`` jobs."""
+    def input_messages(s, w, sh, e, dl, out, col_blocks, step_blocks):
+        """out[b, t] = the message ``synaptic_output((s[b, t] @ w) << sh)`` of a binary input's dense
+        projection, for every step: the rows of w of the active sources added up (as the network
+        kernel adds them), then formed into messages. Jobs: samples x column blocks x step blocks."""
+        _key = fingerprint  # puts the formulas' fingerprint into the cache key
         batch, steps, n_in = s.shape
         nd = w.shape[1]
-        for job in numba.prange(batch * blocks):
-            b = job // blocks
-            c0 = (job % blocks) * nd // blocks
-            c1 = (job % blocks + 1) * nd // blocks
+        per_b = col_blocks * step_blocks
+        for job in numba.prange(batch * per_b):
+            b = job // per_b
+            cb = (job % per_b) // step_blocks
+            sb = job % step_blocks
+            c0 = cb * nd // col_blocks
+            c1 = (cb + 1) * nd // col_blocks
             active = np.empty(n_in, dtype=np.int64)
-            for t in range(steps):
+            for t in range(sb * steps // step_blocks, (sb + 1) * steps // step_blocks):
                 sr = s[b, t]
                 m = 0
                 for i in range(n_in):
                     active[m] = i
                     m += sr[i]
-                _add_rows(out[b, t, c0:c1], w, active, 0, m, c0, c1)
+                o = out[b, t, c0:c1]
+                _add_rows(o, w, active, 0, m, c0, c1)
+                for j in range(c1 - c0):
+                    o[j] = _synaptic_output(np.int64(o[j]) << sh, e, False, dl)
 
-    _kernels["input"] = input_acc
-    return input_acc
+    @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
+    def input_conv_messages(s, table, row_idx, r0, ln, po, cv, sh, e, dl, out, scratch, step_blocks):
+        """out[b, t] = the messages of a binary input's convolution (per-source segments, as the network
+        kernel adds them; Lava Conv's output stage, then ``synaptic_output``), in neuron order, for
+        every step. Jobs: samples x step blocks, each with its own row of ``scratch`` for the sums."""
+        _key = fingerprint  # puts the formulas' fingerprint into the cache key
+        batch, steps, n_in = s.shape
+        nd = out.shape[2]
+        for job in numba.prange(batch * step_blocks):
+            b = job // step_blocks
+            sb = job % step_blocks
+            acc = scratch[job]
+            active = np.empty(n_in, dtype=np.int64)
+            for t in range(sb * steps // step_blocks, (sb + 1) * steps // step_blocks):
+                for j in range(nd):
+                    acc[j] = 0
+                sr = s[b, t]
+                m = 0
+                for i in range(n_in):
+                    active[m] = i
+                    m += sr[i]
+                for q in range(m):
+                    i = active[q]
+                    if ln == 1:  # depthwise (sum pooling): one weight per segment
+                        for g in range(row_idx[r0 + i], row_idx[r0 + i + 1], 2):
+                            acc[row_idx[g]] += table[row_idx[g + 1]]
+                        continue
+                    for g in range(row_idx[r0 + i], row_idx[r0 + i + 1], 2):
+                        ac = acc[row_idx[g]:row_idx[g] + ln]
+                        ws = table[row_idx[g + 1]:row_idx[g + 1] + ln]
+                        for c in range(ln):
+                            ac[c] += ws[c]
+                o = out[b, t]
+                for j in range(nd):  # the sums are channels-last: neuron j's is at perm[j]
+                    x = np.int64(acc[row_idx[po + j]]) << sh
+                    if cv:  # a Conv's own output stage comes first
+                        x = _conv_output(x)
+                    o[j] = _synaptic_output(x, e, False, dl)
+
+    _kernels["input"] = input_messages, input_conv_messages
+    return _kernels["input"]
 
 
 def _network_kernel(count_events: bool, record: bool, parallel: bool):
@@ -613,16 +813,23 @@ def _network_kernel(count_events: bool, record: bool, parallel: bool):
                     p = dst_pop[k]
                     d0 = pop_off[p]
                     nd = pop_off[p + 1] - d0
+                    if ready[k]:  # a binary input's messages, formed for every step before the scan
+                        pr = pre[b, tk, pre_off[k]:pre_off[k] + nd]
+                        ad = a[d0:d0 + nd]
+                        if has[p]:
+                            for j in range(nd):
+                                ad[j] = _add_messages(ad[j], pr[j])
+                        else:
+                            for j in range(nd):
+                                ad[j] = pr[j]
+                        has[p] = True
+                        continue
                     for j in range(nd):
                         acc[j] = 0
                     # the non-zero sources of step tk (a binary projection takes any non-zero payload
                     # as a spike, as Lava's Dense does); branch-free, as in accumulate_events
                     m = 0
-                    if ready[k]:  # accumulated for every step before the run (an input's projection)
-                        pr = pre[b, tk, pre_off[k]:pre_off[k] + nd]
-                        for j in range(nd):
-                            acc[j] = pr[j]
-                    elif src_kind[k] == 0:
+                    if src_kind[k] == 0:
                         xs = x_in[b, tk, src_off[k]:src_off[k] + src_n[k]]
                         for i in range(src_n[k]):
                             active[m] = i
@@ -887,10 +1094,10 @@ def network_spec(pop_off, du, dv, vth_eff, bias_eff, projections: list[Projectio
     # payloads of graded inputs are not bounded by the kernel's caller: their sums take int64
     wide = any(pr.graded for pr in projections) or max([pr.bound for pr in projections] + [0]) >= 2**31
     acc_dtype = np.dtype(np.int64) if wide else np.dtype(np.int32)
-    # A binary input's wide dense projection is accumulated for all steps at once, before the scan: its
-    # sources are known in advance, so both threads share it and each weight tile is read once from
-    # memory for all steps, even for a single sample
-    ready = [pr.src_kind == 0 and not pr.graded and pr.csr is None and size >= _PRECOMPUTE_MIN_SYNAPSES
+    # A binary input's projection (dense or a convolution) is turned into messages for all steps at
+    # once, before the scan: its sources are known in advance, so both threads share the work even for
+    # a single sample, and the scan only adds the ready messages (see _input_messages)
+    ready = [pr.src_kind == 0 and not pr.graded and size >= _PRECOMPUTE_MIN_SYNAPSES
              for pr, size in zip(projections, sizes)]
     pre_off = np.cumsum([0] + [int(pop_off[pr.dst_pop + 1] - pop_off[pr.dst_pop]) if r else 0
                                for pr, r in zip(projections, ready)]).astype(np.int64)
@@ -914,52 +1121,83 @@ def network_spec(pop_off, du, dv, vth_eff, bias_eff, projections: list[Projectio
     )
 
 
-def network_scan(spec: NetworkSpec, x_in: torch.Tensor, steps: int, keep_state: bool = False,
+def _input_messages(spec: NetworkSpec, x: np.ndarray, pre: np.ndarray, threads: int) -> None:
+    """Fill ``pre`` (batch, steps, ready targets) with the messages of every projection from a binary
+    input (``spec.ready``), for every step, on all threads: a few samples split each dense
+    projection's columns (wide weights, which then stay in each core's cache) or the steps."""
+    batch, steps = x.shape[:2]
+    for k in np.flatnonzero(spec.ready):
+        off, n = int(spec.src_off[k]), int(spec.src_n[k])
+        nd = int(spec.pop_off[spec.dst_pop[k] + 1] - spec.pop_off[spec.dst_pop[k]])
+        s = x[:, :, off:off + n]
+        s = np.ascontiguousarray(s if s.dtype == np.bool_ else s != 0)
+        out = pre[:, :, spec.pre_off[k]:spec.pre_off[k] + nd]
+        share = max(1, threads // max(batch, 1))  # jobs per sample that give every thread work
+        step_blocks = max(1, min(share, steps))
+        args = (int(spec.w_shift[k]), int(spec.weight_exp[k]), bool(spec.delayed[k]))
+        if spec.is_sparse[k]:
+            r0 = int(spec.row_ptr[k])
+            table = spec.weights[spec.w_off[k]:]
+            scratch = np.empty((batch * step_blocks, nd), dtype=pre.dtype)
+            _input_kernels()[1](s, table, spec.row_idx, r0, int(spec.seg_len[k]), int(spec.perm_off[k]),
+                                 bool(spec.conv[k]), *args,
+                                 out, scratch, step_blocks)
+        else:
+            rows = spec.weights[spec.w_off[k]:spec.w_off[k] + n * nd].reshape(n, nd)
+            col_blocks = 1
+            if rows.nbytes >= _SPLIT_COLUMNS_BYTES:  # each core then reads its own share of the weights
+                col_blocks, step_blocks = max(1, min(share, nd // 64)), 1
+            _input_kernels()[0](s, rows, *args, out, col_blocks, step_blocks)
+
+
+# A binary input's dense projection whose weights are at least this large splits its columns over the
+# threads (each core's share then stays in its L2 cache), smaller ones split the steps.
+_SPLIT_COLUMNS_BYTES = 1 << 18
+
+
+def network_scan(spec: NetworkSpec, x_in: torch.Tensor | np.ndarray, steps: int, keep_state: bool = False,
                  count_events: bool = False):
     """Run a whole graph (cycles allowed) step by step in one compiled call, samples in parallel.
 
-    ``x_in`` (batch, steps, inputs) holds the input payloads (int64, or bool where all are binary). Each step forms every population's
-    input from the sources' spikes (or payloads) of earlier steps with an exact integer ``W @ s`` over
-    the non-zero sources only (the weight rows of the sources that fired, or their conv segments), then the
-    compiled ``conv_output`` (convolutions), ``synaptic_output`` and ``add_messages`` in projection
-    order, and updates every neuron with the compiled ``lif_step``. Graded dense projections with a
-    delay (whose int32 products wrap one by one in Lava) are not supported here: the caller runs those
-    graphs on its general path.
+    ``x_in`` (batch, steps, inputs) holds the input payloads (int64, or bool where all are binary). Each
+    step forms every population's input from the sources' spikes (or payloads) of earlier steps with an
+    exact integer ``W @ s`` over the non-zero sources only (the weight rows of the sources that fired,
+    or their conv segments), then the compiled ``conv_output`` (convolutions), ``synaptic_output`` and
+    ``add_messages`` in projection order, and updates every neuron with the compiled ``lif_step``. The
+    projections of binary inputs are formed into messages for all steps before the scan. Graded dense
+    projections with a delay (whose int32 products wrap one by one in Lava) are not supported here: the
+    caller runs those graphs on its general path.
 
     Returns ``(spikes (batch, steps, N) bool, u_rec, v_rec or None, counts (batch, P, 4))`` where
     ``counts[..., :3]`` are ``loihi2.LIMIT_EVENTS`` (when ``count_events``) and ``counts[..., 3]`` the
     spikes.
     """
-    _check_cpu(x_in)
-    x = (x_in if x_in.dtype == torch.bool else x_in.to(torch.int64)).contiguous()
+    if isinstance(x_in, torch.Tensor):
+        _check_cpu(x_in)
+        x_in = x_in.numpy()
+    x = np.ascontiguousarray(x_in if x_in.dtype in (np.bool_, np.int64) else x_in.astype(np.int64))
     batch = x.shape[0]
     n_pop = int(spec.pop_off[-1])
-    spk = torch.empty(batch, steps, n_pop, dtype=torch.bool)
+    spk = np.empty((batch, steps, n_pop), dtype=np.bool_)
     if keep_state:
-        u_rec = torch.empty(batch, steps, n_pop, dtype=torch.int64)
-        v_rec = torch.empty(batch, steps, n_pop, dtype=torch.int64)
+        u_rec = np.empty((batch, steps, n_pop), dtype=np.int64)
+        v_rec = np.empty((batch, steps, n_pop), dtype=np.int64)
     else:
-        u_rec = v_rec = torch.empty(0, 0, 0, dtype=torch.int64)
-    counts = torch.zeros(batch, len(spec.pop_off) - 1, 4, dtype=torch.int64)
+        u_rec = v_rec = np.empty((0, 0, 0), dtype=np.int64)
+    counts = np.zeros((batch, len(spec.pop_off) - 1, 4), dtype=np.int64)
     widest = max(1, int(np.max(np.diff(spec.pop_off))) if len(spec.pop_off) > 1 else 1)
-    acc_buf = np.zeros((batch, widest), dtype=spec.acc_dtype)
+    acc_buf = np.empty((batch, widest), dtype=spec.acc_dtype)
     threads = _threads()
-    pre = np.zeros((batch, steps, int(spec.pre_off[-1])), dtype=spec.acc_dtype)
-    for k in np.flatnonzero(spec.ready):
-        off, n = int(spec.src_off[k]), int(spec.src_n[k])
-        nd = int(spec.pop_off[spec.dst_pop[k] + 1] - spec.pop_off[spec.dst_pop[k]])
-        rows = spec.weights[spec.w_off[k]:spec.w_off[k] + n * nd].reshape(n, nd)
-        blocks = max(1, min(threads // max(batch, 1), nd // 64))  # few samples: split the columns
+    pre = np.empty((batch, steps, int(spec.pre_off[-1])), dtype=spec.acc_dtype)
+    if spec.ready.any() or (threads > 1 and batch > 1):
         _set_threads(threads)
-        _input_kernel()((x[:, :, off:off + n] != 0).contiguous().numpy(), rows,
-                        pre[:, :, spec.pre_off[k]:spec.pre_off[k] + nd], blocks)
+    if spec.ready.any():
+        _input_messages(spec, x, pre, threads)
     parallel = threads > 1 and batch > 1  # one sample runs on one thread: no synchronisation per step
-    if parallel:
-        _set_threads(threads)
     _network_kernel(count_events, keep_state, parallel)(
-        x.numpy(), spec.pop_off, spec.du, spec.dv, spec.vth_eff, spec.bias_eff, spec.src_kind, spec.src_off,
+        x, spec.pop_off, spec.du, spec.dv, spec.vth_eff, spec.bias_eff, spec.src_kind, spec.src_off,
         spec.src_n, spec.dst_pop, spec.w_off, spec.weights, spec.w_shift, spec.row_ptr, spec.row_idx,
-        spec.is_sparse, spec.seg_len, spec.perm_off, spec.weight_exp, spec.graded, spec.delayed, spec.conv, spec.lags, spec.ready, spec.pre_off,
-        pre, acc_buf,
-        spk.numpy(), u_rec.numpy(), v_rec.numpy(), counts.numpy())
-    return spk, (u_rec if keep_state else None), (v_rec if keep_state else None), counts
+        spec.is_sparse, spec.seg_len, spec.perm_off, spec.weight_exp, spec.graded, spec.delayed, spec.conv, spec.lags,
+        spec.ready, spec.pre_off, pre, acc_buf, spk, u_rec, v_rec, counts)
+    return (torch.from_numpy(spk), torch.from_numpy(u_rec) if keep_state else None,
+            torch.from_numpy(v_rec) if keep_state else None, torch.from_numpy(counts))

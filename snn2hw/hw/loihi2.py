@@ -446,6 +446,12 @@ def _sum_pool(s: torch.Tensor, w: torch.Tensor, stride, padding, dilation, group
     return window.mul_(per_channel[:, 0].to(torch.float32).view(1, o, 1, 1))
 
 
+def conv_bound(weight: torch.Tensor, max_input: int) -> int:
+    """The largest per-output-channel sum of |w| times the largest input magnitude: it bounds every
+    partial sum of every output of the convolution, in any summation order."""
+    return int(weight.to(torch.int64).abs().flatten(1).sum(dim=1).max().item()) * max_input if weight.numel() else 0
+
+
 def conv_accumulate(s: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, groups: int,
                     max_input: int) -> torch.Tensor:
     """``conv_accumulate_exact`` before its conversion to int64: float32 or float64 holding exact integers,
@@ -456,7 +462,7 @@ def conv_accumulate(s: torch.Tensor, weight: torch.Tensor, stride, padding, dila
     in full float32 (``_float32_conv_exact``); float64 when B < 2**53; else int64 im2col products.
     """
     w = weight.to(torch.int64)
-    bound = int(w.abs().flatten(1).sum(dim=1).max().item()) * max_input if w.numel() else 0
+    bound = conv_bound(w, max_input)
     if bound < 2**24 and _float32_conv_exact(s.device, int(w.abs().max().item()) if w.numel() else 0, max_input):
         pooled = _sum_pool(s, w, stride, padding, dilation, groups)
         if pooled is not None:

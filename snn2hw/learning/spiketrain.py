@@ -17,15 +17,17 @@ target count, 35; hidden neurons get ``hidden_virtual_spikes``), and the per-spi
 silent pre-synaptic neuron is the S-PSP one spike at a uniformly random step would add.
 
 Speed and memory. Dense and recurrent layers (the default; ``full_trace`` below is the cross-check)
-keep only their spike trains, as ``bool``, and make everything else in blocks of steps: the forward
-makes a block's currents by one GEMM and runs the compiled LIF scan over it (``spsp_kernels``;
-recurrent layers a per-step loop around the operator's own ``mm``), recording each neuron's membrane
-summed at its spikes, which is HM2-BP's T-PSP without keeping any current; the backward runs the
-compiled reverse S-PSP recursion twice per layer (reductions for the coefficients, then the
-products). Products with sparse trains (at most ``EVENT_DENSITY`` non-zero) are event-driven (cost per
-spike), denser ones GEMMs. Float temporaries are bounded by ``CHUNK_BYTES``, not by T. The ``low_memory``
-option of earlier versions is accepted and has no further effect. Conv and pool layers keep the
-full-window float path (their hop runs through the convolution's autograd).
+keep only their spike trains, as ``bool``, and their counts, and make everything else per group of
+samples or block of steps: the forward makes a group's currents by one GEMM (over the stored rows when
+whole windows fit, else per sample in blocks of steps) and runs the compiled LIF scan over them
+(``spsp_kernels``; recurrent input inside the scan), recording each neuron's count and membrane summed
+at its spikes, which is HM2-BP's T-PSP without keeping any current; the backward runs the compiled
+reverse S-PSP recursion once per layer and group, making the group's S-PSP matrices by one batched
+GEMM per block, from which every gradient and the input error are elementwise
+(``layer_backward_chunked``). Products with sparse trains (at most ``EVENT_DENSITY`` non-zero) are
+event-driven (cost per spike), denser ones GEMMs. Float temporaries are bounded by ``CHUNK_BYTES``, not
+by T. The ``low_memory`` option of earlier versions is accepted and has no further effect. Conv and
+pool layers keep the full-window float path (their hop runs through the convolution's autograd).
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ from snn2hw.learning import spsp_kernels
 from snn2hw.learning.base import BatchResult, LearningRule, LearningRuleError
 from snn2hw.learning.spsp import (NeuronSpec, dense_spsp, evenly_spaced_spikes, hop_current_chunk, layer_current,
                                   lif_sequence, lif_sequence_chunked, neuron_spec, reset_mask, spsp_adjoint,
-                                  spsp_per_pre_spike)
+                                  spsp_per_pre_spike, virtual_counts)
 from snn2hw.nn import functional as F
 from snn2hw.nn.conv import ConvLIF, Dropout, Flatten, LeakyReadout, SumPoolLIF, _flat
 from snn2hw.nn.layers import LIFDense, RecurrentLIFDense, hop_delay
@@ -68,6 +70,8 @@ class LayerTrace:
     spec: NeuronSpec
     rec_weight: torch.Tensor | None  # effective recurrent weights V (N, N), or None
     vsum: torch.Tensor | None = None  # (B, N) pre-reset membrane summed over the spikes (chunked trace only)
+    counts: torch.Tensor | None = None  # (B, N) float64 spike counts of s_out (chunked trace only)
+    counts_in: torch.Tensor | None = None  # (B, N_in) float64 counts of s_in (chunked trace only)
 
 
 @dataclass
@@ -148,14 +152,17 @@ class SpikeTrainRule(LearningRule):
     def forward(self, model: nn.Module, x: torch.Tensor) -> tuple[list, torch.Tensor]:
         """(per-layer records, output spikes) of the neuron this rule trains (``t_ref`` included)."""
         s = x
+        counts = None  # (B, N) counts of ``s`` when a chunked layer made it (a bool train's sum is slow)
         records: list = []
         for layer in _layers(model):
             if isinstance(layer, Flatten):
                 s = _flat(s)
+                counts = None if counts is None else counts.flatten(1)
                 records.append(None)
                 continue
             if isinstance(layer, Dropout):
                 s = layer(s)
+                counts = None
                 records.append(None)
                 continue
             s = _flat(s) if not isinstance(layer, LIFDense) else s
@@ -163,13 +170,21 @@ class SpikeTrainRule(LearningRule):
             rec = layer.effective_rec_weight().detach() if isinstance(layer, RecurrentLIFDense) else None
             if isinstance(layer, LIFDense) and not self.full_trace:  # one byte per spike, currents chunk by chunk
                 s_in = s
+                counts_in = counts if counts is not None else self._time_sum(s_in, torch.float64)
                 vsum = torch.zeros(s.shape[0], layer.out_features, dtype=torch.float64, device=x.device)
-                s = lif_sequence_chunked(lambda t0, t1: hop_current_chunk(layer, s_in, t0, t1, x.dtype), s.shape[0],
-                                         s.shape[1], layer.out_features, spec, rec,
-                                         self._block(s.shape[0], max(s.shape[2], layer.out_features)), x, torch.bool,
-                                         vsum)
-                records.append(LayerTrace(layer, s_in, None, s, spec, rec, vsum))
+                counts = torch.zeros_like(vsum)
+                # float temporaries per step: the current, and the input as float when it is a bool train
+                group, block = self._window_groups(*s.shape[:2], layer.out_features + s.shape[2] * (s.dtype != x.dtype))
+                parts = []
+                for b0 in range(0, s.shape[0], group):  # the neurons of different samples are independent
+                    src, rows = s_in[b0:b0 + group], slice(b0, b0 + group)
+                    parts.append(lif_sequence_chunked(
+                        lambda t0, t1, src=src: hop_current_chunk(layer, src, t0, t1, x.dtype), src.shape[0],
+                        src.shape[1], layer.out_features, spec, rec, block, x, torch.bool, vsum[rows], counts[rows]))
+                s = parts[0] if len(parts) == 1 else torch.cat(parts)
+                records.append(LayerTrace(layer, s_in, None, s, spec, rec, vsum, counts, counts_in))
                 continue
+            counts = None
             s = s.to(x.dtype)
             a_ff = hop_delay(layer_current(layer, s))
             if self.t_ref:
@@ -347,16 +362,33 @@ class SpikeTrainRule(LearningRule):
     def _time_sum(self, s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Per-neuron sums over time (B, N) of a (B, T, N) train, ``chunk`` steps at a time (a bool tensor's
         ``sum`` converts the whole tensor to int64 first)."""
+        if s.dtype != torch.bool:  # in the train's own dtype (a sum with dtype= converts the whole train first)
+            return s.sum(1).to(dtype)
         out = torch.zeros(s.shape[0], s.shape[2], dtype=dtype, device=s.device)
         block = self._block(s.shape[0], 2 * s.shape[2])  # a bool chunk's sum makes an int64 copy
         for t0 in range(0, s.shape[1], block):
             out += s[:, t0:t0 + block].sum(1).to(dtype)
         return out
 
+    def _window_groups(self, batch: int, steps: int, width: int) -> tuple[int, int]:
+        """(samples per group, steps per block) for float temporaries (group, block, width) near ``CHUNK_BYTES``:
+        groups of whole windows while one sample's window fits (their products then run over contiguous
+        (sample, step) rows of the stored trains, in one GEMM), else one sample in blocks of steps."""
+        per_sample = 4 * max(steps * width, 1)
+        if CHUNK_BYTES < per_sample:
+            return 1, min(steps, self._block(1, width))
+        groups = -(-batch // (CHUNK_BYTES // per_sample))
+        return -(-batch // groups), steps
+
     def _block(self, batch: int, width: int) -> int:
         """Steps per block of the chunked path for float temporaries (batch, steps, width): ``chunk``, or more
         while they stay under ``CHUNK_BYTES``."""
         return max(self.chunk, CHUNK_BYTES // (4 * max(batch * width, 1)))
+
+    @staticmethod
+    def _compiled_scan(post: torch.Tensor, spec: NeuronSpec, dtype: torch.dtype) -> bool:
+        """Whether ``_scan_chunks`` runs the compiled reverse scan (CPU, numba) rather than its tensor loop."""
+        return post.device.type == "cpu" and spsp_kernels.usable(spec.alpha.to(dtype), spec.beta.to(dtype))
 
     def _scan_chunks(self, post: torch.Tensor, spec: NeuronSpec, dtype: torch.dtype, sums: torch.Tensor,
                      block: int):
@@ -364,7 +396,8 @@ class SpikeTrainRule(LearningRule):
         yields (t0, t1, lam_u[t0:t1]) and adds the per-neuron sums of lam_u (steps >= 1) and lam_p over the
         window to ``sums[0]`` and ``sums[1]`` ((2, B, N), float64)."""
         batch, steps, n = post.shape
-        if spsp_kernels.usable(spec.alpha.to(dtype), spec.beta.to(dtype)) and post.device.type == "cpu":
+        block = -(-steps // -(-steps // max(block, 1)))  # equal blocks (no short last one: a GEMM's K)
+        if SpikeTrainRule._compiled_scan(post, spec, dtype):
             state: dict = {}
             for t1 in range(steps, 0, -block):
                 t0 = max(t1 - block, 0)
@@ -391,128 +424,141 @@ class SpikeTrainRule(LearningRule):
             sums[1] += lam_p.sum(1).to(sums.dtype)
             yield t0, t1, lam_u
 
+    def _group_and_block(self, batch: int, n: int, e_width: int, width: int, compiled: bool) -> tuple[int, int]:
+        """(samples per group, steps per block) of ``layer_backward_chunked``. With the compiled scan a group's
+        S-PSP matrices (G, N, ``e_width``) stay near ``CHUNK_BYTES`` (at least one sample; groups of even
+        size). Elsewhere (CUDA, no numba) the whole batch is one group: the reverse scan is then a per-step
+        loop of tensor ops whose cost is per call, not per sample, and the matrices are still T-independent."""
+        group = batch
+        if compiled:
+            groups = -(-batch // max(1, CHUNK_BYTES // max(4 * n * e_width, 1)))
+            group = -(-batch // groups)
+        return group, self._block(group, width)
+
+    @staticmethod
+    def _add_spsp(e: torch.Tensor | None, lam: torch.Tensor, s_pre: torch.Tensor, sparse: bool) -> torch.Tensor:
+        """``e[b] + lam[b]^T @ s_pre[b]`` (e None: zeros): S-PSPs (G, N, M) of one block, ``lam`` (G, C, N) the
+        kernel at the steps after the pre-synaptic ones ``s_pre`` (G, C, M, bool or float), added in place.
+        Sparse trains: event-driven into ``e``'s transpose, a contiguous (G, M, N), so that each pre-synaptic
+        spike adds to one contiguous row; else one batched GEMM per block, K = C steps, over views of the
+        stored trains (a float input is not copied)."""
+        if sparse:
+            if e is None:
+                e = lam.new_zeros(lam.shape[0], s_pre.shape[2], lam.shape[2]).transpose(1, 2)
+            spsp_kernels.scatter_rows(lam, s_pre, e.transpose(1, 2), per_sample=True)
+            return e
+        if e is None:  # the first block writes e (no zero fill)
+            return torch.bmm(lam.transpose(1, 2), s_pre.to(lam.dtype))
+        return e.baddbmm_(lam.transpose(1, 2), s_pre.to(lam.dtype))
+
     def layer_backward_chunked(self, tr: LayerTrace, g: torch.Tensor, targets: torch.Tensor | None,
                                need_input: bool) -> torch.Tensor | None:
-        """``layer_backward`` for a dense or recurrent layer whose trace holds bool spikes and no currents: two
-        reverse passes over time in chunks (reductions for the coefficients, then the products), so the
-        float temporaries are (B, chunk, N) and the stored trains one byte per neuron and step.
+        """``layer_backward`` for a dense or recurrent layer whose trace holds bool spikes and no currents: one
+        reverse pass over time per group of samples.
+
+        Every coefficient of the rules is per sample, so a group of G samples makes its S-PSP matrices
+        ``e`` (G, N, N_in) (and ``e_rec`` (G, N, N)) block by block during the reverse scan, one batched
+        product ``lam_u^T @ s_in`` per block (``_add_spsp``), then its coefficients from its reductions; the
+        weight gradient ``sum_b c_w[b, i] e[b, i, j]`` and the input error ``sum_i c_back[b, i] w_ij e[b, i, j]``
+        are then elementwise (G N N_in, no factor T). Against a weight-gradient GEMM and an input-error GEMM
+        per block (and a second scan to have the coefficients first) this is one scan and one GEMM of the
+        same size as BPTT's weight gradient. Memory: ``e`` of a group is kept near ``CHUNK_BYTES`` (at least
+        one sample) and the float blocks near ``CHUNK_BYTES`` (``_block``), whatever T.
 
         The T-PSP (HM2-BP's self term) is the membrane summed at the spikes, recorded by the forward
         (``vsum``), less the bias part; only neurons given virtual spikes (silent ones; their membrane was
         never reset there) have their current re-made, for those columns alone."""
         layer, spec, dtype = tr.layer, tr.spec, g.dtype
         batch, steps, n = tr.s_out.shape
+        n_in = tr.s_in.shape[2]
         post = tr.s_out
-        counts_rec = self._time_sum(tr.s_out, dtype)
+        counts_rec = tr.counts.to(dtype)
         counts = counts_rec
         silent = (counts == 0) & (g != 0)
         virtual_cols = None
         if bool(silent.any()):
             k = targets if targets is not None else torch.full_like(counts, float(self.hidden_virtual_spikes))
-            virtual = evenly_spaced_spikes(steps, torch.where(silent, k, torch.zeros_like(k)), spec.t_ref,
-                                           dtype=torch.bool)
-            post = post | virtual
-            counts = counts + self._time_sum(virtual, dtype)  # silent neurons: their real count is 0
+            k = torch.where(silent, k, torch.zeros_like(k))
+            post = post | evenly_spaced_spikes(steps, k, spec.t_ref, dtype=torch.bool)
+            counts = counts + virtual_counts(steps, k, spec.t_ref).to(dtype)  # silent neurons: their real count is 0
             virtual_cols = (counts > 0).logical_and_(silent).any(0).nonzero().squeeze(1)
         rec = tr.rec_weight
         w = layer.weight.detach()
-        block = self._block(batch, max(tr.s_in.shape[2], n))
-
-        def pre(s_pre, t0, t1, raw=False):  # pre steps paired with lam[t0':t1] (float unless raw), offset t0' - t0
-            first = 1 if t0 == 0 else 0
-            s = s_pre[:, t0 + first - 1:t1 - 1]
-            return (s if raw else s.to(dtype)), first
-
-        # pass 1: per-sample reductions
-        sums = torch.zeros(2, batch, n, dtype=torch.float64, device=g.device)  # lam_u (steps >= 1), lam_p
-        e_rec = torch.zeros(batch, n, n, dtype=dtype, device=g.device) if rec is not None else None
-        tpsp_v = None
-        if self.needs_tpsp and virtual_cols is not None and virtual_cols.numel():
-            tpsp_v = torch.zeros(batch, virtual_cols.numel(), dtype=dtype, device=g.device)
-            w_v = w[virtual_cols]
-        sparse_rec = rec is not None and self._event_driven(tr.s_out, g, counts_rec.sum())
-        if e_rec is not None or tpsp_v is not None:
-            for t0, t1, lam_u in self._scan_chunks(post, spec, dtype, sums, block):
-                if rec is not None:
-                    s_prev, f = pre(tr.s_out, t0, t1, raw=True)
-                    if sparse_rec:  # e_rec^T[b, p, :] += lam_u[b, t, :] at p's spikes
-                        e_rec_t = e_rec.transpose(1, 2)
-                        spsp_kernels.scatter_rows(lam_u[:, f:], s_prev, e_rec_t, per_sample=True)
-                    else:
-                        e_rec += lam_u[:, f:].transpose(1, 2) @ s_prev.to(dtype)
-                if tpsp_v is not None:
-                    s_prev, f = pre(tr.s_in, t0, t1)
-                    a = (s_prev.reshape(-1, s_prev.shape[2]) @ w_v.t()).view(*s_prev.shape[:2], -1)
-                    if rec is not None:
-                        a = a + pre(tr.s_out, t0, t1)[0] @ rec[virtual_cols].t()
-                    tpsp_v += (lam_u[:, f:, virtual_cols] * a).sum(1)
-        else:
-            for _ in self._scan_chunks(post, spec, dtype, sums, block):
-                pass
-        lam_u_sum, lam_p_sum = sums[0].to(dtype), sums[1].to(dtype)
-        tpsp = None
-        if self.needs_tpsp:
-            tpsp = tr.vsum.to(dtype, copy=True)
-            if spec.bias is not None:
-                tpsp = tpsp - spec.bias * lam_p_sum
-            if tpsp_v is not None:
-                tpsp[:, virtual_cols] = tpsp_v
-        stats = PostStats(counts, self._time_sum(tr.s_in, dtype), counts_rec if rec is not None else None,
-                          lam_u_sum / steps, e_rec, tpsp)
-        c_w, c_back = self.coefficients(tr, g, stats)
-
-        # pass 2: weight gradients and the input error
+        counts_in = tr.counts_in.to(dtype)
         weight = layer.weight if layer.weight.requires_grad else None
+        bias = getattr(layer, "bias", None)
+        bias = bias if isinstance(bias, nn.Parameter) and bias.requires_grad else None
         train_rec = rec is not None and self.trains_recurrent() and layer.rec_weight.requires_grad
         gw = torch.zeros_like(w) if weight is not None else None
+        gb = torch.zeros(n, dtype=dtype, device=g.device) if bias is not None else None
         gv = torch.zeros(n, n, dtype=dtype, device=g.device) if train_rec else None
-        n_in = tr.s_in.shape[2]
-        per_spike = torch.zeros(batch, n_in, dtype=dtype, device=g.device) if need_input else None
-        # event-driven products (sparse trains): accumulated transposed, (1, N_in, N) and (1, N, N)
-        gw_t = torch.zeros(1, n_in, n, dtype=dtype) if gw is not None else None
-        gv_t = torch.zeros(1, n, n, dtype=dtype) if gv is not None else None
-        w_t = w.t().contiguous() if need_input else None
-        if gw is not None or gv is not None or need_input:
-            sparse = self._event_driven(tr.s_in, g, stats.counts_in.sum() if tr.s_in.dtype == torch.bool else None)
-            for t0, t1, lam_u in self._scan_chunks(post, spec, dtype, torch.zeros_like(sums), block):
-                raw, f = pre(tr.s_in, t0, t1, raw=True)
-                s_prev = None if sparse else raw.to(dtype)
-                if gw is not None or gv is not None:
-                    g_lam = c_w.unsqueeze(1) * lam_u[:, f:]
-                    if gw is not None and sparse:
-                        spsp_kernels.scatter_rows(g_lam, raw, gw_t, per_sample=False)
-                    elif gw is not None:
-                        gw += g_lam.reshape(-1, n).t() @ s_prev.reshape(-1, n_in)
-                    if gv is not None:
-                        r_raw = pre(tr.s_out, t0, t1, raw=True)[0]
-                        if sparse_rec:
-                            spsp_kernels.scatter_rows(g_lam, r_raw, gv_t, per_sample=False)
-                        else:
-                            gv += g_lam.reshape(-1, n).t() @ r_raw.to(dtype).reshape(-1, n)
-                if need_input:
-                    g_back = c_back.unsqueeze(1) * lam_u[:, f:]
-                    if sparse:  # the error at each input spike, one dot product per spike
-                        spsp_kernels.spike_dots(g_back, raw, w_t, per_spike)
-                    else:  # (B * steps, N) @ (N, N_in): one GEMM, not a batched one
-                        gs = (g_back.reshape(-1, n) @ w).view(s_prev.shape)
-                        per_spike += (gs.mul_(s_prev)).sum(1)
-        if gw_t is not None:
-            gw += gw_t[0].t()
-        if gv_t is not None:
-            gv += gv_t[0].t()
-        if weight is not None:
+        result = torch.empty(batch, n_in, dtype=dtype, device=g.device) if need_input else None
+        want_e = weight is not None or need_input
+        want_tpsp_v = self.needs_tpsp and virtual_cols is not None and virtual_cols.numel() > 0
+        w_v = w[virtual_cols] if want_tpsp_v and not want_e else None
+        rec_v = rec[virtual_cols] if want_tpsp_v and not want_e and rec is not None else None
+        sparse_in = want_e and self._event_driven(tr.s_in, g, counts_in.sum() if tr.s_in.dtype == torch.bool else None)
+        sparse_rec = rec is not None and self._event_driven(tr.s_out, g, counts_rec.sum())
+        compiled = self._compiled_scan(post, spec, dtype)
+        # float temporaries per step: lam_u, and the trains the products read as float (bool trains are converted)
+        width = n + n_in * (want_e and tr.s_in.dtype != dtype) + n * (rec is not None)
+        group, block = self._group_and_block(batch, n, n_in * want_e + n * (rec is not None), width, compiled)
+        for b0 in range(0, batch, group):
+            b1 = min(b0 + group, batch)
+            rows = slice(b0, b1)
+            sums = torch.zeros(2, b1 - b0, n, dtype=torch.float64, device=g.device)  # lam_u (steps >= 1), lam_p
+            e = e_rec = None  # (G, N, N_in) and (G, N, N), made by the first block
+            # T-PSP of neurons given virtual spikes: from e when it is made (sum_j w_ij e_ij), else re-made
+            tpsp_v = g.new_zeros(b1 - b0, virtual_cols.numel()) if want_tpsp_v and not want_e else None
+            for t0, t1, lam_u in self._scan_chunks(post[rows], spec, dtype, sums, block):
+                f = 1 if t0 == 0 else 0  # the kernel at step t pairs with the pre spikes of step t - 1
+                lam = lam_u[:, f:]
+                s_prev = tr.s_in[rows, t0 + f - 1:t1 - 1]
+                r_prev = tr.s_out[rows, t0 + f - 1:t1 - 1] if rec is not None else None
+                if want_e:
+                    e = self._add_spsp(e, lam, s_prev, sparse_in)
+                if rec is not None:
+                    e_rec = self._add_spsp(e_rec, lam, r_prev, sparse_rec)
+                if tpsp_v is not None:
+                    a = s_prev.to(dtype) @ w_v.t()
+                    if rec is not None:
+                        a = a + r_prev.to(dtype) @ rec_v.t()
+                    tpsp_v += (lam[:, :, virtual_cols] * a).sum(1)
+            if want_tpsp_v and want_e:  # for every neuron, then the columns: cheaper than gathering rows of e
+                tpsp_v = (e * w).sum(2)[:, virtual_cols]
+                if rec is not None:
+                    tpsp_v += (e_rec * rec).sum(2)[:, virtual_cols]
+            lam_u_sum, lam_p_sum = sums[0].to(dtype), sums[1].to(dtype)
+            tpsp = None
+            if self.needs_tpsp:
+                tpsp = tr.vsum[rows].to(dtype, copy=True)
+                if spec.bias is not None:
+                    tpsp = tpsp - spec.bias * lam_p_sum
+                if want_tpsp_v:
+                    tpsp[:, virtual_cols] = tpsp_v
+            stats = PostStats(counts[rows], counts_in[rows], counts_rec[rows] if rec is not None else None,
+                              lam_u_sum / steps, e_rec, tpsp)
+            c_w, c_back = self.coefficients(tr, g[rows], stats)
+            for b in range(b1 - b0):  # one fused pass over each sample's e
+                if gw is not None:
+                    gw.addcmul_(c_w[b].unsqueeze(1), e[b])
+                if gv is not None:
+                    gv.addcmul_(c_w[b].unsqueeze(1), e_rec[b])
+            if gb is not None:
+                gb += (c_w * lam_p_sum).sum(0)
+            if need_input:  # dE/do_j = sum_i c_back[b, i] w_ij e_bij / o_j; a silent input: one spike at a random step
+                per_spike = torch.bmm(c_back.unsqueeze(1), e.mul_(w)).squeeze(1)
+                total = (c_back * lam_u_sum) @ w
+                o_in = counts_in[rows]
+                result[rows] = torch.where(o_in > 0, per_spike / o_in.clamp(min=1), total / steps)
+        if gw is not None:
             _accumulate(weight, gw)
-        bias = getattr(layer, "bias", None)
-        if isinstance(bias, nn.Parameter) and bias.requires_grad:
-            _accumulate(bias, (c_w * lam_p_sum).sum(0))
+        if gb is not None:
+            _accumulate(bias, gb)
         if gv is not None:
             gv = gv * layer.rec_weight_scale
             _accumulate(layer.rec_weight, gv * layer.rec_mask if layer.rec_mask is not None else gv)
-        if not need_input:
-            return None
-        o_in = stats.counts_in
-        total = (c_back * lam_u_sum) @ w  # sum over the window of the error per input step
-        return torch.where(o_in > 0, per_spike / o_in.clamp(min=1), total / steps)
+        return result
 
 
 def _accumulate(param: torch.Tensor, grad: torch.Tensor) -> None:

@@ -85,11 +85,14 @@ def lif_sequence(a_ff: torch.Tensor, spec: NeuronSpec, rec_weight: torch.Tensor 
 
 def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSpec,
                          rec_weight: torch.Tensor | None, chunk: int, like: torch.Tensor,
-                         out_dtype: torch.dtype, vsum: torch.Tensor | None = None) -> torch.Tensor:
+                         out_dtype: torch.dtype, vsum: torch.Tensor | None = None,
+                         counts: torch.Tensor | None = None) -> torch.Tensor:
     """``lif_sequence`` with the input current made ``chunk`` steps at a time by ``current(t0, t1)`` (hop-delayed,
     (B, t1 - t0, N)), so that no (B, T, N) float tensor exists; spikes are returned in ``out_dtype``
     (``torch.bool`` keeps a layer's trains in one byte per neuron and step). ``vsum`` (B, N), if given,
-    receives the sum of the pre-reset membrane at each spike (the T-PSP plus the bias part).
+    receives the sum of the pre-reset membrane at each spike (the T-PSP plus the bias part), ``counts``
+    (B, N, float64), if given, the spike counts (a bool train's own ``sum`` converts it to int64 first,
+    which costs more than the scan).
 
     On the CPU this is the compiled scan of ``spsp_kernels`` (bit-identical to the loop below, recurrent
     input included as long as the BLAS sums a spike vector's terms in order); other devices run the
@@ -102,7 +105,7 @@ def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSp
         for t0 in range(0, steps, chunk):
             t1 = min(t0 + chunk, steps)
             spsp_kernels.lif_scan_chunk(current(t0, t1).to(like.dtype), spec, state, spikes[:, t0:t1], acc,
-                                        rec_weight)
+                                        rec_weight, counts)
         if vsum is not None:
             vsum += acc.to(vsum.dtype)
         if spikes is not out:
@@ -133,6 +136,8 @@ def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSp
                 s = (v > spec.v_th).to(like.dtype)
             if vsum is not None:
                 vsum += (v * s).to(vsum.dtype)
+            if counts is not None:
+                counts += s.to(counts.dtype)
             v = v - v * s
             out[:, t] = s
     return out
@@ -142,6 +147,30 @@ def hop_current_chunk(layer: nn.Module, s_in: torch.Tensor, t0: int, t1: int, dt
     """The hop-delayed feed-forward current of steps [t0, t1): the layer's current of input steps
     [t0 - 1, t1 - 1), zero at step 0."""
     lo = max(t0 - 1, 0)
+    if isinstance(layer, LIFDense) and t0 == 0 and t1 == s_in.shape[1] and s_in.is_contiguous():
+        # the whole window: one product over all (sample, step) rows, a view of the train, written one row
+        # down so that row (b, t) receives the input of step t - 1; each sample's step 0 (which received
+        # the previous sample's last step) is then zeroed
+        batch, steps, n_in = s_in.shape
+        buf = torch.empty(batch * steps + 1, layer.out_features, dtype=dtype, device=s_in.device)
+        src = s_in.reshape(-1, n_in)
+        torch.mm(src if src.dtype == dtype else src.to(dtype), layer.weight.detach().to(dtype).t(), out=buf[1:])
+        a = buf[:-1].view(batch, steps, -1)
+        a[:, 0] = 0
+        return a
+    if isinstance(layer, LIFDense):
+        # one product per sample, written after the zero row of step 0: a sample's steps are a contiguous view
+        # of the stored train, where the block of all samples, (B, C, N_in) of a (B, T, N_in) tensor, would
+        # be copied into a (B C, N_in) matrix first
+        first = 1 if t0 == 0 else 0
+        out = torch.empty(s_in.shape[0], t1 - t0, layer.out_features, dtype=dtype, device=s_in.device)
+        out[:, :first] = 0
+        src = s_in[:, lo:t1 - 1]
+        src = src if src.dtype == dtype else src.to(dtype)
+        w_t = layer.weight.detach().to(dtype).t()
+        for b in range(out.shape[0]):
+            torch.mm(src[b], w_t, out=out[b, first:])
+        return out
     a = layer_current(layer, s_in[:, lo:t1 - 1].to(dtype))
     if t0 == 0:
         a = torch.nn.functional.pad(a, (0, 0, 1, 0))
@@ -183,12 +212,17 @@ def dense_spsp(lam_u: torch.Tensor, s_pre: torch.Tensor) -> torch.Tensor:
     return lam_u[:, 1:].transpose(1, 2) @ s_pre[:, :-1]
 
 
+def virtual_counts(steps: int, counts: torch.Tensor, t_ref: int = 0) -> torch.Tensor:
+    """The spike counts ``evenly_spaced_spikes`` gives for ``counts``: rounded, at most what the refractory
+    period allows in ``steps``."""
+    return counts.round().clamp(0, steps // (1 + int(t_ref)))
+
+
 def evenly_spaced_spikes(steps: int, counts: torch.Tensor, t_ref: int = 0,
                          dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(B, T, N) trains with ``counts[b, i]`` evenly spaced spikes, the last at step T-1 (HM2-BP's artificial
     spikes for silent neurons); counts are capped at what the refractory period allows."""
-    cap = steps // (1 + int(t_ref))
-    k = counts.round().clamp(0, cap).to(torch.long)  # (B, N)
+    k = virtual_counts(steps, counts, t_ref).to(torch.long)  # (B, N)
     out = torch.zeros(*counts.shape[:-1], steps, counts.shape[-1], dtype=dtype, device=counts.device)
     b, i = k.nonzero(as_tuple=True)  # the neurons that get spikes, then all their spikes at once
     if b.numel() == 0:

@@ -60,8 +60,8 @@ def _unit(dtype: torch.dtype) -> np.ndarray:
 
 
 if numba is not None:
-    def _lif_scan_py(a, alpha, beta, vth, bias, has_bias, t_ref, unit, u, v, ref, spikes, vsum, rec_t, has_rec,
-                     s_prev, first):
+    def _lif_scan_py(a, alpha, beta, vth, bias, has_bias, t_ref, unit, u, v, ref, spikes, vsum, counts, rec_t,
+                     has_rec, s_prev, first):
         batch, steps, n = a.shape
         for b in numba.prange(batch):
             zero = unit[0] - unit[0]  # 0 in the input's dtype
@@ -94,9 +94,50 @@ if numba is not None:
                         s_prev[b, i] = fire
                     if fire:
                         vsum[b, i] += x
+                        counts[b, i] += 1.0
                         v[b, i] = zero
                     else:
                         v[b, i] = x
+
+    def _plain_lif_kernel(has_bias: bool, has_rec: bool, parallel: bool):
+        """``_lif_scan_py`` without refractory period (the deployable neuron), branch-free in its inner loop so
+        that it vectorises (about 3x faster): the same products and sums in the same order, so the same
+        spikes bit for bit. ``has_bias`` and ``has_rec`` are closure constants."""
+
+        def scan(a, alpha, beta, vth, bias, unit, u, v, spikes, vsum, counts, rec_t, s_prev, first):
+            batch, steps, n = a.shape
+            for b in numba.prange(batch):
+                zero = unit[0] - unit[0]
+                ub, vb, vs, cn, sb = u[b], v[b], vsum[b], counts[b], s_prev[b]
+                r = np.zeros(n, dtype=a.dtype)
+                for t in range(steps):
+                    at = a[b, t]
+                    sp = spikes[b, t]
+                    add_rec = has_rec and not (first and t == 0)
+                    if add_rec:  # r = V s[t-1], summed over the spiking sources in ascending order
+                        for i in range(n):
+                            r[i] = zero
+                        for j in range(n):
+                            if sb[j]:
+                                for i in range(n):
+                                    r[i] += rec_t[j, i]
+                    for i in range(n):
+                        ai = at[i] + r[i] if add_rec else at[i]  # a[t] = a_ff[t] + V s[t-1]
+                        uu = ub[i] * alpha[i] + ai  # u[t] = alpha u[t-1] + a[t]
+                        ub[i] = uu
+                        x = vb[i] * beta[i] + uu  # v_pre = (beta v[t-1] + u[t]) + bias
+                        if has_bias:
+                            x = x + bias[i]
+                        fire = x > vth[i]
+                        sp[i] = fire
+                        vs[i] += x if fire else 0.0
+                        cn[i] += 1.0 if fire else 0.0
+                        vb[i] = zero if fire else x
+                    if has_rec:
+                        for i in range(n):
+                            sb[i] = sp[i]
+
+        return numba.njit(parallel=parallel, nogil=True, boundscheck=False, cache=True)(scan)
 
     def _adjoint_scan_py(post, t0, t1, t_ref, alpha, beta, unit, lp, lu, lam_u, lam_p, keep_p, lu_sum, lp_sum):
         batch, steps, n = post.shape
@@ -167,6 +208,8 @@ if numba is not None:
     _SCANS = {(name, par): numba.njit(parallel=par, nogil=True, boundscheck=False, cache=True)(fn)
               for name, fn in (("lif", _lif_scan_py), ("adjoint", _adjoint_scan_py), ("scatter", _scatter_rows_py))
               for par in (False, True)}
+    _SCANS.update({("plain_lif", bias, rec, par): _plain_lif_kernel(bias, rec, par) for bias in (False, True)
+                   for rec in (False, True) for par in (False, True)})
     # the dot products may be reassociated (vectorised): nothing here has to equal another computation
     _SCANS.update({("dots", par): numba.njit(parallel=par, nogil=True, boundscheck=False, cache=True,
                                              fastmath={"reassoc", "contract"})(_spike_dots_py)
@@ -177,11 +220,11 @@ def _threads() -> int:
     return max(1, min(numba.config.NUMBA_NUM_THREADS, torch.get_num_threads()))
 
 
-def _scan(name: str):
+def _scan(name: str, *variant):
     threads = _threads()
     if threads > 1:
         _set_threads()
-    return _SCANS[(name, threads > 1)]
+    return _SCANS[(name, *variant, threads > 1)]
 
 
 def _np(s: torch.Tensor) -> np.ndarray:
@@ -213,27 +256,34 @@ def spike_dots(g: torch.Tensor, s: torch.Tensor, wt: torch.Tensor, out: torch.Te
 
 
 def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsum: torch.Tensor,
-                   rec_weight: torch.Tensor | None = None) -> None:
+                   rec_weight: torch.Tensor | None = None, counts: torch.Tensor | None = None) -> None:
     """Advance the neuron of ``spec`` (a ``spsp.NeuronSpec``) over the hop-delayed currents ``a`` (B, C, N),
     writing ``spikes`` (a (B, C, N) bool view) and adding the pre-reset membrane at each spike to ``vsum``
-    (B, N, float64). ``state`` ({} at the first chunk) carries u, v, the refractory counters and the last
+    and 1 to ``counts`` (each (B, N, float64); counts None: not kept). ``state`` ({} at the first chunk) carries u, v, the refractory counters and the last
     spikes. ``rec_weight`` (N, N), V[i, j] from j to i: the recurrent input ``V s[t-1]``, summed over the
     spiking sources j in ascending order, which is the order (and so the rounding) of the recurrent
     operator's ``mm`` with 0/1 spikes."""
     batch, steps, n = a.shape
     a = a.detach().contiguous()
     first = not state
-    if first:
-        state.update(u=torch.zeros(batch, n, dtype=a.dtype), v=torch.zeros(batch, n, dtype=a.dtype),
-                     ref=torch.zeros(batch, n, dtype=torch.int64), s=torch.zeros(batch, n, dtype=torch.bool),
-                     rec_t=(rec_weight.detach().t().to(a.dtype).contiguous() if rec_weight is not None
-                            else torch.zeros(1, 1, dtype=a.dtype)))
-    if a.numel():
-        _scan("lif")(a.numpy(), _per_neuron(spec.alpha, n, a.dtype), _per_neuron(spec.beta, n, a.dtype),
-                  _per_neuron(spec.v_th, n, a.dtype), _per_neuron(spec.bias, n, a.dtype), spec.bias is not None,
-                  int(spec.t_ref), _unit(a.dtype), state["u"].numpy(), state["v"].numpy(), state["ref"].numpy(),
-                  spikes.numpy(), vsum.numpy(), state["rec_t"].numpy(), rec_weight is not None, state["s"].numpy(),
-                  first)
+    if first:  # the state and the per-neuron parameters as numpy arrays, made once per window (not per chunk)
+        rec_t = (rec_weight.detach().t().to(a.dtype).contiguous() if rec_weight is not None
+                 else torch.zeros(1, 1, dtype=a.dtype))
+        state["s"] = torch.zeros(batch, n, dtype=torch.bool)
+        state["args"] = (_per_neuron(spec.alpha, n, a.dtype), _per_neuron(spec.beta, n, a.dtype),
+                         _per_neuron(spec.v_th, n, a.dtype), _per_neuron(spec.bias, n, a.dtype),
+                         spec.bias is not None, int(spec.t_ref), _unit(a.dtype), np.zeros((batch, n), a.numpy().dtype),
+                         np.zeros((batch, n), a.numpy().dtype), np.zeros((batch, n), np.int64))
+        state["rec"] = (rec_t.numpy(), rec_weight is not None, state["s"].numpy())
+        state["counts"] = np.zeros((batch, n), np.float64)
+    if a.numel() and not spec.t_ref:
+        alpha, beta, vth, bias, has_bias, _, unit, u, v, _ = state["args"]
+        _scan("plain_lif", has_bias, rec_weight is not None)(
+            a.numpy(), alpha, beta, vth, bias, unit, u, v, spikes.numpy(), vsum.numpy(),
+            state["counts"] if counts is None else counts.numpy(), state["rec"][0], state["rec"][2], first)
+    elif a.numel():
+        _scan("lif")(a.numpy(), *state["args"], spikes.numpy(), vsum.numpy(),
+                     state["counts"] if counts is None else counts.numpy(), *state["rec"], first)
 
 
 def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.dtype, state: dict,
@@ -248,12 +298,13 @@ def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.
         post = post != 0
     if not post.is_contiguous():
         post = post.contiguous()
-    if not state:
-        state.update(lp=torch.zeros(batch, n, dtype=dtype), lu=torch.zeros(batch, n, dtype=dtype))
+    if not state:  # made once per window (not per chunk)
+        np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+        state["args"] = (int(spec.t_ref), _per_neuron(spec.alpha, n, dtype), _per_neuron(spec.beta, n, dtype),
+                         _unit(dtype), np.zeros((batch, n), np_dtype), np.zeros((batch, n), np_dtype))
     lam_u = torch.empty(batch, t1 - t0, n, dtype=dtype)
     lam_p = torch.empty(batch, t1 - t0, n, dtype=dtype) if want_lam_p else torch.empty(0, 0, 0, dtype=dtype)
     if lam_u.numel():
-        _scan("adjoint")(post.numpy(), int(t0), int(t1), int(spec.t_ref), _per_neuron(spec.alpha, n, dtype),
-                      _per_neuron(spec.beta, n, dtype), _unit(dtype), state["lp"].numpy(), state["lu"].numpy(), lam_u.numpy(),
-                      lam_p.numpy(), bool(want_lam_p), lu_sum.numpy(), lp_sum.numpy())
+        _scan("adjoint")(post.numpy(), int(t0), int(t1), *state["args"], lam_u.numpy(), lam_p.numpy(),
+                         bool(want_lam_p), lu_sum.numpy(), lp_sum.numpy())
     return lam_u, (lam_p if want_lam_p else None)

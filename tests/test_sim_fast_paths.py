@@ -1,0 +1,135 @@
+"""The simulator's fast paths against the paths they replace and the tensor formulas, bit for bit: binary
+inputs' projections formed into messages before the scan (dense and conv, split over steps or columns),
+the one-pass check of binary inputs, and the compiled direct float32 convolution at its bound."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from snn2hw.backends import sim
+from snn2hw.backends.base import BackendError, check_inputs
+from snn2hw.backends.sim import simulator
+from snn2hw.hw import compiled
+from snn2hw.hw import loihi2 as hw
+from snn2hw.ir import Graph, Input, LoihiConv2d, LoihiDense, LoihiLIF, Population, sum_pool2d
+
+pytestmark = pytest.mark.skipif(not compiled.available(), reason="numba is not installed")
+
+
+def _graph(seed: int):
+    """Binary input (2x6x6) -> conv (with weights that wrap Lava Conv's 24-bit output) -> LIF, sum pooling
+    -> LIF, and a dense projection with a delay into the conv's target; all driven from the input."""
+    rng = np.random.default_rng(seed)
+    big = 1 << int(rng.integers(8, 22))  # up to 2**21 per weight: sums pass the 24-bit wrap
+    conv = LoihiConv2d("conv", "x", "c", rng.integers(-big, big, (3, 2, 3, 3)), (2, 6, 6), padding=(1, 1),
+                       stride=(1, int(rng.integers(1, 3))))
+    pool = sum_pool2d("pool", "x", "q", (2, 6, 6), 2, weight=int(rng.integers(1, 200)))
+    n_c = int(np.prod(conv.out_shape))
+    dense = LoihiDense("d", "x", "c", rng.integers(-256, 256, (n_c, 72)), int(rng.integers(-3, 8)), 8, 1, 0,
+                       int(rng.integers(0, 3)))
+    out = LoihiDense("o", "c", "r", rng.integers(-256, 256, (5, n_c)), 0)
+
+    def lif(n, vth):
+        return LoihiLIF(int(rng.integers(0, 4096)), int(rng.integers(0, 4096)), vth, rng.integers(-50, 50, n),
+                        np.zeros(n, dtype=np.int64))
+
+    pops = (Population("c", n_c, lif(n_c, int(rng.integers(1, 3000)))), Population("q", 18, lif(18, 50)),
+            Population("r", 5, lif(5, 100)))
+    g = Graph((Input("x", 72),), pops, (conv, pool, dense, out), ("r", "q")).validate()
+    x = (rng.random((1, 40, 72)) < 0.3).astype(np.int64)
+    return g, x
+
+
+def _run(g, x):
+    names = [p.name for p in g.populations]
+    return sim.run(g, x, record=names, record_state=names)
+
+
+def _assert_same(a, b):
+    for k in b.spikes:
+        np.testing.assert_array_equal(a.spikes[k], b.spikes[k], err_msg=k)
+        np.testing.assert_array_equal(a.u[k], b.u[k], err_msg=k)
+        np.testing.assert_array_equal(a.v[k], b.v[k], err_msg=k)
+    assert a.events == b.events
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_input_messages_before_the_scan_equal_the_scan_and_the_tensor_path(monkeypatch, seed):
+    g, x = _graph(seed)
+    # more "threads" than the machine may have: the pre-pass splits one sample's steps or columns into
+    # 4 jobs (the real thread count only decides how many run at once)
+    monkeypatch.setattr(compiled, "_threads", lambda: 4)
+    monkeypatch.setattr(compiled, "_set_threads", lambda n: None)
+    steps_split = _run(g, x)
+    assert sim.prepare(g).network().ready.tolist() == [True, True, True, False]
+    monkeypatch.setattr(compiled, "_SPLIT_COLUMNS_BYTES", 0)
+    columns_split = _run(g, x)
+    monkeypatch.setattr(compiled, "_PRECOMPUTE_MIN_SYNAPSES", 1 << 62)  # the former path: all in the scan
+    in_scan = _run(g, x)
+    assert not sim.prepare(g).network().ready.any()
+    monkeypatch.setattr(simulator, "_use_kernel", lambda dev: False)
+    reference = _run(g, x)
+    assert any(reference.spikes[k].any() for k in reference.spikes)
+    for fast in (steps_split, columns_split, in_scan):
+        _assert_same(fast, reference)
+
+
+def test_binary_inputs_are_checked_and_converted_in_one_pass():
+    g = Graph((Input("x", 4),), (Population("p", 2, LoihiLIF(0, 0, 1, np.zeros(2, int), np.zeros(2, int))),),
+              (LoihiDense("w", "x", "p", np.ones((2, 4), dtype=np.int64)),), ("p",)).validate()
+    rng = np.random.default_rng(0)
+    for dtype in (np.int64, np.int8, np.uint8, np.bool_, np.float64):
+        x = (rng.random((3, 5, 4)) < 0.5).astype(dtype)
+        b = check_inputs(g, x, binary_as_bool=True)["x"]
+        assert b.dtype == np.bool_ and np.array_equal(b, x != 0)
+        assert check_inputs(g, x)["x"].dtype == np.int64
+    for bad in (2, -1):
+        x = np.zeros((2, 3, 4), dtype=np.int64)
+        x[1, 2, 3] = bad
+        assert compiled.binary_spikes(x) is None
+        for as_bool in (False, True):
+            with pytest.raises(BackendError, match="binary"):
+                check_inputs(g, x, binary_as_bool=as_bool)
+
+
+@pytest.mark.parametrize("geometry", [dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1),
+                                      dict(stride=(2, 3), padding=(0, 2), dilation=(2, 1), groups=2),
+                                      dict(stride=(2, 2), padding=(0, 0), dilation=(1, 1), groups=4)])
+def test_direct_conv_is_exact_up_to_its_bound(geometry):
+    rng = np.random.default_rng(7)
+    groups = geometry["groups"]
+    w = rng.integers(-256, 256, (4, 4 // groups, 3, 2))
+    w[0] = 255  # output channel 0 carries the largest sum of |w|
+    max_input = (2**24 - 1) // int(np.abs(w).reshape(4, -1).sum(axis=1).max())
+    assert 2**23 <= hw.conv_bound(torch.as_tensor(w), max_input) < 2**24
+    s = torch.as_tensor(rng.integers(-max_input, max_input + 1, (3, 4, 7, 9)))
+    s[0] = max_input  # an all-extreme image: partial sums reach the bound
+    wt = torch.as_tensor(w)
+    args = (geometry["stride"], geometry["padding"], geometry["dilation"], groups)
+    out = compiled.conv_accumulate(s, wt, *args)
+    ref = hw.conv_accumulate_exact(s, wt, *args, 2**40)  # the int64 im2col path
+    assert out.dtype == torch.float32 and torch.equal(out.to(torch.int64), ref)
+    assert int(ref.abs().max()) > 2**23
+    spikes = torch.as_tensor(rng.random((2, 4, 7, 9)) < 0.4)
+    assert torch.equal(compiled.conv_accumulate(spikes, wt, *args).to(torch.int64),
+                       hw.conv_accumulate_exact(spikes, wt, *args, 2**40))
+
+
+def test_layer_schedule_runs_one_channel_and_depthwise_convs_on_the_direct_kernel(monkeypatch):
+    rng = np.random.default_rng(5)
+    conv = LoihiConv2d("conv", "x", "c", rng.integers(-3000, 3000, (4, 1, 3, 3)), (2, 6, 6), padding=(1, 1), groups=2)
+    pool = sum_pool2d("pool", "x", "q", (2, 6, 6), 2, weight=100)
+    pops = (Population("c", 144, LoihiLIF(300, 500, 400, rng.integers(-50, 50, 144), np.zeros(144, int))),
+            Population("q", 18, LoihiLIF(300, 500, 50, np.zeros(18, int), np.zeros(18, int))))
+    g = Graph((Input("x", 72),), pops, (conv, pool), ("c", "q")).validate()
+    x = (rng.random((2, 30, 72)) < 0.3).astype(np.int64)
+    monkeypatch.setattr(simulator, "_FEEDFORWARD_NETWORK_KERNEL", False)
+    calls = []
+    direct = compiled.conv_accumulate
+    monkeypatch.setattr(compiled, "conv_accumulate", lambda *a: calls.append(1) or direct(*a))
+    fast = _run(g, x)
+    assert len(calls) == 2  # the conv (one input channel per group) and the sum pooling
+    assert fast.spikes["c"].any() and fast.spikes["q"].any()
+    monkeypatch.setattr(simulator, "_use_kernel", lambda dev: False)
+    _assert_same(fast, _run(g, x))
