@@ -56,18 +56,11 @@ RULES = ["bptt", "fa", "dfa", "decolle", "eprop", "superspike"]
 
 # --- tasks --------------------------------------------------------------------------------------------
 def _val_split(y, fraction=0.2, seed=0):
-    """A fixed, per-class split of the training indices into (train, validation)."""
-    import torch
+    """A fixed, per-class split of the training indices into (train, validation): the Braille module's
+    ``validation_split`` (any labels), so that both hold out the same recordings."""
+    from snn2hw.models.braille import validation_split
 
-    g = torch.Generator().manual_seed(seed)
-    tr, va = [], []
-    for c in torch.unique(y):
-        idx = (y == c).nonzero().flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        k = int(round(fraction * len(idx)))
-        va.append(idx[:k])
-        tr.append(idx[k:])
-    return torch.cat(tr).sort().values, torch.cat(va).sort().values
+    return validation_split(y, fraction, seed)
 
 
 def load_task(name: str):

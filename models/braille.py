@@ -146,6 +146,21 @@ def encode(records: list[dict], steps: int = STEPS, threshold: float = THRESHOLD
     return sigma_delta(series, threshold, output="split", max_events=1)
 
 
+def validation_split(y: torch.Tensor, fraction: float = 0.2, seed: int = SPLIT_SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, validation) indices into the training split: per letter, a fixed ``fraction`` of its training
+    recordings is held out (864 / 216 of 1,080), so that hyper-parameters are chosen without the test set.
+    Works for any class labels ``y`` (``benchmarks/bench_online_rules.py`` uses it for every task)."""
+    g = torch.Generator().manual_seed(seed)
+    tr, va = [], []
+    for c in torch.unique(y):
+        idx = (y == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = int(round(fraction * len(idx)))
+        va.append(idx[:k])
+        tr.append(idx[k:])
+    return torch.cat(tr).sort().values, torch.cat(va).sort().values
+
+
 def labels(records: list[dict]) -> torch.Tensor:
     return torch.tensor([LETTERS.index(r["letter"]) for r in records], dtype=torch.long)
 
@@ -204,19 +219,30 @@ def loss_fn(output, y):
 
 def train(epochs: int = 40, seed: int = 0, data: str | None = None, checkpoint_dir: str | None = None,
           log_dir: str | None = None, progress: bool = True, resume: bool = False, hidden: int = HIDDEN,
-          recurrent: bool = True, rule: str = "bptt",
-          rule_options: dict | None = None) -> tuple[SpikingSequential, list[dict]]:
+          recurrent: bool = True, rule: str = "bptt", rule_options: dict | None = None,
+          validation: bool = False, **overrides) -> tuple[SpikingSequential, list[dict]]:
     """Train ``build_model`` on the fixed split with learning rule ``rule`` (``snn2hw.learning``; the same
-    recipe for every rule); returns the model and the history (``val_*`` = test set, for the curve only:
-    nothing is chosen on it)."""
+    recipe for every rule, with ``overrides`` of ``train_config``, e.g. ``lr``); returns the model and the
+    history. ``val_*`` in the history is the test set, for the curve only (nothing is chosen on it), or,
+    with ``validation=True``, the held-out 216 of ``validation_split`` while the model trains on the other
+    864 (the mode for choosing hyper-parameters)."""
     from snn2hw.train.trainer import Trainer
 
-    x_tr, y_tr, x_te, y_te = load(data)
+    train_data, val_data = _fit_split(load(data), validation)
     model = build_model(seed, hidden, recurrent)
     cfg = train_config(epochs, seed, checkpoint_dir=checkpoint_dir, log_dir=log_dir, progress=progress, rule=rule,
-                       rule_options=dict(rule_options or {}))
-    history = Trainer(model, cfg, loss_fn=loss_fn).fit((x_tr, y_tr), (x_te, y_te), resume=resume)
+                       rule_options=dict(rule_options or {}), **overrides)
+    history = Trainer(model, cfg, loss_fn=loss_fn).fit(train_data, val_data, resume=resume)
     return model, history
+
+
+def _fit_split(data: tuple, validation: bool) -> tuple[tuple, tuple]:
+    """((x, y) to train on, (x, y) to evaluate on): (train, test), or (train minus validation, validation)."""
+    x_tr, y_tr, x_te, y_te = data
+    if not validation:
+        return (x_tr, y_tr), (x_te, y_te)
+    tr, va = validation_split(y_tr)
+    return (x_tr[tr], y_tr[tr]), (x_tr[va], y_tr[va])
 
 
 def predict(model: SpikingSequential, x: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
@@ -286,6 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rule", default="bptt", help="learning rule of the float training (snn2hw.learning: bptt, fa, "
                                                    "dfa, eprop, decolle, ...); QAT fine-tuning always uses bptt")
     ap.add_argument("--rule-options", default="{}", help="JSON object of the rule's options")
+    ap.add_argument("--validation", action="store_true",
+                    help="train on 864 of the 1,080 training recordings and report float and deployed accuracy on "
+                         "the other 216 (choosing hyper-parameters); no test recording is evaluated")
+    ap.add_argument("--lr", type=float, default=None, help="learning rate of the float training (default: the recipe's 5e-3)")
+    ap.add_argument("--weight-decay", type=float, default=None, help="weight decay (default 0)")
+    ap.add_argument("--optimizer", default=None, choices=("adam", "adamw", "adamax", "sgd"),
+                    help="optimizer of the float training (default: the recipe's adam; adamw decouples weight decay)")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     ap.add_argument("--data", default=None, help=f"path to {FILENAME} or its folder")
     ap.add_argument("--out", default=None, help="checkpoints, metrics.csv and results.json go here")
@@ -295,23 +328,31 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = None if a.out is None else str(Path(a.out) / "ckpt")
     logs = None if a.out is None else str(Path(a.out) / "logs")
     t0 = time.perf_counter()
+    overrides = {k: v for k, v in (("lr", a.lr), ("weight_decay", a.weight_decay), ("optimizer", a.optimizer))
+                 if v is not None}
     model, history = train(a.epochs, a.seed, a.data, ckpt, logs, progress=True, resume=a.resume, hidden=a.hidden,
-                           recurrent=not a.feedforward, rule=a.rule, rule_options=json.loads(a.rule_options))
+                           recurrent=not a.feedforward, rule=a.rule, rule_options=json.loads(a.rule_options),
+                           validation=a.validation, **overrides)
     train_s = time.perf_counter() - t0
     last = history[-1]
+    split = "validation" if a.validation else "test"
     result = {"rule": a.rule, "rule_options": json.loads(a.rule_options), "recurrent": not a.feedforward, "hidden": a.hidden, "epochs": a.epochs, "qat_epochs": a.qat_epochs,
-              "seed": a.seed, "test_accuracy_final": last["val_accuracy"],
-              "test_accuracy_best_epoch": max(r["val_accuracy"] for r in history),
+              "seed": a.seed, "recipe_overrides": overrides, "evaluated_on": split,
+              f"{split}_accuracy_final": last["val_accuracy"],
+              f"{split}_accuracy_by_epoch": [r["val_accuracy"] for r in history],
               "train_accuracy_final": last.get("accuracy"), "float_train_time_s": train_s,
               "epoch_time_s": [r["time_s"] for r in history], "loadavg_end": list(os.getloadavg())}
     if a.out is not None:
         from snn2hw.train.checkpoint import save_checkpoint
 
         save_checkpoint(model, Path(a.out) / "float.pt")
-    x_tr, y_tr, x_te, y_te = load(a.data)
-    result.update(float_qat_deploy(model, (x_tr, y_tr), (x_te, y_te), a.qat_epochs, a.seed, progress=True,
+    train_data, eval_data = _fit_split(load(a.data), a.validation)
+    result.update(float_qat_deploy(model, train_data, eval_data, a.qat_epochs, a.seed, progress=True,
                                    checkpoint_dir=None if a.out is None else str(Path(a.out) / "qat_ckpt")))
     result["total_time_s"] = time.perf_counter() - t0
+    import resource
+
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # whole process, data included
     if a.out is not None:
         from snn2hw.train.checkpoint import save_checkpoint
 

@@ -153,3 +153,28 @@ def test_module_trains_with_another_rule_and_deploys(tmp_path, monkeypatch):
     res = json.loads((out / "results.json").read_text())
     assert res["rule"] == "eprop" and res["rule_options"] == {"rate_target": 0.05}
     assert 0.0 <= res["deployed_accuracy"] <= 1.0 and len(res["epoch_time_s"]) == 1
+
+
+def test_validation_mode_holds_out_a_stratified_fifth_and_never_reads_test(tmp_path, monkeypatch):
+    """`--validation` (choosing hyper-parameters): trains on 4/5 of each letter's training recordings, evaluates
+    float and deployed accuracy on the rest, applies the recipe overrides, and never touches the test set
+    (here test inputs of the wrong width, which any evaluation would reject)."""
+    import csv
+    import json
+
+    recs = _records(n_per_letter=5, steps=12)
+    x, y = B.encode(recs, steps=16), B.labels(recs)
+    tr, va = B.validation_split(y)
+    assert len(va) == 27 and not set(tr.tolist()) & set(va.tolist()) and len(tr) + len(va) == len(y)
+    assert sorted(y[va].tolist()) == list(range(27))
+    assert torch.equal(B.validation_split(y)[1], va)
+    bad_test = torch.zeros(27, 16, 5)
+    monkeypatch.setattr(B, "load", lambda *a, **k: (x, y, bad_test, y[:27]))
+    out = tmp_path / "run"
+    assert B.main(["--validation", "--epochs", "1", "--qat-epochs", "0", "--hidden", "8", "--threads", "1",
+                   "--rule", "fa", "--lr", "0.003", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["evaluated_on"] == "validation" and res["test_samples"] == 27
+    assert res["recipe_overrides"] == {"lr": 0.003} and len(res["validation_accuracy_by_epoch"]) == 1
+    with open(out / "logs" / "metrics.csv") as f:
+        assert float(next(csv.DictReader(f))["lr"]) == pytest.approx(0.003)

@@ -97,6 +97,85 @@ def test_fa_random_feedback_against_a_hand_built_backward():
     _close(got, _grads(model), rtol=1e-5, atol=1e-7)
 
 
+def _recurrent_reference(a_ff, v, b_v, alpha, beta, v_th, bias, surrogate):
+    """A recurrent CUBA-LIF as an unrolled autograd loop whose recurrent product ``s[t-1] V^T`` sends its
+    error back through ``b_v`` (feedback alignment through time): the hand-built reference."""
+    from snn2hw.learning.feedback import feedback_projection
+    from snn2hw.nn.surrogate import get_surrogate
+
+    sur, project = get_surrogate(surrogate), feedback_projection(b_v)
+    u = v_m = s = a_ff.new_zeros(a_ff.shape[0], a_ff.shape[2])
+    out = []
+    for t in range(a_ff.shape[1]):
+        a = a_ff[:, t] if t == 0 else a_ff[:, t] + project(s, v)
+        u = alpha * u + a
+        v_m = beta * v_m + u + bias
+        s = sur(v_m - v_th)
+        v_m = v_m * (1.0 - s.detach())
+        out.append(s)
+    return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("numba", [True, False])
+def test_recurrent_feedback_through_time_against_an_unrolled_loop(monkeypatch, numba):
+    from snn2hw.nn.recurrent import recurrent_cuba_lif_sequence
+
+    if not numba:
+        monkeypatch.setenv("SNN2HW_NO_NUMBA", "1")
+    g = torch.Generator().manual_seed(4)
+    n = 12
+    a_ff = (torch.randn(3, 25, n, generator=g, dtype=torch.float64) * 0.7 + 0.2).requires_grad_(True)
+    v = (torch.randn(n, n, generator=g, dtype=torch.float64) * 0.3).requires_grad_(True)
+    b_v = torch.randn(n, n, generator=g, dtype=torch.float64) * 0.3
+    w_out = torch.randn(25, n, generator=g, dtype=torch.float64)
+    grads = []
+    for fn in (lambda: recurrent_cuba_lif_sequence(a_ff, v, 0.7, 0.8, 1.0, 0.05, feedback=b_v),
+               lambda: _recurrent_reference(a_ff, v, b_v, 0.7, 0.8, 1.0, 0.05, "fast_sigmoid"),
+               lambda: recurrent_cuba_lif_sequence(a_ff, v, 0.7, 0.8, 1.0, 0.05)):
+        s = fn()
+        grads.append(torch.autograd.grad((s * w_out).sum(), (a_ff, v)))
+    _close(list(grads[0]), list(grads[1]), rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(grads[0][0], grads[2][0])  # the feedback changed the error through time
+
+
+def test_fa_recurrent_feedback_random_is_fa_through_time():
+    x, y = _data(n=8)
+    model = _net("rec", readout=True)
+    loss_fn = lambda o, y: membrane_cross_entropy(o, y)  # noqa: E731
+    exact, _ = _rule_grads(make_rule("fa", seed=3), model, x, y, loss_fn)
+    rule = make_rule("fa", seed=3, recurrent_feedback="random")
+    rule.setup(model)
+    b_v, v = rule.rec_feedback[0], model.layers[0].effective_rec_weight().detach()
+    assert b_v.shape == v.shape and rule.rec_feedback[1:] == [None, None]
+    assert float(b_v.std()) == pytest.approx(float(v.std()), rel=0.2) and not torch.allclose(b_v, v)
+    # the between-layer matrices are those of the default rule (same seed)
+    default = make_rule("fa", seed=3)
+    default.setup(model)
+    assert all(torch.equal(a, b) for a, b in zip(rule.feedback[1:], default.feedback[1:]))
+    random_grads, _ = _rule_grads(rule, model, x, y, loss_fn)
+    # only the recurrent layer's update changes (the layers above learn from the same errors)
+    n0 = len(list(model.layers[0].parameters()))
+    _close(random_grads[n0:], exact[n0:])
+    assert not torch.allclose(random_grads[0], exact[0])
+    # with B_V = V it is the default rule again
+    rule.rec_feedback[0] = v.clone()
+    model.zero_grad(set_to_none=True)
+    rule.compute_gradients(model, x, y, loss_fn, {})
+    _close(_grads(model), exact, rtol=1e-6, atol=1e-9)
+    # state: saved and restored, and a checkpoint of the other mode is refused
+    state = rule.state_dict()
+    fresh = make_rule("fa", seed=3, recurrent_feedback="random")
+    fresh.setup(model)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.rec_feedback[0], v)
+    other = make_rule("fa", seed=3)
+    other.setup(model)
+    with pytest.raises(LearningRuleError, match="recurrent_feedback='random'"):
+        other.load_state_dict(state)
+    with pytest.raises(LearningRuleError, match="recurrent_feedback must be one of"):
+        make_rule("fa", recurrent_feedback="mirror")
+
+
 # --- direct feedback alignment ----------------------------------------------------------------------------
 def test_dfa_equals_bptt_with_feedback_equal_to_the_weights_and_a_memoryless_readout():
     # One hidden layer, a read-out with no memory (du = dv = 1: v[t] = W s[t-1]): BPTT sends the error

@@ -6,6 +6,10 @@ the one below:
 
 * FA (Lillicrap et al. 2016): where BPTT sends ``dL/ds_in[t] = W^T dL/da[t+1]`` down a Dense hop, FA
   sends ``B^T dL/da[t+1]`` with a fixed random ``B`` of W's shape. With ``B = W`` it is BPTT exactly.
+  A recurrent hop ``V`` is also a weight transport: by default (``recurrent_feedback="exact"``) the error
+  goes back through time with ``V^T`` (FA between layers, BPTT within a layer); with
+  ``recurrent_feedback="random"`` it goes back with a fixed random ``B_V`` of V's shape (FA through time,
+  no weight is transported anywhere), ``B_V`` uniform with the standard deviation V has at setup.
 * DFA (Nokland 2016): every hidden layer ``l`` receives the network's output error directly,
   ``dL/ds_l[t] = B_l^T e[t + d_l]``, with ``e = dL/d(output)`` (the error the loss puts on the output
   sequence), ``B_l`` fixed random (n_out, n_l), and ``d_l`` the number of one-step hops from layer ``l``
@@ -16,12 +20,15 @@ The matrices come from the rule's ``seed`` and live in ``state_dict`` for exact 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from snn2hw.learning.base import BatchResult, LearningRule, LearningRuleError, register_rule
 from snn2hw.learning.stack import (check_forward_kwargs, check_rate_options, dense_stack, error_of, hops_to_output,
                                    layer_forward, load_matrices, random_matrix, rate_error)
 from snn2hw.nn.conv import LeakyReadout
+from snn2hw.nn.layers import RecurrentLIFDense
 
 __all__ = ["FeedbackAlignment", "DirectFeedbackAlignment", "feedback_projection"]
 
@@ -89,10 +96,57 @@ class FeedbackAlignment(_SeededFeedback):
     """BPTT through each layer's time steps; a fixed random B instead of W^T between layers."""
 
     name = "fa"
+    RECURRENT_FEEDBACK = ("exact", "random")
+
+    def __init__(self, seed: int = 0, recurrent_feedback: str = "exact"):
+        super().__init__(seed)
+        if recurrent_feedback not in self.RECURRENT_FEEDBACK:
+            raise LearningRuleError(f"rule 'fa': recurrent_feedback must be one of {self.RECURRENT_FEEDBACK}, "
+                                    f"got {recurrent_feedback!r}")
+        self.recurrent_feedback = recurrent_feedback
+        self.rec_feedback: list[torch.Tensor | None] | None = None
 
     def _shapes(self, layers):
         # The first layer sends no error further down, so it needs no matrix.
         return [None] + [tuple(layer.weight.shape) for layer in layers[1:]]
+
+    def setup(self, model) -> None:
+        super().setup(model)
+        layers = dense_stack(model, self.name, allow_dropout=True)
+        # drawn after the between-layer matrices, from its own stream, so that those stay as they were
+        g = torch.Generator().manual_seed(self.seed + 1)
+        self.rec_feedback = [None] * len(layers)
+        if self.recurrent_feedback == "random":
+            for k, layer in enumerate(layers):
+                if isinstance(layer, RecurrentLIFDense):
+                    v = layer.effective_rec_weight().detach()
+                    b = random_matrix(*v.shape, g, v)  # std 1/sqrt(n)
+                    std = float(v.std())
+                    self.rec_feedback[k] = b * (std * math.sqrt(v.shape[0])) if std > 0 else b
+
+    def _ready(self, model, layers) -> None:
+        super()._ready(model, layers)
+        if self.rec_feedback is None or len(self.rec_feedback) != len(layers):
+            self.setup(model)
+        dev = layers[0].weight.device
+        self.rec_feedback = [None if b is None else b.to(dev) for b in self.rec_feedback]
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "recurrent_feedback": self.recurrent_feedback,
+                "rec_feedback": [None if b is None else b.clone() for b in (self.rec_feedback or [])]}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if state.get("recurrent_feedback", "exact") != self.recurrent_feedback:
+            raise LearningRuleError(f"rule 'fa': the checkpoint was trained with recurrent_feedback="
+                                    f"{state.get('recurrent_feedback', 'exact')!r}, this rule has "
+                                    f"{self.recurrent_feedback!r}")
+        if "rec_feedback" in state:
+            self.rec_feedback = load_matrices(self.name, self.rec_feedback, state["rec_feedback"],
+                                              "recurrent feedback matrices")
+
+    def describe(self) -> dict:
+        return {**super().describe(), "recurrent_feedback": self.recurrent_feedback}
 
     def compute_gradients(self, model, x, y, loss_fn, forward_kwargs, scale=1.0) -> BatchResult:
         collect_all = check_forward_kwargs(self.name, forward_kwargs)
@@ -104,7 +158,7 @@ class FeedbackAlignment(_SeededFeedback):
         for module in model.layers:
             if module in layers:
                 b = self.feedback[k]
-                h = layer_forward(module, h, None if b is None else feedback_projection(b))
+                h = layer_forward(module, h, None if b is None else feedback_projection(b), self.rec_feedback[k])
                 k += 1
             else:
                 h = module(h)

@@ -70,11 +70,14 @@ def _bias(layer: nn.Module, like: torch.Tensor) -> torch.Tensor:
 
 
 def layer_forward(layer: nn.Module, s_in: torch.Tensor,
-                  project: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+                  project: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                  rec_feedback: torch.Tensor | None = None) -> torch.Tensor:
     """A dense layer's float forward, with ``project(s_in, weight)`` in place of ``s_in @ weight.T``.
 
     With ``project=None`` this is the layer's own ``forward`` (same operators, same arguments); feedback
-    alignment passes a projection whose backward uses a fixed random matrix."""
+    alignment passes a projection whose backward uses a fixed random matrix, and may pass
+    ``rec_feedback`` for a ``RecurrentLIFDense``: the matrix its backward uses in place of the recurrent
+    weights to carry the error back through time."""
     a = s_in @ layer.weight.t() if project is None else project(s_in, layer.weight)
     a = hop_delay(a)
     alpha, beta, v_th = float_neuron_args(layer, a)
@@ -84,7 +87,8 @@ def layer_forward(layer: nn.Module, s_in: torch.Tensor,
     if isinstance(layer, RecurrentLIFDense):
         v = layer.rec_weight if layer.rec_weight_scale == 1.0 else layer.rec_weight * layer.rec_weight_scale
         return recurrent_cuba_lif_sequence(a, v, alpha, beta, v_th, bias, mask=layer.rec_mask,
-                                           surrogate=layer.surrogate, detach_reset=layer.detach_reset)
+                                           surrogate=layer.surrogate, detach_reset=layer.detach_reset,
+                                           feedback=rec_feedback)
     return F.cuba_lif_sequence(a, alpha, beta, v_th, bias, layer.surrogate, detach_reset=layer.detach_reset)
 
 

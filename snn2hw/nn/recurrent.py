@@ -68,8 +68,12 @@ __all__ = [
 
 class _RecurrentCubaLIF(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a_ff, weight, alpha, beta, v_th, bias, surrogate, detach_reset, return_state, alpha_is_zero):
+    def forward(ctx, a_ff, weight, alpha, beta, v_th, bias, surrogate, detach_reset, return_state, alpha_is_zero,
+                feedback=None):
         batch, steps, n = a_ff.shape
+        # the matrix that carries the error back through the recurrent hop: V itself (BPTT), or a fixed
+        # feedback matrix (feedback alignment through time); V's own gradient does not use it
+        back = weight if feedback is None else feedback
         need_alpha_grad = ctx.needs_input_grad[2]
         keep_u = return_state or need_alpha_grad
         ctx.surrogate = surrogate
@@ -83,7 +87,7 @@ class _RecurrentCubaLIF(torch.autograd.Function):
             # CUDA: one product and one fused elementwise launch per step
             v_pre, spikes, u_all, v_all = backend.recurrent_forward(a_ff, weight, alpha, beta, v_th, bias,
                                                                     alpha_is_zero, keep_u, return_state)
-            ctx.save_for_backward(v_pre, u_all if need_alpha_grad else None, weight, alpha, beta, v_th)
+            ctx.save_for_backward(v_pre, u_all if need_alpha_grad else None, back, alpha, beta, v_th)
             return (spikes, u_all, v_all) if return_state else spikes
         w_t = weight.t()  # (src, dst): the recurrent input is s[t-1] @ w_t
         v_pre = a_ff.new_empty(batch, steps, n)
@@ -114,7 +118,7 @@ class _RecurrentCubaLIF(torch.autograd.Function):
             u_prev = u_t
             v_prev = _voltage_step_(v_prev, u_t, beta, bias, v_th, vp_steps[t], s_steps[t],
                                     v_steps[t] if v_steps is not None else v_state)
-        ctx.save_for_backward(v_pre, u_all if need_alpha_grad else None, weight, alpha, beta, v_th)
+        ctx.save_for_backward(v_pre, u_all if need_alpha_grad else None, back, alpha, beta, v_th)
         if return_state:
             return spikes, u_all, v_all
         return spikes
@@ -123,7 +127,7 @@ class _RecurrentCubaLIF(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_s, g_u=None, g_v=None):
         if g_s is None and g_u is None and g_v is None:
-            return (None,) * 10
+            return (None,) * 11
         v_pre, u_all, weight, alpha, beta, v_th = ctx.saved_tensors
         need_a, need_w, need_alpha, need_beta, need_vth, need_bias = ctx.needs_input_grad[:6]
         surrogate: Surrogate = ctx.surrogate
@@ -144,7 +148,7 @@ class _RecurrentCubaLIF(torch.autograd.Function):
                     _reduce_to(sums[1], beta.dim() == 0) if need_beta else None,
                     _reduce_to(sums[2], v_th.dim() == 0) if need_vth else None,
                     _reduce_to(sums[3], ctx.bias_is_scalar) if need_bias else None,
-                    None, None, None, None)
+                    None, None, None, None, None)
 
         # Whole-sequence terms that do not depend on the adjoints.
         sg = surrogate.derivative_(v_pre - v_th)  # (batch, T, n)
@@ -207,7 +211,7 @@ class _RecurrentCubaLIF(torch.autograd.Function):
         if need_bias:
             grad_bias = _reduce_to(lam_p.sum((0, 1)), ctx.bias_is_scalar)
         return (lam_a if need_a else None, grad_w, grad_alpha, grad_beta, grad_vth, grad_bias,
-                None, None, None, None)
+                None, None, None, None, None)
 
 
 def _weight(weight: torch.Tensor, mask: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor:
@@ -232,14 +236,18 @@ def recurrent_cuba_lif_sequence(
     surrogate: Union[str, Surrogate] = "fast_sigmoid",
     detach_reset: bool = True,
     return_state: bool = False,
+    feedback: torch.Tensor | None = None,
 ):
     """Spikes of a recurrent CUBA-LIF population, input currents ``a_ff`` (batch, T, n) from the
     feed-forward path (already hop-delayed by the caller) and recurrent weights ``weight`` (n, n),
     ``weight[i, j]`` from neuron j to neuron i, applied with a one-step delay.
 
     ``mask`` (n, n), 0/1, restricts the recurrent connections (``weight * mask`` is used; ``weight``
-    gets masked gradients). The other arguments and the return value are those of
-    ``snn2hw.nn.functional.cuba_lif_sequence``.
+    gets masked gradients). ``feedback`` (n, n), fixed: the backward pass carries the error back
+    through the recurrent hop with ``feedback`` (masked like ``weight``) in place of ``weight``,
+    ``lam_s[t] = g_s[t] + feedback^T lam_a[t+1]`` (feedback alignment through time); the gradients of
+    ``weight`` and of the neuron parameters keep their form. The other arguments and the return value
+    are those of ``snn2hw.nn.functional.cuba_lif_sequence``.
     """
     _check_input(a_ff)
     n = a_ff.shape[2]
@@ -250,6 +258,7 @@ def recurrent_cuba_lif_sequence(
         a_ff, _weight(weight, mask, n, a_ff), _as_param(alpha, "alpha", n, a_ff), _as_param(beta, "beta", n, a_ff),
         _as_param(v_th, "v_th", n, a_ff), None if skip_bias else _as_param(bias, "bias", n, a_ff),
         surrogate, bool(detach_reset), bool(return_state), alpha_is_zero,
+        None if feedback is None else _weight(feedback.detach(), mask, n, a_ff),
     )
 
 
