@@ -73,7 +73,7 @@ from __future__ import annotations
 import os
 import sys
 
-from bench_env import cpu_model, set_thread_env  # noqa: E402  (imports no torch)
+from bench_env import OTHER_LOAD_LIMIT, OtherLoad, cpu_model, set_thread_env, under_load  # noqa: E402  (imports no torch)
 
 # Before torch and numba start their thread pools: they read these once.
 set_thread_env(sys.argv)
@@ -387,57 +387,6 @@ def _timed(fn) -> float:
 
 # A network counts as timed under load when processes other than this benchmark (and the Lava
 # processes it starts) used more than this fraction of the machine's CPU time while it was timed.
-OTHER_LOAD_LIMIT = 0.1
-
-
-class OtherLoad:
-    """CPU time that *other* processes took over an interval, in CPUs (0 on an idle machine).
-
-    The 1-minute load average counts this benchmark's own threads (and Lava's runtime processes), so on
-    a 2-core machine the benchmark alone lifts it to about 2. Instead this takes the busy time of all
-    CPUs from /proc/stat and subtracts this process's own CPU time and that of its finished children
-    (Lava's runtime processes are children that end before the interval does), from /proc/self/stat.
-    ``None`` where /proc is missing."""
-
-    def __init__(self):
-        self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy(), self._own()
-
-    @staticmethod
-    def _busy():
-        try:
-            with open("/proc/stat") as f:
-                fields = [int(v) for v in f.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        return sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # all but idle and iowait
-
-    @staticmethod
-    def _own():
-        try:
-            with open("/proc/self/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            return None
-        return sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime (clock ticks)
-
-    def result(self) -> dict:
-        wall = time.perf_counter() - self.t0
-        busy, own = self._busy(), self._own()
-        if None in (busy, own, self.busy0, self.own0) or wall <= 0:
-            return {"other_cpus": None, "own_cpus": None, "seconds": wall}
-        tick = os.sysconf("SC_CLK_TCK")
-        own_cpus = (own - self.own0) / tick / wall
-        other = max(0.0, (busy - self.busy0) / tick / wall - own_cpus)
-        return {"other_cpus": other, "own_cpus": own_cpus, "seconds": wall}
-
-
-def under_load(other: dict, load_at_start: float) -> bool:
-    """Other processes used more than ``OTHER_LOAD_LIMIT`` of the CPUs (or, without /proc, the load
-    average sampled before the benchmark started exceeded the CPU count)."""
-    cpus = os.cpu_count() or 1
-    if other["other_cpus"] is None:
-        return load_at_start > cpus
-    return other["other_cpus"] > OTHER_LOAD_LIMIT * cpus
 
 
 def time_lava(graph: Graph, x: np.ndarray, warm: int) -> dict:

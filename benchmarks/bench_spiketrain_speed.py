@@ -8,7 +8,9 @@ over rounds of the per-step median wall time per sample, its spread over rounds,
 per sample (less sensitive to a loaded machine), the rule/BPTT ratios of both, and the peak resident
 memory of two more steps above the level before them, taken after switching glibc to return blocks of
 64 KiB and more at free, so that the resident set follows live tensors (median over rounds). Every point records the load
-average; the table marks points taken with a load average above 1.5.
+average and the CPU time other processes took while it ran (``bench_env.OtherLoad``: /proc/stat less this
+process and its finished children); the table marks "(loaded)" the points where others took more than 10 %
+of the CPUs (the load average alone counts the benchmark's own process and cannot tell).
 
     python benchmarks/bench_spiketrain_speed.py              # the plan below, 3 rounds (about 30 min idle)
     python benchmarks/bench_spiketrain_speed.py --rounds 1 --T 200 400 --only 784-100
@@ -26,6 +28,7 @@ import sys
 from pathlib import Path
 
 from _spiketrain_bench import ROOT, STEP_ENV, environment
+from bench_env import OtherLoad, under_load
 
 NETWORKS = [  # label, task, config, rules (the baseline last), windows T (None: --T)
     ("mnist10k 784-100-10", "mnist10k", "mnist10k_mlp100.json", ["hm2bp", "bptt"], None),
@@ -39,10 +42,15 @@ NETWORKS = [  # label, task, config, rules (the baseline last), windows T (None:
 def run_point(rule: str, T: int, task: str, config: str, steps: int, batch: int) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve().parent / "_spiketrain_bench.py"), "step", "--rule", rule,
            "--T", str(T), "--task", task, "--config", config, "--steps", str(steps), "--batch", str(batch)]
+    load_at_start = os.getloadavg()[0]
+    other = OtherLoad()
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **STEP_ENV}, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    point = json.loads(proc.stdout.strip().splitlines()[-1])
+    o = other.result()
+    point.update(other_cpus=o["other_cpus"], under_load=under_load(o, load_at_start))
+    return point
 
 
 def summarize(points: list[dict]) -> list[dict]:
@@ -56,7 +64,9 @@ def summarize(points: list[dict]) -> list[dict]:
         rows.append({"network": net, "T": T, "rule": rule, "rounds": len(ps), "ms_per_sample": statistics.median(wall),
                      "ms_min": min(wall), "ms_max": max(wall), "cpu_ms_per_sample": statistics.median(cpu),
                      "peak_memory_mb": statistics.median(p["peak_memory_mb"] for p in ps),
-                     "loadavg_max": max(p["loadavg"] for p in ps)})
+                     "loadavg_max": max(p["loadavg"] for p in ps),
+                     "other_cpus_max": max((p.get("other_cpus") or 0.0) for p in ps),
+                     "under_load": any(p.get("under_load", p["loadavg"] > 1.5) for p in ps)})
     for r in rows:
         base = next((b for b in rows if b["network"] == r["network"] and b["T"] == r["T"] and b["rule"] == "bptt"),
                     None)
@@ -69,16 +79,16 @@ def summarize(points: list[dict]) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     lines = ["| network | T | rule | ms/sample wall, median [min-max] | x BPTT | CPU ms/sample | x BPTT | "
-             "peak MB | x BPTT | load |", "|" + "---|" * 10]
+             "peak MB | x BPTT | load avg / other CPUs |", "|" + "---|" * 10]
     for r in rows:
         def ratio(k):
             return f"{r[k]:.2f}" if r[k] is not None else "-"
 
-        mark = " (loaded)" if r["loadavg_max"] > 1.5 else ""
+        mark = " (loaded)" if r["under_load"] else ""
         lines.append(f"| {r['network']} | {r['T']} | {r['rule']} | {r['ms_per_sample']:.2f} [{r['ms_min']:.2f}-"
                      f"{r['ms_max']:.2f}] | {ratio('wall_ratio_to_bptt')} | {r['cpu_ms_per_sample']:.2f} | "
                      f"{ratio('cpu_ratio_to_bptt')} | {r['peak_memory_mb']:.1f} | {ratio('memory_ratio_to_bptt')} | "
-                     f"{r['loadavg_max']:.1f}{mark} |")
+                     f"{r['loadavg_max']:.1f} / {r['other_cpus_max']:.2f}{mark} |")
     return "\n".join(lines)
 
 
@@ -107,7 +117,7 @@ def main(argv=None) -> int:
                     points.append(p)
                     print(f"round {rnd} {label:22s} T={T:4d} {rule:7s} {p['ms_per_sample']:8.2f} ms/sample "
                           f"(CPU {p['cpu_ms_per_sample']:8.2f})  peak {p['peak_memory_mb']:7.1f} MB  "
-                          f"load {p['loadavg']:.1f}", flush=True)
+                          f"load {p['loadavg']:.1f}, other CPUs {p['other_cpus'] or 0:.2f}", flush=True)
                     rows = summarize(points)
                     out.write_text(json.dumps({"benchmark": "spiketrain_speed", "environment": {
                         **env, "loadavg_end": list(os.getloadavg())}, "batch": a.batch, "steps": a.steps,
