@@ -38,9 +38,9 @@ from torch import nn
 
 from snn2hw.learning import spsp_kernels
 from snn2hw.learning.base import BatchResult, LearningRule, LearningRuleError
-from snn2hw.learning.spsp import (NeuronSpec, dense_spsp, evenly_spaced_spikes, hop_current_chunk, layer_current,
-                                  lif_sequence, lif_sequence_chunked, neuron_spec, reset_mask, spsp_adjoint,
-                                  spsp_per_pre_spike, virtual_counts)
+from snn2hw.learning.spsp import (NeuronSpec, conv_hop_products, dense_spsp, evenly_spaced_spikes, hop_current_chunk,
+                                  layer_current, lif_sequence, lif_sequence_chunked, neuron_spec, reset_mask,
+                                  spsp_adjoint, spsp_per_pre_spike, virtual_counts)
 from snn2hw.nn import functional as F
 from snn2hw.nn.conv import ConvLIF, Dropout, Flatten, LeakyReadout, SumPoolLIF, _flat
 from snn2hw.nn.layers import LIFDense, RecurrentLIFDense, hop_delay
@@ -72,6 +72,9 @@ class LayerTrace:
     vsum: torch.Tensor | None = None  # (B, N) pre-reset membrane summed over the spikes (chunked trace only)
     counts: torch.Tensor | None = None  # (B, N) float64 spike counts of s_out (chunked trace only)
     counts_in: torch.Tensor | None = None  # (B, N_in) float64 counts of s_in (chunked trace only)
+    # (B, N) T-PSP each neuron would have with only ``hidden_virtual_spikes`` virtual spikes (chunked hidden
+    # conv and pool layers of rules with ``needs_tpsp``; else None and the backward remakes what it needs)
+    tpsp_virtual: torch.Tensor | None = None
 
 
 @dataclass
@@ -81,7 +84,8 @@ class PostStats:
     counts: torch.Tensor  # (B, N) post counts, virtual spikes included
     counts_in: torch.Tensor  # (B, N_in) pre-synaptic counts
     counts_rec: torch.Tensor | None  # (B, N) real counts of the layer (the recurrent pre-synaptic neurons)
-    random_spike: torch.Tensor  # (B, N) S-PSP one pre spike at a uniformly random step adds
+    random_spike: torch.Tensor | None  # (B, N) S-PSP one pre spike at a uniformly random step adds (None: not
+    # made, for conv and pool layers whose coefficients do not need it; only recurrent synapses use it)
     e_rec: torch.Tensor | None  # (B, N, N) recurrent S-PSPs
     tpsp: torch.Tensor | None  # (B, N) T-PSP a_i (only for rules with ``needs_tpsp``)
 
@@ -154,7 +158,9 @@ class SpikeTrainRule(LearningRule):
         s = x
         counts = None  # (B, N) counts of ``s`` when a chunked layer made it (a bool train's sum is slow)
         records: list = []
-        for layer in _layers(model):
+        layers = _layers(model)
+        hop_layers = [layer for layer in layers if isinstance(layer, _HOP_LAYERS)]
+        for layer in layers:
             if isinstance(layer, Flatten):
                 s = _flat(s)
                 counts = None if counts is None else counts.flatten(1)
@@ -168,21 +174,38 @@ class SpikeTrainRule(LearningRule):
             s = _flat(s) if not isinstance(layer, LIFDense) else s
             spec = neuron_spec(layer, x, self.t_ref)
             rec = layer.effective_rec_weight().detach() if isinstance(layer, RecurrentLIFDense) else None
-            if isinstance(layer, LIFDense) and not self.full_trace:  # one byte per spike, currents chunk by chunk
+            if not self.full_trace:  # one byte per spike, currents chunk by chunk
                 s_in = s
                 counts_in = counts if counts is not None else self._time_sum(s_in, torch.float64)
                 vsum = torch.zeros(s.shape[0], layer.out_features, dtype=torch.float64, device=x.device)
                 counts = torch.zeros_like(vsum)
-                # float temporaries per step: the current, and the input as float when it is a bool train
-                group, block = self._window_groups(*s.shape[:2], layer.out_features + s.shape[2] * (s.dtype != x.dtype))
+                dense = isinstance(layer, LIFDense)
+                # HM2-BP's T-PSP of a hidden conv or pool neuron that will be given virtual spikes, for every
+                # neuron: their kernel is the same for all (see ``virtual_kernel``), so a pass over the currents
+                # here saves remaking them (a convolution) in the backward
+                kernel = (self.virtual_kernel(s.shape[1], spec, x) if not dense and self.needs_tpsp
+                          and self.hidden_virtual_spikes and layer is not hop_layers[-1] else None)
+                tpsp_virtual = torch.zeros(s.shape[0], layer.out_features, dtype=x.dtype, device=x.device) \
+                    if kernel is not None else None
+                # float temporaries per step: the current, and the input as float when it is a bool train (a
+                # convolution also copies its input block and pads its output)
+                width = (layer.out_features + s.shape[2] * (s.dtype != x.dtype) if dense
+                         else 2 * layer.out_features + s.shape[2])
+                group, block = self._window_groups(*s.shape[:2], width)
                 parts = []
                 for b0 in range(0, s.shape[0], group):  # the neurons of different samples are independent
                     src, rows = s_in[b0:b0 + group], slice(b0, b0 + group)
-                    parts.append(lif_sequence_chunked(
-                        lambda t0, t1, src=src: hop_current_chunk(layer, src, t0, t1, x.dtype), src.shape[0],
-                        src.shape[1], layer.out_features, spec, rec, block, x, torch.bool, vsum[rows], counts[rows]))
+
+                    def current(t0, t1, src=src, rows=rows):
+                        a = hop_current_chunk(layer, src, t0, t1, x.dtype)
+                        if kernel is not None:
+                            tpsp_virtual[rows] += _time_weighted(a, kernel[t0:t1])
+                        return a
+
+                    parts.append(lif_sequence_chunked(current, src.shape[0], src.shape[1], layer.out_features, spec,
+                                                      rec, block, x, torch.bool, vsum[rows], counts[rows]))
                 s = parts[0] if len(parts) == 1 else torch.cat(parts)
-                records.append(LayerTrace(layer, s_in, None, s, spec, rec, vsum, counts, counts_in))
+                records.append(LayerTrace(layer, s_in, None, s, spec, rec, vsum, counts, counts_in, tpsp_virtual))
                 continue
             counts = None
             s = s.to(x.dtype)
@@ -198,6 +221,16 @@ class SpikeTrainRule(LearningRule):
             records.append(LayerTrace(layer, s, a_ff, s_out, spec, rec))
             s = s_out
         return records, s
+
+    def virtual_kernel(self, steps: int, spec: NeuronSpec, like: torch.Tensor) -> torch.Tensor:
+        """(T, 1), or (T, N) for per-neuron decays: the S-PSP kernel ``lam_u`` of a neuron whose only spikes are
+        the ``hidden_virtual_spikes`` virtual ones a silent hidden neuron is given; its T-PSP for currents
+        ``a`` is ``sum_t kernel[t] a[t]``."""
+        n = max(spec.alpha.numel(), spec.beta.numel())
+        k = torch.full((1, n), float(self.hidden_virtual_spikes), dtype=like.dtype, device=like.device)
+        lam_u, _ = spsp_adjoint(evenly_spaced_spikes(steps, k, spec.t_ref, dtype=like.dtype), spec.alpha, spec.beta,
+                                spec.t_ref)
+        return lam_u[0]
 
     def predict(self, model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Class predictions (most active output) of the neuron this rule simulates."""
@@ -457,6 +490,22 @@ class SpikeTrainRule(LearningRule):
             return torch.bmm(lam.transpose(1, 2), s_pre.to(lam.dtype))
         return e.baddbmm_(lam.transpose(1, 2), s_pre.to(lam.dtype))
 
+    def _with_virtual_spikes(self, tr: LayerTrace, g: torch.Tensor, targets: torch.Tensor | None):
+        """(post trains (B, T, N) bool, post counts (B, N) in g's dtype, mask (B, N) of the neurons given virtual
+        spikes or None) of a chunked trace: silent neurons that receive an error get evenly spaced virtual
+        spikes, ``targets`` of them at the output, ``hidden_virtual_spikes`` elsewhere."""
+        steps = tr.s_out.shape[1]
+        counts = tr.counts.to(g.dtype)
+        silent = (counts == 0) & (g != 0)
+        if not bool(silent.any()):
+            return tr.s_out, counts, None
+        k = targets if targets is not None else torch.full_like(counts, float(self.hidden_virtual_spikes))
+        k = torch.where(silent, k, torch.zeros_like(k))
+        post = tr.s_out | evenly_spaced_spikes(steps, k, tr.spec.t_ref, dtype=torch.bool)
+        counts = counts + virtual_counts(steps, k, tr.spec.t_ref).to(g.dtype)  # silent neurons: their real count is 0
+        virtual = (counts > 0).logical_and_(silent)
+        return post, counts, (virtual if bool(virtual.any()) else None)
+
     def layer_backward_chunked(self, tr: LayerTrace, g: torch.Tensor, targets: torch.Tensor | None,
                                need_input: bool) -> torch.Tensor | None:
         """``layer_backward`` for a dense or recurrent layer whose trace holds bool spikes and no currents: one
@@ -474,20 +523,14 @@ class SpikeTrainRule(LearningRule):
         The T-PSP (HM2-BP's self term) is the membrane summed at the spikes, recorded by the forward
         (``vsum``), less the bias part; only neurons given virtual spikes (silent ones; their membrane was
         never reset there) have their current re-made, for those columns alone."""
+        if not isinstance(tr.layer, LIFDense):
+            return self.hop_backward_chunked(tr, g, targets, need_input)
         layer, spec, dtype = tr.layer, tr.spec, g.dtype
         batch, steps, n = tr.s_out.shape
         n_in = tr.s_in.shape[2]
-        post = tr.s_out
         counts_rec = tr.counts.to(dtype)
-        counts = counts_rec
-        silent = (counts == 0) & (g != 0)
-        virtual_cols = None
-        if bool(silent.any()):
-            k = targets if targets is not None else torch.full_like(counts, float(self.hidden_virtual_spikes))
-            k = torch.where(silent, k, torch.zeros_like(k))
-            post = post | evenly_spaced_spikes(steps, k, spec.t_ref, dtype=torch.bool)
-            counts = counts + virtual_counts(steps, k, spec.t_ref).to(dtype)  # silent neurons: their real count is 0
-            virtual_cols = (counts > 0).logical_and_(silent).any(0).nonzero().squeeze(1)
+        post, counts, virtual = self._with_virtual_spikes(tr, g, targets)
+        virtual_cols = None if virtual is None else virtual.any(0).nonzero().squeeze(1)
         rec = tr.rec_weight
         w = layer.weight.detach()
         counts_in = tr.counts_in.to(dtype)
@@ -565,6 +608,94 @@ class SpikeTrainRule(LearningRule):
             gv = gv * layer.rec_weight_scale
             _accumulate(layer.rec_weight, gv * layer.rec_mask if layer.rec_mask is not None else gv)
         return result
+
+    def hop_backward_chunked(self, tr: LayerTrace, g: torch.Tensor, targets: torch.Tensor | None,
+                             need_input: bool) -> torch.Tensor | None:
+        """``layer_backward`` for a conv or pool layer whose trace holds bool spikes and no currents.
+
+        A conv synapse's S-PSP is the dense one, ``e_ij = sum_t lam_u_i[t] s_j[t-1]``, and the weight is shared
+        over positions, so the rules' weight gradient ``sum_{b,i,j sharing w} c_w[b,i] e_bij`` is the
+        convolution's weight gradient for the output gradient ``c_w lam_u`` against the input spikes over
+        (sample, step) rows, and the input error ``sum_i c_back[b,i] w_ij e_bij / o_j`` is
+        ``sum_t s_j[t-1] convT(c_back lam_u[t])_j / o_j``: the products of BPTT's backward through the same
+        convolution (``spsp.conv_hop_products``), made per block of steps from the reverse scan, so only the
+        bool trains span the window. The coefficients come first (a layer's ``e`` is never formed): from the
+        counts, and for HM2-BP from the T-PSP, which is the forward's membrane sums, less their bias part, and
+        for neurons given virtual spikes the forward's ``tpsp_virtual`` (``sum_t lam_u[t] a[t]``). When a
+        coefficient needs a reduction of the kernel (the bias part; virtual spikes at the output, which
+        the forward cannot know, and then their currents are remade) a first scan gives it. Float temporaries
+        stay near ``CHUNK_BYTES`` whatever T (groups of whole windows while one fits, else one sample in
+        blocks of steps)."""
+        layer, spec, dtype = tr.layer, tr.spec, g.dtype
+        batch, steps, n = tr.s_out.shape
+        n_in = tr.s_in.shape[2]
+        post, counts, virtual = self._with_virtual_spikes(tr, g, targets)
+        counts_in = tr.counts_in.to(dtype)
+        weight = layer.weight if isinstance(layer.weight, nn.Parameter) and layer.weight.requires_grad else None
+        bias = getattr(layer, "bias", None)
+        bias = bias if isinstance(bias, nn.Parameter) and bias.requires_grad else None
+        tpsp_v = self.needs_tpsp and virtual is not None
+        remake_v = tpsp_v and (targets is not None or tr.tpsp_virtual is None)  # currents remade in a first scan
+        first_scan = remake_v or (self.needs_tpsp and spec.bias is not None)
+        compiled = self._compiled_scan(post, spec, dtype)
+        # float temporaries per step: lam_u and the two output gradients; the input as float and its error
+        width = 3 * n + 2 * n_in
+        group, block = self._window_groups(batch, steps, width) if compiled else (batch, self._block(batch, width))
+        gw = torch.zeros_like(weight, dtype=dtype) if weight is not None else None
+        gb = torch.zeros(n, dtype=dtype, device=g.device) if bias is not None else None
+        result = torch.empty(batch, n_in, dtype=dtype, device=g.device) if need_input else None
+        for b0 in range(0, batch, group):
+            rows = slice(b0, min(b0 + group, batch))
+            sums = torch.zeros(2, rows.stop - b0, n, dtype=torch.float64, device=g.device)  # lam_u (t >= 1), lam_p
+            random_spike = None  # a conv or pool layer is feed-forward: only recurrent synapses use it
+            tpsp = tr.vsum[rows].to(dtype, copy=True) if self.needs_tpsp else None
+            if first_scan:
+                remade = g.new_zeros(rows.stop - b0, n) if remake_v else None
+                for t0, t1, lam_u in self._scan_chunks(post[rows], spec, dtype, sums, block):
+                    if remade is not None:
+                        remade += (lam_u * hop_current_chunk(layer, tr.s_in[rows], t0, t1, dtype)).sum(1)
+                random_spike = sums[0].to(dtype) / steps
+                if tpsp is not None and spec.bias is not None:
+                    tpsp -= spec.bias * sums[1].to(dtype)
+                sums.zero_()
+            if tpsp_v:
+                made = remade if remake_v else tr.tpsp_virtual[rows].to(dtype)
+                tpsp = torch.where(virtual[rows], made, tpsp)
+            stats = PostStats(counts[rows], counts_in[rows], None, random_spike, None, tpsp)
+            c_w, c_back = self.coefficients(tr, g[rows], stats)
+            per_spike = g.new_zeros(rows.stop - b0, n_in) if need_input else None
+            for t0, t1, lam_u in self._scan_chunks(post[rows], spec, dtype, sums, block):
+                f = 1 if t0 == 0 else 0  # the kernel at step t pairs with the input spikes of step t - 1
+                lam = lam_u[:, f:]
+                s_prev = tr.s_in[rows, t0 + f - 1:t1 - 1].to(dtype)
+                g_w = lam * c_w.unsqueeze(1) if gw is not None else None
+                g_in = None
+                if need_input:
+                    g_in = g_w if c_back is c_w and g_w is not None else lam * c_back.unsqueeze(1)
+                part_w, part_in = conv_hop_products(layer, s_prev, g_w, g_in)
+                if part_w is not None:
+                    gw += part_w
+                if part_in is not None:  # the error reaching each input at its spikes
+                    per_spike += part_in.mul_(s_prev).sum(1)
+            lam_u_sum, lam_p_sum = sums[0].to(dtype), sums[1].to(dtype)
+            if gb is not None:
+                gb += (c_w * lam_p_sum).sum(0)
+            if need_input:  # a silent input: the error of one spike at a uniformly random step
+                total = conv_hop_products(layer, None, None, (c_back * lam_u_sum).unsqueeze(1))[1].squeeze(1)
+                o_in = counts_in[rows]
+                result[rows] = torch.where(o_in > 0, per_spike / o_in.clamp(min=1), total / steps)
+        if gw is not None:
+            _accumulate(weight, gw)
+        if gb is not None:
+            _accumulate(bias, gb.reshape(bias.numel(), -1).sum(1))
+        return result
+
+
+def _time_weighted(a: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """``sum_t kernel[t] a[:, t]`` (G, N) of currents ``a`` (G, C, N) with a (C, 1) or (C, N) kernel."""
+    if kernel.shape[1] == 1:
+        return torch.matmul(kernel[:, 0], a)  # one (1, C) x (C, N) product per sample
+    return (a * kernel).sum(1)
 
 
 def _accumulate(param: torch.Tensor, grad: torch.Tensor) -> None:

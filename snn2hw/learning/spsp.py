@@ -177,6 +177,38 @@ def hop_current_chunk(layer: nn.Module, s_in: torch.Tensor, t0: int, t1: int, dt
     return a
 
 
+def conv_hop_products(layer: nn.Module, s_prev: torch.Tensor | None, g_w: torch.Tensor | None,
+                      g_in: torch.Tensor | None):
+    """Back through a conv or pool hop over blocks of (sample, step) rows, without autograd: ``(sum over rows
+    of g_w[r, i] da[r, i]/dW, g_in[r, i] da[r, i]/ds[r, j])`` for the layer's current ``a = conv(s, W)``,
+    ``s_prev`` (G, C, N_in) the input spikes as float and ``g_w``/``g_in`` (G, C, N) gradients of its current
+    (None: not wanted). One ``convolution_backward`` per call, both products at once when ``g_w is g_in``: the
+    products of BPTT's backward through the same convolution. ``s_prev`` may be None when only ``g_in`` is
+    given (the input error does not read the input)."""
+    g = g_w if g_w is not None else g_in
+    rows = g.shape[0] * g.shape[1]
+    w = layer._hop_weight().detach().to(g.dtype)
+    if s_prev is None:
+        img = g.new_zeros(()).expand(rows, *layer.in_shape)
+    else:
+        img = s_prev.reshape(rows, *layer.in_shape)
+
+    def back(grad, mask):
+        return torch.ops.aten.convolution_backward(grad.reshape(rows, *layer.out_shape), img, w, None,
+                                                   list(layer.stride), list(layer.padding), list(layer.dilation),
+                                                   False, [0, 0], layer.groups, mask)
+
+    gw = gs = None
+    if g_w is not None and g_w is g_in:
+        gs, gw, _ = back(g_w, [True, True, False])
+    else:
+        if g_w is not None:
+            gw = back(g_w, [False, True, False])[1]
+        if g_in is not None:
+            gs = back(g_in, [True, False, False])[0]
+    return gw, (None if gs is None else gs.reshape(*g.shape[:2], -1))
+
+
 def reset_mask(spikes: torch.Tensor, t_ref: int = 0) -> torch.Tensor:
     """1 where v restarts from 0 after the step: a spike step and the ``t_ref`` steps after it."""
     cut = spikes.clone()
