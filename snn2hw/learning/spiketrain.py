@@ -38,7 +38,7 @@ from torch import nn
 
 from snn2hw.learning import spsp_kernels
 from snn2hw.learning.base import BatchResult, LearningRule, LearningRuleError
-from snn2hw.learning.spsp import (NeuronSpec, conv_hop_products, dense_spsp, evenly_spaced_spikes, hop_current_chunk,
+from snn2hw.learning.spsp import (NeuronSpec, as_float, conv_hop_products, dense_spsp, evenly_spaced_spikes, hop_current_chunk,
                                   layer_current, lif_sequence, lif_sequence_chunked, neuron_spec, reset_mask,
                                   spsp_adjoint, spsp_per_pre_spike, virtual_counts)
 from snn2hw.nn import functional as F
@@ -487,8 +487,8 @@ class SpikeTrainRule(LearningRule):
             spsp_kernels.scatter_rows(lam, s_pre, e.transpose(1, 2), per_sample=True)
             return e
         if e is None:  # the first block writes e (no zero fill)
-            return torch.bmm(lam.transpose(1, 2), s_pre.to(lam.dtype))
-        return e.baddbmm_(lam.transpose(1, 2), s_pre.to(lam.dtype))
+            return torch.bmm(lam.transpose(1, 2), as_float(s_pre, lam.dtype))
+        return e.baddbmm_(lam.transpose(1, 2), as_float(s_pre, lam.dtype))
 
     def _with_virtual_spikes(self, tr: LayerTrace, g: torch.Tensor, targets: torch.Tensor | None):
         """(post trains (B, T, N) bool, post counts (B, N) in g's dtype, mask (B, N) of the neurons given virtual
@@ -569,9 +569,9 @@ class SpikeTrainRule(LearningRule):
                 if rec is not None:
                     e_rec = self._add_spsp(e_rec, lam, r_prev, sparse_rec)
                 if tpsp_v is not None:
-                    a = s_prev.to(dtype) @ w_v.t()
+                    a = as_float(s_prev, dtype) @ w_v.t()
                     if rec is not None:
-                        a = a + r_prev.to(dtype) @ rec_v.t()
+                        a = a + as_float(r_prev, dtype) @ rec_v.t()
                     tpsp_v += (lam[:, :, virtual_cols] * a).sum(1)
             if want_tpsp_v and want_e:  # for every neuron, then the columns: cheaper than gathering rows of e
                 tpsp_v = (e * w).sum(2)[:, virtual_cols]
@@ -667,7 +667,7 @@ class SpikeTrainRule(LearningRule):
             for t0, t1, lam_u in self._scan_chunks(post[rows], spec, dtype, sums, block):
                 f = 1 if t0 == 0 else 0  # the kernel at step t pairs with the input spikes of step t - 1
                 lam = lam_u[:, f:]
-                s_prev = tr.s_in[rows, t0 + f - 1:t1 - 1].to(dtype)
+                s_prev = as_float(tr.s_in[rows, t0 + f - 1:t1 - 1], dtype)
                 g_w = lam * c_w.unsqueeze(1) if gw is not None else None
                 g_in = None
                 if need_input:

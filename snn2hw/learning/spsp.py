@@ -143,6 +143,16 @@ def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSp
     return out
 
 
+def as_float(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A spike train (or a view of one) in ``dtype``; a bool train through a copy of its bytes as uint8, which
+    is several times faster on the CPU than converting from bool."""
+    if s.dtype == dtype:
+        return s
+    if s.dtype != torch.bool:
+        return s.to(dtype)
+    return torch.empty(s.shape, dtype=dtype, device=s.device).copy_(s.view(torch.uint8))
+
+
 def hop_current_chunk(layer: nn.Module, s_in: torch.Tensor, t0: int, t1: int, dtype: torch.dtype) -> torch.Tensor:
     """The hop-delayed feed-forward current of steps [t0, t1): the layer's current of input steps
     [t0 - 1, t1 - 1), zero at step 0."""
@@ -154,7 +164,7 @@ def hop_current_chunk(layer: nn.Module, s_in: torch.Tensor, t0: int, t1: int, dt
         batch, steps, n_in = s_in.shape
         buf = torch.empty(batch * steps + 1, layer.out_features, dtype=dtype, device=s_in.device)
         src = s_in.reshape(-1, n_in)
-        torch.mm(src if src.dtype == dtype else src.to(dtype), layer.weight.detach().to(dtype).t(), out=buf[1:])
+        torch.mm(as_float(src, dtype), layer.weight.detach().to(dtype).t(), out=buf[1:])
         a = buf[:-1].view(batch, steps, -1)
         a[:, 0] = 0
         return a
@@ -166,12 +176,12 @@ def hop_current_chunk(layer: nn.Module, s_in: torch.Tensor, t0: int, t1: int, dt
         out = torch.empty(s_in.shape[0], t1 - t0, layer.out_features, dtype=dtype, device=s_in.device)
         out[:, :first] = 0
         src = s_in[:, lo:t1 - 1]
-        src = src if src.dtype == dtype else src.to(dtype)
+        src = as_float(src, dtype)
         w_t = layer.weight.detach().to(dtype).t()
         for b in range(out.shape[0]):
             torch.mm(src[b], w_t, out=out[b, first:])
         return out
-    a = layer_current(layer, s_in[:, lo:t1 - 1].to(dtype))
+    a = layer_current(layer, as_float(s_in[:, lo:t1 - 1], dtype))
     if t0 == 0:
         a = torch.nn.functional.pad(a, (0, 0, 1, 0))
     return a
