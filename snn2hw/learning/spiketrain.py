@@ -16,8 +16,8 @@ error is given evenly spaced virtual spikes for its S-PSP kernel (HM2-BP gives a
 target count, 35; hidden neurons get ``hidden_virtual_spikes``), and the per-spike S-PSP ``e_ij / o_j`` of a
 silent pre-synaptic neuron is the S-PSP one spike at a uniformly random step would add.
 
-Speed and memory. Dense and recurrent layers (the default; ``full_trace`` below is the cross-check)
-keep only their spike trains, as ``bool``, and their counts, and make everything else per group of
+Speed and memory. Every layer (the default; ``full_trace`` below is the cross-check) keeps only its
+spike trains, as ``bool``, and their counts, and make everything else per group of
 samples or block of steps: the forward makes a group's currents by one GEMM (over the stored rows when
 whole windows fit, else per sample in blocks of steps) and runs the compiled LIF scan over them
 (``spsp_kernels``; recurrent input inside the scan), recording each neuron's count and membrane summed
@@ -25,9 +25,11 @@ at its spikes, which is HM2-BP's T-PSP without keeping any current; the backward
 reverse S-PSP recursion once per layer and group, making the group's S-PSP matrices by one batched
 GEMM per block, from which every gradient and the input error are elementwise
 (``layer_backward_chunked``). Products with sparse trains (at most ``EVENT_DENSITY`` non-zero) are
-event-driven (cost per spike), denser ones GEMMs. Float temporaries are bounded by ``CHUNK_BYTES``, not
-by T. The ``low_memory`` option of earlier versions is accepted and has no further effect. Conv and
-pool layers keep the full-window float path (their hop runs through the convolution's autograd).
+event-driven (cost per spike), denser ones GEMMs. Conv and pool layers make their currents by the
+layer's own convolution per block of (sample, step) images, and their backward is the convolution's
+weight and input gradients of ``c lam_u`` per block, BPTT's own backward products
+(``hop_backward_chunked``). Float temporaries are bounded by ``CHUNK_BYTES``, not by T. The
+``low_memory`` option of earlier versions is accepted and has no further effect.
 """
 from __future__ import annotations
 
@@ -121,9 +123,9 @@ class SpikeTrainRule(LearningRule):
     """
 
     needs_tpsp = False
-    # Dense and recurrent layers run chunk by chunk with bool spike trains (``layer_backward_chunked``);
-    # True keeps their float currents for the whole window (``layer_backward``, the path conv layers
-    # take), a slower, larger and more direct computation kept to cross-check the chunked one.
+    # Every layer runs chunk by chunk with bool spike trains (``layer_backward_chunked``); True keeps float
+    # trains and currents for the whole window (``layer_backward``, through the hop's autograd for conv and
+    # pool layers), a slower, larger and more direct computation kept to cross-check the chunked one.
     full_trace = False
     LOSSES = ("mse", "task")
 
@@ -192,7 +194,7 @@ class SpikeTrainRule(LearningRule):
                 width = (layer.out_features + s.shape[2] * (s.dtype != x.dtype) if dense
                          else 2 * layer.out_features + s.shape[2])
                 group, block = self._window_groups(*s.shape[:2], width)
-                parts = []
+                s_out = torch.empty(s.shape[0], s.shape[1], layer.out_features, dtype=torch.bool, device=x.device)
                 for b0 in range(0, s.shape[0], group):  # the neurons of different samples are independent
                     src, rows = s_in[b0:b0 + group], slice(b0, b0 + group)
 
@@ -202,9 +204,9 @@ class SpikeTrainRule(LearningRule):
                             tpsp_virtual[rows] += _time_weighted(a, kernel[t0:t1])
                         return a
 
-                    parts.append(lif_sequence_chunked(current, src.shape[0], src.shape[1], layer.out_features, spec,
-                                                      rec, block, x, torch.bool, vsum[rows], counts[rows]))
-                s = parts[0] if len(parts) == 1 else torch.cat(parts)
+                    lif_sequence_chunked(current, src.shape[0], src.shape[1], layer.out_features, spec, rec, block,
+                                         x, torch.bool, vsum[rows], counts[rows], out=s_out[rows])
+                s = s_out
                 records.append(LayerTrace(layer, s_in, None, s, spec, rec, vsum, counts, counts_in, tpsp_virtual))
                 continue
             counts = None
@@ -501,15 +503,15 @@ class SpikeTrainRule(LearningRule):
             return tr.s_out, counts, None
         k = targets if targets is not None else torch.full_like(counts, float(self.hidden_virtual_spikes))
         k = torch.where(silent, k, torch.zeros_like(k))
-        post = tr.s_out | evenly_spaced_spikes(steps, k, tr.spec.t_ref, dtype=torch.bool)
+        post = evenly_spaced_spikes(steps, k, tr.spec.t_ref, dtype=torch.bool).logical_or_(tr.s_out)
         counts = counts + virtual_counts(steps, k, tr.spec.t_ref).to(g.dtype)  # silent neurons: their real count is 0
         virtual = (counts > 0).logical_and_(silent)
         return post, counts, (virtual if bool(virtual.any()) else None)
 
     def layer_backward_chunked(self, tr: LayerTrace, g: torch.Tensor, targets: torch.Tensor | None,
                                need_input: bool) -> torch.Tensor | None:
-        """``layer_backward`` for a dense or recurrent layer whose trace holds bool spikes and no currents: one
-        reverse pass over time per group of samples.
+        """``layer_backward`` for a layer whose trace holds bool spikes and no currents (conv and pool layers:
+        ``hop_backward_chunked``). Dense and recurrent layers: one reverse pass over time per group of samples.
 
         Every coefficient of the rules is per sample, so a group of G samples makes its S-PSP matrices
         ``e`` (G, N, N_in) (and ``e_rec`` (G, N, N)) block by block during the reverse scan, one batched

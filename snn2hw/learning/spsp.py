@@ -86,18 +86,19 @@ def lif_sequence(a_ff: torch.Tensor, spec: NeuronSpec, rec_weight: torch.Tensor 
 def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSpec,
                          rec_weight: torch.Tensor | None, chunk: int, like: torch.Tensor,
                          out_dtype: torch.dtype, vsum: torch.Tensor | None = None,
-                         counts: torch.Tensor | None = None) -> torch.Tensor:
+                         counts: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """``lif_sequence`` with the input current made ``chunk`` steps at a time by ``current(t0, t1)`` (hop-delayed,
     (B, t1 - t0, N)), so that no (B, T, N) float tensor exists; spikes are returned in ``out_dtype``
     (``torch.bool`` keeps a layer's trains in one byte per neuron and step). ``vsum`` (B, N), if given,
     receives the sum of the pre-reset membrane at each spike (the T-PSP plus the bias part), ``counts``
     (B, N, float64), if given, the spike counts (a bool train's own ``sum`` converts it to int64 first,
-    which costs more than the scan).
+    which costs more than the scan). ``out`` (B, T, N) of ``out_dtype``, if given, receives the spikes.
 
     On the CPU this is the compiled scan of ``spsp_kernels`` (bit-identical to the loop below, recurrent
     input included as long as the BLAS sums a spike vector's terms in order); other devices run the
     per-step tensor loop (the recurrent product is the operator's own ``mm``)."""
-    out = torch.empty(batch, steps, n, dtype=out_dtype, device=like.device)
+    if out is None:
+        out = torch.empty(batch, steps, n, dtype=out_dtype, device=like.device)
     if spsp_kernels.usable(like, *(() if rec_weight is None else (rec_weight,))):
         spikes = out if out_dtype == torch.bool else torch.empty(batch, steps, n, dtype=torch.bool)
         acc = torch.zeros(batch, n, dtype=torch.float64)
