@@ -485,3 +485,17 @@ def test_chunked_conv_spikes_are_the_layers_forward_float32(monkeypatch):
         records, _ = make_rule("hm2bp", chunk=7).forward(net, x)
         pairs = [(r.s_out, s) for r, s in zip(records, ref) if r is not None]  # Flatten has no record
         assert len(pairs) == 4 and all(torch.equal(mine, theirs.bool()) for mine, theirs in pairs)
+
+
+def test_dropout_after_chunked_layers_in_training():
+    """Spike dropout scales survivors: the chunked path hands it the bool trains as float (it used to fail on
+    bool) and the next layer takes the scaled float train."""
+    from snn2hw.nn.conv import Dropout
+
+    torch.manual_seed(0)
+    net = SpikingSequential([ConvLIF((2, 8, 8), 3, 3, weight_gain=3.0), Dropout(0.2), SumPoolLIF((3, 6, 6), 2),
+                             Flatten(), LIFDense(27, 3, weight_gain=3.0)]).train()
+    x = (torch.rand(3, 30, 128) < 0.3).float()
+    make_rule("hm2bp").compute_gradients(net, x, torch.tensor([0, 1, 2]), None, {})
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    assert len(grads) == 2 and all(bool(torch.isfinite(g).all()) and bool(g.abs().sum() > 0) for g in grads)

@@ -168,8 +168,8 @@ class SpikeTrainRule(LearningRule):
                 counts = None if counts is None else counts.flatten(1)
                 records.append(None)
                 continue
-            if isinstance(layer, Dropout):
-                s = layer(s)
+            if isinstance(layer, Dropout):  # survivors are scaled in training: a float train
+                s = layer(as_float(s, x.dtype) if layer.training else s)
                 counts = None
                 records.append(None)
                 continue
