@@ -40,9 +40,9 @@ from torch import nn
 
 from snn2hw.learning import spsp_kernels
 from snn2hw.learning.base import BatchResult, LearningRule, LearningRuleError
-from snn2hw.learning.spsp import (NeuronSpec, as_float, conv_hop_products, dense_spsp, evenly_spaced_spikes, hop_current_chunk,
-                                  layer_current, lif_sequence, lif_sequence_chunked, neuron_spec, reset_mask,
-                                  spsp_adjoint, spsp_per_pre_spike, virtual_counts)
+from snn2hw.learning.spsp import (NeuronSpec, as_float, conv_hop_products, dense_spsp, evenly_spaced_spikes,
+                                  hop_current_chunk, layer_current, lif_sequence, lif_sequence_chunked, neuron_spec,
+                                  reset_mask, spsp_adjoint, spsp_per_pre_spike, virtual_counts)
 from snn2hw.nn import functional as F
 from snn2hw.nn.conv import ConvLIF, Dropout, Flatten, LeakyReadout, SumPoolLIF, _flat
 from snn2hw.nn.layers import LIFDense, RecurrentLIFDense, hop_delay
