@@ -12,7 +12,7 @@ average and the CPU time other processes took while it ran (``bench_env.OtherLoa
 process and its finished children); the table marks "(loaded)" the points where others took more than 10 %
 of the CPUs (the load average alone counts the benchmark's own process and cannot tell).
 
-    python benchmarks/bench_spiketrain_speed.py              # the plan below, 3 rounds (about 30 min idle)
+    python benchmarks/bench_spiketrain_speed.py              # the plan below, 3 rounds (about 40 min idle)
     python benchmarks/bench_spiketrain_speed.py --rounds 1 --T 200 400 --only 784-100
     python benchmarks/bench_spiketrain_speed.py --rounds 1 --T 200 400 800 --only 15c5 --steps 3
 
