@@ -10,6 +10,14 @@
   pivots at ``min_pivot``, off-diagonal row sums, error amplification ``|z| / |g|`` of the solve.
 * ``hybrid TASK PARAMS EPOCHS [OPTIONS_JSON] [SEED]``: BPTT's gradient for every parameter but PARAMS
   (comma-separated names), which get ST-RSBP's update: where the accuracy is lost.
+* ``outrows [CKPT] [OPTIONS_JSON]``: ST-RSBP's output-layer update (count cross-entropy, so both get the same
+  ``dE/do``) against BPTT's gradient, per sample and output neuron (row of the weight matrix): cosine of the
+  rows, ratio of their norms by the neuron's count and role (label or not, silent or firing), and the cosine
+  of the batch sums, on 48 training samples.
+* ``timing [CKPT]``: how much of BPTT's error on the hidden spikes (``dL/ds_h[t]`` through the output layer,
+  at the hidden neuron's spike steps) one error per (sample, neuron) -- what ST-RSBP hands down -- or per
+  sub-window can carry (the share of its energy in the per-window means), and the cosine of ST-RSBP's count
+  error ``dE/do_h`` with BPTT's mean error per hidden spike, on 128 training samples.
 * ``probe BINS``: a linear classifier (logistic regression, standardised features, C = 0.1) on the Braille
   input events summed over ``BINS`` equal time bins: how much of the task the counts alone carry.
 
@@ -148,6 +156,115 @@ def hybrid(task_name: str, rule_params: str, epochs: str, options: str | None = 
           f"{[h.get('val_accuracy') for h in r['history']]}, best val {r['float_val_accuracy']:.4f}")
 
 
+def _model(task, ckpt: str | None):
+    from snn2hw.models.tasks import build_model
+    from snn2hw.train.checkpoint import load_checkpoint
+
+    return load_checkpoint(ckpt) if ckpt else build_model(task, None, 0)
+
+
+def _strsbp(task, options: str | None):
+    from snn2hw.learning import make_rule
+    from snn2hw.models.tasks import default_rule_options
+
+    return make_rule("strsbp", **{**default_rule_options("strsbp", task.steps(None)), "loss": "task",
+                                  **json.loads(options or "{}")})
+
+
+def outrows(ckpt: str | None = None, options: str | None = None, n: int = 48) -> None:
+    """ST-RSBP's output-layer update against BPTT's gradient of the same loss, row by row (see the docstring)."""
+    from snn2hw.models.tasks import get_task
+
+    task = get_task("braille")
+    x, y = _train_slice(task, n)
+    model = _model(task, ckpt)
+    rule = _strsbp(task, options)
+    rule.setup(model)
+    weight = model.layers[-1].weight
+
+    def grad(fn):
+        for p in model.parameters():
+            p.grad = None
+        fn()
+        return weight.grad.clone()
+
+    rows_rule, rows_bptt, counts = [], [], []
+    for b in range(n):  # per sample: its own rows
+        xb, yb = x[b:b + 1], y[b:b + 1]
+        rows_rule.append(grad(lambda: rule.compute_gradients(model, xb, yb, task.loss_fn, {})))
+        rows_bptt.append(grad(lambda: task.loss_fn(model(xb), yb).backward()))
+        with torch.no_grad():
+            counts.append(model(xb).sum(1)[0])
+    r, g, c = torch.stack(rows_rule), torch.stack(rows_bptt), torch.stack(counts)
+    cos = torch.nn.functional.cosine_similarity
+    row_cos, ratio = cos(r, g, dim=2), r.norm(dim=2) / g.norm(dim=2).clamp(min=1e-30)
+    label = torch.zeros_like(c, dtype=torch.bool)
+    label[torch.arange(n), y.long()] = True
+    energy = g.norm(dim=2).square()
+    for name, mask in (("label, firing", label & (c > 0)), ("label, silent", label & (c == 0)),
+                       ("other, firing", ~label & (c > 0)), ("other, silent", ~label & (c == 0))):
+        if bool(mask.any()):
+            print(f"{name:14s} rows {int(mask.sum()):5d}  row cosine median {float(row_cos[mask].nanmedian()):+.3f}  "
+                  f"|rule| / |bptt| median {float(ratio[mask].median()):.3g}  share of BPTT's energy "
+                  f"{float(energy[mask].sum() / energy.sum()):.3f}")
+    for lo, hi in ((1, 8), (8, 32), (32, 96), (96, 10 ** 9)):
+        mask = (c >= lo) & (c < hi)
+        if bool(mask.any()):
+            print(f"count in [{lo}, {hi}): rows {int(mask.sum()):5d}  |rule| / |bptt| median "
+                  f"{float(ratio[mask].median()):.3g}  row cosine median {float(row_cos[mask].median()):+.3f}")
+    even = r * (g.norm(dim=2, keepdim=True) / r.norm(dim=2, keepdim=True).clamp(min=1e-30))
+    print(f"cosine of the batch sums {float(cos(r.sum(0).flatten(), g.sum(0).flatten(), 0)):+.3f}; with every row "
+          f"rescaled to BPTT's norm {float(cos(even.sum(0).flatten(), g.sum(0).flatten(), 0)):+.3f}")
+
+
+def timing(ckpt: str | None = None, n: int = 128) -> None:
+    """How much of BPTT's hidden error a count-level (or per-window) error can carry (see the docstring)."""
+    from snn2hw.models.tasks import get_task
+
+    task = get_task("braille")
+    x, y = _train_slice(task, n)
+    model = _model(task, ckpt)
+    hidden, top = model.layers[0], model.layers[1:]
+    with torch.no_grad():
+        s_h = hidden(x)
+    s_h.requires_grad_(True)
+    out = s_h
+    for layer in top:
+        out = layer(out)
+    (d,) = torch.autograd.grad(task.loss_fn(out, y) * n, s_h)  # per sample: dL/ds_h[t] through the layers above
+    spikes = s_h.detach() > 0
+    steps = s_h.shape[1]
+    energy = float((d.square() * spikes).sum())
+    print(f"hidden mean count {float(spikes.sum(1).float().mean()):.2f}")
+    for k in (1, 2, 4, 8, 16, 32):
+        cuts = [round(i * steps / k) for i in range(k + 1)]
+        carried = 0.0
+        for t0, t1 in zip(cuts[:-1], cuts[1:]):
+            count = spikes[:, t0:t1].sum(1)
+            mean = (d[:, t0:t1] * spikes[:, t0:t1]).sum(1) / count.clamp(min=1)
+            carried += float((count * mean.square()).sum())
+        print(f"one error per (sample, neuron) and window, {k:2d} windows: {carried / energy:.3f} of BPTT's error "
+              f"energy at the hidden spikes")
+    rule = _strsbp(task, None)
+    seen = []
+    coefficients = rule.coefficients
+
+    def keep(tr, g, stats):
+        if tr.layer is hidden:
+            seen.append(g.clone())
+        return coefficients(tr, g, stats)
+
+    rule.coefficients = keep
+    rule.compute_gradients(model, x, y, task.loss_fn, {})
+    g = torch.cat(seen) * n  # per sample
+    count = spikes.sum(1)
+    mean = (d * spikes).sum(1) / count.clamp(min=1)
+    fire = count > 0
+    cos = torch.nn.functional.cosine_similarity(g[fire], mean[fire].to(g.dtype), 0)
+    print(f"ST-RSBP's dE/do_h against BPTT's mean error per hidden spike, firing (sample, neuron) pairs: cosine "
+          f"{float(cos):+.3f}, same sign {float(((g[fire] > 0) == (mean[fire] > 0)).float().mean()):.3f}")
+
+
 def activity(task_name: str, ckpt: str) -> None:
     from snn2hw.models.tasks import get_task
     from snn2hw.train.checkpoint import load_checkpoint
@@ -193,6 +310,10 @@ if __name__ == "__main__":
         hybrid(*args)
     elif cmd == "activity":
         activity(*args)
+    elif cmd == "outrows":
+        outrows(*args)
+    elif cmd == "timing":
+        timing(*args)
     elif cmd == "probe":
         probe(int(args[0]))
     else:
