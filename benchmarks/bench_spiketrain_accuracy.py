@@ -16,6 +16,9 @@ stored with every run; a run whose ``results.json`` already exists is read back,
     python benchmarks/bench_spiketrain_accuracy.py tune
     python benchmarks/bench_spiketrain_accuracy.py tune-strsbp      # issue 8: ST-RSBP on Braille, 10 epochs
     python benchmarks/bench_spiketrain_accuracy.py final-strsbp     # its rows, 3 seeds
+    python benchmarks/bench_spiketrain_accuracy.py tune-strsbp20    # the same at 20 epochs (options, R256)
+    python benchmarks/bench_spiketrain_accuracy.py final-strsbp20   # its rows, 3 seeds x 20 epochs
+    python benchmarks/bench_spiketrain_accuracy.py final-strsbp40   # seed 0 x 40 epochs, both rules
     python benchmarks/bench_spiketrain_accuracy.py final [--only braille] [--seeds 3]
     python benchmarks/bench_spiketrain_accuracy.py final --collect   # tabulate stored runs, run nothing
 """
@@ -47,6 +50,7 @@ TUNE = [
 TUNE_STRSBP = [
     ("braille", "strsbp", "braille_rec128.json", 10),
     ("braille", "strsbp", "braille_rec128_strsbp.json", 10),
+    ("braille", "strsbp", "tune/braille_rec128_w8.json", 10),
     ("braille", "strsbp", "tune/braille_rec128_taskloss_w8.json", 10),
     ("braille", "strsbp", "tune/braille_rec128_taskloss_w32.json", 10),
     ("braille", "strsbp", "tune/braille_rec128_taskloss_w8_lr1e-2.json", 10),
@@ -81,10 +85,24 @@ FINAL = [
 # at 10 epochs are the runs stored in ``spiketrain_accuracy.json`` (same command and code path), reused.
 FINAL_STRSBP = [
     ("braille 24-R128-27 T256, paper's rule and loss", "braille", "braille_rec128.json", "strsbp", 10, 3),
+    ("braille 24-R128-27 T256, windows 8 (snn2hw extension)", "braille", "tune/braille_rec128_w8.json", "strsbp",
      10, 3),
     ("braille 24-R128-27 T256, windows 4 (snn2hw extension), chosen on validation", "braille",
      "tune/braille_rec128_w4.json", "strsbp", 10, 3),
     ("braille 24-R128-27 T256 (BPTT reference)", "braille", "braille_rec128.json", "bptt", 10, 3),
+]
+# issue 8, ST-RSBP on Braille at 20 epochs (stage ``final-strsbp20``, ``benchmarks/results/strsbp_braille_accuracy_e20.json``):
+# the setting chosen on validation at 20 epochs and BPTT on the same network, 3 seeds
+FINAL_STRSBP20 = [
+    ("braille 24-R128-27 T256, windows 4 (snn2hw extension), chosen on validation", "braille",
+     "tune/braille_rec128_w4.json", "strsbp", 20, 3),
+    ("braille 24-R128-27 T256 (BPTT reference)", "braille", "braille_rec128.json", "bptt", 20, 3),
+]
+# seed 0 only, 40 epochs: does the gap shrink with a longer run? (stage ``final-strsbp40``)
+FINAL_STRSBP40 = [
+    ("braille 24-R128-27 T256, windows 4 (snn2hw extension)", "braille", "tune/braille_rec128_w4.json", "strsbp",
+     40, 1),
+    ("braille 24-R128-27 T256 (BPTT reference)", "braille", "braille_rec128.json", "bptt", 40, 1),
 ]
 REUSE_STRSBP = {("braille_rec128.json", "bptt", 10): ("spiketrain_accuracy.json", [0, 1])}
 KEEP = ("seed", "float_val_accuracy", "float_test_accuracy", "deployed_test_accuracy", "rule_neuron_test_accuracy",
@@ -174,7 +192,8 @@ def final(only: str | None, seeds: int | None, rerun: bool, collect: bool = Fals
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("stage", choices=["tune", "tune-strsbp", "final", "final-strsbp"])
+    ap.add_argument("stage", choices=["tune", "tune-strsbp", "tune-strsbp20", "final", "final-strsbp",
+                                      "final-strsbp20", "final-strsbp40"])
     ap.add_argument("--only", default=None, help="final: rows whose label contains this text; tune stages: "
                     "configs whose path contains it")
     ap.add_argument("--seeds", type=int, default=None, help="final: seeds per row (default: the plan's)")
@@ -185,6 +204,12 @@ def main(argv=None) -> int:
         tune(a.rerun, only=a.only)
     elif a.stage == "tune-strsbp":
         tune(a.rerun, TUNE_STRSBP, "strsbp_braille_tuning", a.only)
+    elif a.stage == "tune-strsbp20":
+        tune(a.rerun, TUNE_STRSBP20, "strsbp_braille_tuning_e20", a.only)
+    elif a.stage == "final-strsbp20":
+        final(a.only, a.seeds, a.rerun, a.collect, FINAL_STRSBP20, "strsbp_braille_accuracy_e20")
+    elif a.stage == "final-strsbp40":
+        final(a.only, a.seeds, a.rerun, a.collect, FINAL_STRSBP40, "strsbp_braille_accuracy_e40")
     elif a.stage == "final-strsbp":
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_STRSBP, "strsbp_braille_accuracy", REUSE_STRSBP)
     else:
