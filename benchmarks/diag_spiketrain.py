@@ -14,10 +14,11 @@
   ``dE/do``) against BPTT's gradient, per sample and output neuron (row of the weight matrix): cosine of the
   rows, ratio of their norms by the neuron's count and role (label or not, silent or firing), and the cosine
   of the batch sums, on 48 training samples.
-* ``timing [CKPT]``: how much of BPTT's error on the hidden spikes (``dL/ds_h[t]`` through the output layer,
+* ``timing [CKPT] [OPTIONS_JSON]``: how much of BPTT's error on the hidden spikes (``dL/ds_h[t]`` through the output layer,
   at the hidden neuron's spike steps) one error per (sample, neuron) -- what ST-RSBP hands down -- or per
   sub-window can carry (the share of its energy in the per-window means), and the cosine of ST-RSBP's count
-  error ``dE/do_h`` with BPTT's mean error per hidden spike, on 128 training samples.
+  error ``dE/do_h`` (per window with ``windows``) with BPTT's mean error per hidden spike (in the window), on
+  128 training samples.
 * ``probe BINS``: a linear classifier (logistic regression, standardised features, C = 0.1) on the Braille
   input events summed over ``BINS`` equal time bins: how much of the task the counts alone carry.
 
@@ -217,7 +218,7 @@ def outrows(ckpt: str | None = None, options: str | None = None, n: int = 48) ->
           f"rescaled to BPTT's norm {float(cos(even.sum(0).flatten(), g.sum(0).flatten(), 0)):+.3f}")
 
 
-def timing(ckpt: str | None = None, n: int = 128) -> None:
+def timing(ckpt: str | None = None, options: str | None = None, n: int = 128) -> None:
     """How much of BPTT's hidden error a count-level (or per-window) error can carry (see the docstring)."""
     from snn2hw.models.tasks import get_task
 
@@ -245,7 +246,7 @@ def timing(ckpt: str | None = None, n: int = 128) -> None:
             carried += float((count * mean.square()).sum())
         print(f"one error per (sample, neuron) and window, {k:2d} windows: {carried / energy:.3f} of BPTT's error "
               f"energy at the hidden spikes")
-    rule = _strsbp(task, None)
+    rule = _strsbp(task, options)
     seen = []
     coefficients = rule.coefficients
 
@@ -256,13 +257,19 @@ def timing(ckpt: str | None = None, n: int = 128) -> None:
 
     rule.coefficients = keep
     rule.compute_gradients(model, x, y, task.loss_fn, {})
-    g = torch.cat(seen) * n  # per sample
-    count = spikes.sum(1)
-    mean = (d * spikes).sum(1) / count.clamp(min=1)
-    fire = count > 0
-    cos = torch.nn.functional.cosine_similarity(g[fire], mean[fire].to(g.dtype), 0)
-    print(f"ST-RSBP's dE/do_h against BPTT's mean error per hidden spike, firing (sample, neuron) pairs: cosine "
-          f"{float(cos):+.3f}, same sign {float(((g[fire] > 0) == (mean[fire] > 0)).float().mean()):.3f}")
+    cuts = [round(i * steps / rule.windows) for i in range(rule.windows + 1)]
+    g = torch.cat(seen).reshape(rule.windows, n, -1) * n  # per window (groups in order) and sample
+    rule_g, bptt_g = [], []
+    for k, (t0, t1) in enumerate(zip(cuts[:-1], cuts[1:])):
+        count = spikes[:, t0:t1].sum(1)
+        fire = count > 0
+        rule_g.append(g[k][fire])
+        bptt_g.append(((d[:, t0:t1] * spikes[:, t0:t1]).sum(1) / count.clamp(min=1))[fire].to(g.dtype))
+    rule_g, bptt_g = torch.cat(rule_g), torch.cat(bptt_g)
+    cos = torch.nn.functional.cosine_similarity(rule_g, bptt_g, 0)
+    print(f"ST-RSBP's dE/do_h ({rule.windows} window(s)) against BPTT's mean error per hidden spike in the window, "
+          f"firing (sample, neuron, window): cosine {float(cos):+.3f}, same sign "
+          f"{float(((rule_g > 0) == (bptt_g > 0)).float().mean()):.3f}")
 
 
 def activity(task_name: str, ckpt: str) -> None:
