@@ -60,7 +60,7 @@ TUNE_STRSBP = [
 ]
 # issue 8, ST-RSBP on Braille, longer runs (20 epochs; the cosine schedule spans the run), seed 0, compared on
 # validation accuracy (stage ``tune-strsbp20``, ``benchmarks/results/strsbp_braille_tuning_e20.json``): the chosen
-# 10-epoch setting, its options (self term off, learning rate, shifted windows: ``window_shifts``),
+# 10-epoch setting, its options (self term off, learning rate, shifted windows: ``window_shifts``, the task's loss),
 # and a wider recurrent layer (R256) for both rules
 TUNE_STRSBP20 = [
     ("braille", "bptt", "braille_rec128.json", 20),
@@ -68,6 +68,7 @@ TUNE_STRSBP20 = [
     ("braille", "strsbp", "tune/braille_rec128_w4_noself.json", 20),
     ("braille", "strsbp", "tune/braille_rec128_w4_lr2e-3.json", 20),
     ("braille", "strsbp", "tune/braille_rec128_w4_s2.json", 20),
+    ("braille", "strsbp", "tune/braille_rec128_taskloss_w4.json", 20),
     ("braille", "bptt", "braille_rec256.json", 20),
     ("braille", "strsbp", "tune/braille_rec256_w4.json", 20),
 ]
@@ -94,14 +95,16 @@ FINAL_STRSBP = [
 # issue 8, ST-RSBP on Braille at 20 epochs (stage ``final-strsbp20``, ``benchmarks/results/strsbp_braille_accuracy_e20.json``):
 # the setting chosen on validation at 20 epochs and BPTT on the same network, 3 seeds
 FINAL_STRSBP20 = [
-    ("braille 24-R128-27 T256, windows 4 (snn2hw extension), chosen on validation", "braille",
+    ("braille 24-R128-27 T256, windows 4 (snn2hw extension), lr 2e-3, chosen on validation", "braille",
+     "tune/braille_rec128_w4_lr2e-3.json", "strsbp", 20, 3),
+    ("braille 24-R128-27 T256, windows 4 (snn2hw extension), lr 5e-3 (the 10-epoch choice)", "braille",
      "tune/braille_rec128_w4.json", "strsbp", 20, 3),
     ("braille 24-R128-27 T256 (BPTT reference)", "braille", "braille_rec128.json", "bptt", 20, 3),
 ]
 # seed 0 only, 40 epochs: does the gap shrink with a longer run? (stage ``final-strsbp40``)
 FINAL_STRSBP40 = [
-    ("braille 24-R128-27 T256, windows 4 (snn2hw extension)", "braille", "tune/braille_rec128_w4.json", "strsbp",
-     40, 1),
+    ("braille 24-R128-27 T256, windows 4 (snn2hw extension), lr 2e-3", "braille", "tune/braille_rec128_w4_lr2e-3.json",
+     "strsbp", 40, 1),
     ("braille 24-R128-27 T256 (BPTT reference)", "braille", "braille_rec128.json", "bptt", 40, 1),
 ]
 REUSE_STRSBP = {("braille_rec128.json", "bptt", 10): ("spiketrain_accuracy.json", [0, 1])}

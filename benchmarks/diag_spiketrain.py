@@ -19,6 +19,9 @@
   sub-window can carry (the share of its energy in the per-window means), and the cosine of ST-RSBP's count
   error ``dE/do_h`` (per window with ``windows``) with BPTT's mean error per hidden spike (in the window), on
   128 training samples.
+* ``swap CKPT RULE EPOCHS [OPTIONS_JSON]``: continue training a checkpoint with RULE (fresh Adam, the task's
+  recipe over EPOCHS; validation accuracy per epoch): does BPTT leave the point where ST-RSBP stalled, does
+  ST-RSBP keep the point BPTT reached?
 * ``probe BINS``: a linear classifier (logistic regression, standardised features, C = 0.1) on the Braille
   input events summed over ``BINS`` equal time bins: how much of the task the counts alone carry.
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -272,6 +276,20 @@ def timing(ckpt: str | None = None, options: str | None = None, n: int = 128) ->
           f"{float(((rule_g > 0) == (bptt_g > 0)).float().mean()):.3f}")
 
 
+def swap(ckpt: str, rule: str, epochs: str, options: str | None = None) -> None:
+    """Continue training ``ckpt`` on Braille with ``rule`` (see the docstring)."""
+    import snn2hw.models.tasks as tasks
+    from snn2hw.learning.experiment import train_task
+    from snn2hw.train.checkpoint import load_checkpoint
+
+    opts = json.loads(options or "{}")
+    tasks.build_model = lambda *_: load_checkpoint(ckpt)  # train_task builds its model through this
+    r = train_task("braille", rule, {"rule_options": opts}, int(epochs), 0,
+                   out=f"out/diag_swap/{Path(ckpt).parent.name}-{rule}-{_tag(opts)}", deploy=False)
+    print(f"{ckpt} continued with {rule} {json.dumps(opts)}: val per epoch "
+          f"{[h.get('val_accuracy') for h in r['history']]}, best val {r['float_val_accuracy']:.4f}")
+
+
 def activity(task_name: str, ckpt: str) -> None:
     from snn2hw.models.tasks import get_task
     from snn2hw.train.checkpoint import load_checkpoint
@@ -321,6 +339,8 @@ if __name__ == "__main__":
         outrows(*args)
     elif cmd == "timing":
         timing(*args)
+    elif cmd == "swap":
+        swap(*args)
     elif cmd == "probe":
         probe(int(args[0]))
     else:
