@@ -19,6 +19,10 @@
   sub-window can carry (the share of its energy in the per-window means), and the cosine of ST-RSBP's count
   error ``dE/do_h`` (per window with ``windows``) with BPTT's mean error per hidden spike (in the window), on
   128 training samples.
+* ``descent [CKPT] [OPTIONS_JSON]``: the true (spiking) count cross-entropy and accuracy on 256 training samples
+  after one step along ST-RSBP's update and along BPTT's gradient (and along their signs, roughly what Adam's
+  steps follow), of the same length relative to the weights, for the output, hidden and all weights: is the
+  rule's update a worse descent direction of the loss that both minimise?
 * ``swap CKPT RULE EPOCHS [OPTIONS_JSON]``: continue training a checkpoint with RULE (fresh Adam, the task's
   recipe over EPOCHS; validation accuracy per epoch): does BPTT leave the point where ST-RSBP stalled, does
   ST-RSBP keep the point BPTT reached?
@@ -276,6 +280,53 @@ def timing(ckpt: str | None = None, options: str | None = None, n: int = 128) ->
           f"{float(((rule_g > 0) == (bptt_g > 0)).float().mean()):.3f}")
 
 
+def descent(ckpt: str | None = None, options: str | None = None, n: int = 256) -> None:
+    """One step along the rule's update and along BPTT's gradient, on the true loss (see the docstring)."""
+    from snn2hw.models.tasks import get_task
+
+    task = get_task("braille")
+    x, y = _train_slice(task, n)
+    model = _model(task, ckpt)
+    rule = _strsbp(task, options)
+    rule.setup(model)
+    params = dict(model.named_parameters())
+
+    def grads(fn):
+        for p in params.values():
+            p.grad = None
+        fn()
+        return {k: p.grad.clone() for k, p in params.items() if p.grad is not None}
+
+    def score():
+        with torch.no_grad():
+            out = model(x)
+            return float(task.loss_fn(out, y)), float((out.sum(1).argmax(1) == y).float().mean())
+
+    directions = {"strsbp": grads(lambda: rule.compute_gradients(model, x, y, task.loss_fn, {})),
+                  "bptt": grads(lambda: task.loss_fn(model(x), y).backward())}
+    base = {k: p.detach().clone() for k, p in params.items()}
+    loss0, acc0 = score()
+    print(f"loss {loss0:.4f}, accuracy {acc0:.3f}; change after a step of |dw| / |w| =")
+    names = [n for n, _ in model.named_parameters() if n.endswith("weight")]
+    for group, keys in (("output", names[-1:]), ("hidden", names[:-1]), ("all", names)):
+        w_norm = sum(float(base[k].square().sum()) for k in keys) ** 0.5
+        for form in ("update", "sign"):
+            for name, g in directions.items():
+                d = {k: g[k] if form == "update" else torch.sign(g[k]) for k in keys}
+                d_norm = sum(float(v.square().sum()) for v in d.values()) ** 0.5
+                row = []
+                for rel in (0.003, 0.01, 0.03):
+                    with torch.no_grad():
+                        for k in keys:
+                            params[k].copy_(base[k] - rel * w_norm * d[k] / d_norm)
+                    loss, acc = score()
+                    row.append(f"{rel:g}: {loss - loss0:+.4f} / {acc - acc0:+.3f}")
+                with torch.no_grad():
+                    for k in keys:
+                        params[k].copy_(base[k])
+                print(f"  {group:6s} {form:6s} {name:6s} loss / accuracy  " + "   ".join(row))
+
+
 def swap(ckpt: str, rule: str, epochs: str, options: str | None = None) -> None:
     """Continue training ``ckpt`` on Braille with ``rule`` (see the docstring)."""
     import snn2hw.models.tasks as tasks
@@ -339,6 +390,8 @@ if __name__ == "__main__":
         outrows(*args)
     elif cmd == "timing":
         timing(*args)
+    elif cmd == "descent":
+        descent(*args)
     elif cmd == "swap":
         swap(*args)
     elif cmd == "probe":
