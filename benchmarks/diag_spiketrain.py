@@ -180,8 +180,8 @@ def _strsbp(task, options: str | None):
                                   **json.loads(options or "{}")})
 
 
-def outrows(ckpt: str | None = None, options: str | None = None, n: int = 48) -> None:
-    """ST-RSBP's output-layer update against BPTT's gradient of the same loss, row by row (see the docstring)."""
+def _braille_rule(ckpt: str | None, options: str | None, n: int):
+    """(task, n training samples x, y, the model (fresh or ``ckpt``), ST-RSBP with ``options``) of Braille."""
     from snn2hw.models.tasks import get_task
 
     task = get_task("braille")
@@ -189,19 +189,26 @@ def outrows(ckpt: str | None = None, options: str | None = None, n: int = 48) ->
     model = _model(task, ckpt)
     rule = _strsbp(task, options)
     rule.setup(model)
-    weight = model.layers[-1].weight
+    return task, x, y, model, rule
 
-    def grad(fn):
-        for p in model.parameters():
-            p.grad = None
-        fn()
-        return weight.grad.clone()
 
+def _grads(model, fn) -> dict:
+    """The gradients ``fn`` leaves on the model's parameters (cleared first)."""
+    for p in model.parameters():
+        p.grad = None
+    fn()
+    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def outrows(ckpt: str | None = None, options: str | None = None, n: int = 48) -> None:
+    """ST-RSBP's output-layer update against BPTT's gradient of the same loss, row by row (see the docstring)."""
+    task, x, y, model, rule = _braille_rule(ckpt, options, n)
+    name = [k for k, _ in model.named_parameters() if k.endswith("weight")][-1]
     rows_rule, rows_bptt, counts = [], [], []
     for b in range(n):  # per sample: its own rows
         xb, yb = x[b:b + 1], y[b:b + 1]
-        rows_rule.append(grad(lambda: rule.compute_gradients(model, xb, yb, task.loss_fn, {})))
-        rows_bptt.append(grad(lambda: task.loss_fn(model(xb), yb).backward()))
+        rows_rule.append(_grads(model, lambda: rule.compute_gradients(model, xb, yb, task.loss_fn, {}))[name])
+        rows_bptt.append(_grads(model, lambda: task.loss_fn(model(xb), yb).backward())[name])
         with torch.no_grad():
             counts.append(model(xb).sum(1)[0])
     r, g, c = torch.stack(rows_rule), torch.stack(rows_bptt), torch.stack(counts)
@@ -228,11 +235,7 @@ def outrows(ckpt: str | None = None, options: str | None = None, n: int = 48) ->
 
 def timing(ckpt: str | None = None, options: str | None = None, n: int = 128) -> None:
     """How much of BPTT's hidden error a count-level (or per-window) error can carry (see the docstring)."""
-    from snn2hw.models.tasks import get_task
-
-    task = get_task("braille")
-    x, y = _train_slice(task, n)
-    model = _model(task, ckpt)
+    task, x, y, model, rule = _braille_rule(ckpt, options, n)
     hidden, top = model.layers[0], model.layers[1:]
     with torch.no_grad():
         s_h = hidden(x)
@@ -254,7 +257,6 @@ def timing(ckpt: str | None = None, options: str | None = None, n: int = 128) ->
             carried += float((count * mean.square()).sum())
         print(f"one error per (sample, neuron) and window, {k:2d} windows: {carried / energy:.3f} of BPTT's error "
               f"energy at the hidden spikes")
-    rule = _strsbp(task, options)
     seen = []
     coefficients = rule.coefficients
 
@@ -282,28 +284,16 @@ def timing(ckpt: str | None = None, options: str | None = None, n: int = 128) ->
 
 def descent(ckpt: str | None = None, options: str | None = None, n: int = 256) -> None:
     """One step along the rule's update and along BPTT's gradient, on the true loss (see the docstring)."""
-    from snn2hw.models.tasks import get_task
-
-    task = get_task("braille")
-    x, y = _train_slice(task, n)
-    model = _model(task, ckpt)
-    rule = _strsbp(task, options)
-    rule.setup(model)
+    task, x, y, model, rule = _braille_rule(ckpt, options, n)
     params = dict(model.named_parameters())
-
-    def grads(fn):
-        for p in params.values():
-            p.grad = None
-        fn()
-        return {k: p.grad.clone() for k, p in params.items() if p.grad is not None}
 
     def score():
         with torch.no_grad():
             out = model(x)
             return float(task.loss_fn(out, y)), float((out.sum(1).argmax(1) == y).float().mean())
 
-    directions = {"strsbp": grads(lambda: rule.compute_gradients(model, x, y, task.loss_fn, {})),
-                  "bptt": grads(lambda: task.loss_fn(model(x), y).backward())}
+    directions = {"strsbp": _grads(model, lambda: rule.compute_gradients(model, x, y, task.loss_fn, {})),
+                  "bptt": _grads(model, lambda: task.loss_fn(model(x), y).backward())}
     base = {k: p.detach().clone() for k, p in params.items()}
     loss0, acc0 = score()
     print(f"loss {loss0:.4f}, accuracy {acc0:.3f}; change after a step of |dw| / |w| =")
