@@ -135,13 +135,16 @@ def run(task: str, rule: str, config: str, epochs: int, seed: int, rerun: bool =
     return keep
 
 
-def tune(rerun: bool, plan: list = TUNE, name: str = "spiketrain_tuning", only: str | None = None) -> None:
+def tune(rerun: bool, plan: list = TUNE, name: str = "spiketrain_tuning", only: str | None = None,
+         collect: bool = False) -> None:
     env = environment()
     rows = []
     for task, rule, config, epochs in plan:
         if only is not None and only not in config:
             continue
-        r = run(task, rule, config, epochs, 0, rerun)
+        r = run(task, rule, config, epochs, 0, rerun, collect)
+        if r is None:
+            continue
         rows.append({"label": f"{task} {Path(config).stem}", "task": task, "config": config, "rule": rule,
                      "epochs": epochs, "seeds": [0], "runs": [r], "summary": summarize([r])})
         print(f"{task:8s} {rule:6s} {config:40s} val {100 * r['float_val_accuracy']:.2f}  "
@@ -201,14 +204,15 @@ def main(argv=None) -> int:
                     "configs whose path contains it")
     ap.add_argument("--seeds", type=int, default=None, help="final: seeds per row (default: the plan's)")
     ap.add_argument("--rerun", action="store_true", help="re-run runs whose results.json exists")
-    ap.add_argument("--collect", action="store_true", help="final: run nothing, tabulate the stored runs")
+    ap.add_argument("--collect", action="store_true", help="final, tune-strsbp20: run nothing, tabulate the stored "
+                    "runs")
     a = ap.parse_args(argv)
     if a.stage == "tune":
         tune(a.rerun, only=a.only)
     elif a.stage == "tune-strsbp":
         tune(a.rerun, TUNE_STRSBP, "strsbp_braille_tuning", a.only)
     elif a.stage == "tune-strsbp20":
-        tune(a.rerun, TUNE_STRSBP20, "strsbp_braille_tuning_e20", a.only)
+        tune(a.rerun, TUNE_STRSBP20, "strsbp_braille_tuning_e20", a.only, a.collect)
     elif a.stage == "final-strsbp20":
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_STRSBP20, "strsbp_braille_accuracy_e20")
     elif a.stage == "final-strsbp40":
