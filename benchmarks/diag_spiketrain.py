@@ -365,26 +365,11 @@ def probe(bins: int) -> None:
           f"val {clf.score(scaler.transform(feats(xv)), yv.numpy()):.3f}")
 
 
+STAGES = {"align": align, "solve": solve, "hybrid": hybrid, "activity": activity, "outrows": outrows,
+          "timing": timing, "descent": descent, "swap": swap, "probe": lambda bins: probe(int(bins))}
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    cmd, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
-    if cmd == "align":
-        align(*args)
-    elif cmd == "solve":
-        solve(*args)
-    elif cmd == "hybrid":
-        hybrid(*args)
-    elif cmd == "activity":
-        activity(*args)
-    elif cmd == "outrows":
-        outrows(*args)
-    elif cmd == "timing":
-        timing(*args)
-    elif cmd == "descent":
-        descent(*args)
-    elif cmd == "swap":
-        swap(*args)
-    elif cmd == "probe":
-        probe(int(args[0]))
-    else:
+    if len(sys.argv) < 2 or sys.argv[1] not in STAGES:
         raise SystemExit(__doc__)
+    STAGES[sys.argv[1]](*sys.argv[2:])
