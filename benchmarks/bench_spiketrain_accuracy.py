@@ -16,6 +16,9 @@ stored with every run; a run whose ``results.json`` already exists is read back,
     python benchmarks/bench_spiketrain_accuracy.py tune
     python benchmarks/bench_spiketrain_accuracy.py tune-strsbp      # issue 8: ST-RSBP on Braille, 10 epochs
     python benchmarks/bench_spiketrain_accuracy.py final-strsbp     # its rows, 3 seeds
+    python benchmarks/bench_spiketrain_accuracy.py tune-strsbp20    # the same at 20 epochs (options, R256)
+    python benchmarks/bench_spiketrain_accuracy.py final-strsbp20   # its rows, 3 seeds x 20 epochs
+    python benchmarks/bench_spiketrain_accuracy.py final-strsbp40   # seed 0 x 40 epochs, both rules
     python benchmarks/bench_spiketrain_accuracy.py final [--only braille] [--seeds 3]
     python benchmarks/bench_spiketrain_accuracy.py final --collect   # tabulate stored runs, run nothing
 """
@@ -55,6 +58,20 @@ TUNE_STRSBP = [
     ("braille", "strsbp", "tune/braille_rec128_w4.json", 10),
     ("braille", "strsbp", "tune/braille_rec128_w16.json", 10),
 ]
+# issue 8, ST-RSBP on Braille, longer runs (20 epochs; the cosine schedule spans the run), seed 0, compared on
+# validation accuracy (stage ``tune-strsbp20``, ``benchmarks/results/strsbp_braille_tuning_e20.json``): the chosen
+# 10-epoch setting, its options (self term off, learning rate, shifted windows: ``window_shifts``, the task's loss),
+# and a wider recurrent layer (R256) for both rules
+TUNE_STRSBP20 = [
+    ("braille", "bptt", "braille_rec128.json", 20),
+    ("braille", "strsbp", "tune/braille_rec128_w4.json", 20),
+    ("braille", "strsbp", "tune/braille_rec128_w4_noself.json", 20),
+    ("braille", "strsbp", "tune/braille_rec128_w4_lr2e-3.json", 20),
+    ("braille", "strsbp", "tune/braille_rec128_w4_s2.json", 20),
+    ("braille", "strsbp", "tune/braille_rec128_taskloss_w4.json", 20),
+    ("braille", "bptt", "braille_rec256.json", 20),
+    ("braille", "strsbp", "tune/braille_rec256_w4.json", 20),
+]
 # label, task, config, rule, epochs, seeds
 FINAL = [
     ("digits 64-128-10 T60, tuned options", "digits", "digits_mlp128_hm2bp.json", "hm2bp", 15, 3),
@@ -74,6 +91,21 @@ FINAL_STRSBP = [
     ("braille 24-R128-27 T256, windows 4 (snn2hw extension), chosen on validation", "braille",
      "tune/braille_rec128_w4.json", "strsbp", 10, 3),
     ("braille 24-R128-27 T256 (BPTT reference)", "braille", "braille_rec128.json", "bptt", 10, 3),
+]
+# issue 8, ST-RSBP on Braille at 20 epochs (stage ``final-strsbp20``, ``benchmarks/results/strsbp_braille_accuracy_e20.json``):
+# the setting chosen on validation at 20 epochs and BPTT on the same network, 3 seeds
+FINAL_STRSBP20 = [
+    ("braille 24-R128-27 T256, windows 4 (snn2hw extension), lr 2e-3, chosen on validation", "braille",
+     "tune/braille_rec128_w4_lr2e-3.json", "strsbp", 20, 3),
+    ("braille 24-R128-27 T256, windows 4 (snn2hw extension), lr 5e-3 (the 10-epoch choice)", "braille",
+     "tune/braille_rec128_w4.json", "strsbp", 20, 3),
+    ("braille 24-R128-27 T256 (BPTT reference)", "braille", "braille_rec128.json", "bptt", 20, 3),
+]
+# seed 0 only, 40 epochs: does the gap shrink with a longer run? (stage ``final-strsbp40``)
+FINAL_STRSBP40 = [
+    ("braille 24-R128-27 T256, windows 4 (snn2hw extension), lr 2e-3", "braille", "tune/braille_rec128_w4_lr2e-3.json",
+     "strsbp", 40, 1),
+    ("braille 24-R128-27 T256 (BPTT reference)", "braille", "braille_rec128.json", "bptt", 40, 1),
 ]
 REUSE_STRSBP = {("braille_rec128.json", "bptt", 10): ("spiketrain_accuracy.json", [0, 1])}
 KEEP = ("seed", "float_val_accuracy", "float_test_accuracy", "deployed_test_accuracy", "rule_neuron_test_accuracy",
@@ -103,13 +135,16 @@ def run(task: str, rule: str, config: str, epochs: int, seed: int, rerun: bool =
     return keep
 
 
-def tune(rerun: bool, plan: list = TUNE, name: str = "spiketrain_tuning", only: str | None = None) -> None:
+def tune(rerun: bool, plan: list = TUNE, name: str = "spiketrain_tuning", only: str | None = None,
+         collect: bool = False) -> None:
     env = environment()
     rows = []
     for task, rule, config, epochs in plan:
         if only is not None and only not in config:
             continue
-        r = run(task, rule, config, epochs, 0, rerun)
+        r = run(task, rule, config, epochs, 0, rerun, collect)
+        if r is None:
+            continue
         rows.append({"label": f"{task} {Path(config).stem}", "task": task, "config": config, "rule": rule,
                      "epochs": epochs, "seeds": [0], "runs": [r], "summary": summarize([r])})
         print(f"{task:8s} {rule:6s} {config:40s} val {100 * r['float_val_accuracy']:.2f}  "
@@ -163,17 +198,25 @@ def final(only: str | None, seeds: int | None, rerun: bool, collect: bool = Fals
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("stage", choices=["tune", "tune-strsbp", "final", "final-strsbp"])
+    ap.add_argument("stage", choices=["tune", "tune-strsbp", "tune-strsbp20", "final", "final-strsbp",
+                                      "final-strsbp20", "final-strsbp40"])
     ap.add_argument("--only", default=None, help="final: rows whose label contains this text; tune stages: "
                     "configs whose path contains it")
     ap.add_argument("--seeds", type=int, default=None, help="final: seeds per row (default: the plan's)")
     ap.add_argument("--rerun", action="store_true", help="re-run runs whose results.json exists")
-    ap.add_argument("--collect", action="store_true", help="final: run nothing, tabulate the stored runs")
+    ap.add_argument("--collect", action="store_true", help="final, tune-strsbp20: run nothing, tabulate the stored "
+                    "runs")
     a = ap.parse_args(argv)
     if a.stage == "tune":
         tune(a.rerun, only=a.only)
     elif a.stage == "tune-strsbp":
         tune(a.rerun, TUNE_STRSBP, "strsbp_braille_tuning", a.only)
+    elif a.stage == "tune-strsbp20":
+        tune(a.rerun, TUNE_STRSBP20, "strsbp_braille_tuning_e20", a.only, a.collect)
+    elif a.stage == "final-strsbp20":
+        final(a.only, a.seeds, a.rerun, a.collect, FINAL_STRSBP20, "strsbp_braille_accuracy_e20")
+    elif a.stage == "final-strsbp40":
+        final(a.only, a.seeds, a.rerun, a.collect, FINAL_STRSBP40, "strsbp_braille_accuracy_e40")
     elif a.stage == "final-strsbp":
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_STRSBP, "strsbp_braille_accuracy", REUSE_STRSBP)
     else:

@@ -216,6 +216,33 @@ def test_strsbp_windows_equal_the_rule_on_each_window():
         make_rule("strsbp", windows=61).compute_gradients(net, x, y, None, {}, 1.0)
 
 
+def test_strsbp_window_shifts_average_the_shifted_tilings():
+    """``window_shifts=m`` (snn2hw extension) is the mean over m tilings of ``windows``, each shifted by 1/m of a
+    window, of the paper's rule run on each window of the tiling (the per-sample reference on each)."""
+    from snn2hw.learning.strsbp import window_tilings
+
+    assert window_tilings(60, 3, 2) == [[0, 20, 40, 60], [0, 10, 30, 50, 60]]
+    assert window_tilings(60, 2, 3) == [[0, 30, 60], [0, 10, 40, 60], [0, 20, 50, 60]]
+    net = _dense_net(True)
+    x, y = _inputs(steps=60)
+    opts = {"target_true": 30.0, "target_false": 10.0, "margin": 0.0}
+    rule = make_rule("strsbp", **opts, min_pivot=1e-6, windows=2, window_shifts=2)
+    rule.compute_gradients(net, x, y, None, {}, 1.0)
+    with torch.no_grad():
+        tilings = [[_per_sample_reference(net, x, y, "strsbp", opts, steps=w) for w in windows]
+                   for windows in (((0, 30), (30, 60)), ((0, 15), (15, 45), (45, 60)))]
+    for k, param in enumerate((net.layers[0].weight, net.layers[1].weight, net.layers[0].rec_weight)):
+        per_tiling = [sum(p[k] for p in parts) for parts in tilings]
+        torch.testing.assert_close(param.grad, (per_tiling[0] + per_tiling[1]) / 2, rtol=1e-9, atol=1e-10)
+        assert not torch.allclose(per_tiling[0], per_tiling[1], rtol=1e-3)  # the shift changes the update
+    with pytest.raises(LearningRuleError, match="nothing to shift"):
+        make_rule("strsbp", window_shifts=2)
+    with pytest.raises(LearningRuleError, match="window_shifts must be"):
+        make_rule("strsbp", windows=2, window_shifts=0)
+    with pytest.raises(LearningRuleError, match="at least 64 steps"):
+        make_rule("strsbp", windows=4, window_shifts=8).compute_gradients(net, x, y, None, {}, 1.0)
+
+
 def test_recurrent_solve_equals_explicit_inverse():
     net = _dense_net(True, seed=3, hidden=8)
     x, y = _inputs(seed=3)

@@ -287,9 +287,9 @@ class SpikeTrainRule(LearningRule):
         return False
 
     def segments(self, records: list, targets: torch.Tensor):
-        """The (records, output targets) the backward runs on: the whole sample (both papers' rules).
-        ST-RSBP's ``windows`` option yields one cropped copy per sub-window instead."""
-        yield records, targets
+        """The (records, output targets, weight of their update) the backward runs on: the whole sample, weight
+        1 (both papers' rules). ST-RSBP's ``windows`` option yields one cropped copy per sub-window instead."""
+        yield records, targets, 1.0
 
     def compute_gradients(self, model, x, y, loss_fn, forward_kwargs, scale=1.0) -> BatchResult:
         records, out = self.forward(model, x)
@@ -298,8 +298,8 @@ class SpikeTrainRule(LearningRule):
         err, mean_loss = self.output_error(out, y, loss_fn)
         g_out = err * (scale / x.shape[0])  # dE/do of the batch-mean loss
         pops = [k for k, r in enumerate(records) if r is not None]
-        for recs, targets in self.segments(records, self.targets(counts, y)):
-            g = g_out
+        for recs, targets, weight in self.segments(records, self.targets(counts, y)):
+            g = g_out if weight == 1.0 else g_out * weight
             for k in reversed(pops):
                 need_input = k != pops[0]
                 backward = self.layer_backward if recs[k].a_ff is not None else self.layer_backward_chunked

@@ -36,7 +36,7 @@ from snn2hw.learning.base import LearningRuleError, register_rule
 from snn2hw.learning.spiketrain import LayerTrace, PostStats, SpikeTrainRule
 from snn2hw.learning.spsp import count_grid, fit_polynomial, layer_current, mc_spsp_per_pre_spike, polyval_derivative
 
-__all__ = ["STRSBP", "spsp_fit", "FIT_FILE", "FIT_SAMPLES", "FIT_SEED"]
+__all__ = ["STRSBP", "spsp_fit", "window_tilings", "FIT_FILE", "FIT_SAMPLES", "FIT_SEED"]
 
 FIT_FILE = "strsbp_spsp_fit.json"  # in snn2hw/learning/data/, written by scripts/fit_strsbp_spsp.py
 FIT_SAMPLES = 512
@@ -80,26 +80,32 @@ def spsp_fit(alpha: float, beta: float, steps: int, t_ref: int) -> dict:
 class STRSBP(SpikeTrainRule):
     """ST-RSBP (see the module docstring). Options of ``SpikeTrainRule`` plus ``min_pivot`` (lower bound of
     ``|1 - S_i|``; the paper's 1e-4 lets a few neurons near the singular point scale their error by up to
-    1e4, so the default is larger), ``self_term`` (False: S = 0) and ``windows`` (an snn2hw extension, not
-    the paper's rule; 1, the default, is the paper's: see ``segments``)."""
+    1e4, so the default is larger), ``self_term`` (False: S = 0), ``windows`` and ``window_shifts`` (snn2hw
+    extensions, not the paper's rule; 1, the default of both, is the paper's: see ``segments``)."""
 
     name = "strsbp"
 
     def __init__(self, target_true: float = 35.0, target_false: float = 5.0, margin: float = 5.0, t_ref: int = 0,
                  hidden_virtual_spikes: int = 1, min_pivot: float = 0.1, self_term: bool = True,
                  low_memory: bool = False, chunk: int = 32, loss: str = "mse",
-                 count_bounds: bool = False, windows: int = 1):
+                 count_bounds: bool = False, windows: int = 1, window_shifts: int = 1):
         super().__init__(target_true, target_false, margin, t_ref, hidden_virtual_spikes, low_memory, chunk, loss=loss,
                          count_bounds=count_bounds)
         if not min_pivot > 0:
             raise LearningRuleError("strsbp: min_pivot must be > 0")
         if isinstance(windows, bool) or int(windows) != windows or windows < 1:
             raise LearningRuleError(f"strsbp: windows must be an integer >= 1, got {windows!r}")
+        if isinstance(window_shifts, bool) or int(window_shifts) != window_shifts or window_shifts < 1:
+            raise LearningRuleError(f"strsbp: window_shifts must be an integer >= 1, got {window_shifts!r}")
+        if window_shifts > 1 and windows == 1:
+            raise LearningRuleError("strsbp: window_shifts > 1 shifts the sub-windows of windows > 1; "
+                                    "with windows = 1 there is nothing to shift")
         self.min_pivot, self.self_term, self.windows = float(min_pivot), bool(self_term), int(windows)
+        self.window_shifts = int(window_shifts)
 
     def describe(self) -> dict:
         return {**super().describe(), "min_pivot": self.min_pivot, "self_term": self.self_term,
-                "windows": self.windows}
+                "windows": self.windows, "window_shifts": self.window_shifts}
 
     def segments(self, records: list, targets: torch.Tensor):
         """``windows = K > 1`` (snn2hw extension): the recorded spike trains of the whole sample are cut into K
@@ -109,17 +115,24 @@ class STRSBP(SpikeTrainRule):
         solve -- with every window's output error the ``dE/do`` of the whole sample's counts (the output
         count is the sum of the windows' counts). Weight gradients add up over the windows. A hidden
         neuron's error is then resolved in time at the windows' granularity instead of once per sample.
-        Output targets (for silent outputs' virtual spikes) scale with the window's share of the steps."""
+        Output targets (for silent outputs' virtual spikes) scale with the window's share of the steps.
+
+        ``window_shifts = m > 1`` (snn2hw extension): m tilings of K windows, tiling s shifted later by
+        ``s / m`` of a window (its first and last windows are the partial ones at the sample's ends), and the
+        update is the mean of the m tilings' updates. A window boundary cuts the S-PSPs of the pre-synaptic
+        spikes just before it; the shifts move the cuts so that no pair of spikes is cut in every tiling."""
         if self.windows == 1:
-            yield records, targets
+            yield records, targets, 1.0
             return
         steps = next(r.s_out.shape[1] for r in records if r is not None)
-        if steps < 2 * self.windows:
-            raise LearningRuleError(f"strsbp: windows={self.windows} needs at least {2 * self.windows} steps "
-                                    f"(2 per window), the sample has {steps}")
-        cuts = [round(k * steps / self.windows) for k in range(self.windows + 1)]
-        for t0, t1 in zip(cuts[:-1], cuts[1:]):
-            yield [None if r is None else _crop(r, t0, t1) for r in records], targets * ((t1 - t0) / steps)
+        shortest = 2 * self.windows * self.window_shifts
+        if steps < shortest:
+            raise LearningRuleError(f"strsbp: windows={self.windows} with window_shifts={self.window_shifts} needs "
+                                    f"at least {shortest} steps (2 per window and shift), the sample has {steps}")
+        for cuts in window_tilings(steps, self.windows, self.window_shifts):
+            for t0, t1 in zip(cuts[:-1], cuts[1:]):
+                yield ([None if r is None else _crop(r, t0, t1) for r in records], targets * ((t1 - t0) / steps),
+                       1.0 / self.window_shifts)
 
     def trains_recurrent(self) -> bool:
         return True
@@ -160,6 +173,17 @@ class STRSBP(SpikeTrainRule):
             z = torch.linalg.solve(self.system(tr, stats).transpose(1, 2), g.unsqueeze(2)).squeeze(2)
         c = z / tr.spec.v_th
         return c, c
+
+
+def window_tilings(steps: int, windows: int, shifts: int = 1) -> list:
+    """The cut points of ``strsbp``'s sub-windows: ``shifts`` tilings of ``windows`` near-equal windows of
+    ``steps``, tiling s with its inner cuts ``s / shifts`` of a window later (a shifted tiling has
+    ``windows + 1`` windows, partial ones at both ends)."""
+    tilings = []
+    for s in range(shifts):
+        inner = [round((k + s / shifts) * steps / windows) for k in range(0 if s else 1, windows)]
+        tilings.append([0] + [c for c in inner if 0 < c < steps] + [steps])
+    return tilings
 
 
 def _crop(tr: LayerTrace, t0: int, t1: int) -> LayerTrace:
