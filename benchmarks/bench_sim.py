@@ -31,7 +31,9 @@ For each network, in the same process and run:
   event-driven pass adds, for each source that spiked, its row of narrow integer weights (int8 for
   8-bit mixed-sign weights) or, for a convolution, one segment per kernel tap (the tap's weights over
   the output channels, added to channels-last sums): source spikes x fan-out additions, reading that
-  many weights (and two 4-byte indices per conv segment). The limit
+  many weights (and two 4-byte indices per conv segment). A binary input's convolution whose sums fit
+  int32 runs densely instead (the dense int32 input stage): its performed ops are its dense MACs, and
+  its limit is the shorter of that work at the GEMM peak and the event formulation's. The limit
   of each projection has a compute side, its additions at the event-add peak (the same
   4-row int8 -> int32 inner loop on L1-resident rows, all threads, measured in the run), and a memory
   side, its bytes read at the read bandwidth measured in the run for the working set those reads cycle through: the
@@ -46,13 +48,18 @@ For each network, in the same process and run:
   the memory time (all bytes at their bandwidths); ``fraction of limit`` = limit time / measured time;
   ``x Lava at limit`` is the speed-up a run at the limit would reach (it bounds the batched speed-up).
   The limit leaves out forming messages and scanning for spikes, so the fraction understates.
-* ``conv_accumulation``: the exact conv of the first conv projection alone, three ways, interleaved:
+* ``conv_accumulation``: the exact conv of the first conv projection alone, five ways, interleaved:
   the network kernel's event segments (as a one-projection graph: the target's neuron updates are
-  included), the compiled direct float32 convolution (``compiled.conv_accumulate``, the layer
-  schedule's path for one-channel and depthwise convs), and oneDNN's float32 ``conv2d`` (the layer
-  schedule's path before); in dense-equivalent MAC/s, as a fraction of the GEMM peak, and, for the two
-  dense convs, as a fraction of a dense conv's limit: the larger of its MACs at the GEMM peak and the
-  least bytes it must move (binary images in, float32 sums out) at the bandwidth of that working set.
+  included), its dense int32 input stage (``compiled.dense_conv_taps``: what the network kernel runs for
+  a binary input's convolution; it also forms the messages), the compiled direct float32 convolution
+  (``compiled.conv_accumulate``, the layer schedule's path for one-channel and depthwise convs), im2col +
+  float32 GEMM (``torch.nn.functional.unfold`` and ``matmul``, blocked over images so a block's columns
+  stay in L2) and oneDNN's float32 ``conv2d`` (the layer schedule's path for more taps); in
+  dense-equivalent MAC/s, as a fraction of the GEMM peak, and as a fraction of a dense conv's limit: the
+  larger of its MACs at the GEMM peak and the least bytes it must move (binary images in, 4-byte sums
+  out) at the bandwidth of that working set. With ``conv`` among the networks, the same table also
+  covers two deeper spiking-CNN layers, the HM2-BP paper's MNIST ``15c5`` (1x28x28) and ``40c5``
+  (15x12x12), on random 8-bit weights and binary images at the input rate (all but the event path).
 
 Load: the table's last column is the CPU time that *other* processes took while the network was timed,
 in CPUs (``/proc/stat``'s busy time less this process's and its finished children's, i.e. Lava's
@@ -216,12 +223,21 @@ def projection_work(graph: Graph, prepared, rates: dict[str, float]) -> list[dic
             else:
                 path, per_add, ops = f"event rows, int{8 * item}", item, src_n * density * n_dst
                 nbytes = entries * item
+            item_out = {}
+            if spec.dense_convs and spec.dense_convs[k] is not None:
+                # the dense int32 input stage: every tap of every output (at the input's resolution in x
+                # when strided); the limit keeps the event formulation's fewer additions where that is
+                # the shorter time (apply_limit), so it stays a bound for any exact implementation
+                item_out["event_equivalent_ops"], item_out["event_equivalent_bytes"] = ops, ops * per_add
+                path, ops, per_add = "dense int32 masks (conv)", float(_synapses(p)), 0.0
+                nbytes = int(spec.dense_convs[k][0].nbytes)
             if spec.ready[k]:
                 path += ", all steps before the scan"
             else:
                 per_step_set += nbytes
             out.append({"projection": p.name, "path": path, "dense_macs": _synapses(p), "performed_ops": ops,
-                        "row_bytes_read": ops * per_add, "weight_bytes": nbytes, "working_set_bytes": nbytes})
+                        "row_bytes_read": ops * per_add, "weight_bytes": nbytes, "working_set_bytes": nbytes,
+                        **item_out})
         for k, w in enumerate(out):
             if not spec.ready[k]:
                 w["working_set_bytes"] = per_step_set
@@ -416,13 +432,50 @@ def time_lava(graph: Graph, x: np.ndarray, warm: int) -> dict:
             "steps_per_s_incl_startup": total / (t_start + t_steady), "spikes": spikes}
 
 
-def conv_accumulation(graph: Graph, prepared, steps: int, batch: int, reps: int, peak_macs: float) -> dict:
-    """The simulator's exact conv (first conv projection) three ways, interleaved: the network kernel's
-    per-source event segments (what the simulator runs on these networks; timed as a one-projection
-    graph, so the target's neuron updates are included), the compiled direct float32 convolution
-    (``compiled.conv_accumulate``: the layer schedule's path on the CPU, exact under the bound) and the
-    float32 ``conv2d`` (oneDNN) that the layer schedule ran before. Dense-equivalent MAC/s and the
-    fraction of the GEMM peak for each; ``apply_limit`` adds the fraction of the dense conv's limit."""
+# The exact-conv comparison: method key -> label (table and JSON). Each computes the same exact sums of
+# binary images; "dense_int32_stage" also forms Lava Conv's messages from them (what the network kernel
+# does for a binary input's convolution).
+CONV_METHODS = {
+    "float32_conv2d_before": "float32 conv2d (oneDNN)",
+    "direct_float32": "direct float32",
+    "dense_int32_stage": "dense int32 input stage (+ messages)",
+    "im2col_sgemm": "im2col + float32 GEMM",
+    "event_segments_with_neurons": "event segments + neurons",
+}
+# Deeper spiking-CNN layers for the exact-conv table: the HM2-BP paper's MNIST network
+# 28x28 -15c5-p2-40c5-p2- (no padding, stride 1): (in_shape, out channels, kernel)
+DEEP_CONVS = {"15c5 (1x28x28)": ((1, 28, 28), 15, 5), "40c5 (15x12x12)": ((15, 12, 12), 40, 5)}
+# im2col blocks: this many bytes of float32 columns, so the block stays in a core's L2 cache
+_IM2COL_BLOCK_BYTES = 1 << 19
+
+
+def _im2col_sgemm(x: torch.Tensor, w: torch.Tensor, p) -> torch.Tensor:
+    """Exact conv of binary images ``x`` (N, C, H, W) as im2col + float32 GEMM, blocked over images so
+    each block's columns stay in cache (exact: the caller checked ``conv_bound`` < 2**24)."""
+    n = x.shape[0]
+    o = w.shape[0]
+    wf = w.to(torch.float32).reshape(p.groups, o // p.groups, -1)
+    ho, wo = p.out_shape[1:]
+    cols_per_image = int(np.prod(w.shape[1:])) * p.groups * ho * wo * 4
+    block = max(1, _IM2COL_BLOCK_BYTES // cols_per_image)
+    out = torch.empty(n, p.groups, o // p.groups, ho * wo)
+    for i in range(0, n, block):
+        cols = torch.nn.functional.unfold(x[i:i + block].to(torch.float32), w.shape[2:], dilation=p.dilation,
+                                          padding=p.padding, stride=p.stride)
+        torch.matmul(wf, cols.view(cols.shape[0], p.groups, -1, ho * wo), out=out[i:i + block])
+    return out.view(n, o, ho, wo)
+
+
+def conv_accumulation(graph: Graph, steps: int, batch: int, reps: int, peak_macs: float,
+                      with_events: bool = True) -> dict:
+    """The simulator's exact conv (first conv projection) several ways, interleaved (``CONV_METHODS``):
+    the network kernel's per-source event segments (timed as a one-projection graph, so the target's
+    neuron updates are included; ``with_events``), its dense int32 input stage (a binary input's conv
+    and its messages, ``compiled.dense_conv_taps``; what the network kernel runs for these convs now),
+    the compiled direct float32 convolution (``compiled.conv_accumulate``: the layer schedule's path for
+    few taps), im2col + float32 GEMM (blocked to stay in cache) and the float32 ``conv2d`` (oneDNN: the
+    layer schedule's path for more taps). Dense-equivalent MAC/s and the fraction of the GEMM peak for
+    each; ``apply_limit`` adds the fraction of the dense conv's limit."""
     p = next(q for q in graph.projections if isinstance(q, LoihiConv2d))
     x_np = spikes_in(graph, batch, steps, seed=6)
     x = torch.as_tensor(x_np != 0).reshape(batch * steps, *p.in_shape)
@@ -431,33 +484,61 @@ def conv_accumulation(graph: Graph, prepared, steps: int, batch: int, reps: int,
     args = (p.stride, p.padding, p.dilation, p.groups)
     dst = graph.population(p.dst)
     alone = sim.prepare(Graph(graph.inputs, (dst,), (p,), (dst.name,)).validate())
-    assert hw.conv_bound(w, 1) < 2**24  # float32 sums are exact: both float32 paths apply
+    spec = alone.network()
+    assert hw.conv_bound(w, 1) < 2**24  # float32 sums are exact: every float32 path applies
+    assert spec is not None and spec.dense_convs[0] is not None
+    x_bool = np.ascontiguousarray(x_np != 0)
+    pre = np.empty((batch, steps, int(spec.pre_off[-1])), dtype=spec.acc_dtype)
 
-    def events():
-        return sim.run(alone, x_np, count_events=False)
-
-    def direct():
-        return compiled.conv_accumulate(x, w, *args)
-
-    def conv2d():  # the former path: oneDNN's float32 conv2d of the same images
-        return torch.nn.functional.conv2d(x.to(torch.float32), w.to(torch.float32), stride=p.stride,
-                                          padding=p.padding, dilation=p.dilation, groups=p.groups)
-
-    out = direct()
-    assert out.dtype == torch.float32 and torch.equal(out, conv2d())
-    events()
-    times = {"events": [], "direct": [], "conv2d": []}
+    fns = {
+        "float32_conv2d_before": lambda: torch.nn.functional.conv2d(
+            x.to(torch.float32), w.to(torch.float32), stride=p.stride, padding=p.padding, dilation=p.dilation,
+            groups=p.groups),
+        "direct_float32": lambda: compiled.conv_accumulate(x, w, *args),
+        "dense_int32_stage": lambda: compiled._input_messages(spec, x_bool, pre, compiled._threads()),
+        "im2col_sgemm": lambda: _im2col_sgemm(x, w, p),
+    }
+    if with_events:
+        fns["event_segments_with_neurons"] = lambda: sim.run(alone, x_np, count_events=False)
+    ref = fns["float32_conv2d_before"]()
+    for key in ("direct_float32", "im2col_sgemm"):
+        assert torch.equal(fns[key](), ref), key
+    fns["dense_int32_stage"]()  # messages: Lava Conv's 24-bit wrap of the exact sums (weight_exp 0)
+    assert torch.equal(torch.as_tensor(pre).reshape(ref.shape).to(torch.int64),
+                       hw.conv_output(ref.to(torch.int64)))
+    for f in fns.values():
+        f()
+    times = {k: [] for k in fns}
     for _ in range(reps):  # interleaved
-        for key, fn in (("events", events), ("direct", direct), ("conv2d", conv2d)):
+        for key, fn in fns.items():
             times[key].append(_timed(fn))
     med = {k: statistics.median(v) for k, v in times.items()}
-    fig = {k: {"seconds": m, "dense_macs_per_s": macs / m, "fraction_of_gemm_peak": macs / m / peak_macs}
-           for k, m in med.items()}
-    return {"projection": p.name, "images": batch * steps, "dense_macs": macs,
-            # what any dense conv must move at least: the binary images in, the float32 sums out
-            "min_bytes": int(x.numel() + 4 * out.numel()),
-            "event_segments_with_neurons": fig["events"], "direct_float32": fig["direct"],
-            "float32_conv2d_before": fig["conv2d"], "speedup_direct_vs_conv2d": med["conv2d"] / med["direct"]}
+    out = {"projection": p.name, "images": batch * steps, "dense_macs": macs,
+           # what any dense conv must move at least: the binary images in, 4-byte sums out
+           "min_bytes": int(x.numel() + 4 * ref.numel()),
+           "speedup_direct_vs_conv2d": med["float32_conv2d_before"] / med["direct_float32"]}
+    for k, m in med.items():
+        out[k] = {"seconds": m, "dense_macs_per_s": macs / m, "fraction_of_gemm_peak": macs / m / peak_macs}
+    return out
+
+
+def deep_conv_rows(args, peak_macs: float) -> list[dict]:
+    """The exact-conv comparison on deeper spiking-CNN layers (``DEEP_CONVS``), random 8-bit weights,
+    binary inputs at ``INPUT_RATE``; 'batch 1' is one sample's steps, 'batched' 256 samples' (fewer
+    steps with --quick). Rows shaped like ``bench_network``'s for ``apply_limit`` and ``conv_table``."""
+    rows = []
+    for name, (in_shape, out_ch, k) in DEEP_CONVS.items():
+        rng = np.random.default_rng(11)
+        conv = LoihiConv2d("conv", "in", "c", _weights(rng, (out_ch, in_shape[0], k, k), in_shape[0] * k * k),
+                           in_shape)
+        n = int(np.prod(conv.out_shape))
+        g = Graph((Input("in", int(np.prod(in_shape))),), (Population("c", n, _lif(n, 1000)),), (conv,),
+                  ("c",)).validate()
+        steps_b1, steps_bn = (100, 4) if args.quick else (400, 16)
+        rows.append({"network": name, "conv_accumulation": {
+            f"b{b}": conv_accumulation(g, st, b, args.reps, peak_macs, with_events=False)
+            for b, st in ((1, steps_b1), (256, steps_bn))}})
+    return rows
 
 
 def bench_network(name: str, args, peak_macs: float) -> dict:
@@ -527,13 +608,27 @@ def bench_network(name: str, args, peak_macs: float) -> dict:
     x1 = spikes_in(graph, 1, 1, seed=5)
     row["sim_call_overhead_seconds"] = statistics.median(_timed(lambda: sim.run(prepared, x1)) for _ in range(args.reps))
     if any(isinstance(p, LoihiConv2d) for p in graph.projections):
-        row["conv_accumulation"] = {f"b{b}": conv_accumulation(graph, prepared, st, b, args.reps, peak_macs)
+        row["conv_accumulation"] = {f"b{b}": conv_accumulation(graph, st, b, args.reps, peak_macs)
                                     for b, st in ((1, steps_b1), (256, steps_b256))}
     load_after = os.getloadavg()
     other = other_load.result()
     row["load_average"] = {"before": load_before, "after": load_after, **other,
                            "under_load": under_load(other, args.load_at_start)}
     return row
+
+
+def apply_conv_limit(row: dict, machine: dict) -> None:
+    """Each exact-conv measurement's limit: a dense conv's MACs at the GEMM peak, or the least bytes it
+    moves (binary images in, 4-byte sums out) at the bandwidth of a working set that large, whichever
+    takes longer; and every method's fraction of it and of the GEMM peak."""
+    for c in row.get("conv_accumulation", {}).values():
+        gemm = c["dense_macs"] / machine["gemm_peak_macs"]
+        mem = c["min_bytes"] / charged_bandwidth(machine["read_bandwidth"], c["min_bytes"])
+        c["limit_seconds"], c["limit_side"] = max(gemm, mem), ("GEMM" if gemm >= mem else "memory")
+        for k in CONV_METHODS:
+            if k in c:
+                c[k]["fraction_of_gemm_peak"] = c["dense_macs"] / c[k]["seconds"] / machine["gemm_peak_macs"]
+                c[k]["fraction_of_limit"] = c["limit_seconds"] / c[k]["seconds"]
 
 
 def apply_limit(row: dict, machine: dict) -> None:
@@ -549,6 +644,10 @@ def apply_limit(row: dict, machine: dict) -> None:
         w["read_bandwidth_bytes_per_s"] = bw
         w["compute_seconds_per_step"] = w["performed_ops"] / rate
         w["memory_seconds_per_step"] = w["row_bytes_read"] / bw
+        if "event_equivalent_ops" in w:  # a dense conv: the event formulation where its time is shorter
+            event = (w["event_equivalent_ops"] / machine["event_add_peak"], w["event_equivalent_bytes"] / bw)
+            if max(event) < max(w["compute_seconds_per_step"], w["memory_seconds_per_step"]):
+                w["compute_seconds_per_step"], w["memory_seconds_per_step"] = event
         compute += w["compute_seconds_per_step"]
         memory += w["memory_seconds_per_step"]
     limit = max(compute, memory)
@@ -557,17 +656,7 @@ def apply_limit(row: dict, machine: dict) -> None:
                           "neuron_seconds": row["neurons"] / machine["neuron_update_peak"]}
     if "lava_b1" in row:  # the speed-up over Lava that a run at the limit would reach
         row["speedup_vs_lava_at_limit"] = 1 / limit / row["lava_b1"]["steps_per_s"] if limit else None
-    for c in row.get("conv_accumulation", {}).values():
-        # a dense conv's limit: its MACs at the GEMM peak, or the least bytes it moves (binary images in,
-        # float32 sums out) at the bandwidth of a working set that large, whichever takes longer
-        gemm = c["dense_macs"] / machine["gemm_peak_macs"]
-        mem = c["min_bytes"] / charged_bandwidth(machine["read_bandwidth"], c["min_bytes"])
-        c["limit_seconds"], c["limit_side"] = max(gemm, mem), ("GEMM" if gemm >= mem else "memory")
-        for k in ("float32_conv2d_before", "direct_float32"):
-            c[k]["fraction_of_gemm_peak"] = c["dense_macs"] / c[k]["seconds"] / machine["gemm_peak_macs"]
-            c[k]["fraction_of_limit"] = c["limit_seconds"] / c[k]["seconds"]
-        c["event_segments_with_neurons"]["fraction_of_gemm_peak"] = (
-            c["dense_macs"] / c["event_segments_with_neurons"]["seconds"] / machine["gemm_peak_macs"])
+    apply_conv_limit(row, machine)
     for b in ("sim_b1", "sim_b256"):
         row[b]["fraction_of_limit"] = limit * row[b]["sample_steps_per_s"]
         row[b]["fraction_of_gemm_peak_dense_equivalent"] = row[b]["dense_macs_per_s"] / machine["gemm_peak_macs"]
@@ -613,16 +702,19 @@ def _load_cell(load: dict) -> str:
 
 
 def conv_table(rows: list[dict]) -> str:
-    head = ("network", "batch", "images", "limit", "float32 conv2d (before) MAC/s", "% peak", "% limit",
-            "direct float32 MAC/s", "% peak", "% limit", "event segments + neurons, dense-eq MAC/s", "% peak")
+    head = ["network / layer", "batch", "images", "limit"]
+    for label in CONV_METHODS.values():
+        head += [f"{label} MAC/s", "% peak", "% limit"]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
         for key, c in r.get("conv_accumulation", {}).items():
             cells = [r["network"], key[1:], str(c["images"]), c.get("limit_side", "-")]
-            for k in ("float32_conv2d_before", "direct_float32", "event_segments_with_neurons"):
-                cells += [_fmt(c[k]["dense_macs_per_s"]), f"{100 * c[k]['fraction_of_gemm_peak']:.0f}"]
-                if "fraction_of_limit" in c[k]:
-                    cells.append(f"{100 * c[k]['fraction_of_limit']:.0f}")
+            for k in CONV_METHODS:
+                if k in c:
+                    cells += [_fmt(c[k]["dense_macs_per_s"]), f"{100 * c[k]['fraction_of_gemm_peak']:.0f}",
+                              f"{100 * c[k]['fraction_of_limit']:.0f}"]
+                else:
+                    cells += ["-", "-", "-"]
             lines.append(" | ".join(cells))
     return "\n".join(lines)
 
@@ -652,6 +744,11 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         rows.append(bench_network(name, args, peak / 2))
         print(f"[{name}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)
+    deep = []
+    if "conv" in args.nets:  # the exact-conv table's deeper layers, with the benchmark's conv
+        t0 = time.perf_counter()
+        deep = deep_conv_rows(args, peak / 2)
+        print(f"[deep convs: {time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)
     peak_after = matmul_peak_flops()
     adds_after, updates_after, ladder_after = event_add_peak(), neuron_update_peak(), bandwidth_ladder()
     # the larger of the two measurements: load only ever lowers a measured peak, and a higher
@@ -661,12 +758,14 @@ def main(argv=None) -> int:
                "read_bandwidth": {n: max(ladder[n], ladder_after[n]) for n in ladder}}
     for r in rows:
         apply_limit(r, machine)
+    for r in deep:
+        apply_conv_limit(r, machine)
     others = whole_run.result()
 
     print(table(rows))
-    if any("conv_accumulation" in r for r in rows):
+    if any("conv_accumulation" in r for r in rows + deep):
         print("\nexact conv accumulation alone (interleaved medians):")
-        print(conv_table(rows))
+        print(conv_table(rows + deep))
     print(f"\nfloat32 matmul peak: {peak / 1e9:.0f} GFLOP/s before, {peak_after / 1e9:.0f} after "
           f"({args.threads} threads); {os.cpu_count()} CPUs; load average {LOAD_AT_START[0]:.1f} before the "
           f"benchmark started, {os.getloadavg()[0]:.1f} at its end (its own threads included)")
@@ -708,6 +807,7 @@ def main(argv=None) -> int:
         "input_rate": INPUT_RATE, "target_rate": TARGET_RATE, "quick": args.quick, "reps": args.reps,
         "statistic": "median of interleaved repetitions (min, max kept)",
         "networks": rows,
+        "deep_convs": deep,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

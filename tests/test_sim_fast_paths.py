@@ -133,3 +133,45 @@ def test_layer_schedule_runs_one_channel_and_depthwise_convs_on_the_direct_kerne
     assert fast.spikes["c"].any() and fast.spikes["q"].any()
     monkeypatch.setattr(simulator, "_use_kernel", lambda dev: False)
     _assert_same(fast, _run(g, x))
+
+
+def _conv_graph(rng, geometry, in_shape, out_ch, kernel, big):
+    """Binary input -> one convolution (weights up to ``big``) -> LIF; the conv is the input's projection."""
+    ch = in_shape[0]
+    w = rng.integers(-big, big, (out_ch, ch // geometry["groups"], *kernel))
+    w[0, 0, 0, 0] = 0  # a zero tap: skipped by the dense stage's tap lists
+    conv = LoihiConv2d("conv", "x", "c", w, in_shape, **geometry)
+    n = int(np.prod(conv.out_shape))
+    vth = int(rng.integers(1000, 20000))
+    pops = (Population("c", n, LoihiLIF(int(rng.integers(0, 4096)), int(rng.integers(0, 4096)), vth,
+                                        rng.integers(-50, 50, n), np.zeros(n, dtype=np.int64))),)
+    return Graph((Input("x", int(np.prod(in_shape))),), pops, (conv,), ("c",)).validate()
+
+
+@pytest.mark.parametrize("geometry", [dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1),
+                                      dict(stride=(2, 3), padding=(0, 2), dilation=(2, 1), groups=2),
+                                      dict(stride=(2, 2), padding=(1, 0), dilation=(1, 1), groups=4)])
+@pytest.mark.parametrize("big", [1 << 20, 1 << 28])  # sums in int32 (dense stage) / beyond 2**31 (events)
+def test_dense_input_conv_equals_the_event_segments_and_the_tensor_path(monkeypatch, geometry, big):
+    rng = np.random.default_rng(big % 97 + geometry["groups"])
+    g = _conv_graph(rng, geometry, (4, 9, 7), 4, (3, 2), big)
+    x = (rng.random((5, 12, 4 * 9 * 7)) < 0.3).astype(np.int64)
+    x[0, :3] = 1  # every input spikes: the sums reach the bound
+    bound = hw.conv_bound(torch.as_tensor(g.projections[0].weight), 1)
+    dense = sim.prepare(g).network().dense_convs[0]
+    assert (dense is not None) == (bound < 2**31)  # the fallback: int64 event segments
+    # slices of one sample (batch > threads): messages and scan interleave over the batch
+    monkeypatch.setattr(compiled, "_PRE_SLICE_BYTES", 1)
+    fast = _run(g, x)
+    monkeypatch.setattr(compiled, "_PRE_SLICE_BYTES", 1 << 40)
+    whole = _run(g, x)
+    monkeypatch.setattr(compiled, "_DENSE_INPUT_CONV", False)
+    assert sim.prepare(g).network().dense_convs[0] is None
+    events = _run(g, x)
+    monkeypatch.setattr(simulator, "_use_kernel", lambda dev: False)
+    reference = _run(g, x)
+    assert reference.spikes["c"].any() and not reference.spikes["c"].all()
+    for other in (fast, whole, events):
+        _assert_same(other, reference)
+    if bound >= 2**31:  # sums beyond int32 reached Lava Conv's cast (INT32_MIN, then 0 after the wrap)
+        assert reference.events is not None

@@ -552,8 +552,10 @@ def _network_spec(graph: Graph, synapses: list[_Synapse], neurons: dict) -> comp
             if csr is None:
                 return None
             bound = int(np.abs(kernel).reshape(kernel.shape[0], -1).sum(axis=1).max(initial=0)) * syn.max_input
-            projections.append(compiled.Projection(src_n=int(np.prod(syn.conv.in_shape)), bound=bound, csr=csr,
-                                                   **common))
+            c = syn.conv
+            geometry = (kernel, tuple(c.in_shape), tuple(c.stride), tuple(c.padding), tuple(c.dilation), c.groups)
+            projections.append(compiled.Projection(src_n=int(np.prod(c.in_shape)), bound=bound, csr=csr,
+                                                   geometry=geometry, **common))
         else:
             lo, hi, drop = _prepared_range(p)
             src_n = int(syn.weight_t.shape[0])
