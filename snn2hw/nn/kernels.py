@@ -9,9 +9,13 @@ parallel over jobs:
   order and each rounded once in the input's dtype (numba does not contract ``x * y + z`` into a fused
   multiply-add without ``fastmath``), so its spikes and states are bit-identical to the unrolled
   reference; tests/test_nn_functional.py checks that on random inputs.
-* ``lif_backward`` runs the adjoint recursions of the same docstring; the surrogate derivative is
-  computed before it with the surrogate's own whole-tensor op, so any registered surrogate works.
-  Parameter gradients are accumulated in float64 per (sample, neuron) and summed by the caller.
+* ``lif_backward`` runs the adjoint recursions of the same docstring. The derivative of a built-in
+  surrogate is computed inside the loop (``fused_surrogate``: the surrogate's own tensor ops in their
+  order, so equal to them bit for bit except for ``exp``, where numba's and torch's may differ in the
+  last bit); any other surrogate's is computed before it with its own whole-tensor op. Incoming
+  gradients that autograd expanded (the gradient of ``s.sum()``, or of a sum over time) are read in
+  place rather than copied out to (batch, T, n). Parameter gradients are accumulated in float64 per
+  (sample, neuron) and summed by the caller.
 
 Why numba (measured on the 2-core CI machine, N = 512, T = 500, batch 16, forward + backward):
 it needs no C++ toolchain at run time (a ``torch.utils.cpp_extension`` build takes about a minute per
@@ -96,46 +100,34 @@ if numba is not None:
         return job // blocks, lo, min(lo + block, n)
 
     @numba.njit(inline="always", cache=True)
-    def surrogate_row(kind, c, vp, th, sg, out):
-        """``out[i]`` = the surrogate derivative at ``vp[i] - th[i]`` (``kind`` and ``c`` from
-        ``fused_surrogate``; kind 0 copies the precomputed ``sg``). Each kind repeats its
-        ``derivative_``'s tensor ops in their order, in the input's dtype. The branch is outside the loops,
-        so each loop vectorises and one compiled kernel serves every surrogate."""
-        width = out.shape[0]
-        one = c[3]
+    def surrogate_at(kind, c0, c1, c2, one, x):
+        """The derivative at ``x = v_pre - v_th`` of the surrogate ``kind`` with constants ``c0..c2`` and
+        ``one`` (from ``fused_surrogate``; scalars, so they stay in registers). Each kind repeats its
+        ``derivative_``'s tensor ops in their order, in the input's dtype. ``kind`` is a closure constant
+        of the calling kernel, so LLVM folds the branches away and the caller's loop vectorises."""
         if kind == 1:  # FastSigmoid: 1 / (|x| scale + 1)^2
-            for i in range(width):
-                q = abs(vp[i] - th[i]) * c[0] + one
-                out[i] = one / (q * q)
-        elif kind == 2:  # Sigmoid: e = exp(-|x scale|); e / (e + 1)^2 * scale
-            for i in range(width):
-                e = np.exp(-abs((vp[i] - th[i]) * c[0]))
-                q = e + one
-                out[i] = (e / (q * q)) * c[0]
-        elif kind == 3:  # Arctan: 1 / ((x pi scale / 2)^2 + 1) * scale / 2
-            for i in range(width):
-                y = (vp[i] - th[i]) * c[0]
-                out[i] = (one / (y * y + one)) * c[1]
-        elif kind == 4:  # Triangle: max(|x| (-scale) + 1, 0) * scale
-            for i in range(width):
-                y = abs(vp[i] - th[i]) * c[0] + one
-                out[i] = (y if y > one - one else one - one) * c[1]
-        elif kind == 5:  # Exponential: exp(|x| (-scale)) * scale / 2
-            for i in range(width):
-                out[i] = np.exp(abs(vp[i] - th[i]) * c[0]) * c[1]
-        elif kind == 6:  # Gaussian: exp((x scale)^2 (-1/2)) * scale / sqrt(2 pi)
-            for i in range(width):
-                y = (vp[i] - th[i]) * c[0]
-                out[i] = np.exp((y * y) * c[1]) * c[2]
-        elif kind == 7:  # Boxcar: (|x| < 1 / scale) * scale / 2
-            for i in range(width):
-                out[i] = c[1] if abs(vp[i] - th[i]) < c[0] else one - one
-        else:
-            for i in range(width):
-                out[i] = sg[i]
+            q = abs(x) * c0 + one
+            return one / (q * q)
+        if kind == 2:  # Sigmoid: e = exp(-|x scale|); e / (e + 1)^2 * scale
+            e = np.exp(-abs(x * c0))
+            q = e + one
+            return (e / (q * q)) * c0
+        if kind == 3:  # Arctan: 1 / ((x pi scale / 2)^2 + 1) * scale / 2
+            y = x * c0
+            return (one / (y * y + one)) * c1
+        if kind == 4:  # Triangle: max(|x| (-scale) + 1, 0) * scale
+            y = abs(x) * c0 + one
+            return (y if y > one - one else one - one) * c1
+        if kind == 5:  # Exponential: exp(|x| (-scale)) * scale / 2
+            return np.exp(abs(x) * c0) * c1
+        if kind == 6:  # Gaussian: exp((x scale)^2 (-1/2)) * scale / sqrt(2 pi)
+            y = x * c0
+            return np.exp((y * y) * c1) * c2
+        # kind 7, Boxcar: (|x| < 1 / scale) * scale / 2
+        return c1 if abs(x) < c0 else one - one
 
 
-# The surrogates whose derivative the kernels compute themselves: kind (see ``surrogate_row``) and
+# The surrogates whose derivative the kernels compute themselves: kind (see ``surrogate_at``) and
 # constants from the scale, each rounded to the input's dtype as torch rounds a Python scalar operand.
 # An exact type match only: a subclass may redefine ``derivative_``.
 _SURROGATE_FORMS = {
@@ -228,18 +220,18 @@ def _forward_kernel(alpha_zero: bool, has_bias: bool, keep_u: bool, keep_v: bool
     return forward
 
 
-def _backward_kernel(flags: tuple):
-    """The backward recursions for one combination of ``flags`` (closure constants, as above). The
-    surrogate is a run-time argument: ``surrogate_row`` computes a step's derivatives into a small buffer."""
-    key = ("backward",) + flags
+def _backward_kernel(flags: tuple, kind: int):
+    """The backward recursions for one combination of ``flags`` and surrogate ``kind`` (closure constants,
+    as above; kind 0 reads a precomputed derivative ``sg``)."""
+    key = ("backward", kind) + flags
     if key in _kernels:
         return _kernels[key]
     has_gs, has_gu, has_gv, detach, alpha_zero, need_a, need_alpha, need_beta, need_vth, need_bias = flags
     need_lam_u = need_a or need_alpha
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-    def backward(v_pre, kind, consts, sg, g_s, g_u, g_v, steps_g, u_all, alpha, beta, vth, block, delay, grad_a, acc):
-        _key = flags  # only here to put the options into the closure
+    def backward(v_pre, consts, sg, g_s, g_u, g_v, steps_g, u_all, alpha, beta, vth, block, delay, grad_a, acc):
+        _key = (flags, kind)  # only here to put the options into the closure
         batch, steps, n = v_pre.shape
         blocks = (n + block - 1) // block
         for job in numba.prange(batch * blocks):
@@ -248,11 +240,10 @@ def _backward_kernel(flags: tuple):
             al = alpha[lo:hi]
             be = beta[lo:hi]
             th = vth[lo:hi]
-            one = consts[3]
+            c0, c1, c2, one = consts[0], consts[1], consts[2], consts[3]
             zero = one - one
             lp_next = np.zeros(width, dtype=v_pre.dtype)  # lam_p[t+1]
             lu_next = np.zeros(width, dtype=v_pre.dtype)  # lam_u[t+1]
-            dsg = np.empty(width, dtype=v_pre.dtype)  # this step's surrogate derivatives
             a_alpha = np.zeros(width, dtype=np.float64)
             a_beta = np.zeros(width, dtype=np.float64)
             a_vth = np.zeros(width, dtype=np.float64)
@@ -262,7 +253,7 @@ def _backward_kernel(flags: tuple):
             for t in range(steps - 1, -1, -1):
                 # 1-D views of this step: with these LLVM vectorises the loop over neurons
                 vp = v_pre[b, t, lo:hi]
-                surrogate_row(kind, consts, vp, th, sg[b, t, lo:hi] if kind == 0 else vp, dsg)
+                sgt = sg[b, t, lo:hi] if kind == 0 else vp
                 gst = g_s[bs, t * steps_g[1], lo:hi] if has_gs else vp
                 gut = g_u[bu, t * steps_g[3], lo:hi] if has_gu else vp
                 gvt = g_v[bv, t * steps_g[5], lo:hi] if has_gv else vp
@@ -272,7 +263,7 @@ def _backward_kernel(flags: tuple):
                 out = grad_a[b, t - delay, lo:hi] if write else vp
                 for i in range(width):
                     x = vp[i]
-                    d = dsg[i]
+                    d = sgt[i] if kind == 0 else surrogate_at(kind, c0, c1, c2, one, x - th[i])
                     keep = one if x <= th[i] else zero  # 1 - s[t]
                     if not detach:
                         keep = keep - x * d
@@ -387,8 +378,8 @@ def lif_backward(v_pre: torch.Tensor, surrogate, g_s, g_u, g_v, u_all, alpha, be
     _set_threads()
     flags = tuple(bool(f) for f in (g_s is not None, g_u is not None, g_v is not None, detach_reset,
                                     alpha_is_zero, need_a, need_alpha, need_beta, need_vth, need_bias))
-    _backward_kernel(flags)(
-        v_pre.numpy(), kind, consts, sg.numpy() if sg is not None else _empty(v_pre), gs, gu, gv,
+    _backward_kernel(flags, kind)(
+        v_pre.numpy(), consts, sg.numpy() if sg is not None else _empty(v_pre), gs, gu, gv,
         np.array(gs_steps + gu_steps + gv_steps, dtype=np.int64),
         u_all.detach().contiguous().numpy() if need_alpha else _empty(v_pre), _per_neuron(alpha, n, v_pre),
         _per_neuron(beta, n, v_pre), _per_neuron(v_th, n, v_pre), _block(batch, n, _threads()), int(delay),

@@ -24,7 +24,7 @@ from snn2hw.nn.kernels import (_broadcast_grad, _empty, _per_neuron, _set_thread
                                usable)
 
 if numba is not None:
-    from snn2hw.nn.kernels import surrogate_row
+    from snn2hw.nn.kernels import surrogate_at
 
 __all__ = ["available", "usable", "recurrent_forward", "recurrent_backward"]
 
@@ -93,26 +93,26 @@ def _forward_kernel(alpha_zero: bool, has_bias: bool):
     return forward
 
 
-def _backward_step_kernel(flags: tuple):
-    """The elementwise part of one reverse-time step (closure constants select the variant; the surrogate
-    is a run-time argument, see ``kernels.surrogate_row``)."""
-    key = ("backward",) + flags
+def _backward_step_kernel(flags: tuple, kind: int):
+    """The elementwise part of one reverse-time step (closure constants select the variant, the surrogate
+    ``kind`` included: see ``kernels.surrogate_at``)."""
+    key = ("backward", kind) + flags
     if key in _kernels:
         return _kernels[key]
     has_gs, detach, alpha_zero = flags
 
     @numba.njit(nogil=True, boundscheck=False, cache=True)
-    def step(t, v_pre, kind, consts, sg, g_s, has_gu, g_u, has_gv, g_v, steps_g, u_all, rec, alpha, beta, vth,
-             lp_next, lam_a, acc, need, dsg):
+    def step(t, v_pre, consts, sg, g_s, has_gu, g_u, has_gv, g_v, steps_g, u_all, rec, alpha, beta, vth,
+             lp_next, lam_a, acc, need):
         need_alpha, need_beta, need_vth, need_bias = need[0], need[1], need[2], need[3]
-        _key = flags  # only here to put the options into the closure
+        _key = (flags, kind)  # only here to put the options into the closure
         batch, steps, n = v_pre.shape
-        one = consts[3]
+        c0, c1, c2, one = consts[0], consts[1], consts[2], consts[3]
         zero = one - one
         last = t == steps - 1
         for b in range(batch):
             vp = v_pre[b, t]
-            surrogate_row(kind, consts, vp, vth, sg[b, t] if kind == 0 else vp, dsg)
+            sgt = sg[b, t] if kind == 0 else vp
             vq = v_pre[b, max(t - 1, 0)]  # v_pre[t-1] (unused at t = 0)
             # an expanded (broadcast) gradient is read at batch / time index 0 (steps_g holds 0 or 1 per dim)
             gst = g_s[b * steps_g[0], t * steps_g[1]] if has_gs else vp
@@ -125,7 +125,7 @@ def _backward_step_kernel(flags: tuple):
             out = lam_a[b, t]
             for i in range(n):
                 x = vp[i]
-                d = dsg[i]
+                d = sgt[i] if kind == 0 else surrogate_at(kind, c0, c1, c2, one, x - vth[i])
                 keep = one if x <= vth[i] else zero  # 1 - s[t]
                 if not detach:
                     keep = keep - x * d
@@ -200,13 +200,12 @@ def recurrent_backward(v_pre: torch.Tensor, weight: torch.Tensor, surrogate, g_s
     (gs, *gs_steps), (gu, *gu_steps), (gv, *gv_steps) = (_broadcast_grad(g, v_pre) for g in (g_s, g_u, g_v))
     rec = torch.zeros(batch, n, dtype=v_pre.dtype)
     lp_next = np.zeros((batch, n), dtype=v_pre.numpy().dtype)
-    step = _backward_step_kernel((g_s is not None, bool(detach_reset), bool(alpha_is_zero)))
-    args = (v_pre.numpy(), kind, consts, sg.numpy() if sg is not None else _empty(v_pre), gs, g_u is not None, gu,
+    step = _backward_step_kernel((g_s is not None, bool(detach_reset), bool(alpha_is_zero)), kind)
+    args = (v_pre.numpy(), consts, sg.numpy() if sg is not None else _empty(v_pre), gs, g_u is not None, gu,
             g_v is not None, gv, np.array(gs_steps + gu_steps + gv_steps, dtype=np.int64),
             u_all.detach().contiguous().numpy() if need_alpha else _empty(v_pre), rec.numpy(),
             _per_neuron(alpha, n, v_pre), _per_neuron(beta, n, v_pre), _per_neuron(v_th, n, v_pre), lp_next,
-            lam_a.numpy(), acc, np.array([need_alpha, need_beta, need_vth, need_bias]),
-            np.empty(n, dtype=v_pre.numpy().dtype))
+            lam_a.numpy(), acc, np.array([need_alpha, need_beta, need_vth, need_bias]))
     for t in range(steps - 1, -1, -1):
         if t < steps - 1:
             torch.mm(lam_a[:, t + 1], weight, out=rec)  # lam_a[t+1] V: what s[t] fed into a[t+1]
