@@ -94,3 +94,36 @@ def under_load(other: dict, load_at_start: float) -> bool:
     if other["other_cpus"] is None:
         return load_at_start > cpus
     return other["other_cpus"] > OTHER_LOAD_LIMIT * cpus
+
+
+class OtherLoadWithDescendants(OtherLoad):
+    """``OtherLoad`` for a benchmark whose workers are long-lived child processes (``bench_training.py``'s
+    worker interpreters, the peers' one included): the CPU time of every live descendant also counts as
+    the benchmark's own, not only that of the children it has already waited for. A descendant that
+    ends and is reaped inside the interval moves its time into its parent's ``cutime``, so nothing is
+    counted twice."""
+
+    @staticmethod
+    def _own():
+        own = OtherLoad._own()
+        if own is None:
+            return None
+        parent, ticks = {}, {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # ended while we looked
+            parent[int(entry)] = int(fields[1])
+            ticks[int(entry)] = sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+        me = os.getpid()
+        for pid in ticks:
+            p, seen = parent.get(pid), 0
+            while p is not None and p != me and p > 1 and seen < 64:  # walk up to this process or init
+                p, seen = parent.get(p), seen + 1
+            if p == me:
+                own += ticks[pid]
+        return own

@@ -59,14 +59,23 @@ torch is imported (``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``OPENBLAS_NUM_THREAD
   one full forward + backward runs, and the figure is ``VmHWM - VmRSS(before)``. glibc serves every
   allocation of 1 MiB or more with mmap (``MALLOC_MMAP_THRESHOLD_``) so freed tensors leave RSS at once.
 
-The JSON records the 1-min load average before and after each N, versions (per implementation),
-Python, CPU model and thread settings. A row measured while the load average exceeded the number of
-CPUs is marked ``*`` ("under load") in the table and ``under_load: true`` in the JSON.
+The JSON records, per N, the 1-min load average before and after and the CPU time that *other*
+processes took while that N was timed (``bench_env.OtherLoadWithDescendants``: /proc/stat busy time
+less this process and all its worker processes, the peers' interpreter included; the load average
+counts the benchmark's own threads, so it cannot tell), plus versions (per implementation), Python,
+CPU model and thread settings. A row timed while other processes used more than
+``bench_env.OTHER_LOAD_LIMIT`` (10 %) of the CPUs is marked ``*`` ("under load") in the table and
+``under_load: true`` in the JSON, as in ``bench_sim.py``.
+
+``--warmup-steps K`` makes each worker's untimed warm-up pass K steps long instead of T (numba, torch
+and the peers compile and initialise on types and per-step shapes, not on T): at N >= 2048 of the
+recurrent layer a full pass takes tens of seconds per implementation, and this saves one per
+implementation. The first timed pass may then pay first-touch page faults; the median of 3 absorbs it.
 
 Usage::
 
     python benchmarks/bench_training.py [--sizes 256 512 1024 2048 4096] [--steps 500] [--batch 16]
-        [--reps 7] [--reps-large 3] [--threads 2] [--layer dense|recurrent|conv] [--device cpu|cuda]
+        [--reps 7] [--reps-large 3] [--threads 2] [--warmup-steps K] [--layer dense|recurrent|conv] [--device cpu|cuda]
         [--frameworks floor snn2hw snntorch norse norse-compile spikingjelly]
         [--peer-python .venv-peers/bin/python] [--out benchmarks/results/training.json]
 """
@@ -76,7 +85,8 @@ import os
 import sys
 
 
-from bench_env import cpu_model, set_thread_env, thread_env  # noqa: E402  (imports no torch)
+from bench_env import (OTHER_LOAD_LIMIT, OtherLoadWithDescendants, cpu_model, set_thread_env,  # noqa: E402
+                       thread_env, under_load)  # (imports no torch)
 
 # Before anything imports torch: OpenMP reads these once, at start-up.
 set_thread_env(sys.argv)
@@ -474,10 +484,15 @@ def serve_worker(args) -> int:
     warnings.filterwarnings("ignore")
     device = torch.device(args.device)
     runs, info = {}, {}
+    warmup_steps = args.steps if args.warmup_steps is None else min(args.steps, args.warmup_steps)
     for fw in args.worker.split(","):
         try:
-            run, version = build(fw, args.n, args.steps, args.batch, device, args.layer)
-            run()  # warm-up (and compilation for the compiled variants)
+            if warmup_steps < args.steps:  # a shorter sequence warms up as well (see --warmup-steps)
+                build(fw, args.n, warmup_steps, args.batch, device, args.layer)[0]()
+                run, version = build(fw, args.n, args.steps, args.batch, device, args.layer)
+            else:
+                run, version = build(fw, args.n, args.steps, args.batch, device, args.layer)
+                run()  # warm-up (and compilation for the compiled variants)
             runs[fw] = run
             info[fw] = {"version": version, "torch": torch.__version__, "python": platform.python_version()}
         except ImportError as exc:
@@ -501,7 +516,8 @@ def serve_worker(args) -> int:
 def _worker_cmd(python: str, frameworks: str, n: int, mode: str, args) -> list[str]:
     return [python, str(Path(__file__).resolve()), "--worker", frameworks, "--n", str(n), "--mode", mode,
             "--steps", str(args.steps), "--batch", str(args.batch), "--threads", str(args.threads),
-            "--device", args.device, "--layer", args.layer]
+            "--device", args.device, "--layer", args.layer] + (
+        ["--warmup-steps", str(args.warmup_steps)] if args.warmup_steps is not None else [])
 
 
 def _worker_env(mode: str, args) -> dict:
@@ -634,8 +650,13 @@ def print_table(results: list[dict], summary: dict, sizes: list[int], load: dict
         if s:
             extras = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in s.items())
             print(f"{'':>5}  summary: {extras}")
-    print(f"* = under load: the 1-min load average exceeded the {cpus} CPUs while this N was timed")
+    print(f"* = under load: other processes used more than {OTHER_LOAD_LIMIT:.0%} of the {cpus} CPUs while this N "
+          "was timed (/proc/stat less this benchmark and its workers)")
     print()
+
+
+def _cpus(v) -> str:
+    return "?" if v is None else f"{v:.2f}"
 
 
 def main(argv=None) -> int:
@@ -648,6 +669,10 @@ def main(argv=None) -> int:
     p.add_argument("--reps-large", type=int, default=3,
                    help="repetitions at N >= 2048 (a pass there takes seconds; keeps the run to minutes)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="steps of each worker's untimed warm-up pass (default: the full T). Every compiled "
+                        "part used here specialises on types or per-step shapes, not on T, so a short warm-up "
+                        "compiles and initialises the same; at large N it saves one long pass per implementation")
     p.add_argument("--layer", choices=["dense", "recurrent", "conv"], default="dense")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--frameworks", nargs="+", default=None, choices=FRAMEWORKS)
@@ -687,13 +712,18 @@ def main(argv=None) -> int:
                 "conv": "training_conv.json"}[args.layer])
     cpus = os.cpu_count() or 1
     results, load = [], {}
+    started = time.perf_counter()
     for n in args.sizes:
         load_before = os.getloadavg()[0]
+        other = OtherLoadWithDescendants()
         timed = time_interleaved(frameworks, n, args)
+        o = other.result()
         load_after = os.getloadavg()[0]
-        # Other processes on a shared machine distort timings; the 1-minute load average says how much.
-        load[str(n)] = {"before": load_before, "after": load_after,
-                        "under_load": max(load_before, load_after) > cpus}
+        # Other processes on a shared machine distort timings. The load average counts this benchmark's own
+        # threads and workers; what marks a row is the CPU time that *other* processes took meanwhile.
+        load[str(n)] = {"before": load_before, "after": load_after, "other_cpus": o["other_cpus"],
+                        "own_cpus": o["own_cpus"], "timing_seconds": o["seconds"],
+                        "under_load": under_load(o, load_before)}
         for fw in frameworks:
             r = {"framework": fw, "n": n, "under_load": load[str(n)]["under_load"]}
             r.update(timed.get(fw, {"skipped": "not run"}))
@@ -710,7 +740,10 @@ def main(argv=None) -> int:
     summary = summarise(results, args.sizes)
     print_table(results, summary, args.sizes, load, cpus)
     loads = ", ".join(f"N={n} {v['before']:.1f}->{v['after']:.1f}" for n, v in load.items())
-    print(f"1-min load average during timing (cpu count {cpus}): {loads}")
+    print(f"1-min load average during timing (cpu count {cpus}; counts this benchmark too): {loads}")
+    others = ", ".join(f"N={n} {_cpus(v['other_cpus'])}" for n, v in load.items())
+    print(f"other processes' CPU use during timing, in CPUs: {others}")
+    print(f"total run time {time.perf_counter() - started:.0f} s")
     _write(out, args, argv, load, results, summary, cpus)
     print(f"wrote {out}")
     return 0
@@ -738,6 +771,10 @@ def _write(out: Path, args, argv, load: dict, results: list, summary: dict, cpus
         "platform": platform.platform(), "statistic": "median of interleaved repetitions (min, max kept)",
         "memory_method": "peak RSS delta of one forward+backward in a fresh process (see module docstring)",
         "cpu_count": cpus, "load_average_1min": load, "thread_env": thread_env(str(args.threads)),
+        "under_load_rule": f"other processes' CPU time above {OTHER_LOAD_LIMIT:.0%} of the CPUs while an N was timed "
+                           "(/proc/stat busy time less this process and its worker processes, the peers' "
+                           "interpreter included); load_average_1min[N] holds other_cpus and the load average",
+        "warmup_steps": args.warmup_steps if args.warmup_steps is not None else args.steps,
         "command": " ".join(["benchmarks/bench_training.py", *(argv if argv is not None else sys.argv[1:])]),
     }
     out.parent.mkdir(parents=True, exist_ok=True)

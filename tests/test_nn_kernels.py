@@ -160,3 +160,88 @@ def test_delay_in_the_kernel_equals_a_shifted_input(monkeypatch, surrogate):
     assert torch.allclose(res[0][2], res[1][2], rtol=1e-4)
     with pytest.raises(ValueError, match="delay"):
         F.cuba_lif_sequence(a, 0.3, beta, 0.9, delay=-1)
+
+
+# --- the surrogate derivative inside the backward kernels, and expanded gradients ---------------------------
+from snn2hw.nn import surrogate as S  # noqa: E402
+
+_BUILT_IN = [S.FastSigmoid, S.Sigmoid, S.Arctan, S.Triangle, S.Exponential, S.Gaussian, S.Boxcar]
+_WITH_EXP = (S.Sigmoid, S.Exponential, S.Gaussian)  # numba's exp and torch's may differ in the last bit
+
+
+def _outside_kernels(cls):
+    """The same surrogate as a subclass: not an exact built-in type, so the kernels fall back to its tensor op."""
+    return type("Custom" + cls.__name__, (cls,), {})(scale=cls().scale * 1.3)
+
+
+@needs_numba
+@pytest.mark.parametrize("cls", _BUILT_IN, ids=lambda c: c.name)
+def test_builtin_surrogates_in_the_kernel_equal_their_tensor_op(monkeypatch, cls):
+    # fused (derivative inside the kernel) against the fallback (derivative by the surrogate's own tensor op
+    # before the same kernel): the kernel repeats the tensor ops in order, so equal to the bit without exp
+    fallback = _outside_kernels(cls)
+    fused = cls(scale=fallback.scale)
+    assert kernels.fused_surrogate(fused, np.float64) is not None
+    assert kernels.fused_surrogate(fallback, np.float64) is None
+    monkeypatch.delenv("SNN2HW_NO_NUMBA", raising=False)
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(2, 23, 70, generator=g, dtype=torch.float64) * 0.8 + 0.3
+    beta = torch.rand(70, generator=g, dtype=torch.float64) * 0.8 + 0.15
+    w = [torch.randn(2, 23, 70, generator=g, dtype=torch.float64) for _ in range(3)]
+    res = []
+    for sur in (fused, fallback):
+        x, b, th = a.clone().requires_grad_(True), beta.clone().requires_grad_(True), torch.tensor(
+            0.9, dtype=torch.float64, requires_grad=True)
+        outs = F.cuba_lif_sequence(x, 0.0, b, th, None, sur, detach_reset=False, return_state=True)
+        sum((o * wi).sum() for o, wi in zip(outs, w)).backward()
+        res.append((outs, [x.grad, b.grad, th.grad]))
+    for o, r in zip(res[0][0], res[1][0]):
+        assert torch.equal(o, r)
+    assert float(res[0][1][0].abs().max()) > 0
+    for gf, gr in zip(res[0][1], res[1][1]):
+        if cls in _WITH_EXP:
+            assert torch.allclose(gf, gr, rtol=1e-12, atol=1e-300)
+        else:
+            assert torch.equal(gf, gr)
+
+
+@needs_numba
+@pytest.mark.parametrize("cls", [S.Triangle, S.Gaussian], ids=lambda c: c.name)
+def test_recurrent_kernel_fuses_builtin_surrogates_and_falls_back_for_others(cls):
+    from snn2hw.nn import recurrent as R
+
+    fallback = _outside_kernels(cls)
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(2, 25, 9, generator=g, dtype=torch.float64) * 0.7 + 0.2
+    v = torch.randn(9, 9, generator=g, dtype=torch.float64) * 0.4
+    res = []
+    for sur in (cls(scale=fallback.scale), fallback):
+        x, vv = a.clone().requires_grad_(True), v.clone().requires_grad_(True)
+        s = R.recurrent_cuba_lif_sequence(x, vv, 0.3, 0.85, 0.8, None, surrogate=sur)
+        s.sum(1).pow(2).sum().backward()  # an expanded-over-time gradient into the kernel
+        res.append((s, x.grad, vv.grad))
+    assert torch.equal(res[0][0], res[1][0])
+    for gf, gr in zip(res[0][1:], res[1][1:]):
+        assert torch.allclose(gf, gr, rtol=1e-12, atol=1e-300)
+
+
+@needs_numba
+def test_expanded_gradients_are_read_in_place_and_equal_copied_ones(monkeypatch):
+    # a loss on sums over time or batch gives stride-0 gradients; the kernel reads them without copying
+    monkeypatch.delenv("SNN2HW_NO_NUMBA", raising=False)
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(3, 31, 66, generator=g) * 0.9 + 0.2
+    w_t = torch.randn(3, 1, 66, generator=g)  # one weight per (sample, neuron): expanded over time
+    w_b = torch.randn(1, 31, 66, generator=g)  # one per (step, neuron): expanded over the batch
+    res = []
+    for copy in (False, True):
+        x = a.clone().requires_grad_(True)
+        beta = torch.tensor(0.85, requires_grad=True)
+        s, u, v = F.cuba_lif_sequence(x, 0.4, beta, 0.8, 0.02, return_state=True, delay=1)
+        if copy:  # the same gradients, materialised
+            s, u, v = (o * torch.ones_like(o) for o in (s, u, v))
+        loss = (s.sum(1, keepdim=True) * w_t).sum() + (u.sum(0, keepdim=True) * w_b).sum() + v.sum()
+        loss.backward()
+        res.append((x.grad, beta.grad))
+    assert float(res[0][0].abs().max()) > 0
+    assert torch.equal(res[0][0], res[1][0]) and torch.equal(res[0][1], res[1][1])

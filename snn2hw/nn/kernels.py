@@ -9,9 +9,13 @@ parallel over jobs:
   order and each rounded once in the input's dtype (numba does not contract ``x * y + z`` into a fused
   multiply-add without ``fastmath``), so its spikes and states are bit-identical to the unrolled
   reference; tests/test_nn_functional.py checks that on random inputs.
-* ``lif_backward`` runs the adjoint recursions of the same docstring; the surrogate derivative is
-  computed before it with the surrogate's own whole-tensor op, so any registered surrogate works.
-  Parameter gradients are accumulated in float64 per (sample, neuron) and summed by the caller.
+* ``lif_backward`` runs the adjoint recursions of the same docstring. The derivative of a built-in
+  surrogate is computed inside the loop (``fused_surrogate``: the surrogate's own tensor ops in their
+  order, so equal to them bit for bit except for ``exp``, where numba's and torch's may differ in the
+  last bit); any other surrogate's is computed before it with its own whole-tensor op. Incoming
+  gradients that autograd expanded (the gradient of ``s.sum()``, or of a sum over time) are read in
+  place rather than copied out to (batch, T, n). Parameter gradients are accumulated in float64 per
+  (sample, neuron) and summed by the caller.
 
 Why numba (measured on the 2-core CI machine, N = 512, T = 500, batch 16, forward + backward):
 it needs no C++ toolchain at run time (a ``torch.utils.cpp_extension`` build takes about a minute per
@@ -34,7 +38,9 @@ try:  # an accelerator, never a requirement
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     numba = None
 
-__all__ = ["available", "usable", "triton_for", "lif_forward", "lif_backward"]
+from snn2hw.nn.surrogate import Arctan, Boxcar, Exponential, FastSigmoid, Gaussian, Sigmoid, Triangle
+
+__all__ = ["available", "usable", "triton_for", "fused_surrogate", "lif_forward", "lif_backward"]
 
 _BLOCK_ALIGN = 64
 _kernels: dict = {}
@@ -93,6 +99,70 @@ if numba is not None:
         lo = (job % blocks) * block
         return job // blocks, lo, min(lo + block, n)
 
+    @numba.njit(inline="always", cache=True)
+    def surrogate_at(kind, c0, c1, c2, one, x):
+        """The derivative at ``x = v_pre - v_th`` of the surrogate ``kind`` with constants ``c0..c2`` and
+        ``one`` (from ``fused_surrogate``; scalars, so they stay in registers). Each kind repeats its
+        ``derivative_``'s tensor ops in their order, in the input's dtype. ``kind`` is a closure constant
+        of the calling kernel, so LLVM folds the branches away and the caller's loop vectorises."""
+        if kind == 1:  # FastSigmoid: 1 / (|x| scale + 1)^2
+            q = abs(x) * c0 + one
+            return one / (q * q)
+        if kind == 2:  # Sigmoid: e = exp(-|x scale|); e / (e + 1)^2 * scale
+            e = np.exp(-abs(x * c0))
+            q = e + one
+            return (e / (q * q)) * c0
+        if kind == 3:  # Arctan: 1 / ((x pi scale / 2)^2 + 1) * scale / 2
+            y = x * c0
+            return (one / (y * y + one)) * c1
+        if kind == 4:  # Triangle: max(|x| (-scale) + 1, 0) * scale
+            y = abs(x) * c0 + one
+            return (y if y > one - one else one - one) * c1
+        if kind == 5:  # Exponential: exp(|x| (-scale)) * scale / 2
+            return np.exp(abs(x) * c0) * c1
+        if kind == 6:  # Gaussian: exp((x scale)^2 (-1/2)) * scale / sqrt(2 pi)
+            y = x * c0
+            return np.exp((y * y) * c1) * c2
+        # kind 7, Boxcar: (|x| < 1 / scale) * scale / 2
+        return c1 if abs(x) < c0 else one - one
+
+
+# The surrogates whose derivative the kernels compute themselves: kind (see ``surrogate_at``) and
+# constants from the scale, each rounded to the input's dtype as torch rounds a Python scalar operand.
+# An exact type match only: a subclass may redefine ``derivative_``.
+_SURROGATE_FORMS = {
+    FastSigmoid: (1, lambda s: (s, 0.0, 0.0)),
+    Sigmoid: (2, lambda s: (s, 0.0, 0.0)),
+    Arctan: (3, lambda s: (0.5 * np.pi * s, 0.5 * s, 0.0)),
+    Triangle: (4, lambda s: (-s, s, 0.0)),
+    Exponential: (5, lambda s: (-s, 0.5 * s, 0.0)),
+    Gaussian: (6, lambda s: (s, -0.5, s / np.sqrt(2.0 * np.pi))),
+    Boxcar: (7, lambda s: (1.0 / s, 0.5 * s, 0.0)),
+}
+
+
+def fused_surrogate(surrogate, dtype) -> tuple[int, np.ndarray] | None:
+    """``(kind, constants)`` when the kernels compute ``surrogate``'s derivative inside their backward
+    loop (the built-in surrogates), else None: then it is computed before with its own tensor op.
+    ``constants`` holds three coefficients and 1, in ``dtype`` (a numpy dtype)."""
+    form = _SURROGATE_FORMS.get(type(surrogate))
+    if form is None:
+        return None
+    kind, coefficients = form
+    return kind, np.array([*coefficients(float(surrogate.scale)), 1.0], dtype=dtype)
+
+
+def _broadcast_grad(g: torch.Tensor | None, like: torch.Tensor) -> tuple[np.ndarray, int, int]:
+    """An incoming gradient (batch, T, n) as ``(array, batch step, time step)``: a batch or time dimension
+    that autograd expanded (stride 0, e.g. the gradient of ``s.sum()`` or of a sum over time) is kept at
+    size 1 and read with step 0 instead of being copied out to the full size."""
+    if g is None:
+        return _empty(like), 0, 0
+    g = g.detach()
+    batch_step = 0 if g.shape[0] <= 1 or g.stride(0) == 0 else 1
+    time_step = 0 if g.shape[1] <= 1 or g.stride(1) == 0 else 1
+    return g[: 1 if not batch_step else None, : 1 if not time_step else None].contiguous().numpy(), batch_step, time_step
+
 
 def _forward_kernel(alpha_zero: bool, has_bias: bool, keep_u: bool, keep_v: bool):
     """The forward scan for one combination of options. The options are closure constants, so each
@@ -150,17 +220,18 @@ def _forward_kernel(alpha_zero: bool, has_bias: bool, keep_u: bool, keep_v: bool
     return forward
 
 
-def _backward_kernel(flags: tuple, fast_sigmoid: bool):
-    """The backward recursions for one combination of ``flags`` (closure constants, as above)."""
-    key = ("backward", fast_sigmoid) + flags
+def _backward_kernel(flags: tuple, kind: int):
+    """The backward recursions for one combination of ``flags`` and surrogate ``kind`` (closure constants,
+    as above; kind 0 reads a precomputed derivative ``sg``)."""
+    key = ("backward", kind) + flags
     if key in _kernels:
         return _kernels[key]
     has_gs, has_gu, has_gv, detach, alpha_zero, need_a, need_alpha, need_beta, need_vth, need_bias = flags
     need_lam_u = need_a or need_alpha
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-    def backward(v_pre, sg, g_s, g_u, g_v, u_all, alpha, beta, vth, unit, scale, block, delay, grad_a, acc):
-        _key = (flags, fast_sigmoid)  # only here to put the options into the closure
+    def backward(v_pre, consts, sg, g_s, g_u, g_v, steps_g, u_all, alpha, beta, vth, block, delay, grad_a, acc):
+        _key = (flags, kind)  # only here to put the options into the closure
         batch, steps, n = v_pre.shape
         blocks = (n + block - 1) // block
         for job in numba.prange(batch * blocks):
@@ -169,7 +240,7 @@ def _backward_kernel(flags: tuple, fast_sigmoid: bool):
             al = alpha[lo:hi]
             be = beta[lo:hi]
             th = vth[lo:hi]
-            one = unit[0]
+            c0, c1, c2, one = consts[0], consts[1], consts[2], consts[3]
             zero = one - one
             lp_next = np.zeros(width, dtype=v_pre.dtype)  # lam_p[t+1]
             lu_next = np.zeros(width, dtype=v_pre.dtype)  # lam_u[t+1]
@@ -177,24 +248,22 @@ def _backward_kernel(flags: tuple, fast_sigmoid: bool):
             a_beta = np.zeros(width, dtype=np.float64)
             a_vth = np.zeros(width, dtype=np.float64)
             a_bias = np.zeros(width, dtype=np.float64)
+            # an expanded (broadcast) gradient is read at batch / time index 0 (steps_g holds 0 or 1 per dim)
+            bs, bu, bv = b * steps_g[0], b * steps_g[2], b * steps_g[4]
             for t in range(steps - 1, -1, -1):
                 # 1-D views of this step: with these LLVM vectorises the loop over neurons
                 vp = v_pre[b, t, lo:hi]
-                sgt = vp if fast_sigmoid else sg[b, t, lo:hi]
-                gst = g_s[b, t, lo:hi] if has_gs else sgt
-                gut = g_u[b, t, lo:hi] if has_gu else sgt
-                gvt = g_v[b, t, lo:hi] if has_gv else sgt
+                sgt = sg[b, t, lo:hi] if kind == 0 else vp
+                gst = g_s[bs, t * steps_g[1], lo:hi] if has_gs else vp
+                gut = g_u[bu, t * steps_g[3], lo:hi] if has_gu else vp
+                gvt = g_v[bv, t * steps_g[5], lo:hi] if has_gv else vp
                 vq = v_pre[b, max(t - 1, 0), lo:hi]  # v_pre[t-1] (unused at t = 0)
-                uq = u_all[b, max(t - 1, 0), lo:hi] if need_alpha else sgt
+                uq = u_all[b, max(t - 1, 0), lo:hi] if need_alpha else vp
                 write = need_a and t >= delay  # dL/da[t - delay]; the last `delay` inputs reach no step
-                out = grad_a[b, t - delay, lo:hi] if write else sgt
+                out = grad_a[b, t - delay, lo:hi] if write else vp
                 for i in range(width):
                     x = vp[i]
-                    if fast_sigmoid:  # FastSigmoid.derivative: 1 / (1 + scale |x - v_th|)^2
-                        q = one + scale[0] * abs(x - th[i])
-                        d = one / (q * q)
-                    else:
-                        d = sgt[i]
+                    d = sgt[i] if kind == 0 else surrogate_at(kind, c0, c1, c2, one, x - th[i])
                     keep = one if x <= th[i] else zero  # 1 - s[t]
                     if not detach:
                         keep = keep - x * d
@@ -280,41 +349,39 @@ def lif_forward(a: torch.Tensor, alpha, beta, v_th, bias, alpha_is_zero: bool, k
     return v_pre, spikes, u_all, v_all
 
 
+def surrogate_args(surrogate, v_pre: torch.Tensor, v_th):
+    """The kernels' surrogate arguments ``(kind, constants, sg)``: a built-in surrogate's form, or kind 0
+    and its derivative at ``v_pre - v_th`` computed now by its own tensor op (``sg``; else None)."""
+    dtype = v_pre.numpy().dtype
+    form = fused_surrogate(surrogate, dtype)
+    if form is not None:
+        return form[0], form[1], None
+    return 0, np.array([0.0, 0.0, 0.0, 1.0], dtype=dtype), surrogate.derivative_(torch.sub(v_pre, v_th))
+
+
 def lif_backward(v_pre: torch.Tensor, surrogate, g_s, g_u, g_v, u_all, alpha, beta, v_th, detach_reset: bool,
                  alpha_is_zero: bool, need: tuple[bool, bool, bool, bool, bool], delay: int = 0):
     """The adjoint recursions. The surrogate derivative at ``v_pre - v_th`` is computed inside the kernel
-    for ``FastSigmoid`` (the default surrogate; saves five passes over the sequence) and with the
-    surrogate's own tensor op before it otherwise. ``need`` = (a, alpha, beta, v_th, bias). Returns
+    for the built-in surrogates (``fused_surrogate``; saves a pass over the sequence and its temporary)
+    and with the surrogate's own tensor op before it otherwise. Incoming gradients that autograd
+    expanded are read in place (``_broadcast_grad``). ``need`` = (a, alpha, beta, v_th, bias). Returns
     ``(grad_a or None, per-neuron float64 sums (4, n): alpha, beta, v_th, bias)``."""
-    from snn2hw.nn.surrogate import FastSigmoid
-
     batch, steps, n = v_pre.shape
     need_a, need_alpha, need_beta, need_vth, need_bias = need
-
-    def arr(t):
-        return t.detach().contiguous().numpy() if t is not None else _empty(v_pre)
-
     acc = torch.zeros(4, batch, n, dtype=torch.float64)
-    fused = type(surrogate) is FastSigmoid
-    if fused:
-        sg = None
-        grad_a = torch.empty_like(v_pre) if need_a else None
-    else:
-        sg = surrogate.derivative_(torch.sub(v_pre, v_th))
-        # dL/da overwrites sg, element by element after reading it (not with a delay: it writes earlier steps)
-        grad_a = (sg if delay == 0 else torch.empty_like(v_pre)) if need_a else None
-    if v_pre.numel():
-        _set_threads()
-        flags = tuple(bool(f) for f in (g_s is not None, g_u is not None, g_v is not None, detach_reset,
-                                        alpha_is_zero, need_a, need_alpha, need_beta, need_vth, need_bias))
-        dtype = v_pre.numpy().dtype
-        unit = np.ones(1, dtype=dtype)
-        scale = np.full(1, surrogate.scale if fused else 0.0, dtype=dtype)
-        _backward_kernel(flags, fused)(
-            v_pre.numpy(), sg.numpy() if sg is not None else _empty(v_pre), arr(g_s), arr(g_u), arr(g_v),
-            arr(u_all) if need_alpha else _empty(v_pre), _per_neuron(alpha, n, v_pre), _per_neuron(beta, n, v_pre),
-            _per_neuron(v_th, n, v_pre), unit, scale, _block(batch, n, _threads()), int(delay),
-            grad_a.numpy() if grad_a is not None else _empty(v_pre), acc.numpy())
-    elif need_a:
-        grad_a = torch.zeros_like(v_pre)
+    if not v_pre.numel():
+        return (torch.zeros_like(v_pre) if need_a else None), acc.sum(1)
+    kind, consts, sg = surrogate_args(surrogate, v_pre, v_th)
+    # dL/da may overwrite sg, element by element after reading it (not with a delay: it writes earlier steps)
+    grad_a = (sg if sg is not None and delay == 0 else torch.empty_like(v_pre)) if need_a else None
+    (gs, *gs_steps), (gu, *gu_steps), (gv, *gv_steps) = (_broadcast_grad(g, v_pre) for g in (g_s, g_u, g_v))
+    _set_threads()
+    flags = tuple(bool(f) for f in (g_s is not None, g_u is not None, g_v is not None, detach_reset,
+                                    alpha_is_zero, need_a, need_alpha, need_beta, need_vth, need_bias))
+    _backward_kernel(flags, kind)(
+        v_pre.numpy(), consts, sg.numpy() if sg is not None else _empty(v_pre), gs, gu, gv,
+        np.array(gs_steps + gu_steps + gv_steps, dtype=np.int64),
+        u_all.detach().contiguous().numpy() if need_alpha else _empty(v_pre), _per_neuron(alpha, n, v_pre),
+        _per_neuron(beta, n, v_pre), _per_neuron(v_th, n, v_pre), _block(batch, n, _threads()), int(delay),
+        grad_a.numpy() if grad_a is not None else _empty(v_pre), acc.numpy())
     return grad_a, acc.sum(1)

@@ -20,7 +20,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from snn2hw.nn.kernels import _empty, _per_neuron, _set_threads, available, numba, usable
+from snn2hw.nn.kernels import (_broadcast_grad, _empty, _per_neuron, _set_threads, available, numba, surrogate_args,
+                               usable)
+
+if numba is not None:
+    from snn2hw.nn.kernels import surrogate_at
 
 __all__ = ["available", "usable", "recurrent_forward", "recurrent_backward"]
 
@@ -89,29 +93,31 @@ def _forward_kernel(alpha_zero: bool, has_bias: bool):
     return forward
 
 
-def _backward_step_kernel(flags: tuple, fast_sigmoid: bool):
-    """The elementwise part of one reverse-time step (closure constants select the variant)."""
-    key = ("backward", fast_sigmoid) + flags
+def _backward_step_kernel(flags: tuple, kind: int):
+    """The elementwise part of one reverse-time step (closure constants select the variant, the surrogate
+    ``kind`` included: see ``kernels.surrogate_at``)."""
+    key = ("backward", kind) + flags
     if key in _kernels:
         return _kernels[key]
     has_gs, detach, alpha_zero = flags
 
     @numba.njit(nogil=True, boundscheck=False, cache=True)
-    def step(t, v_pre, sg, g_s, has_gu, g_u, has_gv, g_v, u_all, rec, alpha, beta, vth, unit, scale, lp_next, lam_a,
-             acc, need):
+    def step(t, v_pre, consts, sg, g_s, has_gu, g_u, has_gv, g_v, steps_g, u_all, rec, alpha, beta, vth,
+             lp_next, lam_a, acc, need):
         need_alpha, need_beta, need_vth, need_bias = need[0], need[1], need[2], need[3]
-        _key = (flags, fast_sigmoid)  # only here to put the options into the closure
+        _key = (flags, kind)  # only here to put the options into the closure
         batch, steps, n = v_pre.shape
-        one = unit[0]
+        c0, c1, c2, one = consts[0], consts[1], consts[2], consts[3]
         zero = one - one
         last = t == steps - 1
         for b in range(batch):
             vp = v_pre[b, t]
+            sgt = sg[b, t] if kind == 0 else vp
             vq = v_pre[b, max(t - 1, 0)]  # v_pre[t-1] (unused at t = 0)
-            sgt = vp if fast_sigmoid else sg[b, t]
-            gst = g_s[b, t] if has_gs else vp
-            gut = g_u[b, t] if has_gu else vp
-            gvt = g_v[b, t] if has_gv else vp
+            # an expanded (broadcast) gradient is read at batch / time index 0 (steps_g holds 0 or 1 per dim)
+            gst = g_s[b * steps_g[0], t * steps_g[1]] if has_gs else vp
+            gut = g_u[b * steps_g[2], t * steps_g[3]] if has_gu else vp
+            gvt = g_v[b * steps_g[4], t * steps_g[5]] if has_gv else vp
             uq = u_all[b, max(t - 1, 0)] if need_alpha else vp
             la_later = lam_a[b, min(t + 1, steps - 1)]
             rc = rec[b]
@@ -119,11 +125,7 @@ def _backward_step_kernel(flags: tuple, fast_sigmoid: bool):
             out = lam_a[b, t]
             for i in range(n):
                 x = vp[i]
-                if fast_sigmoid:  # FastSigmoid.derivative: 1 / (1 + scale |x - v_th|)^2
-                    q = one + scale[0] * abs(x - vth[i])
-                    d = one / (q * q)
-                else:
-                    d = sgt[i]
+                d = sgt[i] if kind == 0 else surrogate_at(kind, c0, c1, c2, one, x - vth[i])
                 keep = one if x <= vth[i] else zero  # 1 - s[t]
                 if not detach:
                     keep = keep - x * d
@@ -184,29 +186,25 @@ def recurrent_backward(v_pre: torch.Tensor, weight: torch.Tensor, surrogate, g_s
     """The adjoint recursions: ``(lam_a, per-neuron float64 sums (4, n): alpha, beta, v_th, bias)``.
 
     ``lam_a`` (batch, T, n) is dL/da_ff; the caller forms dL/dV from it. ``need`` = (alpha, beta, v_th,
-    bias, surrogate is FastSigmoid and computed inside the kernel)."""
+    bias, surrogate is FastSigmoid); the last entry is for the Triton kernels: these compute the derivative
+    of every built-in surrogate inside the step (``kernels.fused_surrogate``)."""
     batch, steps, n = v_pre.shape
-    need_alpha, need_beta, need_vth, need_bias, fused = need
+    need_alpha, need_beta, need_vth, need_bias, _ = need
     v_pre = v_pre.detach().contiguous()
     weight = weight.detach().contiguous()
-
-    def arr(t):
-        return t.detach().contiguous().numpy() if t is not None else _empty(v_pre)
-
     acc = np.zeros((4, n), dtype=np.float64)
     lam_a = torch.empty_like(v_pre)
     if v_pre.numel() == 0:
         return lam_a, torch.from_numpy(acc)
-    sg = None if fused else surrogate.derivative_(torch.sub(v_pre, v_th))
+    kind, consts, sg = surrogate_args(surrogate, v_pre, v_th)
+    (gs, *gs_steps), (gu, *gu_steps), (gv, *gv_steps) = (_broadcast_grad(g, v_pre) for g in (g_s, g_u, g_v))
     rec = torch.zeros(batch, n, dtype=v_pre.dtype)
     lp_next = np.zeros((batch, n), dtype=v_pre.numpy().dtype)
-    flags = (g_s is not None, bool(detach_reset), bool(alpha_is_zero))
-    dtype = v_pre.numpy().dtype
-    step = _backward_step_kernel(flags, fused)
-    args = (v_pre.numpy(), sg.numpy() if sg is not None else _empty(v_pre), arr(g_s), g_u is not None, arr(g_u),
-            g_v is not None, arr(g_v), arr(u_all) if need_alpha else _empty(v_pre), rec.numpy(),
-            _per_neuron(alpha, n, v_pre), _per_neuron(beta, n, v_pre), _per_neuron(v_th, n, v_pre),
-            np.ones(1, dtype=dtype), np.full(1, surrogate.scale if fused else 0.0, dtype=dtype), lp_next,
+    step = _backward_step_kernel((g_s is not None, bool(detach_reset), bool(alpha_is_zero)), kind)
+    args = (v_pre.numpy(), consts, sg.numpy() if sg is not None else _empty(v_pre), gs, g_u is not None, gu,
+            g_v is not None, gv, np.array(gs_steps + gu_steps + gv_steps, dtype=np.int64),
+            u_all.detach().contiguous().numpy() if need_alpha else _empty(v_pre), rec.numpy(),
+            _per_neuron(alpha, n, v_pre), _per_neuron(beta, n, v_pre), _per_neuron(v_th, n, v_pre), lp_next,
             lam_a.numpy(), acc, np.array([need_alpha, need_beta, need_vth, need_bias]))
     for t in range(steps - 1, -1, -1):
         if t < steps - 1:
