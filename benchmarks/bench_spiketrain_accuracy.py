@@ -88,6 +88,8 @@ TUNE_MNIST = [
     # seed 0, 4 epochs, validation accuracy (BPTT stayed near chance with both too)
     ("digits", "bptt", "tune/digits_cnn_pad.json", 4),
     ("digits", "bptt", "tune/digits_cnn_lr1e-3.json", 4),
+    # diagnosis, not a candidate: the conv layers without the pools (15c3-40c3-300-10) do train with BPTT
+    ("digits", "bptt", "tune/digits_cnn_nopool.json", 4),
 ]
 # issue 8: the MNIST-10k and CNN rows (stage ``final-mnist``, ``benchmarks/results/spiketrain_mnist10k_accuracy.json``);
 # HM2-BP's seed 0 on 784-100-10 is the chosen candidate's tuning run (same command). The digits CNN is the
