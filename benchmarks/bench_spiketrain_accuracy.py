@@ -103,6 +103,8 @@ FINAL_MNIST = [
     ("mnist10k 784-R100-10 T100", "mnist10k", "mnist10k_rec100.json", "bptt", 1, 3),
     ("digits CNN 15c3-p2-40c2-p2-300-10 T60", "digits", "digits_cnn_hm2bp.json", "hm2bp", 4, 3),
     ("digits CNN 15c3-p2-40c2-p2-300-10 T60", "digits", "digits_cnn.json", "bptt", 4, 3),
+    ("digits conv 15c3-40c3-300-10 T60 (no pools)", "digits", "tune/digits_cnn_nopool_hm2bp.json", "hm2bp", 4, 3),
+    ("digits conv 15c3-40c3-300-10 T60 (no pools)", "digits", "tune/digits_cnn_nopool.json", "bptt", 4, 3),
     ("mnist10k 784-800-10 T100", "mnist10k", "mnist10k_mlp800_hm2bp.json", "hm2bp", 1, 3),
     ("mnist10k 784-800-10 T100", "mnist10k", "mnist10k_mlp800.json", "bptt", 1, 3),
     ("mnist10k CNN 15c5-p2-40c5-p2-300-10 T50", "mnist10k", "mnist10k_cnn_hm2bp.json", "hm2bp", 1, 3),
