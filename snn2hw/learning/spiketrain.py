@@ -40,8 +40,8 @@ from torch import nn
 
 from snn2hw.learning import spsp_kernels
 from snn2hw.learning.base import BatchResult, LearningRule, LearningRuleError
-from snn2hw.learning.spsp import (NeuronSpec, as_float, conv_hop_products, dense_spsp, evenly_spaced_spikes,
-                                  hop_current_chunk, layer_current, lif_sequence, lif_sequence_chunked, neuron_spec,
+from snn2hw.learning.spsp import (NeuronSpec, as_float, conv_hop_products, dense_hop_block, dense_spsp,
+                                  evenly_spaced_spikes, hop_current_chunk, layer_current, lif_sequence, lif_sequence_chunked, neuron_spec,
                                   reset_mask, spsp_adjoint, spsp_per_pre_spike, virtual_counts)
 from snn2hw.nn import functional as F
 from snn2hw.nn.conv import ConvLIF, Dropout, Flatten, LeakyReadout, SumPoolLIF, _flat
@@ -73,9 +73,11 @@ class LayerTrace:
     rec_weight: torch.Tensor | None  # effective recurrent weights V (N, N), or None
     vsum: torch.Tensor | None = None  # (B, N) pre-reset membrane summed over the spikes (chunked trace only)
     counts: torch.Tensor | None = None  # (B, N) float64 spike counts of s_out (chunked trace only)
-    counts_in: torch.Tensor | None = None  # (B, N_in) float64 counts of s_in (chunked trace only)
+    # (B, N_in) float64 counts of s_in (chunked trace only; a float network input's are counted on first use,
+    # ``SpikeTrainRule._counts_in``)
+    counts_in: torch.Tensor | None = None
     # (B, N) T-PSP each neuron would have with only ``hidden_virtual_spikes`` virtual spikes (chunked hidden
-    # conv and pool layers of rules with ``needs_tpsp``; else None and the backward remakes what it needs)
+    # feed-forward layers of rules with ``needs_tpsp``; else None and the backward remakes what it needs)
     tpsp_virtual: torch.Tensor | None = None
 
 
@@ -84,7 +86,7 @@ class PostStats:
     """Per-sample reductions over time of one layer's S-PSP kernel: all the rules' coefficients need."""
 
     counts: torch.Tensor  # (B, N) post counts, virtual spikes included
-    counts_in: torch.Tensor  # (B, N_in) pre-synaptic counts
+    counts_in: torch.Tensor | None  # (B, N_in) pre-synaptic counts (None: the rule does not read them)
     counts_rec: torch.Tensor | None  # (B, N) real counts of the layer (the recurrent pre-synaptic neurons)
     random_spike: torch.Tensor | None  # (B, N) S-PSP one pre spike at a uniformly random step adds (None: not
     # made, for conv and pool layers whose coefficients do not need it; only recurrent synapses use it)
@@ -123,6 +125,8 @@ class SpikeTrainRule(LearningRule):
     """
 
     needs_tpsp = False
+    # whether ``coefficients`` reads ``PostStats.counts_in`` of feed-forward layers (counted on demand)
+    needs_counts_in = True
     # Every layer runs chunk by chunk with bool spike trains (``layer_backward_chunked``); True keeps float
     # trains and currents for the whole window (``layer_backward``, through the hop's autograd for conv and
     # pool layers), a slower, larger and more direct computation kept to cross-check the chunked one.
@@ -178,14 +182,15 @@ class SpikeTrainRule(LearningRule):
             rec = layer.effective_rec_weight().detach() if isinstance(layer, RecurrentLIFDense) else None
             if not self.full_trace:  # one byte per spike, currents chunk by chunk
                 s_in = s
-                counts_in = counts if counts is not None else self._time_sum(s_in, torch.float64)
+                counts_in = counts  # None: counted in the backward if a rule needs it (``_counts_in``)
                 vsum = torch.zeros(s.shape[0], layer.out_features, dtype=torch.float64, device=x.device)
                 counts = torch.zeros_like(vsum)
                 dense = isinstance(layer, LIFDense)
-                # HM2-BP's T-PSP of a hidden conv or pool neuron that will be given virtual spikes, for every
-                # neuron: their kernel is the same for all (see ``virtual_kernel``), so a pass over the currents
-                # here saves remaking them (a convolution) in the backward
-                kernel = (self.virtual_kernel(s.shape[1], spec, x) if not dense and self.needs_tpsp
+                # HM2-BP's T-PSP of a hidden neuron that will be given virtual spikes, for every neuron: their
+                # kernel is the same for all (see ``virtual_kernel``), so a pass over the currents here (B T N
+                # multiply-adds) saves remaking them (a convolution) or reading every S-PSP (B N N_in) in the
+                # backward. Recurrent layers add their recurrent input inside the scan: not recorded there.
+                kernel = (self.virtual_kernel(s.shape[1], spec, x) if self.needs_tpsp and rec is None
                           and self.hidden_virtual_spikes and layer is not hop_layers[-1] else None)
                 tpsp_virtual = torch.zeros(s.shape[0], layer.out_features, dtype=x.dtype, device=x.device) \
                     if kernel is not None else None
@@ -400,6 +405,25 @@ class SpikeTrainRule(LearningRule):
             return float(torch.count_nonzero(head)) <= EVENT_DENSITY * head.numel()
         return float(nonzeros) <= EVENT_DENSITY * s.numel()
 
+    def _coefficients_first(self, tr: LayerTrace, g: torch.Tensor, targets: torch.Tensor | None,
+                            need_input: bool) -> bool:
+        """Whether a dense layer's coefficients can come before its products and nothing else needs its S-PSP
+        matrix ``e``: feed-forward (no recurrent S-PSPs), no input error to hand down (``e`` makes it with
+        one product, where the products of ``hop_backward_chunked`` take a second GEMM) and, for rules with a
+        T-PSP, no neuron given virtual spikes whose T-PSP the forward did not record (the output's)."""
+        if tr.rec_weight is not None or need_input or not isinstance(tr.layer, LIFDense):
+            return False
+        if not self.needs_tpsp or (targets is None and tr.tpsp_virtual is not None):
+            return True
+        return not bool(((tr.counts == 0) & (g != 0)).any())
+
+    def _counts_in(self, tr: LayerTrace) -> torch.Tensor:
+        """(B, N_in) float64 input counts of a chunked trace, counted here on first use when the forward did not
+        (a float network input: HM2-BP's first layer never reads them)."""
+        if tr.counts_in is None:
+            tr.counts_in = self._time_sum(tr.s_in, torch.float64)
+        return tr.counts_in
+
     def _time_sum(self, s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Per-neuron sums over time (B, N) of a (B, T, N) train, ``chunk`` steps at a time (a bool tensor's
         ``sum`` converts the whole tensor to int64 first)."""
@@ -523,9 +547,14 @@ class SpikeTrainRule(LearningRule):
         one sample) and the float blocks near ``CHUNK_BYTES`` (``_block``), whatever T.
 
         The T-PSP (HM2-BP's self term) is the membrane summed at the spikes, recorded by the forward
-        (``vsum``), less the bias part; only neurons given virtual spikes (silent ones; their membrane was
-        never reset there) have their current re-made, for those columns alone."""
-        if not isinstance(tr.layer, LIFDense):
+        (``vsum``), less the bias part; neurons given virtual spikes (silent ones; their membrane was never
+        reset there) take the forward's ``tpsp_virtual`` in hidden feed-forward layers, else their current is
+        re-made, for those columns alone.
+
+        A feed-forward layer that hands no error down (the first) and whose coefficients are known before the
+        scan needs no ``e``: ``hop_backward_chunked`` then makes its weight gradient as one GEMM over (sample,
+        step) rows (``_coefficients_first``)."""
+        if not isinstance(tr.layer, LIFDense) or self._coefficients_first(tr, g, targets, need_input):
             return self.hop_backward_chunked(tr, g, targets, need_input)
         layer, spec, dtype = tr.layer, tr.spec, g.dtype
         batch, steps, n = tr.s_out.shape
@@ -535,7 +564,7 @@ class SpikeTrainRule(LearningRule):
         virtual_cols = None if virtual is None else virtual.any(0).nonzero().squeeze(1)
         rec = tr.rec_weight
         w = layer.weight.detach()
-        counts_in = tr.counts_in.to(dtype)
+        counts_in = self._counts_in(tr).to(dtype)
         weight = layer.weight if layer.weight.requires_grad else None
         bias = getattr(layer, "bias", None)
         bias = bias if isinstance(bias, nn.Parameter) and bias.requires_grad else None
@@ -546,8 +575,10 @@ class SpikeTrainRule(LearningRule):
         result = torch.empty(batch, n_in, dtype=dtype, device=g.device) if need_input else None
         want_e = weight is not None or need_input
         want_tpsp_v = self.needs_tpsp and virtual_cols is not None and virtual_cols.numel() > 0
-        w_v = w[virtual_cols] if want_tpsp_v and not want_e else None
-        rec_v = rec[virtual_cols] if want_tpsp_v and not want_e and rec is not None else None
+        recorded_v = want_tpsp_v and targets is None and tr.tpsp_virtual is not None  # by the forward
+        remake_v = want_tpsp_v and not recorded_v and not want_e  # currents remade for the columns
+        w_v = w[virtual_cols] if remake_v else None
+        rec_v = rec[virtual_cols] if remake_v and rec is not None else None
         sparse_in = want_e and self._event_driven(tr.s_in, g, counts_in.sum() if tr.s_in.dtype == torch.bool else None)
         sparse_rec = rec is not None and self._event_driven(tr.s_out, g, counts_rec.sum())
         compiled = self._compiled_scan(post, spec, dtype)
@@ -560,7 +591,7 @@ class SpikeTrainRule(LearningRule):
             sums = torch.zeros(2, b1 - b0, n, dtype=torch.float64, device=g.device)  # lam_u (steps >= 1), lam_p
             e = e_rec = None  # (G, N, N_in) and (G, N, N), made by the first block
             # T-PSP of neurons given virtual spikes: from e when it is made (sum_j w_ij e_ij), else re-made
-            tpsp_v = g.new_zeros(b1 - b0, virtual_cols.numel()) if want_tpsp_v and not want_e else None
+            tpsp_v = g.new_zeros(b1 - b0, virtual_cols.numel()) if remake_v else None
             for t0, t1, lam_u in self._scan_chunks(post[rows], spec, dtype, sums, block):
                 f = 1 if t0 == 0 else 0  # the kernel at step t pairs with the pre spikes of step t - 1
                 lam = lam_u[:, f:]
@@ -575,7 +606,7 @@ class SpikeTrainRule(LearningRule):
                     if rec is not None:
                         a = a + as_float(r_prev, dtype) @ rec_v.t()
                     tpsp_v += (lam[:, :, virtual_cols] * a).sum(1)
-            if want_tpsp_v and want_e:  # for every neuron, then the columns: cheaper than gathering rows of e
+            if want_tpsp_v and want_e and not recorded_v:  # every neuron, then the columns: cheaper than a gather
                 tpsp_v = (e * w).sum(2)[:, virtual_cols]
                 if rec is not None:
                     tpsp_v += (e_rec * rec).sum(2)[:, virtual_cols]
@@ -585,7 +616,9 @@ class SpikeTrainRule(LearningRule):
                 tpsp = tr.vsum[rows].to(dtype, copy=True)
                 if spec.bias is not None:
                     tpsp = tpsp - spec.bias * lam_p_sum
-                if want_tpsp_v:
+                if recorded_v:
+                    tpsp = torch.where(virtual[rows], tr.tpsp_virtual[rows].to(dtype), tpsp)
+                elif want_tpsp_v:
                     tpsp[:, virtual_cols] = tpsp_v
             stats = PostStats(counts[rows], counts_in[rows], counts_rec[rows] if rec is not None else None,
                               lam_u_sum / steps, e_rec, tpsp)
@@ -613,7 +646,8 @@ class SpikeTrainRule(LearningRule):
 
     def hop_backward_chunked(self, tr: LayerTrace, g: torch.Tensor, targets: torch.Tensor | None,
                              need_input: bool) -> torch.Tensor | None:
-        """``layer_backward`` for a conv or pool layer whose trace holds bool spikes and no currents.
+        """``layer_backward`` for a conv or pool layer whose trace holds bool spikes and no currents, and for a
+        dense feed-forward layer whose coefficients need no S-PSP matrix (``_coefficients_first``).
 
         A conv synapse's S-PSP is the dense one, ``e_ij = sum_t lam_u_i[t] s_j[t-1]``, and the weight is shared
         over positions, so the rules' weight gradient ``sum_{b,i,j sharing w} c_w[b,i] e_bij`` is the
@@ -627,12 +661,17 @@ class SpikeTrainRule(LearningRule):
         coefficient needs a reduction of the kernel (the bias part; virtual spikes at the output, which
         the forward cannot know, and then their currents are remade) a first scan gives it. Float temporaries
         stay near ``CHUNK_BYTES`` whatever T (groups of whole windows while one fits, else one sample in
-        blocks of steps)."""
+        blocks of steps).
+
+        A dense layer's products are the same with the dense hop (``spsp.dense_hop_block``): the weight
+        gradient is one GEMM ``(c_w lam_u)^T @ s_in`` over the (sample, step) rows of a group, BPTT's own
+        weight-gradient product, where forming ``e`` would add passes over G N N_in elements."""
         layer, spec, dtype = tr.layer, tr.spec, g.dtype
         batch, steps, n = tr.s_out.shape
         n_in = tr.s_in.shape[2]
+        dense = isinstance(layer, LIFDense)
         post, counts, virtual = self._with_virtual_spikes(tr, g, targets)
-        counts_in = tr.counts_in.to(dtype)
+        counts_in = self._counts_in(tr).to(dtype) if need_input or self.needs_counts_in else None
         weight = layer.weight if isinstance(layer.weight, nn.Parameter) and layer.weight.requires_grad else None
         bias = getattr(layer, "bias", None)
         bias = bias if isinstance(bias, nn.Parameter) and bias.requires_grad else None
@@ -642,8 +681,15 @@ class SpikeTrainRule(LearningRule):
         compiled = self._compiled_scan(post, spec, dtype)
         # float temporaries per step: lam_u and the two output gradients; the input as float and its error
         width = 3 * n + 2 * n_in
+        sparse = False
+        if dense:  # lam_u scaled in place; the input as float when it is a bool train
+            width = n + n_in * (tr.s_in.dtype != dtype) + need_input * (2 * n + n_in)
+            sparse = self._event_driven(tr.s_in, g, counts_in.sum() if counts_in is not None and
+                                        tr.s_in.dtype == torch.bool else None)
         group, block = self._window_groups(batch, steps, width) if compiled else (batch, self._block(batch, width))
         gw = torch.zeros_like(weight, dtype=dtype) if weight is not None else None
+        if gw is not None and sparse:  # the event-driven product adds to its transpose
+            gw = gw.t().contiguous()
         gb = torch.zeros(n, dtype=dtype, device=g.device) if bias is not None else None
         result = torch.empty(batch, n_in, dtype=dtype, device=g.device) if need_input else None
         for b0 in range(0, batch, group):
@@ -663,10 +709,20 @@ class SpikeTrainRule(LearningRule):
             if tpsp_v:
                 made = remade if remake_v else tr.tpsp_virtual[rows].to(dtype)
                 tpsp = torch.where(virtual[rows], made, tpsp)
-            stats = PostStats(counts[rows], counts_in[rows], None, random_spike, None, tpsp)
+            stats = PostStats(counts[rows], None if counts_in is None else counts_in[rows], None, random_spike, None,
+                              tpsp)
             c_w, c_back = self.coefficients(tr, g[rows], stats)
             per_spike = g.new_zeros(rows.stop - b0, n_in) if need_input else None
             for t0, t1, lam_u in self._scan_chunks(post[rows], spec, dtype, sums, block):
+                if dense:  # lam_u is the scan's own block: scaled in place when the input error does not need it
+                    g_in = lam_u * c_back.unsqueeze(1) if need_input else None
+                    g_w = None
+                    if gw is not None:
+                        g_w = g_in if g_in is not None and c_back is c_w else lam_u.mul_(c_w.unsqueeze(1))
+                    part_in = dense_hop_block(layer.weight, tr.s_in[rows], t0, g_w, g_in, gw, sparse)
+                    if part_in is not None:
+                        per_spike += part_in
+                    continue
                 f = 1 if t0 == 0 else 0  # the kernel at step t pairs with the input spikes of step t - 1
                 lam = lam_u[:, f:]
                 s_prev = as_float(tr.s_in[rows, t0 + f - 1:t1 - 1], dtype)
@@ -683,11 +739,14 @@ class SpikeTrainRule(LearningRule):
             if gb is not None:
                 gb += (c_w * lam_p_sum).sum(0)
             if need_input:  # a silent input: the error of one spike at a uniformly random step
-                total = conv_hop_products(layer, None, None, (c_back * lam_u_sum).unsqueeze(1))[1].squeeze(1)
+                if dense:
+                    total = (c_back * lam_u_sum) @ layer.weight.detach().to(dtype)
+                else:
+                    total = conv_hop_products(layer, None, None, (c_back * lam_u_sum).unsqueeze(1))[1].squeeze(1)
                 o_in = counts_in[rows]
                 result[rows] = torch.where(o_in > 0, per_spike / o_in.clamp(min=1), total / steps)
         if gw is not None:
-            _accumulate(weight, gw)
+            _accumulate(weight, gw.t() if sparse else gw)
         if gb is not None:
             _accumulate(bias, gb.reshape(bias.numel(), -1).sum(1))
         return result
