@@ -63,6 +63,34 @@ def test_adjoint_scan_equals_tensor_loop_and_chunks(monkeypatch, dtype, t_ref):
     assert torch.equal(lam_u, ref_u) and torch.equal(lam_p, ref_p)
 
 
+@pytest.mark.parametrize("t_ref", [0, 2])
+def test_adjoint_scan_makes_virtual_spikes_as_evenly_spaced_spikes(t_ref):
+    """Virtual spikes made inside the reverse scan (per neuron counts, chunks last first) give the kernel of the
+    trains with ``evenly_spaced_spikes`` added, bit for bit, for every count up to the refractory cap."""
+    steps, n = 37, 16
+    g = torch.Generator().manual_seed(4)
+    spikes = torch.rand(2, steps, n, generator=g) < 0.2
+    spikes[:, :, :13] = False  # silent neurons, given 0..12 virtual spikes (12 > the cap with t_ref = 2)
+    k = torch.zeros(2, n)
+    k[0, :13] = torch.arange(13.0)
+    k[1, :13] = torch.arange(12.0, -1.0, -1.0)
+    k = spsp.virtual_counts(steps, k, t_ref)
+    post = spsp.evenly_spaced_spikes(steps, k, t_ref, dtype=torch.bool).logical_or_(spikes)
+    spec = NeuronSpec(torch.tensor(0.7, dtype=torch.float64), torch.tensor(0.85, dtype=torch.float64), None, None,
+                      t_ref)
+    out = []
+    for trains, virtual in ((post, None), (spikes, k)):
+        state: dict = {}
+        sums = torch.zeros(2, 2, n, dtype=torch.float64)
+        parts = {}
+        for t1 in range(steps, 0, -8):
+            t0 = max(t1 - 8, 0)
+            parts[t0] = spsp_kernels.adjoint_scan_chunk(trains, t0, t1, spec, torch.float64, state, sums[0], sums[1],
+                                                        virtual=virtual)[0]
+        out.append((torch.cat([parts[t] for t in sorted(parts)], 1), sums))
+    assert bool((k > 0).any()) and torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+
+
 @pytest.mark.parametrize("binary", [True, False])
 def test_event_driven_products_equal_dense(binary):
     g = torch.Generator().manual_seed(3)

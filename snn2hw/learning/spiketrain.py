@@ -232,11 +232,18 @@ class SpikeTrainRule(LearningRule):
     def virtual_kernel(self, steps: int, spec: NeuronSpec, like: torch.Tensor) -> torch.Tensor:
         """(T, 1), or (T, N) for per-neuron decays: the S-PSP kernel ``lam_u`` of a neuron whose only spikes are
         the ``hidden_virtual_spikes`` virtual ones a silent hidden neuron is given; its T-PSP for currents
-        ``a`` is ``sum_t kernel[t] a[t]``."""
+        ``a`` is ``sum_t kernel[t] a[t]``. Kept for the last (window, neuron) it was made for: every batch of a
+        training run asks for the same one."""
+        key = (steps, spec.t_ref, self.hidden_virtual_spikes, like.dtype, like.device)
+        cached = getattr(self, "_virtual_kernel", None)
+        if (cached is not None and cached[0] == key and torch.equal(cached[1], spec.alpha)
+                and torch.equal(cached[2], spec.beta)):
+            return cached[3]
         n = max(spec.alpha.numel(), spec.beta.numel())
         k = torch.full((1, n), float(self.hidden_virtual_spikes), dtype=like.dtype, device=like.device)
         lam_u, _ = spsp_adjoint(evenly_spaced_spikes(steps, k, spec.t_ref, dtype=like.dtype), spec.alpha, spec.beta,
                                 spec.t_ref)
+        self._virtual_kernel = (key, spec.alpha.clone(), spec.beta.clone(), lam_u[0])
         return lam_u[0]
 
     def predict(self, model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -400,8 +407,8 @@ class SpikeTrainRule(LearningRule):
             return False
         if s.dtype != torch.bool and s.dtype != like.dtype:
             return False
-        if nonzeros is None:  # a float input: estimated from its first steps (a heuristic only)
-            head = s[:, :16]
+        if nonzeros is None:  # a float input: estimated from a few steps spread over the window (a heuristic)
+            head = s[:, ::max(1, s.shape[1] // 4)]
             return float(torch.count_nonzero(head)) <= EVENT_DENSITY * head.numel()
         return float(nonzeros) <= EVENT_DENSITY * s.numel()
 
@@ -455,20 +462,24 @@ class SpikeTrainRule(LearningRule):
         """Whether ``_scan_chunks`` runs the compiled reverse scan (CPU, numba) rather than its tensor loop."""
         return post.device.type == "cpu" and spsp_kernels.usable(spec.alpha.to(dtype), spec.beta.to(dtype))
 
-    def _scan_chunks(self, post: torch.Tensor, spec: NeuronSpec, dtype: torch.dtype, sums: torch.Tensor,
-                     block: int):
-        """The reverse-time recursion of ``spsp_adjoint`` over ``block``-step blocks, last block first:
-        yields (t0, t1, lam_u[t0:t1]) and adds the per-neuron sums of lam_u (steps >= 1) and lam_p over the
-        window to ``sums[0]`` and ``sums[1]`` ((2, B, N), float64)."""
+    def _scan_chunks(self, post: torch.Tensor, virtual: torch.Tensor | None, spec: NeuronSpec, dtype: torch.dtype,
+                     sums: torch.Tensor, block: int):
+        """The reverse-time recursion of ``spsp_adjoint`` over ``block``-step blocks, last block first, for the
+        post trains ``post`` (B, T, N) plus ``virtual`` (B, N) evenly spaced virtual spikes (None: none; made on
+        the fly by the compiled scan): yields (t0, t1, lam_u[t0:t1]) and adds the per-neuron sums of lam_u
+        (steps >= 1) and lam_p over the window to ``sums[0]`` and ``sums[1]`` ((2, B, N), float64)."""
         batch, steps, n = post.shape
         block = -(-steps // -(-steps // max(block, 1)))  # equal blocks (no short last one: a GEMM's K)
         if SpikeTrainRule._compiled_scan(post, spec, dtype):
             state: dict = {}
             for t1 in range(steps, 0, -block):
                 t0 = max(t1 - block, 0)
-                lam_u, _ = spsp_kernels.adjoint_scan_chunk(post, t0, t1, spec, dtype, state, sums[0], sums[1])
+                lam_u, _ = spsp_kernels.adjoint_scan_chunk(post, t0, t1, spec, dtype, state, sums[0], sums[1],
+                                                           virtual=virtual)
                 yield t0, t1, lam_u
             return
+        if virtual is not None:
+            post = evenly_spaced_spikes(steps, virtual, spec.t_ref, dtype=torch.bool).logical_or_(post)
         lp = torch.zeros(batch, n, dtype=dtype, device=post.device)
         lu = torch.zeros_like(lp)
         for t1 in range(steps, 0, -block):
@@ -517,20 +528,20 @@ class SpikeTrainRule(LearningRule):
         return e.baddbmm_(lam.transpose(1, 2), as_float(s_pre, lam.dtype))
 
     def _with_virtual_spikes(self, tr: LayerTrace, g: torch.Tensor, targets: torch.Tensor | None):
-        """(post trains (B, T, N) bool, post counts (B, N) in g's dtype, mask (B, N) of the neurons given virtual
-        spikes or None) of a chunked trace: silent neurons that receive an error get evenly spaced virtual
-        spikes, ``targets`` of them at the output, ``hidden_virtual_spikes`` elsewhere."""
+        """(virtual spike counts (B, N) or None, post counts (B, N) in g's dtype, mask (B, N) of the neurons given
+        virtual spikes or None) of a chunked trace: silent neurons that receive an error get evenly spaced
+        virtual spikes (``evenly_spaced_spikes``), ``targets`` of them at the output, ``hidden_virtual_spikes``
+        elsewhere; ``_scan_chunks`` adds them to the recorded trains."""
         steps = tr.s_out.shape[1]
         counts = tr.counts.to(g.dtype)
         silent = (counts == 0) & (g != 0)
         if not bool(silent.any()):
-            return tr.s_out, counts, None
+            return None, counts, None
         k = targets if targets is not None else torch.full_like(counts, float(self.hidden_virtual_spikes))
-        k = torch.where(silent, k, torch.zeros_like(k))
-        post = evenly_spaced_spikes(steps, k, tr.spec.t_ref, dtype=torch.bool).logical_or_(tr.s_out)
-        counts = counts + virtual_counts(steps, k, tr.spec.t_ref).to(g.dtype)  # silent neurons: their real count is 0
+        k = virtual_counts(steps, torch.where(silent, k, torch.zeros_like(k)), tr.spec.t_ref)
+        counts = counts + k.to(g.dtype)  # silent neurons: their real count is 0
         virtual = (counts > 0).logical_and_(silent)
-        return post, counts, (virtual if bool(virtual.any()) else None)
+        return (k, counts, virtual) if bool(virtual.any()) else (None, counts, None)
 
     def layer_backward_chunked(self, tr: LayerTrace, g: torch.Tensor, targets: torch.Tensor | None,
                                need_input: bool) -> torch.Tensor | None:
@@ -560,7 +571,8 @@ class SpikeTrainRule(LearningRule):
         batch, steps, n = tr.s_out.shape
         n_in = tr.s_in.shape[2]
         counts_rec = tr.counts.to(dtype)
-        post, counts, virtual = self._with_virtual_spikes(tr, g, targets)
+        post = tr.s_out  # plus virtual spikes, made by the reverse scan
+        virtual_k, counts, virtual = self._with_virtual_spikes(tr, g, targets)
         virtual_cols = None if virtual is None else virtual.any(0).nonzero().squeeze(1)
         rec = tr.rec_weight
         w = layer.weight.detach()
@@ -592,7 +604,7 @@ class SpikeTrainRule(LearningRule):
             e = e_rec = None  # (G, N, N_in) and (G, N, N), made by the first block
             # T-PSP of neurons given virtual spikes: from e when it is made (sum_j w_ij e_ij), else re-made
             tpsp_v = g.new_zeros(b1 - b0, virtual_cols.numel()) if remake_v else None
-            for t0, t1, lam_u in self._scan_chunks(post[rows], spec, dtype, sums, block):
+            for t0, t1, lam_u in self._scan_chunks(post[rows], _rows(virtual_k, rows), spec, dtype, sums, block):
                 f = 1 if t0 == 0 else 0  # the kernel at step t pairs with the pre spikes of step t - 1
                 lam = lam_u[:, f:]
                 s_prev = tr.s_in[rows, t0 + f - 1:t1 - 1]
@@ -670,7 +682,8 @@ class SpikeTrainRule(LearningRule):
         batch, steps, n = tr.s_out.shape
         n_in = tr.s_in.shape[2]
         dense = isinstance(layer, LIFDense)
-        post, counts, virtual = self._with_virtual_spikes(tr, g, targets)
+        post = tr.s_out  # plus virtual spikes, made by the reverse scan
+        virtual_k, counts, virtual = self._with_virtual_spikes(tr, g, targets)
         counts_in = self._counts_in(tr).to(dtype) if need_input or self.needs_counts_in else None
         weight = layer.weight if isinstance(layer.weight, nn.Parameter) and layer.weight.requires_grad else None
         bias = getattr(layer, "bias", None)
@@ -699,7 +712,8 @@ class SpikeTrainRule(LearningRule):
             tpsp = tr.vsum[rows].to(dtype, copy=True) if self.needs_tpsp else None
             if first_scan:
                 remade = g.new_zeros(rows.stop - b0, n) if remake_v else None
-                for t0, t1, lam_u in self._scan_chunks(post[rows], spec, dtype, sums, block):
+                for t0, t1, lam_u in self._scan_chunks(post[rows], _rows(virtual_k, rows), spec, dtype, sums,
+                                                       block):
                     if remade is not None:
                         remade += (lam_u * hop_current_chunk(layer, tr.s_in[rows], t0, t1, dtype)).sum(1)
                 random_spike = sums[0].to(dtype) / steps
@@ -713,7 +727,7 @@ class SpikeTrainRule(LearningRule):
                               tpsp)
             c_w, c_back = self.coefficients(tr, g[rows], stats)
             per_spike = g.new_zeros(rows.stop - b0, n_in) if need_input else None
-            for t0, t1, lam_u in self._scan_chunks(post[rows], spec, dtype, sums, block):
+            for t0, t1, lam_u in self._scan_chunks(post[rows], _rows(virtual_k, rows), spec, dtype, sums, block):
                 if dense:  # lam_u is the scan's own block: scaled in place when the input error does not need it
                     g_in = lam_u * c_back.unsqueeze(1) if need_input else None
                     g_w = None
@@ -750,6 +764,10 @@ class SpikeTrainRule(LearningRule):
         if gb is not None:
             _accumulate(bias, gb.reshape(bias.numel(), -1).sum(1))
         return result
+
+
+def _rows(t: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
+    return None if t is None else t[rows]
 
 
 def _time_weighted(a: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:

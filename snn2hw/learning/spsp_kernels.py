@@ -139,18 +139,30 @@ if numba is not None:
 
         return numba.njit(parallel=parallel, nogil=True, boundscheck=False, cache=True)(scan)
 
-    def _adjoint_scan_py(post, t0, t1, t_ref, alpha, beta, unit, lp, lu, lam_u, lam_p, keep_p, lu_sum, lp_sum):
+    @numba.njit(inline="always", cache=True)
+    def _virtual_spike(t, k, steps):
+        """Whether step t holds one of ``k`` evenly spaced virtual spikes (``spsp.evenly_spaced_spikes``: spike m
+        at ``(m + 1) steps // k - 1``): the smallest j with ``j steps >= (t + 1) k`` lands on step t."""
+        j = ((t + 1) * k + steps - 1) // steps
+        return j * steps < (t + 2) * k
+
+    def _adjoint_scan_py(post, virt, has_virt, t0, t1, t_ref, alpha, beta, unit, lp, lu, lam_u, lam_p, keep_p,
+                         lu_sum, lp_sum):
         batch, steps, n = post.shape
         for b in numba.prange(batch):
             one = unit[0]
             zero = one - one
+            vb = virt[b] if has_virt else virt[0]  # virtual spike counts of the sample's neurons (0: none)
             for t in range(t1 - 1, t0 - 1, -1):
                 k = t - t0
                 for i in range(n):
                     s = post[b, t, i]
+                    kv = vb[i] if has_virt else 0
+                    if kv > 0 and not s:
+                        s = _virtual_spike(t, kv, steps)
                     cut = s
                     for d in range(1, t_ref + 1):  # v restarts after a spike and its refractory steps
-                        if t - d >= 0 and post[b, t - d, i]:
+                        if t - d >= 0 and (post[b, t - d, i] or (kv > 0 and _virtual_spike(t - d, kv, steps))):
                             cut = True
                     # lam_p[t] = s[t] + ((1 - cut[t]) beta) lam_p[t+1];  lam_u[t] = lam_p[t] + alpha lam_u[t+1]
                     p = (one if s else zero) + (zero if cut else beta[i]) * lp[b, i]
@@ -287,11 +299,14 @@ def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsu
 
 
 def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.dtype, state: dict,
-                       lu_sum: torch.Tensor, lp_sum: torch.Tensor, want_lam_p: bool = False):
+                       lu_sum: torch.Tensor, lp_sum: torch.Tensor, want_lam_p: bool = False,
+                       virtual: torch.Tensor | None = None):
     """Steps [t0, t1) of the reverse recursion of ``spsp.spsp_adjoint`` over the post trains ``post`` (B, T, N,
     bool or 0/1 float; the whole window, for the refractory look-back), chunks called last first with one
     ``state`` ({} at the first call). Returns ``(lam_u, lam_p or None)``, each (B, t1 - t0, N) in ``dtype``,
-    and adds their sums over the chunk (lam_u's without step 0) to ``lu_sum`` / ``lp_sum`` (B, N, float64)."""
+    and adds their sums over the chunk (lam_u's without step 0) to ``lu_sum`` / ``lp_sum`` (B, N, float64).
+    ``virtual`` (B, N), if given, adds ``spsp.evenly_spaced_spikes(T, virtual, t_ref)`` to the trains (counts
+    already capped by ``spsp.virtual_counts``), made on the fly rather than as a (B, T, N) tensor."""
     batch, steps, n = post.shape
     post = post.detach()
     if post.dtype != torch.bool:
@@ -300,11 +315,15 @@ def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.
         post = post.contiguous()
     if not state:  # made once per window (not per chunk)
         np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
-        state["args"] = (int(spec.t_ref), _per_neuron(spec.alpha, n, dtype), _per_neuron(spec.beta, n, dtype),
+        virt = (np.zeros((1, 1), np.int64) if virtual is None
+                else virtual.detach().to(torch.int64).contiguous().numpy())
+        state["args"] = (virt, virtual is not None, int(spec.t_ref),
+                         _per_neuron(spec.alpha, n, dtype), _per_neuron(spec.beta, n, dtype),
                          _unit(dtype), np.zeros((batch, n), np_dtype), np.zeros((batch, n), np_dtype))
+    virt, has_virt, t_ref, alpha, beta, unit, lp, lu = state["args"]
     lam_u = torch.empty(batch, t1 - t0, n, dtype=dtype)
     lam_p = torch.empty(batch, t1 - t0, n, dtype=dtype) if want_lam_p else torch.empty(0, 0, 0, dtype=dtype)
     if lam_u.numel():
-        _scan("adjoint")(post.numpy(), int(t0), int(t1), *state["args"], lam_u.numpy(), lam_p.numpy(),
-                         bool(want_lam_p), lu_sum.numpy(), lp_sum.numpy())
+        _scan("adjoint")(post.numpy(), virt, has_virt, int(t0), int(t1), t_ref, alpha, beta, unit, lp, lu,
+                         lam_u.numpy(), lam_p.numpy(), bool(want_lam_p), lu_sum.numpy(), lp_sum.numpy())
     return lam_u, (lam_p if want_lam_p else None)
