@@ -146,25 +146,51 @@ if numba is not None:
         j = ((t + 1) * k + steps - 1) // steps
         return j * steps < (t + 2) * k
 
-    def _adjoint_scan_py(post, virt, has_virt, t0, t1, t_ref, alpha, beta, unit, lp, lu, lam_u, lam_p, keep_p,
-                         lu_sum, lp_sum):
+    def _adjoint_scan_py(post, t0, t1, t_ref, alpha, beta, unit, lp, lu, lam_u, lam_p, keep_p, lu_sum, lp_sum):
         batch, steps, n = post.shape
         for b in numba.prange(batch):
             one = unit[0]
             zero = one - one
-            vb = virt[b] if has_virt else virt[0]  # virtual spike counts of the sample's neurons (0: none)
             for t in range(t1 - 1, t0 - 1, -1):
                 k = t - t0
                 for i in range(n):
                     s = post[b, t, i]
-                    kv = vb[i] if has_virt else 0
-                    if kv > 0 and not s:
-                        s = _virtual_spike(t, kv, steps)
                     cut = s
                     for d in range(1, t_ref + 1):  # v restarts after a spike and its refractory steps
-                        if t - d >= 0 and (post[b, t - d, i] or (kv > 0 and _virtual_spike(t - d, kv, steps))):
+                        if t - d >= 0 and post[b, t - d, i]:
                             cut = True
                     # lam_p[t] = s[t] + ((1 - cut[t]) beta) lam_p[t+1];  lam_u[t] = lam_p[t] + alpha lam_u[t+1]
+                    p = (one if s else zero) + (zero if cut else beta[i]) * lp[b, i]
+                    q = p + alpha[i] * lu[b, i]
+                    lp[b, i] = p
+                    lu[b, i] = q
+                    lam_u[b, k, i] = q
+                    if keep_p:
+                        lam_p[b, k, i] = p
+                    lp_sum[b, i] += p
+                    if t >= 1:
+                        lu_sum[b, i] += q
+
+    def _adjoint_virtual_py(steps, virt, t0, t1, t_ref, alpha, beta, unit, lp, lu, lam_u, lam_p, keep_p, lu_sum,
+                            lp_sum):
+        """``_adjoint_scan_py`` for the neurons with ``virt[b, i] > 0`` evenly spaced virtual spikes and no spikes
+        of their own, after it (which ran them as silent: zeros in lam_u and the sums), with their own state
+        lp/lu. A separate kernel: in the same loop nest it slows the main loop several times."""
+        batch, n = virt.shape
+        for b in numba.prange(batch):
+            one = unit[0]
+            zero = one - one
+            for i in range(n):
+                kv = virt[b, i]
+                if kv <= 0:
+                    continue
+                for t in range(t1 - 1, t0 - 1, -1):
+                    k = t - t0
+                    s = _virtual_spike(t, kv, steps)
+                    cut = s
+                    for d in range(1, t_ref + 1):
+                        if t - d >= 0 and _virtual_spike(t - d, kv, steps):
+                            cut = True
                     p = (one if s else zero) + (zero if cut else beta[i]) * lp[b, i]
                     q = p + alpha[i] * lu[b, i]
                     lp[b, i] = p
@@ -218,7 +244,8 @@ if numba is not None:
     # its work to the thread pool even with one thread, and on a loaded machine waking it costs
     # milliseconds per call)
     _SCANS = {(name, par): numba.njit(parallel=par, nogil=True, boundscheck=False, cache=True)(fn)
-              for name, fn in (("lif", _lif_scan_py), ("adjoint", _adjoint_scan_py), ("scatter", _scatter_rows_py))
+              for name, fn in (("lif", _lif_scan_py), ("adjoint", _adjoint_scan_py), ("scatter", _scatter_rows_py),
+                               ("adjoint_virtual", _adjoint_virtual_py))
               for par in (False, True)}
     _SCANS.update({("plain_lif", bias, rec, par): _plain_lif_kernel(bias, rec, par) for bias in (False, True)
                    for rec in (False, True) for par in (False, True)})
@@ -305,8 +332,9 @@ def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.
     bool or 0/1 float; the whole window, for the refractory look-back), chunks called last first with one
     ``state`` ({} at the first call). Returns ``(lam_u, lam_p or None)``, each (B, t1 - t0, N) in ``dtype``,
     and adds their sums over the chunk (lam_u's without step 0) to ``lu_sum`` / ``lp_sum`` (B, N, float64).
-    ``virtual`` (B, N), if given, adds ``spsp.evenly_spaced_spikes(T, virtual, t_ref)`` to the trains (counts
-    already capped by ``spsp.virtual_counts``), made on the fly rather than as a (B, T, N) tensor."""
+    ``virtual`` (B, N), if given, gives the neurons with a count there (capped by ``spsp.virtual_counts``) the
+    trains ``spsp.evenly_spaced_spikes(T, virtual, t_ref)``, made on the fly rather than as a (B, T, N) tensor;
+    those neurons must have no spikes in ``post`` (HM2-BP's virtual spikes are for silent neurons)."""
     batch, steps, n = post.shape
     post = post.detach()
     if post.dtype != torch.bool:
@@ -315,15 +343,19 @@ def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.
         post = post.contiguous()
     if not state:  # made once per window (not per chunk)
         np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
-        virt = (np.zeros((1, 1), np.int64) if virtual is None
-                else virtual.detach().to(torch.int64).contiguous().numpy())
-        state["args"] = (virt, virtual is not None, int(spec.t_ref),
-                         _per_neuron(spec.alpha, n, dtype), _per_neuron(spec.beta, n, dtype),
+        state["args"] = (int(spec.t_ref), _per_neuron(spec.alpha, n, dtype), _per_neuron(spec.beta, n, dtype),
                          _unit(dtype), np.zeros((batch, n), np_dtype), np.zeros((batch, n), np_dtype))
-    virt, has_virt, t_ref, alpha, beta, unit, lp, lu = state["args"]
+        if virtual is not None:  # the virtual trains' state, apart
+            state["virtual"] = (virtual.detach().to(torch.int64).contiguous().numpy(), np.zeros((batch, n), np_dtype),
+                                np.zeros((batch, n), np_dtype))
+    t_ref, alpha, beta, unit, _, _ = state["args"]
     lam_u = torch.empty(batch, t1 - t0, n, dtype=dtype)
     lam_p = torch.empty(batch, t1 - t0, n, dtype=dtype) if want_lam_p else torch.empty(0, 0, 0, dtype=dtype)
     if lam_u.numel():
-        _scan("adjoint")(post.numpy(), virt, has_virt, int(t0), int(t1), t_ref, alpha, beta, unit, lp, lu,
-                         lam_u.numpy(), lam_p.numpy(), bool(want_lam_p), lu_sum.numpy(), lp_sum.numpy())
+        _scan("adjoint")(post.numpy(), int(t0), int(t1), *state["args"], lam_u.numpy(), lam_p.numpy(),
+                         bool(want_lam_p), lu_sum.numpy(), lp_sum.numpy())
+        if "virtual" in state:
+            virt, vlp, vlu = state["virtual"]
+            _scan("adjoint_virtual")(steps, virt, int(t0), int(t1), t_ref, alpha, beta, unit, vlp, vlu, lam_u.numpy(),
+                                     lam_p.numpy(), bool(want_lam_p), lu_sum.numpy(), lp_sum.numpy())
     return lam_u, (lam_p if want_lam_p else None)
