@@ -526,3 +526,59 @@ def test_dropout_after_chunked_layers_in_training():
     make_rule("hm2bp").compute_gradients(net, x, torch.tensor([0, 1, 2]), None, {})
     grads = [p.grad for p in net.parameters() if p.grad is not None]
     assert len(grads) == 2 and all(bool(torch.isfinite(g).all()) and bool(g.abs().sum() > 0) for g in grads)
+
+
+def _deep_dense_net(seed=0):
+    """12 -> 9 -> 7 -> 3 with silent neurons in both hidden layers (virtual spikes) and a silent output."""
+    torch.manual_seed(seed)
+    layers = [LIFDense(12, 9, du=0.3, dv=0.2, weight_gain=3.0), LIFDense(9, 7, du=0.3, dv=0.2, weight_gain=3.0),
+              LIFDense(7, 3, du=0.3, dv=0.2, weight_gain=3.0)]
+    net = SpikingSequential(layers).double()
+    with torch.no_grad():
+        for layer in layers:
+            layer.weight.uniform_(0.2, 1.0)
+        layers[0].weight[:2].fill_(-1.0)  # silent hidden neurons
+        layers[1].weight[:2].fill_(-1.0)
+        layers[2].weight[1].fill_(-1.0)  # a silent output
+    return net
+
+
+@pytest.mark.parametrize("density,forced,compiled,chunk_bytes", [
+    (0.3, False, True, 4 << 20), (0.3, False, True, 0), (0.02, False, True, 4 << 20), (0.3, True, True, 0),
+    (0.3, True, True, 4 << 20), (0.02, True, True, 0), (0.3, True, False, 250)])
+def test_dense_coefficients_first_equals_full_trace(monkeypatch, density, forced, compiled, chunk_bytes):
+    """Dense layers on ``hop_backward_chunked`` (coefficients first, then one weight-gradient product over
+    (sample, step) rows: whole windows shifted by a row, one sample in blocks, or a reshaped block; event-driven
+    for sparse inputs) and the hidden layers' virtual T-PSP recorded by the forward, against the full-window
+    float path. By default only the first layer takes that path (``_coefficients_first``); ``forced`` sends
+    every layer there (input errors through the dense hop, the output's virtual T-PSP remade), and
+    ``compiled`` False runs the reverse scan's tensor loop (the CUDA path) in blocks of several samples."""
+    from snn2hw.learning import spiketrain
+
+    monkeypatch.setattr(spiketrain, "CHUNK_BYTES", chunk_bytes)
+    if forced:
+        monkeypatch.setattr(spiketrain.SpikeTrainRule, "_coefficients_first",
+                            lambda self, tr, g, targets, need_input: tr.rec_weight is None)
+    if not compiled:
+        monkeypatch.setattr(spiketrain.SpikeTrainRule, "_compiled_scan", staticmethod(lambda *a: False))
+    x = (torch.rand(4, 40, 12, generator=torch.Generator().manual_seed(3)) < density).to(D)
+    y = torch.tensor([0, 1, 2, 1])
+    taken = []
+    real = spiketrain.SpikeTrainRule.hop_backward_chunked
+    monkeypatch.setattr(spiketrain.SpikeTrainRule, "hop_backward_chunked",
+                        lambda self, tr, *a: taken.append(tr.layer) or real(self, tr, *a))
+    results = []
+    for full in (True, False):
+        net = _deep_dense_net()
+        rule = make_rule("hm2bp", margin=0, target_true=10, target_false=3, chunk=7)
+        rule.full_trace = full
+        records, out = rule.forward(net, x)
+        hidden = [r for r in records if r is not None]
+        assert all(bool((r.s_out.sum(1) == 0).any()) for r in hidden)  # silent neurons in every layer
+        if not full:
+            assert [r.tpsp_virtual is not None for r in hidden] == [True, True, False]
+        rule.compute_gradients(net, x, y, None, {})
+        results.append([out.double()] + [p.grad for p in net.parameters()])
+    assert taken == (list(net.layers)[::-1] if forced else [net.layers[0]])  # the backward runs top down
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
