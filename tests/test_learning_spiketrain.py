@@ -548,8 +548,8 @@ def _deep_dense_net(seed=0):
     (0.3, True, True, 4 << 20), (0.02, True, True, 0), (0.3, True, False, 250)])
 def test_dense_coefficients_first_equals_full_trace(monkeypatch, density, forced, compiled, chunk_bytes):
     """Dense layers on ``hop_backward_chunked`` (coefficients first, then one weight-gradient product over
-    (sample, step) rows: whole windows shifted by a row, one sample in blocks, or a reshaped block; event-driven
-    for sparse inputs) and the hidden layers' virtual T-PSP recorded by the forward, against the full-window
+    (sample, step) rows: whole windows shifted by a row, one sample in blocks, or a reshaped block; GEMMs
+    for any density) and the hidden layers' virtual T-PSP recorded by the forward, against the full-window
     float path. By default only the first layer takes that path (``_coefficients_first``); ``forced`` sends
     every layer there (input errors through the dense hop, the output's virtual T-PSP remade), and
     ``compiled`` False runs the reverse scan's tensor loop (the CUDA path) in blocks of several samples."""

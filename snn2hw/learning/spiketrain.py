@@ -694,15 +694,10 @@ class SpikeTrainRule(LearningRule):
         compiled = self._compiled_scan(post, spec, dtype)
         # float temporaries per step: lam_u and the two output gradients; the input as float and its error
         width = 3 * n + 2 * n_in
-        sparse = False
         if dense:  # lam_u scaled in place; the input as float when it is a bool train
             width = n + n_in * (tr.s_in.dtype != dtype) + need_input * (2 * n + n_in)
-            sparse = self._event_driven(tr.s_in, g, counts_in.sum() if counts_in is not None and
-                                        tr.s_in.dtype == torch.bool else None)
         group, block = self._window_groups(batch, steps, width) if compiled else (batch, self._block(batch, width))
         gw = torch.zeros_like(weight, dtype=dtype) if weight is not None else None
-        if gw is not None and sparse:  # the event-driven product adds to its transpose
-            gw = gw.t().contiguous()
         gb = torch.zeros(n, dtype=dtype, device=g.device) if bias is not None else None
         result = torch.empty(batch, n_in, dtype=dtype, device=g.device) if need_input else None
         for b0 in range(0, batch, group):
@@ -733,7 +728,7 @@ class SpikeTrainRule(LearningRule):
                     g_w = None
                     if gw is not None:
                         g_w = g_in if g_in is not None and c_back is c_w else lam_u.mul_(c_w.unsqueeze(1))
-                    part_in = dense_hop_block(layer.weight, tr.s_in[rows], t0, g_w, g_in, gw, sparse)
+                    part_in = dense_hop_block(layer.weight, tr.s_in[rows], t0, g_w, g_in, gw)
                     if part_in is not None:
                         per_spike += part_in
                     continue
@@ -760,7 +755,7 @@ class SpikeTrainRule(LearningRule):
                 o_in = counts_in[rows]
                 result[rows] = torch.where(o_in > 0, per_spike / o_in.clamp(min=1), total / steps)
         if gw is not None:
-            _accumulate(weight, gw.t() if sparse else gw)
+            _accumulate(weight, gw)
         if gb is not None:
             _accumulate(bias, gb.reshape(bias.numel(), -1).sum(1))
         return result
