@@ -582,3 +582,15 @@ def test_dense_coefficients_first_equals_full_trace(monkeypatch, density, forced
     assert taken == (list(net.layers)[::-1] if forced else [net.layers[0]])  # the backward runs top down
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7), (2, 300, 120)])
+def test_coefficient_sum_both_forms(shape):
+    """``sum_b c[b, i] e[b, i, j]``: the batched product (small e) and the per-sample pass (large e)."""
+    from snn2hw.learning.spiketrain import _add_coefficient_sum
+
+    g = torch.Generator().manual_seed(5)
+    c, e = torch.randn(shape[:2], generator=g, dtype=D), torch.randn(shape, generator=g, dtype=D)
+    out = torch.ones(shape[1:], dtype=D)
+    _add_coefficient_sum(out, c, e)
+    torch.testing.assert_close(out, 1 + torch.einsum("bi,bij->ij", c, e), rtol=1e-12, atol=1e-12)

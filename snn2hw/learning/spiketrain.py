@@ -635,11 +635,10 @@ class SpikeTrainRule(LearningRule):
             stats = PostStats(counts[rows], counts_in[rows], counts_rec[rows] if rec is not None else None,
                               lam_u_sum / steps, e_rec, tpsp)
             c_w, c_back = self.coefficients(tr, g[rows], stats)
-            for b in range(b1 - b0):  # one fused pass over each sample's e
-                if gw is not None:
-                    gw.addcmul_(c_w[b].unsqueeze(1), e[b])
-                if gv is not None:
-                    gv.addcmul_(c_w[b].unsqueeze(1), e_rec[b])
+            if gw is not None:
+                _add_coefficient_sum(gw, c_w, e)
+            if gv is not None:
+                _add_coefficient_sum(gv, c_w, e_rec)
             if gb is not None:
                 gb += (c_w * lam_p_sum).sum(0)
             if need_input:  # dE/do_j = sum_i c_back[b, i] w_ij e_bij / o_j; a silent input: one spike at a random step
@@ -767,14 +766,27 @@ def _rows(t: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
 
 def _time_weighted(a: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """``sum_t kernel[t] a[:, t]`` (G, N) of currents ``a`` (G, C, N) with a (C, 1) or (C, N) kernel."""
-    if kernel.shape[1] == 1:
-        return torch.matmul(kernel[:, 0], a)  # one (1, C) x (C, N) product per sample
+    if kernel.shape[1] == 1:  # one (1, C) x (C, N) product per sample
+        return torch.bmm(kernel.t().expand(a.shape[0], 1, -1), a).squeeze(1)
     return (a * kernel).sum(1)
 
 
+def _add_coefficient_sum(out: torch.Tensor, c: torch.Tensor, e: torch.Tensor) -> None:
+    """``out[i, j] += sum_b c[b, i] e[b, i, j]``: one pass over each sample's e for large ones (a batched product
+    would copy e into (i, b, j) order first), one batched product for small ones (a per-sample op costs more
+    than its arithmetic there)."""
+    if e.numel() <= 1 << 16:
+        out += torch.bmm(c.t().unsqueeze(1), e.transpose(0, 1)).squeeze(1)
+        return
+    for b in range(e.shape[0]):
+        out.addcmul_(c[b].unsqueeze(1), e[b])
+
+
 def _accumulate(param: torch.Tensor, grad: torch.Tensor) -> None:
+    """Add ``grad`` to ``param.grad``; ``grad`` is handed over (every caller's is a fresh tensor it drops), so a
+    first gradient is kept as it is rather than copied."""
     grad = grad.to(param.dtype).reshape(param.shape)
     if param.grad is None:
-        param.grad = grad.clone()
+        param.grad = grad
     else:
         param.grad.add_(grad)
