@@ -146,6 +146,22 @@ if numba is not None:
         j = ((t + 1) * k + steps - 1) // steps
         return j * steps < (t + 2) * k
 
+    @numba.njit(inline="always", cache=True)
+    def _adjoint_step(s, cut, b, t, k, i, one, zero, alpha, beta, lp, lu, lam_u, lam_p, keep_p, lu_sum, lp_sum):
+        """One step of the reverse recursion for post neuron i of sample b (spike ``s``, reset ``cut`` at step t,
+        block row k): ``lam_p[t] = s[t] + ((1 - cut[t]) beta) lam_p[t+1]``, ``lam_u[t] = lam_p[t] + alpha
+        lam_u[t+1]``, written and summed (lam_u's from step 1)."""
+        p = (one if s else zero) + (zero if cut else beta[i]) * lp[b, i]
+        q = p + alpha[i] * lu[b, i]
+        lp[b, i] = p
+        lu[b, i] = q
+        lam_u[b, k, i] = q
+        if keep_p:
+            lam_p[b, k, i] = p
+        lp_sum[b, i] += p
+        if t >= 1:
+            lu_sum[b, i] += q
+
     def _adjoint_scan_py(post, t0, t1, t_ref, alpha, beta, unit, lp, lu, lam_u, lam_p, keep_p, lu_sum, lp_sum):
         batch, steps, n = post.shape
         for b in numba.prange(batch):
@@ -159,17 +175,8 @@ if numba is not None:
                     for d in range(1, t_ref + 1):  # v restarts after a spike and its refractory steps
                         if t - d >= 0 and post[b, t - d, i]:
                             cut = True
-                    # lam_p[t] = s[t] + ((1 - cut[t]) beta) lam_p[t+1];  lam_u[t] = lam_p[t] + alpha lam_u[t+1]
-                    p = (one if s else zero) + (zero if cut else beta[i]) * lp[b, i]
-                    q = p + alpha[i] * lu[b, i]
-                    lp[b, i] = p
-                    lu[b, i] = q
-                    lam_u[b, k, i] = q
-                    if keep_p:
-                        lam_p[b, k, i] = p
-                    lp_sum[b, i] += p
-                    if t >= 1:
-                        lu_sum[b, i] += q
+                    _adjoint_step(s, cut, b, t, k, i, one, zero, alpha, beta, lp, lu, lam_u, lam_p, keep_p, lu_sum,
+                                  lp_sum)
 
     def _adjoint_virtual_py(steps, virt, t0, t1, t_ref, alpha, beta, unit, lp, lu, lam_u, lam_p, keep_p, lu_sum,
                             lp_sum):
@@ -191,16 +198,8 @@ if numba is not None:
                     for d in range(1, t_ref + 1):
                         if t - d >= 0 and _virtual_spike(t - d, kv, steps):
                             cut = True
-                    p = (one if s else zero) + (zero if cut else beta[i]) * lp[b, i]
-                    q = p + alpha[i] * lu[b, i]
-                    lp[b, i] = p
-                    lu[b, i] = q
-                    lam_u[b, k, i] = q
-                    if keep_p:
-                        lam_p[b, k, i] = p
-                    lp_sum[b, i] += p
-                    if t >= 1:
-                        lu_sum[b, i] += q
+                    _adjoint_step(s, cut, b, t, k, i, one, zero, alpha, beta, lp, lu, lam_u, lam_p, keep_p, lu_sum,
+                                  lp_sum)
 
 
     def _scatter_rows_py(g, s, out, per_sample, binary, blocks):
