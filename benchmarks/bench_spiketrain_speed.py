@@ -14,6 +14,7 @@ of the CPUs (the load average alone counts the benchmark's own process and canno
 
     python benchmarks/bench_spiketrain_speed.py              # the plan below, 3 rounds (about 40 min idle)
     python benchmarks/bench_spiketrain_speed.py --rounds 1 --T 200 400 --only 784-100
+    python benchmarks/bench_spiketrain_speed.py --rounds 3 --T 200 400 800 --only 784-100 784-800 braille
     python benchmarks/bench_spiketrain_speed.py --rounds 1 --T 200 400 800 --only 15c5 --steps 3
 
 Writes ``benchmarks/results/spiketrain_speed.json``.
@@ -99,12 +100,12 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=5, help="timed steps per point (after one warm-up step)")
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--only", default=None, help="networks whose label contains this text")
+    ap.add_argument("--only", nargs="+", default=None, help="networks whose label contains one of these texts")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "spiketrain_speed.json"))
     a = ap.parse_args(argv)
     a.T_given = a.T is not None
     a.T = a.T or [100, 200, 400, 800]
-    nets = [n for n in NETWORKS if a.only is None or a.only in n[0]]
+    nets = [n for n in NETWORKS if a.only is None or any(o in n[0] for o in a.only)]
     env = environment()
     points: list[dict] = []
     out = Path(a.out)
