@@ -22,9 +22,11 @@ samples or block of steps: the forward makes a group's currents by one GEMM (ove
 whole windows fit, else per sample in blocks of steps) and runs the compiled LIF scan over them
 (``spsp_kernels``; recurrent input inside the scan), recording each neuron's count and membrane summed
 at its spikes, which is HM2-BP's T-PSP without keeping any current; the backward runs the compiled
-reverse S-PSP recursion once per layer and group, making the group's S-PSP matrices by one batched
-GEMM per block, from which every gradient and the input error are elementwise
-(``layer_backward_chunked``). Products with sparse trains (at most ``EVENT_DENSITY`` non-zero) are
+reverse S-PSP recursion once per layer and group (virtual spikes made inside it), making the group's
+S-PSP matrices by one batched GEMM per block, from which every gradient and the input error are
+elementwise (``layer_backward_chunked``) -- or, for a feed-forward layer that hands no error down and
+whose coefficients are known first, its weight gradient as one GEMM over (sample, step) rows, with no
+S-PSP matrix (``hop_backward_chunked``). Products with sparse trains (at most ``EVENT_DENSITY`` non-zero) are
 event-driven (cost per spike), denser ones GEMMs. Conv and pool layers make their currents by the
 layer's own convolution per block of (sample, step) images, and their backward is the convolution's
 weight and input gradients of ``c lam_u`` per block, BPTT's own backward products
