@@ -1009,13 +1009,22 @@ def _network_kernel(count_events: bool, record: bool, parallel: bool):
                     ad = a[d0:d0 + nd]
                     sp = is_sparse[k]
                     po = perm_off[k]
-                    for j in range(nd):
-                        # a segmented projection's sums are channels-last: neuron j's is at perm[j]
-                        x = np.int64(acc[row_idx[po + j]] if sp else acc[j]) << sh
-                        if cv:  # a Conv's own output stage comes first
-                            x = _conv_output(x)
-                        msg = _synaptic_output(x, e, g, dl)
-                        ad[j] = msg if first else _add_messages(ad[j], msg)
+                    if sp:
+                        for j in range(nd):
+                            # a segmented projection's sums are channels-last: neuron j's is at perm[j]
+                            x = np.int64(acc[row_idx[po + j]]) << sh
+                            if cv:  # a Conv's own output stage comes first
+                                x = _conv_output(x)
+                            msg = _synaptic_output(x, e, g, dl)
+                            ad[j] = msg if first else _add_messages(ad[j], msg)
+                    elif first:  # separate contiguous loops: these vectorise (one loop with the gather
+                        for j in range(nd):  # above as a select did not)
+                            x = np.int64(acc[j]) << sh
+                            ad[j] = _synaptic_output(_conv_output(x) if cv else x, e, g, dl)
+                    else:
+                        for j in range(nd):
+                            x = np.int64(acc[j]) << sh
+                            ad[j] = _add_messages(ad[j], _synaptic_output(_conv_output(x) if cv else x, e, g, dl))
                     has[p] = True
                 for p in range(pops):
                     p0 = pop_off[p]
