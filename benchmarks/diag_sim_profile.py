@@ -12,8 +12,9 @@ Ablations of one ``compiled.network_scan`` run, interleaved, medians of ``--reps
 * ``neurons_only``: no projection at all: every neuron updated every step with zero input (the scan's
   fixed cost per neuron: the update, its event counts, the spike store).
 
-Reported per sample-step in ns, and each phase's share of ``full``. The load (other processes' CPU
-time, ``bench_env.OtherLoad``) is recorded with the figures.
+Reported per sample-step in ns of CPU time (``time.process_time``, all threads: steadier than wall time
+on a loaded machine; wall times are kept in the JSON), and each phase's share of ``full``. The load
+(other processes' CPU time, ``bench_env.OtherLoad``) is recorded with the figures.
 
     python benchmarks/diag_sim_profile.py [--nets 9x200 conv pool] [--reps 5] [--threads 2]
 """
@@ -69,13 +70,16 @@ def profile(name: str, batch: int, steps: int, reps: int) -> dict:
         f()
     load = OtherLoad()
     times = {k: [] for k in fns}
+    cpu = {k: [] for k in fns}
     for _ in range(reps):
         for k, f in fns.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             f()
             times[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
     per = batch * steps
-    ns = {k: 1e9 * statistics.median(v) / per for k, v in times.items()}
+    ns = {k: 1e9 * statistics.median(v) / per for k, v in cpu.items()}
+    wall_ns = {k: 1e9 * statistics.median(v) / per for k, v in times.items()}
     phases = {
         "input stage (binary inputs' projections, all steps)": ns["input_stage"],
         "scanned projections (source scan, event adds, messages)": ns["full"] - ns["no_scanned"],
@@ -84,7 +88,7 @@ def profile(name: str, batch: int, steps: int, reps: int) -> dict:
         "of which limit-event counting": ns["full"] - ns["no_counts"],
     }
     return {"network": name, "batch": batch, "steps": steps, "neurons": int(spec.pop_off[-1]),
-            "ns_per_sample_step": ns, "phases_ns": phases,
+            "cpu_ns_per_sample_step": ns, "wall_ns_per_sample_step": wall_ns, "phases_cpu_ns": phases,
             "sample_steps_per_s": per / statistics.median(times["full"]), "other_load": load.result()}
 
 
@@ -104,11 +108,11 @@ def main() -> int:
             steps = max(10, bench_sim.NETWORKS[name][3] // 4) if batch > 1 else bench_sim.NETWORKS[name][2] // 4
             r = profile(name, batch, steps, args.reps)
             rows.append(r)
-            full = r["ns_per_sample_step"]["full"]
-            print(f"{name} batch {batch}: {full:.0f} ns/sample-step ({r['sample_steps_per_s'] / 1e3:.1f}k st/s), "
+            full = r["cpu_ns_per_sample_step"]["full"]
+            print(f"{name} batch {batch}: {full:.0f} CPU-ns/sample-step ({r['sample_steps_per_s'] / 1e3:.1f}k st/s), "
                   f"{r['neurons']} neurons, other CPUs {r['other_load'].get('other_cpus')}, "
                   f"load {os.getloadavg()[0]:.1f}")
-            for k, v in r["phases_ns"].items():
+            for k, v in r["phases_cpu_ns"].items():
                 print(f"    {k:58s} {v:8.0f} ns  {100 * v / full:5.1f} %")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2, default=float))
