@@ -334,7 +334,7 @@ def neuron_update_peak(trials: int = 5) -> float:
         step = compiled.formulas()["lif_step_counted"]
 
         @numba.njit(parallel=True, nogil=True)
-        def kernel(u, v, a, bias, reps):
+        def kernel(u, v, a, bias, du, dv, reps):
             threads, n = u.shape
             out = np.zeros(threads, dtype=np.int64)
             for th in numba.prange(threads):
@@ -343,7 +343,7 @@ def neuron_update_peak(trials: int = 5) -> float:
                 for r in range(reps):
                     packed = 0
                     for i in range(n):
-                        x, y, sp, f0, f1, f2 = step(uu[i], vv[i], aa[i], 410, 410, 5000, bb[i])
+                        x, y, sp, f0, f1, f2 = step(uu[i], vv[i], aa[i], du, dv, 5000, bb[i])
                         uu[i] = x
                         vv[i] = y
                         packed += np.int64(sp) + (np.int64(f0) | (np.int64(f1) << 21) | (np.int64(f2) << 42))
@@ -355,12 +355,14 @@ def neuron_update_peak(trials: int = 5) -> float:
     threads = int(os.environ.get("NUMBA_NUM_THREADS", "1"))
     rng = np.random.default_rng(0)
     n = 512
-    u, v = np.zeros((threads, n), dtype=np.int64), np.zeros((threads, n), dtype=np.int64)
-    a = rng.integers(-3000, 3000, (threads, n)).astype(np.int64)
-    bias = rng.integers(-50, 50, (threads, n)).astype(np.int64)
+    # the network kernel's types (compiled._STATE_NOTE): int32 state, input and bias, int16 du and dv
+    u, v = np.zeros((threads, n), dtype=np.int32), np.zeros((threads, n), dtype=np.int32)
+    a = rng.integers(-3000, 3000, (threads, n)).astype(np.int32)
+    bias = rng.integers(-50, 50, (threads, n)).astype(np.int32)
+    du = dv = np.int16(410)
     reps = 2000
-    _neuron_kernel(u, v, a, bias, 1)
-    best = min(_timed(lambda: _neuron_kernel(u, v, a, bias, reps)) for _ in range(trials))
+    _neuron_kernel(u, v, a, bias, du, dv, 1)
+    best = min(_timed(lambda: _neuron_kernel(u, v, a, bias, du, dv, reps)) for _ in range(trials))
     return threads * n * reps / best
 
 

@@ -143,3 +143,33 @@ def test_prepared_graph_runs_the_same_and_keeps_its_own_weights():
     _assert_same(sim.run(prepared, x, record=names, record_state=names), direct)
     with pytest.raises(sim.simulator.BackendError, match="prepared for"):
         sim.run(prepared, x, device="meta")
+
+
+def test_narrow_state_is_exact_through_every_width_limit(monkeypatch):
+    """The kernel keeps u, v and the summed input in int32 and du/dv in int16: drive a population through
+    int32 wraps of the shifted input, 24-bit wraps of u (du = -1: u never decays) and saturation of v,
+    with the largest bias, and compare states, spikes and event counts with the tensor path."""
+    rng = np.random.default_rng(7)
+    n = 40
+    bias = np.full(n, (1 << 12) - 1)
+    bias[::2] = -(1 << 12)
+    pops = (Population("a", n, LoihiLIF(-1, 0, (1 << 17) - 1, bias, np.full(n, 7))),
+            Population("b", n, LoihiLIF(4095, 4095, 1, rng.integers(-50, 50, n), np.zeros(n, dtype=np.int64))))
+    w = rng.integers(-256, 256, (n, 2000))
+    w[: n // 2] = 254  # 1200 active inputs x 254 << 7: the shifted input leaves int32
+    projs = (LoihiDense("in", "x", "a", w, 7, 8, 1), LoihiDense("ab", "a", "b", rng.integers(-256, 256, (n, n)), 7, 8, 1),
+             LoihiDense("ba", "b", "a", rng.integers(-256, 256, (n, n)), 6, 8, 1))
+    g = Graph((Input("x", 2000),), pops, projs, ("a", "b")).validate()
+    x = (rng.random((3, 80, 2000)) < 0.6).astype(np.int64)
+    spec = sim.prepare(g).network()
+    assert spec.du.dtype == np.int16 and spec.bias_eff.dtype == np.int32
+    fast = sim.run(g, x, record=["a", "b"], record_state=["a", "b"])
+    assert all(fast.events["a"][k] > 0 for k in fast.events["a"]), fast.events
+    monkeypatch.setattr(simulator, "_use_kernel", lambda dev: False)
+    _assert_same(fast, sim.run(g, x, record=["a", "b"], record_state=["a", "b"]))
+
+
+def test_narrow_falls_back_to_int64():
+    assert compiled._narrow([-1, 4095], np.int16).dtype == np.int16
+    assert compiled._narrow([0, 1 << 40], np.int32).dtype == np.int64
+    assert compiled._narrow([], np.int16).dtype == np.int16

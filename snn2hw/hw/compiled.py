@@ -868,11 +868,20 @@ def _input_kernels():
                             q += 1
                     ob = oc * ho * wo
                     for y in range(ho):
-                        for x in range(wo):
-                            v = np.int64(acc[y * wp + x * sx])
-                            if cv:  # a Conv's own output stage comes first
-                                v = _conv_output(v)
-                            o[ob + y * wo + x] = _synaptic_output(v, e, False, dl)
+                        orow = o[ob + y * wo:ob + (y + 1) * wo]
+                        if sx == 1:  # a contiguous row of sums: this loop vectorises (measured 1.6x less
+                            arow = acc[y * wp:y * wp + wo]  # CPU time for the whole stage on a 3x3 conv)
+                            for x in range(wo):
+                                v = np.int64(arow[x])
+                                if cv:  # a Conv's own output stage comes first
+                                    v = _conv_output(v)
+                                orow[x] = _synaptic_output(v, e, False, dl)
+                        else:  # every sx-th column (gathering them into a row first measured no faster)
+                            for x in range(wo):
+                                v = np.int64(acc[y * wp + x * sx])
+                                if cv:
+                                    v = _conv_output(v)
+                                orow[x] = _synaptic_output(v, e, False, dl)
 
     _kernels["input"] = input_messages, input_conv_messages, input_conv_dense
     return _kernels["input"]
@@ -898,9 +907,11 @@ def _network_kernel(count_events: bool, record: bool, parallel: bool):
         for k in range(projs):
             widest_src = max(widest_src, src_n[k])
         for b in numba.prange(batch):
-            u = np.zeros(n_pop, dtype=np.int64)
-            v = np.zeros(n_pop, dtype=np.int64)
-            a = np.zeros(n_pop, dtype=np.int64)  # this step's summed input of every neuron
+            # int32 state and input (see _STATE_NOTE): exact, and the update's decays then multiply
+            # sign-extended 32-bit lanes (one AVX2 instruction) instead of emulated 64-bit products
+            u = np.zeros(n_pop, dtype=np.int32)
+            v = np.zeros(n_pop, dtype=np.int32)
+            a = np.zeros(n_pop, dtype=np.int32)  # this step's summed input of every neuron
             acc = acc_buf[b]  # int32 or int64, chosen by the caller's bound
             active = np.empty(widest_src, dtype=np.int64)
             payload = np.empty(widest_src, dtype=np.int64)
@@ -998,13 +1009,22 @@ def _network_kernel(count_events: bool, record: bool, parallel: bool):
                     ad = a[d0:d0 + nd]
                     sp = is_sparse[k]
                     po = perm_off[k]
-                    for j in range(nd):
-                        # a segmented projection's sums are channels-last: neuron j's is at perm[j]
-                        x = np.int64(acc[row_idx[po + j]] if sp else acc[j]) << sh
-                        if cv:  # a Conv's own output stage comes first
-                            x = _conv_output(x)
-                        msg = _synaptic_output(x, e, g, dl)
-                        ad[j] = msg if first else _add_messages(ad[j], msg)
+                    if sp:
+                        for j in range(nd):
+                            # a segmented projection's sums are channels-last: neuron j's is at perm[j]
+                            x = np.int64(acc[row_idx[po + j]]) << sh
+                            if cv:  # a Conv's own output stage comes first
+                                x = _conv_output(x)
+                            msg = _synaptic_output(x, e, g, dl)
+                            ad[j] = msg if first else _add_messages(ad[j], msg)
+                    elif first:  # separate contiguous loops: these vectorise (one loop with the gather
+                        for j in range(nd):  # above as a select did not)
+                            x = np.int64(acc[j]) << sh
+                            ad[j] = _synaptic_output(_conv_output(x) if cv else x, e, g, dl)
+                    else:
+                        for j in range(nd):
+                            x = np.int64(acc[j]) << sh
+                            ad[j] = _add_messages(ad[j], _synaptic_output(_conv_output(x) if cv else x, e, g, dl))
                     has[p] = True
                 for p in range(pops):
                     p0 = pop_off[p]
@@ -1081,6 +1101,20 @@ class NetworkSpec(NamedTuple):
     @property
     def weight_bytes(self) -> int:
         return int(self.weights.nbytes + self.row_idx.nbytes)
+
+
+# _STATE_NOTE: the network kernel keeps u, v and each step's summed input in int32 and passes du, dv as
+# int16 and the bias as int32 where they fit (``_narrow``). That is exact: the input is a sum of
+# int32-wrapped messages wrapped again (add_messages); u leaves lif_step wrapped to int32 and then moved
+# by at most 2**24 towards 0 (wrap_u24_once); v is saturated to 24 bits. numba computes the formulas in
+# int64 either way; the narrow loads only let LLVM prove that the decays' products are of 32-bit
+# operands, which it then multiplies with vpmuldq (measured 1.3-1.5x fewer CPU cycles per neuron update).
+def _narrow(values, dtype) -> np.ndarray:
+    """``values`` as an array of ``dtype`` where every value fits, else as int64."""
+    arr = np.asarray(values, dtype=np.int64)
+    info = np.iinfo(dtype)
+    fits = arr.size == 0 or (int(arr.min()) >= info.min and int(arr.max()) <= info.max)
+    return arr.astype(dtype) if fits else arr
 
 
 def _narrowest_int(lo: int, hi: int) -> np.dtype:
@@ -1217,7 +1251,8 @@ def network_spec(pop_off, du, dv, vth_eff, bias_eff, projections: list[Projectio
         return np.asarray([bool(f(pr)) for pr in projections], dtype=np.bool_)
 
     return NetworkSpec(
-        pop_off=np.asarray(pop_off, dtype=np.int64), du=du, dv=dv, vth_eff=vth_eff, bias_eff=bias_eff,
+        pop_off=np.asarray(pop_off, dtype=np.int64), du=_narrow(du, np.int16), dv=_narrow(dv, np.int16),
+        vth_eff=np.asarray(vth_eff, dtype=np.int64), bias_eff=_narrow(bias_eff, np.int32),
         src_kind=ints(lambda p: p.src_kind), src_off=ints(lambda p: p.src_off), src_n=ints(lambda p: p.src_n),
         dst_pop=ints(lambda p: p.dst_pop), w_off=w_off[:-1].copy(), weights=weights,
         w_shift=np.asarray(shifts, dtype=np.int64), row_ptr=np.asarray(ptrs, dtype=np.int64), row_idx=row_idx,

@@ -99,7 +99,10 @@ def shift(x: torch.Tensor, exponent: torch.Tensor | int) -> torch.Tensor:
 def decay(x: torch.Tensor, keep: torch.Tensor | int) -> torch.Tensor:
     """``sign(x * keep) * (|x * keep| >> 12)``: multiply by keep/4096, rounding toward zero."""
     p = x * keep
-    return _sign(p) * (_abs(p) >> DECAY_SHIFT)
+    q = _abs(p) >> DECAY_SHIFT
+    # a select, not ``_sign(p) * q``: equal, and compiled loops then need no 64-bit multiply by the sign
+    # (AVX2 has none; it measured about a third of a neuron update)
+    return _where(p < 0, -q, q)
 
 
 def u_keep(du: torch.Tensor | int) -> torch.Tensor | int:
