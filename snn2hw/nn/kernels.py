@@ -179,37 +179,42 @@ def _forward_kernel(alpha_zero: bool, has_bias: bool, keep_u: bool, keep_v: bool
         for job in numba.prange(batch * blocks):
             b, lo, hi = _job_span(job, blocks, block, n)
             width = hi - lo
+            al = alpha[lo:hi]
+            be = beta[lo:hi]
+            th = vth[lo:hi]
+            bi = bias[lo:hi]
             one = unit[0]  # 1 in the input's dtype: every product and sum stays in that dtype
             zero = one - one
             u = np.zeros(width, dtype=a.dtype)
             v = np.zeros(width, dtype=a.dtype)
+            silent = np.zeros(width, dtype=a.dtype)  # the input before the first delayed step arrives
             for t in range(steps):
-                src = t - delay  # the input step this step reads (none before the first delayed step arrives)
-                # Arrays are indexed in place, not sliced per step: a slice is a new array object whose
-                # reference count is taken and dropped, a fixed cost per (sample, step) that at n = 256
-                # was about a third of the loop's time.
+                at = a[b, t - delay, lo:hi] if t >= delay else silent
+                vp = v_pre[b, t, lo:hi]
+                sp = spikes[b, t, lo:hi]
                 for i in range(width):
-                    j = lo + i
-                    ai = a[b, src, j] if src >= 0 else zero
                     # u[t] = alpha u[t-1] + a[t] (a[t] itself when alpha is 0)
                     if alpha_zero:
-                        uu = ai
+                        uu = at[i]
                     else:
-                        uu = u[i] * alpha[j] + ai
+                        uu = u[i] * al[i] + at[i]
                         u[i] = uu
                     # v_pre = (beta v[t-1] + u[t]) + bias; s = v_pre > v_th; v = v_pre (1 - s)
-                    x = v[i] * beta[j] + uu
+                    x = v[i] * be[i] + uu
                     if has_bias:
-                        x = x + bias[j]
-                    v_pre[b, t, j] = x
-                    sv = one if x > vth[j] else zero
-                    spikes[b, t, j] = sv
-                    vv = x * (one - sv)
-                    v[i] = vv
-                    if keep_u:
-                        u_all[b, t, j] = uu
-                    if keep_v:
-                        v_all[b, t, j] = vv
+                        x = x + bi[i]
+                    vp[i] = x
+                    sv = one if x > th[i] else zero
+                    sp[i] = sv
+                    v[i] = x * (one - sv)
+                if keep_u:
+                    ur = u_all[b, t, lo:hi]
+                    for i in range(width):
+                        ur[i] = at[i] if alpha_zero else u[i]
+                if keep_v:
+                    vr = v_all[b, t, lo:hi]
+                    for i in range(width):
+                        vr[i] = v[i]
 
     _kernels[key] = forward
     return forward
@@ -232,6 +237,9 @@ def _backward_kernel(flags: tuple, kind: int):
         for job in numba.prange(batch * blocks):
             b, lo, hi = _job_span(job, blocks, block, n)
             width = hi - lo
+            al = alpha[lo:hi]
+            be = beta[lo:hi]
+            th = vth[lo:hi]
             c0, c1, c2, one = consts[0], consts[1], consts[2], consts[3]
             zero = one - one
             lp_next = np.zeros(width, dtype=v_pre.dtype)  # lam_p[t+1]
@@ -243,52 +251,56 @@ def _backward_kernel(flags: tuple, kind: int):
             # an expanded (broadcast) gradient is read at batch / time index 0 (steps_g holds 0 or 1 per dim)
             bs, bu, bv = b * steps_g[0], b * steps_g[2], b * steps_g[4]
             for t in range(steps - 1, -1, -1):
-                # indexed in place, not sliced per step (see the forward)
-                ts, tu, tv = t * steps_g[1], t * steps_g[3], t * steps_g[5]
-                tq = max(t - 1, 0)  # v_pre[t-1], u[t-1] (unused at t = 0)
-                dst = t - delay  # dL/da[t - delay]; the last `delay` inputs reach no step
-                write = need_a and dst >= 0
+                # 1-D views of this step: with these LLVM vectorises the loop over neurons
+                vp = v_pre[b, t, lo:hi]
+                sgt = sg[b, t, lo:hi] if kind == 0 else vp
+                gst = g_s[bs, t * steps_g[1], lo:hi] if has_gs else vp
+                gut = g_u[bu, t * steps_g[3], lo:hi] if has_gu else vp
+                gvt = g_v[bv, t * steps_g[5], lo:hi] if has_gv else vp
+                vq = v_pre[b, max(t - 1, 0), lo:hi]  # v_pre[t-1] (unused at t = 0)
+                uq = u_all[b, max(t - 1, 0), lo:hi] if need_alpha else vp
+                write = need_a and t >= delay  # dL/da[t - delay]; the last `delay` inputs reach no step
+                out = grad_a[b, t - delay, lo:hi] if write else vp
                 for i in range(width):
-                    j = lo + i
-                    x = v_pre[b, t, j]
-                    thj = vth[j]
-                    d = sg[b, t, j] if kind == 0 else surrogate_at(kind, c0, c1, c2, one, x - thj)
-                    keep = one if x <= thj else zero  # 1 - s[t]
+                    x = vp[i]
+                    d = sgt[i] if kind == 0 else surrogate_at(kind, c0, c1, c2, one, x - th[i])
+                    keep = one if x <= th[i] else zero  # 1 - s[t]
                     if not detach:
                         keep = keep - x * d
-                    lam = g_s[bs, ts, j] * d if has_gs else zero
+                    lam = gst[i] * d if has_gs else zero
                     if need_vth:
                         a_vth[i] -= lam
                     if has_gv:
-                        lam = lam + keep * g_v[bv, tv, j]
+                        lam = lam + keep * gvt[i]
                     # lam_p[t] = lam[t] + (beta keep[t]) lam_p[t+1]
-                    lamp = lam + (keep * beta[j]) * lp_next[i]
+                    lamp = lam + (keep * be[i]) * lp_next[i]
                     if need_bias:
                         a_bias[i] += lamp
                     if need_beta and t > 0:
-                        vprev = v_pre[b, tq, j]
-                        a_beta[i] += lamp * (vprev if vprev <= thj else zero)  # v[t-1] after reset
+                        vprev = vq[i]
+                        a_beta[i] += lamp * (vprev if vprev <= th[i] else zero)  # v[t-1] after reset
                     if need_vth and not detach:
-                        lam_v = beta[j] * lp_next[i]
+                        lam_v = be[i] * lp_next[i]
                         if has_gv:
-                            lam_v = lam_v + g_v[bv, tv, j]
+                            lam_v = lam_v + gvt[i]
                         a_vth[i] += lam_v * (x * d)
                     lp_next[i] = lamp
                     if need_lam_u:
                         lu = lamp
                         if has_gu:
-                            lu = lu + g_u[bu, tu, j]
+                            lu = lu + gut[i]
                         if not alpha_zero:
-                            lu = lu + lu_next[i] * alpha[j]
+                            lu = lu + lu_next[i] * al[i]
                         if need_alpha and t > 0:
-                            a_alpha[i] += lu * u_all[b, tq, j]
+                            a_alpha[i] += lu * uq[i]
                         lu_next[i] = lu
                         if write:
-                            grad_a[b, dst, j] = lu
+                            out[i] = lu
             if need_a:
                 for t in range(max(steps - delay, 0), steps):
-                    for j in range(lo, hi):
-                        grad_a[b, t, j] = zero
+                    out = grad_a[b, t, lo:hi]
+                    for i in range(width):
+                        out[i] = zero
             for i in range(width):
                 acc[0, b, lo + i] = a_alpha[i]
                 acc[1, b, lo + i] = a_beta[i]
