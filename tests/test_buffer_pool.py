@@ -34,17 +34,22 @@ def test_a_buffer_is_reused_only_after_every_view_is_gone(small_pool):
     assert buffer_pool.empty((4,), torch.int64).dtype == torch.int64  # not pooled, still served
 
 
-def test_the_limit_releases_free_buffers_and_then_falls_back(small_pool, monkeypatch):
+def test_a_miss_releases_free_buffers_and_the_limit_falls_back(small_pool, monkeypatch):
     monkeypatch.setenv("SNN2HW_BUFFER_POOL_MB", str(1000 * 4 / 2**20))  # room for 1000 float32
     a = buffer_pool.empty((600,), torch.float32)
     b = buffer_pool.empty((600,), torch.float32)  # does not fit beside a busy buffer: plain torch.empty
     assert buffer_pool.pooled_bytes() == (2400, 0)
     del a
-    c = buffer_pool.empty((700,), torch.float32)  # releases the free 600 to make room
+    c = buffer_pool.empty((700,), torch.float32)  # a miss: releases the free 600
     assert buffer_pool.pooled_bytes() == (2800, 0)
+    e = buffer_pool.empty((50,), torch.float32)
+    del e
+    assert buffer_pool.pooled_bytes() == (2800, 200)
+    f = buffer_pool.empty((51,), torch.float32)  # another miss: the free 50 goes
+    assert buffer_pool.pooled_bytes() == (2800 + 204, 0) and f.numel() == 51
     monkeypatch.setenv("SNN2HW_BUFFER_POOL_MB", "0")  # off
     d = buffer_pool.empty((10,), torch.float32)
-    assert buffer_pool.pooled_bytes() == (2800, 0) and b.numel() == 600 and d.numel() == 10 and c.numel() == 700
+    assert buffer_pool.pooled_bytes() == (3004, 0) and b.numel() == 600 and d.numel() == 10 and c.numel() == 700
     monkeypatch.setenv("SNN2HW_BUFFER_POOL_MB", "lots")
     with pytest.raises(ValueError, match="SNN2HW_BUFFER_POOL_MB"):
         buffer_pool.empty((10,), torch.float32)

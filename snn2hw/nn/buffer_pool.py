@@ -14,9 +14,11 @@ array until the storage is freed (every view of it included). So a buffer is fre
 holds the only reference: nothing the caller can still reach is ever handed out again.
 
 Only float32/float64 requests of at least ``MIN_BYTES`` are pooled; everything else is ``torch.empty``.
-The pool holds at most ``SNN2HW_BUFFER_POOL_MB`` (default 1024) MiB, busy and free buffers together; when
-a request would exceed it, free buffers are released (least recently used first), and if that is not
-enough the request is served by ``torch.empty``. ``SNN2HW_BUFFER_POOL_MB=0`` switches pooling off;
+A request that finds no free buffer of its size releases every free buffer (a training loop asks for
+the same sizes every step; a miss means the shapes changed), so between steps the pool keeps about one
+step's working set, and the peak memory is that of allocating afresh. The pool holds at most
+``SNN2HW_BUFFER_POOL_MB`` (default 1024) MiB, busy and free buffers together; a request beyond that is
+served by ``torch.empty``. ``SNN2HW_BUFFER_POOL_MB=0`` switches pooling off;
 ``clear()`` releases every free buffer. Pooled tensors behave as ordinary CPU tensors except that their
 storage cannot be resized (``resize_`` to a larger size raises), as for any ``torch.from_numpy`` tensor.
 """
@@ -76,14 +78,10 @@ def empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
                 found = _pool.pop(i)
                 break
         if found is None:
-            held = sum(a.nbytes for a in _pool)
-            i = 0
-            while held + nbytes > limit and i < len(_pool):
-                if _refs(_pool, i) == _FREE:  # release free buffers, least recently used first
-                    held -= _pool.pop(i).nbytes
-                else:
-                    i += 1
-            if held + nbytes > limit:
+            # A miss releases every free buffer: in a training loop every step asks for the same sizes, so
+            # a miss means the shapes changed, and what the pool keeps stays one step's working set.
+            _pool[:] = [_pool[i] for i in range(len(_pool)) if _refs(_pool, i) != _FREE]
+            if sum(a.nbytes for a in _pool) + nbytes > limit:
                 return torch.empty(shape, dtype=dtype)
             found = np.empty(numel, dtype=np_dtype)
         _pool.append(found)
