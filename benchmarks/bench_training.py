@@ -31,7 +31,9 @@ that requires grad, whose every backward materialises a full-size zero gradient)
 * ``floor``: only the matrix products every implementation must do (``x @ W^T`` over all steps and
   the weight gradient ``g^T x`` from a precomputed output gradient; recurrent: see above).
 * ``snn2hw``: ``snn2hw.nn.functional.cuba_lif_sequence`` with alpha = 0 (u[t] = a[t], so
-  v = 0.9 v + a), fast-sigmoid surrogate, detached reset.
+  v = 0.9 v + a), fast-sigmoid surrogate, detached reset. Its kernels take their (batch, T, N) outputs
+  from ``snn2hw.nn.buffer_pool`` (by default, as in any user's loop), so after the warm-up pass a timed
+  pass touches no fresh pages for them; the floor and the peers allocate as torch does.
 * ``snntorch``: ``snntorch.Leaky(beta=0.9, reset_mechanism="zero")``, fast-sigmoid surrogate, stepped
   over ``a.unbind(0)``, spikes stacked (snnTorch has no multi-step layer; this is its tutorials' loop).
 * ``norse``: ``norse.torch.LIFBoxCell`` (LIF without synaptic current) stepped over ``a.unbind(0)``;
