@@ -31,7 +31,9 @@ that requires grad, whose every backward materialises a full-size zero gradient)
 * ``floor``: only the matrix products every implementation must do (``x @ W^T`` over all steps and
   the weight gradient ``g^T x`` from a precomputed output gradient; recurrent: see above).
 * ``snn2hw``: ``snn2hw.nn.functional.cuba_lif_sequence`` with alpha = 0 (u[t] = a[t], so
-  v = 0.9 v + a), fast-sigmoid surrogate, detached reset.
+  v = 0.9 v + a), fast-sigmoid surrogate, detached reset. Its kernels take their (batch, T, N) outputs
+  from ``snn2hw.nn.buffer_pool`` (by default, as in any user's loop), so after the warm-up pass a timed
+  pass touches no fresh pages for them; the floor and the peers allocate as torch does.
 * ``snntorch``: ``snntorch.Leaky(beta=0.9, reset_mechanism="zero")``, fast-sigmoid surrogate, stepped
   over ``a.unbind(0)``, spikes stacked (snnTorch has no multi-step layer; this is its tutorials' loop).
 * ``norse``: ``norse.torch.LIFBoxCell`` (LIF without synaptic current) stepped over ``a.unbind(0)``;
@@ -72,10 +74,15 @@ and the peers compile and initialise on types and per-step shapes, not on T): at
 recurrent layer a full pass takes tens of seconds per implementation, and this saves one per
 implementation. The first timed pass may then pay first-touch page faults; the median of 3 absorbs it.
 
+``--peer-reps K`` caps the peers' timed passes at K (each at the full T, interleaved with the others in
+the first K rounds) while the floor and snn2hw do every round: for the recurrent layer at N = 4096 a
+peer's pass takes a minute or more on 2 cores. The table's ``reps`` column and each JSON result's
+``reps`` give the number of timed passes behind each median.
+
 Usage::
 
     python benchmarks/bench_training.py [--sizes 256 512 1024 2048 4096] [--steps 500] [--batch 16]
-        [--reps 7] [--reps-large 3] [--threads 2] [--warmup-steps K] [--layer dense|recurrent|conv] [--device cpu|cuda]
+        [--reps 7] [--reps-large 3] [--peer-reps K] [--threads 2] [--warmup-steps K] [--layer dense|recurrent|conv] [--device cpu|cuda]
         [--frameworks floor snn2hw snntorch norse norse-compile spikingjelly]
         [--peer-python .venv-peers/bin/python] [--out benchmarks/results/training.json]
 """
@@ -564,9 +571,13 @@ def time_interleaved(frameworks: list[str], n: int, args) -> dict:
                     out[fw]["times_ms"] = []
                     procs[fw] = proc
         order = [fw for fw in frameworks if fw in procs]
-        for rep in range(args.reps if n < 2048 else min(args.reps, args.reps_large)):
-            # rotate the order each round, so no implementation always runs right after the same one
-            for fw in order[rep % len(order):] + order[:rep % len(order)] if order else []:
+        reps = args.reps if n < 2048 else min(args.reps, args.reps_large)
+        wanted = {fw: reps_for(fw, reps, args) for fw in order}
+        for rep in range(reps):
+            # rotate the order each round, so no implementation always runs right after the same one;
+            # an implementation with fewer repetitions (--peer-reps) takes part in the first rounds only
+            rotated = order[rep % len(order):] + order[:rep % len(order)] if order else []
+            for fw in [fw for fw in rotated if len(out[fw]["times_ms"]) < wanted[fw]]:
                 proc = procs[fw]
                 proc.stdin.write(fw + "\n")
                 proc.stdin.flush()
@@ -588,8 +599,17 @@ def time_interleaved(frameworks: list[str], n: int, args) -> dict:
     for fw, r in out.items():
         times = r.get("times_ms")
         if times:
-            r.update(time_ms=statistics.median(times), time_ms_min=min(times), time_ms_max=max(times))
+            r.update(time_ms=statistics.median(times), time_ms_min=min(times), time_ms_max=max(times),
+                     reps=len(times))
     return out
+
+
+def reps_for(fw: str, reps: int, args) -> int:
+    """Timed passes of ``fw`` at an N whose round count is ``reps``: ``--peer-reps`` caps the peers' (a
+    recurrent pass at N = 4096 takes a minute or more per peer); the floor and snn2hw keep every round."""
+    if fw in PEERS and args.peer_reps is not None:
+        return max(1, min(reps, args.peer_reps))
+    return reps
 
 
 def memory_run(fw: str, n: int, args) -> dict:
@@ -627,8 +647,8 @@ def summarise(results: list[dict], sizes: list[int]) -> dict:
 
 
 def print_table(results: list[dict], summary: dict, sizes: list[int], load: dict, cpus: int) -> None:
-    head = (f"{'N':>5}  {'implementation':<14} {'median ms':>10} {'min..max ms':>17} {'peak MB':>8} {'rate':>6} "
-            f"{'x floor':>8} {'fastest peer / this':>20}")
+    head = (f"{'N':>5}  {'implementation':<14} {'median ms':>10} {'min..max ms':>17} {'reps':>4} {'peak MB':>8} "
+            f"{'rate':>6} {'x floor':>8} {'fastest peer / this':>20}")
     print(head)
     print("-" * len(head))
     for n in sizes:
@@ -644,7 +664,7 @@ def print_table(results: list[dict], summary: dict, sizes: list[int], load: dict
             peak = r.get("peak_mb")
             rate = r.get("spike_rate")
             spread = f"{r['time_ms_min']:.1f}..{r['time_ms_max']:.1f}"
-            print(f"{n:>5}  {r['framework']:<14} {r['time_ms']:>10.1f} {spread:>17} "
+            print(f"{n:>5}  {r['framework']:<14} {r['time_ms']:>10.1f} {spread:>17} {r.get('reps', 0):>4} "
                   f"{peak if peak is not None else float('nan'):>8.1f} "
                   f"{rate if rate is not None else float('nan'):>6.3f} {floor_ratio:>8.2f} {speedup:>20.2f}{mark}")
         if s:
@@ -668,6 +688,10 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--reps-large", type=int, default=3,
                    help="repetitions at N >= 2048 (a pass there takes seconds; keeps the run to minutes)")
+    p.add_argument("--peer-reps", type=int, default=None,
+                   help="at most this many timed passes per peer (snnTorch, Norse, SpikingJelly) at every N of the "
+                        "run; the floor and snn2hw do all of them. For the recurrent layer at N = 4096, where a "
+                        "peer's pass takes a minute or more: the table's reps column and the JSON say how many ran")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup-steps", type=int, default=None,
                    help="steps of each worker's untimed warm-up pass (default: the full T). Every compiled "
@@ -765,6 +789,7 @@ def _write(out: Path, args, argv, load: dict, results: list, summary: dict, cpus
         "workload": _workload(args.layer),
         "layer": args.layer, "batch": args.batch, "steps": args.steps, "reps": args.reps,
         "reps_at_n_2048_and_above": min(args.reps, args.reps_large),
+        "peer_reps": args.peer_reps, "reps_note": "each result's `reps` is the number of timed passes it had",
         "threads": args.threads, "device": args.device, "torch": torch.__version__,
         "python": platform.python_version(), "peer_python": args.peer_python,
         "peer_frameworks": args.peer_frameworks, "machine": platform.machine(), "cpu_model": cpu_model(),

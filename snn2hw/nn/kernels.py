@@ -38,6 +38,7 @@ try:  # an accelerator, never a requirement
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     numba = None
 
+from snn2hw.nn import buffer_pool
 from snn2hw.nn.surrogate import Arctan, Boxcar, Exponential, FastSigmoid, Gaussian, Sigmoid, Triangle
 
 __all__ = ["available", "usable", "triton_for", "fused_surrogate", "lif_forward", "lif_backward"]
@@ -335,10 +336,9 @@ def lif_forward(a: torch.Tensor, alpha, beta, v_th, bias, alpha_is_zero: bool, k
     ``delay``: step t reads ``a[t - delay]`` (nothing before), the hop delay without a shifted copy."""
     batch, steps, n = a.shape
     a = a.detach().contiguous()
-    v_pre = torch.empty_like(a)
-    spikes = torch.empty_like(a)
-    u_all = torch.empty_like(a) if keep_u else None
-    v_all = torch.empty_like(a) if keep_v else None
+    # from the buffer pool: fresh pages for these every step cost more than the kernel (see buffer_pool)
+    v_pre, spikes, u_all, v_all = (buffer_pool.empty(a.shape, a.dtype) if keep else None
+                                   for keep in (True, True, keep_u, keep_v))
     if a.numel():
         _set_threads()
         unit = np.ones(1, dtype=a.numpy().dtype)
@@ -373,7 +373,7 @@ def lif_backward(v_pre: torch.Tensor, surrogate, g_s, g_u, g_v, u_all, alpha, be
         return (torch.zeros_like(v_pre) if need_a else None), acc.sum(1)
     kind, consts, sg = surrogate_args(surrogate, v_pre, v_th)
     # dL/da may overwrite sg, element by element after reading it (not with a delay: it writes earlier steps)
-    grad_a = (sg if sg is not None and delay == 0 else torch.empty_like(v_pre)) if need_a else None
+    grad_a = (sg if sg is not None and delay == 0 else buffer_pool.empty(v_pre.shape, v_pre.dtype)) if need_a else None
     (gs, *gs_steps), (gu, *gu_steps), (gv, *gv_steps) = (_broadcast_grad(g, v_pre) for g in (g_s, g_u, g_v))
     _set_threads()
     flags = tuple(bool(f) for f in (g_s is not None, g_u is not None, g_v is not None, detach_reset,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from snn2hw.nn import buffer_pool
 from snn2hw.nn.kernels import (_broadcast_grad, _empty, _per_neuron, _set_threads, available, numba, surrogate_args,
                                usable)
 
@@ -168,10 +169,8 @@ def recurrent_forward(a_ff: torch.Tensor, weight: torch.Tensor, alpha, beta, v_t
     batch, steps, n = a_ff.shape
     a = a_ff.detach().contiguous()
     wt = weight.detach().t().contiguous()  # (src, dst): row j is what a spike of neuron j adds
-    v_pre = torch.empty_like(a)
-    spikes = torch.empty_like(a)
-    u_all = torch.empty_like(a) if keep_u else None
-    v_all = torch.empty_like(a) if keep_v else None
+    v_pre, spikes, u_all, v_all = (buffer_pool.empty(a.shape, a.dtype) if keep else None
+                                   for keep in (True, True, keep_u, keep_v))
     if a.numel():
         _set_threads()
         _forward_kernel(bool(alpha_is_zero), bias is not None)(
@@ -193,7 +192,7 @@ def recurrent_backward(v_pre: torch.Tensor, weight: torch.Tensor, surrogate, g_s
     v_pre = v_pre.detach().contiguous()
     weight = weight.detach().contiguous()
     acc = np.zeros((4, n), dtype=np.float64)
-    lam_a = torch.empty_like(v_pre)
+    lam_a = buffer_pool.empty(v_pre.shape, v_pre.dtype)
     if v_pre.numel() == 0:
         return lam_a, torch.from_numpy(acc)
     kind, consts, sg = surrogate_args(surrogate, v_pre, v_th)
