@@ -107,7 +107,7 @@ def main(argv=None) -> int:
         opt.zero_grad()
         loss.backward()
         if it % a.every == 0:
-            print(f"  loss {float(loss):.3f}; output counts (batch mean) {out.sum(1).mean(0).detach().numpy().round(1)}; "
+            print(f"  loss {float(loss.detach()):.3f}; output counts (batch mean) {out.sum(1).mean(0).detach().numpy().round(1)}; "
                   f"weight-gradient norms {[f'{float(p.grad.norm()):.1e}' for p in model.parameters()]}")
         opt.step()
     return 0
