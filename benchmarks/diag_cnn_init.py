@@ -20,11 +20,12 @@ import torch
 from snn2hw.models.tasks import build_model, get_task
 from snn2hw.nn.calibrate import calibrate_thresholds
 from snn2hw.nn.conv import Flatten
+from snn2hw.nn.functional import cuba_lif_reference
 from snn2hw.nn.layers import hop_delay
 
 
 def layer_stats(model, x) -> list[dict]:
-    """Statistics of every spiking layer on input ``x`` (a plain re-run of the float neuron's recursion)."""
+    """Statistics of every spiking layer on input ``x`` (the float neuron via ``cuba_lif_reference``)."""
     rows, s = [], x
     with torch.no_grad():
         for layer in model.layers:
@@ -34,17 +35,9 @@ def layer_stats(model, x) -> list[dict]:
             w = layer.weight if not hasattr(layer, "_hop_weight") else layer._hop_weight()
             a = hop_delay(s @ w.t() if not hasattr(layer, "_current") else layer._current(s, w))
             alpha, beta, th = 1 - float(layer.du), 1 - float(layer.dv), layer.v_th
-            u = torch.zeros_like(a[:, 0])
-            v = torch.zeros_like(u)
-            v_pre, out = [], []
-            for t in range(a.shape[1]):
-                u = alpha * u + a[:, t]
-                v = beta * v + u
-                v_pre.append(v.clone())
-                sk = (v > th).to(v.dtype)
-                v = v * (1 - sk)
-                out.append(sk)
-            v_pre, out = torch.stack(v_pre, 1), torch.stack(out, 1)
+            out, u, v = cuba_lif_reference(a, alpha, beta, th, None, layer.surrogate, return_state=True)
+            # the membrane before the reset, where the surrogate derivative is taken
+            v_pre = beta * torch.nn.functional.pad(v, (0, 0, 1, 0))[:, :-1] + u
             per_neuron = out.mean((0, 1))
             rows.append({"layer": type(layer).__name__, "n": a.shape[-1], "v_th": th, "rate": float(out.mean()),
                          "a_mean": float(a.mean()), "a_std": float(a.std()),
