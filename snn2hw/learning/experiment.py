@@ -202,6 +202,7 @@ def train_task(task: str, rule: str = "bptt", config: dict | None = None, epochs
             "float_val_accuracy": _float_accuracy(model, x_val, y_val, device=dev),
             "float_test_accuracy": _float_accuracy(model, x_te, y_te, device=dev)}),
         "best_epoch": _best_epoch(history, cfg.save_best),
+        "calibration": [vars(c) for c in getattr(trainer, "calibration", [])],  # snn2hw.nn.calibrate
         "time_per_epoch_s": float(np.mean(timer.train_s)) if timer.train_s else None,
         "train_samples": len(_split_xy(data["train"])[1]),
         "peak_memory_mb": mem.peak_bytes / 2**20, "peak_memory_kind": mem.kind,

@@ -80,6 +80,9 @@ class TrainerConfig:
     eval_batch_size: int = 256
     rule: str = "bptt"  # learning rule by name (snn2hw.learning.available_rules()); see Trainer(rule=...)
     rule_options: dict = field(default_factory=dict)  # keyword options of that rule
+    # Data-driven init of a fresh run (snn2hw.nn.calibrate): each spiking layer's threshold set on the first
+    # training batch so it fires at this rate. "auto": 0.1 for networks with conv/pool layers, None otherwise.
+    calibrate_rate: float | str | None = "auto"
 
 
 def final_output(output: Any) -> torch.Tensor:
@@ -379,6 +382,22 @@ class Trainer:
         return result
 
     # -- training --------------------------------------------------------------------------------------
+    def _calibrate(self, data: "_Data", device: torch.device) -> None:
+        """``calibrate_rate``: thresholds from the first ``batch_size`` training samples (the same on every
+        rank, so data-parallel replicas stay identical); the report is kept in ``self.calibration``."""
+        from snn2hw.nn.calibrate import DEFAULT_RATE, calibrate_thresholds, has_conv_layers
+
+        rate = self.config.calibrate_rate
+        if rate == "auto":
+            rate = DEFAULT_RATE if has_conv_layers(self.model) else None
+        elif isinstance(rate, str):
+            raise ValueError(f"calibrate_rate must be a rate in (0, 1), 'auto' or None, got {rate!r}")
+        self.calibration = []
+        if rate is None:
+            return
+        x, *_ = data.get(torch.arange(min(len(data), self.config.batch_size)), device)
+        self.calibration = calibrate_thresholds(self.model, x, float(rate))
+
     def fit(self, train, val=None, resume: bool | str | os.PathLike = False) -> list[dict]:
         """Train for ``config.epochs`` epochs (in total, counting those a resumed checkpoint already did).
 
@@ -416,6 +435,8 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
         try:
+            if resume_path is None:  # a resumed model keeps the thresholds its run calibrated
+                self._calibrate(data, device)
             # The rule builds its own state (feedback matrices, tables) from its own seed, before a
             # resumed checkpoint overwrites that state with the saved one.
             self.rule.setup(self.model)

@@ -1,0 +1,126 @@
+"""Data-driven initialisation: each spiking layer's threshold set so that it fires at a target rate.
+
+Why (measured on the digits CNN 15c3-p2-40c2-p2-300-10, ``docs/learning-rules.md``, "Conv/pool networks
+and BPTT"): a CUBA-LIF neuron integrates its input with a DC gain of 1 / (du dv) (40 at du = 0.25,
+dv = 0.1), so the fan-in initialisation that suits a dense layer on pixel rates leaves a conv/pool stack
+far from threshold: the sum pools (v_th 1 over 2x2 inputs) amplify, 25-32 % of their neurons fire on most
+steps, and what reaches the output carries little of the input (a linear probe on the 300-layer's
+counts: 50 % at init). Some output neurons never fire on any sample; the count loss then pushes the
+remaining ones down until they are silent too, and a silent neuron's surrogate derivative (its membrane
+is many widths below threshold) cannot bring it back: the loss settles at ln 10 with silent outputs.
+
+Scaling the *weights* down until each layer fires at a moderate rate fixes the forward pass (probe 83 %)
+but not training: Adam moves every weight by about ``lr`` per step, and the small weights a high-gain
+neuron needs then change by 5-10 % per step, which drives the output layer silent again. Scaling the
+*threshold* instead is the same forward network, but keeps the weights (and so ``lr / |w|``) at the
+fan-in scale that trains dense networks. The surrogate's width is scaled with the threshold, so its
+width relative to the threshold, and the gradient's shape, are what they were.
+
+``calibrate_thresholds`` does this layer by layer, in order, on one batch: for each spiking layer it
+bisects the threshold (in log space) until the layer's mean firing rate, given the already calibrated
+layers below it, is ``target_rate``. Sum pools, which have no trainable weights, are calibrated the same
+way. Non-spiking read-outs, ``Flatten`` and ``Dropout`` pass through. The thresholds are ordinary layer
+parameters (``v_th`` in the config), so checkpoints, export, quantization and deployment carry them.
+
+``Trainer`` calls it on the first training batch of a fresh run when ``TrainerConfig.calibrate_rate``
+asks (default ``"auto"``: networks with a conv or pool layer, at rate 0.1; dense-only networks keep
+their initialisation unchanged).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from snn2hw.nn.surrogate import get_surrogate
+
+__all__ = ["CalibrationError", "LayerCalibration", "calibrate_thresholds", "has_conv_layers", "DEFAULT_RATE"]
+
+DEFAULT_RATE = 0.1  # spikes per neuron and step after calibration ("auto")
+_RANGE = 1e3  # the threshold is searched within [v_th / _RANGE, v_th * _RANGE]
+
+
+class CalibrationError(ValueError):
+    """A target rate outside (0, 1), a model without layers, or a layer in quantization-aware mode."""
+
+
+@dataclass(frozen=True)
+class LayerCalibration:
+    """What calibration did to one layer: its index and kind, threshold and mean rate before and after."""
+
+    index: int
+    kind: str
+    v_th_before: float
+    v_th_after: float
+    rate_before: float
+    rate_after: float
+
+
+def has_conv_layers(model: nn.Module) -> bool:
+    """True when ``model`` holds a ``ConvLIF`` or ``SumPoolLIF`` layer."""
+    from snn2hw.nn.conv import ConvLIF, SumPoolLIF
+
+    return any(isinstance(m, (ConvLIF, SumPoolLIF)) for m in model.modules())
+
+
+def _calibratable(layer: nn.Module) -> bool:
+    return isinstance(getattr(layer, "threshold", None), torch.Tensor) and getattr(layer, "spiking", True)
+
+
+def _set_threshold(layer: nn.Module, v_th: float, width_product: float) -> None:
+    """Threshold ``v_th``, and a surrogate whose width keeps its ratio to the threshold."""
+    layer.threshold.fill_(v_th)
+    layer.surrogate_scale = width_product / v_th
+    layer.surrogate = get_surrogate(layer.surrogate_name, scale=layer.surrogate_scale)
+
+
+def calibrate_thresholds(model: nn.Module, x: torch.Tensor, target_rate: float = DEFAULT_RATE,
+                         iterations: int = 24) -> list[LayerCalibration]:
+    """Set each spiking layer's threshold, in order, so that it fires at ``target_rate`` on ``x``.
+
+    ``model``: a ``SpikingSequential`` (its ``layers`` run in order); ``x``: one input batch
+    (batch, T, n) as the model takes it. The rate is the mean over the batch, steps and the layer's
+    neurons. ``iterations`` bisection steps in log threshold give a relative precision of about
+    ``(2 ln 1000) / 2**iterations``. A layer that cannot reach the rate within a factor 1000 of its
+    threshold (e.g. its input is silent) keeps the nearest bound. Returns one ``LayerCalibration`` per
+    calibrated layer.
+    """
+    if not 0.0 < float(target_rate) < 1.0:
+        raise CalibrationError(f"target_rate must lie in (0, 1), got {target_rate}")
+    layers = list(getattr(model, "layers", []))
+    if not layers:
+        raise CalibrationError(f"{type(model).__name__} has no 'layers' to calibrate")
+    for i, layer in enumerate(layers):
+        if getattr(layer, "qat", None) is not None:
+            raise CalibrationError(f"layer {i} ({type(layer).__name__}) is in quantization-aware mode; "
+                                   "calibrate the float network before switching QAT on")
+    report = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            s = x
+            for i, layer in enumerate(layers):
+                if not _calibratable(layer):
+                    s = layer(s)
+                    continue
+                v0 = float(layer.threshold)
+                width_product = layer.surrogate_scale * v0
+                rate0 = float(layer(s).mean())
+                lo, hi = math.log(v0 / _RANGE), math.log(v0 * _RANGE)
+                for _ in range(int(iterations)):
+                    mid = 0.5 * (lo + hi)
+                    _set_threshold(layer, math.exp(mid), width_product)
+                    if float(layer(s).mean()) > target_rate:
+                        lo = mid  # fires too much: raise the threshold
+                    else:
+                        hi = mid
+                _set_threshold(layer, math.exp(0.5 * (lo + hi)), width_product)
+                s = layer(s)
+                report.append(LayerCalibration(i, type(layer).__name__, v0, float(layer.threshold), rate0,
+                                               float(s.mean())))
+    finally:
+        model.train(was_training)
+    return report
