@@ -146,11 +146,12 @@ FINAL_MNIST = [
 REUSE_STRSBP = {("braille_rec128.json", "bptt", 10): ("spiketrain_accuracy.json", [0, 1])}
 # issue 8, MNIST-10k MLP rows at 3 epochs (stage ``tune-mnist-e3``, ``benchmarks/results/spiketrain_mnist10k_tuning_e3.json``),
 # seed 0, compared on validation accuracy (images 7000-7999):
-# * BPTT's learning rate and schedule at the rows' length (3 epochs): last round's constant 2e-3, cosine from 2e-3,
-#   cosine from 1e-3 (cosine: to 0 over the run);
+# * BPTT's learning rate and schedule at the rows' length (3 epochs): last round's constant 2e-3, cosine from 2e-3
+#   (cosine: to 0 over the run), and on 784-100-10 cosine from 1e-3 (not on 784-R100-10: no time);
 # * ST-RSBP's loss, at 1 epoch with last round's constant 2e-3 (so that it compares with last round's seed-0 run of
 #   the papers' MSE, ``mnist10k_rec100.json``, validation 88.3 %, stored in ``spiketrain_mnist10k_accuracy.json``):
-#   the count cross-entropy with ``count_bounds``, HM2-BP's choice on digits and MNIST-10k.
+#   the count cross-entropy with ``count_bounds``, HM2-BP's choice on digits and MNIST-10k; then ST-RSBP's options
+#   that might close its gap to BPTT: 4 sub-windows (``windows: 4``, chosen on Braille) and Adam 5e-3.
 # HM2-BP keeps the options chosen on validation last round (``tune-mnist``). The spike-train rules' rows use the
 # cosine schedule (3 epochs); the chosen BPTT candidate's seed-0 run is seed 0 of its ``final-mnist-e3`` row.
 TUNE_MNIST_E3 = [
@@ -159,8 +160,9 @@ TUNE_MNIST_E3 = [
     ("mnist10k", "bptt", "tune/mnist10k_mlp100_lr1e-3_cos.json", 3),
     ("mnist10k", "bptt", "mnist10k_rec100.json", 3),
     ("mnist10k", "bptt", "tune/mnist10k_rec100_cos.json", 3),
-    ("mnist10k", "bptt", "tune/mnist10k_rec100_lr1e-3_cos.json", 3),
     ("mnist10k", "strsbp", "tune/mnist10k_rec100_taskloss_bounds.json", 1),
+    ("mnist10k", "strsbp", "tune/mnist10k_rec100_w4.json", 1),
+    ("mnist10k", "strsbp", "tune/mnist10k_rec100_lr5e-3.json", 1),
 ]
 # issue 8: the MNIST-10k MLP rows, 3 seeds x 3 epochs, options from ``tune-mnist-e3`` (stage ``final-mnist-e3``,
 # ``benchmarks/results/spiketrain_mnist10k_accuracy.json``, where the 1-epoch rows of ``final-mnist`` are kept)
