@@ -169,6 +169,8 @@ TUNE_MNIST_E3 = [
 FINAL_MNIST_E3 = [
     ("mnist10k 784-100-10 T100, 3 epochs, HM2-BP count CE + bounds, cosine 2e-3", "mnist10k",
      "tune/mnist10k_mlp100_taskloss_bounds_cos.json", "hm2bp", 3, 3),
+    ("mnist10k 784-R100-10 T100, 3 epochs, ST-RSBP papers' MSE, cosine 5e-3", "mnist10k",
+     "tune/mnist10k_rec100_lr5e-3_cos.json", "strsbp", 3, 3),
 ]
 KEEP = ("seed", "float_val_accuracy", "float_test_accuracy", "deployed_test_accuracy", "rule_neuron_test_accuracy",
         "time_per_epoch_s", "peak_memory_mb", "best_epoch")
