@@ -24,6 +24,9 @@ stored with every run; a run whose ``results.json`` already exists is read back,
     python benchmarks/bench_spiketrain_accuracy.py tune-mnist        # issue 8: HM2-BP options on MNIST-10k
     python benchmarks/bench_spiketrain_accuracy.py final-mnist       # MNIST-10k MLP/recurrent and digits CNN rows
     python benchmarks/bench_spiketrain_accuracy.py tune-mnist-e3     # MNIST-10k MLP rows: options at 3 epochs
+    python benchmarks/bench_spiketrain_accuracy.py final-mnist-e3    # their rows, 3 seeds x 3 epochs
+    python benchmarks/bench_spiketrain_accuracy.py final-mnist-e3 --collect   # tabulate; rows also into
+                                                                     # spiketrain_mnist10k_accuracy.json
 """
 from __future__ import annotations
 
@@ -260,6 +263,20 @@ def final(only: str | None, seeds: int | None, rerun: bool, collect: bool = Fals
     print(table([row for row in plan if row["runs"]]))
 
 
+def merge_rows(src: str, dst: str) -> None:
+    """Copy the rows of ``benchmarks/results/SRC.json`` into ``DST.json`` (a row of the same label, rule and
+    epochs replaced, others kept), so that one file holds a task's rows from several stages."""
+    res = ROOT / "benchmarks" / "results"
+    new = json.loads((res / f"{src}.json").read_text())
+    path = res / f"{dst}.json"
+    old = json.loads(path.read_text()) if path.is_file() else {"benchmark": dst, "rows": []}
+    key = lambda r: (r["label"], r["rule"], r["epochs"])  # noqa: E731
+    added = {key(r) for r in new["rows"] if r["runs"]}
+    old["rows"] = [r for r in old["rows"] if key(r) not in added] + [r for r in new["rows"] if r["runs"]]
+    old.setdefault("environments", {})[src] = new["environment"]
+    path.write_text(json.dumps(old, indent=1, default=str) + "\n")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("stage", choices=["tune", "tune-strsbp", "tune-strsbp20", "tune-mnist", "final", "final-strsbp",
@@ -288,6 +305,8 @@ def main(argv=None) -> int:
         tune(a.rerun, TUNE_MNIST_E3, "spiketrain_mnist10k_tuning_e3", a.only, a.collect)
     elif a.stage == "final-mnist-e3":
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_MNIST_E3, "spiketrain_mnist10k_accuracy_e3")
+        if a.collect and a.only is None:  # the whole stage tabulated: its rows also go to the MNIST-10k file
+            merge_rows("spiketrain_mnist10k_accuracy_e3", "spiketrain_mnist10k_accuracy")
     elif a.stage == "final-mnist":
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_MNIST, "spiketrain_mnist10k_accuracy")
     elif a.stage == "final-strsbp":
