@@ -174,6 +174,7 @@ FINAL_MNIST_E3 = [
      "tune/mnist10k_mlp100_taskloss_bounds_cos.json", "hm2bp", 3, 3),
     ("mnist10k 784-R100-10 T100, 3 epochs, ST-RSBP papers' MSE, cosine 5e-3", "mnist10k",
      "tune/mnist10k_rec100_lr5e-3_cos.json", "strsbp", 3, 3),
+    ("mnist10k 784-R100-10 T100, 3 epochs, BPTT Adam 2e-3 constant", "mnist10k", "mnist10k_rec100.json", "bptt", 3, 3),
 ]
 KEEP = ("seed", "float_val_accuracy", "float_test_accuracy", "deployed_test_accuracy", "rule_neuron_test_accuracy",
         "time_per_epoch_s", "peak_memory_mb", "best_epoch")
