@@ -150,7 +150,7 @@ REUSE_STRSBP = {("braille_rec128.json", "bptt", 10): ("spiketrain_accuracy.json"
 # issue 8, MNIST-10k MLP rows at 3 epochs (stage ``tune-mnist-e3``, ``benchmarks/results/spiketrain_mnist10k_tuning_e3.json``),
 # seed 0, compared on validation accuracy (images 7000-7999):
 # * BPTT's learning rate and schedule at the rows' length (3 epochs): last round's constant 2e-3, cosine from 2e-3
-#   (cosine: to 0 over the run), and on 784-100-10 cosine from 1e-3 (not on 784-R100-10: no time);
+#   (cosine: to 0 over the run), constant 5e-3, and on 784-100-10 cosine from 1e-3 (not on 784-R100-10: no time);
 # * ST-RSBP's loss, at 1 epoch with last round's constant 2e-3 (so that it compares with last round's seed-0 run of
 #   the papers' MSE, ``mnist10k_rec100.json``, validation 88.3 %, stored in ``spiketrain_mnist10k_accuracy.json``):
 #   the count cross-entropy with ``count_bounds``, HM2-BP's choice on digits and MNIST-10k; then ST-RSBP's options
@@ -163,6 +163,8 @@ TUNE_MNIST_E3 = [
     ("mnist10k", "bptt", "tune/mnist10k_mlp100_lr1e-3_cos.json", 3),
     ("mnist10k", "bptt", "mnist10k_rec100.json", 3),
     ("mnist10k", "bptt", "tune/mnist10k_rec100_cos.json", 3),
+    ("mnist10k", "bptt", "tune/mnist10k_mlp100_lr5e-3.json", 3),
+    ("mnist10k", "bptt", "tune/mnist10k_rec100_lr5e-3.json", 3),
     ("mnist10k", "strsbp", "tune/mnist10k_rec100_taskloss_bounds.json", 1),
     ("mnist10k", "strsbp", "tune/mnist10k_rec100_w4.json", 1),
     ("mnist10k", "strsbp", "tune/mnist10k_rec100_lr5e-3.json", 1),
@@ -175,6 +177,7 @@ FINAL_MNIST_E3 = [
     ("mnist10k 784-R100-10 T100, 3 epochs, ST-RSBP papers' MSE, cosine 5e-3", "mnist10k",
      "tune/mnist10k_rec100_lr5e-3_cos.json", "strsbp", 3, 3),
     ("mnist10k 784-R100-10 T100, 3 epochs, BPTT Adam 2e-3 constant", "mnist10k", "mnist10k_rec100.json", "bptt", 3, 3),
+    ("mnist10k 784-100-10 T100, 3 epochs, BPTT Adam 2e-3 constant", "mnist10k", "mnist10k_mlp100.json", "bptt", 3, 3),
 ]
 KEEP = ("seed", "float_val_accuracy", "float_test_accuracy", "deployed_test_accuracy", "rule_neuron_test_accuracy",
         "time_per_epoch_s", "peak_memory_mb", "best_epoch")
