@@ -27,6 +27,7 @@ stored with every run; a run whose ``results.json`` already exists is read back,
     python benchmarks/bench_spiketrain_accuracy.py final-mnist-e3    # their rows, 3 seeds x 3 epochs
     python benchmarks/bench_spiketrain_accuracy.py final-mnist-e3 --collect   # tabulate; rows also into
                                                                      # spiketrain_mnist10k_accuracy.json
+    python benchmarks/bench_spiketrain_accuracy.py final-mnist-e6    # seed 0 x 6 epochs, ST-RSBP and BPTT, R100
 """
 from __future__ import annotations
 
@@ -179,6 +180,13 @@ FINAL_MNIST_E3 = [
     ("mnist10k 784-R100-10 T100, 3 epochs, BPTT Adam 2e-3 constant", "mnist10k", "mnist10k_rec100.json", "bptt", 3, 3),
     ("mnist10k 784-100-10 T100, 3 epochs, BPTT Adam 2e-3 constant", "mnist10k", "mnist10k_mlp100.json", "bptt", 3, 3),
 ]
+# seed 0 only, 6 epochs (stage ``final-mnist-e6``, ``benchmarks/results/spiketrain_mnist10k_accuracy_e6.json``): does
+# the 3-epoch comparison of ST-RSBP and BPTT on 784-R100-10 hold with twice the epochs?
+FINAL_MNIST_E6 = [
+    ("mnist10k 784-R100-10 T100, 6 epochs, ST-RSBP papers' MSE, cosine 5e-3", "mnist10k",
+     "tune/mnist10k_rec100_lr5e-3_cos.json", "strsbp", 6, 1),
+    ("mnist10k 784-R100-10 T100, 6 epochs, BPTT Adam 2e-3 constant", "mnist10k", "mnist10k_rec100.json", "bptt", 6, 1),
+]
 KEEP = ("seed", "float_val_accuracy", "float_test_accuracy", "deployed_test_accuracy", "rule_neuron_test_accuracy",
         "time_per_epoch_s", "peak_memory_mb", "best_epoch")
 
@@ -285,7 +293,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("stage", choices=["tune", "tune-strsbp", "tune-strsbp20", "tune-mnist", "final", "final-strsbp",
                                       "final-strsbp20", "final-strsbp40", "final-mnist", "tune-mnist-e3",
-                                      "final-mnist-e3"])
+                                      "final-mnist-e3", "final-mnist-e6"])
     ap.add_argument("--only", default=None, help="final: rows whose label contains this text; tune stages: "
                     "configs whose path contains it")
     ap.add_argument("--seeds", type=int, default=None, help="final: seeds per row (default: the plan's)")
@@ -311,6 +319,8 @@ def main(argv=None) -> int:
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_MNIST_E3, "spiketrain_mnist10k_accuracy_e3")
         if a.collect and a.only is None:  # the whole stage tabulated: its rows also go to the MNIST-10k file
             merge_rows("spiketrain_mnist10k_accuracy_e3", "spiketrain_mnist10k_accuracy")
+    elif a.stage == "final-mnist-e6":
+        final(a.only, a.seeds, a.rerun, a.collect, FINAL_MNIST_E6, "spiketrain_mnist10k_accuracy_e6")
     elif a.stage == "final-mnist":
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_MNIST, "spiketrain_mnist10k_accuracy")
     elif a.stage == "final-strsbp":
