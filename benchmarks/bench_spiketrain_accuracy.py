@@ -27,7 +27,7 @@ stored with every run; a run whose ``results.json`` already exists is read back,
     python benchmarks/bench_spiketrain_accuracy.py final-mnist-e3    # their rows, 3 seeds x 3 epochs
     python benchmarks/bench_spiketrain_accuracy.py final-mnist-e3 --collect   # tabulate; rows also into
                                                                      # spiketrain_mnist10k_accuracy.json
-    python benchmarks/bench_spiketrain_accuracy.py final-mnist-e6    # seed 0 x 6 epochs, ST-RSBP and BPTT, R100
+    python benchmarks/bench_spiketrain_accuracy.py final-mnist-e6    # seed 0 x 6 epochs, both comparisons
 """
 from __future__ import annotations
 
@@ -181,11 +181,14 @@ FINAL_MNIST_E3 = [
     ("mnist10k 784-100-10 T100, 3 epochs, BPTT Adam 2e-3 constant", "mnist10k", "mnist10k_mlp100.json", "bptt", 3, 3),
 ]
 # seed 0 only, 6 epochs (stage ``final-mnist-e6``, ``benchmarks/results/spiketrain_mnist10k_accuracy_e6.json``): does
-# the 3-epoch comparison of ST-RSBP and BPTT on 784-R100-10 hold with twice the epochs?
+# the 3-epoch comparisons (ST-RSBP and BPTT on 784-R100-10, HM2-BP and BPTT on 784-100-10) hold with twice the epochs?
 FINAL_MNIST_E6 = [
     ("mnist10k 784-R100-10 T100, 6 epochs, ST-RSBP papers' MSE, cosine 5e-3", "mnist10k",
      "tune/mnist10k_rec100_lr5e-3_cos.json", "strsbp", 6, 1),
     ("mnist10k 784-R100-10 T100, 6 epochs, BPTT Adam 2e-3 constant", "mnist10k", "mnist10k_rec100.json", "bptt", 6, 1),
+    ("mnist10k 784-100-10 T100, 6 epochs, HM2-BP count CE + bounds, cosine 2e-3", "mnist10k",
+     "tune/mnist10k_mlp100_taskloss_bounds_cos.json", "hm2bp", 6, 1),
+    ("mnist10k 784-100-10 T100, 6 epochs, BPTT Adam 2e-3 constant", "mnist10k", "mnist10k_mlp100.json", "bptt", 6, 1),
 ]
 KEEP = ("seed", "float_val_accuracy", "float_test_accuracy", "deployed_test_accuracy", "rule_neuron_test_accuracy",
         "time_per_epoch_s", "peak_memory_mb", "best_epoch")
