@@ -27,7 +27,8 @@ stored with every run; a run whose ``results.json`` already exists is read back,
     python benchmarks/bench_spiketrain_accuracy.py final-mnist-e3    # their rows, 3 seeds x 3 epochs
     python benchmarks/bench_spiketrain_accuracy.py final-mnist-e3 --collect   # tabulate; rows also into
                                                                      # spiketrain_mnist10k_accuracy.json
-    python benchmarks/bench_spiketrain_accuracy.py final-mnist-e6    # seed 0 x 6 epochs, both comparisons
+    python benchmarks/bench_spiketrain_accuracy.py final-mnist-e6    # seed 0 x 6 epochs, both comparisons (--collect: rows also into
+                                                                     # spiketrain_mnist10k_accuracy.json)
 """
 from __future__ import annotations
 
@@ -324,6 +325,8 @@ def main(argv=None) -> int:
             merge_rows("spiketrain_mnist10k_accuracy_e3", "spiketrain_mnist10k_accuracy")
     elif a.stage == "final-mnist-e6":
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_MNIST_E6, "spiketrain_mnist10k_accuracy_e6")
+        if a.collect and a.only is None:
+            merge_rows("spiketrain_mnist10k_accuracy_e6", "spiketrain_mnist10k_accuracy")
     elif a.stage == "final-mnist":
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_MNIST, "spiketrain_mnist10k_accuracy")
     elif a.stage == "final-strsbp":
