@@ -35,3 +35,35 @@ def test_rejects_bad_files(tmp_path):
         mnist10k.load("everything", path=tmp_path)
     with pytest.raises(FileNotFoundError):
         mnist10k.find_data(tmp_path / "missing")
+
+
+def test_accuracy_benchmark_mnist_configs_build():
+    """Every config of the accuracy benchmark's 3-epoch MNIST-10k stages exists, parses, builds its network
+    (784-[R]100-10) and gives its rule valid options, so a stage cannot fail on a config after hours of runs."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from snn2hw.learning import make_rule
+    from snn2hw.learning.experiment import read_config
+    from snn2hw.models.tasks import build_model, default_rule_options, get_task
+
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_spiketrain_accuracy", bench / "bench_spiketrain_accuracy.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(bench))
+    runs = [(rule, config) for _, rule, config, _ in mod.TUNE_MNIST_E3]
+    runs += [(rule, config) for _, _, config, rule, _, _ in mod.FINAL_MNIST_E3]
+    assert {r for r, _ in runs} == {"bptt", "hm2bp", "strsbp"}
+    task = get_task("mnist10k")
+    for rule, config in runs:
+        cfg = read_config(bench / "configs" / config)
+        model = build_model(task, cfg["model"], 0)
+        sizes = [p.shape for n, p in model.named_parameters() if n.endswith("weight")]
+        assert sizes[0] == (100, 784) and sizes[-1] == (10, 100), (config, sizes)
+        assert any(s == (100, 100) for s in sizes) == ("rec100" in config), config
+        make_rule(rule, **{**default_rule_options(rule, cfg["data"]["steps"]), **cfg.get("rule_options", {})})
