@@ -949,14 +949,21 @@ def _input_kernels():
                                 src = img[(c * h + iy) * w:(c * h + iy + 1) * w]
                                 for i in range(w):
                                     inner[i] += src[i]
-                        for x in range(wo):
-                            count[x] = row[x * sx]
-                        for kx in range(1, kw):
-                            for x in range(wo):
-                                count[x] += row[x * sx + kx]
+                        # a literal stride lets LLVM vectorise the strided reads (interleaved loads)
+                        for kx in range(kw):
+                            part = row[kx:]
+                            if sx == 2:
+                                for x in range(wo):
+                                    count[x] = part[2 * x] if kx == 0 else count[x] + part[2 * x]
+                            elif sx == 1:
+                                for x in range(wo):
+                                    count[x] = part[x] if kx == 0 else count[x] + part[x]
+                            else:
+                                for x in range(wo):
+                                    count[x] = part[x * sx] if kx == 0 else count[x] + part[x * sx]
                         orow = o[(c * ho + y) * wo:(c * ho + y + 1) * wo]
                         for x in range(wo):
-                            v = np.int64(count[x]) * weight
+                            v = np.int32(count[x] * weight)  # exact: below the bound, 2**31
                             if cv:  # a Conv's own output stage comes first
                                 v = _conv_output(v)
                             orow[x] = _synaptic_output(v, e, False, dl)
