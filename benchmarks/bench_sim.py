@@ -32,7 +32,8 @@ For each network, in the same process and run:
   8-bit mixed-sign weights) or, for a convolution, one segment per kernel tap (the tap's weights over
   the output channels, added to channels-last sums): source spikes x fan-out additions, reading that
   many weights (and two 4-byte indices per conv segment). A binary input's convolution whose sums fit
-  int32 runs densely instead (the dense int32 input stage): its performed ops are its dense MACs, and
+  int32 runs densely instead (the dense int32 input stage; for a sum pooling, window sums of contiguous
+  rows, ``compiled.dense_pool_weights``): its performed ops are its dense MACs, and
   its limit is the shorter of that work at the GEMM peak and the event formulation's. The limit
   of each projection has a compute side, its additions at the event-add peak (the same
   4-row int8 -> int32 inner loop on L1-resident rows, all threads, measured in the run), and a memory
@@ -50,8 +51,9 @@ For each network, in the same process and run:
   The limit leaves out forming messages and scanning for spikes, so the fraction understates.
 * ``conv_accumulation``: the exact conv of the first conv projection alone, five ways, interleaved:
   the network kernel's event segments (as a one-projection graph: the target's neuron updates are
-  included), its dense int32 input stage (``compiled.dense_conv_taps``: what the network kernel runs for
-  a binary input's convolution; it also forms the messages), the compiled direct float32 convolution
+  included), its dense int32 input stage (``compiled.dense_conv_taps``, or ``dense_pool_weights`` for the
+  sum pooling: what the network kernel runs for a binary input's convolution; it also forms the
+  messages), the compiled direct float32 convolution
   (``compiled.conv_accumulate``, the layer schedule's path for one-channel and depthwise convs), im2col +
   float32 GEMM (``torch.nn.functional.unfold`` and ``matmul``, blocked over images so a block's columns
   stay in L2) and oneDNN's float32 ``conv2d`` (the layer schedule's path for more taps); in
@@ -224,13 +226,15 @@ def projection_work(graph: Graph, prepared, rates: dict[str, float]) -> list[dic
                 path, per_add, ops = f"event rows, int{8 * item}", item, src_n * density * n_dst
                 nbytes = entries * item
             item_out = {}
-            if spec.dense_convs and spec.dense_convs[k] is not None:
-                # the dense int32 input stage: every tap of every output (at the input's resolution in x
-                # when strided); the limit keeps the event formulation's fewer additions where that is
-                # the shorter time (apply_limit), so it stays a bound for any exact implementation
+            pool = spec.dense_pools[k] if spec.dense_pools else None
+            if pool is not None or (spec.dense_convs and spec.dense_convs[k] is not None):
+                # the dense int32 input stage (a sum pooling's window sums, or a conv's masked taps): every
+                # tap of every output; the limit keeps the event formulation's fewer additions where that
+                # is the shorter time (apply_limit), so it stays a bound for any exact implementation
                 item_out["event_equivalent_ops"], item_out["event_equivalent_bytes"] = ops, ops * per_add
-                path, ops, per_add = "dense int32 masks (conv)", float(_synapses(p)), 0.0
-                nbytes = int(spec.dense_convs[k][0].nbytes)
+                path = "dense window sums (sum pooling)" if pool is not None else "dense int32 masks (conv)"
+                ops, per_add = float(_synapses(p)), 0.0
+                nbytes = int(pool[0].nbytes if pool is not None else spec.dense_convs[k][0].nbytes)
             if spec.ready[k]:
                 path += ", all steps before the scan"
             else:
@@ -324,30 +328,24 @@ _neuron_kernel = None
 
 
 def neuron_update_peak(trials: int = 5) -> float:
-    """Neuron updates/s of the simulator's own compiled update (``loihi2.lif_step_counted``, with the
-    event counts packed as the kernel does) on L1-resident state, one independent copy per thread (the
-    best of ``trials``): no scan can update its neurons faster."""
+    """Neuron updates/s of the simulator's own compiled update (``compiled._neuron_updater``: the network
+    kernel's loop over a population, ``loihi2.lif_step_counted`` with its event counts) on L1-resident
+    state, one independent copy per thread (the best of ``trials``): no scan can update its neurons faster."""
     global _neuron_kernel
     import numba
 
     if _neuron_kernel is None:
-        step = compiled.formulas()["lif_step_counted"]
+        update = compiled._neuron_updater()
 
         @numba.njit(parallel=True, nogil=True)
-        def kernel(u, v, a, bias, du, dv, reps):
-            threads, n = u.shape
+        def kernel(u, v, a, bias, spikes, du, dv, vth, reps):
+            threads = u.shape[0]
             out = np.zeros(threads, dtype=np.int64)
             for th in numba.prange(threads):
-                uu, vv, aa, bb = u[th], v[th], a[th], bias[th]
                 total = 0
                 for r in range(reps):
-                    packed = 0
-                    for i in range(n):
-                        x, y, sp, f0, f1, f2 = step(uu[i], vv[i], aa[i], du, dv, 5000, bb[i])
-                        uu[i] = x
-                        vv[i] = y
-                        packed += np.int64(sp) + (np.int64(f0) | (np.int64(f1) << 21) | (np.int64(f2) << 42))
-                    total += packed
+                    fired, f0, f1, f2 = update(u[th], v[th], a[th], bias[th], spikes[th], du, dv, vth, True)
+                    total += fired + f0 + f1 + f2
                 out[th] = total
             return out.sum()
 
@@ -355,14 +353,16 @@ def neuron_update_peak(trials: int = 5) -> float:
     threads = int(os.environ.get("NUMBA_NUM_THREADS", "1"))
     rng = np.random.default_rng(0)
     n = 512
-    # the network kernel's types (compiled._STATE_NOTE): int32 state, input and bias, int16 du and dv
+    # the network kernel's types (compiled._STATE_NOTE): int32 state, input, bias and threshold, int16 du, dv
     u, v = np.zeros((threads, n), dtype=np.int32), np.zeros((threads, n), dtype=np.int32)
     a = rng.integers(-3000, 3000, (threads, n)).astype(np.int32)
     bias = rng.integers(-50, 50, (threads, n)).astype(np.int32)
+    spikes = np.zeros((threads, n), dtype=np.bool_)
     du = dv = np.int16(410)
+    vth = np.int32(5000)
     reps = 2000
-    _neuron_kernel(u, v, a, bias, du, dv, 1)
-    best = min(_timed(lambda: _neuron_kernel(u, v, a, bias, du, dv, reps)) for _ in range(trials))
+    _neuron_kernel(u, v, a, bias, spikes, du, dv, vth, 1)
+    best = min(_timed(lambda: _neuron_kernel(u, v, a, bias, spikes, du, dv, vth, reps)) for _ in range(trials))
     return threads * n * reps / best
 
 
@@ -473,7 +473,8 @@ def conv_accumulation(graph: Graph, steps: int, batch: int, reps: int, peak_macs
     """The simulator's exact conv (first conv projection) several ways, interleaved (``CONV_METHODS``):
     the network kernel's per-source event segments (timed as a one-projection graph, so the target's
     neuron updates are included; ``with_events``), its dense int32 input stage (a binary input's conv
-    and its messages, ``compiled.dense_conv_taps``; what the network kernel runs for these convs now),
+    and its messages, ``compiled.dense_conv_taps`` or ``dense_pool_weights``; what the network kernel
+    runs for these convs now),
     the compiled direct float32 convolution (``compiled.conv_accumulate``: the layer schedule's path for
     few taps), im2col + float32 GEMM (blocked to stay in cache) and the float32 ``conv2d`` (oneDNN: the
     layer schedule's path for more taps). Dense-equivalent MAC/s and the fraction of the GEMM peak for
@@ -488,7 +489,7 @@ def conv_accumulation(graph: Graph, steps: int, batch: int, reps: int, peak_macs
     alone = sim.prepare(Graph(graph.inputs, (dst,), (p,), (dst.name,)).validate())
     spec = alone.network()
     assert hw.conv_bound(w, 1) < 2**24  # float32 sums are exact: every float32 path applies
-    assert spec is not None and spec.dense_convs[0] is not None
+    assert spec is not None and (spec.dense_convs[0] is not None or spec.dense_pools[0] is not None)
     x_bool = np.ascontiguousarray(x_np != 0)
     pre = np.empty((batch, steps, int(spec.pre_off[-1])), dtype=spec.acc_dtype)
 

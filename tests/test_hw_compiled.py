@@ -34,7 +34,8 @@ def edgy(lo: int, hi: int, edges=()) -> st.SearchStrategy[int]:
     return st.one_of(st.sampled_from(points), st.integers(lo, hi))
 
 
-STATE = edgy(-I32, I32 - 1)  # u and v as stored: int32 words
+U_STATE = edgy(-hw.U_MAX, hw.U_MAX)  # u and v as Lava can hold them (loihi2's domain note)
+V_STATE = edgy(-hw.V_MAX, hw.V_MAX)
 ACT = edgy(-I32, I32 - 1)  # int32 channel payloads
 DU = st.integers(hw.DU_MIN, hw.DU_MAX)
 DV = st.integers(hw.DV_MIN, hw.DV_MAX)
@@ -102,13 +103,13 @@ def test_add_messages(a, b):
 
 
 @settings(deadline=None)  # the first call of each compiled formula compiles it
-@given(edgy(-(1 << 40), 1 << 40), st.integers(0, hw.DECAY_UNITY))
+@given(edgy(-hw.U_MAX, hw.U_MAX), st.integers(0, hw.DECAY_UNITY))
 def test_decay(x, keep):
     same(hw.decay(T(x), keep), F["decay"](x, keep))
 
 
 @settings(deadline=None)  # the first call of each compiled formula compiles it
-@given(edgy(-(1 << 40), 1 << 40))
+@given(edgy(-I32, I32 - 1))  # wrap_u24_once's domain: the int32 words u_update passes
 def test_wraps_and_saturation(x):
     same(hw.wrap_u24_once(T(x)), F["wrap_u24_once"](x))
     same(hw.saturate_v24(T(x)), F["saturate_v24"](x))
@@ -122,7 +123,7 @@ def test_conv_output(x):
 
 
 @settings(max_examples=400, deadline=None)
-@given(STATE, STATE, ACT, DU, DV, VTH, BIAS)
+@given(U_STATE, V_STATE, ACT, DU, DV, VTH, BIAS)
 def test_lif_step(u, v, a, du, dv, vth, bias):
     step = hw.lif_step(T(u), T(v), T(a), du, dv, vth, T(bias))
     flags = hw.lif_step_flags(T(u), T(v), T(a), du, dv, T(bias))
@@ -136,6 +137,8 @@ def test_lif_step(u, v, a, du, dv, vth, bias):
 def test_lif_step_on_every_edge_combination():
     edges = [0, 1, -1, H - 1, H, H + 1, -H - 1, -H, -H + 1, hw.V_MAX, -hw.V_MAX, I32 - 1, -I32]
     u, v, a = (torch.tensor(c, dtype=torch.int64).reshape(-1) for c in np.meshgrid(edges, edges, edges))
+    u = u.clamp(-hw.U_MAX, hw.U_MAX)  # the formulas' domain (loihi2's note): the states Lava can hold
+    v = v.clamp(-hw.V_MAX, hw.V_MAX)
     for du, dv in [(-1, 0), (0, 4095), (4095, 0), (2047, 1024)]:
         for vth in (0, hw.effective_threshold(hw.VTH_MAX)):
             ref = hw.lif_step(u, v, a, du, dv, vth, torch.zeros_like(u))
@@ -477,3 +480,11 @@ def test_kernel_threads_leave_the_multiprocessing_start_method_unset():
     )
     proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_lif_scan_refuses_a_state_lava_cannot_hold():
+    a, bias = _random_inputs(1, 2, 5, 9, 100)
+    with pytest.raises(ValueError, match="v0 holds"):
+        compiled.lif_scan(a, 0, 0, 64, bias, v0=torch.full((2, 9), hw.V_MAX + 1))
+    with pytest.raises(ValueError, match="u0 holds"):
+        compiled.lif_scan(a, 0, 0, 64, bias, u0=torch.full((2, 9), -hw.U_MAX - 1))

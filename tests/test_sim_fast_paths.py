@@ -175,3 +175,43 @@ def test_dense_input_conv_equals_the_event_segments_and_the_tensor_path(monkeypa
         _assert_same(other, reference)
     if bound >= 2**31:  # sums beyond int32 reached Lava Conv's cast (INT32_MIN, then 0 after the wrap)
         assert reference.events is not None
+
+
+@pytest.mark.parametrize("pool", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
+                                  dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 1))])
+@pytest.mark.parametrize("weight", [90, (1 << 29) + 12345])  # sums in int32 (dense pooling) / beyond (events)
+def test_dense_pooling_equals_the_event_segments_and_the_tensor_path(monkeypatch, pool, weight):
+    rng = np.random.default_rng(abs(weight) % 89)
+    in_shape = (3, 7, 9)
+    p = sum_pool2d("pool", "x", "q", in_shape, weight=weight, **pool)
+    n = int(np.prod(p.out_shape))
+    lif = LoihiLIF(int(rng.integers(0, 4096)), int(rng.integers(0, 4096)), 300, rng.integers(-50, 50, n),
+                   np.zeros(n, dtype=np.int64))
+    g = Graph((Input("x", int(np.prod(in_shape))),), (Population("q", n, lif),), (p,), ("q",)).validate()
+    x = (rng.random((5, 12, int(np.prod(in_shape)))) < 0.4).astype(np.int64)
+    x[0, :3] = 1  # every input spikes: the sums reach the bound
+    spec = sim.prepare(g).network()
+    assert (spec.dense_pools[0] is not None) == (abs(weight) < 1 << 20) and spec.dense_convs[0] is None
+    monkeypatch.setattr(compiled, "_PRE_SLICE_BYTES", 1)  # slices of one sample
+    fast = _run(g, x)
+    monkeypatch.setattr(compiled, "_DENSE_INPUT_POOL", False)  # the dense conv stage
+    conv_stage = _run(g, x)
+    monkeypatch.setattr(compiled, "_DENSE_INPUT_CONV", False)  # the event segments
+    events = _run(g, x)
+    monkeypatch.setattr(simulator, "_use_kernel", lambda dev: False)
+    reference = _run(g, x)
+    assert reference.spikes["q"].any() and not reference.spikes["q"].all()
+    for other in (fast, conv_stage, events):
+        _assert_same(other, reference)
+
+
+def test_dense_pool_weights_takes_only_sum_poolings():
+    pool = sum_pool2d("pool", "x", "q", (2, 4, 4), 2, weight=7)
+    geometry = (pool.weight, pool.in_shape, pool.stride, pool.padding, pool.dilation, pool.groups)
+    weights, dims = compiled.dense_pool_weights(geometry)
+    assert weights.tolist() == [7, 7] and dims.tolist() == [2, 4, 4, 0, 0, 2, 2, 2, 2, 2, 2]
+    uneven = np.array(pool.weight)
+    uneven[1, 0, 1, 1] = 6  # one channel's taps differ: a depthwise conv, not a pooling
+    assert compiled.dense_pool_weights((uneven, *geometry[1:])) is None
+    mixing = np.ones((2, 2, 2, 2), dtype=np.int64)  # every output reads both channels
+    assert compiled.dense_pool_weights((mixing, (2, 4, 4), (2, 2), (0, 0), (1, 1), 1)) is None

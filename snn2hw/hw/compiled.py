@@ -1,8 +1,8 @@
 """numba-compiled instances of ``snn2hw.hw.loihi2``'s formulas and a whole-sequence CUBA-LIF scan.
 
 Nothing here defines arithmetic. ``loihi2.FORMULAS`` are ordinary Python functions written with Python
-operators and four primitives that they look up as module globals (``_sign``, ``_abs``, ``_where``,
-``_clamp``). This module re-creates each of those functions from its own code object with a globals
+operators and six primitives that they look up as module globals (``_sign``, ``_abs``, ``_where``,
+``_clamp``, and ``_int32`` and ``wrap_int32``, both a cast to int32 here). This module re-creates each of those functions from its own code object with a globals
 dict in which the primitives are numba scalar functions and the other formulas are their compiled
 twins, then compiles it with ``numba.njit``. The bytecode that runs is the bytecode of loihi2.py, so
 the torch path and the compiled path cannot drift apart (tests/test_hw_compiled.py also checks that
@@ -54,6 +54,7 @@ _add_messages = None
 _prepared_weight = None
 _conv_output = None
 _add_rows = None  # set by _row_adder()
+_update_neurons = None  # set by _neuron_updater()
 
 
 def available() -> bool:
@@ -90,7 +91,14 @@ def _scalar_primitives() -> dict:
     def _clamp(x, lo, hi):
         return lo if x < lo else (hi if x > hi else x)
 
-    return {"_sign": _sign, "_abs": _abs, "_where": _where, "_clamp": _clamp}
+    @numba.njit
+    def wrap_int32(x):
+        # the cast keeps the low 32 bits: the same integer as loihi2.wrap_int32, typed int32, so LLVM
+        # computes what depends on it in 32-bit lanes
+        return np.int32(x)
+
+    return {"_sign": _sign, "_abs": _abs, "_where": _where, "_clamp": _clamp, "_int32": wrap_int32,
+            "wrap_int32": wrap_int32}
 
 
 def _namespace() -> tuple[dict, set]:
@@ -113,7 +121,8 @@ def check_formula(fn, allowed: set) -> None:
     if stray or any(isinstance(c, types.CodeType) for c in code.co_consts):
         raise RuntimeError(
             f"loihi2.{fn.__name__} uses {stray or 'a nested function'}: formulas may use only operators, "
-            "loihi2's integer constants, the primitives (_sign, _abs, _where, _clamp) and other FORMULAS"
+            "loihi2's integer constants, the primitives (_sign, _abs, _where, _clamp, _int32, wrap_int32) and other "
+            "FORMULAS"
         )
 
 
@@ -126,7 +135,7 @@ def formulas() -> dict:
     if numba is None:
         raise RuntimeError("numba is not installed; the compiled fast path is unavailable")
     ns, allowed = _namespace()
-    compiled = {}
+    compiled = {"wrap_int32": ns["wrap_int32"]}
     for fn in loihi2.FORMULAS:
         check_formula(fn, allowed)
         clone = types.FunctionType(fn.__code__, ns, fn.__name__, fn.__defaults__)
@@ -298,6 +307,11 @@ def _run(mode, acc, exps, graded, delayed, conv, lags, steps, du, dv, vth_eff, b
     if spike_dtype not in (torch.bool, torch.float32):
         raise ValueError(f"spikes are written as bool or float32, not {spike_dtype}")
     _, batch, _, size = acc.shape
+    for name, state, limit in (("u0", u0, loihi2.U_MAX), ("v0", v0, loihi2.V_MAX)):
+        # loihi2's formulas are exact on the states Lava can hold (its domain note)
+        if state is not None and state.numel() and int(state.abs().max()) > limit:
+            raise ValueError(f"{name} holds {int(state.abs().max())}, beyond the largest state Lava can hold "
+                             f"({limit}); continue only from a state a scan returned")
     bias = torch.broadcast_to(torch.as_tensor(bias_eff, dtype=torch.int64), (size,)).contiguous()
     u = torch.zeros(batch, size, dtype=torch.int64) if u0 is None else u0.to(torch.int64).clone().contiguous()
     v = torch.zeros(batch, size, dtype=torch.int64) if v0 is None else v0.to(torch.int64).clone().contiguous()
@@ -703,6 +717,7 @@ _PRECOMPUTE_MIN_SYNAPSES = 0
 # pooling and 3x3 conv at 10 % input density (the dense loops vectorise; events scatter). Tests switch
 # it off to compare with the event path.
 _DENSE_INPUT_CONV = True
+_DENSE_INPUT_POOL = True  # the same for a sum pooling's dense pooling stage (dense_pool_weights)
 
 
 def dense_conv_taps(geometry) -> tuple:
@@ -734,8 +749,27 @@ def dense_conv_taps(geometry) -> tuple:
     return weights, offsets, taps, dims
 
 
+def dense_pool_weights(geometry) -> tuple | None:
+    """A sum pooling (``ir.sum_pool2d``: one channel per group, all of a channel's taps one value, no
+    dilation) as the dense pooling stage takes it: ``(weights (C,) int64, dims int64)`` with
+    ``dims = (C, H, W, py, px, kh, kw, sy, sx, Ho, Wo)``; None for any other convolution."""
+    kernel, (ch, h, w), (sy, sx), (py, px), (dy, dx), groups = geometry
+    kernel = np.asarray(kernel, dtype=np.int64)
+    o_n, cg, kh, kw = kernel.shape
+    if not (cg == 1 and o_n == groups == ch and dy == dx == 1) or kernel.size == 0:
+        return None
+    per_channel = kernel.reshape(o_n, -1)
+    if not (per_channel == per_channel[:, :1]).all():
+        return None
+    ho = (h + 2 * py - kh) // sy + 1
+    wo = (w + 2 * px - kw) // sx + 1
+    dims = np.array([ch, h, w, py, px, kh, kw, sy, sx, ho, wo], dtype=np.int64)
+    return per_channel[:, 0].copy(), dims
+
+
 def _input_kernels():
-    """The pre-pass kernels: (a binary input's dense projection, its convolution) to messages."""
+    """The pre-pass kernels: (a binary input's dense projection, its convolution as events, its
+    convolution densely, its sum pooling densely) to messages."""
     if "input" in _kernels:
         return _kernels["input"]
     formulas()
@@ -883,8 +917,119 @@ def _input_kernels():
                                     v = _conv_output(v)
                                 orow[x] = _synaptic_output(v, e, False, dl)
 
-    _kernels["input"] = input_messages, input_conv_messages, input_conv_dense
+    @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
+    def input_pool_dense(s, pw, dims, cv, e, dl, out, step_blocks):
+        """out[b, t] = the messages of a binary input's sum pooling: for each channel and output row,
+        the window's kh input rows added into a row of counts (contiguous loops; the padding columns stay
+        0), then each output's kw counts added up and times the channel's weight, then Lava Conv's output
+        stage and ``synaptic_output``, in neuron order (channel, y, x). Every sum is a window count
+        (at most kh * kw) times one weight, exact in int64 (the caller's bound keeps it below 2**31, as
+        for the dense conv stage). Jobs: samples x step blocks."""
+        _key = fingerprint  # puts the formulas' fingerprint into the cache key
+        batch, steps, _ = s.shape
+        ch, h, w, py, px, kh, kw, sy, sx, ho, wo = (dims[0], dims[1], dims[2], dims[3], dims[4], dims[5],
+                                                    dims[6], dims[7], dims[8], dims[9], dims[10])
+        for job in numba.prange(batch * step_blocks):
+            b = job // step_blocks
+            sb = job % step_blocks
+            row = np.zeros(w + 2 * px, dtype=np.int32)
+            inner = row[px:px + w]
+            count = np.empty(wo, dtype=np.int32)
+            for t in range(sb * steps // step_blocks, (sb + 1) * steps // step_blocks):
+                img = s[b, t]
+                o = out[b, t]
+                for c in range(ch):
+                    weight = pw[c]
+                    for y in range(ho):
+                        for i in range(w):
+                            inner[i] = 0
+                        for ky in range(kh):
+                            iy = y * sy + ky - py
+                            if 0 <= iy < h:
+                                src = img[(c * h + iy) * w:(c * h + iy + 1) * w]
+                                for i in range(w):
+                                    inner[i] += src[i]
+                        # a literal stride lets LLVM vectorise the strided reads (interleaved loads)
+                        for kx in range(kw):
+                            part = row[kx:]
+                            if sx == 2:
+                                for x in range(wo):
+                                    count[x] = part[2 * x] if kx == 0 else count[x] + part[2 * x]
+                            elif sx == 1:
+                                for x in range(wo):
+                                    count[x] = part[x] if kx == 0 else count[x] + part[x]
+                            else:
+                                for x in range(wo):
+                                    count[x] = part[x * sx] if kx == 0 else count[x] + part[x * sx]
+                        orow = o[(c * ho + y) * wo:(c * ho + y + 1) * wo]
+                        for x in range(wo):
+                            v = np.int32(count[x] * weight)  # exact: below the bound, 2**31
+                            if cv:  # a Conv's own output stage comes first
+                                v = _conv_output(v)
+                            orow[x] = _synaptic_output(v, e, False, dl)
+
+    _kernels["input"] = input_messages, input_conv_messages, input_conv_dense, input_pool_dense
     return _kernels["input"]
+
+
+# Neurons per pass of the network kernel's update: its per-pass counters are int32 words with two 16-bit
+# fields (spikes and activation wraps; u wraps and v saturations), and a field's count stays below 2**15.
+_UPDATE_PASS = 1 << 14
+
+
+def _neuron_updater():
+    """``update_neurons(u, v, a, bias, spikes, du, dv, vth, count_events) -> (spikes, act, u, v events)``:
+    one step of ``loihi2.lif_step_counted`` (or ``lif_step``) over a population's slices, in passes of
+    ``_UPDATE_PASS`` neurons. Everything in the loop is an int32 word (loihi2's formulas in 32-bit lanes,
+    int32 state, int16 du/dv, int32 bias and threshold; see ``_STATE_NOTE``), and the counts travel as
+    two int32 words of two 16-bit fields each, so LLVM vectorises the loop 8 lanes wide; int64 counters
+    halved that (measured 1.7x more CPU per update). The benchmark's neuron-update peak times this
+    function."""
+    global _update_neurons
+    if _update_neurons is None:
+        formulas()
+        fingerprint = _fingerprint
+
+        @numba.njit(nogil=True, boundscheck=False, cache=True)
+        def update_neurons(u, v, a, bias, spikes, du, dv, vth, count_events):
+            _key = fingerprint  # puts the formulas' fingerprint into the cache key
+            fired = 0
+            act = 0
+            wrapped = 0
+            saturated = 0
+            size = u.shape[0]
+            for p0 in range(0, size, _UPDATE_PASS):
+                p1 = min(p0 + _UPDATE_PASS, size)
+                up = u[p0:p1]
+                vp = v[p0:p1]
+                ap = a[p0:p1]
+                bp = bias[p0:p1]
+                sb = spikes[p0:p1]
+                low = np.int32(0)  # spikes | activation wraps << 16
+                high = np.int32(0)  # u wraps | v saturations << 16
+                if count_events:
+                    for n in range(p1 - p0):
+                        uu, vv, sp, f0, f1, f2 = _lif_step_counted(up[n], vp[n], ap[n], du, dv, vth, bp[n])
+                        up[n] = uu
+                        vp[n] = vv
+                        sb[n] = sp
+                        low = np.int32(low + (np.int32(sp) | (np.int32(f0) << 16)))
+                        high = np.int32(high + (np.int32(f1) | (np.int32(f2) << 16)))
+                else:
+                    for n in range(p1 - p0):
+                        uu, vv, sp = _lif_step(up[n], vp[n], ap[n], du, dv, vth, bp[n])
+                        up[n] = uu
+                        vp[n] = vv
+                        sb[n] = sp
+                        low = np.int32(low + np.int32(sp))
+                fired += low & 0xFFFF
+                act += (low >> 16) & 0xFFFF
+                wrapped += high & 0xFFFF
+                saturated += (high >> 16) & 0xFFFF
+            return fired, act, wrapped, saturated
+
+        _update_neurons = update_neurons
+    return _update_neurons
 
 
 def _network_kernel(count_events: bool, record: bool, parallel: bool):
@@ -893,6 +1038,7 @@ def _network_kernel(count_events: bool, record: bool, parallel: bool):
         return _kernels[key]
     formulas()
     fingerprint = _fingerprint
+    _neuron_updater()
 
     @numba.njit(parallel=parallel, nogil=True, boundscheck=False, cache=True)
     def network(x_in, pop_off, du, dv, vth, bias, src_kind, src_off, src_n, dst_pop, w_off, wflat, w_shift,
@@ -1032,30 +1178,12 @@ def _network_kernel(count_events: bool, record: bool, parallel: bool):
                     if not has[p]:  # nothing arrives: Lava's LIF receives zeros
                         for n in range(p0, p1):
                             a[n] = 0
-                    packed = 0
-                    fired = 0
-                    sb = spk[b, t, p0:p1]
-                    up = u[p0:p1]
-                    vp = v[p0:p1]
-                    ap = a[p0:p1]
-                    bp = bias[p0:p1]
-                    pdu = du[p]
-                    pdv = dv[p]
-                    pvth = vth[p]
-                    for n in range(p1 - p0):
-                        if count_events:
-                            uu, vv, sp, f0, f1, f2 = _lif_step_counted(up[n], vp[n], ap[n], pdu, pdv, pvth, bp[n])
-                            packed += np.int64(f0) | (np.int64(f1) << 21) | (np.int64(f2) << 42)
-                        else:
-                            uu, vv, sp = _lif_step(up[n], vp[n], ap[n], pdu, pdv, pvth, bp[n])
-                        up[n] = uu
-                        vp[n] = vv
-                        sb[n] = sp
-                        fired += sp
-                    if count_events:  # unpacked every step: no 21-bit field can overflow
-                        counts[b, p, 0] += packed & 0x1FFFFF
-                        counts[b, p, 1] += (packed >> 21) & 0x1FFFFF
-                        counts[b, p, 2] += packed >> 42
+                    fired, f0, f1, f2 = _update_neurons(u[p0:p1], v[p0:p1], a[p0:p1], bias[p0:p1],
+                                                        spk[b, t, p0:p1], du[p], dv[p], vth[p], count_events)
+                    if count_events:
+                        counts[b, p, 0] += f0
+                        counts[b, p, 1] += f1
+                        counts[b, p, 2] += f2
                     counts[b, p, 3] += fired
                 if record:
                     for n in range(n_pop):
@@ -1097,6 +1225,7 @@ class NetworkSpec(NamedTuple):
     ready: np.ndarray  # (K,) bool: a binary input's projection, accumulated for all steps before the scan
     pre_off: np.ndarray  # (K,) its first column in those accumulations
     dense_convs: tuple = ()  # (K,) a ready convolution's taps for the dense input stage (dense_conv_taps), or None
+    dense_pools: tuple = ()  # (K,) a ready sum pooling's weights for the dense pooling stage (dense_pool_weights)
 
     @property
     def weight_bytes(self) -> int:
@@ -1104,11 +1233,11 @@ class NetworkSpec(NamedTuple):
 
 
 # _STATE_NOTE: the network kernel keeps u, v and each step's summed input in int32 and passes du, dv as
-# int16 and the bias as int32 where they fit (``_narrow``). That is exact: the input is a sum of
-# int32-wrapped messages wrapped again (add_messages); u leaves lif_step wrapped to int32 and then moved
-# by at most 2**24 towards 0 (wrap_u24_once); v is saturated to 24 bits. numba computes the formulas in
-# int64 either way; the narrow loads only let LLVM prove that the decays' products are of 32-bit
-# operands, which it then multiplies with vpmuldq (measured 1.3-1.5x fewer CPU cycles per neuron update).
+# int16 and the bias and threshold as int32 where they fit (``_narrow``). That is exact: the input is a
+# sum of int32-wrapped messages wrapped again (add_messages); u leaves lif_step wrapped to int32 and then
+# moved by at most 2**24 towards 0 (wrap_u24_once); v is saturated to 24 bits; vth << 6 < 2**23. These
+# are the domain of loihi2's formulas, which compute every value as an int32 word; with int32 loads
+# and stores as well, LLVM runs the whole update in 32-bit lanes (see _neuron_updater).
 def _narrow(values, dtype) -> np.ndarray:
     """``values`` as an array of ``dtype`` where every value fits, else as int64."""
     arr = np.asarray(values, dtype=np.int64)
@@ -1241,8 +1370,14 @@ def network_spec(pop_off, du, dv, vth_eff, bias_eff, projections: list[Projectio
     pre_off = np.cumsum([0] + [int(pop_off[pr.dst_pop + 1] - pop_off[pr.dst_pop]) if r else 0
                                for pr, r in zip(projections, ready)]).astype(np.int64)
     # A ready convolution whose sums fit int32 takes the dense input stage (see dense_conv_taps)
-    dense_convs = tuple(dense_conv_taps(pr.geometry) if r and pr.geometry is not None and pr.bound < 2**31
-                        and _DENSE_INPUT_CONV else None for pr, r in zip(projections, ready))
+    dense = [r and pr.geometry is not None and pr.bound < 2**31 and _DENSE_INPUT_CONV
+             for pr, r in zip(projections, ready)]
+    # ... and a sum pooling takes the dense pooling stage: window counts from contiguous row sums
+    # (measured ... less CPU than the dense conv stage's per-row strided runs on the benchmark's pooling)
+    dense_pools = tuple(dense_pool_weights(pr.geometry) if d and _DENSE_INPUT_POOL else None
+                        for pr, d in zip(projections, dense))
+    dense_convs = tuple(dense_conv_taps(pr.geometry) if d and pool is None else None
+                        for pr, d, pool in zip(projections, dense, dense_pools))
 
     def ints(f):
         return np.asarray([f(pr) for pr in projections], dtype=np.int64)
@@ -1252,7 +1387,7 @@ def network_spec(pop_off, du, dv, vth_eff, bias_eff, projections: list[Projectio
 
     return NetworkSpec(
         pop_off=np.asarray(pop_off, dtype=np.int64), du=_narrow(du, np.int16), dv=_narrow(dv, np.int16),
-        vth_eff=np.asarray(vth_eff, dtype=np.int64), bias_eff=_narrow(bias_eff, np.int32),
+        vth_eff=_narrow(vth_eff, np.int32), bias_eff=_narrow(bias_eff, np.int32),
         src_kind=ints(lambda p: p.src_kind), src_off=ints(lambda p: p.src_off), src_n=ints(lambda p: p.src_n),
         dst_pop=ints(lambda p: p.dst_pop), w_off=w_off[:-1].copy(), weights=weights,
         w_shift=np.asarray(shifts, dtype=np.int64), row_ptr=np.asarray(ptrs, dtype=np.int64), row_idx=row_idx,
@@ -1260,7 +1395,7 @@ def network_spec(pop_off, du, dv, vth_eff, bias_eff, projections: list[Projectio
         perm_off=np.asarray(perm_offs, dtype=np.int64), weight_exp=ints(lambda p: p.weight_exp),
         graded=flags(lambda p: p.graded), delayed=flags(lambda p: p.delayed), conv=flags(lambda p: p.conv),
         lags=ints(lambda p: p.lag), acc_dtype=acc_dtype, ready=np.asarray(ready, dtype=np.bool_),
-        pre_off=pre_off, dense_convs=dense_convs,
+        pre_off=pre_off, dense_convs=dense_convs, dense_pools=dense_pools,
     )
 
 
@@ -1278,7 +1413,11 @@ def _input_messages(spec: NetworkSpec, x: np.ndarray, pre: np.ndarray, threads: 
         share = max(1, threads // max(batch, 1))  # jobs per sample that give every thread work
         step_blocks = max(1, min(share, steps))
         args = (int(spec.w_shift[k]), int(spec.weight_exp[k]), bool(spec.delayed[k]))
-        if spec.dense_convs and spec.dense_convs[k] is not None:
+        if spec.dense_pools and spec.dense_pools[k] is not None:
+            weights, dims = spec.dense_pools[k]
+            _input_kernels()[3](s, weights, dims, bool(spec.conv[k]), int(spec.weight_exp[k]), bool(spec.delayed[k]),
+                                out, step_blocks)
+        elif spec.dense_convs and spec.dense_convs[k] is not None:
             taps, offs, counts, dims = spec.dense_convs[k]
             _input_kernels()[2](s, taps, offs, counts, dims, bool(spec.conv[k]), int(spec.weight_exp[k]),
                                 bool(spec.delayed[k]), out, step_blocks)

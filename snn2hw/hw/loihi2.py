@@ -8,8 +8,8 @@ All functions are pure and work on ``torch.int64`` tensors (CPU or CUDA), so the
 simulator and training.
 
 The per-neuron formulas (listed in ``FORMULAS``) use nothing but Python operators, the module's integer
-constants, each other, and four primitives looked up as module globals (``_sign``, ``_abs``, ``_where``,
-``_clamp``, bound to torch functions here). ``snn2hw.hw.compiled`` re-creates these very functions from
+constants, each other, and six primitives looked up as module globals (``_sign``, ``_abs``, ``_where``,
+``_clamp``, bound to torch functions here, ``_int32`` and ``wrap_int32``). ``snn2hw.hw.compiled`` re-creates these very functions from
 their code objects with numba scalar primitives and compiles them, so the simulator's fast path runs
 this code, not a second copy of it (see docs/fixed-point.md, "How the simulator stays exact and fast").
 
@@ -30,12 +30,15 @@ import torch
 # --- constants (names follow the meaning; Lava's own names in comments) -------------------------------
 DECAY_SHIFT = 12  # decay_shift
 DECAY_UNITY = 1 << DECAY_SHIFT  # decay_unity = 4096
+DECAY_MASK = DECAY_UNITY - 1
 U_DECAY_OFFSET = 1  # ds_offset: du = 0 still decays u by 1/4096; du = -1 is "no decay"
 V_DECAY_OFFSET = 0  # dm_offset
 STATE_BITS = 24  # uv_bitwidth
 STATE_HALF = 1 << (STATE_BITS - 1)  # max_uv_val = 2**23
 V_MAX = STATE_HALF - 1  # v saturates to [-(2**23 - 1), 2**23 - 1]
 ACTIVATION_SHIFT = 6  # act_shift: synaptic input is MSB-aligned with u
+ACTIVATION_LIMIT = 1 << (31 - ACTIVATION_SHIFT)  # a << 6 stays in int32 iff -2**25 <= a < 2**25
+U_MAX = (1 << 31) - (1 << STATE_BITS)  # |u| after any step (wrap_u24_once of an int32 word)
 THRESHOLD_SHIFT = 6  # vth_shift
 
 DU_MIN, DU_MAX = -1, (1 << 12) - 1
@@ -53,12 +56,19 @@ _INT32_HALF = 1 << 31
 _INT32_MASK = _INT32_SPAN - 1
 
 # Primitives of the formulas below. They are module globals on purpose: snn2hw.hw.compiled rebinds
-# these four names (and nothing else) to numba scalar functions. torch.where/torch.clamp accept
-# Python scalars for the value arguments, so the formulas may pass literals such as 0.
+# these five names and ``wrap_int32`` (and nothing else) to numba scalar functions. torch.where/torch.clamp
+# accept Python scalars for the value arguments, so the formulas may pass literals such as 0.
 _sign = torch.sign
 _abs = torch.abs
 _where = torch.where
 _clamp = torch.clamp
+
+
+def _int32(x):
+    """A value that the formulas' domain keeps within int32, unchanged. Compiled code casts it to int32
+    (the same integer), which tells LLVM the width: numba types every sum and product int64, and LLVM
+    computes in 32-bit lanes only what it sees truncated."""
+    return x
 
 # Which limit events lif_step_flags reports, in its order (the simulator's event names).
 LIMIT_EVENTS = ("activation_int32_wrap", "u_wrap", "v_saturation")
@@ -78,7 +88,8 @@ def wrap_int32(x: torch.Tensor) -> torch.Tensor:
     """Two's-complement wrap into int32, as numpy does when Lava stores into an int32 array/channel.
 
     Keeping the low 32 bits of ``x + 2**31`` is ``(x + 2**31) mod 2**32`` (floor modulo) for any int64 in
-    two's complement, and a mask is one cheap operator in both torch and numba.
+    two's complement. A primitive of the formulas: compiled code casts to int32 instead (the same
+    integer), and the formulas wrap every value that fits int32, so compiled loops run in 32-bit lanes.
     """
     return ((x + _INT32_HALF) & _INT32_MASK) - _INT32_HALF
 
@@ -97,12 +108,20 @@ def shift(x: torch.Tensor, exponent: torch.Tensor | int) -> torch.Tensor:
 
 
 def decay(x: torch.Tensor, keep: torch.Tensor | int) -> torch.Tensor:
-    """``sign(x * keep) * (|x * keep| >> 12)``: multiply by keep/4096, rounding toward zero."""
-    p = x * keep
-    q = _abs(p) >> DECAY_SHIFT
-    # a select, not ``_sign(p) * q``: equal, and compiled loops then need no 64-bit multiply by the sign
-    # (AVX2 has none; it measured about a third of a neuron update)
-    return _where(p < 0, -q, q)
+    """``sign(x * keep) * (|x * keep| >> 12)``: multiply by keep/4096, rounding toward zero, for
+    ``|x| <= U_MAX`` and ``keep`` in [0, 4096] (what u_keep and v_keep give), as an int32.
+
+    With ``|x| = 4096 h + l`` (l < 4096), ``|x| * keep >> 12 = h * keep + (l * keep >> 12)`` exactly, and
+    both products then fit 32 bits (below 2**31 - 2**24 and 2**24), so compiled loops multiply 32-bit
+    lanes (8 per AVX2 vector) instead of 64-bit ones (``_int32`` marks each value that fits).
+    """
+    m = _int32(_abs(x))
+    k = _int32(keep)
+    high = _int32(_int32(m >> DECAY_SHIFT) * k)
+    low = _int32(_int32(_int32(m & DECAY_MASK) * k) >> DECAY_SHIFT)
+    q = _int32(high + low)
+    # a select, not ``_sign(x) * q``: equal, and compiled loops then need no multiply by the sign
+    return _int32(_where(x < 0, -q, q))
 
 
 def u_keep(du: torch.Tensor | int) -> torch.Tensor | int:
@@ -119,11 +138,12 @@ def wrap_u24_once(x: torch.Tensor) -> torch.Tensor:
     """Lava's single 24-bit wrap of u: subtract 2**24 if x > 2**23, add 2**24 if x <= -2**23.
 
     The bounds are asymmetric (2**23 itself is kept, -2**23 becomes +2**23) and only one wrap is
-    applied, exactly as ``AbstractPyLifModelFixed.subthr_dynamics`` does.
+    applied, exactly as ``AbstractPyLifModelFixed.subthr_dynamics`` does. For an int32 ``x`` (what
+    u_update passes) both results fit int32 (``_int32``).
     """
     span = 2 * STATE_HALF
-    first = _where(x > STATE_HALF, x - span, x)
-    return _where(first <= -STATE_HALF, x + span, first)
+    first = _where(x > STATE_HALF, _int32(x - span), x)
+    return _where(first <= -STATE_HALF, _int32(x + span), first)
 
 
 def saturate_v24(x: torch.Tensor) -> torch.Tensor:
@@ -227,37 +247,43 @@ def add_messages(total: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
 
 
 # --- the CUBA-LIF neuron ------------------------------------------------------------------------------
+# Domain: the state as Lava can hold it (|u| <= U_MAX: wrap_u24_once of an int32; |v| <= V_MAX: saturated),
+# int32 inputs and biases, du and dv in their 12-bit ranges. Every value below is then an int32 word, and
+# each width-limit event is read from the wrapped sum: a sum that left int32 wraps to at least 2**24 - 2
+# away from 0 (its terms are at most U_MAX + V_MAX and 2**31 in magnitude), so it is outside the 24-bit
+# range whenever the exact sum is. The same integers and events as summing in int64 and comparing
+# (tests/test_hw_loihi2.py checks the formulas against that reference over the domain and on its edges),
+# and compiled loops then run in 32-bit lanes (8 per AVX2 vector instead of 4).
 def u_update(u, a_in, du):
-    """The current's update: ``(a_in << 6, u before its 24-bit wrap, new u)``.
+    """The current's update: ``(a_in << 6 left int32, u left its 24-bit range, new u)``.
 
     ``a << 6`` is wrapped to int32 before it is added, the sum is wrapped to int32, then u wraps once
-    at 24 bits (``wrap_u24_once``).
+    at 24 bits (``wrap_u24_once``). u leaves its range when the exact sum is above 2**23 or at most
+    -2**23, which is when the wrapped sum is (see the domain note above).
     """
-    shifted = a_in << ACTIVATION_SHIFT
-    u_pre = decay(u, u_keep(du)) + wrap_int32(shifted)
-    return shifted, u_pre, wrap_u24_once(wrap_int32(u_pre))
+    shifted = wrap_int32(a_in << ACTIVATION_SHIFT)
+    decayed = decay(u, u_keep(du))
+    total = wrap_int32(decayed + shifted)
+    act_wrap = (a_in < -ACTIVATION_LIMIT) | (a_in >= ACTIVATION_LIMIT)
+    u_wrap = (total > STATE_HALF) | (total <= -STATE_HALF)
+    return act_wrap, u_wrap, wrap_u24_once(total)
 
 
 def v_update(v, u_new, dv, bias_eff):
-    """The voltage's update: ``(v before it is wrapped and saturated, new v before the spike reset)``."""
-    v_pre = decay(v, v_keep(dv)) + u_new + bias_eff
-    return v_pre, saturate_v24(wrap_int32(v_pre))
+    """The voltage's update: ``(v left +-(2**23 - 1), new v before the spike reset)``.
+
+    ``decay(v) + u_new`` never leaves int32 (|decay(v)| <= V_MAX, |u_new| <= U_MAX); adding the bias may,
+    and the wrapped sum is then outside the saturation range too (see the domain note above).
+    """
+    total = wrap_int32(decay(v, v_keep(dv)) + u_new + bias_eff)
+    saturated = (total > V_MAX) | (total < -V_MAX)
+    return saturated, saturate_v24(total)
 
 
 def spike_reset(v_new, vth_eff):
     """``(v with spiking neurons set to 0, spikes)``: a spike where v > vth << 6, strictly."""
     spikes = v_new > vth_eff
     return _where(spikes, 0, v_new), spikes
-
-
-def limit_flags(shifted, u_pre, v_pre):
-    """The width-limit events of one step, in ``LIMIT_EVENTS`` order: the shifted activation leaves
-    int32, u leaves its 24-bit range (and wraps), v leaves +-(2**23 - 1) (and saturates)."""
-    return (
-        shifted != wrap_int32(shifted),
-        (u_pre > STATE_HALF) | (u_pre <= -STATE_HALF),
-        (v_pre > V_MAX) | (v_pre < -V_MAX),
-    )
 
 
 def lif_step(
@@ -284,9 +310,9 @@ def lif_step_flags(u, v, a_in, du, dv, bias_eff):
     """Which neurons hit a width limit in this step (same inputs as ``lif_step``), as a tuple in
     ``LIMIT_EVENTS`` order: int32 wrap of the shifted activation, 24-bit wrap of u, saturation of v.
     """
-    shifted, u_pre, u_new = u_update(u, a_in, du)
-    v_pre, _ = v_update(v, u_new, dv, bias_eff)
-    return limit_flags(shifted, u_pre, v_pre)
+    act_wrap, u_wrap, u_new = u_update(u, a_in, du)
+    saturated, _ = v_update(v, u_new, dv, bias_eff)
+    return act_wrap, u_wrap, saturated
 
 
 def lif_step_counted(u, v, a_in, du, dv, vth_eff, bias_eff):
@@ -294,11 +320,10 @@ def lif_step_counted(u, v, a_in, du, dv, vth_eff, bias_eff):
 
     What the compiled scan calls when it counts events (computing the update once, not twice).
     """
-    shifted, u_pre, u_new = u_update(u, a_in, du)
-    v_pre, v_new = v_update(v, u_new, dv, bias_eff)
+    act_wrap, u_wrap, u_new = u_update(u, a_in, du)
+    saturated, v_new = v_update(v, u_new, dv, bias_eff)
     v_new, spikes = spike_reset(v_new, vth_eff)
-    f_act, f_u, f_v = limit_flags(shifted, u_pre, v_pre)
-    return u_new, v_new, spikes, f_act, f_u, f_v
+    return u_new, v_new, spikes, act_wrap, u_wrap, saturated
 
 
 def lif_step_events(u: torch.Tensor, v: torch.Tensor, a_in: torch.Tensor, du, dv, bias_eff) -> dict:
@@ -490,11 +515,11 @@ def conv_accumulate(s: torch.Tensor, weight: torch.Tensor, stride, padding, dila
 
 # --- what snn2hw.hw.compiled compiles -------------------------------------------------------------------
 # The per-neuron formulas (leaves first). Each may use only Python operators, the integer constants
-# above, the primitives (_sign, _abs, _where, _clamp) and the functions listed here; compiled.py
-# refuses anything else.
+# above, the primitives (_sign, _abs, _where, _clamp, _int32, wrap_int32) and the functions listed here;
+# compiled.py refuses anything else.
 FORMULAS = (
-    wrap_int32, shift_by, synaptic_output, add_messages, prepared_weight,
+    shift_by, synaptic_output, add_messages, prepared_weight,
     decay, u_keep, v_keep, wrap_u24_once, saturate_v24,
-    u_update, v_update, spike_reset, limit_flags, lif_step, lif_step_flags, lif_step_counted,
+    u_update, v_update, spike_reset, lif_step, lif_step_flags, lif_step_counted,
     wrap_int24, conv_output,
 )
