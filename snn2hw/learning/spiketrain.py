@@ -465,11 +465,13 @@ class SpikeTrainRule(LearningRule):
         return post.device.type == "cpu" and spsp_kernels.usable(spec.alpha.to(dtype), spec.beta.to(dtype))
 
     def _scan_chunks(self, post: torch.Tensor, virtual: torch.Tensor | None, spec: NeuronSpec, dtype: torch.dtype,
-                     sums: torch.Tensor, block: int):
+                     sums: torch.Tensor, block: int, scale: torch.Tensor | None = None):
         """The reverse-time recursion of ``spsp_adjoint`` over ``block``-step blocks, last block first, for the
         post trains ``post`` (B, T, N) plus ``virtual`` (B, N) evenly spaced virtual spikes (None: none; made on
         the fly by the compiled scan): yields (t0, t1, lam_u[t0:t1]) and adds the per-neuron sums of lam_u
-        (steps >= 1) and lam_p over the window to ``sums[0]`` and ``sums[1]`` ((2, B, N), float64)."""
+        (steps >= 1) and lam_p over the window to ``sums[0]`` and ``sums[1]`` ((2, B, N), float64). ``scale``
+        (B, N), if given, multiplies the yielded blocks per neuron (``lam_u * scale.unsqueeze(1)``; inside the
+        compiled scan, which saves a pass over each block); the sums stay the kernel's."""
         batch, steps, n = post.shape
         block = -(-steps // -(-steps // max(block, 1)))  # equal blocks (no short last one: a GEMM's K)
         if SpikeTrainRule._compiled_scan(post, spec, dtype):
@@ -477,7 +479,7 @@ class SpikeTrainRule(LearningRule):
             for t1 in range(steps, 0, -block):
                 t0 = max(t1 - block, 0)
                 lam_u, _ = spsp_kernels.adjoint_scan_chunk(post, t0, t1, spec, dtype, state, sums[0], sums[1],
-                                                           virtual=virtual)
+                                                           virtual=virtual, scale=scale)
                 yield t0, t1, lam_u
             return
         if virtual is not None:
@@ -500,7 +502,7 @@ class SpikeTrainRule(LearningRule):
             first = 1 if t0 == 0 else 0
             sums[0] += lam_u[:, first:].sum(1).to(sums.dtype)
             sums[1] += lam_p.sum(1).to(sums.dtype)
-            yield t0, t1, lam_u
+            yield t0, t1, (lam_u if scale is None else lam_u * scale.unsqueeze(1))
 
     def _group_and_block(self, batch: int, n: int, e_width: int, width: int, compiled: bool) -> tuple[int, int]:
         """(samples per group, steps per block) of ``layer_backward_chunked``. With the compiled scan a group's
@@ -723,12 +725,15 @@ class SpikeTrainRule(LearningRule):
                               tpsp)
             c_w, c_back = self.coefficients(tr, g[rows], stats)
             per_spike = g.new_zeros(rows.stop - b0, n_in) if need_input else None
-            for t0, t1, lam_u in self._scan_chunks(post[rows], _rows(virtual_k, rows), spec, dtype, sums, block):
-                if dense:  # lam_u is the scan's own block: scaled in place when the input error does not need it
+            # a dense layer's weight gradient alone reads only c_w lam_u: the scan writes it so
+            scaled = dense and gw is not None and not need_input
+            for t0, t1, lam_u in self._scan_chunks(post[rows], _rows(virtual_k, rows), spec, dtype, sums, block,
+                                                   c_w if scaled else None):
+                if dense:
                     g_in = lam_u * c_back.unsqueeze(1) if need_input else None
                     g_w = None
                     if gw is not None:
-                        g_w = g_in if g_in is not None and c_back is c_w else lam_u.mul_(c_w.unsqueeze(1))
+                        g_w = lam_u if scaled else g_in if c_back is c_w else lam_u.mul_(c_w.unsqueeze(1))
                     part_in = dense_hop_block(layer.weight, tr.s_in[rows], t0, g_w, g_in, gw)
                     if part_in is not None:
                         per_spike += part_in

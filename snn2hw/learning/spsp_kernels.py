@@ -147,22 +147,24 @@ if numba is not None:
         return j * steps < (t + 2) * k
 
     @numba.njit(inline="always", cache=True)
-    def _adjoint_step(s, cut, b, t, k, i, one, zero, alpha, beta, lp, lu, lam_u, lam_p, keep_p, lu_sum, lp_sum):
+    def _adjoint_step(s, cut, b, t, k, i, one, zero, alpha, beta, lp, lu, lam_u, lam_p, keep_p, lu_sum, lp_sum,
+                      scale, scaled):
         """One step of the reverse recursion for post neuron i of sample b (spike ``s``, reset ``cut`` at step t,
         block row k): ``lam_p[t] = s[t] + ((1 - cut[t]) beta) lam_p[t+1]``, ``lam_u[t] = lam_p[t] + alpha
-        lam_u[t+1]``, written and summed (lam_u's from step 1)."""
+        lam_u[t+1]``, summed (lam_u's from step 1) and written (lam_u times ``scale[b, i]`` when ``scaled``)."""
         p = (one if s else zero) + (zero if cut else beta[i]) * lp[b, i]
         q = p + alpha[i] * lu[b, i]
         lp[b, i] = p
         lu[b, i] = q
-        lam_u[b, k, i] = q
+        lam_u[b, k, i] = q * scale[b, i] if scaled else q
         if keep_p:
             lam_p[b, k, i] = p
         lp_sum[b, i] += p
         if t >= 1:
             lu_sum[b, i] += q
 
-    def _adjoint_scan_py(post, t0, t1, t_ref, alpha, beta, unit, lp, lu, lam_u, lam_p, keep_p, lu_sum, lp_sum):
+    def _adjoint_scan_py(post, t0, t1, t_ref, alpha, beta, unit, lp, lu, lam_u, lam_p, keep_p, lu_sum, lp_sum, scale,
+                         scaled):
         batch, steps, n = post.shape
         for b in numba.prange(batch):
             one = unit[0]
@@ -176,10 +178,10 @@ if numba is not None:
                         if t - d >= 0 and post[b, t - d, i]:
                             cut = True
                     _adjoint_step(s, cut, b, t, k, i, one, zero, alpha, beta, lp, lu, lam_u, lam_p, keep_p, lu_sum,
-                                  lp_sum)
+                                  lp_sum, scale, scaled)
 
     def _adjoint_virtual_py(steps, virt, t0, t1, t_ref, alpha, beta, unit, lp, lu, lam_u, lam_p, keep_p, lu_sum,
-                            lp_sum):
+                            lp_sum, scale, scaled):
         """``_adjoint_scan_py`` for the neurons with ``virt[b, i] > 0`` evenly spaced virtual spikes and no spikes
         of their own, after it (which ran them as silent: zeros in lam_u and the sums), with their own state
         lp/lu. A separate kernel: in the same loop nest it slows the main loop several times."""
@@ -199,7 +201,7 @@ if numba is not None:
                         if t - d >= 0 and _virtual_spike(t - d, kv, steps):
                             cut = True
                     _adjoint_step(s, cut, b, t, k, i, one, zero, alpha, beta, lp, lu, lam_u, lam_p, keep_p, lu_sum,
-                                  lp_sum)
+                                  lp_sum, scale, scaled)
 
 
     def _scatter_rows_py(g, s, out, per_sample, binary, blocks):
@@ -326,14 +328,16 @@ def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsu
 
 def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.dtype, state: dict,
                        lu_sum: torch.Tensor, lp_sum: torch.Tensor, want_lam_p: bool = False,
-                       virtual: torch.Tensor | None = None):
+                       virtual: torch.Tensor | None = None, scale: torch.Tensor | None = None):
     """Steps [t0, t1) of the reverse recursion of ``spsp.spsp_adjoint`` over the post trains ``post`` (B, T, N,
     bool or 0/1 float; the whole window, for the refractory look-back), chunks called last first with one
     ``state`` ({} at the first call). Returns ``(lam_u, lam_p or None)``, each (B, t1 - t0, N) in ``dtype``,
     and adds their sums over the chunk (lam_u's without step 0) to ``lu_sum`` / ``lp_sum`` (B, N, float64).
     ``virtual`` (B, N), if given, gives the neurons with a count there (capped by ``spsp.virtual_counts``) the
     trains ``spsp.evenly_spaced_spikes(T, virtual, t_ref)``, made on the fly rather than as a (B, T, N) tensor;
-    those neurons must have no spikes in ``post`` (HM2-BP's virtual spikes are for silent neurons)."""
+    those neurons must have no spikes in ``post`` (HM2-BP's virtual spikes are for silent neurons). ``scale``
+    (B, N) of ``dtype``, if given, multiplies the returned ``lam_u`` per neuron (rounded once, as ``lam_u *
+    scale.unsqueeze(1)``; the sums are the kernel's own), which saves the caller a pass over the block."""
     batch, steps, n = post.shape
     post = post.detach()
     if post.dtype != torch.bool:
@@ -350,11 +354,13 @@ def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.
     t_ref, alpha, beta, unit, _, _ = state["args"]
     lam_u = torch.empty(batch, t1 - t0, n, dtype=dtype)
     lam_p = torch.empty(batch, t1 - t0, n, dtype=dtype) if want_lam_p else torch.empty(0, 0, 0, dtype=dtype)
+    scaled = scale is not None
+    sc = scale.detach().to(dtype).contiguous().numpy() if scaled else np.zeros((1, 1), unit.dtype)
     if lam_u.numel():
         _scan("adjoint")(post.numpy(), int(t0), int(t1), *state["args"], lam_u.numpy(), lam_p.numpy(),
-                         bool(want_lam_p), lu_sum.numpy(), lp_sum.numpy())
+                         bool(want_lam_p), lu_sum.numpy(), lp_sum.numpy(), sc, scaled)
         if "virtual" in state:
             virt, vlp, vlu = state["virtual"]
             _scan("adjoint_virtual")(steps, virt, int(t0), int(t1), t_ref, alpha, beta, unit, vlp, vlu, lam_u.numpy(),
-                                     lam_p.numpy(), bool(want_lam_p), lu_sum.numpy(), lp_sum.numpy())
+                                     lam_p.numpy(), bool(want_lam_p), lu_sum.numpy(), lp_sum.numpy(), sc, scaled)
     return lam_u, (lam_p if want_lam_p else None)
