@@ -27,17 +27,26 @@ def test_forward_scan_equals_tensor_loop(monkeypatch, dtype, t_ref, bias, per_ne
     g = torch.Generator().manual_seed(1)
     a = (torch.rand(3, 53, 7, generator=g, dtype=dtype) * 1.2).contiguous()
     spec = _spec(dtype, t_ref, bias, per_neuron)
-    out, vsum = [], []
+    # a time-weighted sum of the currents made in the same pass (HM2-BP's virtual T-PSP): per step, or per
+    # step and neuron
+    kernel = torch.rand(53, 7 if per_neuron else 1, generator=g, dtype=dtype)
+    out, vsum, weighted = [], [], []
     for compiled in (True, False):
         if not compiled:
             monkeypatch.setattr(spsp.spsp_kernels, "usable", lambda *t: False)
         acc = torch.zeros(3, 7, dtype=torch.float64)
-        out.append(lif_sequence_chunked(lambda t0, t1: a[:, t0:t1], 3, 53, 7, spec, None, 8, a, torch.bool, acc))
+        w = torch.full((3, 7), 0.5, dtype=dtype)
+        out.append(lif_sequence_chunked(lambda t0, t1: a[:, t0:t1], 3, 53, 7, spec, None, 8, a, torch.bool, acc,
+                                        time_weights=kernel, weighted=w))
         vsum.append(acc)
+        weighted.append(w)
     assert out[0].sum() > 20
     assert torch.equal(out[0], out[1])  # bit for bit, across chunk boundaries
-    torch.testing.assert_close(vsum[0], vsum[1], rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-6)
+    tol = dict(rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-6)
+    torch.testing.assert_close(vsum[0], vsum[1], **tol)
     assert bool((vsum[0] > 0).any())
+    torch.testing.assert_close(weighted[0], 0.5 + (kernel * a).sum(1), **tol)
+    torch.testing.assert_close(weighted[1], weighted[0], **tol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -204,15 +204,10 @@ class SpikeTrainRule(LearningRule):
                 s_out = torch.empty(s.shape[0], s.shape[1], layer.out_features, dtype=torch.bool, device=x.device)
                 for b0 in range(0, s.shape[0], group):  # the neurons of different samples are independent
                     src, rows = s_in[b0:b0 + group], slice(b0, b0 + group)
-
-                    def current(t0, t1, src=src, rows=rows):
-                        a = hop_current_chunk(layer, src, t0, t1, x.dtype)
-                        if kernel is not None:
-                            tpsp_virtual[rows] += _time_weighted(a, kernel[t0:t1])
-                        return a
-
-                    lif_sequence_chunked(current, src.shape[0], src.shape[1], layer.out_features, spec, rec, block,
-                                         x, torch.bool, vsum[rows], counts[rows], out=s_out[rows])
+                    lif_sequence_chunked(lambda t0, t1, src=src: hop_current_chunk(layer, src, t0, t1, x.dtype),
+                                         src.shape[0], src.shape[1], layer.out_features, spec, rec, block, x,
+                                         torch.bool, vsum[rows], counts[rows], out=s_out[rows], time_weights=kernel,
+                                         weighted=_rows(tpsp_virtual, rows))
                 s = s_out
                 records.append(LayerTrace(layer, s_in, None, s, spec, rec, vsum, counts, counts_in, tpsp_virtual))
                 continue
@@ -769,13 +764,6 @@ class SpikeTrainRule(LearningRule):
 
 def _rows(t: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
     return None if t is None else t[rows]
-
-
-def _time_weighted(a: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """``sum_t kernel[t] a[:, t]`` (G, N) of currents ``a`` (G, C, N) with a (C, 1) or (C, N) kernel."""
-    if kernel.shape[1] == 1:  # one (1, C) x (C, N) product per sample
-        return torch.bmm(kernel.t().expand(a.shape[0], 1, -1), a).squeeze(1)
-    return (a * kernel).sum(1)
 
 
 def _add_coefficient_sum(out: torch.Tensor, c: torch.Tensor, e: torch.Tensor) -> None:

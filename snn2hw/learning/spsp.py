@@ -86,13 +86,17 @@ def lif_sequence(a_ff: torch.Tensor, spec: NeuronSpec, rec_weight: torch.Tensor 
 def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSpec,
                          rec_weight: torch.Tensor | None, chunk: int, like: torch.Tensor,
                          out_dtype: torch.dtype, vsum: torch.Tensor | None = None,
-                         counts: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+                         counts: torch.Tensor | None = None, out: torch.Tensor | None = None,
+                         time_weights: torch.Tensor | None = None,
+                         weighted: torch.Tensor | None = None) -> torch.Tensor:
     """``lif_sequence`` with the input current made ``chunk`` steps at a time by ``current(t0, t1)`` (hop-delayed,
     (B, t1 - t0, N)), so that no (B, T, N) float tensor exists; spikes are returned in ``out_dtype``
     (``torch.bool`` keeps a layer's trains in one byte per neuron and step). ``vsum`` (B, N), if given,
     receives the sum of the pre-reset membrane at each spike (the T-PSP plus the bias part), ``counts``
     (B, N, float64), if given, the spike counts (a bool train's own ``sum`` converts it to int64 first,
     which costs more than the scan). ``out`` (B, T, N) of ``out_dtype``, if given, receives the spikes.
+    ``time_weights`` (T, 1) or (T, N), if given, adds ``sum_t time_weights[t] a[:, t]`` of the currents to
+    ``weighted`` (B, N): inside the compiled scan where it can (in float64 there), else per chunk.
 
     On the CPU this is the compiled scan of ``spsp_kernels`` (bit-identical to the loop below, recurrent
     input included as long as the BLAS sums a spike vector's terms in order); other devices run the
@@ -102,13 +106,19 @@ def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSp
     if spsp_kernels.usable(like, *(() if rec_weight is None else (rec_weight,))):
         spikes = out if out_dtype == torch.bool else torch.empty(batch, steps, n, dtype=torch.bool)
         acc = torch.zeros(batch, n, dtype=torch.float64)
+        w_acc = torch.zeros(batch, n, dtype=torch.float64) if time_weights is not None else None
         state: dict = {}
         for t0 in range(0, steps, chunk):
             t1 = min(t0 + chunk, steps)
-            spsp_kernels.lif_scan_chunk(current(t0, t1).to(like.dtype), spec, state, spikes[:, t0:t1], acc,
-                                        rec_weight, counts)
+            a = current(t0, t1).to(like.dtype)
+            tw = time_weights[t0:t1] if time_weights is not None else None
+            if not spsp_kernels.lif_scan_chunk(a, spec, state, spikes[:, t0:t1], acc, rec_weight, counts, tw,
+                                               w_acc) and tw is not None:
+                weighted += time_weighted(a, tw)
         if vsum is not None:
             vsum += acc.to(vsum.dtype)
+        if w_acc is not None:
+            weighted += w_acc.to(weighted.dtype)
         if spikes is not out:
             out.copy_(spikes)
         return out
@@ -120,6 +130,8 @@ def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSp
     for t0 in range(0, steps, chunk):
         t1 = min(t0 + chunk, steps)
         a_chunk = current(t0, t1)
+        if time_weights is not None:
+            weighted += time_weighted(a_chunk, time_weights[t0:t1])
         for t in range(t0, t1):
             a_t = a_chunk[:, t - t0]
             a = a_t if (w_t is None or t == 0) else a_t + s @ w_t
@@ -142,6 +154,13 @@ def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSp
             v = v - v * s
             out[:, t] = s
     return out
+
+
+def time_weighted(a: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """``sum_t kernel[t] a[:, t]`` (G, N) of currents ``a`` (G, C, N) with a (C, 1) or (C, N) kernel."""
+    if kernel.shape[1] == 1:  # one (1, C) x (C, N) product per sample
+        return torch.bmm(kernel.t().expand(a.shape[0], 1, -1), a).squeeze(1)
+    return (a * kernel).sum(1)
 
 
 def as_float(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

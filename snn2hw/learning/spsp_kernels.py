@@ -99,20 +99,31 @@ if numba is not None:
                     else:
                         v[b, i] = x
 
-    def _plain_lif_kernel(has_bias: bool, has_rec: bool, parallel: bool):
+    def _plain_lif_kernel(has_bias: bool, has_rec: bool, weights: int, parallel: bool):
         """``_lif_scan_py`` without refractory period (the deployable neuron), branch-free in its inner loop so
         that it vectorises (about 3x faster): the same products and sums in the same order, so the same
-        spikes bit for bit. ``has_bias`` and ``has_rec`` are closure constants."""
+        spikes bit for bit. ``has_bias``, ``has_rec`` and ``weights`` are closure constants; ``weights`` 1 or
+        2 also adds ``tw[t] a[b, t]`` over the chunk's steps to ``tsum[b]`` (float64), with ``tw`` (C, 1) or
+        (C, N): a time-weighted sum of the currents made while they are read anyway."""
 
-        def scan(a, alpha, beta, vth, bias, unit, u, v, spikes, vsum, counts, rec_t, s_prev, first):
+        def scan(a, alpha, beta, vth, bias, unit, u, v, spikes, vsum, counts, rec_t, s_prev, first, tw, tsum):
             batch, steps, n = a.shape
             for b in numba.prange(batch):
                 zero = unit[0] - unit[0]
                 ub, vb, vs, cn, sb = u[b], v[b], vsum[b], counts[b], s_prev[b]
+                ts = tsum[b]
                 r = np.zeros(n, dtype=a.dtype)
                 for t in range(steps):
                     at = a[b, t]
                     sp = spikes[b, t]
+                    if weights == 1:
+                        k = tw[t, 0]
+                        for i in range(n):
+                            ts[i] += k * at[i]
+                    elif weights == 2:
+                        kt = tw[t]
+                        for i in range(n):
+                            ts[i] += kt[i] * at[i]
                     add_rec = has_rec and not (first and t == 0)
                     if add_rec:  # r = V s[t-1], summed over the spiking sources in ascending order
                         for i in range(n):
@@ -248,8 +259,9 @@ if numba is not None:
               for name, fn in (("lif", _lif_scan_py), ("adjoint", _adjoint_scan_py), ("scatter", _scatter_rows_py),
                                ("adjoint_virtual", _adjoint_virtual_py))
               for par in (False, True)}
-    _SCANS.update({("plain_lif", bias, rec, par): _plain_lif_kernel(bias, rec, par) for bias in (False, True)
-                   for rec in (False, True) for par in (False, True)})
+    _SCANS.update({("plain_lif", bias, rec, weights, par): _plain_lif_kernel(bias, rec, weights, par)
+                   for bias in (False, True) for rec in (False, True) for weights in (0, 1, 2)
+                   for par in (False, True)})
     # the dot products may be reassociated (vectorised): nothing here has to equal another computation
     _SCANS.update({("dots", par): numba.njit(parallel=par, nogil=True, boundscheck=False, cache=True,
                                              fastmath={"reassoc", "contract"})(_spike_dots_py)
@@ -296,13 +308,16 @@ def spike_dots(g: torch.Tensor, s: torch.Tensor, wt: torch.Tensor, out: torch.Te
 
 
 def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsum: torch.Tensor,
-                   rec_weight: torch.Tensor | None = None, counts: torch.Tensor | None = None) -> None:
+                   rec_weight: torch.Tensor | None = None, counts: torch.Tensor | None = None,
+                   time_weights: torch.Tensor | None = None, weighted: torch.Tensor | None = None) -> bool:
     """Advance the neuron of ``spec`` (a ``spsp.NeuronSpec``) over the hop-delayed currents ``a`` (B, C, N),
     writing ``spikes`` (a (B, C, N) bool view) and adding the pre-reset membrane at each spike to ``vsum``
     and 1 to ``counts`` (each (B, N, float64); counts None: not kept). ``state`` ({} at the first chunk) carries u, v, the refractory counters and the last
     spikes. ``rec_weight`` (N, N), V[i, j] from j to i: the recurrent input ``V s[t-1]``, summed over the
     spiking sources j in ascending order, which is the order (and so the rounding) of the recurrent
-    operator's ``mm`` with 0/1 spikes."""
+    operator's ``mm`` with 0/1 spikes. ``time_weights`` (C, 1) or (C, N) with ``weighted`` (B, N, float64): add
+    ``sum_t time_weights[t] a[:, t]`` to ``weighted`` in the same pass, where the kernel can (the deployable
+    neuron, t_ref = 0); returns whether it did (else the caller makes that sum)."""
     batch, steps, n = a.shape
     a = a.detach().contiguous()
     first = not state
@@ -318,12 +333,18 @@ def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsu
         state["counts"] = np.zeros((batch, n), np.float64)
     if a.numel() and not spec.t_ref:
         alpha, beta, vth, bias, has_bias, _, unit, u, v, _ = state["args"]
-        _scan("plain_lif", has_bias, rec_weight is not None)(
+        weights, tw, tsum = 0, unit.reshape(1, 1), state["counts"]  # (placeholders, never read, when not weighted)
+        if time_weights is not None:
+            tw = time_weights.detach().to(a.dtype).contiguous().numpy()
+            weights, tsum = (1 if tw.shape[1] == 1 else 2), weighted.numpy()
+        _scan("plain_lif", has_bias, rec_weight is not None, weights)(
             a.numpy(), alpha, beta, vth, bias, unit, u, v, spikes.numpy(), vsum.numpy(),
-            state["counts"] if counts is None else counts.numpy(), state["rec"][0], state["rec"][2], first)
-    elif a.numel():
+            state["counts"] if counts is None else counts.numpy(), state["rec"][0], state["rec"][2], first, tw, tsum)
+        return time_weights is not None
+    if a.numel():
         _scan("lif")(a.numpy(), *state["args"], spikes.numpy(), vsum.numpy(),
                      state["counts"] if counts is None else counts.numpy(), *state["rec"], first)
+    return False
 
 
 def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.dtype, state: dict,
