@@ -120,15 +120,23 @@ def test_event_driven_products_equal_dense(binary):
 
 
 @pytest.mark.parametrize("rule_name,rec,t_ref", [("hm2bp", False, 0), ("hm2bp", False, 2), ("strsbp", True, 0)])
-def test_event_driven_gradients_equal_gemm_gradients(monkeypatch, rule_name, rec, t_ref):
-    """The chunked backward with every product event-driven against every product a GEMM."""
+@pytest.mark.parametrize("chunk_bytes", [0, 4 << 20])
+def test_event_driven_gradients_equal_gemm_gradients(monkeypatch, rule_name, rec, t_ref, chunk_bytes):
+    """The chunked backward with every product event-driven against every product a GEMM, in blocks of
+    exactly ``chunk`` steps (``CHUNK_BYTES`` 0) and in whole windows; the first layer's weight gradient alone
+    (``hop_backward_chunked``) is event-driven when ``WEIGHT_EVENT_*`` allow it."""
     g = torch.Generator().manual_seed(4)
     x = (torch.rand(4, 37, 12, generator=g) < 0.15).double()
     y = torch.tensor([0, 1, 2, 1])
     grads = []
-    monkeypatch.setattr(spiketrain, "CHUNK_BYTES", 0)  # blocks of exactly ``chunk`` steps
+    monkeypatch.setattr(spiketrain, "CHUNK_BYTES", chunk_bytes)
+    calls = []
+    scatter = spsp_kernels.scatter_rows
+    monkeypatch.setattr(spsp_kernels, "scatter_rows", lambda *a, **k: calls.append(k["per_sample"]) or scatter(*a, **k))
     for density in (1.0, 0.0):
         monkeypatch.setattr(spiketrain, "EVENT_DENSITY", density)
+        monkeypatch.setattr(spiketrain, "WEIGHT_EVENT_DENSITY", density)
+        monkeypatch.setattr(spiketrain, "WEIGHT_EVENT_MIN_WIDTH", 1 if density else 1 << 30)
         torch.manual_seed(0)
         hidden = (RecurrentLIFDense(12, 9, du=0.3, dv=0.2, weight_gain=3.0, rec_gain=0.3) if rec else
                   LIFDense(12, 9, du=0.3, dv=0.2, weight_gain=3.0))
@@ -137,6 +145,7 @@ def test_event_driven_gradients_equal_gemm_gradients(monkeypatch, rule_name, rec
         rule.compute_gradients(net, x, y, None, {})
         grads.append([p.grad.clone() for p in net.parameters() if p.grad is not None])
     assert len(grads[0]) == len(grads[1]) >= 2 and any(bool(t.abs().sum() > 0) for t in grads[0])
+    assert (False in calls) == (not rec)  # the first layer's weight gradient spike by spike (feed-forward)
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 

@@ -208,7 +208,8 @@ def hop_current_chunk(layer: nn.Module, s_in: torch.Tensor, t0: int, t1: int, dt
 
 
 def dense_hop_block(weight: torch.Tensor, s_in: torch.Tensor, t0: int, g_w: torch.Tensor | None,
-                    g_in: torch.Tensor | None, gw: torch.Tensor | None) -> torch.Tensor | None:
+                    g_in: torch.Tensor | None, gw: torch.Tensor | None,
+                    events: torch.Tensor | None = None) -> torch.Tensor | None:
     """Back through a dense hop ``a[t] = W s_in[t - 1]`` for the block of steps [t0, t0 + C) of the current,
     without autograd. Adds ``sum_{b,k} g_w[b, k, i] s_in[b, t0 + k - 1, j]`` to ``gw`` (N, N_in) and returns the
     error reaching each input at its spikes, ``sum_k s_in[b, t0 + k - 1, j] (g_in[b, k] @ W)_j`` (G, N_in), or
@@ -217,12 +218,16 @@ def dense_hop_block(weight: torch.Tensor, s_in: torch.Tensor, t0: int, g_w: torc
     of a contiguous train make one GEMM over (sample, step) rows of views, shifted by one row: ``g_w``'s
     step-0 rows (which meet the previous sample's last step) are set to 0 for it. GEMMs even for sparse
     trains: for this product, summed over samples into one small matrix, the event-driven
-    ``spsp_kernels.scatter_rows`` was no faster at any density measured (0.3-20 %, 784 x 100, one thread)."""
+    ``spsp_kernels.scatter_rows`` was no faster at any density measured (0.3-20 %, 784 x 100, one thread).
+    Wide layers are another matter (``spiketrain.WEIGHT_EVENT_DENSITY``): given ``events`` (1, N_in, N), the
+    weight gradient's transpose is added there spike by spike instead of into ``gw``."""
     f = 1 if t0 == 0 else 0
     t1 = t0 + (g_w if g_w is not None else g_in).shape[1]
     s_prev = s_in[:, t0 + f - 1:t1 - 1]
     dtype = (g_w if g_w is not None else g_in).dtype
-    if g_w is not None:
+    if g_w is not None and events is not None:
+        spsp_kernels.scatter_rows(g_w[:, f:], s_prev, events, per_sample=False)
+    elif g_w is not None:
         n, n_in = g_w.shape[2], s_in.shape[2]
         if f and t1 == s_in.shape[1] and s_in.is_contiguous():
             g_w[:, 0] = 0

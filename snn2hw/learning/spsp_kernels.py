@@ -291,7 +291,9 @@ def scatter_rows(g: torch.Tensor, s: torch.Tensor, out: torch.Tensor, per_sample
     if g.numel() == 0 or s.numel() == 0:
         return
     binary = s.dtype == torch.bool
-    g = g.detach().contiguous()
+    g = g.detach()
+    if g.stride(2) != 1:  # rows of g are read as vectors; a view strided only over samples or steps is kept
+        g = g.contiguous()
     # row blocks: one per thread, and small enough that a block of ``out`` stays in a core's L2 cache
     # while all of g streams past it (each non-zero then updates a cached row)
     rows = out.shape[0] * out.shape[1] if per_sample else out.shape[1]
