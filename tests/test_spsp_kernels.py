@@ -110,6 +110,12 @@ def test_event_driven_products_equal_dense(binary):
     shared = torch.zeros(1, 9, 5, dtype=torch.float64)
     spsp_kernels.scatter_rows(grad, s, shared, per_sample=False)
     torch.testing.assert_close(shared[0], sf.reshape(-1, 9).t() @ grad.reshape(-1, 5), rtol=1e-12, atol=1e-12)
+    lagged = torch.zeros(1, 9, 5, dtype=torch.float64)  # spikes of step t with the gradient rows of t + 1
+    spsp_kernels.scatter_rows(grad, s[:, :-1], lagged, per_sample=False, lag=1)
+    torch.testing.assert_close(lagged[0], sf[:, :-1].reshape(-1, 9).t() @ grad[:, 1:].reshape(-1, 5), rtol=1e-12,
+                               atol=1e-12)
+    with pytest.raises(ValueError, match="lag"):
+        spsp_kernels.scatter_rows(grad, s, lagged, per_sample=False, lag=1)
     per = torch.zeros(3, 9, 5, dtype=torch.float64)
     spsp_kernels.scatter_rows(grad, s, per, per_sample=True)
     torch.testing.assert_close(per, sf.transpose(1, 2) @ grad, rtol=1e-12, atol=1e-12)
@@ -135,8 +141,8 @@ def test_event_driven_gradients_equal_gemm_gradients(monkeypatch, rule_name, rec
     monkeypatch.setattr(spsp_kernels, "scatter_rows", lambda *a, **k: calls.append(k["per_sample"]) or scatter(*a, **k))
     for density in (1.0, 0.0):
         monkeypatch.setattr(spiketrain, "EVENT_DENSITY", density)
-        monkeypatch.setattr(spiketrain, "WEIGHT_EVENT_DENSITY", density)
-        monkeypatch.setattr(spiketrain, "WEIGHT_EVENT_MIN_WIDTH", 1 if density else 1 << 30)
+        monkeypatch.setattr(spiketrain, "WEIGHT_EVENT_BUDGET", 1e9 if density else 0.0)
+        monkeypatch.setattr(spiketrain, "WEIGHT_EVENT_MIN_WIDTH", 1)
         torch.manual_seed(0)
         hidden = (RecurrentLIFDense(12, 9, du=0.3, dv=0.2, weight_gain=3.0, rec_gain=0.3) if rec else
                   LIFDense(12, 9, du=0.3, dv=0.2, weight_gain=3.0))

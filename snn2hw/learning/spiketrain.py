@@ -58,11 +58,13 @@ _HOP_LAYERS = (LIFDense, ConvLIF, SumPoolLIF)  # RecurrentLIFDense is a LIFDense
 # the same time, below that the kernels win in proportion.
 EVENT_DENSITY = 0.05
 # A dense layer's weight gradient alone (``hop_backward_chunked``: ``(c_w lam_u)^T`` times the input spikes over
-# all (sample, step) rows, summed into one matrix) is event-driven (``spsp_kernels.scatter_rows``) when its input
-# is at most this dense and the layer at least this wide. Measured against the GEMM (one thread, 784 inputs,
-# interleaved, under load): 800 neurons, 0.55-0.74x the GEMM's CPU time at 3-10 % density and 1.05x at 20 %;
-# 400 neurons 0.88x at 10 %; 100 neurons 1.3x even at 3 % (each spike's row is too short).
-WEIGHT_EVENT_DENSITY = 0.1
+# all (sample, step) rows, summed into one matrix) is event-driven (``spsp_kernels.scatter_rows``) for a layer of
+# at least WEIGHT_EVENT_MIN_WIDTH neurons when its predicted CPU time, ``density * (a + b / N)`` times the
+# GEMM's, is at most WEIGHT_EVENT_BUDGET. Measured against the GEMM (784 inputs, one thread, interleaved, under
+# load): 800 neurons 0.55 / 0.60 / 0.80 / 0.99x at 3 / 10 / 15 / 20 % density, 400 neurons 0.86 / 1.10x at
+# 10 / 15 %, which (a, b) = (3.4, 2080) fits; 100 neurons 1.3x even at 3 % (each spike's row is too short).
+WEIGHT_EVENT_COST = (3.4, 2080.0)
+WEIGHT_EVENT_BUDGET = 0.8
 WEIGHT_EVENT_MIN_WIDTH = 400
 # Float temporaries of the chunked path (per chunk: currents, inputs as float, kernels) are kept near this
 # size by taking more than ``chunk`` steps per block when the layer is narrow (fewer, larger GEMMs and
@@ -417,15 +419,16 @@ class SpikeTrainRule(LearningRule):
         return float(nonzeros) <= EVENT_DENSITY * s.numel()
 
     def _event_driven_weights(self, s: torch.Tensor, n: int, dtype: torch.dtype) -> bool:
-        """Whether a dense layer's weight gradient from the input trains ``s`` (B, T, N_in) runs event-driven
-        (``WEIGHT_EVENT_DENSITY``, ``WEIGHT_EVENT_MIN_WIDTH``): on the CPU with numba, for a wide layer and a
-        sparse 0/1 input (a float input's density estimated from a few steps, as in ``_event_driven``)."""
+        """Whether a dense layer of ``n`` neurons makes its weight gradient from the input trains ``s`` (B, T,
+        N_in) event-driven (``WEIGHT_EVENT_*`` above): on the CPU with numba, for a wide layer and a sparse
+        input (its density estimated from a few steps spread over the window, as in ``_event_driven``)."""
         if n < WEIGHT_EVENT_MIN_WIDTH or s.device.type != "cpu" or not spsp_kernels.usable(torch.empty(0, dtype=dtype)):
             return False
         if s.dtype != torch.bool and s.dtype != dtype or s.numel() == 0:
             return False
         head = s[:, ::max(1, s.shape[1] // 4)]
-        return float(torch.count_nonzero(head)) <= WEIGHT_EVENT_DENSITY * head.numel()
+        a, b = WEIGHT_EVENT_COST
+        return float(torch.count_nonzero(head)) / head.numel() * (a + b / n) <= WEIGHT_EVENT_BUDGET
 
     def _coefficients_first(self, tr: LayerTrace, g: torch.Tensor, targets: torch.Tensor | None,
                             need_input: bool) -> bool:

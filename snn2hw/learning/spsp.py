@@ -226,7 +226,7 @@ def dense_hop_block(weight: torch.Tensor, s_in: torch.Tensor, t0: int, g_w: torc
     s_prev = s_in[:, t0 + f - 1:t1 - 1]
     dtype = (g_w if g_w is not None else g_in).dtype
     if g_w is not None and events is not None:
-        spsp_kernels.scatter_rows(g_w[:, f:], s_prev, events, per_sample=False)
+        spsp_kernels.scatter_rows(g_w, s_prev, events, per_sample=False, lag=f)
     elif g_w is not None:
         n, n_in = g_w.shape[2], s_in.shape[2]
         if f and t1 == s_in.shape[1] and s_in.is_contiguous():

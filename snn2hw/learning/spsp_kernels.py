@@ -215,26 +215,27 @@ if numba is not None:
                                   lp_sum, scale, scaled)
 
 
-    def _scatter_rows_py(g, s, out, per_sample, binary, blocks):
-        """``out[o, j, :] += s[b, t, j] g[b, t, :]`` over the non-zero ``s`` (o = b, or 0 when shared)."""
-        batch, steps, n = g.shape
-        m = s.shape[2]
+    def _scatter_rows_py(g, s, out, per_sample, binary, blocks, lag):
+        """``out[o, j, :] += s[b, t, j] g[b, t + lag, :]`` over the non-zero ``s`` (o = b, or 0 when shared)."""
+        batch, steps, m = s.shape
+        n = g.shape[2]
         for blk in numba.prange(blocks):  # each task owns a range of rows j of ``out``: no write races
             lo = blk * m // blocks
             hi = (blk + 1) * m // blocks
             for b in range(batch):
                 o = b if per_sample else 0
                 for t in range(steps):
+                    gr = g[b, t + lag]
                     for j in range(lo, hi):
                         x = s[b, t, j]
                         if x != 0:
                             row = out[o, j]
                             if binary:
                                 for i in range(n):
-                                    row[i] += g[b, t, i]
+                                    row[i] += gr[i]
                             else:
                                 for i in range(n):
-                                    row[i] += x * g[b, t, i]
+                                    row[i] += x * gr[i]
 
     def _spike_dots_py(g, s, wt, out, binary):
         """``out[b, j] += sum_t s[b, t, j] (g[b, t, :] . wt[j, :])`` over the non-zero ``s``."""
@@ -284,21 +285,23 @@ def _np(s: torch.Tensor) -> np.ndarray:
     return s.detach().numpy()
 
 
-def scatter_rows(g: torch.Tensor, s: torch.Tensor, out: torch.Tensor, per_sample: bool) -> None:
-    """Event-driven ``out += s^T g``: ``out[o, j, :] += sum_t s[b, t, j] g[b, t, :]`` with ``o = b`` when
-    ``per_sample`` (out (B, M, N)) and ``o = 0`` otherwise (out (1, M, N)); g (B, C, N), s (B, C, M) bool
-    or float. Costs (non-zeros of s) x N instead of the GEMM's B C M N."""
+def scatter_rows(g: torch.Tensor, s: torch.Tensor, out: torch.Tensor, per_sample: bool, lag: int = 0) -> None:
+    """Event-driven ``out += s^T g``: ``out[o, j, :] += sum_t s[b, t, j] g[b, t + lag, :]`` with ``o = b`` when
+    ``per_sample`` (out (B, M, N)) and ``o = 0`` otherwise (out (1, M, N)); g (B, C + lag, N), s (B, C, M)
+    bool or float (a view of a longer train is read in place). Costs (non-zeros of s) x N instead of the
+    GEMM's B C M N. ``lag`` pairs a spike with a later row of g (the hop delay) without slicing g, whose
+    rows the kernel then reads as contiguous vectors."""
     if g.numel() == 0 or s.numel() == 0:
         return
+    if g.shape[1] < s.shape[1] + lag:
+        raise ValueError(f"scatter_rows: g has {g.shape[1]} steps, the spikes need {s.shape[1]} + lag {lag}")
     binary = s.dtype == torch.bool
-    g = g.detach()
-    if g.stride(2) != 1:  # rows of g are read as vectors; a view strided only over samples or steps is kept
-        g = g.contiguous()
+    g = g.detach().contiguous()
     # row blocks: one per thread, and small enough that a block of ``out`` stays in a core's L2 cache
     # while all of g streams past it (each non-zero then updates a cached row)
     rows = out.shape[0] * out.shape[1] if per_sample else out.shape[1]
     blocks = max(_threads(), min(out.shape[1], -(-rows * out.shape[2] * out.element_size() // _L2_BYTES)))
-    _scan("scatter")(g.numpy(), _np(s), out.numpy(), bool(per_sample), binary, blocks)
+    _scan("scatter")(g.numpy(), _np(s), out.numpy(), bool(per_sample), binary, blocks, int(lag))
 
 
 def spike_dots(g: torch.Tensor, s: torch.Tensor, wt: torch.Tensor, out: torch.Tensor) -> None:
