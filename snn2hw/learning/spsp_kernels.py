@@ -55,6 +55,16 @@ def _per_neuron(p, n: int, dtype: torch.dtype) -> np.ndarray:
     return torch.broadcast_to(torch.as_tensor(p).detach().to(dtype), (n,)).contiguous().numpy()
 
 
+def _spec_arrays(spec, n: int, dtype: torch.dtype) -> tuple:
+    """(alpha, beta, v_th, bias) of a ``spsp.NeuronSpec`` as ``_per_neuron`` arrays, made once per spec, width and
+    dtype (a spec lives for one batch and serves its forward scan and every reverse scan)."""
+    cache = spec.__dict__.setdefault("_arrays", {})
+    key = (n, dtype)
+    if key not in cache:
+        cache[key] = tuple(_per_neuron(p, n, dtype) for p in (spec.alpha, spec.beta, spec.v_th, spec.bias))
+    return cache[key]
+
+
 def _unit(dtype: torch.dtype) -> np.ndarray:
     return torch.ones(1, dtype=dtype).numpy()
 
@@ -330,8 +340,7 @@ def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsu
         rec_t = (rec_weight.detach().t().to(a.dtype).contiguous() if rec_weight is not None
                  else torch.zeros(1, 1, dtype=a.dtype))
         state["s"] = torch.zeros(batch, n, dtype=torch.bool)
-        state["args"] = (_per_neuron(spec.alpha, n, a.dtype), _per_neuron(spec.beta, n, a.dtype),
-                         _per_neuron(spec.v_th, n, a.dtype), _per_neuron(spec.bias, n, a.dtype),
+        state["args"] = (*_spec_arrays(spec, n, a.dtype),
                          spec.bias is not None, int(spec.t_ref), _unit(a.dtype), np.zeros((batch, n), a.numpy().dtype),
                          np.zeros((batch, n), a.numpy().dtype), np.zeros((batch, n), np.int64))
         state["rec"] = (rec_t.numpy(), rec_weight is not None, state["s"].numpy())
@@ -372,7 +381,7 @@ def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.
         post = post.contiguous()
     if not state:  # made once per window (not per chunk)
         np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
-        state["args"] = (int(spec.t_ref), _per_neuron(spec.alpha, n, dtype), _per_neuron(spec.beta, n, dtype),
+        state["args"] = (int(spec.t_ref), *_spec_arrays(spec, n, dtype)[:2],
                          _unit(dtype), np.zeros((batch, n), np_dtype), np.zeros((batch, n), np_dtype))
         if virtual is not None:  # the virtual trains' state, apart
             state["virtual"] = (virtual.detach().to(torch.int64).contiguous().numpy(), np.zeros((batch, n), np_dtype),
