@@ -8,8 +8,15 @@ after the other, ``--reps`` times, and reports per rule the median and minimum C
 (``time.process_time``, one thread) and the rule/BPTT ratio of both. The minimum is the figure least
 disturbed by other processes; the table marks runs where others took more than 10 % of the CPUs.
 
+``--floor`` adds a row "gemm floor" on networks of dense layers: the dense products that both rules must
+make per step, timed alone in the same interleaving -- every layer's forward current (one GEMM over the
+(sample, step) rows of its input trains, the hidden ones as recorded by the rule's own forward) and the
+first layer's weight-gradient GEMM. Its ratio to BPTT is the share of BPTT's step that no rule can save
+with these products as GEMMs (an event-driven product can go below it; see ``docs/learning-rules.md``).
+
     python benchmarks/diag_spiketrain_speed.py                       # 784-100-10, T = 200 400 800
     python benchmarks/diag_spiketrain_speed.py --only 784-800 braille --T 200 --reps 9
+    python benchmarks/diag_spiketrain_speed.py --only 784-100 784-800 --T 200 --floor
 
 Writes ``benchmarks/results/spiketrain_speed_interleaved.json``.
 """
@@ -31,7 +38,31 @@ from _spiketrain_bench import CONFIGS, ROOT, environment  # noqa: E402
 from bench_spiketrain_speed import NETWORKS  # noqa: E402
 
 
-def measure(label: str, task_name: str, config: str, rules: list, steps: int, reps: int, batch: int) -> list:
+def gemm_floor(model, rule, x):
+    """A function making the dense products both rules need per step on ``x`` (see the module docstring), or
+    None when the network has other layers than ``LIFDense``."""
+    import torch
+
+    from snn2hw.nn.layers import LIFDense
+
+    layers = [layer for layer in model.layers if layer is not None]
+    if not all(isinstance(layer, LIFDense) for layer in layers):
+        return None
+    records, _ = rule.forward(model, x)
+    inputs = [r.s_in.to(x.dtype).reshape(-1, r.s_in.shape[2]) for r in records]
+    weights = [r.layer.weight.detach() for r in records]
+    grad = torch.randn(inputs[0].shape[0], weights[0].shape[0], generator=torch.Generator().manual_seed(1))
+
+    def run():
+        for s, w in zip(inputs, weights):
+            torch.mm(s, w.t())
+        torch.mm(grad.t(), inputs[0])
+
+    return run
+
+
+def measure(label: str, task_name: str, config: str, rules: list, steps: int, reps: int, batch: int,
+            floor: bool = False) -> list:
     import torch
 
     from snn2hw.learning import make_rule
@@ -50,18 +81,23 @@ def measure(label: str, task_name: str, config: str, rules: list, steps: int, re
         made[name] = make_rule(name, **{**default_rule_options(name, steps), **(cfg.get("rule_options") or {})})
         made[name].setup(model)
         made[name].compute_gradients(model, x, y, task.loss_fn, {}, 1.0)  # warm-up (compilation, fits)
-    cpu = {name: [] for name in rules}
+    steps_of = {name: (lambda r=made[name]: r.compute_gradients(model, x, y, task.loss_fn, {}, 1.0)) for name in rules}
+    products = gemm_floor(model, made[rules[0]], x) if floor else None
+    if products is not None:
+        products()
+        steps_of = {"gemm floor": products, **steps_of}
+    cpu = {name: [] for name in steps_of}
     load_at_start, other = os.getloadavg()[0], OtherLoad()
     for _ in range(reps):
-        for name in rules:  # interleaved
+        for name, run in steps_of.items():  # interleaved
             model.zero_grad(set_to_none=True)
             c0 = time.process_time()
-            made[name].compute_gradients(model, x, y, task.loss_fn, {}, 1.0)
+            run()
             cpu[name].append(1e3 * (time.process_time() - c0) / batch)
     o = other.result()
     base = rules[-1]
     rows = []
-    for name in rules:
+    for name in steps_of:
         med, low = statistics.median(cpu[name]), min(cpu[name])
         rows.append({"network": label, "T": steps, "rule": name, "reps": reps, "cpu_ms_per_sample_median": med,
                      "cpu_ms_per_sample_min": low, "cpu_ms_per_sample_max": max(cpu[name]),
@@ -77,6 +113,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=11)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--only", nargs="+", default=["784-100"], help="networks whose label contains one of these")
+    ap.add_argument("--floor", action="store_true", help="also time the dense products alone (dense networks)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "spiketrain_speed_interleaved.json"))
     a = ap.parse_args(argv)
     env = environment()
@@ -87,7 +124,7 @@ def main(argv=None) -> int:
         if not any(o in label for o in a.only):
             continue
         for steps in a.T:
-            for r in measure(label, task, config, rules, steps, a.reps, a.batch):
+            for r in measure(label, task, config, rules, steps, a.reps, a.batch, a.floor):
                 rows.append(r)
                 mark = " (loaded)" if r["under_load"] else ""
                 lines.append(f"| {label} | {steps} | {r['rule']} | {r['cpu_ms_per_sample_median']:.3f} "

@@ -27,17 +27,26 @@ def test_forward_scan_equals_tensor_loop(monkeypatch, dtype, t_ref, bias, per_ne
     g = torch.Generator().manual_seed(1)
     a = (torch.rand(3, 53, 7, generator=g, dtype=dtype) * 1.2).contiguous()
     spec = _spec(dtype, t_ref, bias, per_neuron)
-    out, vsum = [], []
+    # a time-weighted sum of the currents made in the same pass (HM2-BP's virtual T-PSP): per step, or per
+    # step and neuron
+    kernel = torch.rand(53, 7 if per_neuron else 1, generator=g, dtype=dtype)
+    out, vsum, weighted = [], [], []
     for compiled in (True, False):
         if not compiled:
             monkeypatch.setattr(spsp.spsp_kernels, "usable", lambda *t: False)
         acc = torch.zeros(3, 7, dtype=torch.float64)
-        out.append(lif_sequence_chunked(lambda t0, t1: a[:, t0:t1], 3, 53, 7, spec, None, 8, a, torch.bool, acc))
+        w = torch.full((3, 7), 0.5, dtype=dtype)
+        out.append(lif_sequence_chunked(lambda t0, t1: a[:, t0:t1], 3, 53, 7, spec, None, 8, a, torch.bool, acc,
+                                        time_weights=kernel, weighted=w))
         vsum.append(acc)
+        weighted.append(w)
     assert out[0].sum() > 20
     assert torch.equal(out[0], out[1])  # bit for bit, across chunk boundaries
-    torch.testing.assert_close(vsum[0], vsum[1], rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-6)
+    tol = dict(rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-6)
+    torch.testing.assert_close(vsum[0], vsum[1], **tol)
     assert bool((vsum[0] > 0).any())
+    torch.testing.assert_close(weighted[0], 0.5 + (kernel * a).sum(1), **tol)
+    torch.testing.assert_close(weighted[1], weighted[0], **tol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -101,6 +110,12 @@ def test_event_driven_products_equal_dense(binary):
     shared = torch.zeros(1, 9, 5, dtype=torch.float64)
     spsp_kernels.scatter_rows(grad, s, shared, per_sample=False)
     torch.testing.assert_close(shared[0], sf.reshape(-1, 9).t() @ grad.reshape(-1, 5), rtol=1e-12, atol=1e-12)
+    lagged = torch.zeros(1, 9, 5, dtype=torch.float64)  # spikes of step t with the gradient rows of t + 1
+    spsp_kernels.scatter_rows(grad, s[:, :-1], lagged, per_sample=False, lag=1)
+    torch.testing.assert_close(lagged[0], sf[:, :-1].reshape(-1, 9).t() @ grad[:, 1:].reshape(-1, 5), rtol=1e-12,
+                               atol=1e-12)
+    with pytest.raises(ValueError, match="lag"):
+        spsp_kernels.scatter_rows(grad, s, lagged, per_sample=False, lag=1)
     per = torch.zeros(3, 9, 5, dtype=torch.float64)
     spsp_kernels.scatter_rows(grad, s, per, per_sample=True)
     torch.testing.assert_close(per, sf.transpose(1, 2) @ grad, rtol=1e-12, atol=1e-12)
@@ -111,15 +126,23 @@ def test_event_driven_products_equal_dense(binary):
 
 
 @pytest.mark.parametrize("rule_name,rec,t_ref", [("hm2bp", False, 0), ("hm2bp", False, 2), ("strsbp", True, 0)])
-def test_event_driven_gradients_equal_gemm_gradients(monkeypatch, rule_name, rec, t_ref):
-    """The chunked backward with every product event-driven against every product a GEMM."""
+@pytest.mark.parametrize("chunk_bytes", [0, 4 << 20])
+def test_event_driven_gradients_equal_gemm_gradients(monkeypatch, rule_name, rec, t_ref, chunk_bytes):
+    """The chunked backward with every product event-driven against every product a GEMM, in blocks of
+    exactly ``chunk`` steps (``CHUNK_BYTES`` 0) and in whole windows; the first layer's weight gradient alone
+    (``hop_backward_chunked``) is event-driven when ``WEIGHT_EVENT_*`` allow it."""
     g = torch.Generator().manual_seed(4)
     x = (torch.rand(4, 37, 12, generator=g) < 0.15).double()
     y = torch.tensor([0, 1, 2, 1])
     grads = []
-    monkeypatch.setattr(spiketrain, "CHUNK_BYTES", 0)  # blocks of exactly ``chunk`` steps
+    monkeypatch.setattr(spiketrain, "CHUNK_BYTES", chunk_bytes)
+    calls = []
+    scatter = spsp_kernels.scatter_rows
+    monkeypatch.setattr(spsp_kernels, "scatter_rows", lambda *a, **k: calls.append(k["per_sample"]) or scatter(*a, **k))
     for density in (1.0, 0.0):
         monkeypatch.setattr(spiketrain, "EVENT_DENSITY", density)
+        monkeypatch.setattr(spiketrain, "WEIGHT_EVENT_BUDGET", 1e9 if density else 0.0)
+        monkeypatch.setattr(spiketrain, "WEIGHT_EVENT_MIN_WIDTH", 1)
         torch.manual_seed(0)
         hidden = (RecurrentLIFDense(12, 9, du=0.3, dv=0.2, weight_gain=3.0, rec_gain=0.3) if rec else
                   LIFDense(12, 9, du=0.3, dv=0.2, weight_gain=3.0))
@@ -128,6 +151,7 @@ def test_event_driven_gradients_equal_gemm_gradients(monkeypatch, rule_name, rec
         rule.compute_gradients(net, x, y, None, {})
         grads.append([p.grad.clone() for p in net.parameters() if p.grad is not None])
     assert len(grads[0]) == len(grads[1]) >= 2 and any(bool(t.abs().sum() > 0) for t in grads[0])
+    assert (False in calls) == (not rec)  # the first layer's weight gradient spike by spike (feed-forward)
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 

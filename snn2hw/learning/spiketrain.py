@@ -57,6 +57,15 @@ _HOP_LAYERS = (LIFDense, ConvLIF, SumPoolLIF)  # RecurrentLIFDense is a LIFDense
 # 784-100 and 784-800 layers (batch 16, one thread): at 10 % density the kernels and a GEMM take about
 # the same time, below that the kernels win in proportion.
 EVENT_DENSITY = 0.05
+# A dense layer's weight gradient alone (``hop_backward_chunked``: ``(c_w lam_u)^T`` times the input spikes over
+# all (sample, step) rows, summed into one matrix) is event-driven (``spsp_kernels.scatter_rows``) for a layer of
+# at least WEIGHT_EVENT_MIN_WIDTH neurons when its predicted CPU time, ``density * (a + b / N)`` times the
+# GEMM's, is at most WEIGHT_EVENT_BUDGET. Measured against the GEMM (784 inputs, one thread, interleaved, under
+# load): 800 neurons 0.55 / 0.60 / 0.80 / 0.99x at 3 / 10 / 15 / 20 % density, 400 neurons 0.86 / 1.10x at
+# 10 / 15 %, which (a, b) = (3.4, 2080) fits; 100 neurons 1.3x even at 3 % (each spike's row is too short).
+WEIGHT_EVENT_COST = (3.4, 2080.0)
+WEIGHT_EVENT_BUDGET = 0.8
+WEIGHT_EVENT_MIN_WIDTH = 400
 # Float temporaries of the chunked path (per chunk: currents, inputs as float, kernels) are kept near this
 # size by taking more than ``chunk`` steps per block when the layer is narrow (fewer, larger GEMMs and
 # kernel calls); the memory stays bounded in T.
@@ -204,15 +213,10 @@ class SpikeTrainRule(LearningRule):
                 s_out = torch.empty(s.shape[0], s.shape[1], layer.out_features, dtype=torch.bool, device=x.device)
                 for b0 in range(0, s.shape[0], group):  # the neurons of different samples are independent
                     src, rows = s_in[b0:b0 + group], slice(b0, b0 + group)
-
-                    def current(t0, t1, src=src, rows=rows):
-                        a = hop_current_chunk(layer, src, t0, t1, x.dtype)
-                        if kernel is not None:
-                            tpsp_virtual[rows] += _time_weighted(a, kernel[t0:t1])
-                        return a
-
-                    lif_sequence_chunked(current, src.shape[0], src.shape[1], layer.out_features, spec, rec, block,
-                                         x, torch.bool, vsum[rows], counts[rows], out=s_out[rows])
+                    lif_sequence_chunked(lambda t0, t1, src=src: hop_current_chunk(layer, src, t0, t1, x.dtype),
+                                         src.shape[0], src.shape[1], layer.out_features, spec, rec, block, x,
+                                         torch.bool, vsum[rows], counts[rows], out=s_out[rows], time_weights=kernel,
+                                         weighted=_rows(tpsp_virtual, rows))
                 s = s_out
                 records.append(LayerTrace(layer, s_in, None, s, spec, rec, vsum, counts, counts_in, tpsp_virtual))
                 continue
@@ -414,6 +418,18 @@ class SpikeTrainRule(LearningRule):
             return float(torch.count_nonzero(head)) <= EVENT_DENSITY * head.numel()
         return float(nonzeros) <= EVENT_DENSITY * s.numel()
 
+    def _event_driven_weights(self, s: torch.Tensor, n: int, dtype: torch.dtype) -> bool:
+        """Whether a dense layer of ``n`` neurons makes its weight gradient from the input trains ``s`` (B, T,
+        N_in) event-driven (``WEIGHT_EVENT_*`` above): on the CPU with numba, for a wide layer and a sparse
+        input (its density estimated from a few steps spread over the window, as in ``_event_driven``)."""
+        if n < WEIGHT_EVENT_MIN_WIDTH or s.device.type != "cpu" or not spsp_kernels.usable(torch.empty(0, dtype=dtype)):
+            return False
+        if s.dtype != torch.bool and s.dtype != dtype or s.numel() == 0:
+            return False
+        head = s[:, ::max(1, s.shape[1] // 4)]
+        a, b = WEIGHT_EVENT_COST
+        return float(torch.count_nonzero(head)) / head.numel() * (a + b / n) <= WEIGHT_EVENT_BUDGET
+
     def _coefficients_first(self, tr: LayerTrace, g: torch.Tensor, targets: torch.Tensor | None,
                             need_input: bool) -> bool:
         """Whether a dense layer's coefficients can come before its products and nothing else needs its S-PSP
@@ -465,11 +481,13 @@ class SpikeTrainRule(LearningRule):
         return post.device.type == "cpu" and spsp_kernels.usable(spec.alpha.to(dtype), spec.beta.to(dtype))
 
     def _scan_chunks(self, post: torch.Tensor, virtual: torch.Tensor | None, spec: NeuronSpec, dtype: torch.dtype,
-                     sums: torch.Tensor, block: int):
+                     sums: torch.Tensor, block: int, scale: torch.Tensor | None = None):
         """The reverse-time recursion of ``spsp_adjoint`` over ``block``-step blocks, last block first, for the
         post trains ``post`` (B, T, N) plus ``virtual`` (B, N) evenly spaced virtual spikes (None: none; made on
         the fly by the compiled scan): yields (t0, t1, lam_u[t0:t1]) and adds the per-neuron sums of lam_u
-        (steps >= 1) and lam_p over the window to ``sums[0]`` and ``sums[1]`` ((2, B, N), float64)."""
+        (steps >= 1) and lam_p over the window to ``sums[0]`` and ``sums[1]`` ((2, B, N), float64). ``scale``
+        (B, N), if given, multiplies the yielded blocks per neuron (``lam_u * scale.unsqueeze(1)``; inside the
+        compiled scan, which saves a pass over each block); the sums stay the kernel's."""
         batch, steps, n = post.shape
         block = -(-steps // -(-steps // max(block, 1)))  # equal blocks (no short last one: a GEMM's K)
         if SpikeTrainRule._compiled_scan(post, spec, dtype):
@@ -477,7 +495,7 @@ class SpikeTrainRule(LearningRule):
             for t1 in range(steps, 0, -block):
                 t0 = max(t1 - block, 0)
                 lam_u, _ = spsp_kernels.adjoint_scan_chunk(post, t0, t1, spec, dtype, state, sums[0], sums[1],
-                                                           virtual=virtual)
+                                                           virtual=virtual, scale=scale)
                 yield t0, t1, lam_u
             return
         if virtual is not None:
@@ -500,7 +518,7 @@ class SpikeTrainRule(LearningRule):
             first = 1 if t0 == 0 else 0
             sums[0] += lam_u[:, first:].sum(1).to(sums.dtype)
             sums[1] += lam_p.sum(1).to(sums.dtype)
-            yield t0, t1, lam_u
+            yield t0, t1, (lam_u if scale is None else lam_u * scale.unsqueeze(1))
 
     def _group_and_block(self, batch: int, n: int, e_width: int, width: int, compiled: bool) -> tuple[int, int]:
         """(samples per group, steps per block) of ``layer_backward_chunked``. With the compiled scan a group's
@@ -699,6 +717,7 @@ class SpikeTrainRule(LearningRule):
             width = n + n_in * (tr.s_in.dtype != dtype) + need_input * (2 * n + n_in)
         group, block = self._window_groups(batch, steps, width) if compiled else (batch, self._block(batch, width))
         gw = torch.zeros_like(weight, dtype=dtype) if weight is not None else None
+        events = None  # (1, N_in, N): the dense weight gradient's transpose when it is event-driven
         gb = torch.zeros(n, dtype=dtype, device=g.device) if bias is not None else None
         result = torch.empty(batch, n_in, dtype=dtype, device=g.device) if need_input else None
         for b0 in range(0, batch, group):
@@ -723,13 +742,18 @@ class SpikeTrainRule(LearningRule):
                               tpsp)
             c_w, c_back = self.coefficients(tr, g[rows], stats)
             per_spike = g.new_zeros(rows.stop - b0, n_in) if need_input else None
-            for t0, t1, lam_u in self._scan_chunks(post[rows], _rows(virtual_k, rows), spec, dtype, sums, block):
-                if dense:  # lam_u is the scan's own block: scaled in place when the input error does not need it
+            # a dense layer's weight gradient alone reads only c_w lam_u: the scan writes it so
+            scaled = dense and gw is not None and not need_input
+            if scaled and events is None and self._event_driven_weights(tr.s_in, n, dtype):
+                events = torch.zeros(1, n_in, n, dtype=dtype)  # the weight gradient's transpose, spike by spike
+            for t0, t1, lam_u in self._scan_chunks(post[rows], _rows(virtual_k, rows), spec, dtype, sums, block,
+                                                   c_w if scaled else None):
+                if dense:
                     g_in = lam_u * c_back.unsqueeze(1) if need_input else None
                     g_w = None
                     if gw is not None:
-                        g_w = g_in if g_in is not None and c_back is c_w else lam_u.mul_(c_w.unsqueeze(1))
-                    part_in = dense_hop_block(layer.weight, tr.s_in[rows], t0, g_w, g_in, gw)
+                        g_w = lam_u if scaled else g_in if c_back is c_w else lam_u.mul_(c_w.unsqueeze(1))
+                    part_in = dense_hop_block(layer.weight, tr.s_in[rows], t0, g_w, g_in, gw, events)
                     if part_in is not None:
                         per_spike += part_in
                     continue
@@ -756,7 +780,7 @@ class SpikeTrainRule(LearningRule):
                 o_in = counts_in[rows]
                 result[rows] = torch.where(o_in > 0, per_spike / o_in.clamp(min=1), total / steps)
         if gw is not None:
-            _accumulate(weight, gw)
+            _accumulate(weight, gw if events is None else gw.add_(events[0].t()))
         if gb is not None:
             _accumulate(bias, gb.reshape(bias.numel(), -1).sum(1))
         return result
@@ -764,13 +788,6 @@ class SpikeTrainRule(LearningRule):
 
 def _rows(t: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
     return None if t is None else t[rows]
-
-
-def _time_weighted(a: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """``sum_t kernel[t] a[:, t]`` (G, N) of currents ``a`` (G, C, N) with a (C, 1) or (C, N) kernel."""
-    if kernel.shape[1] == 1:  # one (1, C) x (C, N) product per sample
-        return torch.bmm(kernel.t().expand(a.shape[0], 1, -1), a).squeeze(1)
-    return (a * kernel).sum(1)
 
 
 def _add_coefficient_sum(out: torch.Tensor, c: torch.Tensor, e: torch.Tensor) -> None:

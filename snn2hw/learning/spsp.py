@@ -86,13 +86,17 @@ def lif_sequence(a_ff: torch.Tensor, spec: NeuronSpec, rec_weight: torch.Tensor 
 def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSpec,
                          rec_weight: torch.Tensor | None, chunk: int, like: torch.Tensor,
                          out_dtype: torch.dtype, vsum: torch.Tensor | None = None,
-                         counts: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+                         counts: torch.Tensor | None = None, out: torch.Tensor | None = None,
+                         time_weights: torch.Tensor | None = None,
+                         weighted: torch.Tensor | None = None) -> torch.Tensor:
     """``lif_sequence`` with the input current made ``chunk`` steps at a time by ``current(t0, t1)`` (hop-delayed,
     (B, t1 - t0, N)), so that no (B, T, N) float tensor exists; spikes are returned in ``out_dtype``
     (``torch.bool`` keeps a layer's trains in one byte per neuron and step). ``vsum`` (B, N), if given,
     receives the sum of the pre-reset membrane at each spike (the T-PSP plus the bias part), ``counts``
     (B, N, float64), if given, the spike counts (a bool train's own ``sum`` converts it to int64 first,
     which costs more than the scan). ``out`` (B, T, N) of ``out_dtype``, if given, receives the spikes.
+    ``time_weights`` (T, 1) or (T, N), if given, adds ``sum_t time_weights[t] a[:, t]`` of the currents to
+    ``weighted`` (B, N): inside the compiled scan where it can (in float64 there), else per chunk.
 
     On the CPU this is the compiled scan of ``spsp_kernels`` (bit-identical to the loop below, recurrent
     input included as long as the BLAS sums a spike vector's terms in order); other devices run the
@@ -102,13 +106,19 @@ def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSp
     if spsp_kernels.usable(like, *(() if rec_weight is None else (rec_weight,))):
         spikes = out if out_dtype == torch.bool else torch.empty(batch, steps, n, dtype=torch.bool)
         acc = torch.zeros(batch, n, dtype=torch.float64)
+        w_acc = torch.zeros(batch, n, dtype=torch.float64) if time_weights is not None else None
         state: dict = {}
         for t0 in range(0, steps, chunk):
             t1 = min(t0 + chunk, steps)
-            spsp_kernels.lif_scan_chunk(current(t0, t1).to(like.dtype), spec, state, spikes[:, t0:t1], acc,
-                                        rec_weight, counts)
+            a = current(t0, t1).to(like.dtype)
+            tw = time_weights[t0:t1] if time_weights is not None else None
+            if not spsp_kernels.lif_scan_chunk(a, spec, state, spikes[:, t0:t1], acc, rec_weight, counts, tw,
+                                               w_acc) and tw is not None:
+                weighted += time_weighted(a, tw)
         if vsum is not None:
             vsum += acc.to(vsum.dtype)
+        if w_acc is not None:
+            weighted += w_acc.to(weighted.dtype)
         if spikes is not out:
             out.copy_(spikes)
         return out
@@ -120,6 +130,8 @@ def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSp
     for t0 in range(0, steps, chunk):
         t1 = min(t0 + chunk, steps)
         a_chunk = current(t0, t1)
+        if time_weights is not None:
+            weighted += time_weighted(a_chunk, time_weights[t0:t1])
         for t in range(t0, t1):
             a_t = a_chunk[:, t - t0]
             a = a_t if (w_t is None or t == 0) else a_t + s @ w_t
@@ -142,6 +154,13 @@ def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSp
             v = v - v * s
             out[:, t] = s
     return out
+
+
+def time_weighted(a: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """``sum_t kernel[t] a[:, t]`` (G, N) of currents ``a`` (G, C, N) with a (C, 1) or (C, N) kernel."""
+    if kernel.shape[1] == 1:  # one (1, C) x (C, N) product per sample
+        return torch.bmm(kernel.t().expand(a.shape[0], 1, -1), a).squeeze(1)
+    return (a * kernel).sum(1)
 
 
 def as_float(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -189,7 +208,8 @@ def hop_current_chunk(layer: nn.Module, s_in: torch.Tensor, t0: int, t1: int, dt
 
 
 def dense_hop_block(weight: torch.Tensor, s_in: torch.Tensor, t0: int, g_w: torch.Tensor | None,
-                    g_in: torch.Tensor | None, gw: torch.Tensor | None) -> torch.Tensor | None:
+                    g_in: torch.Tensor | None, gw: torch.Tensor | None,
+                    events: torch.Tensor | None = None) -> torch.Tensor | None:
     """Back through a dense hop ``a[t] = W s_in[t - 1]`` for the block of steps [t0, t0 + C) of the current,
     without autograd. Adds ``sum_{b,k} g_w[b, k, i] s_in[b, t0 + k - 1, j]`` to ``gw`` (N, N_in) and returns the
     error reaching each input at its spikes, ``sum_k s_in[b, t0 + k - 1, j] (g_in[b, k] @ W)_j`` (G, N_in), or
@@ -198,12 +218,16 @@ def dense_hop_block(weight: torch.Tensor, s_in: torch.Tensor, t0: int, g_w: torc
     of a contiguous train make one GEMM over (sample, step) rows of views, shifted by one row: ``g_w``'s
     step-0 rows (which meet the previous sample's last step) are set to 0 for it. GEMMs even for sparse
     trains: for this product, summed over samples into one small matrix, the event-driven
-    ``spsp_kernels.scatter_rows`` was no faster at any density measured (0.3-20 %, 784 x 100, one thread)."""
+    ``spsp_kernels.scatter_rows`` was no faster at any density measured (0.3-20 %, 784 x 100, one thread).
+    Wide layers are another matter (``spiketrain.WEIGHT_EVENT_DENSITY``): given ``events`` (1, N_in, N), the
+    weight gradient's transpose is added there spike by spike instead of into ``gw``."""
     f = 1 if t0 == 0 else 0
     t1 = t0 + (g_w if g_w is not None else g_in).shape[1]
     s_prev = s_in[:, t0 + f - 1:t1 - 1]
     dtype = (g_w if g_w is not None else g_in).dtype
-    if g_w is not None:
+    if g_w is not None and events is not None:
+        spsp_kernels.scatter_rows(g_w, s_prev, events, per_sample=False, lag=f)
+    elif g_w is not None:
         n, n_in = g_w.shape[2], s_in.shape[2]
         if f and t1 == s_in.shape[1] and s_in.is_contiguous():
             g_w[:, 0] = 0

@@ -55,6 +55,16 @@ def _per_neuron(p, n: int, dtype: torch.dtype) -> np.ndarray:
     return torch.broadcast_to(torch.as_tensor(p).detach().to(dtype), (n,)).contiguous().numpy()
 
 
+def _spec_arrays(spec, n: int, dtype: torch.dtype) -> tuple:
+    """(alpha, beta, v_th, bias) of a ``spsp.NeuronSpec`` as ``_per_neuron`` arrays, made once per spec, width and
+    dtype (a spec lives for one batch and serves its forward scan and every reverse scan)."""
+    cache = spec.__dict__.setdefault("_arrays", {})
+    key = (n, dtype)
+    if key not in cache:
+        cache[key] = tuple(_per_neuron(p, n, dtype) for p in (spec.alpha, spec.beta, spec.v_th, spec.bias))
+    return cache[key]
+
+
 def _unit(dtype: torch.dtype) -> np.ndarray:
     return torch.ones(1, dtype=dtype).numpy()
 
@@ -99,20 +109,31 @@ if numba is not None:
                     else:
                         v[b, i] = x
 
-    def _plain_lif_kernel(has_bias: bool, has_rec: bool, parallel: bool):
+    def _plain_lif_kernel(has_bias: bool, has_rec: bool, weights: int, parallel: bool):
         """``_lif_scan_py`` without refractory period (the deployable neuron), branch-free in its inner loop so
         that it vectorises (about 3x faster): the same products and sums in the same order, so the same
-        spikes bit for bit. ``has_bias`` and ``has_rec`` are closure constants."""
+        spikes bit for bit. ``has_bias``, ``has_rec`` and ``weights`` are closure constants; ``weights`` 1 or
+        2 also adds ``tw[t] a[b, t]`` over the chunk's steps to ``tsum[b]`` (float64), with ``tw`` (C, 1) or
+        (C, N): a time-weighted sum of the currents made while they are read anyway."""
 
-        def scan(a, alpha, beta, vth, bias, unit, u, v, spikes, vsum, counts, rec_t, s_prev, first):
+        def scan(a, alpha, beta, vth, bias, unit, u, v, spikes, vsum, counts, rec_t, s_prev, first, tw, tsum):
             batch, steps, n = a.shape
             for b in numba.prange(batch):
                 zero = unit[0] - unit[0]
                 ub, vb, vs, cn, sb = u[b], v[b], vsum[b], counts[b], s_prev[b]
+                ts = tsum[b]
                 r = np.zeros(n, dtype=a.dtype)
                 for t in range(steps):
                     at = a[b, t]
                     sp = spikes[b, t]
+                    if weights == 1:
+                        k = tw[t, 0]
+                        for i in range(n):
+                            ts[i] += k * at[i]
+                    elif weights == 2:
+                        kt = tw[t]
+                        for i in range(n):
+                            ts[i] += kt[i] * at[i]
                     add_rec = has_rec and not (first and t == 0)
                     if add_rec:  # r = V s[t-1], summed over the spiking sources in ascending order
                         for i in range(n):
@@ -147,22 +168,24 @@ if numba is not None:
         return j * steps < (t + 2) * k
 
     @numba.njit(inline="always", cache=True)
-    def _adjoint_step(s, cut, b, t, k, i, one, zero, alpha, beta, lp, lu, lam_u, lam_p, keep_p, lu_sum, lp_sum):
+    def _adjoint_step(s, cut, b, t, k, i, one, zero, alpha, beta, lp, lu, lam_u, lam_p, keep_p, lu_sum, lp_sum,
+                      scale, scaled):
         """One step of the reverse recursion for post neuron i of sample b (spike ``s``, reset ``cut`` at step t,
         block row k): ``lam_p[t] = s[t] + ((1 - cut[t]) beta) lam_p[t+1]``, ``lam_u[t] = lam_p[t] + alpha
-        lam_u[t+1]``, written and summed (lam_u's from step 1)."""
+        lam_u[t+1]``, summed (lam_u's from step 1) and written (lam_u times ``scale[b, i]`` when ``scaled``)."""
         p = (one if s else zero) + (zero if cut else beta[i]) * lp[b, i]
         q = p + alpha[i] * lu[b, i]
         lp[b, i] = p
         lu[b, i] = q
-        lam_u[b, k, i] = q
+        lam_u[b, k, i] = q * scale[b, i] if scaled else q
         if keep_p:
             lam_p[b, k, i] = p
         lp_sum[b, i] += p
         if t >= 1:
             lu_sum[b, i] += q
 
-    def _adjoint_scan_py(post, t0, t1, t_ref, alpha, beta, unit, lp, lu, lam_u, lam_p, keep_p, lu_sum, lp_sum):
+    def _adjoint_scan_py(post, t0, t1, t_ref, alpha, beta, unit, lp, lu, lam_u, lam_p, keep_p, lu_sum, lp_sum, scale,
+                         scaled):
         batch, steps, n = post.shape
         for b in numba.prange(batch):
             one = unit[0]
@@ -176,10 +199,10 @@ if numba is not None:
                         if t - d >= 0 and post[b, t - d, i]:
                             cut = True
                     _adjoint_step(s, cut, b, t, k, i, one, zero, alpha, beta, lp, lu, lam_u, lam_p, keep_p, lu_sum,
-                                  lp_sum)
+                                  lp_sum, scale, scaled)
 
     def _adjoint_virtual_py(steps, virt, t0, t1, t_ref, alpha, beta, unit, lp, lu, lam_u, lam_p, keep_p, lu_sum,
-                            lp_sum):
+                            lp_sum, scale, scaled):
         """``_adjoint_scan_py`` for the neurons with ``virt[b, i] > 0`` evenly spaced virtual spikes and no spikes
         of their own, after it (which ran them as silent: zeros in lam_u and the sums), with their own state
         lp/lu. A separate kernel: in the same loop nest it slows the main loop several times."""
@@ -199,29 +222,30 @@ if numba is not None:
                         if t - d >= 0 and _virtual_spike(t - d, kv, steps):
                             cut = True
                     _adjoint_step(s, cut, b, t, k, i, one, zero, alpha, beta, lp, lu, lam_u, lam_p, keep_p, lu_sum,
-                                  lp_sum)
+                                  lp_sum, scale, scaled)
 
 
-    def _scatter_rows_py(g, s, out, per_sample, binary, blocks):
-        """``out[o, j, :] += s[b, t, j] g[b, t, :]`` over the non-zero ``s`` (o = b, or 0 when shared)."""
-        batch, steps, n = g.shape
-        m = s.shape[2]
+    def _scatter_rows_py(g, s, out, per_sample, binary, blocks, lag):
+        """``out[o, j, :] += s[b, t, j] g[b, t + lag, :]`` over the non-zero ``s`` (o = b, or 0 when shared)."""
+        batch, steps, m = s.shape
+        n = g.shape[2]
         for blk in numba.prange(blocks):  # each task owns a range of rows j of ``out``: no write races
             lo = blk * m // blocks
             hi = (blk + 1) * m // blocks
             for b in range(batch):
                 o = b if per_sample else 0
                 for t in range(steps):
+                    gr = g[b, t + lag]
                     for j in range(lo, hi):
                         x = s[b, t, j]
                         if x != 0:
                             row = out[o, j]
                             if binary:
                                 for i in range(n):
-                                    row[i] += g[b, t, i]
+                                    row[i] += gr[i]
                             else:
                                 for i in range(n):
-                                    row[i] += x * g[b, t, i]
+                                    row[i] += x * gr[i]
 
     def _spike_dots_py(g, s, wt, out, binary):
         """``out[b, j] += sum_t s[b, t, j] (g[b, t, :] . wt[j, :])`` over the non-zero ``s``."""
@@ -246,8 +270,9 @@ if numba is not None:
               for name, fn in (("lif", _lif_scan_py), ("adjoint", _adjoint_scan_py), ("scatter", _scatter_rows_py),
                                ("adjoint_virtual", _adjoint_virtual_py))
               for par in (False, True)}
-    _SCANS.update({("plain_lif", bias, rec, par): _plain_lif_kernel(bias, rec, par) for bias in (False, True)
-                   for rec in (False, True) for par in (False, True)})
+    _SCANS.update({("plain_lif", bias, rec, weights, par): _plain_lif_kernel(bias, rec, weights, par)
+                   for bias in (False, True) for rec in (False, True) for weights in (0, 1, 2)
+                   for par in (False, True)})
     # the dot products may be reassociated (vectorised): nothing here has to equal another computation
     _SCANS.update({("dots", par): numba.njit(parallel=par, nogil=True, boundscheck=False, cache=True,
                                              fastmath={"reassoc", "contract"})(_spike_dots_py)
@@ -270,19 +295,23 @@ def _np(s: torch.Tensor) -> np.ndarray:
     return s.detach().numpy()
 
 
-def scatter_rows(g: torch.Tensor, s: torch.Tensor, out: torch.Tensor, per_sample: bool) -> None:
-    """Event-driven ``out += s^T g``: ``out[o, j, :] += sum_t s[b, t, j] g[b, t, :]`` with ``o = b`` when
-    ``per_sample`` (out (B, M, N)) and ``o = 0`` otherwise (out (1, M, N)); g (B, C, N), s (B, C, M) bool
-    or float. Costs (non-zeros of s) x N instead of the GEMM's B C M N."""
+def scatter_rows(g: torch.Tensor, s: torch.Tensor, out: torch.Tensor, per_sample: bool, lag: int = 0) -> None:
+    """Event-driven ``out += s^T g``: ``out[o, j, :] += sum_t s[b, t, j] g[b, t + lag, :]`` with ``o = b`` when
+    ``per_sample`` (out (B, M, N)) and ``o = 0`` otherwise (out (1, M, N)); g (B, C + lag, N), s (B, C, M)
+    bool or float (a view of a longer train is read in place). Costs (non-zeros of s) x N instead of the
+    GEMM's B C M N. ``lag`` pairs a spike with a later row of g (the hop delay) without slicing g, whose
+    rows the kernel then reads as contiguous vectors."""
     if g.numel() == 0 or s.numel() == 0:
         return
+    if g.shape[1] < s.shape[1] + lag:
+        raise ValueError(f"scatter_rows: g has {g.shape[1]} steps, the spikes need {s.shape[1]} + lag {lag}")
     binary = s.dtype == torch.bool
     g = g.detach().contiguous()
     # row blocks: one per thread, and small enough that a block of ``out`` stays in a core's L2 cache
     # while all of g streams past it (each non-zero then updates a cached row)
     rows = out.shape[0] * out.shape[1] if per_sample else out.shape[1]
     blocks = max(_threads(), min(out.shape[1], -(-rows * out.shape[2] * out.element_size() // _L2_BYTES)))
-    _scan("scatter")(g.numpy(), _np(s), out.numpy(), bool(per_sample), binary, blocks)
+    _scan("scatter")(g.numpy(), _np(s), out.numpy(), bool(per_sample), binary, blocks, int(lag))
 
 
 def spike_dots(g: torch.Tensor, s: torch.Tensor, wt: torch.Tensor, out: torch.Tensor) -> None:
@@ -294,13 +323,16 @@ def spike_dots(g: torch.Tensor, s: torch.Tensor, wt: torch.Tensor, out: torch.Te
 
 
 def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsum: torch.Tensor,
-                   rec_weight: torch.Tensor | None = None, counts: torch.Tensor | None = None) -> None:
+                   rec_weight: torch.Tensor | None = None, counts: torch.Tensor | None = None,
+                   time_weights: torch.Tensor | None = None, weighted: torch.Tensor | None = None) -> bool:
     """Advance the neuron of ``spec`` (a ``spsp.NeuronSpec``) over the hop-delayed currents ``a`` (B, C, N),
     writing ``spikes`` (a (B, C, N) bool view) and adding the pre-reset membrane at each spike to ``vsum``
     and 1 to ``counts`` (each (B, N, float64); counts None: not kept). ``state`` ({} at the first chunk) carries u, v, the refractory counters and the last
     spikes. ``rec_weight`` (N, N), V[i, j] from j to i: the recurrent input ``V s[t-1]``, summed over the
     spiking sources j in ascending order, which is the order (and so the rounding) of the recurrent
-    operator's ``mm`` with 0/1 spikes."""
+    operator's ``mm`` with 0/1 spikes. ``time_weights`` (C, 1) or (C, N) with ``weighted`` (B, N, float64): add
+    ``sum_t time_weights[t] a[:, t]`` to ``weighted`` in the same pass, where the kernel can (the deployable
+    neuron, t_ref = 0); returns whether it did (else the caller makes that sum)."""
     batch, steps, n = a.shape
     a = a.detach().contiguous()
     first = not state
@@ -308,32 +340,39 @@ def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsu
         rec_t = (rec_weight.detach().t().to(a.dtype).contiguous() if rec_weight is not None
                  else torch.zeros(1, 1, dtype=a.dtype))
         state["s"] = torch.zeros(batch, n, dtype=torch.bool)
-        state["args"] = (_per_neuron(spec.alpha, n, a.dtype), _per_neuron(spec.beta, n, a.dtype),
-                         _per_neuron(spec.v_th, n, a.dtype), _per_neuron(spec.bias, n, a.dtype),
+        state["args"] = (*_spec_arrays(spec, n, a.dtype),
                          spec.bias is not None, int(spec.t_ref), _unit(a.dtype), np.zeros((batch, n), a.numpy().dtype),
                          np.zeros((batch, n), a.numpy().dtype), np.zeros((batch, n), np.int64))
         state["rec"] = (rec_t.numpy(), rec_weight is not None, state["s"].numpy())
         state["counts"] = np.zeros((batch, n), np.float64)
     if a.numel() and not spec.t_ref:
         alpha, beta, vth, bias, has_bias, _, unit, u, v, _ = state["args"]
-        _scan("plain_lif", has_bias, rec_weight is not None)(
+        weights, tw, tsum = 0, unit.reshape(1, 1), state["counts"]  # (placeholders, never read, when not weighted)
+        if time_weights is not None:
+            tw = time_weights.detach().to(a.dtype).contiguous().numpy()
+            weights, tsum = (1 if tw.shape[1] == 1 else 2), weighted.numpy()
+        _scan("plain_lif", has_bias, rec_weight is not None, weights)(
             a.numpy(), alpha, beta, vth, bias, unit, u, v, spikes.numpy(), vsum.numpy(),
-            state["counts"] if counts is None else counts.numpy(), state["rec"][0], state["rec"][2], first)
-    elif a.numel():
+            state["counts"] if counts is None else counts.numpy(), state["rec"][0], state["rec"][2], first, tw, tsum)
+        return time_weights is not None
+    if a.numel():
         _scan("lif")(a.numpy(), *state["args"], spikes.numpy(), vsum.numpy(),
                      state["counts"] if counts is None else counts.numpy(), *state["rec"], first)
+    return False
 
 
 def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.dtype, state: dict,
                        lu_sum: torch.Tensor, lp_sum: torch.Tensor, want_lam_p: bool = False,
-                       virtual: torch.Tensor | None = None):
+                       virtual: torch.Tensor | None = None, scale: torch.Tensor | None = None):
     """Steps [t0, t1) of the reverse recursion of ``spsp.spsp_adjoint`` over the post trains ``post`` (B, T, N,
     bool or 0/1 float; the whole window, for the refractory look-back), chunks called last first with one
     ``state`` ({} at the first call). Returns ``(lam_u, lam_p or None)``, each (B, t1 - t0, N) in ``dtype``,
     and adds their sums over the chunk (lam_u's without step 0) to ``lu_sum`` / ``lp_sum`` (B, N, float64).
     ``virtual`` (B, N), if given, gives the neurons with a count there (capped by ``spsp.virtual_counts``) the
     trains ``spsp.evenly_spaced_spikes(T, virtual, t_ref)``, made on the fly rather than as a (B, T, N) tensor;
-    those neurons must have no spikes in ``post`` (HM2-BP's virtual spikes are for silent neurons)."""
+    those neurons must have no spikes in ``post`` (HM2-BP's virtual spikes are for silent neurons). ``scale``
+    (B, N) of ``dtype``, if given, multiplies the returned ``lam_u`` per neuron (rounded once, as ``lam_u *
+    scale.unsqueeze(1)``; the sums are the kernel's own), which saves the caller a pass over the block."""
     batch, steps, n = post.shape
     post = post.detach()
     if post.dtype != torch.bool:
@@ -342,7 +381,7 @@ def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.
         post = post.contiguous()
     if not state:  # made once per window (not per chunk)
         np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
-        state["args"] = (int(spec.t_ref), _per_neuron(spec.alpha, n, dtype), _per_neuron(spec.beta, n, dtype),
+        state["args"] = (int(spec.t_ref), *_spec_arrays(spec, n, dtype)[:2],
                          _unit(dtype), np.zeros((batch, n), np_dtype), np.zeros((batch, n), np_dtype))
         if virtual is not None:  # the virtual trains' state, apart
             state["virtual"] = (virtual.detach().to(torch.int64).contiguous().numpy(), np.zeros((batch, n), np_dtype),
@@ -350,11 +389,13 @@ def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.
     t_ref, alpha, beta, unit, _, _ = state["args"]
     lam_u = torch.empty(batch, t1 - t0, n, dtype=dtype)
     lam_p = torch.empty(batch, t1 - t0, n, dtype=dtype) if want_lam_p else torch.empty(0, 0, 0, dtype=dtype)
+    scaled = scale is not None
+    sc = scale.detach().to(dtype).contiguous().numpy() if scaled else np.zeros((1, 1), unit.dtype)
     if lam_u.numel():
         _scan("adjoint")(post.numpy(), int(t0), int(t1), *state["args"], lam_u.numpy(), lam_p.numpy(),
-                         bool(want_lam_p), lu_sum.numpy(), lp_sum.numpy())
+                         bool(want_lam_p), lu_sum.numpy(), lp_sum.numpy(), sc, scaled)
         if "virtual" in state:
             virt, vlp, vlu = state["virtual"]
             _scan("adjoint_virtual")(steps, virt, int(t0), int(t1), t_ref, alpha, beta, unit, vlp, vlu, lam_u.numpy(),
-                                     lam_p.numpy(), bool(want_lam_p), lu_sum.numpy(), lp_sum.numpy())
+                                     lam_p.numpy(), bool(want_lam_p), lu_sum.numpy(), lp_sum.numpy(), sc, scaled)
     return lam_u, (lam_p if want_lam_p else None)
