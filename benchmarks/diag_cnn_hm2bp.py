@@ -30,7 +30,7 @@ def layer_stats(model, x) -> list[str]:
         rows.append(f"{type(layer).__name__:10s} n={per.shape[1]:5d} vth={layer.v_th:6.2f} rate={float(per.mean()):.3f} "
                     f"silent={float((per_neuron == 0).float().mean()):.2f} "
                     f"sat={float((per_neuron > 0.9).float().mean()):.2f} "
-                    f"dead_per_sample={float((per == 0).float().mean()):.2f} |w|={float(w.norm()):.2f}")
+                    f"dead_per_sample={float((per == 0).float().mean()):.2f} |w|={float(w.detach().norm()):.2f}")
     counts = outs[-1].sum(1)
     rows.append("output mean counts " + " ".join(f"{float(c):.1f}" for c in counts.mean(0))
                 + f" | silent outputs (all samples) {int((counts.sum(0) == 0).sum())}")
