@@ -48,7 +48,8 @@ def main(argv=None) -> int:
             calibrate_thresholds(model, x_tr[:32])
     hm, bp = make_rule("hm2bp", **opts), make_rule("bptt")
     names = [n for n, _ in model.named_parameters()]
-    acc = {n: [0.0, 0.0, 0.0] for n in names}
+    acc = {n: [0.0, 0.0, 0.0, 0.0, 0.0] for n in names}
+    sizes = {n: p.numel() for n, p in model.named_parameters()}
     for b in range(a.batches):
         x, y = x_tr[32 * b:32 * (b + 1)], y_tr[32 * b:32 * (b + 1)]
         g1, g2 = grads(model, hm, x, y, t.loss_fn), grads(model, bp, x, y, t.loss_fn)
@@ -58,9 +59,13 @@ def main(argv=None) -> int:
             acc[n][0] += float((u * v).sum())
             acc[n][1] += float((u * u).sum())
             acc[n][2] += float((v * v).sum())
-    for n, (uv, uu, vv) in acc.items():
+            acc[n][3] += float(u.sum()) / u.numel()  # mean gradient entry: < 0 means descent raises the
+            acc[n][4] += float(v.sum()) / v.numel()  # weights on average, i.e. the layer's rates
+    for n, (uv, uu, vv, mu, mv) in acc.items():
         if uu > 0 and vv > 0:
-            print(f"{n:22s} cos {uv / (uu * vv) ** 0.5:+.3f}  |hm2bp|/|bptt| {(uu / vv) ** 0.5:.3g}")
+            print(f"{n:22s} cos {uv / (uu * vv) ** 0.5:+.3f}  |hm2bp|/|bptt| {(uu / vv) ** 0.5:.3g}  "
+                  f"mean/rms hm2bp {mu / a.batches / (uu / a.batches / sizes[n]) ** 0.5:+.3f} "
+                  f"bptt {mv / a.batches / (vv / a.batches / sizes[n]) ** 0.5:+.3f}")
     return 0
 
 
