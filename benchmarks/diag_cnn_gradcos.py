@@ -7,13 +7,11 @@ conv/pool networks). Optionally on a trained checkpoint.
 from __future__ import annotations
 
 import argparse
-import json
-
 import torch
 
 from snn2hw.learning import make_rule
-from snn2hw.models.sequence_tasks import get_task
-from snn2hw.models.tasks import build_model, default_rule_options
+from diag_cnn_hm2bp import load_setup
+from snn2hw.models.tasks import build_model
 from snn2hw.nn.calibrate import calibrate_thresholds, has_conv_layers
 
 
@@ -32,12 +30,7 @@ def main(argv=None) -> int:
     ap.add_argument("--set", nargs="*", default=[])
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
-    cfg = json.load(open(a.config))
-    t = get_task(a.task)
-    data = t.load(cfg.get("data"))
-    steps = t.steps(cfg.get("data"))
-    opts = {**default_rule_options("hm2bp", steps), **cfg.get("rule_options", {})}
-    opts.update({k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)})
+    t, data, cfg, opts = load_setup(a.config, a.task, "hm2bp", a.set)
     x_tr, y_tr = data["train"]
     if a.ckpt:
         from snn2hw.train.checkpoint import load_checkpoint

@@ -53,6 +53,16 @@ class Stats(Callback):
             print("  " + r)
 
 
+def load_setup(config: str, task: str, rule: str, sets: list[str]):
+    """(task, data, config dict, rule options) of a ``snn2hw train`` config, with ``key=json`` overrides."""
+    cfg = json.load(open(config))
+    t = get_task(task)
+    data = t.load(cfg.get("data"))
+    opts = {**default_rule_options(rule, t.steps(cfg.get("data"))), **cfg.get("rule_options", {})}
+    opts.update({k: json.loads(v) for k, v in (s.split("=", 1) for s in sets)})
+    return t, data, cfg, opts
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="benchmarks/configs/tune/digits_cnn_hm2bp_lr1e-3.json")
@@ -64,12 +74,7 @@ def main(argv=None) -> int:
     ap.add_argument("--trainer", nargs="*", default=[], help="trainer options key=json")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
-    cfg = json.load(open(a.config))
-    t = get_task(a.task)
-    data = t.load(cfg.get("data"))
-    steps = t.steps(cfg.get("data"))
-    opts = {**default_rule_options(a.rule, steps), **cfg.get("rule_options", {})}
-    opts.update({k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)})
+    t, data, cfg, opts = load_setup(a.config, a.task, a.rule, a.set)
     model = build_model(t, cfg.get("model"), a.seed)
     tcfg = {**t.trainer_defaults, **cfg.get("trainer", {}), "epochs": a.epochs}
     tcfg.update({k: json.loads(v) for k, v in (s.split("=", 1) for s in a.trainer)})
