@@ -25,6 +25,8 @@ stored with every run; a run whose ``results.json`` already exists is read back,
     python benchmarks/bench_spiketrain_accuracy.py final-mnist       # MNIST-10k MLP/recurrent and digits CNN rows
     python benchmarks/bench_spiketrain_accuracy.py tune-cnn          # issue 8: conv/pool nets, calibrated init
     python benchmarks/bench_spiketrain_accuracy.py final-cnn         # digits CNN 3 seeds, paper CNN on MNIST-10k
+    python benchmarks/bench_spiketrain_accuracy.py tune-cnn2         # HM2-BP digits CNN: cosine schedule, the papers' MSE loss
+    python benchmarks/bench_spiketrain_accuracy.py final-cnn2        # its choice: digits CNN 3 x 3, paper CNN 1 x 1
     python benchmarks/bench_spiketrain_accuracy.py tune-mnist-e3     # MNIST-10k MLP rows: options at 3 epochs
     python benchmarks/bench_spiketrain_accuracy.py final-mnist-e3    # their rows, 3 seeds x 3 epochs
     python benchmarks/bench_spiketrain_accuracy.py final-mnist-e3 --collect   # tabulate; rows also into
@@ -174,6 +176,30 @@ FINAL_CNN = [
     ("digits CNN 15c3-p2-40c2-p2-300-10 T60", "digits", "digits_cnn.json", "bptt", 15, 3),
     ("mnist10k CNN 15c5-p2-40c5-p2-300-10 T50", "mnist10k", "mnist10k_cnn_hm2bp.json", "hm2bp", 1, 1),
     ("mnist10k CNN 15c5-p2-40c5-p2-300-10 T50", "mnist10k", "mnist10k_cnn.json", "bptt", 1, 1),
+]
+# issue 8, HM2-BP on the digits CNN after the diagnosis of ``benchmarks/diag_cnn_hm2bp.py`` (every hidden layer's
+# rate climbs from 0.1 to 0.3 per step within 4 epochs at a constant rate, the outputs stop being selective, and
+# training and validation accuracy fall with it; ``benchmarks/diag_cnn_gradcos.py``: HM2-BP's update then raises
+# every layer's weights while BPTT's lowers the output's): stage ``tune-cnn2``
+# (``benchmarks/results/spiketrain_cnn_tuning2.json``), seed 0, compared on validation with ``tune-cnn``'s 1e-3
+# (74.3 %, 10 epochs): a cosine schedule from 2e-3 (it anneals before the drift), and the papers' MSE loss on
+# counts (targets 18 / 3, margin 3 at T = 60), which names a low target for every wrong output, with the same
+# schedule. (A third candidate, cosine 2e-3 with 3 virtual spikes for a silent label output, was stopped after
+# 2 epochs, validation 71.5 / 66.0 %, to free the core.)
+TUNE_CNN2 = [
+    ("digits", "hm2bp", "tune/digits_cnn_hm2bp_cos2e-3.json", 5),
+    ("digits", "hm2bp", "tune/digits_cnn_hm2bp_mse_cos2e-3.json", 3),
+]
+# stage ``final-cnn2`` (``benchmarks/results/spiketrain_cnn_accuracy2.json``): ``tune-cnn2``'s choice (the papers' MSE,
+# validation 84.0 % against 72.2 % for cosine alone and 74.3 % for ``tune-cnn``'s best), 3 seeds x 3 epochs (seed 0
+# is its tuning run), and the same options on the paper's CNN on MNIST-10k, 1 seed x 1 epoch (what fitted the
+# shared machine; its options come from the digits CNN, not from MNIST-10k's validation split). BPTT's rows are
+# ``final-cnn``'s (digits 3 x 15, MNIST-10k 1 x 1).
+FINAL_CNN2 = [
+    ("digits CNN 15c3-p2-40c2-p2-300-10 T60, HM2-BP papers' MSE, cosine 2e-3", "digits",
+     "tune/digits_cnn_hm2bp_mse_cos2e-3.json", "hm2bp", 3, 3),
+    ("mnist10k CNN 15c5-p2-40c5-p2-300-10 T50, HM2-BP papers' MSE, cosine 2e-3", "mnist10k",
+     "tune/mnist10k_cnn_hm2bp_mse_cos.json", "hm2bp", 1, 1),
 ]
 REUSE_STRSBP = {("braille_rec128.json", "bptt", 10): ("spiketrain_accuracy.json", [0, 1])}
 # issue 8, MNIST-10k MLP rows at 3 epochs (stage ``tune-mnist-e3``, ``benchmarks/results/spiketrain_mnist10k_tuning_e3.json``),
@@ -341,7 +367,7 @@ def merge_rows(src: str, dst: str) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("stage", choices=["tune", "tune-strsbp", "tune-strsbp20", "tune-mnist", "final", "final-strsbp",
-                                      "final-strsbp20", "final-strsbp40", "final-mnist", "tune-cnn", "final-cnn",
+                                      "final-strsbp20", "final-strsbp40", "final-mnist", "tune-cnn", "final-cnn", "tune-cnn2", "final-cnn2",
                                       "tune-mnist-e3", "final-mnist-e3", "final-mnist-e6"])
     ap.add_argument("--only", default=None, help="final: rows whose label contains this text; tune stages: "
                     "configs whose path contains it")
@@ -378,6 +404,10 @@ def main(argv=None) -> int:
         tune(a.rerun, TUNE_CNN, "spiketrain_cnn_tuning", a.only, a.collect)
     elif a.stage == "final-cnn":
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_CNN, "spiketrain_cnn_accuracy")
+    elif a.stage == "tune-cnn2":
+        tune(a.rerun, TUNE_CNN2, "spiketrain_cnn_tuning2", a.only, a.collect)
+    elif a.stage == "final-cnn2":
+        final(a.only, a.seeds, a.rerun, a.collect, FINAL_CNN2, "spiketrain_cnn_accuracy2")
     elif a.stage == "final-strsbp":
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_STRSBP, "strsbp_braille_accuracy", REUSE_STRSBP)
     else:

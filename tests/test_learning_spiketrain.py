@@ -594,3 +594,66 @@ def test_coefficient_sum_both_forms(shape):
     out = torch.ones(shape[1:], dtype=D)
     _add_coefficient_sum(out, c, e)
     torch.testing.assert_close(out, 1 + torch.einsum("bi,bij->ij", c, e), rtol=1e-12, atol=1e-12)
+
+
+def _as_dense(layer, dtype=D):
+    """The dense ``LIFDense`` equivalent of a conv or pool layer (the hop as a matrix, the same neuron) and that
+    matrix as a function of the conv kernel (a leaf requiring grad), for the kernel's gradient by the chain rule."""
+    n_in = layer.in_features
+    kernel = layer._hop_weight().detach().clone().requires_grad_(isinstance(layer, ConvLIF))
+    matrix = layer._current(torch.eye(n_in, dtype=dtype).unsqueeze(0), kernel)[0].t()  # (N_out, N_in)
+    dense = LIFDense(n_in, matrix.shape[0], du=float(layer.du), dv=float(layer.dv), v_th=layer.v_th,
+                     bias=getattr(layer, "bias", None) is not None).to(dtype)
+    with torch.no_grad():
+        dense.weight.copy_(matrix)
+        dense.du.copy_(layer.du)
+        dense.dv.copy_(layer.dv)
+        if dense.bias is not None:
+            dense.bias.copy_(layer.neuron_bias())
+    if isinstance(layer, SumPoolLIF):
+        dense.weight.requires_grad_(False)  # the pool's kernel is fixed
+    return dense, kernel, matrix
+
+
+@pytest.mark.parametrize("rule_name,bias,chunk_bytes", [("hm2bp", False, 0), ("hm2bp", True, 4 << 20),
+                                                        ("strsbp", False, 4 << 20)])
+def test_conv_pool_stack_equals_equivalent_dense_stack(monkeypatch, rule_name, bias, chunk_bytes):
+    """conv -> sum pool -> conv -> dense against the same network with every conv and pool hop written as a dense
+    matrix (the dense path is checked against the per-sample reference of the equations above): the errors
+    through the sum pool and the convs (per position: S-PSPs, per-spike ratios, virtual spikes of silent conv
+    and pool neurons, HM2-BP's (1 + S) self term per conv neuron) and so every gradient agree; a conv kernel's
+    gradient is the sum over the positions that share it (the chain rule through the matrix)."""
+    from snn2hw.learning import spiketrain
+
+    monkeypatch.setattr(spiketrain, "CHUNK_BYTES", chunk_bytes)
+    net = _conv_net(bias, False)
+    dense_layers, kernels = [], []
+    for layer in net.layers:
+        if isinstance(layer, (ConvLIF, SumPoolLIF)):
+            dense, kernel, matrix = _as_dense(layer)
+            dense_layers.append(dense)
+            kernels.append((layer, kernel, matrix))
+        elif isinstance(layer, LIFDense):
+            dense = LIFDense(layer.in_features, layer.out_features, du=0.3, dv=0.2).double()
+            with torch.no_grad():
+                dense.load_state_dict(layer.state_dict())
+            dense_layers.append(dense)
+    ref = SpikingSequential(dense_layers)
+    x = (torch.rand(3, 45, 128, generator=torch.Generator().manual_seed(1)) < 0.3).to(D)
+    y = torch.tensor([0, 1, 2])
+    opts = {"margin": 0, "target_true": 10, "target_false": 3, "chunk": 7}
+    records, _ = make_rule(rule_name, **opts).forward(net, x)
+    hidden = [r for r in records if r is not None]
+    assert all(bool((r.s_out.sum(1) == 0).any()) for r in hidden[:-1])  # silent conv/pool neurons: virtual spikes
+    assert all(bool((r.s_out.sum(1) > 0).any()) for r in hidden)
+    make_rule(rule_name, **opts).compute_gradients(net, x, y, None, {})
+    make_rule(rule_name, **opts).compute_gradients(ref, x, y, None, {})
+    torch.testing.assert_close(net.layers[-1].weight.grad, ref.layers[-1].weight.grad, rtol=1e-9, atol=1e-12)
+    for (layer, kernel, matrix), dense in zip(kernels, ref.layers):
+        if isinstance(layer, ConvLIF):
+            (expected,) = torch.autograd.grad(matrix, kernel, dense.weight.grad)
+            assert float(expected.abs().sum()) > 0
+            torch.testing.assert_close(layer.weight.grad, expected, rtol=1e-9, atol=1e-12)
+        if bias:  # a per-channel bias: the sum over the channel's positions
+            per_channel = dense.bias.grad.reshape(layer.bias.numel(), -1).sum(1)
+            torch.testing.assert_close(layer.bias.grad.reshape(-1), per_channel, rtol=1e-9, atol=1e-12)
