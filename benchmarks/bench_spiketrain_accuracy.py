@@ -203,6 +203,9 @@ FINAL_CNN2 = [
     # the chosen options at 10 epochs (seed 0): does the gap to BPTT's 15-epoch row shrink with a longer run?
     ("digits CNN 15c3-p2-40c2-p2-300-10 T60, HM2-BP papers' MSE, cosine 2e-3, 10 epochs", "digits",
      "tune/digits_cnn_hm2bp_mse_cos2e-3.json", "hm2bp", 10, 1),
+    # and at BPTT's length, 3 seeds x 15 epochs (a quiet epoch takes about 6 s)
+    ("digits CNN 15c3-p2-40c2-p2-300-10 T60, HM2-BP papers' MSE, cosine 2e-3, 15 epochs", "digits",
+     "tune/digits_cnn_hm2bp_mse_cos2e-3.json", "hm2bp", 15, 3),
 ]
 REUSE_STRSBP = {("braille_rec128.json", "bptt", 10): ("spiketrain_accuracy.json", [0, 1])}
 # issue 8, MNIST-10k MLP rows at 3 epochs (stage ``tune-mnist-e3``, ``benchmarks/results/spiketrain_mnist10k_tuning_e3.json``),
