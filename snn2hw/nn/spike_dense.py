@@ -46,9 +46,11 @@ numba = kernels.numba
 __all__ = ["spike_linear", "density_limit", "nonzero_count"]
 
 # Crossover density of the event-driven path against torch's GEMM, forward + weight gradient, by
-# min(in_features, out_features) (the nearest tabulated size below it is used); measured with
-# benchmarks/diag_spike_dense.py at T = 500, batch 16, 2 threads (docs/performance.md).
-_DENSITY_LIMITS = ((0, 0.10), (128, 0.15), (256, 0.25), (1024, 0.30))
+# min(in_features, out_features) (the nearest tabulated size below it is used), rounded down;
+# measured with benchmarks/diag_spike_dense.py, 8000 rows, 2 threads (docs/performance.md,
+# "The event-driven input product"): event/dense time 1.0 at density ~0.1-0.2 for N = 64, ~0.2 for
+# N = 128, 0.2-0.25 for N = 256..1024 and ~0.2 for N = 2048..4096.
+_DENSITY_LIMITS = ((0, 0.10), (128, 0.15), (256, 0.18))
 # Bytes of one (inputs, columns) tile of W^T or dW^T: half the L2 cache of the CI machine's cores.
 _TILE_BYTES = 256 * 1024
 _kernels: dict = {}
@@ -112,13 +114,14 @@ if numba is not None:
         blocks = packed.shape[0]
         for b in numba.prange(blocks):
             lo = b * cb
-            for j in range(cb):
-                if lo + j < m:
-                    for i in range(k):
-                        packed[b, i, j] = w[lo + j, i]
-                else:
-                    for i in range(k):
-                        packed[b, i, j] = 0
+            width = min(cb, m - lo)
+            # inputs outer: the writes run contiguously through the block (a (k, cb) block can exceed L2),
+            # the reads walk cb rows of w in step, one cache line of each serving 16 inputs
+            for i in range(k):
+                for j in range(width):
+                    packed[b, i, j] = w[lo + j, i]
+                for j in range(width, cb):
+                    packed[b, i, j] = 0
 
 
 def _product_kernels(cb: int):
