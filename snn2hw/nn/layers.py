@@ -34,6 +34,8 @@ class LIFDense(nn.Module):
 
     ``du``/``dv`` are the per-step decay fractions of current and voltage (see ``snn2hw.ir``);
     they, the bias and the threshold are trainable when ``train_decays``/``bias``/``train_threshold`` say so.
+    The input product ``s_in @ W^T`` is ``functional.spike_linear``: on CPU, over the input's nonzeros
+    (spikes) when it is sparse enough, else the GEMM (``snn2hw.nn.spike_dense``).
 
     Quantization-aware mode (``qat`` set to a ``QuantConfig``): the forward pass quantizes the layer
     with the compiler's own ``quantize_population`` and runs the integer arithmetic of
