@@ -16,12 +16,12 @@ product and sum rounded once in x's dtype, where a GEMM uses its own blocking or
 
 Layout, and why (measured on the 2-core AVX2 CI machine; docs/performance.md):
 
-* both kernels work on column blocks of ``cb`` output neurons whose (in_features, cb) slice of
-  ``W^T`` (forward) or of ``dW^T`` (weight gradient) stays in the core's L2 cache while every row's
-  nonzeros gather from it; ``W`` is repacked into these blocks once per call (in_features x
-  out_features copies, nothing next to the gathers);
-* forward jobs are (block of rows, column block) pairs, weight-gradient jobs are column blocks, so
-  threads never write the same output and need no atomics;
+* both kernels work on tiles of ``kc`` inputs x ``cb`` outputs (64 float32 / 32 float64 outputs, at
+  most 1024 inputs: 256 KiB) of ``W^T`` (forward) or ``dW^T`` (weight gradient), which stay in the
+  core's L2 cache while every row's nonzeros in that input chunk gather from them; ``W`` is repacked
+  into column blocks once per call (in_features x out_features copies, nothing next to the gathers);
+* forward jobs are (block of rows, column block) pairs, weight-gradient jobs are (input chunk, column
+  block) tiles, so threads never write the same output and need no atomics;
 * the nonzeros are found by one compiled pass over ``x`` into CSR form (row pointers, column indices,
   values), which is also all the backward pass keeps of ``x`` (``density`` of its memory, plus indices).
 
