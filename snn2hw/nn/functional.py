@@ -509,3 +509,10 @@ def leaky_readout_reference(a: torch.Tensor, alpha: Param, beta: Param, bias: Pa
 
 def _stack_steps(per_step: list, a: torch.Tensor) -> torch.Tensor:
     return torch.stack(per_step, 1) if per_step else a.new_zeros(a.shape[0], 0, a.shape[2])
+
+
+# --- the input product of a spiking layer ------------------------------------------------------------------
+# Re-exported here as the layers' public op; defined (with its compiled kernels) in snn2hw.nn.spike_dense.
+from snn2hw.nn.spike_dense import density_limit, spike_linear  # noqa: E402
+
+__all__ += ["density_limit", "spike_linear"]

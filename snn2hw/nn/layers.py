@@ -34,6 +34,8 @@ class LIFDense(nn.Module):
 
     ``du``/``dv`` are the per-step decay fractions of current and voltage (see ``snn2hw.ir``);
     they, the bias and the threshold are trainable when ``train_decays``/``bias``/``train_threshold`` say so.
+    The input product ``s_in @ W^T`` is ``functional.spike_linear``: on CPU, over the input's nonzeros
+    (spikes) when it is sparse enough, else the GEMM (``snn2hw.nn.spike_dense``).
 
     Quantization-aware mode (``qat`` set to a ``QuantConfig``): the forward pass quantizes the layer
     with the compiler's own ``quantize_population`` and runs the integer arithmetic of
@@ -76,7 +78,7 @@ class LIFDense(nn.Module):
     def forward(self, s_in: torch.Tensor) -> torch.Tensor:
         if self.qat is not None:
             return self._forward_qat(s_in)
-        a = s_in @ self.weight.t()  # the hop's one-step delay is applied by the operator (no shifted copy)
+        a = F.spike_linear(s_in, self.weight)  # the hop's one-step delay is applied by the operator (no shifted copy)
         alpha, beta, v_th = float_neuron_args(self, a)
         bias = self.bias if self.bias is not None else torch.zeros((), device=a.device, dtype=a.dtype)
         return F.cuba_lif_sequence(a, alpha, beta, v_th, bias, self.surrogate, detach_reset=self.detach_reset, delay=1)
@@ -106,7 +108,7 @@ class LIFDense(nn.Module):
         w_deq = dequantize_weights(torch.as_tensor(qproj.weight, device=dev, dtype=dtype), k, qproj.weight_exp)
         w_ste = self.weight + (w_deq - self.weight).detach()
         alpha, beta, v_th, bias = qat_neuron_args(self, n, bias_eff, k, self.bias, w_ste)
-        s_float = F.cuba_lif_sequence(hop_delay(s_in @ w_ste.t()), alpha, beta, v_th, bias, self.surrogate,
+        s_float = F.cuba_lif_sequence(hop_delay(F.spike_linear(s_in, w_ste)), alpha, beta, v_th, bias, self.surrogate,
                                       detach_reset=self.detach_reset)
         return s_float + (s_int.to(dtype) - s_float).detach()
 
@@ -251,7 +253,7 @@ class RecurrentLIFDense(LIFDense):
     def forward(self, s_in: torch.Tensor) -> torch.Tensor:
         if self.qat is not None:
             return self._forward_qat(s_in)
-        a = hop_delay(s_in @ self.weight.t())
+        a = hop_delay(F.spike_linear(s_in, self.weight))
         alpha, beta, v_th, bias = self._neuron_args(a)
         v = self.rec_weight if self.rec_weight_scale == 1.0 else self.rec_weight * self.rec_weight_scale
         return recurrent_cuba_lif_sequence(a, v, alpha, beta, v_th, bias, mask=self.rec_mask,
@@ -303,7 +305,7 @@ class RecurrentLIFDense(LIFDense):
         v_eff = self.effective_rec_weight()
         v_ste = v_eff + (v_deq - v_eff).detach()
         alpha, beta, v_th, bias = qat_neuron_args(self, n, bias_eff, k, self.bias, w_ste)
-        s_float = recurrent_cuba_lif_sequence(hop_delay(s_in @ w_ste.t()), v_ste, alpha, beta, v_th, bias,
+        s_float = recurrent_cuba_lif_sequence(hop_delay(F.spike_linear(s_in, w_ste)), v_ste, alpha, beta, v_th, bias,
                                               surrogate=self.surrogate, detach_reset=self.detach_reset)
         return s_float + (s_int.to(dtype) - s_float).detach()
 

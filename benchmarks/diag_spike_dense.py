@@ -1,0 +1,146 @@
+"""Event-driven spike-input product against the dense GEMM, interleaved in one process.
+
+Two measurements (T = 500, batch 16, 2 threads by default; the ``bench_training.py`` workload):
+
+* ``crossover``: the product alone, forward + weight gradient (x does not require grad), at each N in
+  ``--sizes`` and each input density in ``--densities`` (Bernoulli spikes): the dense path
+  (``x @ W^T``, autograd's ``g^T x``) against ``snn2hw.nn.functional.spike_linear(mode="sparse")``.
+  The density where the ratio crosses 1 is the threshold ``spike_dense.density_limit`` uses.
+* ``layer``: the training step of ``bench_training.py``'s feed-forward layer (Linear(N, N) -> LIF,
+  loss = sum of spikes, forward + backward) with ``x @ W^T`` against ``spike_linear`` (mode "auto": what
+  ``LIFDense`` runs), on spikes at rate ``--rate`` and on a dense Gaussian input (where ``auto`` must
+  take the dense path and lose nothing).
+
+Implementations alternate within every repetition, so load from other processes affects both alike.
+Reports the median CPU time (``time.process_time``: all threads) and wall time of each, their ratio,
+and the work done (nonzeros of x against the GEMM's rows x in_features). The weight gradients of the
+two must agree to float rounding; the script checks it.
+
+    python benchmarks/diag_spike_dense.py crossover [--sizes 256 1024 4096] [--densities 0.05 0.1 0.2 0.3 0.5]
+    python benchmarks/diag_spike_dense.py layer [--sizes 256 512 1024 2048 4096] [--rate 0.1] [--reps 5]
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from bench_env import OtherLoad, cpu_model, set_thread_env, under_load  # noqa: E402  (imports no torch)
+
+set_thread_env(sys.argv)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+BETA, V_TH = 0.9, 1.0
+
+
+def _time(fns: dict, reps: int) -> dict:
+    for f in fns.values():  # warm-up (and compilation)
+        f()
+    wall = {k: [] for k in fns}
+    cpu = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            f()
+            wall[k].append((time.perf_counter() - t0) * 1e3)
+            cpu[k].append((time.process_time() - c0) * 1e3)
+    return {k: {"cpu_ms": statistics.median(cpu[k]), "cpu_min_ms": min(cpu[k]), "cpu_max_ms": max(cpu[k]),
+                "wall_ms": statistics.median(wall[k])} for k in fns}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("what", choices=["crossover", "layer"])
+    p.add_argument("--sizes", type=int, nargs="+", default=None)
+    p.add_argument("--densities", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.5])
+    p.add_argument("--rate", type=float, default=0.1)
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+
+    import torch
+
+    from snn2hw.nn.functional import cuba_lif_sequence, spike_linear
+    from snn2hw.nn.surrogate import FastSigmoid
+
+    torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    sizes = args.sizes or ([256, 1024, 4096] if args.what == "crossover" else [256, 512, 1024, 2048, 4096])
+    sur = FastSigmoid(10.0)
+    rows_out = []
+    load_before = os.getloadavg()[0]
+    other = OtherLoad()
+    for n in sizes:
+        g = torch.Generator().manual_seed(0)
+        shape = (args.batch, args.steps, n)
+        w = (torch.randn(n, n, generator=g, dtype=dtype) / (n * args.rate) ** 0.5).requires_grad_(True)
+        if args.what == "crossover":
+            grad_out = torch.randn(shape, generator=g, dtype=dtype)
+            inputs = [(f"{d:g}", (torch.rand(shape, generator=g) < d).to(dtype)) for d in args.densities]
+        else:
+            inputs = [(f"spikes {args.rate:g}", (torch.rand(shape, generator=g) < args.rate).to(dtype)),
+                      ("dense gaussian", torch.randn(shape, generator=g, dtype=dtype))]
+        for label, x in inputs:
+            if args.what == "crossover":
+                def dense(x=x):
+                    w.grad = None
+                    (x @ w.t()).backward(grad_out)
+                    return w.grad
+
+                def event(x=x):
+                    w.grad = None
+                    spike_linear(x, w, mode="sparse").backward(grad_out)
+                    return w.grad
+            else:
+                def dense(x=x):
+                    w.grad = None
+                    cuba_lif_sequence(x @ w.t(), 0.0, BETA, V_TH, None, sur, detach_reset=True, delay=1).sum().backward()
+                    return w.grad
+
+                def event(x=x):
+                    w.grad = None
+                    cuba_lif_sequence(spike_linear(x, w), 0.0, BETA, V_TH, None, sur, detach_reset=True,
+                                      delay=1).sum().backward()
+                    return w.grad
+            gd, ge = dense().clone(), event().clone()
+            err = float((gd - ge).abs().max() / gd.abs().max().clamp_min(1e-30))
+            t = _time({"dense": dense, "event": event}, args.reps)
+            nnz = int(torch.count_nonzero(x))
+            row = {"n": n, "input": label, "density": nnz / x.numel(), "nonzeros": nnz, "gemm_terms": x.numel(),
+                   "dense": t["dense"], "event": t["event"], "cpu_ratio_event_over_dense":
+                   t["event"]["cpu_ms"] / t["dense"]["cpu_ms"], "wall_ratio_event_over_dense":
+                   t["event"]["wall_ms"] / t["dense"]["wall_ms"], "weight_grad_max_rel_diff": err}
+            rows_out.append(row)
+            print(f"N={n:5d} {label:>15s} density {row['density']:.3f}: dense {t['dense']['cpu_ms']:9.1f} ms cpu "
+                  f"({t['dense']['wall_ms']:8.1f} wall), event {t['event']['cpu_ms']:9.1f} ms cpu "
+                  f"({t['event']['wall_ms']:8.1f} wall): event/dense cpu {row['cpu_ratio_event_over_dense']:.3f} "
+                  f"wall {row['wall_ratio_event_over_dense']:.3f}; dW rel diff {err:.1e}", flush=True)
+    o = other.result()
+    loaded = under_load(o, load_before)
+    print(f"load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f}; other processes "
+          f"{o['other_cpus'] or 0:.2f} CPUs{' (UNDER LOAD: compare only the interleaved ratios)' if loaded else ''}")
+    out = Path(args.out or REPO / "benchmarks" / "results" / f"diag_spike_dense_{args.what}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": {"what": args.what, "steps": args.steps, "batch": args.batch,
+                                        "threads": args.threads, "dtype": args.dtype, "reps": args.reps,
+                                        "torch": torch.__version__, "cpu_model": cpu_model(),
+                                        "load_average_1min_before": load_before, "load_average_1min_after":
+                                        os.getloadavg()[0], "other_cpus": o["other_cpus"], "under_load": loaded,
+                                        "command": " ".join(["benchmarks/diag_spike_dense.py",
+                                                             *(argv if argv is not None else sys.argv[1:])])},
+                               "rows": rows_out}, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""Event-driven dense product for spike inputs: ``x @ W^T`` and its weight gradient over x's nonzeros only.
+
+A spiking layer's input is mostly zeros: Bernoulli spike trains at rates 0.02-0.2 at the network input
+and in every hidden layer. The two dense GEMMs of a Linear layer (``a = x @ W^T`` forward, the weight
+gradient ``dW = g^T x`` backward) multiply every zero too. ``spike_linear`` does the same products over
+the nonzeros of ``x`` only (rows ``r`` = all leading dimensions, e.g. batch x time)::
+
+    a[r, :]    = sum over the nonzeros x[r, i] of  x[r, i] * W[:, i]          forward
+    dW[:, i]  += x[r, i] * g[r, :]        for the same nonzeros                weight gradient
+    dx         = g @ W                    (a dense GEMM, only when x requires grad)
+
+so on a CPU it does about ``density`` of the GEMMs' multiply-adds (plus one pass over x to find the
+nonzeros). Any nonzero values work, not only 0/1 spikes. Results equal the dense product to float
+rounding: the sums run in ascending ``i`` (forward) and ascending ``r`` (weight gradient), each
+product and sum rounded once in x's dtype, where a GEMM uses its own blocking order.
+
+Layout, and why (measured on the 2-core AVX2 CI machine; docs/performance.md):
+
+* both kernels work on tiles of ``kc`` inputs x ``cb`` outputs (64 float32 / 32 float64 outputs, at
+  most 1024 inputs: 256 KiB) of ``W^T`` (forward) or ``dW^T`` (weight gradient), which stay in the
+  core's L2 cache while every row's nonzeros in that input chunk gather from them; ``W`` is repacked
+  into column blocks once per call (in_features x out_features copies, nothing next to the gathers);
+* forward jobs are (block of rows, column block) pairs, weight-gradient jobs are (input chunk, column
+  block) tiles, so threads never write the same output and need no atomics;
+* the nonzeros are found by one compiled pass over ``x`` into CSR form (row pointers, column indices,
+  values), which is also all the backward pass keeps of ``x`` (``density`` of its memory, plus indices).
+
+Above a density threshold the event-driven kernels lose to the BLAS GEMM, which uses every core's
+vector units at full width where the gathers cannot. ``spike_linear`` then takes the dense path
+(``x @ W^T`` with torch's autograd), decided per call from x's density: a strided sample of rows
+first (a dense Gaussian input is recognised after reading a few percent of it), then the exact count.
+The threshold per size (``density_limit``) comes from ``benchmarks/diag_spike_dense.py``. Devices other
+than the CPU, dtypes other than float32/float64, and machines without numba take the dense path.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from snn2hw.nn import buffer_pool, kernels
+
+numba = kernels.numba
+
+__all__ = ["spike_linear", "density_limit", "nonzero_count"]
+
+# Crossover density of the event-driven path against torch's GEMM, forward + weight gradient, by
+# min(in_features, out_features) (the nearest tabulated size below it is used), rounded down;
+# measured with benchmarks/diag_spike_dense.py, 8000 rows, 2 threads (docs/performance.md,
+# "The event-driven input product"): event/dense time 1.0 at density ~0.1-0.2 for N = 64, ~0.2 for
+# N = 128, 0.2-0.25 for N = 256..1024 and ~0.2 for N = 2048..4096.
+_DENSITY_LIMITS = ((0, 0.10), (128, 0.15), (256, 0.18))
+# Bytes of one (inputs, columns) tile of W^T or dW^T: half the L2 cache of the CI machine's cores.
+_TILE_BYTES = 256 * 1024
+_kernels: dict = {}
+_SAMPLE_ROWS = 64
+
+
+def density_limit(in_features: int, out_features: int) -> float:
+    """The density of x at or below which ``spike_linear`` uses the event-driven kernels (CPU)."""
+    size = min(int(in_features), int(out_features))
+    limit = _DENSITY_LIMITS[0][1]
+    for at, value in _DENSITY_LIMITS:
+        if size >= at:
+            limit = value
+    return limit
+
+
+def _tile(k: int, m: int, itemsize: int) -> tuple[int, int]:
+    """(cb, kc): output columns per block (64 float32 / 32 float64 values: 8 AVX2 registers; 8 for narrow
+    layers) and inputs per chunk, so that a (kc, cb) tile of W^T or dW^T fills at most ``_TILE_BYTES``."""
+    cb = (256 // itemsize) if m > 32 else 8
+    kc = max(1, min(k, _TILE_BYTES // (cb * itemsize)))
+    return cb, kc
+
+
+if numba is not None:
+    @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
+    def _row_counts(x, counts):
+        rows, k = x.shape
+        for r in numba.prange(rows):
+            c = 0
+            for i in range(k):
+                c += x[r, i] != 0
+            counts[r] = c
+
+    @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
+    def _fill_csr(x, ptr, idx, val, kc, chunk_ptr):
+        """Column indices and values of each row's nonzeros, in ascending column order, and where each
+        chunk of ``kc`` columns starts in them (``chunk_ptr[r, c]``; ``chunk_ptr[r, -1]`` = row end)."""
+        rows, k = x.shape
+        chunks = chunk_ptr.shape[1] - 1
+        for r in numba.prange(rows):
+            p, end = ptr[r], ptr[r + 1]
+            for i in range(k):
+                if p == end:  # well predicted: true only after the row's last nonzero
+                    break
+                v = x[r, i]
+                idx[p] = i  # written for zeros too, then overwritten: no branch on the random pattern
+                val[p] = v
+                p += v != 0
+            p = ptr[r]
+            for c in range(chunks):
+                while p < end and idx[p] < c * kc:
+                    p += 1
+                chunk_ptr[r, c] = p
+            chunk_ptr[r, chunks] = end
+
+    @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
+    def _pack_transposed(w, cb, packed):
+        """packed[b, i, j] = w[b * cb + j, i] (zero past the last output): W^T in column blocks."""
+        m, k = w.shape
+        blocks = packed.shape[0]
+        for b in numba.prange(blocks):
+            lo = b * cb
+            width = min(cb, m - lo)
+            # inputs outer: the writes run contiguously through the block (a (k, cb) block can exceed L2),
+            # the reads walk cb rows of w in step, one cache line of each serving 16 inputs
+            for i in range(k):
+                for j in range(width):
+                    packed[b, i, j] = w[lo + j, i]
+                for j in range(width, cb):
+                    packed[b, i, j] = 0
+
+
+def _product_kernels(cb: int):
+    """The forward and weight-gradient kernels for column blocks of ``cb`` (a closure constant, so the
+    inner loops have a fixed trip count and LLVM keeps them in vector registers)."""
+    key = ("spike_dense", cb)
+    if key in _kernels:
+        return _kernels[key]
+    CB = cb
+
+    @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
+    def forward(chunk_ptr, idx, val, packed, kc, row_jobs, out):
+        """out[r, b*CB:(b+1)*CB] = sum over row r's nonzeros of val * packed[b, idx], chunk by chunk of kc
+        inputs (a (kc, CB) tile of W^T stays in L2 while every row of the job gathers from it)."""
+        blocks = packed.shape[0]
+        rows, m = out.shape
+        chunks = chunk_ptr.shape[1] - 1
+        per = (rows + row_jobs - 1) // row_jobs
+        for job in numba.prange(blocks * row_jobs):
+            b = job % blocks
+            r0 = (job // blocks) * per
+            r1 = min(r0 + per, rows)
+            lo = b * CB
+            width = min(CB, m - lo)
+            acc = np.empty(CB, dtype=out.dtype)
+            for c in range(chunks):
+                for r in range(r0, r1):
+                    if c == 0:
+                        for j in range(CB):
+                            acc[j] = 0
+                    else:
+                        for j in range(width):
+                            acc[j] = out[r, lo + j]
+                    for p in range(chunk_ptr[r, c], chunk_ptr[r, c + 1]):
+                        v = val[p]
+                        i = idx[p]
+                        for j in range(CB):
+                            acc[j] += v * packed[b, i, j]
+                    for j in range(width):
+                        out[r, lo + j] = acc[j]
+
+    @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
+    def weight_grad(chunk_ptr, idx, val, g, kc, k, grad_w):
+        """grad_w[o, i] = sum over the rows r with x[r, i] != 0 of x[r, i] * g[r, o], one (kc, CB) tile of
+        dW^T per job (in L2; jobs never share a tile), added row by row in ascending r."""
+        rows, m = g.shape
+        blocks = (m + CB - 1) // CB
+        chunks = chunk_ptr.shape[1] - 1
+        for job in numba.prange(blocks * chunks):
+            b = job % blocks
+            c = job // blocks
+            lo = b * CB
+            width = min(CB, m - lo)
+            k0 = c * kc
+            k1 = min(k0 + kc, k)
+            acc = np.zeros((kc, CB), dtype=g.dtype)
+            grow = np.zeros(CB, dtype=g.dtype)
+            for r in range(rows):
+                p0, p1 = chunk_ptr[r, c], chunk_ptr[r, c + 1]
+                if p0 == p1:
+                    continue
+                for j in range(width):
+                    grow[j] = g[r, lo + j]
+                for p in range(p0, p1):
+                    v = val[p]
+                    i = idx[p] - k0
+                    for j in range(CB):
+                        acc[i, j] += v * grow[j]
+            for j in range(width):
+                for i in range(k1 - k0):
+                    grad_w[lo + j, k0 + i] = acc[i, j]
+
+    _kernels[key] = forward, weight_grad
+    return _kernels[key]
+
+
+def nonzero_count(x: torch.Tensor) -> int:
+    """Number of nonzeros of x (what the event-driven product works on)."""
+    return int(torch.count_nonzero(x))
+
+
+def _sampled_density(x2: torch.Tensor) -> float:
+    """Density of an evenly strided sample of about ``_SAMPLE_ROWS`` rows (cheap first look)."""
+    rows = x2.shape[0]
+    step = max(1, rows // _SAMPLE_ROWS)
+    sample = x2[::step]
+    return float(torch.count_nonzero(sample)) / max(1, sample.numel())
+
+
+def _csr(x2: torch.Tensor, limit: float, kc: int):
+    """(chunk_ptr, idx, val) of x2's nonzeros as numpy arrays (CSR, with each row's start of every chunk
+    of ``kc`` columns), or None when x2 is denser than ``limit``."""
+    xa = x2.numpy()
+    rows, k = xa.shape
+    counts = np.empty(rows, dtype=np.int64)
+    _row_counts(xa, counts)
+    ptr = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    nnz = int(ptr[-1])
+    if nnz > limit * rows * k:
+        return None
+    idx = np.empty(nnz, dtype=np.int32)
+    val = np.empty(nnz, dtype=xa.dtype)
+    chunk_ptr = np.empty((rows, -(-k // kc) + 1), dtype=np.int64)
+    _fill_csr(xa, ptr, idx, val, kc, chunk_ptr)
+    return chunk_ptr, idx, val
+
+
+class _SpikeLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2, weight, csr, tile, threads):
+        chunk_ptr, idx, val = csr
+        cb, kc = tile
+        m, k = weight.shape
+        rows = x2.shape[0]
+        blocks = -(-m // cb)
+        forward, _ = _product_kernels(cb)
+        w = weight.detach().contiguous().numpy()
+        packed = np.empty((blocks, k, cb), dtype=w.dtype)
+        kernels._set_threads()
+        _pack_transposed(w, cb, packed)
+        out = buffer_pool.empty((rows, m), x2.dtype)
+        # enough (row block, column block) jobs for every thread; rows split only when blocks are few
+        row_jobs = max(1, -(-2 * threads // blocks)) if rows >= 2 * threads else 1
+        forward(chunk_ptr, idx, val, packed, kc, row_jobs, out.numpy())
+        ctx.csr, ctx.tile = csr, tile
+        ctx.save_for_backward(weight)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        (weight,) = ctx.saved_tensors
+        need_x, need_w = ctx.needs_input_grad[:2]
+        grad_x = grad_w = None
+        if need_x:
+            grad_x = grad_out @ weight
+        if need_w:
+            chunk_ptr, idx, val = ctx.csr
+            cb, kc = ctx.tile
+            g = grad_out.detach().contiguous()
+            grad_w = torch.empty(weight.shape, dtype=g.dtype)
+            kernels._set_threads()
+            _product_kernels(cb)[1](chunk_ptr, idx, val, g.numpy(), kc, weight.shape[1], grad_w.numpy())
+        return grad_x, grad_w, None, None, None
+
+
+def spike_linear(x: torch.Tensor, weight: torch.Tensor, mode: str = "auto") -> torch.Tensor:
+    """``x @ weight.t()`` (no bias) computed over x's nonzeros where that is faster; differentiable.
+
+    ``x`` (..., in_features): spikes or any mostly-zero input; ``weight`` (out_features, in_features).
+    Returns (..., out_features). ``mode="auto"`` takes the event-driven CPU kernels when x's density is at
+    most ``density_limit(in_features, out_features)`` and the dense GEMM otherwise; ``"sparse"`` and
+    ``"dense"`` force one path (tests, benchmarks). The event-driven path needs CPU float32/float64
+    tensors of one dtype and numba; otherwise every mode computes ``x @ weight.t()``. Gradients: the
+    weight's over the same nonzeros, x's (when x requires grad) as the dense ``grad @ weight``.
+    """
+    if mode not in ("auto", "sparse", "dense"):
+        raise ValueError(f"mode must be 'auto', 'sparse' or 'dense', got {mode!r}")
+    if not isinstance(x, torch.Tensor) or x.dim() < 1 or weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"spike_linear: x (..., {weight.shape[-1] if weight.dim() == 2 else '?'}) and weight "
+                         f"(out_features, in_features) expected, got x {tuple(getattr(x, 'shape', ()))} and "
+                         f"weight {tuple(weight.shape)}")
+    if mode == "dense" or x.numel() == 0 or not kernels.usable(x, weight):
+        return x @ weight.t()
+    m, k = weight.shape
+    limit = 1.0 if mode == "sparse" else density_limit(k, m)
+    x2 = x.detach().reshape(-1, k)
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    if mode == "auto" and _sampled_density(x2) > 1.5 * limit + 0.02:
+        return x @ weight.t()  # clearly dense: decided after reading a few percent of x
+    kernels._set_threads()
+    tile = _tile(k, m, x2.element_size())
+    csr = _csr(x2, limit, tile[1])
+    if csr is None:
+        return x @ weight.t()
+    out = _SpikeLinear.apply(x.reshape(-1, k), weight, csr, tile, kernels._threads())
+    return out.reshape(*x.shape[:-1], m)

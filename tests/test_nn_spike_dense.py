@@ -1,0 +1,132 @@
+"""The event-driven spike-input product (``snn2hw.nn.functional.spike_linear``) against ``x @ W^T``."""
+import pytest
+import torch
+
+from snn2hw.nn import functional as F
+from snn2hw.nn import kernels, spike_dense
+from snn2hw.nn.layers import LIFDense, RecurrentLIFDense
+
+needs_numba = pytest.mark.skipif(not kernels.available(), reason="numba not installed (compiled kernels unavailable)")
+
+
+def _took_event_path(y: torch.Tensor) -> bool:
+    """Whether the autograd graph of y (at most a reshape above it) holds the event-driven node."""
+    fn, seen = y.grad_fn, 0
+    while fn is not None and seen < 3:
+        if "SpikeLinear" in type(fn).__name__:
+            return True
+        fn = fn.next_functions[0][0] if fn.next_functions else None
+        seen += 1
+    return False
+
+
+def _sparse(shape, density, dtype, generator, binary=False):
+    mask = torch.rand(shape, generator=generator) < density
+    values = torch.ones(shape, dtype=dtype) if binary else torch.randn(shape, generator=generator, dtype=dtype)
+    return values * mask
+
+
+def _check(x, w, mode, dtype, x_grad):
+    g = torch.Generator().manual_seed(1)
+    xa = x.clone().requires_grad_(x_grad)
+    xb = x.clone().requires_grad_(x_grad)
+    wa = w.clone().requires_grad_(True)
+    wb = w.clone().requires_grad_(True)
+    ya = F.spike_linear(xa, wa, mode=mode)
+    yb = xb @ wb.t()
+    grad = torch.randn(yb.shape, generator=g, dtype=dtype)
+    ya.backward(grad)
+    yb.backward(grad)
+    rtol = 2e-5 if dtype == torch.float32 else 1e-12
+    for a, b in ((ya, yb), (wa.grad, wb.grad)) + (((xa.grad, xb.grad),) if x_grad else ()):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert (a.detach() - b.detach()).abs().max() <= rtol * b.detach().abs().max().clamp_min(1.0)
+    if not x_grad:
+        assert xa.grad is None
+    return ya
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("lead,k,m,density", [
+    ((3, 41), 70, 9, 0.1),      # narrow output: 8-column blocks, m not a multiple of them
+    ((2, 5, 7), 300, 130, 0.2),  # three leading dimensions; m not a multiple of the 64/32-column blocks
+    ((40,), 1100, 70, 0.05),     # k above one input chunk (1024 float32 / 1024 float64): chunked tiles
+    ((16, 30), 64, 128, 0.02),  # many rows without any nonzero
+])
+@pytest.mark.parametrize("x_grad", [False, True])
+def test_event_path_equals_dense_product_and_its_gradients(dtype, lead, k, m, density, x_grad):
+    g = torch.Generator().manual_seed(0)
+    x = _sparse((*lead, k), density, dtype, g)
+    w = torch.randn(m, k, generator=g, dtype=dtype)
+    y = _check(x, w, "sparse", dtype, x_grad)
+    assert _took_event_path(y)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_auto_switches_to_the_dense_gemm_above_the_measured_density(dtype):
+    g = torch.Generator().manual_seed(0)
+    rows, k, m = 200, 256, 256
+    limit = spike_dense.density_limit(k, m)
+    w = torch.randn(m, k, generator=g, dtype=dtype)
+    at = int(limit * rows * k)  # exactly at the limit: event-driven; one nonzero more: dense
+    for nonzeros, event in ((at, True), (at + 1, False), (rows * k, False)):
+        x = torch.zeros(rows * k, dtype=dtype)
+        x[torch.randperm(rows * k, generator=g)[:nonzeros]] = 1.0
+        x = x.reshape(rows, k)
+        y = _check(x, w, "auto", dtype, x_grad=False)
+        assert _took_event_path(y) is event, (nonzeros, limit)
+    # a dense Gaussian input is recognised from a row sample and goes straight to the GEMM
+    y = _check(torch.randn(rows, k, generator=g, dtype=dtype), w, "auto", dtype, x_grad=True)
+    assert not _took_event_path(y)
+    # forced dense
+    assert not _took_event_path(_check(_sparse((rows, k), 0.05, dtype, g), w, "dense", dtype, x_grad=False))
+
+
+def test_density_limit_is_tabulated_by_layer_size():
+    limits = [spike_dense.density_limit(n, n) for n in (16, 128, 256, 1024, 4096)]
+    assert all(0 < a <= b < 1 for a, b in zip(limits, limits[1:]))
+    assert spike_dense.density_limit(4096, 10) == spike_dense.density_limit(10, 10)
+
+
+def test_without_numba_or_off_cpu_types_it_is_the_dense_product(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    x = _sparse((20, 33), 0.1, torch.float32, g, binary=True)
+    w = torch.randn(12, 33, generator=g, requires_grad=True)
+    monkeypatch.setenv("SNN2HW_NO_NUMBA", "1")
+    y = F.spike_linear(x, w, mode="sparse")
+    assert not _took_event_path(y) and torch.equal(y, x @ w.t())
+    monkeypatch.delenv("SNN2HW_NO_NUMBA")
+    xb, wb = x.to(torch.bfloat16), w.detach().to(torch.bfloat16)
+    assert torch.equal(F.spike_linear(xb, wb, mode="sparse"), xb @ wb.t())
+
+
+def test_bad_arguments_raise_clear_errors():
+    w = torch.zeros(4, 5)
+    with pytest.raises(ValueError, match="spike_linear"):
+        F.spike_linear(torch.zeros(3, 6), w)
+    with pytest.raises(ValueError, match="mode"):
+        F.spike_linear(torch.zeros(3, 5), w, mode="csr")
+
+
+@needs_numba
+@pytest.mark.parametrize("layer_cls", [LIFDense, RecurrentLIFDense])
+def test_layers_use_the_event_path_and_match_the_dense_product(monkeypatch, layer_cls):
+    torch.manual_seed(0)
+    layer = layer_cls(48, 40, weight_gain=3.0).double()
+    x = (torch.rand(4, 25, 48) < 0.05).double()
+    calls = []
+    original = spike_dense._SpikeLinear.apply
+    monkeypatch.setattr(spike_dense._SpikeLinear, "apply", lambda *a: calls.append(1) or original(*a))
+    out_event = layer(x)
+    out_event.sum().backward()
+    grad_event = layer.weight.grad.clone()
+    assert calls, "the layer did not take the event-driven product"
+    layer.weight.grad = None
+    monkeypatch.setattr(F, "spike_linear", lambda x, w, mode="auto": x @ w.t())
+    out_dense = layer(x)
+    out_dense.sum().backward()
+    assert 0 < float(out_dense.detach().mean()) < 1
+    assert torch.equal(out_event, out_dense)  # float64 rounding differences never flip a spike here
+    assert torch.allclose(grad_event, layer.weight.grad, rtol=1e-10, atol=1e-12)
