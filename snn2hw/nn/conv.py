@@ -332,7 +332,7 @@ class LeakyReadout(HopLIF):
         return Dense(name, src, dst, self.weight.detach().cpu().double().numpy())
 
     def _current(self, s_in: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return s_in @ weight.t()
+        return F.spike_linear(s_in, weight)
 
     def _int_current(self, s_in: torch.Tensor, qproj) -> torch.Tensor:
         w = hw.prepare_weights(torch.as_tensor(qproj.weight, device=s_in.device), hw.SignMode(qproj.sign_mode),

@@ -46,6 +46,7 @@ from __future__ import annotations
 import torch
 
 from snn2hw.nn import kernels
+from snn2hw.nn.spike_dense import density_limit, spike_linear
 from snn2hw.nn.surrogate import Surrogate, get_surrogate
 
 __all__ = [
@@ -511,8 +512,6 @@ def _stack_steps(per_step: list, a: torch.Tensor) -> torch.Tensor:
     return torch.stack(per_step, 1) if per_step else a.new_zeros(a.shape[0], 0, a.shape[2])
 
 
-# --- the input product of a spiking layer ------------------------------------------------------------------
-# Re-exported here as the layers' public op; defined (with its compiled kernels) in snn2hw.nn.spike_dense.
-from snn2hw.nn.spike_dense import density_limit, spike_linear  # noqa: E402
-
+# the input product of a spiking layer, re-exported as the layers' public op (defined, with its compiled
+# kernels, in snn2hw.nn.spike_dense)
 __all__ += ["density_limit", "spike_linear"]
