@@ -39,6 +39,7 @@ from torch import nn
 
 from snn2hw.learning import spsp_kernels
 from snn2hw.nn.layers import LIFDense
+from snn2hw.nn.spike_dense import spike_linear
 from snn2hw.nn.neuron import float_neuron_args
 
 __all__ = [
@@ -183,8 +184,9 @@ def hop_current_chunk(layer: nn.Module, s_in: torch.Tensor, t0: int, t1: int, dt
         # the previous sample's last step) is then zeroed
         batch, steps, n_in = s_in.shape
         buf = torch.empty(batch * steps + 1, layer.out_features, dtype=dtype, device=s_in.device)
-        src = s_in.reshape(-1, n_in)
-        torch.mm(as_float(src, dtype), layer.weight.detach().to(dtype).t(), out=buf[1:])
+        src = as_float(s_in.reshape(-1, n_in), dtype)
+        # the layers' own product (BPTT's): over the spikes where the train is sparse, else the GEMM
+        buf[1:] = spike_linear(src, layer.weight.detach().to(dtype))
         a = buf[:-1].view(batch, steps, -1)
         a[:, 0] = 0
         return a
