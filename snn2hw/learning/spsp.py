@@ -68,7 +68,7 @@ def layer_current(layer: nn.Module, s: torch.Tensor, weight: torch.Tensor | None
     hop delay (dense: ``s @ W^T``; conv and pool: the layer's own convolution). Differentiable in ``s``
     and ``weight``."""
     if isinstance(layer, LIFDense):
-        return s @ (layer.weight if weight is None else weight).t()
+        return spike_linear(s, layer.weight if weight is None else weight)
     if hasattr(layer, "_current") and hasattr(layer, "_hop_weight"):
         return layer._current(s, layer._hop_weight() if weight is None else weight)
     raise TypeError(f"{type(layer).__name__} has no feed-forward hop")
@@ -191,17 +191,11 @@ def hop_current_chunk(layer: nn.Module, s_in: torch.Tensor, t0: int, t1: int, dt
         a[:, 0] = 0
         return a
     if isinstance(layer, LIFDense):
-        # one product per sample, written after the zero row of step 0: a sample's steps are a contiguous view
-        # of the stored train, where the block of all samples, (B, C, N_in) of a (B, T, N_in) tensor, would
-        # be copied into a (B C, N_in) matrix first
+        # the block's steps of every sample, written after the zero row of step 0
         first = 1 if t0 == 0 else 0
         out = torch.empty(s_in.shape[0], t1 - t0, layer.out_features, dtype=dtype, device=s_in.device)
         out[:, :first] = 0
-        src = s_in[:, lo:t1 - 1]
-        src = as_float(src, dtype)
-        w_t = layer.weight.detach().to(dtype).t()
-        for b in range(out.shape[0]):
-            torch.mm(src[b], w_t, out=out[b, first:])
+        out[:, first:] = spike_linear(as_float(s_in[:, lo:t1 - 1], dtype), layer.weight.detach().to(dtype))
         return out
     a = layer_current(layer, as_float(s_in[:, lo:t1 - 1], dtype))
     if t0 == 0:
