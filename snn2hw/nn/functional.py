@@ -54,6 +54,9 @@ __all__ = [
     "cuba_lif_sequence",
     "leaky_readout_reference",
     "leaky_readout_sequence",
+    # the input product of a spiking layer (defined, with its compiled kernels, in snn2hw.nn.spike_dense)
+    "density_limit",
+    "spike_linear",
 ]
 
 Param = float | torch.Tensor
@@ -511,7 +514,3 @@ def leaky_readout_reference(a: torch.Tensor, alpha: Param, beta: Param, bias: Pa
 def _stack_steps(per_step: list, a: torch.Tensor) -> torch.Tensor:
     return torch.stack(per_step, 1) if per_step else a.new_zeros(a.shape[0], 0, a.shape[2])
 
-
-# the input product of a spiking layer, re-exported as the layers' public op (defined, with its compiled
-# kernels, in snn2hw.nn.spike_dense)
-__all__ += ["density_limit", "spike_linear"]
