@@ -166,3 +166,26 @@ def test_recurrent_forward_scan_equals_layer_forward_float32():
     ref = net(x, return_all=True)
     assert records[0].s_out.sum() > 100
     assert torch.equal(records[0].s_out, ref[0].bool()) and torch.equal(out, ref[1].bool())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_adjoint_scan_scaled_equals_scaled_kernel(dtype):
+    """The deployable neuron's vectorised reverse scan with ``scale`` (per-neuron decays, chunks last first, virtual
+    spikes) returns ``lam_u * scale`` bit for bit and the kernel's own sums, as the unscaled scan."""
+    steps, n = 29, 11
+    g = torch.Generator().manual_seed(8)
+    spikes = torch.rand(3, steps, n, generator=g) < 0.25
+    spikes[:, :, :3] = False
+    k = torch.zeros(3, n)
+    k[:, :3] = torch.tensor([1.0, 4.0, 7.0])
+    scale = torch.randn(3, n, generator=g, dtype=torch.float64).to(dtype)
+    spec = NeuronSpec(torch.rand(n, generator=g, dtype=torch.float64).to(dtype),
+                      torch.rand(n, generator=g, dtype=torch.float64).to(dtype), None, None, 0)
+    out = []
+    for sc in (None, scale):
+        state: dict = {}
+        sums = torch.zeros(2, 3, n, dtype=torch.float64)
+        parts = {t1: spsp_kernels.adjoint_scan_chunk(spikes, max(t1 - 7, 0), t1, spec, dtype, state, sums[0], sums[1],
+                                                     virtual=k, scale=sc)[0] for t1 in range(steps, 0, -7)}
+        out.append((torch.cat([parts[t] for t in sorted(parts)], 1), sums))
+    assert torch.equal(out[0][0] * scale.unsqueeze(1), out[1][0]) and torch.equal(out[0][1], out[1][1])

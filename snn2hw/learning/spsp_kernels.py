@@ -161,13 +161,6 @@ if numba is not None:
         return numba.njit(parallel=parallel, nogil=True, boundscheck=False, cache=True)(scan)
 
     @numba.njit(inline="always", cache=True)
-    def _virtual_spike(t, k, steps):
-        """Whether step t holds one of ``k`` evenly spaced virtual spikes (``spsp.evenly_spaced_spikes``: spike m
-        at ``(m + 1) steps // k - 1``): the smallest j with ``j steps >= (t + 1) k`` lands on step t."""
-        j = ((t + 1) * k + steps - 1) // steps
-        return j * steps < (t + 2) * k
-
-    @numba.njit(inline="always", cache=True)
     def _adjoint_step(s, cut, b, t, k, i, one, zero, alpha, beta, lp, lu, lam_u, lam_p, keep_p, lu_sum, lp_sum,
                       scale, scaled):
         """One step of the reverse recursion for post neuron i of sample b (spike ``s``, reset ``cut`` at step t,
@@ -201,11 +194,17 @@ if numba is not None:
                     _adjoint_step(s, cut, b, t, k, i, one, zero, alpha, beta, lp, lu, lam_u, lam_p, keep_p, lu_sum,
                                   lp_sum, scale, scaled)
 
+    @numba.njit(inline="always", cache=True)
+    def _virtual_position(m, k, steps):
+        """Step of virtual spike m of ``k`` evenly spaced ones (``spsp.evenly_spaced_spikes``)."""
+        return ((m + 1) * steps) // k - 1
+
     def _adjoint_virtual_py(steps, virt, t0, t1, t_ref, alpha, beta, unit, lp, lu, lam_u, lam_p, keep_p, lu_sum,
                             lp_sum, scale, scaled):
         """``_adjoint_scan_py`` for the neurons with ``virt[b, i] > 0`` evenly spaced virtual spikes and no spikes
         of their own, after it (which ran them as silent: zeros in lam_u and the sums), with their own state
-        lp/lu. A separate kernel: in the same loop nest it slows the main loop several times."""
+        lp/lu. A separate kernel: in the same loop nest it slows the main loop several times. The spikes are
+        walked by index (``m``: the last spike at or before step t), one division per spike, not per step."""
         batch, n = virt.shape
         for b in numba.prange(batch):
             one = unit[0]
@@ -214,16 +213,52 @@ if numba is not None:
                 kv = virt[b, i]
                 if kv <= 0:
                     continue
+                m = kv - 1
+                pos = _virtual_position(m, kv, steps)
+                while m >= 0 and pos > t1 - 1:
+                    m -= 1
+                    pos = _virtual_position(m, kv, steps)
                 for t in range(t1 - 1, t0 - 1, -1):
                     k = t - t0
-                    s = _virtual_spike(t, kv, steps)
+                    if m >= 0 and pos > t:
+                        m -= 1
+                        pos = _virtual_position(m, kv, steps)
+                    s = m >= 0 and pos == t
                     cut = s
-                    for d in range(1, t_ref + 1):
-                        if t - d >= 0 and _virtual_spike(t - d, kv, steps):
+                    if t_ref > 0:  # v restarts after a spike and its refractory steps: the last spike before t
+                        prev = m - 1 if s else m
+                        if prev >= 0 and _virtual_position(prev, kv, steps) >= t - t_ref:
                             cut = True
                     _adjoint_step(s, cut, b, t, k, i, one, zero, alpha, beta, lp, lu, lam_u, lam_p, keep_p, lu_sum,
                                   lp_sum, scale, scaled)
 
+    def _plain_adjoint_py(post, t0, t1, alpha, beta, unit, lp, lu, lam_u, lu_sum, lp_sum, scale, scaled):
+        """``_adjoint_scan_py`` for the neuron without refractory period (``cut = s``) and without ``lam_p``, over
+        row views so that the loop over neurons vectorises: the same products and sums in the same order, so
+        the same ``lam_u`` and sums bit for bit."""
+        batch, steps, n = post.shape
+        for b in numba.prange(batch):
+            one = unit[0]
+            zero = one - one
+            lpb, lub, lus, lps = lp[b], lu[b], lu_sum[b], lp_sum[b]
+            sc = scale[b] if scaled else scale[0]
+            for t in range(t1 - 1, t0 - 1, -1):
+                st = post[b, t]
+                out = lam_u[b, t - t0]
+                for i in range(n):
+                    s = st[i]
+                    p = (one if s else zero) + (zero if s else beta[i]) * lpb[i]
+                    q = p + alpha[i] * lub[i]
+                    lpb[i] = p
+                    lub[i] = q
+                    lps[i] += p
+                    out[i] = q
+                if t >= 1:
+                    for i in range(n):
+                        lus[i] += lub[i]
+                if scaled:
+                    for i in range(n):
+                        out[i] = out[i] * sc[i]
 
     def _scatter_rows_py(g, s, out, per_sample, binary, blocks, lag):
         """``out[o, j, :] += s[b, t, j] g[b, t + lag, :]`` over the non-zero ``s`` (o = b, or 0 when shared)."""
@@ -268,7 +303,7 @@ if numba is not None:
     # milliseconds per call)
     _SCANS = {(name, par): numba.njit(parallel=par, nogil=True, boundscheck=False, cache=True)(fn)
               for name, fn in (("lif", _lif_scan_py), ("adjoint", _adjoint_scan_py), ("scatter", _scatter_rows_py),
-                               ("adjoint_virtual", _adjoint_virtual_py))
+                               ("adjoint_virtual", _adjoint_virtual_py), ("plain_adjoint", _plain_adjoint_py))
               for par in (False, True)}
     _SCANS.update({("plain_lif", bias, rec, weights, par): _plain_lif_kernel(bias, rec, weights, par)
                    for bias in (False, True) for rec in (False, True) for weights in (0, 1, 2)
@@ -392,8 +427,12 @@ def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.
     scaled = scale is not None
     sc = scale.detach().to(dtype).contiguous().numpy() if scaled else np.zeros((1, 1), unit.dtype)
     if lam_u.numel():
-        _scan("adjoint")(post.numpy(), int(t0), int(t1), *state["args"], lam_u.numpy(), lam_p.numpy(),
-                         bool(want_lam_p), lu_sum.numpy(), lp_sum.numpy(), sc, scaled)
+        if t_ref == 0 and not want_lam_p:  # the deployable neuron: the vectorised scan
+            _scan("plain_adjoint")(post.numpy(), int(t0), int(t1), alpha, beta, unit, *state["args"][4:],
+                                   lam_u.numpy(), lu_sum.numpy(), lp_sum.numpy(), sc, scaled)
+        else:
+            _scan("adjoint")(post.numpy(), int(t0), int(t1), *state["args"], lam_u.numpy(), lam_p.numpy(),
+                             bool(want_lam_p), lu_sum.numpy(), lp_sum.numpy(), sc, scaled)
         if "virtual" in state:
             virt, vlp, vlu = state["virtual"]
             _scan("adjoint_virtual")(steps, virt, int(t0), int(t1), t_ref, alpha, beta, unit, vlp, vlu, lam_u.numpy(),
