@@ -90,6 +90,9 @@ class LayerTrace:
     # (B, N) T-PSP each neuron would have with only ``hidden_virtual_spikes`` virtual spikes (chunked hidden
     # feed-forward layers of rules with ``needs_tpsp``; else None and the backward remakes what it needs)
     tpsp_virtual: torch.Tensor | None = None
+    # (B, N) float64 sum over the real spikes of the membrane's bias part per unit bias, ``sum_t lam_p[t]`` (chunked
+    # layers with a bias, for rules with ``needs_tpsp``: the T-PSP less its bias part without a reverse scan)
+    bias_sum: torch.Tensor | None = None
 
 
 @dataclass
@@ -205,6 +208,7 @@ class SpikeTrainRule(LearningRule):
                           and self.hidden_virtual_spikes and layer is not hop_layers[-1] else None)
                 tpsp_virtual = torch.zeros(s.shape[0], layer.out_features, dtype=x.dtype, device=x.device) \
                     if kernel is not None else None
+                bias_sum = torch.zeros_like(vsum) if self.needs_tpsp and spec.bias is not None else None
                 # float temporaries per step: the current, and the input as float when it is a bool train (a
                 # convolution also copies its input block and pads its output)
                 width = (layer.out_features + s.shape[2] * (s.dtype != x.dtype) if dense
@@ -216,9 +220,10 @@ class SpikeTrainRule(LearningRule):
                     lif_sequence_chunked(lambda t0, t1, src=src: hop_current_chunk(layer, src, t0, t1, x.dtype),
                                          src.shape[0], src.shape[1], layer.out_features, spec, rec, block, x,
                                          torch.bool, vsum[rows], counts[rows], out=s_out[rows], time_weights=kernel,
-                                         weighted=_rows(tpsp_virtual, rows))
+                                         weighted=_rows(tpsp_virtual, rows), bias_sum=_rows(bias_sum, rows))
                 s = s_out
-                records.append(LayerTrace(layer, s_in, None, s, spec, rec, vsum, counts, counts_in, tpsp_virtual))
+                records.append(LayerTrace(layer, s_in, None, s, spec, rec, vsum, counts, counts_in, tpsp_virtual,
+                                          bias_sum))
                 continue
             counts = None
             s = s.to(x.dtype)
@@ -687,10 +692,11 @@ class SpikeTrainRule(LearningRule):
         ``sum_t s_j[t-1] convT(c_back lam_u[t])_j / o_j``: the products of BPTT's backward through the same
         convolution (``spsp.conv_hop_products``), made per block of steps from the reverse scan, so only the
         bool trains span the window. The coefficients come first (a layer's ``e`` is never formed): from the
-        counts, and for HM2-BP from the T-PSP, which is the forward's membrane sums, less their bias part, and
-        for neurons given virtual spikes the forward's ``tpsp_virtual`` (``sum_t lam_u[t] a[t]``). When a
-        coefficient needs a reduction of the kernel (the bias part; virtual spikes at the output, which
-        the forward cannot know, and then their currents are remade) a first scan gives it. Float temporaries
+        counts, and for HM2-BP from the T-PSP, which is the forward's membrane sums, less their bias part (the
+        forward's ``bias_sum``, ``sum_t lam_p[t]``), and for neurons given virtual spikes the forward's
+        ``tpsp_virtual`` (``sum_t lam_u[t] a[t]``). When a coefficient needs a reduction of the kernel the
+        forward did not record (virtual spikes at the output, which the forward cannot know, and then their
+        currents are remade) a first scan gives it. Float temporaries
         stay near ``CHUNK_BYTES`` whatever T (groups of whole windows while one fits, else one sample in
         blocks of steps).
 
@@ -709,7 +715,10 @@ class SpikeTrainRule(LearningRule):
         bias = bias if isinstance(bias, nn.Parameter) and bias.requires_grad else None
         tpsp_v = self.needs_tpsp and virtual is not None
         remake_v = tpsp_v and (targets is not None or tr.tpsp_virtual is None)  # currents remade in a first scan
-        first_scan = remake_v or (self.needs_tpsp and spec.bias is not None)
+        # a first scan for what the coefficients need before the products: the remade virtual T-PSP, and the T-PSP's
+        # bias part where the forward did not record it (``LayerTrace.bias_sum``)
+        bias_part = self.needs_tpsp and spec.bias is not None
+        first_scan = remake_v or (bias_part and tr.bias_sum is None)
         compiled = self._compiled_scan(post, spec, dtype)
         # float temporaries per step: lam_u and the two output gradients; the input as float and its error
         width = 3 * n + 2 * n_in
@@ -732,9 +741,11 @@ class SpikeTrainRule(LearningRule):
                     if remade is not None:
                         remade += (lam_u * hop_current_chunk(layer, tr.s_in[rows], t0, t1, dtype)).sum(1)
                 random_spike = sums[0].to(dtype) / steps
-                if tpsp is not None and spec.bias is not None:
+                if bias_part and tr.bias_sum is None:
                     tpsp -= spec.bias * sums[1].to(dtype)
                 sums.zero_()
+            if bias_part and tr.bias_sum is not None:
+                tpsp -= spec.bias * tr.bias_sum[rows].to(dtype)
             if tpsp_v:
                 made = remade if remake_v else tr.tpsp_virtual[rows].to(dtype)
                 tpsp = torch.where(virtual[rows], made, tpsp)

@@ -89,7 +89,8 @@ def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSp
                          out_dtype: torch.dtype, vsum: torch.Tensor | None = None,
                          counts: torch.Tensor | None = None, out: torch.Tensor | None = None,
                          time_weights: torch.Tensor | None = None,
-                         weighted: torch.Tensor | None = None) -> torch.Tensor:
+                         weighted: torch.Tensor | None = None,
+                         bias_sum: torch.Tensor | None = None) -> torch.Tensor:
     """``lif_sequence`` with the input current made ``chunk`` steps at a time by ``current(t0, t1)`` (hop-delayed,
     (B, t1 - t0, N)), so that no (B, T, N) float tensor exists; spikes are returned in ``out_dtype``
     (``torch.bool`` keeps a layer's trains in one byte per neuron and step). ``vsum`` (B, N), if given,
@@ -98,6 +99,10 @@ def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSp
     which costs more than the scan). ``out`` (B, T, N) of ``out_dtype``, if given, receives the spikes.
     ``time_weights`` (T, 1) or (T, N), if given, adds ``sum_t time_weights[t] a[:, t]`` of the currents to
     ``weighted`` (B, N): inside the compiled scan where it can (in float64 there), else per chunk.
+    ``bias_sum`` (B, N), if given and the neuron has a bias, receives at each spike the bias part of the
+    membrane per unit bias, ``sum_k beta^(t-k)`` over the steps since the last reset: ``sum_t lam_p[t]`` of
+    ``spsp_adjoint`` over the real spikes, which the T-PSP less its bias part needs (HM2-BP's self term), so
+    the backward needs no reverse scan before its coefficients.
 
     On the CPU this is the compiled scan of ``spsp_kernels`` (bit-identical to the loop below, recurrent
     input included as long as the BLAS sums a spike vector's terms in order); other devices run the
@@ -108,18 +113,21 @@ def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSp
         spikes = out if out_dtype == torch.bool else torch.empty(batch, steps, n, dtype=torch.bool)
         acc = torch.zeros(batch, n, dtype=torch.float64)
         w_acc = torch.zeros(batch, n, dtype=torch.float64) if time_weights is not None else None
+        b_acc = torch.zeros(batch, n, dtype=torch.float64) if bias_sum is not None else None
         state: dict = {}
         for t0 in range(0, steps, chunk):
             t1 = min(t0 + chunk, steps)
             a = current(t0, t1).to(like.dtype)
             tw = time_weights[t0:t1] if time_weights is not None else None
             if not spsp_kernels.lif_scan_chunk(a, spec, state, spikes[:, t0:t1], acc, rec_weight, counts, tw,
-                                               w_acc) and tw is not None:
+                                               w_acc, b_acc) and tw is not None:
                 weighted += time_weighted(a, tw)
         if vsum is not None:
             vsum += acc.to(vsum.dtype)
         if w_acc is not None:
             weighted += w_acc.to(weighted.dtype)
+        if b_acc is not None:
+            bias_sum += b_acc.to(bias_sum.dtype)
         if spikes is not out:
             out.copy_(spikes)
         return out
@@ -127,6 +135,8 @@ def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSp
     v = like.new_zeros(batch, n)
     s = like.new_zeros(batch, n)
     ref = like.new_zeros(batch, n)
+    track_bias = bias_sum is not None and spec.bias is not None
+    wb = like.new_zeros(batch, n)  # the bias part of v per unit bias (track_bias)
     w_t = None if rec_weight is None else rec_weight.t()
     for t0 in range(0, steps, chunk):
         t1 = min(t0 + chunk, steps)
@@ -140,9 +150,12 @@ def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSp
             v = v * spec.beta + u
             if spec.bias is not None:
                 v = v + spec.bias
+            if track_bias:
+                wb = wb * spec.beta + 1.0
             if spec.t_ref:
                 refractory = ref > 0
                 v = v.masked_fill(refractory, 0.0)
+                wb = wb.masked_fill(refractory, 0.0)
                 ref = (ref - 1).clamp_(min=0)
                 s = ((v > spec.v_th) & ~refractory).to(like.dtype)
                 ref = torch.where(s > 0, torch.full_like(ref, float(spec.t_ref)), ref)
@@ -152,6 +165,9 @@ def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSp
                 vsum += (v * s).to(vsum.dtype)
             if counts is not None:
                 counts += s.to(counts.dtype)
+            if track_bias:
+                bias_sum += (wb * s).to(bias_sum.dtype)
+                wb = wb - wb * s
             v = v - v * s
             out[:, t] = s
     return out

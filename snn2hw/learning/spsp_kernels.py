@@ -71,7 +71,7 @@ def _unit(dtype: torch.dtype) -> np.ndarray:
 
 if numba is not None:
     def _lif_scan_py(a, alpha, beta, vth, bias, has_bias, t_ref, unit, u, v, ref, spikes, vsum, counts, rec_t,
-                     has_rec, s_prev, first):
+                     has_rec, s_prev, first, wbias, bsum):
         batch, steps, n = a.shape
         for b in numba.prange(batch):
             zero = unit[0] - unit[0]  # 0 in the input's dtype
@@ -93,8 +93,10 @@ if numba is not None:
                     if has_bias:
                         x = x + bias[i]
                     fire = False
+                    w = wbias[b, i] * beta[i] + unit[0]  # the bias part of v per unit bias (``_plain_lif_kernel``)
                     if t_ref > 0 and ref[b, i] > 0:  # refractory: v held at 0, no spike
                         x = zero
+                        w = zero
                         ref[b, i] -= 1
                     elif x > vth[i]:
                         fire = True
@@ -106,22 +108,32 @@ if numba is not None:
                         vsum[b, i] += x
                         counts[b, i] += 1.0
                         v[b, i] = zero
+                        if has_bias:
+                            bsum[b, i] += w
+                        wbias[b, i] = zero
                     else:
                         v[b, i] = x
+                        wbias[b, i] = w
 
     def _plain_lif_kernel(has_bias: bool, has_rec: bool, weights: int, parallel: bool):
         """``_lif_scan_py`` without refractory period (the deployable neuron), branch-free in its inner loop so
         that it vectorises (about 3x faster): the same products and sums in the same order, so the same
         spikes bit for bit. ``has_bias``, ``has_rec`` and ``weights`` are closure constants; ``weights`` 1 or
         2 also adds ``tw[t] a[b, t]`` over the chunk's steps to ``tsum[b]`` (float64), with ``tw`` (C, 1) or
-        (C, N): a time-weighted sum of the currents made while they are read anyway."""
+        (C, N): a time-weighted sum of the currents made while they are read anyway. With a bias it also adds,
+        at each spike, the bias part of the membrane per unit bias, ``sum_k beta^(t-k)`` over the steps since
+        the last reset (state ``wbias``), to ``bsum`` (float64): the reverse scan's ``sum_t lam_p[t]`` of the
+        real spikes, which the T-PSP's bias part needs, known after the forward."""
 
-        def scan(a, alpha, beta, vth, bias, unit, u, v, spikes, vsum, counts, rec_t, s_prev, first, tw, tsum):
+        def scan(a, alpha, beta, vth, bias, unit, u, v, spikes, vsum, counts, rec_t, s_prev, first, tw, tsum, wbias,
+                 bsum):
             batch, steps, n = a.shape
             for b in numba.prange(batch):
-                zero = unit[0] - unit[0]
+                one = unit[0]
+                zero = one - one
                 ub, vb, vs, cn, sb = u[b], v[b], vsum[b], counts[b], s_prev[b]
                 ts = tsum[b]
+                wb, bs = wbias[b], bsum[b]
                 r = np.zeros(n, dtype=a.dtype)
                 for t in range(steps):
                     at = a[b, t]
@@ -154,6 +166,10 @@ if numba is not None:
                         vs[i] += x if fire else 0.0
                         cn[i] += 1.0 if fire else 0.0
                         vb[i] = zero if fire else x
+                        if has_bias:  # the bias part of v per unit bias, sum_k beta^(t-k) since the last reset
+                            w = wb[i] * beta[i] + one
+                            bs[i] += w if fire else 0.0
+                            wb[i] = zero if fire else w
                     if has_rec:
                         for i in range(n):
                             sb[i] = sp[i]
@@ -232,10 +248,12 @@ if numba is not None:
                     _adjoint_step(s, cut, b, t, k, i, one, zero, alpha, beta, lp, lu, lam_u, lam_p, keep_p, lu_sum,
                                   lp_sum, scale, scaled)
 
-    def _plain_adjoint_py(post, t0, t1, alpha, beta, unit, lp, lu, lam_u, lu_sum, lp_sum, scale, scaled):
+    def _plain_adjoint_py(post, t0, t1, alpha, beta, unit, lp, lu, lam_u, lu_sum, lp_sum, scale, scaled, virt,
+                          has_virt):
         """``_adjoint_scan_py`` for the neuron without refractory period (``cut = s``) and without ``lam_p``, over
         row views so that the loop over neurons vectorises: the same products and sums in the same order, so
-        the same ``lam_u`` and sums bit for bit."""
+        the same ``lam_u`` and sums bit for bit. ``has_virt``: the block's virtual spikes ``virt`` (B, t1 - t0,
+        N, bool; ``_virtual_block``) are added to ``post`` in the same loop."""
         batch, steps, n = post.shape
         for b in numba.prange(batch):
             one = unit[0]
@@ -245,20 +263,44 @@ if numba is not None:
             for t in range(t1 - 1, t0 - 1, -1):
                 st = post[b, t]
                 out = lam_u[b, t - t0]
-                for i in range(n):
-                    s = st[i]
-                    p = (one if s else zero) + (zero if s else beta[i]) * lpb[i]
-                    q = p + alpha[i] * lub[i]
-                    lpb[i] = p
-                    lub[i] = q
-                    lps[i] += p
-                    out[i] = q
+                if has_virt:
+                    vt = virt[b, t - t0]
+                    for i in range(n):
+                        s = st[i] or vt[i]
+                        p = (one if s else zero) + (zero if s else beta[i]) * lpb[i]
+                        q = p + alpha[i] * lub[i]
+                        lpb[i] = p
+                        lub[i] = q
+                        lps[i] += p
+                        out[i] = q
+                else:
+                    for i in range(n):
+                        s = st[i]
+                        p = (one if s else zero) + (zero if s else beta[i]) * lpb[i]
+                        q = p + alpha[i] * lub[i]
+                        lpb[i] = p
+                        lub[i] = q
+                        lps[i] += p
+                        out[i] = q
                 if t >= 1:
                     for i in range(n):
                         lus[i] += lub[i]
                 if scaled:
                     for i in range(n):
                         out[i] = out[i] * sc[i]
+
+    @numba.njit(nogil=True, boundscheck=False, cache=True)
+    def _virtual_block(steps, k, t0, t1, out):
+        """``out[b, t - t0, i]`` = the ``k[b, i]`` evenly spaced virtual spikes (``spsp.evenly_spaced_spikes``,
+        without refractory period: spike m at ``(m + 1) steps // k - 1``) at the steps [t0, t1); ``out`` zeros."""
+        batch, n = k.shape
+        for b in range(batch):
+            for i in range(n):
+                kv = k[b, i]
+                for m in range(kv):
+                    t = ((m + 1) * steps) // kv - 1
+                    if t0 <= t < t1:
+                        out[b, t - t0, i] = True
 
     def _scatter_rows_py(g, s, out, per_sample, binary, blocks, lag):
         """``out[o, j, :] += s[b, t, j] g[b, t + lag, :]`` over the non-zero ``s`` (o = b, or 0 when shared)."""
@@ -359,7 +401,8 @@ def spike_dots(g: torch.Tensor, s: torch.Tensor, wt: torch.Tensor, out: torch.Te
 
 def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsum: torch.Tensor,
                    rec_weight: torch.Tensor | None = None, counts: torch.Tensor | None = None,
-                   time_weights: torch.Tensor | None = None, weighted: torch.Tensor | None = None) -> bool:
+                   time_weights: torch.Tensor | None = None, weighted: torch.Tensor | None = None,
+                   bias_sum: torch.Tensor | None = None) -> bool:
     """Advance the neuron of ``spec`` (a ``spsp.NeuronSpec``) over the hop-delayed currents ``a`` (B, C, N),
     writing ``spikes`` (a (B, C, N) bool view) and adding the pre-reset membrane at each spike to ``vsum``
     and 1 to ``counts`` (each (B, N, float64); counts None: not kept). ``state`` ({} at the first chunk) carries u, v, the refractory counters and the last
@@ -367,7 +410,11 @@ def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsu
     spiking sources j in ascending order, which is the order (and so the rounding) of the recurrent
     operator's ``mm`` with 0/1 spikes. ``time_weights`` (C, 1) or (C, N) with ``weighted`` (B, N, float64): add
     ``sum_t time_weights[t] a[:, t]`` to ``weighted`` in the same pass, where the kernel can (the deployable
-    neuron, t_ref = 0); returns whether it did (else the caller makes that sum)."""
+    neuron, t_ref = 0); returns whether it did (else the caller makes that sum). ``bias_sum`` (B, N, float64),
+    if given and the neuron has a bias, receives the sum over the spikes of ``sum_k beta^(t-k)`` over the
+    steps since the last reset (refractory steps hold it at 0): the reverse scan's ``sum_t lam_p[t]`` of the
+    real spikes, the T-PSP's bias part per unit bias. (Placeholders for absent outputs: the never-read
+    ``state["counts"]``.)"""
     batch, steps, n = a.shape
     a = a.detach().contiguous()
     first = not state
@@ -380,6 +427,7 @@ def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsu
                          np.zeros((batch, n), a.numpy().dtype), np.zeros((batch, n), np.int64))
         state["rec"] = (rec_t.numpy(), rec_weight is not None, state["s"].numpy())
         state["counts"] = np.zeros((batch, n), np.float64)
+        state["wbias"] = np.zeros((batch, n), a.numpy().dtype)
     if a.numel() and not spec.t_ref:
         alpha, beta, vth, bias, has_bias, _, unit, u, v, _ = state["args"]
         weights, tw, tsum = 0, unit.reshape(1, 1), state["counts"]  # (placeholders, never read, when not weighted)
@@ -388,11 +436,13 @@ def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsu
             weights, tsum = (1 if tw.shape[1] == 1 else 2), weighted.numpy()
         _scan("plain_lif", has_bias, rec_weight is not None, weights)(
             a.numpy(), alpha, beta, vth, bias, unit, u, v, spikes.numpy(), vsum.numpy(),
-            state["counts"] if counts is None else counts.numpy(), state["rec"][0], state["rec"][2], first, tw, tsum)
+            state["counts"] if counts is None else counts.numpy(), state["rec"][0], state["rec"][2], first, tw, tsum,
+            state["wbias"], state["counts"] if bias_sum is None else bias_sum.numpy())
         return time_weights is not None
     if a.numel():
         _scan("lif")(a.numpy(), *state["args"], spikes.numpy(), vsum.numpy(),
-                     state["counts"] if counts is None else counts.numpy(), *state["rec"], first)
+                     state["counts"] if counts is None else counts.numpy(), *state["rec"], first, state["wbias"],
+                     state["counts"] if bias_sum is None else bias_sum.numpy())
     return False
 
 
@@ -426,13 +476,16 @@ def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.
     lam_p = torch.empty(batch, t1 - t0, n, dtype=dtype) if want_lam_p else torch.empty(0, 0, 0, dtype=dtype)
     scaled = scale is not None
     sc = scale.detach().to(dtype).contiguous().numpy() if scaled else np.zeros((1, 1), unit.dtype)
-    if lam_u.numel():
-        if t_ref == 0 and not want_lam_p:  # the deployable neuron: the vectorised scan
-            _scan("plain_adjoint")(post.numpy(), int(t0), int(t1), alpha, beta, unit, *state["args"][4:],
-                                   lam_u.numpy(), lu_sum.numpy(), lp_sum.numpy(), sc, scaled)
-        else:
-            _scan("adjoint")(post.numpy(), int(t0), int(t1), *state["args"], lam_u.numpy(), lam_p.numpy(),
-                             bool(want_lam_p), lu_sum.numpy(), lp_sum.numpy(), sc, scaled)
+    if lam_u.numel() and t_ref == 0 and not want_lam_p:  # the deployable neuron: the vectorised scan
+        virt = np.zeros((1, 1, 1), np.bool_)
+        if "virtual" in state:  # the block's virtual spikes, read in the scan's own loop
+            virt = np.zeros((batch, t1 - t0, n), np.bool_)
+            _virtual_block(steps, state["virtual"][0], int(t0), int(t1), virt)
+        _scan("plain_adjoint")(post.numpy(), int(t0), int(t1), alpha, beta, unit, *state["args"][4:], lam_u.numpy(),
+                               lu_sum.numpy(), lp_sum.numpy(), sc, scaled, virt, "virtual" in state)
+    elif lam_u.numel():
+        _scan("adjoint")(post.numpy(), int(t0), int(t1), *state["args"], lam_u.numpy(), lam_p.numpy(),
+                         bool(want_lam_p), lu_sum.numpy(), lp_sum.numpy(), sc, scaled)
         if "virtual" in state:
             virt, vlp, vlu = state["virtual"]
             _scan("adjoint_virtual")(steps, virt, int(t0), int(t1), t_ref, alpha, beta, unit, vlp, vlu, lam_u.numpy(),
