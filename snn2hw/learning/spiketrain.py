@@ -42,9 +42,10 @@ from torch import nn
 
 from snn2hw.learning import spsp_kernels
 from snn2hw.learning.base import BatchResult, LearningRule, LearningRuleError
-from snn2hw.learning.spsp import (NeuronSpec, as_float, conv_hop_products, dense_hop_block, dense_spsp,
-                                  evenly_spaced_spikes, hop_current_chunk, layer_current, lif_sequence, lif_sequence_chunked, neuron_spec,
-                                  reset_mask, spsp_adjoint, spsp_per_pre_spike, virtual_counts)
+from snn2hw.learning.spsp import (NeuronSpec, as_float, conv_hop_products, dense_current_window, dense_hop_block,
+                                  dense_spsp, evenly_spaced_spikes, hop_current_chunk, layer_current, lif_sequence,
+                                  lif_sequence_chunked, neuron_spec, reset_mask, spsp_adjoint, spsp_per_pre_spike,
+                                  virtual_counts, whole_window)
 from snn2hw.nn import functional as F
 from snn2hw.nn.conv import ConvLIF, Dropout, Flatten, LeakyReadout, SumPoolLIF, _flat
 from snn2hw.nn.layers import LIFDense, RecurrentLIFDense, hop_delay
@@ -217,10 +218,13 @@ class SpikeTrainRule(LearningRule):
                 s_out = torch.empty(s.shape[0], s.shape[1], layer.out_features, dtype=torch.bool, device=x.device)
                 for b0 in range(0, s.shape[0], group):  # the neurons of different samples are independent
                     src, rows = s_in[b0:b0 + group], slice(b0, b0 + group)
-                    lif_sequence_chunked(lambda t0, t1, src=src: hop_current_chunk(layer, src, t0, t1, x.dtype),
-                                         src.shape[0], src.shape[1], layer.out_features, spec, rec, block, x,
+                    current = lambda t0, t1, src=src: hop_current_chunk(layer, src, t0, t1, x.dtype)  # noqa: E731
+                    lag = int(block >= src.shape[1] and whole_window(layer, src, 0, src.shape[1]))
+                    if lag:  # the window's currents as the product makes them, read one step late by the scan
+                        current = lambda t0, t1, src=src: dense_current_window(layer, src, x.dtype)  # noqa: E731
+                    lif_sequence_chunked(current, src.shape[0], src.shape[1], layer.out_features, spec, rec, block, x,
                                          torch.bool, vsum[rows], counts[rows], out=s_out[rows], time_weights=kernel,
-                                         weighted=_rows(tpsp_virtual, rows), bias_sum=_rows(bias_sum, rows))
+                                         weighted=_rows(tpsp_virtual, rows), bias_sum=_rows(bias_sum, rows), lag=lag)
                 s = s_out
                 records.append(LayerTrace(layer, s_in, None, s, spec, rec, vsum, counts, counts_in, tpsp_virtual,
                                           bias_sum))

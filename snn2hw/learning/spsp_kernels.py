@@ -120,13 +120,15 @@ if numba is not None:
         that it vectorises (about 3x faster): the same products and sums in the same order, so the same
         spikes bit for bit. ``has_bias``, ``has_rec`` and ``weights`` are closure constants; ``weights`` 1 or
         2 also adds ``tw[t] a[b, t]`` over the chunk's steps to ``tsum[b]`` (float64), with ``tw`` (C, 1) or
-        (C, N): a time-weighted sum of the currents made while they are read anyway. With a bias it also adds,
+        (C, N): a time-weighted sum of the currents made while they are read anyway. ``lag`` (0 or 1): the current
+        of step t is ``a[b, t - lag]`` (zero before), so a window's undelayed currents need no shifted copy. With a
+        bias it also adds,
         at each spike, the bias part of the membrane per unit bias, ``sum_k beta^(t-k)`` over the steps since
         the last reset (state ``wbias``), to ``bsum`` (float64): the reverse scan's ``sum_t lam_p[t]`` of the
         real spikes, which the T-PSP's bias part needs, known after the forward."""
 
         def scan(a, alpha, beta, vth, bias, unit, u, v, spikes, vsum, counts, rec_t, s_prev, first, tw, tsum, wbias,
-                 bsum):
+                 bsum, lag):
             batch, steps, n = a.shape
             for b in numba.prange(batch):
                 one = unit[0]
@@ -135,8 +137,9 @@ if numba is not None:
                 ts = tsum[b]
                 wb, bs = wbias[b], bsum[b]
                 r = np.zeros(n, dtype=a.dtype)
+                none = np.zeros(n, dtype=a.dtype)  # the current of the steps before the first input reaches the layer
                 for t in range(steps):
-                    at = a[b, t]
+                    at = a[b, t - lag] if t >= lag else none
                     sp = spikes[b, t]
                     if weights == 1:
                         k = tw[t, 0]
@@ -260,28 +263,19 @@ if numba is not None:
             zero = one - one
             lpb, lub, lus, lps = lp[b], lu[b], lu_sum[b], lp_sum[b]
             sc = scale[b] if scaled else scale[0]
+            no_virt = np.zeros(n, np.bool_)
             for t in range(t1 - 1, t0 - 1, -1):
                 st = post[b, t]
+                vt = virt[b, t - t0] if has_virt else no_virt
                 out = lam_u[b, t - t0]
-                if has_virt:
-                    vt = virt[b, t - t0]
-                    for i in range(n):
-                        s = st[i] or vt[i]
-                        p = (one if s else zero) + (zero if s else beta[i]) * lpb[i]
-                        q = p + alpha[i] * lub[i]
-                        lpb[i] = p
-                        lub[i] = q
-                        lps[i] += p
-                        out[i] = q
-                else:
-                    for i in range(n):
-                        s = st[i]
-                        p = (one if s else zero) + (zero if s else beta[i]) * lpb[i]
-                        q = p + alpha[i] * lub[i]
-                        lpb[i] = p
-                        lub[i] = q
-                        lps[i] += p
-                        out[i] = q
+                for i in range(n):
+                    s = st[i] or vt[i]
+                    p = (one if s else zero) + (zero if s else beta[i]) * lpb[i]
+                    q = p + alpha[i] * lub[i]
+                    lpb[i] = p
+                    lub[i] = q
+                    lps[i] += p
+                    out[i] = q
                 if t >= 1:
                     for i in range(n):
                         lus[i] += lub[i]
@@ -402,7 +396,7 @@ def spike_dots(g: torch.Tensor, s: torch.Tensor, wt: torch.Tensor, out: torch.Te
 def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsum: torch.Tensor,
                    rec_weight: torch.Tensor | None = None, counts: torch.Tensor | None = None,
                    time_weights: torch.Tensor | None = None, weighted: torch.Tensor | None = None,
-                   bias_sum: torch.Tensor | None = None) -> bool:
+                   bias_sum: torch.Tensor | None = None, lag: int = 0) -> bool:
     """Advance the neuron of ``spec`` (a ``spsp.NeuronSpec``) over the hop-delayed currents ``a`` (B, C, N),
     writing ``spikes`` (a (B, C, N) bool view) and adding the pre-reset membrane at each spike to ``vsum``
     and 1 to ``counts`` (each (B, N, float64); counts None: not kept). ``state`` ({} at the first chunk) carries u, v, the refractory counters and the last
@@ -414,10 +408,16 @@ def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsu
     if given and the neuron has a bias, receives the sum over the spikes of ``sum_k beta^(t-k)`` over the
     steps since the last reset (refractory steps hold it at 0): the reverse scan's ``sum_t lam_p[t]`` of the
     real spikes, the T-PSP's bias part per unit bias. (Placeholders for absent outputs: the never-read
-    ``state["counts"]``.)"""
+    ``state["counts"]``.) ``lag`` 1: ``a`` holds a whole window's currents before the hop delay (the current of
+    step t is ``a[:, t - 1]``, zero at step 0), read in place where the kernel can; first chunk only."""
     batch, steps, n = a.shape
     a = a.detach().contiguous()
     first = not state
+    if lag and (not first or spec.t_ref):  # the refractory kernel reads hop-delayed currents: shift them here
+        if not first:
+            raise ValueError("lif_scan_chunk: lag is for a whole window (the first chunk)")
+        a = torch.cat([a.new_zeros(batch, lag, n), a[:, :steps - lag]], 1)
+        lag = 0
     if first:  # the state and the per-neuron parameters as numpy arrays, made once per window (not per chunk)
         rec_t = (rec_weight.detach().t().to(a.dtype).contiguous() if rec_weight is not None
                  else torch.zeros(1, 1, dtype=a.dtype))
@@ -437,7 +437,7 @@ def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsu
         _scan("plain_lif", has_bias, rec_weight is not None, weights)(
             a.numpy(), alpha, beta, vth, bias, unit, u, v, spikes.numpy(), vsum.numpy(),
             state["counts"] if counts is None else counts.numpy(), state["rec"][0], state["rec"][2], first, tw, tsum,
-            state["wbias"], state["counts"] if bias_sum is None else bias_sum.numpy())
+            state["wbias"], state["counts"] if bias_sum is None else bias_sum.numpy(), int(lag))
         return time_weights is not None
     if a.numel():
         _scan("lif")(a.numpy(), *state["args"], spikes.numpy(), vsum.numpy(),
