@@ -490,13 +490,15 @@ class SpikeTrainRule(LearningRule):
         return post.device.type == "cpu" and spsp_kernels.usable(spec.alpha.to(dtype), spec.beta.to(dtype))
 
     def _scan_chunks(self, post: torch.Tensor, virtual: torch.Tensor | None, spec: NeuronSpec, dtype: torch.dtype,
-                     sums: torch.Tensor, block: int, scale: torch.Tensor | None = None):
+                     sums: torch.Tensor, block: int, scale: torch.Tensor | None = None, work: dict | None = None):
         """The reverse-time recursion of ``spsp_adjoint`` over ``block``-step blocks, last block first, for the
         post trains ``post`` (B, T, N) plus ``virtual`` (B, N) evenly spaced virtual spikes (None: none; made on
         the fly by the compiled scan): yields (t0, t1, lam_u[t0:t1]) and adds the per-neuron sums of lam_u
         (steps >= 1) and lam_p over the window to ``sums[0]`` and ``sums[1]`` ((2, B, N), float64). ``scale``
         (B, N), if given, multiplies the yielded blocks per neuron (``lam_u * scale.unsqueeze(1)``; inside the
-        compiled scan, which saves a pass over each block); the sums stay the kernel's."""
+        compiled scan, which saves a pass over each block); the sums stay the kernel's. ``work`` (a dict kept by the
+        caller for a layer's backward): the compiled scan writes every block into the same buffer
+        (``spsp_kernels.adjoint_scan_chunk``), so a yielded block is valid until the next one is asked for."""
         batch, steps, n = post.shape
         block = -(-steps // -(-steps // max(block, 1)))  # equal blocks (no short last one: a GEMM's K)
         if SpikeTrainRule._compiled_scan(post, spec, dtype):
@@ -504,7 +506,7 @@ class SpikeTrainRule(LearningRule):
             for t1 in range(steps, 0, -block):
                 t0 = max(t1 - block, 0)
                 lam_u, _ = spsp_kernels.adjoint_scan_chunk(post, t0, t1, spec, dtype, state, sums[0], sums[1],
-                                                           virtual=virtual, scale=scale)
+                                                           virtual=virtual, scale=scale, work=work)
                 yield t0, t1, lam_u
             return
         if virtual is not None:
@@ -626,6 +628,7 @@ class SpikeTrainRule(LearningRule):
         # float temporaries per step: lam_u, and the trains the products read as float (bool trains are converted)
         width = n + n_in * (want_e and tr.s_in.dtype != dtype) + n * (rec is not None)
         group, block = self._group_and_block(batch, n, n_in * want_e + n * (rec is not None), width, compiled)
+        work: dict = {}  # the reverse scan's block buffers, reused by every group (``_scan_chunks``)
         for b0 in range(0, batch, group):
             b1 = min(b0 + group, batch)
             rows = slice(b0, b1)
@@ -633,7 +636,8 @@ class SpikeTrainRule(LearningRule):
             e = e_rec = None  # (G, N, N_in) and (G, N, N), made by the first block
             # T-PSP of neurons given virtual spikes: from e when it is made (sum_j w_ij e_ij), else re-made
             tpsp_v = g.new_zeros(b1 - b0, virtual_cols.numel()) if remake_v else None
-            for t0, t1, lam_u in self._scan_chunks(post[rows], _rows(virtual_k, rows), spec, dtype, sums, block):
+            for t0, t1, lam_u in self._scan_chunks(post[rows], _rows(virtual_k, rows), spec, dtype, sums, block,
+                                                   work=work):
                 f = 1 if t0 == 0 else 0  # the kernel at step t pairs with the pre spikes of step t - 1
                 lam = lam_u[:, f:]
                 s_prev = tr.s_in[rows, t0 + f - 1:t1 - 1]
@@ -733,6 +737,7 @@ class SpikeTrainRule(LearningRule):
         events = None  # (1, N_in, N): the dense weight gradient's transpose when it is event-driven
         gb = torch.zeros(n, dtype=dtype, device=g.device) if bias is not None else None
         result = torch.empty(batch, n_in, dtype=dtype, device=g.device) if need_input else None
+        work: dict = {}  # the reverse scan's block buffers, reused by every group and scan (``_scan_chunks``)
         for b0 in range(0, batch, group):
             rows = slice(b0, min(b0 + group, batch))
             sums = torch.zeros(2, rows.stop - b0, n, dtype=torch.float64, device=g.device)  # lam_u (t >= 1), lam_p
@@ -741,7 +746,7 @@ class SpikeTrainRule(LearningRule):
             if first_scan:
                 remade = g.new_zeros(rows.stop - b0, n) if remake_v else None
                 for t0, t1, lam_u in self._scan_chunks(post[rows], _rows(virtual_k, rows), spec, dtype, sums,
-                                                       block):
+                                                       block, work=work):
                     if remade is not None:
                         remade += (lam_u * hop_current_chunk(layer, tr.s_in[rows], t0, t1, dtype)).sum(1)
                 random_spike = sums[0].to(dtype) / steps
@@ -762,7 +767,7 @@ class SpikeTrainRule(LearningRule):
             if scaled and events is None and self._event_driven_weights(tr.s_in, n, dtype):
                 events = torch.zeros(1, n_in, n, dtype=dtype)  # the weight gradient's transpose, spike by spike
             for t0, t1, lam_u in self._scan_chunks(post[rows], _rows(virtual_k, rows), spec, dtype, sums, block,
-                                                   c_w if scaled else None):
+                                                   c_w if scaled else None, work):
                 if dense:
                     g_in = lam_u * c_back.unsqueeze(1) if need_input else None
                     g_w = None

@@ -446,9 +446,22 @@ def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsu
     return False
 
 
+def _work_buffer(work: dict | None, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised contiguous tensor of ``shape``: a view of ``work[name]`` (grown when too small), or a new
+    one without ``work``."""
+    if work is None:
+        return torch.empty(shape, dtype=dtype)
+    size = int(np.prod(shape))
+    buf = work.get(name)
+    if buf is None or buf.dtype != dtype or buf.numel() < size:
+        buf = work[name] = torch.empty(size, dtype=dtype)
+    return buf[:size].view(shape)
+
+
 def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.dtype, state: dict,
                        lu_sum: torch.Tensor, lp_sum: torch.Tensor, want_lam_p: bool = False,
-                       virtual: torch.Tensor | None = None, scale: torch.Tensor | None = None):
+                       virtual: torch.Tensor | None = None, scale: torch.Tensor | None = None,
+                       work: dict | None = None):
     """Steps [t0, t1) of the reverse recursion of ``spsp.spsp_adjoint`` over the post trains ``post`` (B, T, N,
     bool or 0/1 float; the whole window, for the refractory look-back), chunks called last first with one
     ``state`` ({} at the first call). Returns ``(lam_u, lam_p or None)``, each (B, t1 - t0, N) in ``dtype``,
@@ -457,7 +470,10 @@ def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.
     trains ``spsp.evenly_spaced_spikes(T, virtual, t_ref)``, made on the fly rather than as a (B, T, N) tensor;
     those neurons must have no spikes in ``post`` (HM2-BP's virtual spikes are for silent neurons). ``scale``
     (B, N) of ``dtype``, if given, multiplies the returned ``lam_u`` per neuron (rounded once, as ``lam_u *
-    scale.unsqueeze(1)``; the sums are the kernel's own), which saves the caller a pass over the block."""
+    scale.unsqueeze(1)``; the sums are the kernel's own), which saves the caller a pass over the block. ``work``
+    (a dict the caller keeps between calls), if given, holds the buffers of ``lam_u`` and of the virtual spikes,
+    reused by the next call with it (which overwrites the ``lam_u`` returned here): a block of a window's size
+    allocated anew each call is memory the process touches for the first time (a page fault per 4 KiB)."""
     batch, steps, n = post.shape
     post = post.detach()
     if post.dtype != torch.bool:
@@ -472,14 +488,15 @@ def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.
             state["virtual"] = (virtual.detach().to(torch.int64).contiguous().numpy(), np.zeros((batch, n), np_dtype),
                                 np.zeros((batch, n), np_dtype))
     t_ref, alpha, beta, unit, _, _ = state["args"]
-    lam_u = torch.empty(batch, t1 - t0, n, dtype=dtype)
+    lam_u = _work_buffer(work, "lam_u", (batch, t1 - t0, n), dtype)
     lam_p = torch.empty(batch, t1 - t0, n, dtype=dtype) if want_lam_p else torch.empty(0, 0, 0, dtype=dtype)
     scaled = scale is not None
     sc = scale.detach().to(dtype).contiguous().numpy() if scaled else np.zeros((1, 1), unit.dtype)
     if lam_u.numel() and t_ref == 0 and not want_lam_p:  # the deployable neuron: the vectorised scan
         virt = np.zeros((1, 1, 1), np.bool_)
         if "virtual" in state:  # the block's virtual spikes, read in the scan's own loop
-            virt = np.zeros((batch, t1 - t0, n), np.bool_)
+            virt = _work_buffer(work, "virtual", (batch, t1 - t0, n), torch.bool).numpy()
+            virt.fill(False)
             _virtual_block(steps, state["virtual"][0], int(t0), int(t1), virt)
         _scan("plain_adjoint")(post.numpy(), int(t0), int(t1), alpha, beta, unit, *state["args"][4:], lam_u.numpy(),
                                lu_sum.numpy(), lp_sum.numpy(), sc, scaled, virt, "virtual" in state)
