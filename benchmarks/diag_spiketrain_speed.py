@@ -8,11 +8,14 @@ after the other, ``--reps`` times, and reports per rule the median and minimum C
 (``time.process_time``, one thread) and the rule/BPTT ratio of both. The minimum is the figure least
 disturbed by other processes; the table marks runs where others took more than 10 % of the CPUs.
 
-``--floor`` adds a row "gemm floor" on networks of dense layers: the dense products that both rules must
-make per step, timed alone in the same interleaving -- every layer's forward current (one GEMM over the
-(sample, step) rows of its input trains, the hidden ones as recorded by the rule's own forward) and the
-first layer's weight-gradient GEMM. Its ratio to BPTT is the share of BPTT's step that no rule can save
-with these products as GEMMs (an event-driven product can go below it; see ``docs/learning-rules.md``).
+``--floor`` adds a row "product floor" on networks of dense layers: the input products that both rules
+make per step, timed alone in the same interleaving, with the layers' own product ``spike_linear``
+(event-driven over the input spikes where the train is sparse, else the GEMM), as BPTT's layers make
+them -- every layer's forward current over the (sample, step) rows of its input trains (the hidden ones
+as recorded by the rule's own forward) and the first layer's weight gradient (``spike_linear``'s
+backward). Its ratio to BPTT is the share of BPTT's step spent in products that HM2-BP must make too;
+what is left of BPTT's step (its LIF kernels, autograd) is what HM2-BP's own work (scans, coefficients,
+glue) has to undercut.
 
     python benchmarks/diag_spiketrain_speed.py                       # 784-100-10, T = 200 400 800
     python benchmarks/diag_spiketrain_speed.py --only 784-800 braille --T 200 --reps 9
@@ -38,11 +41,12 @@ from _spiketrain_bench import CONFIGS, ROOT, environment  # noqa: E402
 from bench_spiketrain_speed import NETWORKS  # noqa: E402
 
 
-def gemm_floor(model, rule, x):
-    """A function making the dense products both rules need per step on ``x`` (see the module docstring), or
+def product_floor(model, rule, x):
+    """A function making the input products both rules need per step on ``x`` (see the module docstring), or
     None when the network has other layers than ``LIFDense``."""
     import torch
 
+    from snn2hw.nn.functional import spike_linear
     from snn2hw.nn.layers import LIFDense
 
     layers = [layer for layer in model.layers if layer is not None]
@@ -51,12 +55,15 @@ def gemm_floor(model, rule, x):
     records, _ = rule.forward(model, x)
     inputs = [r.s_in.to(x.dtype).reshape(-1, r.s_in.shape[2]) for r in records]
     weights = [r.layer.weight.detach() for r in records]
+    first = weights[0].clone().requires_grad_(True)
     grad = torch.randn(inputs[0].shape[0], weights[0].shape[0], generator=torch.Generator().manual_seed(1))
 
     def run():
-        for s, w in zip(inputs, weights):
-            torch.mm(s, w.t())
-        torch.mm(grad.t(), inputs[0])
+        for s, w in zip(inputs[1:], weights[1:]):
+            spike_linear(s, w)
+        with torch.enable_grad():  # the first layer's forward and weight gradient, as BPTT's layer makes them
+            spike_linear(inputs[0], first).backward(grad)
+        first.grad = None
 
     return run
 
@@ -82,10 +89,10 @@ def measure(label: str, task_name: str, config: str, rules: list, steps: int, re
         made[name].setup(model)
         made[name].compute_gradients(model, x, y, task.loss_fn, {}, 1.0)  # warm-up (compilation, fits)
     steps_of = {name: (lambda r=made[name]: r.compute_gradients(model, x, y, task.loss_fn, {}, 1.0)) for name in rules}
-    products = gemm_floor(model, made[rules[0]], x) if floor else None
+    products = product_floor(model, made[rules[0]], x) if floor else None
     if products is not None:
         products()
-        steps_of = {"gemm floor": products, **steps_of}
+        steps_of = {"product floor": products, **steps_of}
     cpu = {name: [] for name in steps_of}
     load_at_start, other = os.getloadavg()[0], OtherLoad()
     for _ in range(reps):
@@ -113,7 +120,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=11)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--only", nargs="+", default=["784-100"], help="networks whose label contains one of these")
-    ap.add_argument("--floor", action="store_true", help="also time the dense products alone (dense networks)")
+    ap.add_argument("--floor", action="store_true", help="also time the input products alone (dense networks)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "spiketrain_speed_interleaved.json"))
     a = ap.parse_args(argv)
     env = environment()

@@ -30,16 +30,19 @@ def test_forward_scan_equals_tensor_loop(monkeypatch, dtype, t_ref, bias, per_ne
     # a time-weighted sum of the currents made in the same pass (HM2-BP's virtual T-PSP): per step, or per
     # step and neuron
     kernel = torch.rand(53, 7 if per_neuron else 1, generator=g, dtype=dtype)
-    out, vsum, weighted = [], [], []
+    out, vsum, weighted, bias_sum = [], [], [], []
     for compiled in (True, False):
         if not compiled:
+            lam_p = spsp_adjoint(out[0].to(dtype), spec.alpha, spec.beta, t_ref)[1]  # (the compiled adjoint)
             monkeypatch.setattr(spsp.spsp_kernels, "usable", lambda *t: False)
         acc = torch.zeros(3, 7, dtype=torch.float64)
         w = torch.full((3, 7), 0.5, dtype=dtype)
+        bsum = torch.zeros(3, 7, dtype=torch.float64)
         out.append(lif_sequence_chunked(lambda t0, t1: a[:, t0:t1], 3, 53, 7, spec, None, 8, a, torch.bool, acc,
-                                        time_weights=kernel, weighted=w))
+                                        time_weights=kernel, weighted=w, bias_sum=bsum))
         vsum.append(acc)
         weighted.append(w)
+        bias_sum.append(bsum)
     assert out[0].sum() > 20
     assert torch.equal(out[0], out[1])  # bit for bit, across chunk boundaries
     tol = dict(rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-6)
@@ -47,6 +50,12 @@ def test_forward_scan_equals_tensor_loop(monkeypatch, dtype, t_ref, bias, per_ne
     assert bool((vsum[0] > 0).any())
     torch.testing.assert_close(weighted[0], 0.5 + (kernel * a).sum(1), **tol)
     torch.testing.assert_close(weighted[1], weighted[0], **tol)
+    # the T-PSP's bias part per unit bias recorded by the forward: the reverse scan's sum of lam_p (t_ref included)
+    if bias:
+        for bsum in bias_sum:
+            torch.testing.assert_close(bsum, lam_p.sum(1).to(torch.float64), **tol)
+    else:
+        assert not bias_sum[0].any() and not bias_sum[1].any()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -166,3 +175,26 @@ def test_recurrent_forward_scan_equals_layer_forward_float32():
     ref = net(x, return_all=True)
     assert records[0].s_out.sum() > 100
     assert torch.equal(records[0].s_out, ref[0].bool()) and torch.equal(out, ref[1].bool())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_adjoint_scan_scaled_equals_scaled_kernel(dtype):
+    """The deployable neuron's vectorised reverse scan with ``scale`` (per-neuron decays, chunks last first, virtual
+    spikes) returns ``lam_u * scale`` bit for bit and the kernel's own sums, as the unscaled scan."""
+    steps, n = 29, 11
+    g = torch.Generator().manual_seed(8)
+    spikes = torch.rand(3, steps, n, generator=g) < 0.25
+    spikes[:, :, :3] = False
+    k = torch.zeros(3, n)
+    k[:, :3] = torch.tensor([1.0, 4.0, 7.0])
+    scale = torch.randn(3, n, generator=g, dtype=torch.float64).to(dtype)
+    spec = NeuronSpec(torch.rand(n, generator=g, dtype=torch.float64).to(dtype),
+                      torch.rand(n, generator=g, dtype=torch.float64).to(dtype), None, None, 0)
+    out = []
+    for sc in (None, scale):
+        state: dict = {}
+        sums = torch.zeros(2, 3, n, dtype=torch.float64)
+        parts = {t1: spsp_kernels.adjoint_scan_chunk(spikes, max(t1 - 7, 0), t1, spec, dtype, state, sums[0], sums[1],
+                                                     virtual=k, scale=sc)[0] for t1 in range(steps, 0, -7)}
+        out.append((torch.cat([parts[t] for t in sorted(parts)], 1), sums))
+    assert torch.equal(out[0][0] * scale.unsqueeze(1), out[1][0]) and torch.equal(out[0][1], out[1][1])

@@ -42,9 +42,10 @@ from torch import nn
 
 from snn2hw.learning import spsp_kernels
 from snn2hw.learning.base import BatchResult, LearningRule, LearningRuleError
-from snn2hw.learning.spsp import (NeuronSpec, as_float, conv_hop_products, dense_hop_block, dense_spsp,
-                                  evenly_spaced_spikes, hop_current_chunk, layer_current, lif_sequence, lif_sequence_chunked, neuron_spec,
-                                  reset_mask, spsp_adjoint, spsp_per_pre_spike, virtual_counts)
+from snn2hw.learning.spsp import (NeuronSpec, as_float, conv_hop_products, dense_current_window, dense_hop_block,
+                                  dense_spsp, evenly_spaced_spikes, hop_current_chunk, layer_current, lif_sequence,
+                                  lif_sequence_chunked, neuron_spec, reset_mask, spsp_adjoint, spsp_per_pre_spike,
+                                  virtual_counts, whole_window)
 from snn2hw.nn import functional as F
 from snn2hw.nn.conv import ConvLIF, Dropout, Flatten, LeakyReadout, SumPoolLIF, _flat
 from snn2hw.nn.layers import LIFDense, RecurrentLIFDense, hop_delay
@@ -90,6 +91,9 @@ class LayerTrace:
     # (B, N) T-PSP each neuron would have with only ``hidden_virtual_spikes`` virtual spikes (chunked hidden
     # feed-forward layers of rules with ``needs_tpsp``; else None and the backward remakes what it needs)
     tpsp_virtual: torch.Tensor | None = None
+    # (B, N) float64 sum over the real spikes of the membrane's bias part per unit bias, ``sum_t lam_p[t]`` (chunked
+    # layers with a bias, for rules with ``needs_tpsp``: the T-PSP less its bias part without a reverse scan)
+    bias_sum: torch.Tensor | None = None
 
 
 @dataclass
@@ -205,6 +209,7 @@ class SpikeTrainRule(LearningRule):
                           and self.hidden_virtual_spikes and layer is not hop_layers[-1] else None)
                 tpsp_virtual = torch.zeros(s.shape[0], layer.out_features, dtype=x.dtype, device=x.device) \
                     if kernel is not None else None
+                bias_sum = torch.zeros_like(vsum) if self.needs_tpsp and spec.bias is not None else None
                 # float temporaries per step: the current, and the input as float when it is a bool train (a
                 # convolution also copies its input block and pads its output)
                 width = (layer.out_features + s.shape[2] * (s.dtype != x.dtype) if dense
@@ -213,12 +218,16 @@ class SpikeTrainRule(LearningRule):
                 s_out = torch.empty(s.shape[0], s.shape[1], layer.out_features, dtype=torch.bool, device=x.device)
                 for b0 in range(0, s.shape[0], group):  # the neurons of different samples are independent
                     src, rows = s_in[b0:b0 + group], slice(b0, b0 + group)
-                    lif_sequence_chunked(lambda t0, t1, src=src: hop_current_chunk(layer, src, t0, t1, x.dtype),
-                                         src.shape[0], src.shape[1], layer.out_features, spec, rec, block, x,
+                    current = lambda t0, t1, src=src: hop_current_chunk(layer, src, t0, t1, x.dtype)  # noqa: E731
+                    lag = int(block >= src.shape[1] and whole_window(layer, src, 0, src.shape[1]))
+                    if lag:  # the window's currents as the product makes them, read one step late by the scan
+                        current = lambda t0, t1, src=src: dense_current_window(layer, src, x.dtype)  # noqa: E731
+                    lif_sequence_chunked(current, src.shape[0], src.shape[1], layer.out_features, spec, rec, block, x,
                                          torch.bool, vsum[rows], counts[rows], out=s_out[rows], time_weights=kernel,
-                                         weighted=_rows(tpsp_virtual, rows))
+                                         weighted=_rows(tpsp_virtual, rows), bias_sum=_rows(bias_sum, rows), lag=lag)
                 s = s_out
-                records.append(LayerTrace(layer, s_in, None, s, spec, rec, vsum, counts, counts_in, tpsp_virtual))
+                records.append(LayerTrace(layer, s_in, None, s, spec, rec, vsum, counts, counts_in, tpsp_virtual,
+                                          bias_sum))
                 continue
             counts = None
             s = s.to(x.dtype)
@@ -481,13 +490,15 @@ class SpikeTrainRule(LearningRule):
         return post.device.type == "cpu" and spsp_kernels.usable(spec.alpha.to(dtype), spec.beta.to(dtype))
 
     def _scan_chunks(self, post: torch.Tensor, virtual: torch.Tensor | None, spec: NeuronSpec, dtype: torch.dtype,
-                     sums: torch.Tensor, block: int, scale: torch.Tensor | None = None):
+                     sums: torch.Tensor, block: int, scale: torch.Tensor | None = None, work: dict | None = None):
         """The reverse-time recursion of ``spsp_adjoint`` over ``block``-step blocks, last block first, for the
         post trains ``post`` (B, T, N) plus ``virtual`` (B, N) evenly spaced virtual spikes (None: none; made on
         the fly by the compiled scan): yields (t0, t1, lam_u[t0:t1]) and adds the per-neuron sums of lam_u
         (steps >= 1) and lam_p over the window to ``sums[0]`` and ``sums[1]`` ((2, B, N), float64). ``scale``
         (B, N), if given, multiplies the yielded blocks per neuron (``lam_u * scale.unsqueeze(1)``; inside the
-        compiled scan, which saves a pass over each block); the sums stay the kernel's."""
+        compiled scan, which saves a pass over each block); the sums stay the kernel's. ``work`` (a dict kept by the
+        caller for a layer's backward): the compiled scan writes every block into the same buffer
+        (``spsp_kernels.adjoint_scan_chunk``), so a yielded block is valid until the next one is asked for."""
         batch, steps, n = post.shape
         block = -(-steps // -(-steps // max(block, 1)))  # equal blocks (no short last one: a GEMM's K)
         if SpikeTrainRule._compiled_scan(post, spec, dtype):
@@ -495,7 +506,7 @@ class SpikeTrainRule(LearningRule):
             for t1 in range(steps, 0, -block):
                 t0 = max(t1 - block, 0)
                 lam_u, _ = spsp_kernels.adjoint_scan_chunk(post, t0, t1, spec, dtype, state, sums[0], sums[1],
-                                                           virtual=virtual, scale=scale)
+                                                           virtual=virtual, scale=scale, work=work)
                 yield t0, t1, lam_u
             return
         if virtual is not None:
@@ -617,6 +628,7 @@ class SpikeTrainRule(LearningRule):
         # float temporaries per step: lam_u, and the trains the products read as float (bool trains are converted)
         width = n + n_in * (want_e and tr.s_in.dtype != dtype) + n * (rec is not None)
         group, block = self._group_and_block(batch, n, n_in * want_e + n * (rec is not None), width, compiled)
+        work: dict = {}  # the reverse scan's block buffers, reused by every group (``_scan_chunks``)
         for b0 in range(0, batch, group):
             b1 = min(b0 + group, batch)
             rows = slice(b0, b1)
@@ -624,7 +636,8 @@ class SpikeTrainRule(LearningRule):
             e = e_rec = None  # (G, N, N_in) and (G, N, N), made by the first block
             # T-PSP of neurons given virtual spikes: from e when it is made (sum_j w_ij e_ij), else re-made
             tpsp_v = g.new_zeros(b1 - b0, virtual_cols.numel()) if remake_v else None
-            for t0, t1, lam_u in self._scan_chunks(post[rows], _rows(virtual_k, rows), spec, dtype, sums, block):
+            for t0, t1, lam_u in self._scan_chunks(post[rows], _rows(virtual_k, rows), spec, dtype, sums, block,
+                                                   work=work):
                 f = 1 if t0 == 0 else 0  # the kernel at step t pairs with the pre spikes of step t - 1
                 lam = lam_u[:, f:]
                 s_prev = tr.s_in[rows, t0 + f - 1:t1 - 1]
@@ -687,10 +700,11 @@ class SpikeTrainRule(LearningRule):
         ``sum_t s_j[t-1] convT(c_back lam_u[t])_j / o_j``: the products of BPTT's backward through the same
         convolution (``spsp.conv_hop_products``), made per block of steps from the reverse scan, so only the
         bool trains span the window. The coefficients come first (a layer's ``e`` is never formed): from the
-        counts, and for HM2-BP from the T-PSP, which is the forward's membrane sums, less their bias part, and
-        for neurons given virtual spikes the forward's ``tpsp_virtual`` (``sum_t lam_u[t] a[t]``). When a
-        coefficient needs a reduction of the kernel (the bias part; virtual spikes at the output, which
-        the forward cannot know, and then their currents are remade) a first scan gives it. Float temporaries
+        counts, and for HM2-BP from the T-PSP, which is the forward's membrane sums, less their bias part (the
+        forward's ``bias_sum``, ``sum_t lam_p[t]``), and for neurons given virtual spikes the forward's
+        ``tpsp_virtual`` (``sum_t lam_u[t] a[t]``). When a coefficient needs a reduction of the kernel the
+        forward did not record (virtual spikes at the output, which the forward cannot know, and then their
+        currents are remade) a first scan gives it. Float temporaries
         stay near ``CHUNK_BYTES`` whatever T (groups of whole windows while one fits, else one sample in
         blocks of steps).
 
@@ -709,7 +723,10 @@ class SpikeTrainRule(LearningRule):
         bias = bias if isinstance(bias, nn.Parameter) and bias.requires_grad else None
         tpsp_v = self.needs_tpsp and virtual is not None
         remake_v = tpsp_v and (targets is not None or tr.tpsp_virtual is None)  # currents remade in a first scan
-        first_scan = remake_v or (self.needs_tpsp and spec.bias is not None)
+        # a first scan for what the coefficients need before the products: the remade virtual T-PSP, and the T-PSP's
+        # bias part where the forward did not record it (``LayerTrace.bias_sum``)
+        bias_part = self.needs_tpsp and spec.bias is not None
+        first_scan = remake_v or (bias_part and tr.bias_sum is None)
         compiled = self._compiled_scan(post, spec, dtype)
         # float temporaries per step: lam_u and the two output gradients; the input as float and its error
         width = 3 * n + 2 * n_in
@@ -720,6 +737,7 @@ class SpikeTrainRule(LearningRule):
         events = None  # (1, N_in, N): the dense weight gradient's transpose when it is event-driven
         gb = torch.zeros(n, dtype=dtype, device=g.device) if bias is not None else None
         result = torch.empty(batch, n_in, dtype=dtype, device=g.device) if need_input else None
+        work: dict = {}  # the reverse scan's block buffers, reused by every group and scan (``_scan_chunks``)
         for b0 in range(0, batch, group):
             rows = slice(b0, min(b0 + group, batch))
             sums = torch.zeros(2, rows.stop - b0, n, dtype=torch.float64, device=g.device)  # lam_u (t >= 1), lam_p
@@ -728,13 +746,15 @@ class SpikeTrainRule(LearningRule):
             if first_scan:
                 remade = g.new_zeros(rows.stop - b0, n) if remake_v else None
                 for t0, t1, lam_u in self._scan_chunks(post[rows], _rows(virtual_k, rows), spec, dtype, sums,
-                                                       block):
+                                                       block, work=work):
                     if remade is not None:
                         remade += (lam_u * hop_current_chunk(layer, tr.s_in[rows], t0, t1, dtype)).sum(1)
                 random_spike = sums[0].to(dtype) / steps
-                if tpsp is not None and spec.bias is not None:
+                if bias_part and tr.bias_sum is None:
                     tpsp -= spec.bias * sums[1].to(dtype)
                 sums.zero_()
+            if bias_part and tr.bias_sum is not None:
+                tpsp -= spec.bias * tr.bias_sum[rows].to(dtype)
             if tpsp_v:
                 made = remade if remake_v else tr.tpsp_virtual[rows].to(dtype)
                 tpsp = torch.where(virtual[rows], made, tpsp)
@@ -747,7 +767,7 @@ class SpikeTrainRule(LearningRule):
             if scaled and events is None and self._event_driven_weights(tr.s_in, n, dtype):
                 events = torch.zeros(1, n_in, n, dtype=dtype)  # the weight gradient's transpose, spike by spike
             for t0, t1, lam_u in self._scan_chunks(post[rows], _rows(virtual_k, rows), spec, dtype, sums, block,
-                                                   c_w if scaled else None):
+                                                   c_w if scaled else None, work):
                 if dense:
                     g_in = lam_u * c_back.unsqueeze(1) if need_input else None
                     g_w = None

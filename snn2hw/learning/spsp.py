@@ -89,7 +89,8 @@ def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSp
                          out_dtype: torch.dtype, vsum: torch.Tensor | None = None,
                          counts: torch.Tensor | None = None, out: torch.Tensor | None = None,
                          time_weights: torch.Tensor | None = None,
-                         weighted: torch.Tensor | None = None) -> torch.Tensor:
+                         weighted: torch.Tensor | None = None,
+                         bias_sum: torch.Tensor | None = None, lag: int = 0) -> torch.Tensor:
     """``lif_sequence`` with the input current made ``chunk`` steps at a time by ``current(t0, t1)`` (hop-delayed,
     (B, t1 - t0, N)), so that no (B, T, N) float tensor exists; spikes are returned in ``out_dtype``
     (``torch.bool`` keeps a layer's trains in one byte per neuron and step). ``vsum`` (B, N), if given,
@@ -98,28 +99,45 @@ def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSp
     which costs more than the scan). ``out`` (B, T, N) of ``out_dtype``, if given, receives the spikes.
     ``time_weights`` (T, 1) or (T, N), if given, adds ``sum_t time_weights[t] a[:, t]`` of the currents to
     ``weighted`` (B, N): inside the compiled scan where it can (in float64 there), else per chunk.
+    ``bias_sum`` (B, N), if given and the neuron has a bias, receives at each spike the bias part of the
+    membrane per unit bias, ``sum_k beta^(t-k)`` over the steps since the last reset: ``sum_t lam_p[t]`` of
+    ``spsp_adjoint`` over the real spikes, which the T-PSP less its bias part needs (HM2-BP's self term), so
+    the backward needs no reverse scan before its coefficients. ``lag`` 1: ``current(0, steps)`` gives the whole
+    window's currents before the hop delay (``dense_current_window``; ``chunk`` must cover the window), which the
+    compiled scan reads one step late in place of a shifted copy.
 
     On the CPU this is the compiled scan of ``spsp_kernels`` (bit-identical to the loop below, recurrent
     input included as long as the BLAS sums a spike vector's terms in order); other devices run the
     per-step tensor loop (the recurrent product is the operator's own ``mm``)."""
     if out is None:
         out = torch.empty(batch, steps, n, dtype=out_dtype, device=like.device)
+    if lag:
+        if chunk < steps:
+            raise ValueError("lif_sequence_chunked: lag needs the whole window in one chunk")
+        if not spsp_kernels.usable(like, *(() if rec_weight is None else (rec_weight,))):  # the tensor loop: delayed
+            undelayed = current
+            current = lambda t0, t1: torch.nn.functional.pad(undelayed(t0, t1)[:, :-lag], (0, 0, lag, 0))  # noqa: E731
+            lag = 0
     if spsp_kernels.usable(like, *(() if rec_weight is None else (rec_weight,))):
         spikes = out if out_dtype == torch.bool else torch.empty(batch, steps, n, dtype=torch.bool)
         acc = torch.zeros(batch, n, dtype=torch.float64)
         w_acc = torch.zeros(batch, n, dtype=torch.float64) if time_weights is not None else None
+        b_acc = torch.zeros(batch, n, dtype=torch.float64) if bias_sum is not None else None
         state: dict = {}
         for t0 in range(0, steps, chunk):
             t1 = min(t0 + chunk, steps)
             a = current(t0, t1).to(like.dtype)
             tw = time_weights[t0:t1] if time_weights is not None else None
             if not spsp_kernels.lif_scan_chunk(a, spec, state, spikes[:, t0:t1], acc, rec_weight, counts, tw,
-                                               w_acc) and tw is not None:
-                weighted += time_weighted(a, tw)
+                                               w_acc, b_acc, lag) and tw is not None:
+                delayed = torch.nn.functional.pad(a[:, :a.shape[1] - lag], (0, 0, lag, 0)) if lag else a
+                weighted += time_weighted(delayed, tw)
         if vsum is not None:
             vsum += acc.to(vsum.dtype)
         if w_acc is not None:
             weighted += w_acc.to(weighted.dtype)
+        if b_acc is not None:
+            bias_sum += b_acc.to(bias_sum.dtype)
         if spikes is not out:
             out.copy_(spikes)
         return out
@@ -127,6 +145,8 @@ def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSp
     v = like.new_zeros(batch, n)
     s = like.new_zeros(batch, n)
     ref = like.new_zeros(batch, n)
+    track_bias = bias_sum is not None and spec.bias is not None
+    wb = like.new_zeros(batch, n)  # the bias part of v per unit bias (track_bias)
     w_t = None if rec_weight is None else rec_weight.t()
     for t0 in range(0, steps, chunk):
         t1 = min(t0 + chunk, steps)
@@ -140,9 +160,12 @@ def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSp
             v = v * spec.beta + u
             if spec.bias is not None:
                 v = v + spec.bias
+            if track_bias:
+                wb = wb * spec.beta + 1.0
             if spec.t_ref:
                 refractory = ref > 0
                 v = v.masked_fill(refractory, 0.0)
+                wb = wb.masked_fill(refractory, 0.0)
                 ref = (ref - 1).clamp_(min=0)
                 s = ((v > spec.v_th) & ~refractory).to(like.dtype)
                 ref = torch.where(s > 0, torch.full_like(ref, float(spec.t_ref)), ref)
@@ -152,6 +175,9 @@ def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSp
                 vsum += (v * s).to(vsum.dtype)
             if counts is not None:
                 counts += s.to(counts.dtype)
+            if track_bias:
+                bias_sum += (wb * s).to(bias_sum.dtype)
+                wb = wb - wb * s
             v = v - v * s
             out[:, t] = s
     return out
@@ -174,22 +200,27 @@ def as_float(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(s.shape, dtype=dtype, device=s.device).copy_(s.view(torch.uint8))
 
 
+def whole_window(layer: nn.Module, s_in: torch.Tensor, t0: int, t1: int) -> bool:
+    """Whether a dense layer's currents of steps [t0, t1) are its whole window over a contiguous input train
+    (``dense_current_window`` makes them in one product)."""
+    return isinstance(layer, LIFDense) and t0 == 0 and t1 == s_in.shape[1] and s_in.is_contiguous()
+
+
+def dense_current_window(layer: nn.Module, s_in: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A dense layer's current ``W s_in[t]`` of every step (B, T, N), before the hop delay: one product over all
+    (sample, step) rows of the contiguous train (a view of it when it is float), the layers' own product (BPTT's:
+    over the spikes where the train is sparse, else the GEMM)."""
+    batch, steps, n_in = s_in.shape
+    src = as_float(s_in.reshape(-1, n_in), dtype)
+    return spike_linear(src, layer.weight.detach().to(dtype)).view(batch, steps, -1)
+
+
 def hop_current_chunk(layer: nn.Module, s_in: torch.Tensor, t0: int, t1: int, dtype: torch.dtype) -> torch.Tensor:
     """The hop-delayed feed-forward current of steps [t0, t1): the layer's current of input steps
     [t0 - 1, t1 - 1), zero at step 0."""
     lo = max(t0 - 1, 0)
-    if isinstance(layer, LIFDense) and t0 == 0 and t1 == s_in.shape[1] and s_in.is_contiguous():
-        # the whole window: one product over all (sample, step) rows, a view of the train, written one row
-        # down so that row (b, t) receives the input of step t - 1; each sample's step 0 (which received
-        # the previous sample's last step) is then zeroed
-        batch, steps, n_in = s_in.shape
-        buf = torch.empty(batch * steps + 1, layer.out_features, dtype=dtype, device=s_in.device)
-        src = as_float(s_in.reshape(-1, n_in), dtype)
-        # the layers' own product (BPTT's): over the spikes where the train is sparse, else the GEMM
-        buf[1:] = spike_linear(src, layer.weight.detach().to(dtype))
-        a = buf[:-1].view(batch, steps, -1)
-        a[:, 0] = 0
-        return a
+    if whole_window(layer, s_in, t0, t1):  # one product over all (sample, step) rows, then the hop delay
+        return torch.nn.functional.pad(dense_current_window(layer, s_in, dtype)[:, :-1], (0, 0, 1, 0))
     if isinstance(layer, LIFDense):
         # the block's steps of every sample, written after the zero row of step 0
         first = 1 if t0 == 0 else 0

@@ -71,7 +71,7 @@ def _unit(dtype: torch.dtype) -> np.ndarray:
 
 if numba is not None:
     def _lif_scan_py(a, alpha, beta, vth, bias, has_bias, t_ref, unit, u, v, ref, spikes, vsum, counts, rec_t,
-                     has_rec, s_prev, first):
+                     has_rec, s_prev, first, wbias, bsum):
         batch, steps, n = a.shape
         for b in numba.prange(batch):
             zero = unit[0] - unit[0]  # 0 in the input's dtype
@@ -93,8 +93,10 @@ if numba is not None:
                     if has_bias:
                         x = x + bias[i]
                     fire = False
+                    w = wbias[b, i] * beta[i] + unit[0]  # the bias part of v per unit bias (``_plain_lif_kernel``)
                     if t_ref > 0 and ref[b, i] > 0:  # refractory: v held at 0, no spike
                         x = zero
+                        w = zero
                         ref[b, i] -= 1
                     elif x > vth[i]:
                         fire = True
@@ -106,25 +108,38 @@ if numba is not None:
                         vsum[b, i] += x
                         counts[b, i] += 1.0
                         v[b, i] = zero
+                        if has_bias:
+                            bsum[b, i] += w
+                        wbias[b, i] = zero
                     else:
                         v[b, i] = x
+                        wbias[b, i] = w
 
     def _plain_lif_kernel(has_bias: bool, has_rec: bool, weights: int, parallel: bool):
         """``_lif_scan_py`` without refractory period (the deployable neuron), branch-free in its inner loop so
         that it vectorises (about 3x faster): the same products and sums in the same order, so the same
         spikes bit for bit. ``has_bias``, ``has_rec`` and ``weights`` are closure constants; ``weights`` 1 or
         2 also adds ``tw[t] a[b, t]`` over the chunk's steps to ``tsum[b]`` (float64), with ``tw`` (C, 1) or
-        (C, N): a time-weighted sum of the currents made while they are read anyway."""
+        (C, N): a time-weighted sum of the currents made while they are read anyway. ``lag`` (0 or 1): the current
+        of step t is ``a[b, t - lag]`` (zero before), so a window's undelayed currents need no shifted copy. With a
+        bias it also adds,
+        at each spike, the bias part of the membrane per unit bias, ``sum_k beta^(t-k)`` over the steps since
+        the last reset (state ``wbias``), to ``bsum`` (float64): the reverse scan's ``sum_t lam_p[t]`` of the
+        real spikes, which the T-PSP's bias part needs, known after the forward."""
 
-        def scan(a, alpha, beta, vth, bias, unit, u, v, spikes, vsum, counts, rec_t, s_prev, first, tw, tsum):
+        def scan(a, alpha, beta, vth, bias, unit, u, v, spikes, vsum, counts, rec_t, s_prev, first, tw, tsum, wbias,
+                 bsum, lag):
             batch, steps, n = a.shape
             for b in numba.prange(batch):
-                zero = unit[0] - unit[0]
+                one = unit[0]
+                zero = one - one
                 ub, vb, vs, cn, sb = u[b], v[b], vsum[b], counts[b], s_prev[b]
                 ts = tsum[b]
+                wb, bs = wbias[b], bsum[b]
                 r = np.zeros(n, dtype=a.dtype)
+                none = np.zeros(n, dtype=a.dtype)  # the current of the steps before the first input reaches the layer
                 for t in range(steps):
-                    at = a[b, t]
+                    at = a[b, t - lag] if t >= lag else none
                     sp = spikes[b, t]
                     if weights == 1:
                         k = tw[t, 0]
@@ -154,18 +169,15 @@ if numba is not None:
                         vs[i] += x if fire else 0.0
                         cn[i] += 1.0 if fire else 0.0
                         vb[i] = zero if fire else x
+                        if has_bias:  # the bias part of v per unit bias, sum_k beta^(t-k) since the last reset
+                            w = wb[i] * beta[i] + one
+                            bs[i] += w if fire else 0.0
+                            wb[i] = zero if fire else w
                     if has_rec:
                         for i in range(n):
                             sb[i] = sp[i]
 
         return numba.njit(parallel=parallel, nogil=True, boundscheck=False, cache=True)(scan)
-
-    @numba.njit(inline="always", cache=True)
-    def _virtual_spike(t, k, steps):
-        """Whether step t holds one of ``k`` evenly spaced virtual spikes (``spsp.evenly_spaced_spikes``: spike m
-        at ``(m + 1) steps // k - 1``): the smallest j with ``j steps >= (t + 1) k`` lands on step t."""
-        j = ((t + 1) * k + steps - 1) // steps
-        return j * steps < (t + 2) * k
 
     @numba.njit(inline="always", cache=True)
     def _adjoint_step(s, cut, b, t, k, i, one, zero, alpha, beta, lp, lu, lam_u, lam_p, keep_p, lu_sum, lp_sum,
@@ -201,11 +213,17 @@ if numba is not None:
                     _adjoint_step(s, cut, b, t, k, i, one, zero, alpha, beta, lp, lu, lam_u, lam_p, keep_p, lu_sum,
                                   lp_sum, scale, scaled)
 
+    @numba.njit(inline="always", cache=True)
+    def _virtual_position(m, k, steps):
+        """Step of virtual spike m of ``k`` evenly spaced ones (``spsp.evenly_spaced_spikes``)."""
+        return ((m + 1) * steps) // k - 1
+
     def _adjoint_virtual_py(steps, virt, t0, t1, t_ref, alpha, beta, unit, lp, lu, lam_u, lam_p, keep_p, lu_sum,
                             lp_sum, scale, scaled):
         """``_adjoint_scan_py`` for the neurons with ``virt[b, i] > 0`` evenly spaced virtual spikes and no spikes
         of their own, after it (which ran them as silent: zeros in lam_u and the sums), with their own state
-        lp/lu. A separate kernel: in the same loop nest it slows the main loop several times."""
+        lp/lu. A separate kernel: in the same loop nest it slows the main loop several times. The spikes are
+        walked by index (``m``: the last spike at or before step t), one division per spike, not per step."""
         batch, n = virt.shape
         for b in numba.prange(batch):
             one = unit[0]
@@ -214,16 +232,69 @@ if numba is not None:
                 kv = virt[b, i]
                 if kv <= 0:
                     continue
+                m = kv - 1
+                pos = _virtual_position(m, kv, steps)
+                while m >= 0 and pos > t1 - 1:
+                    m -= 1
+                    pos = _virtual_position(m, kv, steps)
                 for t in range(t1 - 1, t0 - 1, -1):
                     k = t - t0
-                    s = _virtual_spike(t, kv, steps)
+                    if m >= 0 and pos > t:
+                        m -= 1
+                        pos = _virtual_position(m, kv, steps)
+                    s = m >= 0 and pos == t
                     cut = s
-                    for d in range(1, t_ref + 1):
-                        if t - d >= 0 and _virtual_spike(t - d, kv, steps):
+                    if t_ref > 0:  # v restarts after a spike and its refractory steps: the last spike before t
+                        prev = m - 1 if s else m
+                        if prev >= 0 and _virtual_position(prev, kv, steps) >= t - t_ref:
                             cut = True
                     _adjoint_step(s, cut, b, t, k, i, one, zero, alpha, beta, lp, lu, lam_u, lam_p, keep_p, lu_sum,
                                   lp_sum, scale, scaled)
 
+    def _plain_adjoint_py(post, t0, t1, alpha, beta, unit, lp, lu, lam_u, lu_sum, lp_sum, scale, scaled, virt,
+                          has_virt):
+        """``_adjoint_scan_py`` for the neuron without refractory period (``cut = s``) and without ``lam_p``, over
+        row views so that the loop over neurons vectorises: the same products and sums in the same order, so
+        the same ``lam_u`` and sums bit for bit. ``has_virt``: the block's virtual spikes ``virt`` (B, t1 - t0,
+        N, bool; ``_virtual_block``) are added to ``post`` in the same loop."""
+        batch, steps, n = post.shape
+        for b in numba.prange(batch):
+            one = unit[0]
+            zero = one - one
+            lpb, lub, lus, lps = lp[b], lu[b], lu_sum[b], lp_sum[b]
+            sc = scale[b] if scaled else scale[0]
+            no_virt = np.zeros(n, np.bool_)
+            for t in range(t1 - 1, t0 - 1, -1):
+                st = post[b, t]
+                vt = virt[b, t - t0] if has_virt else no_virt
+                out = lam_u[b, t - t0]
+                for i in range(n):
+                    s = st[i] or vt[i]
+                    p = (one if s else zero) + (zero if s else beta[i]) * lpb[i]
+                    q = p + alpha[i] * lub[i]
+                    lpb[i] = p
+                    lub[i] = q
+                    lps[i] += p
+                    out[i] = q
+                if t >= 1:
+                    for i in range(n):
+                        lus[i] += lub[i]
+                if scaled:
+                    for i in range(n):
+                        out[i] = out[i] * sc[i]
+
+    @numba.njit(nogil=True, boundscheck=False, cache=True)
+    def _virtual_block(steps, k, t0, t1, out):
+        """``out[b, t - t0, i]`` = the ``k[b, i]`` evenly spaced virtual spikes (``spsp.evenly_spaced_spikes``,
+        without refractory period: spike m at ``(m + 1) steps // k - 1``) at the steps [t0, t1); ``out`` zeros."""
+        batch, n = k.shape
+        for b in range(batch):
+            for i in range(n):
+                kv = k[b, i]
+                for m in range(kv):
+                    t = ((m + 1) * steps) // kv - 1
+                    if t0 <= t < t1:
+                        out[b, t - t0, i] = True
 
     def _scatter_rows_py(g, s, out, per_sample, binary, blocks, lag):
         """``out[o, j, :] += s[b, t, j] g[b, t + lag, :]`` over the non-zero ``s`` (o = b, or 0 when shared)."""
@@ -268,7 +339,7 @@ if numba is not None:
     # milliseconds per call)
     _SCANS = {(name, par): numba.njit(parallel=par, nogil=True, boundscheck=False, cache=True)(fn)
               for name, fn in (("lif", _lif_scan_py), ("adjoint", _adjoint_scan_py), ("scatter", _scatter_rows_py),
-                               ("adjoint_virtual", _adjoint_virtual_py))
+                               ("adjoint_virtual", _adjoint_virtual_py), ("plain_adjoint", _plain_adjoint_py))
               for par in (False, True)}
     _SCANS.update({("plain_lif", bias, rec, weights, par): _plain_lif_kernel(bias, rec, weights, par)
                    for bias in (False, True) for rec in (False, True) for weights in (0, 1, 2)
@@ -324,7 +395,8 @@ def spike_dots(g: torch.Tensor, s: torch.Tensor, wt: torch.Tensor, out: torch.Te
 
 def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsum: torch.Tensor,
                    rec_weight: torch.Tensor | None = None, counts: torch.Tensor | None = None,
-                   time_weights: torch.Tensor | None = None, weighted: torch.Tensor | None = None) -> bool:
+                   time_weights: torch.Tensor | None = None, weighted: torch.Tensor | None = None,
+                   bias_sum: torch.Tensor | None = None, lag: int = 0) -> bool:
     """Advance the neuron of ``spec`` (a ``spsp.NeuronSpec``) over the hop-delayed currents ``a`` (B, C, N),
     writing ``spikes`` (a (B, C, N) bool view) and adding the pre-reset membrane at each spike to ``vsum``
     and 1 to ``counts`` (each (B, N, float64); counts None: not kept). ``state`` ({} at the first chunk) carries u, v, the refractory counters and the last
@@ -332,10 +404,20 @@ def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsu
     spiking sources j in ascending order, which is the order (and so the rounding) of the recurrent
     operator's ``mm`` with 0/1 spikes. ``time_weights`` (C, 1) or (C, N) with ``weighted`` (B, N, float64): add
     ``sum_t time_weights[t] a[:, t]`` to ``weighted`` in the same pass, where the kernel can (the deployable
-    neuron, t_ref = 0); returns whether it did (else the caller makes that sum)."""
+    neuron, t_ref = 0); returns whether it did (else the caller makes that sum). ``bias_sum`` (B, N, float64),
+    if given and the neuron has a bias, receives the sum over the spikes of ``sum_k beta^(t-k)`` over the
+    steps since the last reset (refractory steps hold it at 0): the reverse scan's ``sum_t lam_p[t]`` of the
+    real spikes, the T-PSP's bias part per unit bias. (Placeholders for absent outputs: the never-read
+    ``state["counts"]``.) ``lag`` 1: ``a`` holds a whole window's currents before the hop delay (the current of
+    step t is ``a[:, t - 1]``, zero at step 0), read in place where the kernel can; first chunk only."""
     batch, steps, n = a.shape
     a = a.detach().contiguous()
     first = not state
+    if lag and (not first or spec.t_ref):  # the refractory kernel reads hop-delayed currents: shift them here
+        if not first:
+            raise ValueError("lif_scan_chunk: lag is for a whole window (the first chunk)")
+        a = torch.cat([a.new_zeros(batch, lag, n), a[:, :steps - lag]], 1)
+        lag = 0
     if first:  # the state and the per-neuron parameters as numpy arrays, made once per window (not per chunk)
         rec_t = (rec_weight.detach().t().to(a.dtype).contiguous() if rec_weight is not None
                  else torch.zeros(1, 1, dtype=a.dtype))
@@ -345,6 +427,7 @@ def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsu
                          np.zeros((batch, n), a.numpy().dtype), np.zeros((batch, n), np.int64))
         state["rec"] = (rec_t.numpy(), rec_weight is not None, state["s"].numpy())
         state["counts"] = np.zeros((batch, n), np.float64)
+        state["wbias"] = np.zeros((batch, n), a.numpy().dtype)
     if a.numel() and not spec.t_ref:
         alpha, beta, vth, bias, has_bias, _, unit, u, v, _ = state["args"]
         weights, tw, tsum = 0, unit.reshape(1, 1), state["counts"]  # (placeholders, never read, when not weighted)
@@ -353,17 +436,32 @@ def lif_scan_chunk(a: torch.Tensor, spec, state: dict, spikes: torch.Tensor, vsu
             weights, tsum = (1 if tw.shape[1] == 1 else 2), weighted.numpy()
         _scan("plain_lif", has_bias, rec_weight is not None, weights)(
             a.numpy(), alpha, beta, vth, bias, unit, u, v, spikes.numpy(), vsum.numpy(),
-            state["counts"] if counts is None else counts.numpy(), state["rec"][0], state["rec"][2], first, tw, tsum)
+            state["counts"] if counts is None else counts.numpy(), state["rec"][0], state["rec"][2], first, tw, tsum,
+            state["wbias"], state["counts"] if bias_sum is None else bias_sum.numpy(), int(lag))
         return time_weights is not None
     if a.numel():
         _scan("lif")(a.numpy(), *state["args"], spikes.numpy(), vsum.numpy(),
-                     state["counts"] if counts is None else counts.numpy(), *state["rec"], first)
+                     state["counts"] if counts is None else counts.numpy(), *state["rec"], first, state["wbias"],
+                     state["counts"] if bias_sum is None else bias_sum.numpy())
     return False
+
+
+def _work_buffer(work: dict | None, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised contiguous tensor of ``shape``: a view of ``work[name]`` (grown when too small), or a new
+    one without ``work``."""
+    if work is None:
+        return torch.empty(shape, dtype=dtype)
+    size = int(np.prod(shape))
+    buf = work.get(name)
+    if buf is None or buf.dtype != dtype or buf.numel() < size:
+        buf = work[name] = torch.empty(size, dtype=dtype)
+    return buf[:size].view(shape)
 
 
 def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.dtype, state: dict,
                        lu_sum: torch.Tensor, lp_sum: torch.Tensor, want_lam_p: bool = False,
-                       virtual: torch.Tensor | None = None, scale: torch.Tensor | None = None):
+                       virtual: torch.Tensor | None = None, scale: torch.Tensor | None = None,
+                       work: dict | None = None):
     """Steps [t0, t1) of the reverse recursion of ``spsp.spsp_adjoint`` over the post trains ``post`` (B, T, N,
     bool or 0/1 float; the whole window, for the refractory look-back), chunks called last first with one
     ``state`` ({} at the first call). Returns ``(lam_u, lam_p or None)``, each (B, t1 - t0, N) in ``dtype``,
@@ -372,7 +470,10 @@ def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.
     trains ``spsp.evenly_spaced_spikes(T, virtual, t_ref)``, made on the fly rather than as a (B, T, N) tensor;
     those neurons must have no spikes in ``post`` (HM2-BP's virtual spikes are for silent neurons). ``scale``
     (B, N) of ``dtype``, if given, multiplies the returned ``lam_u`` per neuron (rounded once, as ``lam_u *
-    scale.unsqueeze(1)``; the sums are the kernel's own), which saves the caller a pass over the block."""
+    scale.unsqueeze(1)``; the sums are the kernel's own), which saves the caller a pass over the block. ``work``
+    (a dict the caller keeps between calls), if given, holds the buffers of ``lam_u`` and of the virtual spikes,
+    reused by the next call with it (which overwrites the ``lam_u`` returned here): a block of a window's size
+    allocated anew each call is memory the process touches for the first time (a page fault per 4 KiB)."""
     batch, steps, n = post.shape
     post = post.detach()
     if post.dtype != torch.bool:
@@ -387,11 +488,19 @@ def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.
             state["virtual"] = (virtual.detach().to(torch.int64).contiguous().numpy(), np.zeros((batch, n), np_dtype),
                                 np.zeros((batch, n), np_dtype))
     t_ref, alpha, beta, unit, _, _ = state["args"]
-    lam_u = torch.empty(batch, t1 - t0, n, dtype=dtype)
+    lam_u = _work_buffer(work, "lam_u", (batch, t1 - t0, n), dtype)
     lam_p = torch.empty(batch, t1 - t0, n, dtype=dtype) if want_lam_p else torch.empty(0, 0, 0, dtype=dtype)
     scaled = scale is not None
     sc = scale.detach().to(dtype).contiguous().numpy() if scaled else np.zeros((1, 1), unit.dtype)
-    if lam_u.numel():
+    if lam_u.numel() and t_ref == 0 and not want_lam_p:  # the deployable neuron: the vectorised scan
+        virt = np.zeros((1, 1, 1), np.bool_)
+        if "virtual" in state:  # the block's virtual spikes, read in the scan's own loop
+            virt = _work_buffer(work, "virtual", (batch, t1 - t0, n), torch.bool).numpy()
+            virt.fill(False)
+            _virtual_block(steps, state["virtual"][0], int(t0), int(t1), virt)
+        _scan("plain_adjoint")(post.numpy(), int(t0), int(t1), alpha, beta, unit, *state["args"][4:], lam_u.numpy(),
+                               lu_sum.numpy(), lp_sum.numpy(), sc, scaled, virt, "virtual" in state)
+    elif lam_u.numel():
         _scan("adjoint")(post.numpy(), int(t0), int(t1), *state["args"], lam_u.numpy(), lam_p.numpy(),
                          bool(want_lam_p), lu_sum.numpy(), lp_sum.numpy(), sc, scaled)
         if "virtual" in state:
