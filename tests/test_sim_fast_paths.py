@@ -177,12 +177,14 @@ def test_dense_input_conv_equals_the_event_segments_and_the_tensor_path(monkeypa
         assert reference.events is not None
 
 
-@pytest.mark.parametrize("pool", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
-                                  dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 1))])
+@pytest.mark.parametrize("pool, in_shape", [
+    (dict(kernel_size=2), (3, 7, 9)), (dict(kernel_size=3, stride=2, padding=1), (3, 7, 9)),
+    (dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 1)), (3, 7, 9)),
+    # windows that tile the image exactly: the byte-lane passes (kw = 2, and the general kw)
+    (dict(kernel_size=2), (3, 8, 10)), (dict(kernel_size=(2, 3)), (2, 6, 9))])
 @pytest.mark.parametrize("weight", [90, (1 << 29) + 12345])  # sums in int32 (dense pooling) / beyond (events)
-def test_dense_pooling_equals_the_event_segments_and_the_tensor_path(monkeypatch, pool, weight):
+def test_dense_pooling_equals_the_event_segments_and_the_tensor_path(monkeypatch, pool, in_shape, weight):
     rng = np.random.default_rng(abs(weight) % 89)
-    in_shape = (3, 7, 9)
     p = sum_pool2d("pool", "x", "q", in_shape, weight=weight, **pool)
     n = int(np.prod(p.out_shape))
     lif = LoihiLIF(int(rng.integers(0, 4096)), int(rng.integers(0, 4096)), 300, rng.integers(-50, 50, n),

@@ -82,10 +82,12 @@ def _network_kernel(parallel: bool):
                             m += xs[i] != 0
                     else:
                         ss = spk[b, tk, src_off[k]:src_off[k] + src_n[k]]
-                        for i in range(src_n[k]):
-                            active[m] = i
-                            payload[m] = 1
+                        for i in range(src_n[k]):  # two stores per source, not three: only a graded
+                            active[m] = i  # projection reads payloads, and a population's spike is 1
                             m += ss[i]
+                        if graded[k]:
+                            for q in range(m):
+                                payload[q] = 1
                     g = graded[k]
                     base = w_off[k]
                     if is_sparse[k]:
