@@ -8,7 +8,7 @@ kernel's compile also compiles the formulas it calls; those are charged to the f
 total compile time against the wall time of the run. With ``--cache DIR`` the cache is kept in DIR
 (a second run against the same DIR measures the warm path).
 
-    python benchmarks/diag_sim_compile.py [--cache DIR] [--json out.json] [test files ...]
+    python benchmarks/diag_sim_compile.py [--cache DIR] [--json out.json] [--root REPO] [test files ...]
 """
 from __future__ import annotations
 
@@ -63,11 +63,13 @@ def main() -> int:
     ap.add_argument("--cache", default=None, help="numba cache directory (default: a fresh empty one)")
     ap.add_argument("--json", default=None)
     ap.add_argument("-k", default=None, help="pytest -k expression")
+    ap.add_argument("--root", default=str(ROOT), help="repository whose tests run (default: this script's; "
+                    "another checkout measures its code, run with its own Python)")
     args = ap.parse_args()
     import pytest
     from numba.core import event
 
-    os.chdir(ROOT)
+    os.chdir(args.root)
     t0 = time.perf_counter()
     with event.install_recorder("numba:compile") as rec:
         argv = ["-q", "-p", "no:cacheprovider", "-p", "no:xdist", *args.tests]
