@@ -14,12 +14,13 @@ _update_neurons = None  # neurons._neuron_updater(), set by _network_kernel()
 _UNROLL = 4  # rows added per pass over a dense segment of the accumulator
 
 
-def _network_kernel(parallel: bool):
-    """The kernel, parallel over samples or not. Counting limit events and recording u, v are run-time
-    arguments, not closure constants: their branches sit outside the per-neuron loops (the update takes
-    ``count_events`` as an argument too), and each closure constant multiplied the variants that a cold
-    numba cache compiles (every variant compiles this whole kernel again)."""
-    key = ("network", parallel)
+def _network_kernel(count_events: bool, parallel: bool):
+    """The kernel, parallel over samples or not, counting limit events or not (closure constants: with
+    ``count_events`` a run-time argument instead, the batched runs of 9x200 and 100-200-10 took 1.1-1.2x
+    the CPU time, interleaved). Recording u, v is a run-time argument: its copy sits outside the
+    per-neuron loops, and each closure constant multiplies the variants that a cold numba cache compiles
+    (every variant compiles this whole kernel again)."""
+    key = ("network", count_events, parallel)
     if key in _kernels:
         return _kernels[key]
     fingerprint = twins.bind(globals())
@@ -30,7 +31,7 @@ def _network_kernel(parallel: bool):
     def network(x_in, pop_off, du, dv, vth, bias, src_kind, src_off, src_n, dst_pop, w_off, wflat, w_shift,
                 row_ptr, row_idx, is_sparse, seg_len, perm_off, exps, graded, delayed, conv, lags, ready, pre_off, pre,
                 acc_buf, spk,
-                u_rec, v_rec, counts, count_events, record):
+                u_rec, v_rec, counts, record):
         _key = (fingerprint, parallel)  # puts the formulas' fingerprint into the cache key
         batch, steps, n_pop = spk.shape
         pops = pop_off.shape[0] - 1

@@ -63,7 +63,7 @@ def network_scan(spec: NetworkSpec, x_in: torch.Tensor | np.ndarray, steps: int,
     parallel = threads > 1 and batch > 1  # one sample runs on one thread: no synchronisation per step
     if spec.ready.any() or parallel:
         runtime._set_threads(threads)
-    kernel = _network_kernel(parallel)
+    kernel = _network_kernel(bool(count_events), parallel)
     for lo in range(0, batch, chunk):
         hi = min(lo + chunk, batch)
         if spec.ready.any():
@@ -73,6 +73,6 @@ def network_scan(spec: NetworkSpec, x_in: torch.Tensor | np.ndarray, steps: int,
                spec.is_sparse, spec.seg_len, spec.perm_off, spec.weight_exp, spec.graded, spec.delayed, spec.conv,
                spec.lags, spec.ready, spec.pre_off, pre[:hi - lo], acc_buf[:hi - lo], spk[lo:hi],
                u_rec[lo:hi] if keep_state else u_rec, v_rec[lo:hi] if keep_state else v_rec, counts[lo:hi],
-               bool(count_events), bool(keep_state))
+               bool(keep_state))
     return (torch.from_numpy(spk), torch.from_numpy(u_rec) if keep_state else None,
             torch.from_numpy(v_rec) if keep_state else None, torch.from_numpy(counts))
