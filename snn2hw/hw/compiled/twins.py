@@ -130,7 +130,7 @@ def formulas_fingerprint() -> str:
     """Hash of everything in loihi2 that the compiled code depends on: each formula's bytecode,
     literals and names, and the values of the integer constants.
 
-    numba's on-disk cache revalidates a kernel only against its own file (compiled.py), not against
+    numba's on-disk cache revalidates a kernel only against its own file (its module), not against
     the functions it calls; the kernels carry this fingerprint in their closure, which numba hashes
     into the cache key, so editing a formula in loihi2.py can never load a stale kernel.
     """
