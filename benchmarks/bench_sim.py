@@ -24,7 +24,11 @@ For each network, in the same process and run:
   (which also loads or compiles the numba kernels). The graph is prepared once, as Lava compiles once:
   both sides are timed in their steady state; the preparation is timed on its own and the speed-up
   including it is reported too. Reported: the median and the spread (min, max) of sample-steps/s, and
-  the ratio of the median to Lava's steady steps/s.
+  the ratio of the median to Lava's steady steps/s. The input is the int64 0/1 array that Lava's
+  source gets; a third row (``256 bool``, timed in the same alternation) gives batch 256 on the same
+  spikes as bool, the dtype ``rng.random(...) < rate`` gives: the simulator checks and converts an
+  int64 input in one memory-bound pass over 8 bytes per input and step, which is a third of the
+  pooling network's batched time (4096 inputs per step) and no part of simulating it.
 * Work and limit, per sample-step. ``dense_macs``: every synapse evaluated every step (fan-in x
   fan-out; a conv's output size x kernel size): the dense-equivalent figure. ``performed ops``: what
   the simulator's path actually does. On the whole-network kernel (every network here): an
@@ -121,6 +125,10 @@ NETWORKS = {
     "conv": ("conv", 300, 2000, 100),
     "pool": ("pool", 300, 2000, 100),
 }
+
+# The timed simulator runs of every network: batch 1 and 256 on the int64 0/1 input that Lava gets, and
+# batch 256 on the same spikes as bool.
+SIM_RUNS = ("sim_b1", "sim_b256", "sim_b256_bool")
 
 
 # --- networks ------------------------------------------------------------------------------------------
@@ -328,14 +336,14 @@ _neuron_kernel = None
 
 
 def neuron_update_peak(trials: int = 5) -> float:
-    """Neuron updates/s of the simulator's own compiled update (``compiled._neuron_updater``: the network
+    """Neuron updates/s of the simulator's own compiled update (``compiled.neurons._neuron_updater``: the network
     kernel's loop over a population, ``loihi2.lif_step_counted`` with its event counts) on L1-resident
     state, one independent copy per thread (the best of ``trials``): no scan can update its neurons faster."""
     global _neuron_kernel
     import numba
 
     if _neuron_kernel is None:
-        update = compiled._neuron_updater()
+        update = compiled.neurons._neuron_updater()
 
         @numba.njit(parallel=True, nogil=True)
         def kernel(u, v, a, bias, spikes, du, dv, vth, reps):
@@ -353,7 +361,7 @@ def neuron_update_peak(trials: int = 5) -> float:
     threads = int(os.environ.get("NUMBA_NUM_THREADS", "1"))
     rng = np.random.default_rng(0)
     n = 512
-    # the network kernel's types (compiled._STATE_NOTE): int32 state, input, bias and threshold, int16 du, dv
+    # the network kernel's types (compiled.plan._STATE_NOTE): int32 state, input, bias and threshold, int16 du, dv
     u, v = np.zeros((threads, n), dtype=np.int32), np.zeros((threads, n), dtype=np.int32)
     a = rng.integers(-3000, 3000, (threads, n)).astype(np.int32)
     bias = rng.integers(-50, 50, (threads, n)).astype(np.int32)
@@ -498,7 +506,7 @@ def conv_accumulation(graph: Graph, steps: int, batch: int, reps: int, peak_macs
             x.to(torch.float32), w.to(torch.float32), stride=p.stride, padding=p.padding, dilation=p.dilation,
             groups=p.groups),
         "direct_float32": lambda: compiled.conv_accumulate(x, w, *args),
-        "dense_int32_stage": lambda: compiled._input_messages(spec, x_bool, pre, compiled._threads()),
+        "dense_int32_stage": lambda: compiled.input_stages._input_messages(spec, x_bool, pre, compiled.runtime._threads()),
         "im2col_sgemm": lambda: _im2col_sgemm(x, w, p),
     }
     if with_events:
@@ -575,14 +583,19 @@ def bench_network(name: str, args, peak_macs: float) -> dict:
            "events": rec.events, "prepare_seconds": statistics.median(prep_times),
            "path": "network kernel" if prepared.network() is not None else "layer schedule"}
     runs = {}
-    for batch, steps in ((1, steps_b1), (256, steps_b256)):
+    for key, batch, steps in (("sim_b1", 1, steps_b1), ("sim_b256", 256, steps_b256)):
         x = spikes_in(graph, batch, steps, seed=3)
         sim.run(prepared, x)  # warm-up: loads (or compiles) the kernels, touches the memory
-        runs[batch] = (x, steps, [])
+        runs[key] = (x, steps, [])
+    # the same spikes as bool, the dtype ``rng.random(...) < rate`` gives: 1 byte per input and step
+    # instead of int64's 8, which the simulator checks and converts in one pass (a memory-bound pass
+    # over the int64 array: on pool's 4096 inputs about a third of the batched run's CPU time)
+    runs["sim_b256_bool"] = (runs["sim_b256"][0] != 0, steps_b256, [])
+    sim.run(prepared, runs["sim_b256_bool"][0])
 
     def sim_reps(count):
         for _ in range(count):
-            for batch, (x, _, times) in runs.items():
+            for x, _, times in runs.values():
                 times.append(_timed(lambda: sim.run(prepared, x)))
 
     sim_reps((args.reps + 1) // 2)
@@ -595,10 +608,11 @@ def bench_network(name: str, args, peak_macs: float) -> dict:
         lava["matches_simulator"] = bool(np.array_equal(lava_spikes, ref))
         row["lava_b1"] = lava
     sim_reps(args.reps // 2)
-    for batch, (x, steps, times) in runs.items():
+    for key, (x, steps, times) in runs.items():
+        batch = x.shape[0]
         med = statistics.median(times)
         sps = batch * steps / med
-        r = {"batch": batch, "steps": steps, "seconds_median": med, "seconds_min": min(times),
+        r = {"batch": batch, "input_dtype": str(x.dtype), "steps": steps, "seconds_median": med, "seconds_min": min(times),
              "seconds_max": max(times), "sample_steps_per_s": sps,
              "sample_steps_per_s_range": [batch * steps / max(times), batch * steps / min(times)],
              "dense_macs_per_s": sps * macs, "performed_ops_per_s": sps * performed,
@@ -606,7 +620,7 @@ def bench_network(name: str, args, peak_macs: float) -> dict:
         if "lava_b1" in row:
             r["speedup_vs_lava"] = sps / row["lava_b1"]["steps_per_s"]
             r["speedup_vs_lava_incl_prepare"] = r["sample_steps_per_s_incl_prepare"] / row["lava_b1"]["steps_per_s"]
-        row[f"sim_b{batch}"] = r
+        row[key] = r
     # the fixed cost of a call (input checks, weight preparation), included in every figure above
     x1 = spikes_in(graph, 1, 1, seed=5)
     row["sim_call_overhead_seconds"] = statistics.median(_timed(lambda: sim.run(prepared, x1)) for _ in range(args.reps))
@@ -660,7 +674,7 @@ def apply_limit(row: dict, machine: dict) -> None:
     if "lava_b1" in row:  # the speed-up over Lava that a run at the limit would reach
         row["speedup_vs_lava_at_limit"] = 1 / limit / row["lava_b1"]["steps_per_s"] if limit else None
     apply_conv_limit(row, machine)
-    for b in ("sim_b1", "sim_b256"):
+    for b in SIM_RUNS:
         row[b]["fraction_of_limit"] = limit * row[b]["sample_steps_per_s"]
         row[b]["fraction_of_gemm_peak_dense_equivalent"] = row[b]["dense_macs_per_s"] / machine["gemm_peak_macs"]
 
@@ -676,13 +690,13 @@ def table(rows: list[dict]) -> str:
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
         lava = r.get("lava_b1")
-        for b in ("sim_b1", "sim_b256"):
+        for b in SIM_RUNS:
             x = r[b]
             lo, hi = x["sample_steps_per_s_range"]
             lines.append(" | ".join([
                 r["network"], f"{r['firing_rate']['mean']:.3f}",
                 f"{lava['steps_per_s']:.0f} / {lava['steps_per_s_incl_startup']:.0f}" if lava else "-",
-                str(x["batch"]), f"{_fmt(x['sample_steps_per_s'])} ({_fmt(lo)}..{_fmt(hi)})",
+                str(x["batch"]) + (" bool" if x.get("input_dtype") == "bool" else ""), f"{_fmt(x['sample_steps_per_s'])} ({_fmt(lo)}..{_fmt(hi)})",
                 f"{x['speedup_vs_lava']:.0f}" if lava else "-",
                 f"{x['speedup_vs_lava_incl_prepare']:.0f}" if lava else "-",
                 _fmt(x["dense_macs_per_s"]), _fmt(x["performed_ops_per_s"]), f"{100 * x['fraction_of_limit']:.0f}",

@@ -1,7 +1,7 @@
 """The simulator as it is at a git revision against the working tree's, interleaved in one process.
 
-Loads ``snn2hw/hw/loihi2.py``, ``snn2hw/hw/compiled.py`` and ``backends/sim/simulator.py`` at ``--base``
-(default ``main``) as a separate package (its own numba cache) next to the working tree's, prepares each
+Loads ``snn2hw/hw/loihi2.py``, ``snn2hw/hw/compiled.py`` (or the ``compiled`` package) and
+``backends/sim/simulator.py`` at ``--base`` (default ``main``) as a separate package (its own numba cache) next to the working tree's, prepares each
 ``bench_sim.py`` network once with both, and times ``run(prepared, x)`` (default options: limit events
 counted) alternately, ``--reps`` rounds, at batch 256 (``--batch``) with ``bench_sim --quick``'s steps.
 Reports the median wall and CPU time (``time.process_time``: all threads) of each and their ratio; on a
@@ -40,7 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 _BASE_FILES = {"snn2hw/hw/loihi2.py": "loihi2", "snn2hw/hw/compiled.py": "compiled",
                "backends/sim/simulator.py": "simulator"}
 _REWRITES = (("from snn2hw.hw import loihi2", "from snn2hw_base import loihi2"),
-             ("from snn2hw.hw import compiled", "from snn2hw_base import compiled"))
+             ("from snn2hw.hw import compiled", "from snn2hw_base import compiled"),
+             ("snn2hw.hw.compiled", "snn2hw_base.compiled"))  # the package (since its split) imports itself
 
 
 def load_base_simulator(ref: str):
@@ -49,7 +50,14 @@ def load_base_simulator(ref: str):
     pkg = folder / "snn2hw_base"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    for path, name in _BASE_FILES.items():
+    files = dict(_BASE_FILES)
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only", f"{ref}:snn2hw/hw/compiled/"],
+                            capture_output=True, text=True)
+    if listed.returncode == 0:  # a revision after compiled.py became a package
+        del files["snn2hw/hw/compiled.py"]
+        (pkg / "compiled").mkdir()
+        files.update({f"snn2hw/hw/compiled/{f}": f"compiled/{f[:-3]}" for f in listed.stdout.split() if f.endswith(".py")})
+    for path, name in files.items():
         text = subprocess.run(["git", "-C", str(REPO), "show", f"{ref}:{path}"], check=True, capture_output=True,
                               text=True).stdout
         for old, new in _REWRITES:

@@ -10,7 +10,11 @@ Ablations of one ``compiled.network_scan`` run, interleaved, medians of ``--reps
   event-driven adds and forming messages;
 * ``input_stage``: the binary inputs' projections alone, formed for all steps (``_input_messages``);
 * ``neurons_only``: no projection at all: every neuron updated every step with zero input (the scan's
-  fixed cost per neuron: the update, its event counts, the spike store).
+  fixed cost per neuron: the update, its event counts, the spike store);
+* ``run_int64`` / ``run_bool``: the whole ``sim.run(prepared, x)`` call as ``bench_sim.py`` times it
+  (its int64 0/1 input), and the same on a bool input; ``check_int64``: checking and converting the
+  int64 input alone (``check_inputs(..., binary_as_bool=True)``). The differences are the per-call
+  costs outside ``network_scan``.
 
 Reported per sample-step in ns of CPU time (``time.process_time``, all threads: steadier than wall time
 on a loaded machine; wall times are kept in the JSON), and each phase's share of ``full``. The load
@@ -38,6 +42,7 @@ import torch  # noqa: E402
 
 import bench_sim  # noqa: E402
 from snn2hw.backends import sim  # noqa: E402
+from snn2hw.backends.base import check_inputs  # noqa: E402
 from snn2hw.hw import compiled  # noqa: E402
 
 
@@ -46,25 +51,30 @@ def _input_stage(spec, x, threads):
     chunk = x.shape[0]
     per_sample = x.shape[1] * int(spec.pre_off[-1]) * spec.acc_dtype.itemsize
     if x.shape[0] > threads and per_sample:
-        chunk = max(threads, compiled._PRE_SLICE_BYTES // per_sample // threads * threads)
+        chunk = max(threads, compiled.runner._PRE_SLICE_BYTES // per_sample // threads * threads)
     for lo in range(0, x.shape[0], chunk):
-        compiled._input_messages(spec, x[lo:lo + chunk], pre[:min(chunk, x.shape[0] - lo)], threads)
+        compiled.input_stages._input_messages(spec, x[lo:lo + chunk], pre[:min(chunk, x.shape[0] - lo)], threads)
 
 
 def profile(name: str, batch: int, steps: int, reps: int) -> dict:
     graph = bench_sim.calibrate(bench_sim.build(name))
-    spec = sim.prepare(graph).network()
-    x = np.ascontiguousarray(bench_sim.spikes_in(graph, batch, steps, seed=3) != 0)
+    prepared = sim.prepare(graph)
+    spec = prepared.network()
+    x64 = bench_sim.spikes_in(graph, batch, steps, seed=3)
+    x = np.ascontiguousarray(x64 != 0)
     never = np.where(spec.ready, spec.lags, steps + 1)  # scanned projections arrive after the last step
     no_scanned = spec._replace(lags=never)
     nothing = spec._replace(lags=np.full_like(spec.lags, steps + 1), ready=np.zeros_like(spec.ready))
-    threads = compiled._threads()
+    threads = compiled.runtime._threads()
     fns = {
         "full": lambda: compiled.network_scan(spec, x, steps, count_events=True),
         "no_counts": lambda: compiled.network_scan(spec, x, steps, count_events=False),
         "no_scanned": lambda: compiled.network_scan(no_scanned, x, steps, count_events=True),
         "input_stage": lambda: _input_stage(spec, x, threads),
         "neurons_only": lambda: compiled.network_scan(nothing, x, steps, count_events=True),
+        "run_int64": lambda: sim.run(prepared, x64),
+        "run_bool": lambda: sim.run(prepared, x),
+        "check_int64": lambda: check_inputs(graph, x64, binary_as_bool=True),
     }
     for f in fns.values():
         f()
@@ -86,6 +96,9 @@ def profile(name: str, batch: int, steps: int, reps: int) -> dict:
         "neuron updates + event counts + spike stores": ns["neurons_only"],
         "ready messages added + rest": ns["no_scanned"] - ns["input_stage"] - ns["neurons_only"],
         "of which limit-event counting": ns["full"] - ns["no_counts"],
+        "sim.run on bool input, beyond network_scan": ns["run_bool"] - ns["full"],
+        "sim.run on int64 input (as bench_sim), beyond network_scan": ns["run_int64"] - ns["full"],
+        "of which checking/converting the int64 input": ns["check_int64"],
     }
     return {"network": name, "batch": batch, "steps": steps, "neurons": int(spec.pop_off[-1]),
             "cpu_ns_per_sample_step": ns, "wall_ns_per_sample_step": wall_ns, "phases_cpu_ns": phases,

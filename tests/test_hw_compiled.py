@@ -198,8 +198,8 @@ def test_lif_scan_continues_from_a_given_state():
 
 def test_parallel_split_over_neurons_matches(monkeypatch):
     # few samples and many neurons: the kernel splits neurons into blocks across threads
-    monkeypatch.setattr(compiled, "_MIN_JOB_UPDATES", 1)
-    monkeypatch.setattr(compiled, "_threads", lambda: 2)
+    monkeypatch.setattr(compiled.scan, "_MIN_JOB_UPDATES", 1)
+    monkeypatch.setattr(compiled.runtime, "_threads", lambda: 2)
     a, bias = _random_inputs(3, 1, 30, 517, 1 << 20)
     totals, on_step = _torch_counts(100, 100, bias)
     s_ref, u_ref, v_ref = hw.lif_scan_torch(a, 100, 100, 640, bias, True, on_step=on_step)
@@ -248,8 +248,8 @@ def test_layer_scan_matches_tensor_composition(seed, parts_n, batch, dtype, scal
        st.sampled_from([torch.float32, torch.float64, torch.int64]), st.sampled_from([torch.bool, torch.float32]),
        st.floats(0.0, 1.0))
 def test_event_accumulation_is_exact(monkeypatch, seed, rows, n_in, n_out, dtype, sdtype, density):
-    monkeypatch.setattr(compiled, "_MIN_COLS", 16)  # several column blocks even for small layers
-    monkeypatch.setattr(compiled, "_TILE_BYTES", 1 << 10)
+    monkeypatch.setattr(compiled.products, "_MIN_COLS", 16)  # several column blocks even for small layers
+    monkeypatch.setattr(compiled.products, "_TILE_BYTES", 1 << 10)
     g = torch.Generator().manual_seed(seed)
     w = torch.randint(-256, 256, (n_in, n_out), generator=g)
     s = torch.rand(rows, n_in, generator=g) < density
@@ -436,7 +436,7 @@ def test_formulas_may_not_call_tensor_methods():
     def sneakier(x):
         return torch.abs(x)
 
-    _, allowed = compiled._namespace()
+    _, allowed = compiled.twins._namespace()
     for fn in (sneaky, sneakier):
         with pytest.raises(RuntimeError, match="formulas may use only operators"):
             compiled.check_formula(fn, allowed)
@@ -451,7 +451,7 @@ def test_compiled_formulas_run_loihi2_bytecode():
 
 def test_kernel_cache_key_follows_the_formulas(monkeypatch):
     before = compiled.formulas_fingerprint()
-    kernel = compiled._kernel("raw", False, False, False)
+    kernel = compiled.scan._kernel("raw", False, False, False)
     assert before in [c.cell_contents for c in kernel.py_func.__closure__]
 
     def decay(x, keep):  # a changed formula must change the fingerprint (and so the cache key)
@@ -472,8 +472,8 @@ def test_kernel_threads_leave_the_multiprocessing_start_method_unset():
     code = (
         "import multiprocessing as mp, torch\n"
         "from snn2hw.hw import compiled\n"
-        "compiled._MIN_JOB_UPDATES = 1\n"
-        "compiled._threads = lambda: 2\n"
+        "compiled.scan._MIN_JOB_UPDATES = 1\n"
+        "compiled.runtime._threads = lambda: 2\n"
         "compiled.lif_scan(torch.zeros(4, 3, 70, dtype=torch.int64), 0, 0, 64, 0)\n"
         "compiled.prepare_weights([[1, 2], [3, 4]], 1, 8)\n"
         "assert mp.get_start_method(allow_none=True) is None, mp.get_start_method()\n"

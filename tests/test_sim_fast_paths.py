@@ -59,13 +59,13 @@ def test_input_messages_before_the_scan_equal_the_scan_and_the_tensor_path(monke
     g, x = _graph(seed)
     # more "threads" than the machine may have: the pre-pass splits one sample's steps or columns into
     # 4 jobs (the real thread count only decides how many run at once)
-    monkeypatch.setattr(compiled, "_threads", lambda: 4)
-    monkeypatch.setattr(compiled, "_set_threads", lambda n: None)
+    monkeypatch.setattr(compiled.runtime, "_threads", lambda: 4)
+    monkeypatch.setattr(compiled.runtime, "_set_threads", lambda n: None)
     steps_split = _run(g, x)
     assert sim.prepare(g).network().ready.tolist() == [True, True, True, False]
-    monkeypatch.setattr(compiled, "_SPLIT_COLUMNS_BYTES", 0)
+    monkeypatch.setattr(compiled.input_stages, "_SPLIT_COLUMNS_BYTES", 0)
     columns_split = _run(g, x)
-    monkeypatch.setattr(compiled, "_PRECOMPUTE_MIN_SYNAPSES", 1 << 62)  # the former path: all in the scan
+    monkeypatch.setattr(compiled.plan, "_PRECOMPUTE_MIN_SYNAPSES", 1 << 62)  # the former path: all in the scan
     in_scan = _run(g, x)
     assert not sim.prepare(g).network().ready.any()
     monkeypatch.setattr(simulator, "_use_kernel", lambda dev: False)
@@ -161,11 +161,11 @@ def test_dense_input_conv_equals_the_event_segments_and_the_tensor_path(monkeypa
     dense = sim.prepare(g).network().dense_convs[0]
     assert (dense is not None) == (bound < 2**31)  # the fallback: int64 event segments
     # slices of one sample (batch > threads): messages and scan interleave over the batch
-    monkeypatch.setattr(compiled, "_PRE_SLICE_BYTES", 1)
+    monkeypatch.setattr(compiled.runner, "_PRE_SLICE_BYTES", 1)
     fast = _run(g, x)
-    monkeypatch.setattr(compiled, "_PRE_SLICE_BYTES", 1 << 40)
+    monkeypatch.setattr(compiled.runner, "_PRE_SLICE_BYTES", 1 << 40)
     whole = _run(g, x)
-    monkeypatch.setattr(compiled, "_DENSE_INPUT_CONV", False)
+    monkeypatch.setattr(compiled.input_stages, "_DENSE_INPUT_CONV", False)
     assert sim.prepare(g).network().dense_convs[0] is None
     events = _run(g, x)
     monkeypatch.setattr(simulator, "_use_kernel", lambda dev: False)
@@ -177,12 +177,14 @@ def test_dense_input_conv_equals_the_event_segments_and_the_tensor_path(monkeypa
         assert reference.events is not None
 
 
-@pytest.mark.parametrize("pool", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
-                                  dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 1))])
+@pytest.mark.parametrize("pool, in_shape", [
+    (dict(kernel_size=2), (3, 7, 9)), (dict(kernel_size=3, stride=2, padding=1), (3, 7, 9)),
+    (dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 1)), (3, 7, 9)),
+    # windows that tile the image exactly: the byte-lane passes (kw = 2, and the general kw)
+    (dict(kernel_size=2), (3, 8, 10)), (dict(kernel_size=(2, 3)), (2, 6, 9))])
 @pytest.mark.parametrize("weight", [90, (1 << 29) + 12345])  # sums in int32 (dense pooling) / beyond (events)
-def test_dense_pooling_equals_the_event_segments_and_the_tensor_path(monkeypatch, pool, weight):
+def test_dense_pooling_equals_the_event_segments_and_the_tensor_path(monkeypatch, pool, in_shape, weight):
     rng = np.random.default_rng(abs(weight) % 89)
-    in_shape = (3, 7, 9)
     p = sum_pool2d("pool", "x", "q", in_shape, weight=weight, **pool)
     n = int(np.prod(p.out_shape))
     lif = LoihiLIF(int(rng.integers(0, 4096)), int(rng.integers(0, 4096)), 300, rng.integers(-50, 50, n),
@@ -192,11 +194,11 @@ def test_dense_pooling_equals_the_event_segments_and_the_tensor_path(monkeypatch
     x[0, :3] = 1  # every input spikes: the sums reach the bound
     spec = sim.prepare(g).network()
     assert (spec.dense_pools[0] is not None) == (abs(weight) < 1 << 20) and spec.dense_convs[0] is None
-    monkeypatch.setattr(compiled, "_PRE_SLICE_BYTES", 1)  # slices of one sample
+    monkeypatch.setattr(compiled.runner, "_PRE_SLICE_BYTES", 1)  # slices of one sample
     fast = _run(g, x)
-    monkeypatch.setattr(compiled, "_DENSE_INPUT_POOL", False)  # the dense conv stage
+    monkeypatch.setattr(compiled.input_stages, "_DENSE_INPUT_POOL", False)  # the dense conv stage
     conv_stage = _run(g, x)
-    monkeypatch.setattr(compiled, "_DENSE_INPUT_CONV", False)  # the event segments
+    monkeypatch.setattr(compiled.input_stages, "_DENSE_INPUT_CONV", False)  # the event segments
     events = _run(g, x)
     monkeypatch.setattr(simulator, "_use_kernel", lambda dev: False)
     reference = _run(g, x)

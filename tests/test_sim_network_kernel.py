@@ -81,7 +81,7 @@ def test_network_kernel_equals_tensor_path_on_random_graphs(monkeypatch, seed, c
     g, x = _random_graph(seed, cyclic)
     names = [p.name for p in g.populations]
     if seed % 2:  # the inputs' projections accumulated in the scan (the path before messages were formed first)
-        monkeypatch.setattr(compiled, "_PRECOMPUTE_MIN_SYNAPSES", 1 << 62)
+        monkeypatch.setattr(compiled.plan, "_PRECOMPUTE_MIN_SYNAPSES", 1 << 62)
     calls = []
     scan = compiled.network_scan
     monkeypatch.setattr(compiled, "network_scan", lambda *a, **k: calls.append(1) or scan(*a, **k))
@@ -170,6 +170,6 @@ def test_narrow_state_is_exact_through_every_width_limit(monkeypatch):
 
 
 def test_narrow_falls_back_to_int64():
-    assert compiled._narrow([-1, 4095], np.int16).dtype == np.int16
-    assert compiled._narrow([0, 1 << 40], np.int32).dtype == np.int64
-    assert compiled._narrow([], np.int16).dtype == np.int16
+    assert compiled.plan._narrow([-1, 4095], np.int16).dtype == np.int16
+    assert compiled.plan._narrow([0, 1 << 40], np.int32).dtype == np.int64
+    assert compiled.plan._narrow([], np.int16).dtype == np.int16

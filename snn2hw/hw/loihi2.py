@@ -516,7 +516,7 @@ def conv_accumulate(s: torch.Tensor, weight: torch.Tensor, stride, padding, dila
 # --- what snn2hw.hw.compiled compiles -------------------------------------------------------------------
 # The per-neuron formulas (leaves first). Each may use only Python operators, the integer constants
 # above, the primitives (_sign, _abs, _where, _clamp, _int32, wrap_int32) and the functions listed here;
-# compiled.py refuses anything else.
+# compiled.twins refuses anything else.
 FORMULAS = (
     shift_by, synaptic_output, add_messages, prepared_weight,
     decay, u_keep, v_keep, wrap_u24_once, saturate_v24,
