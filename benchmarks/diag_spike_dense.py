@@ -10,6 +10,9 @@ Two measurements (T = 500, batch 16, 2 threads by default; the ``bench_training.
   loss = sum of spikes, forward + backward) with ``x @ W^T`` against ``spike_linear`` (mode "auto": what
   ``LIFDense`` runs), on spikes at rate ``--rate`` and on a dense Gaussian input (where ``auto`` must
   take the dense path and lose nothing).
+* ``parts``: where the event-driven layer step's time goes at each N (spikes at ``--rate``): building the
+  row lists (CSR), packing W^T, the forward product kernel, the weight-gradient kernel, the LIF scan's
+  forward and backward, against the two dense GEMMs (``x @ W^T``, ``g^T x``) that the floor does.
 
 Implementations alternate within every repetition, so load from other processes affects both alike.
 Reports the median CPU time (``time.process_time``: all threads) and wall time of each, their ratio,
@@ -18,6 +21,7 @@ two must agree to float rounding; the script checks it.
 
     python benchmarks/diag_spike_dense.py crossover [--sizes 256 1024 4096] [--densities 0.05 0.1 0.2 0.3 0.5]
     python benchmarks/diag_spike_dense.py layer [--sizes 256 512 1024 2048 4096] [--rate 0.1] [--reps 5]
+    python benchmarks/diag_spike_dense.py parts [--sizes 2048 4096] [--reps 3]
 """
 from __future__ import annotations
 
@@ -53,9 +57,69 @@ def _time(fns: dict, reps: int) -> dict:
                 "wall_ms": statistics.median(wall[k])} for k in fns}
 
 
+def _parts(args, sizes, dtype, sur) -> int:
+    """CPU time of each part of the event-driven layer step, interleaved in every repetition."""
+    import numpy as np
+    import torch
+
+    from snn2hw.nn import buffer_pool, kernels, spike_dense
+    from snn2hw.nn.functional import cuba_lif_sequence
+
+    load_before = os.getloadavg()[0]
+    other = OtherLoad()
+    rows_out = []
+    for n in sizes:
+        g = torch.Generator().manual_seed(0)
+        x = (torch.rand(args.batch, args.steps, n, generator=g) < args.rate).to(dtype)
+        w = torch.randn(n, n, generator=g, dtype=dtype) / (n * args.rate) ** 0.5
+        x2, rows = x.reshape(-1, n), args.batch * args.steps
+        grad = torch.randn(rows, n, generator=g, dtype=dtype)
+        cb, kc = spike_dense._tile(n, n, x.element_size())
+        blocks = -(-n // cb)
+        forward, weight_grad = spike_dense._product_kernels(cb)
+        kernels._set_threads()
+        csr = spike_dense._csr(x2, 1.0, kc)
+        packed = np.empty((blocks, n, cb), dtype=x2.numpy().dtype)
+        out = buffer_pool.empty((rows, n), dtype)
+        grad_w = np.empty((n, n), dtype=x2.numpy().dtype)
+        a = (x2 @ w.t()).reshape(x.shape).requires_grad_(True)
+        row_jobs = spike_dense._row_jobs(rows, blocks, kernels._threads())
+
+        def lif_backward(a=a):
+            a.grad = None
+            cuba_lif_sequence(a, 0.0, BETA, V_TH, None, sur, detach_reset=True).sum().backward()
+
+        parts = {"csr (row lists)": lambda: spike_dense._csr(x2, 1.0, kc),
+                 "pack W^T": lambda: spike_dense._pack_transposed(w.numpy(), cb, packed),
+                 "forward product": lambda: forward(*csr, packed, kc, row_jobs, out.numpy()),
+                 "weight-gradient product": lambda: weight_grad(*csr, grad.numpy(), kc, n, grad_w),
+                 "LIF forward": lambda: cuba_lif_sequence(a.detach(), 0.0, BETA, V_TH, None, sur, detach_reset=True),
+                 "LIF forward + backward": lif_backward,
+                 "dense x @ W^T": lambda: x2 @ w.t(),
+                 "dense g^T x": lambda: grad.t() @ x2}
+        t = _time(parts, args.reps)
+        row = {"n": n, "nonzeros": len(csr[1]), "parts_cpu_ms": {k: v["cpu_ms"] for k, v in t.items()}}
+        rows_out.append(row)
+        print(f"N={n} ({len(csr[1]):,} nonzeros, tile {kc} x {cb}):")
+        for k, v in t.items():
+            print(f"  {k:26s} {v['cpu_ms']:9.1f} ms cpu ({v['wall_ms']:8.1f} wall)", flush=True)
+    o = other.result()
+    loaded = under_load(o, load_before)
+    print(f"load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f}; other processes "
+          f"{o['other_cpus'] or 0:.2f} CPUs{' (UNDER LOAD)' if loaded else ''}")
+    out_path = Path(args.out or REPO / "benchmarks" / "results" / "diag_spike_dense_parts.json")
+    out_path.write_text(json.dumps({"meta": {"what": "parts", "steps": args.steps, "batch": args.batch,
+                                             "threads": args.threads, "rate": args.rate, "reps": args.reps,
+                                             "load_average_1min_before": load_before, "other_cpus": o["other_cpus"],
+                                             "under_load": loaded, "cpu_model": cpu_model()},
+                                    "rows": rows_out}, indent=2) + "\n")
+    print(f"wrote {out_path}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["crossover", "layer"])
+    p.add_argument("what", choices=["crossover", "layer", "parts"])
     p.add_argument("--sizes", type=int, nargs="+", default=None)
     p.add_argument("--densities", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.5])
     p.add_argument("--rate", type=float, default=0.1)
@@ -76,6 +140,8 @@ def main(argv=None) -> int:
     dtype = getattr(torch, args.dtype)
     sizes = args.sizes or ([256, 1024, 4096] if args.what == "crossover" else [256, 512, 1024, 2048, 4096])
     sur = FastSigmoid(10.0)
+    if args.what == "parts":
+        return _parts(args, sizes, dtype, sur)
     rows_out = []
     load_before = os.getloadavg()[0]
     other = OtherLoad()

@@ -198,6 +198,12 @@ def _product_kernels(cb: int):
     return _kernels[key]
 
 
+def _row_jobs(rows: int, blocks: int, threads: int) -> int:
+    """Row blocks per column block of the forward: enough (row block, column block) jobs for every thread;
+    rows split only when column blocks are few."""
+    return max(1, -(-2 * threads // blocks)) if rows >= 2 * threads else 1
+
+
 def nonzero_count(x: torch.Tensor) -> int:
     """Number of nonzeros of x (what the event-driven product works on)."""
     return int(torch.count_nonzero(x))
@@ -244,9 +250,7 @@ class _SpikeLinear(torch.autograd.Function):
         kernels._set_threads()
         _pack_transposed(w, cb, packed)
         out = buffer_pool.empty((rows, m), x2.dtype)
-        # enough (row block, column block) jobs for every thread; rows split only when blocks are few
-        row_jobs = max(1, -(-2 * threads // blocks)) if rows >= 2 * threads else 1
-        forward(chunk_ptr, idx, val, packed, kc, row_jobs, out.numpy())
+        forward(chunk_ptr, idx, val, packed, kc, _row_jobs(rows, blocks, threads), out.numpy())
         ctx.csr, ctx.tile = csr, tile
         ctx.save_for_backward(weight)
         return out
