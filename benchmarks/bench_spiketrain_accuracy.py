@@ -27,6 +27,8 @@ stored with every run; a run whose ``results.json`` already exists is read back,
     python benchmarks/bench_spiketrain_accuracy.py final-cnn         # digits CNN 3 seeds, paper CNN on MNIST-10k
     python benchmarks/bench_spiketrain_accuracy.py tune-cnn2         # HM2-BP digits CNN: cosine schedule, the papers' MSE loss
     python benchmarks/bench_spiketrain_accuracy.py final-cnn2        # its choice: digits CNN 3 x 3, paper CNN 1 x 1
+    python benchmarks/bench_spiketrain_accuracy.py final-cnn3        # paper CNN 3 seeds x 1 epoch, both rules (+ digits CNN
+                                                                     # 3 x 15); --collect tabulates the stored runs
     python benchmarks/bench_spiketrain_accuracy.py tune-mnist-e3     # MNIST-10k MLP rows: options at 3 epochs
     python benchmarks/bench_spiketrain_accuracy.py final-mnist-e3    # their rows, 3 seeds x 3 epochs
     python benchmarks/bench_spiketrain_accuracy.py final-mnist-e3 --collect   # tabulate; rows also into
@@ -207,6 +209,19 @@ FINAL_CNN2 = [
     ("digits CNN 15c3-p2-40c2-p2-300-10 T60, HM2-BP papers' MSE, cosine 2e-3, 15 epochs", "digits",
      "tune/digits_cnn_hm2bp_mse_cos2e-3.json", "hm2bp", 15, 3),
 ]
+# stage ``final-cnn3`` (``benchmarks/results/spiketrain_cnn_accuracy3.json``): the paper's CNN on MNIST-10k with 3 seeds
+# x 1 epoch for both rules (HM2-BP with ``final-cnn2``'s options, whose seed-0 run is seed 0 here; BPTT with
+# ``final-cnn``'s config, whose seed-0 run is seed 0 here), next to the digits CNN rows at 15 epochs, so that one
+# file holds both networks' comparison. Run with ``--collect`` after the runs: every row's directory is
+# ``out/bench_accuracy/{task}-{config stem}-{rule}-e{epochs}-s{seed}``.
+FINAL_CNN3 = [
+    ("mnist10k CNN 15c5-p2-40c5-p2-300-10 T50, HM2-BP papers' MSE, cosine 2e-3", "mnist10k",
+     "tune/mnist10k_cnn_hm2bp_mse_cos.json", "hm2bp", 1, 3),
+    ("mnist10k CNN 15c5-p2-40c5-p2-300-10 T50, BPTT Adam 2e-3 constant", "mnist10k", "mnist10k_cnn.json", "bptt", 1, 3),
+    ("digits CNN 15c3-p2-40c2-p2-300-10 T60, HM2-BP papers' MSE, cosine 2e-3", "digits",
+     "tune/digits_cnn_hm2bp_mse_cos2e-3.json", "hm2bp", 15, 3),
+    ("digits CNN 15c3-p2-40c2-p2-300-10 T60, BPTT Adam 5e-3 constant", "digits", "digits_cnn.json", "bptt", 15, 3),
+]
 REUSE_STRSBP = {("braille_rec128.json", "bptt", 10): ("spiketrain_accuracy.json", [0, 1])}
 # issue 8, MNIST-10k MLP rows at 3 epochs (stage ``tune-mnist-e3``, ``benchmarks/results/spiketrain_mnist10k_tuning_e3.json``),
 # seed 0, compared on validation accuracy (images 7000-7999):
@@ -374,6 +389,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("stage", choices=["tune", "tune-strsbp", "tune-strsbp20", "tune-mnist", "final", "final-strsbp",
                                       "final-strsbp20", "final-strsbp40", "final-mnist", "tune-cnn", "final-cnn", "tune-cnn2", "final-cnn2",
+                                      "final-cnn3",
                                       "tune-mnist-e3", "final-mnist-e3", "final-mnist-e6"])
     ap.add_argument("--only", default=None, help="final: rows whose label contains this text; tune stages: "
                     "configs whose path contains it")
@@ -414,6 +430,8 @@ def main(argv=None) -> int:
         tune(a.rerun, TUNE_CNN2, "spiketrain_cnn_tuning2", a.only, a.collect)
     elif a.stage == "final-cnn2":
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_CNN2, "spiketrain_cnn_accuracy2")
+    elif a.stage == "final-cnn3":
+        final(a.only, a.seeds, a.rerun, a.collect, FINAL_CNN3, "spiketrain_cnn_accuracy3")
     elif a.stage == "final-strsbp":
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_STRSBP, "strsbp_braille_accuracy", REUSE_STRSBP)
     else:

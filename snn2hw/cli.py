@@ -339,15 +339,24 @@ def cmd_convert(args) -> int:
     return onnx_cli.convert(args)
 
 
-def cmd_train(args) -> int:
+def set_threads(n: int) -> None:
+    """Run torch's and numba's parallel code on at most ``n`` threads (``--threads``). numba's kernels (the
+    spike-train rules' scans, the event-driven products) otherwise start one thread per core, which on a
+    shared machine doubles a "one-thread" run's CPU and spins under oversubscription."""
+    import numba
     import torch
 
+    torch.set_num_threads(n)
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+
+
+def cmd_train(args) -> int:
     from snn2hw.learning import LearningRuleError
     from snn2hw.learning.experiment import ExperimentConfigError, read_config, train_task
     from snn2hw.models.tasks import TaskConfigError
 
     if args.threads:
-        torch.set_num_threads(args.threads)
+        set_threads(args.threads)
     try:
         r = train_task(args.task, args.rule, read_config(args.config), epochs=args.epochs, seed=args.seed, out=args.out,
                        device=args.device, deploy=not args.no_deploy, progress=not args.quiet)

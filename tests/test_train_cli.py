@@ -90,3 +90,28 @@ def test_task_model_specs():
         build_model(mnist, {"hidden": [10, 10], "recurrent": [True]})
     with pytest.raises(TaskConfigError, match="conv"):
         build_model(mnist, {"conv": [["a"]]})
+
+
+def test_threads_option_limits_numba_threads(tmp_path, monkeypatch):
+    """``--threads N`` bounds numba's kernels too, not only torch's: otherwise a "one-thread" training run on a
+    shared machine runs numba's parallel loops on every core."""
+    numba = pytest.importorskip("numba")
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has a single thread here (NUMBA_NUM_THREADS=1): nothing to limit")
+    import snn2hw.learning.experiment as experiment
+
+    seen = {}
+
+    def fake_train_task(*args, **kwargs):
+        seen["numba"], seen["torch"] = numba.get_num_threads(), torch.get_num_threads()
+        return {"task": "digits", "rule": {"name": "bptt"}, "seed": 0, "checkpoint": "model.ckpt"}
+
+    monkeypatch.setattr(experiment, "train_task", fake_train_task)
+    before_numba, before_torch = numba.get_num_threads(), torch.get_num_threads()
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    try:
+        assert cli.main(["train", "--task", "digits", "--threads", "1", "--quiet", "--out", str(tmp_path / "r")]) == 0
+    finally:
+        numba.set_num_threads(before_numba)
+        torch.set_num_threads(before_torch)
+    assert seen == {"numba": 1, "torch": 1}
