@@ -9,9 +9,10 @@ stored with every run; a run whose ``results.json`` already exists is read back,
   by **validation** accuracy, which is what chose the configs of the final stage. Writes
   ``benchmarks/results/spiketrain_tuning.json``.
 * ``final``: the chosen config of each rule and BPTT on the same network, several seeds, rules
-  interleaved seed by seed. Writes ``benchmarks/results/spiketrain_accuracy.json``; the rule x task
-  table of ``docs/learning-rules.md`` is
-  ``python benchmarks/_spiketrain_bench.py report benchmarks/results/spiketrain_accuracy.json``.
+  interleaved seed by seed. Writes ``benchmarks/results/spiketrain_accuracy.json``. Each later stage
+  below writes its own JSON; the Summary of ``docs/learning-rules.md`` takes its rows from several of
+  them (its commands table names the JSON of each row), and
+  ``python benchmarks/_spiketrain_bench.py report <JSON>`` prints any one's table.
 
     python benchmarks/bench_spiketrain_accuracy.py tune
     python benchmarks/bench_spiketrain_accuracy.py tune-strsbp      # issue 8: ST-RSBP on Braille, 10 epochs
