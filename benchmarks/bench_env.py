@@ -1,9 +1,12 @@
 """What every benchmark sets before torch starts and records about the machine (imports no torch)."""
 from __future__ import annotations
 
+import json
 import os
 import platform
+import sys
 import time
+from pathlib import Path
 
 
 def threads_from_argv(argv) -> str:
@@ -127,3 +130,15 @@ class OtherLoadWithDescendants(OtherLoad):
             if p == me:
                 own += ticks[pid]
         return own
+
+
+def write_results(out, script: str, argv, meta: dict, rows: list, load_before: float) -> None:
+    """Write a diagnostic's JSON: ``meta`` plus the machine, the 1-minute load average before and after the
+    run and the command line, and its ``rows``; print where it went."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {**meta, "cpu_model": cpu_model(), "load_average_1min_before": load_before,
+            "load_average_1min_after": os.getloadavg()[0],
+            "command": " ".join([script, *(argv if argv is not None else sys.argv[1:])])}
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out}")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sys
 
-from bench_env import cpu_model, set_thread_env  # noqa: E402  (imports no torch)
+from bench_env import set_thread_env, write_results  # noqa: E402  (imports no torch)
 
 set_thread_env(sys.argv)
 
@@ -107,14 +107,7 @@ def main(argv=None) -> int:
     total = sum(r["compile_cpu_s"] for r in rows)
     print(f"total compile CPU {total:.1f} s over {sum(r['compiled_kernels'] for r in rows)} kernel files; load average "
           f"before {load_before:.2f}, after {os.getloadavg()[0]:.2f}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"meta": {"cpu_model": cpu_model(), "threads": args.threads,
-                                                   "load_average_1min_before": load_before,
-                                                   "load_average_1min_after": os.getloadavg()[0],
-                                                   "command": " ".join(["benchmarks/diag_compile_time.py",
-                                                                        *(argv if argv is not None else sys.argv[1:])])},
-                                          "rows": rows}, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, "benchmarks/diag_compile_time.py", argv, {"threads": args.threads}, rows, load_before)
     return 0
 
 

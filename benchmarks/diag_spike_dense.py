@@ -28,12 +28,11 @@ from __future__ import annotations
 import os
 import sys
 
-from bench_env import OtherLoad, cpu_model, set_thread_env, under_load  # noqa: E402  (imports no torch)
+from bench_env import OtherLoad, set_thread_env, under_load, write_results  # noqa: E402  (imports no torch)
 
 set_thread_env(sys.argv)
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -57,7 +56,7 @@ def _time(fns: dict, reps: int) -> dict:
                 "wall_ms": statistics.median(wall[k])} for k in fns}
 
 
-def _parts(args, sizes, dtype, sur) -> int:
+def _parts(args, sizes, dtype, sur, argv=None) -> int:
     """CPU time of each part of the event-driven layer step, interleaved in every repetition."""
     import numpy as np
     import torch
@@ -108,12 +107,10 @@ def _parts(args, sizes, dtype, sur) -> int:
     print(f"load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f}; other processes "
           f"{o['other_cpus'] or 0:.2f} CPUs{' (UNDER LOAD)' if loaded else ''}")
     out_path = Path(args.out or REPO / "benchmarks" / "results" / "diag_spike_dense_parts.json")
-    out_path.write_text(json.dumps({"meta": {"what": "parts", "steps": args.steps, "batch": args.batch,
-                                             "threads": args.threads, "rate": args.rate, "reps": args.reps,
-                                             "load_average_1min_before": load_before, "other_cpus": o["other_cpus"],
-                                             "under_load": loaded, "cpu_model": cpu_model()},
-                                    "rows": rows_out}, indent=2) + "\n")
-    print(f"wrote {out_path}")
+    write_results(out_path, "benchmarks/diag_spike_dense.py", argv,
+                  {"what": "parts", "steps": args.steps, "batch": args.batch, "threads": args.threads,
+                   "rate": args.rate, "reps": args.reps, "other_cpus": o["other_cpus"], "under_load": loaded},
+                  rows_out, load_before)
     return 0
 
 
@@ -141,7 +138,7 @@ def main(argv=None) -> int:
     sizes = args.sizes or ([256, 1024, 4096] if args.what == "crossover" else [256, 512, 1024, 2048, 4096])
     sur = FastSigmoid(10.0)
     if args.what == "parts":
-        return _parts(args, sizes, dtype, sur)
+        return _parts(args, sizes, dtype, sur, argv)
     rows_out = []
     load_before = os.getloadavg()[0]
     other = OtherLoad()
@@ -195,16 +192,10 @@ def main(argv=None) -> int:
     print(f"load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f}; other processes "
           f"{o['other_cpus'] or 0:.2f} CPUs{' (UNDER LOAD: compare only the interleaved ratios)' if loaded else ''}")
     out = Path(args.out or REPO / "benchmarks" / "results" / f"diag_spike_dense_{args.what}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": {"what": args.what, "steps": args.steps, "batch": args.batch,
-                                        "threads": args.threads, "dtype": args.dtype, "reps": args.reps,
-                                        "torch": torch.__version__, "cpu_model": cpu_model(),
-                                        "load_average_1min_before": load_before, "load_average_1min_after":
-                                        os.getloadavg()[0], "other_cpus": o["other_cpus"], "under_load": loaded,
-                                        "command": " ".join(["benchmarks/diag_spike_dense.py",
-                                                             *(argv if argv is not None else sys.argv[1:])])},
-                               "rows": rows_out}, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(out, "benchmarks/diag_spike_dense.py", argv,
+                  {"what": args.what, "steps": args.steps, "batch": args.batch, "threads": args.threads,
+                   "dtype": args.dtype, "reps": args.reps, "torch": torch.__version__,
+                   "other_cpus": o["other_cpus"], "under_load": loaded}, rows_out, load_before)
     return 0
 
 
