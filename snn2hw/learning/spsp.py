@@ -84,6 +84,11 @@ def lif_sequence(a_ff: torch.Tensor, spec: NeuronSpec, rec_weight: torch.Tensor 
                                 a_ff, a_ff.dtype)
 
 
+def _delayed(a: torch.Tensor, lag: int) -> torch.Tensor:
+    """(B, T, N) currents shifted ``lag`` steps later in time, zeros first (the hop delay)."""
+    return torch.nn.functional.pad(a[:, :a.shape[1] - lag], (0, 0, lag, 0)) if lag else a
+
+
 def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSpec,
                          rec_weight: torch.Tensor | None, chunk: int, like: torch.Tensor,
                          out_dtype: torch.dtype, vsum: torch.Tensor | None = None,
@@ -111,14 +116,14 @@ def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSp
     per-step tensor loop (the recurrent product is the operator's own ``mm``)."""
     if out is None:
         out = torch.empty(batch, steps, n, dtype=out_dtype, device=like.device)
-    if lag:
-        if chunk < steps:
-            raise ValueError("lif_sequence_chunked: lag needs the whole window in one chunk")
-        if not spsp_kernels.usable(like, *(() if rec_weight is None else (rec_weight,))):  # the tensor loop: delayed
-            undelayed = current
-            current = lambda t0, t1: torch.nn.functional.pad(undelayed(t0, t1)[:, :-lag], (0, 0, lag, 0))  # noqa: E731
-            lag = 0
-    if spsp_kernels.usable(like, *(() if rec_weight is None else (rec_weight,))):
+    compiled = spsp_kernels.usable(like, *(() if rec_weight is None else (rec_weight,)))
+    if lag and chunk < steps:
+        raise ValueError("lif_sequence_chunked: lag needs the whole window in one chunk")
+    if lag and not compiled:  # the tensor loop reads hop-delayed currents
+        undelayed = current
+        current = lambda t0, t1: _delayed(undelayed(t0, t1), lag)  # noqa: E731
+        lag = 0
+    if compiled:
         spikes = out if out_dtype == torch.bool else torch.empty(batch, steps, n, dtype=torch.bool)
         acc = torch.zeros(batch, n, dtype=torch.float64)
         w_acc = torch.zeros(batch, n, dtype=torch.float64) if time_weights is not None else None
@@ -130,8 +135,7 @@ def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSp
             tw = time_weights[t0:t1] if time_weights is not None else None
             if not spsp_kernels.lif_scan_chunk(a, spec, state, spikes[:, t0:t1], acc, rec_weight, counts, tw,
                                                w_acc, b_acc, lag) and tw is not None:
-                delayed = torch.nn.functional.pad(a[:, :a.shape[1] - lag], (0, 0, lag, 0)) if lag else a
-                weighted += time_weighted(delayed, tw)
+                weighted += time_weighted(_delayed(a, lag), tw)
         if vsum is not None:
             vsum += acc.to(vsum.dtype)
         if w_acc is not None:
