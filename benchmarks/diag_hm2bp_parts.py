@@ -77,6 +77,11 @@ def install_timers() -> None:
     _patch(spsp_kernels, "lif_scan_chunk", "forward LIF scan")
     _patch(spsp_kernels, "adjoint_scan_chunk", "reverse S-PSP scan")
     _patch(HM2BP, "coefficients", "coefficients")
+    _patch(spsp, "as_float", "bool-to-float copies (as_float)")
+    _patch(spiketrain, "as_float", "bool-to-float copies (as_float)")
+    _patch(spiketrain, "neuron_spec", "neuron specs")
+    _patch(spiketrain.SpikeTrainRule, "_with_virtual_spikes", "virtual-spike counts")
+    _patch(spiketrain.SpikeTrainRule, "output_error", "output error")
     _patch(spiketrain.SpikeTrainRule, "_event_driven_weights", "density checks")
     _patch(spiketrain.SpikeTrainRule, "_event_driven", "density checks", static=True)
     # BPTT's LIF kernels
