@@ -70,6 +70,9 @@ def install_timers() -> None:
     _patch(spsp, "spike_linear", "products: spike_linear (fwd)")
     _patch(functional, "spike_linear", "products: spike_linear (fwd)")
     _patch(spike_dense._SpikeLinear, "backward", "products: spike_linear backward", static=True)
+    # inside spike_linear's forward: packing W^T in column blocks, once per call (the rules' chunked forward makes
+    # one call per group of samples, BPTT one per layer)
+    _patch(spike_dense, "_pack_transposed", "products: W^T packing in spike_linear")
     _patch(spiketrain, "dense_hop_block", "products: weight gradient (dense_hop_block)")
     _patch(spsp_kernels, "scatter_rows", "products: event-driven scatter_rows")
     _patch(spiketrain.SpikeTrainRule, "_add_spsp", "output S-PSP bmm (_add_spsp)", static=True)
