@@ -32,8 +32,9 @@ import statistics  # noqa: E402
 import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
 
-from _spiketrain_bench import CONFIGS, ROOT  # noqa: E402
+from _spiketrain_bench import ROOT  # noqa: E402
 from bench_spiketrain_speed import NETWORKS  # noqa: E402
+from diag_spiketrain_speed import build  # noqa: E402
 
 _acc: dict = defaultdict(float)
 _stack: list = []
@@ -93,24 +94,7 @@ def install_timers() -> None:
 
 
 def measure(label, task_name, config, rules, steps, reps, batch):
-    import torch
-
-    from snn2hw.learning import make_rule
-    from snn2hw.learning.experiment import read_config
-    from snn2hw.models.tasks import build_model, default_rule_options, get_task
-
-    torch.set_num_threads(1)
-    task = get_task(task_name)
-    cfg = read_config(CONFIGS / config)
-    model = build_model(task, cfg.get("model"), 0)
-    g = torch.Generator().manual_seed(0)
-    x = (torch.rand(batch, steps, task.inputs, generator=g) < 0.1).float()
-    y = torch.randint(0, task.classes, (batch,), generator=g)
-    made = {}
-    for name in rules:
-        made[name] = make_rule(name, **{**default_rule_options(name, steps), **(cfg.get("rule_options") or {})})
-        made[name].setup(model)
-        made[name].compute_gradients(model, x, y, task.loss_fn, {}, 1.0)  # warm-up
+    task, model, x, y, made = build(task_name, config, rules, steps, batch)
     parts = {name: defaultdict(list) for name in rules}
     load_at_start, other = os.getloadavg()[0], OtherLoad()
     for _ in range(reps):

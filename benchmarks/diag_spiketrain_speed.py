@@ -132,8 +132,9 @@ def packed_once(run):
     return cached
 
 
-def measure(label: str, task_name: str, config: str, rules: list, steps: int, reps: int, batch: int,
-            floor: bool = False, base: dict | None = None, pack_once: bool = False) -> list:
+def build(task_name: str, config: str, rules: list, steps: int, batch: int):
+    """(task, model, x, y, {rule name: rule}) of a network of ``NETWORKS``: random input spikes of density 0.1, every
+    rule set up and warmed up by one step (compilation, fits)."""
     import torch
 
     from snn2hw.learning import make_rule
@@ -151,7 +152,13 @@ def measure(label: str, task_name: str, config: str, rules: list, steps: int, re
     for name in rules:
         made[name] = make_rule(name, **{**default_rule_options(name, steps), **(cfg.get("rule_options") or {})})
         made[name].setup(model)
-        made[name].compute_gradients(model, x, y, task.loss_fn, {}, 1.0)  # warm-up (compilation, fits)
+        made[name].compute_gradients(model, x, y, task.loss_fn, {}, 1.0)
+    return task, model, x, y, made
+
+
+def measure(label: str, task_name: str, config: str, rules: list, steps: int, reps: int, batch: int,
+            floor: bool = False, base: dict | None = None, pack_once: bool = False) -> list:
+    task, model, x, y, made = build(task_name, config, rules, steps, batch)
     steps_of = {name: (lambda r=made[name]: r.compute_gradients(model, x, y, task.loss_fn, {}, 1.0)) for name in rules}
     if base is not None:  # the rule with the other checkout's scans, right before the rule itself
         variant = with_scans(base, steps_of[rules[0]])
