@@ -1,0 +1,153 @@
+"""Where an HM2-BP training step's CPU time goes on the MLPs, part by part, interleaved with BPTT's step.
+
+Builds a network of ``bench_spiketrain_speed.py`` (batch 16, random input spikes of density 0.1, one thread),
+warms both rules up, then times ``--reps`` training steps of HM2-BP and of BPTT one after the other. Inside
+each step a CPU timer (``time.process_time``) wraps the functions the step's time is spent in (exclusive
+times: a wrapped function's time excludes the wrapped functions it calls), so the parts add up to the step:
+
+* HM2-BP: the input products (``spike_linear`` forward; the first layer's weight gradient, as GEMM in
+  ``dense_hop_block`` or event-driven ``scatter_rows``), the output layer's S-PSP batched products
+  (``_add_spsp``), the forward LIF scans, the reverse S-PSP scans, the coefficients, and "rest" (tensor glue,
+  allocations, Python);
+* BPTT: ``spike_linear``'s forward (CSR and product) and backward, the LIF forward and backward kernels, and
+  "rest" (autograd, loss, optimizer-free glue).
+
+CPU ms per sample, median over the repetitions of each part. The timers themselves cost about a microsecond
+per call (a few dozen calls per step). One row per (network, T, rule, part).
+
+    python benchmarks/diag_hm2bp_parts.py --only 784-100 784-800 --T 200 800 --reps 7
+
+Writes ``benchmarks/results/hm2bp_parts.json``.
+"""
+from __future__ import annotations
+
+import os
+
+from bench_env import OtherLoad, set_thread_env, under_load, write_results  # noqa: E402  (imports no torch)
+
+set_thread_env(["--threads", "1"])
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections import defaultdict  # noqa: E402
+
+from _spiketrain_bench import ROOT  # noqa: E402
+from bench_spiketrain_speed import NETWORKS  # noqa: E402
+from diag_spiketrain_speed import build  # noqa: E402
+
+_acc: dict = defaultdict(float)
+_stack: list = []
+
+
+def _timed(name: str, fn):
+    """``fn`` with its exclusive CPU time added to ``_acc[name]``."""
+    def wrapper(*args, **kwargs):
+        _stack.append(0.0)
+        c0 = time.process_time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent = time.process_time() - c0
+            inner = _stack.pop()
+            _acc[name] += spent - inner
+            if _stack:
+                _stack[-1] += spent
+    wrapper.__wrapped__ = fn
+    return wrapper
+
+
+def _patch(obj, attr: str, name: str, static: bool = False) -> None:
+    fn = getattr(obj, attr)
+    setattr(obj, attr, staticmethod(_timed(name, fn)) if static else _timed(name, fn))
+
+
+def install_timers() -> None:
+    from snn2hw.learning import spiketrain, spsp, spsp_kernels
+    from snn2hw.learning.hm2bp import HM2BP
+    from snn2hw.nn import functional, spike_dense
+
+    # HM2-BP (and BPTT's) input products
+    _patch(spsp, "spike_linear", "products: spike_linear (fwd)")
+    _patch(functional, "spike_linear", "products: spike_linear (fwd)")
+    _patch(spike_dense._SpikeLinear, "backward", "products: spike_linear backward", static=True)
+    # inside spike_linear's forward: packing W^T in column blocks, once per call (the rules' chunked forward makes
+    # one call per group of samples, BPTT one per layer)
+    _patch(spike_dense, "_pack_transposed", "products: W^T packing in spike_linear")
+    _patch(spiketrain, "dense_hop_block", "products: weight gradient (dense_hop_block)")
+    _patch(spsp_kernels, "scatter_rows", "products: event-driven scatter_rows")
+    _patch(spiketrain.SpikeTrainRule, "_add_spsp", "output S-PSP bmm (_add_spsp)", static=True)
+    # HM2-BP's own work
+    _patch(spsp_kernels, "lif_scan_chunk", "forward LIF scan")
+    _patch(spsp_kernels, "adjoint_scan_chunk", "reverse S-PSP scan")
+    _patch(HM2BP, "coefficients", "coefficients")
+    _patch(spsp, "as_float", "bool-to-float copies (as_float)")
+    _patch(spiketrain, "as_float", "bool-to-float copies (as_float)")
+    _patch(spiketrain, "neuron_spec", "neuron specs")
+    _patch(spiketrain.SpikeTrainRule, "_with_virtual_spikes", "virtual-spike counts")
+    _patch(spiketrain.SpikeTrainRule, "output_error", "output error")
+    _patch(spiketrain.SpikeTrainRule, "_event_driven_weights", "density checks")
+    _patch(spiketrain.SpikeTrainRule, "_event_driven", "density checks", static=True)
+    # BPTT's LIF kernels
+    _patch(functional._CubaLIFSequence, "forward", "LIF forward kernel", static=True)
+    _patch(functional._CubaLIFSequence, "backward", "LIF backward kernel", static=True)
+
+
+def measure(label, task_name, config, rules, steps, reps, batch):
+    task, model, x, y, made = build(task_name, config, rules, steps, batch)
+    parts = {name: defaultdict(list) for name in rules}
+    load_at_start, other = os.getloadavg()[0], OtherLoad()
+    for _ in range(reps):
+        for name in rules:
+            model.zero_grad(set_to_none=True)
+            _acc.clear()
+            c0 = time.process_time()
+            made[name].compute_gradients(model, x, y, task.loss_fn, {}, 1.0)
+            total = time.process_time() - c0
+            for part, spent in _acc.items():
+                parts[name][part].append(1e3 * spent / batch)
+            parts[name]["rest"].append(1e3 * (total - sum(_acc.values())) / batch)
+            parts[name]["step"].append(1e3 * total / batch)
+    o = other.result()
+    rows = []
+    for name in rules:
+        for part, values in sorted(parts[name].items(), key=lambda kv: (kv[0] == "step", kv[0])):
+            values = values + [0.0] * (reps - len(values))
+            rows.append({"network": label, "T": steps, "rule": name, "part": part,
+                         "cpu_ms_per_sample_median": statistics.median(values), "cpu_ms_per_sample_min": min(values),
+                         "other_cpus": o["other_cpus"], "loadavg": os.getloadavg()[0],
+                         "under_load": under_load(o, load_at_start)})
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--T", type=int, nargs="+", default=[200, 800])
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--only", nargs="+", default=["784-100", "784-800"])
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "hm2bp_parts.json"))
+    a = ap.parse_args(argv)
+    install_timers()
+    load_before = os.getloadavg()[0]
+    rows = []
+    lines = ["| network | T | rule | part | CPU ms/sample median | min | load avg / other CPUs |", "|" + "---|" * 7]
+    for label, task, config, rules, _ in NETWORKS:
+        if not any(o in label for o in a.only) or "hm2bp" not in rules:
+            continue
+        for steps in a.T:
+            for r in measure(label, task, config, rules, steps, a.reps, a.batch):
+                rows.append(r)
+                mark = " (loaded)" if r["under_load"] else ""
+                lines.append(f"| {label} | {steps} | {r['rule']} | {r['part']} | {r['cpu_ms_per_sample_median']:.3f} | "
+                             f"{r['cpu_ms_per_sample_min']:.3f} | {r['loadavg']:.1f} / {r['other_cpus'] or 0:.2f}"
+                             f"{mark} |")
+                print(lines[-1], flush=True)
+    write_results(a.out, "benchmarks/diag_hm2bp_parts.py", argv, {"benchmark": "hm2bp_parts", "batch": a.batch},
+                  rows, load_before)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
