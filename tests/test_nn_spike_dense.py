@@ -130,3 +130,33 @@ def test_layers_use_the_event_path_and_match_the_dense_product(monkeypatch, laye
     assert 0 < float(out_dense.detach().mean()) < 1
     assert torch.equal(out_event, out_dense)  # float64 rounding differences never flip a spike here
     assert torch.allclose(grad_event, layer.weight.grad, rtol=1e-10, atol=1e-12)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_spike_inputs_skip_the_values_with_bit_identical_sums(dtype):
+    """A 0/1 input keeps no values and multiplies nothing; its sums are bit for bit those of the kernels
+    that read values (1 * w is w exactly), forward and weight gradient, across input chunks."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    rows, k, m = 300, 1100, 70  # two input chunks (16-bit indices relative to each), a partial column block
+    x2 = _sparse((rows, k), 0.1, dtype, g, binary=True)
+    w = torch.randn(m, k, generator=g, dtype=dtype).numpy()
+    grad = torch.randn(rows, m, generator=g, dtype=dtype).numpy()
+    cb, kc = spike_dense._tile(k, m, x2.element_size())
+    chunk_ptr, idx, val = spike_dense._csr(x2, 1.0, kc)
+    assert val.size == 0 and idx.dtype == np.uint16 and kc < k
+    packed = np.empty((-(-m // cb), k, cb), dtype=w.dtype)
+    spike_dense._pack_transposed(w, cb, packed)
+    results = []
+    for binary, values in ((True, val), (False, np.ones(idx.size, dtype=w.dtype))):
+        forward, weight_grad = spike_dense._product_kernels(cb, binary)
+        out, grad_w = np.empty((rows, m), dtype=w.dtype), np.empty((m, k), dtype=w.dtype)
+        forward(chunk_ptr, idx, values, packed, kc, 2, out)
+        weight_grad(chunk_ptr, idx, values, grad, kc, k, grad_w)
+        results.append((out, grad_w))
+    (out_b, gw_b), (out_v, gw_v) = results
+    assert np.array_equal(out_b, out_v) and np.array_equal(gw_b, gw_v)
+    x = x2.numpy()
+    assert np.allclose(out_b, x @ w.T, rtol=1e-5, atol=1e-4) and np.allclose(gw_b, grad.T @ x, rtol=1e-5, atol=1e-4)

@@ -77,34 +77,41 @@ def _tile(k: int, m: int, itemsize: int) -> tuple[int, int]:
 
 if numba is not None:
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-    def _row_counts(x, counts):
+    def _row_counts(x, counts, others):
+        """counts[r]: row r's nonzeros; others[r]: how many of them are not 1 (all 0 for spikes)."""
         rows, k = x.shape
         for r in numba.prange(rows):
             c = 0
+            o = 0
             for i in range(k):
-                c += x[r, i] != 0
+                v = x[r, i]
+                c += v != 0
+                o += (v != 0) & (v != 1)
             counts[r] = c
+            others[r] = o
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
     def _fill_csr(x, ptr, idx, val, kc, chunk_ptr):
-        """Column indices and values of each row's nonzeros, in ascending column order, and where each
-        chunk of ``kc`` columns starts in them (``chunk_ptr[r, c]``; ``chunk_ptr[r, -1]`` = row end)."""
+        """Each row's nonzeros in ascending column order, chunk by chunk of ``kc`` columns: ``idx`` their
+        column relative to the chunk's first (< kc, so 16 bits), ``val`` their values (not written when
+        ``val`` is empty: a 0/1 input), ``chunk_ptr[r, c]`` where chunk c of row r starts in them
+        (``chunk_ptr[r, -1]`` = row end)."""
         rows, k = x.shape
         chunks = chunk_ptr.shape[1] - 1
+        values = val.shape[0] > 0
         for r in numba.prange(rows):
             p, end = ptr[r], ptr[r + 1]
-            for i in range(k):
-                if p == end:  # well predicted: true only after the row's last nonzero
-                    break
-                v = x[r, i]
-                idx[p] = i  # written for zeros too, then overwritten: no branch on the random pattern
-                val[p] = v
-                p += v != 0
-            p = ptr[r]
             for c in range(chunks):
-                while p < end and idx[p] < c * kc:
-                    p += 1
                 chunk_ptr[r, c] = p
+                lo = c * kc
+                for i in range(lo, min(lo + kc, k)):
+                    if p == end:  # well predicted: true only after the row's last nonzero
+                        break
+                    v = x[r, i]
+                    idx[p] = i - lo  # written for zeros too, then overwritten: no branch on the random pattern
+                    if values:
+                        val[p] = v
+                    p += v != 0
             chunk_ptr[r, chunks] = end
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
@@ -124,13 +131,16 @@ if numba is not None:
                     packed[b, i, j] = 0
 
 
-def _product_kernels(cb: int):
+def _product_kernels(cb: int, binary: bool):
     """The forward and weight-gradient kernels for column blocks of ``cb`` (a closure constant, so the
-    inner loops have a fixed trip count and LLVM keeps them in vector registers)."""
-    key = ("spike_dense", cb)
+    inner loops have a fixed trip count and LLVM keeps them in vector registers). ``binary``: the input's
+    nonzeros are all 1 (spikes), so no values are read and nothing is multiplied (``1 * w`` is ``w``
+    exactly: the sums are the same as with values)."""
+    key = ("spike_dense", cb, binary)
     if key in _kernels:
         return _kernels[key]
     CB = cb
+    BINARY = binary
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
     def forward(chunk_ptr, idx, val, packed, kc, row_jobs, out):
@@ -148,6 +158,7 @@ def _product_kernels(cb: int):
             width = min(CB, m - lo)
             acc = np.empty(CB, dtype=out.dtype)
             for c in range(chunks):
+                base = c * kc
                 for r in range(r0, r1):
                     if c == 0:
                         for j in range(CB):
@@ -155,11 +166,17 @@ def _product_kernels(cb: int):
                     else:
                         for j in range(width):
                             acc[j] = out[r, lo + j]
-                    for p in range(chunk_ptr[r, c], chunk_ptr[r, c + 1]):
-                        v = val[p]
-                        i = idx[p]
-                        for j in range(CB):
-                            acc[j] += v * packed[b, i, j]
+                    if BINARY:
+                        for p in range(chunk_ptr[r, c], chunk_ptr[r, c + 1]):
+                            i = base + idx[p]
+                            for j in range(CB):
+                                acc[j] += packed[b, i, j]
+                    else:
+                        for p in range(chunk_ptr[r, c], chunk_ptr[r, c + 1]):
+                            v = val[p]
+                            i = base + idx[p]
+                            for j in range(CB):
+                                acc[j] += v * packed[b, i, j]
                     for j in range(width):
                         out[r, lo + j] = acc[j]
 
@@ -185,11 +202,17 @@ def _product_kernels(cb: int):
                     continue
                 for j in range(width):
                     grow[j] = g[r, lo + j]
-                for p in range(p0, p1):
-                    v = val[p]
-                    i = idx[p] - k0
-                    for j in range(CB):
-                        acc[i, j] += v * grow[j]
+                if BINARY:
+                    for p in range(p0, p1):
+                        i = idx[p]
+                        for j in range(CB):
+                            acc[i, j] += grow[j]
+                else:
+                    for p in range(p0, p1):
+                        v = val[p]
+                        i = idx[p]
+                        for j in range(CB):
+                            acc[i, j] += v * grow[j]
             for j in range(width):
                 for i in range(k1 - k0):
                     grad_w[lo + j, k0 + i] = acc[i, j]
@@ -218,19 +241,21 @@ def _sampled_density(x2: torch.Tensor) -> float:
 
 
 def _csr(x2: torch.Tensor, limit: float, kc: int):
-    """(chunk_ptr, idx, val) of x2's nonzeros as numpy arrays (CSR, with each row's start of every chunk
-    of ``kc`` columns), or None when x2 is denser than ``limit``."""
+    """(chunk_ptr, idx, val) of x2's nonzeros as numpy arrays (CSR with 16-bit chunk-relative column indices
+    and each row's start of every chunk of ``kc`` columns; ``val`` empty when every nonzero is 1), or None
+    when x2 is denser than ``limit``."""
     xa = x2.numpy()
     rows, k = xa.shape
     counts = np.empty(rows, dtype=np.int64)
-    _row_counts(xa, counts)
+    others = np.empty(rows, dtype=np.int64)
+    _row_counts(xa, counts, others)
     ptr = np.zeros(rows + 1, dtype=np.int64)
     np.cumsum(counts, out=ptr[1:])
     nnz = int(ptr[-1])
     if nnz > limit * rows * k:
         return None
-    idx = np.empty(nnz, dtype=np.int32)
-    val = np.empty(nnz, dtype=xa.dtype)
+    idx = np.empty(nnz, dtype=np.uint16)
+    val = np.empty(nnz if others.any() else 0, dtype=xa.dtype)
     chunk_ptr = np.empty((rows, -(-k // kc) + 1), dtype=np.int64)
     _fill_csr(xa, ptr, idx, val, kc, chunk_ptr)
     return chunk_ptr, idx, val
@@ -244,7 +269,7 @@ class _SpikeLinear(torch.autograd.Function):
         m, k = weight.shape
         rows = x2.shape[0]
         blocks = -(-m // cb)
-        forward, _ = _product_kernels(cb)
+        forward, _ = _product_kernels(cb, len(val) == 0)
         w = weight.detach().contiguous().numpy()
         packed = np.empty((blocks, k, cb), dtype=w.dtype)
         kernels._set_threads()
@@ -269,7 +294,7 @@ class _SpikeLinear(torch.autograd.Function):
             g = grad_out.detach().contiguous()
             grad_w = torch.empty(weight.shape, dtype=g.dtype)
             kernels._set_threads()
-            _product_kernels(cb)[1](chunk_ptr, idx, val, g.numpy(), kc, weight.shape[1], grad_w.numpy())
+            _product_kernels(cb, len(val) == 0)[1](chunk_ptr, idx, val, g.numpy(), kc, weight.shape[1], grad_w.numpy())
         return grad_x, grad_w, None, None, None
 
 
