@@ -77,7 +77,7 @@ def _parts(args, sizes, dtype, sur, argv=None) -> int:
         blocks = -(-n // cb)
         kernels._set_threads()
         csr = spike_dense._csr(x2, 1.0, kc)
-        forward, weight_grad = spike_dense._product_kernels(cb, len(csr[2]) == 0)
+        forward = spike_dense._product_kernels(cb, len(csr[2]) == 0)[0]
         packed = np.empty((blocks, n, cb), dtype=x2.numpy().dtype)
         out = buffer_pool.empty((rows, n), dtype)
         grad_w = np.empty((n, n), dtype=x2.numpy().dtype)
@@ -91,7 +91,7 @@ def _parts(args, sizes, dtype, sur, argv=None) -> int:
         parts = {"csr (row lists)": lambda: spike_dense._csr(x2, 1.0, kc),
                  "pack W^T": lambda: spike_dense._pack_transposed(w.numpy(), cb, packed),
                  "forward product": lambda: forward(*csr, packed, kc, row_jobs, out.numpy()),
-                 "weight-gradient product": lambda: weight_grad(*csr, grad.numpy(), kc, n, grad_w),
+                 "weight-gradient product": lambda: spike_dense._weight_grad(csr, grad.numpy(), (cb, kc), grad_w),
                  "LIF forward": lambda: cuba_lif_sequence(a.detach(), 0.0, BETA, V_TH, None, sur, detach_reset=True),
                  "LIF forward + backward": lif_backward,
                  "dense x @ W^T": lambda: x2 @ w.t(),

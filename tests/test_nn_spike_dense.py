@@ -136,12 +136,15 @@ def test_layers_use_the_event_path_and_match_the_dense_product(monkeypatch, laye
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_spike_inputs_skip_the_values_with_bit_identical_sums(dtype):
     """A 0/1 input keeps no values and multiplies nothing; its sums are bit for bit those of the kernels
-    that read values (1 * w is w exactly), forward and weight gradient, across input chunks."""
+    that read values (1 * w is w exactly), forward and weight gradient, across input chunks and row blocks,
+    and the weight gradient's sums run in ascending row order, as a plain loop adds them."""
     import numpy as np
 
     g = torch.Generator().manual_seed(0)
-    rows, k, m = 300, 1100, 70  # two input chunks (16-bit indices relative to each), a partial column block
+    rows, k, m = spike_dense._ROW_BLOCK + 37, 1100, 70  # two row blocks, two input chunks, a partial column block
     x2 = _sparse((rows, k), 0.1, dtype, g, binary=True)
+    x2[5] = 0.0  # a row without nonzeros
+    x2[:, 3] = 0.0  # a column without nonzeros
     w = torch.randn(m, k, generator=g, dtype=dtype).numpy()
     grad = torch.randn(rows, m, generator=g, dtype=dtype).numpy()
     cb, kc = spike_dense._tile(k, m, x2.element_size())
@@ -150,13 +153,17 @@ def test_spike_inputs_skip_the_values_with_bit_identical_sums(dtype):
     packed = np.empty((-(-m // cb), k, cb), dtype=w.dtype)
     spike_dense._pack_transposed(w, cb, packed)
     results = []
-    for binary, values in ((True, val), (False, np.ones(idx.size, dtype=w.dtype))):
-        forward, weight_grad = spike_dense._product_kernels(cb, binary)
+    for values in (val, np.ones(idx.size, dtype=w.dtype)):
         out, grad_w = np.empty((rows, m), dtype=w.dtype), np.empty((m, k), dtype=w.dtype)
-        forward(chunk_ptr, idx, values, packed, kc, 2, out)
-        weight_grad(chunk_ptr, idx, values, grad, kc, k, grad_w)
+        spike_dense._product_kernels(cb, values.size == 0)[0](chunk_ptr, idx, values, packed, kc, 2, out)
+        spike_dense._weight_grad((chunk_ptr, idx, values), grad, (cb, kc), grad_w)
         results.append((out, grad_w))
     (out_b, gw_b), (out_v, gw_v) = results
     assert np.array_equal(out_b, out_v) and np.array_equal(gw_b, gw_v)
     x = x2.numpy()
-    assert np.allclose(out_b, x @ w.T, rtol=1e-5, atol=1e-4) and np.allclose(gw_b, grad.T @ x, rtol=1e-5, atol=1e-4)
+    expect_gw = np.zeros((m, k), dtype=w.dtype)
+    for r in range(rows):  # ascending r, one rounding per addition
+        nz = np.flatnonzero(x[r])
+        expect_gw[:, nz] += grad[r][:, None]
+    assert np.array_equal(gw_b, expect_gw)
+    assert np.allclose(out_b, x @ w.T, rtol=1e-5, atol=1e-4)

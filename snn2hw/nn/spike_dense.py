@@ -54,6 +54,10 @@ _DENSITY_LIMITS = ((0, 0.10), (128, 0.15), (256, 0.18))
 # Bytes of one (inputs, columns) tile of W^T or dW^T: half the L2 cache of the CI machine's cores.
 _TILE_BYTES = 256 * 1024
 _kernels: dict = {}
+# Rows per block of the weight gradient: the block's (rows, 64 outputs) slice of g, 128 KiB, stays in L2 beside
+# the 256 KiB tile of dW^T (measured at N = 1024 and 4096: 64 and 256 rows were slower, 1024 too); at most 65536
+# (a row's number within its block is 16 bits).
+_ROW_BLOCK = 512
 _SAMPLE_ROWS = 64
 
 
@@ -131,6 +135,50 @@ if numba is not None:
                     packed[b, i, j] = 0
 
 
+if numba is not None:
+    @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
+    def _by_column(chunk_ptr, idx, val, kc, k, col_ptr, rows_local, val_by_column):
+        """The nonzeros of each block of ``_ROW_BLOCK`` rows regrouped by column (a counting sort, stable in
+        r): block q's nonzeros of column i are ``col_ptr[q, i]:col_ptr[q, i + 1]``, ``rows_local`` their row
+        within the block, ``val_by_column`` their values (unless ``val`` is empty: 0/1 input). A block keeps
+        the place its nonzeros have in the row lists."""
+        rows = chunk_ptr.shape[0]
+        chunks = chunk_ptr.shape[1] - 1
+        values = val.shape[0] > 0
+        for q in numba.prange(col_ptr.shape[0]):
+            r0 = q * _ROW_BLOCK
+            r1 = min(r0 + _ROW_BLOCK, rows)
+            counts = np.zeros(k + 1, dtype=np.int64)
+            for r in range(r0, r1):
+                for c in range(chunks):
+                    for p in range(chunk_ptr[r, c], chunk_ptr[r, c + 1]):
+                        counts[c * kc + idx[p] + 1] += 1
+            col_ptr[q, 0] = chunk_ptr[r0, 0]
+            for i in range(k):
+                col_ptr[q, i + 1] = col_ptr[q, i] + counts[i + 1]
+            for i in range(k):
+                counts[i] = col_ptr[q, i]
+            for r in range(r0, r1):
+                for c in range(chunks):
+                    for p in range(chunk_ptr[r, c], chunk_ptr[r, c + 1]):
+                        i = c * kc + idx[p]
+                        rows_local[counts[i]] = r - r0
+                        if values:
+                            val_by_column[counts[i]] = val[p]
+                        counts[i] += 1
+
+
+def _columns(csr, kc: int, k: int):
+    """(col_ptr, rows_local, val_by_column): ``_by_column`` of the row lists, what the weight gradient reads."""
+    chunk_ptr, idx, val = csr
+    row_blocks = -(-chunk_ptr.shape[0] // _ROW_BLOCK)
+    col_ptr = np.empty((row_blocks, k + 1), dtype=np.int64)
+    rows_local = np.empty(idx.shape[0], dtype=np.uint16)
+    val_by_column = np.empty(val.shape[0], dtype=val.dtype)
+    _by_column(chunk_ptr, idx, val, kc, k, col_ptr, rows_local, val_by_column)
+    return col_ptr, rows_local, val_by_column
+
+
 def _product_kernels(cb: int, binary: bool):
     """The forward and weight-gradient kernels for column blocks of ``cb`` (a closure constant, so the
     inner loops have a fixed trip count and LLVM keeps them in vector registers). ``binary``: the input's
@@ -141,6 +189,7 @@ def _product_kernels(cb: int, binary: bool):
         return _kernels[key]
     CB = cb
     BINARY = binary
+    ROW_BLOCK = _ROW_BLOCK
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
     def forward(chunk_ptr, idx, val, packed, kc, row_jobs, out):
@@ -181,12 +230,17 @@ def _product_kernels(cb: int, binary: bool):
                         out[r, lo + j] = acc[j]
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-    def weight_grad(chunk_ptr, idx, val, g, kc, k, grad_w):
+    def weight_grad(col_ptr, rows_local, val, g, kc, k, grad_w, g_blocks):
         """grad_w[o, i] = sum over the rows r with x[r, i] != 0 of x[r, i] * g[r, o], one (kc, CB) tile of
-        dW^T per job (in L2; jobs never share a tile), added row by row in ascending r."""
+        dW^T per job (jobs never share a tile). Rows go by blocks of ``_ROW_BLOCK``: the block's (rows, CB)
+        slice of g is copied into the thread's ``g_blocks[t]`` (in L2), then each input's row of the tile is
+        loaded once per block, gets that input's rows of the block added in ascending r (``_by_column``'s
+        lists) in registers, and is stored once, where adding row by row reads and writes it once per
+        nonzero. The sums are the same, in the same order."""
         rows, m = g.shape
         blocks = (m + CB - 1) // CB
-        chunks = chunk_ptr.shape[1] - 1
+        chunks = (k + kc - 1) // kc
+        row_blocks = col_ptr.shape[0]
         for job in numba.prange(blocks * chunks):
             b = job % blocks
             c = job // blocks
@@ -194,31 +248,51 @@ def _product_kernels(cb: int, binary: bool):
             width = min(CB, m - lo)
             k0 = c * kc
             k1 = min(k0 + kc, k)
-            acc = np.zeros((kc, CB), dtype=g.dtype)
-            grow = np.zeros(CB, dtype=g.dtype)
-            for r in range(rows):
-                p0, p1 = chunk_ptr[r, c], chunk_ptr[r, c + 1]
-                if p0 == p1:
+            tile = np.zeros((kc, CB), dtype=g.dtype)
+            t = numba.get_thread_id()  # g's block goes to this thread's slice of an argument: LLVM then
+            # keeps acc in registers over the additions (a slice allocated here costs a reload per row)
+            acc = np.empty(CB, dtype=g.dtype)
+            for q in range(row_blocks):
+                r0 = q * ROW_BLOCK
+                if col_ptr[q, k0] == col_ptr[q, k1]:
                     continue
-                for j in range(width):
-                    grow[j] = g[r, lo + j]
-                if BINARY:
-                    for p in range(p0, p1):
-                        i = idx[p]
-                        for j in range(CB):
-                            acc[i, j] += grow[j]
-                else:
-                    for p in range(p0, p1):
-                        v = val[p]
-                        i = idx[p]
-                        for j in range(CB):
-                            acc[i, j] += v * grow[j]
+                for r in range(min(ROW_BLOCK, rows - r0)):
+                    for j in range(width):
+                        g_blocks[t, r, j] = g[r0 + r, lo + j]
+                for i in range(k1 - k0):
+                    p0, p1 = col_ptr[q, k0 + i], col_ptr[q, k0 + i + 1]
+                    if p0 == p1:
+                        continue
+                    for j in range(CB):
+                        acc[j] = tile[i, j]
+                    if BINARY:
+                        for p in range(p0, p1):
+                            r = rows_local[p]
+                            for j in range(CB):
+                                acc[j] += g_blocks[t, r, j]
+                    else:
+                        for p in range(p0, p1):
+                            v = val[p]
+                            r = rows_local[p]
+                            for j in range(CB):
+                                acc[j] += v * g_blocks[t, r, j]
+                    for j in range(CB):
+                        tile[i, j] = acc[j]
             for j in range(width):
                 for i in range(k1 - k0):
-                    grad_w[lo + j, k0 + i] = acc[i, j]
+                    grad_w[lo + j, k0 + i] = tile[i, j]
 
     _kernels[key] = forward, weight_grad
     return _kernels[key]
+
+
+def _weight_grad(csr, g: np.ndarray, tile: tuple[int, int], grad_w: np.ndarray) -> None:
+    """grad_w (out_features, in_features) = g^T x over x's nonzeros (``csr``, from ``_csr``)."""
+    cb, kc = tile
+    k = grad_w.shape[1]
+    columns = _columns(csr, kc, k)
+    g_blocks = np.zeros((numba.config.NUMBA_NUM_THREADS, _ROW_BLOCK, cb), dtype=g.dtype)  # one per thread id
+    _product_kernels(cb, len(csr[2]) == 0)[1](*columns, g, kc, k, grad_w, g_blocks)
 
 
 def _row_jobs(rows: int, blocks: int, threads: int) -> int:
@@ -289,12 +363,10 @@ class _SpikeLinear(torch.autograd.Function):
         if need_x:
             grad_x = grad_out @ weight
         if need_w:
-            chunk_ptr, idx, val = ctx.csr
-            cb, kc = ctx.tile
             g = grad_out.detach().contiguous()
             grad_w = torch.empty(weight.shape, dtype=g.dtype)
             kernels._set_threads()
-            _product_kernels(cb, len(val) == 0)[1](chunk_ptr, idx, val, g.numpy(), kc, weight.shape[1], grad_w.numpy())
+            _weight_grad(ctx.csr, g.numpy(), ctx.tile, grad_w.numpy())
         return grad_x, grad_w, None, None, None
 
 
