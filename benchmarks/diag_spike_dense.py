@@ -81,7 +81,7 @@ def _parts(args, sizes, dtype, sur, argv=None) -> int:
         blocks = -(-n // cb)
         kernels._set_threads()
         csr = spike_dense._csr(x2, 1.0, kc)
-        forward = spike_dense._product_kernels(cb, len(csr[2]) == 0)[0]
+        forward = spike_dense._product_kernels(cb)[0]
         packed = np.empty((blocks, n, cb), dtype=x2.numpy().dtype)
         out = buffer_pool.empty((rows, n), dtype)
         grad_w = np.empty((n, n), dtype=x2.numpy().dtype)

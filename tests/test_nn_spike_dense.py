@@ -155,7 +155,7 @@ def test_spike_inputs_skip_the_values_with_bit_identical_sums(dtype):
     results = []
     for values in (val, np.ones(idx.size, dtype=w.dtype)):
         out, grad_w = np.empty((rows, m), dtype=w.dtype), np.empty((m, k), dtype=w.dtype)
-        spike_dense._product_kernels(cb, values.size == 0)[0](chunk_ptr, idx, values, packed, kc, 2, out)
+        spike_dense._product_kernels(cb)[0](chunk_ptr, idx, values, packed, kc, 2, out)
         spike_dense._weight_grad((chunk_ptr, idx, values), grad, (cb, kc), grad_w)
         results.append((out, grad_w))
     (out_b, gw_b), (out_v, gw_v) = results

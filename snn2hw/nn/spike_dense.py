@@ -179,16 +179,16 @@ def _columns(csr, kc: int, k: int):
     return col_ptr, rows_local, val_by_column
 
 
-def _product_kernels(cb: int, binary: bool):
+def _product_kernels(cb: int):
     """The forward and weight-gradient kernels for column blocks of ``cb`` (a closure constant, so the
-    inner loops have a fixed trip count and LLVM keeps them in vector registers). ``binary``: the input's
-    nonzeros are all 1 (spikes), so no values are read and nothing is multiplied (``1 * w`` is ``w``
-    exactly: the sums are the same as with values)."""
-    key = ("spike_dense", cb, binary)
+    inner loops have a fixed trip count and LLVM keeps them in vector registers). Their ``val`` is empty
+    when the input's nonzeros are all 1 (spikes): then no values are read and nothing is multiplied
+    (``1 * w`` is ``w`` exactly, so the sums are those with values). That choice is made per row (forward)
+    or per input and row block (weight gradient) at run time, so one compiled kernel serves both."""
+    key = ("spike_dense", cb)
     if key in _kernels:
         return _kernels[key]
     CB = cb
-    BINARY = binary
     ROW_BLOCK = _ROW_BLOCK
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
@@ -206,6 +206,7 @@ def _product_kernels(cb: int, binary: bool):
             lo = b * CB
             width = min(CB, m - lo)
             acc = np.empty(CB, dtype=out.dtype)
+            binary = val.shape[0] == 0
             for c in range(chunks):
                 base = c * kc
                 for r in range(r0, r1):
@@ -215,7 +216,7 @@ def _product_kernels(cb: int, binary: bool):
                     else:
                         for j in range(width):
                             acc[j] = out[r, lo + j]
-                    if BINARY:
+                    if binary:
                         for p in range(chunk_ptr[r, c], chunk_ptr[r, c + 1]):
                             i = base + idx[p]
                             for j in range(CB):
@@ -252,6 +253,7 @@ def _product_kernels(cb: int, binary: bool):
             t = numba.get_thread_id()  # g's block goes to this thread's slice of an argument: LLVM then
             # keeps acc in registers over the additions (a slice allocated here costs a reload per row)
             acc = np.empty(CB, dtype=g.dtype)
+            binary = val.shape[0] == 0
             for q in range(row_blocks):
                 r0 = q * ROW_BLOCK
                 if col_ptr[q, k0] == col_ptr[q, k1]:
@@ -265,7 +267,7 @@ def _product_kernels(cb: int, binary: bool):
                         continue
                     for j in range(CB):
                         acc[j] = tile[i, j]
-                    if BINARY:
+                    if binary:
                         for p in range(p0, p1):
                             r = rows_local[p]
                             for j in range(CB):
@@ -292,7 +294,7 @@ def _weight_grad(csr, g: np.ndarray, tile: tuple[int, int], grad_w: np.ndarray) 
     k = grad_w.shape[1]
     columns = _columns(csr, kc, k)
     g_blocks = np.zeros((numba.config.NUMBA_NUM_THREADS, _ROW_BLOCK, cb), dtype=g.dtype)  # one per thread id
-    _product_kernels(cb, len(csr[2]) == 0)[1](*columns, g, kc, k, grad_w, g_blocks)
+    _product_kernels(cb)[1](*columns, g, kc, k, grad_w, g_blocks)
 
 
 def _row_jobs(rows: int, blocks: int, threads: int) -> int:
@@ -343,7 +345,7 @@ class _SpikeLinear(torch.autograd.Function):
         m, k = weight.shape
         rows = x2.shape[0]
         blocks = -(-m // cb)
-        forward, _ = _product_kernels(cb, len(val) == 0)
+        forward, _ = _product_kernels(cb)
         w = weight.detach().contiguous().numpy()
         packed = np.empty((blocks, k, cb), dtype=w.dtype)
         kernels._set_threads()
