@@ -60,6 +60,16 @@ def _time(fns: dict, reps: int) -> dict:
                 "wall_ms": statistics.median(wall[k])} for k in fns}
 
 
+def _finish(other, load_before: float, out_path, argv, meta: dict, rows: list) -> None:
+    """Print the load line, mark the run as under load where it was, and write the JSON."""
+    o = other.result()
+    loaded = under_load(o, load_before)
+    print(f"load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f}; other processes "
+          f"{o['other_cpus'] or 0:.2f} CPUs{' (UNDER LOAD: compare only the interleaved ratios)' if loaded else ''}")
+    write_results(out_path, "benchmarks/diag_spike_dense.py", argv,
+                  {**meta, "other_cpus": o["other_cpus"], "under_load": loaded}, rows, load_before)
+
+
 def _parts(args, sizes, dtype, sur, argv=None) -> int:
     """CPU time of each part of the event-driven layer step, interleaved in every repetition."""
     import numpy as np
@@ -106,15 +116,10 @@ def _parts(args, sizes, dtype, sur, argv=None) -> int:
         print(f"N={n} ({len(csr[1]):,} nonzeros, tile {kc} x {cb}):")
         for k, v in t.items():
             print(f"  {k:26s} {v['cpu_ms']:9.1f} ms cpu ({v['wall_ms']:8.1f} wall)", flush=True)
-    o = other.result()
-    loaded = under_load(o, load_before)
-    print(f"load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f}; other processes "
-          f"{o['other_cpus'] or 0:.2f} CPUs{' (UNDER LOAD)' if loaded else ''}")
     out_path = Path(args.out or REPO / "benchmarks" / "results" / "diag_spike_dense_parts.json")
-    write_results(out_path, "benchmarks/diag_spike_dense.py", argv,
-                  {"what": "parts", "steps": args.steps, "batch": args.batch, "threads": args.threads,
-                   "rate": args.rate, "reps": args.reps, "other_cpus": o["other_cpus"], "under_load": loaded},
-                  rows_out, load_before)
+    _finish(other, load_before, out_path, argv, {"what": "parts", "steps": args.steps, "batch": args.batch,
+                                                 "threads": args.threads, "rate": args.rate, "reps": args.reps},
+            rows_out)
     return 0
 
 
@@ -172,15 +177,10 @@ def _ab(args, sizes, dtype, sur, argv=None) -> int:
               f"{t['base']['cpu_max_ms']:.0f}), new {t['new']['cpu_ms']:9.1f} ({t['new']['cpu_min_ms']:.0f}.."
               f"{t['new']['cpu_max_ms']:.0f}): new/base {ratio:.3f}; spikes and dW "
               f"{'bit-identical' if identical else 'DIFFER'}", flush=True)
-    o = other.result()
-    loaded = under_load(o, load_before)
-    print(f"load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f}; other processes "
-          f"{o['other_cpus'] or 0:.2f} CPUs{' (UNDER LOAD: compare only the interleaved ratios)' if loaded else ''}")
     out_path = Path(args.out or REPO / "benchmarks" / "results" / f"diag_spike_dense_ab_{args.layer}.json")
-    write_results(out_path, "benchmarks/diag_spike_dense.py", argv,
-                  {"what": "ab", "base": args.base, "layer": args.layer, "steps": args.steps, "batch": args.batch,
-                   "threads": args.threads, "rate": args.rate, "reps": args.reps, "other_cpus": o["other_cpus"],
-                   "under_load": loaded}, rows_out, load_before)
+    _finish(other, load_before, out_path, argv, {"what": "ab", "base": args.base, "layer": args.layer,
+                                                 "steps": args.steps, "batch": args.batch, "threads": args.threads,
+                                                 "rate": args.rate, "reps": args.reps}, rows_out)
     return 0 if all(r["bit_identical"] for r in rows_out) else 1
 
 
@@ -261,15 +261,10 @@ def main(argv=None) -> int:
                   f"({t['dense']['wall_ms']:8.1f} wall), event {t['event']['cpu_ms']:9.1f} ms cpu "
                   f"({t['event']['wall_ms']:8.1f} wall): event/dense cpu {row['cpu_ratio_event_over_dense']:.3f} "
                   f"wall {row['wall_ratio_event_over_dense']:.3f}; dW rel diff {err:.1e}", flush=True)
-    o = other.result()
-    loaded = under_load(o, load_before)
-    print(f"load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f}; other processes "
-          f"{o['other_cpus'] or 0:.2f} CPUs{' (UNDER LOAD: compare only the interleaved ratios)' if loaded else ''}")
     out = Path(args.out or REPO / "benchmarks" / "results" / f"diag_spike_dense_{args.what}.json")
-    write_results(out, "benchmarks/diag_spike_dense.py", argv,
-                  {"what": args.what, "steps": args.steps, "batch": args.batch, "threads": args.threads,
-                   "dtype": args.dtype, "reps": args.reps, "torch": torch.__version__,
-                   "other_cpus": o["other_cpus"], "under_load": loaded}, rows_out, load_before)
+    _finish(other, load_before, out, argv, {"what": args.what, "steps": args.steps, "batch": args.batch,
+                                            "threads": args.threads, "dtype": args.dtype, "reps": args.reps,
+                                            "torch": torch.__version__}, rows_out)
     return 0
 
 

@@ -18,12 +18,20 @@ Layout, and why (measured on the 2-core AVX2 CI machine; docs/performance.md):
 
 * both kernels work on tiles of ``kc`` inputs x ``cb`` outputs (64 float32 / 32 float64 outputs, at
   most 1024 inputs: 256 KiB) of ``W^T`` (forward) or ``dW^T`` (weight gradient), which stay in the
-  core's L2 cache while every row's nonzeros in that input chunk gather from them; ``W`` is repacked
-  into column blocks once per call (in_features x out_features copies, nothing next to the gathers);
-* forward jobs are (block of rows, column block) pairs, weight-gradient jobs are (input chunk, column
-  block) tiles, so threads never write the same output and need no atomics;
-* the nonzeros are found by one compiled pass over ``x`` into CSR form (row pointers, column indices,
-  values), which is also all the backward pass keeps of ``x`` (``density`` of its memory, plus indices).
+  core's L2 cache; ``W`` is repacked into column blocks once per call (in_features x out_features
+  copies, nothing next to the gathers);
+* forward jobs are (block of rows, column block) pairs: every row's nonzeros in an input chunk gather
+  their rows of the W^T tile into sums held in registers;
+* weight-gradient jobs are (input chunk, column block) tiles, so threads never write the same output
+  and need no atomics. Rows go by blocks of 512: the block's slice of g is copied next to the tile, and
+  each input's row of the tile is loaded once per block, gets the block's rows with a nonzero at that
+  input added in registers (ascending r), and is stored once, rather than read and written once per
+  nonzero (the nonzeros regrouped by column within each row block: a counting sort, 16-bit row numbers);
+* the nonzeros are found by one compiled pass over ``x`` into CSR form (per-row start of each input
+  chunk, 16-bit column indices relative to the chunk, values), which is also all the backward pass keeps
+  of ``x`` (``density`` of its memory, plus indices). A 0/1 input (spikes) keeps no values, and the
+  kernels add weight rows or gradient rows without multiplying: ``1 * w`` is ``w`` exactly, so the sums
+  are bit for bit those with values.
 
 Above a density threshold the event-driven kernels lose to the BLAS GEMM, which uses every core's
 vector units at full width where the gathers cannot. ``spike_linear`` then takes the dense path
