@@ -13,6 +13,9 @@ Two measurements (T = 500, batch 16, 2 threads by default; the ``bench_training.
 * ``parts``: where the event-driven layer step's time goes at each N (spikes at ``--rate``): building the
   row lists (CSR), packing W^T, the forward product kernel, the weight-gradient kernel, the LIF scan's
   forward and backward, against the two dense GEMMs (``x @ W^T``, ``g^T x``) that the floor does.
+* ``ab``: the ``bench_training.py`` layer step (``--layer dense`` or ``recurrent``, spikes at ``--rate``) with
+  ``spike_linear`` of commit ``--base`` (its ``snn2hw/nn/spike_dense.py``, read with ``git show``) against the
+  working tree's, interleaved; checks that spikes and weight gradients are bit-identical.
 
 Implementations alternate within every repetition, so load from other processes affects both alike.
 Reports the median CPU time (``time.process_time``: all threads) and wall time of each, their ratio,
@@ -22,6 +25,7 @@ two must agree to float rounding; the script checks it.
     python benchmarks/diag_spike_dense.py crossover [--sizes 256 1024 4096] [--densities 0.05 0.1 0.2 0.3 0.5]
     python benchmarks/diag_spike_dense.py layer [--sizes 256 512 1024 2048 4096] [--rate 0.1] [--reps 5]
     python benchmarks/diag_spike_dense.py parts [--sizes 2048 4096] [--reps 3]
+    python benchmarks/diag_spike_dense.py ab --base 6448c2f [--layer dense] [--sizes 256 512 1024 2048 4096] [--reps 3]
 """
 from __future__ import annotations
 
@@ -56,6 +60,16 @@ def _time(fns: dict, reps: int) -> dict:
                 "wall_ms": statistics.median(wall[k])} for k in fns}
 
 
+def _finish(other, load_before: float, out_path, argv, meta: dict, rows: list) -> None:
+    """Print the load line, mark the run as under load where it was, and write the JSON."""
+    o = other.result()
+    loaded = under_load(o, load_before)
+    print(f"load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f}; other processes "
+          f"{o['other_cpus'] or 0:.2f} CPUs{' (UNDER LOAD: compare only the interleaved ratios)' if loaded else ''}")
+    write_results(out_path, "benchmarks/diag_spike_dense.py", argv,
+                  {**meta, "other_cpus": o["other_cpus"], "under_load": loaded}, rows, load_before)
+
+
 def _parts(args, sizes, dtype, sur, argv=None) -> int:
     """CPU time of each part of the event-driven layer step, interleaved in every repetition."""
     import numpy as np
@@ -75,9 +89,9 @@ def _parts(args, sizes, dtype, sur, argv=None) -> int:
         grad = torch.randn(rows, n, generator=g, dtype=dtype)
         cb, kc = spike_dense._tile(n, n, x.element_size())
         blocks = -(-n // cb)
-        forward, weight_grad = spike_dense._product_kernels(cb)
         kernels._set_threads()
         csr = spike_dense._csr(x2, 1.0, kc)
+        forward = spike_dense._product_kernels(cb)[0]
         packed = np.empty((blocks, n, cb), dtype=x2.numpy().dtype)
         out = buffer_pool.empty((rows, n), dtype)
         grad_w = np.empty((n, n), dtype=x2.numpy().dtype)
@@ -91,7 +105,7 @@ def _parts(args, sizes, dtype, sur, argv=None) -> int:
         parts = {"csr (row lists)": lambda: spike_dense._csr(x2, 1.0, kc),
                  "pack W^T": lambda: spike_dense._pack_transposed(w.numpy(), cb, packed),
                  "forward product": lambda: forward(*csr, packed, kc, row_jobs, out.numpy()),
-                 "weight-gradient product": lambda: weight_grad(*csr, grad.numpy(), kc, n, grad_w),
+                 "weight-gradient product": lambda: spike_dense._weight_grad(csr, grad.numpy(), (cb, kc), grad_w),
                  "LIF forward": lambda: cuba_lif_sequence(a.detach(), 0.0, BETA, V_TH, None, sur, detach_reset=True),
                  "LIF forward + backward": lif_backward,
                  "dense x @ W^T": lambda: x2 @ w.t(),
@@ -102,21 +116,79 @@ def _parts(args, sizes, dtype, sur, argv=None) -> int:
         print(f"N={n} ({len(csr[1]):,} nonzeros, tile {kc} x {cb}):")
         for k, v in t.items():
             print(f"  {k:26s} {v['cpu_ms']:9.1f} ms cpu ({v['wall_ms']:8.1f} wall)", flush=True)
-    o = other.result()
-    loaded = under_load(o, load_before)
-    print(f"load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f}; other processes "
-          f"{o['other_cpus'] or 0:.2f} CPUs{' (UNDER LOAD)' if loaded else ''}")
     out_path = Path(args.out or REPO / "benchmarks" / "results" / "diag_spike_dense_parts.json")
-    write_results(out_path, "benchmarks/diag_spike_dense.py", argv,
-                  {"what": "parts", "steps": args.steps, "batch": args.batch, "threads": args.threads,
-                   "rate": args.rate, "reps": args.reps, "other_cpus": o["other_cpus"], "under_load": loaded},
-                  rows_out, load_before)
+    _finish(other, load_before, out_path, argv, {"what": "parts", "steps": args.steps, "batch": args.batch,
+                                                 "threads": args.threads, "rate": args.rate, "reps": args.reps},
+            rows_out)
     return 0
+
+
+def _base_module(base: str):
+    """``snn2hw/nn/spike_dense.py`` as of commit ``base``, imported as its own module (its own kernels)."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    source = subprocess.run(["git", "-C", str(REPO), "show", f"{base}:snn2hw/nn/spike_dense.py"], check=True,
+                            capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp(prefix="spike_dense_base_")) / "spike_dense_base.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("spike_dense_base", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _ab(args, sizes, dtype, sur, argv=None) -> int:
+    """The layer step with the base commit's spike_linear (A) and the working tree's (B), interleaved."""
+    import torch
+
+    from snn2hw.nn import spike_dense
+    from snn2hw.nn.functional import cuba_lif_sequence
+    from snn2hw.nn.recurrent import recurrent_cuba_lif_sequence
+
+    base = _base_module(args.base)
+    load_before = os.getloadavg()[0]
+    other = OtherLoad()
+    rows_out = []
+    for n in sizes:
+        g = torch.Generator().manual_seed(0)  # bench_training.py's input and weights
+        x = (torch.rand(args.batch, args.steps, n, generator=g) < args.rate).to(dtype)
+        w = (torch.randn(n, n, generator=g, dtype=dtype) / (n * args.rate) ** 0.5).requires_grad_(True)
+        v = (torch.randn(n, n, generator=g, dtype=dtype) * 0.3 / (n * args.rate) ** 0.5).requires_grad_(True)
+
+        def step(linear):
+            w.grad = v.grad = None
+            a = linear(x, w)
+            if args.layer == "recurrent":
+                s = recurrent_cuba_lif_sequence(a, v, 0.0, BETA, V_TH, None, surrogate=sur)
+            else:
+                s = cuba_lif_sequence(a, 0.0, BETA, V_TH, None, sur, detach_reset=True)
+            s.sum().backward()
+            return s.detach(), w.grad
+
+        (sa, ga), (sb, gb) = step(base.spike_linear), step(spike_dense.spike_linear)
+        identical = bool(torch.equal(sa, sb) and torch.equal(ga, gb))
+        t = _time({"base": lambda: step(base.spike_linear), "new": lambda: step(spike_dense.spike_linear)}, args.reps)
+        ratio = t["new"]["cpu_ms"] / t["base"]["cpu_ms"]
+        rows_out.append({"n": n, "layer": args.layer, "base": t["base"], "new": t["new"], "cpu_ratio_new_over_base": ratio,
+                         "bit_identical": identical})
+        print(f"N={n:5d} {args.layer}: base {t['base']['cpu_ms']:9.1f} ms cpu ({t['base']['cpu_min_ms']:.0f}.."
+              f"{t['base']['cpu_max_ms']:.0f}), new {t['new']['cpu_ms']:9.1f} ({t['new']['cpu_min_ms']:.0f}.."
+              f"{t['new']['cpu_max_ms']:.0f}): new/base {ratio:.3f}; spikes and dW "
+              f"{'bit-identical' if identical else 'DIFFER'}", flush=True)
+    out_path = Path(args.out or REPO / "benchmarks" / "results" / f"diag_spike_dense_ab_{args.layer}.json")
+    _finish(other, load_before, out_path, argv, {"what": "ab", "base": args.base, "layer": args.layer,
+                                                 "steps": args.steps, "batch": args.batch, "threads": args.threads,
+                                                 "rate": args.rate, "reps": args.reps}, rows_out)
+    return 0 if all(r["bit_identical"] for r in rows_out) else 1
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["crossover", "layer", "parts"])
+    p.add_argument("what", choices=["crossover", "layer", "parts", "ab"])
+    p.add_argument("--base", default="6448c2f", help="ab: the commit whose spike_dense.py is compared")
+    p.add_argument("--layer", choices=["dense", "recurrent"], default="dense", help="ab: the layer step")
     p.add_argument("--sizes", type=int, nargs="+", default=None)
     p.add_argument("--densities", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.5])
     p.add_argument("--rate", type=float, default=0.1)
@@ -139,6 +211,8 @@ def main(argv=None) -> int:
     sur = FastSigmoid(10.0)
     if args.what == "parts":
         return _parts(args, sizes, dtype, sur, argv)
+    if args.what == "ab":
+        return _ab(args, sizes, dtype, sur, argv)
     rows_out = []
     load_before = os.getloadavg()[0]
     other = OtherLoad()
@@ -187,15 +261,10 @@ def main(argv=None) -> int:
                   f"({t['dense']['wall_ms']:8.1f} wall), event {t['event']['cpu_ms']:9.1f} ms cpu "
                   f"({t['event']['wall_ms']:8.1f} wall): event/dense cpu {row['cpu_ratio_event_over_dense']:.3f} "
                   f"wall {row['wall_ratio_event_over_dense']:.3f}; dW rel diff {err:.1e}", flush=True)
-    o = other.result()
-    loaded = under_load(o, load_before)
-    print(f"load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f}; other processes "
-          f"{o['other_cpus'] or 0:.2f} CPUs{' (UNDER LOAD: compare only the interleaved ratios)' if loaded else ''}")
     out = Path(args.out or REPO / "benchmarks" / "results" / f"diag_spike_dense_{args.what}.json")
-    write_results(out, "benchmarks/diag_spike_dense.py", argv,
-                  {"what": args.what, "steps": args.steps, "batch": args.batch, "threads": args.threads,
-                   "dtype": args.dtype, "reps": args.reps, "torch": torch.__version__,
-                   "other_cpus": o["other_cpus"], "under_load": loaded}, rows_out, load_before)
+    _finish(other, load_before, out, argv, {"what": args.what, "steps": args.steps, "batch": args.batch,
+                                            "threads": args.threads, "dtype": args.dtype, "reps": args.reps,
+                                            "torch": torch.__version__}, rows_out)
     return 0
 
 

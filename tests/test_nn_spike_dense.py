@@ -130,3 +130,40 @@ def test_layers_use_the_event_path_and_match_the_dense_product(monkeypatch, laye
     assert 0 < float(out_dense.detach().mean()) < 1
     assert torch.equal(out_event, out_dense)  # float64 rounding differences never flip a spike here
     assert torch.allclose(grad_event, layer.weight.grad, rtol=1e-10, atol=1e-12)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_spike_inputs_skip_the_values_with_bit_identical_sums(dtype):
+    """A 0/1 input keeps no values and multiplies nothing; its sums are bit for bit those of the kernels
+    that read values (1 * w is w exactly), forward and weight gradient, across input chunks and row blocks,
+    and the weight gradient's sums run in ascending row order, as a plain loop adds them."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    rows, k, m = spike_dense._ROW_BLOCK + 37, 1100, 70  # two row blocks, two input chunks, a partial column block
+    x2 = _sparse((rows, k), 0.1, dtype, g, binary=True)
+    x2[5] = 0.0  # a row without nonzeros
+    x2[:, 3] = 0.0  # a column without nonzeros
+    w = torch.randn(m, k, generator=g, dtype=dtype).numpy()
+    grad = torch.randn(rows, m, generator=g, dtype=dtype).numpy()
+    cb, kc = spike_dense._tile(k, m, x2.element_size())
+    chunk_ptr, idx, val = spike_dense._csr(x2, 1.0, kc)
+    assert val.size == 0 and idx.dtype == np.uint16 and kc < k
+    packed = np.empty((-(-m // cb), k, cb), dtype=w.dtype)
+    spike_dense._pack_transposed(w, cb, packed)
+    results = []
+    for values in (val, np.ones(idx.size, dtype=w.dtype)):
+        out, grad_w = np.empty((rows, m), dtype=w.dtype), np.empty((m, k), dtype=w.dtype)
+        spike_dense._product_kernels(cb)[0](chunk_ptr, idx, values, packed, kc, 2, out)
+        spike_dense._weight_grad((chunk_ptr, idx, values), grad, (cb, kc), grad_w)
+        results.append((out, grad_w))
+    (out_b, gw_b), (out_v, gw_v) = results
+    assert np.array_equal(out_b, out_v) and np.array_equal(gw_b, gw_v)
+    x = x2.numpy()
+    expect_gw = np.zeros((m, k), dtype=w.dtype)
+    for r in range(rows):  # ascending r, one rounding per addition
+        nz = np.flatnonzero(x[r])
+        expect_gw[:, nz] += grad[r][:, None]
+    assert np.array_equal(gw_b, expect_gw)
+    assert np.allclose(out_b, x @ w.T, rtol=1e-5, atol=1e-4)

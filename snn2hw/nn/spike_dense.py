@@ -18,12 +18,20 @@ Layout, and why (measured on the 2-core AVX2 CI machine; docs/performance.md):
 
 * both kernels work on tiles of ``kc`` inputs x ``cb`` outputs (64 float32 / 32 float64 outputs, at
   most 1024 inputs: 256 KiB) of ``W^T`` (forward) or ``dW^T`` (weight gradient), which stay in the
-  core's L2 cache while every row's nonzeros in that input chunk gather from them; ``W`` is repacked
-  into column blocks once per call (in_features x out_features copies, nothing next to the gathers);
-* forward jobs are (block of rows, column block) pairs, weight-gradient jobs are (input chunk, column
-  block) tiles, so threads never write the same output and need no atomics;
-* the nonzeros are found by one compiled pass over ``x`` into CSR form (row pointers, column indices,
-  values), which is also all the backward pass keeps of ``x`` (``density`` of its memory, plus indices).
+  core's L2 cache; ``W`` is repacked into column blocks once per call (in_features x out_features
+  copies, nothing next to the gathers);
+* forward jobs are (block of rows, column block) pairs: every row's nonzeros in an input chunk gather
+  their rows of the W^T tile into sums held in registers;
+* weight-gradient jobs are (input chunk, column block) tiles, so threads never write the same output
+  and need no atomics. Rows go by blocks of 512: the block's slice of g is copied next to the tile, and
+  each input's row of the tile is loaded once per block, gets the block's rows with a nonzero at that
+  input added in registers (ascending r), and is stored once, rather than read and written once per
+  nonzero (the nonzeros regrouped by column within each row block: a counting sort, 16-bit row numbers);
+* the nonzeros are found by one compiled pass over ``x`` into CSR form (per-row start of each input
+  chunk, 16-bit column indices relative to the chunk, values), which is also all the backward pass keeps
+  of ``x`` (``density`` of its memory, plus indices). A 0/1 input (spikes) keeps no values, and the
+  kernels add weight rows or gradient rows without multiplying: ``1 * w`` is ``w`` exactly, so the sums
+  are bit for bit those with values.
 
 Above a density threshold the event-driven kernels lose to the BLAS GEMM, which uses every core's
 vector units at full width where the gathers cannot. ``spike_linear`` then takes the dense path
@@ -54,6 +62,10 @@ _DENSITY_LIMITS = ((0, 0.10), (128, 0.15), (256, 0.18))
 # Bytes of one (inputs, columns) tile of W^T or dW^T: half the L2 cache of the CI machine's cores.
 _TILE_BYTES = 256 * 1024
 _kernels: dict = {}
+# Rows per block of the weight gradient: the block's (rows, 64 outputs) slice of g, 128 KiB, stays in L2 beside
+# the 256 KiB tile of dW^T (measured at N = 1024 and 4096: 64 and 256 rows were slower, 1024 too); at most 65536
+# (a row's number within its block is 16 bits).
+_ROW_BLOCK = 512
 _SAMPLE_ROWS = 64
 
 
@@ -77,34 +89,41 @@ def _tile(k: int, m: int, itemsize: int) -> tuple[int, int]:
 
 if numba is not None:
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-    def _row_counts(x, counts):
+    def _row_counts(x, counts, others):
+        """counts[r]: row r's nonzeros; others[r]: how many of them are not 1 (all 0 for spikes)."""
         rows, k = x.shape
         for r in numba.prange(rows):
             c = 0
+            o = 0
             for i in range(k):
-                c += x[r, i] != 0
+                v = x[r, i]
+                c += v != 0
+                o += (v != 0) & (v != 1)
             counts[r] = c
+            others[r] = o
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
     def _fill_csr(x, ptr, idx, val, kc, chunk_ptr):
-        """Column indices and values of each row's nonzeros, in ascending column order, and where each
-        chunk of ``kc`` columns starts in them (``chunk_ptr[r, c]``; ``chunk_ptr[r, -1]`` = row end)."""
+        """Each row's nonzeros in ascending column order, chunk by chunk of ``kc`` columns: ``idx`` their
+        column relative to the chunk's first (< kc, so 16 bits), ``val`` their values (not written when
+        ``val`` is empty: a 0/1 input), ``chunk_ptr[r, c]`` where chunk c of row r starts in them
+        (``chunk_ptr[r, -1]`` = row end)."""
         rows, k = x.shape
         chunks = chunk_ptr.shape[1] - 1
+        values = val.shape[0] > 0
         for r in numba.prange(rows):
             p, end = ptr[r], ptr[r + 1]
-            for i in range(k):
-                if p == end:  # well predicted: true only after the row's last nonzero
-                    break
-                v = x[r, i]
-                idx[p] = i  # written for zeros too, then overwritten: no branch on the random pattern
-                val[p] = v
-                p += v != 0
-            p = ptr[r]
             for c in range(chunks):
-                while p < end and idx[p] < c * kc:
-                    p += 1
                 chunk_ptr[r, c] = p
+                lo = c * kc
+                for i in range(lo, min(lo + kc, k)):
+                    if p == end:  # well predicted: true only after the row's last nonzero
+                        break
+                    v = x[r, i]
+                    idx[p] = i - lo  # written for zeros too, then overwritten: no branch on the random pattern
+                    if values:
+                        val[p] = v
+                    p += v != 0
             chunk_ptr[r, chunks] = end
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
@@ -124,13 +143,61 @@ if numba is not None:
                     packed[b, i, j] = 0
 
 
+if numba is not None:
+    @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
+    def _by_column(chunk_ptr, idx, val, kc, k, col_ptr, rows_local, val_by_column):
+        """The nonzeros of each block of ``_ROW_BLOCK`` rows regrouped by column (a counting sort, stable in
+        r): block q's nonzeros of column i are ``col_ptr[q, i]:col_ptr[q, i + 1]``, ``rows_local`` their row
+        within the block, ``val_by_column`` their values (unless ``val`` is empty: 0/1 input). A block keeps
+        the place its nonzeros have in the row lists."""
+        rows = chunk_ptr.shape[0]
+        chunks = chunk_ptr.shape[1] - 1
+        values = val.shape[0] > 0
+        for q in numba.prange(col_ptr.shape[0]):
+            r0 = q * _ROW_BLOCK
+            r1 = min(r0 + _ROW_BLOCK, rows)
+            counts = np.zeros(k + 1, dtype=np.int64)
+            for r in range(r0, r1):
+                for c in range(chunks):
+                    for p in range(chunk_ptr[r, c], chunk_ptr[r, c + 1]):
+                        counts[c * kc + idx[p] + 1] += 1
+            col_ptr[q, 0] = chunk_ptr[r0, 0]
+            for i in range(k):
+                col_ptr[q, i + 1] = col_ptr[q, i] + counts[i + 1]
+            for i in range(k):
+                counts[i] = col_ptr[q, i]
+            for r in range(r0, r1):
+                for c in range(chunks):
+                    for p in range(chunk_ptr[r, c], chunk_ptr[r, c + 1]):
+                        i = c * kc + idx[p]
+                        rows_local[counts[i]] = r - r0
+                        if values:
+                            val_by_column[counts[i]] = val[p]
+                        counts[i] += 1
+
+
+def _columns(csr, kc: int, k: int):
+    """(col_ptr, rows_local, val_by_column): ``_by_column`` of the row lists, what the weight gradient reads."""
+    chunk_ptr, idx, val = csr
+    row_blocks = -(-chunk_ptr.shape[0] // _ROW_BLOCK)
+    col_ptr = np.empty((row_blocks, k + 1), dtype=np.int64)
+    rows_local = np.empty(idx.shape[0], dtype=np.uint16)
+    val_by_column = np.empty(val.shape[0], dtype=val.dtype)
+    _by_column(chunk_ptr, idx, val, kc, k, col_ptr, rows_local, val_by_column)
+    return col_ptr, rows_local, val_by_column
+
+
 def _product_kernels(cb: int):
     """The forward and weight-gradient kernels for column blocks of ``cb`` (a closure constant, so the
-    inner loops have a fixed trip count and LLVM keeps them in vector registers)."""
+    inner loops have a fixed trip count and LLVM keeps them in vector registers). Their ``val`` is empty
+    when the input's nonzeros are all 1 (spikes): then no values are read and nothing is multiplied
+    (``1 * w`` is ``w`` exactly, so the sums are those with values). That choice is made per row (forward)
+    or per input and row block (weight gradient) at run time, so one compiled kernel serves both."""
     key = ("spike_dense", cb)
     if key in _kernels:
         return _kernels[key]
     CB = cb
+    ROW_BLOCK = _ROW_BLOCK
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
     def forward(chunk_ptr, idx, val, packed, kc, row_jobs, out):
@@ -147,7 +214,9 @@ def _product_kernels(cb: int):
             lo = b * CB
             width = min(CB, m - lo)
             acc = np.empty(CB, dtype=out.dtype)
+            binary = val.shape[0] == 0
             for c in range(chunks):
+                base = c * kc
                 for r in range(r0, r1):
                     if c == 0:
                         for j in range(CB):
@@ -155,21 +224,32 @@ def _product_kernels(cb: int):
                     else:
                         for j in range(width):
                             acc[j] = out[r, lo + j]
-                    for p in range(chunk_ptr[r, c], chunk_ptr[r, c + 1]):
-                        v = val[p]
-                        i = idx[p]
-                        for j in range(CB):
-                            acc[j] += v * packed[b, i, j]
+                    if binary:
+                        for p in range(chunk_ptr[r, c], chunk_ptr[r, c + 1]):
+                            i = base + idx[p]
+                            for j in range(CB):
+                                acc[j] += packed[b, i, j]
+                    else:
+                        for p in range(chunk_ptr[r, c], chunk_ptr[r, c + 1]):
+                            v = val[p]
+                            i = base + idx[p]
+                            for j in range(CB):
+                                acc[j] += v * packed[b, i, j]
                     for j in range(width):
                         out[r, lo + j] = acc[j]
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-    def weight_grad(chunk_ptr, idx, val, g, kc, k, grad_w):
+    def weight_grad(col_ptr, rows_local, val, g, kc, k, grad_w, g_blocks):
         """grad_w[o, i] = sum over the rows r with x[r, i] != 0 of x[r, i] * g[r, o], one (kc, CB) tile of
-        dW^T per job (in L2; jobs never share a tile), added row by row in ascending r."""
+        dW^T per job (jobs never share a tile). Rows go by blocks of ``_ROW_BLOCK``: the block's (rows, CB)
+        slice of g is copied into the thread's ``g_blocks[t]`` (in L2), then each input's row of the tile is
+        loaded once per block, gets that input's rows of the block added in ascending r (``_by_column``'s
+        lists) in registers, and is stored once, where adding row by row reads and writes it once per
+        nonzero. The sums are the same, in the same order."""
         rows, m = g.shape
         blocks = (m + CB - 1) // CB
-        chunks = chunk_ptr.shape[1] - 1
+        chunks = (k + kc - 1) // kc
+        row_blocks = col_ptr.shape[0]
         for job in numba.prange(blocks * chunks):
             b = job % blocks
             c = job // blocks
@@ -177,25 +257,52 @@ def _product_kernels(cb: int):
             width = min(CB, m - lo)
             k0 = c * kc
             k1 = min(k0 + kc, k)
-            acc = np.zeros((kc, CB), dtype=g.dtype)
-            grow = np.zeros(CB, dtype=g.dtype)
-            for r in range(rows):
-                p0, p1 = chunk_ptr[r, c], chunk_ptr[r, c + 1]
-                if p0 == p1:
+            tile = np.zeros((kc, CB), dtype=g.dtype)
+            t = numba.get_thread_id()  # g's block goes to this thread's slice of an argument: LLVM then
+            # keeps acc in registers over the additions (a slice allocated here costs a reload per row)
+            acc = np.empty(CB, dtype=g.dtype)
+            binary = val.shape[0] == 0
+            for q in range(row_blocks):
+                r0 = q * ROW_BLOCK
+                if col_ptr[q, k0] == col_ptr[q, k1]:
                     continue
-                for j in range(width):
-                    grow[j] = g[r, lo + j]
-                for p in range(p0, p1):
-                    v = val[p]
-                    i = idx[p] - k0
+                for r in range(min(ROW_BLOCK, rows - r0)):
+                    for j in range(width):
+                        g_blocks[t, r, j] = g[r0 + r, lo + j]
+                for i in range(k1 - k0):
+                    p0, p1 = col_ptr[q, k0 + i], col_ptr[q, k0 + i + 1]
+                    if p0 == p1:
+                        continue
                     for j in range(CB):
-                        acc[i, j] += v * grow[j]
+                        acc[j] = tile[i, j]
+                    if binary:
+                        for p in range(p0, p1):
+                            r = rows_local[p]
+                            for j in range(CB):
+                                acc[j] += g_blocks[t, r, j]
+                    else:
+                        for p in range(p0, p1):
+                            v = val[p]
+                            r = rows_local[p]
+                            for j in range(CB):
+                                acc[j] += v * g_blocks[t, r, j]
+                    for j in range(CB):
+                        tile[i, j] = acc[j]
             for j in range(width):
                 for i in range(k1 - k0):
-                    grad_w[lo + j, k0 + i] = acc[i, j]
+                    grad_w[lo + j, k0 + i] = tile[i, j]
 
     _kernels[key] = forward, weight_grad
     return _kernels[key]
+
+
+def _weight_grad(csr, g: np.ndarray, tile: tuple[int, int], grad_w: np.ndarray) -> None:
+    """grad_w (out_features, in_features) = g^T x over x's nonzeros (``csr``, from ``_csr``)."""
+    cb, kc = tile
+    k = grad_w.shape[1]
+    columns = _columns(csr, kc, k)
+    g_blocks = np.zeros((numba.config.NUMBA_NUM_THREADS, _ROW_BLOCK, cb), dtype=g.dtype)  # one per thread id
+    _product_kernels(cb)[1](*columns, g, kc, k, grad_w, g_blocks)
 
 
 def _row_jobs(rows: int, blocks: int, threads: int) -> int:
@@ -218,19 +325,21 @@ def _sampled_density(x2: torch.Tensor) -> float:
 
 
 def _csr(x2: torch.Tensor, limit: float, kc: int):
-    """(chunk_ptr, idx, val) of x2's nonzeros as numpy arrays (CSR, with each row's start of every chunk
-    of ``kc`` columns), or None when x2 is denser than ``limit``."""
+    """(chunk_ptr, idx, val) of x2's nonzeros as numpy arrays (CSR with 16-bit chunk-relative column indices
+    and each row's start of every chunk of ``kc`` columns; ``val`` empty when every nonzero is 1), or None
+    when x2 is denser than ``limit``."""
     xa = x2.numpy()
     rows, k = xa.shape
     counts = np.empty(rows, dtype=np.int64)
-    _row_counts(xa, counts)
+    others = np.empty(rows, dtype=np.int64)
+    _row_counts(xa, counts, others)
     ptr = np.zeros(rows + 1, dtype=np.int64)
     np.cumsum(counts, out=ptr[1:])
     nnz = int(ptr[-1])
     if nnz > limit * rows * k:
         return None
-    idx = np.empty(nnz, dtype=np.int32)
-    val = np.empty(nnz, dtype=xa.dtype)
+    idx = np.empty(nnz, dtype=np.uint16)
+    val = np.empty(nnz if others.any() else 0, dtype=xa.dtype)
     chunk_ptr = np.empty((rows, -(-k // kc) + 1), dtype=np.int64)
     _fill_csr(xa, ptr, idx, val, kc, chunk_ptr)
     return chunk_ptr, idx, val
@@ -264,12 +373,10 @@ class _SpikeLinear(torch.autograd.Function):
         if need_x:
             grad_x = grad_out @ weight
         if need_w:
-            chunk_ptr, idx, val = ctx.csr
-            cb, kc = ctx.tile
             g = grad_out.detach().contiguous()
             grad_w = torch.empty(weight.shape, dtype=g.dtype)
             kernels._set_threads()
-            _product_kernels(cb)[1](chunk_ptr, idx, val, g.numpy(), kc, weight.shape[1], grad_w.numpy())
+            _weight_grad(ctx.csr, g.numpy(), ctx.tile, grad_w.numpy())
         return grad_x, grad_w, None, None, None
 
 
