@@ -167,3 +167,30 @@ def test_spike_inputs_skip_the_values_with_bit_identical_sums(dtype):
         expect_gw[:, nz] += grad[r][:, None]
     assert np.array_equal(gw_b, expect_gw)
     assert np.allclose(out_b, x @ w.T, rtol=1e-5, atol=1e-4)
+
+
+@needs_numba
+def test_packed_weights_are_reused_in_a_scope_and_never_stale(monkeypatch):
+    """Inside ``reuse_packed_weights`` a weight's W^T is packed once for calls with the same unchanged weight;
+    an in-place update, another weight or a fresh copy gets its own packing, and results are bit for bit those
+    of calls without the scope."""
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(70, 300, generator=gen)
+    xs = [_sparse((40, 300), 0.05, torch.float32, gen, binary=True) for _ in range(3)]
+    packs = []
+    real = spike_dense._pack_transposed
+    monkeypatch.setattr(spike_dense, "_pack_transposed", lambda *a: (packs.append(1), real(*a))[1])
+    plain = [F.spike_linear(x, w, mode="sparse") for x in xs]
+    assert len(packs) == 3
+    packs.clear()
+    with spike_dense.reuse_packed_weights():
+        scoped = [F.spike_linear(x, w.detach(), mode="sparse") for x in xs]
+        assert len(packs) == 1
+        w.mul_(0.5)  # in place: the version counter changes, so the old packing must not be used
+        halved = F.spike_linear(xs[0], w, mode="sparse")
+        assert len(packs) == 2
+        F.spike_linear(xs[0], w.clone(), mode="sparse")  # another tensor with equal values: packed again
+        assert len(packs) == 3
+    assert all(torch.equal(a, b) for a, b in zip(plain, scoped))
+    assert torch.equal(halved, F.spike_linear(xs[0], w, mode="sparse"))
+    assert not spike_dense._PACK_SCOPES

@@ -50,6 +50,7 @@ from snn2hw.nn import functional as F
 from snn2hw.nn.conv import ConvLIF, Dropout, Flatten, LeakyReadout, SumPoolLIF, _flat
 from snn2hw.nn.layers import LIFDense, RecurrentLIFDense, hop_delay
 from snn2hw.nn.recurrent import recurrent_cuba_lif_sequence
+from snn2hw.nn.spike_dense import reuse_packed_weights
 
 __all__ = ["SpikeTrainRule", "LayerTrace", "PostStats"]
 
@@ -176,6 +177,10 @@ class SpikeTrainRule(LearningRule):
     @torch.no_grad()
     def forward(self, model: nn.Module, x: torch.Tensor) -> tuple[list, torch.Tensor]:
         """(per-layer records, output spikes) of the neuron this rule trains (``t_ref`` included)."""
+        with reuse_packed_weights():  # a dense layer's product runs group by group: pack its W^T once
+            return self._forward(model, x)
+
+    def _forward(self, model: nn.Module, x: torch.Tensor) -> tuple[list, torch.Tensor]:
         s = x
         counts = None  # (B, N) counts of ``s`` when a chunked layer made it (a bool train's sum is slow)
         records: list = []

@@ -42,6 +42,7 @@ than the CPU, dtypes other than float32/float64, and machines without numba take
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -51,7 +52,7 @@ from snn2hw.nn import buffer_pool, kernels
 
 numba = kernels.numba
 
-__all__ = ["spike_linear", "density_limit", "nonzero_count"]
+__all__ = ["spike_linear", "density_limit", "nonzero_count", "reuse_packed_weights"]
 
 # Crossover density of the event-driven path against torch's GEMM, forward + weight gradient, by
 # min(in_features, out_features) (the nearest tabulated size below it is used), rounded down;
@@ -345,6 +346,48 @@ def _csr(x2: torch.Tensor, limit: float, kc: int):
     return chunk_ptr, idx, val
 
 
+# Open ``reuse_packed_weights`` scopes, innermost last: each maps a weight to its packed W^T.
+_PACK_SCOPES: list[dict] = []
+_PACKS_PER_SCOPE = 8
+
+
+@contextlib.contextmanager
+def reuse_packed_weights():
+    """Within the block, the event-driven forward packs a weight's W^T once and reuses the packing for every
+    later call with the same, unchanged weight tensor, instead of repacking per call (a copy of the whole
+    weight). For callers that split one product into many calls over groups of rows (HM2-BP's forward runs a
+    layer group by group of samples to bound its float temporaries). A packing is reused only for the same
+    storage, offset, shape, strides, dtype and version counter, and the scope holds a reference to the weight
+    so its memory cannot be reused by another tensor; writing a weight through ``.data`` inside the block
+    does not bump its version counter, so callers must not do that. At most ``_PACKS_PER_SCOPE`` packings are
+    kept (oldest dropped); all are released when the block ends."""
+    cache: dict = {}
+    _PACK_SCOPES.append(cache)
+    try:
+        yield
+    finally:
+        _PACK_SCOPES.remove(cache)
+        cache.clear()
+
+
+def _packed(weight: torch.Tensor, cb: int, blocks: int) -> np.ndarray:
+    """W^T of ``weight`` (out, in) in column blocks of ``cb`` (``_pack_transposed``), from the innermost
+    ``reuse_packed_weights`` scope when it holds the same weight unchanged."""
+    cache = _PACK_SCOPES[-1] if _PACK_SCOPES else None
+    key = (weight.data_ptr(), weight.storage_offset(), tuple(weight.shape), weight.stride(), weight.dtype,
+           weight._version, cb)
+    if cache is not None and key in cache:
+        return cache[key][1]
+    w = weight.contiguous().numpy()
+    packed = np.empty((blocks, w.shape[1], cb), dtype=w.dtype)
+    _pack_transposed(w, cb, packed)
+    if cache is not None:
+        if len(cache) >= _PACKS_PER_SCOPE:
+            del cache[next(iter(cache))]
+        cache[key] = (weight, packed)  # the reference keeps the weight's storage (and its address) alive
+    return packed
+
+
 class _SpikeLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2, weight, csr, tile, threads):
@@ -354,10 +397,8 @@ class _SpikeLinear(torch.autograd.Function):
         rows = x2.shape[0]
         blocks = -(-m // cb)
         forward, _ = _product_kernels(cb)
-        w = weight.detach().contiguous().numpy()
-        packed = np.empty((blocks, k, cb), dtype=w.dtype)
         kernels._set_threads()
-        _pack_transposed(w, cb, packed)
+        packed = _packed(weight.detach(), cb, blocks)
         out = buffer_pool.empty((rows, m), x2.dtype)
         forward(chunk_ptr, idx, val, packed, kc, _row_jobs(rows, blocks, threads), out.numpy())
         ctx.csr, ctx.tile = csr, tile
