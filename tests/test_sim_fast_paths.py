@@ -3,6 +3,8 @@ inputs' projections formed into messages before the scan (dense and conv, split 
 the one-pass check of binary inputs, and the compiled direct float32 convolution at its bound."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -165,16 +167,58 @@ def test_dense_input_conv_equals_the_event_segments_and_the_tensor_path(monkeypa
     fast = _run(g, x)
     monkeypatch.setattr(compiled.runner, "_PRE_SLICE_BYTES", 1 << 40)
     whole = _run(g, x)
+    monkeypatch.setattr(compiled.input_stages, "_TABLE_INPUT_CONV", False)  # the dense int32 stage
+    assert sim.prepare(g).network().table_convs[0] is None
+    dense_stage = _run(g, x)
     monkeypatch.setattr(compiled.input_stages, "_DENSE_INPUT_CONV", False)
     assert sim.prepare(g).network().dense_convs[0] is None
     events = _run(g, x)
     monkeypatch.setattr(simulator, "_use_kernel", lambda dev: False)
     reference = _run(g, x)
     assert reference.spikes["c"].any() and not reference.spikes["c"].all()
-    for other in (fast, whole, events):
+    for other in (fast, whole, dense_stage, events):
         _assert_same(other, reference)
     if bound >= 2**31:  # sums beyond int32 reached Lava Conv's cast (INT32_MIN, then 0 after the wrap)
         assert reference.events is not None
+
+
+@pytest.mark.parametrize("geometry, in_shape, out_ch, kernel", [
+    (dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1), (1, 9, 7), 4, (3, 3)),  # 9 taps
+    (dict(stride=(2, 3), padding=(0, 2), dilation=(2, 1), groups=2), (2, 9, 7), 4, (2, 2)),
+    (dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=1), (2, 8, 8), 3, (2, 2))])  # 2 channels
+@pytest.mark.parametrize("big", [1 << 20, 1 << 28])  # sums in int32 / beyond 2**31: the table takes both
+def test_pattern_table_conv_equals_the_event_segments_and_the_tensor_path(monkeypatch, geometry, in_shape,
+                                                                          out_ch, kernel, big):
+    rng = np.random.default_rng(big % 89 + in_shape[0] + kernel[0])
+    g = _conv_graph(rng, geometry, in_shape, out_ch, kernel, big)
+    w = np.array(g.projections[0].weight)
+    w[:, :, 0, -1] = 0  # a tap that no output channel uses: left out of the patterns
+    g = Graph(g.inputs, g.populations, (dataclasses.replace(g.projections[0], weight=w),), g.outputs).validate()
+    table, offsets, taps, _ = sim.prepare(g).network().table_convs[0]
+    cg = w.shape[1]
+    assert taps.max() == cg * (kernel[0] * kernel[1] - 1) and table.shape == (out_ch, 1 << int(taps.max()))
+    x = (rng.random((5, 12, int(np.prod(in_shape)))) < 0.3).astype(np.int64)
+    x[0, :3] = 1  # every input spikes: the sums reach the bound
+    monkeypatch.setattr(compiled.runner, "_PRE_SLICE_BYTES", 1)  # slices of one sample
+    fast = _run(g, x)
+    monkeypatch.setattr(compiled.input_stages, "_TABLE_INPUT_CONV", False)
+    monkeypatch.setattr(compiled.input_stages, "_DENSE_INPUT_CONV", False)  # the event segments
+    events = _run(g, x)
+    monkeypatch.setattr(simulator, "_use_kernel", lambda dev: False)
+    reference = _run(g, x)
+    assert reference.spikes["c"].any() and not reference.spikes["c"].all()
+    for other in (fast, events):
+        _assert_same(other, reference)
+
+
+def test_conv_message_table_leaves_wide_patches_to_the_other_stages(monkeypatch):
+    kernel = np.ones((2, 3, 2, 2), dtype=np.int64)  # 12 taps per group
+    geometry = (kernel, (3, 4, 4), (1, 1), (0, 0), (1, 1), 1)
+    assert compiled.conv_message_table(geometry, 0, False, True, np.int32) is None
+    monkeypatch.setattr(compiled.input_stages, "_TABLE_BITS", 12)
+    table, offsets, taps, dims = compiled.conv_message_table(geometry, 0, False, True, np.int32)
+    assert table.shape == (2, 4096) and taps.tolist() == [12] and table[0, -1] == 12 and table[1, 5] == 2
+    assert offsets[0, :5].tolist() == [0, 1, 4, 5, 16]  # (channel, ky, kx) in the 4x4 image
 
 
 @pytest.mark.parametrize("pool, in_shape", [

@@ -56,6 +56,7 @@ class NetworkSpec(NamedTuple):
     pre_off: np.ndarray  # (K,) its first column in those accumulations
     dense_convs: tuple = ()  # (K,) a ready convolution's taps for the dense input stage (dense_conv_taps), or None
     dense_pools: tuple = ()  # (K,) a ready sum pooling's weights for the dense pooling stage (dense_pool_weights)
+    table_convs: tuple = ()  # (K,) a ready convolution's pattern table (conv_message_table), or None
 
     @property
     def weight_bytes(self) -> int:
@@ -208,6 +209,11 @@ def network_spec(pop_off, du, dv, vth_eff, bias_eff, projections: list[Projectio
                         for pr, d in zip(projections, dense))
     dense_convs = tuple(input_stages.dense_conv_taps(pr.geometry) if d and pool is None else None
                         for pr, d, pool in zip(projections, dense, dense_pools))
+    # ... and a convolution with a narrow patch reads its messages from a table (any bound: the table
+    # holds the exact messages), ahead of both
+    table_convs = tuple(input_stages.conv_message_table(pr.geometry, pr.weight_exp, pr.delayed, pr.conv, acc_dtype)
+                        if r and pr.geometry is not None and pool is None and input_stages._TABLE_INPUT_CONV else None
+                        for pr, r, pool in zip(projections, ready, dense_pools))
 
     def ints(f):
         return np.asarray([f(pr) for pr in projections], dtype=np.int64)
@@ -225,5 +231,5 @@ def network_spec(pop_off, du, dv, vth_eff, bias_eff, projections: list[Projectio
         perm_off=np.asarray(perm_offs, dtype=np.int64), weight_exp=ints(lambda p: p.weight_exp),
         graded=flags(lambda p: p.graded), delayed=flags(lambda p: p.delayed), conv=flags(lambda p: p.conv),
         lags=ints(lambda p: p.lag), acc_dtype=acc_dtype, ready=np.asarray(ready, dtype=np.bool_),
-        pre_off=pre_off, dense_convs=dense_convs, dense_pools=dense_pools,
+        pre_off=pre_off, dense_convs=dense_convs, dense_pools=dense_pools, table_convs=table_convs,
     )
