@@ -261,3 +261,34 @@ def test_dense_pool_weights_takes_only_sum_poolings():
     assert compiled.dense_pool_weights((uneven, *geometry[1:])) is None
     mixing = np.ones((2, 2, 2, 2), dtype=np.int64)  # every output reads both channels
     assert compiled.dense_pool_weights((mixing, (2, 4, 4), (2, 2), (0, 0), (1, 1), 1)) is None
+
+
+@pytest.mark.parametrize("tap", [(1 << 21) - 2, 1 << 21])  # conv sums up to 2**23 - 8 (plain) / 2**23 (wraps)
+def test_plain_messages_only_where_the_bound_keeps_the_conv_output_stage_the_identity(monkeypatch, tap):
+    rng = np.random.default_rng(tap % 7)
+    n = 2 * 4 * 4
+    lif = LoihiLIF(0, 0, 1, np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64))
+    drive = LoihiDense("drive", "x", "a", np.eye(n, dtype=np.int64) * 254)  # a spikes where x did
+    conv = LoihiConv2d("conv", "a", "c", np.full((3, 2, 2, 2), tap // 2, dtype=np.int64), (2, 4, 4), stride=(1, 1))
+    m = int(np.prod(conv.out_shape))
+    out = LoihiLIF(int(rng.integers(0, 4096)), int(rng.integers(0, 4096)), 1 << 16, rng.integers(-50, 50, m),
+                   np.zeros(m, dtype=np.int64))
+    g = Graph((Input("x", n),), (Population("a", n, lif), Population("c", m, out)), (drive, conv), ("c",)).validate()
+    spec = sim.prepare(g).network()
+    assert spec.plain.tolist() == [True, tap * 4 < 1 << 23]
+    x = (rng.random((3, 10, n)) < 0.5).astype(np.int64)
+    x[0, :4] = 1  # every source spikes: the conv's sums reach the bound
+    fast = _run(g, x)
+    monkeypatch.setattr(simulator, "_use_kernel", lambda dev: False)
+    _assert_same(fast, _run(g, x))
+
+
+def test_plain_messages_bounds():
+    def proj(bound, exp=0, conv=False, graded=False):
+        return compiled.Projection(src_kind=1, src_off=0, src_n=1, dst_pop=0, weight_exp=exp, graded=graded,
+                                   delayed=False, conv=conv, lag=1, bound=bound)
+    plain = compiled.plan.plain_messages
+    assert plain(proj((1 << 31) - 1)) and not plain(proj(1 << 31))
+    assert plain(proj((1 << 23) - 1, conv=True)) and not plain(proj(1 << 23, conv=True))
+    assert plain(proj((1 << 28) - 1, exp=3)) and not plain(proj(1 << 28, exp=3))
+    assert plain(proj((1 << 31) - 1, exp=-7)) and not plain(proj(5, graded=True))
