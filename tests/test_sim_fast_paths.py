@@ -153,15 +153,17 @@ def _conv_graph(rng, geometry, in_shape, out_ch, kernel, big):
 @pytest.mark.parametrize("geometry", [dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1),
                                       dict(stride=(2, 3), padding=(0, 2), dilation=(2, 1), groups=2),
                                       dict(stride=(2, 2), padding=(1, 0), dilation=(1, 1), groups=4)])
-@pytest.mark.parametrize("big", [1 << 20, 1 << 28])  # sums in int32 (dense stage) / beyond 2**31 (events)
+# sums below 2**23 (plain messages) / in int32 (dense stage) / beyond 2**31 (events)
+@pytest.mark.parametrize("big", [1 << 12, 1 << 20, 1 << 28])
 def test_dense_input_conv_equals_the_event_segments_and_the_tensor_path(monkeypatch, geometry, big):
     rng = np.random.default_rng(big % 97 + geometry["groups"])
     g = _conv_graph(rng, geometry, (4, 9, 7), 4, (3, 2), big)
     x = (rng.random((5, 12, 4 * 9 * 7)) < 0.3).astype(np.int64)
     x[0, :3] = 1  # every input spikes: the sums reach the bound
     bound = hw.conv_bound(torch.as_tensor(g.projections[0].weight), 1)
-    dense = sim.prepare(g).network().dense_convs[0]
-    assert (dense is not None) == (bound < 2**31)  # the fallback: int64 event segments
+    spec = sim.prepare(g).network()
+    assert (spec.dense_convs[0] is not None) == (bound < 2**31)  # the fallback: int64 event segments
+    assert spec.plain[0] == (bound < 2**23)
     # slices of one sample (batch > threads): messages and scan interleave over the batch
     monkeypatch.setattr(compiled.runner, "_PRE_SLICE_BYTES", 1)
     fast = _run(g, x)
@@ -226,7 +228,8 @@ def test_conv_message_table_leaves_wide_patches_to_the_other_stages(monkeypatch)
     (dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 1)), (3, 7, 9)),
     # windows that tile the image exactly: the byte-lane passes (kw = 2, and the general kw)
     (dict(kernel_size=2), (3, 8, 10)), (dict(kernel_size=(2, 3)), (2, 6, 9))])
-@pytest.mark.parametrize("weight", [90, (1 << 29) + 12345])  # sums in int32 (dense pooling) / beyond (events)
+# sums below 2**23 (plain messages) / in int32 (dense pooling) / beyond (events)
+@pytest.mark.parametrize("weight", [90, (1 << 21) + 6, (1 << 29) + 12345])
 def test_dense_pooling_equals_the_event_segments_and_the_tensor_path(monkeypatch, pool, in_shape, weight):
     rng = np.random.default_rng(abs(weight) % 89)
     p = sum_pool2d("pool", "x", "q", in_shape, weight=weight, **pool)
@@ -237,7 +240,8 @@ def test_dense_pooling_equals_the_event_segments_and_the_tensor_path(monkeypatch
     x = (rng.random((5, 12, int(np.prod(in_shape)))) < 0.4).astype(np.int64)
     x[0, :3] = 1  # every input spikes: the sums reach the bound
     spec = sim.prepare(g).network()
-    assert (spec.dense_pools[0] is not None) == (abs(weight) < 1 << 20) and spec.dense_convs[0] is None
+    assert (spec.dense_pools[0] is not None) == (abs(weight) < 1 << 28) and spec.dense_convs[0] is None
+    assert spec.plain[0] == (weight == 90)
     monkeypatch.setattr(compiled.runner, "_PRE_SLICE_BYTES", 1)  # slices of one sample
     fast = _run(g, x)
     monkeypatch.setattr(compiled.input_stages, "_DENSE_INPUT_POOL", False)  # the dense conv stage

@@ -204,7 +204,7 @@ def _input_kernels():
                     o[j] = _synaptic_output(x, e, False, dl)
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-    def input_conv_dense(s, tw, toff, taps, dims, cv, e, dl, out, step_blocks):
+    def input_conv_dense(s, tw, toff, taps, dims, cv, e, dl, plain, out, step_blocks):
         """out[b, t] = the messages of a binary input's convolution, computed densely: each image is
         copied into a zero-padded int32 plane of masks (0 or -1), and each output channel's sums are,
         for every non-zero tap, ``w & mask`` added over a contiguous run of the plane (all output rows
@@ -221,6 +221,8 @@ def _input_kernels():
         lw = (wo - 1) * sx + 1  # the input-resolution columns an output row spans
         runs = 1 if sy == 1 else ho
         run = (ho - 1) * wp + lw if sy == 1 else lw
+        ls = max(e, 0)
+        rs = max(-e, 0)
         for job in numba.prange(batch * step_blocks):
             b = job // step_blocks
             sb = job % step_blocks
@@ -264,7 +266,14 @@ def _input_kernels():
                     ob = oc * ho * wo
                     for y in range(ho):
                         orow = o[ob + y * wo:ob + (y + 1) * wo]
-                        if sx == 1:  # a contiguous row of sums: this loop vectorises (measured 1.6x less
+                        if plain and sx == 1:  # the bound makes the message the shifted sum
+                            arow = acc[y * wp:y * wp + wo]
+                            for x in range(wo):
+                                orow[x] = np.int32(np.int32(arow[x] << ls) >> rs)
+                        elif plain:
+                            for x in range(wo):
+                                orow[x] = np.int32(np.int32(acc[y * wp + x * sx] << ls) >> rs)
+                        elif sx == 1:  # a contiguous row of sums: this loop vectorises (measured 1.6x less
                             arow = acc[y * wp:y * wp + wo]  # CPU time for the whole stage on a 3x3 conv)
                             for x in range(wo):
                                 v = np.int64(arow[x])
@@ -279,7 +288,7 @@ def _input_kernels():
                                 orow[x] = _synaptic_output(v, e, False, dl)
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-    def input_pool_dense(s, pw, dims, cv, e, dl, out, step_blocks):
+    def input_pool_dense(s, pw, dims, cv, e, dl, plain, out, step_blocks):
         """out[b, t] = the messages of a binary input's sum pooling: for each channel and output row,
         the window's kh input rows added into a row of counts (contiguous loops; the padding columns stay
         0), then each output's kw counts added up and times the channel's weight, then Lava Conv's output
@@ -295,6 +304,8 @@ def _input_kernels():
         # row's kh input rows added (32 lanes per AVX2 op), the kw columns of each output added in one loop
         # over the whole image, the messages in one loop per channel. The per-row loops below are 16-32
         # elements long, and their setup, not the adds, took most of the time.
+        ls = max(e, 0)
+        rs = max(-e, 0)
         tiled = py == 0 and px == 0 and kh == sy and kw == sx and h == ho * sy and w == wo * sx and kh * kw < 256
         for job in numba.prange(batch * step_blocks):
             b = job // step_blocks
@@ -330,6 +341,10 @@ def _input_kernels():
                         weight = np.int32(pw[c])
                         cc = cnt[c * ho * wo:(c + 1) * ho * wo]
                         oc = o[c * ho * wo:(c + 1) * ho * wo]
+                        if plain:  # the bound makes the message the shifted sum (plan.plain_messages)
+                            for f in range(ho * wo):
+                                oc[f] = np.int32(np.int32(np.int32(np.int32(cc[f]) * weight) << ls) >> rs)
+                            continue
                         for f in range(ho * wo):
                             v = np.int32(np.int32(cc[f]) * weight)  # exact: below the bound, 2**31
                             if cv:  # a Conv's own output stage comes first
@@ -362,6 +377,9 @@ def _input_kernels():
                         orow = o[(c * ho + y) * wo:(c * ho + y + 1) * wo]
                         for x in range(wo):
                             v = np.int32(count[x] * weight)  # exact: below the bound, 2**31
+                            if plain:
+                                orow[x] = np.int32(np.int32(v << ls) >> rs)
+                                continue
                             if cv:  # a Conv's own output stage comes first
                                 v = _conv_output(v)
                             orow[x] = _synaptic_output(v, e, False, dl)
@@ -460,14 +478,14 @@ def _input_messages(spec: NetworkSpec, x: np.ndarray, pre: np.ndarray, threads: 
             weights, dims = spec.dense_pools[k]
             # the spikes as bytes: the tiled windows add them in 8-bit lanes
             _input_kernels()[3](s.view(np.uint8), weights, dims, bool(spec.conv[k]), int(spec.weight_exp[k]),
-                                bool(spec.delayed[k]), out, step_blocks)
+                                bool(spec.delayed[k]), bool(spec.plain[k]), out, step_blocks)
         elif spec.table_convs and spec.table_convs[k] is not None:
             table, offs, taps, dims = spec.table_convs[k]
             _input_kernels()[4](s.view(np.uint8), table, offs, taps, dims, out, step_blocks)
         elif spec.dense_convs and spec.dense_convs[k] is not None:
             taps, offs, counts, dims = spec.dense_convs[k]
             _input_kernels()[2](s, taps, offs, counts, dims, bool(spec.conv[k]), int(spec.weight_exp[k]),
-                                bool(spec.delayed[k]), out, step_blocks)
+                                bool(spec.delayed[k]), bool(spec.plain[k]), out, step_blocks)
         elif spec.is_sparse[k]:
             r0 = int(spec.row_ptr[k])
             table = spec.weights[spec.w_off[k]:]
