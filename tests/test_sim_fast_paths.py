@@ -296,27 +296,3 @@ def test_plain_messages_bounds():
     assert plain(proj((1 << 23) - 1, conv=True)) and not plain(proj(1 << 23, conv=True))
     assert plain(proj((1 << 28) - 1, exp=3)) and not plain(proj(1 << 28, exp=3))
     assert plain(proj((1 << 31) - 1, exp=-7)) and not plain(proj(5, graded=True))
-
-
-def test_limit_events_possible_bounds():
-    possible = compiled.plan.limit_events_possible
-    assert not possible(0, 4095, 4095, 0) and possible(hw.ACTIVATION_LIMIT, 4095, 4095, 0)
-    assert possible(1, -1, 4095, 0) and possible(1, 4095, 0, 0)  # u or v never decays: no finite bound
-    # du = dv = 410 (the benchmark's): |u| < 10 a_max << 6, |v| < 10 (|u| + bias)
-    assert not possible(1000, 410, 410, 0) and possible(1 << 14, 410, 410, 0)
-    assert not possible(1000, 410, 410, 1 << 16) and possible(1000, 410, 410, hw.V_MAX // 8)
-
-
-def test_populations_without_possible_limit_events_skip_counting_and_others_count(monkeypatch):
-    n = 8
-    quiet = LoihiLIF(4095, 4095, 1 << 20, np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64))
-    wraps = LoihiLIF(0, 10, 1 << 22, np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64))
-    g = Graph((Input("x", n),), (Population("q", n, quiet), Population("w", n, wraps)),
-              (LoihiDense("small", "x", "q", np.full((n, n), 2, dtype=np.int64)),
-               LoihiDense("big", "x", "w", np.full((n, n), 254, dtype=np.int64), weight_exp=7)), ("w",)).validate()
-    assert sim.prepare(g).network().eventful.tolist() == [False, True]
-    x = np.ones((2, 40, n), dtype=np.int64)
-    fast = _run(g, x)
-    assert fast.events["w"]["u_wrap"] > 0 and not any(fast.events["q"].values())
-    monkeypatch.setattr(simulator, "_use_kernel", lambda dev: False)
-    _assert_same(fast, _run(g, x))

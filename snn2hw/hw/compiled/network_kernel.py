@@ -29,8 +29,7 @@ def _network_kernel(count_events: bool, parallel: bool):
 
     @numba.njit(parallel=parallel, nogil=True, boundscheck=False, cache=True)
     def network(x_in, pop_off, du, dv, vth, bias, src_kind, src_off, src_n, dst_pop, w_off, wflat, w_shift,
-                row_ptr, row_idx, is_sparse, seg_len, perm_off, exps, graded, delayed, conv, plain, eventful, lags, ready,
-                pre_off,
+                row_ptr, row_idx, is_sparse, seg_len, perm_off, exps, graded, delayed, conv, plain, lags, ready, pre_off,
                 pre,
                 acc_buf, spk,
                 u_rec, v_rec, counts, record):
@@ -185,8 +184,7 @@ def _network_kernel(count_events: bool, parallel: bool):
                         for n in range(p0, p1):
                             a[n] = 0
                     fired, f0, f1, f2 = _update_neurons(u[p0:p1], v[p0:p1], a[p0:p1], bias[p0:p1],
-                                                        spk[b, t, p0:p1], du[p], dv[p], vth[p],
-                                                        count_events and eventful[p])
+                                                        spk[b, t, p0:p1], du[p], dv[p], vth[p], count_events)
                     if count_events:
                         counts[b, p, 0] += f0
                         counts[b, p, 1] += f1

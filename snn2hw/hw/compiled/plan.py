@@ -7,7 +7,6 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from snn2hw.hw import loihi2
 from snn2hw.hw.compiled import input_stages, runtime
 from snn2hw.hw.compiled.twins import numba
 
@@ -52,7 +51,6 @@ class NetworkSpec(NamedTuple):
     delayed: np.ndarray
     conv: np.ndarray  # (K,) bool: apply Lava Conv's output stage (int32 cast, 24-bit wrap) first
     plain: np.ndarray  # (K,) bool: the bound makes every message the shifted sum (plain_messages)
-    eventful: np.ndarray  # (P,) bool: a limit event can happen in population p (limit_events_possible)
     lags: np.ndarray  # 1 + delay
     acc_dtype: np.dtype  # int32 where every bound allows it, else int64
     ready: np.ndarray  # (K,) bool: a binary input's projection, accumulated for all steps before the scan
@@ -137,36 +135,6 @@ def plain_messages(pr: Projection) -> bool:
         return False
     limit = 1 << 23 if pr.conv else 1 << 31
     return pr.bound < limit and (pr.bound << max(pr.weight_exp, 0)) < 1 << 31
-
-
-def message_bound(pr: Projection) -> int:
-    """An upper bound of |message| for projection ``pr``: its sums' bound after ``synaptic_output``'s shift
-    where ``plain_messages`` holds (an arithmetic right shift rounds toward -inf, so a negative sum's
-    message is at most one more than the bound shifted), else any int32."""
-    if not plain_messages(pr):
-        return 1 << 31
-    e = pr.weight_exp
-    return pr.bound << e if e >= 0 else (pr.bound >> -e) + 1
-
-
-def limit_events_possible(input_bound: int, du: int, dv: int, bias_bound: int) -> bool:
-    """Whether a population whose summed input never exceeds ``input_bound`` in magnitude, started from
-    u = v = 0 (as ``network_scan`` starts), can ever hit a width limit (``loihi2.LIMIT_EVENTS``).
-
-    By induction over the steps, as long as no limit is hit: ``|u| <= (input_bound << 6) * sum_i r**i``
-    with r = u_keep / 4096 (``decay`` rounds toward 0, so |decay(u)| <= |u| r), which is below
-    ``U = (input_bound << 6) * 4096 / (4096 - u_keep)``; likewise ``|v| < (U + bias_bound) * 4096 /
-    (4096 - v_keep)`` (the spike reset only sets v to 0). No event can happen when the input stays inside
-    the activation range, U inside u's 24-bit range and v's bound inside its saturation range. Then the
-    network kernel updates the population without counting (the counts are 0, as they would be)."""
-    if input_bound >= loihi2.ACTIVATION_LIMIT:
-        return True
-    ku, kv = int(loihi2.u_keep(du)), int(loihi2.v_keep(dv))
-    if not (0 <= ku < loihi2.DECAY_UNITY and 0 <= kv < loihi2.DECAY_UNITY):
-        return True  # no decay: no finite bound from this argument
-    u_bound = -(-(input_bound << loihi2.ACTIVATION_SHIFT) * loihi2.DECAY_UNITY // (loihi2.DECAY_UNITY - ku))
-    v_bound = -(-(u_bound + bias_bound) * loihi2.DECAY_UNITY // (loihi2.DECAY_UNITY - kv))
-    return u_bound >= loihi2.STATE_HALF or v_bound > loihi2.V_MAX
 
 
 def _pack_kernel():
@@ -261,15 +229,6 @@ def network_spec(pop_off, du, dv, vth_eff, bias_eff, projections: list[Projectio
                         if r and pr.geometry is not None and pool is None and input_stages._TABLE_INPUT_CONV else None
                         for pr, r, pool in zip(projections, ready, dense_pools))
 
-    # populations where no limit event can happen (their inputs' bounds) are updated without counting
-    into = [0] * (len(pop_off) - 1)
-    for pr in projections:
-        into[pr.dst_pop] += message_bound(pr)
-    bias = np.abs(np.asarray(bias_eff, dtype=np.int64))
-    eventful = np.asarray([limit_events_possible(into[p], int(du[p]), int(dv[p]),
-                                                 int(bias[pop_off[p]:pop_off[p + 1]].max(initial=0)))
-                           for p in range(len(pop_off) - 1)], dtype=np.bool_)
-
     def ints(f):
         return np.asarray([f(pr) for pr in projections], dtype=np.int64)
 
@@ -285,7 +244,7 @@ def network_spec(pop_off, du, dv, vth_eff, bias_eff, projections: list[Projectio
         is_sparse=flags(lambda p: p.csr is not None), seg_len=np.asarray(lens, dtype=np.int64),
         perm_off=np.asarray(perm_offs, dtype=np.int64), weight_exp=ints(lambda p: p.weight_exp),
         graded=flags(lambda p: p.graded), delayed=flags(lambda p: p.delayed), conv=flags(lambda p: p.conv),
-        plain=flags(plain_messages), eventful=eventful,
+        plain=flags(plain_messages),
         lags=ints(lambda p: p.lag), acc_dtype=acc_dtype, ready=np.asarray(ready, dtype=np.bool_),
         pre_off=pre_off, dense_convs=dense_convs, dense_pools=dense_pools, table_convs=table_convs,
     )
