@@ -33,18 +33,24 @@ _DENSE_INPUT_CONV = True
 _DENSE_INPUT_POOL = True  # the same for a sum pooling's dense pooling stage (dense_pool_weights)
 
 
+def _conv_shape(geometry) -> tuple:
+    """``(kernel int64, O, C/groups, kh, kw, O/groups, Hp, Wp, Ho, Wo)`` of a convolution's geometry."""
+    kernel, (ch, h, w), (sy, sx), (py, px), (dy, dx), groups = geometry
+    kernel = np.asarray(kernel, dtype=np.int64)
+    o_n, cg, kh, kw = kernel.shape
+    hp, wp = h + 2 * py, w + 2 * px
+    ho = (hp - dy * (kh - 1) - 1) // sy + 1
+    wo = (wp - dx * (kw - 1) - 1) // sx + 1
+    return kernel, o_n, cg, kh, kw, o_n // groups, hp, wp, ho, wo
+
+
 def dense_conv_taps(geometry) -> tuple:
     """A convolution as the dense input stage takes it: ``(weights (O, T) int32, offsets (O, T) int64,
     taps (O,) int64, dims int64)``: for each output channel its non-zero kernel taps, each as a weight
     and the offset of its first input in the zero-padded image (C, Hp, Wp) flattened, and
     ``dims = (C, H, W, py, px, Hp, Wp, sy, sx, Ho, Wo)``."""
     kernel, (ch, h, w), (sy, sx), (py, px), (dy, dx), groups = geometry
-    kernel = np.asarray(kernel, dtype=np.int64)
-    o_n, cg, kh, kw = kernel.shape
-    og = o_n // groups
-    hp, wp = h + 2 * py, w + 2 * px
-    ho = (hp - dy * (kh - 1) - 1) // sy + 1
-    wo = (wp - dx * (kw - 1) - 1) // sx + 1
+    kernel, o_n, cg, kh, kw, og, hp, wp, ho, wo = _conv_shape(geometry)
     taps = np.zeros(o_n, dtype=np.int64)
     weights = np.zeros((o_n, max(1, cg * kh * kw)), dtype=np.int32)
     offsets = np.zeros((o_n, max(1, cg * kh * kw)), dtype=np.int64)
@@ -100,12 +106,7 @@ def conv_message_table(geometry, weight_exp: int, delayed: bool, conv: bool, dty
     (int64), then Lava Conv's output stage (``conv``), then ``synaptic_output`` (binary), computed here
     with loihi2's own formulas. So the stage needs no bound on the sums: it is exact for any weights."""
     kernel, (ch, h, w), (sy, sx), (py, px), (dy, dx), groups = geometry
-    kernel = np.asarray(kernel, dtype=np.int64)
-    o_n, cg, kh, kw = kernel.shape
-    og = o_n // groups
-    hp, wp = h + 2 * py, w + 2 * px
-    ho = (hp - dy * (kh - 1) - 1) // sy + 1
-    wo = (wp - dx * (kw - 1) - 1) // sx + 1
+    kernel, o_n, cg, kh, kw, og, hp, wp, ho, wo = _conv_shape(geometry)
     flat = kernel.reshape(groups, og, cg * kh * kw)
     used = [np.flatnonzero((flat[g] != 0).any(axis=0)) for g in range(groups)]
     bits = max([len(u) for u in used] + [0])
