@@ -35,9 +35,11 @@ For each network, in the same process and run:
   event-driven pass adds, for each source that spiked, its row of narrow integer weights (int8 for
   8-bit mixed-sign weights) or, for a convolution, one segment per kernel tap (the tap's weights over
   the output channels, added to channels-last sums): source spikes x fan-out additions, reading that
-  many weights (and two 4-byte indices per conv segment). A binary input's convolution whose sums fit
-  int32 runs densely instead (the dense int32 input stage; for a sum pooling, window sums of contiguous
-  rows, ``compiled.dense_pool_weights``): its performed ops are its dense MACs, and
+  many weights (and two 4-byte indices per conv segment). A binary input's convolution runs densely
+  instead: with at most ``_TABLE_BITS`` taps per patch, from a table of messages indexed by each output
+  position's pattern of inputs (``compiled.conv_message_table``); else, where its sums fit int32, the
+  dense int32 input stage; for a sum pooling, window sums of contiguous rows
+  (``compiled.dense_pool_weights``). Its performed ops are counted as its dense MACs, and
   its limit is the shorter of that work at the GEMM peak and the event formulation's. The limit
   of each projection has a compute side, its additions at the event-add peak (the same
   4-row int8 -> int32 inner loop on L1-resident rows, all threads, measured in the run), and a memory
@@ -53,11 +55,12 @@ For each network, in the same process and run:
   the memory time (all bytes at their bandwidths); ``fraction of limit`` = limit time / measured time;
   ``x Lava at limit`` is the speed-up a run at the limit would reach (it bounds the batched speed-up).
   The limit leaves out forming messages and scanning for spikes, so the fraction understates.
-* ``conv_accumulation``: the exact conv of the first conv projection alone, five ways, interleaved:
-  the network kernel's event segments (as a one-projection graph: the target's neuron updates are
-  included), its dense int32 input stage (``compiled.dense_conv_taps``, or ``dense_pool_weights`` for the
-  sum pooling: what the network kernel runs for a binary input's convolution; it also forms the
-  messages), the compiled direct float32 convolution
+* ``conv_accumulation``: the exact conv of the first conv projection alone, up to six ways,
+  interleaved: the network kernel's event segments (as a one-projection graph: the target's neuron
+  updates are included), its pattern-table input stage (``compiled.conv_message_table``; convs with at
+  most ``_TABLE_BITS`` taps per patch), its dense int32 input stage (``compiled.dense_conv_taps``, or
+  ``dense_pool_weights`` for the sum pooling; both stages also form the messages: what the network kernel
+  runs for a binary input's convolution), the compiled direct float32 convolution
   (``compiled.conv_accumulate``, the layer schedule's path for one-channel and depthwise convs), im2col +
   float32 GEMM (``torch.nn.functional.unfold`` and ``matmul``, blocked over images so a block's columns
   stay in L2) and oneDNN's float32 ``conv2d`` (the layer schedule's path for more taps); in
@@ -235,7 +238,16 @@ def projection_work(graph: Graph, prepared, rates: dict[str, float]) -> list[dic
                 nbytes = entries * item
             item_out = {}
             pool = spec.dense_pools[k] if spec.dense_pools else None
-            if pool is not None or (spec.dense_convs and spec.dense_convs[k] is not None):
+            table = spec.table_convs[k] if spec.table_convs else None
+            if table is not None:
+                # the pattern-table stage: per output position a pattern of its taps' inputs, per output
+                # a table read; charged as the dense conv's MACs (or the events, where shorter), as the
+                # dense stage is, so the limit stays a bound for any exact implementation
+                item_out["event_equivalent_ops"], item_out["event_equivalent_bytes"] = ops, ops * per_add
+                path = "dense-equivalent: pattern table (conv)"
+                ops, per_add = float(_synapses(p)), 0.0
+                nbytes = int(table[0].nbytes)
+            elif pool is not None or (spec.dense_convs and spec.dense_convs[k] is not None):
                 # the dense int32 input stage (a sum pooling's window sums, or a conv's masked taps): every
                 # tap of every output; the limit keeps the event formulation's fewer additions where that
                 # is the shorter time (apply_limit), so it stays a bound for any exact implementation
@@ -443,12 +455,14 @@ def time_lava(graph: Graph, x: np.ndarray, warm: int) -> dict:
 
 
 # The exact-conv comparison: method key -> label (table and JSON). Each computes the same exact sums of
-# binary images; "dense_int32_stage" also forms Lava Conv's messages from them (what the network kernel
-# does for a binary input's convolution).
+# binary images; "dense_int32_stage" and "pattern_table_stage" also form Lava Conv's messages (what the
+# network kernel does for a binary input's convolution: the table stage where the patch has at most
+# compiled.input_stages._TABLE_BITS taps, the dense stage for wider ones).
 CONV_METHODS = {
     "float32_conv2d_before": "float32 conv2d (oneDNN)",
     "direct_float32": "direct float32",
     "dense_int32_stage": "dense int32 input stage (+ messages)",
+    "pattern_table_stage": "pattern-table input stage (+ messages)",
     "im2col_sgemm": "im2col + float32 GEMM",
     "event_segments_with_neurons": "event segments + neurons",
 }
@@ -494,12 +508,21 @@ def conv_accumulation(graph: Graph, steps: int, batch: int, reps: int, peak_macs
     macs = batch * steps * _synapses(p)
     args = (p.stride, p.padding, p.dilation, p.groups)
     dst = graph.population(p.dst)
-    alone = sim.prepare(Graph(graph.inputs, (dst,), (p,), (dst.name,)).validate())
-    spec = alone.network()
+    one = Graph(graph.inputs, (dst,), (p,), (dst.name,)).validate()
+    alone = sim.prepare(one)
+    table_spec = alone.network()
+    table_spec = table_spec if table_spec.table_convs and table_spec.table_convs[0] is not None else None
+    table_on = compiled.input_stages._TABLE_INPUT_CONV
+    compiled.input_stages._TABLE_INPUT_CONV = False  # the dense int32 stage, as wider patches take it
+    try:
+        spec = sim.prepare(one).network()
+    finally:
+        compiled.input_stages._TABLE_INPUT_CONV = table_on
     assert hw.conv_bound(w, 1) < 2**24  # float32 sums are exact: every float32 path applies
     assert spec is not None and (spec.dense_convs[0] is not None or spec.dense_pools[0] is not None)
     x_bool = np.ascontiguousarray(x_np != 0)
     pre = np.empty((batch, steps, int(spec.pre_off[-1])), dtype=spec.acc_dtype)
+    pre_table = np.empty_like(pre)
 
     fns = {
         "float32_conv2d_before": lambda: torch.nn.functional.conv2d(
@@ -509,6 +532,9 @@ def conv_accumulation(graph: Graph, steps: int, batch: int, reps: int, peak_macs
         "dense_int32_stage": lambda: compiled.input_stages._input_messages(spec, x_bool, pre, compiled.runtime._threads()),
         "im2col_sgemm": lambda: _im2col_sgemm(x, w, p),
     }
+    if table_spec is not None:
+        fns["pattern_table_stage"] = lambda: compiled.input_stages._input_messages(
+            table_spec, x_bool, pre_table, compiled.runtime._threads())
     if with_events:
         fns["event_segments_with_neurons"] = lambda: sim.run(alone, x_np, count_events=False)
     ref = fns["float32_conv2d_before"]()
@@ -517,6 +543,9 @@ def conv_accumulation(graph: Graph, steps: int, batch: int, reps: int, peak_macs
     fns["dense_int32_stage"]()  # messages: Lava Conv's 24-bit wrap of the exact sums (weight_exp 0)
     assert torch.equal(torch.as_tensor(pre).reshape(ref.shape).to(torch.int64),
                        hw.conv_output(ref.to(torch.int64)))
+    if table_spec is not None:
+        fns["pattern_table_stage"]()
+        assert np.array_equal(pre_table, pre)
     for f in fns.values():
         f()
     times = {k: [] for k in fns}

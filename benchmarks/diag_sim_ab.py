@@ -8,7 +8,7 @@ Reports the median wall and CPU time (``time.process_time``: all threads) of eac
 loaded machine the CPU times are the steadier figures. Spikes and event counts of both must be equal, and
 the script says whether they are. The load (other processes' CPU time) is recorded.
 
-    python benchmarks/diag_sim_ab.py [--base main] [--nets 9x200 conv pool] [--reps 7] [--batch 256]
+    python benchmarks/diag_sim_ab.py [--base main] [--nets 9x200 conv pool] [--reps 7] [--batch 256] [--bool]
 """
 from __future__ import annotations
 
@@ -67,11 +67,13 @@ def load_base_simulator(ref: str):
     return importlib.import_module("snn2hw_base.simulator")
 
 
-def compare(name: str, base_sim, batch: int, reps: int) -> dict:
+def compare(name: str, base_sim, batch: int, reps: int, as_bool: bool = False) -> dict:
     graph = bench_sim.calibrate(bench_sim.build(name))
     _, _, steps_b1, steps_bn = bench_sim.NETWORKS[name]
     steps = max(10, steps_bn // 4) if batch > 1 else steps_b1 // 4
     x = bench_sim.spikes_in(graph, batch, steps, seed=3)
+    if as_bool:  # the same spikes as bool (bench_sim's "256 bool" row)
+        x = x != 0
     impls = {"base": (base_sim, base_sim.prepare(graph)), "new": (sim, sim.prepare(graph))}
     results = {k: m.run(p, x) for k, (m, p) in impls.items()}  # warm-up (loads or compiles the kernels)
     equal = all(np.array_equal(np.asarray(results["base"].spikes[k]), np.asarray(results["new"].spikes[k]))
@@ -88,7 +90,7 @@ def compare(name: str, base_sim, batch: int, reps: int) -> dict:
             cpu[k].append(time.process_time() - c0)
     med = {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in impls}
     per = batch * steps
-    return {"network": name, "batch": batch, "steps": steps, "equal": bool(equal),
+    return {"network": name, "batch": batch, "steps": steps, "input_dtype": str(x.dtype), "equal": bool(equal),
             "wall_seconds": wall, "cpu_seconds": cpu,
             "sample_steps_per_s": {k: per / med[k][0] for k in impls},
             "sample_steps_per_cpu_s": {k: per / med[k][1] for k in impls},
@@ -103,6 +105,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bool", action="store_true", help="the input as bool instead of int64 0/1")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -110,10 +113,10 @@ def main() -> int:
     base_sim = load_base_simulator(args.base)
     rows = []
     for name in args.nets:
-        r = compare(name, base_sim, args.batch, args.reps)
+        r = compare(name, base_sim, args.batch, args.reps, args.bool)
         rows.append(r)
         sps, cps = r["sample_steps_per_s"], r["sample_steps_per_cpu_s"]
-        print(f"{name} batch {args.batch}: base {sps['base'] / 1e3:.1f}k, new {sps['new'] / 1e3:.1f}k sample-steps/s "
+        print(f"{name} batch {args.batch} {r['input_dtype']}: base {sps['base'] / 1e3:.1f}k, new {sps['new'] / 1e3:.1f}k sample-steps/s "
               f"(wall x{r['speedup_wall']:.2f}); per CPU-second base {cps['base'] / 1e3:.1f}k, new "
               f"{cps['new'] / 1e3:.1f}k (x{r['speedup_cpu']:.2f}); equal: {r['equal']}; other CPUs "
               f"{r['other_load'].get('other_cpus')}, load {r['loadavg'][0]:.1f}", flush=True)

@@ -3,6 +3,8 @@ inputs' projections formed into messages before the scan (dense and conv, split 
 the one-pass check of binary inputs, and the compiled direct float32 convolution at its bound."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -151,30 +153,74 @@ def _conv_graph(rng, geometry, in_shape, out_ch, kernel, big):
 @pytest.mark.parametrize("geometry", [dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1),
                                       dict(stride=(2, 3), padding=(0, 2), dilation=(2, 1), groups=2),
                                       dict(stride=(2, 2), padding=(1, 0), dilation=(1, 1), groups=4)])
-@pytest.mark.parametrize("big", [1 << 20, 1 << 28])  # sums in int32 (dense stage) / beyond 2**31 (events)
+# sums below 2**23 (plain messages) / in int32 (dense stage) / beyond 2**31 (events)
+@pytest.mark.parametrize("big", [1 << 12, 1 << 20, 1 << 28])
 def test_dense_input_conv_equals_the_event_segments_and_the_tensor_path(monkeypatch, geometry, big):
     rng = np.random.default_rng(big % 97 + geometry["groups"])
     g = _conv_graph(rng, geometry, (4, 9, 7), 4, (3, 2), big)
     x = (rng.random((5, 12, 4 * 9 * 7)) < 0.3).astype(np.int64)
     x[0, :3] = 1  # every input spikes: the sums reach the bound
     bound = hw.conv_bound(torch.as_tensor(g.projections[0].weight), 1)
-    dense = sim.prepare(g).network().dense_convs[0]
-    assert (dense is not None) == (bound < 2**31)  # the fallback: int64 event segments
+    spec = sim.prepare(g).network()
+    assert (spec.dense_convs[0] is not None) == (bound < 2**31)  # the fallback: int64 event segments
+    assert spec.plain[0] == (bound < 2**23)
     # slices of one sample (batch > threads): messages and scan interleave over the batch
     monkeypatch.setattr(compiled.runner, "_PRE_SLICE_BYTES", 1)
     fast = _run(g, x)
     monkeypatch.setattr(compiled.runner, "_PRE_SLICE_BYTES", 1 << 40)
     whole = _run(g, x)
+    monkeypatch.setattr(compiled.input_stages, "_TABLE_INPUT_CONV", False)  # the dense int32 stage
+    assert sim.prepare(g).network().table_convs[0] is None
+    dense_stage = _run(g, x)
     monkeypatch.setattr(compiled.input_stages, "_DENSE_INPUT_CONV", False)
     assert sim.prepare(g).network().dense_convs[0] is None
     events = _run(g, x)
     monkeypatch.setattr(simulator, "_use_kernel", lambda dev: False)
     reference = _run(g, x)
     assert reference.spikes["c"].any() and not reference.spikes["c"].all()
-    for other in (fast, whole, events):
+    for other in (fast, whole, dense_stage, events):
         _assert_same(other, reference)
     if bound >= 2**31:  # sums beyond int32 reached Lava Conv's cast (INT32_MIN, then 0 after the wrap)
         assert reference.events is not None
+
+
+@pytest.mark.parametrize("geometry, in_shape, out_ch, kernel", [
+    (dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1), (1, 9, 7), 4, (3, 3)),  # 9 taps
+    (dict(stride=(2, 3), padding=(0, 2), dilation=(2, 1), groups=2), (2, 9, 7), 4, (2, 2)),
+    (dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=1), (2, 8, 8), 3, (2, 2))])  # 2 channels
+@pytest.mark.parametrize("big", [1 << 20, 1 << 28])  # sums in int32 / beyond 2**31: the table takes both
+def test_pattern_table_conv_equals_the_event_segments_and_the_tensor_path(monkeypatch, geometry, in_shape,
+                                                                          out_ch, kernel, big):
+    rng = np.random.default_rng(big % 89 + in_shape[0] + kernel[0])
+    g = _conv_graph(rng, geometry, in_shape, out_ch, kernel, big)
+    w = np.array(g.projections[0].weight)
+    w[:, :, 0, -1] = 0  # a tap that no output channel uses: left out of the patterns
+    g = Graph(g.inputs, g.populations, (dataclasses.replace(g.projections[0], weight=w),), g.outputs).validate()
+    table, offsets, taps, _ = sim.prepare(g).network().table_convs[0]
+    cg = w.shape[1]
+    assert taps.max() == cg * (kernel[0] * kernel[1] - 1) and table.shape == (out_ch, 1 << int(taps.max()))
+    x = (rng.random((5, 12, int(np.prod(in_shape)))) < 0.3).astype(np.int64)
+    x[0, :3] = 1  # every input spikes: the sums reach the bound
+    monkeypatch.setattr(compiled.runner, "_PRE_SLICE_BYTES", 1)  # slices of one sample
+    fast = _run(g, x)
+    monkeypatch.setattr(compiled.input_stages, "_TABLE_INPUT_CONV", False)
+    monkeypatch.setattr(compiled.input_stages, "_DENSE_INPUT_CONV", False)  # the event segments
+    events = _run(g, x)
+    monkeypatch.setattr(simulator, "_use_kernel", lambda dev: False)
+    reference = _run(g, x)
+    assert reference.spikes["c"].any() and not reference.spikes["c"].all()
+    for other in (fast, events):
+        _assert_same(other, reference)
+
+
+def test_conv_message_table_leaves_wide_patches_to_the_other_stages(monkeypatch):
+    kernel = np.ones((2, 3, 2, 2), dtype=np.int64)  # 12 taps per group
+    geometry = (kernel, (3, 4, 4), (1, 1), (0, 0), (1, 1), 1)
+    assert compiled.conv_message_table(geometry, 0, False, True, np.int32) is None
+    monkeypatch.setattr(compiled.input_stages, "_TABLE_BITS", 12)
+    table, offsets, taps, dims = compiled.conv_message_table(geometry, 0, False, True, np.int32)
+    assert table.shape == (2, 4096) and taps.tolist() == [12] and table[0, -1] == 12 and table[1, 5] == 2
+    assert offsets[0, :5].tolist() == [0, 1, 4, 5, 16]  # (channel, ky, kx) in the 4x4 image
 
 
 @pytest.mark.parametrize("pool, in_shape", [
@@ -182,7 +228,8 @@ def test_dense_input_conv_equals_the_event_segments_and_the_tensor_path(monkeypa
     (dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 1)), (3, 7, 9)),
     # windows that tile the image exactly: the byte-lane passes (kw = 2, and the general kw)
     (dict(kernel_size=2), (3, 8, 10)), (dict(kernel_size=(2, 3)), (2, 6, 9))])
-@pytest.mark.parametrize("weight", [90, (1 << 29) + 12345])  # sums in int32 (dense pooling) / beyond (events)
+# sums below 2**23 (plain messages) / in int32 (dense pooling) / beyond (events)
+@pytest.mark.parametrize("weight", [90, (1 << 21) + 6, (1 << 29) + 12345])
 def test_dense_pooling_equals_the_event_segments_and_the_tensor_path(monkeypatch, pool, in_shape, weight):
     rng = np.random.default_rng(abs(weight) % 89)
     p = sum_pool2d("pool", "x", "q", in_shape, weight=weight, **pool)
@@ -193,7 +240,8 @@ def test_dense_pooling_equals_the_event_segments_and_the_tensor_path(monkeypatch
     x = (rng.random((5, 12, int(np.prod(in_shape)))) < 0.4).astype(np.int64)
     x[0, :3] = 1  # every input spikes: the sums reach the bound
     spec = sim.prepare(g).network()
-    assert (spec.dense_pools[0] is not None) == (abs(weight) < 1 << 20) and spec.dense_convs[0] is None
+    assert (spec.dense_pools[0] is not None) == (abs(weight) < 1 << 28) and spec.dense_convs[0] is None
+    assert spec.plain[0] == (weight == 90)
     monkeypatch.setattr(compiled.runner, "_PRE_SLICE_BYTES", 1)  # slices of one sample
     fast = _run(g, x)
     monkeypatch.setattr(compiled.input_stages, "_DENSE_INPUT_POOL", False)  # the dense conv stage
@@ -217,3 +265,34 @@ def test_dense_pool_weights_takes_only_sum_poolings():
     assert compiled.dense_pool_weights((uneven, *geometry[1:])) is None
     mixing = np.ones((2, 2, 2, 2), dtype=np.int64)  # every output reads both channels
     assert compiled.dense_pool_weights((mixing, (2, 4, 4), (2, 2), (0, 0), (1, 1), 1)) is None
+
+
+@pytest.mark.parametrize("tap", [(1 << 21) - 2, 1 << 21])  # conv sums up to 2**23 - 8 (plain) / 2**23 (wraps)
+def test_plain_messages_only_where_the_bound_keeps_the_conv_output_stage_the_identity(monkeypatch, tap):
+    rng = np.random.default_rng(tap % 7)
+    n = 2 * 4 * 4
+    lif = LoihiLIF(0, 0, 1, np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64))
+    drive = LoihiDense("drive", "x", "a", np.eye(n, dtype=np.int64) * 254)  # a spikes where x did
+    conv = LoihiConv2d("conv", "a", "c", np.full((3, 2, 2, 2), tap // 2, dtype=np.int64), (2, 4, 4), stride=(1, 1))
+    m = int(np.prod(conv.out_shape))
+    out = LoihiLIF(int(rng.integers(0, 4096)), int(rng.integers(0, 4096)), 1 << 16, rng.integers(-50, 50, m),
+                   np.zeros(m, dtype=np.int64))
+    g = Graph((Input("x", n),), (Population("a", n, lif), Population("c", m, out)), (drive, conv), ("c",)).validate()
+    spec = sim.prepare(g).network()
+    assert spec.plain.tolist() == [True, tap * 4 < 1 << 23]
+    x = (rng.random((3, 10, n)) < 0.5).astype(np.int64)
+    x[0, :4] = 1  # every source spikes: the conv's sums reach the bound
+    fast = _run(g, x)
+    monkeypatch.setattr(simulator, "_use_kernel", lambda dev: False)
+    _assert_same(fast, _run(g, x))
+
+
+def test_plain_messages_bounds():
+    def proj(bound, exp=0, conv=False, graded=False):
+        return compiled.Projection(src_kind=1, src_off=0, src_n=1, dst_pop=0, weight_exp=exp, graded=graded,
+                                   delayed=False, conv=conv, lag=1, bound=bound)
+    plain = compiled.plan.plain_messages
+    assert plain(proj((1 << 31) - 1)) and not plain(proj(1 << 31))
+    assert plain(proj((1 << 23) - 1, conv=True)) and not plain(proj(1 << 23, conv=True))
+    assert plain(proj((1 << 28) - 1, exp=3)) and not plain(proj(1 << 28, exp=3))
+    assert plain(proj((1 << 31) - 1, exp=-7)) and not plain(proj(5, graded=True))

@@ -23,7 +23,7 @@ package's interface; tuning constants live in their modules (tests patch them th
 from __future__ import annotations
 
 from snn2hw.hw.compiled.binary import binary_spikes
-from snn2hw.hw.compiled.input_stages import dense_conv_taps, dense_pool_weights
+from snn2hw.hw.compiled.input_stages import conv_message_table, dense_conv_taps, dense_pool_weights
 from snn2hw.hw.compiled.plan import NetworkSpec, Projection, common_shift, network_spec
 from snn2hw.hw.compiled.products import accumulate_events, conv_accumulate, prepare_weights
 from snn2hw.hw.compiled.runner import network_scan
@@ -33,6 +33,6 @@ from snn2hw.hw.compiled.twins import available, check_formula, formulas, formula
 
 __all__ = [
     "NetworkSpec", "Projection", "ScanResult", "accumulate_events", "available", "binary_spikes", "check_formula",
-    "common_shift", "conv_accumulate", "dense_conv_taps", "dense_pool_weights", "formulas", "formulas_fingerprint",
+    "common_shift", "conv_accumulate", "conv_message_table", "dense_conv_taps", "dense_pool_weights", "formulas", "formulas_fingerprint",
     "layer_scan", "lif_scan", "network_scan", "network_spec", "numba", "prepare_weights",
 ]

@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
+from snn2hw.hw import loihi2
 from snn2hw.hw.compiled import products, twins
 from snn2hw.hw.compiled.twins import numba
 
@@ -31,18 +33,24 @@ _DENSE_INPUT_CONV = True
 _DENSE_INPUT_POOL = True  # the same for a sum pooling's dense pooling stage (dense_pool_weights)
 
 
+def _conv_shape(geometry) -> tuple:
+    """``(kernel int64, O, C/groups, kh, kw, O/groups, Hp, Wp, Ho, Wo)`` of a convolution's geometry."""
+    kernel, (ch, h, w), (sy, sx), (py, px), (dy, dx), groups = geometry
+    kernel = np.asarray(kernel, dtype=np.int64)
+    o_n, cg, kh, kw = kernel.shape
+    hp, wp = h + 2 * py, w + 2 * px
+    ho = (hp - dy * (kh - 1) - 1) // sy + 1
+    wo = (wp - dx * (kw - 1) - 1) // sx + 1
+    return kernel, o_n, cg, kh, kw, o_n // groups, hp, wp, ho, wo
+
+
 def dense_conv_taps(geometry) -> tuple:
     """A convolution as the dense input stage takes it: ``(weights (O, T) int32, offsets (O, T) int64,
     taps (O,) int64, dims int64)``: for each output channel its non-zero kernel taps, each as a weight
     and the offset of its first input in the zero-padded image (C, Hp, Wp) flattened, and
     ``dims = (C, H, W, py, px, Hp, Wp, sy, sx, Ho, Wo)``."""
     kernel, (ch, h, w), (sy, sx), (py, px), (dy, dx), groups = geometry
-    kernel = np.asarray(kernel, dtype=np.int64)
-    o_n, cg, kh, kw = kernel.shape
-    og = o_n // groups
-    hp, wp = h + 2 * py, w + 2 * px
-    ho = (hp - dy * (kh - 1) - 1) // sy + 1
-    wo = (wp - dx * (kw - 1) - 1) // sx + 1
+    kernel, o_n, cg, kh, kw, og, hp, wp, ho, wo = _conv_shape(geometry)
     taps = np.zeros(o_n, dtype=np.int64)
     weights = np.zeros((o_n, max(1, cg * kh * kw)), dtype=np.int32)
     offsets = np.zeros((o_n, max(1, cg * kh * kw)), dtype=np.int64)
@@ -76,6 +84,51 @@ def dense_pool_weights(geometry) -> tuple | None:
     wo = (w + 2 * px - kw) // sx + 1
     dims = np.array([ch, h, w, py, px, kh, kw, sy, sx, ho, wo], dtype=np.int64)
     return per_channel[:, 0].copy(), dims
+# A binary input's convolution whose group patch (input channels per group x kernel taps, all-zero taps
+# left out) has at most this many taps takes the pattern-table stage (conv_message_table): each output
+# position's patch of 0/1 inputs is a number below 2**bits, and every output channel's message is read
+# from a table of 2**bits entries formed when the graph is prepared.
+_TABLE_INPUT_CONV = True
+_TABLE_BITS = 10
+_TABLE_MAX_ENTRIES = 1 << 16  # output channels x 2**bits (256 KiB of int32 messages)
+
+
+def conv_message_table(geometry, weight_exp: int, delayed: bool, conv: bool, dtype) -> tuple | None:
+    """A binary input's convolution as the pattern-table stage takes it, or None where the patch is too
+    wide (``_TABLE_BITS``, ``_TABLE_MAX_ENTRIES``).
+
+    Returns ``(table (O, 2**bits) dtype, offsets (groups, bits) int64, taps (groups,) int64, dims int64)``
+    with ``dims = (C, H, W, py, px, Hp, Wp, sy, sx, Ho, Wo, groups, O / groups)``. Group g's taps are the
+    (input channel, ky, kx) of its kernels that are non-zero for at least one of its output channels; tap
+    i's offset is the position of its input in the zero-padded image (C, Hp, Wp) flattened, relative to
+    output position (0, 0). An output position's pattern has bit i set when tap i's input is 1, and
+    ``table[o, pattern]`` is output channel o's message for it: the exact sum of those taps' weights
+    (int64), then Lava Conv's output stage (``conv``), then ``synaptic_output`` (binary), computed here
+    with loihi2's own formulas. So the stage needs no bound on the sums: it is exact for any weights."""
+    kernel, (ch, h, w), (sy, sx), (py, px), (dy, dx), groups = geometry
+    kernel, o_n, cg, kh, kw, og, hp, wp, ho, wo = _conv_shape(geometry)
+    flat = kernel.reshape(groups, og, cg * kh * kw)
+    used = [np.flatnonzero((flat[g] != 0).any(axis=0)) for g in range(groups)]
+    bits = max([len(u) for u in used] + [0])
+    if bits > _TABLE_BITS or o_n << bits > _TABLE_MAX_ENTRIES:
+        return None
+    offsets = np.zeros((groups, max(bits, 1)), dtype=np.int64)
+    taps = np.array([len(u) for u in used], dtype=np.int64)
+    patterns = (np.arange(1 << bits)[:, None] >> np.arange(bits)[None, :]) & 1  # (2**bits, bits)
+    sums = np.zeros((o_n, 1 << bits), dtype=np.int64)
+    for g, u in enumerate(used):
+        c, rest = np.divmod(u, kh * kw)
+        ky, kx = np.divmod(rest, kw)
+        offsets[g, :len(u)] = ((g * cg + c) * hp + ky * dy) * wp + kx * dx
+        sums[g * og:(g + 1) * og] = flat[g][:, u] @ patterns[:, :len(u)].T  # exact: int64, |w| < 2**31
+    x = torch.from_numpy(sums)
+    if conv:
+        x = loihi2.conv_output(x)
+    table = loihi2.synaptic_output(x, int(weight_exp), False, bool(delayed)).numpy().astype(dtype)
+    dims = np.array([ch, h, w, py, px, hp, wp, sy, sx, ho, wo, groups, og], dtype=np.int64)
+    return table, offsets, taps, dims
+
+
 def _input_kernels():
     """The pre-pass kernels: (a binary input's dense projection, its convolution as events, its
     convolution densely, its sum pooling densely) to messages."""
@@ -152,7 +205,7 @@ def _input_kernels():
                     o[j] = _synaptic_output(x, e, False, dl)
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-    def input_conv_dense(s, tw, toff, taps, dims, cv, e, dl, out, step_blocks):
+    def input_conv_dense(s, tw, toff, taps, dims, cv, e, dl, plain, out, step_blocks):
         """out[b, t] = the messages of a binary input's convolution, computed densely: each image is
         copied into a zero-padded int32 plane of masks (0 or -1), and each output channel's sums are,
         for every non-zero tap, ``w & mask`` added over a contiguous run of the plane (all output rows
@@ -169,6 +222,8 @@ def _input_kernels():
         lw = (wo - 1) * sx + 1  # the input-resolution columns an output row spans
         runs = 1 if sy == 1 else ho
         run = (ho - 1) * wp + lw if sy == 1 else lw
+        ls = max(e, 0)
+        rs = max(-e, 0)
         for job in numba.prange(batch * step_blocks):
             b = job // step_blocks
             sb = job % step_blocks
@@ -212,7 +267,14 @@ def _input_kernels():
                     ob = oc * ho * wo
                     for y in range(ho):
                         orow = o[ob + y * wo:ob + (y + 1) * wo]
-                        if sx == 1:  # a contiguous row of sums: this loop vectorises (measured 1.6x less
+                        if plain and sx == 1:  # the bound makes the message the shifted sum
+                            arow = acc[y * wp:y * wp + wo]
+                            for x in range(wo):
+                                orow[x] = np.int32(np.int32(arow[x] << ls) >> rs)
+                        elif plain:
+                            for x in range(wo):
+                                orow[x] = np.int32(np.int32(acc[y * wp + x * sx] << ls) >> rs)
+                        elif sx == 1:  # a contiguous row of sums: this loop vectorises (measured 1.6x less
                             arow = acc[y * wp:y * wp + wo]  # CPU time for the whole stage on a 3x3 conv)
                             for x in range(wo):
                                 v = np.int64(arow[x])
@@ -227,7 +289,7 @@ def _input_kernels():
                                 orow[x] = _synaptic_output(v, e, False, dl)
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-    def input_pool_dense(s, pw, dims, cv, e, dl, out, step_blocks):
+    def input_pool_dense(s, pw, dims, cv, e, dl, plain, out, step_blocks):
         """out[b, t] = the messages of a binary input's sum pooling: for each channel and output row,
         the window's kh input rows added into a row of counts (contiguous loops; the padding columns stay
         0), then each output's kw counts added up and times the channel's weight, then Lava Conv's output
@@ -243,6 +305,8 @@ def _input_kernels():
         # row's kh input rows added (32 lanes per AVX2 op), the kw columns of each output added in one loop
         # over the whole image, the messages in one loop per channel. The per-row loops below are 16-32
         # elements long, and their setup, not the adds, took most of the time.
+        ls = max(e, 0)
+        rs = max(-e, 0)
         tiled = py == 0 and px == 0 and kh == sy and kw == sx and h == ho * sy and w == wo * sx and kh * kw < 256
         for job in numba.prange(batch * step_blocks):
             b = job // step_blocks
@@ -278,6 +342,10 @@ def _input_kernels():
                         weight = np.int32(pw[c])
                         cc = cnt[c * ho * wo:(c + 1) * ho * wo]
                         oc = o[c * ho * wo:(c + 1) * ho * wo]
+                        if plain:  # the bound makes the message the shifted sum (plan.plain_messages)
+                            for f in range(ho * wo):
+                                oc[f] = np.int32(np.int32(np.int32(np.int32(cc[f]) * weight) << ls) >> rs)
+                            continue
                         for f in range(ho * wo):
                             v = np.int32(np.int32(cc[f]) * weight)  # exact: below the bound, 2**31
                             if cv:  # a Conv's own output stage comes first
@@ -310,11 +378,85 @@ def _input_kernels():
                         orow = o[(c * ho + y) * wo:(c * ho + y + 1) * wo]
                         for x in range(wo):
                             v = np.int32(count[x] * weight)  # exact: below the bound, 2**31
+                            if plain:
+                                orow[x] = np.int32(np.int32(v << ls) >> rs)
+                                continue
                             if cv:  # a Conv's own output stage comes first
                                 v = _conv_output(v)
                             orow[x] = _synaptic_output(v, e, False, dl)
 
-    _kernels["input"] = input_messages, input_conv_messages, input_conv_dense, input_pool_dense
+    @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
+    def input_conv_table(s, table, toff, taps, dims, out, step_blocks):
+        """out[b, t] = the messages of a binary input's convolution read from its pattern table
+        (``conv_message_table``): each image is copied into a zero-padded plane of bytes; per group, each
+        output position's pattern (bit i: tap i's input) is formed at the input's resolution in x, in
+        contiguous runs of the plane (all output rows at once when the row stride is 1, else one run per
+        output row; three taps per pass) in 16-bit lanes, and gathered into one row per image; then each
+        output channel's messages are its table's entries for that row (one flat loop per channel), in
+        neuron order (channel, y, x). Jobs: samples x step blocks, each with its own planes."""
+        batch, steps, _ = s.shape
+        ch, h, w, py, px, hp, wp, sy, sx, ho, wo, groups, og = (dims[0], dims[1], dims[2], dims[3], dims[4],
+                                                                dims[5], dims[6], dims[7], dims[8], dims[9],
+                                                                dims[10], dims[11], dims[12])
+        lw = (wo - 1) * sx + 1  # the input-resolution columns an output row spans
+        runs = 1 if sy == 1 else ho
+        run = (ho - 1) * wp + lw if sy == 1 else lw
+        n = ho * wo
+        for job in numba.prange(batch * step_blocks):
+            b = job // step_blocks
+            sb = job % step_blocks
+            plane = np.zeros(ch * hp * wp, dtype=np.uint8)  # the padding stays 0
+            pat = np.zeros(ho * wp, dtype=np.uint16)
+            row = np.empty(n, dtype=np.uint16)  # the output positions' patterns, row-major
+            for t in range(sb * steps // step_blocks, (sb + 1) * steps // step_blocks):
+                img = s[b, t]
+                for c in range(ch):
+                    for y in range(h):
+                        src = img[(c * h + y) * w:(c * h + y + 1) * w]
+                        dst = plane[(c * hp + y + py) * wp + px:(c * hp + y + py) * wp + px + w]
+                        for i in range(w):
+                            dst[i] = src[i]
+                o = out[b, t]
+                for g in range(groups):
+                    nt = taps[g]
+                    for r in range(runs):
+                        pr = pat[r * wp:r * wp + run]
+                        base = r * sy * wp
+                        if nt == 0:
+                            for f in range(run):
+                                pr[f] = 0
+                        i = 0
+                        while i < nt:  # three taps per pass over the patterns (they bound the loop)
+                            s0 = plane[base + toff[g, i]:base + toff[g, i] + run]
+                            if i + 3 <= nt:
+                                s1 = plane[base + toff[g, i + 1]:base + toff[g, i + 1] + run]
+                                s2 = plane[base + toff[g, i + 2]:base + toff[g, i + 2] + run]
+                                for f in range(run):
+                                    bits = np.uint16(np.uint16(s0[f]) | (np.uint16(s1[f]) << 1) |
+                                                     (np.uint16(s2[f]) << 2))
+                                    pr[f] = np.uint16(bits << i) if i == 0 else np.uint16(pr[f] | (bits << i))
+                                i += 3
+                            else:
+                                for f in range(run):
+                                    pr[f] = np.uint16(np.uint16(s0[f]) << i) if i == 0 else \
+                                        np.uint16(pr[f] | (np.uint16(s0[f]) << i))
+                                i += 1
+                    for y in range(ho):
+                        rr = row[y * wo:(y + 1) * wo]
+                        if sx == 1:
+                            pp = pat[y * wp:y * wp + wo]
+                            for x in range(wo):
+                                rr[x] = pp[x]
+                        else:
+                            for x in range(wo):
+                                rr[x] = pat[y * wp + x * sx]
+                    for oc in range(g * og, (g + 1) * og):
+                        tab = table[oc]
+                        oo = o[oc * n:(oc + 1) * n]
+                        for f in range(n):
+                            oo[f] = tab[row[f]]
+
+    _kernels["input"] = input_messages, input_conv_messages, input_conv_dense, input_pool_dense, input_conv_table
     return _kernels["input"]
 
 
@@ -337,11 +479,14 @@ def _input_messages(spec: NetworkSpec, x: np.ndarray, pre: np.ndarray, threads: 
             weights, dims = spec.dense_pools[k]
             # the spikes as bytes: the tiled windows add them in 8-bit lanes
             _input_kernels()[3](s.view(np.uint8), weights, dims, bool(spec.conv[k]), int(spec.weight_exp[k]),
-                                bool(spec.delayed[k]), out, step_blocks)
+                                bool(spec.delayed[k]), bool(spec.plain[k]), out, step_blocks)
+        elif spec.table_convs and spec.table_convs[k] is not None:
+            table, offs, taps, dims = spec.table_convs[k]
+            _input_kernels()[4](s.view(np.uint8), table, offs, taps, dims, out, step_blocks)
         elif spec.dense_convs and spec.dense_convs[k] is not None:
             taps, offs, counts, dims = spec.dense_convs[k]
             _input_kernels()[2](s, taps, offs, counts, dims, bool(spec.conv[k]), int(spec.weight_exp[k]),
-                                bool(spec.delayed[k]), out, step_blocks)
+                                bool(spec.delayed[k]), bool(spec.plain[k]), out, step_blocks)
         elif spec.is_sparse[k]:
             r0 = int(spec.row_ptr[k])
             table = spec.weights[spec.w_off[k]:]

@@ -29,7 +29,8 @@ def _network_kernel(count_events: bool, parallel: bool):
 
     @numba.njit(parallel=parallel, nogil=True, boundscheck=False, cache=True)
     def network(x_in, pop_off, du, dv, vth, bias, src_kind, src_off, src_n, dst_pop, w_off, wflat, w_shift,
-                row_ptr, row_idx, is_sparse, seg_len, perm_off, exps, graded, delayed, conv, lags, ready, pre_off, pre,
+                row_ptr, row_idx, is_sparse, seg_len, perm_off, exps, graded, delayed, conv, plain, lags, ready, pre_off,
+                pre,
                 acc_buf, spk,
                 u_rec, v_rec, counts, record):
         _key = (fingerprint, parallel)  # puts the formulas' fingerprint into the cache key
@@ -144,7 +145,22 @@ def _network_kernel(count_events: bool, parallel: bool):
                     ad = a[d0:d0 + nd]
                     sp = is_sparse[k]
                     po = perm_off[k]
-                    if sp:
+                    if plain[k]:
+                        # the bound keeps Lava Conv's output stage and synaptic_output's wrap the identity
+                        # (plan.plain_messages): a message is the sum shifted, in 32-bit lanes
+                        ls = sh + max(e, 0)
+                        rs = max(-e, 0)
+                        if sp:
+                            for j in range(nd):
+                                msg = np.int32(np.int32(np.int32(acc[row_idx[po + j]]) << ls) >> rs)
+                                ad[j] = msg if first else _add_messages(ad[j], msg)
+                        elif first:
+                            for j in range(nd):
+                                ad[j] = np.int32(np.int32(np.int32(acc[j]) << ls) >> rs)
+                        else:
+                            for j in range(nd):
+                                ad[j] = _add_messages(ad[j], np.int32(np.int32(np.int32(acc[j]) << ls) >> rs))
+                    elif sp:
                         for j in range(nd):
                             # a segmented projection's sums are channels-last: neuron j's is at perm[j]
                             x = np.int64(acc[row_idx[po + j]]) << sh

@@ -50,12 +50,14 @@ class NetworkSpec(NamedTuple):
     graded: np.ndarray
     delayed: np.ndarray
     conv: np.ndarray  # (K,) bool: apply Lava Conv's output stage (int32 cast, 24-bit wrap) first
+    plain: np.ndarray  # (K,) bool: the bound makes every message the shifted sum (plain_messages)
     lags: np.ndarray  # 1 + delay
     acc_dtype: np.dtype  # int32 where every bound allows it, else int64
     ready: np.ndarray  # (K,) bool: a binary input's projection, accumulated for all steps before the scan
     pre_off: np.ndarray  # (K,) its first column in those accumulations
     dense_convs: tuple = ()  # (K,) a ready convolution's taps for the dense input stage (dense_conv_taps), or None
     dense_pools: tuple = ()  # (K,) a ready sum pooling's weights for the dense pooling stage (dense_pool_weights)
+    table_convs: tuple = ()  # (K,) a ready convolution's pattern table (conv_message_table), or None
 
     @property
     def weight_bytes(self) -> int:
@@ -120,6 +122,19 @@ class Projection(NamedTuple):
     csr: tuple | None = None
     geometry: tuple | None = None  # a convolution's (kernel (O, C/g, kh, kw), in_shape, stride, padding,
     #                                dilation, groups): lets a binary input's conv take the dense path
+
+
+def plain_messages(pr: Projection) -> bool:
+    """Whether projection ``pr``'s bound makes each of its messages the plain shifted sum: a binary
+    projection whose sums stay below ``2**23`` in magnitude (so Lava Conv's int32 cast and 24-bit wrap,
+    for a convolution, leave them unchanged) and below ``2**31`` after ``synaptic_output``'s shift by
+    ``weight_exp`` (so its int32 wrap does too). Every sum is a sum of some of one target's weights, so
+    its magnitude is at most ``bound``. The network kernel then forms those messages in 32-bit lanes
+    without the formulas' range checks and wraps (the same integers)."""
+    if pr.graded:
+        return False
+    limit = 1 << 23 if pr.conv else 1 << 31
+    return pr.bound < limit and (pr.bound << max(pr.weight_exp, 0)) < 1 << 31
 
 
 def _pack_kernel():
@@ -208,6 +223,11 @@ def network_spec(pop_off, du, dv, vth_eff, bias_eff, projections: list[Projectio
                         for pr, d in zip(projections, dense))
     dense_convs = tuple(input_stages.dense_conv_taps(pr.geometry) if d and pool is None else None
                         for pr, d, pool in zip(projections, dense, dense_pools))
+    # ... and a convolution with a narrow patch reads its messages from a table (any bound: the table
+    # holds the exact messages), ahead of both
+    table_convs = tuple(input_stages.conv_message_table(pr.geometry, pr.weight_exp, pr.delayed, pr.conv, acc_dtype)
+                        if r and pr.geometry is not None and pool is None and input_stages._TABLE_INPUT_CONV else None
+                        for pr, r, pool in zip(projections, ready, dense_pools))
 
     def ints(f):
         return np.asarray([f(pr) for pr in projections], dtype=np.int64)
@@ -224,6 +244,7 @@ def network_spec(pop_off, du, dv, vth_eff, bias_eff, projections: list[Projectio
         is_sparse=flags(lambda p: p.csr is not None), seg_len=np.asarray(lens, dtype=np.int64),
         perm_off=np.asarray(perm_offs, dtype=np.int64), weight_exp=ints(lambda p: p.weight_exp),
         graded=flags(lambda p: p.graded), delayed=flags(lambda p: p.delayed), conv=flags(lambda p: p.conv),
+        plain=flags(plain_messages),
         lags=ints(lambda p: p.lag), acc_dtype=acc_dtype, ready=np.asarray(ready, dtype=np.bool_),
-        pre_off=pre_off, dense_convs=dense_convs, dense_pools=dense_pools,
+        pre_off=pre_off, dense_convs=dense_convs, dense_pools=dense_pools, table_convs=table_convs,
     )

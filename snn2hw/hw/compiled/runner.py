@@ -71,6 +71,7 @@ def network_scan(spec: NetworkSpec, x_in: torch.Tensor | np.ndarray, steps: int,
         kernel(x[lo:hi], spec.pop_off, spec.du, spec.dv, spec.vth_eff, spec.bias_eff, spec.src_kind, spec.src_off,
                spec.src_n, spec.dst_pop, spec.w_off, spec.weights, spec.w_shift, spec.row_ptr, spec.row_idx,
                spec.is_sparse, spec.seg_len, spec.perm_off, spec.weight_exp, spec.graded, spec.delayed, spec.conv,
+               spec.plain,
                spec.lags, spec.ready, spec.pre_off, pre[:hi - lo], acc_buf[:hi - lo], spk[lo:hi],
                u_rec[lo:hi] if keep_state else u_rec, v_rec[lo:hi] if keep_state else v_rec, counts[lo:hi],
                bool(keep_state))
