@@ -14,7 +14,7 @@ Reports the median CPU time (``time.process_time``, one thread) of each and the 
 that both give the same outputs (bit for bit). Both modules compile into ``NUMBA_CACHE_DIR``: point it at an
 empty directory of its own (a cache shared with another run of the base module fails to load).
 
-    NUMBA_CACHE_DIR=$(mktemp -d) python benchmarks/diag_lif_kernel_ab.py --base /tmp/base [--n 512] [--T 500]
+    NUMBA_CACHE_DIR=$(mktemp -d) python benchmarks/diag_lif_kernel_ab.py --base /tmp/base [--n 512] [--T 500] [--only bwd]
 """
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def main(argv=None) -> int:
     ap.add_argument("--T", type=int, default=500)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--only", nargs="+", default=None, help="run only the cases whose name contains one of these")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "diag_lif_kernel_ab.json"))
     a = ap.parse_args(argv)
     import torch
@@ -97,6 +98,8 @@ def main(argv=None) -> int:
     cases = [(f"fwd alpha={'0' if az else 'a'} bias={int(wb)}", fwd_case(az, wb)) for az, wb in
              ((True, False), (False, True))]
     cases += [(name, bwd_case(*opts)) for name, *opts in BACKWARD_CASES]
+    if a.only:
+        cases = [(name, f) for name, f in cases if any(o in name for o in a.only)]
     load_before = os.getloadavg()[0]
     print(f"batch {batch}, T {steps}, n {n}, 1 thread, {a.reps} interleaved repetitions; load average {load_before:.1f}")
     print("| case | base CPU ms | new CPU ms | new / base | outputs equal |\n|---|---|---|---|---|")

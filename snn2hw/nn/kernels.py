@@ -222,17 +222,18 @@ def _forward_kernel(alpha_zero: bool, has_bias: bool):
     return forward
 
 
-def _backward_kernel(kind: int, alpha_zero: bool, state: bool, params: tuple | None):
+def _backward_kernel(kind: int, has_gs: bool, alpha_zero: bool, state: bool, params: tuple | None):
     """The backward recursions. Closure constants, as above (each cost time in the inner loop as a run-time
     argument, measured with ``benchmarks/diag_lif_kernel_ab.py``): the surrogate ``kind`` (0 reads a
-    precomputed derivative ``sg``), alpha = 0, whether gradients of the state traces u, v come in (``state``;
+    precomputed derivative ``sg``), whether a gradient of the spikes comes in, alpha = 0, whether gradients
+    of the state traces u, v come in (``state``;
     an absent one of the two is then a broadcast row of zeros that a select ignores), and ``params``: None
     when no parameter gradient is needed, else which of (alpha, beta, v_th, bias) and the detached reset.
-    The other options are run-time arguments (``opts``: a gradient of the spikes, the detached reset without
-    ``params``, dL/da needed), each a select between values computed anyway or a store outside the
+    The other options are run-time arguments (``opts``: the detached reset without ``params``, dL/da
+    needed), each a select between values computed anyway or a store outside the
     recursions, so the inner loop stays branch-free and vectorises while fewer variants compile (the
     layers' usual case, no parameter gradient, is one variant per surrogate, alpha = 0 and state)."""
-    key = ("backward", kind, alpha_zero, state, params)
+    key = ("backward", kind, has_gs, alpha_zero, state, params)
     if key in _kernels:
         return _kernels[key]
     any_param = params is not None
@@ -240,8 +241,8 @@ def _backward_kernel(kind: int, alpha_zero: bool, state: bool, params: tuple | N
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
     def backward(v_pre, consts, sg, g_s, g_u, g_v, steps_g, u_all, alpha, beta, vth, block, delay, grad_a, acc, opts):
-        _key = (kind, alpha_zero, state, any_param, p_alpha, p_beta, p_vth, p_bias, p_detach)  # into the closure
-        has_gs, has_gu, has_gv = opts[0] != 0, opts[1] != 0, opts[2] != 0
+        _key = (kind, has_gs, alpha_zero, state, any_param, p_alpha, p_beta, p_vth, p_bias, p_detach)  # closure
+        has_gu, has_gv = opts[1] != 0, opts[2] != 0
         detach = p_detach if any_param else opts[3] != 0
         need_a = opts[4] != 0
         batch, steps, n = v_pre.shape
@@ -267,7 +268,7 @@ def _backward_kernel(kind: int, alpha_zero: bool, state: bool, params: tuple | N
                 # 1-D views of this step: with these LLVM vectorises the loop over neurons
                 vp = v_pre[b, t, lo:hi]
                 sgt = sg[b, t, lo:hi] if kind == 0 else vp
-                gst = g_s[bs, t * steps_g[1], lo:hi]
+                gst = g_s[bs, t * steps_g[1], lo:hi] if has_gs else vp
                 gut = g_u[bu, t * steps_g[3], lo:hi] if state else vp
                 gvt = g_v[bv, t * steps_g[5], lo:hi] if state else vp
                 vq = v_pre[b, max(t - 1, 0), lo:hi]  # v_pre[t-1] (unused at t = 0)
@@ -280,8 +281,7 @@ def _backward_kernel(kind: int, alpha_zero: bool, state: bool, params: tuple | N
                     keep_d = one if x <= th[i] else zero  # 1 - s[t]
                     xd = x * d
                     keep = keep_d if detach else keep_d - xd
-                    gs_i = gst[i]  # loaded always: the selects below stay branch-free
-                    lam = gs_i * d if has_gs else zero
+                    lam = gst[i] * d if has_gs else zero
                     if p_vth:
                         a_vth[i] -= lam
                     if state:
@@ -397,7 +397,7 @@ def lif_backward(v_pre: torch.Tensor, surrogate, g_s, g_u, g_v, u_all, alpha, be
     _set_threads()
     opts = np.array([g_s is not None, g_u is not None, g_v is not None, detach_reset, need_a], dtype=np.int64)
     params = need[1:] + (detach_reset,) if any(need[1:]) else None
-    _backward_kernel(kind, bool(alpha_is_zero), g_u is not None or g_v is not None,
+    _backward_kernel(kind, g_s is not None, bool(alpha_is_zero), g_u is not None or g_v is not None,
                      tuple(bool(f) for f in params) if params else None)(
         v_pre.numpy(), consts, sg.numpy() if sg is not None else _empty(v_pre), gs, gu, gv,
         np.array(gs_steps + gu_steps + gv_steps, dtype=np.int64),
