@@ -187,16 +187,17 @@ def test_builtin_surrogates_in_the_kernel_equal_their_tensor_op(monkeypatch, cls
     g = torch.Generator().manual_seed(5)
     a = torch.randn(2, 23, 70, generator=g, dtype=torch.float64) * 0.8 + 0.3
     beta = torch.rand(70, generator=g, dtype=torch.float64) * 0.8 + 0.15
-    w = [torch.randn(2, 23, 70, generator=g, dtype=torch.float64) for _ in range(3)]
+    w = torch.randn(2, 23, 70, generator=g, dtype=torch.float64)
     res = []
+    # every parameter's gradient, alpha != 0, no detach, a loss on the spikes: the options (so the compiled
+    # kernels) of test_nn_functional's gradient cases, which check the same kernels against unrolled autograd
     for sur in (fused, fallback):
-        x, b, th = a.clone().requires_grad_(True), beta.clone().requires_grad_(True), torch.tensor(
-            0.9, dtype=torch.float64, requires_grad=True)
-        outs = F.cuba_lif_sequence(x, 0.0, b, th, None, sur, detach_reset=False, return_state=True)
-        sum((o * wi).sum() for o, wi in zip(outs, w)).backward()
-        res.append((outs, [x.grad, b.grad, th.grad]))
-    for o, r in zip(res[0][0], res[1][0]):
-        assert torch.equal(o, r)
+        x, b = a.clone().requires_grad_(True), beta.clone().requires_grad_(True)
+        al, th, bi = (torch.tensor(c, dtype=torch.float64, requires_grad=True) for c in (0.4, 0.9, 0.05))
+        s = F.cuba_lif_sequence(x, al, b, th, bi, sur, detach_reset=False)
+        (s * w).sum().backward()
+        res.append((s, [x.grad, al.grad, b.grad, th.grad, bi.grad]))
+    assert torch.equal(res[0][0], res[1][0]) and 0 < float(res[0][0].detach().mean()) < 1
     assert float(res[0][1][0].abs().max()) > 0
     for gf, gr in zip(res[0][1], res[1][1]):
         if cls in _WITH_EXP:

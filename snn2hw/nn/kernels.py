@@ -165,16 +165,17 @@ def _broadcast_grad(g: torch.Tensor | None, like: torch.Tensor) -> tuple[np.ndar
     return g[: 1 if not batch_step else None, : 1 if not time_step else None].contiguous().numpy(), batch_step, time_step
 
 
-def _forward_kernel(alpha_zero: bool, has_bias: bool, keep_u: bool, keep_v: bool):
-    """The forward scan for one combination of options. The options are closure constants, so each
-    variant compiles without branches on them in its inner loop (which then vectorises)."""
-    key = ("forward", alpha_zero, has_bias, keep_u, keep_v)
+def _forward_kernel(alpha_zero: bool, has_bias: bool):
+    """The forward scan. The options inside its inner loop are closure constants, so each variant compiles
+    without branches on them there (and the loop vectorises); recording u and v happens in loops of its own,
+    so ``keep_u`` / ``keep_v`` are run-time arguments (fewer variants to compile)."""
+    key = ("forward", alpha_zero, has_bias)
     if key in _kernels:
         return _kernels[key]
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-    def forward(a, alpha, beta, vth, bias, unit, block, delay, v_pre, spikes, u_all, v_all):
-        _key = (alpha_zero, has_bias, keep_u, keep_v)  # only here to put the options into the closure
+    def forward(a, alpha, beta, vth, bias, unit, block, delay, v_pre, spikes, keep_u, u_all, keep_v, v_all):
+        _key = (alpha_zero, has_bias)  # only here to put the options into the closure
         batch, steps, n = a.shape
         blocks = (n + block - 1) // block
         for job in numba.prange(batch * blocks):
@@ -221,18 +222,29 @@ def _forward_kernel(alpha_zero: bool, has_bias: bool, keep_u: bool, keep_v: bool
     return forward
 
 
-def _backward_kernel(flags: tuple, kind: int):
-    """The backward recursions for one combination of ``flags`` and surrogate ``kind`` (closure constants,
-    as above; kind 0 reads a precomputed derivative ``sg``)."""
-    key = ("backward", kind) + flags
+def _backward_kernel(kind: int, has_gs: bool, alpha_zero: bool, state: bool, params: tuple | None):
+    """The backward recursions. Closure constants, as above (each cost time in the inner loop as a run-time
+    argument, measured with ``benchmarks/diag_lif_kernel_ab.py``): the surrogate ``kind`` (0 reads a
+    precomputed derivative ``sg``), whether a gradient of the spikes comes in, alpha = 0, whether gradients
+    of the state traces u, v come in (``state``;
+    an absent one of the two is then a broadcast row of zeros that a select ignores), and ``params``: None
+    when no parameter gradient is needed, else which of (alpha, beta, v_th, bias) and the detached reset.
+    The other options are run-time arguments (``opts``: the detached reset without ``params``, dL/da
+    needed), each a select between values computed anyway or a store outside the
+    recursions, so the inner loop stays branch-free and vectorises while fewer variants compile (the
+    layers' usual case, no parameter gradient, is one variant per surrogate, alpha = 0 and state)."""
+    key = ("backward", kind, has_gs, alpha_zero, state, params)
     if key in _kernels:
         return _kernels[key]
-    has_gs, has_gu, has_gv, detach, alpha_zero, need_a, need_alpha, need_beta, need_vth, need_bias = flags
-    need_lam_u = need_a or need_alpha
+    any_param = params is not None
+    p_alpha, p_beta, p_vth, p_bias, p_detach = params if any_param else (False,) * 5
 
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-    def backward(v_pre, consts, sg, g_s, g_u, g_v, steps_g, u_all, alpha, beta, vth, block, delay, grad_a, acc):
-        _key = (flags, kind)  # only here to put the options into the closure
+    def backward(v_pre, consts, sg, g_s, g_u, g_v, steps_g, u_all, alpha, beta, vth, block, delay, grad_a, acc, opts):
+        _key = (kind, has_gs, alpha_zero, state, any_param, p_alpha, p_beta, p_vth, p_bias, p_detach)  # closure
+        has_gu, has_gv = opts[1] != 0, opts[2] != 0
+        detach = p_detach if any_param else opts[3] != 0
+        need_a = opts[4] != 0
         batch, steps, n = v_pre.shape
         blocks = (n + block - 1) // block
         for job in numba.prange(batch * blocks):
@@ -249,54 +261,59 @@ def _backward_kernel(flags: tuple, kind: int):
             a_beta = np.zeros(width, dtype=np.float64)
             a_vth = np.zeros(width, dtype=np.float64)
             a_bias = np.zeros(width, dtype=np.float64)
-            # an expanded (broadcast) gradient is read at batch / time index 0 (steps_g holds 0 or 1 per dim)
+            # an expanded (broadcast) gradient is read at batch / time index 0 (steps_g holds 0 or 1 per dim;
+            # an absent one is a (1, 1, n) row of zeros read with steps 0)
             bs, bu, bv = b * steps_g[0], b * steps_g[2], b * steps_g[4]
             for t in range(steps - 1, -1, -1):
                 # 1-D views of this step: with these LLVM vectorises the loop over neurons
                 vp = v_pre[b, t, lo:hi]
                 sgt = sg[b, t, lo:hi] if kind == 0 else vp
                 gst = g_s[bs, t * steps_g[1], lo:hi] if has_gs else vp
-                gut = g_u[bu, t * steps_g[3], lo:hi] if has_gu else vp
-                gvt = g_v[bv, t * steps_g[5], lo:hi] if has_gv else vp
+                gut = g_u[bu, t * steps_g[3], lo:hi] if state else vp
+                gvt = g_v[bv, t * steps_g[5], lo:hi] if state else vp
                 vq = v_pre[b, max(t - 1, 0), lo:hi]  # v_pre[t-1] (unused at t = 0)
-                uq = u_all[b, max(t - 1, 0), lo:hi] if need_alpha else vp
+                uq = u_all[b, max(t - 1, 0), lo:hi] if p_alpha else vp
                 write = need_a and t >= delay  # dL/da[t - delay]; the last `delay` inputs reach no step
                 out = grad_a[b, t - delay, lo:hi] if write else vp
                 for i in range(width):
                     x = vp[i]
                     d = sgt[i] if kind == 0 else surrogate_at(kind, c0, c1, c2, one, x - th[i])
-                    keep = one if x <= th[i] else zero  # 1 - s[t]
-                    if not detach:
-                        keep = keep - x * d
+                    keep_d = one if x <= th[i] else zero  # 1 - s[t]
+                    xd = x * d
+                    keep = keep_d if detach else keep_d - xd
                     lam = gst[i] * d if has_gs else zero
-                    if need_vth:
+                    if p_vth:
                         a_vth[i] -= lam
-                    if has_gv:
-                        lam = lam + keep * gvt[i]
+                    if state:
+                        gv_i = gvt[i]
+                        lam_g = lam + keep * gv_i
+                        lam = lam_g if has_gv else lam
                     # lam_p[t] = lam[t] + (beta keep[t]) lam_p[t+1]
-                    lamp = lam + (keep * be[i]) * lp_next[i]
-                    if need_bias:
+                    lpn = lp_next[i]
+                    lamp = lam + (keep * be[i]) * lpn
+                    if p_bias:
                         a_bias[i] += lamp
-                    if need_beta and t > 0:
+                    if p_beta and t > 0:
                         vprev = vq[i]
                         a_beta[i] += lamp * (vprev if vprev <= th[i] else zero)  # v[t-1] after reset
-                    if need_vth and not detach:
-                        lam_v = be[i] * lp_next[i]
-                        if has_gv:
-                            lam_v = lam_v + gvt[i]
-                        a_vth[i] += lam_v * (x * d)
+                    if p_vth and not p_detach:
+                        lam_v = be[i] * lpn
+                        if state:
+                            lam_vg = lam_v + gvt[i]
+                            lam_v = lam_vg if has_gv else lam_v
+                        a_vth[i] += lam_v * xd
                     lp_next[i] = lamp
-                    if need_lam_u:
-                        lu = lamp
-                        if has_gu:
-                            lu = lu + gut[i]
-                        if not alpha_zero:
-                            lu = lu + lu_next[i] * al[i]
-                        if need_alpha and t > 0:
-                            a_alpha[i] += lu * uq[i]
-                        lu_next[i] = lu
-                        if write:
-                            out[i] = lu
+                    lu = lamp
+                    if state:
+                        lu_g = lamp + gut[i]
+                        lu = lu_g if has_gu else lamp
+                    if not alpha_zero:
+                        lu = lu + lu_next[i] * al[i]
+                    if p_alpha and t > 0:
+                        a_alpha[i] += lu * uq[i]
+                    lu_next[i] = lu
+                    if write:
+                        out[i] = lu
             if need_a:
                 for t in range(max(steps - delay, 0), steps):
                     out = grad_a[b, t, lo:hi]
@@ -342,10 +359,10 @@ def lif_forward(a: torch.Tensor, alpha, beta, v_th, bias, alpha_is_zero: bool, k
     if a.numel():
         _set_threads()
         unit = np.ones(1, dtype=a.numpy().dtype)
-        _forward_kernel(bool(alpha_is_zero), bias is not None, bool(keep_u), bool(keep_v))(
+        _forward_kernel(bool(alpha_is_zero), bias is not None)(
             a.numpy(), _per_neuron(alpha, n, a), _per_neuron(beta, n, a), _per_neuron(v_th, n, a),
             _per_neuron(bias, n, a), unit, _block(batch, n, _threads()), int(delay), v_pre.numpy(), spikes.numpy(),
-            u_all.numpy() if keep_u else _empty(a), v_all.numpy() if keep_v else _empty(a))
+            bool(keep_u), u_all.numpy() if keep_u else _empty(a), bool(keep_v), v_all.numpy() if keep_v else _empty(a))
     return v_pre, spikes, u_all, v_all
 
 
@@ -367,21 +384,24 @@ def lif_backward(v_pre: torch.Tensor, surrogate, g_s, g_u, g_v, u_all, alpha, be
     expanded are read in place (``_broadcast_grad``). ``need`` = (a, alpha, beta, v_th, bias). Returns
     ``(grad_a or None, per-neuron float64 sums (4, n): alpha, beta, v_th, bias)``."""
     batch, steps, n = v_pre.shape
-    need_a, need_alpha, need_beta, need_vth, need_bias = need
+    need_a, need_alpha = need[0], need[1]
     acc = torch.zeros(4, batch, n, dtype=torch.float64)
     if not v_pre.numel():
         return (torch.zeros_like(v_pre) if need_a else None), acc.sum(1)
     kind, consts, sg = surrogate_args(surrogate, v_pre, v_th)
     # dL/da may overwrite sg, element by element after reading it (not with a delay: it writes earlier steps)
     grad_a = (sg if sg is not None and delay == 0 else buffer_pool.empty(v_pre.shape, v_pre.dtype)) if need_a else None
-    (gs, *gs_steps), (gu, *gu_steps), (gv, *gv_steps) = (_broadcast_grad(g, v_pre) for g in (g_s, g_u, g_v))
+    zeros = np.zeros((1, 1, n), dtype=v_pre.numpy().dtype)  # an absent gradient: read with steps 0, ignored
+    (gs, *gs_steps), (gu, *gu_steps), (gv, *gv_steps) = (
+        _broadcast_grad(g, v_pre) if g is not None else (zeros, 0, 0) for g in (g_s, g_u, g_v))
     _set_threads()
-    flags = tuple(bool(f) for f in (g_s is not None, g_u is not None, g_v is not None, detach_reset,
-                                    alpha_is_zero, need_a, need_alpha, need_beta, need_vth, need_bias))
-    _backward_kernel(flags, kind)(
+    opts = np.array([g_s is not None, g_u is not None, g_v is not None, detach_reset, need_a], dtype=np.int64)
+    params = need[1:] + (detach_reset,) if any(need[1:]) else None
+    _backward_kernel(kind, g_s is not None, bool(alpha_is_zero), g_u is not None or g_v is not None,
+                     tuple(bool(f) for f in params) if params else None)(
         v_pre.numpy(), consts, sg.numpy() if sg is not None else _empty(v_pre), gs, gu, gv,
         np.array(gs_steps + gu_steps + gv_steps, dtype=np.int64),
         u_all.detach().contiguous().numpy() if need_alpha else _empty(v_pre), _per_neuron(alpha, n, v_pre),
         _per_neuron(beta, n, v_pre), _per_neuron(v_th, n, v_pre), _block(batch, n, _threads()), int(delay),
-        grad_a.numpy() if grad_a is not None else _empty(v_pre), acc.numpy())
+        grad_a.numpy() if grad_a is not None else _empty(v_pre), acc.numpy(), opts)
     return grad_a, acc.sum(1)
