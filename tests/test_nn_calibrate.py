@@ -54,6 +54,35 @@ def test_calibration_sets_every_layer_rate_and_keeps_the_surrogate_relative_widt
         assert torch.equal(twin.eval()(x), net(x))
 
 
+def test_fold_output_calibrates_the_readout_through_its_weights():
+    """``fold="output"``: the same forward network as threshold calibration, but the read-out keeps its
+    initial threshold and surrogate and carries the factor in its weights (and bias); hidden layers as before."""
+    x = _spikes()
+    plain, folded = _cnn(seed=3), _cnn(seed=3)
+    folded.layers[-1].bias = torch.nn.Parameter(torch.full((10,), 0.01))
+    plain.layers[-1].bias = torch.nn.Parameter(torch.full((10,), 0.01))
+    w0 = folded.layers[-1].weight.detach().clone()
+    rep_plain = calibrate_thresholds(plain, x, 0.1)
+    rep_fold = calibrate_thresholds(folded, x, 0.1, fold="output")
+    assert [r.v_th_after for r in rep_fold] == pytest.approx([r.v_th_after for r in rep_plain])
+    out_p, out_f = plain.layers[-1], folded.layers[-1]
+    assert out_f.v_th == 1.0 and out_p.v_th != pytest.approx(1.0, rel=1e-2)
+    assert out_f.surrogate_scale == _cnn(seed=3).layers[-1].surrogate_scale
+    factor = 1.0 / rep_fold[-1].v_th_after
+    assert torch.allclose(out_f.weight, w0 * factor) and torch.allclose(out_f.bias, torch.full((10,), 0.01 * factor))
+    assert all(a.v_th == b.v_th for a, b in zip(plain.layers[:-1], folded.layers[:-1]) if hasattr(a, "threshold"))
+    with torch.no_grad():
+        sp, sf = plain.eval()(x), folded.eval()(x)
+    assert float(sf.mean()) == pytest.approx(0.1, abs=0.02)
+    assert float((sp != sf).float().mean()) < 1e-3  # equal up to float rounding at the threshold
+    with pytest.raises(CalibrationError, match="fold"):
+        calibrate_thresholds(_cnn(), x, 0.1, fold="all")
+    trainer = Trainer(_cnn(), TrainerConfig(epochs=0, batch_size=8, progress=False, tensorboard=False,
+                                             calibrate_fold="output"))
+    trainer.fit((_spikes(16), torch.arange(16) % 10))
+    assert trainer.model.layers[-1].v_th == 1.0 and trainer.model.layers[-2].v_th != 1.0
+
+
 def test_calibration_errors():
     net = _cnn()
     for bad in (0.0, 1.0, -0.1):

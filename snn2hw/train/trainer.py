@@ -83,6 +83,8 @@ class TrainerConfig:
     # Data-driven init of a fresh run (snn2hw.nn.calibrate): each spiking layer's threshold set on the first
     # training batch so it fires at this rate. "auto": 0.1 for networks with conv/pool layers, None otherwise.
     calibrate_rate: float | str | None = "auto"
+    # "output": the read-out is calibrated through its weights, its threshold kept (snn2hw.nn.calibrate)
+    calibrate_fold: str = "none"
 
 
 def final_output(output: Any) -> torch.Tensor:
@@ -396,7 +398,7 @@ class Trainer:
         if rate is None:
             return
         x, *_ = data.get(torch.arange(min(len(data), self.config.batch_size)), device)
-        self.calibration = calibrate_thresholds(self.model, x, float(rate))
+        self.calibration = calibrate_thresholds(self.model, x, float(rate), fold=self.config.calibrate_fold)
 
     def fit(self, train, val=None, resume: bool | str | os.PathLike = False) -> list[dict]:
         """Train for ``config.epochs`` epochs (in total, counting those a resumed checkpoint already did).
