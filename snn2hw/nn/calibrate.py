@@ -86,11 +86,45 @@ def _set_threshold(layer: nn.Module, v_th: float, width_product: float) -> None:
     layer.surrogate = get_surrogate(layer.surrogate_name, scale=layer.surrogate_scale)
 
 
-FOLDS = ("none", "output")
+FOLDS = ("none", "output", "neurons")
+_UNIT_RANGE = 10.0  # fold="neurons": each unit's weight factor is searched within [1 / _UNIT_RANGE, _UNIT_RANGE]
 
 
 def _weighted(layer: nn.Module) -> bool:
-    return isinstance(getattr(layer, "weight", None), torch.Tensor)
+    """A layer with trainable weights (a sum pool's fixed window is a buffer, not a parameter)."""
+    return isinstance(getattr(layer, "weight", None), nn.Parameter)
+
+
+def _unit_rates(layer: nn.Module, s: torch.Tensor) -> torch.Tensor:
+    """Mean rate of each unit of ``layer`` on input ``s``: its output (batch, T, units * positions)
+    is channel-major, so a conv channel's positions are one contiguous block."""
+    out = layer(s)
+    units = layer.weight.shape[0]
+    return out.reshape(out.shape[0], out.shape[1], units, -1).mean(dim=(0, 1, 3))
+
+
+def _calibrate_units(layer: nn.Module, s: torch.Tensor, target_rate: float, iterations: int) -> None:
+    """Per-unit factors on ``layer``'s weights (and bias) so that each unit fires at ``target_rate``."""
+    w0 = layer.weight.detach().clone()
+    bias = getattr(layer, "bias", None)
+    b0 = bias.detach().clone() if isinstance(bias, torch.Tensor) else None
+    units = w0.shape[0]
+    lo = torch.full((units,), -math.log(_UNIT_RANGE), dtype=w0.dtype, device=w0.device)
+    hi = -lo
+
+    def put(log_c: torch.Tensor) -> None:
+        c = torch.exp(log_c)
+        layer.weight.copy_(w0 * c.reshape(-1, *([1] * (w0.dim() - 1))))
+        if b0 is not None:
+            layer.bias.copy_(b0 * c.reshape(b0.shape) if b0.shape == c.shape else b0)
+
+    for _ in range(int(iterations)):
+        mid = 0.5 * (lo + hi)
+        put(mid)
+        high = _unit_rates(layer, s) > target_rate
+        hi = torch.where(high, mid, hi)  # fires too much: a smaller factor
+        lo = torch.where(high, lo, mid)
+    put(0.5 * (lo + hi))
 
 
 def calibrate_thresholds(model: nn.Module, x: torch.Tensor, target_rate: float = DEFAULT_RATE,
@@ -104,7 +138,10 @@ def calibrate_thresholds(model: nn.Module, x: torch.Tensor, target_rate: float =
     threshold (e.g. its input is silent) keeps the nearest bound. Returns one ``LayerCalibration`` per
     calibrated layer. ``fold="output"``: the last calibratable layer with weights keeps its threshold and
     takes the calibration as a factor on its weights and bias (the module docstring says why); its
-    ``LayerCalibration`` then reports the equivalent threshold in ``v_th_after``.
+    ``LayerCalibration`` then reports the equivalent threshold in ``v_th_after``. ``fold="neurons"``: after
+    each weighted layer's threshold, every unit of it (a dense neuron, a conv output channel) gets its own
+    factor on its weights (and bias), bisected in log space within a factor ``_UNIT_RANGE`` so that the unit
+    fires at ``target_rate`` too: no unit starts silent or saturated.
     """
     if not 0.0 < float(target_rate) < 1.0:
         raise CalibrationError(f"target_rate must lie in (0, 1), got {target_rate}")
@@ -148,6 +185,8 @@ def calibrate_thresholds(model: nn.Module, x: torch.Tensor, target_rate: float =
                         layer.bias.mul_(v0 / v_th)
                 else:
                     _set_threshold(layer, v_th, width_product)
+                if fold == "neurons" and _weighted(layer):
+                    _calibrate_units(layer, s, target_rate, iterations)
                 s = layer(s)
                 report.append(LayerCalibration(i, type(layer).__name__, v0, v_th, rate0,
                                                float(s.mean())))
