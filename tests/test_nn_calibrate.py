@@ -83,6 +83,38 @@ def test_fold_output_calibrates_the_readout_through_its_weights():
     assert trainer.model.layers[-1].v_th == 1.0 and trainer.model.layers[-2].v_th != 1.0
 
 
+def test_fold_neurons_brings_every_unit_to_the_rate_within_its_range():
+    """``fold="neurons"``: each trainable unit (conv channel, dense neuron) gets its own weight factor within
+    ``[1/10, 10]``; units that can reach the rate do, pools (fixed windows) keep their weights."""
+    from snn2hw.nn.calibrate import _unit_rates
+
+    x = _spikes()
+    plain, net = _cnn(seed=1), _cnn(seed=1)
+    w0 = [l.weight.detach().clone() for l in net.layers if isinstance(getattr(l, "weight", None), torch.Tensor)]
+    calibrate_thresholds(plain, x, 0.1)
+    calibrate_thresholds(net, x, 0.1, fold="neurons")
+    spread_plain, spread = [], []
+    with torch.no_grad():
+        sp = s = x
+        for lp, l in zip(plain.layers, net.layers):
+            if isinstance(l.weight if hasattr(l, "weight") else None, torch.nn.Parameter):
+                spread_plain.append(_unit_rates(lp, sp))
+                spread.append(_unit_rates(l, s))
+            sp, s = lp(sp), l(s)
+    ws = [l.weight.detach() for l in net.layers if isinstance(getattr(l, "weight", None), torch.Tensor)]
+    for a, b, layer in zip(w0, ws, [l for l in net.layers if isinstance(getattr(l, "weight", None), torch.Tensor)]):
+        c = (b.reshape(len(b), -1) / a.reshape(len(a), -1)).nan_to_num(1.0)
+        if isinstance(layer.weight, torch.nn.Parameter):  # one factor per unit, within the range
+            assert torch.allclose(c, c[:, :1].expand_as(c), rtol=1e-4) and float(c.min()) >= 0.099 and float(c.max()) <= 10.01
+        else:
+            assert torch.equal(a, b)
+    reached = torch.cat(spread)
+    close = (reached - 0.1).abs() < 0.01
+    assert float(close.float().mean()) > 0.7  # most units at the rate (the rest at a bound of the range)
+    before = torch.cat(spread_plain)
+    assert float((before - 0.1).abs().mean()) > 2 * float((reached - 0.1).abs().mean())
+
+
 def test_calibration_errors():
     net = _cnn()
     for bad in (0.0, 1.0, -0.1):
