@@ -66,6 +66,7 @@ class LayerCalibration:
     v_th_after: float
     rate_before: float
     rate_after: float
+    unit_factors: tuple[float, float] | None = None  # fold="neurons": the smallest and largest unit factor
 
 
 def has_conv_layers(model: nn.Module) -> bool:
@@ -103,8 +104,9 @@ def _unit_rates(layer: nn.Module, s: torch.Tensor) -> torch.Tensor:
     return out.reshape(out.shape[0], out.shape[1], units, -1).mean(dim=(0, 1, 3))
 
 
-def _calibrate_units(layer: nn.Module, s: torch.Tensor, target_rate: float, iterations: int) -> None:
-    """Per-unit factors on ``layer``'s weights (and bias) so that each unit fires at ``target_rate``."""
+def _calibrate_units(layer: nn.Module, s: torch.Tensor, target_rate: float, iterations: int) -> tuple[float, float]:
+    """Per-unit factors on ``layer``'s weights (and bias) so that each unit fires at ``target_rate``;
+    returns the smallest and largest factor."""
     w0 = layer.weight.detach().clone()
     bias = getattr(layer, "bias", None)
     b0 = bias.detach().clone() if isinstance(bias, torch.Tensor) else None
@@ -124,7 +126,9 @@ def _calibrate_units(layer: nn.Module, s: torch.Tensor, target_rate: float, iter
         high = _unit_rates(layer, s) > target_rate
         hi = torch.where(high, mid, hi)  # fires too much: a smaller factor
         lo = torch.where(high, lo, mid)
-    put(0.5 * (lo + hi))
+    c = 0.5 * (lo + hi)
+    put(c)
+    return float(torch.exp(c.min())), float(torch.exp(c.max()))
 
 
 def calibrate_thresholds(model: nn.Module, x: torch.Tensor, target_rate: float = DEFAULT_RATE,
@@ -185,11 +189,12 @@ def calibrate_thresholds(model: nn.Module, x: torch.Tensor, target_rate: float =
                         layer.bias.mul_(v0 / v_th)
                 else:
                     _set_threshold(layer, v_th, width_product)
+                factors = None
                 if fold == "neurons" and _weighted(layer):
-                    _calibrate_units(layer, s, target_rate, iterations)
+                    factors = _calibrate_units(layer, s, target_rate, iterations)
                 s = layer(s)
                 report.append(LayerCalibration(i, type(layer).__name__, v0, v_th, rate0,
-                                               float(s.mean())))
+                                               float(s.mean()), factors))
     finally:
         model.train(was_training)
     return report
