@@ -147,6 +147,8 @@ def test_trainer_calibrates_conv_networks_by_default_and_leaves_dense_ones():
     assert explicit.layers[0].v_th != 1.0
     with pytest.raises(ValueError, match="calibrate_rate"):
         Trainer(_cnn(), TrainerConfig(**cfg, calibrate_rate="yes")).fit((x, y))
+    with pytest.raises(ValueError, match="calibrate_fold"):  # checked even where nothing is calibrated
+        Trainer(explicit, TrainerConfig(**cfg, calibrate_rate=None, calibrate_fold="all")).fit((x, y))
 
 
 

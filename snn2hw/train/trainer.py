@@ -387,8 +387,10 @@ class Trainer:
     def _calibrate(self, data: "_Data", device: torch.device) -> None:
         """``calibrate_rate``: thresholds from the first ``batch_size`` training samples (the same on every
         rank, so data-parallel replicas stay identical); the report is kept in ``self.calibration``."""
-        from snn2hw.nn.calibrate import DEFAULT_RATE, calibrate_thresholds, has_conv_layers
+        from snn2hw.nn.calibrate import DEFAULT_RATE, FOLDS, calibrate_thresholds, has_conv_layers
 
+        if self.config.calibrate_fold not in FOLDS:
+            raise ValueError(f"calibrate_fold must be one of {FOLDS}, got {self.config.calibrate_fold!r}")
         rate = self.config.calibrate_rate
         if rate == "auto":
             rate = DEFAULT_RATE if has_conv_layers(self.model) else None
