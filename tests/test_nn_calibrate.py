@@ -54,6 +54,67 @@ def test_calibration_sets_every_layer_rate_and_keeps_the_surrogate_relative_widt
         assert torch.equal(twin.eval()(x), net(x))
 
 
+def test_fold_output_calibrates_the_readout_through_its_weights():
+    """``fold="output"``: the same forward network as threshold calibration, but the read-out keeps its
+    initial threshold and surrogate and carries the factor in its weights (and bias); hidden layers as before."""
+    x = _spikes()
+    plain, folded = _cnn(seed=3), _cnn(seed=3)
+    folded.layers[-1].bias = torch.nn.Parameter(torch.full((10,), 0.01))
+    plain.layers[-1].bias = torch.nn.Parameter(torch.full((10,), 0.01))
+    w0 = folded.layers[-1].weight.detach().clone()
+    rep_plain = calibrate_thresholds(plain, x, 0.1)
+    rep_fold = calibrate_thresholds(folded, x, 0.1, fold="output")
+    assert [r.v_th_after for r in rep_fold] == pytest.approx([r.v_th_after for r in rep_plain])
+    out_p, out_f = plain.layers[-1], folded.layers[-1]
+    assert out_f.v_th == 1.0 and out_p.v_th != pytest.approx(1.0, rel=1e-2)
+    assert out_f.surrogate_scale == _cnn(seed=3).layers[-1].surrogate_scale
+    factor = 1.0 / rep_fold[-1].v_th_after
+    assert torch.allclose(out_f.weight, w0 * factor) and torch.allclose(out_f.bias, torch.full((10,), 0.01 * factor))
+    assert all(a.v_th == b.v_th for a, b in zip(plain.layers[:-1], folded.layers[:-1]) if hasattr(a, "threshold"))
+    with torch.no_grad():
+        sp, sf = plain.eval()(x), folded.eval()(x)
+    assert float(sf.mean()) == pytest.approx(0.1, abs=0.02)
+    assert float((sp != sf).float().mean()) < 1e-3  # equal up to float rounding at the threshold
+    with pytest.raises(CalibrationError, match="fold"):
+        calibrate_thresholds(_cnn(), x, 0.1, fold="all")
+    trainer = Trainer(_cnn(), TrainerConfig(epochs=0, batch_size=8, progress=False, tensorboard=False,
+                                             calibrate_fold="output"))
+    trainer.fit((_spikes(16), torch.arange(16) % 10))
+    assert trainer.model.layers[-1].v_th == 1.0 and trainer.model.layers[-2].v_th != 1.0
+
+
+def test_fold_neurons_brings_every_unit_to_the_rate_within_its_range():
+    """``fold="neurons"``: each trainable unit (conv channel, dense neuron) gets its own weight factor within
+    ``[1/10, 10]``; units that can reach the rate do, pools (fixed windows) keep their weights."""
+    from snn2hw.nn.calibrate import _unit_rates
+
+    x = _spikes()
+    plain, net = _cnn(seed=1), _cnn(seed=1)
+    w0 = [l.weight.detach().clone() for l in net.layers if isinstance(getattr(l, "weight", None), torch.Tensor)]
+    calibrate_thresholds(plain, x, 0.1)
+    calibrate_thresholds(net, x, 0.1, fold="neurons")
+    spread_plain, spread = [], []
+    with torch.no_grad():
+        sp = s = x
+        for lp, l in zip(plain.layers, net.layers):
+            if isinstance(l.weight if hasattr(l, "weight") else None, torch.nn.Parameter):
+                spread_plain.append(_unit_rates(lp, sp))
+                spread.append(_unit_rates(l, s))
+            sp, s = lp(sp), l(s)
+    ws = [l.weight.detach() for l in net.layers if isinstance(getattr(l, "weight", None), torch.Tensor)]
+    for a, b, layer in zip(w0, ws, [l for l in net.layers if isinstance(getattr(l, "weight", None), torch.Tensor)]):
+        c = (b.reshape(len(b), -1) / a.reshape(len(a), -1)).nan_to_num(1.0)
+        if isinstance(layer.weight, torch.nn.Parameter):  # one factor per unit, within the range
+            assert torch.allclose(c, c[:, :1].expand_as(c), rtol=1e-4) and float(c.min()) >= 0.099 and float(c.max()) <= 10.01
+        else:
+            assert torch.equal(a, b)
+    reached = torch.cat(spread)
+    close = (reached - 0.1).abs() < 0.01
+    assert float(close.float().mean()) > 0.7  # most units at the rate (the rest at a bound of the range)
+    before = torch.cat(spread_plain)
+    assert float((before - 0.1).abs().mean()) > 2 * float((reached - 0.1).abs().mean())
+
+
 def test_calibration_errors():
     net = _cnn()
     for bad in (0.0, 1.0, -0.1):
@@ -86,6 +147,8 @@ def test_trainer_calibrates_conv_networks_by_default_and_leaves_dense_ones():
     assert explicit.layers[0].v_th != 1.0
     with pytest.raises(ValueError, match="calibrate_rate"):
         Trainer(_cnn(), TrainerConfig(**cfg, calibrate_rate="yes")).fit((x, y))
+    with pytest.raises(ValueError, match="calibrate_fold"):  # checked even where nothing is calibrated
+        Trainer(explicit, TrainerConfig(**cfg, calibrate_rate=None, calibrate_fold="all")).fit((x, y))
 
 
 

@@ -83,6 +83,8 @@ class TrainerConfig:
     # Data-driven init of a fresh run (snn2hw.nn.calibrate): each spiking layer's threshold set on the first
     # training batch so it fires at this rate. "auto": 0.1 for networks with conv/pool layers, None otherwise.
     calibrate_rate: float | str | None = "auto"
+    # "output": the read-out is calibrated through its weights, its threshold kept (snn2hw.nn.calibrate)
+    calibrate_fold: str = "none"
 
 
 def final_output(output: Any) -> torch.Tensor:
@@ -385,8 +387,10 @@ class Trainer:
     def _calibrate(self, data: "_Data", device: torch.device) -> None:
         """``calibrate_rate``: thresholds from the first ``batch_size`` training samples (the same on every
         rank, so data-parallel replicas stay identical); the report is kept in ``self.calibration``."""
-        from snn2hw.nn.calibrate import DEFAULT_RATE, calibrate_thresholds, has_conv_layers
+        from snn2hw.nn.calibrate import DEFAULT_RATE, FOLDS, calibrate_thresholds, has_conv_layers
 
+        if self.config.calibrate_fold not in FOLDS:
+            raise ValueError(f"calibrate_fold must be one of {FOLDS}, got {self.config.calibrate_fold!r}")
         rate = self.config.calibrate_rate
         if rate == "auto":
             rate = DEFAULT_RATE if has_conv_layers(self.model) else None
@@ -396,7 +400,7 @@ class Trainer:
         if rate is None:
             return
         x, *_ = data.get(torch.arange(min(len(data), self.config.batch_size)), device)
-        self.calibration = calibrate_thresholds(self.model, x, float(rate))
+        self.calibration = calibrate_thresholds(self.model, x, float(rate), fold=self.config.calibrate_fold)
 
     def fit(self, train, val=None, resume: bool | str | os.PathLike = False) -> list[dict]:
         """Train for ``config.epochs`` epochs (in total, counting those a resumed checkpoint already did).
