@@ -83,7 +83,9 @@ class TrainerConfig:
     # Data-driven init of a fresh run (snn2hw.nn.calibrate): each spiking layer's threshold set on the first
     # training batch so it fires at this rate. "auto": 0.1 for networks with conv/pool layers, None otherwise.
     calibrate_rate: float | str | None = "auto"
-    # "output": the read-out is calibrated through its weights, its threshold kept (snn2hw.nn.calibrate)
+    # How calibration reaches the layers (snn2hw.nn.calibrate.FOLDS): "none" one threshold per layer; "output"
+    # the read-out through its weights (threshold kept); "neurons" also a weight factor per unit, so that every
+    # unit fires at the rate (docs/training.md, "Calibrated start of conv/pool networks")
     calibrate_fold: str = "none"
 
 
