@@ -85,7 +85,7 @@ class TrainerConfig:
     calibrate_rate: float | str | None = "auto"
     # How calibration reaches the layers (snn2hw.nn.calibrate.FOLDS): "none" one threshold per layer; "output"
     # the read-out through its weights (threshold kept); "neurons" also a weight factor per unit, so that every
-    # unit fires at the rate (docs/training.md, "Calibrated start of conv/pool networks")
+    # unit fires at the rate (docs/training.md, the calibrated start of conv/pool networks)
     calibrate_fold: str = "none"
 
 
