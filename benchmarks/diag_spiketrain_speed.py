@@ -29,17 +29,11 @@ module fails to load).
 
     NUMBA_CACHE_DIR=$(mktemp -d) python benchmarks/diag_spiketrain_speed.py --only 784-800 --T 200 --base-kernels /tmp/base
 
-``--pack-once`` adds a row "RULE (W^T packed once)": the rule with ``spike_linear``'s packing of W^T into column
-blocks (``spike_dense._pack_transposed``, made on every call) done once per weight and step and reused by the
-step's other calls -- what the rules' forward would gain from a packed-weight cache in ``spike_linear``, which
-they call once per group of samples (BPTT once per layer). A measurement only: the product code is unchanged.
-
 Writes ``benchmarks/results/spiketrain_speed_interleaved.json``.
 """
 from __future__ import annotations
 
 import os
-import sys
 
 from bench_env import OtherLoad, set_thread_env, under_load  # noqa: E402  (imports no torch)
 
@@ -107,31 +101,6 @@ def with_scans(scans: dict, run):
     return swapped
 
 
-def packed_once(run):
-    """``run`` with ``spike_dense._pack_transposed`` memoised for its duration (the weights do not change within a
-    step): each weight is packed once per step."""
-    from snn2hw.nn import spike_dense
-
-    def cached():
-        own = spike_dense._pack_transposed
-        done: dict = {}
-
-        def pack(w, cb, packed):
-            key = (w.ctypes.data, w.shape, w.dtype.str, cb)
-            if key not in done:
-                own(w, cb, packed)
-                done[key] = packed.copy()
-            else:
-                packed[...] = done[key]  # a copy stands for the cached array's reuse (an upper bound on its cost)
-
-        spike_dense._pack_transposed = pack
-        try:
-            run()
-        finally:
-            spike_dense._pack_transposed = own
-    return cached
-
-
 def build(task_name: str, config: str, rules: list, steps: int, batch: int):
     """(task, model, x, y, {rule name: rule}) of a network of ``NETWORKS``: random input spikes of density 0.1, every
     rule set up and warmed up by one step (compilation, fits)."""
@@ -157,17 +126,13 @@ def build(task_name: str, config: str, rules: list, steps: int, batch: int):
 
 
 def measure(label: str, task_name: str, config: str, rules: list, steps: int, reps: int, batch: int,
-            floor: bool = False, base: dict | None = None, pack_once: bool = False) -> list:
+            floor: bool = False, base: dict | None = None) -> list:
     task, model, x, y, made = build(task_name, config, rules, steps, batch)
     steps_of = {name: (lambda r=made[name]: r.compute_gradients(model, x, y, task.loss_fn, {}, 1.0)) for name in rules}
     if base is not None:  # the rule with the other checkout's scans, right before the rule itself
         variant = with_scans(base, steps_of[rules[0]])
         variant()  # warm-up
         steps_of = {f"{rules[0]} (base kernels)": variant, **steps_of}
-    if pack_once:
-        variant = packed_once(steps_of[rules[0]])
-        variant()
-        steps_of = {f"{rules[0]} (W^T packed once)": variant, **steps_of}
     products = product_floor(model, made[rules[0]], x) if floor else None
     if products is not None:
         products()
@@ -201,7 +166,6 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="+", default=["784-100"], help="networks whose label contains one of these")
     ap.add_argument("--floor", action="store_true", help="also time the input products alone (dense networks)")
     ap.add_argument("--base-kernels", default=None, help="another checkout's root: also time the rule with its scans")
-    ap.add_argument("--pack-once", action="store_true", help="also time the rule with W^T packed once per step")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "spiketrain_speed_interleaved.json"))
     a = ap.parse_args(argv)
     env = environment()
@@ -213,8 +177,7 @@ def main(argv=None) -> int:
         if not any(o in label for o in a.only):
             continue
         for steps in a.T:
-            for r in measure(label, task, config, rules, steps, a.reps, a.batch, a.floor, base,
-                             a.pack_once):
+            for r in measure(label, task, config, rules, steps, a.reps, a.batch, a.floor, base):
                 rows.append(r)
                 mark = " (loaded)" if r["under_load"] else ""
                 lines.append(f"| {label} | {steps} | {r['rule']} | {r['cpu_ms_per_sample_median']:.3f} "
