@@ -15,8 +15,8 @@ For each network, in the same process and run:
 * Lava: the network lowered with ``snn2hw.backends.lava.lower`` (Lava's ``LIF``/``Dense``/``Conv`` with
   a ``RingBuffer`` source), a sink ``RingBuffer`` on the output, ``Loihi2SimCfg(select_tag="fixed_pt")``,
   one sample. A first ``run(RunSteps(W))`` compiles and starts the processes; the timed steady state
-  is the second ``run(RunSteps(T))``. Reported: steps/s of the steady run ("excl. startup") and of both
-  runs with compile and start-up ("incl. startup"). The sink's spikes are checked against the simulator
+  is ``--lava-reps`` further ``run(RunSteps(T))`` (default 3). Reported: the median steps/s of the steady
+  runs ("excl. startup", with their range) and of all runs with compile and start-up ("incl. startup"). The sink's spikes are checked against the simulator
   (bit-exact, as the differential tests require). Lava runs between the first and the second half of
   the simulator's repetitions (interleaved), so a change of load affects both.
 * Simulator (``snn2hw.backends.sim.run`` on a ``sim.prepare``-d graph, default options, so limit events
@@ -29,6 +29,12 @@ For each network, in the same process and run:
   spikes as bool, the dtype ``rng.random(...) < rate`` gives: the simulator checks and converts an
   int64 input in one memory-bound pass over 8 bytes per input and step, which is a third of the
   pooling network's batched time (4096 inputs per step) and no part of simulating it.
+* Host probe: the neuron-update peak's compiled loop (below), best of 3 short trials, once per round of
+  each network's repetitions (column ``host probe``, JSON ``host_probe_per_s``). This machine is a
+  2-vCPU virtual machine: the same loop ran at 0.98 G updates/s in one quiet run and 1.94 in another
+  with no other process inside it, and the simulator's own rate moved with it. A network timed while
+  the probe was low was timed on a slower host; compare runs at equal probe rates, or compare code by
+  interleaved CPU time in one process (``diag_sim_ab.py``).
 * Work and limit, per sample-step. ``dense_macs``: every synapse evaluated every step (fan-in x
   fan-out; a conv's output size x kernel size): the dense-equivalent figure. ``performed ops``: what
   the simulator's path actually does. On the whole-network kernel (every network here): an
@@ -386,6 +392,14 @@ def neuron_update_peak(trials: int = 5) -> float:
     return threads * n * reps / best
 
 
+def host_probe() -> float:
+    """The neuron-update peak's loop, best of 3 short trials: a fixed piece of compiled work whose rate
+    moves only with the host. On this 2-vCPU virtual machine the same loop ran 0.98-1.94 G updates/s in
+    quiet runs with no other process inside the machine, so every network records it once per round of
+    its repetitions, next to its times: a figure taken while the probe was low was taken on a slower host."""
+    return neuron_update_peak(trials=3)
+
+
 def event_add_peak(trials: int = 5) -> float:
     """Additions/s of the event-driven inner loop at its best: int8 weight rows added four at a time
     into an int32 accumulator, all in L1, one independent copy per thread (the best of ``trials``).
@@ -427,8 +441,10 @@ def _timed(fn) -> float:
 # processes it starts) used more than this fraction of the machine's CPU time while it was timed.
 
 
-def time_lava(graph: Graph, x: np.ndarray, warm: int) -> dict:
-    """One sample on Lava: (warm) steps with compile + start-up, then len(x) - warm timed steps."""
+def time_lava(graph: Graph, x: np.ndarray, warm: int, reps: int = 1) -> dict:
+    """One sample on Lava: (warm) steps with compile + start-up, then ``reps`` timed steady runs of an
+    equal share of the remaining steps (their median is the figure: one run of 100-300 steps moved
+    Lava's rate by up to 30 % between quiet runs, in either direction)."""
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
     from lava.proc.io.sink import RingBuffer as Sink
@@ -436,6 +452,7 @@ def time_lava(graph: Graph, x: np.ndarray, warm: int) -> dict:
     from snn2hw.backends.lava import lower
 
     total = x.shape[0]
+    each = (total - warm) // reps
     out = graph.outputs[0]
     net = lower(graph, {graph.inputs[0].name: x})
     sink = Sink(shape=(graph.population(out).size,), buffer=total)
@@ -444,14 +461,17 @@ def time_lava(graph: Graph, x: np.ndarray, warm: int) -> dict:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            t_start = _timed(lambda: sink.run(condition=RunSteps(num_steps=warm), run_cfg=cfg))
-            t_steady = _timed(lambda: sink.run(condition=RunSteps(num_steps=total - warm), run_cfg=cfg))
+            t_start = _timed(lambda: sink.run(condition=RunSteps(num_steps=total - reps * each), run_cfg=cfg))
+            t_steady = [_timed(lambda: sink.run(condition=RunSteps(num_steps=each), run_cfg=cfg))
+                        for _ in range(reps)]
         spikes = np.asarray(sink.data.get()).T.astype(np.uint8)  # column t = simulator step t
     finally:
         sink.stop()
-    return {"steps_warm": warm, "steps_timed": total - warm, "seconds_startup_run": t_start,
-            "seconds_steady_run": t_steady, "steps_per_s": (total - warm) / t_steady,
-            "steps_per_s_incl_startup": total / (t_start + t_steady), "spikes": spikes}
+    med = statistics.median(t_steady)
+    return {"steps_warm": total - reps * each, "steps_timed": each, "reps": reps, "seconds_startup_run": t_start,
+            "seconds_steady_run": med, "seconds_steady_runs": t_steady, "steps_per_s": each / med,
+            "steps_per_s_range": [each / max(t_steady), each / min(t_steady)],
+            "steps_per_s_incl_startup": total / (t_start + sum(t_steady)), "spikes": spikes}
 
 
 # The exact-conv comparison: method key -> label (table and JSON). Each computes the same exact sums of
@@ -622,16 +642,19 @@ def bench_network(name: str, args, peak_macs: float) -> dict:
     runs["sim_b256_bool"] = (runs["sim_b256"][0] != 0, steps_b256, [])
     sim.run(prepared, runs["sim_b256_bool"][0])
 
+    probes = []  # the host's speed on a fixed compiled loop, once per round (see host_probe)
+
     def sim_reps(count):
         for _ in range(count):
+            probes.append(host_probe())
             for x, _, times in runs.values():
                 times.append(_timed(lambda: sim.run(prepared, x)))
 
     sim_reps((args.reps + 1) // 2)
     if not args.no_lava:  # between the two halves of the simulator's repetitions
         warm = max(5, lava_steps // 10)
-        x = spikes_in(graph, 1, warm + lava_steps, seed=4)[0]
-        lava = time_lava(graph, x, warm)
+        x = spikes_in(graph, 1, warm + args.lava_reps * lava_steps, seed=4)[0]
+        lava = time_lava(graph, x, warm, args.lava_reps)
         ref = sim.run(prepared, x).spikes[graph.outputs[0]][0]
         lava_spikes = lava.pop("spikes")
         lava["matches_simulator"] = bool(np.array_equal(lava_spikes, ref))
@@ -642,7 +665,7 @@ def bench_network(name: str, args, peak_macs: float) -> dict:
         med = statistics.median(times)
         sps = batch * steps / med
         r = {"batch": batch, "input_dtype": str(x.dtype), "steps": steps, "seconds_median": med, "seconds_min": min(times),
-             "seconds_max": max(times), "sample_steps_per_s": sps,
+             "seconds_max": max(times), "seconds_all": times, "sample_steps_per_s": sps,
              "sample_steps_per_s_range": [batch * steps / max(times), batch * steps / min(times)],
              "dense_macs_per_s": sps * macs, "performed_ops_per_s": sps * performed,
              "sample_steps_per_s_incl_prepare": batch * steps / (med + row["prepare_seconds"])}
@@ -650,6 +673,8 @@ def bench_network(name: str, args, peak_macs: float) -> dict:
             r["speedup_vs_lava"] = sps / row["lava_b1"]["steps_per_s"]
             r["speedup_vs_lava_incl_prepare"] = r["sample_steps_per_s_incl_prepare"] / row["lava_b1"]["steps_per_s"]
         row[key] = r
+    probes.append(host_probe())
+    row["host_probe_per_s"] = probes
     # the fixed cost of a call (input checks, weight preparation), included in every figure above
     x1 = spikes_in(graph, 1, 1, seed=5)
     row["sim_call_overhead_seconds"] = statistics.median(_timed(lambda: sim.run(prepared, x1)) for _ in range(args.reps))
@@ -713,7 +738,7 @@ def _fmt(v: float) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("network", "rate", "Lava st/s (excl/incl start)", "batch", "sim st/s (min..max)", "x Lava",
+    head = ("network", "rate", "Lava st/s (min..max) / incl start", "host probe G/s", "batch", "sim st/s (min..max)", "x Lava",
             "x Lava incl. prepare", "dense-eq MAC/s", "performed op/s", "% of limit", "x Lava at limit", "exact",
             "other CPUs")
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
@@ -724,7 +749,7 @@ def table(rows: list[dict]) -> str:
             lo, hi = x["sample_steps_per_s_range"]
             lines.append(" | ".join([
                 r["network"], f"{r['firing_rate']['mean']:.3f}",
-                f"{lava['steps_per_s']:.0f} / {lava['steps_per_s_incl_startup']:.0f}" if lava else "-",
+                _lava_cell(lava), _probe_cell(r.get("host_probe_per_s")),
                 str(x["batch"]) + (" bool" if x.get("input_dtype") == "bool" else ""), f"{_fmt(x['sample_steps_per_s'])} ({_fmt(lo)}..{_fmt(hi)})",
                 f"{x['speedup_vs_lava']:.0f}" if lava else "-",
                 f"{x['speedup_vs_lava_incl_prepare']:.0f}" if lava else "-",
@@ -734,6 +759,17 @@ def table(rows: list[dict]) -> str:
                 _load_cell(r["load_average"]),
             ]))
     return "\n".join(lines)
+
+
+def _lava_cell(lava: dict | None) -> str:
+    if not lava:
+        return "-"
+    lo, hi = lava.get("steps_per_s_range", (lava["steps_per_s"],) * 2)
+    return f"{lava['steps_per_s']:.0f} ({lo:.0f}..{hi:.0f}) / {lava['steps_per_s_incl_startup']:.0f}"
+
+
+def _probe_cell(probes) -> str:
+    return f"{min(probes) / 1e9:.2f}..{max(probes) / 1e9:.2f}" if probes else "-"
 
 
 def _cpus(v) -> str:
@@ -772,6 +808,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--nets", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
     ap.add_argument("--no-lava", action="store_true")
+    ap.add_argument("--lava-reps", type=int, default=3,
+                    help="Lava's timed steady runs per network (the median is the figure)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sim.json"))
     args = ap.parse_args(argv)
     args.load_at_start = LOAD_AT_START[0]
@@ -818,6 +856,9 @@ def main(argv=None) -> int:
     print(f"other CPUs: CPU time other processes took while each network was timed (/proc/stat less this "
           f"process and its Lava children), in CPUs; whole run {_cpus(others['other_cpus'])}; "
           f"* = under load (other processes above {OTHER_LOAD_LIMIT:.0%} of the CPUs)")
+    print("host probe: the neuron-update peak's loop (best of 3 short trials) once per round of each network's "
+          "repetitions, G updates/s: the host's own speed while the network was timed (it moves with the "
+          "virtual machine's host, not with processes inside it)")
     print(f"event-add peak {machine['event_add_peak'] / 1e9:.1f} G/s; neuron-update peak "
           f"{machine['neuron_update_peak'] / 1e9:.2f} G/s; read bandwidth " + ", ".join(
         f"{n >> 10} KiB: {bw / 1e9:.0f} GB/s" for n, bw in machine["read_bandwidth"].items()))
