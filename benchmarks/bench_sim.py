@@ -75,6 +75,10 @@ For each network, in the same process and run:
   out) at the bandwidth of that working set. With ``conv`` among the networks, the same table also
   covers two deeper spiking-CNN layers, the HM2-BP paper's MNIST ``15c5`` (1x28x28) and ``40c5``
   (15x12x12), on random 8-bit weights and binary images at the input rate (all but the event path).
+  The float32 GEMM of the peak also runs once per round of that interleaved loop, and a second table
+  gives each layer's fastest path against the best of those GEMMs (``% peak alongside``) as well as
+  against the run's peak (the larger of the measurements at its start and end): the host's speed moves
+  within a run, and a figure divided by a peak taken minutes earlier moves with it.
 
 Load: the table's last column is the CPU time that *other* processes took while the network was timed,
 in CPUs (``/proc/stat``'s busy time less this process's and its finished children's, i.e. Lava's
@@ -291,7 +295,10 @@ def projection_work(graph: Graph, prepared, rates: dict[str, float]) -> list[dic
 
 
 # --- measurements --------------------------------------------------------------------------------------
-def matmul_peak_flops(reps: int = 5, n: int = 2048) -> float:
+_PEAK_N = 2048  # the GEMM of the float32 peak: n x n times n x n
+
+
+def matmul_peak_flops(reps: int = 5, n: int = _PEAK_N) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(reps))
@@ -568,12 +575,20 @@ def conv_accumulation(graph: Graph, steps: int, batch: int, reps: int, peak_macs
         assert np.array_equal(pre_table, pre)
     for f in fns.values():
         f()
+    # the GEMM peak in the same interleaved loop: the host's speed moves within a run (a quiet run's peaks
+    # rose from 176 to 185 GFLOP/s and its L1 bandwidth from 239 to 273 GB/s between its start and end),
+    # so a figure is also divided by the peak measured alongside it
+    ga, gb = torch.randn(_PEAK_N, _PEAK_N), torch.randn(_PEAK_N, _PEAK_N)
+    ga @ gb
     times = {k: [] for k in fns}
+    gemm = []
     for _ in range(reps):  # interleaved
         for key, fn in fns.items():
             times[key].append(_timed(fn))
+        gemm.append(_timed(lambda: ga @ gb))
     med = {k: statistics.median(v) for k, v in times.items()}
     out = {"projection": p.name, "images": batch * steps, "dense_macs": macs,
+           "gemm_peak_macs_alongside": _PEAK_N**3 / min(gemm),
            # what any dense conv must move at least: the binary images in, 4-byte sums out
            "min_bytes": int(x.numel() + 4 * ref.numel()),
            "speedup_direct_vs_conv2d": med["float32_conv2d_before"] / med["direct_float32"]}
@@ -700,6 +715,9 @@ def apply_conv_limit(row: dict, machine: dict) -> None:
             if k in c:
                 c[k]["fraction_of_gemm_peak"] = c["dense_macs"] / c[k]["seconds"] / machine["gemm_peak_macs"]
                 c[k]["fraction_of_limit"] = c["limit_seconds"] / c[k]["seconds"]
+                if "gemm_peak_macs_alongside" in c:
+                    c[k]["fraction_of_gemm_peak_alongside"] = (c["dense_macs"] / c[k]["seconds"]
+                                                               / c["gemm_peak_macs_alongside"])
 
 
 def apply_limit(row: dict, machine: dict) -> None:
@@ -801,6 +819,25 @@ def conv_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def conv_alongside_table(rows: list[dict]) -> str:
+    """Each layer's fastest exact path against the run's GEMM peak and against the peak measured in the
+    same interleaved loop (``gemm_peak_macs_alongside``: the best of its ``--reps`` GEMMs)."""
+    head = ["network / layer", "batch", "GEMM peak alongside GMAC/s", "fastest exact path", "MAC/s",
+            "% run's peak", "% peak alongside"]
+    lines = [" | ".join(head), " | ".join("---" for _ in head)]
+    for r in rows:
+        for key, c in r.get("conv_accumulation", {}).items():
+            if "gemm_peak_macs_alongside" not in c:
+                continue
+            best = max((k for k in CONV_METHODS if k in c), key=lambda k: c[k]["dense_macs_per_s"])
+            m = c[best]
+            lines.append(" | ".join([r["network"], key[1:], f"{c['gemm_peak_macs_alongside'] / 1e9:.1f}",
+                                     CONV_METHODS[best], _fmt(m["dense_macs_per_s"]),
+                                     f"{100 * m['fraction_of_gemm_peak']:.0f}",
+                                     f"{100 * m['fraction_of_gemm_peak_alongside']:.0f}"]))
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer steps (about a quarter)")
@@ -850,6 +887,8 @@ def main(argv=None) -> int:
     if any("conv_accumulation" in r for r in rows + deep):
         print("\nexact conv accumulation alone (interleaved medians):")
         print(conv_table(rows + deep))
+        print("\nthe same, fastest path against the GEMM peak measured in the same interleaved loop:")
+        print(conv_alongside_table(rows + deep))
     print(f"\nfloat32 matmul peak: {peak / 1e9:.0f} GFLOP/s before, {peak_after / 1e9:.0f} after "
           f"({args.threads} threads); {os.cpu_count()} CPUs; load average {LOAD_AT_START[0]:.1f} before the "
           f"benchmark started, {os.getloadavg()[0]:.1f} at its end (its own threads included)")
