@@ -399,6 +399,9 @@ def neuron_update_peak(trials: int = 5) -> float:
     return threads * n * reps / best
 
 
+HOST_SLOW = 0.8  # a network is marked "h" when its probes' median is below this fraction of the run's best
+
+
 def host_probe() -> float:
     """The neuron-update peak's loop, best of 3 short trials: a fixed piece of compiled work whose rate
     moves only with the host. On this 2-vCPU virtual machine the same loop ran 0.98-1.94 G updates/s in
@@ -774,7 +777,7 @@ def table(rows: list[dict]) -> str:
                 _fmt(x["dense_macs_per_s"]), _fmt(x["performed_ops_per_s"]), f"{100 * x['fraction_of_limit']:.0f}",
                 f"{r['speedup_vs_lava_at_limit']:.0f}" if r.get("speedup_vs_lava_at_limit") else "-",
                 ("yes" if lava["matches_simulator"] else "NO") if lava else "-",
-                _load_cell(r["load_average"]),
+                _load_cell(r["load_average"]) + (" h" if r.get("host_slow") else ""),
             ]))
     return "\n".join(lines)
 
@@ -879,6 +882,12 @@ def main(argv=None) -> int:
                "read_bandwidth": {n: max(ladder[n], ladder_after[n]) for n in ladder}}
     for r in rows:
         apply_limit(r, machine)
+    # a network timed while the host probe ran below HOST_SLOW of the run's best probe is marked "h"
+    best_probe = max([machine["neuron_update_peak"]] + [q for r in rows for q in r.get("host_probe_per_s", [])])
+    for r in rows:
+        if r.get("host_probe_per_s"):
+            r["host_probe_fraction_of_best"] = statistics.median(r["host_probe_per_s"]) / best_probe
+            r["host_slow"] = r["host_probe_fraction_of_best"] < HOST_SLOW
     for r in deep:
         apply_conv_limit(r, machine)
     others = whole_run.result()
@@ -897,7 +906,8 @@ def main(argv=None) -> int:
           f"* = under load (other processes above {OTHER_LOAD_LIMIT:.0%} of the CPUs)")
     print("host probe: the neuron-update peak's loop (best of 3 short trials) once per round of each network's "
           "repetitions, G updates/s: the host's own speed while the network was timed (it moves with the "
-          "virtual machine's host, not with processes inside it)")
+          f"virtual machine's host, not with processes inside it); h = its median below {HOST_SLOW:.0%} of the "
+          "run's best probe (a slower host, or load)")
     print(f"event-add peak {machine['event_add_peak'] / 1e9:.1f} G/s; neuron-update peak "
           f"{machine['neuron_update_peak'] / 1e9:.2f} G/s; read bandwidth " + ", ".join(
         f"{n >> 10} KiB: {bw / 1e9:.0f} GB/s" for n, bw in machine["read_bandwidth"].items()))
