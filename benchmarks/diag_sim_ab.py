@@ -45,8 +45,18 @@ _REWRITES = (("from snn2hw.hw import loihi2", "from snn2hw_base import loihi2"),
 
 
 def load_base_simulator(ref: str):
-    """The simulator module of git revision ``ref``, with that revision's formulas and kernels."""
-    folder = Path(tempfile.mkdtemp(prefix="snn2hw_base_sim_"))
+    """The simulator module of git revision ``ref``, with that revision's formulas and kernels.
+
+    The files go to a folder named after the commit, written once: numba's cache beside them (keyed on
+    each file's path and modification time) then stays warm for the next comparison with that commit,
+    instead of compiling the base's kernels cold every time (minutes on a loaded machine)."""
+    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", f"{ref}^{{commit}}"], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    folder = Path(tempfile.gettempdir()) / f"snn2hw_base_sim_{sha}"
+    if folder.is_dir():  # renamed into place only once complete
+        sys.path.insert(0, str(folder))
+        return importlib.import_module("snn2hw_base.simulator")
+    folder = Path(tempfile.mkdtemp(prefix=f"snn2hw_base_sim_{sha}.partial."))
     pkg = folder / "snn2hw_base"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
@@ -63,6 +73,12 @@ def load_base_simulator(ref: str):
         for old, new in _REWRITES:
             text = text.replace(old, new)
         (pkg / f"{name}.py").write_text(text)
+    final = Path(tempfile.gettempdir()) / f"snn2hw_base_sim_{sha}"
+    try:
+        folder.rename(final)  # atomic: another run that got there first keeps its folder
+        folder = final
+    except OSError:
+        pass
     sys.path.insert(0, str(folder))
     return importlib.import_module("snn2hw_base.simulator")
 
