@@ -32,7 +32,8 @@ def _compile(self, sig):
         _depth[0] -= 1
         dt = time.process_time() - t0
         if not existing and dt > 0.005:
-            _log.append({"fn": f.__module__ + "." + f.__qualname__, "closure": cl, "sig": str(sig), "cpu": dt,
+            _log.append({"fn": f"{f.__module__}.{f.__qualname__}",  # __module__ is None for functions built from code objects
+                         "closure": cl, "sig": str(sig), "cpu": dt,
                          "depth": _depth[0], "test": _current["test"]})
 
 _d.Dispatcher.compile = _compile
