@@ -9,11 +9,13 @@ Illustrative, slow or optional-package snippets are fenced ``text`` (or ``consol
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock  # a dependency of torch
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -26,10 +28,19 @@ pytestmark = pytest.mark.slow  # minutes of subprocesses; CI (make test) runs it
 
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("docs_demo") / "demo"
-    r = subprocess.run([sys.executable, "-m", "snn2hw.cli", "demo", "--out", str(out), "--epochs", "2", "--no-lava",
-                        "--quiet"], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 0, r.stderr[-3000:]
+    # One demo per test session, not per pytest-xdist worker (each build trains and compiles: ~45 CPU-s cold):
+    # workers share their base temp directory's parent; the first builds under a file lock, the others reuse it.
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    out, done = base / "docs_demo" / "demo", base / "docs_demo.ok"
+    with FileLock(str(base / "docs_demo.lock")):
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)  # a failed build of another worker: start clean
+            r = subprocess.run([sys.executable, "-m", "snn2hw.cli", "demo", "--out", str(out), "--epochs", "2",
+                                "--no-lava", "--quiet"], capture_output=True, text=True, cwd=ROOT)
+            assert r.returncode == 0, r.stderr[-3000:]
+            done.touch()
     return out
 
 
