@@ -134,6 +134,33 @@ def test_event_driven_products_equal_dense(binary):
     torch.testing.assert_close(dots, ((grad @ w_t.t()) * sf).sum(1), rtol=1e-12, atol=1e-12)
 
 
+def test_tiled_scatter_equals_row_scatter_bit_for_bit(monkeypatch):
+    """A wide shared output (a wide layer's weight gradient) is scattered tile by tile of columns with register
+    accumulators; the sums must be the row-by-row kernel's, in the same order, so equal bit for bit: 0/1 bool and
+    float trains and valued ones, with and without the hop's lag, on strided views, over several row blocks
+    (``SCATTER_ROW_BLOCK`` 7) and in one, a width that is not a multiple of the tile, onto a non-zero ``out``."""
+    g = torch.Generator().manual_seed(6)
+    for dtype, kind, lag, block in ((torch.float32, "bool", 1, 7), (torch.float32, "valued", 0, 512),
+                                    (torch.float64, "float", 1, 512), (torch.float64, "valued", 1, 7)):
+        s = torch.rand(3, 18, 41, generator=g) < 0.2
+        if kind != "bool":
+            s = s.to(dtype) * (torch.randn(3, 18, 41, generator=g, dtype=dtype) if kind == "valued" else 1)
+        s = s[:, :17]  # a strided view, as the rule passes its stored trains
+        grad = torch.randn(3, 17 + lag, 100, generator=g, dtype=dtype)
+        start = torch.randn(1, 41, 100, generator=g, dtype=dtype)
+        outs = []
+        for width in (64, 10 ** 9):  # tiled, then row by row
+            monkeypatch.setattr(spsp_kernels, "SCATTER_TILE_MIN_WIDTH", width)
+            monkeypatch.setattr(spsp_kernels, "SCATTER_ROW_BLOCK", block)
+            out = start.clone()
+            spsp_kernels.scatter_rows(grad, s, out, per_sample=False, lag=lag)
+            outs.append(out)
+        bits = torch.int32 if dtype == torch.float32 else torch.int64
+        assert torch.equal(outs[0].view(bits), outs[1].view(bits)), (dtype, kind, lag, block)
+        expected = start[0] + s.to(dtype).reshape(-1, 41).t() @ grad[:, lag:lag + 17].reshape(-1, 100)
+        torch.testing.assert_close(outs[0][0], expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("rule_name,rec,t_ref", [("hm2bp", False, 0), ("hm2bp", False, 2), ("strsbp", True, 0)])
 @pytest.mark.parametrize("chunk_bytes", [0, 4 << 20])
 def test_event_driven_gradients_equal_gemm_gradients(monkeypatch, rule_name, rec, t_ref, chunk_bytes):

@@ -29,6 +29,14 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
     numba = None
 
 _L2_BYTES = 256 * 1024
+# ``scatter_rows`` into one shared output (a wide layer's weight gradient) goes tile by tile of output columns
+# (``_tiled_scatter_kernel``) for outputs at least this wide; narrower ones, and per-sample outputs, row by row.
+# Module-level so that a benchmark can switch it off for an A/B (``diag_spiketrain_speed.py --variant``).
+SCATTER_TILE_MIN_WIDTH = 64
+# (sample, step) rows per block of the tiled scatter: a block's (rows, tile) slice of g is copied next to the
+# accumulators (128 KiB at 64 float32 columns, in L2); each input's list of rows in a block is what the
+# accumulators of one tile row sum in registers (about density x rows additions per load and store).
+SCATTER_ROW_BLOCK = 512
 
 __all__ = ["usable", "lif_scan_chunk", "adjoint_scan_chunk"]
 
@@ -333,6 +341,123 @@ if numba is not None:
 
 
 if numba is not None:
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    def _stack_array(n: int):
+        """A compiled helper returning an (n,) array of ``like``'s dtype in the caller's stack frame (uninitialised).
+        An array from ``np.empty`` lives on the heap, where LLVM must assume that stores into it may alias the
+        arrays the loop reads, so it keeps reloading and storing it; a fixed-size stack array whose elements are
+        only indexed by fully unrolled loops is promoted to registers (``_tiled_scatter_kernel``'s accumulators)."""
+        @intrinsic
+        def stack_like(typingctx, like):
+            arr = numba.types.Array(like.dtype, 1, "C")
+
+            def codegen(context, builder, sig, args):
+                item = context.get_data_type(like.dtype)
+                size = context.get_constant(numba.types.intp, context.get_abi_sizeof(item))
+                ary = context.make_array(arr)(context, builder)
+                context.populate_array(ary, data=cgutils.alloca_once(builder, item, size=n),
+                                       shape=[context.get_constant(numba.types.intp, n)], strides=[size],
+                                       itemsize=size, meminfo=None)
+                return ary._getvalue()
+            return arr(like), codegen
+        return stack_like
+
+    def _column_counts_py(s, rblock, counts):
+        """``counts[q, j + 1]`` = non-zeros of input j in block q of ``rblock`` (sample, step) rows of s (B, C, M)."""
+        batch, steps, m = s.shape
+        rows = batch * steps
+        for q in numba.prange(counts.shape[0]):
+            cnt = counts[q]
+            for j in range(m + 1):
+                cnt[j] = 0
+            for r in range(q * rblock, min(q * rblock + rblock, rows)):
+                row = s[r // steps, r % steps]
+                for j in range(m):
+                    cnt[j + 1] += row[j] != 0
+
+    def _column_fill_py(s, rblock, col_ptr, rows_local, vals, binary, scratch):
+        """Each block's non-zeros of s regrouped by input (a counting sort, ascending in the row): those of input j
+        in block q are ``col_ptr[q, j]:col_ptr[q, j + 1]``, ``rows_local`` their row within the block, ``vals``
+        their values (not written for a 0/1 train). A row's non-zeros are first listed without a branch on the
+        spike pattern (``scratch``, one row per thread)."""
+        batch, steps, m = s.shape
+        rows = batch * steps
+        for q in numba.prange(col_ptr.shape[0]):
+            pos = col_ptr[q, :m].copy()
+            nz = scratch[numba.get_thread_id()]
+            r0 = q * rblock
+            for r in range(r0, min(r0 + rblock, rows)):
+                row = s[r // steps, r % steps]
+                c = 0
+                for j in range(m):
+                    nz[c] = j
+                    c += row[j] != 0
+                for k in range(c):
+                    j = nz[k]
+                    rows_local[pos[j]] = r - r0
+                    if not binary:
+                        vals[pos[j]] = row[j]
+                    pos[j] += 1
+
+    def _tiled_scatter_kernel(cb: int, parallel: bool):
+        """``out[j, :] += sum_r s[r, j] g[r + lag, :]`` over tiles of ``cb`` output columns (a closure constant:
+        the loops over a tile unroll into ``cb`` / vector width registers). Per tile and block of rows, the
+        block's slice of g is copied beside the accumulators (``gblk``, one slice per thread, zero past the last
+        column), and each input's row of the tile is loaded into registers once, gets the block's rows with a
+        non-zero at that input added in ascending order, and is stored once. Every sum is the row-by-row
+        scatter's, in the same order (ascending (sample, step) per output element, starting from ``out``), so
+        the result is the same bit for bit."""
+        stack_like = _stack_array(cb)
+
+        def scatter(g, steps, lag, rblock, col_ptr, rows_local, vals, binary, out, gblk):
+            n = g.shape[2]
+            m = out.shape[0]
+            rows = g.shape[0] * steps
+            for tile in numba.prange((n + cb - 1) // cb):
+                lo = tile * cb
+                width = min(cb, n - lo)
+                blk = gblk[numba.get_thread_id()]
+                acc = stack_like(g)
+                for q in range(col_ptr.shape[0]):
+                    r0 = q * rblock
+                    if col_ptr[q, 0] == col_ptr[q, m]:
+                        continue
+                    for r in range(r0, min(r0 + rblock, rows)):
+                        gr = g[r // steps, r % steps + lag]
+                        br = blk[r - r0]
+                        for k in range(width):
+                            br[k] = gr[lo + k]
+                        for k in range(width, cb):
+                            br[k] = 0
+                    for j in range(m):
+                        p0, p1 = col_ptr[q, j], col_ptr[q, j + 1]
+                        if p0 == p1:
+                            continue
+                        orow = out[j]
+                        for k in range(width):
+                            acc[k] = orow[lo + k]
+                        for k in range(width, cb):
+                            acc[k] = 0
+                        if binary:
+                            for p in range(p0, p1):
+                                br = blk[rows_local[p]]
+                                for k in range(cb):
+                                    acc[k] += br[k]
+                        else:
+                            for p in range(p0, p1):
+                                v = vals[p]
+                                br = blk[rows_local[p]]
+                                for k in range(cb):
+                                    acc[k] += v * br[k]
+                        for k in range(width):
+                            orow[lo + k] = acc[k]
+
+        return numba.njit(parallel=parallel, nogil=True, boundscheck=False, cache=True)(scatter)
+
+
+if numba is not None:
     # each scan compiled twice: parallel over the batch, and serial for one thread (a parallel kernel hands
     # its work to the thread pool even with one thread, and on a loaded machine waking it costs
     # milliseconds per call)
@@ -340,6 +465,11 @@ if numba is not None:
               for name, fn in (("lif", _lif_scan_py), ("adjoint", _adjoint_scan_py), ("scatter", _scatter_rows_py),
                                ("adjoint_virtual", _adjoint_virtual_py), ("plain_adjoint", _plain_adjoint_py))
               for par in (False, True)}
+    _SCANS.update({(name, par): numba.njit(parallel=par, nogil=True, boundscheck=False, cache=True)(fn)
+                   for name, fn in (("column_counts", _column_counts_py), ("column_fill", _column_fill_py))
+                   for par in (False, True)})
+    # 64 float32 / 32 float64 columns per tile: 8 AVX2 registers of accumulators
+    _SCANS.update({("tiled_scatter", cb, par): _tiled_scatter_kernel(cb, par) for cb in (32, 64) for par in (False, True)})
     _SCANS.update({("plain_lif", bias, rec, weights, par): _plain_lif_kernel(bias, rec, weights, par)
                    for bias in (False, True) for rec in (False, True) for weights in (0, 1, 2)
                    for par in (False, True)})
@@ -377,11 +507,38 @@ def scatter_rows(g: torch.Tensor, s: torch.Tensor, out: torch.Tensor, per_sample
         raise ValueError(f"scatter_rows: g has {g.shape[1]} steps, the spikes need {s.shape[1]} + lag {lag}")
     binary = s.dtype == torch.bool
     g = g.detach().contiguous()
+    if not per_sample and out.shape[2] >= SCATTER_TILE_MIN_WIDTH:
+        _tiled_scatter(g.numpy(), _np(s), out[0].numpy(), binary, int(lag))
+        return
     # row blocks: one per thread, and small enough that a block of ``out`` stays in a core's L2 cache
     # while all of g streams past it (each non-zero then updates a cached row)
     rows = out.shape[0] * out.shape[1] if per_sample else out.shape[1]
     blocks = max(_threads(), min(out.shape[1], -(-rows * out.shape[2] * out.element_size() // _L2_BYTES)))
     _scan("scatter")(g.numpy(), _np(s), out.numpy(), bool(per_sample), binary, blocks, int(lag))
+
+
+def _tiled_scatter(g: np.ndarray, s: np.ndarray, out: np.ndarray, binary: bool, lag: int) -> None:
+    """``scatter_rows`` into one shared (M, N) ``out`` by ``_tiled_scatter_kernel``: the non-zeros of s regrouped by
+    input per block of ``SCATTER_ROW_BLOCK`` rows, then tile by tile of output columns (same sums, same order)."""
+    batch, steps, m = s.shape
+    rblock = min(SCATTER_ROW_BLOCK, 1 << 16)  # a row's number within its block is 16 bits
+    blocks = -(-batch * steps // rblock)
+    col_ptr = np.empty((blocks, m + 1), dtype=np.int64)
+    _scan("column_counts")(s, rblock, col_ptr)
+    ends = np.cumsum(col_ptr[:, 1:], axis=None).reshape(blocks, m)  # running totals over (block, input)
+    col_ptr[:, 1:] = ends
+    col_ptr[0, 0] = 0
+    col_ptr[1:, 0] = ends[:-1, -1]
+    nnz = int(col_ptr[-1, -1])
+    if nnz == 0:
+        return
+    threads = numba.config.NUMBA_NUM_THREADS
+    rows_local = np.empty(nnz, dtype=np.uint16)
+    vals = np.empty(0 if binary else nnz, dtype=out.dtype)
+    _scan("column_fill")(s, rblock, col_ptr, rows_local, vals, binary, np.empty((threads, m), dtype=np.int64))
+    cb = 256 // out.itemsize
+    gblk = np.empty((threads, rblock, cb), dtype=out.dtype)
+    _scan("tiled_scatter", cb)(g, steps, lag, rblock, col_ptr, rows_local, vals, binary, out, gblk)
 
 
 def spike_dots(g: torch.Tensor, s: torch.Tensor, wt: torch.Tensor, out: torch.Tensor) -> None:
