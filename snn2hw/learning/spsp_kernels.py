@@ -18,6 +18,8 @@ The sums are accumulated in float64. Without numba (or on CUDA) the callers use 
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
@@ -30,13 +32,17 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
 
 _L2_BYTES = 256 * 1024
 # ``scatter_rows`` into one shared output (a wide layer's weight gradient) goes tile by tile of output columns
-# (``_tiled_scatter_kernel``) for outputs at least this wide; narrower ones, and per-sample outputs, row by row.
+# (``_tiled_scatter_py``) for outputs at least this wide; narrower ones, and per-sample outputs, row by row.
 # Module-level so that a benchmark can switch it off for an A/B (``diag_spiketrain_speed.py --variant``).
 SCATTER_TILE_MIN_WIDTH = 64
 # (sample, step) rows per block of the tiled scatter: a block's (rows, tile) slice of g is copied next to the
 # accumulators (128 KiB at 64 float32 columns, in L2); each input's list of rows in a block is what the
 # accumulators of one tile row sum in registers (about density x rows additions per load and store).
 SCATTER_ROW_BLOCK = 512
+# Bytes of one tile's accumulators in the tiled scatter: 64 float32 / 32 float64 columns, 8 AVX2 registers.
+_TILE_ACC_BYTES = 256
+# The tiled scatter's per-worker copies of g's block slices, kept per thread between calls (``_tiled_scatter``).
+_tile_buffers = threading.local()
 
 __all__ = ["usable", "lif_scan_chunk", "adjoint_scan_chunk"]
 
@@ -344,49 +350,61 @@ if numba is not None:
     from numba.core import cgutils
     from numba.extending import intrinsic
 
-    def _stack_array(n: int):
-        """A compiled helper returning an (n,) array of ``like``'s dtype in the caller's stack frame (uninitialised).
+    @intrinsic
+    def _tile_width(typingctx, like):
+        """The number of ``like``'s elements in ``_TILE_ACC_BYTES``, as a compile-time constant (so that loops over
+        a tile have a fixed trip count and unroll)."""
+        def codegen(context, builder, sig, args):
+            return context.get_constant(numba.types.intp, _TILE_ACC_BYTES // (like.dtype.bitwidth // 8))
+        return numba.types.intp(like), codegen
+
+    @intrinsic
+    def _tile_accumulators(typingctx, like):
+        """An uninitialised array of ``_tile_width(like)`` elements of ``like``'s dtype in the caller's stack frame.
         An array from ``np.empty`` lives on the heap, where LLVM must assume that stores into it may alias the
-        arrays the loop reads, so it keeps reloading and storing it; a fixed-size stack array whose elements are
-        only indexed by fully unrolled loops is promoted to registers (``_tiled_scatter_kernel``'s accumulators)."""
-        @intrinsic
-        def stack_like(typingctx, like):
-            arr = numba.types.Array(like.dtype, 1, "C")
+        arrays a loop reads, so it reloads and stores it at every step; a fixed-size stack array whose elements
+        are only indexed by fully unrolled loops is promoted to registers."""
+        arr = numba.types.Array(like.dtype, 1, "C")
 
-            def codegen(context, builder, sig, args):
-                item = context.get_data_type(like.dtype)
-                size = context.get_constant(numba.types.intp, context.get_abi_sizeof(item))
-                ary = context.make_array(arr)(context, builder)
-                context.populate_array(ary, data=cgutils.alloca_once(builder, item, size=n),
-                                       shape=[context.get_constant(numba.types.intp, n)], strides=[size],
-                                       itemsize=size, meminfo=None)
-                return ary._getvalue()
-            return arr(like), codegen
-        return stack_like
+        def codegen(context, builder, sig, args):
+            item = context.get_data_type(like.dtype)
+            size = context.get_constant(numba.types.intp, context.get_abi_sizeof(item))
+            n = _TILE_ACC_BYTES // (like.dtype.bitwidth // 8)
+            ary = context.make_array(arr)(context, builder)
+            context.populate_array(ary, data=cgutils.alloca_once(builder, item, size=n),
+                                   shape=[context.get_constant(numba.types.intp, n)], strides=[size], itemsize=size,
+                                   meminfo=None)
+            return ary._getvalue()
+        return arr(like), codegen
 
-    def _column_counts_py(s, rblock, counts):
-        """``counts[q, j + 1]`` = non-zeros of input j in block q of ``rblock`` (sample, step) rows of s (B, C, M)."""
+    def _column_counts_py(s, rblock, counts, others):
+        """``counts[q, j + 1]`` = non-zeros of input j in block q of ``rblock`` (sample, step) rows of s (B, C, M),
+        ``others[q]`` = how many of them are not 1 (none: a 0/1 train, whose values need not be kept)."""
         batch, steps, m = s.shape
         rows = batch * steps
         for q in numba.prange(counts.shape[0]):
             cnt = counts[q]
             for j in range(m + 1):
                 cnt[j] = 0
+            o = 0
             for r in range(q * rblock, min(q * rblock + rblock, rows)):
                 row = s[r // steps, r % steps]
                 for j in range(m):
-                    cnt[j + 1] += row[j] != 0
+                    x = row[j]
+                    cnt[j + 1] += x != 0
+                    o += (x != 0) & (x != 1)
+            others[q] = o
 
-    def _column_fill_py(s, rblock, col_ptr, rows_local, vals, binary, scratch):
+    def _column_fill_py(s, rblock, col_ptr, rows_local, vals, binary):
         """Each block's non-zeros of s regrouped by input (a counting sort, ascending in the row): those of input j
         in block q are ``col_ptr[q, j]:col_ptr[q, j + 1]``, ``rows_local`` their row within the block, ``vals``
         their values (not written for a 0/1 train). A row's non-zeros are first listed without a branch on the
-        spike pattern (``scratch``, one row per thread)."""
+        spike pattern (``nz``)."""
         batch, steps, m = s.shape
         rows = batch * steps
         for q in numba.prange(col_ptr.shape[0]):
             pos = col_ptr[q, :m].copy()
-            nz = scratch[numba.get_thread_id()]
+            nz = np.empty(m, dtype=np.int64)
             r0 = q * rblock
             for r in range(r0, min(r0 + rblock, rows)):
                 row = s[r // steps, r % steps]
@@ -401,60 +419,56 @@ if numba is not None:
                         vals[pos[j]] = row[j]
                     pos[j] += 1
 
-    def _tiled_scatter_kernel(cb: int, parallel: bool):
-        """``out[j, :] += sum_r s[r, j] g[r + lag, :]`` over tiles of ``cb`` output columns (a closure constant:
-        the loops over a tile unroll into ``cb`` / vector width registers). Per tile and block of rows, the
-        block's slice of g is copied beside the accumulators (``gblk``, one slice per thread, zero past the last
-        column), and each input's row of the tile is loaded into registers once, gets the block's rows with a
+    def _tiled_scatter_py(g, steps, lag, rblock, col_ptr, rows_local, vals, binary, out, buf):
+        """``out[j, :] += sum_r s[r, j] g[r + lag, :]`` over tiles of ``cb = _tile_width(g)`` output columns (a
+        compile-time constant: the loops over a tile unroll, and its accumulators stay in registers). Per tile and
+        block of rows (``col_ptr``/``rows_local``/``vals`` from ``_column_fill_py``), the block's slice of g is
+        copied beside the accumulators (into ``buf[tile]``, zero past the last column), and each input's row of the tile is loaded into registers once, gets the block's rows with a
         non-zero at that input added in ascending order, and is stored once. Every sum is the row-by-row
         scatter's, in the same order (ascending (sample, step) per output element, starting from ``out``), so
         the result is the same bit for bit."""
-        stack_like = _stack_array(cb)
-
-        def scatter(g, steps, lag, rblock, col_ptr, rows_local, vals, binary, out, gblk):
-            n = g.shape[2]
-            m = out.shape[0]
-            rows = g.shape[0] * steps
-            for tile in numba.prange((n + cb - 1) // cb):
-                lo = tile * cb
-                width = min(cb, n - lo)
-                blk = gblk[numba.get_thread_id()]
-                acc = stack_like(g)
-                for q in range(col_ptr.shape[0]):
-                    r0 = q * rblock
-                    if col_ptr[q, 0] == col_ptr[q, m]:
+        cb = _tile_width(g)
+        n = g.shape[2]
+        m = out.shape[0]
+        rows = g.shape[0] * steps
+        for tile in numba.prange((n + cb - 1) // cb):
+            blk = buf[tile]
+            acc = _tile_accumulators(g)
+            lo = tile * cb
+            width = min(cb, n - lo)
+            for q in range(col_ptr.shape[0]):
+                r0 = q * rblock
+                if col_ptr[q, 0] == col_ptr[q, m]:
+                    continue
+                for r in range(r0, min(r0 + rblock, rows)):
+                    b = r // steps
+                    t = r - b * steps + lag
+                    for k in range(width):
+                        blk[r - r0, k] = g[b, t, lo + k]
+                    for k in range(width, cb):
+                        blk[r - r0, k] = 0
+                for j in range(m):
+                    p0, p1 = col_ptr[q, j], col_ptr[q, j + 1]
+                    if p0 == p1:
                         continue
-                    for r in range(r0, min(r0 + rblock, rows)):
-                        gr = g[r // steps, r % steps + lag]
-                        br = blk[r - r0]
-                        for k in range(width):
-                            br[k] = gr[lo + k]
-                        for k in range(width, cb):
-                            br[k] = 0
-                    for j in range(m):
-                        p0, p1 = col_ptr[q, j], col_ptr[q, j + 1]
-                        if p0 == p1:
-                            continue
-                        orow = out[j]
-                        for k in range(width):
-                            acc[k] = orow[lo + k]
-                        for k in range(width, cb):
-                            acc[k] = 0
-                        if binary:
-                            for p in range(p0, p1):
-                                br = blk[rows_local[p]]
-                                for k in range(cb):
-                                    acc[k] += br[k]
-                        else:
-                            for p in range(p0, p1):
-                                v = vals[p]
-                                br = blk[rows_local[p]]
-                                for k in range(cb):
-                                    acc[k] += v * br[k]
-                        for k in range(width):
-                            orow[lo + k] = acc[k]
+                    for k in range(width):
+                        acc[k] = out[j, lo + k]
+                    for k in range(width, cb):
+                        acc[k] = 0
+                    if binary:
+                        for p in range(p0, p1):
+                            rr = rows_local[p]
+                            for k in range(cb):
+                                acc[k] += blk[rr, k]
+                    else:
+                        for p in range(p0, p1):
+                            v = vals[p]
+                            rr = rows_local[p]
+                            for k in range(cb):
+                                acc[k] += v * blk[rr, k]
+                    for k in range(width):
+                        out[j, lo + k] = acc[k]
 
-        return numba.njit(parallel=parallel, nogil=True, boundscheck=False, cache=True)(scatter)
 
 
 if numba is not None:
@@ -466,10 +480,9 @@ if numba is not None:
                                ("adjoint_virtual", _adjoint_virtual_py), ("plain_adjoint", _plain_adjoint_py))
               for par in (False, True)}
     _SCANS.update({(name, par): numba.njit(parallel=par, nogil=True, boundscheck=False, cache=True)(fn)
-                   for name, fn in (("column_counts", _column_counts_py), ("column_fill", _column_fill_py))
+                   for name, fn in (("column_counts", _column_counts_py), ("column_fill", _column_fill_py),
+                                    ("tiled_scatter", _tiled_scatter_py))
                    for par in (False, True)})
-    # 64 float32 / 32 float64 columns per tile: 8 AVX2 registers of accumulators
-    _SCANS.update({("tiled_scatter", cb, par): _tiled_scatter_kernel(cb, par) for cb in (32, 64) for par in (False, True)})
     _SCANS.update({("plain_lif", bias, rec, weights, par): _plain_lif_kernel(bias, rec, weights, par)
                    for bias in (False, True) for rec in (False, True) for weights in (0, 1, 2)
                    for par in (False, True)})
@@ -518,13 +531,15 @@ def scatter_rows(g: torch.Tensor, s: torch.Tensor, out: torch.Tensor, per_sample
 
 
 def _tiled_scatter(g: np.ndarray, s: np.ndarray, out: np.ndarray, binary: bool, lag: int) -> None:
-    """``scatter_rows`` into one shared (M, N) ``out`` by ``_tiled_scatter_kernel``: the non-zeros of s regrouped by
-    input per block of ``SCATTER_ROW_BLOCK`` rows, then tile by tile of output columns (same sums, same order)."""
+    """``scatter_rows`` into one shared (M, N) ``out`` tile by tile of columns: the non-zeros of s regrouped by
+    input per block of ``SCATTER_ROW_BLOCK`` rows, then ``_tiled_scatter_py`` (same sums, same order)."""
     batch, steps, m = s.shape
     rblock = min(SCATTER_ROW_BLOCK, 1 << 16)  # a row's number within its block is 16 bits
     blocks = -(-batch * steps // rblock)
     col_ptr = np.empty((blocks, m + 1), dtype=np.int64)
-    _scan("column_counts")(s, rblock, col_ptr)
+    others = np.empty(blocks, dtype=np.int64)
+    _scan("column_counts")(s, rblock, col_ptr, others)
+    binary = binary or not others.any()  # a float 0/1 train: 1 * g is g, so the sums need no products
     ends = np.cumsum(col_ptr[:, 1:], axis=None).reshape(blocks, m)  # running totals over (block, input)
     col_ptr[:, 1:] = ends
     col_ptr[0, 0] = 0
@@ -532,13 +547,15 @@ def _tiled_scatter(g: np.ndarray, s: np.ndarray, out: np.ndarray, binary: bool, 
     nnz = int(col_ptr[-1, -1])
     if nnz == 0:
         return
-    threads = numba.config.NUMBA_NUM_THREADS
     rows_local = np.empty(nnz, dtype=np.uint16)
     vals = np.empty(0 if binary else nnz, dtype=out.dtype)
-    _scan("column_fill")(s, rblock, col_ptr, rows_local, vals, binary, np.empty((threads, m), dtype=np.int64))
-    cb = 256 // out.itemsize
-    gblk = np.empty((threads, rblock, cb), dtype=out.dtype)
-    _scan("tiled_scatter", cb)(g, steps, lag, rblock, col_ptr, rows_local, vals, binary, out, gblk)
+    _scan("column_fill")(s, rblock, col_ptr, rows_local, vals, binary)
+    cb = _TILE_ACC_BYTES // out.itemsize
+    key = (-(-out.shape[1] // cb), rblock, cb, out.dtype)
+    buf = getattr(_tile_buffers, "buf", None)
+    if buf is None or (buf.shape[0], buf.shape[1], buf.shape[2], buf.dtype) != key:
+        buf = _tile_buffers.buf = np.empty(key[:3], dtype=out.dtype)  # kept: a fresh one costs page faults
+    _scan("tiled_scatter")(g, steps, lag, rblock, col_ptr, rows_local, vals, binary, out, buf)
 
 
 def spike_dots(g: torch.Tensor, s: torch.Tensor, wt: torch.Tensor, out: torch.Tensor) -> None:
