@@ -108,25 +108,30 @@ def with_scans(scans: dict, run):
 
 
 def with_attribute(spec: str, run):
-    """``run`` with ``MODULE:ATTR=VALUE`` (``spec``; VALUE a Python literal or ``A**B``) set while it runs."""
+    """``run`` with ``MODULE:ATTR=VALUE`` (``spec``; VALUE a Python literal or ``A**B``; several assignments
+    separated by ``,``) set while it runs."""
     import ast
     import importlib
 
-    target, value = spec.split("=", 1)
-    module_name, attr = target.split(":")
-    module = importlib.import_module(module_name)
-    getattr(module, attr)  # fails early on a misspelt name
-    tree = ast.parse(value, mode="eval").body
-    new = (ast.literal_eval(tree.left) ** ast.literal_eval(tree.right) if isinstance(tree, ast.BinOp)
-           and isinstance(tree.op, ast.Pow) else ast.literal_eval(tree))
+    changes = []
+    for part in spec.split(","):
+        target, value = part.split("=", 1)
+        module_name, attr = target.split(":")
+        module = importlib.import_module(module_name)
+        getattr(module, attr)  # fails early on a misspelt name
+        tree = ast.parse(value, mode="eval").body
+        changes.append((module, attr, ast.literal_eval(tree.left) ** ast.literal_eval(tree.right)
+                        if isinstance(tree, ast.BinOp) and isinstance(tree.op, ast.Pow) else ast.literal_eval(tree)))
 
     def swapped():
-        own = getattr(module, attr)
-        setattr(module, attr, new)
+        own = [getattr(module, attr) for module, attr, _ in changes]
+        for module, attr, new in changes:
+            setattr(module, attr, new)
         try:
             run()
         finally:
-            setattr(module, attr, own)
+            for (module, attr, _), value in zip(changes, own):
+                setattr(module, attr, value)
     return swapped
 
 

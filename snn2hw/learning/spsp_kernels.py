@@ -377,10 +377,12 @@ if numba is not None:
             return ary._getvalue()
         return arr(like), codegen
 
-    def _column_counts_py(s, rblock, counts, others):
-        """``counts[q, j + 1]`` = non-zeros of input j in block q of ``rblock`` (sample, step) rows of s (B, C, M),
-        ``others[q]`` = how many of them are not 1 (none: a 0/1 train, whose values need not be kept)."""
-        batch, steps, m = s.shape
+    def _column_counts_py(s, shape, rblock, counts, others):
+        """``counts[q, j + 1]`` = non-zeros of input j in block q of ``rblock`` (sample, step) rows of a train (B, C,
+        M), ``others[q]`` = how many of them are not 1 (none: a 0/1 train, whose values need not be kept). The
+        train is ``s`` (1-D, contiguous: its rows, which need not be adjacent, vectorise), row (b, t) at
+        ``s[b * shape[3] + t * shape[4]:][:M]``; ``shape`` = (B, C, M, sample stride, step stride)."""
+        batch, steps, m, ss, ts = shape
         rows = batch * steps
         for q in numba.prange(counts.shape[0]):
             cnt = counts[q]
@@ -388,26 +390,30 @@ if numba is not None:
                 cnt[j] = 0
             o = 0
             for r in range(q * rblock, min(q * rblock + rblock, rows)):
-                row = s[r // steps, r % steps]
+                b = r // steps
+                at = b * ss + (r - b * steps) * ts
+                row = s[at:at + m]
                 for j in range(m):
                     x = row[j]
                     cnt[j + 1] += x != 0
                     o += (x != 0) & (x != 1)
             others[q] = o
 
-    def _column_fill_py(s, rblock, col_ptr, rows_local, vals, binary):
+    def _column_fill_py(s, shape, rblock, col_ptr, rows_local, vals, binary):
         """Each block's non-zeros of s regrouped by input (a counting sort, ascending in the row): those of input j
         in block q are ``col_ptr[q, j]:col_ptr[q, j + 1]``, ``rows_local`` their row within the block, ``vals``
         their values (not written for a 0/1 train). A row's non-zeros are first listed without a branch on the
-        spike pattern (``nz``)."""
-        batch, steps, m = s.shape
+        spike pattern (``nz``). ``s`` and ``shape`` as in ``_column_counts_py``."""
+        batch, steps, m, ss, ts = shape
         rows = batch * steps
         for q in numba.prange(col_ptr.shape[0]):
             pos = col_ptr[q, :m].copy()
             nz = np.empty(m, dtype=np.int64)
             r0 = q * rblock
             for r in range(r0, min(r0 + rblock, rows)):
-                row = s[r // steps, r % steps]
+                b = r // steps
+                at = b * ss + (r - b * steps) * ts
+                row = s[at:at + m]
                 c = 0
                 for j in range(m):
                     nz[c] = j
@@ -534,11 +540,18 @@ def _tiled_scatter(g: np.ndarray, s: np.ndarray, out: np.ndarray, binary: bool, 
     """``scatter_rows`` into one shared (M, N) ``out`` tile by tile of columns: the non-zeros of s regrouped by
     input per block of ``SCATTER_ROW_BLOCK`` rows, then ``_tiled_scatter_py`` (same sums, same order)."""
     batch, steps, m = s.shape
+    if s.strides[2] != s.itemsize:
+        s = np.ascontiguousarray(s)
+    # the train as one contiguous span from its first to its last element, rows located by their strides (a
+    # strided 3-D view, as the rule passes its stored trains, would not let the loops over a row vectorise)
+    ss, ts = (st // s.itemsize for st in s.strides[:2])
+    flat = np.lib.stride_tricks.as_strided(s, shape=((batch - 1) * ss + (steps - 1) * ts + m,), strides=(s.itemsize,))
+    shape = (batch, steps, m, ss, ts)
     rblock = min(SCATTER_ROW_BLOCK, 1 << 16)  # a row's number within its block is 16 bits
     blocks = -(-batch * steps // rblock)
     col_ptr = np.empty((blocks, m + 1), dtype=np.int64)
     others = np.empty(blocks, dtype=np.int64)
-    _scan("column_counts")(s, rblock, col_ptr, others)
+    _scan("column_counts")(flat, shape, rblock, col_ptr, others)
     binary = binary or not others.any()  # a float 0/1 train: 1 * g is g, so the sums need no products
     ends = np.cumsum(col_ptr[:, 1:], axis=None).reshape(blocks, m)  # running totals over (block, input)
     col_ptr[:, 1:] = ends
@@ -549,7 +562,7 @@ def _tiled_scatter(g: np.ndarray, s: np.ndarray, out: np.ndarray, binary: bool, 
         return
     rows_local = np.empty(nnz, dtype=np.uint16)
     vals = np.empty(0 if binary else nnz, dtype=out.dtype)
-    _scan("column_fill")(s, rblock, col_ptr, rows_local, vals, binary)
+    _scan("column_fill")(flat, shape, rblock, col_ptr, rows_local, vals, binary)
     cb = _TILE_ACC_BYTES // out.itemsize
     key = (-(-out.shape[1] // cb), rblock, cb, out.dtype)
     buf = getattr(_tile_buffers, "buf", None)
