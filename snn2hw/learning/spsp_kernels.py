@@ -15,6 +15,13 @@ same order and rounded once in the input's dtype (numba does not fuse ``x * y + 
 ``fastmath``), so spikes and kernels are bit-identical to ``spsp.lif_sequence`` / ``spsp.spsp_adjoint``
 and, with ``t_ref = 0``, to the layers' own forward (tests/test_learning_spiketrain.py checks both).
 The sums are accumulated in float64. Without numba (or on CUDA) the callers use their tensor loops.
+
+The event-driven products (``scatter_rows``, ``spike_dots``) add rows of a gradient per input spike. Into
+one shared wide output (a wide layer's weight gradient, ``spsp.dense_hop_block``) ``scatter_rows`` goes
+tile by tile of 64 float32 / 32 float64 output columns, with the tile's accumulators in registers (an
+array on the stack, ``_tile_accumulators``: one on the heap is reloaded and stored at every addition),
+over the spikes regrouped by input per block of rows; the sums and their order are those of the
+row-by-row scatter, so the result is the same bit for bit.
 """
 from __future__ import annotations
 
