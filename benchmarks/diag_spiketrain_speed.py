@@ -29,11 +29,13 @@ module fails to load).
 
     NUMBA_CACHE_DIR=$(mktemp -d) python benchmarks/diag_spiketrain_speed.py --only 784-800 --T 200 --base-kernels /tmp/base
 
-``--variant MODULE:ATTR=VALUE`` adds a row "RULE (MODULE:ATTR=VALUE)": the rule with a module attribute of the
-product set to VALUE (a Python literal) while its steps run, interleaved with the others: a step-level A/B of a
-switch or constant, e.g. the row-by-row scatter against the tiled one for the wide layer's weight gradient:
+``--variant MODULE:ATTR=VALUE`` adds a row "RULE (MODULE:ATTR=VALUE)": the rule with a module attribute set to
+VALUE (a Python literal or ``A**B``; several assignments joined by ``,``) while its steps run, interleaved with
+the others: a step-level A/B of a switch or constant in one process, e.g. the wide layer's weight gradient by the
+row-by-row scatter against the tiled one:
 
-    python benchmarks/diag_spiketrain_speed.py --only 784-800 --T 200 --variant snn2hw.learning.spsp_kernels:SCATTER_TILE_MIN_WIDTH=10**9
+    python benchmarks/diag_spiketrain_speed.py --only 784-800 --T 200 \
+        --variant snn2hw.learning.spsp_kernels:SCATTER_TILE_MIN_WIDTH=10**9
 
 Writes ``benchmarks/results/spiketrain_speed_interleaved.json``.
 """

@@ -48,7 +48,8 @@ SCATTER_TILE_MIN_WIDTH = 64
 SCATTER_ROW_BLOCK = 512
 # Bytes of one tile's accumulators in the tiled scatter: 64 float32 / 32 float64 columns, 8 AVX2 registers.
 _TILE_ACC_BYTES = 256
-# The tiled scatter's per-worker copies of g's block slices, kept per thread between calls (``_tiled_scatter``).
+# The tiled scatter's copies of g's block slices, one per tile (ceil(N / 64) x 128 KiB for float32), kept per
+# thread between calls (``_tiled_scatter``): a fresh buffer would cost a page fault per 4 KiB every call.
 _tile_buffers = threading.local()
 
 __all__ = ["usable", "lif_scan_chunk", "adjoint_scan_chunk"]
@@ -436,10 +437,10 @@ if numba is not None:
         """``out[j, :] += sum_r s[r, j] g[r + lag, :]`` over tiles of ``cb = _tile_width(g)`` output columns (a
         compile-time constant: the loops over a tile unroll, and its accumulators stay in registers). Per tile and
         block of rows (``col_ptr``/``rows_local``/``vals`` from ``_column_fill_py``), the block's slice of g is
-        copied beside the accumulators (into ``buf[tile]``, zero past the last column), and each input's row of the tile is loaded into registers once, gets the block's rows with a
-        non-zero at that input added in ascending order, and is stored once. Every sum is the row-by-row
-        scatter's, in the same order (ascending (sample, step) per output element, starting from ``out``), so
-        the result is the same bit for bit."""
+        copied beside the accumulators (into ``buf[tile]``, zero past the last column), and each input's row of
+        the tile is loaded into registers once, gets the block's rows with a non-zero at that input added in
+        ascending order, and is stored once. Every sum is the row-by-row scatter's, in the same order (ascending
+        (sample, step) per output element, starting from ``out``), so the result is the same bit for bit."""
         cb = _tile_width(g)
         n = g.shape[2]
         m = out.shape[0]
@@ -481,7 +482,6 @@ if numba is not None:
                                 acc[k] += v * blk[rr, k]
                     for k in range(width):
                         out[j, lo + k] = acc[k]
-
 
 
 if numba is not None:
@@ -533,7 +533,8 @@ def scatter_rows(g: torch.Tensor, s: torch.Tensor, out: torch.Tensor, per_sample
         raise ValueError(f"scatter_rows: g has {g.shape[1]} steps, the spikes need {s.shape[1]} + lag {lag}")
     binary = s.dtype == torch.bool
     g = g.detach().contiguous()
-    if not per_sample and out.shape[2] >= SCATTER_TILE_MIN_WIDTH:
+    if (not per_sample and out.shape[2] >= SCATTER_TILE_MIN_WIDTH and g.dtype == out.dtype
+            and (binary or s.dtype == g.dtype)):
         _tiled_scatter(g.numpy(), _np(s), out[0].numpy(), binary, int(lag))
         return
     # row blocks: one per thread, and small enough that a block of ``out`` stays in a core's L2 cache
@@ -574,7 +575,7 @@ def _tiled_scatter(g: np.ndarray, s: np.ndarray, out: np.ndarray, binary: bool, 
     key = (-(-out.shape[1] // cb), rblock, cb, out.dtype)
     buf = getattr(_tile_buffers, "buf", None)
     if buf is None or (buf.shape[0], buf.shape[1], buf.shape[2], buf.dtype) != key:
-        buf = _tile_buffers.buf = np.empty(key[:3], dtype=out.dtype)  # kept: a fresh one costs page faults
+        buf = _tile_buffers.buf = np.empty(key[:3], dtype=out.dtype)
     _scan("tiled_scatter")(g, steps, lag, rblock, col_ptr, rows_local, vals, binary, out, buf)
 
 
