@@ -142,7 +142,10 @@ if numba is not None:
         that it vectorises (about 3x faster): the same products and sums in the same order, so the same
         spikes bit for bit. ``has_bias``, ``has_rec`` and ``weights`` are closure constants; ``weights`` 1 or
         2 also adds ``tw[t] a[b, t]`` over the chunk's steps to ``tsum[b]`` (float64), with ``tw`` (C, 1) or
-        (C, N): a time-weighted sum of the currents made while they are read anyway. ``lag`` (0 or 1): the current
+        (C, N): a time-weighted sum of the currents made in the same loop that reads them (a separate loop over the
+        step read the currents twice: 0.94x the kernel's CPU time fused). The counts are added after each sample's
+        scan from its spike bytes (int32, exact), not by a float64 select-and-add per step and neuron inside it
+        (0.86x the kernel's CPU time, 784-800-10's hidden layer at T = 200). ``lag`` (0 or 1): the current
         of step t is ``a[b, t - lag]`` (zero before), so a window's undelayed currents need no shifted copy. With a
         bias it also adds,
         at each spike, the bias part of the membrane per unit bias, ``sum_k beta^(t-k)`` over the steps since
@@ -163,14 +166,6 @@ if numba is not None:
                 for t in range(steps):
                     at = a[b, t - lag] if t >= lag else none
                     sp = spikes[b, t]
-                    if weights == 1:
-                        k = tw[t, 0]
-                        for i in range(n):
-                            ts[i] += k * at[i]
-                    elif weights == 2:
-                        kt = tw[t]
-                        for i in range(n):
-                            ts[i] += kt[i] * at[i]
                     add_rec = has_rec and not (first and t == 0)
                     if add_rec:  # r = V s[t-1], summed over the spiking sources in ascending order
                         for i in range(n):
@@ -179,7 +174,13 @@ if numba is not None:
                             if sb[j]:
                                 for i in range(n):
                                     r[i] += rec_t[j, i]
+                    k = tw[t, 0] if weights == 1 else zero
+                    kt = tw[t] if weights == 2 else at  # (``at``: a placeholder, never read)
                     for i in range(n):
+                        if weights == 1:  # the time-weighted sum, in the pass that reads the current anyway
+                            ts[i] += k * at[i]
+                        elif weights == 2:
+                            ts[i] += kt[i] * at[i]
                         ai = at[i] + r[i] if add_rec else at[i]  # a[t] = a_ff[t] + V s[t-1]
                         uu = ub[i] * alpha[i] + ai  # u[t] = alpha u[t-1] + a[t]
                         ub[i] = uu
@@ -189,7 +190,6 @@ if numba is not None:
                         fire = x > vth[i]
                         sp[i] = fire
                         vs[i] += x if fire else 0.0
-                        cn[i] += 1.0 if fire else 0.0
                         vb[i] = zero if fire else x
                         if has_bias:  # the bias part of v per unit bias, sum_k beta^(t-k) since the last reset
                             w = wb[i] * beta[i] + one
@@ -198,6 +198,15 @@ if numba is not None:
                     if has_rec:
                         for i in range(n):
                             sb[i] = sp[i]
+                # the counts from the chunk's spikes after the scan (integers: exact in any order), one byte add
+                # per step and neuron, cheaper than a float64 select-and-add per step inside the scan
+                c = np.zeros(n, dtype=np.int32)
+                for t in range(steps):
+                    sp = spikes[b, t]
+                    for i in range(n):
+                        c[i] += sp[i]
+                for i in range(n):
+                    cn[i] += c[i]
 
         return numba.njit(parallel=parallel, nogil=True, boundscheck=False, cache=True)(scan)
 
