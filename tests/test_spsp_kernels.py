@@ -30,7 +30,7 @@ def test_forward_scan_equals_tensor_loop(monkeypatch, dtype, t_ref, bias, per_ne
     # a time-weighted sum of the currents made in the same pass (HM2-BP's virtual T-PSP): per step, or per
     # step and neuron
     kernel = torch.rand(53, 7 if per_neuron else 1, generator=g, dtype=dtype)
-    out, vsum, weighted, bias_sum = [], [], [], []
+    out, vsum, weighted, bias_sum, counts = [], [], [], [], []
     for compiled in (True, False):
         if not compiled:
             lam_p = spsp_adjoint(out[0].to(dtype), spec.alpha, spec.beta, t_ref)[1]  # (the compiled adjoint)
@@ -38,13 +38,17 @@ def test_forward_scan_equals_tensor_loop(monkeypatch, dtype, t_ref, bias, per_ne
         acc = torch.zeros(3, 7, dtype=torch.float64)
         w = torch.full((3, 7), 0.5, dtype=dtype)
         bsum = torch.zeros(3, 7, dtype=torch.float64)
+        cnt = torch.full((3, 7), 2.0, dtype=torch.float64)  # counts are added to what is there, chunk by chunk
         out.append(lif_sequence_chunked(lambda t0, t1: a[:, t0:t1], 3, 53, 7, spec, None, 8, a, torch.bool, acc,
-                                        time_weights=kernel, weighted=w, bias_sum=bsum))
+                                        cnt, time_weights=kernel, weighted=w, bias_sum=bsum))
         vsum.append(acc)
+        counts.append(cnt)
         weighted.append(w)
         bias_sum.append(bsum)
     assert out[0].sum() > 20
     assert torch.equal(out[0], out[1])  # bit for bit, across chunk boundaries
+    for cnt in counts:
+        assert torch.equal(cnt, 2.0 + out[0].sum(1, dtype=torch.float64))
     tol = dict(rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-6)
     torch.testing.assert_close(vsum[0], vsum[1], **tol)
     assert bool((vsum[0] > 0).any())
