@@ -17,6 +17,13 @@ per call (a few dozen calls per step). One row per (network, T, rule, part).
 
     python benchmarks/diag_hm2bp_parts.py --only 784-100 784-800 --T 200 800 --reps 7
 
+``--base-kernels DIR`` adds the rule "hm2bp (base kernels)": HM2-BP with the compiled scans of another checkout's
+``snn2hw/learning/spsp_kernels.py`` swapped in for its steps (as in ``diag_spiketrain_speed.py``), interleaved, so a
+change to one scan shows in its own part (e.g. "forward LIF scan") rather than only in the noisier step:
+
+    git archive HEAD~1 | tar -x -C /tmp/base
+    NUMBA_CACHE_DIR=$(mktemp -d) python benchmarks/diag_hm2bp_parts.py --only 784-800 --T 200 800 --base-kernels /tmp/base
+
 Writes ``benchmarks/results/hm2bp_parts.json``.
 """
 from __future__ import annotations
@@ -34,7 +41,7 @@ from collections import defaultdict  # noqa: E402
 
 from _spiketrain_bench import ROOT  # noqa: E402
 from bench_spiketrain_speed import NETWORKS  # noqa: E402
-from diag_spiketrain_speed import build  # noqa: E402
+from diag_spiketrain_speed import base_scans, build, with_scans  # noqa: E402
 
 _acc: dict = defaultdict(float)
 _stack: list = []
@@ -93,8 +100,13 @@ def install_timers() -> None:
     _patch(functional._CubaLIFSequence, "backward", "LIF backward kernel", static=True)
 
 
-def measure(label, task_name, config, rules, steps, reps, batch):
+def measure(label, task_name, config, rules, steps, reps, batch, base=None):
     task, model, x, y, made = build(task_name, config, rules, steps, batch)
+    run = {name: (lambda r=made[name]: r.compute_gradients(model, x, y, task.loss_fn, {}, 1.0)) for name in rules}
+    if base is not None:  # the first rule with the other checkout's scans, right before the rule itself
+        run = {f"{rules[0]} (base kernels)": with_scans(base, run[rules[0]]), **run}
+        next(iter(run.values()))()  # warm-up
+    rules = list(run)
     parts = {name: defaultdict(list) for name in rules}
     load_at_start, other = os.getloadavg()[0], OtherLoad()
     for _ in range(reps):
@@ -102,7 +114,7 @@ def measure(label, task_name, config, rules, steps, reps, batch):
             model.zero_grad(set_to_none=True)
             _acc.clear()
             c0 = time.process_time()
-            made[name].compute_gradients(model, x, y, task.loss_fn, {}, 1.0)
+            run[name]()
             total = time.process_time() - c0
             for part, spent in _acc.items():
                 parts[name][part].append(1e3 * spent / batch)
@@ -126,9 +138,11 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--only", nargs="+", default=["784-100", "784-800"])
+    ap.add_argument("--base-kernels", default=None, help="another checkout's root: also HM2-BP with its scans")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "hm2bp_parts.json"))
     a = ap.parse_args(argv)
     install_timers()
+    base = base_scans(a.base_kernels) if a.base_kernels else None
     load_before = os.getloadavg()[0]
     rows = []
     lines = ["| network | T | rule | part | CPU ms/sample median | min | load avg / other CPUs |", "|" + "---|" * 7]
@@ -136,14 +150,15 @@ def main(argv=None) -> int:
         if not any(o in label for o in a.only) or "hm2bp" not in rules:
             continue
         for steps in a.T:
-            for r in measure(label, task, config, rules, steps, a.reps, a.batch):
+            for r in measure(label, task, config, rules, steps, a.reps, a.batch, base):
                 rows.append(r)
                 mark = " (loaded)" if r["under_load"] else ""
                 lines.append(f"| {label} | {steps} | {r['rule']} | {r['part']} | {r['cpu_ms_per_sample_median']:.3f} | "
                              f"{r['cpu_ms_per_sample_min']:.3f} | {r['loadavg']:.1f} / {r['other_cpus'] or 0:.2f}"
                              f"{mark} |")
                 print(lines[-1], flush=True)
-    write_results(a.out, "benchmarks/diag_hm2bp_parts.py", argv, {"benchmark": "hm2bp_parts", "batch": a.batch},
+    write_results(a.out, "benchmarks/diag_hm2bp_parts.py", argv, {"benchmark": "hm2bp_parts", "batch": a.batch,
+                                                                   "base_kernels": a.base_kernels},
                   rows, load_before)
     print("\n".join(lines))
     return 0

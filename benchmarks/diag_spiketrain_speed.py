@@ -29,6 +29,14 @@ module fails to load).
 
     NUMBA_CACHE_DIR=$(mktemp -d) python benchmarks/diag_spiketrain_speed.py --only 784-800 --T 200 --base-kernels /tmp/base
 
+``--variant MODULE:ATTR=VALUE`` adds a row "RULE (MODULE:ATTR=VALUE)": the rule with a module attribute set to
+VALUE (a Python literal or ``A**B``; several assignments joined by ``,``) while its steps run, interleaved with
+the others: a step-level A/B of a switch or constant in one process, e.g. the wide layer's weight gradient by the
+row-by-row scatter against the tiled one:
+
+    python benchmarks/diag_spiketrain_speed.py --only 784-800 --T 200 \
+        --variant snn2hw.learning.spsp_kernels:SCATTER_TILE_MIN_WIDTH=10**9
+
 Writes ``benchmarks/results/spiketrain_speed_interleaved.json``.
 """
 from __future__ import annotations
@@ -101,6 +109,34 @@ def with_scans(scans: dict, run):
     return swapped
 
 
+def with_attribute(spec: str, run):
+    """``run`` with ``MODULE:ATTR=VALUE`` (``spec``; VALUE a Python literal or ``A**B``; several assignments
+    separated by ``,``) set while it runs."""
+    import ast
+    import importlib
+
+    changes = []
+    for part in spec.split(","):
+        target, value = part.split("=", 1)
+        module_name, attr = target.split(":")
+        module = importlib.import_module(module_name)
+        getattr(module, attr)  # fails early on a misspelt name
+        tree = ast.parse(value, mode="eval").body
+        changes.append((module, attr, ast.literal_eval(tree.left) ** ast.literal_eval(tree.right)
+                        if isinstance(tree, ast.BinOp) and isinstance(tree.op, ast.Pow) else ast.literal_eval(tree)))
+
+    def swapped():
+        own = [getattr(module, attr) for module, attr, _ in changes]
+        for module, attr, new in changes:
+            setattr(module, attr, new)
+        try:
+            run()
+        finally:
+            for (module, attr, _), value in zip(changes, own):
+                setattr(module, attr, value)
+    return swapped
+
+
 def build(task_name: str, config: str, rules: list, steps: int, batch: int):
     """(task, model, x, y, {rule name: rule}) of a network of ``NETWORKS``: random input spikes of density 0.1, every
     rule set up and warmed up by one step (compilation, fits)."""
@@ -126,13 +162,17 @@ def build(task_name: str, config: str, rules: list, steps: int, batch: int):
 
 
 def measure(label: str, task_name: str, config: str, rules: list, steps: int, reps: int, batch: int,
-            floor: bool = False, base: dict | None = None) -> list:
+            floor: bool = False, base: dict | None = None, variants: tuple = ()) -> list:
     task, model, x, y, made = build(task_name, config, rules, steps, batch)
     steps_of = {name: (lambda r=made[name]: r.compute_gradients(model, x, y, task.loss_fn, {}, 1.0)) for name in rules}
     if base is not None:  # the rule with the other checkout's scans, right before the rule itself
         variant = with_scans(base, steps_of[rules[0]])
         variant()  # warm-up
         steps_of = {f"{rules[0]} (base kernels)": variant, **steps_of}
+    for spec in variants:  # the rule with a changed module attribute, right before the rule itself
+        variant = with_attribute(spec, steps_of[rules[0]])
+        variant()  # warm-up (and compilation of whatever the change selects)
+        steps_of = {f"{rules[0]} ({spec})": variant, **steps_of}
     products = product_floor(model, made[rules[0]], x) if floor else None
     if products is not None:
         products()
@@ -166,6 +206,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="+", default=["784-100"], help="networks whose label contains one of these")
     ap.add_argument("--floor", action="store_true", help="also time the input products alone (dense networks)")
     ap.add_argument("--base-kernels", default=None, help="another checkout's root: also time the rule with its scans")
+    ap.add_argument("--variant", nargs="+", default=[], metavar="MODULE:ATTR=VALUE",
+                    help="also time the rule with a module attribute changed (an A/B in one process)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "spiketrain_speed_interleaved.json"))
     a = ap.parse_args(argv)
     env = environment()
@@ -177,7 +219,7 @@ def main(argv=None) -> int:
         if not any(o in label for o in a.only):
             continue
         for steps in a.T:
-            for r in measure(label, task, config, rules, steps, a.reps, a.batch, a.floor, base):
+            for r in measure(label, task, config, rules, steps, a.reps, a.batch, a.floor, base, tuple(a.variant)):
                 rows.append(r)
                 mark = " (loaded)" if r["under_load"] else ""
                 lines.append(f"| {label} | {steps} | {r['rule']} | {r['cpu_ms_per_sample_median']:.3f} "

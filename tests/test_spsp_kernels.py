@@ -30,7 +30,7 @@ def test_forward_scan_equals_tensor_loop(monkeypatch, dtype, t_ref, bias, per_ne
     # a time-weighted sum of the currents made in the same pass (HM2-BP's virtual T-PSP): per step, or per
     # step and neuron
     kernel = torch.rand(53, 7 if per_neuron else 1, generator=g, dtype=dtype)
-    out, vsum, weighted, bias_sum = [], [], [], []
+    out, vsum, weighted, bias_sum, counts = [], [], [], [], []
     for compiled in (True, False):
         if not compiled:
             lam_p = spsp_adjoint(out[0].to(dtype), spec.alpha, spec.beta, t_ref)[1]  # (the compiled adjoint)
@@ -38,13 +38,17 @@ def test_forward_scan_equals_tensor_loop(monkeypatch, dtype, t_ref, bias, per_ne
         acc = torch.zeros(3, 7, dtype=torch.float64)
         w = torch.full((3, 7), 0.5, dtype=dtype)
         bsum = torch.zeros(3, 7, dtype=torch.float64)
+        cnt = torch.full((3, 7), 2.0, dtype=torch.float64)  # counts are added to what is there, chunk by chunk
         out.append(lif_sequence_chunked(lambda t0, t1: a[:, t0:t1], 3, 53, 7, spec, None, 8, a, torch.bool, acc,
-                                        time_weights=kernel, weighted=w, bias_sum=bsum))
+                                        cnt, time_weights=kernel, weighted=w, bias_sum=bsum))
         vsum.append(acc)
+        counts.append(cnt)
         weighted.append(w)
         bias_sum.append(bsum)
     assert out[0].sum() > 20
     assert torch.equal(out[0], out[1])  # bit for bit, across chunk boundaries
+    for cnt in counts:
+        assert torch.equal(cnt, 2.0 + out[0].sum(1, dtype=torch.float64))
     tol = dict(rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-6)
     torch.testing.assert_close(vsum[0], vsum[1], **tol)
     assert bool((vsum[0] > 0).any())
@@ -132,6 +136,34 @@ def test_event_driven_products_equal_dense(binary):
     dots = torch.zeros(3, 9, dtype=torch.float64)
     spsp_kernels.spike_dots(grad, s, w_t, dots)
     torch.testing.assert_close(dots, ((grad @ w_t.t()) * sf).sum(1), rtol=1e-12, atol=1e-12)
+
+
+def test_tiled_scatter_equals_row_scatter_bit_for_bit(monkeypatch):
+    """A wide shared output (a wide layer's weight gradient) is scattered tile by tile of columns with register
+    accumulators; the sums must be the row-by-row kernel's, in the same order, so equal bit for bit: 0/1 bool and
+    float trains (both take the 0/1 path) and valued ones, float32 (64-column tiles) and float64 (32), with and
+    without the hop's lag, on strided views, over several row blocks (``SCATTER_ROW_BLOCK`` 7) and in one, a
+    width that is not a multiple of the tile, onto a non-zero ``out``."""
+    g = torch.Generator().manual_seed(6)
+    for dtype, kind, lag, block in ((torch.float32, "bool", 1, 7), (torch.float64, "float", 0, 512),
+                                    (torch.float64, "valued", 1, 7)):
+        s = torch.rand(3, 18, 41, generator=g) < 0.2
+        if kind != "bool":
+            s = s.to(dtype) * (torch.randn(3, 18, 41, generator=g, dtype=dtype) if kind == "valued" else 1)
+        s = s[:, :17]  # a strided view, as the rule passes its stored trains
+        grad = torch.randn(3, 17 + lag, 100, generator=g, dtype=dtype)
+        start = torch.randn(1, 41, 100, generator=g, dtype=dtype)
+        outs = []
+        for width in (64, 10 ** 9):  # tiled, then row by row
+            monkeypatch.setattr(spsp_kernels, "SCATTER_TILE_MIN_WIDTH", width)
+            monkeypatch.setattr(spsp_kernels, "SCATTER_ROW_BLOCK", block)
+            out = start.clone()
+            spsp_kernels.scatter_rows(grad, s, out, per_sample=False, lag=lag)
+            outs.append(out)
+        bits = torch.int32 if dtype == torch.float32 else torch.int64
+        assert torch.equal(outs[0].view(bits), outs[1].view(bits)), (dtype, kind, lag, block)
+        expected = start[0] + s.to(dtype).reshape(-1, 41).t() @ grad[:, lag:lag + 17].reshape(-1, 100)
+        torch.testing.assert_close(outs[0][0], expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("rule_name,rec,t_ref", [("hm2bp", False, 0), ("hm2bp", False, 2), ("strsbp", True, 0)])

@@ -65,6 +65,10 @@ EVENT_DENSITY = 0.05
 # GEMM's, is at most WEIGHT_EVENT_BUDGET. Measured against the GEMM (784 inputs, one thread, interleaved, under
 # load): 800 neurons 0.55 / 0.60 / 0.80 / 0.99x at 3 / 10 / 15 / 20 % density, 400 neurons 0.86 / 1.10x at
 # 10 / 15 %, which (a, b) = (3.4, 2080) fits; 100 neurons 1.3x even at 3 % (each spike's row is too short).
+# Those were measured with the row-by-row scatter; the tiled one ``scatter_rows`` now uses for such outputs
+# (64 columns per tile, accumulators in registers) takes 0.7-0.9x its CPU time at 800 neurons and 10 % density,
+# so the rule is conservative there (not refitted). At 100 neurons the tiled scatter still loses to the GEMM
+# (the step took 1.12-1.13x with every weight gradient event-driven, T = 200 and 800, under load).
 WEIGHT_EVENT_COST = (3.4, 2080.0)
 WEIGHT_EVENT_BUDGET = 0.8
 WEIGHT_EVENT_MIN_WIDTH = 400

@@ -15,8 +15,17 @@ same order and rounded once in the input's dtype (numba does not fuse ``x * y + 
 ``fastmath``), so spikes and kernels are bit-identical to ``spsp.lif_sequence`` / ``spsp.spsp_adjoint``
 and, with ``t_ref = 0``, to the layers' own forward (tests/test_learning_spiketrain.py checks both).
 The sums are accumulated in float64. Without numba (or on CUDA) the callers use their tensor loops.
+
+The event-driven products (``scatter_rows``, ``spike_dots``) add rows of a gradient per input spike. Into
+one shared wide output (a wide layer's weight gradient, ``spsp.dense_hop_block``) ``scatter_rows`` goes
+tile by tile of 64 float32 / 32 float64 output columns, with the tile's accumulators in registers (an
+array on the stack, ``_tile_accumulators``: one on the heap is reloaded and stored at every addition),
+over the spikes regrouped by input per block of rows; the sums and their order are those of the
+row-by-row scatter, so the result is the same bit for bit.
 """
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import torch
@@ -29,6 +38,19 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
     numba = None
 
 _L2_BYTES = 256 * 1024
+# ``scatter_rows`` into one shared output (a wide layer's weight gradient) goes tile by tile of output columns
+# (``_tiled_scatter_py``) for outputs at least this wide; narrower ones, and per-sample outputs, row by row.
+# Module-level so that a benchmark can switch it off for an A/B (``diag_spiketrain_speed.py --variant``).
+SCATTER_TILE_MIN_WIDTH = 64
+# (sample, step) rows per block of the tiled scatter: a block's (rows, tile) slice of g is copied next to the
+# accumulators (128 KiB at 64 float32 columns, in L2); each input's list of rows in a block is what the
+# accumulators of one tile row sum in registers (about density x rows additions per load and store).
+SCATTER_ROW_BLOCK = 512
+# Bytes of one tile's accumulators in the tiled scatter: 64 float32 / 32 float64 columns, 8 AVX2 registers.
+_TILE_ACC_BYTES = 256
+# The tiled scatter's copies of g's block slices, one per tile (ceil(N / 64) x 128 KiB for float32), kept per
+# thread between calls (``_tiled_scatter``): a fresh buffer would cost a page fault per 4 KiB every call.
+_tile_buffers = threading.local()
 
 __all__ = ["usable", "lif_scan_chunk", "adjoint_scan_chunk"]
 
@@ -120,7 +142,10 @@ if numba is not None:
         that it vectorises (about 3x faster): the same products and sums in the same order, so the same
         spikes bit for bit. ``has_bias``, ``has_rec`` and ``weights`` are closure constants; ``weights`` 1 or
         2 also adds ``tw[t] a[b, t]`` over the chunk's steps to ``tsum[b]`` (float64), with ``tw`` (C, 1) or
-        (C, N): a time-weighted sum of the currents made while they are read anyway. ``lag`` (0 or 1): the current
+        (C, N): a time-weighted sum of the currents made in the same loop that reads them (a separate loop over the
+        step read the currents twice: 0.94x the kernel's CPU time fused). The counts are added after each sample's
+        scan from its spike bytes (int32, exact), not by a float64 select-and-add per step and neuron inside it
+        (0.86x the kernel's CPU time, 784-800-10's hidden layer at T = 200). ``lag`` (0 or 1): the current
         of step t is ``a[b, t - lag]`` (zero before), so a window's undelayed currents need no shifted copy. With a
         bias it also adds,
         at each spike, the bias part of the membrane per unit bias, ``sum_k beta^(t-k)`` over the steps since
@@ -141,14 +166,6 @@ if numba is not None:
                 for t in range(steps):
                     at = a[b, t - lag] if t >= lag else none
                     sp = spikes[b, t]
-                    if weights == 1:
-                        k = tw[t, 0]
-                        for i in range(n):
-                            ts[i] += k * at[i]
-                    elif weights == 2:
-                        kt = tw[t]
-                        for i in range(n):
-                            ts[i] += kt[i] * at[i]
                     add_rec = has_rec and not (first and t == 0)
                     if add_rec:  # r = V s[t-1], summed over the spiking sources in ascending order
                         for i in range(n):
@@ -157,7 +174,13 @@ if numba is not None:
                             if sb[j]:
                                 for i in range(n):
                                     r[i] += rec_t[j, i]
+                    k = tw[t, 0] if weights == 1 else zero
+                    kt = tw[t] if weights == 2 else at  # (``at``: a placeholder, never read)
                     for i in range(n):
+                        if weights == 1:  # the time-weighted sum, in the pass that reads the current anyway
+                            ts[i] += k * at[i]
+                        elif weights == 2:
+                            ts[i] += kt[i] * at[i]
                         ai = at[i] + r[i] if add_rec else at[i]  # a[t] = a_ff[t] + V s[t-1]
                         uu = ub[i] * alpha[i] + ai  # u[t] = alpha u[t-1] + a[t]
                         ub[i] = uu
@@ -167,7 +190,6 @@ if numba is not None:
                         fire = x > vth[i]
                         sp[i] = fire
                         vs[i] += x if fire else 0.0
-                        cn[i] += 1.0 if fire else 0.0
                         vb[i] = zero if fire else x
                         if has_bias:  # the bias part of v per unit bias, sum_k beta^(t-k) since the last reset
                             w = wb[i] * beta[i] + one
@@ -176,6 +198,15 @@ if numba is not None:
                     if has_rec:
                         for i in range(n):
                             sb[i] = sp[i]
+                # the counts from the chunk's spikes after the scan (integers: exact in any order), one byte add
+                # per step and neuron, cheaper than a float64 select-and-add per step inside the scan
+                c = np.zeros(n, dtype=np.int32)
+                for t in range(steps):
+                    sp = spikes[b, t]
+                    for i in range(n):
+                        c[i] += sp[i]
+                for i in range(n):
+                    cn[i] += c[i]
 
         return numba.njit(parallel=parallel, nogil=True, boundscheck=False, cache=True)(scan)
 
@@ -333,6 +364,136 @@ if numba is not None:
 
 
 if numba is not None:
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def _tile_width(typingctx, like):
+        """The number of ``like``'s elements in ``_TILE_ACC_BYTES``, as a compile-time constant (so that loops over
+        a tile have a fixed trip count and unroll)."""
+        def codegen(context, builder, sig, args):
+            return context.get_constant(numba.types.intp, _TILE_ACC_BYTES // (like.dtype.bitwidth // 8))
+        return numba.types.intp(like), codegen
+
+    @intrinsic
+    def _tile_accumulators(typingctx, like):
+        """An uninitialised array of ``_tile_width(like)`` elements of ``like``'s dtype in the caller's stack frame.
+        An array from ``np.empty`` lives on the heap, where LLVM must assume that stores into it may alias the
+        arrays a loop reads, so it reloads and stores it at every step; a fixed-size stack array whose elements
+        are only indexed by fully unrolled loops is promoted to registers."""
+        arr = numba.types.Array(like.dtype, 1, "C")
+
+        def codegen(context, builder, sig, args):
+            item = context.get_data_type(like.dtype)
+            size = context.get_constant(numba.types.intp, context.get_abi_sizeof(item))
+            n = _TILE_ACC_BYTES // (like.dtype.bitwidth // 8)
+            ary = context.make_array(arr)(context, builder)
+            context.populate_array(ary, data=cgutils.alloca_once(builder, item, size=n),
+                                   shape=[context.get_constant(numba.types.intp, n)], strides=[size], itemsize=size,
+                                   meminfo=None)
+            return ary._getvalue()
+        return arr(like), codegen
+
+    def _column_counts_py(s, shape, rblock, counts, others):
+        """``counts[q, j + 1]`` = non-zeros of input j in block q of ``rblock`` (sample, step) rows of a train (B, C,
+        M), ``others[q]`` = how many of them are not 1 (none: a 0/1 train, whose values need not be kept). The
+        train is ``s`` (1-D, contiguous: its rows, which need not be adjacent, vectorise), row (b, t) at
+        ``s[b * shape[3] + t * shape[4]:][:M]``; ``shape`` = (B, C, M, sample stride, step stride)."""
+        batch, steps, m, ss, ts = shape
+        rows = batch * steps
+        for q in numba.prange(counts.shape[0]):
+            cnt = counts[q]
+            for j in range(m + 1):
+                cnt[j] = 0
+            o = 0
+            for r in range(q * rblock, min(q * rblock + rblock, rows)):
+                b = r // steps
+                at = b * ss + (r - b * steps) * ts
+                row = s[at:at + m]
+                for j in range(m):
+                    x = row[j]
+                    cnt[j + 1] += x != 0
+                    o += (x != 0) & (x != 1)
+            others[q] = o
+
+    def _column_fill_py(s, shape, rblock, col_ptr, rows_local, vals, binary):
+        """Each block's non-zeros of s regrouped by input (a counting sort, ascending in the row): those of input j
+        in block q are ``col_ptr[q, j]:col_ptr[q, j + 1]``, ``rows_local`` their row within the block, ``vals``
+        their values (not written for a 0/1 train). A row's non-zeros are first listed without a branch on the
+        spike pattern (``nz``). ``s`` and ``shape`` as in ``_column_counts_py``."""
+        batch, steps, m, ss, ts = shape
+        rows = batch * steps
+        for q in numba.prange(col_ptr.shape[0]):
+            pos = col_ptr[q, :m].copy()
+            nz = np.empty(m, dtype=np.int64)
+            r0 = q * rblock
+            for r in range(r0, min(r0 + rblock, rows)):
+                b = r // steps
+                at = b * ss + (r - b * steps) * ts
+                row = s[at:at + m]
+                c = 0
+                for j in range(m):
+                    nz[c] = j
+                    c += row[j] != 0
+                for k in range(c):
+                    j = nz[k]
+                    rows_local[pos[j]] = r - r0
+                    if not binary:
+                        vals[pos[j]] = row[j]
+                    pos[j] += 1
+
+    def _tiled_scatter_py(g, steps, lag, rblock, col_ptr, rows_local, vals, binary, out, buf):
+        """``out[j, :] += sum_r s[r, j] g[r + lag, :]`` over tiles of ``cb = _tile_width(g)`` output columns (a
+        compile-time constant: the loops over a tile unroll, and its accumulators stay in registers). Per tile and
+        block of rows (``col_ptr``/``rows_local``/``vals`` from ``_column_fill_py``), the block's slice of g is
+        copied beside the accumulators (into ``buf[tile]``, zero past the last column), and each input's row of
+        the tile is loaded into registers once, gets the block's rows with a non-zero at that input added in
+        ascending order, and is stored once. Every sum is the row-by-row scatter's, in the same order (ascending
+        (sample, step) per output element, starting from ``out``), so the result is the same bit for bit."""
+        cb = _tile_width(g)
+        n = g.shape[2]
+        m = out.shape[0]
+        rows = g.shape[0] * steps
+        for tile in numba.prange((n + cb - 1) // cb):
+            blk = buf[tile]
+            acc = _tile_accumulators(g)
+            lo = tile * cb
+            width = min(cb, n - lo)
+            for q in range(col_ptr.shape[0]):
+                r0 = q * rblock
+                if col_ptr[q, 0] == col_ptr[q, m]:
+                    continue
+                for r in range(r0, min(r0 + rblock, rows)):
+                    b = r // steps
+                    t = r - b * steps + lag
+                    for k in range(width):
+                        blk[r - r0, k] = g[b, t, lo + k]
+                    for k in range(width, cb):
+                        blk[r - r0, k] = 0
+                for j in range(m):
+                    p0, p1 = col_ptr[q, j], col_ptr[q, j + 1]
+                    if p0 == p1:
+                        continue
+                    for k in range(width):
+                        acc[k] = out[j, lo + k]
+                    for k in range(width, cb):
+                        acc[k] = 0
+                    if binary:
+                        for p in range(p0, p1):
+                            rr = rows_local[p]
+                            for k in range(cb):
+                                acc[k] += blk[rr, k]
+                    else:
+                        for p in range(p0, p1):
+                            v = vals[p]
+                            rr = rows_local[p]
+                            for k in range(cb):
+                                acc[k] += v * blk[rr, k]
+                    for k in range(width):
+                        out[j, lo + k] = acc[k]
+
+
+if numba is not None:
     # each scan compiled twice: parallel over the batch, and serial for one thread (a parallel kernel hands
     # its work to the thread pool even with one thread, and on a loaded machine waking it costs
     # milliseconds per call)
@@ -340,6 +501,10 @@ if numba is not None:
               for name, fn in (("lif", _lif_scan_py), ("adjoint", _adjoint_scan_py), ("scatter", _scatter_rows_py),
                                ("adjoint_virtual", _adjoint_virtual_py), ("plain_adjoint", _plain_adjoint_py))
               for par in (False, True)}
+    _SCANS.update({(name, par): numba.njit(parallel=par, nogil=True, boundscheck=False, cache=True)(fn)
+                   for name, fn in (("column_counts", _column_counts_py), ("column_fill", _column_fill_py),
+                                    ("tiled_scatter", _tiled_scatter_py))
+                   for par in (False, True)})
     _SCANS.update({("plain_lif", bias, rec, weights, par): _plain_lif_kernel(bias, rec, weights, par)
                    for bias in (False, True) for rec in (False, True) for weights in (0, 1, 2)
                    for par in (False, True)})
@@ -377,11 +542,50 @@ def scatter_rows(g: torch.Tensor, s: torch.Tensor, out: torch.Tensor, per_sample
         raise ValueError(f"scatter_rows: g has {g.shape[1]} steps, the spikes need {s.shape[1]} + lag {lag}")
     binary = s.dtype == torch.bool
     g = g.detach().contiguous()
+    if (not per_sample and out.shape[2] >= SCATTER_TILE_MIN_WIDTH and g.dtype == out.dtype
+            and (binary or s.dtype == g.dtype)):
+        _tiled_scatter(g.numpy(), _np(s), out[0].numpy(), binary, int(lag))
+        return
     # row blocks: one per thread, and small enough that a block of ``out`` stays in a core's L2 cache
     # while all of g streams past it (each non-zero then updates a cached row)
     rows = out.shape[0] * out.shape[1] if per_sample else out.shape[1]
     blocks = max(_threads(), min(out.shape[1], -(-rows * out.shape[2] * out.element_size() // _L2_BYTES)))
     _scan("scatter")(g.numpy(), _np(s), out.numpy(), bool(per_sample), binary, blocks, int(lag))
+
+
+def _tiled_scatter(g: np.ndarray, s: np.ndarray, out: np.ndarray, binary: bool, lag: int) -> None:
+    """``scatter_rows`` into one shared (M, N) ``out`` tile by tile of columns: the non-zeros of s regrouped by
+    input per block of ``SCATTER_ROW_BLOCK`` rows, then ``_tiled_scatter_py`` (same sums, same order)."""
+    batch, steps, m = s.shape
+    if s.strides[2] != s.itemsize:
+        s = np.ascontiguousarray(s)
+    # the train as one contiguous span from its first to its last element, rows located by their strides (a
+    # strided 3-D view, as the rule passes its stored trains, would not let the loops over a row vectorise)
+    ss, ts = (st // s.itemsize for st in s.strides[:2])
+    flat = np.lib.stride_tricks.as_strided(s, shape=((batch - 1) * ss + (steps - 1) * ts + m,), strides=(s.itemsize,))
+    shape = (batch, steps, m, ss, ts)
+    rblock = min(SCATTER_ROW_BLOCK, 1 << 16)  # a row's number within its block is 16 bits
+    blocks = -(-batch * steps // rblock)
+    col_ptr = np.empty((blocks, m + 1), dtype=np.int64)
+    others = np.empty(blocks, dtype=np.int64)
+    _scan("column_counts")(flat, shape, rblock, col_ptr, others)
+    binary = binary or not others.any()  # a float 0/1 train: 1 * g is g, so the sums need no products
+    ends = np.cumsum(col_ptr[:, 1:], axis=None).reshape(blocks, m)  # running totals over (block, input)
+    col_ptr[:, 1:] = ends
+    col_ptr[0, 0] = 0
+    col_ptr[1:, 0] = ends[:-1, -1]
+    nnz = int(col_ptr[-1, -1])
+    if nnz == 0:
+        return
+    rows_local = np.empty(nnz, dtype=np.uint16)
+    vals = np.empty(0 if binary else nnz, dtype=out.dtype)
+    _scan("column_fill")(flat, shape, rblock, col_ptr, rows_local, vals, binary)
+    cb = _TILE_ACC_BYTES // out.itemsize
+    key = (-(-out.shape[1] // cb), rblock, cb, out.dtype)
+    buf = getattr(_tile_buffers, "buf", None)
+    if buf is None or (buf.shape[0], buf.shape[1], buf.shape[2], buf.dtype) != key:
+        buf = _tile_buffers.buf = np.empty(key[:3], dtype=out.dtype)
+    _scan("tiled_scatter")(g, steps, lag, rblock, col_ptr, rows_local, vals, binary, out, buf)
 
 
 def spike_dots(g: torch.Tensor, s: torch.Tensor, wt: torch.Tensor, out: torch.Tensor) -> None:
