@@ -33,9 +33,8 @@ stored with every run; a run whose ``results.json`` already exists is read back,
     python benchmarks/bench_spiketrain_accuracy.py calib-cnn4        # paper CNN's start: calibration folds, validation
     python benchmarks/bench_spiketrain_accuracy.py final-cnn4        # its choice (per-unit), 3 seeds x 2 epochs, both rules
     python benchmarks/bench_spiketrain_accuracy.py final-cnn4-e1     # the same at one epoch (--collect: stored runs)
-    python benchmarks/bench_spiketrain_accuracy.py tune-cnn5         # HM2-BP digits CNN at 15 epochs: label target, 2 seeds
-    python benchmarks/bench_spiketrain_accuracy.py probe-cnn5        # paper CNN, HM2-BP after 1,600 images: label target
-    python benchmarks/bench_spiketrain_accuracy.py final-cnn5        # digits CNN, tune-cnn5's choice, 3 x 15, both rules
+    python benchmarks/bench_spiketrain_accuracy.py tune-cnn5         # HM2-BP digits CNN at BPTT's 15 epochs: candidates
+    python benchmarks/bench_spiketrain_accuracy.py tune-cnn5-paper   # paper CNN, HM2-BP 1 epoch: cosine over steps
     python benchmarks/bench_spiketrain_accuracy.py tune-mnist-e3     # MNIST-10k MLP rows: options at 3 epochs
     python benchmarks/bench_spiketrain_accuracy.py final-mnist-e3    # their rows, 3 seeds x 3 epochs
     python benchmarks/bench_spiketrain_accuracy.py final-mnist-e3 --collect   # tabulate; rows also into
@@ -262,14 +261,25 @@ TUNE_CNN5 = [
      "tune/digits_cnn_hm2bp_mse_cos2e-3.json", "hm2bp", 15, 2),
     ("digits CNN 15c3-p2-40c2-p2-300-10 T60, HM2-BP papers' MSE, targets 30/3, cosine 2e-3", "digits",
      "tune/digits_cnn_hm2bp_mse_t30_cos2e-3.json", "hm2bp", 15, 2),
+    # against the drift that ended the 30-epoch run (hidden rates 0.08 -> 0.18-0.24 by epoch 16): AdamW's decoupled
+    # weight decay 0.5 (the Braille FA rows' value), seed 0
+    ("digits CNN 15c3-p2-40c2-p2-300-10 T60, HM2-BP papers' MSE, targets 18/3, cosine 2e-3, AdamW decay 0.5", "digits",
+     "tune/digits_cnn_hm2bp_mse_cos2e-3_wd0.5.json", "hm2bp", 15, 1),
 ]
-# stage ``probe-cnn5`` (``benchmarks/results/spiketrain_cnn_probe5.json``): the paper's CNN on MNIST-10k, HM2-BP after
-# the first 1,600 training images (``benchmarks/diag_cnn_calib_start.py``, per-unit calibration, the schedule's
-# starting rate), whole validation split: the label's target 25 (half of T) against 15 (``diag_cnn_readout.py``
-# on ``final-cnn4-e1``'s seed 0: the label output is silent on 13.1 % of the validation images, BPTT's on 0.5 %).
-# (rule, config, seed, fold); each JSON is ``out/calib_start/{rule}-{config stem}-s{seed}-{fold}.json``.
-PROBE_CNN5 = [("hm2bp", "tune/mnist10k_cnn_hm2bp_mse_cos_neurons.json", 0, "neurons"),
-              ("hm2bp", "tune/mnist10k_cnn_hm2bp_mse_t25_cos_neurons.json", 0, "neurons")]
+# stage ``tune-cnn5-paper`` (``benchmarks/results/spiketrain_cnn_tuning5_paper.json``): the paper's CNN on MNIST-10k,
+# HM2-BP, seed 0, one epoch, compared on validation with ``final-cnn4-e1``'s seed 0 (the same command: reused).
+# ``scheduler: "cosine"`` steps once per epoch, so a 1-epoch run trains at a constant 2e-3; candidate: the same
+# cosine over every optimizer step (``"cosine_steps"``). ``diag_cnn_readout.py`` on ``final-cnn4-e1``'s seed 0: the
+# label output is silent on 13.1 % of the validation images (BPTT's 0.5 %), and training accuracy over the
+# epoch equals BPTT's (71 / 70 %) while validation at its end does not (80.7 / 92.3 %). Stopped (seed 0, one epoch
+# not finished in the time left): the label target 25 instead of 15 (``tune/mnist10k_cnn_hm2bp_mse_t25_cos_neurons.json``;
+# on the digits CNN the larger target doubled the label's margin but not the accuracy).
+TUNE_CNN5_PAPER = [
+    ("mnist10k CNN 15c5-p2-40c5-p2-300-10 T50, per-unit calibration, HM2-BP papers' MSE, constant 2e-3", "mnist10k",
+     "tune/mnist10k_cnn_hm2bp_mse_cos_neurons.json", "hm2bp", 1, 1),
+    ("mnist10k CNN 15c5-p2-40c5-p2-300-10 T50, per-unit calibration, HM2-BP papers' MSE, cosine over steps 2e-3",
+     "mnist10k", "tune/mnist10k_cnn_hm2bp_mse_cossteps_neurons.json", "hm2bp", 1, 1),
+]
 # issue 8, MNIST-10k MLP rows at 3 epochs (stage ``tune-mnist-e3``, ``benchmarks/results/spiketrain_mnist10k_tuning_e3.json``),
 # seed 0, compared on validation accuracy (images 7000-7999):
 # * BPTT's learning rate and schedule at the rows' length (3 epochs): last round's constant 2e-3, cosine from 2e-3
@@ -444,33 +454,6 @@ def calib_start(rerun: bool, collect: bool = False) -> None:
                                "rows": rows}, indent=1, default=str) + "\n")
 
 
-def start_probes(plan: list, name: str, samples: int, rerun: bool, collect: bool = False) -> None:
-    """Validation accuracy after the first ``samples`` training images for each (rule, config, seed, fold) of
-    ``plan``, from ``benchmarks/diag_cnn_calib_start.py`` in fresh single-threaded processes (``calib_start``
-    for any rule and config)."""
-    rows = []
-    for rule, config, seed, fold in plan:
-        path = ROOT / "out" / "calib_start" / f"{rule}-{Path(config).stem}-s{seed}-{fold}.json"
-        cmd = ["python", "benchmarks/diag_cnn_calib_start.py", "--config", f"benchmarks/configs/{config}",
-               "--rule", rule, "--seed", str(seed), "--samples", str(samples), "--fold", fold,
-               "--json", str(path.relative_to(ROOT))]
-        if collect and not path.is_file():
-            continue
-        if rerun or not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            proc = subprocess.run([sys.executable, *cmd[1:]], cwd=ROOT, env={**os.environ, **ENV},
-                                  capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-        r = json.loads(path.read_text())
-        rows.append({**r, "command": " ".join(cmd), "under_load": r["loadavg"][0] > 1.5})
-        print(f"{rule:6s} {config:50s} seed {seed} fold {fold:8s} validation {100 * r['val_accuracy']:.1f} %  "
-              f"(after {r['samples']} images)", flush=True)
-    out = ROOT / "benchmarks" / "results" / f"{name}.json"
-    out.write_text(json.dumps({"benchmark": name, "environment": environment(), "rows": rows}, indent=1,
-                              default=str) + "\n")
-
-
 def merge_rows(src: str, dst: str) -> None:
     """Copy the rows of ``benchmarks/results/SRC.json`` into ``DST.json`` (a row of the same label, rule and
     epochs replaced, others kept), so that one file holds a task's rows from several stages."""
@@ -490,7 +473,7 @@ def main(argv=None) -> int:
     ap.add_argument("stage", choices=["tune", "tune-strsbp", "tune-strsbp20", "tune-mnist", "final", "final-strsbp",
                                       "final-strsbp20", "final-strsbp40", "final-mnist", "tune-cnn", "final-cnn", "tune-cnn2", "final-cnn2",
                                       "final-cnn3", "calib-cnn4", "final-cnn4", "final-cnn4-e1",
-                                      "tune-cnn5", "probe-cnn5", "final-cnn5",
+                                      "tune-cnn5", "tune-cnn5-paper",
                                       "tune-mnist-e3", "final-mnist-e3", "final-mnist-e6"])
     ap.add_argument("--only", default=None, help="final: rows whose label contains this text; tune stages: "
                     "configs whose path contains it")
@@ -541,10 +524,8 @@ def main(argv=None) -> int:
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_CNN4_E1, "spiketrain_cnn_accuracy4_e1")
     elif a.stage == "tune-cnn5":
         final(a.only, a.seeds, a.rerun, a.collect, TUNE_CNN5, "spiketrain_cnn_tuning5")
-    elif a.stage == "probe-cnn5":
-        start_probes(PROBE_CNN5, "spiketrain_cnn_probe5", CALIB_CNN4_SAMPLES, a.rerun, a.collect)
-    elif a.stage == "final-cnn5":
-        final(a.only, a.seeds, a.rerun, a.collect, FINAL_CNN5, "spiketrain_cnn_accuracy5")
+    elif a.stage == "tune-cnn5-paper":
+        final(a.only, a.seeds, a.rerun, a.collect, TUNE_CNN5_PAPER, "spiketrain_cnn_tuning5_paper")
     elif a.stage == "final-strsbp":
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_STRSBP, "strsbp_braille_accuracy", REUSE_STRSBP)
     else:
