@@ -350,9 +350,11 @@ FINAL_MNIST_E6 = [
      "tune/mnist10k_mlp100_taskloss_bounds_cos.json", "hm2bp", 6, 1),
     ("mnist10k 784-100-10 T100, 6 epochs, BPTT Adam 2e-3 constant", "mnist10k", "mnist10k_mlp100.json", "bptt", 6, 1),
 ]
-# its choice, 3 seeds x 1 epoch (stage ``final-cnn5-paper``, ``benchmarks/results/spiketrain_cnn_accuracy5_paper.json``),
-# next to ``final-cnn4-e1``'s BPTT rows (the same commands: reused; BPTT's constant 2e-3 was not re-tuned with the
-# per-step schedule)
+# the candidate (82.7 % against 80.7 % on seed 0) at 3 seeds x 1 epoch (stage ``final-cnn5-paper``,
+# ``benchmarks/results/spiketrain_cnn_accuracy5_paper.json``), next to ``final-cnn4-e1``'s BPTT rows (the same
+# commands: reused; BPTT's constant 2e-3 was not re-tuned with the per-step schedule). Seeds 1 and 2 reversed the
+# choice: validation 82.7 / 76.4 / 79.8 % (mean 79.6) against the constant rate's 80.7 / 84.9 / 78.1 % (mean 81.2),
+# so ``final-cnn4-e1``'s HM2-BP row stays the paper CNN's row.
 FINAL_CNN5_PAPER = [TUNE_CNN5_PAPER[1][:5] + (3,), FINAL_CNN4_E1[1]]
 KEEP = ("seed", "float_val_accuracy", "float_test_accuracy", "deployed_test_accuracy", "rule_neuron_test_accuracy",
         "time_per_epoch_s", "peak_memory_mb", "best_epoch")
