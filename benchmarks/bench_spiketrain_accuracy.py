@@ -33,6 +33,10 @@ stored with every run; a run whose ``results.json`` already exists is read back,
     python benchmarks/bench_spiketrain_accuracy.py calib-cnn4        # paper CNN's start: calibration folds, validation
     python benchmarks/bench_spiketrain_accuracy.py final-cnn4        # its choice (per-unit), 3 seeds x 2 epochs, both rules
     python benchmarks/bench_spiketrain_accuracy.py final-cnn4-e1     # the same at one epoch (--collect: stored runs)
+    python benchmarks/bench_spiketrain_accuracy.py tune-cnn5         # HM2-BP digits CNN at BPTT's 15 epochs: candidates
+    python benchmarks/bench_spiketrain_accuracy.py tune-cnn5-paper   # paper CNN, HM2-BP 1 epoch: cosine over steps
+    python benchmarks/bench_spiketrain_accuracy.py final-cnn5        # digits CNN, both rules, 5 seeds x 15 epochs
+    python benchmarks/bench_spiketrain_accuracy.py final-cnn5-paper  # paper CNN, tune-cnn5-paper's choice, 3 x 1, both rules
     python benchmarks/bench_spiketrain_accuracy.py tune-mnist-e3     # MNIST-10k MLP rows: options at 3 epochs
     python benchmarks/bench_spiketrain_accuracy.py final-mnist-e3    # their rows, 3 seeds x 3 epochs
     python benchmarks/bench_spiketrain_accuracy.py final-mnist-e3 --collect   # tabulate; rows also into
@@ -246,6 +250,46 @@ FINAL_CNN4 = [
 ]
 FINAL_CNN4_E1 = [row[:4] + (1, 3) for row in FINAL_CNN4]
 REUSE_STRSBP = {("braille_rec128.json", "bptt", 10): ("spiketrain_accuracy.json", [0, 1])}
+# issue 8, HM2-BP on the digits CNN at BPTT's budget (15 epochs, whose 3 BPTT seeds are ``final-cnn``'s): stage
+# ``tune-cnn5`` (``benchmarks/results/spiketrain_cnn_tuning5.json``), seeds 0 and 1, compared on validation with
+# ``final-cnn2``'s 15-epoch runs (the same commands: stored runs are reused). Candidate: the label's target count
+# 30 (half of T) instead of 18 (``benchmarks/diag_cnn_readout.py``: HM2-BP's label outputs fire 15 spikes, 10 above
+# the largest wrong one; BPTT's fire 34, 29 above). Tried and stopped (seed 0, the stopped runs' logs are quoted in
+# the docs): the same cosine 2e-3 over 30 epochs (validation collapsed from 89.9 % to 58.7 % by epoch 16 at lr
+# 1.7e-3; training accuracy 91.7 -> 73.9 %), and per-unit calibration (``calibrate_fold: "neurons"``; 80.2 % after
+# 5 epochs against 86.5 % without, training accuracy 82.0 against 87.5 %).
+TUNE_CNN5 = [
+    ("digits CNN 15c3-p2-40c2-p2-300-10 T60, HM2-BP papers' MSE, targets 18/3, cosine 2e-3", "digits",
+     "tune/digits_cnn_hm2bp_mse_cos2e-3.json", "hm2bp", 15, 2),
+    ("digits CNN 15c3-p2-40c2-p2-300-10 T60, HM2-BP papers' MSE, targets 30/3, cosine 2e-3", "digits",
+     "tune/digits_cnn_hm2bp_mse_t30_cos2e-3.json", "hm2bp", 15, 2),
+    # against the drift that ended the 30-epoch run (hidden rates 0.08 -> 0.18-0.24 by epoch 16): AdamW's decoupled
+    # weight decay 0.5 (the Braille FA rows' value), seed 0
+    ("digits CNN 15c3-p2-40c2-p2-300-10 T60, HM2-BP papers' MSE, targets 18/3, cosine 2e-3, AdamW decay 0.5", "digits",
+     "tune/digits_cnn_hm2bp_mse_cos2e-3_wd0.5.json", "hm2bp", 15, 1),
+]
+# stage ``final-cnn5`` (``benchmarks/results/spiketrain_cnn_accuracy5.json``): ``tune-cnn5`` chose no new option, so the
+# digits CNN rows of ``final-cnn3`` (HM2-BP's and BPTT's seeds 0-2: the same commands, reused) with more seeds, to
+# measure the gap's spread; seeds beyond the last stored one were run as the time allowed (``--collect``).
+FINAL_CNN5 = [
+    ("digits CNN 15c3-p2-40c2-p2-300-10 T60, HM2-BP papers' MSE, cosine 2e-3", "digits",
+     "tune/digits_cnn_hm2bp_mse_cos2e-3.json", "hm2bp", 15, 5),
+    ("digits CNN 15c3-p2-40c2-p2-300-10 T60, BPTT Adam 5e-3 constant", "digits", "digits_cnn.json", "bptt", 15, 5),
+]
+# stage ``tune-cnn5-paper`` (``benchmarks/results/spiketrain_cnn_tuning5_paper.json``): the paper's CNN on MNIST-10k,
+# HM2-BP, seed 0, one epoch, compared on validation with ``final-cnn4-e1``'s seed 0 (the same command: reused).
+# ``scheduler: "cosine"`` steps once per epoch, so a 1-epoch run trains at a constant 2e-3; candidate: the same
+# cosine over every optimizer step (``"cosine_steps"``). ``diag_cnn_readout.py`` on ``final-cnn4-e1``'s seed 0: the
+# label output is silent on 13.1 % of the validation images (BPTT's 0.5 %), and training accuracy over the
+# epoch equals BPTT's (71 / 70 %) while validation at its end does not (80.7 / 92.3 %). Stopped (seed 0, one epoch
+# not finished in the time left): the label target 25 instead of 15 (``tune/mnist10k_cnn_hm2bp_mse_t25_cos_neurons.json``;
+# on the digits CNN the larger target doubled the label's margin but not the accuracy).
+TUNE_CNN5_PAPER = [
+    ("mnist10k CNN 15c5-p2-40c5-p2-300-10 T50, per-unit calibration, HM2-BP papers' MSE, constant 2e-3", "mnist10k",
+     "tune/mnist10k_cnn_hm2bp_mse_cos_neurons.json", "hm2bp", 1, 1),
+    ("mnist10k CNN 15c5-p2-40c5-p2-300-10 T50, per-unit calibration, HM2-BP papers' MSE, cosine over steps 2e-3",
+     "mnist10k", "tune/mnist10k_cnn_hm2bp_mse_cossteps_neurons.json", "hm2bp", 1, 1),
+]
 # issue 8, MNIST-10k MLP rows at 3 epochs (stage ``tune-mnist-e3``, ``benchmarks/results/spiketrain_mnist10k_tuning_e3.json``),
 # seed 0, compared on validation accuracy (images 7000-7999):
 # * BPTT's learning rate and schedule at the rows' length (3 epochs): last round's constant 2e-3, cosine from 2e-3
@@ -306,6 +350,12 @@ FINAL_MNIST_E6 = [
      "tune/mnist10k_mlp100_taskloss_bounds_cos.json", "hm2bp", 6, 1),
     ("mnist10k 784-100-10 T100, 6 epochs, BPTT Adam 2e-3 constant", "mnist10k", "mnist10k_mlp100.json", "bptt", 6, 1),
 ]
+# the candidate (82.7 % against 80.7 % on seed 0) at 3 seeds x 1 epoch (stage ``final-cnn5-paper``,
+# ``benchmarks/results/spiketrain_cnn_accuracy5_paper.json``), next to ``final-cnn4-e1``'s BPTT rows (the same
+# commands: reused; BPTT's constant 2e-3 was not re-tuned with the per-step schedule). Seeds 1 and 2 reversed the
+# choice: validation 82.7 / 76.4 / 79.8 % (mean 79.6) against the constant rate's 80.7 / 84.9 / 78.1 % (mean 81.2),
+# so ``final-cnn4-e1``'s HM2-BP row stays the paper CNN's row.
+FINAL_CNN5_PAPER = [TUNE_CNN5_PAPER[1][:5] + (3,), FINAL_CNN4_E1[1]]
 KEEP = ("seed", "float_val_accuracy", "float_test_accuracy", "deployed_test_accuracy", "rule_neuron_test_accuracy",
         "time_per_epoch_s", "peak_memory_mb", "best_epoch")
 
@@ -439,6 +489,7 @@ def main(argv=None) -> int:
     ap.add_argument("stage", choices=["tune", "tune-strsbp", "tune-strsbp20", "tune-mnist", "final", "final-strsbp",
                                       "final-strsbp20", "final-strsbp40", "final-mnist", "tune-cnn", "final-cnn", "tune-cnn2", "final-cnn2",
                                       "final-cnn3", "calib-cnn4", "final-cnn4", "final-cnn4-e1",
+                                      "tune-cnn5", "tune-cnn5-paper", "final-cnn5", "final-cnn5-paper",
                                       "tune-mnist-e3", "final-mnist-e3", "final-mnist-e6"])
     ap.add_argument("--only", default=None, help="final: rows whose label contains this text; tune stages: "
                     "configs whose path contains it")
@@ -487,6 +538,14 @@ def main(argv=None) -> int:
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_CNN4, "spiketrain_cnn_accuracy4")
     elif a.stage == "final-cnn4-e1":
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_CNN4_E1, "spiketrain_cnn_accuracy4_e1")
+    elif a.stage == "tune-cnn5":
+        final(a.only, a.seeds, a.rerun, a.collect, TUNE_CNN5, "spiketrain_cnn_tuning5")
+    elif a.stage == "final-cnn5":
+        final(a.only, a.seeds, a.rerun, a.collect, FINAL_CNN5, "spiketrain_cnn_accuracy5")
+    elif a.stage == "final-cnn5-paper":
+        final(a.only, a.seeds, a.rerun, a.collect, FINAL_CNN5_PAPER, "spiketrain_cnn_accuracy5_paper")
+    elif a.stage == "tune-cnn5-paper":
+        final(a.only, a.seeds, a.rerun, a.collect, TUNE_CNN5_PAPER, "spiketrain_cnn_tuning5_paper")
     elif a.stage == "final-strsbp":
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_STRSBP, "strsbp_braille_accuracy", REUSE_STRSBP)
     else:

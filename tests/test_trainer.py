@@ -96,6 +96,21 @@ def test_resume_after_kill_is_exact(tmp_path, data, kill):
     assert float(rows[-1]["val_accuracy"]) == h_ref[-1]["val_accuracy"]
 
 
+def test_resume_cosine_steps_is_exact(tmp_path, data):
+    """A per-step schedule resumed mid-epoch (after the checkpoint at step 10) continues at the same rate."""
+    x, y, xv, yv = data
+    ref = make_model()
+    h_ref = Trainer(ref, cfg(tmp_path / "ref", scheduler="cosine_steps", checkpoint_every_steps=5)).fit((x, y), (xv, yv))
+    run = cfg(tmp_path / "run", scheduler="cosine_steps", checkpoint_every_steps=5)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(make_model(), run, callbacks=[KillAt(step=12)]).fit((x, y), (xv, yv))
+    resumed = make_model(seed=123)
+    h = Trainer(resumed, run).fit((x, y), (xv, yv), resume=True)
+    assert equal_states(ref, resumed)
+    assert strip_time(h) == strip_time(h_ref)
+    assert len({r["lr"] for r in h}) == len(h)  # the rate moved within every epoch
+
+
 def test_resume_needs_restored_state(tmp_path, data):
     """Resuming without the saved state (fresh optimizer, order from the start) does not reproduce the
     run, so the exactness above is not an accident of the task."""
@@ -170,6 +185,13 @@ def test_schedules(data):
     h = Trainer(make_model(), cfg(epochs=4, lr=0.1, scheduler="cosine", min_lr=0.02)).fit((x, y))
     expected = [0.02 + 0.5 * (0.1 - 0.02) * (1 + math.cos(math.pi * e / 4)) for e in range(4)]
     assert [r["lr"] for r in h] == pytest.approx(expected)
+    # cosine_steps: over every optimizer step of the run, so the rate falls within an epoch too
+    t = Trainer(make_model(), cfg(epochs=2, lr=0.1, scheduler="cosine_steps", min_lr=0.02))
+    steps = 2 * t._n_batches(len(y))
+    h = t.fit((x, y))
+    expected = [0.02 + 0.5 * (0.1 - 0.02) * (1 + math.cos(math.pi * k / steps)) for k in (0, steps // 2)]
+    assert [r["lr"] for r in h] == pytest.approx(expected)
+    assert t.optimizer.param_groups[0]["lr"] == pytest.approx(0.02)
     h = Trainer(make_model(), cfg(epochs=4, lr=0.1, scheduler="step", step_size=2, gamma=0.5)).fit((x, y))
     assert [r["lr"] for r in h] == pytest.approx([0.1, 0.1, 0.05, 0.05])
     with pytest.raises(ValueError):

@@ -48,7 +48,7 @@ __all__ = ["TrainerConfig", "Trainer", "Callback", "final_output", "predict_coun
 
 TRAINING_STATE_VERSION = 1
 OPTIMIZERS = ("adam", "adamw", "adamax", "sgd")
-SCHEDULERS = ("none", "cosine", "step")
+SCHEDULERS = ("none", "cosine", "cosine_steps", "step")
 
 
 @dataclass
@@ -62,6 +62,7 @@ class TrainerConfig:
     momentum: float = 0.0  # sgd
     nesterov: bool = False  # sgd
     scheduler: str = "none"  # none | cosine (to min_lr over `epochs`) | step (x gamma every step_size epochs)
+    #   | cosine_steps (to min_lr over every optimizer step of the run: decays within an epoch, for runs of 1-2 epochs)
     min_lr: float = 0.0
     step_size: int = 30
     gamma: float = 0.1
@@ -244,11 +245,14 @@ class Trainer:
             return torch.optim.Adamax(params, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
         return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay)
 
-    def _make_scheduler(self, optimizer):
+    def _make_scheduler(self, optimizer, n_batches: int = 1):
         c = self.config
         name = c.scheduler.lower()
         if name == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(c.epochs, 1), eta_min=c.min_lr)
+        if name == "cosine_steps":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(c.epochs * n_batches, 1),
+                                                              eta_min=c.min_lr)
         if name == "step":
             return torch.optim.lr_scheduler.StepLR(optimizer, step_size=c.step_size, gamma=c.gamma)
         return None
@@ -420,7 +424,7 @@ class Trainer:
 
         self.model.to(device)
         self.optimizer = self._make_optimizer()
-        self.scheduler = self._make_scheduler(self.optimizer)
+        self.scheduler = self._make_scheduler(self.optimizer, self._n_batches(len(data)))
 
         resume_path = None
         if resume is True:
@@ -485,6 +489,10 @@ class Trainer:
             self._accum = [0.0, 0.0, 0.0, 0.0]
             self.position = 0
         lr = self.optimizer.param_groups[0]["lr"]
+        if self.scheduler is not None and c.scheduler.lower() == "cosine_steps":
+            # the rate at the epoch's first step, also when resumed mid-epoch (the closed form of the schedule)
+            k, n = self.global_step - self.position, self.scheduler.T_max
+            lr = c.min_lr + 0.5 * (c.lr - c.min_lr) * (1 + math.cos(math.pi * k / n))
         params = [p for p in self.model.parameters() if p.requires_grad]
         t0 = time.perf_counter()
         self.model.train()
@@ -515,6 +523,8 @@ class Trainer:
                 if c.grad_clip is not None:
                     nn.utils.clip_grad_norm_(params, c.grad_clip)
                 self.optimizer.step()
+                if self.scheduler is not None and c.scheduler.lower() == "cosine_steps":
+                    self.scheduler.step()
                 self._accum = [a + s for a, s in zip(self._accum, stats)]
                 self.position += 1
                 self.global_step += 1
@@ -534,7 +544,7 @@ class Trainer:
                      "loss": self._accum[0] / max(self._accum[2], 1.0)}
         if self._accum[3] > 0:
             row["accuracy"] = self._accum[1] / self._accum[3]
-        if self.scheduler is not None:
+        if self.scheduler is not None and c.scheduler.lower() != "cosine_steps":
             self.scheduler.step()
         if val_data is not None:
             for k, v in self.evaluate(val_data).items():
