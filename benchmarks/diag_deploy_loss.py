@@ -66,6 +66,7 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--ptq", action="store_true", help="also deploy with the spike-matching PTQ search")
     ap.add_argument("--calibration-samples", type=int, default=256)
+    ap.add_argument("--no-layers", action="store_true", help="skip the per-layer table (only with --ptq)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -91,6 +92,21 @@ def main(argv=None):
     def acc(counts):
         return float((counts[-1].argmax(1) == ys).float().mean())
 
+    rows = []
+    out = {"checkpoint": str(ck), "task": task, "split": args.split, "samples": n}
+    if not args.no_layers:
+        out.update(_layer_table(model, xs, ys, qidx, acc))
+    if args.ptq:
+        _deploy_rows(out, model, data, xs, ys, args)
+    out["seconds"] = time.perf_counter() - t0
+    out["loadavg"] = list(os.getloadavg())
+    dst = Path(args.out or f"benchmarks/results/deploy_loss_{ck.parent.name}.json")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text(json.dumps(out, indent=2))
+    print(f"wrote {dst} ({out['seconds']:.0f} s)")
+
+
+def _layer_table(model, xs, ys, qidx, acc) -> dict:
     flt = _run(model, (xs, ys), set())
     full = _run(model, (xs, ys), set(qidx))
     rows = []
@@ -113,9 +129,8 @@ def main(argv=None):
                      "count_error_rel": float((fc - qc).abs().mean() / fc.mean().clamp(min=1e-9)),
                      "float_rate": float(fc.mean() / xs.shape[1]),
                      "acc_only_this_quantized": only, "acc_all_but_this_quantized": but})
-    out = {"checkpoint": str(ck), "task": task, "split": args.split, "samples": n,
-           "float_accuracy": acc(flt), "quantized_accuracy": acc(full), "layers": rows}
-    print(f"{ck}: {args.split} {n} samples; float {100 * out['float_accuracy']:.2f} %, "
+    out = {"float_accuracy": acc(flt), "quantized_accuracy": acc(full), "layers": rows}
+    print(f"{len(ys)} samples; float {100 * out['float_accuracy']:.2f} %, "
           f"all layers quantized (= deployed) {100 * out['quantized_accuracy']:.2f} %")
     print("| layer | population | kind | scale | vth | units' max abs w_int min/median/max (<= 8) | count error | "
           "only this quantized | all but this |")
@@ -126,25 +141,25 @@ def main(argv=None):
               f"{u['min']}/{u['median']:.0f}/{u['max']} ({u['units_le_8']}/{u['units']}) | "
               f"{r['count_error_rel']:.3f} | {100 * r['acc_only_this_quantized']:.2f} | "
               f"{100 * r['acc_all_but_this_quantized']:.2f} |")
-    if args.ptq:
-        from snn2hw.compiler import PTQConfig
-        from snn2hw.learning.experiment import deployed_accuracy
+    return out
 
-        xt, yt = _split_xy(data["train"])
-        calib = _batches(xt, 0, args.calibration_samples)
-        for name, kw in (("straight", {}), ("spikes", {"ptq": PTQConfig(scale_search="spikes"),
-                                                       "calibration_inputs": calib})):
-            t1 = time.perf_counter()
-            a = deployed_accuracy(model, xs, ys, **kw)
-            out[f"deployed_{name}"] = a
-            out[f"deployed_{name}_s"] = time.perf_counter() - t1
-            print(f"deployed ({name}): {100 * a:.2f} % ({out[f'deployed_{name}_s']:.1f} s)")
-    out["seconds"] = time.perf_counter() - t0
-    out["loadavg"] = list(os.getloadavg())
-    dst = Path(args.out or f"benchmarks/results/deploy_loss_{ck.parent.name}.json")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_text(json.dumps(out, indent=2))
-    print(f"wrote {dst} ({out['seconds']:.0f} s)")
+
+def _deploy_rows(out, model, data, xs, ys, args):
+    """Deployed accuracy (compiled, simulator) under the straight quantizer and the spike-matching search."""
+    from snn2hw.compiler import PTQConfig
+    from snn2hw.learning.experiment import deployed_accuracy
+
+    xt, _ = _split_xy(data["train"])
+    calib = _batches(xt, 0, args.calibration_samples).cpu().numpy()
+    for name, kw in (("straight", {}), ("spikes", {"ptq": PTQConfig(scale_search="spikes"),
+                                                   "calibration_inputs": calib})):
+        t1 = time.perf_counter()
+        arts = []
+        a = deployed_accuracy(model, xs, ys, artefact_out=arts, **kw)
+        out[f"deployed_{name}"] = a
+        out[f"deployed_{name}_s"] = time.perf_counter() - t1
+        out[f"vth_{name}"] = {r["population"]: r["vth"] for r in arts[0].provenance["quantization"]}
+        print(f"deployed ({name}): {100 * a:.2f} % ({out[f'deployed_{name}_s']:.1f} s); vth {out[f'vth_{name}']}")
 
 
 if __name__ == "__main__":

@@ -85,8 +85,8 @@ def test_spike_search_needs_calibration_and_validates_its_settings(tmp_path):
 
 def test_train_deploys_with_the_configured_quantizer(tmp_path):
     torch.set_num_threads(1)
-    cfg = {"model": {"hidden": [32]}, "data": {"steps": 20}, "trainer": {"batch_size": 64, "lr": 5e-3},
-           "deploy": {"scale_search": "spikes", "scale_steps": 2, "calibration_samples": 32}}
+    cfg = {"model": {"hidden": [16]}, "data": {"steps": 10}, "trainer": {"batch_size": 128, "lr": 5e-3},
+           "deploy": {"scale_search": "spikes", "scale_steps": 1, "calibration_samples": 16}}
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps(cfg))
     out = tmp_path / "run"
@@ -94,7 +94,7 @@ def test_train_deploys_with_the_configured_quantizer(tmp_path):
                      "--quiet", "--out", str(out)]) == 0
     r = json.loads((out / "results.json").read_text())
     dq = r["deploy_quantization"]
-    assert dq["ptq"]["scale_search"] == "spikes" and dq["calibration_samples"] == 32
+    assert dq["ptq"]["scale_search"] == "spikes" and dq["calibration_samples"] == 16
     assert set(dq["threshold_targets"]) == {"lif1", "lif2"}
     assert 0 <= r["deployed_test_accuracy"] <= 1 and 0 <= r["deployed_straight_test_accuracy"] <= 1
     path.write_text(json.dumps({**cfg, "deploy": {"scale_serch": "spikes"}}))
