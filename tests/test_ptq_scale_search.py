@@ -71,6 +71,8 @@ def test_spike_search_needs_calibration_and_validates_its_settings(tmp_path):
         compile_graph(graph, ptq=PTQConfig(scale_search="spikes"))
     with pytest.raises(QuantizationError, match="scale_search 'fast'"):
         PTQConfig(scale_search="fast")
+    with pytest.raises(QuantizationError, match="needs search=True"):
+        PTQConfig(search=False, scale_search="spikes")
     with pytest.raises(QuantizationError, match="scale_steps"):
         PTQConfig(scale_steps=0)
     p = tmp_path / "q.json"

@@ -86,6 +86,8 @@ class PTQConfig:
             raise QuantizationError("exp_search_depth must be >= 0 and headroom >= 1")
         if self.scale_search not in SCALE_SEARCHES:
             raise QuantizationError(f"scale_search {self.scale_search!r}: expected one of {sorted(SCALE_SEARCHES)}")
+        if self.scale_search != "none" and not self.search:
+            raise QuantizationError(f"scale_search {self.scale_search!r} needs search=True")
         if self.scale_steps < 1 or self.scale_octaves < 0:
             raise QuantizationError("scale_steps must be >= 1 and scale_octaves >= 0")
 
@@ -175,7 +177,7 @@ def _threshold_target(pop: Population, incoming, config: PTQConfig, calib: Calib
 def plan_quantization(graph: Graph, config: PTQConfig = PTQConfig(), calib: Calibration | None = None) -> QuantPlan:
     """Choose scales, exponents and bit widths for float ``graph`` (see the module docstring)."""
     _check_overrides(graph, config.overrides)
-    if config.scale_search == "spikes" and config.search:
+    if config.scale_search == "spikes":
         if calib is None or calib.counts is None or calib.inputs is None:
             raise QuantizationError("scale_search='spikes' needs calibration inputs (compile_graph("
                                     "calibration_inputs=...), snn2hw compile --calibrate)")
