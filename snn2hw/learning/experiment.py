@@ -175,6 +175,13 @@ def deployed_accuracy(model, x, y, batch: int = 250, ptq=None, calibration_input
     art = compile_graph(model.to_ir(), ptq=ptq, calibration_inputs=calibration_inputs)
     if artefact_out is not None:
         artefact_out.append(art)
+    return simulated_accuracy(art, x, y, batch)
+
+
+def simulated_accuracy(art, x, y, batch: int = 250) -> float:
+    """Accuracy of a compiled artefact on the bit-accurate simulator (most active output = the class)."""
+    from snn2hw.backends import sim
+
     out = art.graph.outputs[0]
     prepared = sim.prepare(art)  # weights prepared once for all batches
     correct = 0
@@ -255,18 +262,9 @@ def train_task(task: str, rule: str = "bptt", config: dict | None = None, epochs
             ptq, n_cal = _deploy_options(config.get("deploy", {}), config.get("_path", "config"))
             if ptq is None:
                 results["deployed_test_accuracy"] = deployed_accuracy(model.cpu(), x_te, y_te)
-            else:  # the configured quantizer, and the straight one for comparison
-                x_tr = _split_xy(data["train"])[0]
-                arts = []
-                results["deployed_test_accuracy"] = deployed_accuracy(
-                    model.cpu(), x_te, y_te, ptq=ptq, calibration_inputs=_batches(x_tr, 0, n_cal).cpu().numpy(),
-                    artefact_out=arts)
-                results["deploy_quantization"] = {
-                    "ptq": {k: v for k, v in arts[0].provenance["quantizer"].items()},
-                    "calibration_samples": n_cal,
-                    "threshold_targets": {r["population"]: r["threshold_target"]
-                                          for r in arts[0].provenance["quantization"]}}
-                results["deployed_straight_test_accuracy"] = deployed_accuracy(model.cpu(), x_te, y_te)
+            else:  # the configured quantizer or the straight one, whichever classifies validation better
+                results.update(_deploy_chosen_on_validation(model.cpu(), ptq, n_cal, data, (x_val, y_val),
+                                                            (x_te, y_te)))
         results["deploy_time_s"] = time.perf_counter() - t0
     results["checkpoint"] = str(ckpt)
     results["environment"] = {"torch": torch.__version__, "python": platform.python_version(),
@@ -274,6 +272,27 @@ def train_task(task: str, rule: str = "bptt", config: dict | None = None, epochs
                               "loadavg": list(os.getloadavg()), "argv": sys.argv}
     atomic_write_bytes(out / "results.json", lambda f: f.write(json.dumps(results, indent=2, default=str).encode()))
     return results
+
+
+def _deploy_chosen_on_validation(model, ptq, n_cal: int, data, val, test) -> dict:
+    """Compile with ``ptq`` (calibrated on the first ``n_cal`` training samples) and with the straight
+    quantizer; deploy the one with the better validation accuracy on the simulator (ties: straight)."""
+    from snn2hw.compiler import compile_graph
+
+    x_tr = _split_xy(data["train"])[0]
+    graph = model.to_ir()
+    arts = {"straight": compile_graph(graph),
+            "ptq": compile_graph(graph, ptq=ptq, calibration_inputs=_batches(x_tr, 0, n_cal).cpu().numpy())}
+    val_acc = {k: simulated_accuracy(a, *val) for k, a in arts.items()}
+    test_acc = {k: simulated_accuracy(a, *test) for k, a in arts.items()}
+    chosen = "ptq" if val_acc["ptq"] > val_acc["straight"] else "straight"
+    return {"deployed_test_accuracy": test_acc[chosen], "deployed_val_accuracy": val_acc[chosen],
+            "deployed_straight_test_accuracy": test_acc["straight"], "deployed_ptq_test_accuracy": test_acc["ptq"],
+            "deployed_straight_val_accuracy": val_acc["straight"], "deployed_ptq_val_accuracy": val_acc["ptq"],
+            "deploy_quantization": {
+                "chosen": chosen, "ptq": dict(arts["ptq"].provenance["quantizer"]), "calibration_samples": n_cal,
+                "threshold_targets": {r["population"]: r["threshold_target"]
+                                      for r in arts["ptq"].provenance["quantization"]}}}
 
 
 def _scores(setup, model, val, test, device) -> dict:
