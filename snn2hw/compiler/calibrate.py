@@ -2,7 +2,9 @@
 
 The float run follows the IR's definition (``snn2hw.ir``, module docstring) and its timing convention
 (a projection delivers the spikes of step t at step t + 1 + delay). It records, per population, the
-peak |u| and |v| (in float units) and every neuron's firing rate; per input, the rate of every channel.
+peak |u| and |v| (in float units) and every neuron's firing rate; per input, the rate of every channel;
+per population, every sample's spike count per neuron (what the spike-matching scale search of
+``snn2hw.compiler.ptq`` compares the quantized network with), and the inputs used.
 Nothing else in snn2hw runs a float IR graph, and nothing here is used by a backend.
 """
 from __future__ import annotations
@@ -19,13 +21,17 @@ from snn2hw.ir import LIF, Conv2d, Graph
 @dataclass(frozen=True)
 class Calibration:
     """Per node: ``rates`` (mean value per step and neuron, over samples and steps); per population:
-    ``peak_u``/``peak_v`` (largest magnitudes reached), and the number of samples and steps used."""
+    ``peak_u``/``peak_v`` (largest magnitudes reached), ``counts`` (spikes per sample and neuron,
+    (samples, size)); the number of samples and steps used and the ``inputs`` themselves (by input name,
+    (samples, steps, size))."""
 
     rates: dict[str, np.ndarray]
     peak_u: dict[str, float]
     peak_v: dict[str, float]
     samples: int
     steps: int
+    counts: dict[str, np.ndarray] | None = None
+    inputs: dict[str, np.ndarray] | None = None
 
 
 def _as_inputs(graph: Graph, inputs) -> dict[str, torch.Tensor]:
@@ -55,6 +61,9 @@ def calibrate(graph: Graph, inputs, max_samples: int = 256) -> Calibration:
     zeros = {p.name: torch.zeros(batch, p.size, dtype=torch.float64) for p in graph.populations}
     for p in graph.populations:
         hist[p.name] = []
+    # a population's spikes are read back at most 1 + delay steps later: keep only those steps
+    keep = 1 + max((int(pr.delay) for pr in graph.projections), default=0)
+    totals = {p.name: torch.zeros(batch, p.size, dtype=torch.float64) for p in graph.populations}
     u = {k: z.clone() for k, z in zeros.items()}
     v = {k: z.clone() for k, z in zeros.items()}
     peak_u = {p.name: 0.0 for p in graph.populations}
@@ -69,7 +78,7 @@ def calibrate(graph: Graph, inputs, max_samples: int = 256) -> Calibration:
                 lag = t - 1 - int(pr.delay)
                 if lag < 0:
                     continue
-                s = hist[pr.src][lag]
+                s = hist[pr.src][lag - (t - len(hist[pr.src]))] if pr.src in totals else hist[pr.src][lag]
                 if isinstance(pr, Conv2d):
                     img = s.reshape(batch, *pr.in_shape)
                     a = a + F.conv2d(img, weights[pr.name], stride=pr.stride, padding=pr.padding,
@@ -88,5 +97,10 @@ def calibrate(graph: Graph, inputs, max_samples: int = 256) -> Calibration:
             new[p.name] = s
         for k, s in new.items():
             hist[k].append(s)
-    rates = {k: torch.stack(h, 1).mean(dim=(0, 1)).numpy() for k, h in hist.items()}
-    return Calibration(rates, peak_u, peak_v, batch, steps)
+            totals[k] += s
+            if len(hist[k]) > keep:
+                hist[k].pop(0)
+    rates = {k: torch.stack(v, 1).mean(dim=(0, 1)).numpy() for k, v in hist.items() if k not in totals}
+    rates.update({k: (c.sum(0) / (batch * steps)).numpy() for k, c in totals.items()})
+    counts = {k: c.numpy() for k, c in totals.items()}
+    return Calibration(rates, peak_u, peak_v, batch, steps, counts, {k: v.numpy() for k, v in x.items()})

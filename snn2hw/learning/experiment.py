@@ -6,8 +6,10 @@ checkpoint (the trainer's format: ``snn2hw export`` and ``compile`` take it), co
 classifies the test split on the bit-accurate simulator, and writes ``results.json``.
 
 A config file (JSON) may hold ``model`` (the spec, ``snn2hw.models.tasks``), ``data`` (task data
-options, e.g. ``steps``), ``trainer`` (``TrainerConfig`` fields) and ``rule_options``; anything else
-is an error naming the file and the key.
+options, e.g. ``steps``), ``trainer`` (``TrainerConfig`` fields), ``rule_options`` and ``deploy`` (how
+the network is quantized for the simulator: ``PTQConfig`` fields of ``snn2hw.compiler.ptq``, plus
+``calibration_samples``, the number of training samples the calibration runs on); anything else is an
+error naming the file and the key. Without ``deploy`` the straight quantizer deploys (the integers QAT uses).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from snn2hw.artefact import atomic_write_bytes
 
 __all__ = ["ExperimentConfigError", "read_config", "train_task", "deployed_accuracy", "PeakMemory"]
 
-CONFIG_KEYS = {"model", "data", "trainer", "rule_options"}
+CONFIG_KEYS = {"model", "data", "trainer", "rule_options", "deploy"}
 _RESERVED_TRAINER = {"rule", "rule_options", "checkpoint_dir", "log_dir", "save_best"}
 
 
@@ -59,8 +61,33 @@ def read_config(path: str | os.PathLike | None) -> dict:
     bad = set(cfg.get("trainer", {})) - known
     if bad:
         raise ExperimentConfigError(f"{p}: 'trainer': unknown or reserved field(s) {sorted(bad)}; known: {sorted(known)}")
+    if "deploy" in cfg:
+        _deploy_options(cfg["deploy"], p)
     cfg["_path"] = str(p)
     return cfg
+
+
+def _deploy_options(deploy: dict, where="config") -> tuple:
+    """(PTQConfig or None, calibration samples) from a config's ``deploy`` object."""
+    import dataclasses
+
+    from snn2hw.compiler.ptq import SETTING_KEYS, PTQConfig
+    from snn2hw.quantize import QuantizationError
+
+    deploy = dict(deploy)
+    n = deploy.pop("calibration_samples", 256)
+    bad = set(deploy) - SETTING_KEYS
+    if bad:
+        raise ExperimentConfigError(f"{where}: 'deploy': unknown field(s) {sorted(bad)}; known: "
+                                    f"{sorted(SETTING_KEYS | {'calibration_samples'})}")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ExperimentConfigError(f"{where}: 'deploy': calibration_samples must be a positive integer, got {n!r}")
+    if not deploy:
+        return None, n
+    try:
+        return dataclasses.replace(PTQConfig(), **deploy), n
+    except (TypeError, QuantizationError) as exc:
+        raise ExperimentConfigError(f"{where}: 'deploy': {exc}") from None
 
 
 class PeakMemory:
@@ -138,12 +165,23 @@ def _float_accuracy(model, x, y, batch=256, device=None) -> float:
     return correct / len(y)
 
 
-def deployed_accuracy(model, x, y, batch: int = 250) -> float:
-    """Compile ``model`` (quantize, design rules, mapping) and classify on the bit-accurate simulator."""
+def deployed_accuracy(model, x, y, batch: int = 250, ptq=None, calibration_inputs=None, artefact_out: list | None = None
+                      ) -> float:
+    """Compile ``model`` (quantize, design rules, mapping) and classify on the bit-accurate simulator.
+    ``ptq``/``calibration_inputs`` as in ``compile_graph``; ``artefact_out`` (a list) receives the artefact."""
     from snn2hw.backends import sim
     from snn2hw.compiler import compile_graph
 
-    art = compile_graph(model.to_ir())
+    art = compile_graph(model.to_ir(), ptq=ptq, calibration_inputs=calibration_inputs)
+    if artefact_out is not None:
+        artefact_out.append(art)
+    return simulated_accuracy(art, x, y, batch)
+
+
+def simulated_accuracy(art, x, y, batch: int = 250) -> float:
+    """Accuracy of a compiled artefact on the bit-accurate simulator (most active output = the class)."""
+    from snn2hw.backends import sim
+
     out = art.graph.outputs[0]
     prepared = sim.prepare(art)  # weights prepared once for all batches
     correct = 0
@@ -221,7 +259,12 @@ def train_task(task: str, rule: str = "bptt", config: dict | None = None, epochs
                 results["deployed_checkpoint"] = str(out / "deployed.ckpt")
                 save_checkpoint(deployed_net.cpu(), out / "deployed.ckpt", extra={"task": task, "mapped_from": str(ckpt)})
         else:
-            results["deployed_test_accuracy"] = deployed_accuracy(model.cpu(), x_te, y_te)
+            ptq, n_cal = _deploy_options(config.get("deploy", {}), config.get("_path", "config"))
+            if ptq is None:
+                results["deployed_test_accuracy"] = deployed_accuracy(model.cpu(), x_te, y_te)
+            else:  # the configured quantizer or the straight one, whichever classifies validation better
+                results.update(_deploy_chosen_on_validation(model.cpu(), ptq, n_cal, data, (x_val, y_val),
+                                                            (x_te, y_te)))
         results["deploy_time_s"] = time.perf_counter() - t0
     results["checkpoint"] = str(ckpt)
     results["environment"] = {"torch": torch.__version__, "python": platform.python_version(),
@@ -229,6 +272,27 @@ def train_task(task: str, rule: str = "bptt", config: dict | None = None, epochs
                               "loadavg": list(os.getloadavg()), "argv": sys.argv}
     atomic_write_bytes(out / "results.json", lambda f: f.write(json.dumps(results, indent=2, default=str).encode()))
     return results
+
+
+def _deploy_chosen_on_validation(model, ptq, n_cal: int, data, val, test) -> dict:
+    """Compile with ``ptq`` (calibrated on the first ``n_cal`` training samples) and with the straight
+    quantizer; deploy the one with the better validation accuracy on the simulator (ties: straight)."""
+    from snn2hw.compiler import compile_graph
+
+    x_tr = _split_xy(data["train"])[0]
+    graph = model.to_ir()
+    arts = {"straight": compile_graph(graph),
+            "ptq": compile_graph(graph, ptq=ptq, calibration_inputs=_batches(x_tr, 0, n_cal).cpu().numpy())}
+    val_acc = {k: simulated_accuracy(a, *val) for k, a in arts.items()}
+    test_acc = {k: simulated_accuracy(a, *test) for k, a in arts.items()}
+    chosen = "ptq" if val_acc["ptq"] > val_acc["straight"] else "straight"
+    return {"deployed_test_accuracy": test_acc[chosen], "deployed_val_accuracy": val_acc[chosen],
+            "deployed_straight_test_accuracy": test_acc["straight"], "deployed_ptq_test_accuracy": test_acc["ptq"],
+            "deployed_straight_val_accuracy": val_acc["straight"], "deployed_ptq_val_accuracy": val_acc["ptq"],
+            "deploy_quantization": {
+                "chosen": chosen, "ptq": dict(arts["ptq"].provenance["quantizer"]), "calibration_samples": n_cal,
+                "threshold_targets": {r["population"]: r["threshold_target"]
+                                      for r in arts["ptq"].provenance["quantization"]}}}
 
 
 def _scores(setup, model, val, test, device) -> dict:
