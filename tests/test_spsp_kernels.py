@@ -230,3 +230,56 @@ def test_adjoint_scan_scaled_equals_scaled_kernel(dtype):
                                                      virtual=k, scale=sc)[0] for t1 in range(steps, 0, -7)}
         out.append((torch.cat([parts[t] for t in sorted(parts)], 1), sums))
     assert torch.equal(out[0][0] * scale.unsqueeze(1), out[1][0]) and torch.equal(out[0][1], out[1][1])
+
+
+_CACHE_PROBE = '''
+import numba
+from snn2hw.learning.spsp_kernels import _njit_cached
+
+
+def total(x):
+    s = 0.0
+    for i in numba.prange(x.shape[0]):
+        s += x[i]
+    return s
+
+
+SERIAL, PARALLEL = _njit_cached(total, False), _njit_cached(total, True)
+PLAIN_SERIAL = numba.njit(parallel=False, cache=True)(total)
+PLAIN_PARALLEL = numba.njit(parallel=True, cache=True)(total)
+'''
+
+
+def test_serial_and_parallel_variants_have_their_own_cache_entries(tmp_path):
+    """numba keys its cache on signature, machine, bytecode and closure, not on ``parallel``: without
+    ``_njit_cached`` the serial compile loads the parallel one a previous process cached (the plain pair
+    below shows it), and a one-thread training step ran the parallel kernel from the cache."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "cache_probe.py").write_text(_CACHE_PROBE)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(tmp_path))
+    script = ("import sys, numpy as np, cache_probe; d = getattr(cache_probe, sys.argv[1]); "
+              "assert d(np.ones(5)) == 5.0; print(len(d.stats.cache_hits))")
+
+    def hits(name):
+        r = subprocess.run([sys.executable, "-c", script, name], env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return int(r.stdout.split()[-1])
+
+    assert hits("PLAIN_PARALLEL") == 0
+    assert hits("PLAIN_SERIAL") == 1  # numba's own behaviour: the parallel compile, loaded for a serial call
+    assert hits("PARALLEL") == 0
+    assert hits("SERIAL") == 0  # its own entry: compiled, not the parallel one
+    assert hits("SERIAL") == 1 and hits("PARALLEL") == 1  # and each is found again
+
+
+def test_every_kernel_variant_has_its_own_cache_name():
+    """The serial and parallel compiles of each kernel (and every closure variant) are distinct functions
+    to numba's cache: different qualified names for different ``parallel`` flags."""
+    names = {}
+    for key, dispatcher in spsp_kernels._SCANS.items():
+        *variant, parallel = key
+        names.setdefault(tuple(variant), {})[parallel] = dispatcher.py_func.__qualname__
+    assert names and all(len(set(v.values())) == 2 for v in names.values()), names

@@ -26,6 +26,7 @@ row-by-row scatter, so the result is the same bit for bit.
 from __future__ import annotations
 
 import threading
+import types
 
 import numpy as np
 import torch
@@ -36,6 +37,25 @@ try:  # an accelerator, never a requirement
     import numba
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     numba = None
+
+
+
+def _njit_cached(fn, parallel: bool, **options):
+    """``numba.njit(..., cache=True)`` of one variant of ``fn``, with a cache entry of its own.
+
+    numba's cache key is the signature, the machine, the bytecode and the closure's contents, not the
+    compile options: the serial and the parallel compile of one function shared an entry, and whichever a
+    process compiled first was what the other loaded from the cache from then on (a parallel kernel
+    loaded for a one-thread call took 1.7-4.5x the CPU time of the serial one; a serial kernel that read
+    a thread id crashed). A copy of the function under its own qualified name gets its own cache file."""
+    tag = "parallel" if parallel else "serial"
+    if options:
+        tag += "_" + "_".join(sorted(options))
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    copy.__qualname__ = f"{fn.__qualname__}__{tag}"
+    return numba.njit(parallel=parallel, nogil=True, boundscheck=False, cache=True, **options)(copy)
+
 
 _L2_BYTES = 256 * 1024
 # ``scatter_rows`` into one shared output (a wide layer's weight gradient) goes tile by tile of output columns
@@ -208,7 +228,7 @@ if numba is not None:
                 for i in range(n):
                     cn[i] += c[i]
 
-        return numba.njit(parallel=parallel, nogil=True, boundscheck=False, cache=True)(scan)
+        return _njit_cached(scan, parallel)
 
     @numba.njit(inline="always", cache=True)
     def _adjoint_step(s, cut, b, t, k, i, one, zero, alpha, beta, lp, lu, lam_u, lam_p, keep_p, lu_sum, lp_sum,
@@ -497,11 +517,11 @@ if numba is not None:
     # each scan compiled twice: parallel over the batch, and serial for one thread (a parallel kernel hands
     # its work to the thread pool even with one thread, and on a loaded machine waking it costs
     # milliseconds per call)
-    _SCANS = {(name, par): numba.njit(parallel=par, nogil=True, boundscheck=False, cache=True)(fn)
+    _SCANS = {(name, par): _njit_cached(fn, par)
               for name, fn in (("lif", _lif_scan_py), ("adjoint", _adjoint_scan_py), ("scatter", _scatter_rows_py),
                                ("adjoint_virtual", _adjoint_virtual_py), ("plain_adjoint", _plain_adjoint_py))
               for par in (False, True)}
-    _SCANS.update({(name, par): numba.njit(parallel=par, nogil=True, boundscheck=False, cache=True)(fn)
+    _SCANS.update({(name, par): _njit_cached(fn, par)
                    for name, fn in (("column_counts", _column_counts_py), ("column_fill", _column_fill_py),
                                     ("tiled_scatter", _tiled_scatter_py))
                    for par in (False, True)})
@@ -509,8 +529,7 @@ if numba is not None:
                    for bias in (False, True) for rec in (False, True) for weights in (0, 1, 2)
                    for par in (False, True)})
     # the dot products may be reassociated (vectorised): nothing here has to equal another computation
-    _SCANS.update({("dots", par): numba.njit(parallel=par, nogil=True, boundscheck=False, cache=True,
-                                             fastmath={"reassoc", "contract"})(_spike_dots_py)
+    _SCANS.update({("dots", par): _njit_cached(_spike_dots_py, par, fastmath={"reassoc", "contract"})
                    for par in (False, True)})
 
 
