@@ -169,7 +169,6 @@ def deployed_accuracy(model, x, y, batch: int = 250, ptq=None, calibration_input
                       ) -> float:
     """Compile ``model`` (quantize, design rules, mapping) and classify on the bit-accurate simulator.
     ``ptq``/``calibration_inputs`` as in ``compile_graph``; ``artefact_out`` (a list) receives the artefact."""
-    from snn2hw.backends import sim
     from snn2hw.compiler import compile_graph
 
     art = compile_graph(model.to_ir(), ptq=ptq, calibration_inputs=calibration_inputs)
