@@ -9,6 +9,7 @@ Nothing else in snn2hw runs a float IR graph, and nothing here is used by a back
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,12 +58,10 @@ def calibrate(graph: Graph, inputs, max_samples: int = 256) -> Calibration:
         raise ValueError("calibration needs a float graph")
     x = {k: v[:max_samples] for k, v in _as_inputs(graph, inputs).items()}
     batch, steps = next(iter(x.values())).shape[:2]
-    hist: dict[str, list[torch.Tensor]] = {k: [v[:, t] for t in range(steps)] for k, v in x.items()}
     zeros = {p.name: torch.zeros(batch, p.size, dtype=torch.float64) for p in graph.populations}
-    for p in graph.populations:
-        hist[p.name] = []
     # a population's spikes are read back at most 1 + delay steps later: keep only those steps
     keep = 1 + max((int(pr.delay) for pr in graph.projections), default=0)
+    recent = {p.name: deque(maxlen=keep) for p in graph.populations}
     totals = {p.name: torch.zeros(batch, p.size, dtype=torch.float64) for p in graph.populations}
     u = {k: z.clone() for k, z in zeros.items()}
     v = {k: z.clone() for k, z in zeros.items()}
@@ -78,7 +77,7 @@ def calibrate(graph: Graph, inputs, max_samples: int = 256) -> Calibration:
                 lag = t - 1 - int(pr.delay)
                 if lag < 0:
                     continue
-                s = hist[pr.src][lag - (t - len(hist[pr.src]))] if pr.src in totals else hist[pr.src][lag]
+                s = x[pr.src][:, lag] if pr.src in x else recent[pr.src][-1 - int(pr.delay)]
                 if isinstance(pr, Conv2d):
                     img = s.reshape(batch, *pr.in_shape)
                     a = a + F.conv2d(img, weights[pr.name], stride=pr.stride, padding=pr.padding,
@@ -96,11 +95,9 @@ def calibrate(graph: Graph, inputs, max_samples: int = 256) -> Calibration:
                 s = torch.zeros_like(v[p.name])
             new[p.name] = s
         for k, s in new.items():
-            hist[k].append(s)
+            recent[k].append(s)
             totals[k] += s
-            if len(hist[k]) > keep:
-                hist[k].pop(0)
-    rates = {k: torch.stack(v, 1).mean(dim=(0, 1)).numpy() for k, v in hist.items() if k not in totals}
+    rates = {k: xk.mean(dim=(0, 1)).numpy() for k, xk in x.items()}
     rates.update({k: (c.sum(0) / (batch * steps)).numpy() for k, c in totals.items()})
     counts = {k: c.numpy() for k, c in totals.items()}
     return Calibration(rates, peak_u, peak_v, batch, steps, counts, {k: v.numpy() for k, v in x.items()})
