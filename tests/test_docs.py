@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from filelock import FileLock  # a dependency of torch
+from filelock import FileLock  # the test extra (torch brings it too)
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
