@@ -38,9 +38,10 @@ class HM2BP(SpikeTrainRule):
     def __init__(self, target_true: float = 35.0, target_false: float = 5.0, margin: float = 5.0, t_ref: int = 0,
                  hidden_virtual_spikes: int = 1, self_term: bool = True, self_term_max: float = 1.0,
                  lateral_min: float = 0.1, low_memory: bool = False, chunk: int = 32, loss: str = "mse",
-                 count_bounds: bool = False):
+                 count_bounds: bool = False, rate_penalty: float = 0.0,
+                 rate_target: float = 0.0):
         super().__init__(target_true, target_false, margin, t_ref, hidden_virtual_spikes, low_memory, chunk, loss=loss,
-                         count_bounds=count_bounds)
+                         count_bounds=count_bounds, rate_penalty=rate_penalty, rate_target=rate_target)
         self.needs_tpsp = bool(self_term)
         self.self_term, self.self_term_max, self.lateral_min = bool(self_term), float(self_term_max), float(lateral_min)
 

@@ -141,7 +141,8 @@ class SpikeTrainRule(LearningRule):
     the trainer's ``loss_fn`` -- the loss BPTT minimises -- evaluated on the output spike trains, whose
     gradient by autograd, averaged over time, is ``dE/do``: exact for any loss of the spike counts, such
     as the zoo's count cross-entropy), ``count_bounds`` (drop errors that push a silent neuron down or a
-    neuron firing at every step up; see ``bound_error``).
+    neuron firing at every step up; see ``bound_error``), ``rate_penalty`` and ``rate_target`` (a hidden-activity
+    term added to the loss; see ``rate_error``).
     """
 
     needs_tpsp = False
@@ -155,8 +156,15 @@ class SpikeTrainRule(LearningRule):
 
     def __init__(self, target_true: float = 35.0, target_false: float = 5.0, margin: float = 5.0, t_ref: int = 0,
                  hidden_virtual_spikes: int = 1, low_memory: bool = False, chunk: int = 32, loss: str = "mse",
-                 count_bounds: bool = False):
+                 count_bounds: bool = False, rate_penalty: float = 0.0, rate_target: float = 0.0):
         self.count_bounds = bool(count_bounds)
+        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+        if not number(rate_penalty) or not 0.0 <= rate_penalty < float("inf"):  # NaN fails every comparison
+            raise LearningRuleError(f"{self.name}: rate_penalty must be a finite number >= 0, got {rate_penalty!r}")
+        if not number(rate_target) or not 0.0 <= rate_target <= 1.0:
+            raise LearningRuleError(f"{self.name}: rate_target must be a rate in [0, 1] (spikes per step), "
+                                    f"got {rate_target!r}")
+        self.rate_penalty, self.rate_target = float(rate_penalty), float(rate_target)
         if loss not in self.LOSSES:
             raise LearningRuleError(f"{self.name}: unknown loss {loss!r}; known: {', '.join(self.LOSSES)}")
         self.loss = loss
@@ -175,7 +183,7 @@ class SpikeTrainRule(LearningRule):
         return {"name": self.name, "target_true": self.target_true, "target_false": self.target_false,
                 "margin": self.margin, "t_ref": self.t_ref, "hidden_virtual_spikes": self.hidden_virtual_spikes,
                 "low_memory": self.low_memory, "chunk": self.chunk, "loss": self.loss,
-                "count_bounds": self.count_bounds}
+                "count_bounds": self.count_bounds, "rate_penalty": self.rate_penalty, "rate_target": self.rate_target}
 
     # -- forward -------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -299,6 +307,24 @@ class SpikeTrainRule(LearningRule):
         blocked = ((counts <= 0) & (g > 0)) | ((counts >= top) & (g < 0))
         return torch.where(blocked, torch.zeros_like(g), g)
 
+    def rate_error(self, s_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(``dE_r/do`` (B, N), per-sample ``E_r`` (B,)) of the hidden-activity term of one hidden layer with spike
+        trains ``s_out`` (B, T, ...), ``E_r = rate_penalty * sum_j max(0, o_j / T - rate_target)``: an L1 penalty on
+        each neuron's rate above ``rate_target`` (spikes per step). Its gradient is ``rate_penalty / T`` for a
+        neuron firing above the target and 0 otherwise (at ``o_j = rate_target T``, where the hinge has no
+        derivative, 0), so it never reaches a silent neuron: its count cannot fall, and an error there would give
+        it virtual spikes and push its weights further down with nothing to gain. It enters the layer's count
+        error ``dE/do`` before ``count_bounds`` and the rule's own S-PSP update, so it lowers a firing neuron's
+        rate through the same weights and inputs as the task's error does. The rate model ``o ~= a / v_th`` gives
+        a neuron below threshold no gradient, so without such a term nothing tells a rule that a hidden neuron
+        off is better than one firing at a low rate: BPTT's hidden code on the CNNs is sparse, HM2-BP's dense."""
+        steps = s_out.shape[1]
+        counts = s_out.sum(1, dtype=torch.float64).reshape(s_out.shape[0], -1)
+        above = counts > self.rate_target * steps
+        per_sample = self.rate_penalty * (counts / steps - self.rate_target).clamp(min=0.0).sum(1)
+        grad = torch.where(above, torch.full_like(counts, self.rate_penalty / steps), torch.zeros_like(counts))
+        return grad, per_sample
+
     def output_error(self, out: torch.Tensor, y: torch.Tensor, loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-sample ``dE/do`` of the output counts (B, N), the batch's mean loss) for the rule's ``loss``."""
         if self.loss == "mse":
@@ -334,11 +360,19 @@ class SpikeTrainRule(LearningRule):
         err, mean_loss = self.output_error(out, y, loss_fn)
         g_out = err * (scale / x.shape[0])  # dE/do of the batch-mean loss
         pops = [k for k, r in enumerate(records) if r is not None]
+        rate_g = {}  # hidden layer -> dE_r/do of the batch-mean hidden-activity term, from the whole sample's counts
+        if self.rate_penalty:
+            for k in pops[:-1]:
+                grad, per_sample = self.rate_error(records[k].s_out)
+                rate_g[k] = grad.to(x.dtype) * (scale / x.shape[0])
+                mean_loss = mean_loss + per_sample.mean().to(mean_loss.dtype)
         for recs, targets, weight in self.segments(records, self.targets(counts, y)):
             g = g_out if weight == 1.0 else g_out * weight
             for k in reversed(pops):
                 need_input = k != pops[0]
                 backward = self.layer_backward if recs[k].a_ff is not None else self.layer_backward_chunked
+                if k in rate_g:  # the whole sample's count is the sum of its segments': each gets the same dE/do
+                    g = g + (rate_g[k] if weight == 1.0 else rate_g[k] * weight).reshape(g.shape)
                 if self.count_bounds:
                     g = self.bound_error(g, recs[k].s_out)
                 g = backward(recs[k], g, targets if k == pops[-1] else None, need_input)

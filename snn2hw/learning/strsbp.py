@@ -88,9 +88,10 @@ class STRSBP(SpikeTrainRule):
     def __init__(self, target_true: float = 35.0, target_false: float = 5.0, margin: float = 5.0, t_ref: int = 0,
                  hidden_virtual_spikes: int = 1, min_pivot: float = 0.1, self_term: bool = True,
                  low_memory: bool = False, chunk: int = 32, loss: str = "mse",
-                 count_bounds: bool = False, windows: int = 1, window_shifts: int = 1):
+                 count_bounds: bool = False, windows: int = 1, window_shifts: int = 1, rate_penalty: float = 0.0,
+                 rate_target: float = 0.0):
         super().__init__(target_true, target_false, margin, t_ref, hidden_virtual_spikes, low_memory, chunk, loss=loss,
-                         count_bounds=count_bounds)
+                         count_bounds=count_bounds, rate_penalty=rate_penalty, rate_target=rate_target)
         if not min_pivot > 0:
             raise LearningRuleError("strsbp: min_pivot must be > 0")
         if isinstance(windows, bool) or int(windows) != windows or windows < 1:
