@@ -193,6 +193,12 @@ def hand_cases():
     g = Graph((Input("in", 108),), (_pop("a", 108, vth=40), _pop("b", 27, vth=60), _pop("c", 8, vth=30)),
               (c1, pool, c3), ("c",)).validate()
     cases["depthwise_pool_conv"] = (g, {"in": (rng.random((1, 10, 108)) < 0.5).astype(np.int64)})
+    # a binary input's tiled 2-wide sum pooling on rows of 16 pixels (the input stage's uint64-word pass),
+    # kh = 2 and kh = 3
+    for kh in (2, 3):
+        pool = sum_pool2d("pool", "in", "q", (2, 3 * kh, 16), (kh, 2), weight=int(rng.integers(20, 120)))
+        g = Graph((Input("in", 96 * kh),), (_pop("q", 48, vth=40),), (pool,), ("q",)).validate()
+        cases[f"input_pool_words_{kh}"] = (g, {"in": (rng.random((1, 10, 96 * kh)) < 0.4).astype(np.int64)})
     # a cycle through a conv (step-wise schedule): conv forward, sparse back
     c = LoihiConv2d("fw", "a", "b", rng.integers(-120, 121, (2, 2, 2, 2)), (2, 3, 3))
     back = LoihiDense("back", "b", "a", np.where(rng.random((18, 8)) < 0.3, rng.integers(-200, 201, (18, 8)), 0),

@@ -227,7 +227,9 @@ def test_conv_message_table_leaves_wide_patches_to_the_other_stages(monkeypatch)
     (dict(kernel_size=2), (3, 7, 9)), (dict(kernel_size=3, stride=2, padding=1), (3, 7, 9)),
     (dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 1)), (3, 7, 9)),
     # windows that tile the image exactly: the byte-lane passes (kw = 2, and the general kw)
-    (dict(kernel_size=2), (3, 8, 10)), (dict(kernel_size=(2, 3)), (2, 6, 9))])
+    (dict(kernel_size=2), (3, 8, 10)), (dict(kernel_size=(2, 3)), (2, 6, 9)),
+    # ... and the uint64-word pass (kw = 2 on rows of whole words; kh = 2, 3 and 1)
+    (dict(kernel_size=2), (3, 8, 16)), (dict(kernel_size=(3, 2)), (2, 9, 8)), (dict(kernel_size=(1, 2)), (1, 3, 24))])
 # sums below 2**23 (plain messages) / in int32 (dense pooling) / beyond (events)
 @pytest.mark.parametrize("weight", [90, (1 << 21) + 6, (1 << 29) + 12345])
 def test_dense_pooling_equals_the_event_segments_and_the_tensor_path(monkeypatch, pool, in_shape, weight):
@@ -240,10 +242,13 @@ def test_dense_pooling_equals_the_event_segments_and_the_tensor_path(monkeypatch
     x = (rng.random((5, 12, int(np.prod(in_shape)))) < 0.4).astype(np.int64)
     x[0, :3] = 1  # every input spikes: the sums reach the bound
     spec = sim.prepare(g).network()
-    assert (spec.dense_pools[0] is not None) == (abs(weight) < 1 << 28) and spec.dense_convs[0] is None
-    assert spec.plain[0] == (weight == 90)
+    window = weight * int(np.prod(p.weight.shape[2:]))  # the largest sum
+    assert (spec.dense_pools[0] is not None) == (window < 1 << 31) and spec.dense_convs[0] is None
+    assert spec.plain[0] == (window < 1 << 23)
     monkeypatch.setattr(compiled.runner, "_PRE_SLICE_BYTES", 1)  # slices of one sample
     fast = _run(g, x)
+    monkeypatch.setattr(compiled.input_stages, "_POOL_WORDS", False)  # the byte pass of tiled windows
+    bytes_pass = _run(g, x)
     monkeypatch.setattr(compiled.input_stages, "_DENSE_INPUT_POOL", False)  # the dense conv stage
     conv_stage = _run(g, x)
     monkeypatch.setattr(compiled.input_stages, "_DENSE_INPUT_CONV", False)  # the event segments
@@ -251,8 +256,33 @@ def test_dense_pooling_equals_the_event_segments_and_the_tensor_path(monkeypatch
     monkeypatch.setattr(simulator, "_use_kernel", lambda dev: False)
     reference = _run(g, x)
     assert reference.spikes["q"].any() and not reference.spikes["q"].all()
-    for other in (fast, conv_stage, events):
+    for other in (fast, bytes_pass, conv_stage, events):
         _assert_same(other, reference)
+
+
+@pytest.mark.parametrize("kh", [1, 2, 3])
+def test_word_pooling_pass_equals_the_byte_pass_at_batch_one_and_on_every_count(monkeypatch, kh):
+    """The uint64-word pass of a tiled 2-wide sum pooling against the byte pass: batch 1 and a batch,
+    the step blocks of a single sample, windows with every count from 0 to 2 * kh (all inputs on,
+    alternate columns, random), so each 8-bit and 16-bit lane reaches its largest value."""
+    rng = np.random.default_rng(kh)
+    in_shape = (3, 4 * kh, 16)
+    p = sum_pool2d("pool", "x", "q", in_shape, kernel_size=(kh, 2), weight=int(rng.integers(1, 120)))
+    n = int(np.prod(p.out_shape))
+    lif = LoihiLIF(200, 300, 40, rng.integers(-50, 50, n), np.zeros(n, dtype=np.int64))
+    g = Graph((Input("x", int(np.prod(in_shape))),), (Population("q", n, lif),), (p,), ("q",)).validate()
+    x = (rng.random((4, 9, int(np.prod(in_shape)))) < 0.5).astype(np.int64)
+    x[0, 0] = 1
+    x[0, 1] = 0
+    x[0, 2] = np.tile([1, 0], x.shape[2] // 2)
+    assert sim.prepare(g).network().dense_pools[0] is not None
+    for batch in (1, 4):
+        words = _run(g, x[:batch])
+        monkeypatch.setattr(compiled.input_stages, "_POOL_WORDS", False)
+        byte_pass = _run(g, x[:batch])
+        monkeypatch.setattr(compiled.input_stages, "_POOL_WORDS", True)
+        assert byte_pass.spikes["q"].any()
+        _assert_same(words, byte_pass)
 
 
 def test_dense_pool_weights_takes_only_sum_poolings():

@@ -3,6 +3,7 @@ segments or densely, a sum pooling densely) turned into messages for every step 
 threads even for one sample (``_input_messages``)."""
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,6 +32,10 @@ _SPLIT_COLUMNS_BYTES = 1 << 18
 # it off to compare with the event path.
 _DENSE_INPUT_CONV = True
 _DENSE_INPUT_POOL = True  # the same for a sum pooling's dense pooling stage (dense_pool_weights)
+# Tiled 2-wide sum poolings on rows of whole uint64 words take the word pass (input_pool_dense); tests switch
+# it off to compare with the byte pass. The word pass reads a word's 16-bit lanes in memory order.
+_POOL_WORDS = True
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 def _conv_shape(geometry) -> tuple:
@@ -288,14 +293,35 @@ def _input_kernels():
                                     v = _conv_output(v)
                                 orow[x] = _synaptic_output(v, e, False, dl)
 
+    @numba.njit(nogil=True, boundscheck=False, cache=True)
+    def _pool_messages(cnt, pw, ch, n, cv, e, dl, plain, ls, rs, o):
+        """o = the messages of a tiled sum pooling's window counts ``cnt`` (channel, y, x; bytes or 16-bit
+        lanes): each count times its channel's weight, then Lava Conv's output stage and
+        ``synaptic_output``, one loop per channel."""
+        _key = fingerprint  # puts the formulas' fingerprint into the cache key
+        for c in range(ch):
+            weight = np.int32(pw[c])
+            cc = cnt[c * n:(c + 1) * n]
+            oc = o[c * n:(c + 1) * n]
+            if plain:  # the bound makes the message the shifted sum (plan.plain_messages)
+                for f in range(n):
+                    oc[f] = np.int32(np.int32(np.int32(np.int32(cc[f]) * weight) << ls) >> rs)
+                continue
+            for f in range(n):
+                v = np.int32(np.int32(cc[f]) * weight)  # exact: below the bound, 2**31
+                if cv:  # a Conv's own output stage comes first
+                    v = _conv_output(v)
+                oc[f] = _synaptic_output(v, e, False, dl)
+
     @numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-    def input_pool_dense(s, pw, dims, cv, e, dl, plain, out, step_blocks):
+    def input_pool_dense(s, pw, dims, cv, e, dl, plain, words, out, step_blocks):
         """out[b, t] = the messages of a binary input's sum pooling: for each channel and output row,
         the window's kh input rows added into a row of counts (contiguous loops; the padding columns stay
         0), then each output's kw counts added up and times the channel's weight, then Lava Conv's output
         stage and ``synaptic_output``, in neuron order (channel, y, x). Every sum is a window count
         (at most kh * kw) times one weight, exact in int64 (the caller's bound keeps it below 2**31, as
-        for the dense conv stage). Jobs: samples x step blocks."""
+        for the dense conv stage). ``words``: tiled windows with kw = 2 on rows of a multiple of 8 pixels
+        (little-endian) take the uint64-word pass below. Jobs: samples x step blocks."""
         _key = fingerprint  # puts the formulas' fingerprint into the cache key
         batch, steps, _ = s.shape
         ch, h, w, py, px, kh, kw, sy, sx, ho, wo = (dims[0], dims[1], dims[2], dims[3], dims[4], dims[5],
@@ -308,17 +334,44 @@ def _input_kernels():
         ls = max(e, 0)
         rs = max(-e, 0)
         tiled = py == 0 and px == 0 and kh == sy and kw == sx and h == ho * sy and w == wo * sx and kh * kw < 256
+        # 2x2-style windows on rows of whole words: 8 pixels per uint64, each word's kh rows added in
+        # byte lanes (a column's count is at most kh < 256: no carries between lanes), then the byte
+        # pairs added into 16-bit lanes, which are then the counts of 4 outputs in order (little-endian),
+        # in one flat loop over all the image's words: the byte pass's loops per output row, a few words
+        # each, took longer than their adds (one thread, 4x32x32: 783 against 1061 CPU-ns per image)
+        words = words and tiled and kw == 2 and w % 8 == 0
+        wpr = w // 8  # words per input row
+        n_words = ch * ho * wpr if words else 0
+        m8 = np.uint64(0x00FF00FF00FF00FF)
         for job in numba.prange(batch * step_blocks):
             b = job // step_blocks
             sb = job % step_blocks
             row = np.zeros(w + 2 * px, dtype=np.int32)
             inner = row[px:px + w]
             count = np.empty(wo, dtype=np.int32)
-            vert = np.empty(ch * ho * w if tiled else 0, dtype=np.uint8)
-            cnt = np.empty(ch * ho * wo if tiled else 0, dtype=np.uint8)
+            vert = np.empty(ch * ho * w if tiled and not words else 0, dtype=np.uint8)
+            cnt = np.empty(ch * ho * wo if tiled and not words else 0, dtype=np.uint8)
+            first = np.empty(n_words, dtype=np.int64)  # an output word's first input word
+            for f in range(n_words):
+                first[f] = (f // wpr) * kh * wpr + f % wpr
+            pairs = np.empty(n_words, dtype=np.uint64)
             for t in range(sb * steps // step_blocks, (sb + 1) * steps // step_blocks):
                 img = s[b, t]
                 o = out[b, t]
+                if words:
+                    iw = img.view(np.uint64)
+                    if kh == 2:
+                        for f in range(n_words):
+                            v = iw[first[f]] + iw[first[f] + wpr]
+                            pairs[f] = (v & m8) + ((v >> np.uint64(8)) & m8)
+                    else:
+                        for f in range(n_words):
+                            v = iw[first[f]]
+                            for ky in range(1, kh):
+                                v += iw[first[f] + ky * wpr]
+                            pairs[f] = (v & m8) + ((v >> np.uint64(8)) & m8)
+                    _pool_messages(pairs.view(np.uint16), pw, ch, ho * wo, cv, e, dl, plain, ls, rs, o)
+                    continue
                 if tiled:
                     for r in range(ch * ho):  # input rows r * kh ... r * kh + kh - 1 make output row r
                         dst = vert[r * w:(r + 1) * w]
@@ -338,19 +391,7 @@ def _input_kernels():
                             for kx in range(kw):
                                 total += vert[f * kw + kx]
                             cnt[f] = total
-                    for c in range(ch):
-                        weight = np.int32(pw[c])
-                        cc = cnt[c * ho * wo:(c + 1) * ho * wo]
-                        oc = o[c * ho * wo:(c + 1) * ho * wo]
-                        if plain:  # the bound makes the message the shifted sum (plan.plain_messages)
-                            for f in range(ho * wo):
-                                oc[f] = np.int32(np.int32(np.int32(np.int32(cc[f]) * weight) << ls) >> rs)
-                            continue
-                        for f in range(ho * wo):
-                            v = np.int32(np.int32(cc[f]) * weight)  # exact: below the bound, 2**31
-                            if cv:  # a Conv's own output stage comes first
-                                v = _conv_output(v)
-                            oc[f] = _synaptic_output(v, e, False, dl)
+                    _pool_messages(cnt, pw, ch, ho * wo, cv, e, dl, plain, ls, rs, o)
                     continue
                 for c in range(ch):
                     weight = pw[c]
@@ -479,7 +520,8 @@ def _input_messages(spec: NetworkSpec, x: np.ndarray, pre: np.ndarray, threads: 
             weights, dims = spec.dense_pools[k]
             # the spikes as bytes: the tiled windows add them in 8-bit lanes
             _input_kernels()[3](s.view(np.uint8), weights, dims, bool(spec.conv[k]), int(spec.weight_exp[k]),
-                                bool(spec.delayed[k]), bool(spec.plain[k]), out, step_blocks)
+                                bool(spec.delayed[k]), bool(spec.plain[k]), _POOL_WORDS and _LITTLE_ENDIAN, out,
+                                step_blocks)
         elif spec.table_convs and spec.table_convs[k] is not None:
             table, offs, taps, dims = spec.table_convs[k]
             _input_kernels()[4](s.view(np.uint8), table, offs, taps, dims, out, step_blocks)

@@ -181,8 +181,9 @@ def _network_kernel(count_events: bool, parallel: bool):
                     p0 = pop_off[p]
                     p1 = pop_off[p + 1]
                     if not has[p]:  # nothing arrives: Lava's LIF receives zeros
-                        for n in range(p0, p1):
-                            a[n] = 0
+                        az = a[p0:p1]  # from 0 over the slice: the loop indexed from p0 took 4x the
+                        for n in range(p1 - p0):  # time (one thread, micro-benchmark; numba checks every
+                            az[n] = 0  # index that may be negative)
                     fired, f0, f1, f2 = _update_neurons(u[p0:p1], v[p0:p1], a[p0:p1], bias[p0:p1],
                                                         spk[b, t, p0:p1], du[p], dv[p], vth[p], count_events)
                     if count_events:
