@@ -421,7 +421,7 @@ class _SpikeLinear(torch.autograd.Function):
         return grad_x, grad_w, None, None, None
 
 
-def spike_linear(x: torch.Tensor, weight: torch.Tensor, mode: str = "auto") -> torch.Tensor:
+def spike_linear(x: torch.Tensor, weight: torch.Tensor, mode: str = "auto", csr_out: list | None = None) -> torch.Tensor:
     """``x @ weight.t()`` (no bias) computed over x's nonzeros where that is faster; differentiable.
 
     ``x`` (..., in_features): spikes or any mostly-zero input; ``weight`` (out_features, in_features).
@@ -429,7 +429,10 @@ def spike_linear(x: torch.Tensor, weight: torch.Tensor, mode: str = "auto") -> t
     most ``density_limit(in_features, out_features)`` and the dense GEMM otherwise; ``"sparse"`` and
     ``"dense"`` force one path (tests, benchmarks). The event-driven path needs CPU float32/float64
     tensors of one dtype and numba; otherwise every mode computes ``x @ weight.t()``. Gradients: the
-    weight's over the same nonzeros, x's (when x requires grad) as the dense ``grad @ weight``.
+    weight's over the same nonzeros, x's (when x requires grad) as the dense ``grad @ weight``. ``csr_out`` (a list),
+    if given, receives ``(chunk_ptr, idx, val, kc)``, the nonzeros of x's rows (all leading dimensions) as the
+    event-driven path found them (``_csr``), when it took that path: for a caller that makes the weight gradient
+    later over the same rows (``spsp_kernels.scatter_rows_csr``) without reading x again.
     """
     if mode not in ("auto", "sparse", "dense"):
         raise ValueError(f"mode must be 'auto', 'sparse' or 'dense', got {mode!r}")
@@ -451,5 +454,7 @@ def spike_linear(x: torch.Tensor, weight: torch.Tensor, mode: str = "auto") -> t
     csr = _csr(x2, limit, tile[1])
     if csr is None:
         return x @ weight.t()
+    if csr_out is not None:
+        csr_out.append((*csr, tile[1]))
     out = _SpikeLinear.apply(x.reshape(-1, k), weight, csr, tile, kernels._threads())
     return out.reshape(*x.shape[:-1], m)
