@@ -763,8 +763,13 @@ class SpikeTrainRule(LearningRule):
         if dense:  # lam_u scaled in place; the input as float when it is a bool train
             width = n + n_in * (tr.s_in.dtype != dtype) + need_input * (2 * n + n_in)
         group, block = self._window_groups(batch, steps, width) if compiled else (batch, self._block(batch, width))
-        gw = torch.zeros_like(weight, dtype=dtype) if weight is not None else None
+        # a dense layer's weight gradient alone reads only c_w lam_u: the scan writes it so
+        scaled = dense and weight is not None and not need_input
         events = None  # (1, N_in, N): the dense weight gradient's transpose when it is event-driven
+        if scaled and self._event_driven_weights(tr.s_in, n, dtype):
+            events = torch.zeros(1, n_in, n, dtype=dtype)  # the weight gradient's transpose, spike by spike
+        # the weight gradient of the products (GEMMs, convolutions); none when it is made spike by spike
+        gw = torch.zeros_like(weight, dtype=dtype) if weight is not None and events is None else None
         gb = torch.zeros(n, dtype=dtype, device=g.device) if bias is not None else None
         result = torch.empty(batch, n_in, dtype=dtype, device=g.device) if need_input else None
         work: dict = {}  # the reverse scan's block buffers, reused by every group and scan (``_scan_chunks``)
@@ -793,9 +798,6 @@ class SpikeTrainRule(LearningRule):
             c_w, c_back = self.coefficients(tr, g[rows], stats)
             per_spike = g.new_zeros(rows.stop - b0, n_in) if need_input else None
             # a dense layer's weight gradient alone reads only c_w lam_u: the scan writes it so
-            scaled = dense and gw is not None and not need_input
-            if scaled and events is None and self._event_driven_weights(tr.s_in, n, dtype):
-                events = torch.zeros(1, n_in, n, dtype=dtype)  # the weight gradient's transpose, spike by spike
             # the sums of lam_u and lam_p are read only by a bias's gradient and the input error
             wanted = sums if gb is not None or need_input or not SKIP_UNREAD_SUMS else None
             for t0, t1, lam_u in self._scan_chunks(post[rows], _rows(virtual_k, rows), spec, dtype, wanted, block,
@@ -803,7 +805,7 @@ class SpikeTrainRule(LearningRule):
                 if dense:
                     g_in = lam_u * c_back.unsqueeze(1) if need_input else None
                     g_w = None
-                    if gw is not None:
+                    if weight is not None:
                         g_w = lam_u if scaled else g_in if c_back is c_w else lam_u.mul_(c_w.unsqueeze(1))
                     csr = None  # the forward product's non-zeros of this group's input rows, if it kept them
                     if events is not None and tr.in_csr is not None and tr.in_csr.get(b0, (0,))[0] == rows.stop - b0:
@@ -834,8 +836,8 @@ class SpikeTrainRule(LearningRule):
                     total = conv_hop_products(layer, None, None, (c_back * lam_u_sum).unsqueeze(1))[1].squeeze(1)
                 o_in = counts_in[rows]
                 result[rows] = torch.where(o_in > 0, per_spike / o_in.clamp(min=1), total / steps)
-        if gw is not None:
-            _accumulate(weight, gw if events is None else gw.add_(events[0].t()))
+        if weight is not None:  # events: sums from +0.0, so never -0.0, and its transpose is 0 + it bit for bit
+            _accumulate(weight, gw if events is None else events[0].t().contiguous())
         if gb is not None:
             _accumulate(bias, gb.reshape(bias.numel(), -1).sum(1))
         return result
