@@ -214,9 +214,11 @@ def dense_current_window(layer: nn.Module, s_in: torch.Tensor, dtype: torch.dtyp
                          csr_out: list | None = None) -> torch.Tensor:
     """A dense layer's current ``W s_in[t]`` of every step (B, T, N), before the hop delay: one product over all
     (sample, step) rows of the contiguous train (a view of it when it is float), the layers' own product (BPTT's:
-    over the spikes where the train is sparse, else the GEMM). ``csr_out``: ``spike_linear``'s."""
+    over the spikes where the train is sparse, else the GEMM). ``csr_out``: ``spike_linear``'s. A bool train goes to
+    the product as it is (its non-zeros found in the bytes; a float copy only for the GEMM)."""
     batch, steps, n_in = s_in.shape
-    src = as_float(s_in.reshape(-1, n_in), dtype)
+    src = s_in.reshape(-1, n_in)
+    src = src if src.dtype == torch.bool else as_float(src, dtype)
     return spike_linear(src, layer.weight.detach().to(dtype), csr_out=csr_out).view(batch, steps, -1)
 
 
