@@ -1,4 +1,5 @@
 """The event-driven spike-input product (``snn2hw.nn.functional.spike_linear``) against ``x @ W^T``."""
+import numpy as np
 import pytest
 import torch
 
@@ -194,3 +195,22 @@ def test_packed_weights_are_reused_in_a_scope_and_never_stale(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(plain, scoped))
     assert torch.equal(halved, F.spike_linear(xs[0], w, mode="sparse"))
     assert not spike_dense._PACK_SCOPES
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bool_train_equals_its_float_copy_bit_for_bit(dtype):
+    """A bool spike train (the spike-train rules keep theirs as bytes) gives the product of its 0/1 float copy bit for
+    bit, on the event-driven path (its non-zeros found in the bytes), the dense one and the automatic choice, and
+    the same CSR for ``csr_out``."""
+    g = torch.Generator().manual_seed(3)
+    s = torch.rand(5, 40, 300, generator=g) < 0.06
+    w = torch.randn(70, 300, generator=g, dtype=dtype)
+    for mode in ("sparse", "dense", "auto"):
+        found = ([], [])
+        outs = [spike_dense.spike_linear(x, w, mode=mode, csr_out=f) for x, f in ((s, found[0]), (s.to(dtype), found[1]))]
+        assert outs[0].dtype == dtype and outs[0].shape == (5, 40, 70)
+        assert torch.equal(outs[0], outs[1]) and bool(outs[0].abs().sum() > 0), mode
+        assert len(found[0]) == len(found[1]) == (mode != "dense")
+        for a, b in zip(found[0][0][:2] if found[0] else (), found[1][0][:2] if found[1] else ()):
+            assert np.array_equal(a, b)

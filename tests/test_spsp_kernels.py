@@ -166,6 +166,82 @@ def test_tiled_scatter_equals_row_scatter_bit_for_bit(monkeypatch):
         torch.testing.assert_close(outs[0][0], expected, rtol=1e-4, atol=1e-4)
 
 
+def test_scatter_from_forward_csr_equals_scatter_bit_for_bit(monkeypatch):
+    """The wide layer's weight gradient listed from the forward product's non-zeros (``spike_linear``'s
+    ``csr_out``, ``scatter_rows_csr``) equals ``scatter_rows`` over the dense train bit for bit: float32 and float64,
+    0/1 and valued trains, the hop's rows (steps 0..T-2 with lag 1) and an inner range (lag 0), inputs in two chunks
+    of the CSR (1100 > 1024 float64 inputs), several row blocks, onto a non-zero ``out``; and declines (False)
+    where ``scatter_rows`` would not take the tiled kernel."""
+    from snn2hw.nn.spike_dense import spike_linear
+
+    g = torch.Generator().manual_seed(11)
+    for dtype, valued, m, block in ((torch.float32, False, 300, 64), (torch.float64, True, 1100, 512),
+                                    (torch.float64, False, 1100, 100)):
+        monkeypatch.setattr(spsp_kernels, "SCATTER_ROW_BLOCK", block)
+        s = (torch.rand(3, 90, m, generator=g) < 0.05).to(dtype)
+        if valued:
+            s = s * torch.randn(3, 90, m, generator=g, dtype=dtype)
+        found = []
+        spike_linear(s.reshape(-1, m), torch.randn(70, m, generator=g, dtype=dtype), mode="sparse", csr_out=found)
+        assert len(found) == 1 and (found[0][0].shape[1] == 3) == (m == 1100)  # two chunks of inputs, or one
+        grad = torch.randn(3, 90, 70, generator=g, dtype=dtype)
+        start = torch.randn(1, m, 70, generator=g, dtype=dtype)
+        for t_lo, count, lag in ((0, 89, 1), (5, 40, 0)):
+            outs = [start.clone(), start.clone()]
+            assert spsp_kernels.scatter_rows_csr(grad, found[0], 90, t_lo, count, outs[0], lag=lag)
+            spsp_kernels.scatter_rows(grad, s[:, t_lo:t_lo + count], outs[1], per_sample=False, lag=lag)
+            bits = torch.int32 if dtype == torch.float32 else torch.int64
+            assert torch.equal(outs[0].view(bits), outs[1].view(bits)), (dtype, valued, t_lo, lag)
+            assert not torch.equal(outs[0], start)
+    narrow = torch.zeros(1, m, 10, dtype=dtype)  # under SCATTER_TILE_MIN_WIDTH: row by row, not from the CSR
+    assert not spsp_kernels.scatter_rows_csr(grad[:, :, :10], found[0], 90, 0, 89, narrow, lag=1)
+    assert not narrow.any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_transposed_equals_torch_transpose(dtype):
+    """The blocked transpose copy (the event-driven weight gradient to the parameter) equals ``a.t().contiguous()``:
+    shapes that are not multiples of the block, a single row, and the fallback for a non-contiguous view."""
+    g = torch.Generator().manual_seed(13)
+    for shape in ((130, 67), (1, 200), (64, 64)):
+        a = torch.randn(*shape, generator=g, dtype=dtype)
+        out = spsp_kernels.transposed(a)
+        assert out.is_contiguous() and torch.equal(out, a.t())
+    view = torch.randn(40, 30, generator=g, dtype=dtype).t()
+    assert torch.equal(spsp_kernels.transposed(view), view.t())
+
+
+def test_rule_weight_gradient_from_forward_csr_is_bit_identical(monkeypatch):
+    """HM2-BP's wide first layer takes its event-driven weight gradient from the forward product's non-zeros
+    (``LayerTrace.in_csr``): the gradients equal those with the dense train read again, bit for bit, in whole
+    windows (groups of several samples) and with blocks of steps (no CSR kept), with a bias and without."""
+    g = torch.Generator().manual_seed(12)
+    x = (torch.rand(5, 40, 30, generator=g) < 0.08).float()
+    y = torch.tensor([0, 1, 2, 1, 0])
+    monkeypatch.setattr(spiketrain, "WEIGHT_EVENT_MIN_WIDTH", 64)
+    monkeypatch.setattr(spiketrain, "WEIGHT_EVENT_BUDGET", 1e9)
+    calls = []
+    own = spsp_kernels.scatter_rows_csr
+    monkeypatch.setattr(spsp_kernels, "scatter_rows_csr", lambda *a, **k: calls.append(1) or own(*a, **k))
+    for chunk_bytes in (40 * 4 * 2 * 100, 0):  # two samples per group; one sample in blocks of steps
+        monkeypatch.setattr(spiketrain, "CHUNK_BYTES", chunk_bytes)
+        for bias in (False, True):
+            grads = []
+            for reuse in (True, False):
+                monkeypatch.setattr(spiketrain, "REUSE_INPUT_CSR", reuse)
+                torch.manual_seed(0)
+                net = SpikingSequential([LIFDense(30, 100, du=0.3, dv=0.2, weight_gain=3.0, bias=bias),
+                                         LIFDense(100, 3, du=0.3, dv=0.2, weight_gain=2.0)])
+                rule = make_rule("hm2bp", margin=0, target_true=8, target_false=2, chunk=10)
+                calls.clear()
+                rule.compute_gradients(net, x, y, None, {})
+                grads.append([p.grad.clone() for p in net.parameters() if p.grad is not None])
+                if reuse:
+                    assert bool(calls) == bool(chunk_bytes), (chunk_bytes, bias)
+            assert len(grads[0]) == len(grads[1]) >= 2 + bias and bool(grads[0][0].abs().sum() > 0)
+            assert all(torch.equal(a, b) for a, b in zip(*grads)), (chunk_bytes, bias)
+
+
 @pytest.mark.parametrize("rule_name,rec,t_ref", [("hm2bp", False, 0), ("hm2bp", False, 2), ("strsbp", True, 0)])
 @pytest.mark.parametrize("chunk_bytes", [0, 4 << 20])
 def test_event_driven_gradients_equal_gemm_gradients(monkeypatch, rule_name, rec, t_ref, chunk_bytes):
@@ -230,6 +306,33 @@ def test_adjoint_scan_scaled_equals_scaled_kernel(dtype):
                                                      virtual=k, scale=sc)[0] for t1 in range(steps, 0, -7)}
         out.append((torch.cat([parts[t] for t in sorted(parts)], 1), sums))
     assert torch.equal(out[0][0] * scale.unsqueeze(1), out[1][0]) and torch.equal(out[0][1], out[1][1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("t_ref,virtual,scaled", [(0, False, True), (0, True, True), (0, True, False), (2, True, True)])
+def test_adjoint_scan_without_sums_gives_the_same_kernel(dtype, t_ref, virtual, scaled):
+    """Without the sums (``lu_sum``/``lp_sum`` None: the first layer's weight gradient without a bias) the reverse
+    scan returns the same ``lam_u`` bit for bit, chunks last first, with virtual spikes and the scale."""
+    steps, n = 31, 13
+    g = torch.Generator().manual_seed(9)
+    spikes = torch.rand(3, steps, n, generator=g) < 0.25
+    spikes[:, :, :3] = False
+    k = torch.zeros(3, n)
+    k[:, :3] = torch.tensor([1.0, 4.0, 6.0])
+    scale = torch.randn(3, n, generator=g, dtype=torch.float64).to(dtype) if scaled else None
+    spec = NeuronSpec(torch.rand(n, generator=g, dtype=torch.float64).to(dtype),
+                      torch.rand(n, generator=g, dtype=torch.float64).to(dtype), None, None, t_ref)
+    out = []
+    for summed in (True, False):
+        state: dict = {}
+        sums = torch.zeros(2, 3, n, dtype=torch.float64) if summed else (None, None)
+        parts = {t1: spsp_kernels.adjoint_scan_chunk(spikes, max(t1 - 7, 0), t1, spec, dtype, state, sums[0], sums[1],
+                                                     virtual=k if virtual else None, scale=scale)[0].clone()
+                 for t1 in range(steps, 0, -7)}
+        out.append(torch.cat([parts[t] for t in sorted(parts)], 1))
+        if summed:
+            assert bool((sums[0] > 0).any())
+    assert out[0].abs().sum() > 0 and torch.equal(out[0], out[1])
 
 
 _CACHE_PROBE = '''

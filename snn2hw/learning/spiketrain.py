@@ -72,6 +72,13 @@ EVENT_DENSITY = 0.05
 WEIGHT_EVENT_COST = (3.4, 2080.0)
 WEIGHT_EVENT_BUDGET = 0.8
 WEIGHT_EVENT_MIN_WIDTH = 400
+# Switches of two savings, module-level so that a benchmark can turn them off for an interleaved A/B
+# (``diag_spiketrain_speed.py --variant``); neither changes a result. REUSE_INPUT_CSR: a wide dense layer's
+# event-driven weight gradient lists its input spikes by input from the non-zeros its forward product found
+# (``LayerTrace.in_csr``) instead of two more passes over the dense train. SKIP_UNREAD_SUMS: a reverse scan whose
+# sums of lam_u and lam_p nothing reads (a weight gradient alone, no bias) leaves them out.
+REUSE_INPUT_CSR = True
+SKIP_UNREAD_SUMS = True
 # Float temporaries of the chunked path (per chunk: currents, inputs as float, kernels) are kept near this
 # size by taking more than ``chunk`` steps per block when the layer is narrow (fewer, larger GEMMs and
 # kernel calls); the memory stays bounded in T.
@@ -99,6 +106,10 @@ class LayerTrace:
     # (B, N) float64 sum over the real spikes of the membrane's bias part per unit bias, ``sum_t lam_p[t]`` (chunked
     # layers with a bias, for rules with ``needs_tpsp``: the T-PSP less its bias part without a reverse scan)
     bias_sum: torch.Tensor | None = None
+    # {first sample of a group: (samples, CSR of the group's input rows)}: the forward product's non-zeros of s_in
+    # (``spike_dense.spike_linear``'s ``csr_out``) for a wide dense layer whose weight gradient may be event-driven,
+    # so that its backward lists them by input without reading the train again (``spsp_kernels.scatter_rows_csr``)
+    in_csr: dict | None = None
 
 
 @dataclass
@@ -233,18 +244,25 @@ class SpikeTrainRule(LearningRule):
                          else 2 * layer.out_features + s.shape[2])
                 group, block = self._window_groups(*s.shape[:2], width)
                 s_out = torch.empty(s.shape[0], s.shape[1], layer.out_features, dtype=torch.bool, device=x.device)
+                in_csr = {} if REUSE_INPUT_CSR and dense and layer.out_features >= WEIGHT_EVENT_MIN_WIDTH else None
                 for b0 in range(0, s.shape[0], group):  # the neurons of different samples are independent
                     src, rows = s_in[b0:b0 + group], slice(b0, b0 + group)
                     current = lambda t0, t1, src=src: hop_current_chunk(layer, src, t0, t1, x.dtype)  # noqa: E731
                     lag = int(block >= src.shape[1] and whole_window(layer, src, 0, src.shape[1]))
                     if lag:  # the window's currents as the product makes them, read one step late by the scan
-                        current = lambda t0, t1, src=src: dense_current_window(layer, src, x.dtype)  # noqa: E731
+                        found = [] if in_csr is not None else None
+                        if found is not None:
+                            in_csr[b0] = (src.shape[0], found)
+                        current = lambda t0, t1, src=src, found=found: dense_current_window(  # noqa: E731
+                            layer, src, x.dtype, found)
                     lif_sequence_chunked(current, src.shape[0], src.shape[1], layer.out_features, spec, rec, block, x,
                                          torch.bool, vsum[rows], counts[rows], out=s_out[rows], time_weights=kernel,
                                          weighted=_rows(tpsp_virtual, rows), bias_sum=_rows(bias_sum, rows), lag=lag)
                 s = s_out
+                if in_csr is not None:  # the groups whose product was event-driven
+                    in_csr = {b0: (size, found[0]) for b0, (size, found) in in_csr.items() if len(found) == 1}
                 records.append(LayerTrace(layer, s_in, None, s, spec, rec, vsum, counts, counts_in, tpsp_virtual,
-                                          bias_sum))
+                                          bias_sum, in_csr or None))
                 continue
             counts = None
             s = s.to(x.dtype)
@@ -537,7 +555,8 @@ class SpikeTrainRule(LearningRule):
         """The reverse-time recursion of ``spsp_adjoint`` over ``block``-step blocks, last block first, for the
         post trains ``post`` (B, T, N) plus ``virtual`` (B, N) evenly spaced virtual spikes (None: none; made on
         the fly by the compiled scan): yields (t0, t1, lam_u[t0:t1]) and adds the per-neuron sums of lam_u
-        (steps >= 1) and lam_p over the window to ``sums[0]`` and ``sums[1]`` ((2, B, N), float64). ``scale``
+        (steps >= 1) and lam_p over the window to ``sums[0]`` and ``sums[1]`` ((2, B, N), float64; None: not
+        wanted, and the compiled scan leaves them out). ``scale``
         (B, N), if given, multiplies the yielded blocks per neuron (``lam_u * scale.unsqueeze(1)``; inside the
         compiled scan, which saves a pass over each block); the sums stay the kernel's. ``work`` (a dict kept by the
         caller for a layer's backward): the compiled scan writes every block into the same buffer
@@ -548,7 +567,8 @@ class SpikeTrainRule(LearningRule):
             state: dict = {}
             for t1 in range(steps, 0, -block):
                 t0 = max(t1 - block, 0)
-                lam_u, _ = spsp_kernels.adjoint_scan_chunk(post, t0, t1, spec, dtype, state, sums[0], sums[1],
+                lam_u, _ = spsp_kernels.adjoint_scan_chunk(post, t0, t1, spec, dtype, state,
+                                                           *((None, None) if sums is None else sums),
                                                            virtual=virtual, scale=scale, work=work)
                 yield t0, t1, lam_u
             return
@@ -570,8 +590,9 @@ class SpikeTrainRule(LearningRule):
                 lam_p[:, t] = lp
                 lam_u[:, t] = lu
             first = 1 if t0 == 0 else 0
-            sums[0] += lam_u[:, first:].sum(1).to(sums.dtype)
-            sums[1] += lam_p.sum(1).to(sums.dtype)
+            if sums is not None:
+                sums[0] += lam_u[:, first:].sum(1).to(sums.dtype)
+                sums[1] += lam_p.sum(1).to(sums.dtype)
             yield t0, t1, (lam_u if scale is None else lam_u * scale.unsqueeze(1))
 
     def _group_and_block(self, batch: int, n: int, e_width: int, width: int, compiled: bool) -> tuple[int, int]:
@@ -776,8 +797,13 @@ class SpikeTrainRule(LearningRule):
         if dense:  # lam_u scaled in place; the input as float when it is a bool train
             width = n + n_in * (tr.s_in.dtype != dtype) + need_input * (2 * n + n_in)
         group, block = self._window_groups(batch, steps, width) if compiled else (batch, self._block(batch, width))
-        gw = torch.zeros_like(weight, dtype=dtype) if weight is not None else None
+        # a dense layer's weight gradient alone reads only c_w lam_u: the scan writes it so
+        scaled = dense and weight is not None and not need_input
         events = None  # (1, N_in, N): the dense weight gradient's transpose when it is event-driven
+        if scaled and self._event_driven_weights(tr.s_in, n, dtype):
+            events = torch.zeros(1, n_in, n, dtype=dtype)  # the weight gradient's transpose, spike by spike
+        # the weight gradient of the products (GEMMs, convolutions); none when it is made spike by spike
+        gw = torch.zeros_like(weight, dtype=dtype) if weight is not None and events is None else None
         gb = torch.zeros(n, dtype=dtype, device=g.device) if bias is not None else None
         result = torch.empty(batch, n_in, dtype=dtype, device=g.device) if need_input else None
         work: dict = {}  # the reverse scan's block buffers, reused by every group and scan (``_scan_chunks``)
@@ -806,17 +832,19 @@ class SpikeTrainRule(LearningRule):
             c_w, c_back = self.coefficients(tr, g[rows], stats)
             per_spike = g.new_zeros(rows.stop - b0, n_in) if need_input else None
             # a dense layer's weight gradient alone reads only c_w lam_u: the scan writes it so
-            scaled = dense and gw is not None and not need_input
-            if scaled and events is None and self._event_driven_weights(tr.s_in, n, dtype):
-                events = torch.zeros(1, n_in, n, dtype=dtype)  # the weight gradient's transpose, spike by spike
-            for t0, t1, lam_u in self._scan_chunks(post[rows], _rows(virtual_k, rows), spec, dtype, sums, block,
+            # the sums of lam_u and lam_p are read only by a bias's gradient and the input error
+            wanted = sums if gb is not None or need_input or not SKIP_UNREAD_SUMS else None
+            for t0, t1, lam_u in self._scan_chunks(post[rows], _rows(virtual_k, rows), spec, dtype, wanted, block,
                                                    c_w if scaled else None, work):
                 if dense:
                     g_in = lam_u * c_back.unsqueeze(1) if need_input else None
                     g_w = None
-                    if gw is not None:
+                    if weight is not None:
                         g_w = lam_u if scaled else g_in if c_back is c_w else lam_u.mul_(c_w.unsqueeze(1))
-                    part_in = dense_hop_block(layer.weight, tr.s_in[rows], t0, g_w, g_in, gw, events)
+                    csr = None  # the forward product's non-zeros of this group's input rows, if it kept them
+                    if events is not None and tr.in_csr is not None and tr.in_csr.get(b0, (0,))[0] == rows.stop - b0:
+                        csr = tr.in_csr[b0][1]
+                    part_in = dense_hop_block(layer.weight, tr.s_in[rows], t0, g_w, g_in, gw, events, csr)
                     if part_in is not None:
                         per_spike += part_in
                     continue
@@ -832,18 +860,18 @@ class SpikeTrainRule(LearningRule):
                     gw += part_w
                 if part_in is not None:  # the error reaching each input at its spikes
                     per_spike += part_in.mul_(s_prev).sum(1)
-            lam_u_sum, lam_p_sum = sums[0].to(dtype), sums[1].to(dtype)
             if gb is not None:
-                gb += (c_w * lam_p_sum).sum(0)
+                gb += (c_w * sums[1].to(dtype)).sum(0)
             if need_input:  # a silent input: the error of one spike at a uniformly random step
+                lam_u_sum = sums[0].to(dtype)
                 if dense:
                     total = (c_back * lam_u_sum) @ layer.weight.detach().to(dtype)
                 else:
                     total = conv_hop_products(layer, None, None, (c_back * lam_u_sum).unsqueeze(1))[1].squeeze(1)
                 o_in = counts_in[rows]
                 result[rows] = torch.where(o_in > 0, per_spike / o_in.clamp(min=1), total / steps)
-        if gw is not None:
-            _accumulate(weight, gw if events is None else gw.add_(events[0].t()))
+        if weight is not None:  # events: sums from +0.0, so never -0.0, and its transpose is 0 + it bit for bit
+            _accumulate(weight, gw if events is None else spsp_kernels.transposed(events[0]))
         if gb is not None:
             _accumulate(bias, gb.reshape(bias.numel(), -1).sum(1))
         return result

@@ -210,13 +210,16 @@ def whole_window(layer: nn.Module, s_in: torch.Tensor, t0: int, t1: int) -> bool
     return isinstance(layer, LIFDense) and t0 == 0 and t1 == s_in.shape[1] and s_in.is_contiguous()
 
 
-def dense_current_window(layer: nn.Module, s_in: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def dense_current_window(layer: nn.Module, s_in: torch.Tensor, dtype: torch.dtype,
+                         csr_out: list | None = None) -> torch.Tensor:
     """A dense layer's current ``W s_in[t]`` of every step (B, T, N), before the hop delay: one product over all
     (sample, step) rows of the contiguous train (a view of it when it is float), the layers' own product (BPTT's:
-    over the spikes where the train is sparse, else the GEMM)."""
+    over the spikes where the train is sparse, else the GEMM). ``csr_out``: ``spike_linear``'s. A bool train goes to
+    the product as it is (its non-zeros found in the bytes; a float copy only for the GEMM)."""
     batch, steps, n_in = s_in.shape
-    src = as_float(s_in.reshape(-1, n_in), dtype)
-    return spike_linear(src, layer.weight.detach().to(dtype)).view(batch, steps, -1)
+    src = s_in.reshape(-1, n_in)
+    src = src if src.dtype == torch.bool else as_float(src, dtype)
+    return spike_linear(src, layer.weight.detach().to(dtype), csr_out=csr_out).view(batch, steps, -1)
 
 
 def hop_current_chunk(layer: nn.Module, s_in: torch.Tensor, t0: int, t1: int, dtype: torch.dtype) -> torch.Tensor:
@@ -240,7 +243,7 @@ def hop_current_chunk(layer: nn.Module, s_in: torch.Tensor, t0: int, t1: int, dt
 
 def dense_hop_block(weight: torch.Tensor, s_in: torch.Tensor, t0: int, g_w: torch.Tensor | None,
                     g_in: torch.Tensor | None, gw: torch.Tensor | None,
-                    events: torch.Tensor | None = None) -> torch.Tensor | None:
+                    events: torch.Tensor | None = None, csr: tuple | None = None) -> torch.Tensor | None:
     """Back through a dense hop ``a[t] = W s_in[t - 1]`` for the block of steps [t0, t0 + C) of the current,
     without autograd. Adds ``sum_{b,k} g_w[b, k, i] s_in[b, t0 + k - 1, j]`` to ``gw`` (N, N_in) and returns the
     error reaching each input at its spikes, ``sum_k s_in[b, t0 + k - 1, j] (g_in[b, k] @ W)_j`` (G, N_in), or
@@ -251,13 +254,17 @@ def dense_hop_block(weight: torch.Tensor, s_in: torch.Tensor, t0: int, g_w: torc
     trains: for this product, summed over samples into one small matrix, the event-driven
     ``spsp_kernels.scatter_rows`` was no faster at any density measured (0.3-20 %, 784 x 100, one thread).
     Wide layers are another matter (``spiketrain.WEIGHT_EVENT_DENSITY``): given ``events`` (1, N_in, N), the
-    weight gradient's transpose is added there spike by spike instead of into ``gw``."""
+    weight gradient's transpose is added there spike by spike instead of into ``gw``; ``csr``, the non-zeros of
+    the group's (sample, step) input rows as the forward product found them (``spike_linear``'s ``csr_out``), spares
+    that the dense train is read again to list them (``spsp_kernels.scatter_rows_csr``; the same sums)."""
     f = 1 if t0 == 0 else 0
     t1 = t0 + (g_w if g_w is not None else g_in).shape[1]
     s_prev = s_in[:, t0 + f - 1:t1 - 1]
     dtype = (g_w if g_w is not None else g_in).dtype
     if g_w is not None and events is not None:
-        spsp_kernels.scatter_rows(g_w, s_prev, events, per_sample=False, lag=f)
+        if csr is None or not spsp_kernels.scatter_rows_csr(g_w, csr, s_in.shape[1], t0 + f - 1, s_prev.shape[1],
+                                                            events, lag=f):
+            spsp_kernels.scatter_rows(g_w, s_prev, events, per_sample=False, lag=f)
     elif g_w is not None:
         n, n_in = g_w.shape[2], s_in.shape[2]
         if f and t1 == s_in.shape[1] and s_in.is_contiguous():

@@ -302,36 +302,45 @@ if numba is not None:
                     _adjoint_step(s, cut, b, t, k, i, one, zero, alpha, beta, lp, lu, lam_u, lam_p, keep_p, lu_sum,
                                   lp_sum, scale, scaled)
 
-    def _plain_adjoint_py(post, t0, t1, alpha, beta, unit, lp, lu, lam_u, lu_sum, lp_sum, scale, scaled, virt,
-                          has_virt):
+    def _plain_adjoint_kernel(summed: bool, parallel: bool):
         """``_adjoint_scan_py`` for the neuron without refractory period (``cut = s``) and without ``lam_p``, over
         row views so that the loop over neurons vectorises: the same products and sums in the same order, so
         the same ``lam_u`` and sums bit for bit. ``has_virt``: the block's virtual spikes ``virt`` (B, t1 - t0,
         N, bool; ``_virtual_block``) are added to ``post`` in the same loop. The spike is ``st[i] | vt[i]``,
         not ``or``: a short-circuit ``or`` is a branch that keeps LLVM from vectorising the loop (3.5x slower).
-        The sum of lam_u (steps >= 1) and the scaling are in the same loop (one pass over the block)."""
-        batch, steps, n = post.shape
-        for b in numba.prange(batch):
-            one = unit[0]
-            zero = one - one
-            lpb, lub, lus, lps = lp[b], lu[b], lu_sum[b], lp_sum[b]
-            sc = scale[b] if scaled else scale[0]
-            no_virt = np.zeros(n, np.bool_)
-            for t in range(t1 - 1, t0 - 1, -1):
-                st = post[b, t]
-                vt = virt[b, t - t0] if has_virt else no_virt
-                out = lam_u[b, t - t0]
-                counted = t >= 1
-                for i in range(n):
-                    s = st[i] | vt[i]
-                    p = (one if s else zero) + (zero if s else beta[i]) * lpb[i]
-                    q = p + alpha[i] * lub[i]
-                    lpb[i] = p
-                    lub[i] = q
-                    lps[i] += p
-                    if counted:
-                        lus[i] += q
-                    out[i] = q * sc[i] if scaled else q
+        The sum of lam_u (steps >= 1) and the scaling are in the same loop (one pass over the block). ``summed``
+        (a closure constant) False leaves out the float64 sums of lam_u and lam_p (``lu_sum``, ``lp_sum``: then
+        placeholders, never read), which a caller that does not read them (the first layer's weight gradient, no
+        bias) need not pay for: two float32 -> float64 conversions and float64 adds per neuron and step, 0.73x
+        the scan's CPU time without them (784-800-10's hidden layer, T = 800); ``lam_u`` is the same."""
+
+        def scan(post, t0, t1, alpha, beta, unit, lp, lu, lam_u, lu_sum, lp_sum, scale, scaled, virt, has_virt):
+            batch, steps, n = post.shape
+            for b in numba.prange(batch):
+                one = unit[0]
+                zero = one - one
+                lpb, lub = lp[b], lu[b]
+                lus, lps = (lu_sum[b], lp_sum[b]) if summed else (lu_sum[0], lp_sum[0])
+                sc = scale[b] if scaled else scale[0]
+                no_virt = np.zeros(n, np.bool_)
+                for t in range(t1 - 1, t0 - 1, -1):
+                    st = post[b, t]
+                    vt = virt[b, t - t0] if has_virt else no_virt
+                    out = lam_u[b, t - t0]
+                    counted = t >= 1
+                    for i in range(n):
+                        s = st[i] | vt[i]
+                        p = (one if s else zero) + (zero if s else beta[i]) * lpb[i]
+                        q = p + alpha[i] * lub[i]
+                        lpb[i] = p
+                        lub[i] = q
+                        if summed:
+                            lps[i] += p
+                            if counted:
+                                lus[i] += q
+                        out[i] = q * sc[i] if scaled else q
+
+        return _njit_cached(scan, parallel)
 
     @numba.njit(nogil=True, boundscheck=False, cache=True)
     def _virtual_block(steps, k, t0, t1, out):
@@ -367,6 +376,17 @@ if numba is not None:
                             else:
                                 for i in range(n):
                                     row[i] += x * gr[i]
+
+    def _transpose_py(src, dst):
+        """``dst = src.T`` block by block of 64 x 64 elements (a strided copy reads or writes one element per cache
+        line; a block's lines stay in L1 while it is copied)."""
+        m, n = src.shape
+        for i0 in numba.prange((m + 63) // 64):
+            lo, hi = i0 * 64, min(i0 * 64 + 64, m)
+            for j0 in range(0, n, 64):
+                for j in range(j0, min(j0 + 64, n)):
+                    for i in range(lo, hi):
+                        dst[j, i] = src[i, j]
 
     def _spike_dots_py(g, s, wt, out, binary):
         """``out[b, j] += sum_t s[b, t, j] (g[b, t, :] . wt[j, :])`` over the non-zero ``s``."""
@@ -462,6 +482,53 @@ if numba is not None:
                         vals[pos[j]] = row[j]
                     pos[j] += 1
 
+    def _csr_column_counts_py(chunk_ptr, idx, val, kc, shape, rblock, counts, others):
+        """``_column_counts_py`` from the row lists of ``spike_dense``'s CSR (``chunk_ptr``, ``idx``, ``val``: the
+        non-zeros of (sample, step) rows of a train with ``T`` steps per sample, chunk by chunk of ``kc`` inputs)
+        instead of the dense train: reads the non-zeros only. The rows taken are steps [t_lo, t_lo + C) of every
+        sample, numbered (sample, step) from 0 as the rows of the train ``s`` (B, C, M) of ``scatter_rows``;
+        ``shape`` = (B, C, M, T, t_lo)."""
+        batch, steps, m, total, t_lo = shape
+        rows = batch * steps
+        chunks = chunk_ptr.shape[1] - 1
+        values = val.shape[0] > 0
+        for q in numba.prange(counts.shape[0]):
+            cnt = counts[q]
+            for j in range(m + 1):
+                cnt[j] = 0
+            o = 0
+            for r in range(q * rblock, min(q * rblock + rblock, rows)):
+                b = r // steps
+                row = b * total + t_lo + (r - b * steps)
+                for c in range(chunks):
+                    base = c * kc + 1
+                    for p in range(chunk_ptr[row, c], chunk_ptr[row, c + 1]):
+                        cnt[base + idx[p]] += 1
+                        if values:
+                            o += val[p] != 1
+            others[q] = o
+
+    def _csr_column_fill_py(chunk_ptr, idx, val, kc, shape, rblock, col_ptr, rows_local, vals, binary):
+        """``_column_fill_py`` from the CSR's row lists (``_csr_column_counts_py``): the same lists, since both go
+        through the rows in ascending order and a row's non-zeros are those of the dense train."""
+        batch, steps, m, total, t_lo = shape
+        rows = batch * steps
+        chunks = chunk_ptr.shape[1] - 1
+        for q in numba.prange(col_ptr.shape[0]):
+            pos = col_ptr[q, :m].copy()
+            r0 = q * rblock
+            for r in range(r0, min(r0 + rblock, rows)):
+                b = r // steps
+                row = b * total + t_lo + (r - b * steps)
+                for c in range(chunks):
+                    base = c * kc
+                    for p in range(chunk_ptr[row, c], chunk_ptr[row, c + 1]):
+                        j = base + idx[p]
+                        rows_local[pos[j]] = r - r0
+                        if not binary:
+                            vals[pos[j]] = val[p]
+                        pos[j] += 1
+
     def _tiled_scatter_py(g, steps, lag, rblock, col_ptr, rows_local, vals, binary, out, buf):
         """``out[j, :] += sum_r s[r, j] g[r + lag, :]`` over tiles of ``cb = _tile_width(g)`` output columns (a
         compile-time constant: the loops over a tile unroll, and its accumulators stay in registers). Per tile and
@@ -519,12 +586,16 @@ if numba is not None:
     # milliseconds per call)
     _SCANS = {(name, par): _njit_cached(fn, par)
               for name, fn in (("lif", _lif_scan_py), ("adjoint", _adjoint_scan_py), ("scatter", _scatter_rows_py),
-                               ("adjoint_virtual", _adjoint_virtual_py), ("plain_adjoint", _plain_adjoint_py))
+                               ("adjoint_virtual", _adjoint_virtual_py))
               for par in (False, True)}
     _SCANS.update({(name, par): _njit_cached(fn, par)
                    for name, fn in (("column_counts", _column_counts_py), ("column_fill", _column_fill_py),
-                                    ("tiled_scatter", _tiled_scatter_py))
+                                    ("csr_column_counts", _csr_column_counts_py),
+                                    ("csr_column_fill", _csr_column_fill_py), ("tiled_scatter", _tiled_scatter_py),
+                                    ("transpose", _transpose_py))
                    for par in (False, True)})
+    _SCANS.update({("plain_adjoint", summed, par): _plain_adjoint_kernel(summed, par)
+                   for summed in (False, True) for par in (False, True)})
     _SCANS.update({("plain_lif", bias, rec, weights, par): _plain_lif_kernel(bias, rec, weights, par)
                    for bias in (False, True) for rec in (False, True) for weights in (0, 1, 2)
                    for par in (False, True)})
@@ -583,11 +654,22 @@ def _tiled_scatter(g: np.ndarray, s: np.ndarray, out: np.ndarray, binary: bool, 
     ss, ts = (st // s.itemsize for st in s.strides[:2])
     flat = np.lib.stride_tricks.as_strided(s, shape=((batch - 1) * ss + (steps - 1) * ts + m,), strides=(s.itemsize,))
     shape = (batch, steps, m, ss, ts)
+    _scatter_by_columns(g, out, binary, lag, batch, steps,
+                        lambda *a: _scan("column_counts")(flat, shape, *a),
+                        lambda *a: _scan("column_fill")(flat, shape, *a))
+
+
+def _scatter_by_columns(g: np.ndarray, out: np.ndarray, binary: bool, lag: int, batch: int, steps: int, counts,
+                        fill) -> None:
+    """The tiled scatter of a (B, C, M) train whose non-zeros ``counts(rblock, col_ptr, others)`` counts per block of
+    rows and input and ``fill(rblock, col_ptr, rows_local, vals, binary)`` lists by input (from the dense train or
+    from its CSR), then ``_tiled_scatter_py``."""
+    m = out.shape[0]
     rblock = min(SCATTER_ROW_BLOCK, 1 << 16)  # a row's number within its block is 16 bits
     blocks = -(-batch * steps // rblock)
     col_ptr = np.empty((blocks, m + 1), dtype=np.int64)
     others = np.empty(blocks, dtype=np.int64)
-    _scan("column_counts")(flat, shape, rblock, col_ptr, others)
+    counts(rblock, col_ptr, others)
     binary = binary or not others.any()  # a float 0/1 train: 1 * g is g, so the sums need no products
     ends = np.cumsum(col_ptr[:, 1:], axis=None).reshape(blocks, m)  # running totals over (block, input)
     col_ptr[:, 1:] = ends
@@ -598,13 +680,49 @@ def _tiled_scatter(g: np.ndarray, s: np.ndarray, out: np.ndarray, binary: bool, 
         return
     rows_local = np.empty(nnz, dtype=np.uint16)
     vals = np.empty(0 if binary else nnz, dtype=out.dtype)
-    _scan("column_fill")(flat, shape, rblock, col_ptr, rows_local, vals, binary)
+    fill(rblock, col_ptr, rows_local, vals, binary)
     cb = _TILE_ACC_BYTES // out.itemsize
     key = (-(-out.shape[1] // cb), rblock, cb, out.dtype)
     buf = getattr(_tile_buffers, "buf", None)
     if buf is None or (buf.shape[0], buf.shape[1], buf.shape[2], buf.dtype) != key:
         buf = _tile_buffers.buf = np.empty(key[:3], dtype=out.dtype)
     _scan("tiled_scatter")(g, steps, lag, rblock, col_ptr, rows_local, vals, binary, out, buf)
+
+
+def scatter_rows_csr(g: torch.Tensor, csr: tuple, steps: int, t_lo: int, count: int, out: torch.Tensor,
+                     lag: int = 0) -> bool:
+    """``scatter_rows(g, s[:, t_lo:t_lo + count], out, per_sample=False, lag)`` for a train ``s`` (B, ``steps``,
+    M) given by the CSR of its (sample, step) rows that ``spike_dense.spike_linear`` made for the layer's forward
+    product (``csr``: ``(chunk_ptr, idx, val, kc)``, from its ``csr_out``), so that the dense train is not read
+    again: the same lists of non-zeros by input, the same tiled kernel, the same sums in the same order, so the
+    same result bit for bit. Returns False (and does nothing) where ``scatter_rows`` would not take the tiled
+    kernel; the caller then calls it."""
+    chunk_ptr, idx, val, kc = csr
+    batch = chunk_ptr.shape[0] // max(steps, 1)
+    m, n = out.shape[1], out.shape[2]
+    if (out.shape[0] != 1 or n < SCATTER_TILE_MIN_WIDTH or g.dtype != out.dtype or g.shape[0] != batch
+            or batch * steps != chunk_ptr.shape[0] or (val.shape[0] and val.dtype != out.numpy().dtype)
+            or not 0 <= t_lo <= t_lo + count <= steps or g.shape[1] < count + lag):
+        return False
+    if g.numel() == 0 or count == 0 or m == 0:
+        return True
+    g = g.detach().contiguous()
+    shape = (batch, int(count), m, int(steps), int(t_lo))
+    _scatter_by_columns(g.numpy(), out[0].numpy(), val.shape[0] == 0, int(lag), batch, int(count),
+                        lambda *a: _scan("csr_column_counts")(chunk_ptr, idx, val, kc, shape, *a),
+                        lambda *a: _scan("csr_column_fill")(chunk_ptr, idx, val, kc, shape, *a))
+    return True
+
+
+def transposed(a: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of the transpose of the 2-D tensor ``a`` (a wide layer's event-driven weight gradient, made as
+    its transpose): by 64 x 64 blocks where the kernels are usable (torch's strided copy took 1.3-1.9 ms for 784 x 800
+    float32, this 0.7-0.8, one thread, under load); the same values."""
+    if a.dim() != 2 or not a.is_contiguous() or not usable(a) or a.numel() == 0:
+        return a.t().contiguous()
+    out = torch.empty(a.shape[1], a.shape[0], dtype=a.dtype)
+    _scan("transpose")(a.detach().numpy(), out.numpy())
+    return out
 
 
 def spike_dots(g: torch.Tensor, s: torch.Tensor, wt: torch.Tensor, out: torch.Tensor) -> None:
@@ -687,7 +805,8 @@ def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.
     """Steps [t0, t1) of the reverse recursion of ``spsp.spsp_adjoint`` over the post trains ``post`` (B, T, N,
     bool or 0/1 float; the whole window, for the refractory look-back), chunks called last first with one
     ``state`` ({} at the first call). Returns ``(lam_u, lam_p or None)``, each (B, t1 - t0, N) in ``dtype``,
-    and adds their sums over the chunk (lam_u's without step 0) to ``lu_sum`` / ``lp_sum`` (B, N, float64).
+    and adds their sums over the chunk (lam_u's without step 0) to ``lu_sum`` / ``lp_sum`` (B, N, float64; both
+    None: not wanted, and the deployable neuron's scan then leaves them out).
     ``virtual`` (B, N), if given, gives the neurons with a count there (capped by ``spsp.virtual_counts``) the
     trains ``spsp.evenly_spaced_spikes(T, virtual, t_ref)``, made on the fly rather than as a (B, T, N) tensor;
     those neurons must have no spikes in ``post`` (HM2-BP's virtual spikes are for silent neurons). ``scale``
@@ -710,6 +829,13 @@ def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.
             state["virtual"] = (virtual.detach().to(torch.int64).contiguous().numpy(), np.zeros((batch, n), np_dtype),
                                 np.zeros((batch, n), np_dtype))
     t_ref, alpha, beta, unit, _, _ = state["args"]
+    summed = lu_sum is not None
+    if summed:
+        lu_sum, lp_sum = lu_sum.numpy(), lp_sum.numpy()
+    elif t_ref == 0 and not want_lam_p:  # placeholders the scan does not read
+        lu_sum = lp_sum = np.zeros((1, 1), np.float64)
+    else:  # the other scans always sum: into arrays dropped after the call
+        lu_sum, lp_sum = np.zeros((batch, n), np.float64), np.zeros((batch, n), np.float64)
     lam_u = _work_buffer(work, "lam_u", (batch, t1 - t0, n), dtype)
     lam_p = torch.empty(batch, t1 - t0, n, dtype=dtype) if want_lam_p else torch.empty(0, 0, 0, dtype=dtype)
     scaled = scale is not None
@@ -720,13 +846,13 @@ def adjoint_scan_chunk(post: torch.Tensor, t0: int, t1: int, spec, dtype: torch.
             virt = _work_buffer(work, "virtual", (batch, t1 - t0, n), torch.bool).numpy()
             virt.fill(False)
             _virtual_block(steps, state["virtual"][0], int(t0), int(t1), virt)
-        _scan("plain_adjoint")(post.numpy(), int(t0), int(t1), alpha, beta, unit, *state["args"][4:], lam_u.numpy(),
-                               lu_sum.numpy(), lp_sum.numpy(), sc, scaled, virt, "virtual" in state)
+        _scan("plain_adjoint", summed)(post.numpy(), int(t0), int(t1), alpha, beta, unit, *state["args"][4:],
+                                       lam_u.numpy(), lu_sum, lp_sum, sc, scaled, virt, "virtual" in state)
     elif lam_u.numel():
         _scan("adjoint")(post.numpy(), int(t0), int(t1), *state["args"], lam_u.numpy(), lam_p.numpy(),
-                         bool(want_lam_p), lu_sum.numpy(), lp_sum.numpy(), sc, scaled)
+                         bool(want_lam_p), lu_sum, lp_sum, sc, scaled)
         if "virtual" in state:
             virt, vlp, vlu = state["virtual"]
             _scan("adjoint_virtual")(steps, virt, int(t0), int(t1), t_ref, alpha, beta, unit, vlp, vlu, lam_u.numpy(),
-                                     lam_p.numpy(), bool(want_lam_p), lu_sum.numpy(), lp_sum.numpy(), sc, scaled)
+                                     lam_p.numpy(), bool(want_lam_p), lu_sum, lp_sum, sc, scaled)
     return lam_u, (lam_p if want_lam_p else None)

@@ -399,7 +399,7 @@ class _SpikeLinear(torch.autograd.Function):
         forward, _ = _product_kernels(cb)
         kernels._set_threads()
         packed = _packed(weight.detach(), cb, blocks)
-        out = buffer_pool.empty((rows, m), x2.dtype)
+        out = buffer_pool.empty((rows, m), weight.dtype)  # (x2 may be a bool train)
         forward(chunk_ptr, idx, val, packed, kc, _row_jobs(rows, blocks, threads), out.numpy())
         ctx.csr, ctx.tile = csr, tile
         ctx.save_for_backward(weight)
@@ -421,7 +421,15 @@ class _SpikeLinear(torch.autograd.Function):
         return grad_x, grad_w, None, None, None
 
 
-def spike_linear(x: torch.Tensor, weight: torch.Tensor, mode: str = "auto") -> torch.Tensor:
+def _dense(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.t()`` by the GEMM; a bool x as 0/1 in weight's dtype (through a copy of its bytes as uint8,
+    several times faster than a conversion from bool)."""
+    if x.dtype == torch.bool:
+        x = torch.empty(x.shape, dtype=weight.dtype, device=x.device).copy_(x.view(torch.uint8))
+    return x @ weight.t()
+
+
+def spike_linear(x: torch.Tensor, weight: torch.Tensor, mode: str = "auto", csr_out: list | None = None) -> torch.Tensor:
     """``x @ weight.t()`` (no bias) computed over x's nonzeros where that is faster; differentiable.
 
     ``x`` (..., in_features): spikes or any mostly-zero input; ``weight`` (out_features, in_features).
@@ -429,7 +437,13 @@ def spike_linear(x: torch.Tensor, weight: torch.Tensor, mode: str = "auto") -> t
     most ``density_limit(in_features, out_features)`` and the dense GEMM otherwise; ``"sparse"`` and
     ``"dense"`` force one path (tests, benchmarks). The event-driven path needs CPU float32/float64
     tensors of one dtype and numba; otherwise every mode computes ``x @ weight.t()``. Gradients: the
-    weight's over the same nonzeros, x's (when x requires grad) as the dense ``grad @ weight``.
+    weight's over the same nonzeros, x's (when x requires grad) as the dense ``grad @ weight``. ``csr_out`` (a list),
+    if given, receives ``(chunk_ptr, idx, val, kc)``, the nonzeros of x's rows (all leading dimensions) as the
+    event-driven path found them (``_csr``), when it took that path: for a caller that makes the weight gradient
+    later over the same rows (``spsp_kernels.scatter_rows_csr``) without reading x again. A ``bool`` x (a spike
+    train kept as bytes, as the spike-train rules keep theirs) is read as 0/1 in weight's dtype: its nonzeros are
+    found in the bytes (no float copy; the sums are those of the float train, bit for bit), and the dense path
+    multiplies a float copy; it has no gradient.
     """
     if mode not in ("auto", "sparse", "dense"):
         raise ValueError(f"mode must be 'auto', 'sparse' or 'dense', got {mode!r}")
@@ -437,19 +451,22 @@ def spike_linear(x: torch.Tensor, weight: torch.Tensor, mode: str = "auto") -> t
         raise ValueError(f"spike_linear: x (..., {weight.shape[-1] if weight.dim() == 2 else '?'}) and weight "
                          f"(out_features, in_features) expected, got x {tuple(getattr(x, 'shape', ()))} and "
                          f"weight {tuple(weight.shape)}")
-    if mode == "dense" or x.numel() == 0 or not kernels.usable(x, weight):
-        return x @ weight.t()
+    binary = x.dtype == torch.bool
+    if mode == "dense" or x.numel() == 0 or not kernels.usable(weight if binary else x, weight):
+        return _dense(x, weight)
     m, k = weight.shape
     limit = 1.0 if mode == "sparse" else density_limit(k, m)
     x2 = x.detach().reshape(-1, k)
     if not x2.is_contiguous():
         x2 = x2.contiguous()
     if mode == "auto" and _sampled_density(x2) > 1.5 * limit + 0.02:
-        return x @ weight.t()  # clearly dense: decided after reading a few percent of x
+        return _dense(x, weight)  # clearly dense: decided after reading a few percent of x
     kernels._set_threads()
-    tile = _tile(k, m, x2.element_size())
+    tile = _tile(k, m, weight.element_size())
     csr = _csr(x2, limit, tile[1])
     if csr is None:
-        return x @ weight.t()
+        return _dense(x, weight)
+    if csr_out is not None:
+        csr_out.append((*csr, tile[1]))
     out = _SpikeLinear.apply(x.reshape(-1, k), weight, csr, tile, kernels._threads())
     return out.reshape(*x.shape[:-1], m)
