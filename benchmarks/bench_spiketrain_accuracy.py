@@ -396,12 +396,14 @@ FINAL_CNN6 = [TUNE_CNN6[2][:5] + (5,), TUNE_CNN6[0][:5] + (5,),
               ("digits CNN 15c3-p2-40c2-p2-300-10 T60, BPTT Adam 5e-3 constant", "digits", "digits_cnn.json", "bptt", 15,
                5)]
 # stage ``tune-cnn6-paper`` (``benchmarks/results/spiketrain_cnn_tuning6_paper.json``): the digits CNN's choice on the
-# paper's CNN, HM2-BP seed 0, one epoch, validation only, next to ``final-cnn4-e1``'s seed 0 (reused)
-TUNE_CNN6_PAPER = [FINAL_CNN4_E1[0][:5] + (1,),
-                   ("mnist10k CNN 15c5-p2-40c5-p2-300-10 T50, per-unit calibration, HM2-BP papers' MSE, constant 2e-3, "
-                    "rate_penalty 0.3", "mnist10k", "tune/mnist10k_cnn_hm2bp_mse_cos_neurons_rp0.3.json", "hm2bp", 1, 1)]
-REUSE_CNN6_PAPER = {("tune/mnist10k_cnn_hm2bp_mse_cos_neurons.json", "hm2bp", 1): ("spiketrain_cnn_accuracy4_e1.json",
-                                                                                   [0, 1, 2])}
+# paper's CNN, HM2-BP, one epoch, compared on validation with ``final-cnn4-e1``'s runs (reused); seed 0 first (83.4 %
+# against 80.7 %), then seeds 1 and 2, as ``tune-cnn5-paper``'s seed-0 lead was reversed by them
+TUNE_CNN6_PAPER = [FINAL_CNN4_E1[0][:5] + (3,),
+                   ("mnist10k CNN 15c5-p2-40c5-p2-300-10 T50, per-unit calibration, HM2-BP papers' MSE, cosine 2e-3 "
+                    "(constant over 1 epoch), rate_penalty 0.3", "mnist10k",
+                    "tune/mnist10k_cnn_hm2bp_mse_cos_neurons_rp0.3.json", "hm2bp", 1, 3)]
+REUSE_CNN6_PAPER = {("tune/mnist10k_cnn_hm2bp_mse_cos_neurons.json", "hm2bp", 1):
+                    ("spiketrain_cnn_accuracy4_e1.json", [0, 1, 2])}
 KEEP = ("seed", "float_val_accuracy", "float_test_accuracy", "deployed_test_accuracy", "rule_neuron_test_accuracy",
         "time_per_epoch_s", "peak_memory_mb", "best_epoch")
 
