@@ -559,7 +559,9 @@ class SpikeTrainRule(LearningRule):
     @staticmethod
     def _compiled_scan(post: torch.Tensor, spec: NeuronSpec, dtype: torch.dtype) -> bool:
         """Whether ``_scan_chunks`` runs the compiled reverse scan (CPU, numba) rather than its tensor loop."""
-        return post.device.type == "cpu" and spsp_kernels.usable(spec.alpha.to(dtype), spec.beta.to(dtype))
+        # ``usable`` of alpha and beta cast to ``dtype``, without the two casts (a few per layer and step)
+        return (post.device.type == spec.alpha.device.type == spec.beta.device.type == "cpu"
+                and dtype in (torch.float32, torch.float64) and spsp_kernels.available())
 
     def _scan_chunks(self, post: torch.Tensor, virtual: torch.Tensor | None, spec: NeuronSpec, dtype: torch.dtype,
                      sums: torch.Tensor, block: int, scale: torch.Tensor | None = None, work: dict | None = None):
