@@ -25,6 +25,7 @@ row-by-row scatter, so the result is the same bit for bit.
 """
 from __future__ import annotations
 
+import math
 import threading
 import types
 
@@ -791,7 +792,7 @@ def _work_buffer(work: dict | None, name: str, shape: tuple, dtype: torch.dtype)
     one without ``work``."""
     if work is None:
         return torch.empty(shape, dtype=dtype)
-    size = int(np.prod(shape))
+    size = math.prod(shape)  # numpy's prod of a tuple costs an array and a reduction per call
     buf = work.get(name)
     if buf is None or buf.dtype != dtype or buf.numel() < size:
         buf = work[name] = torch.empty(size, dtype=dtype)
