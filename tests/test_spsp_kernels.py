@@ -258,8 +258,7 @@ def test_weight_gradient_in_merged_groups_is_bit_identical(monkeypatch, rule_nam
     monkeypatch.setattr(spiketrain, "CHUNK_BYTES", 40 * 4 * 100 * 2)  # two samples per forward group
     groups = []
     own = spsp_kernels.scatter_rows_csr
-    monkeypatch.setattr(spsp_kernels, "scatter_rows_csr",
-                        lambda g_, *a, **k: groups.append(g_.shape[0]) or own(g_, *a, **k))
+    monkeypatch.setattr(spsp_kernels, "scatter_rows_csr", lambda g_, *a, **k: groups.append(g_.shape[0]) or own(g_, *a, **k))
     for scale in (1.0, 1.5):
         x[0] *= scale
         grads = []

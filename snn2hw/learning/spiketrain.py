@@ -30,8 +30,7 @@ S-PSP matrix (``hop_backward_chunked``). Products with sparse trains (at most ``
 event-driven (cost per spike), denser ones GEMMs. Conv and pool layers make their currents by the
 layer's own convolution per block of (sample, step) images, and their backward is the convolution's
 weight and input gradients of ``c lam_u`` per block, BPTT's own backward products
-(``hop_backward_chunked``). Float temporaries are bounded by ``CHUNK_BYTES`` (a wide first layer's event-driven
-weight gradient: ``EVENT_GROUP_BYTES``), not by T. The
+(``hop_backward_chunked``). Float temporaries are bounded by ``CHUNK_BYTES``, not by T. The
 ``low_memory`` option of earlier versions is accepted and has no further effect.
 """
 from __future__ import annotations
@@ -784,8 +783,7 @@ class SpikeTrainRule(LearningRule):
         forward did not record (virtual spikes at the output, which the forward cannot know, and then their
         currents are remade) a first scan gives it. Float temporaries
         stay near ``CHUNK_BYTES`` whatever T (groups of whole windows while one fits, else one sample in
-        blocks of steps); a weight gradient that is event-driven and alone (no bias, no input error) takes groups of
-        several of those, up to ``EVENT_GROUP_BYTES`` of lam_u, where the rule's coefficients are per sample.
+        blocks of steps).
 
         A dense layer's products are the same with the dense hop (``spsp.dense_hop_block``): the weight
         gradient is one GEMM ``(c_w lam_u)^T @ s_in`` over the (sample, step) rows of a group, BPTT's own
