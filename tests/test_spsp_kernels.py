@@ -242,44 +242,6 @@ def test_rule_weight_gradient_from_forward_csr_is_bit_identical(monkeypatch):
             assert all(torch.equal(a, b) for a, b in zip(*grads)), (chunk_bytes, bias)
 
 
-@pytest.mark.parametrize("rule_name", ["hm2bp", "strsbp"])
-def test_weight_gradient_in_merged_groups_is_bit_identical(monkeypatch, rule_name):
-    """A wide first layer's event-driven weight gradient alone (no bias, no input error) is scanned and scattered
-    in groups of several forward groups (``EVENT_GROUP_BYTES``; their CSRs joined): the gradients equal those in the
-    forward's groups bit for bit, with 0/1 and valued inputs, a last group shorter than the others, and a forward
-    group whose product was a GEMM (no CSR kept: the joined group lists from the dense train)."""
-    g = torch.Generator().manual_seed(7)
-    x = (torch.rand(7, 40, 30, generator=g) < 0.08).float()
-    x[2] *= 1.5  # stored values in one forward group only: not joined with 0/1 groups
-    x[5, :, :20] = 1.0  # a dense sample: its group's forward product is a GEMM
-    y = torch.tensor([0, 1, 2, 1, 0, 2, 1])
-    monkeypatch.setattr(spiketrain, "WEIGHT_EVENT_MIN_WIDTH", 64)
-    monkeypatch.setattr(spiketrain, "WEIGHT_EVENT_BUDGET", 1e9)
-    monkeypatch.setattr(spiketrain, "CHUNK_BYTES", 40 * 4 * 100 * 2)  # two samples per forward group
-    groups = []
-    own = spsp_kernels.scatter_rows_csr
-    monkeypatch.setattr(spsp_kernels, "scatter_rows_csr", lambda g_, *a, **k: groups.append(g_.shape[0]) or own(g_, *a, **k))
-    for scale in (1.0, 1.5):
-        x[0] *= scale
-        grads = []
-        for budget in (0, 40 * 4 * 100 * 4, 1 << 30):  # the forward's groups; two of them; all
-            monkeypatch.setattr(spiketrain, "EVENT_GROUP_BYTES", budget)
-            torch.manual_seed(0)
-            net = SpikingSequential([LIFDense(30, 100, du=0.3, dv=0.2, weight_gain=3.0, bias=False),
-                                     LIFDense(100, 3, du=0.3, dv=0.2, weight_gain=2.0)])
-            rule = make_rule(rule_name, margin=0, target_true=8, target_false=2, chunk=10)
-            groups.clear()
-            rule.compute_gradients(net, x, y, None, {})
-            grads.append([p.grad.clone() for p in net.parameters() if p.grad is not None])
-            if budget == 0 or rule_name == "strsbp":  # ST-RSBP's pivots take a product over the batch: not joined
-                assert groups and max(groups) == 2, groups
-            elif budget == 40 * 4 * 100 * 4 and scale == 1.5:
-                assert 4 in groups, groups  # samples 0-3 (valued inputs in both forward groups) joined
-        assert len(grads[0]) == 2 and bool(grads[0][0].abs().sum() > 0)
-        for other in grads[1:]:
-            assert all(torch.equal(a, b) for a, b in zip(grads[0], other)), scale
-
-
 @pytest.mark.parametrize("rule_name,rec,t_ref", [("hm2bp", False, 0), ("hm2bp", False, 2), ("strsbp", True, 0)])
 @pytest.mark.parametrize("chunk_bytes", [0, 4 << 20])
 def test_event_driven_gradients_equal_gemm_gradients(monkeypatch, rule_name, rec, t_ref, chunk_bytes):

@@ -34,7 +34,6 @@ class HM2BP(SpikeTrainRule):
 
     name = "hm2bp"
     needs_counts_in = False  # its coefficients read counts and T-PSPs only
-    per_sample_coefficients = True  # a feed-forward layer's: divisions, products, clamps and selections elementwise
 
     def __init__(self, target_true: float = 35.0, target_false: float = 5.0, margin: float = 5.0, t_ref: int = 0,
                  hidden_virtual_spikes: int = 1, self_term: bool = True, self_term_max: float = 1.0,

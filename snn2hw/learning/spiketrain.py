@@ -37,7 +37,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -84,13 +83,6 @@ SKIP_UNREAD_SUMS = True
 # size by taking more than ``chunk`` steps per block when the layer is narrow (fewer, larger GEMMs and
 # kernel calls); the memory stays bounded in T.
 CHUNK_BYTES = 4 << 20
-# A dense layer whose backward makes only an event-driven weight gradient (no bias, no input error) scans and
-# scatters groups of several of the forward's groups, with their lam_u blocks (group, T, N) float32 up to this
-# size (at least one forward group): the result cannot depend on the groups there (coefficients per sample, the
-# reverse scan per neuron, the scatter's sums over ascending (sample, step) rows whatever the call boundaries),
-# and fewer groups are fewer per-call costs (Python, listings, the scatter's partial row blocks). Bounded in T like
-# CHUNK_BYTES; 0 keeps the forward's groups (``diag_spiketrain_speed.py --variant`` A/B).
-EVENT_GROUP_BYTES = 16 << 20
 
 
 @dataclass
@@ -167,9 +159,6 @@ class SpikeTrainRule(LearningRule):
     needs_tpsp = False
     # whether ``coefficients`` reads ``PostStats.counts_in`` of feed-forward layers (counted on demand)
     needs_counts_in = True
-    # whether ``coefficients`` of a feed-forward layer are elementwise in the samples (each sample's the same bit for
-    # bit in a group of any size: no product over the batch, whose rounding can depend on its size)
-    per_sample_coefficients = False
     # Every layer runs chunk by chunk with bool spike trains (``layer_backward_chunked``); True keeps float
     # trains and currents for the whole window (``layer_backward``, through the hop's autograd for conv and
     # pool layers), a slower, larger and more direct computation kept to cross-check the chunked one.
@@ -820,11 +809,8 @@ class SpikeTrainRule(LearningRule):
         gb = torch.zeros(n, dtype=dtype, device=g.device) if bias is not None else None
         result = torch.empty(batch, n_in, dtype=dtype, device=g.device) if need_input else None
         work: dict = {}  # the reverse scan's block buffers, reused by every group and scan (``_scan_chunks``)
-        merged = 1  # forward groups per group here (``EVENT_GROUP_BYTES``): only where the result cannot depend on it
-        if events is not None and gb is None and self.per_sample_coefficients and block >= steps and group < batch:
-            merged = max(1, EVENT_GROUP_BYTES // (4 * group * steps * n))
-        for b0 in range(0, batch, group * merged):
-            rows = slice(b0, min(b0 + group * merged, batch))
+        for b0 in range(0, batch, group):
+            rows = slice(b0, min(b0 + group, batch))
             sums = torch.zeros(2, rows.stop - b0, n, dtype=torch.float64, device=g.device)  # lam_u (t >= 1), lam_p
             random_spike = None  # a conv or pool layer is feed-forward: only recurrent synapses use it
             tpsp = tr.vsum[rows].to(dtype, copy=True) if self.needs_tpsp else None
@@ -857,8 +843,9 @@ class SpikeTrainRule(LearningRule):
                     g_w = None
                     if weight is not None:
                         g_w = lam_u if scaled else g_in if c_back is c_w else lam_u.mul_(c_w.unsqueeze(1))
-                    # the forward product's non-zeros of this group's input rows, if it kept them
-                    csr = _group_csr(tr.in_csr, b0, rows.stop, group) if events is not None else None
+                    csr = None  # the forward product's non-zeros of this group's input rows, if it kept them
+                    if events is not None and tr.in_csr is not None and tr.in_csr.get(b0, (0,))[0] == rows.stop - b0:
+                        csr = tr.in_csr[b0][1]
                     part_in = dense_hop_block(layer.weight, tr.s_in[rows], t0, g_w, g_in, gw, events, csr)
                     if part_in is not None:
                         per_spike += part_in
@@ -890,25 +877,6 @@ class SpikeTrainRule(LearningRule):
         if gb is not None:
             _accumulate(bias, gb.reshape(bias.numel(), -1).sum(1))
         return result
-
-
-def _group_csr(in_csr: dict | None, b0: int, b1: int, group: int) -> tuple | None:
-    """The CSR of the (sample, step) input rows of samples [b0, b1) from the forward's groups of ``group`` samples
-    (``LayerTrace.in_csr``), or None unless it kept every one of them: one group's as it is, several joined (their
-    row pointers shifted past the earlier groups' non-zeros; the same rows, so the same lists and sums)."""
-    if in_csr is None:
-        return None
-    parts = [in_csr.get(start) for start in range(b0, b1, group)]
-    if any(p is None or p[0] != min(group, b1 - start) for p, start in zip(parts, range(b0, b1, group))):
-        return None
-    csrs = [p[1] for p in parts]
-    if len(csrs) == 1:
-        return csrs[0]
-    if len({c[3] for c in csrs}) != 1 or len({c[2].shape[0] > 0 for c in csrs}) != 1:
-        return None  # other chunk widths, or 0/1 values next to stored ones: not joined (the caller lists them)
-    offsets = np.cumsum([0] + [c[1].shape[0] for c in csrs[:-1]])
-    chunk_ptr = np.concatenate([c[0] + off for c, off in zip(csrs, offsets)])
-    return (chunk_ptr, np.concatenate([c[1] for c in csrs]), np.concatenate([c[2] for c in csrs]), csrs[0][3])
 
 
 def _rows(t: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
