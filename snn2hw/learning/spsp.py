@@ -39,7 +39,7 @@ from torch import nn
 
 from snn2hw.learning import spsp_kernels
 from snn2hw.nn.layers import LIFDense
-from snn2hw.nn.spike_dense import spike_linear
+from snn2hw.nn.spike_dense import as_float, spike_linear
 from snn2hw.nn.neuron import float_neuron_args
 
 __all__ = [
@@ -192,16 +192,6 @@ def time_weighted(a: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     if kernel.shape[1] == 1:  # one (1, C) x (C, N) product per sample
         return torch.bmm(kernel.t().expand(a.shape[0], 1, -1), a).squeeze(1)
     return (a * kernel).sum(1)
-
-
-def as_float(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A spike train (or a view of one) in ``dtype``; a bool train through a copy of its bytes as uint8, which
-    is several times faster on the CPU than converting from bool."""
-    if s.dtype == dtype:
-        return s
-    if s.dtype != torch.bool:
-        return s.to(dtype)
-    return torch.empty(s.shape, dtype=dtype, device=s.device).copy_(s.view(torch.uint8))
 
 
 def whole_window(layer: nn.Module, s_in: torch.Tensor, t0: int, t1: int) -> bool:
