@@ -548,9 +548,8 @@ class SpikeTrainRule(LearningRule):
     @staticmethod
     def _compiled_scan(post: torch.Tensor, spec: NeuronSpec, dtype: torch.dtype) -> bool:
         """Whether ``_scan_chunks`` runs the compiled reverse scan (CPU, numba) rather than its tensor loop."""
-        # ``usable`` of alpha and beta cast to ``dtype``, without the two casts (a few per layer and step)
-        return (post.device.type == spec.alpha.device.type == spec.beta.device.type == "cpu"
-                and dtype in (torch.float32, torch.float64) and spsp_kernels.available())
+        # alpha and beta as they would be in ``dtype``, without casting them (a few calls per layer and step)
+        return post.device.type == "cpu" and spsp_kernels.usable(spec.alpha, spec.beta, dtype=dtype)
 
     def _scan_chunks(self, post: torch.Tensor, virtual: torch.Tensor | None, spec: NeuronSpec, dtype: torch.dtype,
                      sums: torch.Tensor, block: int, scale: torch.Tensor | None = None, work: dict | None = None):

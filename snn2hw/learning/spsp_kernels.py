@@ -76,11 +76,13 @@ _tile_buffers = threading.local()
 __all__ = ["usable", "lif_scan_chunk", "adjoint_scan_chunk"]
 
 
-def usable(*tensors: torch.Tensor) -> bool:
-    """True when numba is available and every tensor is a CPU float32/float64 tensor of one dtype."""
+def usable(*tensors: torch.Tensor, dtype: torch.dtype | None = None) -> bool:
+    """True when numba is available and every tensor is a CPU float32/float64 tensor of one dtype; with ``dtype``,
+    when every tensor is on the CPU and ``dtype`` is float32/float64 (the tensors as they would be once cast to it,
+    without casting them)."""
     if not available():
         return False
-    dtypes = {t.dtype for t in tensors}
+    dtypes = {t.dtype for t in tensors} if dtype is None else {dtype}
     return all(t.device.type == "cpu" for t in tensors) and len(dtypes) == 1 and dtypes <= {torch.float32,
                                                                                             torch.float64}
 
