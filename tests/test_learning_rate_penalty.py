@@ -12,6 +12,7 @@ from snn2hw.learning import LearningRuleError, make_rule
 from snn2hw.nn.conv import ConvLIF, Flatten, SumPoolLIF
 from snn2hw.nn.layers import LIFDense, RecurrentLIFDense, SpikingSequential
 from snn2hw.train.trainer import Trainer, TrainerConfig
+from test_learning_spiketrain import _task  # tests/ is on sys.path, as for test_differential
 
 D = torch.float64
 
@@ -143,15 +144,6 @@ def test_off_changes_nothing(rule_name, rec):
 def test_bad_options(rule_name, opts, match):
     with pytest.raises(LearningRuleError, match=match):
         make_rule(rule_name, **opts)
-
-
-def _task(n=192, steps=40, n_in=16, classes=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, classes, (n,), generator=g)
-    rates = torch.full((n, n_in), 0.05)
-    for c in range(classes):
-        rates[y == c, c * 4:(c + 1) * 4] = 0.4
-    return (torch.rand(n, steps, n_in, generator=g) < rates[:, None, :]).float(), y
 
 
 def test_penalty_lowers_hidden_rates():
