@@ -20,6 +20,7 @@ glue) has to undercut.
     python benchmarks/diag_spiketrain_speed.py                       # 784-100-10, T = 200 400 800
     python benchmarks/diag_spiketrain_speed.py --only 784-800 braille --T 200 --reps 9
     python benchmarks/diag_spiketrain_speed.py --only 784-100 784-800 --T 200 --floor
+    python benchmarks/diag_spiketrain_speed.py --only 24-R128 784-R100 --T 200 400 800 --reps 9   # ST-RSBP
 
 ``--base-kernels DIR`` adds, for the rule, a row "RULE (base kernels)": the same rule with the compiled scans of
 another checkout's ``snn2hw/learning/spsp_kernels.py`` (e.g. ``git archive 6448c2f | tar -x -C /tmp/base``) swapped
@@ -53,7 +54,13 @@ import statistics  # noqa: E402
 import time  # noqa: E402
 
 from _spiketrain_bench import CONFIGS, ROOT, environment  # noqa: E402
-from bench_spiketrain_speed import NETWORKS  # noqa: E402
+from bench_spiketrain_speed import NETWORKS as BENCH_NETWORKS  # noqa: E402
+
+# the benchmark's networks and ST-RSBP's other recurrent net (the rate-coded MNIST-10k one of "Which rule for which
+# network"), timed here only: the fresh-process benchmark's table stays as it is
+NETWORKS = BENCH_NETWORKS + [
+    ("mnist10k 784-R100-10", "mnist10k", "mnist10k_rec100.json", ["strsbp", "bptt"], None),
+]
 
 
 def product_floor(model, rule, x):
