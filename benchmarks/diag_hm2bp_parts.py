@@ -12,6 +12,15 @@ times: a wrapped function's time excludes the wrapped functions it calls), so th
 * BPTT: ``spike_linear``'s forward (CSR and product) and backward, the LIF forward and backward kernels, and
   "rest" (autograd, loss, optimizer-free glue).
 
+Two derived rows per rule: "= products + compiled kernels" (the products and the compiled LIF / S-PSP kernels of
+the step; no change to the glue can remove them) and "= glue (step less those)". The column "x BPTT step" is each
+median over BPTT's step median: on the first derived row of the rule, the ratio it would have with no glue at all,
+the floor of this design for the step as it is. (BPTT's glue holds its autograd GEMMs where a layer's product is the
+GEMM: ``spike_linear``'s dense path is torch's own ``mm``, not timed as a part.) ST-RSBP's networks run too (its
+coefficients, linear solve included, are the part "coefficients"):
+
+    python benchmarks/diag_hm2bp_parts.py --only 784-R100 24-R128 --T 200 800 --reps 7
+
 CPU ms per sample, median over the repetitions of each part. The timers themselves cost about a microsecond
 per call (a few dozen calls per step). One row per (network, T, rule, part).
 
@@ -40,10 +49,15 @@ import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
 
 from _spiketrain_bench import ROOT  # noqa: E402
-from bench_spiketrain_speed import NETWORKS  # noqa: E402
-from diag_spiketrain_speed import base_scans, build, with_scans  # noqa: E402
+from diag_spiketrain_speed import NETWORKS, base_scans, build, with_scans  # noqa: E402
 
 _acc: dict = defaultdict(float)
+# parts that are products or compiled kernels (by name prefix), summed per step into _NO_GLUE; the step less them is
+# _GLUE. Their medians over BPTT's step median ("x BPTT step"): the ratio the rule would have with no glue at all.
+_WORK_PARTS = ("products:", "output S-PSP bmm", "forward LIF scan", "reverse S-PSP scan", "LIF forward kernel",
+               "LIF backward kernel")
+_NO_GLUE = "= products + compiled kernels"
+_GLUE = "= glue (step less those)"
 _stack: list = []
 
 
@@ -72,6 +86,7 @@ def _patch(obj, attr: str, name: str, static: bool = False) -> None:
 def install_timers() -> None:
     from snn2hw.learning import spiketrain, spsp, spsp_kernels
     from snn2hw.learning.hm2bp import HM2BP
+    from snn2hw.learning.strsbp import STRSBP
     from snn2hw.nn import functional, spike_dense
 
     # HM2-BP (and BPTT's) input products
@@ -88,6 +103,7 @@ def install_timers() -> None:
     _patch(spsp_kernels, "lif_scan_chunk", "forward LIF scan")
     _patch(spsp_kernels, "adjoint_scan_chunk", "reverse S-PSP scan")
     _patch(HM2BP, "coefficients", "coefficients")
+    _patch(STRSBP, "coefficients", "coefficients")
     _patch(spsp, "as_float", "bool-to-float copies (as_float)")
     _patch(spiketrain, "as_float", "bool-to-float copies (as_float)")
     _patch(spiketrain, "neuron_spec", "neuron specs")
@@ -120,13 +136,20 @@ def measure(label, task_name, config, rules, steps, reps, batch, base=None):
                 parts[name][part].append(1e3 * spent / batch)
             parts[name]["rest"].append(1e3 * (total - sum(_acc.values())) / batch)
             parts[name]["step"].append(1e3 * total / batch)
+            # what no glue could remove: the products and the compiled LIF / S-PSP kernels (the rest is tensor glue,
+            # allocations, Python; BPTT's glue also holds its autograd GEMMs where a layer's product is the GEMM)
+            work = sum(spent for part, spent in _acc.items() if part.startswith(_WORK_PARTS))
+            parts[name][_NO_GLUE].append(1e3 * work / batch)
+            parts[name][_GLUE].append(1e3 * (total - work) / batch)
     o = other.result()
     rows = []
+    baseline_step = statistics.median(parts[rules[-1]]["step"])
     for name in rules:
         for part, values in sorted(parts[name].items(), key=lambda kv: (kv[0] == "step", kv[0])):
             values = values + [0.0] * (reps - len(values))
             rows.append({"network": label, "T": steps, "rule": name, "part": part,
                          "cpu_ms_per_sample_median": statistics.median(values), "cpu_ms_per_sample_min": min(values),
+                         "x_baseline_step": statistics.median(values) / baseline_step,
                          "other_cpus": o["other_cpus"], "loadavg": os.getloadavg()[0],
                          "under_load": under_load(o, load_at_start)})
     return rows
@@ -145,16 +168,18 @@ def main(argv=None) -> int:
     base = base_scans(a.base_kernels) if a.base_kernels else None
     load_before = os.getloadavg()[0]
     rows = []
-    lines = ["| network | T | rule | part | CPU ms/sample median | min | load avg / other CPUs |", "|" + "---|" * 7]
+    lines = ["| network | T | rule | part | CPU ms/sample median | min | x BPTT step (medians) | load avg / other CPUs |",
+             "|" + "---|" * 8]
     for label, task, config, rules, _ in NETWORKS:
-        if not any(o in label for o in a.only) or "hm2bp" not in rules:
+        if not any(o in label for o in a.only) or rules[0] not in ("hm2bp", "strsbp"):
             continue
         for steps in a.T:
             for r in measure(label, task, config, rules, steps, a.reps, a.batch, base):
                 rows.append(r)
                 mark = " (loaded)" if r["under_load"] else ""
                 lines.append(f"| {label} | {steps} | {r['rule']} | {r['part']} | {r['cpu_ms_per_sample_median']:.3f} | "
-                             f"{r['cpu_ms_per_sample_min']:.3f} | {r['loadavg']:.1f} / {r['other_cpus'] or 0:.2f}"
+                             f"{r['cpu_ms_per_sample_min']:.3f} | {r['x_baseline_step']:.2f} | "
+                             f"{r['loadavg']:.1f} / {r['other_cpus'] or 0:.2f}"
                              f"{mark} |")
                 print(lines[-1], flush=True)
     write_results(a.out, "benchmarks/diag_hm2bp_parts.py", argv, {"benchmark": "hm2bp_parts", "batch": a.batch,
