@@ -242,6 +242,99 @@ def test_rule_weight_gradient_from_forward_csr_is_bit_identical(monkeypatch):
             assert all(torch.equal(a, b) for a, b in zip(*grads)), (chunk_bytes, bias)
 
 
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.int32 if t.dtype == torch.float32 else torch.int64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("per_neuron_threshold", [False, True])
+def test_recurrent_system_equals_tensor_expression_bit_for_bit(dtype, per_neuron_threshold):
+    """ST-RSBP's matrix M by the compiled pass equals the tensor expression it replaces bit for bit (signs of zeros
+    included): silent pre-synaptic neurons (their ratio is ``random_spike``), a count below 1 (clamped), zero
+    weights and S-PSPs of either sign, a scalar and a per-neuron threshold; and it declines what it does not take."""
+    g = torch.Generator().manual_seed(3)
+    batch, n = 5, 9
+    pivots = torch.randn(batch, n, generator=g, dtype=dtype)
+    rec = torch.randn(n, n, generator=g, dtype=dtype)
+    rec[2, 2] = rec[4, 1] = 0.0
+    rec[3, 5] = -0.0
+    e_rec = torch.randn(batch, n, n, generator=g, dtype=dtype).abs() * 3
+    e_rec[1, 3, 4] = -0.0
+    e_rec[2, 0, 0] = 0.0
+    counts = torch.randint(0, 4, (batch, n), generator=g).to(dtype)
+    counts[0, 2] = 0.5
+    counts[:, 6] = 0.0
+    random_spike = torch.randn(batch, n, generator=g, dtype=dtype)
+    v_th = torch.rand(n, generator=g, dtype=dtype) + 0.5 if per_neuron_threshold else torch.tensor(1.3, dtype=dtype)
+    rec_scaled = rec / v_th
+    want = torch.diag_embed(pivots) - rec_scaled * spiketrain.SpikeTrainRule.per_spike_ratio(e_rec, counts,
+                                                                                           random_spike)
+    got = spsp_kernels.recurrent_system(pivots, rec_scaled, e_rec, counts, random_spike)
+    assert torch.equal(_bits(got), _bits(want))
+    assert spsp_kernels.recurrent_system(pivots, rec_scaled, e_rec, counts, None) is None
+    assert spsp_kernels.recurrent_system(pivots.float() if dtype == torch.float64 else pivots.double(), rec_scaled,
+                                         e_rec, counts, random_spike) is None
+    assert spsp_kernels.recurrent_system(pivots[:, :4], rec_scaled, e_rec, counts, random_spike) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("per_neuron_threshold", [False, True])
+def test_strsbp_pivots_kernel_equals_tensor_code_bit_for_bit(dtype, per_neuron_threshold):
+    """ST-RSBP's pivots by the compiled pass (the fitted slope, the drive over the threshold from 1, sign times the
+    magnitude clamped at ``min_pivot``) equal the tensor code's bit for bit: silent and saturated neurons, drives of
+    either sign and zeros of both signs, pivots on both sides of the clamp."""
+    from snn2hw.learning.spsp import polyval_derivative
+    from snn2hw.learning.strsbp import spsp_fit
+
+    g = torch.Generator().manual_seed(4)
+    fit = spsp_fit(0.8, 0.9, 120, 0)
+    top = max(fit["top"], 1)
+    counts = torch.randint(0, 121, (6, 40), generator=g).to(dtype)
+    counts[0, :4] = 0.0
+    counts[1, :4] = 120.0
+    drive = torch.randn(6, 40, generator=g, dtype=dtype) * 20
+    drive[2, 0], drive[2, 1] = 0.0, -0.0
+    v_th = torch.rand(40, generator=g, dtype=dtype) + 0.5 if per_neuron_threshold else torch.tensor(1.2, dtype=dtype)
+    d = 1.0 - polyval_derivative(fit["coeffs"], (counts / top).double()).to(dtype) / top * drive / v_th
+    want = torch.where(d >= 0, torch.ones_like(d), -torch.ones_like(d)) * d.abs().clamp(min=0.1)
+    got = spsp_kernels.pivots(counts, drive, v_th, fit["coeffs"], top, 0.1)
+    assert bool((d.abs() < 0.1).any()) and bool((d.abs() > 0.1).any()) and bool((d < 0).any())
+    assert torch.equal(_bits(got), _bits(want))
+    assert spsp_kernels.pivots(counts, drive[:, :3], v_th, fit["coeffs"], top, 0.1) is None
+
+
+def test_strsbp_gradients_with_fused_system_are_bit_identical(monkeypatch):
+    """ST-RSBP with the recurrent system matrix by ``spsp_kernels.recurrent_system`` (``strsbp.FUSED_SYSTEM``) and the
+    pivots by ``spsp_kernels.pivots`` (``strsbp.FUSED_PIVOTS``) gives the gradients of the tensor code bit for bit,
+    float32 and float64, with silent hidden neurons."""
+    from snn2hw.learning import strsbp
+
+    g = torch.Generator().manual_seed(5)
+    x = (torch.rand(6, 50, 12, generator=g) < 0.15).float()
+    y = torch.tensor([0, 1, 2, 1, 0, 2])
+    calls = []
+    own, own_pivots = spsp_kernels.recurrent_system, spsp_kernels.pivots
+    monkeypatch.setattr(spsp_kernels, "recurrent_system", lambda *a: calls.append(1) or own(*a))
+    monkeypatch.setattr(spsp_kernels, "pivots", lambda *a: calls.append(2) or own_pivots(*a))
+    for dtype in (torch.float32, torch.float64):
+        grads = []
+        for fused in (True, False):
+            monkeypatch.setattr(strsbp, "FUSED_SYSTEM", fused)
+            monkeypatch.setattr(strsbp, "FUSED_PIVOTS", fused)
+            torch.manual_seed(0)
+            net = SpikingSequential([RecurrentLIFDense(12, 16, du=0.3, dv=0.2, weight_gain=2.0, rec_gain=0.3),
+                                     LIFDense(16, 3, du=0.3, dv=0.2, weight_gain=2.0)]).to(dtype)
+            with torch.no_grad():
+                net.layers[0].weight[:3] = 0.0  # silent hidden neurons: virtual spikes, random-spike ratios
+            calls.clear()
+            make_rule("strsbp", margin=0, target_true=10, target_false=2).compute_gradients(net, x.to(dtype), y, None,
+                                                                                             {})
+            assert sorted(set(calls)) == ([1, 2] if fused else [])
+            grads.append([p.grad.clone() for p in net.parameters() if p.grad is not None])
+        assert len(grads[0]) == len(grads[1]) >= 3 and bool(grads[0][1].abs().sum() > 0)
+        assert all(torch.equal(_bits(a), _bits(b)) for a, b in zip(*grads)), dtype
+
+
 @pytest.mark.parametrize("rule_name,rec,t_ref", [("hm2bp", False, 0), ("hm2bp", False, 2), ("strsbp", True, 0)])
 @pytest.mark.parametrize("chunk_bytes", [0, 4 << 20])
 def test_event_driven_gradients_equal_gemm_gradients(monkeypatch, rule_name, rec, t_ref, chunk_bytes):

@@ -391,6 +391,46 @@ if numba is not None:
                     for i in range(lo, hi):
                         dst[j, i] = src[i, j]
 
+    def _recurrent_system_py(pivots, rec_scaled, e_rec, counts_rec, random_spike, unit, out):
+        """``out[b] = diag(pivots[b]) - rec_scaled * ratio[b]`` with ``ratio[b, i, j] = e_rec[b, i, j] / max(o_j, 1)``
+        for a firing pre-synaptic neuron (``o_j = counts_rec[b, j] > 0``), else ``random_spike[b, i]``: ST-RSBP's
+        matrix M in one pass, each element by the same operations as the tensor expression (a division, a product,
+        a subtraction from the diagonal's pivot or from 0, each rounded once in the arrays' dtype)."""
+        batch, n, _ = e_rec.shape
+        one = unit[0]  # 1 and 0 in the arrays' dtype (a Python float would make the division float64)
+        zero = one - one
+        for b in numba.prange(batch):
+            for i in range(n):
+                rs = random_spike[b, i]
+                for j in range(n):  # branch-free (selects), so that the loop vectorises
+                    o = counts_rec[b, j]
+                    r = e_rec[b, i, j] / (o if o > one else one)
+                    out[b, i, j] = zero - rec_scaled[i, j] * (r if o > zero else rs)
+                o = counts_rec[b, i]  # the diagonal: from the pivot instead of from 0
+                r = e_rec[b, i, i] / (o if o > one else one)
+                out[b, i, i] = pivots[b, i] - rec_scaled[i, i] * (r if o > zero else rs)
+
+    def _pivots_py(counts, drive, v_th, terms, consts, out):
+        """ST-RSBP's pivots ``1 - S`` kept ``min_pivot`` away from 0 (``strsbp.STRSBP.pivots``), per (sample, neuron):
+        the slope ``h'(o)`` of the fitted polynomial at ``x = o / top`` (Horner in float64 over ``terms``, the
+        coefficients times their powers), back in the arrays' dtype and divided by ``top``, times the drive, over
+        the threshold, from 1; then its sign times its magnitude clamped below at ``min_pivot``. The tensor code's
+        operations in its order, each rounded as it rounds them. ``consts`` = (1, top, min_pivot) in the dtype."""
+        batch, n = counts.shape
+        one, top, low = consts[0], consts[1], consts[2]
+        zero = one - one
+        for b in numba.prange(batch):
+            cast = np.empty(1, dtype=counts.dtype)  # the float64 slope rounded to the dtype, as ``.to(dtype)``
+            for i in range(n):
+                x = np.float64(counts[b, i] / top)
+                p = np.float64(0.0)
+                for c in terms:
+                    p = p * x + c
+                cast[0] = p
+                d = one - cast[0] / top * drive[b, i] / v_th[i]
+                a = abs(d)
+                out[b, i] = (one if d >= zero else -one) * (a if not a < low else low)
+
     def _spike_dots_py(g, s, wt, out, binary):
         """``out[b, j] += sum_t s[b, t, j] (g[b, t, :] . wt[j, :])`` over the non-zero ``s``."""
         batch, steps, n = g.shape
@@ -597,6 +637,12 @@ if numba is not None:
                                     ("csr_column_fill", _csr_column_fill_py), ("tiled_scatter", _tiled_scatter_py),
                                     ("transpose", _transpose_py))
                    for par in (False, True)})
+    # numpy's error model: a division is the IEEE one, without the check for a zero divisor that numba's default
+    # (Python's ZeroDivisionError) puts in the loop and that kept it from vectorising (114 against 20 us for
+    # 8 x 100 x 100 float32); the divisors here are at least 1
+    _SCANS.update({(name, par): _njit_cached(fn, par, error_model="numpy")
+                   for name, fn in (("recurrent_system", _recurrent_system_py), ("pivots", _pivots_py))
+                   for par in (False, True)})
     _SCANS.update({("plain_adjoint", summed, par): _plain_adjoint_kernel(summed, par)
                    for summed in (False, True) for par in (False, True)})
     _SCANS.update({("plain_lif", bias, rec, weights, par): _plain_lif_kernel(bias, rec, weights, par)
@@ -725,6 +771,43 @@ def transposed(a: torch.Tensor) -> torch.Tensor:
         return a.t().contiguous()
     out = torch.empty(a.shape[1], a.shape[0], dtype=a.dtype)
     _scan("transpose")(a.detach().numpy(), out.numpy())
+    return out
+
+
+def recurrent_system(pivots: torch.Tensor, rec_scaled: torch.Tensor, e_rec: torch.Tensor, counts_rec: torch.Tensor,
+                     random_spike: torch.Tensor) -> torch.Tensor | None:
+    """ST-RSBP's per-sample matrix (B, N, N), ``diag(pivots) - rec_scaled * ratio`` with the per-spike recurrent S-PSP
+    ratio of ``SpikeTrainRule.per_spike_ratio(e_rec, counts_rec, random_spike)``, by one compiled pass instead of
+    about seven tensor operations over (B, N, N) (a diagonal matrix, a division, a clamp, a select, a product, a
+    subtraction, and their temporaries): the same operations per element, so the same values bit for bit. None
+    where the kernels are not usable (the caller then evaluates the tensor expression)."""
+    tensors = (pivots, rec_scaled, e_rec, counts_rec, random_spike)
+    if any(t is None for t in tensors) or not usable(*tensors) or e_rec.dim() != 3 or pivots.dim() != 2:
+        return None
+    batch, n = pivots.shape
+    if (e_rec.shape != (batch, n, n) or rec_scaled.shape != (n, n) or counts_rec.shape != (batch, n)
+            or random_spike.shape != (batch, n)):
+        return None
+    out = torch.empty(batch, n, n, dtype=pivots.dtype)
+    _scan("recurrent_system")(*(t.detach().contiguous().numpy() for t in tensors), _unit(pivots.dtype), out.numpy())
+    return out
+
+
+def pivots(counts: torch.Tensor, drive: torch.Tensor, v_th: torch.Tensor, coeffs: list, top: int,
+           min_pivot: float) -> torch.Tensor | None:
+    """ST-RSBP's pivots (B, N) from the counts, the drive ``W o_in (+ V o)`` and the fit's polynomial ``coeffs``
+    (highest power first) and ``top`` (``strsbp.STRSBP.pivots``, with ``self_term``), by one compiled pass instead of
+    about twenty small tensor operations: the same values bit for bit. None where the kernels are not usable."""
+    if not usable(counts, drive, v_th) or counts.dim() != 2 or drive.shape != counts.shape or v_th.numel() not in (
+            1, counts.shape[1]):
+        return None
+    deg = len(coeffs) - 1
+    terms = np.array([c * (deg - k) for k, c in enumerate(coeffs[:-1])], dtype=np.float64)
+    consts = torch.tensor([1.0, float(top), float(min_pivot)], dtype=counts.dtype).numpy()
+    vth = torch.broadcast_to(v_th.detach(), (counts.shape[1],)).contiguous().numpy()
+    out = torch.empty(counts.shape, dtype=counts.dtype)
+    _scan("pivots")(counts.detach().contiguous().numpy(), drive.detach().contiguous().numpy(), vth, terms, consts,
+                    out.numpy())
     return out
 
 

@@ -32,6 +32,7 @@ from importlib import resources
 
 import torch
 
+from snn2hw.learning import spsp_kernels
 from snn2hw.learning.base import LearningRuleError, register_rule
 from snn2hw.learning.spiketrain import LayerTrace, PostStats, SpikeTrainRule
 from snn2hw.learning.spsp import count_grid, fit_polynomial, layer_current, mc_spsp_per_pre_spike, polyval_derivative
@@ -42,6 +43,13 @@ FIT_FILE = "strsbp_spsp_fit.json"  # in snn2hw/learning/data/, written by script
 FIT_SAMPLES = 512
 FIT_SEED = 0
 FIT_DEGREE = 6
+# A recurrent layer's matrix M by one compiled pass (``spsp_kernels.recurrent_system``) instead of the tensor
+# expression; the same values bit for bit. Module-level so that a benchmark can switch it off for an interleaved
+# A/B (``diag_spiketrain_speed.py --variant snn2hw.learning.strsbp:FUSED_SYSTEM=False``).
+FUSED_SYSTEM = True
+# The pivots 1 - S (the fitted slope and what follows it) by one compiled pass (``spsp_kernels.pivots``); the same
+# values bit for bit. Switch for an A/B as FUSED_SYSTEM.
+FUSED_PIVOTS = True
 
 
 def _key(alpha: float, beta: float, steps: int, t_ref: int) -> tuple:
@@ -138,12 +146,17 @@ class STRSBP(SpikeTrainRule):
     def trains_recurrent(self) -> bool:
         return True
 
-    def slope(self, tr: LayerTrace, counts: torch.Tensor) -> torch.Tensor:
-        """``h'(o)`` per neuron, from the fit for this layer's neuron and window."""
+    @staticmethod
+    def _fit(tr: LayerTrace) -> dict:
+        """The ``spsp_fit`` of a layer's neuron and window."""
         alpha, beta = tr.spec.alpha, tr.spec.beta
         if alpha.numel() > 1 or beta.numel() > 1:  # per-neuron decays: the layer's mean neuron
             alpha, beta = alpha.mean(), beta.mean()
-        fit = spsp_fit(float(alpha), float(beta), tr.s_out.shape[1], tr.spec.t_ref)
+        return spsp_fit(float(alpha), float(beta), tr.s_out.shape[1], tr.spec.t_ref)
+
+    def slope(self, tr: LayerTrace, counts: torch.Tensor) -> torch.Tensor:
+        """``h'(o)`` per neuron, from the fit for this layer's neuron and window."""
+        fit = self._fit(tr)
         x = counts / max(fit["top"], 1)
         return polyval_derivative(fit["coeffs"], x.double()).to(counts.dtype) / max(fit["top"], 1)
 
@@ -155,17 +168,27 @@ class STRSBP(SpikeTrainRule):
         drive = layer_current(tr.layer, stats.counts_in.unsqueeze(1)).squeeze(1).detach()
         if tr.rec_weight is not None:
             drive = drive + counts @ tr.rec_weight.t()
+        if FUSED_PIVOTS:  # the slope and everything after it in one compiled pass on the CPU, the same values
+            fit = self._fit(tr)
+            p = spsp_kernels.pivots(counts, drive, tr.spec.v_th, fit["coeffs"], max(fit["top"], 1), self.min_pivot)
+            if p is not None:
+                return p
         d = 1.0 - self.slope(tr, counts) * drive / tr.spec.v_th
         sign = torch.where(d >= 0, torch.ones_like(d), -torch.ones_like(d))
         return sign * d.abs().clamp(min=self.min_pivot)
 
     def system(self, tr: LayerTrace, stats: PostStats):
         """The per-sample matrix M (B, N, N) of the module docstring (diagonal for feed-forward layers)."""
-        m = torch.diag_embed(self.pivots(tr, stats))
-        if tr.rec_weight is not None:
-            m = m - (tr.rec_weight / tr.spec.v_th) * self.per_spike_ratio(stats.e_rec, stats.counts_rec,
-                                                                           stats.random_spike)
-        return m
+        pivots = self.pivots(tr, stats)
+        if tr.rec_weight is None:
+            return torch.diag_embed(pivots)
+        rec_scaled = tr.rec_weight / tr.spec.v_th
+        if FUSED_SYSTEM:  # one compiled pass on the CPU, the same values
+            m = spsp_kernels.recurrent_system(pivots, rec_scaled, stats.e_rec, stats.counts_rec, stats.random_spike)
+            if m is not None:
+                return m
+        return torch.diag_embed(pivots) - rec_scaled * self.per_spike_ratio(stats.e_rec, stats.counts_rec,
+                                                                            stats.random_spike)
 
     def coefficients(self, tr: LayerTrace, g, stats: PostStats):
         if tr.rec_weight is None:
