@@ -168,7 +168,8 @@ def main(argv=None) -> int:
     base = base_scans(a.base_kernels) if a.base_kernels else None
     load_before = os.getloadavg()[0]
     rows = []
-    lines = ["| network | T | rule | part | CPU ms/sample median | min | x BPTT step (medians) | load avg / other CPUs |",
+    lines = ["| network | T | rule | part | CPU ms/sample median | min | x BPTT step (medians) | "
+             "load avg / other CPUs |",
              "|" + "---|" * 8]
     for label, task, config, rules, _ in NETWORKS:
         if not any(o in label for o in a.only) or rules[0] not in ("hm2bp", "strsbp"):
