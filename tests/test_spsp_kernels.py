@@ -335,6 +335,54 @@ def test_strsbp_gradients_with_fused_system_are_bit_identical(monkeypatch):
         assert all(torch.equal(_bits(a), _bits(b)) for a, b in zip(*grads)), dtype
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_coefficient_sum_equals_addcmul_loop_bit_for_bit(dtype):
+    """``spsp_kernels.coefficient_sum`` adds ``sum_b c[b, i] e[b, i, j]`` to a non-zero ``out`` exactly as the loop of
+    ``addcmul_`` it replaces (widths with and without vector tails, a strided ``c``), and declines what it cannot
+    take."""
+    g = torch.Generator().manual_seed(6)
+    for batch, n, k in ((1, 3, 5), (4, 9, 37), (6, 17, 64), (3, 100, 784)):
+        e = torch.randn(batch, n, k, generator=g, dtype=dtype)
+        c = torch.randn(n, batch, generator=g, dtype=dtype).t()  # strided, as the rules' coefficients may be
+        want = torch.randn(n, k, generator=g, dtype=dtype)
+        got = want.clone()
+        for b in range(batch):
+            want.addcmul_(c[b].unsqueeze(1), e[b])
+        assert spsp_kernels.coefficient_sum(got, c, e)
+        assert torch.equal(_bits(got), _bits(want)), (batch, n, k)
+    assert not spsp_kernels.coefficient_sum(torch.zeros(3, 5, dtype=dtype).t(), c[:, :5], e[:, :5, :3])
+    assert not spsp_kernels.coefficient_sum(want, c, e[:, :, :3])
+
+
+@pytest.mark.parametrize("rule_name", ["hm2bp", "strsbp"])
+def test_rule_gradients_with_compiled_coefficient_sum_are_bit_identical(monkeypatch, rule_name):
+    """The rules' gradients with ``_add_coefficient_sum``'s per-sample loop (every S-PSP matrix taken there) made by
+    the compiled pass equal those of the ``addcmul_`` loop bit for bit: ST-RSBP's recurrent layer (its weight and
+    recurrent weight gradients) and HM2-BP's output layer, float32 and float64."""
+    monkeypatch.setattr(spiketrain, "COEFFICIENT_SUM_BMM_MAX", 0)
+    g = torch.Generator().manual_seed(7)
+    x = (torch.rand(5, 40, 12, generator=g) < 0.2).float()
+    y = torch.tensor([0, 1, 2, 1, 0])
+    calls = []
+    own = spsp_kernels.coefficient_sum
+    monkeypatch.setattr(spsp_kernels, "coefficient_sum", lambda *a: calls.append(1) or own(*a))
+    for dtype in (torch.float32, torch.float64):
+        grads = []
+        for fused in (True, False):
+            monkeypatch.setattr(spiketrain, "FUSED_COEFFICIENT_SUM", fused)
+            torch.manual_seed(0)
+            first = (RecurrentLIFDense(12, 16, du=0.3, dv=0.2, weight_gain=2.0, rec_gain=0.3) if rule_name == "strsbp"
+                     else LIFDense(12, 16, du=0.3, dv=0.2, weight_gain=2.0))
+            net = SpikingSequential([first, LIFDense(16, 3, du=0.3, dv=0.2, weight_gain=2.0)]).to(dtype)
+            calls.clear()
+            make_rule(rule_name, margin=0, target_true=10, target_false=2).compute_gradients(net, x.to(dtype), y, None,
+                                                                                              {})
+            assert bool(calls) == fused
+            grads.append([p.grad.clone() for p in net.parameters() if p.grad is not None])
+        assert len(grads[0]) == len(grads[1]) >= 2 and bool(grads[0][-1].abs().sum() > 0)
+        assert all(torch.equal(_bits(a), _bits(b)) for a, b in zip(*grads)), dtype
+
+
 @pytest.mark.parametrize("rule_name,rec,t_ref", [("hm2bp", False, 0), ("hm2bp", False, 2), ("strsbp", True, 0)])
 @pytest.mark.parametrize("chunk_bytes", [0, 4 << 20])
 def test_event_driven_gradients_equal_gemm_gradients(monkeypatch, rule_name, rec, t_ref, chunk_bytes):

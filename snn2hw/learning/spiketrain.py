@@ -79,6 +79,11 @@ WEIGHT_EVENT_MIN_WIDTH = 400
 # sums of lam_u and lam_p nothing reads (a weight gradient alone, no bias) leaves them out.
 REUSE_INPUT_CSR = True
 SKIP_UNREAD_SUMS = True
+# ``_add_coefficient_sum``: S-PSP matrices of at most this many elements are summed by one batched product, larger
+# ones sample by sample, by one compiled pass where it equals the loop of ``addcmul_`` bit for bit
+# (FUSED_COEFFICIENT_SUM; a switch for an A/B, as the two above).
+COEFFICIENT_SUM_BMM_MAX = 1 << 16
+FUSED_COEFFICIENT_SUM = True
 # Float temporaries of the chunked path (per chunk: currents, inputs as float, kernels) are kept near this
 # size by taking more than ``chunk`` steps per block when the layer is narrow (fewer, larger GEMMs and
 # kernel calls); the memory stays bounded in T.
@@ -885,9 +890,12 @@ def _rows(t: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
 def _add_coefficient_sum(out: torch.Tensor, c: torch.Tensor, e: torch.Tensor) -> None:
     """``out[i, j] += sum_b c[b, i] e[b, i, j]``: one pass over each sample's e for large ones (a batched product
     would copy e into (i, b, j) order first), one batched product for small ones (a per-sample op costs more
-    than its arithmetic there)."""
-    if e.numel() <= 1 << 16:
+    than its arithmetic there). The per-sample passes are one compiled pass on the CPU where it gives the same
+    values (``spsp_kernels.coefficient_sum``; ``FUSED_COEFFICIENT_SUM``)."""
+    if e.numel() <= COEFFICIENT_SUM_BMM_MAX:
         out += torch.bmm(c.t().unsqueeze(1), e.transpose(0, 1)).squeeze(1)
+        return
+    if FUSED_COEFFICIENT_SUM and spsp_kernels.coefficient_sum(out, c, e):
         return
     for b in range(e.shape[0]):
         out.addcmul_(c[b].unsqueeze(1), e[b])

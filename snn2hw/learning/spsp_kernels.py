@@ -431,6 +431,19 @@ if numba is not None:
                 a = abs(d)
                 out[b, i] = (one if d >= zero else -one) * (a if not a < low else low)
 
+    def _coefficient_sum_py(out, c, e):
+        """``out[i, j] += sum_b c[b, i] e[b, i, j]``, added sample by sample in ascending order as the loop of
+        ``addcmul_`` it replaces; compiled with contraction allowed, so each addition is the fused multiply-add that
+        torch's ``addcmul_`` makes on this machine (``coefficient_sum`` checks that once per dtype)."""
+        batch, n, k = e.shape
+        for i in numba.prange(n):
+            row = out[i]
+            for b in range(batch):
+                cb = c[b, i]
+                eb = e[b, i]
+                for j in range(k):
+                    row[j] = row[j] + cb * eb[j]
+
     def _spike_dots_py(g, s, wt, out, binary):
         """``out[b, j] += sum_t s[b, t, j] (g[b, t, :] . wt[j, :])`` over the non-zero ``s``."""
         batch, steps, n = g.shape
@@ -643,6 +656,9 @@ if numba is not None:
     _SCANS.update({(name, par): _njit_cached(fn, par, error_model="numpy")
                    for name, fn in (("recurrent_system", _recurrent_system_py), ("pivots", _pivots_py))
                    for par in (False, True)})
+    _SCANS.update({("coefficient_sum", par): _njit_cached(_coefficient_sum_py, par, fastmath={"contract"},
+                                                          error_model="numpy")
+                   for par in (False, True)})
     _SCANS.update({("plain_adjoint", summed, par): _plain_adjoint_kernel(summed, par)
                    for summed in (False, True) for par in (False, True)})
     _SCANS.update({("plain_lif", bias, rec, weights, par): _plain_lif_kernel(bias, rec, weights, par)
@@ -809,6 +825,38 @@ def pivots(counts: torch.Tensor, drive: torch.Tensor, v_th: torch.Tensor, coeffs
     _scan("pivots")(counts.detach().contiguous().numpy(), drive.detach().contiguous().numpy(), vth, terms, consts,
                     out.numpy())
     return out
+
+
+_ADDCMUL_MATCHES: dict = {}  # dtype -> whether the compiled coefficient sum equals torch's addcmul_ loop here
+
+
+def _matches_addcmul(dtype: torch.dtype) -> bool:
+    """Whether ``_coefficient_sum_py`` gives torch's ``addcmul_`` loop bit for bit in ``dtype`` on this machine and
+    build (a fused multiply-add or not is the compiler's choice on both sides): checked once per process and dtype on
+    a small case with vector tails, and the compiled sum is used only where it does."""
+    if dtype not in _ADDCMUL_MATCHES:
+        g = torch.Generator().manual_seed(0)
+        e = torch.randn(3, 5, 37, generator=g, dtype=dtype)
+        c = torch.randn(3, 5, generator=g, dtype=dtype)
+        want = torch.randn(5, 37, generator=g, dtype=dtype)
+        got = want.clone()
+        for b in range(3):
+            want.addcmul_(c[b].unsqueeze(1), e[b])
+        _scan("coefficient_sum")(got.numpy(), c.numpy(), e.numpy())
+        _ADDCMUL_MATCHES[dtype] = torch.equal(got, want)
+    return _ADDCMUL_MATCHES[dtype]
+
+
+def coefficient_sum(out: torch.Tensor, c: torch.Tensor, e: torch.Tensor) -> bool:
+    """``out[i, j] += sum_b c[b, i] e[b, i, j]`` in place by one compiled pass, the same values as ``out.addcmul_(
+    c[b].unsqueeze(1), e[b])`` for b = 0, 1, ... bit for bit (one pass over ``out`` instead of one per sample).
+    Returns False (and does nothing) where the kernels are not usable or would not equal that loop; the caller then
+    runs the loop."""
+    if (not usable(out, c, e) or e.dim() != 3 or out.shape != e.shape[1:] or c.shape != e.shape[:2]
+            or not out.is_contiguous() or not _matches_addcmul(out.dtype)):
+        return False
+    _scan("coefficient_sum")(out.numpy(), c.detach().contiguous().numpy(), e.detach().contiguous().numpy())
+    return True
 
 
 def spike_dots(g: torch.Tensor, s: torch.Tensor, wt: torch.Tensor, out: torch.Tensor) -> None:
