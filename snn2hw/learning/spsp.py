@@ -120,8 +120,9 @@ def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSp
     if lag and chunk < steps:
         raise ValueError("lif_sequence_chunked: lag needs the whole window in one chunk")
     if lag and not compiled:  # the tensor loop reads hop-delayed currents
-        undelayed = current
-        current = lambda t0, t1: _delayed(undelayed(t0, t1), lag)  # noqa: E731
+        # ``lag`` bound now: the closure must not see the ``lag = 0`` below (it did, and the tensor loop, the CUDA
+        # path, ran whole windows without the hop delay)
+        current = lambda t0, t1, undelayed=current, lag=lag: _delayed(undelayed(t0, t1), lag)  # noqa: E731
         lag = 0
     if compiled:
         spikes = out if out_dtype == torch.bool else torch.empty(batch, steps, n, dtype=torch.bool)

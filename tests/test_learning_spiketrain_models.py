@@ -1,0 +1,109 @@
+"""HM2-BP, ST-RSBP and BPTT on networks and workloads beyond the benchmark ones (the cases
+``benchmarks/sweep_spiketrain_models.py`` found broken): the tensor-loop path (CUDA, no numba) against the numba
+kernels, blocks of one step, pool and frozen first layers, strided/padded/dilated/grouped convolutions and padded
+pools against their dense equivalents, and tensors made without ``device=`` (caught on the CPU by making ``meta``
+the default device while the model and data are explicit CPU tensors)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from snn2hw.learning import make_rule, spiketrain
+from snn2hw.nn.conv import ConvLIF, Flatten, SumPoolLIF
+from snn2hw.nn.layers import LIFDense, RecurrentLIFDense, SpikingSequential
+from snn2hw.train.losses import count_cross_entropy
+
+D = torch.float64
+
+
+def _loss(out, y):
+    return count_cross_entropy(out[-1] if isinstance(out, (list, tuple)) else out, y, scale=0.3)
+
+
+def _grads(net, rule_name, x, y, **opts):
+    rule = make_rule(rule_name, **opts)
+    rule.setup(net)
+    res = rule.compute_gradients(net, x, y, _loss, {})
+    return [res.output.double()] + [p.grad.clone() for p in net.parameters() if p.grad is not None]
+
+
+def _assert_same(a, b, rtol=1e-10, atol=1e-12):
+    assert len(a) == len(b)
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=rtol, atol=atol)
+
+
+def _dense(bias=True, rec=False):
+    torch.manual_seed(0)
+    hidden = RecurrentLIFDense(24, 9, du=0.3, dv=0.5, bias=bias, weight_gain=3.0, rec_gain=0.3) if rec else \
+        LIFDense(24, 9, du=0.3, dv=0.5, bias=bias, weight_gain=3.0)
+    net = SpikingSequential([hidden, LIFDense(9, 3, du=0.3, dv=0.1, weight_gain=3.0)]).double()
+    if bias:
+        with torch.no_grad():
+            net.layers[0].bias.uniform_(-0.05, 0.1)
+    return net
+
+
+def _conv(stride=1, padding=0, dilation=1, groups=1, pool_stride=None, pool_padding=0, bias=True, in_shape=(2, 9, 8)):
+    torch.manual_seed(0)
+    conv = ConvLIF(in_shape, 4, (3, 2), stride=stride, padding=padding, dilation=dilation, groups=groups, du=0.3,
+                   dv=0.2, weight_gain=3.0, bias=bias)
+    pool = SumPoolLIF(conv.out_shape, 2, stride=pool_stride, padding=pool_padding, du=0.3, dv=0.2, v_th=0.8,
+                      bias=bias)
+    net = SpikingSequential([conv, pool, Flatten(), LIFDense(pool.out_features, 3, du=0.3, dv=0.2,
+                                                              weight_gain=3.0)]).double()
+    if bias:
+        with torch.no_grad():
+            for layer in net.layers[:2]:
+                layer.bias.uniform_(-0.05, 0.1)
+    return net
+
+
+def _spikes(batch, steps, n, density=0.3, seed=1):
+    return (torch.rand(batch, steps, n, generator=torch.Generator().manual_seed(seed)) < density).to(D)
+
+
+OPTS = {"margin": 0, "target_true": 6, "target_false": 1}
+
+
+@pytest.mark.parametrize("chunk_bytes", [0, 4 << 20])
+@pytest.mark.parametrize("rule_name,rec", [("hm2bp", False), ("strsbp", False), ("strsbp", True), ("bptt", False)])
+def test_tensor_loop_equals_numba_kernels(monkeypatch, rule_name, rec, chunk_bytes):
+    """The path CUDA takes (tensor loops, no numba: ``SNN2HW_NO_NUMBA=1``) gives the kernels' spikes and gradients.
+    It used to run a dense layer's whole-window forward (``CHUNK_BYTES`` large enough, the default) without the hop
+    delay: a closure in ``lif_sequence_chunked`` read ``lag`` after it was set to 0."""
+    monkeypatch.setattr(spiketrain, "CHUNK_BYTES", chunk_bytes)
+    x, y = _spikes(4, 30, 24), torch.tensor([0, 1, 2, 1])
+    opts = {} if rule_name == "bptt" else OPTS
+    fast = _grads(_dense(rec=rec), rule_name, x, y, **opts)
+    monkeypatch.setenv("SNN2HW_NO_NUMBA", "1")
+    loop = _grads(_dense(rec=rec), rule_name, x, y, **opts)
+    _assert_same(fast, loop)
+    assert torch.equal(loop[0], _dense(rec=rec)(x))  # the layers' own forward
+
+
+def _as_dense(net):
+    """The network with every conv/pool hop written as its dense matrix; [(layer, kernel leaf, matrix, dense)]."""
+    layers, twins = [], []
+    for layer in net.layers:
+        if isinstance(layer, (ConvLIF, SumPoolLIF)):
+            kernel = layer._hop_weight().detach().clone().requires_grad_(isinstance(layer, ConvLIF))
+            matrix = layer._current(torch.eye(layer.in_features, dtype=D).unsqueeze(0), kernel)[0].t()
+            dense = LIFDense(layer.in_features, matrix.shape[0], v_th=layer.v_th, bias=layer.bias is not None).double()
+            with torch.no_grad():
+                dense.weight.copy_(matrix)
+                dense.du.copy_(layer.du)
+                dense.dv.copy_(layer.dv)
+                if dense.bias is not None:
+                    dense.bias.copy_(layer.neuron_bias())
+            dense.weight.requires_grad_(isinstance(layer, ConvLIF))  # a pool's kernel is fixed
+            layers.append(dense)
+            twins.append((layer, kernel, matrix, dense))
+        elif isinstance(layer, LIFDense):
+            dense = LIFDense(layer.in_features, layer.out_features).double()
+            dense.load_state_dict(layer.state_dict())
+            layers.append(dense)
+    return SpikingSequential(layers), twins
+
