@@ -84,6 +84,21 @@ def test_tensor_loop_equals_numba_kernels(monkeypatch, rule_name, rec, chunk_byt
     assert torch.equal(loop[0], _dense(rec=rec)(x))  # the layers' own forward
 
 
+@pytest.mark.parametrize("steps,chunk", [(1, 32), (2, 1), (5, 1)])
+@pytest.mark.parametrize("rule_name", ["hm2bp", "strsbp"])
+def test_conv_blocks_of_one_step(monkeypatch, rule_name, steps, chunk):
+    """T = 1, or blocks of one step (``chunk`` 1, small ``CHUNK_BYTES``): the block holding step 0 has no input step
+    (the hop delay), and a convolution over 0 (sample, step) images used to fail to reshape."""
+    monkeypatch.setattr(spiketrain, "CHUNK_BYTES", 0)
+    x, y = _spikes(2, steps, 144), torch.tensor([0, 2])
+    chunked = _grads(_conv(), rule_name, x, y, chunk=chunk, **OPTS)
+    rule = make_rule(rule_name, chunk=chunk, **OPTS)
+    rule.full_trace = True
+    net = _conv()
+    res = rule.compute_gradients(net, x, y, None, {})
+    _assert_same(chunked, [res.output.double()] + [p.grad for p in net.parameters() if p.grad is not None])
+
+
 def _as_dense(net):
     """The network with every conv/pool hop written as its dense matrix; [(layer, kernel leaf, matrix, dense)]."""
     layers, twins = [], []

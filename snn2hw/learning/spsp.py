@@ -299,7 +299,7 @@ def conv_hop_products(layer: nn.Module, s_prev: torch.Tensor | None, g_w: torch.
             gw = back(g_w, [False, True, False])[1]
         if g_in is not None:
             gs = back(g_in, [True, False, False])[0]
-    return gw, (None if gs is None else gs.reshape(*g.shape[:2], -1))
+    return gw, (None if gs is None else gs.reshape(*g.shape[:2], layer.in_features))  # not -1: blocks of 0 steps
 
 
 def reset_mask(spikes: torch.Tensor, t_ref: int = 0) -> torch.Tensor:
