@@ -99,6 +99,33 @@ def test_conv_blocks_of_one_step(monkeypatch, rule_name, steps, chunk):
     _assert_same(chunked, [res.output.double()] + [p.grad for p in net.parameters() if p.grad is not None])
 
 
+@pytest.mark.parametrize("first", ["pool", "frozen_dense"])
+@pytest.mark.parametrize("rule_name", ["hm2bp", "strsbp"])
+def test_first_layer_with_a_bias_alone(rule_name, first):
+    """A first layer whose only trainable parameter is its bias (a sum pool, or a dense layer with a frozen weight)
+    hands no error down and has no weight gradient: its backward used to call the hop's products with neither
+    output gradient (an AttributeError). Its bias gradient equals the full-window path's."""
+    torch.manual_seed(0)
+    if first == "pool":
+        head = SumPoolLIF((2, 6, 6), 2, du=0.3, dv=0.2, v_th=0.8, bias=True)
+        n = head.out_features
+    else:
+        head = LIFDense(72, 10, du=0.3, dv=0.2, bias=True, weight_gain=3.0)
+        head.weight.requires_grad_(False)
+        n = 10
+    x, y = _spikes(3, 20, 72), torch.tensor([0, 1, 2])
+    base = SpikingSequential([head, Flatten(), LIFDense(n, 3, du=0.3, dv=0.2, weight_gain=3.0)]).double()
+    results = []
+    for full in (False, True):
+        net = copy.deepcopy(base)
+        rule = make_rule(rule_name, **OPTS)
+        rule.full_trace = full
+        rule.compute_gradients(net, x, y, None, {})
+        results.append([net.layers[0].bias.grad, net.layers[-1].weight.grad])
+        assert net.layers[0].weight.grad is None and float(results[-1][0].abs().sum()) > 0
+    _assert_same(*results)
+
+
 def _as_dense(net):
     """The network with every conv/pool hop written as its dense matrix; [(layer, kernel leaf, matrix, dense)]."""
     layers, twins = [], []

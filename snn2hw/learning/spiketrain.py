@@ -786,6 +786,8 @@ class SpikeTrainRule(LearningRule):
         weight = layer.weight if isinstance(layer.weight, nn.Parameter) and layer.weight.requires_grad else None
         bias = getattr(layer, "bias", None)
         bias = bias if isinstance(bias, nn.Parameter) and bias.requires_grad else None
+        if weight is None and bias is None and not need_input:  # e.g. a first pool layer without a bias
+            return None
         tpsp_v = self.needs_tpsp and virtual is not None
         remake_v = tpsp_v and (targets is not None or tr.tpsp_virtual is None)  # currents remade in a first scan
         # a first scan for what the coefficients need before the products: the remade virtual T-PSP, and the T-PSP's
@@ -837,6 +839,8 @@ class SpikeTrainRule(LearningRule):
             wanted = sums if gb is not None or need_input or not SKIP_UNREAD_SUMS else None
             for t0, t1, lam_u in self._scan_chunks(post[rows], _rows(virtual_k, rows), spec, dtype, wanted, block,
                                                    c_w if scaled else None, work):
+                if weight is None and not need_input:  # a bias alone (a pool's, a frozen weight's): the sums suffice
+                    continue
                 if dense:
                     g_in = lam_u * c_back.unsqueeze(1) if need_input else None
                     g_w = None
