@@ -149,3 +149,48 @@ def _as_dense(net):
             layers.append(dense)
     return SpikingSequential(layers), twins
 
+
+@pytest.mark.parametrize("net_kind", ["dense", "rec", "conv"])
+@pytest.mark.parametrize("rule_name", ["hm2bp", "strsbp", "bptt"])
+def test_no_tensor_made_on_the_default_device(monkeypatch, rule_name, net_kind):
+    """A tensor made without ``device=`` lands on the default device, which on a GPU run is the CPU while the model
+    is on CUDA. With ``meta`` the default and the model and data explicit CPU tensors, such a tensor meets a CPU one
+    and raises (or leaves a gradient on ``meta``). The tensor-loop path (CUDA's) is forced; the gradients must be the
+    normal run's. ST-RSBP's Monte-Carlo fit of ``h`` (host-side, on the CPU by design) used to follow the default."""
+    from snn2hw.learning import strsbp
+
+    strsbp.spsp_fit.cache_clear()  # the fit is made under meta, not taken from an earlier test
+    monkeypatch.setenv("SNN2HW_NO_NUMBA", "1")
+    make = {"dense": _dense, "rec": lambda: _dense(rec=True), "conv": _conv}[net_kind]
+    if rule_name == "hm2bp" and net_kind == "rec":
+        pytest.skip("HM2-BP refuses recurrent hidden layers")
+    x, y = _spikes(3, 17, 144 if net_kind == "conv" else 24), torch.tensor([0, 1, 2])
+    opts = {} if rule_name == "bptt" else {**OPTS, "windows": 2} if rule_name == "strsbp" else OPTS
+    ref = _grads(make(), rule_name, x, y, **opts)
+    strsbp.spsp_fit.cache_clear()
+    net = make()
+    torch.set_default_device("meta")
+    try:
+        got = _grads(net, rule_name, x, y, **opts)
+    finally:
+        torch.set_default_device("cpu")
+    assert all(g.device.type == "cpu" for g in got)
+    _assert_same(ref, got)
+
+
+def test_trainer_fit_makes_no_tensor_on_the_default_device(monkeypatch):
+    """The trainer's batch order and evaluation indices are host tensors: explicit CPU, whatever the default."""
+    from snn2hw.train.trainer import Trainer, TrainerConfig
+
+    monkeypatch.setenv("SNN2HW_NO_NUMBA", "1")
+    x, y = _spikes(5, 12, 144).float(), torch.tensor([0, 1, 2, 0, 1])
+    net = _conv().float()
+    trainer = Trainer(net, TrainerConfig(epochs=1, batch_size=2, progress=False, rule="hm2bp", tensorboard=False,
+                                         rule_options=OPTS, save_best=None), loss_fn=_loss)
+    torch.set_default_device("meta")
+    try:
+        history = trainer.fit((x, y), (x, y))
+    finally:
+        torch.set_default_device("cpu")
+    assert all(p.device.type == "cpu" and bool(torch.isfinite(p).all()) for p in net.parameters())
+    assert 0.0 <= history[-1]["val_accuracy"] <= 1.0
