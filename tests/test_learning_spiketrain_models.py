@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 
-from snn2hw.learning import make_rule, spiketrain
+from snn2hw.learning import LearningRuleError, make_rule, spiketrain
 from snn2hw.nn.conv import ConvLIF, Flatten, SumPoolLIF
 from snn2hw.nn.layers import LIFDense, RecurrentLIFDense, SpikingSequential
 from snn2hw.train.losses import count_cross_entropy
@@ -84,11 +84,12 @@ def test_tensor_loop_equals_numba_kernels(monkeypatch, rule_name, rec, chunk_byt
     assert torch.equal(loop[0], _dense(rec=rec)(x))  # the layers' own forward
 
 
-@pytest.mark.parametrize("steps,chunk", [(1, 32), (2, 1), (5, 1)])
+@pytest.mark.parametrize("steps", [4, 7])
 @pytest.mark.parametrize("rule_name", ["hm2bp", "strsbp"])
-def test_conv_blocks_of_one_step(monkeypatch, rule_name, steps, chunk):
-    """T = 1, or blocks of one step (``chunk`` 1, small ``CHUNK_BYTES``): the block holding step 0 has no input step
-    (the hop delay), and a convolution over 0 (sample, step) images used to fail to reshape."""
+def test_conv_blocks_of_one_step(monkeypatch, rule_name, steps):
+    """Blocks of one step (``chunk`` 1, small ``CHUNK_BYTES``): the block holding step 0 has no input step (the hop
+    delay), and a convolution over 0 (sample, step) images used to fail to reshape."""
+    chunk = 1
     monkeypatch.setattr(spiketrain, "CHUNK_BYTES", 0)
     x, y = _spikes(2, steps, 144), torch.tensor([0, 2])
     chunked = _grads(_conv(), rule_name, x, y, chunk=chunk, **OPTS)
@@ -97,6 +98,21 @@ def test_conv_blocks_of_one_step(monkeypatch, rule_name, steps, chunk):
     net = _conv()
     res = rule.compute_gradients(net, x, y, None, {})
     _assert_same(chunked, [res.output.double()] + [p.grad for p in net.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("rule_name", ["hm2bp", "strsbp"])
+def test_refusals_name_the_parameter_and_limit(rule_name):
+    """What the rules cannot do is refused with a ``LearningRuleError`` naming it: a window too short for the input
+    to reach the output (one step of delay per layer), and trainable decays or thresholds (the rules' gradients are
+    for weights and biases; such parameters used to stay silently untrained)."""
+    net = _conv()  # three populations: the output's first input arrives at step 3
+    with pytest.raises(LearningRuleError, match=r"T = 3 steps.*use T > 3"):
+        make_rule(rule_name).compute_gradients(net, _spikes(2, 3, 144), torch.tensor([0, 1]), None, {})
+    make_rule(rule_name).compute_gradients(net, _spikes(2, 4, 144), torch.tensor([0, 1]), None, {})
+    for option in ("train_decays", "train_threshold"):
+        net = SpikingSequential([LIFDense(6, 4, **{option: True}), LIFDense(4, 2)])
+        with pytest.raises(LearningRuleError, match=r"layer 0 \(LIFDense\) has a trainable '(du|threshold)'"):
+            make_rule(rule_name).setup(net)
 
 
 @pytest.mark.parametrize("first", ["pool", "frozen_dense"])

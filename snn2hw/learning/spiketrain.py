@@ -138,7 +138,23 @@ def _layers(model: nn.Module) -> list:
         if getattr(layer, "qat", None) is not None:
             raise LearningRuleError(f"layer {i}: quantization-aware mode is on; spike-train rules train the float "
                                     "network (fine-tune QAT with 'bptt')")
+        for name in ("du", "dv", "threshold"):  # the rules' gradients are for weights and biases: say so, not skip
+            p = getattr(layer, name, None)
+            if isinstance(p, nn.Parameter) and p.requires_grad:
+                raise LearningRuleError(f"layer {i} ({type(layer).__name__}) has a trainable '{name}'; spike-train "
+                                        "rules train weights and biases only (build the layer with "
+                                        "train_decays=False, train_threshold=False, or use rule 'bptt')")
     return list(layers)
+
+
+def check_steps(rule: str, layers: list, steps: int) -> None:
+    """Refuse a window too short for the output to spike: each hop delays by one step, so the input reaches the
+    k-th population at step k, and with T <= (number of populations) the output is silent whatever the weights."""
+    hops = sum(isinstance(layer, _HOP_LAYERS) for layer in layers)
+    if steps <= hops:
+        raise LearningRuleError(f"{rule}: T = {steps} steps, but the input reaches the output only at step {hops} "
+                                f"(one step of hop delay per layer, {hops} layers), so the output cannot spike; "
+                                f"use T > {hops}")
 
 
 class SpikeTrainRule(LearningRule):
@@ -195,6 +211,10 @@ class SpikeTrainRule(LearningRule):
                 "margin": self.margin, "t_ref": self.t_ref, "hidden_virtual_spikes": self.hidden_virtual_spikes,
                 "low_memory": self.low_memory, "chunk": self.chunk, "loss": self.loss,
                 "count_bounds": self.count_bounds, "rate_penalty": self.rate_penalty, "rate_target": self.rate_target}
+
+    def setup(self, model: nn.Module) -> None:
+        """Refuse, before the first batch, a model the rules cannot train (``_layers`` names the layer)."""
+        _layers(model)
 
     # -- forward -------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -372,6 +392,7 @@ class SpikeTrainRule(LearningRule):
         yield records, targets, 1.0
 
     def compute_gradients(self, model, x, y, loss_fn, forward_kwargs, scale=1.0) -> BatchResult:
+        check_steps(self.name, _layers(model), x.shape[1])
         records, out = self.forward(model, x)
         out = out.to(x.dtype)
         counts = out.sum(1)
