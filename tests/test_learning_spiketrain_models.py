@@ -166,6 +166,31 @@ def _as_dense(net):
     return SpikingSequential(layers), twins
 
 
+@pytest.mark.parametrize("geometry", [
+    {"stride": 2, "padding": 1}, {"dilation": 2, "padding": (2, 1), "groups": 2},
+    {"stride": (1, 2), "pool_stride": 1, "pool_padding": 1}])
+@pytest.mark.parametrize("rule_name", ["hm2bp", "strsbp"])
+def test_strided_padded_conv_and_pool_equal_dense_equivalent(monkeypatch, rule_name, geometry):
+    """``test_conv_pool_stack_equals_equivalent_dense_stack`` for the geometry a layer config can ask for: strides,
+    padding, dilation and groups of a conv, a pool's own stride and padding. The kernel's gradient is the dense
+    twin's through the chain rule; the per-channel bias the sum over the channel's positions."""
+    monkeypatch.setattr(spiketrain, "CHUNK_BYTES", 3000)
+    net = _conv(**geometry, in_shape=(2, 7, 6))
+    ref, twins = _as_dense(net)
+    x, y = _spikes(3, 12, 84), torch.tensor([0, 1, 2])
+    a = _grads(net, rule_name, x, y, chunk=7, **OPTS)
+    b = _grads(ref, rule_name, x, y, chunk=7, **OPTS)
+    assert torch.equal(a[0], b[0])
+    torch.testing.assert_close(net.layers[-1].weight.grad, ref.layers[-1].weight.grad, rtol=1e-9, atol=1e-12)
+    for layer, kernel, matrix, dense in twins:
+        if isinstance(layer, ConvLIF):
+            (expected,) = torch.autograd.grad(matrix, kernel, dense.weight.grad)
+            assert float(expected.abs().sum()) > 0
+            torch.testing.assert_close(layer.weight.grad, expected, rtol=1e-9, atol=1e-12)
+        per_channel = dense.bias.grad.reshape(layer.bias.numel(), -1).sum(1)
+        torch.testing.assert_close(layer.bias.grad, per_channel, rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("net_kind", ["dense", "rec", "conv"])
 @pytest.mark.parametrize("rule_name", ["hm2bp", "strsbp", "bptt"])
 def test_no_tensor_made_on_the_default_device(monkeypatch, rule_name, net_kind):
