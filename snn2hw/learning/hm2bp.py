@@ -52,6 +52,7 @@ class HM2BP(SpikeTrainRule):
     def setup(self, model) -> None:
         from snn2hw.nn.layers import RecurrentLIFDense
 
+        super().setup(model)
         pops = [layer for layer in model.layers if hasattr(layer, "weight") and hasattr(layer, "threshold")]
         for i, layer in enumerate(pops[:-1]):
             if isinstance(layer, RecurrentLIFDense):

@@ -143,7 +143,23 @@ def _layers(model: nn.Module) -> list:
         if getattr(layer, "qat", None) is not None:
             raise LearningRuleError(f"layer {i}: quantization-aware mode is on; spike-train rules train the float "
                                     "network (fine-tune QAT with 'bptt')")
+        for name in ("du", "dv", "threshold"):  # the rules' gradients are for weights and biases: say so, not skip
+            p = getattr(layer, name, None)
+            if isinstance(p, nn.Parameter) and p.requires_grad:
+                raise LearningRuleError(f"layer {i} ({type(layer).__name__}) has a trainable '{name}'; spike-train "
+                                        "rules train weights and biases only (build the layer with "
+                                        "train_decays=False, train_threshold=False, or use rule 'bptt')")
     return list(layers)
+
+
+def check_steps(rule: str, layers: list, steps: int) -> None:
+    """Refuse a window too short for the output to spike: each hop delays by one step, so the input reaches the
+    k-th population at step k, and with T <= (number of populations) the output is silent whatever the weights."""
+    hops = sum(isinstance(layer, _HOP_LAYERS) for layer in layers)
+    if steps <= hops:
+        raise LearningRuleError(f"{rule}: T = {steps} steps, but the input reaches the output only at step {hops} "
+                                f"(one step of hop delay per layer, {hops} layers), so the output cannot spike; "
+                                f"use T > {hops}")
 
 
 class SpikeTrainRule(LearningRule):
@@ -200,6 +216,10 @@ class SpikeTrainRule(LearningRule):
                 "margin": self.margin, "t_ref": self.t_ref, "hidden_virtual_spikes": self.hidden_virtual_spikes,
                 "low_memory": self.low_memory, "chunk": self.chunk, "loss": self.loss,
                 "count_bounds": self.count_bounds, "rate_penalty": self.rate_penalty, "rate_target": self.rate_target}
+
+    def setup(self, model: nn.Module) -> None:
+        """Refuse, before the first batch, a model the rules cannot train (``_layers`` names the layer)."""
+        _layers(model)
 
     # -- forward -------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -377,6 +397,7 @@ class SpikeTrainRule(LearningRule):
         yield records, targets, 1.0
 
     def compute_gradients(self, model, x, y, loss_fn, forward_kwargs, scale=1.0) -> BatchResult:
+        check_steps(self.name, _layers(model), x.shape[1])
         records, out = self.forward(model, x)
         out = out.to(x.dtype)
         counts = out.sum(1)
@@ -791,6 +812,8 @@ class SpikeTrainRule(LearningRule):
         weight = layer.weight if isinstance(layer.weight, nn.Parameter) and layer.weight.requires_grad else None
         bias = getattr(layer, "bias", None)
         bias = bias if isinstance(bias, nn.Parameter) and bias.requires_grad else None
+        if weight is None and bias is None and not need_input:  # e.g. a first pool layer without a bias
+            return None
         tpsp_v = self.needs_tpsp and virtual is not None
         remake_v = tpsp_v and (targets is not None or tr.tpsp_virtual is None)  # currents remade in a first scan
         # a first scan for what the coefficients need before the products: the remade virtual T-PSP, and the T-PSP's
@@ -842,6 +865,8 @@ class SpikeTrainRule(LearningRule):
             wanted = sums if gb is not None or need_input or not SKIP_UNREAD_SUMS else None
             for t0, t1, lam_u in self._scan_chunks(post[rows], _rows(virtual_k, rows), spec, dtype, wanted, block,
                                                    c_w if scaled else None, work):
+                if weight is None and not need_input:  # a bias alone (a pool's, a frozen weight's): the sums suffice
+                    continue
                 if dense:
                     g_in = lam_u * c_back.unsqueeze(1) if need_input else None
                     g_w = None

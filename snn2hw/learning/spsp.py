@@ -120,8 +120,9 @@ def lif_sequence_chunked(current, batch: int, steps: int, n: int, spec: NeuronSp
     if lag and chunk < steps:
         raise ValueError("lif_sequence_chunked: lag needs the whole window in one chunk")
     if lag and not compiled:  # the tensor loop reads hop-delayed currents
-        undelayed = current
-        current = lambda t0, t1: _delayed(undelayed(t0, t1), lag)  # noqa: E731
+        # ``lag`` bound now: the closure must not see the ``lag = 0`` below (it did, and the tensor loop, the CUDA
+        # path, ran whole windows without the hop delay)
+        current = lambda t0, t1, undelayed=current, lag=lag: _delayed(undelayed(t0, t1), lag)  # noqa: E731
         lag = 0
     if compiled:
         spikes = out if out_dtype == torch.bool else torch.empty(batch, steps, n, dtype=torch.bool)
@@ -298,7 +299,7 @@ def conv_hop_products(layer: nn.Module, s_prev: torch.Tensor | None, g_w: torch.
             gw = back(g_w, [False, True, False])[1]
         if g_in is not None:
             gs = back(g_in, [True, False, False])[0]
-    return gw, (None if gs is None else gs.reshape(*g.shape[:2], -1))
+    return gw, (None if gs is None else gs.reshape(*g.shape[:2], layer.in_features))  # not -1: blocks of 0 steps
 
 
 def reset_mask(spikes: torch.Tensor, t_ref: int = 0) -> torch.Tensor:
@@ -370,13 +371,14 @@ def spsp_per_pre_spike(lam_u: torch.Tensor) -> torch.Tensor:
 
 def random_trains(samples: int, steps: int, count: int, t_ref: int, generator: torch.Generator) -> torch.Tensor:
     """(samples, T) binary trains with exactly ``count`` spikes at uniformly random steps, at least
-    ``t_ref + 1`` apart (choose positions among ``T - count t_ref`` slots, then spread them)."""
+    ``t_ref + 1`` apart (choose positions among ``T - count t_ref`` slots, then spread them). On the CPU, as
+    ``generator`` is, whatever the default device (the fit is host-side: a table of numbers)."""
     slots = steps - count * t_ref
-    out = torch.zeros(samples, steps)
+    out = torch.zeros(samples, steps, device="cpu")
     if count <= 0:
         return out
-    pos = torch.rand(samples, slots, generator=generator).argsort(dim=1)[:, :count].sort(dim=1).values
-    pos = pos + torch.arange(count) * t_ref
+    pos = torch.rand(samples, slots, generator=generator, device="cpu").argsort(dim=1)[:, :count].sort(dim=1).values
+    pos = pos + torch.arange(count, device="cpu") * t_ref
     out.scatter_(1, pos, 1.0)
     return out
 
@@ -388,11 +390,11 @@ def mc_spsp_per_pre_spike(alpha: float, beta: float, steps: int, t_ref: int, cou
     Pre and post trains are independent with uniformly random spike times; the S-PSP is linear in the
     pre spikes, so the mean S-PSP of a pair is ``o_pre * h(o_post)`` and ST-RSBP's
     ``d e_ij / d o_i = o_j h'(o_i)`` needs only this one-dimensional function."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device="cpu").manual_seed(seed)
     counts = [int(c) for c in counts]
     trains = torch.stack([random_trains(samples, steps, c, t_ref, g) for c in counts], dim=2).double()
-    lam_u, _ = spsp_adjoint(trains, torch.tensor(alpha, dtype=torch.float64), torch.tensor(beta, dtype=torch.float64),
-                            t_ref)
+    lam_u, _ = spsp_adjoint(trains, torch.tensor(alpha, dtype=torch.float64, device="cpu"),
+                            torch.tensor(beta, dtype=torch.float64, device="cpu"), t_ref)
     return spsp_per_pre_spike(lam_u).mean(0)
 
 

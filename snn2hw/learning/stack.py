@@ -98,9 +98,9 @@ def random_matrix(rows: int, cols: int, generator: torch.Generator, like: torch.
     1/sqrt(rows) (so a projected error keeps the size of one output's error), or all ones/sqrt(rows)
     for ``kind="uniform"``. Drawn on the CPU from ``generator``, so it is the same on every device."""
     if kind == "uniform":
-        m = torch.ones(rows, cols)
+        m = torch.ones(rows, cols, device="cpu")
     else:
-        m = (torch.rand(rows, cols, generator=generator, dtype=torch.float64) * 2 - 1) * math.sqrt(3.0)
+        m = (torch.rand(rows, cols, generator=generator, dtype=torch.float64, device="cpu") * 2 - 1) * math.sqrt(3.0)
     return (m / math.sqrt(rows)).to(device=like.device, dtype=like.dtype)
 
 

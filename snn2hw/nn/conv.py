@@ -173,7 +173,7 @@ class _ConvHop(HopLIF):
         img = s_in.reshape(batch * steps, *self.in_shape).to(weight.dtype)
         out = torch.nn.functional.conv2d(img, weight, stride=self.stride, padding=self.padding,
                                          dilation=self.dilation, groups=self.groups)
-        return out.reshape(batch, steps, -1)
+        return out.reshape(batch, steps, self.out_features)  # not -1: a block of 0 steps is (batch, 0, N)
 
     def _int_current(self, s_in: torch.Tensor, qproj) -> torch.Tensor:
         """Lava Conv's output, as the simulator computes it (binary spikes: any non-zero payload is a spike)."""

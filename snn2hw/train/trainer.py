@@ -370,7 +370,7 @@ class Trainer:
         sums = [0.0, 0.0, 0.0, 0.0]
         with torch.no_grad():
             for start in range(0, len(data), bs):
-                idx = torch.arange(start, min(start + bs, len(data)))[rank::world_size]
+                idx = torch.arange(start, min(start + bs, len(data)), device="cpu")[rank::world_size]  # host indices
                 if len(idx) == 0:
                     continue
                 x, y, *_ = data.get(idx, device)
@@ -485,7 +485,8 @@ class Trainer:
         if self.position == 0 or self._order is None:
             # The order comes from a generator of our own (never the global RNG), so it depends only on
             # the seed and the epoch count, and its state is checkpointed with the position in it.
-            self._order = torch.randperm(len(data), generator=self._generator) if c.shuffle else torch.arange(len(data))
+            self._order = (torch.randperm(len(data), generator=self._generator, device="cpu") if c.shuffle
+                           else torch.arange(len(data), device="cpu"))  # host indices, whatever the default device
             self._accum = [0.0, 0.0, 0.0, 0.0]
             self.position = 0
         lr = self.optimizer.param_groups[0]["lr"]
