@@ -115,6 +115,28 @@ def test_fold_neurons_brings_every_unit_to_the_rate_within_its_range():
     assert float((before - 0.1).abs().mean()) > 2 * float((reached - 0.1).abs().mean())
 
 
+def test_a_layer_silent_at_every_threshold_keeps_its_threshold():
+    """A layer whose input is silent on the calibration batch (here: the first layer's weights zero) cannot be
+    brought to the rate by any threshold; it keeps its own instead of the search bound (v_th / 1000, which the
+    fixed-point quantizer cannot hold), and so do the layers above it. A layer with a bias still calibrates."""
+    for fold in ("none", "neurons", "output"):
+        net, x = _cnn(), _spikes()
+        with torch.no_grad():
+            net.layers[0].weight.zero_()
+        before = [float(l.threshold) for l in net.layers if hasattr(l, "threshold")]
+        report = calibrate_thresholds(net, x, target_rate=0.1, fold=fold)
+        after = [float(l.threshold) for l in net.layers if hasattr(l, "threshold")]
+        assert after == before, fold
+        assert all(r.v_th_after == r.v_th_before and r.rate_after == 0.0 for r in report), (fold, report)
+    dense = SpikingSequential([LIFDense(64, 16, bias=True, du=0.25, dv=0.1)])
+    with torch.no_grad():
+        dense.layers[0].weight.zero_()
+        dense.layers[0].bias.fill_(0.05)
+    (r,) = calibrate_thresholds(dense, torch.zeros(8, 20, 64), target_rate=0.1)
+    # a constant drive fires every neuron alike, so the rate moves in steps of 1 / 20 around the target
+    assert r.v_th_after < r.v_th_before and 0.05 <= r.rate_after <= 0.1, r
+
+
 def test_calibration_errors():
     net = _cnn()
     for bad in (0.0, 1.0, -0.1):

@@ -154,8 +154,9 @@ def calibrate_thresholds(model: nn.Module, x: torch.Tensor, target_rate: float =
     (batch, T, n) as the model takes it. The rate is the mean over the batch, steps and the layer's
     neurons. ``iterations`` bisection steps in log threshold give a relative precision of about
     ``(2 ln 1000) / 2**iterations``. A layer that cannot reach the rate within a factor 1000 of its
-    threshold (e.g. its input is silent) keeps the nearest bound. Returns one ``LayerCalibration`` per
-    calibrated layer. ``fold="output"``: the last calibratable layer with weights keeps its threshold and
+    threshold keeps the nearest bound; one still silent at the lowest threshold (its input is silent on ``x`` and
+    no bias drives it) keeps its threshold, as no threshold can set its rate. Returns one ``LayerCalibration``
+    per calibrated layer. ``fold="output"``: the last calibratable layer with weights keeps its threshold and
     takes the calibration as a factor on its weights and bias (the module docstring says why); its
     ``LayerCalibration`` then reports the equivalent threshold in ``v_th_after``. ``fold="neurons"``: after
     each weighted layer's threshold, every unit of it (a dense neuron, a conv output channel) gets its own
@@ -189,14 +190,18 @@ def calibrate_thresholds(model: nn.Module, x: torch.Tensor, target_rate: float =
                 width_product = layer.surrogate_scale * v0
                 rate0 = float(layer(s).mean())
                 lo, hi = math.log(v0 / _RANGE), math.log(v0 * _RANGE)
-                for _ in range(int(iterations)):
+                _set_threshold(layer, v0 / _RANGE, width_product)
+                # silent at the lowest threshold too (a silent input and no bias): no threshold brings it to the
+                # rate, and the bound (v0 / 1000) would leave a threshold that fixed point cannot hold: keep v0
+                reachable = float(layer(s).mean()) > 0.0
+                for _ in range(int(iterations) if reachable else 0):
                     mid = 0.5 * (lo + hi)
                     _set_threshold(layer, math.exp(mid), width_product)
                     if float(layer(s).mean()) > target_rate:
                         lo = mid  # fires too much: raise the threshold
                     else:
                         hi = mid
-                v_th = math.exp(0.5 * (lo + hi))
+                v_th = math.exp(0.5 * (lo + hi)) if reachable else v0
                 if i == fold_at:  # same network: threshold back to v0, weights (and bias) times v0 / v_th
                     _set_threshold(layer, v0, width_product)
                     layer.weight.mul_(v0 / v_th)
@@ -205,7 +210,7 @@ def calibrate_thresholds(model: nn.Module, x: torch.Tensor, target_rate: float =
                 else:
                     _set_threshold(layer, v_th, width_product)
                 factors = None
-                if fold == "neurons" and _weighted(layer):
+                if fold == "neurons" and _weighted(layer) and reachable:
                     factors = _calibrate_units(layer, s, target_rate, iterations)
                 s = layer(s)
                 report.append(LayerCalibration(i, type(layer).__name__, v0, v_th, rate0,
