@@ -137,6 +137,19 @@ def test_a_layer_silent_at_every_threshold_keeps_its_threshold():
     assert r.v_th_after < r.v_th_before and 0.05 <= r.rate_after <= 0.1, r
 
 
+def test_a_layer_below_the_rate_at_every_threshold_gets_the_highest_threshold_of_its_top_rate():
+    """One input spike per sample reaches neurons that neither leak (dv = 0) nor keep a current (du = 1): each fires
+    at most once, so 0.05 (1 of 20 steps) is the most any threshold gives. Calibration to 0.1 then sets the highest
+    threshold that gives 0.05, just below the smallest weight (0.5), not the search bound (v_th / 1000)."""
+    layer = LIFDense(1, 4, du=1.0, dv=0.0)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.5], [1.0], [2.0], [4.0]]))
+    x = torch.zeros(8, 20, 1)
+    x[:, 0, 0] = 1.0
+    (r,) = calibrate_thresholds(SpikingSequential([layer]), x, target_rate=0.1)
+    assert r.rate_after == pytest.approx(0.05) and 0.49 < r.v_th_after < 0.5, r
+
+
 def test_calibration_errors():
     net = _cnn()
     for bad in (0.0, 1.0, -0.1):

@@ -153,9 +153,9 @@ def calibrate_thresholds(model: nn.Module, x: torch.Tensor, target_rate: float =
     ``model``: a ``SpikingSequential`` (its ``layers`` run in order); ``x``: one input batch
     (batch, T, n) as the model takes it. The rate is the mean over the batch, steps and the layer's
     neurons. ``iterations`` bisection steps in log threshold give a relative precision of about
-    ``(2 ln 1000) / 2**iterations``. A layer that cannot reach the rate within a factor 1000 of its
-    threshold keeps the nearest bound; one still silent at the lowest threshold (its input is silent on ``x`` and
-    no bias drives it) keeps its threshold, as no threshold can set its rate. Returns one ``LayerCalibration``
+    ``(2 ln 1000) / 2**iterations``. A layer that stays below the rate at 1/1000 of its threshold gets the
+    highest threshold that gives the rate it has there (its input has too few spikes), and one still silent
+    there (its input is silent on ``x`` and no bias drives it) keeps its threshold. Returns one ``LayerCalibration``
     per calibrated layer. ``fold="output"``: the last calibratable layer with weights keeps its threshold and
     takes the calibration as a factor on its weights and bias (the module docstring says why); its
     ``LayerCalibration`` then reports the equivalent threshold in ``v_th_after``. ``fold="neurons"``: after
@@ -191,17 +191,26 @@ def calibrate_thresholds(model: nn.Module, x: torch.Tensor, target_rate: float =
                 rate0 = float(layer(s).mean())
                 lo, hi = math.log(v0 / _RANGE), math.log(v0 * _RANGE)
                 _set_threshold(layer, v0 / _RANGE, width_product)
-                # silent at the lowest threshold too (a silent input and no bias): no threshold brings it to the
-                # rate, and the bound (v0 / 1000) would leave a threshold that fixed point cannot hold: keep v0
-                reachable = float(layer(s).mean()) > 0.0
+                top_rate = float(layer(s).mean())
+                # The lowest threshold's rate bounds what any threshold gives. Silent there too (a silent input and
+                # no bias): no threshold sets the rate, so v0 stays. Below the target there (too few input
+                # spikes): the highest threshold that still gives that rate, not the bound, whose weights-to-
+                # threshold ratio (1000x) fixed point cannot hold.
+                reachable = top_rate > 0.0
+                goal = target_rate if top_rate > target_rate else top_rate * (1.0 - 1e-3)
                 for _ in range(int(iterations) if reachable else 0):
                     mid = 0.5 * (lo + hi)
                     _set_threshold(layer, math.exp(mid), width_product)
-                    if float(layer(s).mean()) > target_rate:
+                    if float(layer(s).mean()) > goal:
                         lo = mid  # fires too much: raise the threshold
                     else:
                         hi = mid
-                v_th = math.exp(0.5 * (lo + hi)) if reachable else v0
+                if not reachable:
+                    v_th = v0
+                elif goal < target_rate:  # below the target at every threshold: lo, one known to give the top rate
+                    v_th = math.exp(lo)
+                else:
+                    v_th = math.exp(0.5 * (lo + hi))
                 if i == fold_at:  # same network: threshold back to v0, weights (and bias) times v0 / v_th
                     _set_threshold(layer, v0, width_product)
                     layer.weight.mul_(v0 / v_th)
