@@ -435,7 +435,13 @@ TUNE_CNN7 = [FINAL_CNN5[0][:5] + (3,), FINAL_CNN5[1][:5] + (3,)] + [
     ("digits CNN 15c3-p2-40c2-p2-300-10 du 1/4 dv 1/10 T200, HM2-BP papers' MSE, cosine 2e-3", "digits",
      "tune/digits_cnn_hm2bp_mse_cos2e-3_t200.json", "hm2bp", 15, 3),
     ("digits CNN 15c3-p2-40c2-p2-300-10 du 1/4 dv 1/10 T200, BPTT Adam 5e-3 constant", "digits",
-     "tune/digits_cnn_t200.json", "bptt", 15, 3)]
+     "tune/digits_cnn_t200.json", "bptt", 15, 3),
+    # BPTT's T 200 validation (95.7 %) fell below its T 60 one (96.4): its learning rate re-chosen for the window,
+    # seeds 0 and 1, so that T 200's smaller gap is not BPTT's settings
+    ("digits CNN 15c3-p2-40c2-p2-300-10 du 1/4 dv 1/10 T200, BPTT Adam 2e-3 constant", "digits",
+     "tune/digits_cnn_t200_lr2e-3.json", "bptt", 15, 2),
+    ("digits CNN 15c3-p2-40c2-p2-300-10 du 1/4 dv 1/10 T200, BPTT Adam cosine 5e-3", "digits",
+     "tune/digits_cnn_t200_cos5e-3.json", "bptt", 15, 2)]
 REUSE_CNN7 = REUSE_CNN6
 KEEP = ("seed", "float_val_accuracy", "float_test_accuracy", "deployed_test_accuracy", "rule_neuron_test_accuracy",
         "time_per_epoch_s", "peak_memory_mb", "best_epoch")
