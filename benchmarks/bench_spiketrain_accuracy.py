@@ -41,6 +41,7 @@ stored with every run; a run whose ``results.json`` already exists is read back,
     python benchmarks/bench_spiketrain_accuracy.py final-cnn6        # its choice, 5 seeds, next to final-cnn5's rows
     python benchmarks/bench_spiketrain_accuracy.py tune-cnn6-paper   # the choice on the paper CNN, seed 0, 1 epoch
     python benchmarks/bench_spiketrain_accuracy.py tune-cnn7         # digits CNN, both rules: slower decays, longer window
+    python benchmarks/bench_spiketrain_accuracy.py final-cnn7        # its smallest validation gap (T 200), 5 seeds, both rules
     python benchmarks/bench_spiketrain_accuracy.py tune-mnist-e3     # MNIST-10k MLP rows: options at 3 epochs
     python benchmarks/bench_spiketrain_accuracy.py final-mnist-e3    # their rows, 3 seeds x 3 epochs
     python benchmarks/bench_spiketrain_accuracy.py final-mnist-e3 --collect   # tabulate; rows also into
@@ -443,6 +444,12 @@ TUNE_CNN7 = [FINAL_CNN5[0][:5] + (3,), FINAL_CNN5[1][:5] + (3,)] + [
     ("digits CNN 15c3-p2-40c2-p2-300-10 du 1/4 dv 1/10 T200, BPTT Adam cosine 5e-3", "digits",
      "tune/digits_cnn_t200_cos5e-3.json", "bptt", 15, 2)]
 REUSE_CNN7 = REUSE_CNN6
+# stage ``final-cnn7`` (``benchmarks/results/spiketrain_cnn_accuracy7.json``): no candidate closed most of the gap on
+# validation (T 200 the smallest: 1.39 points over 3 seeds against 2.20, from BPTT's lower validation, not HM2-BP's
+# gain; BPTT's 5e-3 constant stayed its best rate there), so nothing replaces the current rows. T 200, both rules,
+# 5 seeds (seeds 0-2 are ``tune-cnn7``'s runs: the same commands, re-read), next to ``final-cnn5``'s rows (reused),
+# so that the test split says what the validation's smallest gap is worth.
+FINAL_CNN7 = [TUNE_CNN7[-4][:5] + (5,), TUNE_CNN7[-3][:5] + (5,), FINAL_CNN5[0], FINAL_CNN5[1]]
 KEEP = ("seed", "float_val_accuracy", "float_test_accuracy", "deployed_test_accuracy", "rule_neuron_test_accuracy",
         "time_per_epoch_s", "peak_memory_mb", "best_epoch")
 
@@ -577,7 +584,7 @@ def main(argv=None) -> int:
                                       "final-strsbp20", "final-strsbp40", "final-mnist", "tune-cnn", "final-cnn", "tune-cnn2", "final-cnn2",
                                       "final-cnn3", "calib-cnn4", "final-cnn4", "final-cnn4-e1",
                                       "tune-cnn5", "tune-cnn5-paper", "final-cnn5", "final-cnn5-paper",
-                                      "tune-cnn6", "final-cnn6", "tune-cnn6-paper", "tune-cnn7",
+                                      "tune-cnn6", "final-cnn6", "tune-cnn6-paper", "tune-cnn7", "final-cnn7",
                                       "tune-mnist-e3", "final-mnist-e3", "final-mnist-e6"])
     ap.add_argument("--only", default=None, help="final: rows whose label contains this text; tune stages: "
                     "configs whose path contains it")
@@ -642,6 +649,8 @@ def main(argv=None) -> int:
         final(a.only, a.seeds, a.rerun, a.collect, TUNE_CNN6_PAPER, "spiketrain_cnn_tuning6_paper", REUSE_CNN6_PAPER)
     elif a.stage == "tune-cnn7":
         final(a.only, a.seeds, a.rerun, a.collect, TUNE_CNN7, "spiketrain_cnn_tuning7", REUSE_CNN7)
+    elif a.stage == "final-cnn7":
+        final(a.only, a.seeds, a.rerun, a.collect, FINAL_CNN7, "spiketrain_cnn_accuracy7", REUSE_CNN7)
     elif a.stage == "final-strsbp":
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_STRSBP, "strsbp_braille_accuracy", REUSE_STRSBP)
     else:
