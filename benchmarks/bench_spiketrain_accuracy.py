@@ -40,6 +40,8 @@ stored with every run; a run whose ``results.json`` already exists is read back,
     python benchmarks/bench_spiketrain_accuracy.py tune-cnn6         # HM2-BP digits CNN: hidden rate penalty, 2 seeds
     python benchmarks/bench_spiketrain_accuracy.py final-cnn6        # its choice, 5 seeds, next to final-cnn5's rows
     python benchmarks/bench_spiketrain_accuracy.py tune-cnn6-paper   # the choice on the paper CNN, seed 0, 1 epoch
+    python benchmarks/bench_spiketrain_accuracy.py tune-cnn7         # digits CNN, both rules: slower decays, longer window
+    python benchmarks/bench_spiketrain_accuracy.py final-cnn7        # its smallest validation gap (T 200), 5 seeds, both rules
     python benchmarks/bench_spiketrain_accuracy.py tune-mnist-e3     # MNIST-10k MLP rows: options at 3 epochs
     python benchmarks/bench_spiketrain_accuracy.py final-mnist-e3    # their rows, 3 seeds x 3 epochs
     python benchmarks/bench_spiketrain_accuracy.py final-mnist-e3 --collect   # tabulate; rows also into
@@ -404,6 +406,50 @@ TUNE_CNN6_PAPER = [FINAL_CNN4_E1[0][:5] + (3,),
                     "tune/mnist10k_cnn_hm2bp_mse_cos_neurons_rp0.3.json", "hm2bp", 1, 3)]
 REUSE_CNN6_PAPER = {("tune/mnist10k_cnn_hm2bp_mse_cos_neurons.json", "hm2bp", 1):
                     ("spiketrain_cnn_accuracy4_e1.json", [0, 1, 2])}
+# issue 8, round 11: HM2-BP is a rate-level approximation (o ~= a / v_th, d e / d o ~= e / o) designed for the paper's
+# slow neuron (tau_s 8, tau_m 64, T 400); the digits CNN runs a leaky one (du 0.25, dv 0.1: tau_s 4, tau_m 10) at
+# T = 60 with 2-6 spikes per hidden unit. Stage ``tune-cnn7`` (``benchmarks/results/spiketrain_cnn_tuning7.json``):
+# both rules on the same changed network, seeds 0 and 1, 15 epochs, compared on validation with ``final-cnn5``'s
+# runs of the current network (reused): the paper's decays (du 1/8, dv 1/64; deployable, no refractory period), an
+# intermediate (du 1/8, dv 1/32), a longer window (T 120: the default targets scale to 36 / 6, margin 6) and both.
+# Calibration (``calibrate_rate`` "auto", 0.1) sets each layer's threshold for the new neuron and window.
+TUNE_CNN7 = [FINAL_CNN5[0][:5] + (3,), FINAL_CNN5[1][:5] + (3,)] + [
+    row for name, what, n in (("slow", "du 1/8 dv 1/64 T60", 2), ("mid", "du 1/8 dv 1/32 T60", 2),
+                              ("t120", "du 1/4 dv 1/10 T120", 3), ("slow_t120", "du 1/8 dv 1/64 T120", 2))
+    for row in ((f"digits CNN 15c3-p2-40c2-p2-300-10 {what}, HM2-BP papers' MSE, cosine 2e-3", "digits",
+                 f"tune/digits_cnn_hm2bp_mse_cos2e-3_{name}.json", "hm2bp", 15, n),
+                (f"digits CNN 15c3-p2-40c2-p2-300-10 {what}, BPTT Adam 5e-3 constant", "digits",
+                 f"tune/digits_cnn_{name}.json", "bptt", 15, n))] + [
+    # the paper's decays lowered HM2-BP's validation on both seeds (rates drifted up to 0.28-0.32): a lower rate, the
+    # hidden-rate term against the drift, and the paper's refractory neuron (t_ref 2, deployed without it), seed 0
+    # (the rate term also seed 1); then a longer window still (T 200: targets 60 / 10, margin 10). The windows
+    # (T 120, T 200), the only candidates whose 2-seed gap was not clearly larger, got a third seed next to the
+    # current network's seed 2 (reused)
+    ("digits CNN 15c3-p2-40c2-p2-300-10 du 1/8 dv 1/64 T60, HM2-BP papers' MSE, cosine 1e-3", "digits",
+     "tune/digits_cnn_hm2bp_mse_cos1e-3_slow.json", "hm2bp", 15, 1),
+    ("digits CNN 15c3-p2-40c2-p2-300-10 du 1/8 dv 1/64 T60, HM2-BP papers' MSE, cosine 5e-4", "digits",
+     "tune/digits_cnn_hm2bp_mse_cos5e-4_slow.json", "hm2bp", 15, 1),
+    ("digits CNN 15c3-p2-40c2-p2-300-10 du 1/8 dv 1/64 T60, HM2-BP papers' MSE, cosine 2e-3, rate_penalty 0.3",
+     "digits", "tune/digits_cnn_hm2bp_mse_cos2e-3_slow_rp0.3.json", "hm2bp", 15, 2),
+    ("digits CNN 15c3-p2-40c2-p2-300-10 du 1/8 dv 1/64 T60, HM2-BP on the refractory neuron (t_ref 2), papers' MSE, "
+     "cosine 2e-3", "digits", "tune/digits_cnn_hm2bp_mse_cos2e-3_orig.json", "hm2bp", 15, 1),
+    ("digits CNN 15c3-p2-40c2-p2-300-10 du 1/4 dv 1/10 T200, HM2-BP papers' MSE, cosine 2e-3", "digits",
+     "tune/digits_cnn_hm2bp_mse_cos2e-3_t200.json", "hm2bp", 15, 3),
+    ("digits CNN 15c3-p2-40c2-p2-300-10 du 1/4 dv 1/10 T200, BPTT Adam 5e-3 constant", "digits",
+     "tune/digits_cnn_t200.json", "bptt", 15, 3),
+    # BPTT's T 200 validation (95.7 %) fell below its T 60 one (96.4): its learning rate re-chosen for the window,
+    # seeds 0 and 1, so that T 200's smaller gap is not BPTT's settings
+    ("digits CNN 15c3-p2-40c2-p2-300-10 du 1/4 dv 1/10 T200, BPTT Adam 2e-3 constant", "digits",
+     "tune/digits_cnn_t200_lr2e-3.json", "bptt", 15, 2),
+    ("digits CNN 15c3-p2-40c2-p2-300-10 du 1/4 dv 1/10 T200, BPTT Adam cosine 5e-3", "digits",
+     "tune/digits_cnn_t200_cos5e-3.json", "bptt", 15, 2)]
+REUSE_CNN7 = REUSE_CNN6
+# stage ``final-cnn7`` (``benchmarks/results/spiketrain_cnn_accuracy7.json``): no candidate closed most of the gap on
+# validation (T 200 the smallest: 1.39 points over 3 seeds against 2.20, from BPTT's lower validation, not HM2-BP's
+# gain; BPTT's 5e-3 constant stayed its best rate there), so nothing replaces the current rows. T 200, both rules,
+# 5 seeds (seeds 0-2 are ``tune-cnn7``'s runs: the same commands, re-read), next to ``final-cnn5``'s rows (reused),
+# so that the test split says what the validation's smallest gap is worth.
+FINAL_CNN7 = [TUNE_CNN7[-4][:5] + (5,), TUNE_CNN7[-3][:5] + (5,), FINAL_CNN5[0], FINAL_CNN5[1]]
 KEEP = ("seed", "float_val_accuracy", "float_test_accuracy", "deployed_test_accuracy", "rule_neuron_test_accuracy",
         "time_per_epoch_s", "peak_memory_mb", "best_epoch")
 
@@ -538,7 +584,7 @@ def main(argv=None) -> int:
                                       "final-strsbp20", "final-strsbp40", "final-mnist", "tune-cnn", "final-cnn", "tune-cnn2", "final-cnn2",
                                       "final-cnn3", "calib-cnn4", "final-cnn4", "final-cnn4-e1",
                                       "tune-cnn5", "tune-cnn5-paper", "final-cnn5", "final-cnn5-paper",
-                                      "tune-cnn6", "final-cnn6", "tune-cnn6-paper",
+                                      "tune-cnn6", "final-cnn6", "tune-cnn6-paper", "tune-cnn7", "final-cnn7",
                                       "tune-mnist-e3", "final-mnist-e3", "final-mnist-e6"])
     ap.add_argument("--only", default=None, help="final: rows whose label contains this text; tune stages: "
                     "configs whose path contains it")
@@ -601,6 +647,10 @@ def main(argv=None) -> int:
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_CNN6, "spiketrain_cnn_accuracy6", REUSE_CNN6)
     elif a.stage == "tune-cnn6-paper":
         final(a.only, a.seeds, a.rerun, a.collect, TUNE_CNN6_PAPER, "spiketrain_cnn_tuning6_paper", REUSE_CNN6_PAPER)
+    elif a.stage == "tune-cnn7":
+        final(a.only, a.seeds, a.rerun, a.collect, TUNE_CNN7, "spiketrain_cnn_tuning7", REUSE_CNN7)
+    elif a.stage == "final-cnn7":
+        final(a.only, a.seeds, a.rerun, a.collect, FINAL_CNN7, "spiketrain_cnn_accuracy7", REUSE_CNN7)
     elif a.stage == "final-strsbp":
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_STRSBP, "strsbp_braille_accuracy", REUSE_STRSBP)
     else:
