@@ -42,6 +42,7 @@ stored with every run; a run whose ``results.json`` already exists is read back,
     python benchmarks/bench_spiketrain_accuracy.py tune-cnn6-paper   # the choice on the paper CNN, seed 0, 1 epoch
     python benchmarks/bench_spiketrain_accuracy.py tune-cnn7         # digits CNN, both rules: slower decays, longer window
     python benchmarks/bench_spiketrain_accuracy.py final-cnn7        # its smallest validation gap (T 200), 5 seeds, both rules
+    python benchmarks/bench_spiketrain_accuracy.py final-cnn8        # paper CNN, 3 seeds x 2 epochs, both rules, deploy on val
     python benchmarks/bench_spiketrain_accuracy.py tune-mnist-e3     # MNIST-10k MLP rows: options at 3 epochs
     python benchmarks/bench_spiketrain_accuracy.py final-mnist-e3    # their rows, 3 seeds x 3 epochs
     python benchmarks/bench_spiketrain_accuracy.py final-mnist-e3 --collect   # tabulate; rows also into
@@ -450,6 +451,16 @@ REUSE_CNN7 = REUSE_CNN6
 # 5 seeds (seeds 0-2 are ``tune-cnn7``'s runs: the same commands, re-read), next to ``final-cnn5``'s rows (reused),
 # so that the test split says what the validation's smallest gap is worth.
 FINAL_CNN7 = [TUNE_CNN7[-4][:5] + (5,), TUNE_CNN7[-3][:5] + (5,), FINAL_CNN5[0], FINAL_CNN5[1]]
+# stage ``final-cnn8`` (``benchmarks/results/spiketrain_cnn_accuracy8.json``): the paper's CNN on MNIST-10k at 2
+# epochs per seed (its rows of record are 1 epoch), both rules with ``final-cnn4``'s options, each deployed by the
+# quantizer that classifies the validation split better (the straight one or the spike-matching scale search; the
+# configs' ``"deploy"`` key), so that one command per seed gives the deployed row.
+FINAL_CNN8 = [
+    ("mnist10k CNN 15c5-p2-40c5-p2-300-10 T50, per-unit calibration, HM2-BP papers' MSE, cosine 2e-3, deploy chosen "
+     "on validation", "mnist10k", "tune/mnist10k_cnn_hm2bp_mse_cos_neurons_ss.json", "hm2bp", 2, 3),
+    ("mnist10k CNN 15c5-p2-40c5-p2-300-10 T50, per-unit calibration, BPTT Adam 2e-3 constant, deploy chosen on "
+     "validation", "mnist10k", "tune/mnist10k_cnn_neurons_ss.json", "bptt", 2, 3),
+]
 KEEP = ("seed", "float_val_accuracy", "float_test_accuracy", "deployed_test_accuracy", "rule_neuron_test_accuracy",
         "time_per_epoch_s", "peak_memory_mb", "best_epoch")
 
@@ -584,7 +595,7 @@ def main(argv=None) -> int:
                                       "final-strsbp20", "final-strsbp40", "final-mnist", "tune-cnn", "final-cnn", "tune-cnn2", "final-cnn2",
                                       "final-cnn3", "calib-cnn4", "final-cnn4", "final-cnn4-e1",
                                       "tune-cnn5", "tune-cnn5-paper", "final-cnn5", "final-cnn5-paper",
-                                      "tune-cnn6", "final-cnn6", "tune-cnn6-paper", "tune-cnn7", "final-cnn7",
+                                      "tune-cnn6", "final-cnn6", "tune-cnn6-paper", "tune-cnn7", "final-cnn7", "final-cnn8",
                                       "tune-mnist-e3", "final-mnist-e3", "final-mnist-e6"])
     ap.add_argument("--only", default=None, help="final: rows whose label contains this text; tune stages: "
                     "configs whose path contains it")
@@ -651,6 +662,8 @@ def main(argv=None) -> int:
         final(a.only, a.seeds, a.rerun, a.collect, TUNE_CNN7, "spiketrain_cnn_tuning7", REUSE_CNN7)
     elif a.stage == "final-cnn7":
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_CNN7, "spiketrain_cnn_accuracy7", REUSE_CNN7)
+    elif a.stage == "final-cnn8":
+        final(a.only, a.seeds, a.rerun, a.collect, FINAL_CNN8, "spiketrain_cnn_accuracy8")
     elif a.stage == "final-strsbp":
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_STRSBP, "strsbp_braille_accuracy", REUSE_STRSBP)
     else:
