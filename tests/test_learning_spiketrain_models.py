@@ -15,6 +15,8 @@ from snn2hw.nn.conv import ConvLIF, Flatten, SumPoolLIF
 from snn2hw.nn.layers import LIFDense, RecurrentLIFDense, SpikingSequential
 from snn2hw.train.losses import count_cross_entropy
 
+from test_learning_spiketrain import _as_dense as layer_as_dense  # tests/ is on sys.path, as for test_differential
+
 D = torch.float64
 
 
@@ -147,16 +149,7 @@ def _as_dense(net):
     layers, twins = [], []
     for layer in net.layers:
         if isinstance(layer, (ConvLIF, SumPoolLIF)):
-            kernel = layer._hop_weight().detach().clone().requires_grad_(isinstance(layer, ConvLIF))
-            matrix = layer._current(torch.eye(layer.in_features, dtype=D).unsqueeze(0), kernel)[0].t()
-            dense = LIFDense(layer.in_features, matrix.shape[0], v_th=layer.v_th, bias=layer.bias is not None).double()
-            with torch.no_grad():
-                dense.weight.copy_(matrix)
-                dense.du.copy_(layer.du)
-                dense.dv.copy_(layer.dv)
-                if dense.bias is not None:
-                    dense.bias.copy_(layer.neuron_bias())
-            dense.weight.requires_grad_(isinstance(layer, ConvLIF))  # a pool's kernel is fixed
+            dense, kernel, matrix = layer_as_dense(layer, D)
             layers.append(dense)
             twins.append((layer, kernel, matrix, dense))
         elif isinstance(layer, LIFDense):
