@@ -233,6 +233,7 @@ class SpikeTrainRule(LearningRule):
         counts = None  # (B, N) counts of ``s`` when a chunked layer made it (a bool train's sum is slow)
         records: list = []
         layers = _layers(model)
+        check_steps(self.name, layers, x.shape[1])
         hop_layers = [layer for layer in layers if isinstance(layer, _HOP_LAYERS)]
         for layer in layers:
             if isinstance(layer, Flatten):
@@ -397,7 +398,6 @@ class SpikeTrainRule(LearningRule):
         yield records, targets, 1.0
 
     def compute_gradients(self, model, x, y, loss_fn, forward_kwargs, scale=1.0) -> BatchResult:
-        check_steps(self.name, _layers(model), x.shape[1])
         records, out = self.forward(model, x)
         out = out.to(x.dtype)
         counts = out.sum(1)
