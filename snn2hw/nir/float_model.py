@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from snn2hw.ir import LIF, Conv2d, Dense, Graph, Population
-from snn2hw.nir.read import from_nir, read_nir_graph
+from snn2hw.nir.files import read_nir_graph
+from snn2hw.nir.read import from_nir
 from snn2hw.nn import functional as F
 from snn2hw.nn.recurrent import recurrent_cuba_lif_sequence
 from snn2hw.nn.surrogate import get_surrogate
