@@ -338,6 +338,9 @@ def test_count_bounds_drop_errors_past_the_count_range():
     up = -torch.ones(1, 2)
     assert make_rule("strsbp", t_ref=2, count_bounds=True).bound_error(up, s2).tolist() == [[0.0, -1.0]]
     assert make_rule("strsbp", count_bounds=True).bound_error(up, s2).tolist() == [[-1.0, -1.0]]
+    # the forward's counts give the same result as counting the train (bool or float)
+    for train in (s, s.bool()):
+        assert rule.bound_error(g, train, train.sum(1, dtype=torch.float64)).tolist() == rule.bound_error(g, s).tolist()
     # in a network, under the count cross-entropy (every output gets an error): a silent output's weights
     # are pushed further down without the bounds and left alone with them
     from snn2hw.train.losses import count_cross_entropy
@@ -656,3 +659,18 @@ def test_conv_pool_stack_equals_equivalent_dense_stack(monkeypatch, rule_name, b
         if bias:  # a per-channel bias: the sum over the channel's positions
             per_channel = dense.bias.grad.reshape(layer.bias.numel(), -1).sum(1)
             torch.testing.assert_close(layer.bias.grad.reshape(-1), per_channel, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("first", [None, 0, 3, 7, 8, 37, 199])
+def test_first_fired_step_reads_blocks_from_the_start(first):
+    """``errors.first_fired_step`` (blocks of steps, doubling) against the step found by reading the whole train."""
+    from snn2hw.learning.spiketrain.errors import first_fired_step
+
+    g = torch.Generator().manual_seed(0 if first is None else first)
+    s = torch.rand(3, 200, 2, 4, generator=g) < 0.05
+    s[:, :first if first is not None else 200] = False
+    if first is not None:
+        s[1, first, 1, 2] = True
+    fired = s.flatten(2).any(2).any(0)
+    want = int(fired.nonzero()[0]) if bool(fired.any()) else 0
+    assert first_fired_step(s) == first_fired_step(s.to(D)) == want == (first or 0)

@@ -142,13 +142,13 @@ class SpikeTrainRule(LearningRule):
         """(per-neuron error ``o - y`` outside the margin, per-sample loss ``1/2 sum err^2``)."""
         return errors.count_error(counts, self.targets(counts, y), self.margin)
 
-    def bound_error(self, g: torch.Tensor, s_out: torch.Tensor) -> torch.Tensor:
+    def bound_error(self, g: torch.Tensor, s_out: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
         """``errors.bound_error`` for this rule's neuron (``count_bounds``)."""
-        return errors.bound_error(g, s_out, self.t_ref)
+        return errors.bound_error(g, s_out, self.t_ref, counts)
 
-    def rate_error(self, s_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def rate_error(self, s_out: torch.Tensor, counts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``errors.rate_error`` with this rule's ``rate_penalty`` and ``rate_target``."""
-        return errors.rate_error(s_out, self.rate_penalty, self.rate_target)
+        return errors.rate_error(s_out, self.rate_penalty, self.rate_target, counts)
 
     def output_error(self, out: torch.Tensor, y: torch.Tensor, loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-sample ``dE/do`` of the output counts (B, N), the batch's mean loss) for the rule's ``loss``."""
@@ -188,7 +188,7 @@ class SpikeTrainRule(LearningRule):
         rate_g = {}  # hidden layer -> dE_r/do of the batch-mean hidden-activity term, from the whole sample's counts
         if self.rate_penalty:
             for k in pops[:-1]:
-                grad, per_sample = self.rate_error(records[k].s_out)
+                grad, per_sample = self.rate_error(records[k].s_out, records[k].counts)
                 rate_g[k] = grad.to(x.dtype) * (scale / x.shape[0])
                 mean_loss = mean_loss + per_sample.mean().to(mean_loss.dtype)
         for recs, targets, weight in self.segments(records, self.targets(counts, y)):
@@ -199,7 +199,7 @@ class SpikeTrainRule(LearningRule):
                 if k in rate_g:  # the whole sample's count is the sum of its segments': each gets the same dE/do
                     g = g + (rate_g[k] if weight == 1.0 else rate_g[k] * weight).reshape(g.shape)
                 if self.count_bounds:
-                    g = self.bound_error(g, recs[k].s_out)
+                    g = self.bound_error(g, recs[k].s_out, recs[k].counts)  # counts: the forward's
                 g = backward(recs[k], g, targets if k == pops[-1] else None, need_input, opts)
         return BatchResult(mean_loss.detach(), out)
 
