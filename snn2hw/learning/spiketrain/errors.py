@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from snn2hw.learning.base import LearningRuleError
+from snn2hw.learning.spiketrain.trace import spike_counts
 
 
 def count_targets(counts: torch.Tensor, y: torch.Tensor, target_true: float, target_false: float) -> torch.Tensor:
@@ -77,7 +78,7 @@ def rate_error(s_out: torch.Tensor, penalty: float, target: float,
     off is better than one firing at a low rate: BPTT's hidden code on the CNNs is sparse, HM2-BP's dense.
     ``counts``: the float64 spike counts of ``s_out`` where the forward recorded them, else None (counted here)."""
     steps = s_out.shape[1]
-    counts = (s_out.sum(1, dtype=torch.float64) if counts is None else counts).reshape(s_out.shape[0], -1)
+    counts = (spike_counts(s_out) if counts is None else counts).reshape(s_out.shape[0], -1)
     above = counts > target * steps
     per_sample = penalty * (counts / steps - target).clamp(min=0.0).sum(1)
     grad = torch.where(above, torch.full_like(counts, penalty / steps), torch.zeros_like(counts))
