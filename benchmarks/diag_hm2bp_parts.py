@@ -7,7 +7,7 @@ times: a wrapped function's time excludes the wrapped functions it calls), so th
 
 * HM2-BP: the input products (``spike_linear`` forward; the first layer's weight gradient, as GEMM in
   ``dense_hop_block`` or event-driven ``scatter_rows``), the output layer's S-PSP batched products
-  (``_add_spsp``), the forward LIF scans, the reverse S-PSP scans, the coefficients, and "rest" (tensor glue,
+  (``chunked.add_spsp``), the forward LIF scans, the reverse S-PSP scans, the coefficients, and "rest" (tensor glue,
   allocations, Python);
 * BPTT: ``spike_linear``'s forward (CSR and product) and backward, the LIF forward and backward kernels, and
   "rest" (autograd, loss, optimizer-free glue).
@@ -96,21 +96,22 @@ def install_timers() -> None:
     # inside spike_linear's forward: packing W^T in column blocks, once per call (the rules' chunked forward makes
     # one call per group of samples, BPTT one per layer)
     _patch(spike_dense, "_pack_transposed", "products: W^T packing in spike_linear")
-    _patch(spiketrain, "dense_hop_block", "products: weight gradient (dense_hop_block)")
+    _patch(spiketrain.hop, "dense_hop_block", "products: weight gradient (dense_hop_block)")
     _patch(spsp_kernels, "scatter_rows", "products: event-driven scatter_rows")
-    _patch(spiketrain.SpikeTrainRule, "_add_spsp", "output S-PSP bmm (_add_spsp)", static=True)
+    _patch(spiketrain.chunked, "add_spsp", "output S-PSP bmm (add_spsp)")
     # HM2-BP's own work
     _patch(spsp_kernels, "lif_scan_chunk", "forward LIF scan")
     _patch(spsp_kernels, "adjoint_scan_chunk", "reverse S-PSP scan")
     _patch(HM2BP, "coefficients", "coefficients")
     _patch(STRSBP, "coefficients", "coefficients")
     _patch(spsp, "as_float", "bool-to-float copies (as_float)")
-    _patch(spiketrain, "as_float", "bool-to-float copies (as_float)")
-    _patch(spiketrain, "neuron_spec", "neuron specs")
-    _patch(spiketrain.SpikeTrainRule, "_with_virtual_spikes", "virtual-spike counts")
+    for module in (spiketrain.rule, spiketrain.chunked, spiketrain.hop):
+        _patch(module, "as_float", "bool-to-float copies (as_float)")
+    _patch(spiketrain.rule, "neuron_spec", "neuron specs")
+    _patch(spiketrain.scan, "with_virtual_spikes", "virtual-spike counts")
     _patch(spiketrain.SpikeTrainRule, "output_error", "output error")
-    _patch(spiketrain.SpikeTrainRule, "_event_driven_weights", "density checks")
-    _patch(spiketrain.SpikeTrainRule, "_event_driven", "density checks", static=True)
+    _patch(spiketrain.plan, "event_driven_weights", "density checks")
+    _patch(spiketrain.plan, "event_driven", "density checks")
     # BPTT's LIF kernels
     _patch(functional._CubaLIFSequence, "forward", "LIF forward kernel", static=True)
     _patch(functional._CubaLIFSequence, "backward", "LIF backward kernel", static=True)

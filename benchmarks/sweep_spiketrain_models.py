@@ -285,7 +285,7 @@ def typed(exc: BaseException) -> bool:
 
 def run_case(case: dict, rules, deploy: bool, log, checked: dict) -> dict:
     counts = {"ok": 0, "refused": 0, "fail": 0}
-    spiketrain.CHUNK_BYTES = case.get("chunk_bytes", 4 << 20)
+    spiketrain.plan.CHUNK_BYTES = case.get("chunk_bytes", 4 << 20)
     if case.get("bad_geometry"):
         try:
             SpikingSequential.from_config({"layers": case["layers"]})

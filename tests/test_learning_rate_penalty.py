@@ -39,23 +39,25 @@ def _inputs(shape, seed=0, batch=4, steps=40):
     return (torch.rand(batch, steps, *shape, generator=g) < 0.35).to(D), torch.tensor([0, 2, 1, 0])
 
 
-def _record_errors(rule):
-    """Wrap the rule's layer backwards: every call's (layer, count error handed in, input error handed out, output
+def _record_errors(monkeypatch):
+    """Wrap the rules' layer backwards: every call's (layer, count error handed in, input error handed out, output
     spikes)."""
-    calls, depth = [], [0]
-    for name in ("layer_backward", "layer_backward_chunked", "hop_backward_chunked"):
-        inner = getattr(rule, name)
+    from snn2hw.learning.spiketrain import chunked, hop, whole
 
-        def wrapped(tr, g, targets, need_input, inner=inner):
+    calls, depth = [], [0]
+    for module, name in ((whole, "layer_backward"), (chunked, "layer_backward_chunked"), (hop, "hop_backward_chunked")):
+        inner = getattr(module, name)
+
+        def wrapped(tr, g, targets, need_input, opts, inner=inner):
             depth[0] += 1  # one backward may hand its layer to another: record the outer call only
             try:
-                result = inner(tr, g, targets, need_input)
+                result = inner(tr, g, targets, need_input, opts)
             finally:
                 depth[0] -= 1
             if depth[0] == 0:
                 calls.append((tr.layer, g.clone(), None if result is None else result.clone(), tr.s_out))
             return result
-        setattr(rule, name, wrapped)
+        monkeypatch.setattr(module, name, wrapped)
     return calls
 
 
@@ -65,7 +67,7 @@ def _record_errors(rule):
     ("hm2bp", "dense", {}, 0.05),
     ("strsbp", "rec", {"windows": 2}, 0.1),  # the whole sample's term, shared by its sub-windows
 ])
-def test_added_error_is_the_gradient_of_the_rate_term(rule_name, net, opts, target):
+def test_added_error_is_the_gradient_of_the_rate_term(monkeypatch, rule_name, net, opts, target):
     lam = 0.7
     make = (lambda: _conv_net()) if net == "conv" else (lambda: _dense_net(net == "rec"))  # noqa: E731
     x, y = _inputs((2, 8, 8) if net == "conv" else (6,))
@@ -92,9 +94,10 @@ def test_added_error_is_the_gradient_of_the_rate_term(rule_name, net, opts, targ
     for penalty in (0.0, lam):
         rule = make_rule(rule_name, margin=0, target_true=10, target_false=3, rate_penalty=penalty,
                          rate_target=target, **opts)
-        calls = _record_errors(rule)
-        model = make()
-        losses.append(float(rule.compute_gradients(model, x, y, None, {}).loss))
+        with monkeypatch.context() as patch:
+            calls = _record_errors(patch)
+            model = make()
+            losses.append(float(rule.compute_gradients(model, x, y, None, {}).loss))
         index = {id(layer): k for k, layer in enumerate(model.layers)}
         checked = set()
         # every hidden layer in every segment (ST-RSBP's sub-windows: each gets the whole sample's dE/do, as each

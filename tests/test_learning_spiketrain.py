@@ -338,6 +338,9 @@ def test_count_bounds_drop_errors_past_the_count_range():
     up = -torch.ones(1, 2)
     assert make_rule("strsbp", t_ref=2, count_bounds=True).bound_error(up, s2).tolist() == [[0.0, -1.0]]
     assert make_rule("strsbp", count_bounds=True).bound_error(up, s2).tolist() == [[-1.0, -1.0]]
+    # the forward's counts give the same result as counting the train (bool or float)
+    for train in (s, s.bool()):
+        assert rule.bound_error(g, train, train.sum(1, dtype=torch.float64)).tolist() == rule.bound_error(g, s).tolist()
     # in a network, under the count cross-entropy (every output gets an error): a silent output's weights
     # are pushed further down without the bounds and left alone with them
     from snn2hw.train.losses import count_cross_entropy
@@ -432,7 +435,7 @@ def test_chunked_equals_full_trace(monkeypatch, rule_name, rec, lateral, t_ref, 
     groups of 2 whole windows (one GEMM over their rows), one backward group in two equal blocks."""
     from snn2hw.learning import spiketrain
 
-    monkeypatch.setattr(spiketrain, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(spiketrain.plan, "CHUNK_BYTES", chunk_bytes)
     x, y = _inputs(steps=45)
     grads = []
     for full in (True, False):
@@ -478,7 +481,7 @@ def test_chunked_conv_and_pool_equal_full_trace(monkeypatch, rule_name, bias, co
     ``chunk`` = 7 steps; 3000: one sample, larger blocks; 4 MiB: all samples' whole windows at once."""
     from snn2hw.learning import spiketrain
 
-    monkeypatch.setattr(spiketrain, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(spiketrain.plan, "CHUNK_BYTES", chunk_bytes)
     x = (torch.rand(3, 45, 128, generator=torch.Generator().manual_seed(1)) < 0.3).to(D)
     y = torch.tensor([0, 1, 2])
     results = []
@@ -508,7 +511,7 @@ def test_chunked_conv_spikes_are_the_layers_forward_float32(monkeypatch):
     x = (torch.rand(4, 60, 128, generator=torch.Generator().manual_seed(2)) < 0.3).float()
     ref = net(x, return_all=True)
     for chunk_bytes in (0, 5000, 4 << 20):
-        monkeypatch.setattr(spiketrain, "CHUNK_BYTES", chunk_bytes)
+        monkeypatch.setattr(spiketrain.plan, "CHUNK_BYTES", chunk_bytes)
         records, _ = make_rule("hm2bp", chunk=7).forward(net, x)
         pairs = [(r.s_out, s) for r, s in zip(records, ref) if r is not None]  # Flatten has no record
         assert len(pairs) == 4 and all(torch.equal(mine, theirs.bool()) for mine, theirs in pairs)
@@ -547,26 +550,25 @@ def _deep_dense_net(seed=0):
     (0.3, False, True, 4 << 20), (0.3, False, True, 0), (0.02, False, True, 4 << 20), (0.3, True, True, 0),
     (0.3, True, True, 4 << 20), (0.02, True, True, 0), (0.3, True, False, 250)])
 def test_dense_coefficients_first_equals_full_trace(monkeypatch, density, forced, compiled, chunk_bytes):
-    """Dense layers on ``hop_backward_chunked`` (coefficients first, then one weight-gradient product over
+    """Dense layers on ``hop.hop_backward_chunked`` (coefficients first, then one weight-gradient product over
     (sample, step) rows: whole windows shifted by a row, one sample in blocks, or a reshaped block; GEMMs
     for any density) and the hidden layers' virtual T-PSP recorded by the forward, against the full-window
-    float path. By default only the first layer takes that path (``_coefficients_first``); ``forced`` sends
+    float path. By default only the first layer takes that path (``chunked.coefficients_first``); ``forced`` sends
     every layer there (input errors through the dense hop, the output's virtual T-PSP remade), and
     ``compiled`` False runs the reverse scan's tensor loop (the CUDA path) in blocks of several samples."""
     from snn2hw.learning import spiketrain
 
-    monkeypatch.setattr(spiketrain, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(spiketrain.plan, "CHUNK_BYTES", chunk_bytes)
     if forced:
-        monkeypatch.setattr(spiketrain.SpikeTrainRule, "_coefficients_first",
-                            lambda self, tr, g, targets, need_input: tr.rec_weight is None)
+        monkeypatch.setattr(spiketrain.chunked, "coefficients_first",
+                            lambda tr, g, targets, need_input, needs_tpsp: tr.rec_weight is None)
     if not compiled:
-        monkeypatch.setattr(spiketrain.SpikeTrainRule, "_compiled_scan", staticmethod(lambda *a: False))
+        monkeypatch.setattr(spiketrain.plan, "compiled_scan", lambda *a: False)
     x = (torch.rand(4, 40, 12, generator=torch.Generator().manual_seed(3)) < density).to(D)
     y = torch.tensor([0, 1, 2, 1])
     taken = []
-    real = spiketrain.SpikeTrainRule.hop_backward_chunked
-    monkeypatch.setattr(spiketrain.SpikeTrainRule, "hop_backward_chunked",
-                        lambda self, tr, *a: taken.append(tr.layer) or real(self, tr, *a))
+    real = spiketrain.hop.hop_backward_chunked
+    monkeypatch.setattr(spiketrain.hop, "hop_backward_chunked", lambda tr, *a: taken.append(tr.layer) or real(tr, *a))
     results = []
     for full in (True, False):
         net = _deep_dense_net()
@@ -587,12 +589,12 @@ def test_dense_coefficients_first_equals_full_trace(monkeypatch, density, forced
 @pytest.mark.parametrize("shape", [(3, 5, 7), (2, 300, 120)])
 def test_coefficient_sum_both_forms(shape):
     """``sum_b c[b, i] e[b, i, j]``: the batched product (small e) and the per-sample pass (large e)."""
-    from snn2hw.learning.spiketrain import _add_coefficient_sum
+    from snn2hw.learning.spiketrain.sums import add_coefficient_sum
 
     g = torch.Generator().manual_seed(5)
     c, e = torch.randn(shape[:2], generator=g, dtype=D), torch.randn(shape, generator=g, dtype=D)
     out = torch.ones(shape[1:], dtype=D)
-    _add_coefficient_sum(out, c, e)
+    add_coefficient_sum(out, c, e)
     torch.testing.assert_close(out, 1 + torch.einsum("bi,bij->ij", c, e), rtol=1e-12, atol=1e-12)
 
 
@@ -625,7 +627,7 @@ def test_conv_pool_stack_equals_equivalent_dense_stack(monkeypatch, rule_name, b
     gradient is the sum over the positions that share it (the chain rule through the matrix)."""
     from snn2hw.learning import spiketrain
 
-    monkeypatch.setattr(spiketrain, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(spiketrain.plan, "CHUNK_BYTES", chunk_bytes)
     net = _conv_net(bias, False)
     dense_layers, kernels = [], []
     for layer in net.layers:
@@ -657,3 +659,18 @@ def test_conv_pool_stack_equals_equivalent_dense_stack(monkeypatch, rule_name, b
         if bias:  # a per-channel bias: the sum over the channel's positions
             per_channel = dense.bias.grad.reshape(layer.bias.numel(), -1).sum(1)
             torch.testing.assert_close(layer.bias.grad.reshape(-1), per_channel, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("first", [None, 0, 3, 7, 8, 37, 199])
+def test_first_fired_step_reads_blocks_from_the_start(first):
+    """``errors.first_fired_step`` (blocks of steps, doubling) against the step found by reading the whole train."""
+    from snn2hw.learning.spiketrain.errors import first_fired_step
+
+    g = torch.Generator().manual_seed(0 if first is None else first)
+    s = torch.rand(3, 200, 2, 4, generator=g) < 0.05
+    s[:, :first if first is not None else 200] = False
+    if first is not None:
+        s[1, first, 1, 2] = True
+    fired = s.flatten(2).any(2).any(0)
+    want = int(fired.nonzero()[0]) if bool(fired.any()) else 0
+    assert first_fired_step(s) == first_fired_step(s.to(D)) == want == (first or 0)

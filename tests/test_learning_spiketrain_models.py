@@ -76,7 +76,7 @@ def test_tensor_loop_equals_numba_kernels(monkeypatch, rule_name, rec, chunk_byt
     """The path CUDA takes (tensor loops, no numba: ``SNN2HW_NO_NUMBA=1``) gives the kernels' spikes and gradients.
     It used to run a dense layer's whole-window forward (``CHUNK_BYTES`` large enough, the default) without the hop
     delay: a closure in ``lif_sequence_chunked`` read ``lag`` after it was set to 0."""
-    monkeypatch.setattr(spiketrain, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(spiketrain.plan, "CHUNK_BYTES", chunk_bytes)
     x, y = _spikes(4, 30, 24), torch.tensor([0, 1, 2, 1])
     opts = {} if rule_name == "bptt" else OPTS
     fast = _grads(_dense(rec=rec), rule_name, x, y, **opts)
@@ -92,7 +92,7 @@ def test_conv_blocks_of_one_step(monkeypatch, rule_name, steps):
     """Blocks of one step (``chunk`` 1, small ``CHUNK_BYTES``): the block holding step 0 has no input step (the hop
     delay), and a convolution over 0 (sample, step) images used to fail to reshape."""
     chunk = 1
-    monkeypatch.setattr(spiketrain, "CHUNK_BYTES", 0)
+    monkeypatch.setattr(spiketrain.plan, "CHUNK_BYTES", 0)
     x, y = _spikes(2, steps, 144), torch.tensor([0, 2])
     chunked = _grads(_conv(), rule_name, x, y, chunk=chunk, **OPTS)
     rule = make_rule(rule_name, chunk=chunk, **OPTS)
@@ -167,7 +167,7 @@ def test_strided_padded_conv_and_pool_equal_dense_equivalent(monkeypatch, rule_n
     """``test_conv_pool_stack_equals_equivalent_dense_stack`` for the geometry a layer config can ask for: strides,
     padding, dilation and groups of a conv, a pool's own stride and padding. The kernel's gradient is the dense
     twin's through the chain rule; the per-channel bias the sum over the channel's positions."""
-    monkeypatch.setattr(spiketrain, "CHUNK_BYTES", 3000)
+    monkeypatch.setattr(spiketrain.plan, "CHUNK_BYTES", 3000)
     net = _conv(**geometry, in_shape=(2, 7, 6))
     ref, twins = _as_dense(net)
     x, y = _spikes(3, 12, 84), torch.tensor([0, 1, 2])

@@ -218,17 +218,17 @@ def test_rule_weight_gradient_from_forward_csr_is_bit_identical(monkeypatch):
     g = torch.Generator().manual_seed(12)
     x = (torch.rand(5, 40, 30, generator=g) < 0.08).float()
     y = torch.tensor([0, 1, 2, 1, 0])
-    monkeypatch.setattr(spiketrain, "WEIGHT_EVENT_MIN_WIDTH", 64)
-    monkeypatch.setattr(spiketrain, "WEIGHT_EVENT_BUDGET", 1e9)
+    monkeypatch.setattr(spiketrain.plan, "WEIGHT_EVENT_MIN_WIDTH", 64)
+    monkeypatch.setattr(spiketrain.plan, "WEIGHT_EVENT_BUDGET", 1e9)
     calls = []
     own = spsp_kernels.scatter_rows_csr
     monkeypatch.setattr(spsp_kernels, "scatter_rows_csr", lambda *a, **k: calls.append(1) or own(*a, **k))
     for chunk_bytes in (40 * 4 * 2 * 100, 0):  # two samples per group; one sample in blocks of steps
-        monkeypatch.setattr(spiketrain, "CHUNK_BYTES", chunk_bytes)
+        monkeypatch.setattr(spiketrain.plan, "CHUNK_BYTES", chunk_bytes)
         for bias in (False, True):
             grads = []
             for reuse in (True, False):
-                monkeypatch.setattr(spiketrain, "REUSE_INPUT_CSR", reuse)
+                monkeypatch.setattr(spiketrain.record, "REUSE_INPUT_CSR", reuse)
                 torch.manual_seed(0)
                 net = SpikingSequential([LIFDense(30, 100, du=0.3, dv=0.2, weight_gain=3.0, bias=bias),
                                          LIFDense(100, 3, du=0.3, dv=0.2, weight_gain=2.0)])
@@ -360,10 +360,10 @@ def test_coefficient_sum_equals_addcmul_loop_bit_for_bit(dtype):
 
 @pytest.mark.parametrize("rule_name", ["hm2bp", "strsbp"])
 def test_rule_gradients_with_compiled_coefficient_sum_are_bit_identical(monkeypatch, rule_name):
-    """The rules' gradients with ``_add_coefficient_sum``'s per-sample loop (every S-PSP matrix taken there) made by
+    """The rules' gradients with ``sums.add_coefficient_sum``'s per-sample loop (every S-PSP matrix taken there) made by
     the compiled pass equal those of the ``addcmul_`` loop bit for bit: ST-RSBP's recurrent layer (its weight and
     recurrent weight gradients) and HM2-BP's output layer, float32 and float64."""
-    monkeypatch.setattr(spiketrain, "COEFFICIENT_SUM_BMM_MAX", 0)
+    monkeypatch.setattr(spiketrain.sums, "COEFFICIENT_SUM_BMM_MAX", 0)
     g = torch.Generator().manual_seed(7)
     x = (torch.rand(5, 40, 12, generator=g) < 0.2).float()
     y = torch.tensor([0, 1, 2, 1, 0])
@@ -373,7 +373,7 @@ def test_rule_gradients_with_compiled_coefficient_sum_are_bit_identical(monkeypa
     for dtype in (torch.float32, torch.float64):
         grads = []
         for fused in (True, False):
-            monkeypatch.setattr(spiketrain, "FUSED_COEFFICIENT_SUM", fused)
+            monkeypatch.setattr(spiketrain.sums, "FUSED_COEFFICIENT_SUM", fused)
             torch.manual_seed(0)
             first = (RecurrentLIFDense(12, 16, du=0.3, dv=0.2, weight_gain=2.0, rec_gain=0.3) if rule_name == "strsbp"
                      else LIFDense(12, 16, du=0.3, dv=0.2, weight_gain=2.0))
@@ -392,19 +392,19 @@ def test_rule_gradients_with_compiled_coefficient_sum_are_bit_identical(monkeypa
 def test_event_driven_gradients_equal_gemm_gradients(monkeypatch, rule_name, rec, t_ref, chunk_bytes):
     """The chunked backward with every product event-driven against every product a GEMM, in blocks of
     exactly ``chunk`` steps (``CHUNK_BYTES`` 0) and in whole windows; the first layer's weight gradient alone
-    (``hop_backward_chunked``) is event-driven when ``WEIGHT_EVENT_*`` allow it."""
+    (``hop.hop_backward_chunked``) is event-driven when ``WEIGHT_EVENT_*`` allow it."""
     g = torch.Generator().manual_seed(4)
     x = (torch.rand(4, 37, 12, generator=g) < 0.15).double()
     y = torch.tensor([0, 1, 2, 1])
     grads = []
-    monkeypatch.setattr(spiketrain, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(spiketrain.plan, "CHUNK_BYTES", chunk_bytes)
     calls = []
     scatter = spsp_kernels.scatter_rows
     monkeypatch.setattr(spsp_kernels, "scatter_rows", lambda *a, **k: calls.append(k["per_sample"]) or scatter(*a, **k))
     for density in (1.0, 0.0):
-        monkeypatch.setattr(spiketrain, "EVENT_DENSITY", density)
-        monkeypatch.setattr(spiketrain, "WEIGHT_EVENT_BUDGET", 1e9 if density else 0.0)
-        monkeypatch.setattr(spiketrain, "WEIGHT_EVENT_MIN_WIDTH", 1)
+        monkeypatch.setattr(spiketrain.plan, "EVENT_DENSITY", density)
+        monkeypatch.setattr(spiketrain.plan, "WEIGHT_EVENT_BUDGET", 1e9 if density else 0.0)
+        monkeypatch.setattr(spiketrain.plan, "WEIGHT_EVENT_MIN_WIDTH", 1)
         torch.manual_seed(0)
         hidden = (RecurrentLIFDense(12, 9, du=0.3, dv=0.2, weight_gain=3.0, rec_gain=0.3) if rec else
                   LIFDense(12, 9, du=0.3, dv=0.2, weight_gain=3.0))

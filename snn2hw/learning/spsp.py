@@ -244,7 +244,7 @@ def dense_hop_block(weight: torch.Tensor, s_in: torch.Tensor, t0: int, g_w: torc
     step-0 rows (which meet the previous sample's last step) are set to 0 for it. GEMMs even for sparse
     trains: for this product, summed over samples into one small matrix, the event-driven
     ``spsp_kernels.scatter_rows`` was no faster at any density measured (0.3-20 %, 784 x 100, one thread).
-    Wide layers are another matter (``spiketrain.WEIGHT_EVENT_DENSITY``): given ``events`` (1, N_in, N), the
+    Wide layers are another matter (``spiketrain.plan.WEIGHT_EVENT_*``): given ``events`` (1, N_in, N), the
     weight gradient's transpose is added there spike by spike instead of into ``gw``; ``csr``, the non-zeros of
     the group's (sample, step) input rows as the forward product found them (``spike_linear``'s ``csr_out``), spares
     that the dense train is read again to list them (``spsp_kernels.scatter_rows_csr``; the same sums)."""

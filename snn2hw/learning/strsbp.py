@@ -35,6 +35,7 @@ import torch
 from snn2hw.learning import spsp_kernels
 from snn2hw.learning.base import LearningRuleError, register_rule
 from snn2hw.learning.spiketrain import LayerTrace, PostStats, SpikeTrainRule
+from snn2hw.learning.spiketrain.trace import spike_counts
 from snn2hw.learning.spsp import count_grid, fit_polynomial, layer_current, mc_spsp_per_pre_spike, polyval_derivative
 
 __all__ = ["STRSBP", "spsp_fit", "window_tilings", "FIT_FILE", "FIT_SAMPLES", "FIT_SEED"]
@@ -215,5 +216,5 @@ def _crop(tr: LayerTrace, t0: int, t1: int) -> LayerTrace:
     s_in, s_out = tr.s_in[:, t0:t1].contiguous(), tr.s_out[:, t0:t1].contiguous()
     chunked = tr.counts is not None  # the chunked trace carries the window's counts; recount the crop's
     return LayerTrace(tr.layer, s_in, None if tr.a_ff is None else tr.a_ff[:, t0:t1], s_out, tr.spec, tr.rec_weight,
-                      counts=s_out.sum(1, dtype=torch.float64) if chunked else None,
-                      counts_in=s_in.sum(1, dtype=torch.float64) if chunked else None)
+                      counts=spike_counts(s_out) if chunked else None,
+                      counts_in=spike_counts(s_in) if chunked else None)
