@@ -84,8 +84,9 @@ class Task:
         if unknown:
             raise TaskConfigError(f"task {self.name!r}: unknown data option(s) {sorted(unknown)}; "
                                   f"known: {sorted(self.data_defaults)}")
-        if int(opts.get("steps", 1)) < 2:
-            raise TaskConfigError(f"task {self.name!r}: steps must be >= 2, got {opts['steps']}")
+        steps = opts.get("steps", 1)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+            raise TaskConfigError(f"task {self.name!r}: steps must be an integer >= 2, got {steps!r}")
         return self.loader(opts)
 
     def steps(self, data: dict | None = None) -> int:

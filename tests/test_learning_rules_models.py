@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +18,9 @@ from snn2hw.learning.superspike import label_raster
 from snn2hw.nn.conv import ConvLIF, Flatten, LeakyReadout, SumPoolLIF
 from snn2hw.nn.layers import LIFDense, RecurrentLIFDense, SpikingSequential
 from snn2hw.train.losses import count_cross_entropy
+
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def loss_fn(out, y):
     return count_cross_entropy(out[-1] if isinstance(out, (list, tuple)) else out, y, scale=0.3)
@@ -163,6 +169,33 @@ def test_window_check_leaves_unknown_layer_kinds_alone():
 
     net = SpikingSequential([LIFDense(6, 5), Identity(), LIFDense(5, 3)]).double()
     grads(make_rule("bptt"), net, spikes(2, 2, 6), torch.tensor([0, 1]))
+
+
+# -- the CLI: a bad rule or trainer config is one line, exit 2, nothing written ---------------------------------------
+
+CLI_CONFIGS = [
+    ("eprop", {"rule_options": {"align_delays": "false"}}, "align_delays"),
+    ("decolle", {"rule_options": {"readout_scale": "big"}}, "readout_scale"),
+    ("bptt", {"trainer": {"lr": "fast"}}, "lr"),
+    ("bptt", {"trainer": {"lr": -1.0}}, "learning rate"),
+    ("bptt", {"data": {"steps": "ten"}}, "steps"),
+    ("bptt", {"data": {"steps": 2}}, "T = 2 steps"),
+    ("eprop", {"model": {"conv": [[4, 3]]}}, "ConvLIF"),
+]
+
+
+@pytest.mark.parametrize("rule,config,needle", CLI_CONFIGS, ids=[f"{r}-{n}" for r, _, n in CLI_CONFIGS])
+def test_cli_bad_config_is_one_line_exit_2_and_nothing_written(tmp_path, rule, config, needle):
+    cfg = tmp_path / "bad.json"
+    cfg.write_text(json.dumps(config))
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "snn2hw.cli", "train", "--task", "digits", "--rule", rule, "--config",
+                        str(cfg), "--epochs", "1", "--out", str(out), "--quiet", "--no-deploy"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 2, p.stderr[-2000:]
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("snn2hw: error: ") and needle in lines[0], p.stderr
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("what", ["train_decays", "train_threshold", "qat"])
