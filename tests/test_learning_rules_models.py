@@ -211,3 +211,27 @@ def test_spike_time_refuses_what_its_relaxation_cannot_train(what):
     with pytest.raises(LearningRuleError, match="QAT" if what == "qat" else "trainable"):
         make_rule("spike-time").setup(net)
     make_rule("spike-time").setup(SpikingSequential([LIFDense(6, 5, du=0.3, dv=0.2)]))
+
+
+@pytest.mark.parametrize("rule", ["bptt", "dfa"])
+def test_qat_step_makes_no_tensor_on_the_default_device(rule, monkeypatch):
+    """QAT quantizes the layer on every forward: the quantizer turned the float IR weights (numpy) into tensors on
+    torch's default device (``meta`` here; CUDA for a user who sets it). Host data now: the step under ``meta``
+    as default device gives the CPU step's gradients."""
+    from snn2hw.quantize import QuantConfig
+
+    monkeypatch.setenv("SNN2HW_NO_NUMBA", "1")
+    torch.manual_seed(0)
+    first = [ConvLIF((1, 4, 4), 2, 3, bias=True), Flatten()] if rule == "bptt" else [LIFDense(16, 8, bias=True)]
+    net = SpikingSequential(first + [LIFDense(8, 5, bias=True), LIFDense(5, 3)]).double().set_qat(QuantConfig())
+    x, y = spikes(2, 6, 16, p=0.6), torch.tensor([0, 2])
+    ref = {n: g.clone() for n, g in grads(make_rule(rule), net, x, y)[1].items()}
+    net.zero_grad(set_to_none=True)
+    torch.set_default_device("meta")
+    try:
+        got = grads(make_rule(rule), net, x, y)[1]
+    finally:
+        torch.set_default_device(None)
+    assert ref and sorted(got) == sorted(ref)
+    for n in ref:
+        assert got[n].device.type == "cpu" and torch.equal(got[n], ref[n]), n
