@@ -235,3 +235,15 @@ def test_qat_step_makes_no_tensor_on_the_default_device(rule, monkeypatch):
     assert ref and sorted(got) == sorted(ref)
     for n in ref:
         assert got[n].device.type == "cpu" and torch.equal(got[n], ref[n]), n
+
+
+def test_spike_time_refuses_forward_options_it_would_ignore():
+    net = SpikingSequential([LIFDense(6, 5, du=0.3, dv=0.2), LIFDense(5, 3, du=0.3, dv=0.2)]).double()
+    rule = make_rule("spike-time")
+    rule.setup(net)
+    ce = lambda out, y: torch.nn.functional.cross_entropy(out, y)  # noqa: E731
+    with pytest.raises(LearningRuleError, match="return_all"):
+        rule.compute_gradients(net, spikes(2, 8, 6), torch.tensor([0, 1]), ce, {"return_all": True})
+    with pytest.raises(LearningRuleError, match="unsupported forward options"):
+        rule.compute_gradients(net, spikes(2, 8, 6), torch.tensor([0, 1]), ce, {"extra": 1})
+    rule.compute_gradients(net, spikes(2, 8, 6), torch.tensor([0, 1]), ce, {})

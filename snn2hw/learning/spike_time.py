@@ -226,6 +226,11 @@ class SpikeTimeGradient(LearningRule):
         return torch.where(torch.isfinite(t), t, window + self.silent_slope * (v_th - v_peak))
 
     def compute_gradients(self, model, x, y, loss_fn, forward_kwargs, scale=1.0) -> BatchResult:
+        from snn2hw.learning.stack import check_forward_kwargs
+
+        if check_forward_kwargs(self.name, forward_kwargs):  # the loss sees output times only (was ignored)
+            raise LearningRuleError("rule 'spike-time': the return_all forward option is not supported (the loss "
+                                    "sees the output's first-spike times)")
         t = self.output_times(model, x)
         out = -t / self.tau0
         loss = loss_fn(out, y)
