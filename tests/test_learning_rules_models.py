@@ -247,3 +247,16 @@ def test_spike_time_refuses_forward_options_it_would_ignore():
     with pytest.raises(LearningRuleError, match="unsupported forward options"):
         rule.compute_gradients(net, spikes(2, 8, 6), torch.tensor([0, 1]), ce, {"extra": 1})
     rule.compute_gradients(net, spikes(2, 8, 6), torch.tensor([0, 1]), ce, {})
+
+
+@pytest.mark.parametrize("options,needle", [({"calibrate_rate": 2.0}, "calibrate_rate"),
+                                            ({"calibrate_rate": True}, "calibrate_rate"),
+                                            ({"calibrate_fold": "all"}, "calibrate_fold")])
+def test_trainer_refuses_bad_calibration_options_when_built(options, needle):
+    """Checked in Trainer(...), not at fit's first step: ``snn2hw train`` refuses them before writing anything
+    (a rate of 2.0 went on to calibrate_thresholds' CalibrationError inside fit, a traceback from the CLI)."""
+    from snn2hw.train.trainer import Trainer, TrainerConfig
+
+    with pytest.raises(ValueError, match=needle):
+        Trainer(dense_net([6, 3]), TrainerConfig(**options))
+    Trainer(dense_net([6, 3]), TrainerConfig(calibrate_rate=0.1, calibrate_fold="neurons"))
