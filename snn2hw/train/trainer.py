@@ -221,6 +221,8 @@ class Trainer:
             raise ValueError("batch_size must be >= 1 and epochs >= 0")
         if c.checkpoint_every_steps is not None and c.checkpoint_every_steps < 1:
             raise ValueError("checkpoint_every_steps must be >= 1 or None")
+        if len(tuple(c.betas)) != 2:  # torch indexes betas[1] (IndexError for one value)
+            raise ValueError(f"betas must be two numbers (beta1, beta2), got {c.betas!r}")
         _check_calibration_options(c)  # here, not at fit's first step: a bad config is refused before any work
         self.loss_fn = loss_fn or _default_loss
         self.predict_fn = predict_counts if predict_fn is None or predict_fn is True else predict_fn
