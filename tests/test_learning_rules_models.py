@@ -262,3 +262,14 @@ def test_trainer_refuses_bad_options_when_built(options, needle):
     with pytest.raises(ValueError, match=needle):
         Trainer(dense_net([6, 3]), TrainerConfig(**options))
     Trainer(dense_net([6, 3]), TrainerConfig(calibrate_rate=0.1, calibrate_fold="neurons"))
+
+
+@pytest.mark.parametrize("spec", [{"neuron": {"v_th": -1}}, {"hidden": ["a"]}, {"weight_gain": "x"},
+                                  {"conv": [[2, 30]]}])
+def test_model_spec_values_the_layers_refuse_are_task_config_errors(spec):
+    """The short model spec's values went to the layer constructors unchecked: their ValueError reached the CLI as a
+    traceback (exit 1); the ``layers`` form was already wrapped."""
+    from models.tasks import TASKS, TaskConfigError, build_model
+
+    with pytest.raises(TaskConfigError, match="model spec"):
+        build_model(TASKS["digits"], spec)
