@@ -252,7 +252,9 @@ def test_spike_time_refuses_forward_options_it_would_ignore():
 @pytest.mark.parametrize("options,needle", [({"calibrate_rate": 2.0}, "calibrate_rate"),
                                             ({"calibrate_rate": True}, "calibrate_rate"),
                                             ({"calibrate_fold": "all"}, "calibrate_fold"),
-                                            ({"betas": (0.9,)}, "betas")])
+                                            ({"betas": (0.9,)}, "betas"), ({"grad_clip": -1.0}, "grad_clip"),
+                                            ({"eval_batch_size": 0}, "eval_batch_size"),
+                                            ({"step_size": 0}, "step_size")])
 def test_trainer_refuses_bad_options_when_built(options, needle):
     """Checked in Trainer(...), not at fit's first step: ``snn2hw train`` refuses them before writing anything
     (a rate of 2.0 went on to calibrate_thresholds' CalibrationError inside fit, one beta to torch's IndexError:

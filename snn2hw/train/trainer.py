@@ -221,6 +221,10 @@ class Trainer:
             raise ValueError("batch_size must be >= 1 and epochs >= 0")
         if c.checkpoint_every_steps is not None and c.checkpoint_every_steps < 1:
             raise ValueError("checkpoint_every_steps must be >= 1 or None")
+        if c.eval_batch_size < 1 or c.step_size < 1:
+            raise ValueError(f"eval_batch_size and step_size must be >= 1, got {c.eval_batch_size}, {c.step_size}")
+        if c.grad_clip is not None and not c.grad_clip > 0:  # a negative norm flips the gradients' sign in torch
+            raise ValueError(f"grad_clip must be > 0 or None, got {c.grad_clip!r}")
         if len(tuple(c.betas)) != 2:  # torch indexes betas[1] (IndexError for one value)
             raise ValueError(f"betas must be two numbers (beta1, beta2), got {c.betas!r}")
         _check_calibration_options(c)  # here, not at fit's first step: a bad config is refused before any work
