@@ -84,8 +84,9 @@ class Task:
         if unknown:
             raise TaskConfigError(f"task {self.name!r}: unknown data option(s) {sorted(unknown)}; "
                                   f"known: {sorted(self.data_defaults)}")
-        if int(opts.get("steps", 1)) < 2:
-            raise TaskConfigError(f"task {self.name!r}: steps must be >= 2, got {opts['steps']}")
+        steps = opts.get("steps", 1)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+            raise TaskConfigError(f"task {self.name!r}: steps must be an integer >= 2, got {steps!r}")
         return self.loader(opts)
 
     def steps(self, data: dict | None = None) -> int:
@@ -183,6 +184,15 @@ def build_model(task: Task, spec: dict | None = None, seed: int = 0) -> SpikingS
             return SpikingSequential.from_config({"layers": spec["layers"]})
         except (TypeError, ValueError, KeyError) as exc:
             raise TaskConfigError(f"model spec 'layers': {exc}") from None
+    try:
+        return _short_form(task, spec)
+    except TaskConfigError:
+        raise
+    except (TypeError, ValueError) as exc:  # a value the layers refuse (v_th <= 0, "a" for a size, ...)
+        raise TaskConfigError(f"model spec: {exc}") from None
+
+
+def _short_form(task: Task, spec: dict) -> SpikingSequential:
     s = {**task.model_defaults, **spec}
     neuron = {"du": 0.2, "dv": 0.1, "v_th": 1.0, **dict(s.get("neuron") or {})}
     if set(neuron) - {"du", "dv", "v_th", "bias"}:

@@ -179,7 +179,7 @@ def quantize_population(pop: Population, incoming: tuple[Dense | Conv2d, ...], c
     # Lava's Conv ignores weight_exp: fold a convolution's positive exponent into the population's scale
     for proj in incoming:
         if isinstance(proj, Conv2d) and np.size(proj.weight):
-            w = torch.as_tensor(np.asarray(proj.weight, dtype=np.float64))
+            w = torch.as_tensor(np.asarray(proj.weight, dtype=np.float64), device="cpu")  # host data
             e = weight_exponent(float(w.abs().max()), scale, hw.determine_sign_mode(w), config.num_weight_bits,
                                 (0, 62))
             if e > 0:
@@ -201,7 +201,7 @@ def quantize_population(pop: Population, incoming: tuple[Dense | Conv2d, ...], c
     for proj, bits in zip(incoming, message_bits or [0] * len(incoming)):
         if not isinstance(proj, (Dense, Conv2d)):
             raise QuantizationError(f"projection {proj.name!r}: expected a float Dense or Conv2d projection")
-        w = torch.as_tensor(np.asarray(proj.weight, dtype=np.float64))
+        w = torch.as_tensor(np.asarray(proj.weight, dtype=np.float64), device="cpu")  # host data
         sign_mode = hw.determine_sign_mode(w)
         max_abs = float(w.abs().max()) if w.numel() else 0.0
         e = weight_exponent(max_abs, scale, sign_mode, config.num_weight_bits, config.weight_exp_range)

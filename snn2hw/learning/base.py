@@ -2,17 +2,56 @@
 from __future__ import annotations
 
 import importlib
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
 
-__all__ = ["BatchResult", "LearningRule", "LearningRuleError", "register_rule", "make_rule", "available_rules"]
+__all__ = ["BatchResult", "LearningRule", "LearningRuleError", "register_rule", "make_rule", "available_rules",
+           "int_option", "bool_option", "float_option"]
 
 
 class LearningRuleError(ValueError):
     """A rule was asked for by an unknown name, given unknown options, or used on a model it cannot train."""
+
+
+# Option checks: rule options arrive from JSON config files too, where "false" (a string) or 1.5 (for a seed) must be
+# refused by name, not turned into True or 1 by bool() / int().
+
+def int_option(rule: str, name: str, value, minimum: int | None = None) -> int:
+    """``value`` as an int; a ``LearningRuleError`` naming the option unless it is an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise LearningRuleError(f"rule {rule!r}: {name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise LearningRuleError(f"rule {rule!r}: {name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def bool_option(rule: str, name: str, value) -> bool:
+    """``value`` if it is true or false; a ``LearningRuleError`` naming the option otherwise."""
+    if not isinstance(value, bool):
+        raise LearningRuleError(f"rule {rule!r}: {name} must be true or false, got {value!r}")
+    return value
+
+
+def float_option(rule: str, name: str, value, minimum: float | None = None, maximum: float | None = None,
+                 above: bool = False) -> float:
+    """``value`` as a finite float in [minimum, maximum] (``above``: strictly greater than ``minimum``); a
+    ``LearningRuleError`` naming the option and its range otherwise (NaN and infinities included)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    if ok and minimum is not None:
+        ok = float(value) > minimum if above else float(value) >= minimum
+    if ok and maximum is not None:
+        ok = float(value) <= maximum
+    if not ok:
+        lo = "" if minimum is None else (f" > {minimum}" if above else f" >= {minimum}")
+        hi = "" if maximum is None else f" <= {maximum}"
+        rng = f"{lo}{',' if lo and hi else ''}{hi}"
+        raise LearningRuleError(f"rule {rule!r}: {name} must be a finite number{rng}, got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)

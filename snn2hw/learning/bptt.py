@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from snn2hw.learning.base import BatchResult, LearningRule, register_rule
+from snn2hw.learning.stack import check_window
 
 
 @register_rule
@@ -16,6 +17,7 @@ class BPTT(LearningRule):
     name = "bptt"
 
     def compute_gradients(self, model, x, y, loss_fn, forward_kwargs, scale=1.0) -> BatchResult:
+        check_window(self.name, model, x.shape[1], bool(forward_kwargs.get("return_all", False)))
         out = model(x, **forward_kwargs)
         loss = loss_fn(out, y)
         (loss * scale if scale != 1.0 else loss).backward()

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import torch
 
-from snn2hw.learning.base import BatchResult, LearningRule, LearningRuleError, register_rule
+from snn2hw.learning.base import (BatchResult, LearningRule, LearningRuleError, bool_option, float_option, int_option,
+                                  register_rule)
 from snn2hw.learning.online import accumulate_into_grads, run_online
-from snn2hw.learning.stack import (check_float_weights_only, check_forward_kwargs, check_rate_options, dense_stack,
+from snn2hw.learning.stack import (check_float_weights_only, check_forward_kwargs, check_rate_options, check_window,
+                                   dense_stack,
                                    error_of, hops_to_output, load_matrices, random_matrix, rate_error)
 
 __all__ = ["EProp", "Decolle", "symmetric_feedback"]
@@ -47,8 +49,8 @@ class _OnlineRule(LearningRule):
     matrices_name = "feedback matrices"
 
     def __init__(self, seed: int = 0, reset_in_trace: "bool | str" = False, kind: str = "random"):
-        self.seed = int(seed)
-        if reset_in_trace not in (True, False, "output"):
+        self.seed = int_option(self.name, "seed", seed)
+        if not (isinstance(reset_in_trace, bool) or reset_in_trace == "output"):
             raise LearningRuleError(f"rule {self.name!r}: reset_in_trace must be true, false or \"output\", "
                                     f"got {reset_in_trace!r}")
         self.reset_in_trace = reset_in_trace
@@ -110,7 +112,7 @@ class EProp(_OnlineRule):
             raise LearningRuleError(f"rule 'eprop': feedback must be 'random' or 'symmetric', got {feedback!r}")
         super().__init__(seed, reset_in_trace)
         self.feedback = feedback
-        self.align_delays = bool(align_delays)
+        self.align_delays = bool_option(self.name, "align_delays", align_delays)
         self.rate_target, self.rate_cost = check_rate_options(self.name, rate_target, rate_cost)
 
     def describe(self) -> dict:
@@ -120,6 +122,7 @@ class EProp(_OnlineRule):
     def compute_gradients(self, model, x, y, loss_fn, forward_kwargs, scale=1.0) -> BatchResult:
         collect_all = check_forward_kwargs(self.name, forward_kwargs)
         layers = self._layers(model)
+        check_window(self.name, model, x.shape[1], collect_all or self.rate_target is not None)
         last = len(layers) - 1
         first = run_online(layers, x, record=range(len(layers)) if collect_all else [last])
         if collect_all:
@@ -163,7 +166,11 @@ class Decolle(_OnlineRule):
     def __init__(self, seed: int = 0, reset_in_trace: "bool | str" = False, readout_scale: float = 1.0,
                  rate_target: float | None = None, rate_cost: float = 1.0):
         super().__init__(seed, reset_in_trace)
-        self.readout_scale = float(readout_scale)
+        # 0 would leave the hidden layers without a signal, NaN/inf make every update NaN
+        self.readout_scale = float_option(self.name, "readout_scale", readout_scale)
+        if self.readout_scale == 0.0:
+            raise LearningRuleError("rule 'decolle': readout_scale must be nonzero (0 silences every hidden layer's "
+                                    "learning signal)")
         self.rate_target, self.rate_cost = check_rate_options(self.name, rate_target, rate_cost)
 
     def setup(self, model) -> None:
@@ -180,6 +187,7 @@ class Decolle(_OnlineRule):
             raise LearningRuleError("rule 'decolle': the return_all forward option (losses on hidden spikes) is "
                                     "not supported; each hidden layer already has its own loss")
         layers = self._layers(model)
+        check_window(self.name, model, x.shape[1], True)  # every hidden layer's local loss reads that layer
         last = len(layers) - 1
         record = {i: self.matrices[i] for i in range(last)}
         record[last] = None

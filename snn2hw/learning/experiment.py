@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import sys
 import threading
 import time
@@ -61,10 +62,28 @@ def read_config(path: str | os.PathLike | None) -> dict:
     bad = set(cfg.get("trainer", {})) - known
     if bad:
         raise ExperimentConfigError(f"{p}: 'trainer': unknown or reserved field(s) {sorted(bad)}; known: {sorted(known)}")
+    _check_trainer_types(cfg.get("trainer", {}), p)
     if "deploy" in cfg:
         _deploy_options(cfg["deploy"], p)
     cfg["_path"] = str(p)
     return cfg
+
+
+_JSON_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "tuple": (list,),
+               "dict": (dict,), "None": (type(None),)}
+
+
+def _check_trainer_types(trainer: dict, where) -> None:
+    """Each ``trainer`` value of a config file has its ``TrainerConfig`` field's JSON type ("lr": "fast" and
+    "batch_size": "8" are refused here, naming the field, instead of failing inside torch)."""
+    from snn2hw.train.trainer import TrainerConfig
+
+    kinds = {f.name: str(f.type) for f in fields(TrainerConfig)}
+    for key, value in trainer.items():
+        names = [n.strip() for n in kinds[key].split("|")]
+        ok = tuple(t for n in names for t in _JSON_TYPES.get(n, (object,)))
+        if (isinstance(value, bool) and "bool" not in names) or not isinstance(value, ok):
+            raise ExperimentConfigError(f"{where}: 'trainer': {key} must be {' or '.join(names)}, got {value!r}")
 
 
 def _deploy_options(deploy: dict, where="config") -> tuple:
@@ -201,10 +220,13 @@ def train_task(task: str, rule: str = "bptt", config: dict | None = None, epochs
     from snn2hw.train.checkpoint import load_checkpoint, save_checkpoint
     from snn2hw.train.trainer import Trainer, TrainerConfig
 
+    from snn2hw.learning import LearningRuleError
+    from snn2hw.models.tasks import TaskConfigError
+
     config = dict(config or {})
+    where = config.get("_path", "config")
     t = get_task(task)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     data = t.load(config.get("data"))
     steps = t.steps(config.get("data"))
     # a task with its own recipe (snn2hw.models.sequence_tasks) builds its model, loss and scores
@@ -223,9 +245,25 @@ def train_task(task: str, rule: str = "bptt", config: dict | None = None, epochs
                         progress=progress, device=str(dev))
     timer = _EpochTimer()
     hooks = {"loss_fn": setup.loss_fn, "predict_fn": setup.predict_fn} if setup else {"loss_fn": t.loss_fn}
-    trainer = Trainer(model, cfg, callbacks=[timer], rule=rule_obj, **hooks)
-    with PeakMemory(dev) as mem:
-        history = trainer.fit(data["train"], data["val"])
+    # Everything a config can get wrong is refused before anything is written to ``out``: the trainer's own
+    # checks, torch's checks of the optimizer's settings (lr, betas, momentum, weight decay) and the rule's
+    # checks of the model (layer kinds, trainable parameters); ``fit`` repeats the rule's setup.
+    try:
+        trainer = Trainer(model, cfg, callbacks=[timer], rule=rule_obj, **hooks)
+        trainer._make_optimizer()
+    except (TypeError, ValueError) as exc:
+        raise ExperimentConfigError(f"{where}: 'trainer': {exc}") from None
+    rule_obj.setup(model)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with PeakMemory(dev) as mem:
+            history = trainer.fit(data["train"], data["val"])
+    except (LearningRuleError, ExperimentConfigError, TaskConfigError):
+        # a refusal at the first batch (e.g. a window too short for the network): leave no half-written run
+        if created and not (out / "ckpt" / "last.pt").exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     best = out / "ckpt" / "best.pt"
     if best.is_file():  # the epoch with the best validation accuracy
         model = load_checkpoint(best).to(dev)

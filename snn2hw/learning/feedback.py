@@ -24,9 +24,9 @@ import math
 
 import torch
 
-from snn2hw.learning.base import BatchResult, LearningRule, LearningRuleError, register_rule
-from snn2hw.learning.stack import (check_forward_kwargs, check_rate_options, dense_stack, error_of, hops_to_output,
-                                   layer_forward, load_matrices, random_matrix, rate_error)
+from snn2hw.learning.base import BatchResult, LearningRule, LearningRuleError, bool_option, int_option, register_rule
+from snn2hw.learning.stack import (check_forward_kwargs, check_rate_options, check_window, dense_stack, error_of,
+                                   hops_to_output, layer_forward, load_matrices, random_matrix, rate_error)
 from snn2hw.nn.conv import LeakyReadout
 from snn2hw.nn.layers import RecurrentLIFDense
 
@@ -60,7 +60,7 @@ class _SeededFeedback(LearningRule):
     """Shared by FA and DFA: fixed matrices built in ``setup`` from ``seed``, kept in ``state_dict``."""
 
     def __init__(self, seed: int = 0):
-        self.seed = int(seed)
+        self.seed = int_option(self.name, "seed", seed)
         self.feedback: list[torch.Tensor | None] | None = None
 
     def _shapes(self, layers) -> list[tuple[int, int] | None]:
@@ -151,6 +151,7 @@ class FeedbackAlignment(_SeededFeedback):
     def compute_gradients(self, model, x, y, loss_fn, forward_kwargs, scale=1.0) -> BatchResult:
         collect_all = check_forward_kwargs(self.name, forward_kwargs)
         layers = dense_stack(model, self.name, allow_dropout=True)
+        check_window(self.name, model, x.shape[1], collect_all)
         if any(layer.qat is not None for layer in layers):
             raise LearningRuleError("rule 'fa' trains float layers; fine-tune quantization-aware with rule 'bptt'")
         self._ready(model, layers)
@@ -177,7 +178,7 @@ class DirectFeedbackAlignment(_SeededFeedback):
     def __init__(self, seed: int = 0, align_delays: bool = True, rate_target: float | None = None,
                  rate_cost: float = 1.0):
         super().__init__(seed)
-        self.align_delays = bool(align_delays)
+        self.align_delays = bool_option(self.name, "align_delays", align_delays)
         self.rate_target, self.rate_cost = check_rate_options(self.name, rate_target, rate_cost)
 
     def _shapes(self, layers):
@@ -191,6 +192,7 @@ class DirectFeedbackAlignment(_SeededFeedback):
     def compute_gradients(self, model, x, y, loss_fn, forward_kwargs, scale=1.0) -> BatchResult:
         collect_all = check_forward_kwargs(self.name, forward_kwargs)
         layers = dense_stack(model, self.name, allow_dropout=True)
+        check_window(self.name, model, x.shape[1], collect_all or self.rate_target is not None)
         self._ready(model, layers)
         outs, h = [], x
         for module in model.layers:
@@ -203,7 +205,9 @@ class DirectFeedbackAlignment(_SeededFeedback):
         for k, i in enumerate(pos):
             g = direct[i]
             if k < len(pos) - 1 and err is not None:
-                shift = hops_to_output(layers, k) if self.align_delays else 0
+                # an output at step t sees layer k's spikes of step t - shift at the latest; none at all when the
+                # window is shorter than the shift (the layer then gets no error from the output)
+                shift = min(hops_to_output(layers, k), err.shape[1]) if self.align_delays else 0
                 e = err[:, shift:] if shift else err
                 proj = e @ self.feedback[k]
                 if shift:

@@ -7,7 +7,7 @@ memory independent of the sequence length (see ``snn2hw.nn.gated``).
 """
 from __future__ import annotations
 
-from snn2hw.learning.base import BatchResult, LearningRule, LearningRuleError, register_rule
+from snn2hw.learning.base import BatchResult, LearningRule, LearningRuleError, int_option, register_rule
 from snn2hw.nn.gated import MODES, GatedQIF
 
 
@@ -18,9 +18,7 @@ class GatedSynapseGradient(LearningRule):
     def __init__(self, mode: str = "discrete", checkpoints: int = 16):
         if mode not in MODES:
             raise LearningRuleError(f"rule 'gated': mode must be one of {MODES}, got {mode!r}")
-        if int(checkpoints) < 1:
-            raise LearningRuleError(f"rule 'gated': checkpoints must be >= 1, got {checkpoints}")
-        self.mode, self.checkpoints = mode, int(checkpoints)
+        self.mode, self.checkpoints = mode, int_option(self.name, "checkpoints", checkpoints, 1)
 
     def _layers(self, model) -> list[GatedQIF]:
         layers = [m for m in model.modules() if isinstance(m, GatedQIF)]

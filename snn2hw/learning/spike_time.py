@@ -36,7 +36,8 @@ import math
 
 import torch
 
-from snn2hw.learning.base import BatchResult, LearningRule, LearningRuleError, register_rule
+from snn2hw.learning.base import (BatchResult, LearningRule, LearningRuleError, float_option, int_option,
+                                  register_rule)
 
 __all__ = ["SpikeTimeGradient", "single_spike", "first_spike_steps", "layer_first_spike_times", "network_first_spike_times",
            "predict_first_spike", "first_spike_cross_entropy"]
@@ -200,15 +201,22 @@ class SpikeTimeGradient(LearningRule):
 
     def __init__(self, tau0: float = 2.0, window: float | None = None, grid: int = 4, early: float = 0.0,
                  silent_slope: float = 10.0):
-        if not (tau0 > 0 and grid >= 1 and early >= 0 and silent_slope >= 0):
-            raise LearningRuleError(f"rule 'spike-time': need tau0 > 0, grid >= 1, early >= 0, silent_slope >= 0 "
-                                    f"(got tau0={tau0}, grid={grid}, early={early}, silent_slope={silent_slope})")
-        self.tau0, self.window, self.grid = float(tau0), window, int(grid)
-        self.early, self.silent_slope = float(early), float(silent_slope)
+        self.tau0 = float_option(self.name, "tau0", tau0, 0.0, above=True)
+        # the search range of the first spikes, in steps (None: the input's T)
+        self.window = None if window is None else float_option(self.name, "window", window, 0.0, above=True)
+        self.grid = int_option(self.name, "grid", grid, 1)
+        self.early = float_option(self.name, "early", early, 0.0)
+        self.silent_slope = float_option(self.name, "silent_slope", silent_slope, 0.0)
 
     def setup(self, model) -> None:
-        for layer in getattr(model, "layers", [model]):
+        from snn2hw.learning.stack import check_float_weights_only
+
+        layers = list(getattr(model, "layers", [model]))
+        for layer in layers:
             _layer_args(layer)
+        # the relaxation reads du, dv and the threshold as numbers: trainable ones would stay untrained, silently,
+        # and a QAT layer's quantized forward is not what the relaxation differentiates
+        check_float_weights_only(layers, self.name)
 
     def output_times(self, model, x: torch.Tensor) -> torch.Tensor:
         """Effective output spike times (batch, n_out): silent neurons placed after the window."""
@@ -218,6 +226,11 @@ class SpikeTimeGradient(LearningRule):
         return torch.where(torch.isfinite(t), t, window + self.silent_slope * (v_th - v_peak))
 
     def compute_gradients(self, model, x, y, loss_fn, forward_kwargs, scale=1.0) -> BatchResult:
+        from snn2hw.learning.stack import check_forward_kwargs
+
+        if check_forward_kwargs(self.name, forward_kwargs):  # the loss sees output times only (was ignored)
+            raise LearningRuleError("rule 'spike-time': the return_all forward option is not supported (the loss "
+                                    "sees the output's first-spike times)")
         t = self.output_times(model, x)
         out = -t / self.tau0
         loss = loss_fn(out, y)

@@ -14,15 +14,15 @@ from typing import Callable
 import torch
 from torch import nn
 
-from snn2hw.learning.base import LearningRuleError
+from snn2hw.learning.base import LearningRuleError, float_option
 from snn2hw.nn import functional as F
-from snn2hw.nn.conv import Dropout, Flatten, LeakyReadout
+from snn2hw.nn.conv import ConvLIF, Dropout, Flatten, LeakyReadout, SumPoolLIF
 from snn2hw.nn.layers import LIFDense, RecurrentLIFDense, SpikingSequential, hop_delay
 from snn2hw.nn.neuron import float_neuron_args
 from snn2hw.nn.recurrent import recurrent_cuba_lif_sequence
 
 __all__ = ["dense_stack", "layer_forward", "hops_to_output", "random_matrix", "check_float_weights_only",
-           "load_matrices", "error_of", "check_forward_kwargs", "check_rate_options", "rate_error"]
+           "load_matrices", "error_of", "check_forward_kwargs", "check_rate_options", "rate_error", "check_window"]
 
 DENSE_KINDS = (LIFDense, RecurrentLIFDense, LeakyReadout)  # RecurrentLIFDense subclasses LIFDense
 
@@ -58,6 +58,37 @@ def check_float_weights_only(layers: list[nn.Module], rule: str) -> None:
                 raise LearningRuleError(f"rule {rule!r}: layer {i} ({type(layer).__name__}) has a trainable "
                                         f"'{name}'; the rule trains weights and biases only (build the layer with "
                                         f"train_decays=False, train_threshold=False, or use rule 'bptt')")
+
+
+# Layer kinds whose delay is known exactly: one step per hop (the Dense/Conv hop; the neuron adds none), none for
+# Flatten and Dropout. Exact types: a user's subclass may do anything in its forward.
+_ONE_STEP_HOPS = (LIFDense, RecurrentLIFDense, ConvLIF, SumPoolLIF, LeakyReadout)
+_NO_DELAY = (Flatten, Dropout)
+
+
+def check_window(rule: str, model: nn.Module, steps: int, reads_hidden: bool) -> None:
+    """Refuse a window in which everything the loss reads is exactly 0 whatever the parameters.
+
+    Each hop delays by one step, so layer k (counting hop layers from 1) gets its first input at step k - 1
+    and can spike, or move its read-out, at step k at the earliest (0-based steps 0..T-1) -- unless a bias
+    drives it before any input arrives, so the check applies only when no layer has a bias (the thresholds
+    are positive: ``float_neuron_args`` clamps them, so a neuron at v = 0 never fires). A loss that reads
+    only the output (``reads_hidden`` False) then is constant for T <= (number of hop layers); one that also
+    reads hidden layers (``return_all``, the rate regularisers, DECOLLE's local losses) for T <= 1. A model
+    with any other layer kind (a ``GatedQIF``, a user's module, a subclass) is not checked: its delay is not
+    known here."""
+    layers = list(getattr(model, "layers", [])) if isinstance(model, SpikingSequential) else []
+    if not layers or any(type(layer) not in _ONE_STEP_HOPS + _NO_DELAY for layer in layers):
+        return
+    if any(getattr(layer, "bias", None) is not None for layer in layers):
+        return
+    hops = sum(type(layer) in _ONE_STEP_HOPS for layer in layers)
+    first = 1 if reads_hidden else hops
+    if steps <= first:
+        what = "the first layer" if reads_hidden else f"the output (layer {hops})"
+        raise LearningRuleError(f"rule {rule!r}: T = {steps} steps, but {what} can respond to the input only from "
+                                f"step {first} on (one step of hop delay per layer) and no layer has a bias, so "
+                                f"everything the loss reads is 0 whatever the weights; use T > {first}")
 
 
 def hops_to_output(layers: list[nn.Module], index: int) -> int:
@@ -147,12 +178,9 @@ def check_forward_kwargs(rule: str, forward_kwargs: dict) -> bool:
 
 def check_rate_options(rule: str, rate_target, rate_cost) -> tuple[float | None, float]:
     """Validated options of the firing-rate regulariser (``rate_target`` None: off)."""
-    if rate_target is not None and not 0.0 <= float(rate_target) <= 1.0:
-        raise LearningRuleError(f"rule {rule!r}: rate_target must be a spike probability per step in [0, 1], "
-                                f"got {rate_target!r}")
-    if not float(rate_cost) >= 0.0:
-        raise LearningRuleError(f"rule {rule!r}: rate_cost must be >= 0, got {rate_cost!r}")
-    return (None if rate_target is None else float(rate_target)), float(rate_cost)
+    if rate_target is not None:
+        rate_target = float_option(rule, "rate_target (a spike probability per step)", rate_target, 0.0, 1.0)
+    return rate_target, float_option(rule, "rate_cost", rate_cost, 0.0)
 
 
 def rate_error(spike_count: torch.Tensor, steps: int, rate_target: float, rate_cost: float) -> torch.Tensor:

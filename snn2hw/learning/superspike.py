@@ -43,10 +43,10 @@ import math
 
 import torch
 
-from snn2hw.learning.base import BatchResult, LearningRuleError, register_rule
+from snn2hw.learning.base import BatchResult, LearningRuleError, bool_option, float_option, int_option, register_rule
 from snn2hw.learning.eprop import _OnlineRule, symmetric_feedback
 from snn2hw.learning.online import accumulate_into_grads, run_online
-from snn2hw.learning.stack import check_forward_kwargs, check_rate_options
+from snn2hw.learning.stack import check_forward_kwargs, check_rate_options, check_window
 from snn2hw.nn.conv import LeakyReadout
 
 __all__ = ["SuperSpike", "label_raster"]
@@ -56,9 +56,12 @@ FEEDBACK = ("symmetric", "random", "uniform")
 
 def label_raster(labels: torch.Tensor, steps: int, classes: int, interval: int, offset: int = 0,
                  dtype=torch.float32) -> torch.Tensor:
-    """(batch, T, classes): the label's neuron spikes at steps offset, offset + interval, ...; others silent."""
+    """(batch, T, classes): the label's neuron spikes at steps offset, offset + interval, ...; others silent
+    (all silent when ``offset >= steps``)."""
+    if offset < 0 or interval < 1:
+        raise ValueError(f"label_raster: need offset >= 0 and interval >= 1, got offset={offset}, interval={interval}")
     raster = torch.zeros(len(labels), steps, classes, dtype=dtype, device=labels.device)
-    times = torch.arange(offset, steps, interval, device=labels.device)
+    times = torch.arange(min(offset, steps), steps, interval, device=labels.device)
     raster[:, times] = torch.nn.functional.one_hot(labels.long(), classes).to(dtype)[:, None, :]
     return raster
 
@@ -72,12 +75,14 @@ class SuperSpike(_OnlineRule):
                  reset_in_trace: bool = False, rate_target: float | None = None, rate_cost: float = 1.0):
         if feedback not in FEEDBACK:
             raise LearningRuleError(f"rule 'superspike': feedback must be one of {FEEDBACK}, got {feedback!r}")
-        if not tau > 0 or target_interval < 1:
-            raise LearningRuleError("rule 'superspike': tau must be > 0 and target_interval >= 1")
         super().__init__(seed, reset_in_trace, kind="uniform" if feedback == "uniform" else "random")
-        self.feedback, self.tau, self.rmsprop = feedback, float(tau), bool(rmsprop)
-        self.rms_decay, self.rms_eps = float(rms_decay), float(rms_eps)
-        self.target_interval, self.target_offset = int(target_interval), int(target_offset)
+        self.feedback, self.tau = feedback, float_option(self.name, "tau", tau, 0.0, above=True)
+        self.rmsprop = bool_option(self.name, "rmsprop", rmsprop)
+        # v = max(rms_decay v, g^2) and g / (sqrt(v) + rms_eps): a silent layer's g = 0 needs rms_eps > 0 (0 / 0)
+        self.rms_decay = float_option(self.name, "rms_decay", rms_decay, 0.0, 1.0)
+        self.rms_eps = float_option(self.name, "rms_eps", rms_eps, 0.0, above=True)
+        self.target_interval = int_option(self.name, "target_interval", target_interval, 1)
+        self.target_offset = int_option(self.name, "target_offset", target_offset, 0)
         self.rms: dict[str, torch.Tensor] = {}
         self.rate_target, self.rate_cost = check_rate_options(self.name, rate_target, rate_cost)
 
@@ -107,6 +112,7 @@ class SuperSpike(_OnlineRule):
         if check_forward_kwargs(self.name, forward_kwargs):
             raise LearningRuleError("rule 'superspike': the return_all forward option is not supported")
         layers = self._layers(model)
+        check_window(self.name, model, x.shape[1], self.rate_target is not None)
         if isinstance(layers[-1], LeakyReadout):
             raise LearningRuleError("rule 'superspike' learns output spike trains; the last layer is a LeakyReadout")
         batch, steps = x.shape[:2]

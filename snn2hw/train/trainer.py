@@ -104,6 +104,17 @@ def _default_loss(output: Any, y: torch.Tensor) -> torch.Tensor:
     return count_cross_entropy(final_output(output), y)
 
 
+def _check_calibration_options(c: "TrainerConfig") -> None:
+    from snn2hw.nn.calibrate import FOLDS
+
+    if c.calibrate_fold not in FOLDS:
+        raise ValueError(f"calibrate_fold must be one of {FOLDS}, got {c.calibrate_fold!r}")
+    rate = c.calibrate_rate
+    number = isinstance(rate, (int, float)) and not isinstance(rate, bool)
+    if not (rate is None or rate == "auto" or (number and 0.0 < rate < 1.0)):
+        raise ValueError(f"calibrate_rate must be a rate in (0, 1), 'auto' or None, got {rate!r}")
+
+
 class Callback:
     """Hooks the trainer calls (override what you need). Raising from a hook aborts ``fit``."""
 
@@ -210,6 +221,13 @@ class Trainer:
             raise ValueError("batch_size must be >= 1 and epochs >= 0")
         if c.checkpoint_every_steps is not None and c.checkpoint_every_steps < 1:
             raise ValueError("checkpoint_every_steps must be >= 1 or None")
+        if c.eval_batch_size < 1 or c.step_size < 1:
+            raise ValueError(f"eval_batch_size and step_size must be >= 1, got {c.eval_batch_size}, {c.step_size}")
+        if c.grad_clip is not None and not c.grad_clip > 0:  # a negative norm flips the gradients' sign in torch
+            raise ValueError(f"grad_clip must be > 0 or None, got {c.grad_clip!r}")
+        if len(tuple(c.betas)) != 2:  # torch indexes betas[1] (IndexError for one value)
+            raise ValueError(f"betas must be two numbers (beta1, beta2), got {c.betas!r}")
+        _check_calibration_options(c)  # here, not at fit's first step: a bad config is refused before any work
         self.loss_fn = loss_fn or _default_loss
         self.predict_fn = predict_counts if predict_fn is None or predict_fn is True else predict_fn
         self.forward_kwargs = dict(forward_kwargs or {})
@@ -393,15 +411,12 @@ class Trainer:
     def _calibrate(self, data: "_Data", device: torch.device) -> None:
         """``calibrate_rate``: thresholds from the first ``batch_size`` training samples (the same on every
         rank, so data-parallel replicas stay identical); the report is kept in ``self.calibration``."""
-        from snn2hw.nn.calibrate import DEFAULT_RATE, FOLDS, calibrate_thresholds, has_conv_layers
+        from snn2hw.nn.calibrate import DEFAULT_RATE, calibrate_thresholds, has_conv_layers
 
-        if self.config.calibrate_fold not in FOLDS:
-            raise ValueError(f"calibrate_fold must be one of {FOLDS}, got {self.config.calibrate_fold!r}")
+        _check_calibration_options(self.config)
         rate = self.config.calibrate_rate
         if rate == "auto":
             rate = DEFAULT_RATE if has_conv_layers(self.model) else None
-        elif isinstance(rate, str):
-            raise ValueError(f"calibrate_rate must be a rate in (0, 1), 'auto' or None, got {rate!r}")
         self.calibration = []
         if rate is None:
             return
