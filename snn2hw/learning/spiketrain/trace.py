@@ -96,12 +96,13 @@ def spiking_layers(model: nn.Module) -> list:
 
 
 def check_steps(rule: str, layers: list, steps: int) -> None:
-    """Refuse a window too short for the output to spike: each hop delays by one step, so the input reaches the
-    k-th population at step k, and with T <= (number of populations) the output is silent whatever the weights."""
+    """Refuse a window too short for the output to see the input: each hop delays by one step, so the input reaches
+    the k-th population at step k, and with T <= (number of populations) the output cannot respond to the input
+    whatever the weights (without biases it is silent; with them it can only fire the same way for every input)."""
     hops = sum(isinstance(layer, HOP_LAYERS) for layer in layers)
     if steps <= hops:
         raise LearningRuleError(f"{rule}: T = {steps} steps, but the input reaches the output only at step {hops} "
-                                f"(one step of hop delay per layer, {hops} layers), so the output cannot spike; "
+                                f"(one step of hop delay per layer, {hops} layers), so the output cannot respond to the input; "
                                 f"use T > {hops}")
 
 
