@@ -20,6 +20,8 @@ stored with every run; a run whose ``results.json`` already exists is read back,
     python benchmarks/bench_spiketrain_accuracy.py tune-strsbp20    # the same at 20 epochs (options, R256)
     python benchmarks/bench_spiketrain_accuracy.py final-strsbp20   # its rows, 3 seeds x 20 epochs
     python benchmarks/bench_spiketrain_accuracy.py final-strsbp40   # seed 0 x 40 epochs, both rules
+    python benchmarks/bench_spiketrain_accuracy.py tune-bins [--only bins8]  # Braille, time-binned input (bins 4/8/16),
+                                                                     # both rules, seed 0 x 20 epochs, validation
     python benchmarks/bench_spiketrain_accuracy.py final [--only braille] [--seeds 3]
     python benchmarks/bench_spiketrain_accuracy.py final --collect   # tabulate stored runs, run nothing
     python benchmarks/bench_spiketrain_accuracy.py tune-mnist        # issue 8: HM2-BP options on MNIST-10k
@@ -461,6 +463,15 @@ FINAL_CNN8 = [
     ("mnist10k CNN 15c5-p2-40c5-p2-300-10 T50, per-unit calibration, BPTT Adam 2e-3 constant, deploy chosen on "
      "validation", "mnist10k", "tune/mnist10k_cnn_neurons_ss.json", "bptt", 2, 3),
 ]
+# Braille with time-binned input (data option ``bins`` K: each of the 24 channels split into K channels, one per
+# sub-window of the 256 steps, ``snn2hw.models.braille.time_bins``), both rules on the same input, 24K-R128-27.
+# The input layer's weight_gain is sqrt(K) (2, 2.83, 4) so that the initial hidden rate matches the 24-channel
+# network's (0.076 per step; with gain 1 it falls to 0.038 / 0.018 / 0.006 at K 4 / 8 / 16). Stage ``tune-bins``
+# (``benchmarks/results/strsbp_braille_bins_tuning.json``): seed 0, 20 epochs, compared on validation accuracy;
+# ST-RSBP with the current 24-channel choice (papers' loss, ``windows: 4``, lr 2e-3) and without windows.
+TUNE_BINS = [
+    ("braille", rule, f"tune/braille_rec128_bins{k}{suffix}.json", 20)
+    for k in (8, 4, 16) for rule, suffix in (("strsbp", "_w4_lr2e-3"), ("bptt", ""), ("strsbp", "_lr2e-3"))]
 KEEP = ("seed", "float_val_accuracy", "float_test_accuracy", "deployed_test_accuracy", "rule_neuron_test_accuracy",
         "time_per_epoch_s", "peak_memory_mb", "best_epoch")
 
@@ -596,7 +607,7 @@ def main(argv=None) -> int:
                                       "final-cnn3", "calib-cnn4", "final-cnn4", "final-cnn4-e1",
                                       "tune-cnn5", "tune-cnn5-paper", "final-cnn5", "final-cnn5-paper",
                                       "tune-cnn6", "final-cnn6", "tune-cnn6-paper", "tune-cnn7", "final-cnn7", "final-cnn8",
-                                      "tune-mnist-e3", "final-mnist-e3", "final-mnist-e6"])
+                                      "tune-mnist-e3", "final-mnist-e3", "final-mnist-e6", "tune-bins"])
     ap.add_argument("--only", default=None, help="final: rows whose label contains this text; tune stages: "
                     "configs whose path contains it")
     ap.add_argument("--seeds", type=int, default=None, help="final: seeds per row (default: the plan's)")
@@ -610,6 +621,8 @@ def main(argv=None) -> int:
         tune(a.rerun, TUNE_STRSBP, "strsbp_braille_tuning", a.only)
     elif a.stage == "tune-strsbp20":
         tune(a.rerun, TUNE_STRSBP20, "strsbp_braille_tuning_e20", a.only, a.collect)
+    elif a.stage == "tune-bins":
+        tune(a.rerun, TUNE_BINS, "strsbp_braille_bins_tuning", a.only, a.collect)
     elif a.stage == "final-strsbp20":
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_STRSBP20, "strsbp_braille_accuracy_e20")
     elif a.stage == "final-strsbp40":
