@@ -25,6 +25,7 @@ stored with every run; a run whose ``results.json`` already exists is read back,
     python benchmarks/bench_spiketrain_accuracy.py final-bins [--only "bins 8"]  # its choice (bins 8) and the runner-up
                                                                      # (bins 4), both rules, 3 seeds x 20 epochs
     python benchmarks/bench_spiketrain_accuracy.py tune-bins-hm2bp   # HM2-BP feed-forward 24K-128-27, K 1/4/8, both rules
+    python benchmarks/bench_spiketrain_accuracy.py final-bins-hm2bp  # its choice (bins 8) and 24 channels, both rules, 3 x 20
     python benchmarks/bench_spiketrain_accuracy.py final [--only braille] [--seeds 3]
     python benchmarks/bench_spiketrain_accuracy.py final --collect   # tabulate stored runs, run nothing
     python benchmarks/bench_spiketrain_accuracy.py tune-mnist        # issue 8: HM2-BP options on MNIST-10k
@@ -503,6 +504,19 @@ FINAL_BINS = [
 # (``benchmarks/results/hm2bp_braille_bins_tuning.json``), seed 0, 20 epochs, validation
 TUNE_BINS_HM2BP = [("braille", rule, f"tune/braille_ff128{'' if k == 1 else f'_bins{k}'}{lr}.json", 20)
                    for k in (4, 1, 8) for rule in ("hm2bp", "bptt") for lr in ("_lr2e-3", "")]
+# stage ``final-bins-hm2bp`` (``benchmarks/results/hm2bp_braille_bins_accuracy.json``): the K chosen by the same rule
+# on ``tune-bins-hm2bp`` (K 8: HM2-BP 98.61, BPTT 100.00 % validation, both at lr 2e-3; K 4: 95.83 / 99.54; K 1: 77.31 /
+# 95.37), each rule at its best learning rate, and the 24-channel input (K 1) as the reference, 3 seeds x 20 epochs
+FINAL_BINS_HM2BP = [
+    ("braille 24x8-128-27 T256 (feed-forward), bins 8, HM2-BP papers' loss, lr 2e-3 (chosen on validation)", "braille",
+     "tune/braille_ff128_bins8_lr2e-3.json", "hm2bp", 20, 3),
+    ("braille 24x8-128-27 T256 (feed-forward), bins 8, BPTT lr 2e-3 (reference)", "braille",
+     "tune/braille_ff128_bins8_lr2e-3.json", "bptt", 20, 3),
+    ("braille 24-128-27 T256 (feed-forward), 24 channels, HM2-BP papers' loss, lr 5e-3", "braille",
+     "tune/braille_ff128.json", "hm2bp", 20, 3),
+    ("braille 24-128-27 T256 (feed-forward), 24 channels, BPTT lr 5e-3 (reference)", "braille",
+     "tune/braille_ff128.json", "bptt", 20, 3),
+]
 KEEP = ("seed", "float_val_accuracy", "float_test_accuracy", "deployed_test_accuracy", "rule_neuron_test_accuracy",
         "time_per_epoch_s", "peak_memory_mb", "best_epoch")
 
@@ -638,7 +652,7 @@ def main(argv=None) -> int:
                                       "final-cnn3", "calib-cnn4", "final-cnn4", "final-cnn4-e1",
                                       "tune-cnn5", "tune-cnn5-paper", "final-cnn5", "final-cnn5-paper",
                                       "tune-cnn6", "final-cnn6", "tune-cnn6-paper", "tune-cnn7", "final-cnn7", "final-cnn8",
-                                      "tune-mnist-e3", "final-mnist-e3", "final-mnist-e6", "tune-bins", "tune-bins-hm2bp", "final-bins"])
+                                      "tune-mnist-e3", "final-mnist-e3", "final-mnist-e6", "tune-bins", "tune-bins-hm2bp", "final-bins", "final-bins-hm2bp"])
     ap.add_argument("--only", default=None, help="final: rows whose label contains this text; tune stages: "
                     "configs whose path contains it")
     ap.add_argument("--seeds", type=int, default=None, help="final: seeds per row (default: the plan's)")
@@ -658,6 +672,8 @@ def main(argv=None) -> int:
         tune(a.rerun, TUNE_BINS_HM2BP, "hm2bp_braille_bins_tuning", a.only, a.collect)
     elif a.stage == "final-bins":
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_BINS, "strsbp_braille_bins_accuracy")
+    elif a.stage == "final-bins-hm2bp":
+        final(a.only, a.seeds, a.rerun, a.collect, FINAL_BINS_HM2BP, "hm2bp_braille_bins_accuracy")
     elif a.stage == "final-strsbp20":
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_STRSBP20, "strsbp_braille_accuracy_e20")
     elif a.stage == "final-strsbp40":
