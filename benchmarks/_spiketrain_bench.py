@@ -121,12 +121,12 @@ def step_profile(argv=None) -> dict:
 
     task = get_task(a.task)
     cfg = read_config(CONFIGS / a.config) if a.config else {}
-    model = build_model(task, cfg.get("model"), 0)
+    model = build_model(task, cfg.get("model"), 0, cfg.get("data"))
     opts = {**default_rule_options(a.rule, a.T), **(cfg.get("rule_options") or {})}
     rule = make_rule(a.rule, **opts)
     rule.setup(model)
     g = torch.Generator().manual_seed(0)
-    x = (torch.rand(a.batch, a.T, task.inputs, generator=g) < 0.1).float()
+    x = (torch.rand(a.batch, a.T, task.input_size(cfg.get("data")), generator=g) < 0.1).float()
     y = torch.randint(0, task.classes, (a.batch,), generator=g)
     loss_fn = task.loss_fn
     times, cpu = [], []

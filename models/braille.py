@@ -18,6 +18,13 @@ Encoding: each recording is resampled linearly to ``STEPS`` steps (recordings di
 and the network needs several steps per sensor sample to integrate), then sigma-delta modulated per
 taxel with threshold ``THRESHOLD`` (in raw sensor units) into ON (reading rose) and OFF (reading
 fell; the taxels read 255 at rest and drop under pressure) channels: 24 binary input channels (``snn2hw.encode.sigma_delta``, ``output="split"``).
+
+Time bins (``bins = K``, default 1 = the encoding above): each of the 24 channels is split into K channels,
+channel ``c * K + k`` carrying channel c's events only during the k-th of K equal sub-windows of the
+steps (step t belongs to sub-window ``t * K // steps``; sizes differ by at most one step when K does
+not divide the steps) and silent elsewhere: 24 * K channels, the same events. The task lives in spike
+timing, so this hands timing to rules that see only spike counts per input channel (a linear probe on
+the 24 channels' counts reaches 47 % validation, on 8 time bins 96 %).
 """
 from __future__ import annotations
 
@@ -54,6 +61,10 @@ _ALLOWED_GLOBALS = frozenset({("numpy.core.multiarray", "_reconstruct"), ("numpy
 
 class BrailleDataError(ValueError):
     """The Braille file is missing, too large, or not the expected structure."""
+
+
+class BrailleOptionError(ValueError):
+    """A bad encoding option (``bins``), naming the option and its limits."""
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -140,10 +151,35 @@ def split_indices(records: list[dict], seed: int = SPLIT_SEED,
     return np.array(sorted(train)), np.array(sorted(test))
 
 
-def encode(records: list[dict], steps: int = STEPS, threshold: float = THRESHOLD) -> torch.Tensor:
-    """Spike trains (samples, steps, 24): ON events in channels 0-11, OFF events in 12-23."""
+def check_bins(bins, steps: int | None) -> int:
+    """``bins`` as an int, or ``BrailleOptionError`` unless it is an integer from 1 to ``steps`` (every
+    sub-window must hold at least one step; ``steps=None``: no upper limit)."""
+    limit = "" if steps is None else f" to steps ({steps})"
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)):
+        raise BrailleOptionError(f"bins must be an integer from 1{limit}, got {bins!r}")
+    if bins < 1 or (steps is not None and bins > steps):
+        raise BrailleOptionError(f"bins must be from 1{limit}, got {bins}")
+    return int(bins)
+
+
+def time_bins(x: torch.Tensor, bins: int) -> torch.Tensor:
+    """(samples, steps, C) -> (samples, steps, C * bins): channel ``c * bins + k`` carries channel c's events
+    during the steps t with ``t * bins // steps == k`` and is silent elsewhere. ``bins = 1`` returns ``x``."""
+    n, steps, c = x.shape
+    bins = check_bins(bins, steps)
+    if bins == 1:
+        return x
+    which = torch.arange(steps) * bins // steps  # the sub-window of each step
+    mask = torch.nn.functional.one_hot(which, bins).to(x.dtype)  # (steps, bins)
+    return (x.unsqueeze(-1) * mask[None, :, None, :]).reshape(n, steps, c * bins)
+
+
+def encode(records: list[dict], steps: int = STEPS, threshold: float = THRESHOLD, bins: int = 1) -> torch.Tensor:
+    """Spike trains (samples, steps, 24 * bins): ON events in channels 0-11, OFF events in 12-23, each split
+    into ``bins`` time-bin channels (``time_bins``) when ``bins > 1``."""
+    bins = check_bins(bins, steps)
     series = torch.stack([resample(torch.from_numpy(r["taxel_data"]).float().unsqueeze(0), steps)[0] for r in records])
-    return sigma_delta(series, threshold, output="split", max_events=1)
+    return time_bins(sigma_delta(series, threshold, output="split", max_events=1), bins)
 
 
 def validation_split(y: torch.Tensor, fraction: float = 0.2, seed: int = SPLIT_SEED) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,26 +201,29 @@ def labels(records: list[dict]) -> torch.Tensor:
     return torch.tensor([LETTERS.index(r["letter"]) for r in records], dtype=torch.long)
 
 
-def load(path: str | os.PathLike | None = None, steps: int = STEPS,
-         threshold: float = THRESHOLD) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x_train, y_train, x_test, y_test): spike trains (samples, steps, 24) float32 and letter indices."""
+def load(path: str | os.PathLike | None = None, steps: int = STEPS, threshold: float = THRESHOLD,
+         bins: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_train, y_train, x_test, y_test): spike trains (samples, steps, 24 * bins) float32 and letter indices."""
+    bins = check_bins(bins, steps)  # before reading the file
     records = read_recordings(path)
     tr, te = split_indices(records)
     rec_tr, rec_te = [records[i] for i in tr], [records[i] for i in te]
-    return encode(rec_tr, steps, threshold), labels(rec_tr), encode(rec_te, steps, threshold), labels(rec_te)
+    return (encode(rec_tr, steps, threshold, bins), labels(rec_tr), encode(rec_te, steps, threshold, bins),
+            labels(rec_te))
 
 
-def build_model(seed: int = 0, hidden: int = HIDDEN, recurrent: bool = True) -> SpikingSequential:
-    """24 inputs -> ``hidden`` recurrent CUBA-LIF -> 27 CUBA-LIF outputs (the class is the most active output).
+def build_model(seed: int = 0, hidden: int = HIDDEN, recurrent: bool = True, bins: int = 1) -> SpikingSequential:
+    """24 * ``bins`` inputs -> ``hidden`` recurrent CUBA-LIF -> 27 CUBA-LIF outputs (the class is the most active output).
 
     The hidden layer is a ``RecurrentLIFDense`` (all-to-all recurrent projection, one-step hop like the
     input one), as in the published recurrent Braille network; ``recurrent=False`` gives the
     feed-forward variant. The hidden layer is built in ``_hidden_layer``.
     """
+    bins = check_bins(bins, None)
     torch.manual_seed(seed)
     # A small output gain: with 256 steps, outputs driven at full gain fire ~40 of 256 steps from the
     # start and the count softmax saturates; at 0.5 they start near 10-20 spikes.
-    return SpikingSequential([_hidden_layer(2 * TAXELS, hidden, recurrent),
+    return SpikingSequential([_hidden_layer(2 * TAXELS * bins, hidden, recurrent),
                               LIFDense(hidden, len(LETTERS), du=0.2, dv=0.1, v_th=1.0, weight_gain=0.5)])
 
 

@@ -10,8 +10,10 @@ digits     scikit-learn digits; its 1,437/360 train/test split,     64-128-10, r
            the last 20 % of train (stratified, seed 0) validates:   over ``steps`` (default 60)
            1,149 / 288 / 360
 braille    Braille letters (``../shared/data/braille``); its        24-R128-27 (recurrent hidden),
-           1,080/270 split, 20 % of train (stratified, seed 0)      256 steps of sigma-delta events
-           validates: 864 / 216 / 270
+           1,080/270 split, 20 % of train (stratified, seed 0)      256 steps of sigma-delta events;
+           validates: 864 / 216 / 270                               ``bins`` K (default 1) splits each
+                                                                    channel into K time-bin channels:
+                                                                    24K inputs (``braille.time_bins``)
 mnist10k   the MNIST test set (``../shared/data/mnist-10k``),       784-800-10, regular-rate input
            images 0-6999 / 7000-7999 / 8000-9999                    (``max_rate`` 0.2) over ``steps``
                                                                     (default 100), encoded per batch
@@ -76,9 +78,11 @@ class Task:
     trainer_defaults: dict
     loader: Callable[[dict], dict] = field(repr=False)
     count_scale: float = 0.1  # BPTT's count cross-entropy: logits = count_scale * counts
+    # the input width for given data options, where they change it (else ``inputs``); raises TaskConfigError
+    width: Callable[[dict], int] | None = field(default=None, repr=False)
 
-    def load(self, data: dict | None = None) -> dict:
-        """{"train": (x, y), "val": (x, y), "test": (x, y)}; x spike tensors or ``EncodedImages``."""
+    def options(self, data: dict | None = None) -> dict:
+        """The data options over the defaults, checked (unknown keys, steps, and the width's options)."""
         opts = {**self.data_defaults, **(data or {})}
         unknown = set(opts) - set(self.data_defaults)
         if unknown:
@@ -87,7 +91,17 @@ class Task:
         steps = opts.get("steps", 1)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
             raise TaskConfigError(f"task {self.name!r}: steps must be an integer >= 2, got {steps!r}")
-        return self.loader(opts)
+        if self.width is not None:
+            self.width(opts)
+        return opts
+
+    def load(self, data: dict | None = None) -> dict:
+        """{"train": (x, y), "val": (x, y), "test": (x, y)}; x spike tensors or ``EncodedImages``."""
+        return self.loader(self.options(data))
+
+    def input_size(self, data: dict | None = None) -> int:
+        """The number of input channels with these data options (the model's input width)."""
+        return self.inputs if self.width is None else self.width(self.options(data))
 
     def steps(self, data: dict | None = None) -> int:
         return int({**self.data_defaults, **(data or {})}["steps"])
@@ -125,10 +139,19 @@ def _load_digits(opts: dict) -> dict:
     return {"train": train, "val": val, "test": (x_te, y_te)}
 
 
+def _braille_width(opts: dict) -> int:
+    from snn2hw.models import braille
+
+    try:
+        return 2 * braille.TAXELS * braille.check_bins(opts["bins"], int(opts["steps"]))
+    except braille.BrailleOptionError as exc:
+        raise TaskConfigError(f"task 'braille': data option {exc}") from None
+
+
 def _load_braille(opts: dict) -> dict:
     from snn2hw.models import braille
 
-    x_tr, y_tr, x_te, y_te = braille.load(opts.get("path"), steps=int(opts["steps"]))
+    x_tr, y_tr, x_te, y_te = braille.load(opts.get("path"), steps=int(opts["steps"]), bins=opts["bins"])
     train, val = _split_train(x_tr, y_tr)
     return {"train": train, "val": val, "test": (x_te, y_te)}
 
@@ -149,11 +172,11 @@ TASKS: dict[str, Task] = {
                                    "weight_gain": 3.0, "output_gain": 1.0},
                    {"epochs": 30, "batch_size": 32, "lr": 5e-3, "optimizer": "adam"}, _load_digits),
     "braille": Task("braille", 27, 24, (1, 1, 24), "Braille letters, 864/216/270 train/val/test",
-                    {"steps": 256, "path": None},
+                    {"steps": 256, "bins": 1, "path": None},
                     {"hidden": [128], "recurrent": True, "neuron": {"du": 0.2, "dv": 0.1, "v_th": 1.0},
                      "weight_gain": 1.0, "output_gain": 0.5, "rec_gain": 0.2, "rec_weight_scale": 0.05},
                     {"epochs": 40, "batch_size": 32, "lr": 5e-3, "optimizer": "adam", "scheduler": "cosine"},
-                    _load_braille),
+                    _load_braille, width=_braille_width),
     "mnist10k": Task("mnist10k", 10, 784, (1, 28, 28), "MNIST test set, 7000/1000/2000 train/val/test",
                      {"steps": 100, "max_rate": 0.2, "path": None},
                      {"hidden": [800], "neuron": {"du": 0.25, "dv": 0.1, "v_th": 1.0}, "weight_gain": 3.0,
@@ -172,8 +195,9 @@ _SPEC_KEYS = {"layers", "hidden", "recurrent", "conv", "neuron", "weight_gain", 
               "rec_weight_scale", "pool_v_th"}
 
 
-def build_model(task: Task, spec: dict | None = None, seed: int = 0) -> SpikingSequential:
-    """The task's network from a model spec (merged over the task's defaults; see the module docstring)."""
+def build_model(task: Task, spec: dict | None = None, seed: int = 0, data: dict | None = None) -> SpikingSequential:
+    """The task's network from a model spec (merged over the task's defaults; see the module docstring), for
+    input of the task's data options ``data`` (their input width, e.g. braille's ``bins``)."""
     spec = dict(spec or {})
     unknown = set(spec) - _SPEC_KEYS
     if unknown:
@@ -204,8 +228,9 @@ def _short_form(task: Task, spec: dict) -> SpikingSequential:
         raise TaskConfigError(f"model spec: 'recurrent' has {len(rec)} flags for {len(hidden)} hidden layers")
     gain = float(s.get("weight_gain", 1.0))
     layers: list = []
-    n = task.inputs
-    shape = tuple(task.input_shape)
+    n = task.input_size(data)
+    # a width changed by the data options is a flat row of channels
+    shape = tuple(task.input_shape) if n == task.inputs else (1, 1, n)
     for item in s.get("conv") or []:
         if isinstance(item, str) and item.startswith("p") and item[1:].isdigit():
             pool = SumPoolLIF(shape, int(item[1:]), du=neuron["du"], dv=neuron["dv"],

@@ -234,7 +234,7 @@ def train_task(task: str, rule: str = "bptt", config: dict | None = None, epochs
     rule_options = {**default_rule_options(rule, steps), **(setup.rule_options if setup else {}),
                     **config.get("rule_options", {})}
     rule_obj = make_rule(rule, **rule_options)
-    model = setup.model if setup else build_model(t, config.get("model"), seed)
+    model = setup.model if setup else build_model(t, config.get("model"), seed, config.get("data"))
     dev = torch.device(device) if device else torch.device("cpu")
     model.to(dev)
     tcfg = {**t.trainer_defaults, **(setup.trainer if setup else {}), **config.get("trainer", {})}
@@ -271,6 +271,7 @@ def train_task(task: str, rule: str = "bptt", config: dict | None = None, epochs
     x_te, y_te = _split_xy(data["test"])
     results = {
         "task": task, "rule": rule_obj.describe(), "seed": seed, "epochs": cfg.epochs, "steps": steps,
+        "data": dict(config.get("data") or {}),
         "model": model.config(), "model_spec": config.get("model") or t.model_defaults,
         "trainer": {k: v for k, v in tcfg.items()},
         **(_scores(setup, model, (x_val, y_val), (x_te, y_te), dev) if setup else {
