@@ -209,14 +209,14 @@ def build_model(task: Task, spec: dict | None = None, seed: int = 0, data: dict 
         except (TypeError, ValueError, KeyError) as exc:
             raise TaskConfigError(f"model spec 'layers': {exc}") from None
     try:
-        return _short_form(task, spec)
+        return _short_form(task, spec, data)
     except TaskConfigError:
         raise
     except (TypeError, ValueError) as exc:  # a value the layers refuse (v_th <= 0, "a" for a size, ...)
         raise TaskConfigError(f"model spec: {exc}") from None
 
 
-def _short_form(task: Task, spec: dict) -> SpikingSequential:
+def _short_form(task: Task, spec: dict, data: dict | None) -> SpikingSequential:
     s = {**task.model_defaults, **spec}
     neuron = {"du": 0.2, "dv": 0.1, "v_th": 1.0, **dict(s.get("neuron") or {})}
     if set(neuron) - {"du", "dv", "v_th", "bias"}:
