@@ -43,7 +43,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sweep_spiketrain_models import build as build_from_layers  # noqa: E402
-from sweep_spiketrain_models import close, loss_fn, no_numba, random_case  # noqa: E402
+from sweep_spiketrain_models import close, data, loss_fn, no_numba, random_case  # noqa: E402
 
 from snn2hw.learning import LearningRuleError, make_rule  # noqa: E402
 from snn2hw.nn.gated import GatedQIF  # noqa: E402
@@ -161,14 +161,6 @@ def build(case: dict):
         from snn2hw.quantize import QuantConfig
         net.set_qat(QuantConfig())
     return net
-
-
-def data(case: dict):
-    g = torch.Generator().manual_seed(case["seed"])
-    dtype = getattr(torch, case["dtype"])
-    x = (torch.rand(case["batch"], case["steps"], case["in_features"], generator=g) < case["density"]).to(dtype)
-    y = torch.randint(0, case["classes"], (case["batch"],), generator=g)
-    return x, y
 
 
 def _loss(rule):
