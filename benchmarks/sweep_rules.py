@@ -26,7 +26,6 @@ prints one line per failing (case, rule, check) with the case, and a summary by 
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import io
@@ -43,7 +42,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sweep_spiketrain_models import build as build_from_layers  # noqa: E402
-from sweep_spiketrain_models import close, data, loss_fn, no_numba, random_case  # noqa: E402
+from sweep_spiketrain_models import close, data, loss_fn, no_numba, random_case, sweep_parser  # noqa: E402
 
 from snn2hw.learning import LearningRuleError, make_rule  # noqa: E402
 from snn2hw.nn.gated import GatedQIF  # noqa: E402
@@ -356,12 +355,7 @@ def run_pair(case: dict, rule: str, deploy: bool, log, stats: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cases", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rules", default=",".join(RULES))
-    ap.add_argument("--deploy-every", type=int, default=10)
-    ap.add_argument("--only", type=int, default=None, help="run case number ONLY alone")
+    ap = sweep_parser(__doc__.split("\n")[0], RULES)
     ap.add_argument("--timing", action="store_true", help="print each pair's seconds to stderr")
     ap.add_argument("--qat", action="store_true", help="put 15 %% of the cases in quantization-aware mode")
     args = ap.parse_args(argv)

@@ -187,19 +187,7 @@ def as_dense_net(net: SpikingSequential):
     layers, kernels = [], []
     for layer in net.layers:
         if isinstance(layer, (ConvLIF, SumPoolLIF)):
-            dtype = layer._hop_weight().dtype
-            kernel = layer._hop_weight().detach().clone().requires_grad_(isinstance(layer, ConvLIF))
-            matrix = layer._current(torch.eye(layer.in_features, dtype=dtype).unsqueeze(0), kernel)[0].t()
-            dense = LIFDense(layer.in_features, matrix.shape[0], du=float(layer.du), dv=float(layer.dv),
-                             v_th=layer.v_th, bias=layer.bias is not None).to(dtype)
-            with torch.no_grad():
-                dense.weight.copy_(matrix)
-                dense.du.copy_(layer.du)
-                dense.dv.copy_(layer.dv)
-                if dense.bias is not None:
-                    dense.bias.copy_(layer.neuron_bias())
-            if isinstance(layer, SumPoolLIF):
-                dense.weight.requires_grad_(False)
+            dense, kernel, matrix = layer.dense_equivalent()
             layers.append(dense)
             kernels.append((layer, kernel, matrix, dense))
         elif isinstance(layer, (Flatten, Dropout)):
@@ -338,14 +326,19 @@ def run_case(case: dict, rules, deploy: bool, log, checked: dict) -> dict:
     return counts
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def sweep_parser(description: str, rules: tuple) -> argparse.ArgumentParser:
+    """The options every sweep takes: how many cases, the seed, which rules, how often to fit and deploy."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--cases", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rules", default=",".join(RULES))
+    ap.add_argument("--rules", default=",".join(rules))
     ap.add_argument("--deploy-every", type=int, default=10)
     ap.add_argument("--only", type=int, default=None, help="run case number ONLY alone")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = sweep_parser(__doc__.split("\n")[0], RULES).parse_args(argv)
     torch.set_num_threads(1)
     r = random.Random(args.seed)
     total = {"ok": 0, "refused": 0, "fail": 0}

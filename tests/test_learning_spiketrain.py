@@ -598,25 +598,6 @@ def test_coefficient_sum_both_forms(shape):
     torch.testing.assert_close(out, 1 + torch.einsum("bi,bij->ij", c, e), rtol=1e-12, atol=1e-12)
 
 
-def _as_dense(layer, dtype=D):
-    """The dense ``LIFDense`` equivalent of a conv or pool layer (the hop as a matrix, the same neuron) and that
-    matrix as a function of the conv kernel (a leaf requiring grad), for the kernel's gradient by the chain rule."""
-    n_in = layer.in_features
-    kernel = layer._hop_weight().detach().clone().requires_grad_(isinstance(layer, ConvLIF))
-    matrix = layer._current(torch.eye(n_in, dtype=dtype).unsqueeze(0), kernel)[0].t()  # (N_out, N_in)
-    dense = LIFDense(n_in, matrix.shape[0], du=float(layer.du), dv=float(layer.dv), v_th=layer.v_th,
-                     bias=getattr(layer, "bias", None) is not None).to(dtype)
-    with torch.no_grad():
-        dense.weight.copy_(matrix)
-        dense.du.copy_(layer.du)
-        dense.dv.copy_(layer.dv)
-        if dense.bias is not None:
-            dense.bias.copy_(layer.neuron_bias())
-    if isinstance(layer, SumPoolLIF):
-        dense.weight.requires_grad_(False)  # the pool's kernel is fixed
-    return dense, kernel, matrix
-
-
 @pytest.mark.parametrize("rule_name,bias,chunk_bytes", [("hm2bp", False, 0), ("hm2bp", True, 4 << 20),
                                                         ("strsbp", False, 4 << 20)])
 def test_conv_pool_stack_equals_equivalent_dense_stack(monkeypatch, rule_name, bias, chunk_bytes):
@@ -632,7 +613,7 @@ def test_conv_pool_stack_equals_equivalent_dense_stack(monkeypatch, rule_name, b
     dense_layers, kernels = [], []
     for layer in net.layers:
         if isinstance(layer, (ConvLIF, SumPoolLIF)):
-            dense, kernel, matrix = _as_dense(layer)
+            dense, kernel, matrix = layer.dense_equivalent(D)
             dense_layers.append(dense)
             kernels.append((layer, kernel, matrix))
         elif isinstance(layer, LIFDense):

@@ -15,7 +15,6 @@ from snn2hw.nn.conv import ConvLIF, Flatten, SumPoolLIF
 from snn2hw.nn.layers import LIFDense, RecurrentLIFDense, SpikingSequential
 from snn2hw.train.losses import count_cross_entropy
 
-from test_learning_spiketrain import _as_dense as layer_as_dense  # tests/ is on sys.path, as for test_differential
 
 D = torch.float64
 
@@ -149,7 +148,7 @@ def _as_dense(net):
     layers, twins = [], []
     for layer in net.layers:
         if isinstance(layer, (ConvLIF, SumPoolLIF)):
-            dense, kernel, matrix = layer_as_dense(layer, D)
+            dense, kernel, matrix = layer.dense_equivalent(D)
             layers.append(dense)
             twins.append((layer, kernel, matrix, dense))
         elif isinstance(layer, LIFDense):

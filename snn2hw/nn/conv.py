@@ -175,6 +175,28 @@ class _ConvHop(HopLIF):
                                          dilation=self.dilation, groups=self.groups)
         return out.reshape(batch, steps, self.out_features)  # not -1: a block of 0 steps is (batch, 0, N)
 
+    def dense_equivalent(self, dtype: torch.dtype | None = None):
+        """(``LIFDense`` twin, kernel leaf, matrix): the layer with its hop written as an (N_out, N_in) matrix and the
+        same neuron, the kernel as a leaf (requiring grad for a conv, fixed for a pool) and the matrix as a function
+        of it, so a gradient of the twin's weight gives the kernel's by the chain rule. For cross-checking rules and
+        paths on conv/pool networks against dense ones."""
+        from snn2hw.nn.layers import LIFDense  # layers imports this module at its end
+
+        dtype = dtype or self._hop_weight().dtype
+        kernel = self._hop_weight().detach().clone().requires_grad_(isinstance(self, ConvLIF))
+        matrix = self._current(torch.eye(self.in_features, dtype=dtype).unsqueeze(0), kernel)[0].t()
+        dense = LIFDense(self.in_features, matrix.shape[0], du=float(self.du), dv=float(self.dv), v_th=self.v_th,
+                         bias=getattr(self, "bias", None) is not None).to(dtype)
+        with torch.no_grad():
+            dense.weight.copy_(matrix)
+            dense.du.copy_(self.du)
+            dense.dv.copy_(self.dv)
+            if dense.bias is not None:
+                dense.bias.copy_(self.neuron_bias())
+        if isinstance(self, SumPoolLIF):
+            dense.weight.requires_grad_(False)  # the pool's kernel is fixed
+        return dense, kernel, matrix
+
     def _int_current(self, s_in: torch.Tensor, qproj) -> torch.Tensor:
         """Lava Conv's output, as the simulator computes it (binary spikes: any non-zero payload is a spike)."""
         batch, steps = s_in.shape[:2]
