@@ -29,8 +29,7 @@ from snn2hw.learning.base import (BatchResult, LearningRule, LearningRuleError, 
                                   register_rule)
 from snn2hw.learning.online import accumulate_into_grads, run_online
 from snn2hw.learning.stack import (check_float_weights_only, check_forward_kwargs, check_rate_options, check_window,
-                                   dense_stack,
-                                   error_of, hops_to_output, load_matrices, random_matrix, rate_error)
+                                   dense_stack, error_of, hops_to_output, load_matrices, random_matrix, rate_error)
 
 __all__ = ["EProp", "Decolle", "symmetric_feedback"]
 
