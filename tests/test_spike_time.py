@@ -16,9 +16,9 @@ from snn2hw.nn.layers import RecurrentLIFDense, SpikingSequential
 from snn2hw.train.trainer import Trainer, TrainerConfig
 
 
-def _model(hidden=16, seed=0, dtype=torch.float64):
+def _model(hidden=16, seed=0, dtype=torch.float64, du=0.1, dv=0.05):
     torch.manual_seed(seed)
-    m = SpikingSequential.build([5, hidden, 3], du=0.1, dv=0.05, v_th=1.0)
+    m = SpikingSequential.build([5, hidden, 3], du=du, dv=dv, v_th=1.0)
     with torch.no_grad():
         m.layers[0].weight.normal_(0.06, 0.1)
         m.layers[1].weight.normal_(0.03, 0.05)
@@ -29,11 +29,12 @@ def _finite(t):
     return torch.nan_to_num(t, posinf=0.0)
 
 
-def test_layer_spike_times_match_finite_differences_in_weights_and_input_times():
+@pytest.mark.parametrize("beta", [0.95, 0.9, 0.9 + 1e-9, 1.0])  # equal and nearly equal decays, no membrane leak
+def test_layer_spike_times_match_finite_differences_in_weights_and_input_times(beta):
     g = torch.Generator().manual_seed(0)
     t_in = (torch.rand(4, 6, generator=g, dtype=torch.float64) * 20).requires_grad_(True)
     w = (torch.rand(5, 6, generator=g, dtype=torch.float64) * 0.3).requires_grad_(True)
-    args = dict(alpha=0.9, beta=0.95, v_th=1.0, window=64.0)
+    args = dict(alpha=0.9, beta=beta, v_th=1.0, window=64.0)
     t, _ = layer_first_spike_times(t_in, w, **args)
     assert torch.isfinite(t).sum() >= 10
     _finite(t).sum().backward()
@@ -73,8 +74,31 @@ def test_network_spike_times_match_finite_differences_through_hidden_times():
     assert checked == 6
 
 
-def test_relaxation_spikes_are_the_single_spike_networks_spikes():
-    m = single_spike(_model(hidden=24, dtype=torch.float32))
+def test_psp_kernel_is_the_discrete_neurons_response():
+    """kappa(n) at integer n is the membrane of the discrete CUBA-LIF after one unit input spike, also for
+    du == dv (the limit form) and for decays a rounding apart (where the plain difference of powers cancels)."""
+    from snn2hw.learning.spike_time import _kappa, _kappa_dt
+
+    n = torch.arange(0, 60, dtype=torch.float64)
+    for du, dv in ((0.1, 0.05), (0.1, 0.1), (0.25, 0.25), (0.1, 0.1 + 1e-12), (0.2, 0.0)):
+        alpha, beta = 1.0 - du, 1.0 - dv
+        u = v = 0.0
+        ref = []
+        for t in range(60):  # the spike left at step 0 arrives at step 1 (one-step hop)
+            u = alpha * u + (1.0 if t == 1 else 0.0)
+            v = beta * v + u
+            ref.append(v)
+        got = _kappa(n, alpha, beta)
+        # the membrane at step t is kappa(t) (the one-step hop delays the spike by one step)
+        assert torch.allclose(got[1:], torch.tensor(ref[1:], dtype=torch.float64), rtol=1e-9, atol=1e-12), (du, dv)
+        h = 1e-5
+        slope = (_kappa(n + h, alpha, beta) - _kappa(n - h, alpha, beta)) / (2 * h)
+        assert torch.allclose(_kappa_dt(n[1:], alpha, beta), slope[1:], rtol=1e-6, atol=1e-9), (du, dv)
+
+
+@pytest.mark.parametrize("du,dv", [(0.1, 0.05), (0.1, 0.1)])
+def test_relaxation_spikes_are_the_single_spike_networks_spikes(du, dv):
+    m = single_spike(_model(hidden=24, dtype=torch.float32, du=du, dv=dv))
     assert isinstance(m.layers[0], RecurrentLIFDense)
     x, _ = Y.load("val", size=64)
     times = network_first_spike_times(m, x)

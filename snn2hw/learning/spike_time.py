@@ -6,6 +6,7 @@ that left its source at step ``k`` gives, before any reset, exactly
 
     v[t] = w kappa(t - k),       kappa(n) = (alpha**n - beta**n) / (alpha - beta)      (n >= 0)
 
+(``n alpha**(n - 1)`` when ``alpha == beta``, the limit of the same formula)
 and the bias adds ``bias (1 - beta**(t+1)) / (1 - beta)``. Read with a real ``n``, kappa is the
 continuous-time PSP of the same neuron, so the membrane before the first spike,
 ``V_i(t) = sum_j w_ij kappa(t - t_j) + bias term``, is a smooth function of time, weights and input
@@ -44,13 +45,23 @@ __all__ = ["SpikeTimeGradient", "single_spike", "first_spike_steps", "layer_firs
 
 
 def _kappa(tau: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
-    la, lb = math.log(alpha), math.log(beta)
-    return (torch.exp(tau * la) - torch.exp(tau * lb)) / (alpha - beta)
+    # (alpha**n - beta**n) / (alpha - beta) written as beta**n expm1(n (ln alpha - ln beta)) / (alpha - beta):
+    # the difference of two nearly equal powers would lose every digit as alpha -> beta, this form does not, and
+    # alpha == beta takes the limit n alpha**(n - 1)
+    lb = math.log(beta)
+    if alpha == beta:
+        return tau * torch.exp((tau - 1.0) * lb)
+    d = math.log1p((alpha - beta) / beta)  # ln(alpha / beta) from the exact difference, not two rounded logs
+    return torch.exp(tau * lb) * torch.expm1(tau * d) / (alpha - beta)
 
 
 def _kappa_dt(tau: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
-    la, lb = math.log(alpha), math.log(beta)
-    return (la * torch.exp(tau * la) - lb * torch.exp(tau * lb)) / (alpha - beta)
+    # d kappa / d n in the same cancellation-free form; the limit alpha == beta is alpha**(n - 1) (1 + n ln alpha)
+    lb = math.log(beta)
+    if alpha == beta:
+        return torch.exp((tau - 1.0) * lb) * (1.0 + tau * lb)
+    d = math.log1p((alpha - beta) / beta)
+    return torch.exp(tau * lb) * (lb * torch.expm1(tau * d) + d * torch.exp(tau * d)) / (alpha - beta)
 
 
 def _bias_term(t: torch.Tensor, bias: torch.Tensor | None, beta: float):
@@ -142,8 +153,8 @@ def _layer_args(layer) -> tuple[float, float, float]:
         raise LearningRuleError(f"rule 'spike-time' trains stacks of LIFDense layers (or RecurrentLIFDense with only "
                                 f"self-inhibition, see single_spike); got {type(layer).__name__}")
     alpha, beta = 1.0 - float(layer.du.clamp(0, 1)), 1.0 - float(layer.dv.clamp(0, 1))
-    if not (0.0 < alpha < 1.0 and 0.0 < beta <= 1.0) or abs(alpha - beta) < 1e-6:
-        raise LearningRuleError(f"rule 'spike-time': layer needs 0 < du < 1, 0 <= dv < 1 and du != dv "
+    if not (0.0 < alpha < 1.0 and 0.0 < beta <= 1.0):
+        raise LearningRuleError(f"rule 'spike-time': layer needs 0 < du < 1 and 0 <= dv < 1 "
                                 f"(got du={1 - alpha}, dv={1 - beta})")
     return alpha, beta, layer.v_th
 
