@@ -177,7 +177,8 @@ CLI_CONFIGS = [
     ("eprop", {"rule_options": {"align_delays": "false"}}, "align_delays"),
     ("decolle", {"rule_options": {"readout_scale": "big"}}, "readout_scale"),
     ("bptt", {"trainer": {"lr": "fast"}}, "lr"),
-    ("bptt", {"trainer": {"lr": -1.0}}, "learning rate"),
+    ("bptt", {"trainer": {"lr": -1.0}}, "lr must be a finite number > 0"),
+    ("bptt", {"trainer": {"lr": 1e-3, "scheduler": "cosine", "min_lr": 1e-2}}, "min_lr"),
     ("bptt", {"data": {"steps": "ten"}}, "steps"),
     ("bptt", {"data": {"steps": 2}}, "T = 2 steps"),
     ("eprop", {"model": {"conv": [[4, 3]]}}, "ConvLIF"),
@@ -254,7 +255,11 @@ def test_spike_time_refuses_forward_options_it_would_ignore():
                                             ({"calibrate_fold": "all"}, "calibrate_fold"),
                                             ({"betas": (0.9,)}, "betas"), ({"grad_clip": -1.0}, "grad_clip"),
                                             ({"eval_batch_size": 0}, "eval_batch_size"),
-                                            ({"step_size": 0}, "step_size")])
+                                            ({"step_size": 0}, "step_size"), ({"lr": 0.0}, "lr must be"),
+                                            ({"lr": float("nan")}, "lr must be"), ({"lr": True}, "lr must be"),
+                                            ({"min_lr": -1e-4}, "min_lr"), ({"lr": 1e-3, "min_lr": 2e-3}, "min_lr"),
+                                            ({"gamma": 0.0}, "gamma"), ({"gamma": 1.5}, "gamma"),
+                                            ({"gamma": float("inf")}, "gamma")])
 def test_trainer_refuses_bad_options_when_built(options, needle):
     """Checked in Trainer(...), not at fit's first step: ``snn2hw train`` refuses them before writing anything
     (a rate of 2.0 went on to calibrate_thresholds' CalibrationError inside fit, one beta to torch's IndexError:

@@ -104,6 +104,10 @@ def _default_loss(output: Any, y: torch.Tensor) -> torch.Tensor:
     return count_cross_entropy(final_output(output), y)
 
 
+def _finite_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def _check_calibration_options(c: "TrainerConfig") -> None:
     from snn2hw.nn.calibrate import FOLDS
 
@@ -225,6 +229,12 @@ class Trainer:
             raise ValueError(f"eval_batch_size and step_size must be >= 1, got {c.eval_batch_size}, {c.step_size}")
         if c.grad_clip is not None and not c.grad_clip > 0:  # a negative norm flips the gradients' sign in torch
             raise ValueError(f"grad_clip must be > 0 or None, got {c.grad_clip!r}")
+        if not (_finite_number(c.lr) and c.lr > 0):  # lr 0 would train nothing
+            raise ValueError(f"lr must be a finite number > 0, got {c.lr!r}")
+        if not (_finite_number(c.min_lr) and 0 <= c.min_lr <= c.lr):
+            raise ValueError(f"min_lr (the schedules' end) must lie in [0, lr = {c.lr}], got {c.min_lr!r}")
+        if not (_finite_number(c.gamma) and 0 < c.gamma <= 1):
+            raise ValueError(f"gamma (the step schedule's factor) must lie in (0, 1], got {c.gamma!r}")
         if len(tuple(c.betas)) != 2:  # torch indexes betas[1] (IndexError for one value)
             raise ValueError(f"betas must be two numbers (beta1, beta2), got {c.betas!r}")
         _check_calibration_options(c)  # here, not at fit's first step: a bad config is refused before any work
