@@ -205,15 +205,34 @@ def build_model(task: Task, spec: dict | None = None, seed: int = 0, data: dict 
     torch.manual_seed(seed)
     if "layers" in spec:
         try:
-            return SpikingSequential.from_config({"layers": spec["layers"]})
+            model = SpikingSequential.from_config({"layers": spec["layers"]})
         except (TypeError, ValueError, KeyError) as exc:
             raise TaskConfigError(f"model spec 'layers': {exc}") from None
+        _check_layers_fit_task(model, task, data)
+        return model
     try:
         return _short_form(task, spec, data)
     except TaskConfigError:
         raise
     except (TypeError, ValueError) as exc:  # a value the layers refuse (v_th <= 0, "a" for a size, ...)
         raise TaskConfigError(f"model spec: {exc}") from None
+
+
+def _check_layers_fit_task(model: SpikingSequential, task: Task, data: dict | None) -> None:
+    """A ``"layers"`` spec states its widths itself: they must be the task's (the input width follows the data
+    options, e.g. braille's ``bins``), or training fails later inside a matrix product."""
+    sized = [layer for layer in model.layers if hasattr(layer, "in_features")]
+    if not sized:
+        return
+    n_in, n_out = int(sized[0].in_features), int(sized[-1].out_features)
+    want = task.input_size(data)
+    if n_in != want:
+        opts = {k: v for k, v in (data or {}).items() if k != "path"}
+        raise TaskConfigError(f"model spec 'layers': the first layer takes {n_in} inputs, but task {task.name!r}"
+                              f"{' with data options ' + str(opts) if opts else ''} gives {want}")
+    if n_out < task.classes:
+        raise TaskConfigError(f"model spec 'layers': the last layer has {n_out} outputs, fewer than the "
+                              f"{task.classes} classes of task {task.name!r}")
 
 
 def _short_form(task: Task, spec: dict, data: dict | None) -> SpikingSequential:

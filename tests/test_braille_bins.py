@@ -98,3 +98,20 @@ def test_train_braille_with_bins_end_to_end(tmp_path, monkeypatch, capsys):
     assert cli.main(["train", "--task", "braille", "--config", str(path), "--epochs", "1", "--quiet",
                      "--out", str(tmp_path / "bad")]) == 2
     assert "data option bins must be from 1 to steps (16), got 17" in capsys.readouterr().err
+
+
+def test_layers_spec_must_fit_the_task_width():
+    """A ``"layers"`` spec states its widths itself: one built for the 24 channels, used with ``bins: 4``, was only
+    refused inside training's first matrix product."""
+    task = get_task("braille")
+
+    def spec(n_in, n_out=27):
+        return {"layers": [{"layer": "LIFDense", "in_features": n_in, "out_features": 8},
+                           {"layer": "LIFDense", "in_features": 8, "out_features": n_out}]}
+
+    with pytest.raises(TaskConfigError, match=r"first layer takes 24 inputs.*\{'bins': 4\} gives 96"):
+        build_model(task, spec(24), data={"bins": 4})
+    assert build_model(task, spec(96), data={"bins": 4}).layers[0].in_features == 96
+    assert build_model(task, spec(24)).layers[0].in_features == 24
+    with pytest.raises(TaskConfigError, match="last layer has 10 outputs, fewer than the 27 classes of task 'braille'"):
+        build_model(task, spec(24, 10))
