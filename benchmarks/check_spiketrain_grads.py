@@ -71,9 +71,9 @@ def gradients() -> dict:
                 for set_name, attrs in SETTINGS.items():
                     if opts is None and set_name != "default":
                         continue
-                    model = build_model(task, cfg.get("model"), 0)
+                    model = build_model(task, cfg.get("model"), 0, cfg.get("data"))
                     g = torch.Generator().manual_seed(0)
-                    x = (torch.rand(batch, steps, task.inputs, generator=g) < 0.15).float()
+                    x = (torch.rand(batch, steps, task.input_size(cfg.get("data")), generator=g) < 0.15).float()
                     y = torch.randint(0, task.classes, (batch,), generator=g)
                     extra = dict(opts or {})
                     if rule_name == "strsbp" and opt_name == "task-bounds-rate":

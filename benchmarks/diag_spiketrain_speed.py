@@ -156,9 +156,10 @@ def build(task_name: str, config: str, rules: list, steps: int, batch: int):
     torch.set_num_threads(1)
     task = get_task(task_name)
     cfg = read_config(CONFIGS / config)
-    model = build_model(task, cfg.get("model"), 0)
+    data = cfg.get("data")  # the input's width follows the config's data options (braille's bins)
+    model = build_model(task, cfg.get("model"), 0, data)
     g = torch.Generator().manual_seed(0)
-    x = (torch.rand(batch, steps, task.inputs, generator=g) < 0.1).float()
+    x = (torch.rand(batch, steps, task.input_size(data), generator=g) < 0.1).float()
     y = torch.randint(0, task.classes, (batch,), generator=g)
     made = {}
     for name in rules:
