@@ -237,12 +237,21 @@ def _short_form(task: Task, spec: dict, data: dict | None) -> SpikingSequential:
                               v_th=float(s.get("pool_v_th", 1.0)))
             layers.append(pool)
             shape = pool.out_shape
-        elif isinstance(item, (list, tuple)) and len(item) == 2:
-            conv = ConvLIF(shape, int(item[0]), int(item[1]), weight_gain=gain, **neuron)
+        elif isinstance(item, (list, tuple)) and len(item) in (2, 3):
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in item):
+                raise TaskConfigError(f"model spec 'conv': entry {item!r} must hold integers >= 1 "
+                                      "([channels, kernel] or [channels, kernel, stride])")
+            # a third number is the stride: a conv that also downsamples, in place of a pool layer
+            stride = int(item[2]) if len(item) == 3 else 1
+            if stride > int(item[1]):
+                raise TaskConfigError(f"model spec 'conv': entry {item!r} has stride {stride} > kernel {item[1]} "
+                                      "(inputs between the windows would be skipped)")
+            conv = ConvLIF(shape, int(item[0]), int(item[1]), stride=stride, weight_gain=gain, **neuron)
             layers.append(conv)
             shape = conv.out_shape
         else:
-            raise TaskConfigError(f"model spec 'conv': entry {item!r} is neither [channels, kernel] nor 'pK'")
+            raise TaskConfigError(f"model spec 'conv': entry {item!r} is neither [channels, kernel], "
+                                  "[channels, kernel, stride] nor 'pK'")
         n = int(np.prod(shape))
     if s.get("conv"):
         layers.append(Flatten())

@@ -453,12 +453,14 @@ def test_chunked_equals_full_trace(monkeypatch, rule_name, rec, lateral, t_ref, 
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-def _conv_net(bias: bool, conv_out: bool, dtype=D):
-    """2x8x8 input -> conv 3c3 -> sum-pool 2 -> conv 4c2 -> dense 3 (or a conv 3c2 output)."""
+def _conv_net(bias: bool, conv_out: bool, dtype=D, strided: bool = False):
+    """2x8x8 input -> conv 3c3 -> sum-pool 2 -> conv 4c2 -> dense 3 (or a conv 3c2 output); ``strided``: conv 3c3
+    with stride 2 in place of the conv and the pool (the same 3x3x3 maps reach the second conv)."""
     torch.manual_seed(0)
-    layers = [ConvLIF((2, 8, 8), 3, 3, du=0.3, dv=0.2, weight_gain=3.0, bias=bias),
-              SumPoolLIF((3, 6, 6), 2, du=0.3, dv=0.2, bias=bias),
-              ConvLIF((3, 3, 3), 4, 2, du=0.3, dv=0.2, weight_gain=3.0, bias=bias)]
+    first = ([ConvLIF((2, 8, 8), 3, 3, stride=2, du=0.3, dv=0.2, weight_gain=3.0, bias=bias)] if strided else
+             [ConvLIF((2, 8, 8), 3, 3, du=0.3, dv=0.2, weight_gain=3.0, bias=bias),
+              SumPoolLIF((3, 6, 6), 2, du=0.3, dv=0.2, bias=bias)])
+    layers = first + [ConvLIF((3, 3, 3), 4, 2, du=0.3, dv=0.2, weight_gain=3.0, bias=bias)]
     layers += ([ConvLIF((4, 2, 2), 3, 2, du=0.3, dv=0.2, weight_gain=3.0)] if conv_out
                else [Flatten(), LIFDense(16, 3, du=0.3, dv=0.2, weight_gain=3.0)])
     net = SpikingSequential(layers).to(dtype)
@@ -598,18 +600,20 @@ def test_coefficient_sum_both_forms(shape):
     torch.testing.assert_close(out, 1 + torch.einsum("bi,bij->ij", c, e), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("rule_name,bias,chunk_bytes", [("hm2bp", False, 0), ("hm2bp", True, 4 << 20),
-                                                        ("strsbp", False, 4 << 20)])
-def test_conv_pool_stack_equals_equivalent_dense_stack(monkeypatch, rule_name, bias, chunk_bytes):
+@pytest.mark.parametrize("rule_name,bias,chunk_bytes,strided", [
+    ("hm2bp", False, 0, False), ("hm2bp", True, 4 << 20, False), ("strsbp", False, 4 << 20, False),
+    ("hm2bp", True, 4 << 20, True), ("hm2bp", False, 0, True)])
+def test_conv_pool_stack_equals_equivalent_dense_stack(monkeypatch, rule_name, bias, chunk_bytes, strided):
     """conv -> sum pool -> conv -> dense against the same network with every conv and pool hop written as a dense
     matrix (the dense path is checked against the per-sample reference of the equations above): the errors
     through the sum pool and the convs (per position: S-PSPs, per-spike ratios, virtual spikes of silent conv
     and pool neurons, HM2-BP's (1 + S) self term per conv neuron) and so every gradient agree; a conv kernel's
-    gradient is the sum over the positions that share it (the chain rule through the matrix)."""
+    gradient is the sum over the positions that share it (the chain rule through the matrix). ``strided``: a
+    stride-2 conv in place of the first conv and the pool (the model spec's ``[channels, kernel, stride]``)."""
     from snn2hw.learning import spiketrain
 
     monkeypatch.setattr(spiketrain.plan, "CHUNK_BYTES", chunk_bytes)
-    net = _conv_net(bias, False)
+    net = _conv_net(bias, False, strided=strided)
     dense_layers, kernels = [], []
     for layer in net.layers:
         if isinstance(layer, (ConvLIF, SumPoolLIF)):
