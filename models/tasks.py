@@ -26,8 +26,11 @@ A model spec (the ``model`` object of a config file) is either ``{"layers": [...
      "neuron": {"du": 0.2, "dv": 0.1, "v_th": 1.0}, "weight_gain": 1.0, "output_gain": 1.0,
      "rec_gain": 0.2, "rec_weight_scale": 0.05, "pool_v_th": 2.0}
 
-``conv`` entries are ``[channels, kernel]`` (a ``ConvLIF``, stride 1, no padding) or ``"pK"`` (a KxK
-``SumPoolLIF``); ``recurrent`` is one flag for all hidden dense layers or a list with one per layer.
+``conv`` entries are ``[channels, kernel]`` (a ``ConvLIF``, stride 1, no padding), ``[channels, kernel, stride]``
+(the same with a stride up to the kernel: a conv that downsamples in place of a pool) or ``"pK"`` (a KxK
+``SumPoolLIF``); ``recurrent`` is one flag for all hidden dense layers or a list with one per layer. ``pool_v_th`` is
+the pools' threshold before calibration: the trainer's calibration (``calibrate_rate``, on for conv/pool networks by
+default) sets every spiking layer's threshold, pools included.
 """
 from __future__ import annotations
 
