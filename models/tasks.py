@@ -30,7 +30,9 @@ A model spec (the ``model`` object of a config file) is either ``{"layers": [...
 (the same with a stride up to the kernel: a conv that downsamples in place of a pool) or ``"pK"`` (a KxK
 ``SumPoolLIF``); ``recurrent`` is one flag for all hidden dense layers or a list with one per layer. ``pool_v_th`` is
 the pools' threshold before calibration: the trainer's calibration (``calibrate_rate``, on for conv/pool networks by
-default) sets every spiking layer's threshold, pools included.
+default) sets every spiking layer's threshold, pools included, so on a calibrated network it changes only the
+surrogate's width relative to the pools' threshold (which calibration keeps at its initial ratio), i.e. BPTT's
+gradient, not the forward network.
 """
 from __future__ import annotations
 
