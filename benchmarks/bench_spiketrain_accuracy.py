@@ -493,6 +493,15 @@ DEPTH13 = [
      "tune/digits_mlp128_cal_hm2bp_mse_cos2e-3.json", "hm2bp", 15, 3),
     (_MLP.format("128-128-128", ", calibrated 0.1, HM2-BP CNN options"), "digits",
      "tune/digits_mlp128x3_cal_hm2bp_mse_cos2e-3.json", "hm2bp", 15, 3),
+    # the hidden-rate term (``rate_penalty`` 0.3, the value tried on the CNNs) on the calibrated MLPs: on HM2-BP's
+    # trained calibrated MLPs the hidden rates drift from 0.1 to 0.3-0.6, deeper layers most; 1 on 3 layers, seeds 0-2
+    *[(_MLP.format(width, f", calibrated 0.1, HM2-BP MLP options, rate_penalty {rp}"), "digits",
+       f"tune/digits_mlp{stem}_cal_hm2bp_rp{rp}.json", "hm2bp", 15, n)
+      for width, stem, rp, n in (("128", "128", "0.3", 5), ("128-128", "128x2", "0.3", 5),
+                                 ("128-128-128", "128x3", "0.3", 5), ("128-128-128", "128x3", "1", 3),
+                                 ("300-300", "300x2", "0.3", 3))],
+    ("digits CNN 15c4s2-40c3-300-10 T60 (strided, no pools), HM2-BP current options, rate_penalty 0.3", "digits",
+     "tune/digits_cnn_strided_hm2bp_mse_cos2e-3_rp0.3.json", "hm2bp", 15, 3),
     ("digits CNN 15c3-p2-40c2-p2-300-10 T60, HM2-BP current options", "digits", "tune/digits_cnn_hm2bp_mse_cos2e-3.json",
      "hm2bp", 15, 3),
     ("digits CNN 15c3-p2-40c2-p2-300-10 T60, BPTT", "digits", "digits_cnn.json", "bptt", 15, 3),
