@@ -500,6 +500,11 @@ DEPTH13 = [
       for width, stem, rp, n in (("128", "128", "0.3", 5), ("128-128", "128x2", "0.3", 5),
                                  ("128-128-128", "128x3", "0.3", 5), ("128-128-128", "128x3", "1", 3),
                                  ("300-300", "300x2", "0.3", 3))],
+    # the term from the uncalibrated start (the MLP rows' setting), 3 seeds
+    (_MLP.format("128", ", HM2-BP MLP options, rate_penalty 0.3"), "digits", "tune/digits_mlp128_hm2bp_rp0.3.json",
+     "hm2bp", 15, 3),
+    (_MLP.format("128-128-128", ", HM2-BP MLP options, rate_penalty 0.3"), "digits",
+     "tune/digits_mlp128x3_hm2bp_rp0.3.json", "hm2bp", 15, 3),
     ("digits CNN 15c4s2-40c3-300-10 T60 (strided, no pools), HM2-BP current options, rate_penalty 0.3", "digits",
      "tune/digits_cnn_strided_hm2bp_mse_cos2e-3_rp0.3.json", "hm2bp", 15, 3),
     ("digits CNN 15c3-p2-40c2-p2-300-10 T60, HM2-BP current options", "digits", "tune/digits_cnn_hm2bp_mse_cos2e-3.json",
