@@ -49,6 +49,8 @@ stored with every run; a run whose ``results.json`` already exists is read back,
     python benchmarks/bench_spiketrain_accuracy.py tune-cnn7         # digits CNN, both rules: slower decays, longer window
     python benchmarks/bench_spiketrain_accuracy.py final-cnn7        # its smallest validation gap (T 200), 5 seeds, both rules
     python benchmarks/bench_spiketrain_accuracy.py final-cnn8        # paper CNN, 3 seeds x 2 epochs, both rules, deploy on val
+    python benchmarks/bench_spiketrain_accuracy.py depth13           # depth or conv/pool: MLPs with 1-3 hidden layers, a
+                                                                     # strided CNN, HM2-BP variants on the digits CNN
     python benchmarks/bench_spiketrain_accuracy.py tune-mnist-e3     # MNIST-10k MLP rows: options at 3 epochs
     python benchmarks/bench_spiketrain_accuracy.py final-mnist-e3    # their rows, 3 seeds x 3 epochs
     python benchmarks/bench_spiketrain_accuracy.py final-mnist-e3 --collect   # tabulate; rows also into
@@ -467,6 +469,66 @@ FINAL_CNN8 = [
     ("mnist10k CNN 15c5-p2-40c5-p2-300-10 T50, per-unit calibration, BPTT Adam 2e-3 constant, deploy chosen on "
      "validation", "mnist10k", "tune/mnist10k_cnn_neurons_ss.json", "bptt", 2, 3),
 ]
+# issue 8, round 13: is HM2-BP's gap to BPTT on the CNNs depth or conv/pool? Stage ``depth13``
+# (``benchmarks/results/spiketrain_depth13.json``), 15 epochs, compared on validation: the digits MLP rows' options
+# on 1-3 hidden layers, uncalibrated (the MLP rows' setting) and calibrated to rate 0.1 (the CNNs' start), 5 seeds for
+# the calibrated 128-wide nets; the CNN's HM2-BP options on the calibrated MLPs; the digits CNN with strided convs in
+# place of the pools (3 hidden spiking layers, the same map sizes); HM2-BP variants on the digits CNN
+# (``pre_derivative: "uniform"``, no ``count_bounds``, no calibration, calibration to rate 0.3).
+_MLP = "digits MLP 64-{}-10 T60{}"
+DEPTH13 = [
+    row for width, stem in (("128", "128"), ("128-128", "128x2"), ("128-128-128", "128x3"))
+    for row in ((_MLP.format(width, ", HM2-BP MLP options"), "digits",
+                 "digits_mlp128_hm2bp.json" if stem == "128" else f"tune/digits_mlp{stem}_hm2bp.json", "hm2bp", 15, 3),
+                (_MLP.format(width, ", BPTT"), "digits",
+                 "digits_mlp128.json" if stem == "128" else f"tune/digits_mlp{stem}.json", "bptt", 15, 3),
+                (_MLP.format(width, ", calibrated 0.1, HM2-BP MLP options"), "digits",
+                 f"tune/digits_mlp{stem}_cal_hm2bp.json", "hm2bp", 15, 5),
+                (_MLP.format(width, ", calibrated 0.1, BPTT"), "digits", f"tune/digits_mlp{stem}_cal.json", "bptt", 15, 5))
+] + [
+    (_MLP.format("300-300", ", calibrated 0.1, HM2-BP MLP options"), "digits", "tune/digits_mlp300x2_cal_hm2bp.json",
+     "hm2bp", 15, 3),
+    (_MLP.format("300-300", ", calibrated 0.1, BPTT"), "digits", "tune/digits_mlp300x2_cal.json", "bptt", 15, 3),
+    (_MLP.format("128", ", calibrated 0.1, HM2-BP CNN options"), "digits",
+     "tune/digits_mlp128_cal_hm2bp_mse_cos2e-3.json", "hm2bp", 15, 3),
+    (_MLP.format("128-128-128", ", calibrated 0.1, HM2-BP CNN options"), "digits",
+     "tune/digits_mlp128x3_cal_hm2bp_mse_cos2e-3.json", "hm2bp", 15, 3),
+    # the hidden-rate term (``rate_penalty`` 0.3, the value tried on the CNNs) on the calibrated MLPs: on HM2-BP's
+    # trained calibrated MLPs the hidden rates drift from 0.1 to 0.3-0.6, deeper layers most; 1 on 3 layers, seeds 0-2
+    *[(_MLP.format(width, f", calibrated 0.1, HM2-BP MLP options, rate_penalty {rp}"), "digits",
+       f"tune/digits_mlp{stem}_cal_hm2bp_rp{rp}.json", "hm2bp", 15, n)
+      for width, stem, rp, n in (("128", "128", "0.3", 5), ("128-128", "128x2", "0.3", 5),
+                                 ("128-128-128", "128x3", "0.3", 5), ("128-128-128", "128x3", "1", 3),
+                                 ("300-300", "300x2", "0.3", 3))],
+    # the term from the uncalibrated start (the MLP rows' setting), 3 seeds
+    (_MLP.format("128", ", HM2-BP MLP options, rate_penalty 0.3"), "digits", "tune/digits_mlp128_hm2bp_rp0.3.json",
+     "hm2bp", 15, 3),
+    (_MLP.format("128-128-128", ", HM2-BP MLP options, rate_penalty 0.3"), "digits",
+     "tune/digits_mlp128x3_hm2bp_rp0.3.json", "hm2bp", 15, 3),
+    ("digits CNN 15c4s2-40c3-300-10 T60 (strided, no pools), HM2-BP current options, rate_penalty 0.3", "digits",
+     "tune/digits_cnn_strided_hm2bp_mse_cos2e-3_rp0.3.json", "hm2bp", 15, 3),
+    # the MLPs' count cross-entropy with the rate term on the CNN (the cross-entropy drifted there; the term holds the
+    # MLPs' rates): cosine from 2e-3 and Adam 5e-3 constant
+    ("digits CNN 15c3-p2-40c2-p2-300-10 T60, HM2-BP count cross-entropy, cosine 2e-3, rate_penalty 0.3", "digits",
+     "tune/digits_cnn_hm2bp_task_cos2e-3_rp0.3.json", "hm2bp", 15, 3),
+    ("digits CNN 15c3-p2-40c2-p2-300-10 T60, HM2-BP count cross-entropy, Adam 5e-3, rate_penalty 0.3", "digits",
+     "tune/digits_cnn_hm2bp_task_rp0.3.json", "hm2bp", 15, 3),
+    ("digits CNN 15c3-p2-40c2-p2-300-10 T60, HM2-BP current options", "digits", "tune/digits_cnn_hm2bp_mse_cos2e-3.json",
+     "hm2bp", 15, 5),
+    ("digits CNN 15c3-p2-40c2-p2-300-10 T60, BPTT", "digits", "digits_cnn.json", "bptt", 15, 5),
+    ("digits CNN 15c4s2-40c3-300-10 T60 (strided, no pools), HM2-BP current options", "digits",
+     "tune/digits_cnn_strided_hm2bp_mse_cos2e-3.json", "hm2bp", 15, 5),
+    ("digits CNN 15c4s2-40c3-300-10 T60 (strided, no pools), BPTT", "digits", "tune/digits_cnn_strided.json", "bptt",
+     15, 5),
+    ("digits CNN 15c3-p2-40c2-p2-300-10 T60, HM2-BP pre_derivative uniform", "digits",
+     "tune/digits_cnn_hm2bp_mse_cos2e-3_preuniform.json", "hm2bp", 15, 3),
+    ("digits CNN 15c3-p2-40c2-p2-300-10 T60, HM2-BP without count_bounds", "digits",
+     "tune/digits_cnn_hm2bp_mse_cos2e-3_nobounds.json", "hm2bp", 15, 3),
+    ("digits CNN 15c3-p2-40c2-p2-300-10 T60, HM2-BP uncalibrated", "digits",
+     "tune/digits_cnn_hm2bp_mse_cos2e-3_nocal.json", "hm2bp", 15, 3),
+    ("digits CNN 15c4s2-40c3-300-10 T60 (strided), HM2-BP uncalibrated", "digits",
+     "tune/digits_cnn_strided_hm2bp_mse_cos2e-3_nocal.json", "hm2bp", 15, 3),
+]
 # Braille with time-binned input (data option ``bins`` K: each of the 24 channels split into K channels, one per
 # sub-window of the 256 steps, ``snn2hw.models.braille.time_bins``), both rules on the same input, 24K-R128-27.
 # The input layer's weight_gain is sqrt(K) (2, 2.83, 4) so that the initial hidden rate matches the 24-channel
@@ -651,7 +713,7 @@ def main(argv=None) -> int:
                                       "final-strsbp20", "final-strsbp40", "final-mnist", "tune-cnn", "final-cnn", "tune-cnn2", "final-cnn2",
                                       "final-cnn3", "calib-cnn4", "final-cnn4", "final-cnn4-e1",
                                       "tune-cnn5", "tune-cnn5-paper", "final-cnn5", "final-cnn5-paper",
-                                      "tune-cnn6", "final-cnn6", "tune-cnn6-paper", "tune-cnn7", "final-cnn7", "final-cnn8",
+                                      "tune-cnn6", "final-cnn6", "tune-cnn6-paper", "tune-cnn7", "final-cnn7", "final-cnn8", "depth13",
                                       "tune-mnist-e3", "final-mnist-e3", "final-mnist-e6", "tune-bins", "tune-bins-hm2bp", "final-bins", "final-bins-hm2bp"])
     ap.add_argument("--only", default=None, help="final: rows whose label contains this text; tune stages: "
                     "configs whose path contains it")
@@ -726,6 +788,8 @@ def main(argv=None) -> int:
         final(a.only, a.seeds, a.rerun, a.collect, TUNE_CNN7, "spiketrain_cnn_tuning7", REUSE_CNN7)
     elif a.stage == "final-cnn7":
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_CNN7, "spiketrain_cnn_accuracy7", REUSE_CNN7)
+    elif a.stage == "depth13":
+        final(a.only, a.seeds, a.rerun, a.collect, DEPTH13, "spiketrain_depth13")
     elif a.stage == "final-cnn8":
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_CNN8, "spiketrain_cnn_accuracy8")
     elif a.stage == "final-strsbp":

@@ -26,8 +26,13 @@ A model spec (the ``model`` object of a config file) is either ``{"layers": [...
      "neuron": {"du": 0.2, "dv": 0.1, "v_th": 1.0}, "weight_gain": 1.0, "output_gain": 1.0,
      "rec_gain": 0.2, "rec_weight_scale": 0.05, "pool_v_th": 2.0}
 
-``conv`` entries are ``[channels, kernel]`` (a ``ConvLIF``, stride 1, no padding) or ``"pK"`` (a KxK
-``SumPoolLIF``); ``recurrent`` is one flag for all hidden dense layers or a list with one per layer.
+``conv`` entries are ``[channels, kernel]`` (a ``ConvLIF``, stride 1, no padding), ``[channels, kernel, stride]``
+(the same with a stride up to the kernel: a conv that downsamples in place of a pool) or ``"pK"`` (a KxK
+``SumPoolLIF``); ``recurrent`` is one flag for all hidden dense layers or a list with one per layer. ``pool_v_th`` is
+the pools' threshold before calibration: the trainer's calibration (``calibrate_rate``, on for conv/pool networks by
+default) sets every spiking layer's threshold, pools included, so on a calibrated network it changes only the
+surrogate's width relative to the pools' threshold (which calibration keeps at its initial ratio), i.e. BPTT's
+gradient, not the forward network.
 """
 from __future__ import annotations
 
@@ -256,12 +261,21 @@ def _short_form(task: Task, spec: dict, data: dict | None) -> SpikingSequential:
                               v_th=float(s.get("pool_v_th", 1.0)))
             layers.append(pool)
             shape = pool.out_shape
-        elif isinstance(item, (list, tuple)) and len(item) == 2:
-            conv = ConvLIF(shape, int(item[0]), int(item[1]), weight_gain=gain, **neuron)
+        elif isinstance(item, (list, tuple)) and len(item) in (2, 3):
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in item):
+                raise TaskConfigError(f"model spec 'conv': entry {item!r} must hold integers >= 1 "
+                                      "([channels, kernel] or [channels, kernel, stride])")
+            # a third number is the stride: a conv that also downsamples, in place of a pool layer
+            stride = int(item[2]) if len(item) == 3 else 1
+            if stride > int(item[1]):
+                raise TaskConfigError(f"model spec 'conv': entry {item!r} has stride {stride} > kernel {item[1]} "
+                                      "(inputs between the windows would be skipped)")
+            conv = ConvLIF(shape, int(item[0]), int(item[1]), stride=stride, weight_gain=gain, **neuron)
             layers.append(conv)
             shape = conv.out_shape
         else:
-            raise TaskConfigError(f"model spec 'conv': entry {item!r} is neither [channels, kernel] nor 'pK'")
+            raise TaskConfigError(f"model spec 'conv': entry {item!r} is neither [channels, kernel], "
+                                  "[channels, kernel, stride] nor 'pK'")
         n = int(np.prod(shape))
     if s.get("conv"):
         layers.append(Flatten())

@@ -90,6 +90,14 @@ def test_task_model_specs():
         build_model(mnist, {"hidden": [10, 10], "recurrent": [True]})
     with pytest.raises(TaskConfigError, match="conv"):
         build_model(mnist, {"conv": [["a"]]})
+    # [channels, kernel, stride]: a strided conv in place of a pool (28 -> (28 - 4) // 2 + 1 = 13)
+    strided = build_model(mnist, {"conv": [[15, 4, 2], [40, 3, 2]], "hidden": [300]})
+    assert [type(layer).__name__ for layer in strided.layers[:2]] == ["ConvLIF", "ConvLIF"]
+    assert strided.layers[0].stride == (2, 2) and strided.layers[0].out_shape == (15, 13, 13)
+    assert strided.layers[1].out_shape == (40, 6, 6) and strided.layers[3].in_features == 40 * 36
+    for bad in ([15, 4, 0], [15, 2, 3], [15, 4, 2.5]):
+        with pytest.raises(TaskConfigError, match="conv"):
+            build_model(mnist, {"conv": [bad]})
 
 
 def test_threads_option_limits_numba_threads(tmp_path, monkeypatch):

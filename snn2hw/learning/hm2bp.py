@@ -35,11 +35,19 @@ class HM2BP(SpikeTrainRule):
     name = "hm2bp"
     needs_counts_in = False  # its coefficients read counts and T-PSPs only
 
+    # ``pre_derivative``: the micro-level derivative ``d e_ij / d o_j`` of a firing input. "spikes" (the papers'):
+    # ``e_ij / o_j``, the S-PSP per spike that j has, read at the post neuron's spikes; "uniform": the S-PSP of one
+    # spike at a uniformly random step, ``(1/T) sum_t lam_u_i[t]``, the papers' value for a silent input, for every
+    # input. j's own spikes are not independent of i's (they helped cause them), so ``e_ij / o_j`` is largest on
+    # the synapses that drove i's spikes; the uniform one asks what one more spike of j adds wherever it lands.
     def __init__(self, target_true: float = 35.0, target_false: float = 5.0, margin: float = 5.0, t_ref: int = 0,
                  hidden_virtual_spikes: int = 1, self_term: bool = True, self_term_max: float = 1.0,
                  lateral_min: float = 0.1, low_memory: bool = False, chunk: int = 32, loss: str = "mse",
                  count_bounds: bool = False, rate_penalty: float = 0.0,
-                 rate_target: float = 0.0):
+                 rate_target: float = 0.0, pre_derivative: str = "spikes"):
+        if pre_derivative not in ("spikes", "uniform"):
+            raise LearningRuleError(f"hm2bp: pre_derivative must be 'spikes' or 'uniform', got {pre_derivative!r}")
+        self.pre_derivative = pre_derivative
         super().__init__(target_true, target_false, margin, t_ref, hidden_virtual_spikes, low_memory, chunk, loss=loss,
                          count_bounds=count_bounds, rate_penalty=rate_penalty, rate_target=rate_target)
         self.needs_tpsp = bool(self_term)
@@ -47,7 +55,7 @@ class HM2BP(SpikeTrainRule):
 
     def describe(self) -> dict:
         return {**super().describe(), "self_term": self.self_term, "self_term_max": self.self_term_max,
-                "lateral_min": self.lateral_min}
+                "lateral_min": self.lateral_min, "pre_derivative": self.pre_derivative}
 
     def setup(self, model) -> None:
         from snn2hw.nn.layers import RecurrentLIFDense

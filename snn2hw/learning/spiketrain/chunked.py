@@ -116,10 +116,13 @@ def layer_backward_chunked(tr: LayerTrace, g: torch.Tensor, targets: torch.Tenso
         if gb is not None:
             gb += (c_w * lam_p_sum).sum(0)
         if need_input:  # dE/do_j = sum_i c_back[b, i] w_ij e_bij / o_j; a silent input: one spike at a random step
-            per_spike = torch.bmm(c_back.unsqueeze(1), e.mul_(w)).squeeze(1)
             total = (c_back * lam_u_sum) @ w
-            o_in = counts_in[rows]
-            result[rows] = torch.where(o_in > 0, per_spike / o_in.clamp(min=1), total / steps)
+            if opts.pre_derivative == "uniform":  # every input as a silent one
+                result[rows] = total / steps
+            else:
+                per_spike = torch.bmm(c_back.unsqueeze(1), e.mul_(w)).squeeze(1)
+                o_in = counts_in[rows]
+                result[rows] = torch.where(o_in > 0, per_spike / o_in.clamp(min=1), total / steps)
     if gw is not None:
         accumulate(weight, gw)
     if gb is not None:

@@ -143,7 +143,8 @@ def hop_backward_chunked(tr: LayerTrace, g: torch.Tensor, targets: torch.Tensor 
             else:
                 total = conv_hop_products(layer, None, None, (c_back * lam_u_sum).unsqueeze(1))[1].squeeze(1)
             o_in = counts_in[rows]
-            result[rows] = torch.where(o_in > 0, per_spike / o_in.clamp(min=1), total / steps)
+            result[rows] = (total / steps if opts.pre_derivative == "uniform" else
+                            torch.where(o_in > 0, per_spike / o_in.clamp(min=1), total / steps))
     if weight is not None:  # events: sums from +0.0, so never -0.0, and its transpose is 0 + it bit for bit
         accumulate(weight, gw if events is None else spsp_kernels.transposed(events[0]))
     if gb is not None:

@@ -39,6 +39,7 @@ class SpikeTrainRule(LearningRule):
     # pool layers), a slower, larger and more direct computation kept to cross-check the chunked one.
     full_trace = False
     LOSSES = ("mse", "task")
+    pre_derivative = "spikes"  # ``BackwardOptions.pre_derivative``; HM2-BP makes it an option
 
     def __init__(self, target_true: float = 35.0, target_false: float = 5.0, margin: float = 5.0, t_ref: int = 0,
                  hidden_virtual_spikes: int = 1, low_memory: bool = False, chunk: int = 32, loss: str = "mse",
@@ -175,7 +176,7 @@ class SpikeTrainRule(LearningRule):
     def backward_options(self) -> BackwardOptions:
         """What the layer backward needs of this rule (made per batch: subclasses set options in ``__init__``)."""
         return BackwardOptions(self.coefficients, self.needs_tpsp, self.needs_counts_in, self.trains_recurrent(),
-                               self.hidden_virtual_spikes, self.chunk)
+                               self.hidden_virtual_spikes, self.chunk, self.pre_derivative)
 
     def compute_gradients(self, model, x, y, loss_fn, forward_kwargs, scale=1.0) -> BatchResult:
         records, out = self.forward(model, x)

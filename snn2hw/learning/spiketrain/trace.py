@@ -70,6 +70,9 @@ class BackwardOptions:
     trains_recurrent: bool  # recurrent weights get a gradient
     hidden_virtual_spikes: int  # virtual spikes of a silent hidden neuron that receives an error
     chunk: int  # least steps per block of the chunked path (``plan.block``)
+    # d e_ij / d o_j of a firing input j: "spikes", the S-PSP per spike it has (``e_ij / o_j``, the papers');
+    # "uniform", that of one spike at a uniformly random step (the papers' choice for a silent input, for all)
+    pre_derivative: str = "spikes"
 
 
 def spiking_layers(model: nn.Module) -> list:

@@ -43,7 +43,8 @@ def layer_backward(tr: LayerTrace, g: torch.Tensor, targets: torch.Tensor | None
     if need_input:
         o_in = tr.s_in.sum(1)
         per_spike = (gs * tr.s_in).sum(1) / o_in.clamp(min=1)
-        result = torch.where(o_in > 0, per_spike, gs.sum(1) / gs.shape[1])
+        uniform = gs.sum(1) / gs.shape[1]  # one spike at a uniformly random step
+        result = uniform if opts.pre_derivative == "uniform" else torch.where(o_in > 0, per_spike, uniform)
     bias = getattr(layer, "bias", None)
     if isinstance(bias, nn.Parameter) and bias.requires_grad:
         gb = (c_w * lam_p.sum(1)).sum(0)
