@@ -543,7 +543,7 @@ TUNE_BINS3 = [
     ("braille", "strsbp", "tune/braille_rec128_bins16_gain1_w4_lr2e-3.json", 20),
     ("braille", "bptt", "tune/braille_rec128_bins16_gain1.json", 20),
 ]
-# Not in the plan: hidden 256 (``tune/braille_rec256_bins8_gain1{,_w4_lr2e-3}.json``). ST-RSBP's R128 runs already fit
+# Not in the plan: hidden 256 (24x8-R256-27). ST-RSBP's R128 runs already fit
 # the training split (99.9 %, round 12), so width is not what it lacks, and R256 costs it about twice per epoch; the
 # round's 2 shared cores (load 6-9) left no room for it. Left for a later round.
 TUNE_BINS3_SEEDS = [0, 1, 2]
