@@ -31,6 +31,7 @@ def test_configs_build(bench):
     from snn2hw.models.tasks import build_model, default_rule_options, get_task
 
     runs = [(rule, config) for _, rule, config, _ in bench.TUNE_BINS3]
+    runs += [(rule, config) for _, _, config, rule, _, _ in bench.FINAL_BINS3]
     task = get_task("braille")
     for rule, config in runs:
         cfg = read_config(BENCH / "configs" / config)
