@@ -32,7 +32,7 @@ def test_configs_build(bench):
 
     runs = [(rule, config) for _, rule, config, _ in bench.TUNE_BINS3]
     runs += [(rule, config) for _, _, config, rule, _, _ in bench.FINAL_BINS3]
-    runs += [(rule, config) for _, rule, config, _ in bench.TUNE_BINS3_PIVOT]
+    runs += [(rule, config) for _, rule, config, _ in bench.TUNE_BINS3_PIVOT + bench.TUNE_BINS3_CLIP]
     task = get_task("braille")
     for rule, config in runs:
         cfg = read_config(BENCH / "configs" / config)
