@@ -581,7 +581,7 @@ TUNE_BINS3_PIVOT = [("braille", "strsbp", "tune/braille_rec128_bins8_gain1_w4_lr
 TUNE_BINS3_PIVOT_SEEDS = [3, 0, 1, 2, 4]  # seed 3 first: the collapsed final seed
 # stage ``tune-bins3-clip`` (``benchmarks/results/strsbp_braille_bins_tuning3_clip.json``), exploratory as above: the
 # global gradient norm clipped to 1 (trainer ``grad_clip``; every step's gradient is rescaled to norm 1 before Adam, so
-# a burst of large rule errors weighs like any other step), seeds 3 (the collapsed one) and 0, 20 epochs.
+# a burst of large rule errors weighs like any other step), seeds 3 (the collapsed one), 0, 1, 2, 4, 20 epochs.
 TUNE_BINS3_CLIP = [("braille", "strsbp", "tune/braille_rec128_bins8_gain1_w4_lr2e-3_clip1.json", 20)]
 KEEP = ("seed", "float_val_accuracy", "float_test_accuracy", "deployed_test_accuracy", "rule_neuron_test_accuracy",
         "time_per_epoch_s", "peak_memory_mb", "best_epoch")
@@ -891,8 +891,8 @@ def main(argv=None) -> int:
                                       "final-cnn3", "calib-cnn4", "final-cnn4", "final-cnn4-e1",
                                       "tune-cnn5", "tune-cnn5-paper", "final-cnn5", "final-cnn5-paper",
                                       "tune-cnn6", "final-cnn6", "tune-cnn6-paper", "tune-cnn7", "final-cnn7", "final-cnn8",
-                                      "tune-mnist-e3", "final-mnist-e3", "final-mnist-e6", "tune-bins", "tune-bins-hm2bp", "final-bins", "final-bins-hm2bp",
-                                      "tune-bins3", "final-bins3", "tune-bins3-pivot",
+                                      "tune-mnist-e3", "final-mnist-e3", "final-mnist-e6", "tune-bins", "tune-bins-hm2bp",
+                                      "final-bins", "final-bins-hm2bp", "tune-bins3", "final-bins3", "tune-bins3-pivot",
                                       "tune-bins3-clip"])
     ap.add_argument("--only", default=None, help="final: rows whose label contains this text; tune stages: "
                     "configs whose path contains it")
@@ -914,11 +914,11 @@ def main(argv=None) -> int:
         tune_seeds(TUNE_BINS3, TUNE_BINS3_SEEDS, "strsbp_braille_bins_tuning3", a.only, a.rerun, a.collect, a.jobs,
                    TUNE_BINS3_REUSE, TUNE_BINS3_PRUNE, 216)
     elif a.stage == "tune-bins3-pivot":
-        tune_seeds(TUNE_BINS3_PIVOT, TUNE_BINS3_PIVOT_SEEDS, "strsbp_braille_bins_tuning3_pivot", a.only, a.rerun, a.collect,
-                   a.jobs, {}, TUNE_BINS3_PRUNE, 216)
+        tune_seeds(TUNE_BINS3_PIVOT, TUNE_BINS3_PIVOT_SEEDS, "strsbp_braille_bins_tuning3_pivot", a.only, a.rerun,
+                   a.collect, a.jobs, {}, TUNE_BINS3_PRUNE, 216)
     elif a.stage == "tune-bins3-clip":
-        tune_seeds(TUNE_BINS3_CLIP, [3, 0], "strsbp_braille_bins_tuning3_clip", a.only, a.rerun, a.collect, a.jobs, {},
-                   TUNE_BINS3_PRUNE, 216)
+        tune_seeds(TUNE_BINS3_CLIP, TUNE_BINS3_PIVOT_SEEDS, "strsbp_braille_bins_tuning3_clip", a.only, a.rerun,
+                   a.collect, a.jobs, {}, TUNE_BINS3_PRUNE, 216)
     elif a.stage == "final-bins3":
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_BINS3, "strsbp_braille_bins_accuracy3", TUNE_BINS3_REUSE)
     elif a.stage == "tune-bins-hm2bp":

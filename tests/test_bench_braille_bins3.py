@@ -15,7 +15,8 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 def bench():
     sys.path.insert(0, str(BENCH))
     try:
-        spec = importlib.util.spec_from_file_location("bench_spiketrain_accuracy", BENCH / "bench_spiketrain_accuracy.py")
+        spec = importlib.util.spec_from_file_location("bench_spiketrain_accuracy",
+                                                      BENCH / "bench_spiketrain_accuracy.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
     finally:
