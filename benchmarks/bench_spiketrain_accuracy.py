@@ -580,8 +580,8 @@ FINAL_BINS3 = [
 TUNE_BINS3_PIVOT = [("braille", "strsbp", "tune/braille_rec128_bins8_gain1_w4_lr2e-3_pivot0.5.json", 20)]
 TUNE_BINS3_PIVOT_SEEDS = [3, 0, 1, 2, 4]  # seed 3 first: the collapsed final seed
 # stage ``tune-bins3-clip`` (``benchmarks/results/strsbp_braille_bins_tuning3_clip.json``), exploratory as above: the
-# global gradient norm clipped to 1 (trainer ``grad_clip``; every step's gradient is rescaled to norm 1 before Adam, so
-# a burst of large rule errors weighs like any other step), seeds 3 (the collapsed one), 0, 1, 2, 4, 20 epochs.
+# global gradient norm clipped to 1 (trainer ``grad_clip``, before Adam: a burst of large rule errors cannot dominate
+# Adam's moments; the norms of the rule's updates were not logged), seeds 3 (the collapsed one), 0, 1, 2, 4, 20 epochs.
 TUNE_BINS3_CLIP = [("braille", "strsbp", "tune/braille_rec128_bins8_gain1_w4_lr2e-3_clip1.json", 20)]
 KEEP = ("seed", "float_val_accuracy", "float_test_accuracy", "deployed_test_accuracy", "rule_neuron_test_accuracy",
         "time_per_epoch_s", "peak_memory_mb", "best_epoch")
