@@ -713,7 +713,11 @@ def tune(rerun: bool, plan: list = TUNE, name: str = "spiketrain_tuning", only: 
                      "epochs": epochs, "seeds": [0], "runs": [r], "summary": summarize([r])})
         print(f"{task:8s} {rule:6s} {config:40s} val {100 * r['float_val_accuracy']:.2f}  "
               f"train(last epoch) {100 * (r['train_accuracy_last'] or 0):.1f}", flush=True)
-        _write(ROOT / "benchmarks" / "results" / f"{name}.json", name, env, rows, None)
+        if not collect:
+            _write(ROOT / "benchmarks" / "results" / f"{name}.json", name, env, rows, None)
+    path = ROOT / "benchmarks" / "results" / f"{name}.json"
+    if collect and rows and not _fewer_runs_than_stored(path, rows):
+        _write(path, name, env, rows, None)
     for task in dict.fromkeys(r["task"] for r in rows):
         ranked = sorted((r for r in rows if r["task"] == task), key=lambda r: -r["runs"][0]["float_val_accuracy"])
         print(f"\n{task}, ranked by validation accuracy (seed 0):")
@@ -729,6 +733,21 @@ def _stored_runs(name: str, config: str, rule: str, epochs: int, seeds: list) ->
     if sorted(r["seed"] for r in runs) != sorted(seeds):
         raise RuntimeError(f"{name}: runs of {config} {rule} e{epochs} seeds {seeds} not all stored")
     return runs
+
+
+def _fewer_runs_than_stored(path: Path, rows: list) -> bool:
+    """``--collect`` tabulates the runs it finds under ``out/``: in a checkout without them (a fresh clone, another
+    worktree) it would replace a results file with an emptier one. True (and a message) when ``path`` holds more runs
+    than ``rows``; the caller then writes nothing."""
+    if not path.is_file():
+        return False
+    stored = sum(len(r.get("runs") or []) for r in json.loads(path.read_text()).get("rows", []))
+    found = sum(len(r.get("runs") or []) for r in rows)
+    if found < stored:
+        print(f"--collect found {found} runs, {path.relative_to(ROOT)} holds {stored}: left as it is "
+              f"(the runs' directories are under out/bench_accuracy/ where they were made)")
+        return True
+    return False
 
 
 def final(only: str | None, seeds: int | None, rerun: bool, collect: bool = False, plan_rows: list = FINAL,
@@ -752,10 +771,13 @@ def final(only: str | None, seeds: int | None, rerun: bool, collect: bool = Fals
                 row["summary"] = summarize(row["runs"])
                 print(f"{row['label']:28s} {row['rule']:7s} seed {seed}: float {100 * r['float_test_accuracy']:.2f} "
                       f"deployed {100 * (r['deployed_test_accuracy'] or float('nan')):.2f}", flush=True)
-                _write(path, name, env, plan, None)
+                if not collect:
+                    _write(path, name, env, plan, None)
     for row in plan:
         if row["runs"]:
             row["summary"] = summarize(row["runs"])
+    if collect and _fewer_runs_than_stored(path, plan):
+        return
     _write(path, name, env, plan, None)
     print(table([row for row in plan if row["runs"]]))
 
@@ -869,7 +891,8 @@ def tune_seeds(plan: list, seeds: list, name: str, only: str | None, rerun: bool
             row["runs"] = sorted(row["runs"] + [r], key=lambda x: x["seed"])
             print(f"{row['rule']:6s} {row['config']:52s} e{row['epochs']} seed {seed}: val "
                   f"{100 * r['float_val_accuracy']:.2f} (best epoch {r['best_epoch']})", flush=True)
-            _write(path, name, env, rows, None)
+            if not collect:
+                _write(path, name, env, rows, None)
 
     def batch(work):
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -901,6 +924,8 @@ def tune_seeds(plan: list, seeds: list, name: str, only: str | None, rerun: bool
                                                           for k, v in ch["rows"].items()))
     except RuntimeError as e:
         print(f"\nno choice yet: {e}")
+    if collect and _fewer_runs_than_stored(path, rows):
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"benchmark": name, "environment": {**env, "loadavg_end": list(os.getloadavg())},
                                "rows": rows, "selection": result}, indent=1, default=str) + "\n")
