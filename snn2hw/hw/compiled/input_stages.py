@@ -270,23 +270,30 @@ def _input_kernels():
                                 a[f] += w0 & s0[f]
                             q += 1
                     ob = oc * ho * wo
-                    for y in range(ho):
-                        orow = o[ob + y * wo:ob + (y + 1) * wo]
-                        if plain and sx == 1:  # the bound makes the message the shifted sum
+                    # one row loop per case, the branches outside it (as in input_conv_table)
+                    if plain and sx == 1:  # the bound makes the message the shifted sum
+                        for y in range(ho):
+                            orow = o[ob + y * wo:ob + (y + 1) * wo]
                             arow = acc[y * wp:y * wp + wo]
                             for x in range(wo):
                                 orow[x] = np.int32(np.int32(arow[x] << ls) >> rs)
-                        elif plain:
+                    elif plain:
+                        for y in range(ho):
+                            orow = o[ob + y * wo:ob + (y + 1) * wo]
                             for x in range(wo):
                                 orow[x] = np.int32(np.int32(acc[y * wp + x * sx] << ls) >> rs)
-                        elif sx == 1:  # a contiguous row of sums: this loop vectorises (measured 1.6x less
-                            arow = acc[y * wp:y * wp + wo]  # CPU time for the whole stage on a 3x3 conv)
+                    elif sx == 1:  # a contiguous row of sums: this loop vectorises (measured 1.6x less
+                        for y in range(ho):  # CPU time for the whole stage on a 3x3 conv)
+                            orow = o[ob + y * wo:ob + (y + 1) * wo]
+                            arow = acc[y * wp:y * wp + wo]
                             for x in range(wo):
                                 v = np.int64(arow[x])
                                 if cv:  # a Conv's own output stage comes first
                                     v = _conv_output(v)
                                 orow[x] = _synaptic_output(v, e, False, dl)
-                        else:  # every sx-th column (gathering them into a row first measured no faster)
+                    else:  # every sx-th column (gathering them into a row first measured no faster)
+                        for y in range(ho):
+                            orow = o[ob + y * wo:ob + (y + 1) * wo]
                             for x in range(wo):
                                 v = np.int64(acc[y * wp + x * sx])
                                 if cv:
