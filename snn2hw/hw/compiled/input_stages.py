@@ -35,6 +35,9 @@ _DENSE_INPUT_POOL = True  # the same for a sum pooling's dense pooling stage (de
 # Tiled 2-wide sum poolings on rows of whole uint64 words take the word pass (input_pool_dense); tests switch
 # it off to compare with the byte pass. The word pass reads a word's 16-bit lanes in memory order.
 _POOL_WORDS = True
+# The ready messages go to an int16 buffer where every one of them fits (plan.int16_messages); tests switch it
+# off to compare with the buffer of the accumulator's type.
+_NARROW_MESSAGES = True
 _LITTLE_ENDIAN = sys.byteorder == "little"
 
 
