@@ -143,15 +143,16 @@ def plain_messages(pr: Projection) -> bool:
     return pr.bound < limit and (pr.bound << max(pr.weight_exp, 0)) < 1 << 31
 
 
-def int16_messages(pr: Projection, table, pool) -> bool:
+def int16_messages(pr: Projection, table, pool, dense_conv) -> bool:
     """Whether ready projection ``pr``'s stage writes nothing but messages that all fit int16: the
-    pattern-table stage (``table``: its messages are the table's entries) or the dense pooling stage
-    (``pool``) with plain messages, whose magnitude is at most ``bound`` shifted by ``weight_exp`` (one
-    more for an arithmetic right shift of a negative sum). The other stages keep partial sums in the
-    message buffer or are not plain."""
+    pattern-table stage (``table``: its messages are the table's entries), or the dense pooling stage
+    (``pool``) or dense int32 conv stage (``dense_conv``; both sum in their own int32 arrays) with plain
+    messages, whose magnitude is at most ``bound`` shifted by ``weight_exp`` (one more for an arithmetic
+    right shift of a negative sum). The event segments and dense projections keep partial sums in the
+    message buffer."""
     if table is not None:
         return table[0].size == 0 or (int(table[0].min()) >= -2**15 and int(table[0].max()) < 2**15)
-    if pool is not None and plain_messages(pr):
+    if (pool is not None or dense_conv is not None) and plain_messages(pr):
         e = pr.weight_exp
         return ((pr.bound << max(e, 0)) >> max(-e, 0)) + 1 < 2**15
     return False
@@ -253,7 +254,8 @@ def network_spec(pop_off, du, dv, vth_eff, bias_eff, projections: list[Projectio
     # the bytes (the pattern-table stage alone 1.2x, the pooling stage 1.17x less CPU, one process, under
     # load); a message is the same integer in either type.
     narrow = input_stages._NARROW_MESSAGES and any(ready) and all(
-        int16_messages(pr, table, pool) for pr, r, table, pool in zip(projections, ready, table_convs, dense_pools) if r)
+        int16_messages(pr, table, pool, dc)
+        for pr, r, table, pool, dc in zip(projections, ready, table_convs, dense_pools, dense_convs) if r)
     pre_dtype = np.dtype(np.int16) if narrow else None
 
     def ints(f):
