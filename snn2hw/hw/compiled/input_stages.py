@@ -492,9 +492,9 @@ def _input_kernels():
                                     pr[f] = np.uint16(np.uint16(s0[f]) << i) if i == 0 else \
                                         np.uint16(pr[f] | (np.uint16(s0[f]) << i))
                                 i += 1
-                    # the stride's branch outside the row loop: inside it, the stage took 1.43x the CPU
-                    # time (one thread, the benchmark conv's first layer; LLVM then left the table
-                    # reads below unoptimised)
+                    # the stride's branch outside the row loop: inside it, the stage took 1.3-1.4x the CPU
+                    # time (the benchmark conv's first layer, 1 and 2 threads, interleaved with the
+                    # kernel before; LLVM compiled the table reads below worse)
                     if sx == 1:
                         for y in range(ho):
                             rr = row[y * wo:(y + 1) * wo]
