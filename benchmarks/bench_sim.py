@@ -551,8 +551,8 @@ def conv_accumulation(graph: Graph, steps: int, batch: int, reps: int, peak_macs
     assert hw.conv_bound(w, 1) < 2**24  # float32 sums are exact: every float32 path applies
     assert spec is not None and (spec.dense_convs[0] is not None or spec.dense_pools[0] is not None)
     x_bool = np.ascontiguousarray(x_np != 0)
-    pre = np.empty((batch, steps, int(spec.pre_off[-1])), dtype=spec.acc_dtype)
-    pre_table = np.empty_like(pre)
+    pre = np.empty((batch, steps, int(spec.pre_off[-1])), dtype=spec.message_dtype)
+    pre_table = np.empty(pre.shape, dtype=(table_spec or spec).message_dtype)  # each stage's own message type
 
     fns = {
         "float32_conv2d_before": lambda: torch.nn.functional.conv2d(

@@ -49,11 +49,11 @@ def _timed(fn) -> tuple[float, float]:
 def _stage(spec, x, threads: int, sliced: bool):
     """The input stage as ``network_scan`` runs it (``sliced``: one 8 MiB buffer reused per slice of the
     batch) or over the whole batch at once (``bench_sim``'s exact-conv table)."""
-    per_sample = x.shape[1] * int(spec.pre_off[-1]) * spec.acc_dtype.itemsize
+    per_sample = x.shape[1] * int(spec.pre_off[-1]) * spec.message_dtype.itemsize
     chunk = x.shape[0]
     if sliced and x.shape[0] > threads and per_sample:
         chunk = max(threads, compiled.runner._PRE_SLICE_BYTES // per_sample // threads * threads)
-    pre = np.empty((min(chunk, x.shape[0]), x.shape[1], int(spec.pre_off[-1])), dtype=spec.acc_dtype)
+    pre = np.empty((min(chunk, x.shape[0]), x.shape[1], int(spec.pre_off[-1])), dtype=spec.message_dtype)
 
     def run():
         compiled._set_threads(threads)

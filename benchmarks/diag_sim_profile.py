@@ -47,9 +47,9 @@ from snn2hw.hw import compiled  # noqa: E402
 
 
 def _input_stage(spec, x, threads):
-    pre = np.empty((x.shape[0], x.shape[1], int(spec.pre_off[-1])), dtype=spec.acc_dtype)
+    pre = np.empty((x.shape[0], x.shape[1], int(spec.pre_off[-1])), dtype=spec.message_dtype)
     chunk = x.shape[0]
-    per_sample = x.shape[1] * int(spec.pre_off[-1]) * spec.acc_dtype.itemsize
+    per_sample = x.shape[1] * int(spec.pre_off[-1]) * spec.message_dtype.itemsize
     if x.shape[0] > threads and per_sample:
         chunk = max(threads, compiled.runner._PRE_SLICE_BYTES // per_sample // threads * threads)
     for lo in range(0, x.shape[0], chunk):

@@ -326,3 +326,56 @@ def test_plain_messages_bounds():
     assert plain(proj((1 << 23) - 1, conv=True)) and not plain(proj(1 << 23, conv=True))
     assert plain(proj((1 << 28) - 1, exp=3)) and not plain(proj(1 << 28, exp=3))
     assert plain(proj((1 << 31) - 1, exp=-7)) and not plain(proj(5, graded=True))
+
+
+@pytest.mark.parametrize("table_max, pool_weight, narrow", [
+    (2**15 - 2, 2**13 - 1, True),  # the dense conv stage's bound 32766 (+1 for a negative shift): int16 too
+    (2**15 - 1, 2**13 - 1, True),  # the largest conv message 32767, the largest pooled 4 * 8191 = 32764
+    (2**15, 2**13 - 1, False),  # one conv message beyond int16: the whole buffer keeps the accumulator's type
+    (2**15 - 1, 2**13, False)])  # the pooling's bound 32768 (+1 for a negative shift) beyond int16
+@pytest.mark.parametrize("table", [True, False])  # the conv on the pattern-table stage / the dense int32 stage
+def test_int16_messages_equal_the_accumulator_type_at_the_edge(monkeypatch, table_max, pool_weight, narrow, table):
+    """The ready messages in int16 (plan.int16_messages) against the buffer of the accumulator's type and
+    the tensor path: a conv whose largest message is at int16's edge or one beyond (its bound, for the dense
+    stage), and a sum pooling whose bound is; inputs all on for a few steps so the messages reach those
+    values; batch 1 and 5, slices of one sample and the whole batch, and a population read out from the conv."""
+    monkeypatch.setattr(compiled.input_stages, "_TABLE_INPUT_CONV", table)
+    if not table:  # the bound rule: one below the table's exact rule at the edge
+        narrow = narrow and table_max + 1 < 2**15
+    rng = np.random.default_rng(table_max % 97 + pool_weight)
+    kernel = np.zeros((2, 1, 3, 3), dtype=np.int64)
+    kernel[0, 0] = table_max // 9
+    kernel[0, 0, 2, 2] += table_max - kernel[0].sum()  # the full pattern's sum is table_max
+    kernel[1, 0] = rng.integers(-3000, 3000, (3, 3))
+    conv = LoihiConv2d("conv", "x", "c", kernel, (1, 6, 6), padding=(1, 1))
+    pool = sum_pool2d("pool", "x", "q", (1, 6, 6), 2, weight=pool_weight)
+    n_c, n_q = int(np.prod(conv.out_shape)), int(np.prod(pool.out_shape))
+    out = LoihiDense("o", "c", "r", rng.integers(-256, 256, (4, n_c)), 0)
+
+    def lif(n, vth):
+        return LoihiLIF(int(rng.integers(0, 4096)), int(rng.integers(0, 4096)), vth, rng.integers(-50, 50, n),
+                        np.zeros(n, dtype=np.int64))
+
+    pops = (Population("c", n_c, lif(n_c, 400)), Population("q", n_q, lif(n_q, 300)), Population("r", 4, lif(4, 100)))
+    g = Graph((Input("x", 36),), pops, (conv, pool, out), ("r", "q")).validate()
+    spec = sim.prepare(g).network()
+    assert spec.dense_pools[1] is not None and spec.plain[:2].all()
+    assert (spec.table_convs[0] is not None) == table and spec.dense_convs[0] is not None  # the table goes first
+    if table:
+        assert int(spec.table_convs[0][0].max()) == table_max
+    assert spec.message_dtype == (np.int16 if narrow else np.int32)
+    x = (rng.random((5, 16, 36)) < 0.4).astype(np.int64)
+    x[0, :3] = 1  # every input on: the conv's and the pooling's largest messages
+    for batch in (1, 5):
+        for slice_bytes in (1, 1 << 40):
+            monkeypatch.setattr(compiled.runner, "_PRE_SLICE_BYTES", slice_bytes)
+            fast = _run(g, x[:batch])
+            with monkeypatch.context() as m:
+                m.setattr(compiled.input_stages, "_NARROW_MESSAGES", False)
+                assert sim.prepare(g).network().pre_dtype is None
+                wide = _run(g, x[:batch])
+                m.setattr(simulator, "_use_kernel", lambda dev: False)
+                reference = _run(g, x[:batch])
+            assert all(reference.spikes[k].any() and not reference.spikes[k].all() for k in ("c", "q"))
+            _assert_same(fast, reference)
+            _assert_same(wide, reference)

@@ -13,7 +13,7 @@ import torch
 from snn2hw.backends import sim
 from snn2hw.backends.sim import simulator
 from snn2hw.hw import compiled
-from snn2hw.ir import Graph, Input, LoihiConv2d, LoihiDense, LoihiLIF, Population
+from snn2hw.ir import Graph, Input, LoihiConv2d, LoihiDense, LoihiLIF, Population, sum_pool2d
 
 pytestmark = pytest.mark.skipif(not compiled.available(), reason="numba is not installed")
 
@@ -173,3 +173,45 @@ def test_narrow_falls_back_to_int64():
     assert compiled.plan._narrow([-1, 4095], np.int16).dtype == np.int16
     assert compiled.plan._narrow([0, 1 << 40], np.int32).dtype == np.int64
     assert compiled.plan._narrow([], np.int16).dtype == np.int16
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_scanned_convs_and_poolings_binary_and_graded(monkeypatch, seed):
+    """Every loop nest of the scan's per-source segments: a convolution (several output channels per
+    segment) and a sum pooling (one weight per segment), each from a population (binary spikes) and
+    from a graded input (payload times weight), with stride and padding, at batch 1 and 4; against the
+    tensor formulas."""
+    rng = np.random.default_rng(seed)
+    g_in = Input("g", 2 * 6 * 6, 6)  # graded payloads, scanned (only binary inputs' messages are formed first)
+    x_in = Input("x", 64, 0)
+
+    def lif(name, n):
+        return Population(name, n, LoihiLIF(int(rng.integers(200, 4096)), int(rng.integers(0, 4096)),
+                                            int(rng.integers(20, 200)), rng.integers(-20, 40, n),
+                                            np.zeros(n, int)))
+
+    first = LoihiConv2d("first", "x", "p", rng.integers(-120, 160, (4, 1, 3, 3)), (1, 8, 8), padding=(1, 1))
+    conv_p = LoihiConv2d("conv_p", "p", "q", rng.integers(-100, 120, (4, 2, 3, 3)), (4, 8, 8), stride=(2, 1),
+                         padding=(1, 0), groups=2)
+    pool_p = sum_pool2d("pool_p", "p", "r", (4, 8, 8), 2, padding=(1, 1), weight=int(rng.integers(400, 1200)))
+    conv_g = LoihiConv2d("conv_g", "g", "s", rng.integers(-60, 60, (3, 2, 3, 3)), (2, 6, 6), stride=(2, 2),
+                         padding=(1, 1), num_message_bits=6)
+    pool_g = dataclasses.replace(sum_pool2d("pool_g", "g", "t", (2, 6, 6), 3, stride=2, weight=60), num_message_bits=6)
+    projs = (first, conv_p, pool_p, conv_g, pool_g)
+    shapes = {p.dst: int(np.prod(p.expected_out_shape())) for p in projs}
+    pops = tuple(lif(n, shapes[n]) for n in ("p", "q", "r", "s", "t"))
+    graph = Graph((x_in, g_in), pops, projs, ("q", "r", "s", "t")).validate()
+    names = [p.name for p in pops]
+    calls = []
+    scan = compiled.network_scan
+    monkeypatch.setattr(compiled, "network_scan", lambda *a, **k: calls.append(1) or scan(*a, **k))
+    for batch in (1, 4):
+        x = {"x": (rng.random((batch, 20, 64)) < 0.4).astype(np.int64),
+             "g": rng.integers(-32, 32, (batch, 20, 72))}
+        fast = sim.run(graph, x, record=names, record_state=names)
+        assert calls, "the network kernel did not run"
+        assert all(fast.spikes[n].any() and not fast.spikes[n].all() for n in names), \
+            {n: int(fast.spikes[n].sum()) for n in names}
+        with monkeypatch.context() as m:
+            m.setattr(simulator, "_use_kernel", lambda dev: False)
+            _assert_same(fast, sim.run(graph, x, record=names, record_state=names))

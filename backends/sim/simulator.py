@@ -318,7 +318,7 @@ def run(
     network = prepared.network() if order is None or _FEEDFORWARD_NETWORK_KERNEL else None
     chunk = _batch_chunk(graph, batch, steps, dev, order is not None and network is None)
     if network is not None:  # the inputs' messages for all steps stay within _MESSAGE_BYTES per slice
-        per_sample = steps * int(network.pre_off[-1]) * network.acc_dtype.itemsize
+        per_sample = steps * int(network.pre_off[-1]) * network.message_dtype.itemsize
         chunk = max(1, min(chunk, _MESSAGE_BYTES // max(1, per_sample)))
     for lo in range(0, max(batch, 1), chunk):  # once even for an empty batch: same events keys
         hi = min(lo + chunk, batch)

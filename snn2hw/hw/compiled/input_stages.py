@@ -35,6 +35,9 @@ _DENSE_INPUT_POOL = True  # the same for a sum pooling's dense pooling stage (de
 # Tiled 2-wide sum poolings on rows of whole uint64 words take the word pass (input_pool_dense); tests switch
 # it off to compare with the byte pass. The word pass reads a word's 16-bit lanes in memory order.
 _POOL_WORDS = True
+# The ready messages go to an int16 buffer where every one of them fits (plan.int16_messages); tests switch it
+# off to compare with the buffer of the accumulator's type.
+_NARROW_MESSAGES = True
 _LITTLE_ENDIAN = sys.byteorder == "little"
 
 
@@ -270,23 +273,30 @@ def _input_kernels():
                                 a[f] += w0 & s0[f]
                             q += 1
                     ob = oc * ho * wo
-                    for y in range(ho):
-                        orow = o[ob + y * wo:ob + (y + 1) * wo]
-                        if plain and sx == 1:  # the bound makes the message the shifted sum
+                    # one row loop per case, the branches outside it (as in input_conv_table)
+                    if plain and sx == 1:  # the bound makes the message the shifted sum
+                        for y in range(ho):
+                            orow = o[ob + y * wo:ob + (y + 1) * wo]
                             arow = acc[y * wp:y * wp + wo]
                             for x in range(wo):
                                 orow[x] = np.int32(np.int32(arow[x] << ls) >> rs)
-                        elif plain:
+                    elif plain:
+                        for y in range(ho):
+                            orow = o[ob + y * wo:ob + (y + 1) * wo]
                             for x in range(wo):
                                 orow[x] = np.int32(np.int32(acc[y * wp + x * sx] << ls) >> rs)
-                        elif sx == 1:  # a contiguous row of sums: this loop vectorises (measured 1.6x less
-                            arow = acc[y * wp:y * wp + wo]  # CPU time for the whole stage on a 3x3 conv)
+                    elif sx == 1:  # a contiguous row of sums: this loop vectorises (measured 1.6x less
+                        for y in range(ho):  # CPU time for the whole stage on a 3x3 conv)
+                            orow = o[ob + y * wo:ob + (y + 1) * wo]
+                            arow = acc[y * wp:y * wp + wo]
                             for x in range(wo):
                                 v = np.int64(arow[x])
                                 if cv:  # a Conv's own output stage comes first
                                     v = _conv_output(v)
                                 orow[x] = _synaptic_output(v, e, False, dl)
-                        else:  # every sx-th column (gathering them into a row first measured no faster)
+                    else:  # every sx-th column (gathering them into a row first measured no faster)
+                        for y in range(ho):
+                            orow = o[ob + y * wo:ob + (y + 1) * wo]
                             for x in range(wo):
                                 v = np.int64(acc[y * wp + x * sx])
                                 if cv:
@@ -482,13 +492,18 @@ def _input_kernels():
                                     pr[f] = np.uint16(np.uint16(s0[f]) << i) if i == 0 else \
                                         np.uint16(pr[f] | (np.uint16(s0[f]) << i))
                                 i += 1
-                    for y in range(ho):
-                        rr = row[y * wo:(y + 1) * wo]
-                        if sx == 1:
+                    # the stride's branch outside the row loop: inside it, the stage took 1.3-1.4x the CPU
+                    # time (the benchmark conv's first layer, 1 and 2 threads, interleaved with the
+                    # kernel before; LLVM compiled the table reads below worse)
+                    if sx == 1:
+                        for y in range(ho):
+                            rr = row[y * wo:(y + 1) * wo]
                             pp = pat[y * wp:y * wp + wo]
                             for x in range(wo):
                                 rr[x] = pp[x]
-                        else:
+                    else:
+                        for y in range(ho):
+                            rr = row[y * wo:(y + 1) * wo]
                             for x in range(wo):
                                 rr[x] = pat[y * wp + x * sx]
                     for oc in range(g * og, (g + 1) * og):

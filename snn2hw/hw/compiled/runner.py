@@ -53,13 +53,13 @@ def network_scan(spec: NetworkSpec, x_in: torch.Tensor | np.ndarray, steps: int,
     # The inputs' messages are formed and scanned a slice of samples at a time (at batch 256 all of them
     # at once take 26-52 MB on the benchmark's conv and pooling networks): the buffer stays in the L3
     # cache and its memory bounded. A single sample is one slice.
-    per_sample = steps * int(spec.pre_off[-1]) * spec.acc_dtype.itemsize
+    per_sample = steps * int(spec.pre_off[-1]) * spec.message_dtype.itemsize
     chunk = batch
     if batch > threads and per_sample:
         chunk = max(threads, _PRE_SLICE_BYTES // per_sample // threads * threads)
     chunk = max(1, min(chunk, batch))
     acc_buf = np.empty((chunk, widest), dtype=spec.acc_dtype)
-    pre = np.empty((chunk, steps, int(spec.pre_off[-1])), dtype=spec.acc_dtype)
+    pre = np.empty((chunk, steps, int(spec.pre_off[-1])), dtype=spec.message_dtype)
     parallel = threads > 1 and batch > 1  # one sample runs on one thread: no synchronisation per step
     if spec.ready.any() or parallel:
         runtime._set_threads(threads)
