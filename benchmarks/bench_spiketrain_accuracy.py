@@ -29,6 +29,7 @@ stored with every run; a run whose ``results.json`` already exists is read back,
     python benchmarks/bench_spiketrain_accuracy.py final-bins3      # its choice, both rules, 5 seeds x 20 epochs
     python benchmarks/bench_spiketrain_accuracy.py tune-bins3-pivot --jobs 2  # exploratory: ST-RSBP min_pivot 0.5
     python benchmarks/bench_spiketrain_accuracy.py tune-bins3-clip --jobs 2   # exploratory: ST-RSBP grad_clip 1
+    python benchmarks/bench_spiketrain_accuracy.py tune-bins3-stab --jobs 2   # ST-RSBP stabiliser chosen on seeds 5-9
     python benchmarks/bench_spiketrain_accuracy.py tune-bins-hm2bp   # HM2-BP feed-forward 24K-128-27, K 1/4/8, both rules
     python benchmarks/bench_spiketrain_accuracy.py final-bins-hm2bp  # its choice (bins 8) and 24 channels, both rules, 3 x 20
     python benchmarks/bench_spiketrain_accuracy.py final [--only braille] [--seeds 3]
@@ -645,6 +646,13 @@ TUNE_BINS3_PIVOT_SEEDS = [3, 0, 1, 2, 4]  # seed 3 first: the collapsed final se
 # global gradient norm clipped to 1 (trainer ``grad_clip``, before Adam: a burst of large rule errors cannot dominate
 # Adam's moments; the norms of the rule's updates were not logged), seeds 3 (the collapsed one), 0, 1, 2, 4, 20 epochs.
 TUNE_BINS3_CLIP = [("braille", "strsbp", "tune/braille_rec128_bins8_gain1_w4_lr2e-3_clip1.json", 20)]
+# stage ``tune-bins3-stab`` (``benchmarks/results/strsbp_braille_bins_stabiliser13.json``), round 13's protocol for a
+# stabiliser of ST-RSBP, written before its runs: no clip (the chosen options), ``grad_clip`` 1 and 3, chosen by the
+# mean best-epoch validation accuracy over seeds 5-9, which no final row uses; the chosen one's test rows are its
+# seeds 0-4 (``final-bins3`` / ``tune-bins3-clip``). BPTT gets no stabiliser candidates (none of its 11 runs collapsed).
+TUNE_BINS3_STAB = [("braille", "strsbp", f"tune/braille_rec128_bins8_gain1_w4_lr2e-3{s}.json", 20)
+                   for s in ("", "_clip1", "_clip3")]
+TUNE_BINS3_STAB_SEEDS = [5, 6, 7, 8, 9]
 KEEP = ("seed", "float_val_accuracy", "float_test_accuracy", "deployed_test_accuracy", "rule_neuron_test_accuracy",
         "time_per_epoch_s", "peak_memory_mb", "best_epoch")
 
@@ -980,7 +988,7 @@ def main(argv=None) -> int:
                                       "tune-cnn6", "final-cnn6", "tune-cnn6-paper", "tune-cnn7", "final-cnn7", "final-cnn8",
                                       "depth13", "tune-mnist-e3", "final-mnist-e3", "final-mnist-e6", "tune-bins",
                                       "tune-bins-hm2bp", "final-bins", "final-bins-hm2bp", "tune-bins3", "final-bins3",
-                                      "tune-bins3-pivot", "tune-bins3-clip"])
+                                      "tune-bins3-pivot", "tune-bins3-clip", "tune-bins3-stab"])
     ap.add_argument("--only", default=None, help="final: rows whose label contains this text; tune stages: "
                     "configs whose path contains it")
     ap.add_argument("--seeds", type=int, default=None, help="final: seeds per row (default: the plan's)")
@@ -1006,6 +1014,9 @@ def main(argv=None) -> int:
     elif a.stage == "tune-bins3-clip":
         tune_seeds(TUNE_BINS3_CLIP, TUNE_BINS3_PIVOT_SEEDS, "strsbp_braille_bins_tuning3_clip", a.only, a.rerun,
                    a.collect, a.jobs, {}, TUNE_BINS3_PRUNE, 216)
+    elif a.stage == "tune-bins3-stab":  # no seed-0 cut: every candidate runs every seed
+        tune_seeds(TUNE_BINS3_STAB, TUNE_BINS3_STAB_SEEDS, "strsbp_braille_bins_stabiliser13", a.only, a.rerun,
+                   a.collect, a.jobs, {}, 216, 216)
     elif a.stage == "final-bins3":
         final(a.only, a.seeds, a.rerun, a.collect, FINAL_BINS3, "strsbp_braille_bins_accuracy3", TUNE_BINS3_REUSE)
     elif a.stage == "tune-bins-hm2bp":
