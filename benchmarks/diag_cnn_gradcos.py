@@ -17,13 +17,15 @@ above did to it.
 from __future__ import annotations
 
 import argparse
+import json
+
 import torch
 
 from snn2hw.learning import make_rule
 from snn2hw.learning.spiketrain import chunked
 from diag_cnn_hm2bp import load_setup
 from snn2hw.models.tasks import build_model
-from snn2hw.nn.calibrate import calibrate_thresholds, has_conv_layers
+from snn2hw.nn.calibrate import calibrate_thresholds, calibration_rate
 
 
 def grads(model, rule, x, y, loss_fn):
@@ -102,7 +104,6 @@ def main(argv=None) -> int:
                          "pools' thresholds too, so the model's pool_v_th alone changes nothing)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
-    import json
     t, data, cfg, opts = load_setup(a.config, a.task, "hm2bp", a.set)
     spec = dict(cfg.get("model") or {})
     spec.update({k: json.loads(v) for k, v in (s.split("=", 1) for s in a.model)})
@@ -112,11 +113,10 @@ def main(argv=None) -> int:
         model = load_checkpoint(a.ckpt)
     else:
         model = build_model(t, spec, a.seed)
-        # as the trainer does: ``calibrate_rate`` "auto" calibrates conv/pool networks only
-        rate = (cfg.get("trainer") or {}).get("calibrate_rate", "auto")
-        rate = (0.1 if has_conv_layers(model) else None) if rate == "auto" else rate
+        # the trainer's rate (``calibrate_rate`` "auto": conv/pool networks only), with the default fold
+        rate = calibration_rate((cfg.get("trainer") or {}).get("calibrate_rate", "auto"), model)
         if rate is not None:
-            calibrate_thresholds(model, x_tr[:32], float(rate))
+            calibrate_thresholds(model, x_tr[:32], rate)
     if a.pool_factor != 1.0:
         from snn2hw.nn.calibrate import _set_threshold
         from snn2hw.nn.conv import SumPoolLIF

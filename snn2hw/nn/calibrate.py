@@ -61,7 +61,8 @@ from torch import nn
 
 from snn2hw.nn.surrogate import get_surrogate
 
-__all__ = ["CalibrationError", "LayerCalibration", "calibrate_thresholds", "has_conv_layers", "DEFAULT_RATE", "FOLDS"]
+__all__ = ["CalibrationError", "LayerCalibration", "calibrate_thresholds", "calibration_rate", "has_conv_layers",
+           "DEFAULT_RATE", "FOLDS"]
 
 DEFAULT_RATE = 0.1  # spikes per neuron and step after calibration ("auto")
 _RANGE = 1e3  # the threshold is searched within [v_th / _RANGE, v_th * _RANGE]
@@ -89,6 +90,14 @@ def has_conv_layers(model: nn.Module) -> bool:
     from snn2hw.nn.conv import ConvLIF, SumPoolLIF
 
     return any(isinstance(m, (ConvLIF, SumPoolLIF)) for m in model.modules())
+
+
+def calibration_rate(rate: float | str | None, model: nn.Module) -> float | None:
+    """The rate ``TrainerConfig.calibrate_rate`` asks of ``model``: ``"auto"`` is ``DEFAULT_RATE`` for networks
+    with conv or pool layers and None (no calibration) for the others."""
+    if rate == "auto":
+        return DEFAULT_RATE if has_conv_layers(model) else None
+    return None if rate is None else float(rate)
 
 
 def _calibratable(layer: nn.Module) -> bool:

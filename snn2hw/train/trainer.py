@@ -421,17 +421,15 @@ class Trainer:
     def _calibrate(self, data: "_Data", device: torch.device) -> None:
         """``calibrate_rate``: thresholds from the first ``batch_size`` training samples (the same on every
         rank, so data-parallel replicas stay identical); the report is kept in ``self.calibration``."""
-        from snn2hw.nn.calibrate import DEFAULT_RATE, calibrate_thresholds, has_conv_layers
+        from snn2hw.nn.calibrate import calibrate_thresholds, calibration_rate
 
         _check_calibration_options(self.config)
-        rate = self.config.calibrate_rate
-        if rate == "auto":
-            rate = DEFAULT_RATE if has_conv_layers(self.model) else None
+        rate = calibration_rate(self.config.calibrate_rate, self.model)
         self.calibration = []
         if rate is None:
             return
         x, *_ = data.get(torch.arange(min(len(data), self.config.batch_size)), device)
-        self.calibration = calibrate_thresholds(self.model, x, float(rate), fold=self.config.calibrate_fold)
+        self.calibration = calibrate_thresholds(self.model, x, rate, fold=self.config.calibrate_fold)
 
     def fit(self, train, val=None, resume: bool | str | os.PathLike = False) -> list[dict]:
         """Train for ``config.epochs`` epochs (in total, counting those a resumed checkpoint already did).
