@@ -553,6 +553,7 @@ def conv_accumulation(graph: Graph, steps: int, batch: int, reps: int, peak_macs
     x_bool = np.ascontiguousarray(x_np != 0)
     pre = np.empty((batch, steps, int(spec.pre_off[-1])), dtype=spec.message_dtype)
     pre_table = np.empty(pre.shape, dtype=(table_spec or spec).message_dtype)  # each stage's own message type
+    out_bytes = min(4, spec.message_dtype.itemsize, (table_spec or spec).message_dtype.itemsize)
 
     fns = {
         "float32_conv2d_before": lambda: torch.nn.functional.conv2d(
@@ -592,8 +593,9 @@ def conv_accumulation(graph: Graph, steps: int, batch: int, reps: int, peak_macs
     med = {k: statistics.median(v) for k, v in times.items()}
     out = {"projection": p.name, "images": batch * steps, "dense_macs": macs,
            "gemm_peak_macs_alongside": _PEAK_N**3 / min(gemm),
-           # what any dense conv must move at least: the binary images in, 4-byte sums out
-           "min_bytes": int(x.numel() + 4 * ref.numel()),
+           # what any dense conv must move at least: the binary images in, and an output per position in the
+           # narrowest type a measured method writes (4-byte sums; the input stages' int16 messages where they fit)
+           "min_bytes": int(x.numel() + out_bytes * ref.numel()),
            "speedup_direct_vs_conv2d": med["float32_conv2d_before"] / med["direct_float32"]}
     for k, m in med.items():
         out[k] = {"seconds": m, "dense_macs_per_s": macs / m, "fraction_of_gemm_peak": macs / m / peak_macs}
@@ -708,8 +710,9 @@ def bench_network(name: str, args, peak_macs: float) -> dict:
 
 def apply_conv_limit(row: dict, machine: dict) -> None:
     """Each exact-conv measurement's limit: a dense conv's MACs at the GEMM peak, or the least bytes it
-    moves (binary images in, 4-byte sums out) at the bandwidth of a working set that large, whichever
-    takes longer; and every method's fraction of it and of the GEMM peak."""
+    moves (binary images in, one output per position in the narrowest type a measured method writes) at the
+    bandwidth of a working set that large, whichever takes longer; and every method's fraction of it and of
+    the GEMM peak."""
     for c in row.get("conv_accumulation", {}).values():
         gemm = c["dense_macs"] / machine["gemm_peak_macs"]
         mem = c["min_bytes"] / charged_bandwidth(machine["read_bandwidth"], c["min_bytes"])
